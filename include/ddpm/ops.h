@@ -1,0 +1,97 @@
+/* ops.h: the U-Net's layers. Each is a _forward / _backward pair of pure
+ * functions over flat float arrays (NCHW), in the argument order
+ *     outputs, what forward saves for backward, inputs, parameters, sizes.
+ * No allocation inside: the caller passes scratch memory where an op needs it.
+ * Backward passes ACCUMULATE (+=) into every input and parameter gradient; a
+ * gradient pointer may be NULL when that gradient is not wanted.
+ * One source file per op under src/ops/ (conv2d.c, groupnorm.c, ...). */
+#ifndef DDPM_OPS_H
+#define DDPM_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- conv2d (src/ops/conv2d.c) -------------------------------------------
+ * in [B,Cin,H,W], weight [Cout,Cin,K,K], bias [Cout] (may be NULL),
+ * out [B,Cout,Ho,Wo], Ho = (H + 2P - K)/S + 1 (likewise Wo). K in {1,3},
+ * S in {1,2}, P in {0,1}. The batch is folded into one sgemm (im2col over the
+ * whole batch). scratch holds ddpm_conv2d_scratch_floats(...) floats, enough for
+ * forward and for backward. Forward overwrites out. */
+size_t ddpm_conv2d_scratch_floats(int B, int Cin, int H, int W, int Cout, int K, int S, int P);
+void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const float *weight,
+                         const float *bias, int B, int Cin, int H, int W, int Cout, int K,
+                         int S, int P);
+void ddpm_conv2d_backward(float *din, float *dweight, float *dbias, float *scratch,
+                          const float *dout, const float *in, const float *weight, int B,
+                          int Cin, int H, int W, int Cout, int K, int S, int P);
+
+/* ---- linear (src/ops/linear.c) --------------------------------------------
+ * in [B,In], weight [Out,In] (PyTorch layout), bias [Out] (may be NULL), out [B,Out]. */
+void ddpm_linear_forward(float *out, const float *in, const float *weight, const float *bias,
+                         int B, int In, int Out);
+void ddpm_linear_backward(float *din, float *dweight, float *dbias, const float *dout,
+                          const float *in, const float *weight, int B, int In, int Out);
+
+/* ---- SiLU (src/ops/silu.c): out = x * sigmoid(x); out may equal in. --------- */
+void ddpm_silu_forward(float *out, const float *in, size_t n);
+void ddpm_silu_backward(float *din, const float *dout, const float *in, size_t n);
+
+/* ---- GroupNorm (src/ops/groupnorm.c) ----------------------------------------
+ * in/out [B,C,HW], G groups dividing C; mean/rstd [B*G] saved for backward;
+ * gamma/beta [C]. out = (x - mean) * rstd * gamma + beta, rstd = 1/sqrt(var + eps),
+ * var the biased variance over the C/G * HW elements of a group. */
+void ddpm_groupnorm_forward(float *out, float *mean, float *rstd, const float *in,
+                            const float *gamma, const float *beta, int B, int C, int HW, int G,
+                            float eps);
+void ddpm_groupnorm_backward(float *din, float *dgamma, float *dbeta, const float *dout,
+                             const float *in, const float *mean, const float *rstd,
+                             const float *gamma, int B, int C, int HW, int G);
+
+/* ---- nearest 2x upsample (src/ops/upsample.c): in [B,C,H,W] -> out [B,C,2H,2W] */
+void ddpm_upsample_forward(float *out, const float *in, int B, int C, int H, int W);
+void ddpm_upsample_backward(float *din, const float *dout, int B, int C, int H, int W);
+
+/* ---- channel concat (src/ops/concat.c): a [B,Ca,HW], b [B,Cb,HW] -> out [B,Ca+Cb,HW] */
+void ddpm_concat_forward(float *out, const float *a, const float *b, int B, int Ca, int Cb,
+                         int HW);
+void ddpm_concat_backward(float *da, float *db, const float *dout, int B, int Ca, int Cb,
+                          int HW);
+
+/* ---- per-(batch, channel) broadcast add (src/ops/add.c) -------------------
+ * x [B,C,HW] += v[B,C] broadcast over HW (the time-embedding projection), in place. */
+void ddpm_add_channel_forward(float *x, const float *v, int B, int C, int HW);
+void ddpm_add_channel_backward(float *dv, const float *dout, int B, int C, int HW);
+/* out[i] = a[i] + b[i] (out may alias a or b); the residual connections. */
+void ddpm_add_forward(float *out, const float *a, const float *b, size_t n);
+
+/* ---- dropout (src/ops/dropout.c) ---------------------------------------------
+ * Inverted dropout: mask[i] = 0 with probability p, else 1/(1-p); out = in * mask.
+ * The mask is drawn from (seed, stream DDPM_STREAM_DROPOUT, counter) so that it is
+ * the same for any thread count; p == 0 gives an all-ones mask. out may equal in. */
+void ddpm_dropout_forward(float *out, float *mask, const float *in, float p, size_t n,
+                          uint64_t seed, uint64_t counter);
+void ddpm_dropout_backward(float *din, const float *dout, const float *mask, size_t n);
+
+/* ---- sinusoidal timestep embedding (src/ops/embedding.c), forward only -------
+ * out [B,dim], dim even, half = dim/2, freq_i = exp(-ln(10000) * i/(half-1)),
+ * out[b] = [sin(t_b * freq), cos(t_b * freq)] with t the 0-based step index. */
+void ddpm_timestep_embedding(float *out, const int *t, int B, int dim);
+
+/* ---- spatial self-attention core (src/ops/attention.c) -----------------------
+ * q, k, v, h [B,C,N] (N = H*W positions, channels first as in NCHW).
+ * w[b,i,j] = softmax_j(sum_c q[b,c,i] k[b,c,j] / sqrt(C)), saved [B,N,N];
+ * h[b,c,i] = sum_j w[b,i,j] v[b,c,j]. Batched sgemm, numerically stable softmax.
+ * Backward scratch: ddpm_attention_scratch_floats(N) floats. */
+void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, const float *v,
+                            int B, int C, int N);
+size_t ddpm_attention_scratch_floats(int N);
+void ddpm_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dh,
+                             const float *w, const float *q, const float *k, const float *v,
+                             int B, int C, int N);
+
+/* ---- mean squared error (src/ops/mse.c) -----------------------------------
+ * loss = mean_i (pred_i - target_i)^2, summed in double; dpred += 2(pred-target)/n. */
+double ddpm_mse_forward(const float *pred, const float *target, size_t n);
+void ddpm_mse_backward(float *dpred, const float *pred, const float *target, size_t n);
+
+#endif

@@ -1,0 +1,16 @@
+/* stubs.c: subcommands not yet built (each moves to its own file when it is). */
+#include "cli.h"
+
+#define STUB(fn, name)                                                                 \
+    int fn(int argc, char **argv)                                                      \
+    {                                                                                  \
+        (void)argc;                                                                    \
+        (void)argv;                                                                    \
+        cli_error("'%s' is not built yet", name);                                      \
+        return DDPM_EXIT_ERROR;                                                        \
+    }
+STUB(cmd_train, "train")
+STUB(cmd_sample, "sample")
+STUB(cmd_bench, "bench")
+STUB(cmd_info, "info")
+STUB(cmd_convert, "convert")

@@ -1,0 +1,117 @@
+#include "ddpm/rng.h"
+
+#include <math.h>
+
+#define PHILOX_M0 0xD2511F53u
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u
+#define PHILOX_W1 0xBB67AE85u
+
+void ddpm_rng_init(ddpm_rng *rng, uint64_t seed, uint64_t stream)
+{
+    rng->seed = seed;
+    rng->stream = stream;
+    rng->counter = 0;
+}
+
+void ddpm_philox(uint32_t out[4], uint64_t seed, uint64_t stream, uint64_t counter)
+{
+    uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32);
+    uint32_t c2 = (uint32_t)stream, c3 = (uint32_t)(stream >> 32);
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int round = 0; round < 10; round++) {
+        uint64_t p0 = (uint64_t)PHILOX_M0 * c0;
+        uint64_t p1 = (uint64_t)PHILOX_M1 * c2;
+        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0;
+        uint32_t n1 = (uint32_t)p1;
+        uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+        uint32_t n3 = (uint32_t)p0;
+        c0 = n0, c1 = n1, c2 = n2, c3 = n3;
+        k0 += PHILOX_W0;
+        k1 += PHILOX_W1;
+    }
+    out[0] = c0, out[1] = c1, out[2] = c2, out[3] = c3;
+}
+
+/* 24 random bits, centred in their bin: never 0, never 1. */
+static inline float u32_to_open_unit(uint32_t u) { return ((float)(u >> 8) + 0.5f) * (1.0f / 16777216.0f); }
+
+uint32_t ddpm_rng_u32(ddpm_rng *rng)
+{
+    uint32_t out[4];
+    ddpm_philox(out, rng->seed, rng->stream, rng->counter++);
+    return out[0];
+}
+
+double ddpm_rng_uniform(ddpm_rng *rng)
+{
+    uint32_t out[4];
+    ddpm_philox(out, rng->seed, rng->stream, rng->counter++);
+    uint64_t bits = ((uint64_t)out[0] << 21) ^ (out[1] >> 11); /* 53 bits */
+    return ((double)bits + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+uint64_t ddpm_rng_below(ddpm_rng *rng, uint64_t n)
+{
+    /* Rejection on the top of the 64-bit range removes modulo bias. */
+    uint64_t limit = UINT64_MAX - UINT64_MAX % n;
+    for (;;) {
+        uint32_t out[4];
+        ddpm_philox(out, rng->seed, rng->stream, rng->counter++);
+        uint64_t x = ((uint64_t)out[0] << 32) | out[1];
+        if (x < limit)
+            return x % n;
+    }
+}
+
+double ddpm_rng_normal(ddpm_rng *rng)
+{
+    double u1 = ddpm_rng_uniform(rng), u2 = ddpm_rng_uniform(rng);
+    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+}
+
+void ddpm_rng_uniform_fill(ddpm_rng *rng, float *out, size_t n)
+{
+    size_t n_blocks = (n + 3) / 4;
+    uint64_t c0 = rng->counter;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t blk = 0; blk < n_blocks; blk++) {
+        uint32_t w[4];
+        ddpm_philox(w, rng->seed, rng->stream, c0 + blk);
+        for (size_t l = 0; l < 4 && blk * 4 + l < n; l++)
+            out[blk * 4 + l] = u32_to_open_unit(w[l]);
+    }
+    rng->counter += n_blocks;
+}
+
+void ddpm_rng_normal_fill(ddpm_rng *rng, float *out, size_t n)
+{
+    size_t n_blocks = (n + 3) / 4;
+    uint64_t c0 = rng->counter;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t blk = 0; blk < n_blocks; blk++) {
+        uint32_t w[4];
+        ddpm_philox(w, rng->seed, rng->stream, c0 + blk);
+        float z[4];
+        for (int pair = 0; pair < 2; pair++) {
+            /* Box-Muller in double so that the tails are exact to float precision. */
+            double u1 = u32_to_open_unit(w[2 * pair]), u2 = u32_to_open_unit(w[2 * pair + 1]);
+            double r = sqrt(-2.0 * log(u1));
+            z[2 * pair] = (float)(r * cos(2.0 * M_PI * u2));
+            z[2 * pair + 1] = (float)(r * sin(2.0 * M_PI * u2));
+        }
+        for (size_t l = 0; l < 4 && blk * 4 + l < n; l++)
+            out[blk * 4 + l] = z[l];
+    }
+    rng->counter += n_blocks;
+}
+
+void ddpm_rng_shuffle(ddpm_rng *rng, int *idx, size_t n)
+{
+    for (size_t i = n; i > 1; i--) {
+        size_t j = (size_t)ddpm_rng_below(rng, i);
+        int tmp = idx[i - 1];
+        idx[i - 1] = idx[j];
+        idx[j] = tmp;
+    }
+}
