@@ -89,4 +89,18 @@ static inline double tu_max_abs_diff(const float *a, const float *b, size_t n, s
     return m;
 }
 
+/* |a - b| <= tol, printing both values on failure (cmocka 1.1.6 has no
+ * assert_double_equal). Include <cmocka.h> before this header to use it. */
+#ifdef cmocka_unit_test
+#define assert_close(a, b, tol)                                                              \
+    do {                                                                                     \
+        double tu_a_ = (double)(a), tu_b_ = (double)(b), tu_t_ = (double)(tol);              \
+        if (!(fabs(tu_a_ - tu_b_) <= tu_t_)) {                                               \
+            fprintf(stderr, "%s:%d: %s = %.12g, %s = %.12g, |diff| %.3g > %.3g\n", __FILE__,  \
+                    __LINE__, #a, tu_a_, #b, tu_b_, fabs(tu_a_ - tu_b_), tu_t_);              \
+            fail();                                                                          \
+        }                                                                                    \
+    } while (0)
+#endif
+
 #endif
