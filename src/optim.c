@@ -1,0 +1,82 @@
+#include "ddpm/optim.h"
+
+#include <math.h>
+
+void ddpm_optim_config_default(ddpm_optim_config *c)
+{
+    c->lr = 1e-3f;
+    c->warmup = 100;
+    c->beta1 = 0.9f;
+    c->beta2 = 0.999f;
+    c->eps = 1e-8f;
+    c->clip = 1.0f;
+    c->ema_decay = 0.999f;
+}
+
+float ddpm_lr_at(const ddpm_optim_config *c, long step)
+{
+    if (c->warmup > 0 && step < c->warmup)
+        return c->lr * (float)step / (float)c->warmup;
+    return c->lr;
+}
+
+enum { CHUNK = 1 << 16 };
+
+double ddpm_global_norm(const float *g, size_t n)
+{
+    size_t n_chunks = (n + CHUNK - 1) / CHUNK;
+    double total = 0;
+    /* each chunk's sum is computed alone and the chunks are added in order, so the
+       result is the same for any number of threads */
+#pragma omp parallel for schedule(static) ordered reduction(+ : total) if (n_chunks > 1)
+    for (size_t c = 0; c < n_chunks; c++) {
+        double s = 0;
+        size_t end = (c + 1) * CHUNK < n ? (c + 1) * CHUNK : n;
+        for (size_t i = c * CHUNK; i < end; i++)
+            s += (double)g[i] * g[i];
+#pragma omp ordered
+        total += s;
+    }
+    return sqrt(total);
+}
+
+double ddpm_clip_global_norm(float *g, size_t n, float max_norm)
+{
+    double norm = ddpm_global_norm(g, n);
+    if (max_norm > 0 && norm > max_norm) {
+        float scale = (float)(max_norm / (norm + 1e-6));
+#pragma omp parallel for schedule(static) if (n > CHUNK)
+        for (size_t i = 0; i < n; i++)
+            g[i] *= scale;
+    }
+    return norm;
+}
+
+void ddpm_adam_step(float *params, float *m, float *v, const float *g, size_t n, long step,
+                    float lr, float beta1, float beta2, float eps)
+{
+    double bc1 = 1.0 - pow(beta1, (double)step), bc2 = 1.0 - pow(beta2, (double)step);
+    float step_size = (float)(lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+#pragma omp parallel for schedule(static) if (n > CHUNK)
+    for (size_t i = 0; i < n; i++) {
+        float mi = beta1 * m[i] + (1.0f - beta1) * g[i];
+        float vi = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];
+        m[i] = mi;
+        v[i] = vi;
+        params[i] -= step_size * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
+    }
+}
+
+float ddpm_ema_decay_at(float decay, long n)
+{
+    float warm = (float)(1.0 + (double)n) / (float)(10.0 + (double)n);
+    return warm < decay ? warm : decay;
+}
+
+void ddpm_ema_update(float *ema, const float *params, size_t n, float decay)
+{
+    float keep = decay, take = 1.0f - decay;
+#pragma omp parallel for schedule(static) if (n > CHUNK)
+    for (size_t i = 0; i < n; i++)
+        ema[i] = keep * ema[i] + take * params[i];
+}
