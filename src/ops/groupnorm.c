@@ -1,0 +1,115 @@
+/* GroupNorm (Wu & He 2018) over NCHW: the C/G * HW elements of each (batch, group)
+ * share one mean and variance. Statistics are accumulated in double with two passes
+ * (mean, then centred squares), so a large common offset does not cancel precision.
+ * Every reduction runs over one (batch, group) or one channel in a fixed order, so
+ * the result is the same for any OpenMP thread count. */
+#include "ddpm/ops.h"
+
+#include <math.h>
+
+#define GN_PARALLEL_MIN 16384
+
+void ddpm_groupnorm_forward(float *out, float *mean, float *rstd, const float *in,
+                            const float *gamma, const float *beta, int B, int C, int HW, int G,
+                            float eps)
+{
+    const int Cg = C / G;
+    const size_t group_n = (size_t)Cg * (size_t)HW;
+    const int n_groups = B * G;
+#pragma omp parallel for schedule(static) if ((size_t)n_groups * group_n > GN_PARALLEL_MIN)
+    for (int bg = 0; bg < n_groups; bg++) {
+        const int b = bg / G, g = bg % G;
+        /* The channels of one group are consecutive, so the group is one contiguous run. */
+        const size_t base = ((size_t)b * C + (size_t)g * Cg) * (size_t)HW;
+        const float *x = in + base;
+        double sum = 0.0;
+        for (size_t i = 0; i < group_n; i++)
+            sum += x[i];
+        const double mu = sum / (double)group_n;
+        double sq = 0.0;
+        for (size_t i = 0; i < group_n; i++) {
+            double d = (double)x[i] - mu;
+            sq += d * d;
+        }
+        const double var = sq / (double)group_n; /* biased, as PyTorch's GroupNorm */
+        const double rs = 1.0 / sqrt(var + (double)eps);
+        mean[bg] = (float)mu;
+        rstd[bg] = (float)rs;
+        for (int c = 0; c < Cg; c++) {
+            const int ch = g * Cg + c;
+            const double scale = rs * (double)gamma[ch], shift = (double)beta[ch];
+            const float *xc = x + (size_t)c * HW;
+            float *oc = out + base + (size_t)c * HW;
+            for (int i = 0; i < HW; i++)
+                oc[i] = (float)(((double)xc[i] - mu) * scale + shift);
+        }
+    }
+}
+
+void ddpm_groupnorm_backward(float *din, float *dgamma, float *dbeta, const float *dout,
+                             const float *in, const float *mean, const float *rstd,
+                             const float *gamma, int B, int C, int HW, int G)
+{
+    const int Cg = C / G;
+    const size_t group_n = (size_t)Cg * (size_t)HW;
+    const int n_groups = B * G;
+    const size_t total = (size_t)n_groups * group_n;
+
+    if (din) {
+        /* With xhat = (x - mean) rstd and dxhat = dout * gamma, over the N elements of a
+         * group: din = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)). This is exact
+         * for rstd = 1/sqrt(var + eps): eps does not change the form of the derivative. */
+#pragma omp parallel for schedule(static) if (total > GN_PARALLEL_MIN)
+        for (int bg = 0; bg < n_groups; bg++) {
+            const int b = bg / G, g = bg % G;
+            const size_t base = ((size_t)b * C + (size_t)g * Cg) * (size_t)HW;
+            const double mu = mean[bg], rs = rstd[bg];
+            double s1 = 0.0, s2 = 0.0;
+            for (int c = 0; c < Cg; c++) {
+                const double gm = gamma[g * Cg + c];
+                const float *xc = in + base + (size_t)c * HW;
+                const float *dc = dout + base + (size_t)c * HW;
+                for (int i = 0; i < HW; i++) {
+                    double dxhat = (double)dc[i] * gm;
+                    double xhat = ((double)xc[i] - mu) * rs;
+                    s1 += dxhat;
+                    s2 += dxhat * xhat;
+                }
+            }
+            const double m1 = s1 / (double)group_n, m2 = s2 / (double)group_n;
+            for (int c = 0; c < Cg; c++) {
+                const double gm = gamma[g * Cg + c];
+                const float *xc = in + base + (size_t)c * HW;
+                const float *dc = dout + base + (size_t)c * HW;
+                float *ic = din + base + (size_t)c * HW;
+                for (int i = 0; i < HW; i++) {
+                    double dxhat = (double)dc[i] * gm;
+                    double xhat = ((double)xc[i] - mu) * rs;
+                    ic[i] += (float)(rs * (dxhat - m1 - xhat * m2));
+                }
+            }
+        }
+    }
+
+    if (dgamma || dbeta) {
+        /* One channel per iteration, summed over b then HW in that order. */
+#pragma omp parallel for schedule(static) if (total > GN_PARALLEL_MIN)
+        for (int ch = 0; ch < C; ch++) {
+            const int g = ch / Cg;
+            double sg = 0.0, sb = 0.0;
+            for (int b = 0; b < B; b++) {
+                const double mu = mean[b * G + g], rs = rstd[b * G + g];
+                const size_t base = ((size_t)b * C + (size_t)ch) * (size_t)HW;
+                for (int i = 0; i < HW; i++) {
+                    double d = dout[base + i];
+                    sg += d * (((double)in[base + i] - mu) * rs);
+                    sb += d;
+                }
+            }
+            if (dgamma)
+                dgamma[ch] += (float)sg;
+            if (dbeta)
+                dbeta[ch] += (float)sb;
+        }
+    }
+}

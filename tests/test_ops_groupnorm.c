@@ -1,0 +1,302 @@
+/* Tests of GroupNorm: forward against a naive double implementation, the
+ * normalisation itself, the backward pass against central finite differences,
+ * accumulation into gradients and independence of the OpenMP thread count. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ddpm/ops.h"
+#include "testutil.h"
+
+/* Inputs and parameters lie on a grid of 2^-14, so that x +- h for h = 2^-8 is exact
+ * in float: the finite differences then see exactly the perturbation they divide by. */
+#define GRID_BITS 14
+#define FD_H (1.0f / 256.0f)
+
+static void fill_grid(float *x, size_t n, uint64_t seed, float lo, float hi)
+{
+    tu_fill_uniform(x, n, seed, lo, hi);
+    for (size_t i = 0; i < n; i++)
+        x[i] = ldexpf(rintf(ldexpf(x[i], GRID_BITS)), -GRID_BITS);
+}
+
+typedef struct {
+    int B, C, HW, G;
+    float eps;
+    size_t n;
+    float *x, *gamma, *beta, *r;   /* inputs, parameters, projection of L = sum r * out */
+    float *out, *mean, *rstd;      /* the op's outputs */
+    double *ref_out, *ref_mean, *ref_rstd;
+} gn_case;
+
+static gn_case gn_make(int B, int C, int HW, int G, float eps, uint64_t seed)
+{
+    gn_case c = {.B = B, .C = C, .HW = HW, .G = G, .eps = eps, .n = (size_t)B * C * HW};
+    c.x = tu_alloc(c.n);
+    c.r = tu_alloc(c.n);
+    c.out = tu_alloc(c.n);
+    c.gamma = tu_alloc(C);
+    c.beta = tu_alloc(C);
+    c.mean = tu_alloc((size_t)B * G);
+    c.rstd = tu_alloc((size_t)B * G);
+    c.ref_out = calloc(c.n, sizeof(double));
+    c.ref_mean = calloc((size_t)B * G, sizeof(double));
+    c.ref_rstd = calloc((size_t)B * G, sizeof(double));
+    assert_non_null(c.ref_out);
+    assert_non_null(c.ref_mean);
+    assert_non_null(c.ref_rstd);
+    /* an offset of 0.5 so that the group means are not ~0 */
+    fill_grid(c.x, c.n, seed, -1.5f, 2.5f);
+    fill_grid(c.gamma, C, seed + 1, 0.5f, 1.5f);
+    fill_grid(c.beta, C, seed + 2, -0.5f, 0.5f);
+    tu_fill_uniform(c.r, c.n, seed + 3, -1.0f, 1.0f);
+    return c;
+}
+
+static void gn_free(gn_case *c)
+{
+    free(c->x), free(c->r), free(c->out), free(c->gamma), free(c->beta);
+    free(c->mean), free(c->rstd), free(c->ref_out), free(c->ref_mean), free(c->ref_rstd);
+}
+
+/* Naive GroupNorm in double, indexed element by element (b, c, hw). */
+static void gn_reference(gn_case *c)
+{
+    const int Cg = c->C / c->G;
+    for (int b = 0; b < c->B; b++)
+        for (int g = 0; g < c->G; g++) {
+            double s = 0, s2 = 0;
+            for (int ch = g * Cg; ch < (g + 1) * Cg; ch++)
+                for (int i = 0; i < c->HW; i++)
+                    s += c->x[((size_t)b * c->C + ch) * c->HW + i];
+            const double m = s / ((double)Cg * c->HW);
+            for (int ch = g * Cg; ch < (g + 1) * Cg; ch++)
+                for (int i = 0; i < c->HW; i++) {
+                    double d = c->x[((size_t)b * c->C + ch) * c->HW + i] - m;
+                    s2 += d * d;
+                }
+            const double var = s2 / ((double)Cg * c->HW);
+            const double rs = 1.0 / sqrt(var + (double)c->eps);
+            c->ref_mean[b * c->G + g] = m;
+            c->ref_rstd[b * c->G + g] = rs;
+            for (int ch = g * Cg; ch < (g + 1) * Cg; ch++)
+                for (int i = 0; i < c->HW; i++) {
+                    size_t k = ((size_t)b * c->C + ch) * c->HW + i;
+                    c->ref_out[k] = (c->x[k] - m) * rs * c->gamma[ch] + c->beta[ch];
+                }
+        }
+}
+
+static double gn_loss(void *ctx)
+{
+    gn_case *c = ctx;
+    ddpm_groupnorm_forward(c->out, c->mean, c->rstd, c->x, c->gamma, c->beta, c->B, c->C, c->HW,
+                           c->G, c->eps);
+    double L = 0;
+    for (size_t i = 0; i < c->n; i++)
+        L += (double)c->r[i] * c->out[i];
+    return L;
+}
+
+static double gn_loss_reference(void *ctx)
+{
+    gn_case *c = ctx;
+    gn_reference(c);
+    double L = 0;
+    for (size_t i = 0; i < c->n; i++)
+        L += (double)c->r[i] * c->ref_out[i];
+    return L;
+}
+
+static const int shapes[][4] = {
+    /* B, C, HW, G: C not a power of two, odd H x W = 5 x 7 */
+    {2, 6, 35, 3},
+    {3, 10, 35, 5},
+    {2, 6, 35, 1},
+    {2, 6, 35, 6},
+};
+enum { N_SHAPES = sizeof shapes / sizeof shapes[0] };
+
+static void test_groupnorm_forward_matches_double_reference(void **state)
+{
+    (void)state;
+    for (int s = 0; s < N_SHAPES; s++) {
+        gn_case c = gn_make(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], 1e-6f, 10 + s);
+        gn_loss(&c);
+        gn_reference(&c);
+        /* out is O(3): float rounding of the result is ~2e-7, 1e-6 is 5 ulp. */
+        double worst = 0;
+        for (size_t i = 0; i < c.n; i++)
+            worst = fmax(worst, fabs(c.out[i] - c.ref_out[i]));
+        if (worst > 1e-6)
+            fprintf(stderr, "shape %d: max |out - ref| = %g\n", s, worst);
+        assert_true(worst <= 1e-6);
+        for (int k = 0; k < c.B * c.G; k++) {
+            assert_true(fabs(c.mean[k] - c.ref_mean[k]) <= 1e-6 * fabs(c.ref_mean[k]) + 1e-7);
+            assert_true(fabs(c.rstd[k] - c.ref_rstd[k]) <= 1e-6 * c.ref_rstd[k]);
+        }
+        gn_free(&c);
+    }
+}
+
+static void test_groupnorm_normalizes_each_group_to_mean_zero_unit_variance(void **state)
+{
+    (void)state;
+    const int B = 3, C = 10, HW = 35, G = 5, Cg = C / G;
+    gn_case c = gn_make(B, C, HW, G, 1e-6f, 77);
+    /* a large common offset: a one-pass E[x^2] - E[x]^2 in float would fail here */
+    for (size_t i = 0; i < c.n; i++)
+        c.x[i] = 3.0f * c.x[i] + 40.0f;
+    for (int ch = 0; ch < C; ch++)
+        c.gamma[ch] = 1.0f, c.beta[ch] = 0.0f;
+    gn_loss(&c);
+    for (int b = 0; b < B; b++)
+        for (int g = 0; g < G; g++) {
+            const float *o = c.out + ((size_t)b * C + (size_t)g * Cg) * HW;
+            double s = 0, s2 = 0;
+            for (int i = 0; i < Cg * HW; i++)
+                s += o[i];
+            double m = s / (Cg * HW);
+            for (int i = 0; i < Cg * HW; i++)
+                s2 += (o[i] - m) * (o[i] - m);
+            double var = s2 / (Cg * HW);
+            /* var/(var + eps) with var ~ 10 differs from 1 by 1e-7: 1e-5 is float noise. */
+            if (fabs(m) > 1e-5 || fabs(var - 1) > 1e-5)
+                fprintf(stderr, "b %d g %d: mean %g var %g\n", b, g, m, var);
+            assert_true(fabs(m) <= 1e-5);
+            assert_true(fabs(var - 1.0) <= 1e-5);
+        }
+    gn_free(&c);
+}
+
+/* Analytic gradients of L = sum r * out, with dout = r, into zeroed buffers. */
+static void gn_analytic(gn_case *c, float *din, float *dgamma, float *dbeta)
+{
+    gn_loss(c);
+    ddpm_groupnorm_backward(din, dgamma, dbeta, c->r, c->x, c->mean, c->rstd, c->gamma, c->B, c->C,
+                            c->HW, c->G);
+}
+
+static void check_groupnorm_gradients(float eps)
+{
+    for (int s = 0; s < N_SHAPES; s++) {
+        gn_case c = gn_make(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], eps, 20 + s);
+        float *din = tu_alloc(c.n), *dgamma = tu_alloc(c.C), *dbeta = tu_alloc(c.C);
+        gn_analytic(&c, din, dgamma, dbeta);
+        int bad = 0;
+        /* (1) Differences of the float op itself, h = 2^-8. Moving one x moves the whole
+         * group's statistics, so all Cg*HW <= 70 outputs of the group change, each rounded
+         * to float (half an ulp <= 2.4e-7 at |out| < 4): the rounding noise of L(x+h) - L(x-h)
+         * is ~sqrt(70) * 2.4e-7 * |r| typically, 70 * 4.8e-7 at worst, i.e. 2e-4 .. 4e-3
+         * after dividing by 2h. Truncation h^2/6 |L'''| ~ 3e-6 * O(rstd^3) is smaller. So
+         * abs 1e-3 + rel 1e-2: still catches a wrong index or a missing term, whose error
+         * is O(|gradient|) ~ 0.1 .. 1. The tight check is (2). */
+        bad += tu_check_grad("groupnorm din (float fd)", c.x, din, c.n, gn_loss, &c, FD_H, 1e-3, 1e-2);
+        bad += tu_check_grad("groupnorm dgamma (float fd)", c.gamma, dgamma, c.C, gn_loss, &c, FD_H,
+                             1e-3, 1e-2);
+        bad += tu_check_grad("groupnorm dbeta (float fd)", c.beta, dbeta, c.C, gn_loss, &c, FD_H,
+                             1e-3, 1e-2);
+        /* (2) Differences of the double reference with the same exact perturbation: no
+         * rounding noise (1e-16 * |L| / h ~ 1e-13), only the truncation h^2/6 |L'''|, and
+         * the float analytic gradient's own rounding (~1e-7 relative). Measured worst
+         * difference: below 1e-7 (and ~8e-5 for (1)). abs 2e-6 + rel 2e-5 leaves a 20x
+         * margin and is 500x tighter than (1): a 0.1% error in dgamma fails it. */
+        bad += tu_check_grad("groupnorm din (double fd)", c.x, din, c.n, gn_loss_reference, &c, FD_H,
+                             2e-6, 2e-5);
+        bad += tu_check_grad("groupnorm dgamma (double fd)", c.gamma, dgamma, c.C, gn_loss_reference,
+                             &c, FD_H, 2e-6, 2e-5);
+        bad += tu_check_grad("groupnorm dbeta (double fd)", c.beta, dbeta, c.C, gn_loss_reference, &c,
+                             FD_H, 2e-6, 2e-5);
+        if (bad)
+            fprintf(stderr, "shape B %d C %d HW %d G %d eps %g\n", c.B, c.C, c.HW, c.G, (double)eps);
+        assert_int_equal(bad, 0);
+        free(din), free(dgamma), free(dbeta);
+        gn_free(&c);
+    }
+}
+
+static void test_groupnorm_backward_matches_finite_differences(void **state)
+{
+    (void)state;
+    check_groupnorm_gradients(1e-6f);
+}
+
+/* A large eps makes rstd != 1/std, so a backward that ignored eps would fail. */
+static void test_groupnorm_backward_matches_finite_differences_large_eps(void **state)
+{
+    (void)state;
+    check_groupnorm_gradients(0.5f);
+}
+
+static void test_groupnorm_backward_accumulates_and_skips_null(void **state)
+{
+    (void)state;
+    gn_case c = gn_make(2, 6, 35, 3, 1e-6f, 31);
+    float *din = tu_alloc(c.n), *dgamma = tu_alloc(c.C), *dbeta = tu_alloc(c.C);
+    float *din2 = tu_alloc(c.n), *dgamma2 = tu_alloc(c.C), *dbeta2 = tu_alloc(c.C);
+    gn_analytic(&c, din, dgamma, dbeta);
+    for (size_t i = 0; i < c.n; i++)
+        din2[i] = 0.375f - (float)(i % 7);
+    for (int i = 0; i < c.C; i++)
+        dgamma2[i] = 1.5f + i, dbeta2[i] = -2.25f + i;
+    ddpm_groupnorm_backward(din2, dgamma2, dbeta2, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW,
+                            c.G);
+    /* prefill + gradient, up to the one rounding of the float addition */
+    for (size_t i = 0; i < c.n; i++) {
+        float want = (0.375f - (float)(i % 7)) + din[i];
+        assert_true(fabsf(din2[i] - want) <= 1e-6f * (1.0f + fabsf(want)));
+    }
+    for (int i = 0; i < c.C; i++) {
+        assert_true(fabsf(dgamma2[i] - (1.5f + i + dgamma[i])) <= 1e-5f);
+        assert_true(fabsf(dbeta2[i] - (-2.25f + i + dbeta[i])) <= 1e-5f);
+    }
+    /* NULL gradients are skipped; the others are unaffected */
+    memset(din2, 0, c.n * sizeof(float));
+    ddpm_groupnorm_backward(din2, NULL, NULL, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW, c.G);
+    assert_memory_equal(din2, din, c.n * sizeof(float));
+    memset(dgamma2, 0, c.C * sizeof(float));
+    ddpm_groupnorm_backward(NULL, dgamma2, NULL, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW, c.G);
+    assert_memory_equal(dgamma2, dgamma, c.C * sizeof(float));
+    free(din), free(dgamma), free(dbeta), free(din2), free(dgamma2), free(dbeta2);
+    gn_free(&c);
+}
+
+static void test_groupnorm_is_identical_for_one_and_two_threads(void **state)
+{
+    (void)state;
+    /* 4*64*256 = 65536 elements: above the size where the loops go parallel */
+    gn_case c = gn_make(4, 64, 256, 8, 1e-6f, 41);
+    float *out1 = tu_alloc(c.n), *din1 = tu_alloc(c.n), *dg1 = tu_alloc(c.C), *db1 = tu_alloc(c.C);
+    float *din2 = tu_alloc(c.n), *dg2 = tu_alloc(c.C), *db2 = tu_alloc(c.C);
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    gn_analytic(&c, din1, dg1, db1);
+    memcpy(out1, c.out, c.n * sizeof(float));
+    omp_set_num_threads(2);
+    gn_analytic(&c, din2, dg2, db2);
+    omp_set_num_threads(saved);
+    assert_memory_equal(out1, c.out, c.n * sizeof(float));
+    assert_memory_equal(din1, din2, c.n * sizeof(float));
+    assert_memory_equal(dg1, dg2, c.C * sizeof(float));
+    assert_memory_equal(db1, db2, c.C * sizeof(float));
+    free(out1), free(din1), free(dg1), free(db1), free(din2), free(dg2), free(db2);
+    gn_free(&c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_groupnorm_forward_matches_double_reference),
+        cmocka_unit_test(test_groupnorm_normalizes_each_group_to_mean_zero_unit_variance),
+        cmocka_unit_test(test_groupnorm_backward_matches_finite_differences),
+        cmocka_unit_test(test_groupnorm_backward_matches_finite_differences_large_eps),
+        cmocka_unit_test(test_groupnorm_backward_accumulates_and_skips_null),
+        cmocka_unit_test(test_groupnorm_is_identical_for_one_and_two_threads),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
