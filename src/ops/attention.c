@@ -1,0 +1,97 @@
+/* attention.c: the core of the spatial self-attention block (DESIGN.md section 2).
+ * Per image, with Q, K, V, H the [C, N] matrices (channel the row, position the
+ * column, as in NCHW) and a = 1/sqrt(C):
+ *     S = a Q^T K            [N, N]   S[i,j] = a sum_c q[c,i] k[c,j]
+ *     w = softmax over j of S         saved for backward
+ *     H = V w^T              [C, N]   h[c,i] = sum_j w[i,j] v[c,j]
+ * Backward, dW the gradient of w and dS that of S:
+ *     dV += dH w             dW = dH^T V
+ *     dS = w * (dW - rowsum(w * dW))  (softmax Jacobian, per row)
+ *     dQ += a K dS^T         dK += a Q dS
+ * Two sgemm per image forward and up to four backward, from serial code only
+ * (sgemm is never entered from an OpenMP region); the row-wise softmax loops are
+ * threaded with OpenMP over rows. */
+#include <cblas.h>
+#include <math.h>
+#include <stddef.h>
+
+#include "ddpm/ops.h"
+
+void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, const float *v,
+                            int B, int C, int N)
+{
+    const float scale = (float)(1.0 / sqrt((double)C));
+    const size_t CN = (size_t)C * N, NN = (size_t)N * N;
+
+    for (int b = 0; b < B; b++)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, N, C, scale, q + b * CN, N,
+                    k + b * CN, N, 0.0f, w + b * NN, N);
+
+    /* row softmax, stable: subtract the row maximum before exp */
+    const int rows = B * N;
+#pragma omp parallel for schedule(static)
+    for (int row = 0; row < rows; row++) {
+        float *s = w + (size_t)row * N;
+        float m = s[0];
+        for (int j = 1; j < N; j++)
+            m = s[j] > m ? s[j] : m;
+        double sum = 0.0;
+        for (int j = 0; j < N; j++) {
+            s[j] = expf(s[j] - m);
+            sum += s[j];
+        }
+        const float inv = (float)(1.0 / sum); /* sum >= 1: the maximum contributes exp(0) */
+        for (int j = 0; j < N; j++)
+            s[j] *= inv;
+    }
+
+    for (int b = 0; b < B; b++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, N, N, 1.0f, v + b * CN, N,
+                    w + b * NN, N, 0.0f, h + b * CN, N);
+}
+
+size_t ddpm_attention_scratch_floats(int N)
+{
+    return (size_t)N * N; /* dW, then dS in place, for one image at a time */
+}
+
+void ddpm_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dh,
+                             const float *w, const float *q, const float *k, const float *v,
+                             int B, int C, int N)
+{
+    const float scale = (float)(1.0 / sqrt((double)C));
+    const size_t CN = (size_t)C * N, NN = (size_t)N * N;
+    float *dS = scratch;
+
+    for (int b = 0; b < B; b++) {
+        const float *dh_b = dh + b * CN, *w_b = w + b * NN;
+        if (dv)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, N, N, 1.0f, dh_b, N, w_b, N,
+                        1.0f, dv + b * CN, N);
+        if (!dq && !dk)
+            continue;
+
+        /* dW = dH^T V, into the scratch */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, N, C, 1.0f, dh_b, N, v + b * CN, N,
+                    0.0f, dS, N);
+        /* dS = w * (dW - sum_j w dW), row by row, in place */
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < N; i++) {
+            const float *wi = w_b + (size_t)i * N;
+            float *di = dS + (size_t)i * N;
+            double dot = 0.0;
+            for (int j = 0; j < N; j++)
+                dot += (double)wi[j] * di[j];
+            const float d = (float)dot;
+            for (int j = 0; j < N; j++)
+                di[j] = wi[j] * (di[j] - d);
+        }
+
+        if (dq)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, N, N, scale, k + b * CN, N, dS,
+                        N, 1.0f, dq + b * CN, N);
+        if (dk)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, N, N, scale, q + b * CN, N,
+                        dS, N, 1.0f, dk + b * CN, N);
+    }
+}
