@@ -1,0 +1,25 @@
+/* Sinusoidal timestep embedding (Vaswani et al. 2017, as in the DDPM code; DESIGN.md 2):
+ * half = dim/2, freq_i = exp(-ln(10000) * i/(half-1)), out = [sin(t freq), cos(t freq)].
+ * Computed in double: t * freq reaches ~1000 rad, where a float argument would be
+ * off by ~6e-5. */
+#include "ddpm/ops.h"
+
+#include <math.h>
+
+void ddpm_timestep_embedding(float *out, const int *t, int B, int dim)
+{
+    const int half = dim / 2;
+    const double log_max_period = log(10000.0);
+    for (int b = 0; b < B; b++) {
+        float *o = out + (size_t)b * dim;
+        for (int i = 0; i < half; i++) {
+            /* half == 1 would divide by zero: its single frequency is then 1. */
+            const double frac = half > 1 ? (double)i / (double)(half - 1) : 0.0;
+            const double arg = (double)t[b] * exp(-log_max_period * frac);
+            o[i] = (float)sin(arg);
+            o[half + i] = (float)cos(arg);
+        }
+        if (dim % 2) /* dim must be even; an odd one gets a zero last element, not garbage */
+            o[dim - 1] = 0.0f;
+    }
+}

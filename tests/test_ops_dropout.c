@@ -1,0 +1,182 @@
+/* Tests of inverted dropout: the kept fraction and scale, the Philox lane layout,
+ * reproducibility, independence of the thread count, p = 0, and the backward pass. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ddpm/ops.h"
+#include "ddpm/rng.h"
+#include "testutil.h"
+
+enum { BIG = 1 << 20 };
+
+static void check_kept_fraction_and_scale(float p)
+{
+    float *x = tu_alloc(BIG), *out = tu_alloc(BIG), *mask = tu_alloc(BIG);
+    tu_fill_uniform(x, BIG, 1, 0.5f, 1.5f); /* never 0, so a dropped element is visible */
+    ddpm_dropout_forward(out, mask, x, p, BIG, 42, 1000);
+    size_t kept = 0;
+    const double scale = 1.0 / (1.0 - (double)p);
+    for (size_t i = 0; i < BIG; i++) {
+        if (mask[i] != 0.0f) {
+            kept++;
+            /* the scale 1/(1-p) is rounded to float once, out = x * scale once more */
+            assert_true(fabs(mask[i] - scale) <= 1e-7 * scale);
+            assert_true(fabs(out[i] - x[i] * scale) <= 2.4e-7 * x[i] * scale);
+        } else {
+            assert_true(out[i] == 0.0f);
+        }
+    }
+    /* binomial standard deviation of the fraction: sqrt(p(1-p)/n) <= 4.9e-4 at
+     * n = 2^20; 6 sigma (<= 2.9e-3) cannot fail by chance, and the sequence is fixed */
+    double frac = (double)kept / BIG, sd = sqrt((double)p * (1 - p) / BIG);
+    if (fabs(frac - (1.0 - p)) > 6 * sd)
+        fprintf(stderr, "p %g: kept fraction %.6f, expected %.6f +- %.2g\n", (double)p, frac,
+                1.0 - p, 6 * sd);
+    assert_true(fabs(frac - (1.0 - p)) <= 6 * sd);
+    free(x), free(out), free(mask);
+}
+
+static void test_dropout_keeps_one_minus_p_and_scales_by_inverse_keep(void **state)
+{
+    (void)state;
+    check_kept_fraction_and_scale(0.1f);
+    check_kept_fraction_and_scale(0.5f);
+    check_kept_fraction_and_scale(0.9f);
+}
+
+static void test_dropout_mask_is_philox_lane_i_mod_4_of_counter_plus_i_div_4(void **state)
+{
+    (void)state;
+    enum { N = 103 }; /* not a multiple of 4: the last block is partial */
+    const float p = 0.3f;
+    float x[N], out[N], mask[N];
+    for (int i = 0; i < N; i++)
+        x[i] = 1.0f;
+    ddpm_dropout_forward(out, mask, x, p, N, 7, 55);
+    for (int i = 0; i < N; i++) {
+        uint32_t w[4];
+        ddpm_philox(w, 7, DDPM_STREAM_DROPOUT, 55 + (uint64_t)i / 4);
+        float u = ((float)(w[i % 4] >> 8) + 0.5f) / 16777216.0f;
+        assert_true((mask[i] == 0.0f) == (u < p));
+    }
+}
+
+static void test_dropout_same_seed_and_counter_give_the_same_mask(void **state)
+{
+    (void)state;
+    enum { N = 4099 };
+    float *x = tu_alloc(N), *out = tu_alloc(N), *m1 = tu_alloc(N), *m2 = tu_alloc(N);
+    tu_fill_uniform(x, N, 2, -1.0f, 1.0f);
+    ddpm_dropout_forward(out, m1, x, 0.25f, N, 9, 123);
+    ddpm_dropout_forward(out, m2, x, 0.25f, N, 9, 123);
+    assert_memory_equal(m1, m2, N * sizeof(float));
+    /* another counter or another seed gives another mask */
+    ddpm_dropout_forward(out, m2, x, 0.25f, N, 9, 124);
+    assert_memory_not_equal(m1, m2, N * sizeof(float));
+    ddpm_dropout_forward(out, m2, x, 0.25f, N, 10, 123);
+    assert_memory_not_equal(m1, m2, N * sizeof(float));
+    free(x), free(out), free(m1), free(m2);
+}
+
+static void test_dropout_mask_does_not_depend_on_thread_count(void **state)
+{
+    (void)state;
+    /* BIG is above the size where the loop goes parallel */
+    float *x = tu_alloc(BIG), *o1 = tu_alloc(BIG), *o2 = tu_alloc(BIG);
+    float *m1 = tu_alloc(BIG), *m2 = tu_alloc(BIG);
+    tu_fill_uniform(x, BIG, 3, -1.0f, 1.0f);
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    ddpm_dropout_forward(o1, m1, x, 0.1f, BIG, 11, 77);
+    omp_set_num_threads(2);
+    ddpm_dropout_forward(o2, m2, x, 0.1f, BIG, 11, 77);
+    omp_set_num_threads(saved);
+    assert_memory_equal(m1, m2, BIG * sizeof(float));
+    assert_memory_equal(o1, o2, BIG * sizeof(float));
+    free(x), free(o1), free(o2), free(m1), free(m2);
+}
+
+static void test_dropout_p_zero_is_identity_with_unit_mask_in_place(void **state)
+{
+    (void)state;
+    enum { N = 1001 };
+    float x[N], x0[N], mask[N];
+    tu_fill_uniform(x0, N, 4, -1.0f, 1.0f);
+    memcpy(x, x0, sizeof x);
+    ddpm_dropout_forward(x, mask, x, 0.0f, N, 5, 0);
+    assert_memory_equal(x, x0, sizeof x);
+    for (int i = 0; i < N; i++)
+        assert_true(mask[i] == 1.0f);
+}
+
+static void test_dropout_in_place_equals_out_of_place(void **state)
+{
+    (void)state;
+    enum { N = 1001 };
+    float x[N], out[N], m1[N], m2[N];
+    tu_fill_uniform(x, N, 6, -1.0f, 1.0f);
+    ddpm_dropout_forward(out, m1, x, 0.2f, N, 5, 9);
+    ddpm_dropout_forward(x, m2, x, 0.2f, N, 5, 9);
+    assert_memory_equal(x, out, sizeof x);
+    assert_memory_equal(m1, m2, sizeof m1);
+}
+
+typedef struct {
+    float *x, *out, *mask, *r;
+    size_t n;
+} drop_case;
+
+static double drop_loss(void *ctx)
+{
+    drop_case *c = ctx;
+    ddpm_dropout_forward(c->out, c->mask, c->x, 0.25f, c->n, 13, 31);
+    double L = 0;
+    for (size_t i = 0; i < c->n; i++)
+        L += (double)c->r[i] * c->out[i];
+    return L;
+}
+
+static void test_dropout_backward_matches_finite_differences_and_accumulates(void **state)
+{
+    (void)state;
+    enum { N = 2 * 6 * 35 };
+    drop_case c = {tu_alloc(N), tu_alloc(N), tu_alloc(N), tu_alloc(N), N};
+    float *din = tu_alloc(N), *din2 = tu_alloc(N);
+    tu_fill_uniform(c.x, N, 7, -1.0f, 1.0f);
+    tu_fill_uniform(c.r, N, 8, -1.0f, 1.0f);
+    drop_loss(&c);
+    ddpm_dropout_backward(din, c.r, c.mask, N);
+    /* out = x * 4/3 (float): linear, so only rounding remains: x +- h and x * scale
+     * each rounded (rel 6e-8, |out| < 1.4) give <~ 4e-7 / 2h = 1.3e-5 with h = 2^-6.
+     * abs 3e-5 + rel 1e-5; a wrong mask or index is off by O(1). */
+    assert_int_equal(tu_check_grad("dropout din", c.x, din, N, drop_loss, &c, 1.0f / 64, 3e-5, 1e-5), 0);
+    for (size_t i = 0; i < N; i++)
+        din2[i] = 1.0f - (float)(i % 3);
+    ddpm_dropout_backward(din2, c.r, c.mask, N);
+    for (size_t i = 0; i < N; i++) {
+        float want = (1.0f - (float)(i % 3)) + din[i];
+        assert_true(fabsf(din2[i] - want) <= 1e-6f * (1.0f + fabsf(want)));
+    }
+    ddpm_dropout_backward(NULL, c.r, c.mask, N);
+    free(c.x), free(c.out), free(c.mask), free(c.r), free(din), free(din2);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dropout_keeps_one_minus_p_and_scales_by_inverse_keep),
+        cmocka_unit_test(test_dropout_mask_is_philox_lane_i_mod_4_of_counter_plus_i_div_4),
+        cmocka_unit_test(test_dropout_same_seed_and_counter_give_the_same_mask),
+        cmocka_unit_test(test_dropout_mask_does_not_depend_on_thread_count),
+        cmocka_unit_test(test_dropout_p_zero_is_identity_with_unit_mask_in_place),
+        cmocka_unit_test(test_dropout_in_place_equals_out_of_place),
+        cmocka_unit_test(test_dropout_backward_matches_finite_differences_and_accumulates),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
