@@ -1,0 +1,107 @@
+/* unet.h: the epsilon-predicting U-Net of DESIGN.md section 2 (Ho et al. 2020,
+ * appendix B): config, parameter arena with a name table, forward and backward.
+ *
+ * All parameters live in one contiguous float arena; gradients, Adam moments and
+ * EMA weights are arenas with the same layout, so optimisers, checkpoints and a
+ * data-parallel all-reduce are loops over flat arrays and the tensor table.
+ * Forward and backward take the parameter arena as an argument, so the same
+ * network runs with raw or EMA weights. Activations live in a workspace sized
+ * once for a maximum batch: no allocation in a training step. */
+#ifndef DDPM_UNET_H
+#define DDPM_UNET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ddpm/rng.h"
+
+#define DDPM_MAX_LEVELS 8
+#define DDPM_MAX_NAME 64
+
+typedef struct {
+    int in_channels;    /* 1 (gray) or 3 (RGB) */
+    int image_size;     /* square side, divisible by 2^(levels-1) */
+    int ch;             /* base channels */
+    int n_levels;       /* entries of ch_mult */
+    int ch_mult[DDPM_MAX_LEVELS];
+    int num_res_blocks;
+    int n_attn;         /* entries of attn_res */
+    int attn_res[DDPM_MAX_LEVELS]; /* resolutions (side in pixels) with attention */
+    int groups;         /* GroupNorm groups; must divide every channel count */
+    float dropout;      /* training dropout probability in ResBlocks */
+} ddpm_unet_config;
+
+/* DESIGN.md defaults for 28x28 gray images: ch 32, ch_mult 1,2,2, 2 res blocks,
+ * attention at 14, 8 groups, dropout 0.1. */
+void ddpm_unet_config_default(ddpm_unet_config *cfg);
+/* 0, or DDPM_EINVAL with a message saying what is impossible. */
+int ddpm_unet_config_check(const ddpm_unet_config *cfg);
+/* "1,2,2" <-> int list; parse returns the count or -1. */
+int ddpm_parse_int_list(const char *s, int *out, int max);
+void ddpm_format_int_list(char *buf, size_t size, const int *v, int n);
+
+typedef enum { DDPM_INIT_XAVIER, DDPM_INIT_ZERO, DDPM_INIT_ONE } ddpm_init_kind;
+
+/* One row of the tensor table: PyTorch names and shapes. */
+typedef struct {
+    char name[DDPM_MAX_NAME];
+    size_t offset; /* into the parameter arena, in floats */
+    size_t n;      /* number of floats */
+    int ndim;
+    int shape[4];
+    ddpm_init_kind init;
+} ddpm_tensor_info;
+
+typedef struct ddpm_unet_plan ddpm_unet_plan; /* the module list (internal) */
+
+typedef struct {
+    ddpm_unet_config cfg;
+    size_t n_params;
+    int n_tensors;
+    ddpm_tensor_info *tensors;
+    ddpm_unet_plan *plan;
+} ddpm_unet;
+
+int ddpm_unet_create(ddpm_unet **out, const ddpm_unet_config *cfg);
+void ddpm_unet_free(ddpm_unet *net);
+/* Index of a tensor by name, or -1. */
+int ddpm_unet_find_tensor(const ddpm_unet *net, const char *name);
+/* The DESIGN.md init into params[n_params]: Glorot/Xavier uniform weights, zero
+ * biases, GroupNorm gamma 1, and zero for ResBlock conv2, AttnBlock proj, conv_out. */
+void ddpm_unet_init_params(const ddpm_unet *net, float *params, uint64_t seed);
+/* Multiply-adds x 2 of one forward pass for one image (convs, linears, attention). */
+double ddpm_unet_forward_flops(const ddpm_unet *net);
+
+typedef struct ddpm_unet_workspace ddpm_unet_workspace;
+
+/* Activation memory for batches of up to max_batch images. training = 0 makes
+ * a forward-only workspace (no dropout masks, no gradient buffers). */
+int ddpm_unet_workspace_create(ddpm_unet_workspace **out, const ddpm_unet *net, int max_batch,
+                               int training);
+void ddpm_unet_workspace_free(ddpm_unet_workspace *ws);
+/* Bytes the workspace holds. */
+size_t ddpm_unet_workspace_bytes(const ddpm_unet_workspace *ws);
+
+/* eps_pred [B,C,S,S] = eps_theta(x_t, t) with t the 0-based step index per image.
+ * dropout_rng: NULL for no dropout (sampling, evaluation); else masks are drawn
+ * from it and its counter advances. B <= the workspace's max_batch. */
+void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
+                       float *eps_pred, const float *x_t, const int *t, int B,
+                       ddpm_rng *dropout_rng);
+/* Backward of the last forward on this workspace (which must be a training one):
+ * ACCUMULATES d loss / d params into grads[n_params] given d loss / d eps_pred. */
+void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
+                        ddpm_unet_workspace *ws, const float *d_eps_pred, int B);
+
+/* Optional per-op timing for `ddpm bench --profile`: seconds accumulated per
+ * op kind since the last reset. */
+enum {
+    DDPM_PROF_CONV, DDPM_PROF_LINEAR, DDPM_PROF_NORM, DDPM_PROF_ATTN, DDPM_PROF_ELEMENTWISE,
+    DDPM_PROF_ZERO, DDPM_PROF_COUNT
+};
+void ddpm_unet_profile_enable(ddpm_unet_workspace *ws, int on);
+void ddpm_unet_profile_read(const ddpm_unet_workspace *ws, double seconds[DDPM_PROF_COUNT],
+                            double seconds_backward[DDPM_PROF_COUNT]);
+const char *ddpm_unet_profile_name(int kind);
+
+#endif

@@ -1,0 +1,254 @@
+/* Tests of the whole U-Net: the tensor table, the parameter count of the
+ * DESIGN.md default, batch independence, and the analytic gradient of every
+ * tensor against central finite differences on a tiny config. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ddpm/error.h"
+#include "ddpm/unet.h"
+#include "testutil.h"
+
+static void test_default_config_has_1623169_parameters(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    ddpm_unet_config_default(&cfg);
+    ddpm_unet *net;
+    assert_int_equal(ddpm_unet_create(&net, &cfg), 0);
+    assert_int_equal(net->n_params, 1623169);
+    /* the table tiles the arena without gaps, in order, with unique names */
+    size_t off = 0;
+    for (int i = 0; i < net->n_tensors; i++) {
+        assert_int_equal(net->tensors[i].offset, off);
+        off += net->tensors[i].n;
+        for (int j = 0; j < i; j++)
+            assert_string_not_equal(net->tensors[i].name, net->tensors[j].name);
+    }
+    assert_int_equal(off, net->n_params);
+    /* PyTorch names and shapes of DESIGN.md section 2 */
+    static const struct {
+        const char *name;
+        int ndim, shape[4];
+    } expect[] = {
+        {"temb.0.weight", 2, {128, 32}},       {"temb.2.weight", 2, {128, 128}},
+        {"conv_in.weight", 4, {32, 1, 3, 3}},  {"down.0.norm1.weight", 1, {32}},
+        {"down.2.conv.weight", 4, {32, 32, 3, 3}}, {"down.3.skip.weight", 4, {64, 32, 1, 1}},
+        {"down.3.temb_proj.weight", 2, {64, 128}}, {"down.4.q.weight", 4, {64, 64, 1, 1}},
+        {"down.9.conv2.weight", 4, {64, 64, 3, 3}}, {"mid.1.proj.bias", 1, {64}},
+        {"mid.2.conv1.weight", 4, {64, 64, 3, 3}}, {"up.0.skip.weight", 4, {64, 128, 1, 1}},
+        {"up.3.conv.weight", 4, {64, 64, 3, 3}}, {"up.5.norm.weight", 1, {64}},
+        {"up.13.skip.weight", 4, {32, 64, 1, 1}}, {"norm_out.bias", 1, {32}},
+        {"conv_out.weight", 4, {1, 32, 3, 3}},
+    };
+    for (size_t i = 0; i < sizeof expect / sizeof expect[0]; i++) {
+        int k = ddpm_unet_find_tensor(net, expect[i].name);
+        if (k < 0)
+            fprintf(stderr, "missing tensor %s\n", expect[i].name);
+        assert_true(k >= 0);
+        assert_int_equal(net->tensors[k].ndim, expect[i].ndim);
+        for (int d = 0; d < expect[i].ndim; d++)
+            assert_int_equal(net->tensors[k].shape[d], expect[i].shape[d]);
+    }
+    assert_int_equal(ddpm_unet_find_tensor(net, "up.14.norm1.weight"), -1);
+    ddpm_unet_free(net);
+}
+
+static void test_impossible_configs_are_refused(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    ddpm_unet *net;
+    ddpm_unet_config_default(&cfg);
+    cfg.image_size = 30; /* not divisible by 4 */
+    assert_int_equal(ddpm_unet_create(&net, &cfg), -1);
+    assert_non_null(strstr(ddpm_last_error(), "divisible"));
+    ddpm_unet_config_default(&cfg);
+    cfg.groups = 5; /* does not divide 32 */
+    assert_int_equal(ddpm_unet_create(&net, &cfg), -1);
+    ddpm_unet_config_default(&cfg);
+    cfg.attn_res[0] = 9;
+    assert_int_equal(ddpm_unet_create(&net, &cfg), -1);
+}
+
+static void test_init_zeroes_residual_outputs_and_bounds_xavier(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    ddpm_unet_config_default(&cfg);
+    ddpm_unet *net;
+    assert_int_equal(ddpm_unet_create(&net, &cfg), 0);
+    float *p = tu_alloc(net->n_params);
+    ddpm_unet_init_params(net, p, 1);
+    for (int i = 0; i < net->n_tensors; i++) {
+        const ddpm_tensor_info *t = &net->tensors[i];
+        double maxabs = 0;
+        for (size_t j = 0; j < t->n; j++)
+            maxabs = fmax(maxabs, fabs(p[t->offset + j]));
+        int zero = strstr(t->name, "conv2.") || strstr(t->name, ".proj.") || strstr(t->name, "conv_out.") ||
+                   strstr(t->name, ".bias");
+        if (strstr(t->name, "norm") && strstr(t->name, ".weight"))
+            assert_close(p[t->offset], 1.0, 0);
+        else if (zero)
+            assert_close(maxabs, 0.0, 0);
+        else {
+            size_t rf = t->ndim == 4 ? (size_t)t->shape[2] * t->shape[3] : 1;
+            double bound = sqrt(6.0 / ((double)(t->shape[0] + t->shape[1]) * rf));
+            assert_true(maxabs <= bound && maxabs > 0.5 * bound);
+        }
+    }
+    free(p);
+    ddpm_unet_free(net);
+}
+
+/* The tiny network of the gradient check: 8x8 RGB, ch 8, two levels (8 and 16
+ * channels, so skip convs exist), attention at 4x4 and in the middle, 2 groups,
+ * dropout on (the mask is redrawn identically for every evaluation). */
+static void tiny_config(ddpm_unet_config *cfg)
+{
+    ddpm_unet_config_default(cfg);
+    cfg->in_channels = 3;
+    cfg->image_size = 8;
+    cfg->ch = 8;
+    cfg->n_levels = 2;
+    cfg->ch_mult[0] = 1, cfg->ch_mult[1] = 2;
+    cfg->num_res_blocks = 1;
+    cfg->n_attn = 1;
+    cfg->attn_res[0] = 4;
+    cfg->groups = 2;
+    cfg->dropout = 0.2f;
+}
+
+typedef struct {
+    ddpm_unet *net;
+    ddpm_unet_workspace *ws;
+    float *params, *x, *eps_pred, *r;
+    int *t, B;
+    size_t D;
+} ctx;
+
+static double projected_output(void *opaque)
+{
+    ctx *c = opaque;
+    ddpm_rng drop;
+    ddpm_rng_init(&drop, 77, DDPM_STREAM_DROPOUT);
+    ddpm_unet_forward(c->net, c->params, c->ws, c->eps_pred, c->x, c->t, c->B, &drop);
+    double L = 0;
+    for (size_t i = 0; i < (size_t)c->B * c->D; i++)
+        L += (double)c->r[i] * c->eps_pred[i];
+    return L;
+}
+
+static void test_unet_backward_matches_finite_differences(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    tiny_config(&cfg);
+    ctx c = {.B = 2};
+    assert_int_equal(ddpm_unet_create(&c.net, &cfg), 0);
+    assert_int_equal(ddpm_unet_workspace_create(&c.ws, c.net, c.B, 1), 0);
+    c.D = 3 * 8 * 8;
+    c.params = tu_alloc(c.net->n_params);
+    /* random weights everywhere (not the zero init, which would hide most gradients) */
+    tu_fill_uniform(c.params, c.net->n_params, 11, -0.3f, 0.3f);
+    for (int i = 0; i < c.net->n_tensors; i++)
+        if (strstr(c.net->tensors[i].name, "norm") && strstr(c.net->tensors[i].name, ".weight"))
+            for (size_t j = 0; j < c.net->tensors[i].n; j++)
+                c.params[c.net->tensors[i].offset + j] += 1.0f;
+    c.x = tu_alloc(c.B * c.D);
+    c.eps_pred = tu_alloc(c.B * c.D);
+    c.r = tu_alloc(c.B * c.D);
+    tu_fill_uniform(c.x, c.B * c.D, 12, -1, 1);
+    tu_fill_uniform(c.r, c.B * c.D, 13, -1, 1);
+    int t[2] = {3, 917};
+    c.t = t;
+    float *grads = tu_alloc(c.net->n_params);
+    projected_output(&c);
+    ddpm_unet_backward(c.net, c.params, grads, c.ws, c.r, c.B);
+    /* Float forward, h = 1e-2: the central difference's truncation error is
+       O(h^2 f''') ~ 1e-4 here and float rounding of L (|L| ~ 10, eps 6e-8) adds
+       ~1e-4; 4e-3 absolute + 2e-2 relative is ten times that, and far below any
+       indexing mistake, which changes gradients by O(1). Up to 12 elements of each
+       tensor (first, last, and evenly spaced between) are checked. */
+    int n_bad = 0;
+    for (int i = 0; i < c.net->n_tensors; i++) {
+        const ddpm_tensor_info *ti = &c.net->tensors[i];
+        size_t n_check = ti->n < 12 ? ti->n : 12;
+        for (size_t s = 0; s < n_check; s++) {
+            size_t j = n_check == 1 ? 0 : s * (ti->n - 1) / (n_check - 1);
+            char name[96];
+            snprintf(name, sizeof name, "%s[%zu]", ti->name, j);
+            n_bad += tu_check_grad(name, c.params + ti->offset + j, grads + ti->offset + j, 1,
+                                   projected_output, &c, 1e-2f, 4e-3, 2e-2);
+        }
+    }
+    assert_int_equal(n_bad, 0);
+
+    /* backward accumulates: a second call doubles every gradient */
+    float *twice = tu_alloc(c.net->n_params);
+    memcpy(twice, grads, c.net->n_params * sizeof *twice);
+    projected_output(&c);
+    ddpm_unet_backward(c.net, c.params, twice, c.ws, c.r, c.B);
+    for (size_t k = 0; k < c.net->n_params; k++)
+        assert_close(twice[k], 2.0 * grads[k], 1e-6 + 1e-5 * fabs(grads[k]));
+    free(twice);
+    free(grads);
+    free(c.x);
+    free(c.eps_pred);
+    free(c.r);
+    free(c.params);
+    ddpm_unet_workspace_free(c.ws);
+    ddpm_unet_free(c.net);
+}
+
+static void test_each_image_is_independent_of_the_rest_of_the_batch(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    tiny_config(&cfg);
+    cfg.dropout = 0;
+    ddpm_unet *net;
+    ddpm_unet_workspace *ws3, *ws1;
+    assert_int_equal(ddpm_unet_create(&net, &cfg), 0);
+    assert_int_equal(ddpm_unet_workspace_create(&ws3, net, 3, 0), 0);
+    assert_int_equal(ddpm_unet_workspace_create(&ws1, net, 1, 0), 0);
+    float *p = tu_alloc(net->n_params);
+    tu_fill_uniform(p, net->n_params, 5, -0.3f, 0.3f);
+    size_t D = 3 * 64;
+    float *x = tu_alloc(3 * D), *out3 = tu_alloc(3 * D), *out1 = tu_alloc(D);
+    tu_fill_uniform(x, 3 * D, 6, -1, 1);
+    int t[3] = {0, 500, 999};
+    ddpm_unet_forward(net, p, ws3, out3, x, t, 3, NULL);
+    for (int b = 0; b < 3; b++) {
+        ddpm_unet_forward(net, p, ws1, out1, x + b * D, t + b, 1, NULL);
+        /* only GEMM blocking differs: a few float ulps */
+        assert_true(tu_max_abs_diff(out1, out3 + b * D, D, NULL) < 1e-4);
+    }
+    /* and a smaller batch in a larger workspace gives the same as its own */
+    ddpm_unet_forward(net, p, ws3, out3, x, t, 1, NULL);
+    ddpm_unet_forward(net, p, ws1, out1, x, t, 1, NULL);
+    assert_true(tu_max_abs_diff(out1, out3, D, NULL) < 1e-4);
+    free(x);
+    free(out3);
+    free(out1);
+    free(p);
+    ddpm_unet_workspace_free(ws3);
+    ddpm_unet_workspace_free(ws1);
+    ddpm_unet_free(net);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_default_config_has_1623169_parameters),
+        cmocka_unit_test(test_impossible_configs_are_refused),
+        cmocka_unit_test(test_init_zeroes_residual_outputs_and_bounds_xavier),
+        cmocka_unit_test(test_unet_backward_matches_finite_differences),
+        cmocka_unit_test(test_each_image_is_independent_of_the_rest_of_the_batch),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
