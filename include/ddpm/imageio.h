@@ -1,0 +1,68 @@
+/* imageio.h: reading images into CHW arrays and writing PNGs (single and grids).
+ *
+ * Reading goes through stb_image (PNG, JPEG, BMP, TGA, GIF first frame, PSD, HDR,
+ * PNM); writing through stb_image_write (PNG). Pixel values map linearly between
+ * {0..255} and [-1, 1]: x = u / 127.5 - 1 and u = round((x + 1) * 127.5), clamped.
+ *
+ * Geometry on load: the largest centred square is cropped from the image (the
+ * extra columns or rows are split evenly, the odd one going to the right/bottom),
+ * then that square is resized to S x S with stb_image_resize (its default
+ * filters: Mitchell when shrinking, Catmull-Rom when enlarging, in linear space).
+ * A square image already at S x S is copied exactly.
+ *
+ * Channels on load: gray + alpha and RGBA lose their alpha (no compositing);
+ * RGB -> gray is ITU-R BT.601 luma, round(0.299 R + 0.587 G + 0.114 B);
+ * gray -> RGB replicates the gray value.
+ *
+ * Writing: PNGs go to a temporary file in the destination folder which is then
+ * renamed into place, so a failed write never leaves a truncated file under the
+ * final name (no fsync: images are cheap to regenerate, checkpoints are not). */
+#ifndef DDPM_IMAGEIO_H
+#define DDPM_IMAGEIO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Largest accepted target side and source side (pixels): bounds the memory a
+ * single image may take. */
+enum { DDPM_IMAGE_MAX_SIDE = 1 << 15 };
+
+/* Width, height and channel count (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) of an
+ * image file, read from its header without decoding the pixels (stbi_info).
+ * Returns DDPM_EIO if the file cannot be opened, DDPM_EFORMAT if it is not an
+ * image stb_image reads. */
+int ddpm_image_probe(const char *path, int *width, int *height, int *channels);
+
+/* Decodes `path` into out[channels * size * size] (CHW, uint8), converting the
+ * channels and cropping/resizing as described above. channels is 1 or 3. */
+int ddpm_image_load_u8(const char *path, uint8_t *out, int size, int channels);
+
+/* The same into floats in [-1, 1]. */
+int ddpm_image_load(const char *path, float *out, int size, int channels);
+
+/* The conversion and geometry step alone, on pixels already in memory:
+ * src is HWC uint8 with src_channels in 1..4; out is CHW [channels, size, size]. */
+int ddpm_image_convert_u8(uint8_t *out, const uint8_t *src, int width, int height,
+                          int src_channels, int size, int channels);
+
+/* uint8 <-> [-1, 1] float, n values. */
+void ddpm_image_u8_to_float(float *out, const uint8_t *in, size_t n);
+void ddpm_image_float_to_u8(uint8_t *out, const float *in, size_t n);
+
+/* Writes HWC uint8 pixels (channels 1..4) as a PNG, through a temporary file. */
+int ddpm_png_write(const char *path, const uint8_t *pixels, int width, int height, int channels);
+
+/* Writes the batch x[B, C, S, S] (floats in [-1, 1], clamped and rounded; C is 1 or
+ * 3) as one PNG grid: min(nrow, B) images per row, ceil(B / that) rows, `pad`
+ * pixels of value pad_value (0..255, every channel) between the cells and around
+ * the border; cells past the last image are left at pad_value. So the width is
+ * ncol * S + (ncol + 1) * pad and the height nrows * S + (nrows + 1) * pad. */
+int ddpm_image_save_grid(const char *path, const float *x, int B, int C, int S, int nrow, int pad,
+                         int pad_value);
+
+/* Writes each image of x[B, C, S, S] as dir/%05d.png numbered from first_index
+ * (more digits once the numbers need them). Creates dir if it does not exist
+ * (its parent must). */
+int ddpm_image_save_each(const char *dir, const float *x, int B, int C, int S, int first_index);
+
+#endif

@@ -1,0 +1,331 @@
+/* imageio.c: image files <-> CHW arrays (see include/ddpm/imageio.h). */
+#include "ddpm/imageio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <stb_image.h>
+#include <stb_image_resize.h>
+#include <stb_image_write.h>
+
+#include "ddpm/error.h"
+
+int ddpm_image_probe(const char *path, int *width, int *height, int *channels)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return ddpm_error(DDPM_EIO, "%s: cannot open: %s", path, strerror(errno));
+    int w = 0, h = 0, n = 0;
+    int ok = stbi_info_from_file(f, &w, &h, &n);
+    const char *why = ok ? NULL : stbi_failure_reason();
+    fclose(f);
+    if (!ok)
+        return ddpm_error(DDPM_EFORMAT, "%s: not an image stb_image reads (%s)", path,
+                          why ? why : "unknown format");
+    if (w <= 0 || h <= 0 || n < 1 || n > 4)
+        return ddpm_error(DDPM_EFORMAT, "%s: bad image header (%d x %d, %d channels)", path, w, h, n);
+    *width = w;
+    *height = h;
+    *channels = n;
+    return 0;
+}
+
+/* One pixel of `src` (src_channels 1..4) as `channels` (1 or 3) values. */
+static inline void convert_pixel(uint8_t *dst, const uint8_t *src, int src_channels, int channels)
+{
+    if (channels == 1) {
+        if (src_channels <= 2) {
+            dst[0] = src[0];
+        } else {
+            /* ITU-R BT.601 luma, rounded half up, in exact integer arithmetic */
+            unsigned y = 299u * src[0] + 587u * src[1] + 114u * src[2];
+            dst[0] = (uint8_t)((y + 500u) / 1000u);
+        }
+    } else if (src_channels <= 2) {
+        dst[0] = dst[1] = dst[2] = src[0];
+    } else {
+        dst[0] = src[0], dst[1] = src[1], dst[2] = src[2];
+    }
+}
+
+int ddpm_image_convert_u8(uint8_t *out, const uint8_t *src, int width, int height,
+                          int src_channels, int size, int channels)
+{
+    if (width <= 0 || height <= 0 || width > DDPM_IMAGE_MAX_SIDE || height > DDPM_IMAGE_MAX_SIDE)
+        return ddpm_error(DDPM_EINVAL, "image size %d x %d out of range (1..%d)", width, height,
+                          DDPM_IMAGE_MAX_SIDE);
+    if (src_channels < 1 || src_channels > 4)
+        return ddpm_error(DDPM_EINVAL, "image has %d channels (1..4 supported)", src_channels);
+    if (channels != 1 && channels != 3)
+        return ddpm_error(DDPM_EINVAL, "target channel count %d (must be 1 or 3)", channels);
+    if (size <= 0 || size > DDPM_IMAGE_MAX_SIDE)
+        return ddpm_error(DDPM_EINVAL, "target size %d out of range (1..%d)", size, DDPM_IMAGE_MAX_SIDE);
+
+    /* Largest centred square: offsets (x0, y0), side m. */
+    int m = width < height ? width : height;
+    int x0 = (width - m) / 2, y0 = (height - m) / 2;
+    size_t plane = (size_t)size * size;
+
+    /* The cropped square, converted to the target channels, HWC. */
+    uint8_t *square = ddpm_malloc((size_t)m * m, (size_t)channels);
+    if (!square)
+        return DDPM_ENOMEM;
+    for (int y = 0; y < m; y++) {
+        const uint8_t *row = src + ((size_t)(y0 + y) * width + x0) * src_channels;
+        uint8_t *dst = square + (size_t)y * m * channels;
+        for (int x = 0; x < m; x++)
+            convert_pixel(dst + (size_t)x * channels, row + (size_t)x * src_channels, src_channels,
+                          channels);
+    }
+
+    const uint8_t *hwc = square;
+    uint8_t *resized = NULL;
+    if (m != size) {
+        resized = ddpm_malloc(plane, (size_t)channels);
+        if (!resized) {
+            free(square);
+            return DDPM_ENOMEM;
+        }
+        if (!stbir_resize_uint8(square, m, m, 0, resized, size, size, 0, channels)) {
+            free(square);
+            free(resized);
+            return ddpm_error(DDPM_ENOMEM, "stb_image_resize failed (%d x %d -> %d x %d)", m, m,
+                              size, size);
+        }
+        hwc = resized;
+    }
+    /* HWC -> CHW */
+    for (int c = 0; c < channels; c++)
+        for (size_t i = 0; i < plane; i++)
+            out[c * plane + i] = hwc[i * channels + c];
+    free(square);
+    free(resized);
+    return 0;
+}
+
+int ddpm_image_load_u8(const char *path, uint8_t *out, int size, int channels)
+{
+    if (channels != 1 && channels != 3)
+        return ddpm_error(DDPM_EINVAL, "%s: channel count %d (must be 1 or 3)", path, channels);
+    if (size <= 0 || size > DDPM_IMAGE_MAX_SIDE)
+        return ddpm_error(DDPM_EINVAL, "%s: target size %d out of range (1..%d)", path, size,
+                          DDPM_IMAGE_MAX_SIDE);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return ddpm_error(DDPM_EIO, "%s: cannot open: %s", path, strerror(errno));
+    int w = 0, h = 0, n = 0;
+    /* Check the header before decoding so a huge image cannot exhaust memory. */
+    if (!stbi_info_from_file(f, &w, &h, &n)) {
+        const char *why = stbi_failure_reason();
+        fclose(f);
+        return ddpm_error(DDPM_EFORMAT, "%s: not an image stb_image reads (%s)", path,
+                          why ? why : "unknown format");
+    }
+    if (w <= 0 || h <= 0 || w > DDPM_IMAGE_MAX_SIDE || h > DDPM_IMAGE_MAX_SIDE) {
+        fclose(f);
+        return ddpm_error(DDPM_EFORMAT, "%s: image is %d x %d (sides up to %d supported)", path, w,
+                          h, DDPM_IMAGE_MAX_SIDE);
+    }
+    uint8_t *pixels = stbi_load_from_file(f, &w, &h, &n, 0);
+    fclose(f);
+    if (!pixels) {
+        const char *why = stbi_failure_reason();
+        return ddpm_error(DDPM_EFORMAT, "%s: cannot decode (%s)", path, why ? why : "unknown error");
+    }
+    int rc = ddpm_image_convert_u8(out, pixels, w, h, n, size, channels);
+    stbi_image_free(pixels);
+    if (rc) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", ddpm_last_error());
+        return ddpm_error(rc, "%s: %s", path, why);
+    }
+    return 0;
+}
+
+int ddpm_image_load(const char *path, float *out, int size, int channels)
+{
+    if (size <= 0 || size > DDPM_IMAGE_MAX_SIDE || (channels != 1 && channels != 3))
+        return ddpm_image_load_u8(path, NULL, size, channels); /* reports the bad argument */
+    size_t n = (size_t)channels * size * size;
+    uint8_t *u8 = ddpm_malloc(n, 1);
+    if (!u8)
+        return DDPM_ENOMEM;
+    int rc = ddpm_image_load_u8(path, u8, size, channels);
+    if (!rc)
+        ddpm_image_u8_to_float(out, u8, n);
+    free(u8);
+    return rc;
+}
+
+void ddpm_image_u8_to_float(float *out, const uint8_t *in, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = (float)in[i] / 127.5f - 1.0f;
+}
+
+void ddpm_image_float_to_u8(uint8_t *out, const float *in, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = (in[i] + 1.0f) * 127.5f;
+        if (!(v >= 0.0f)) /* also catches NaN */
+            v = 0.0f;
+        if (v > 255.0f)
+            v = 255.0f;
+        out[i] = (uint8_t)(v + 0.5f);
+    }
+}
+
+typedef struct {
+    FILE *f;
+    int failed;
+} png_sink;
+
+static void png_sink_write(void *context, void *data, int n)
+{
+    png_sink *sink = context;
+    if (n > 0 && fwrite(data, 1, (size_t)n, sink->f) != (size_t)n)
+        sink->failed = 1;
+}
+
+static atomic_uint tmp_counter;
+
+int ddpm_png_write(const char *path, const uint8_t *pixels, int width, int height, int channels)
+{
+    if (width <= 0 || height <= 0 || width > DDPM_IMAGE_MAX_SIDE || height > DDPM_IMAGE_MAX_SIDE ||
+        channels < 1 || channels > 4)
+        return ddpm_error(DDPM_EINVAL, "%s: cannot write a %d x %d image with %d channels", path,
+                          width, height, channels);
+    size_t len = strlen(path) + 48;
+    char *tmp = ddpm_malloc(len, 1);
+    if (!tmp)
+        return DDPM_ENOMEM;
+    snprintf(tmp, len, "%s.tmp.%ld.%u", path, (long)getpid(), atomic_fetch_add(&tmp_counter, 1));
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0) {
+        int rc = ddpm_error(DDPM_EIO, "%s: cannot create temporary file: %s", path, strerror(errno));
+        free(tmp);
+        return rc;
+    }
+    png_sink sink = {fdopen(fd, "wb"), 0};
+    if (!sink.f) {
+        int rc = ddpm_error(DDPM_EIO, "%s: cannot open temporary file: %s", path, strerror(errno));
+        close(fd);
+        unlink(tmp);
+        free(tmp);
+        return rc;
+    }
+    int ok = stbi_write_png_to_func(png_sink_write, &sink, width, height, channels, pixels,
+                                    width * channels);
+    int write_errno = errno;
+    if (fflush(sink.f) != 0 || ferror(sink.f)) {
+        sink.failed = 1;
+        write_errno = errno;
+    }
+    if (fclose(sink.f) != 0 && !sink.failed) {
+        sink.failed = 1;
+        write_errno = errno;
+    }
+    int rc = 0;
+    if (!ok)
+        rc = ddpm_error(DDPM_ENOMEM, "%s: PNG encoding failed (out of memory)", path);
+    else if (sink.failed)
+        rc = ddpm_error(DDPM_EIO, "%s: write failed: %s", path, strerror(write_errno));
+    else if (rename(tmp, path) != 0)
+        rc = ddpm_error(DDPM_EIO, "%s: cannot rename temporary file into place: %s", path,
+                        strerror(errno));
+    if (rc)
+        unlink(tmp);
+    free(tmp);
+    return rc;
+}
+
+static int check_batch(const char *path, int B, int C, int S)
+{
+    if (B <= 0 || (C != 1 && C != 3) || S <= 0 || S > DDPM_IMAGE_MAX_SIDE)
+        return ddpm_error(DDPM_EINVAL, "%s: bad batch shape [%d, %d, %d, %d] (C must be 1 or 3)",
+                          path, B, C, S, S);
+    return 0;
+}
+
+/* Image b of x[B, C, S, S] into dst (HWC rows of `stride` bytes). */
+static void chw_to_hwc_u8(uint8_t *dst, size_t stride, const float *img, int C, int S)
+{
+    size_t plane = (size_t)S * S;
+    for (int y = 0; y < S; y++)
+        for (int x = 0; x < S; x++)
+            for (int c = 0; c < C; c++)
+                ddpm_image_float_to_u8(dst + y * stride + (size_t)x * C + c,
+                                       img + c * plane + (size_t)y * S + x, 1);
+}
+
+int ddpm_image_save_grid(const char *path, const float *x, int B, int C, int S, int nrow, int pad,
+                         int pad_value)
+{
+    int rc = check_batch(path, B, C, S);
+    if (rc)
+        return rc;
+    if (nrow <= 0 || pad < 0 || pad > DDPM_IMAGE_MAX_SIDE || pad_value < 0 || pad_value > 255)
+        return ddpm_error(DDPM_EINVAL, "%s: bad grid layout (nrow %d, pad %d, pad value %d)", path,
+                          nrow, pad, pad_value);
+    int ncol = nrow < B ? nrow : B;
+    int nrows = (B + ncol - 1) / ncol;
+    long long width = (long long)ncol * S + (long long)(ncol + 1) * pad;
+    long long height = (long long)nrows * S + (long long)(nrows + 1) * pad;
+    if (width > DDPM_IMAGE_MAX_SIDE || height > DDPM_IMAGE_MAX_SIDE)
+        return ddpm_error(DDPM_EINVAL, "%s: grid of %lld x %lld pixels is too large (max side %d)",
+                          path, width, height, DDPM_IMAGE_MAX_SIDE);
+    size_t stride = (size_t)width * C;
+    uint8_t *grid = ddpm_malloc((size_t)height, stride);
+    if (!grid)
+        return DDPM_ENOMEM;
+    memset(grid, pad_value, (size_t)height * stride);
+    size_t image_len = (size_t)C * S * S;
+    for (int b = 0; b < B; b++) {
+        size_t top = (size_t)pad + (size_t)(b / ncol) * (size_t)(S + pad);
+        size_t left = (size_t)pad + (size_t)(b % ncol) * (size_t)(S + pad);
+        chw_to_hwc_u8(grid + top * stride + left * C, stride, x + b * image_len, C, S);
+    }
+    rc = ddpm_png_write(path, grid, (int)width, (int)height, C);
+    free(grid);
+    return rc;
+}
+
+int ddpm_image_save_each(const char *dir, const float *x, int B, int C, int S, int first_index)
+{
+    int rc = check_batch(dir, B, C, S);
+    if (rc)
+        return rc;
+    if (first_index < 0 || first_index > 999999999 - B)
+        return ddpm_error(DDPM_EINVAL, "%s: bad first index %d", dir, first_index);
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+        return ddpm_error(DDPM_EIO, "%s: cannot create folder: %s", dir, strerror(errno));
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return ddpm_error(DDPM_EIO, "%s: not a folder", dir);
+    int digits = 5;
+    for (long long limit = 100000; first_index + B - 1 >= limit; limit *= 10)
+        digits++;
+    size_t len = strlen(dir) + 32;
+    char *path = ddpm_malloc(len, 1);
+    uint8_t *pixels = ddpm_malloc((size_t)C * S, (size_t)S);
+    if (!path || !pixels) {
+        free(path);
+        free(pixels);
+        return DDPM_ENOMEM;
+    }
+    size_t image_len = (size_t)C * S * S;
+    for (int b = 0; b < B && !rc; b++) {
+        snprintf(path, len, "%s/%0*d.png", dir, digits & 15, first_index + b); /* digits <= 10 */
+        chw_to_hwc_u8(pixels, (size_t)S * C, x + b * image_len, C, S);
+        rc = ddpm_png_write(path, pixels, S, S, C);
+    }
+    free(path);
+    free(pixels);
+    return rc;
+}

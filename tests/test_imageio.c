@@ -1,0 +1,342 @@
+/* Tests of imageio: exact PNG round trips, grid geometry, channel conversion,
+ * crop/resize geometry, and clean errors on files that are not images. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <stb_image.h>
+
+#include "ddpm/error.h"
+#include "ddpm/imageio.h"
+
+static char tmpdir[64];
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/ddpm-test-imageio-XXXXXX");
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static const char *tmp_path(const char *name)
+{
+    static char path[256];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    return path;
+}
+
+/* Number of entries in tmpdir whose name contains `part`. */
+static int count_files_containing(const char *part)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -c -- '%s'", tmpdir, part);
+    FILE *p = popen(cmd, "r");
+    int n = -1;
+    if (p) {
+        if (fscanf(p, "%d", &n) != 1)
+            n = -1;
+        pclose(p);
+    }
+    return n;
+}
+
+static void test_gray_gradient_png_round_trips_exactly(void **state)
+{
+    (void)state;
+    enum { S = 16 };
+    uint8_t img[S * S], back[S * S];
+    for (int y = 0; y < S; y++)
+        for (int x = 0; x < S; x++)
+            img[y * S + x] = (uint8_t)(y * 16 + x); /* every value 0..255 once */
+    const char *path = tmp_path("gradient.png");
+    assert_int_equal(ddpm_png_write(path, img, S, S, 1), 0);
+    int w, h, c;
+    assert_int_equal(ddpm_image_probe(path, &w, &h, &c), 0);
+    assert_int_equal(w, S);
+    assert_int_equal(h, S);
+    assert_int_equal(c, 1);
+    assert_int_equal(ddpm_image_load_u8(path, back, S, 1), 0);
+    assert_memory_equal(img, back, sizeof img);
+
+    /* float load is u / 127.5 - 1, and float -> u8 inverts it exactly */
+    float xf[S * S];
+    assert_int_equal(ddpm_image_load(path, xf, S, 1), 0);
+    for (int i = 0; i < S * S; i++) {
+        assert_true(xf[i] >= -1.0f && xf[i] <= 1.0f);
+        assert_true(fabsf(xf[i] - ((float)img[i] / 127.5f - 1.0f)) == 0.0f);
+    }
+    ddpm_image_float_to_u8(back, xf, S * S);
+    assert_memory_equal(img, back, sizeof img);
+    assert_int_equal(count_files_containing(".tmp."), 0);
+}
+
+static void test_rgb_png_round_trips_exactly_as_chw(void **state)
+{
+    (void)state;
+    enum { W = 5, H = 5 };
+    uint8_t hwc[H * W * 3], chw[3 * H * W];
+    for (int i = 0; i < H * W; i++)
+        for (int c = 0; c < 3; c++)
+            hwc[i * 3 + c] = (uint8_t)(i * 10 + c * 3);
+    const char *path = tmp_path("rgb.png");
+    assert_int_equal(ddpm_png_write(path, hwc, W, H, 3), 0);
+    assert_int_equal(ddpm_image_load_u8(path, chw, W, 3), 0);
+    for (int c = 0; c < 3; c++)
+        for (int i = 0; i < H * W; i++)
+            assert_int_equal(chw[c * H * W + i], hwc[i * 3 + c]);
+}
+
+static void test_float_to_u8_clamps_rounds_and_maps_nan_to_zero(void **state)
+{
+    (void)state;
+    float x[7] = {-2.0f, -1.0f, 1.0f, 3.0f, NAN, 0.0f, -1.0f + 1.4f / 127.5f};
+    uint8_t u[7];
+    ddpm_image_float_to_u8(u, x, 7);
+    assert_int_equal(u[0], 0);
+    assert_int_equal(u[1], 0);
+    assert_int_equal(u[2], 255);
+    assert_int_equal(u[3], 255);
+    assert_int_equal(u[4], 0);
+    assert_int_equal(u[5], 128); /* 127.5 rounds half up */
+    assert_int_equal(u[6], 1);
+}
+
+static void test_grid_has_documented_geometry_padding_and_cells(void **state)
+{
+    (void)state;
+    enum { B = 5, C = 3, S = 4, NROW = 3, PAD = 2, PADV = 77 };
+    float x[B * C * S * S];
+    /* image b, channel c, pixel i: value 10*b + 3*c + (i % 3), as uint8 */
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < C; c++)
+            for (int i = 0; i < S * S; i++)
+                x[(b * C + c) * S * S + i] = (float)(10 * b + 3 * c + i % 3) / 127.5f - 1.0f;
+    const char *path = tmp_path("grid.png");
+    assert_int_equal(ddpm_image_save_grid(path, x, B, C, S, NROW, PAD, PADV), 0);
+
+    int w, h, n;
+    uint8_t *g = stbi_load(path, &w, &h, &n, 0);
+    assert_non_null(g);
+    assert_int_equal(w, 3 * S + 4 * PAD);
+    assert_int_equal(h, 2 * S + 3 * PAD);
+    assert_int_equal(n, C);
+    for (int y = 0; y < h; y++) {
+        for (int xx = 0; xx < w; xx++) {
+            int in_row = (y - PAD) % (S + PAD) < S && y >= PAD, r = (y - PAD) / (S + PAD);
+            int in_col = (xx - PAD) % (S + PAD) < S && xx >= PAD, col = (xx - PAD) / (S + PAD);
+            int b = r * NROW + col;
+            for (int c = 0; c < C; c++) {
+                int v = g[(y * w + xx) * C + c];
+                if (!in_row || !in_col || b >= B) {
+                    assert_int_equal(v, PADV); /* padding and the empty sixth cell */
+                } else {
+                    int i = ((y - PAD) % (S + PAD)) * S + (xx - PAD) % (S + PAD);
+                    assert_int_equal(v, 10 * b + 3 * c + i % 3);
+                }
+            }
+        }
+    }
+    stbi_image_free(g);
+}
+
+static void test_grid_with_fewer_images_than_nrow_uses_one_short_row(void **state)
+{
+    (void)state;
+    float x[2 * 1 * 3 * 3] = {0};
+    const char *path = tmp_path("short.png");
+    assert_int_equal(ddpm_image_save_grid(path, x, 2, 1, 3, 8, 1, 0), 0);
+    int w, h, c;
+    assert_int_equal(ddpm_image_probe(path, &w, &h, &c), 0);
+    assert_int_equal(w, 2 * 3 + 3 * 1);
+    assert_int_equal(h, 3 + 2 * 1);
+    assert_int_equal(c, 1);
+}
+
+static void test_save_each_writes_numbered_pngs(void **state)
+{
+    (void)state;
+    enum { B = 3, C = 1, S = 2 };
+    float x[B * C * S * S];
+    for (int i = 0; i < B * C * S * S; i++)
+        x[i] = (float)(i * 20) / 127.5f - 1.0f;
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s/each", tmpdir);
+    assert_int_equal(ddpm_image_save_each(dir, x, B, C, S, 7), 0);
+    for (int b = 0; b < B; b++) {
+        char path[300];
+        snprintf(path, sizeof path, "%s/%05d.png", dir, 7 + b);
+        uint8_t u[C * S * S];
+        assert_int_equal(ddpm_image_load_u8(path, u, S, C), 0);
+        for (int i = 0; i < C * S * S; i++)
+            assert_int_equal(u[i], (b * C * S * S + i) * 20);
+    }
+}
+
+static void test_channel_conversion_luma_replication_and_alpha(void **state)
+{
+    (void)state;
+    /* 2x2 RGBA: red, green, blue, a gray-ish colour; alpha varies and is dropped */
+    uint8_t rgba[16] = {255, 0, 0, 0, 0, 255, 0, 10, 0, 0, 255, 128, 10, 20, 30, 255};
+    const char *p4 = tmp_path("rgba.png");
+    assert_int_equal(ddpm_png_write(p4, rgba, 2, 2, 4), 0);
+    int w, h, c;
+    assert_int_equal(ddpm_image_probe(p4, &w, &h, &c), 0);
+    assert_int_equal(c, 4);
+    uint8_t gray[4], rgb[12];
+    assert_int_equal(ddpm_image_load_u8(p4, gray, 2, 1), 0);
+    /* BT.601: round(0.299 R + 0.587 G + 0.114 B) */
+    assert_int_equal(gray[0], 76);  /* 76.245 */
+    assert_int_equal(gray[1], 150); /* 149.685 */
+    assert_int_equal(gray[2], 29);  /* 29.07 */
+    assert_int_equal(gray[3], 18);  /* 2.99 + 11.74 + 3.42 = 18.15 */
+    assert_int_equal(ddpm_image_load_u8(p4, rgb, 2, 3), 0);
+    for (int i = 0; i < 4; i++)
+        for (int ch = 0; ch < 3; ch++)
+            assert_int_equal(rgb[ch * 4 + i], rgba[i * 4 + ch]);
+
+    /* gray + alpha -> RGB replicates the gray value and drops alpha */
+    uint8_t ga[8] = {0, 255, 100, 0, 200, 50, 255, 255};
+    const char *p2 = tmp_path("ga.png");
+    assert_int_equal(ddpm_png_write(p2, ga, 2, 2, 2), 0);
+    assert_int_equal(ddpm_image_load_u8(p2, rgb, 2, 3), 0);
+    for (int i = 0; i < 4; i++)
+        for (int ch = 0; ch < 3; ch++)
+            assert_int_equal(rgb[ch * 4 + i], ga[i * 2]);
+    assert_int_equal(ddpm_image_load_u8(p2, gray, 2, 1), 0);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(gray[i], ga[i * 2]);
+}
+
+/* A w x h gray image whose centred square is 200 and the rest 0. */
+static void write_centre_marked(const char *path, int w, int h)
+{
+    uint8_t *img = calloc((size_t)w * h, 1);
+    assert_non_null(img);
+    int m = w < h ? w : h, x0 = (w - m) / 2, y0 = (h - m) / 2;
+    for (int y = y0; y < y0 + m; y++)
+        for (int x = x0; x < x0 + m; x++)
+            img[y * w + x] = 200;
+    assert_int_equal(ddpm_png_write(path, img, w, h, 1), 0);
+    free(img);
+}
+
+static void test_non_square_images_are_centre_cropped_then_resized(void **state)
+{
+    (void)state;
+    /* wide (13 x 6: crop columns 3..8), tall (6 x 11), shrink to 4 and enlarge to 9;
+     * the crop holds exactly the constant square, so every output pixel is 200
+     * (resampling a constant gives the constant, to rounding) */
+    const int shapes[][2] = {{13, 6}, {6, 11}};
+    const int sizes[] = {4, 9, 6};
+    for (int s = 0; s < 2; s++) {
+        const char *path = tmp_path("nonsquare.png");
+        write_centre_marked(path, shapes[s][0], shapes[s][1]);
+        for (int k = 0; k < 3; k++) {
+            int S = sizes[k];
+            uint8_t out[3 * 81];
+            memset(out, 0xAB, sizeof out);
+            assert_int_equal(ddpm_image_load_u8(path, out, S, 3), 0);
+            for (int i = 0; i < 3 * S * S; i++)
+                assert_true(abs((int)out[i] - 200) <= 1);
+            for (int i = 3 * S * S; i < 3 * 81; i++)
+                assert_int_equal(out[i], 0xAB); /* nothing written past C*S*S */
+        }
+    }
+}
+
+static void test_resize_of_a_gradient_keeps_its_direction(void **state)
+{
+    (void)state;
+    enum { N = 32, S = 8 };
+    uint8_t img[N * N], out[S * S];
+    for (int y = 0; y < N; y++)
+        for (int x = 0; x < N; x++)
+            img[y * N + x] = (uint8_t)(x * 8);
+    assert_int_equal(ddpm_image_convert_u8(out, img, N, N, 1, S, 1), 0);
+    for (int y = 0; y < S; y++)
+        for (int x = 1; x < S; x++) {
+            assert_true(out[y * S + x] > out[y * S + x - 1]);
+            assert_int_equal(out[y * S + x], out[x]); /* rows identical */
+        }
+}
+
+static void test_non_image_and_missing_files_are_errors_naming_the_file(void **state)
+{
+    (void)state;
+    const char *path = tmp_path("notes.txt");
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("this is not an image\n", f);
+    fclose(f);
+    int w, h, c;
+    uint8_t out[16];
+    assert_int_equal(ddpm_image_probe(path, &w, &h, &c), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "notes.txt"));
+    assert_int_equal(ddpm_image_load_u8(path, out, 4, 1), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "notes.txt"));
+
+    /* a PNG cut in half: the header probes, the decode fails cleanly */
+    uint8_t img[64 * 64];
+    for (int i = 0; i < 64 * 64; i++)
+        img[i] = (uint8_t)(i * 7919 >> 3);
+    const char *png = tmp_path("cut.png");
+    assert_int_equal(ddpm_png_write(png, img, 64, 64, 1), 0);
+    struct stat st;
+    assert_int_equal(stat(png, &st), 0);
+    assert_int_equal(truncate(png, st.st_size / 2), 0);
+    assert_int_equal(ddpm_image_load_u8(png, out, 4, 1), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "cut.png"));
+
+    assert_int_equal(ddpm_image_probe(tmp_path("missing.png"), &w, &h, &c), DDPM_EIO);
+    assert_non_null(strstr(ddpm_last_error(), "missing.png"));
+    assert_int_equal(ddpm_image_load_u8(tmp_path("missing.png"), out, 4, 1), DDPM_EIO);
+}
+
+static void test_bad_arguments_and_unwritable_paths_are_errors(void **state)
+{
+    (void)state;
+    uint8_t out[16];
+    float x[16] = {0};
+    assert_int_equal(ddpm_image_load_u8(tmp_path("gradient.png"), out, 4, 2), DDPM_EINVAL);
+    assert_int_equal(ddpm_image_load_u8(tmp_path("gradient.png"), out, 0, 1), DDPM_EINVAL);
+    assert_int_equal(ddpm_image_save_grid(tmp_path("g.png"), x, 1, 1, 4, 0, 1, 0), DDPM_EINVAL);
+    assert_int_equal(ddpm_image_save_grid(tmp_path("g.png"), x, 1, 1, 4, 1, 1, 256), DDPM_EINVAL);
+    assert_int_equal(ddpm_image_save_grid(tmp_path("g.png"), x, 1, 2, 4, 1, 1, 0), DDPM_EINVAL);
+    assert_int_equal(ddpm_image_save_grid(tmp_path("no/such/dir/g.png"), x, 1, 1, 4, 1, 1, 0),
+                     DDPM_EIO);
+    assert_non_null(strstr(ddpm_last_error(), "no/such/dir/g.png"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gray_gradient_png_round_trips_exactly),
+        cmocka_unit_test(test_rgb_png_round_trips_exactly_as_chw),
+        cmocka_unit_test(test_float_to_u8_clamps_rounds_and_maps_nan_to_zero),
+        cmocka_unit_test(test_grid_has_documented_geometry_padding_and_cells),
+        cmocka_unit_test(test_grid_with_fewer_images_than_nrow_uses_one_short_row),
+        cmocka_unit_test(test_save_each_writes_numbered_pngs),
+        cmocka_unit_test(test_channel_conversion_luma_replication_and_alpha),
+        cmocka_unit_test(test_non_square_images_are_centre_cropped_then_resized),
+        cmocka_unit_test(test_resize_of_a_gradient_keeps_its_direction),
+        cmocka_unit_test(test_non_image_and_missing_files_are_errors_naming_the_file),
+        cmocka_unit_test(test_bad_arguments_and_unwritable_paths_are_errors),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
