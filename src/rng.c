@@ -70,16 +70,45 @@ double ddpm_rng_normal(ddpm_rng *rng)
     return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
 }
 
+static void uniform_block(const ddpm_rng *rng, uint64_t c0, float *out, size_t n, size_t blk)
+{
+    uint32_t w[4];
+    ddpm_philox(w, rng->seed, rng->stream, c0 + blk);
+    for (size_t l = 0; l < 4 && blk * 4 + l < n; l++)
+        out[blk * 4 + l] = u32_to_open_unit(w[l]);
+}
+
+static void normal_block(const ddpm_rng *rng, uint64_t c0, float *out, size_t n, size_t blk)
+{
+    uint32_t w[4];
+    ddpm_philox(w, rng->seed, rng->stream, c0 + blk);
+    float z[4];
+    for (int pair = 0; pair < 2; pair++) {
+        /* Box-Muller in double so that the tails are exact to float precision. */
+        double u1 = u32_to_open_unit(w[2 * pair]), u2 = u32_to_open_unit(w[2 * pair + 1]);
+        double r = sqrt(-2.0 * log(u1));
+        z[2 * pair] = (float)(r * cos(2.0 * M_PI * u2));
+        z[2 * pair + 1] = (float)(r * sin(2.0 * M_PI * u2));
+    }
+    for (size_t l = 0; l < 4 && blk * 4 + l < n; l++)
+        out[blk * 4 + l] = z[l];
+}
+
+/* Small fills stay out of OpenMP altogether: even a parallel region with a false
+   if() clause costs microseconds in libgomp, and samplers draw per image per step. */
+enum { PARALLEL_MIN_BLOCKS = 16384 };
+
 void ddpm_rng_uniform_fill(ddpm_rng *rng, float *out, size_t n)
 {
     size_t n_blocks = (n + 3) / 4;
     uint64_t c0 = rng->counter;
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (size_t blk = 0; blk < n_blocks; blk++) {
-        uint32_t w[4];
-        ddpm_philox(w, rng->seed, rng->stream, c0 + blk);
-        for (size_t l = 0; l < 4 && blk * 4 + l < n; l++)
-            out[blk * 4 + l] = u32_to_open_unit(w[l]);
+    if (n_blocks < PARALLEL_MIN_BLOCKS) {
+        for (size_t blk = 0; blk < n_blocks; blk++)
+            uniform_block(rng, c0, out, n, blk);
+    } else {
+#pragma omp parallel for schedule(static)
+        for (size_t blk = 0; blk < n_blocks; blk++)
+            uniform_block(rng, c0, out, n, blk);
     }
     rng->counter += n_blocks;
 }
@@ -88,20 +117,13 @@ void ddpm_rng_normal_fill(ddpm_rng *rng, float *out, size_t n)
 {
     size_t n_blocks = (n + 3) / 4;
     uint64_t c0 = rng->counter;
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (size_t blk = 0; blk < n_blocks; blk++) {
-        uint32_t w[4];
-        ddpm_philox(w, rng->seed, rng->stream, c0 + blk);
-        float z[4];
-        for (int pair = 0; pair < 2; pair++) {
-            /* Box-Muller in double so that the tails are exact to float precision. */
-            double u1 = u32_to_open_unit(w[2 * pair]), u2 = u32_to_open_unit(w[2 * pair + 1]);
-            double r = sqrt(-2.0 * log(u1));
-            z[2 * pair] = (float)(r * cos(2.0 * M_PI * u2));
-            z[2 * pair + 1] = (float)(r * sin(2.0 * M_PI * u2));
-        }
-        for (size_t l = 0; l < 4 && blk * 4 + l < n; l++)
-            out[blk * 4 + l] = z[l];
+    if (n_blocks < PARALLEL_MIN_BLOCKS) {
+        for (size_t blk = 0; blk < n_blocks; blk++)
+            normal_block(rng, c0, out, n, blk);
+    } else {
+#pragma omp parallel for schedule(static)
+        for (size_t blk = 0; blk < n_blocks; blk++)
+            normal_block(rng, c0, out, n, blk);
     }
     rng->counter += n_blocks;
 }

@@ -1,0 +1,65 @@
+/* sample.h: the reverse process. Ancestral DDPM sampling (Ho et al. 2020,
+ * Algorithm 2) and DDIM (Song et al. 2021) on a subsequence of steps, over an
+ * abstract eps function so that the arithmetic is tested on a stub and the same
+ * code drives the U-Net. Step indices are 0-based: i = t - 1. */
+#ifndef DDPM_SAMPLE_H
+#define DDPM_SAMPLE_H
+
+#include <stddef.h>
+
+#include "ddpm/rng.h"
+#include "ddpm/schedule.h"
+
+typedef enum { DDPM_SAMPLER_DDPM = 0, DDPM_SAMPLER_DDIM = 1 } ddpm_sampler_kind;
+typedef enum { DDPM_VAR_BETA = 0, DDPM_VAR_BETA_TILDE = 1 } ddpm_var_kind;
+
+typedef struct {
+    ddpm_sampler_kind kind;
+    int steps;         /* DDIM: number of steps S (1..T); DDPM always runs all T */
+    float eta;         /* DDIM: 0 deterministic, 1 ancestral-like */
+    ddpm_var_kind var; /* DDPM: sigma_t^2 = beta_t or beta~_t */
+    int clip_x0;       /* clip the predicted x0 to [-1, 1] (see ddpm_ddpm_step) */
+} ddpm_sampler_config;
+
+/* DDPM, all T steps, sigma^2 = beta, clip on. */
+void ddpm_sampler_config_default(ddpm_sampler_config *c);
+
+/* eps_theta(x_t, i) for B images of D values; i[b] the 0-based step index. */
+typedef void (*ddpm_eps_fn)(void *ctx, float *eps, const float *x_t, const int *i, int B);
+/* Called after every step: k counts steps from 0 to n_steps-1, i is the step just
+ * taken, x the new sample, x0 the predicted x0 at that step. May be NULL. */
+typedef void (*ddpm_step_fn)(void *ctx, int k, int n_steps, int i, const float *x, const float *x0,
+                             int B);
+
+/* One ancestral step from index i: without clipping it is Algorithm 2,
+ * x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1-abar_t) eps) + sigma_t z; with clipping
+ * the mean is the posterior mean mu~(clip(x0_pred), x_t) (eq. 7), which equals
+ * the first form whenever x0_pred is inside [-1, 1]. z is ignored at i = 0.
+ * x0_out (may be NULL) receives the (clipped) predicted x0. */
+void ddpm_ddpm_step(float *x_prev, float *x0_out, const float *x_t, const float *eps,
+                    const float *z, int i, size_t D, const ddpm_schedule *s, ddpm_var_kind var,
+                    int clip_x0);
+/* One DDIM step from index i to index i_prev (-1: to x_0, abar = 1):
+ * x0 = (x_t - sqrt(1-abar) eps)/sqrt(abar) (clipped, then eps recomputed from it),
+ * sigma = eta sqrt((1-abar_prev)/(1-abar) (1 - abar/abar_prev)),
+ * x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z. */
+void ddpm_ddim_step(float *x_prev, float *x0_out, const float *x_t, const float *eps,
+                    const float *z, int i, int i_prev, float eta, size_t D,
+                    const ddpm_schedule *s, int clip_x0);
+
+/* The DDIM subsequence: S indices round(k (T-1)/(S-1)), k = 0..S-1, increasing
+ * (S = 1 gives {T-1}). Returns S or a negative DDPM_E* if S is not in 1..T. */
+int ddpm_ddim_timesteps(int *out, int S, int T);
+
+/* Number of network evaluations the config costs. */
+int ddpm_sampler_n_steps(const ddpm_sampler_config *c, const ddpm_schedule *s);
+
+/* Draws x_T ~ N(0, I) from rng and runs the sampler: x [B, D] receives x_0.
+ * scratch holds 4 * B * D floats. The noise of image b at every step depends
+ * only on (rng state, b), so the same seed gives the same images whatever the
+ * batch split, as long as first_image is the image's index in the whole run. */
+int ddpm_sample(float *x, float *scratch, int B, size_t D, int first_image,
+                const ddpm_schedule *s, const ddpm_sampler_config *c, ddpm_eps_fn eps_fn,
+                void *eps_ctx, const ddpm_rng *rng, ddpm_step_fn step_fn, void *step_ctx);
+
+#endif
