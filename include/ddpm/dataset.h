@@ -1,0 +1,79 @@
+/* dataset.h: a folder of images held in memory, served as shuffled batches.
+ *
+ * ddpm_dataset_open scans a folder recursively (entries whose name starts with
+ * '.' are ignored), sorts the file paths bytewise so the order never depends on
+ * the file system, keeps the files stb_image can read (decided by probing each
+ * file's header, not by its extension) and decodes each one once into uint8 CHW
+ * at the target size and channel count (see imageio.h for the crop, resize and
+ * channel rules). Decoding runs in parallel with OpenMP; the result is the same
+ * for any thread count.
+ *
+ * Batches: the items are served in a per-epoch permutation. The permutation of
+ * epoch e and the flip of the item at (e, position p) are pure functions of
+ * (seed, stream, e, p), computed with Philox counters
+ *     permutation of epoch e:  counters from e * 2^40 (Fisher-Yates, ddpm_rng_shuffle)
+ *     flip at (e, p):          the low bit of Philox at counter e * 2^40 + 2^39 + p
+ * so a resumed run needs only (epoch, position) besides the seed; see
+ * ddpm_dataset_seek. A batch that crosses the end of an epoch takes the rest of
+ * that epoch and continues with the next epoch's permutation: every image is seen
+ * exactly once per epoch and every batch is full. */
+#ifndef DDPM_DATASET_H
+#define DDPM_DATASET_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ddpm/rng.h"
+
+typedef struct ddpm_dataset ddpm_dataset;
+
+/* Receives each warning line (no trailing newline). */
+typedef void (*ddpm_dataset_warn_fn)(void *user, const char *line);
+
+typedef struct {
+    int size;     /* image side S; 0 = the most common image size in the folder (the
+                     shorter side if that size is not square; ties go to the size
+                     met first in path order) */
+    int channels; /* 1 or 3; 0 = 1 if every image is gray (with or without alpha), else 3 */
+    int strict;   /* nonzero: a file that is not a readable image is an error */
+    /* Where the "skipped: <file>: <reason>" lines and the summary line
+     * "skipped N of M files" go: warn() if set, else warn_file if set, else nowhere. */
+    ddpm_dataset_warn_fn warn;
+    void *warn_user;
+    FILE *warn_file;
+} ddpm_dataset_options;
+
+/* Opens the folder `dir`. opt may be NULL (all defaults, no warnings). Errors: a
+ * missing or unreadable folder (DDPM_EIO), no images in it (DDPM_EINVAL), a
+ * skipped file in strict mode (DDPM_EFORMAT), bad options (DDPM_EINVAL). */
+int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_options *opt);
+void ddpm_dataset_close(ddpm_dataset *ds);
+
+int ddpm_dataset_count(const ddpm_dataset *ds);    /* images loaded */
+int ddpm_dataset_size(const ddpm_dataset *ds);     /* S */
+int ddpm_dataset_channels(const ddpm_dataset *ds); /* C */
+/* Files found in the folder and files skipped (count + skipped = found). */
+int ddpm_dataset_files_found(const ddpm_dataset *ds);
+int ddpm_dataset_skipped(const ddpm_dataset *ds);
+/* Path of image i (0 <= i < count), in sorted order; NULL if out of range. */
+const char *ddpm_dataset_path(const ddpm_dataset *ds, int i);
+/* Image i as uint8 CHW [C, S, S]; NULL if out of range. */
+const uint8_t *ddpm_dataset_image_u8(const ddpm_dataset *ds, int i);
+/* Image i into x[C, S, S] in [-1, 1]. */
+int ddpm_dataset_get(const ddpm_dataset *ds, float *x, int i);
+
+/* Fills x[B, C, S, S] with the next B images of the shuffled order, in [-1, 1],
+ * each flipped left-right with probability 1/2 when flip is nonzero. Only
+ * rng->seed and rng->stream are read (use DDPM_STREAM_DATA, and keep that stream
+ * for the dataset alone); the counter is neither used nor advanced. */
+int ddpm_dataset_next_batch(ddpm_dataset *ds, float *x, int B, const ddpm_rng *rng, int flip);
+
+/* The epoch and the position within it of the next image to be served (a fresh
+ * dataset is at 0, 0). */
+uint64_t ddpm_dataset_epoch(const ddpm_dataset *ds);
+int ddpm_dataset_position(const ddpm_dataset *ds);
+/* Continue from (epoch, position), as saved from the two functions above:
+ * 0 <= position < count, epoch < 2^24. */
+int ddpm_dataset_seek(ddpm_dataset *ds, uint64_t epoch, int position);
+
+#endif

@@ -1,0 +1,502 @@
+/* dataset.c: folder scan, in-memory uint8 images, per-epoch shuffled batches
+ * (see include/ddpm/dataset.h). */
+#include "ddpm/dataset.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "ddpm/error.h"
+#include "ddpm/imageio.h"
+
+/* Nested folders deeper than this are not entered (guards against symlink loops). */
+enum { MAX_DEPTH = 64 };
+
+#define EPOCH_SHIFT 40
+#define FLIP_OFFSET (UINT64_C(1) << 39)
+#define MAX_EPOCH (UINT64_C(1) << 24)
+
+struct ddpm_dataset {
+    int n, size, channels;
+    int n_found, n_skipped;
+    size_t item_len; /* C * S * S */
+    uint8_t *pixels; /* [n, C, S, S] */
+    char **paths;    /* [n] */
+    /* iteration */
+    uint64_t epoch;
+    int position;
+    int *perm; /* permutation of the epoch perm_epoch for (perm_seed, perm_stream) */
+    int perm_valid;
+    uint64_t perm_epoch, perm_seed, perm_stream;
+};
+
+/* One file met by the scan. */
+typedef struct {
+    char *path;
+    char *reason; /* why it is skipped (a whole message naming the file), or NULL */
+    int width, height, channels;
+} entry;
+
+typedef struct {
+    entry *items;
+    size_t n, cap;
+} entry_list;
+
+static int entry_push(entry_list *list, char *path, char *reason)
+{
+    if (list->n == list->cap) {
+        size_t cap = list->cap ? 2 * list->cap : 256;
+        entry *items = realloc(list->items, cap * sizeof *items);
+        if (!items)
+            return ddpm_error(DDPM_ENOMEM, "out of memory listing files");
+        list->items = items;
+        list->cap = cap;
+    }
+    list->items[list->n++] = (entry){path, reason, 0, 0, 0};
+    return 0;
+}
+
+static void entry_list_free(entry_list *list)
+{
+    for (size_t i = 0; i < list->n; i++) {
+        free(list->items[i].path);
+        free(list->items[i].reason);
+    }
+    free(list->items);
+}
+
+static char *join_path(const char *dir, const char *name)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    while (a > 1 && dir[a - 1] == '/') /* "data/" + "x" -> "data/x", "/" stays */
+        a--;
+    char *p = ddpm_malloc(a + b + 2, 1);
+    if (!p)
+        return NULL;
+    memcpy(p, dir, a);
+    size_t k = a;
+    if (!(a == 1 && dir[0] == '/'))
+        p[k++] = '/';
+    memcpy(p + k, name, b + 1);
+    return p;
+}
+
+static char *format_message(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *format_message(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (len < 0)
+        return NULL;
+    char *s = malloc((size_t)len + 1);
+    if (!s)
+        return NULL;
+    va_start(ap, fmt);
+    vsnprintf(s, (size_t)len + 1, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+/* Adds a skipped entry whose reason is `reason_fmt` applied to the path. */
+static int push_skipped(entry_list *list, char *path, const char *why)
+{
+    char *reason = format_message("%s: %s", path, why);
+    if (!reason) {
+        free(path);
+        return ddpm_error(DDPM_ENOMEM, "out of memory listing files");
+    }
+    int rc = entry_push(list, path, reason);
+    if (rc) {
+        free(path);
+        free(reason);
+    }
+    return rc;
+}
+
+/* Appends every file under dir (not sorted). Only a failure to open the top
+ * folder or to allocate is an error here; other problems become skipped entries. */
+static int scan(entry_list *list, const char *dir, int depth)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (depth == 0)
+            return ddpm_error(DDPM_EIO, "%s: cannot open folder: %s", dir, strerror(errno));
+        char *path = strdup(dir);
+        if (!path)
+            return ddpm_error(DDPM_ENOMEM, "out of memory listing files");
+        return push_skipped(list, path, "cannot open folder");
+    }
+    int rc = 0;
+    struct dirent *de;
+    while (!rc && (errno = 0, de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.') /* ".", "..", hidden files and folders */
+            continue;
+        char *path = join_path(dir, de->d_name);
+        if (!path) {
+            rc = DDPM_ENOMEM;
+            break;
+        }
+        struct stat st;
+        if (stat(path, &st) != 0) {
+            rc = push_skipped(list, path, strerror(errno));
+        } else if (S_ISDIR(st.st_mode)) {
+            if (depth + 1 >= MAX_DEPTH)
+                rc = push_skipped(list, path, "folder nested too deep (symlink loop?)");
+            else {
+                rc = scan(list, path, depth + 1);
+                free(path);
+            }
+        } else if (!S_ISREG(st.st_mode)) {
+            rc = push_skipped(list, path, "not a regular file");
+        } else {
+            rc = entry_push(list, path, NULL);
+            if (rc)
+                free(path);
+        }
+    }
+    if (!rc && errno != 0 && de == NULL)
+        rc = ddpm_error(DDPM_EIO, "%s: cannot read folder: %s", dir, strerror(errno));
+    closedir(d);
+    return rc;
+}
+
+static int compare_entries(const void *a, const void *b)
+{
+    return strcmp(((const entry *)a)->path, ((const entry *)b)->path);
+}
+
+typedef struct {
+    int width, height, first;
+    int count;
+} size_count;
+
+static int compare_sizes(const void *a, const void *b)
+{
+    const size_count *x = a, *y = b;
+    if (x->width != y->width)
+        return x->width < y->width ? -1 : 1;
+    if (x->height != y->height)
+        return x->height < y->height ? -1 : 1;
+    return (x->first > y->first) - (x->first < y->first);
+}
+
+/* The most common (width, height) among the entries that probed well; ties go to
+ * the size whose first file comes first. Returns its shorter side. */
+static int most_common_side(const entry_list *list)
+{
+    size_count *s = malloc((list->n ? list->n : 1) * sizeof *s);
+    if (!s)
+        return ddpm_error(DDPM_ENOMEM, "out of memory choosing the image size");
+    size_t m = 0;
+    for (size_t i = 0; i < list->n; i++)
+        if (!list->items[i].reason)
+            s[m++] = (size_count){list->items[i].width, list->items[i].height, (int)i, 1};
+    qsort(s, m, sizeof *s, compare_sizes);
+    size_count best = {0, 0, 0, 0};
+    for (size_t i = 0; i < m;) {
+        size_t j = i;
+        while (j < m && s[j].width == s[i].width && s[j].height == s[i].height)
+            j++;
+        int count = (int)(j - i); /* s[i] has the smallest first index of its run */
+        if (count > best.count || (count == best.count && s[i].first < best.first))
+            best = (size_count){s[i].width, s[i].height, s[i].first, count};
+        i = j;
+    }
+    free(s);
+    return best.width < best.height ? best.width : best.height;
+}
+
+static void emit_line(const ddpm_dataset_options *opt, const char *line)
+{
+    if (opt->warn)
+        opt->warn(opt->warn_user, line);
+    else if (opt->warn_file)
+        fprintf(opt->warn_file, "%s\n", line);
+}
+
+/* Warnings for every skipped entry, in path order, and the summary line. */
+static void emit_warnings(const ddpm_dataset_options *opt, const entry_list *list, int n_skipped)
+{
+    if (!n_skipped || (!opt->warn && !opt->warn_file))
+        return;
+    char line[1200];
+    for (size_t i = 0; i < list->n; i++)
+        if (list->items[i].reason) {
+            snprintf(line, sizeof line, "skipped: %s", list->items[i].reason);
+            emit_line(opt, line);
+        }
+    snprintf(line, sizeof line, "skipped %d of %zu files", n_skipped, list->n);
+    emit_line(opt, line);
+}
+
+static int first_skipped_error(const entry_list *list)
+{
+    for (size_t i = 0; i < list->n; i++)
+        if (list->items[i].reason)
+            return ddpm_error(DDPM_EFORMAT, "%s (--strict refuses files that are not images)",
+                              list->items[i].reason);
+    return 0;
+}
+
+/* Moves the thread-local error message of a failed probe/load into the entry. */
+static void set_reason_from_error(entry *e)
+{
+    e->reason = strdup(ddpm_last_error());
+    if (!e->reason) /* keep the entry marked as skipped even without a message */
+        e->reason = format_message("%s", "?");
+}
+
+int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_options *opt_in)
+{
+    *out = NULL;
+    ddpm_dataset_options opt = {0};
+    if (opt_in)
+        opt = *opt_in;
+    if (opt.channels != 0 && opt.channels != 1 && opt.channels != 3)
+        return ddpm_error(DDPM_EINVAL, "%s: channel count %d (must be 0 for auto, 1 or 3)", dir,
+                          opt.channels);
+    if (opt.size < 0 || opt.size > DDPM_IMAGE_MAX_SIDE)
+        return ddpm_error(DDPM_EINVAL, "%s: image size %d out of range (0 for auto, 1..%d)", dir,
+                          opt.size, DDPM_IMAGE_MAX_SIDE);
+
+    struct stat st;
+    if (stat(dir, &st) != 0)
+        return ddpm_error(DDPM_EIO, "%s: cannot open folder: %s", dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return ddpm_error(DDPM_EIO, "%s: not a folder", dir);
+
+    entry_list list = {0};
+    int rc = scan(&list, dir, 0);
+    if (rc) {
+        entry_list_free(&list);
+        return rc;
+    }
+    if (list.n > (size_t)(1 << 30)) {
+        entry_list_free(&list);
+        return ddpm_error(DDPM_EINVAL, "%s: too many files (%zu)", dir, list.n);
+    }
+    qsort(list.items, list.n, sizeof *list.items, compare_entries);
+    long n_files = (long)list.n;
+
+    /* Probe every file's header. Each thread's error message is its own. */
+#pragma omp parallel for schedule(dynamic, 64)
+    for (long i = 0; i < n_files; i++) {
+        entry *e = &list.items[i];
+        if (e->reason)
+            continue;
+        if (ddpm_image_probe(e->path, &e->width, &e->height, &e->channels) != 0)
+            set_reason_from_error(e);
+        else if (e->width > DDPM_IMAGE_MAX_SIDE || e->height > DDPM_IMAGE_MAX_SIDE) {
+            char msg[64];
+            snprintf(msg, sizeof msg, "image is %d x %d (sides up to %d supported)", e->width,
+                     e->height, DDPM_IMAGE_MAX_SIDE);
+            e->reason = format_message("%s: %s", e->path, msg);
+        }
+    }
+    int n_ok = 0, all_gray = 1;
+    for (size_t i = 0; i < list.n; i++) {
+        if (list.items[i].reason)
+            continue;
+        n_ok++;
+        if (list.items[i].channels > 2)
+            all_gray = 0;
+    }
+    if (opt.strict && n_ok < (int)list.n) {
+        rc = first_skipped_error(&list);
+        entry_list_free(&list);
+        return rc;
+    }
+
+    ddpm_dataset *ds = calloc(1, sizeof *ds);
+    if (!ds) {
+        entry_list_free(&list);
+        return ddpm_error(DDPM_ENOMEM, "out of memory opening %s", dir);
+    }
+    if (n_ok > 0) {
+        ds->size = opt.size ? opt.size : most_common_side(&list);
+        ds->channels = opt.channels ? opt.channels : (all_gray ? 1 : 3);
+        if (ds->size < 0) {
+            rc = ds->size;
+            goto fail;
+        }
+        ds->item_len = (size_t)ds->channels * ds->size * ds->size;
+        ds->pixels = ddpm_malloc((size_t)n_ok, ds->item_len);
+        ds->paths = ddpm_calloc((size_t)n_ok, sizeof *ds->paths);
+        if (!ds->pixels || !ds->paths) {
+            rc = ddpm_error(DDPM_ENOMEM, "%s: out of memory for %d images of %zu bytes", dir, n_ok,
+                            ds->item_len);
+            goto fail;
+        }
+        /* Slot k of the good entries, in path order. */
+        int *slot = ddpm_malloc(list.n ? list.n : 1, sizeof *slot);
+        if (!slot) {
+            rc = DDPM_ENOMEM;
+            goto fail;
+        }
+        for (size_t i = 0, k = 0; i < list.n; i++)
+            slot[i] = list.items[i].reason ? -1 : (int)k++;
+        size_t item_len = ds->item_len;
+        uint8_t *pixels = ds->pixels;
+        int size = ds->size, channels = ds->channels;
+#pragma omp parallel for schedule(dynamic, 16)
+        for (long i = 0; i < n_files; i++) {
+            if (slot[i] < 0)
+                continue;
+            entry *e = &list.items[i];
+            if (ddpm_image_load_u8(e->path, pixels + (size_t)slot[i] * item_len, size, channels))
+                set_reason_from_error(e);
+        }
+        /* Compact: drop the files that probed but did not decode. */
+        int k = 0;
+        for (size_t i = 0; i < list.n; i++) {
+            if (slot[i] < 0 || list.items[i].reason)
+                continue;
+            if (slot[i] != k)
+                memmove(pixels + (size_t)k * item_len, pixels + (size_t)slot[i] * item_len,
+                        item_len);
+            ds->paths[k++] = list.items[i].path;
+            list.items[i].path = NULL; /* now owned by ds */
+        }
+        free(slot);
+        ds->n = k;
+    }
+    ds->n_found = (int)list.n;
+    ds->n_skipped = (int)list.n - ds->n;
+    if (opt.strict && ds->n_skipped) {
+        rc = first_skipped_error(&list);
+        goto fail;
+    }
+    emit_warnings(&opt, &list, ds->n_skipped);
+    if (ds->n == 0) {
+        if (list.n == 0)
+            rc = ddpm_error(DDPM_EINVAL, "%s: no files in the folder", dir);
+        else
+            rc = ddpm_error(DDPM_EINVAL, "%s: no images found (%zu files, none readable by stb_image)",
+                            dir, list.n);
+        goto fail;
+    }
+    ds->perm = ddpm_malloc((size_t)ds->n, sizeof *ds->perm);
+    if (!ds->perm) {
+        rc = DDPM_ENOMEM;
+        goto fail;
+    }
+    if (ds->n < n_ok) { /* give back the slots of files that failed to decode */
+        uint8_t *p = realloc(ds->pixels, (size_t)ds->n * ds->item_len);
+        if (p)
+            ds->pixels = p;
+    }
+    entry_list_free(&list);
+    *out = ds;
+    return 0;
+
+fail:
+    entry_list_free(&list);
+    ddpm_dataset_close(ds);
+    return rc;
+}
+
+void ddpm_dataset_close(ddpm_dataset *ds)
+{
+    if (!ds)
+        return;
+    if (ds->paths)
+        for (int i = 0; i < ds->n; i++)
+            free(ds->paths[i]);
+    free(ds->paths);
+    free(ds->pixels);
+    free(ds->perm);
+    free(ds);
+}
+
+int ddpm_dataset_count(const ddpm_dataset *ds) { return ds->n; }
+int ddpm_dataset_size(const ddpm_dataset *ds) { return ds->size; }
+int ddpm_dataset_channels(const ddpm_dataset *ds) { return ds->channels; }
+int ddpm_dataset_files_found(const ddpm_dataset *ds) { return ds->n_found; }
+int ddpm_dataset_skipped(const ddpm_dataset *ds) { return ds->n_skipped; }
+uint64_t ddpm_dataset_epoch(const ddpm_dataset *ds) { return ds->epoch; }
+int ddpm_dataset_position(const ddpm_dataset *ds) { return ds->position; }
+
+const char *ddpm_dataset_path(const ddpm_dataset *ds, int i)
+{
+    return i >= 0 && i < ds->n ? ds->paths[i] : NULL;
+}
+
+const uint8_t *ddpm_dataset_image_u8(const ddpm_dataset *ds, int i)
+{
+    return i >= 0 && i < ds->n ? ds->pixels + (size_t)i * ds->item_len : NULL;
+}
+
+int ddpm_dataset_get(const ddpm_dataset *ds, float *x, int i)
+{
+    if (i < 0 || i >= ds->n)
+        return ddpm_error(DDPM_EINVAL, "dataset image %d out of range (0..%d)", i, ds->n - 1);
+    ddpm_image_u8_to_float(x, ds->pixels + (size_t)i * ds->item_len, ds->item_len);
+    return 0;
+}
+
+int ddpm_dataset_seek(ddpm_dataset *ds, uint64_t epoch, int position)
+{
+    if (epoch >= MAX_EPOCH || position < 0 || position >= ds->n)
+        return ddpm_error(DDPM_EINVAL, "dataset position (epoch %llu, position %d) out of range "
+                                       "(%d images)",
+                          (unsigned long long)epoch, position, ds->n);
+    ds->epoch = epoch;
+    ds->position = position;
+    return 0;
+}
+
+/* The permutation of the current epoch, rebuilt from scratch whenever the epoch
+ * or the key changes, so that it depends on nothing but (seed, stream, epoch). */
+static void ensure_permutation(ddpm_dataset *ds, const ddpm_rng *rng)
+{
+    if (ds->perm_valid && ds->perm_epoch == ds->epoch && ds->perm_seed == rng->seed &&
+        ds->perm_stream == rng->stream)
+        return;
+    for (int i = 0; i < ds->n; i++)
+        ds->perm[i] = i;
+    ddpm_rng shuffle_rng = {rng->seed, rng->stream, ds->epoch << EPOCH_SHIFT};
+    ddpm_rng_shuffle(&shuffle_rng, ds->perm, (size_t)ds->n);
+    ds->perm_valid = 1;
+    ds->perm_epoch = ds->epoch;
+    ds->perm_seed = rng->seed;
+    ds->perm_stream = rng->stream;
+}
+
+int ddpm_dataset_next_batch(ddpm_dataset *ds, float *x, int B, const ddpm_rng *rng, int flip)
+{
+    if (B <= 0 || !x || !rng)
+        return ddpm_error(DDPM_EINVAL, "dataset batch: bad arguments (B = %d)", B);
+    int S = ds->size, C = ds->channels;
+    for (int b = 0; b < B; b++) {
+        if (ds->epoch >= MAX_EPOCH)
+            return ddpm_error(DDPM_EINVAL, "dataset: epoch limit %llu reached",
+                              (unsigned long long)MAX_EPOCH);
+        ensure_permutation(ds, rng);
+        const uint8_t *src = ds->pixels + (size_t)ds->perm[ds->position] * ds->item_len;
+        float *dst = x + (size_t)b * ds->item_len;
+        int mirror = 0;
+        if (flip) {
+            uint32_t w[4];
+            ddpm_philox(w, rng->seed, rng->stream,
+                        (ds->epoch << EPOCH_SHIFT) + FLIP_OFFSET + (uint64_t)ds->position);
+            mirror = (int)(w[0] & 1u);
+        }
+        if (mirror) {
+            for (int r = 0; r < C * S; r++) /* every row of every channel */
+                for (int c = 0; c < S; c++)
+                    dst[(size_t)r * S + c] = (float)src[(size_t)r * S + (S - 1 - c)] / 127.5f - 1.0f;
+        } else {
+            ddpm_image_u8_to_float(dst, src, ds->item_len);
+        }
+        if (++ds->position == ds->n) {
+            ds->position = 0;
+            ds->epoch++;
+        }
+    }
+    return 0;
+}
