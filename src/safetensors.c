@@ -1,0 +1,845 @@
+/* safetensors.c: the .safetensors writer (atomic: temp file, fsync, rename) and a
+ * reader that validates every field of an untrusted file before use. */
+#include "ddpm/safetensors.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ddpm/error.h"
+
+/* Integers in the header are parsed by cJSON as doubles: only values below 2^53
+ * are represented exactly, so larger ones are refused rather than rounded. */
+#define JSON_MAX_EXACT_INT 9007199254740992.0
+/* Bound on the JSON values (cJSON nodes, ~64 bytes each) a header may hold, checked
+ * before parsing so a 100 MB header of "0,0,0,..." cannot ask for gigabytes.
+ * DDPM_ST_MAX_TENSORS 8-D tensors need about 15 values each. */
+#define MAX_JSON_VALUES ((size_t)2000000)
+/* Longest name quoted in an error message. */
+#define MSG_NAME 200
+
+static const char METADATA_KEY[] = "__metadata__";
+
+struct ddpm_st_file {
+    char *path;
+    unsigned char *bytes; /* the whole file */
+    size_t n_bytes;
+    const unsigned char *data; /* the data section: bytes + 8 + header length */
+    uint64_t data_len;
+    cJSON *root; /* the parsed header; names and metadata strings point into it */
+    ddpm_st_info *infos; /* header order */
+    const ddpm_st_info **by_name;
+    int n_tensors;
+    ddpm_st_meta *meta; /* header order */
+    ddpm_st_meta *meta_by_key;
+    int n_meta;
+};
+
+static int host_is_little_endian(void)
+{
+    const uint32_t one = 1;
+    unsigned char first;
+    memcpy(&first, &one, 1);
+    return first == 1;
+}
+
+static void swap_bytes_f32(void *p, size_t n)
+{
+    unsigned char *b = p;
+    for (size_t i = 0; i < n; i++, b += 4) {
+        unsigned char t0 = b[0], t1 = b[1];
+        b[0] = b[3];
+        b[1] = b[2];
+        b[2] = t1;
+        b[3] = t0;
+    }
+}
+
+static uint64_t read_le64(const unsigned char *b)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | b[i];
+    return v;
+}
+
+static void write_le64(unsigned char *b, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* prod(shape[0..ndim-1]) into *n; returns 0, or -1 if the count or 4x it
+ * overflows int64. A zero dimension makes the product 0 whatever the others. */
+static int element_count(const int64_t *shape, int ndim, int64_t *n)
+{
+    int64_t p = 1;
+    for (int d = 0; d < ndim; d++)
+        if (shape[d] == 0) {
+            *n = 0;
+            return 0;
+        }
+    for (int d = 0; d < ndim; d++)
+        if (shape[d] < 0 || __builtin_mul_overflow(p, shape[d], &p))
+            return -1;
+    if (p > INT64_MAX / 4)
+        return -1;
+    *n = p;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- writer */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+    int failed;
+} strbuf;
+
+static void sb_put(strbuf *sb, const char *s, size_t n)
+{
+    if (sb->failed)
+        return;
+    if (n > SIZE_MAX - sb->len - 1) {
+        sb->failed = 1;
+        return;
+    }
+    if (sb->len + n + 1 > sb->cap) {
+        size_t cap = sb->cap ? sb->cap : 4096;
+        while (cap < sb->len + n + 1)
+            cap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
+        char *q = realloc(sb->p, cap);
+        if (!q) {
+            sb->failed = 1;
+            return;
+        }
+        sb->p = q;
+        sb->cap = cap;
+    }
+    memcpy(sb->p + sb->len, s, n);
+    sb->len += n;
+    sb->p[sb->len] = '\0';
+}
+
+static void sb_puts(strbuf *sb, const char *s) { sb_put(sb, s, strlen(s)); }
+
+static void sb_printf(strbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(strbuf *sb, const char *fmt, ...)
+{
+    char tmp[128];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof tmp) {
+        sb->failed = 1;
+        return;
+    }
+    sb_put(sb, tmp, (size_t)n);
+}
+
+/* A JSON string literal: quotes, backslashes and control bytes escaped; other
+ * bytes (UTF-8 included) copied as they are. */
+static void sb_json_string(strbuf *sb, const char *s)
+{
+    sb_put(sb, "\"", 1);
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (*c == '"')
+            sb_put(sb, "\\\"", 2);
+        else if (*c == '\\')
+            sb_put(sb, "\\\\", 2);
+        else if (*c < 0x20)
+            sb_printf(sb, "\\u%04x", *c);
+        else
+            sb_put(sb, (const char *)c, 1);
+    }
+    sb_put(sb, "\"", 1);
+}
+
+static int cmp_str_ptr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Checks that the n strings names[] are distinct; returns the duplicate or NULL. */
+static const char *find_duplicate(const char **names, int n)
+{
+    qsort(names, (size_t)n, sizeof *names, cmp_str_ptr);
+    for (int i = 1; i < n; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            return names[i];
+    return NULL;
+}
+
+static int check_write_args(const char *path, const ddpm_st_tensor *tensors, int n_tensors,
+                            const ddpm_st_meta *meta, int n_meta)
+{
+    if (n_tensors < 0 || n_tensors > DDPM_ST_MAX_TENSORS || (n_tensors > 0 && !tensors))
+        return ddpm_error(DDPM_EINVAL, "%s: invalid tensor count %d (0..%d)", path, n_tensors,
+                          DDPM_ST_MAX_TENSORS);
+    if (n_meta < 0 || n_meta > DDPM_ST_MAX_TENSORS || (n_meta > 0 && !meta))
+        return ddpm_error(DDPM_EINVAL, "%s: invalid metadata count %d (0..%d)", path, n_meta,
+                          DDPM_ST_MAX_TENSORS);
+    for (int i = 0; i < n_tensors; i++) {
+        const ddpm_st_tensor *t = &tensors[i];
+        if (!t->name || !t->name[0])
+            return ddpm_error(DDPM_EINVAL, "%s: tensor %d has no name", path, i);
+        size_t len = strlen(t->name);
+        if (len > DDPM_ST_MAX_NAME)
+            return ddpm_error(DDPM_EINVAL, "%s: tensor name '%.*s...' is %zu bytes, over the %d-byte limit",
+                              path, MSG_NAME, t->name, len, DDPM_ST_MAX_NAME);
+        if (strcmp(t->name, METADATA_KEY) == 0)
+            return ddpm_error(DDPM_EINVAL, "%s: '%s' is reserved and cannot name a tensor", path,
+                              METADATA_KEY);
+        if (t->ndim < 0 || t->ndim > DDPM_ST_WRITE_MAX_DIMS)
+            return ddpm_error(DDPM_EINVAL, "%s: tensor '%s' has %d dimensions (0..%d supported)", path,
+                              t->name, t->ndim, DDPM_ST_WRITE_MAX_DIMS);
+        int64_t n;
+        if (element_count(t->shape, t->ndim, &n) != 0)
+            return ddpm_error(DDPM_EINVAL, "%s: tensor '%s' has a negative dimension or too many elements",
+                              path, t->name);
+        if (n > 0 && !t->data)
+            return ddpm_error(DDPM_EINVAL, "%s: tensor '%s' has no data", path, t->name);
+    }
+    for (int i = 0; i < n_meta; i++) {
+        if (!meta[i].key || !meta[i].value)
+            return ddpm_error(DDPM_EINVAL, "%s: metadata entry %d has no key or no value", path, i);
+        size_t len = strlen(meta[i].key);
+        if (len > DDPM_ST_MAX_NAME)
+            return ddpm_error(DDPM_EINVAL, "%s: metadata key '%.*s...' is %zu bytes, over the %d-byte limit",
+                              path, MSG_NAME, meta[i].key, len, DDPM_ST_MAX_NAME);
+    }
+    int n_names = n_tensors > n_meta ? n_tensors : n_meta;
+    const char **names = ddpm_malloc(n_names ? (size_t)n_names : 1, sizeof *names);
+    if (!names)
+        return DDPM_ENOMEM;
+    int rc = 0;
+    for (int i = 0; i < n_tensors; i++)
+        names[i] = tensors[i].name;
+    const char *dup = find_duplicate(names, n_tensors);
+    if (dup)
+        rc = ddpm_error(DDPM_EINVAL, "%s: two tensors are named '%.*s'", path, MSG_NAME, dup);
+    if (rc == 0) {
+        for (int i = 0; i < n_meta; i++)
+            names[i] = meta[i].key;
+        dup = find_duplicate(names, n_meta);
+        if (dup)
+            rc = ddpm_error(DDPM_EINVAL, "%s: metadata key '%.*s' appears twice", path, MSG_NAME, dup);
+    }
+    free(names);
+    return rc;
+}
+
+/* The JSON header, padded with spaces to a multiple of 8 bytes. Arguments are
+ * already checked. */
+static int build_header(strbuf *sb, const char *path, const ddpm_st_tensor *tensors, int n_tensors,
+                        const ddpm_st_meta *meta, int n_meta)
+{
+    sb_puts(sb, "{");
+    if (n_meta > 0) {
+        sb_json_string(sb, METADATA_KEY);
+        sb_puts(sb, ":{");
+        for (int i = 0; i < n_meta; i++) {
+            if (i)
+                sb_puts(sb, ",");
+            sb_json_string(sb, meta[i].key);
+            sb_puts(sb, ":");
+            sb_json_string(sb, meta[i].value);
+        }
+        sb_puts(sb, "}");
+    }
+    uint64_t offset = 0;
+    for (int i = 0; i < n_tensors; i++) {
+        const ddpm_st_tensor *t = &tensors[i];
+        int64_t n = 0;
+        element_count(t->shape, t->ndim, &n);
+        uint64_t bytes = 4 * (uint64_t)n;
+        if (bytes > UINT64_MAX - offset)
+            return ddpm_error(DDPM_EINVAL, "%s: total tensor size overflows", path);
+        if (i || n_meta > 0)
+            sb_puts(sb, ",");
+        sb_json_string(sb, t->name);
+        sb_puts(sb, ":{\"dtype\":\"F32\",\"shape\":[");
+        for (int d = 0; d < t->ndim; d++)
+            sb_printf(sb, d ? ",%" PRId64 : "%" PRId64, t->shape[d]);
+        sb_printf(sb, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", offset, offset + bytes);
+        offset += bytes;
+    }
+    sb_puts(sb, "}");
+    while (!sb->failed && sb->len % 8 != 0)
+        sb_puts(sb, " ");
+    if (sb->failed)
+        return ddpm_error(DDPM_ENOMEM, "%s: out of memory building the header", path);
+    return 0;
+}
+
+/* Writes n floats as little-endian: straight through on a little-endian host, in
+ * byte-swapped chunks otherwise. Returns 0 or -1 with errno set. */
+static int write_f32_le(FILE *fp, const float *x, size_t n, float *chunk, size_t chunk_len)
+{
+    if (host_is_little_endian()) {
+        const size_t step = (size_t)1 << 24; /* 64 MB per fwrite call */
+        for (size_t i = 0; i < n; i += step) {
+            size_t m = n - i < step ? n - i : step;
+            if (fwrite(x + i, sizeof(float), m, fp) != m)
+                return -1;
+        }
+        return 0;
+    }
+    for (size_t i = 0; i < n; i += chunk_len) {
+        size_t m = n - i < chunk_len ? n - i : chunk_len;
+        memcpy(chunk, x + i, m * sizeof(float));
+        swap_bytes_f32(chunk, m);
+        if (fwrite(chunk, sizeof(float), m, fp) != m)
+            return -1;
+    }
+    return 0;
+}
+
+/* fsync of the folder holding `path`, so the rename itself is durable. */
+static int sync_parent_dir(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir;
+    if (!slash)
+        dir = strdup(".");
+    else if (slash == path)
+        dir = strdup("/");
+    else
+        dir = strndup(path, (size_t)(slash - path));
+    if (!dir)
+        return ddpm_error(DDPM_ENOMEM, "%s: out of memory", path);
+    int rc = 0;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || (fsync(fd) != 0 && errno != EINVAL && errno != EROFS)) {
+        /* EINVAL: the filesystem does not sync folders; nothing more can be done. */
+        rc = ddpm_error(DDPM_EIO, "%s: written, but syncing its folder %s failed: %s", path, dir,
+                        strerror(errno));
+    }
+    if (fd >= 0)
+        close(fd);
+    free(dir);
+    return rc;
+}
+
+int ddpm_safetensors_write(const char *path, const ddpm_st_tensor *tensors, int n_tensors,
+                           const ddpm_st_meta *meta, int n_meta)
+{
+    if (!path || !path[0])
+        return ddpm_error(DDPM_EINVAL, "safetensors: no output path given");
+    int rc = check_write_args(path, tensors, n_tensors, meta, n_meta);
+    if (rc)
+        return rc;
+
+    strbuf header = {0};
+    rc = build_header(&header, path, tensors, n_tensors, meta, n_meta);
+    if (rc) {
+        free(header.p);
+        return rc;
+    }
+
+    size_t tmp_len = strlen(path) + 32;
+    char *tmp = malloc(tmp_len);
+    const size_t chunk_len = (size_t)1 << 16;
+    float *chunk = host_is_little_endian() ? NULL : malloc(chunk_len * sizeof(float));
+    if (!tmp || (!host_is_little_endian() && !chunk)) {
+        free(header.p);
+        free(tmp);
+        free(chunk);
+        return ddpm_error(DDPM_ENOMEM, "%s: out of memory", path);
+    }
+    snprintf(tmp, tmp_len, "%s.tmp.%ld", path, (long)getpid());
+
+    FILE *fp = fopen(tmp, "wb");
+    if (!fp) {
+        rc = ddpm_error(DDPM_EIO, "%s: cannot create temporary file %s: %s", path, tmp, strerror(errno));
+        free(header.p);
+        free(tmp);
+        free(chunk);
+        return rc;
+    }
+
+    const char *step = "writing";
+    unsigned char len_field[8];
+    write_le64(len_field, (uint64_t)header.len);
+    int ok = fwrite(len_field, 1, 8, fp) == 8 && fwrite(header.p, 1, header.len, fp) == header.len;
+    for (int i = 0; ok && i < n_tensors; i++) {
+        int64_t n = 0;
+        element_count(tensors[i].shape, tensors[i].ndim, &n);
+        ok = write_f32_le(fp, tensors[i].data, (size_t)n, chunk, chunk_len) == 0;
+    }
+    if (ok && fflush(fp) != 0) {
+        ok = 0;
+        step = "flushing";
+    }
+    if (ok && fsync(fileno(fp)) != 0) {
+        ok = 0;
+        step = "syncing";
+    }
+    int saved_errno = errno;
+    if (fclose(fp) != 0 && ok) {
+        ok = 0;
+        step = "closing";
+        saved_errno = errno;
+    }
+    if (ok && rename(tmp, path) != 0) {
+        ok = 0;
+        step = "renaming";
+        saved_errno = errno;
+    }
+    if (!ok) {
+        /* A short fwrite may not set errno (it always does on glibc via write(2)). */
+        rc = ddpm_error(DDPM_EIO, "%s: %s %s failed: %s", path, step, tmp,
+                        saved_errno ? strerror(saved_errno) : "short write");
+        unlink(tmp);
+    }
+    free(header.p);
+    free(tmp);
+    free(chunk);
+    if (rc)
+        return rc;
+    return sync_parent_dir(path);
+}
+
+/* ---------------------------------------------------------------- reader */
+
+void ddpm_safetensors_close(ddpm_st_file *f)
+{
+    if (!f)
+        return;
+    cJSON_Delete(f->root);
+    free(f->infos);
+    free(f->by_name);
+    free(f->meta);
+    free(f->meta_by_key);
+    free(f->bytes);
+    free(f->path);
+    free(f);
+}
+
+/* Upper bound on the values cJSON would allocate for s[0..n): one per comma or
+ * opening bracket outside strings, plus one. */
+static size_t count_json_values(const char *s, size_t n)
+{
+    size_t count = 1;
+    int in_string = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (in_string) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = 0;
+        } else if (c == '"') {
+            in_string = 1;
+        } else if (c == ',' || c == '[' || c == '{') {
+            count++;
+        }
+    }
+    return count;
+}
+
+/* An exact non-negative integer below 2^53 from a JSON number. */
+static int json_uint(const cJSON *item, uint64_t *out)
+{
+    if (!cJSON_IsNumber(item))
+        return -1;
+    double d = item->valuedouble;
+    if (!(d >= 0.0 && d < JSON_MAX_EXACT_INT) || d != (double)(uint64_t)d)
+        return -1;
+    *out = (uint64_t)d;
+    return 0;
+}
+
+static int cmp_info_name(const void *a, const void *b)
+{
+    return strcmp((*(const ddpm_st_info *const *)a)->name, (*(const ddpm_st_info *const *)b)->name);
+}
+
+static int cmp_info_offsets(const void *a, const void *b)
+{
+    const ddpm_st_info *x = *(const ddpm_st_info *const *)a, *y = *(const ddpm_st_info *const *)b;
+    if (x->data_begin != y->data_begin)
+        return x->data_begin < y->data_begin ? -1 : 1;
+    if (x->data_end != y->data_end)
+        return x->data_end < y->data_end ? -1 : 1;
+    return 0;
+}
+
+static int cmp_meta_key(const void *a, const void *b)
+{
+    return strcmp(((const ddpm_st_meta *)a)->key, ((const ddpm_st_meta *)b)->key);
+}
+
+static int parse_metadata(ddpm_st_file *f, const cJSON *obj)
+{
+    const char *p = f->path;
+    if (!cJSON_IsObject(obj))
+        return ddpm_error(DDPM_EFORMAT, "%s: %s is not a JSON object", p, METADATA_KEY);
+    int n = cJSON_GetArraySize(obj);
+    if (n > DDPM_ST_MAX_TENSORS)
+        return ddpm_error(DDPM_EFORMAT, "%s: %s has %d entries, over the limit of %d", p, METADATA_KEY,
+                          n, DDPM_ST_MAX_TENSORS);
+    f->meta = ddpm_malloc(n ? (size_t)n : 1, sizeof *f->meta);
+    f->meta_by_key = ddpm_malloc(n ? (size_t)n : 1, sizeof *f->meta_by_key);
+    if (!f->meta || !f->meta_by_key)
+        return ddpm_error(DDPM_ENOMEM, "%s: out of memory for %d metadata entries", p, n);
+    int i = 0;
+    for (const cJSON *e = obj->child; e; e = e->next, i++) {
+        size_t len = strlen(e->string);
+        if (len > DDPM_ST_MAX_NAME)
+            return ddpm_error(DDPM_EFORMAT, "%s: metadata key '%.*s...' is %zu bytes, over the %d-byte limit",
+                              p, MSG_NAME, e->string, len, DDPM_ST_MAX_NAME);
+        if (!cJSON_IsString(e) || !e->valuestring)
+            return ddpm_error(DDPM_EFORMAT, "%s: metadata value for '%.*s' is not a string", p, MSG_NAME,
+                              e->string);
+        f->meta[i].key = e->string;
+        f->meta[i].value = e->valuestring;
+    }
+    f->n_meta = i;
+    memcpy(f->meta_by_key, f->meta, (size_t)i * sizeof *f->meta);
+    qsort(f->meta_by_key, (size_t)i, sizeof *f->meta_by_key, cmp_meta_key);
+    for (int k = 1; k < i; k++)
+        if (strcmp(f->meta_by_key[k - 1].key, f->meta_by_key[k].key) == 0)
+            return ddpm_error(DDPM_EFORMAT, "%s: metadata key '%.*s' appears twice", p, MSG_NAME,
+                              f->meta_by_key[k].key);
+    return 0;
+}
+
+static int parse_tensor(ddpm_st_file *f, const cJSON *entry, ddpm_st_info *info)
+{
+    const char *p = f->path;
+    const char *name = entry->string;
+    size_t len = strlen(name);
+    if (len == 0)
+        return ddpm_error(DDPM_EFORMAT, "%s: a tensor has an empty name", p);
+    if (len > DDPM_ST_MAX_NAME)
+        return ddpm_error(DDPM_EFORMAT, "%s: tensor name '%.*s...' is %zu bytes, over the %d-byte limit", p,
+                          MSG_NAME, name, len, DDPM_ST_MAX_NAME);
+    if (!cJSON_IsObject(entry))
+        return ddpm_error(DDPM_EFORMAT, "%s: tensor '%.*s' is not a JSON object", p, MSG_NAME, name);
+
+    const cJSON *dtype = NULL, *shape = NULL, *offsets = NULL;
+    for (const cJSON *field = entry->child; field; field = field->next) {
+        const cJSON **slot = strcmp(field->string, "dtype") == 0           ? &dtype
+                             : strcmp(field->string, "shape") == 0         ? &shape
+                             : strcmp(field->string, "data_offsets") == 0 ? &offsets
+                                                                           : NULL;
+        if (!slot)
+            return ddpm_error(DDPM_EFORMAT, "%s: tensor '%.*s' has an unknown field '%.*s'", p, MSG_NAME,
+                              name, MSG_NAME, field->string);
+        if (*slot)
+            return ddpm_error(DDPM_EFORMAT, "%s: tensor '%.*s' has field '%s' twice", p, MSG_NAME, name,
+                              field->string);
+        *slot = field;
+    }
+    if (!dtype || !shape || !offsets)
+        return ddpm_error(DDPM_EFORMAT, "%s: tensor '%.*s' has no %s", p, MSG_NAME, name,
+                          !dtype ? "dtype" : !shape ? "shape" : "data_offsets");
+
+    if (!cJSON_IsString(dtype) || !dtype->valuestring)
+        return ddpm_error(DDPM_EFORMAT, "%s: tensor '%.*s' has a dtype that is not a string", p, MSG_NAME,
+                          name);
+    if (strcmp(dtype->valuestring, "F32") != 0)
+        return ddpm_error(DDPM_EFORMAT, "%s: tensor '%.*s' has dtype %.32s; only F32 is supported", p,
+                          MSG_NAME, name, dtype->valuestring);
+
+    if (!cJSON_IsArray(shape))
+        return ddpm_error(DDPM_EFORMAT, "%s: tensor '%.*s' has a shape that is not an array", p, MSG_NAME,
+                          name);
+    int ndim = cJSON_GetArraySize(shape);
+    if (ndim > DDPM_ST_MAX_DIMS)
+        return ddpm_error(DDPM_EFORMAT, "%s: tensor '%.*s' has %d dimensions; at most %d are supported", p,
+                          MSG_NAME, name, ndim, DDPM_ST_MAX_DIMS);
+    info->name = name;
+    info->ndim = ndim;
+    int d = 0;
+    for (const cJSON *dim = shape->child; dim; dim = dim->next, d++) {
+        uint64_t v;
+        if (json_uint(dim, &v) != 0)
+            return ddpm_error(DDPM_EFORMAT, "%s: tensor '%.*s' has shape[%d] that is not a non-negative integer",
+                              p, MSG_NAME, name, d);
+        info->shape[d] = (int64_t)v;
+    }
+    if (element_count(info->shape, ndim, &info->n_elements) != 0)
+        return ddpm_error(DDPM_EFORMAT, "%s: tensor '%.*s' has a shape whose element count overflows", p,
+                          MSG_NAME, name);
+
+    uint64_t begin, end;
+    if (!cJSON_IsArray(offsets) || cJSON_GetArraySize(offsets) != 2 ||
+        json_uint(offsets->child, &begin) != 0 || json_uint(offsets->child->next, &end) != 0)
+        return ddpm_error(DDPM_EFORMAT, "%s: tensor '%.*s' data_offsets is not two non-negative integers",
+                          p, MSG_NAME, name);
+    if (begin > end)
+        return ddpm_error(DDPM_EFORMAT, "%s: tensor '%.*s' data_offsets [%" PRIu64 ", %" PRIu64 "] end before they begin",
+                          p, MSG_NAME, name, begin, end);
+    if (end > f->data_len)
+        return ddpm_error(DDPM_EFORMAT,
+                          "%s: tensor '%.*s' data_offsets end at %" PRIu64 ", past the %" PRIu64
+                          " bytes of data (truncated or corrupt file)",
+                          p, MSG_NAME, name, end, f->data_len);
+    if (end - begin != 4 * (uint64_t)info->n_elements)
+        return ddpm_error(DDPM_EFORMAT,
+                          "%s: tensor '%.*s' data_offsets span %" PRIu64 " bytes but its shape needs %" PRIu64,
+                          p, MSG_NAME, name, end - begin, 4 * (uint64_t)info->n_elements);
+    info->data_begin = begin;
+    info->data_end = end;
+    return 0;
+}
+
+/* Validates f->bytes and fills in the rest of f. */
+static int parse(ddpm_st_file *f)
+{
+    const char *p = f->path;
+    if (f->n_bytes < 8)
+        return ddpm_error(DDPM_EFORMAT,
+                          "%s: file is %zu bytes, too short for the 8-byte header length "
+                          "(truncated or not a safetensors file)",
+                          p, f->n_bytes);
+    uint64_t header_len = read_le64(f->bytes);
+    uint64_t rest = (uint64_t)(f->n_bytes - 8);
+    if (header_len > DDPM_ST_MAX_HEADER)
+        return ddpm_error(DDPM_EFORMAT,
+                          "%s: header length %" PRIu64 " is over the %" PRIu64
+                          "-byte limit (corrupt or not a safetensors file)",
+                          p, header_len, DDPM_ST_MAX_HEADER);
+    if (header_len > rest)
+        return ddpm_error(DDPM_EFORMAT,
+                          "%s: header length %" PRIu64 " runs past the end of the file (%" PRIu64
+                          " bytes follow the length field): truncated or not a safetensors file",
+                          p, header_len, rest);
+    const char *header = (const char *)f->bytes + 8;
+    f->data = f->bytes + 8 + header_len;
+    f->data_len = rest - header_len;
+
+    if (count_json_values(header, (size_t)header_len) > MAX_JSON_VALUES)
+        return ddpm_error(DDPM_EFORMAT, "%s: header holds more than %zu JSON values", p, MAX_JSON_VALUES);
+    const char *end = NULL;
+    f->root = cJSON_ParseWithLengthOpts(header, (size_t)header_len, &end, 0);
+    if (!f->root) {
+        size_t at = end && end >= header && end <= header + header_len ? (size_t)(end - header) : 0;
+        return ddpm_error(DDPM_EFORMAT, "%s: header is not valid JSON (error near byte %zu of %" PRIu64 ")",
+                          p, at, header_len);
+    }
+    for (const char *c = end; c < header + header_len; c++)
+        if (*c != ' ' && *c != '\t' && *c != '\n' && *c != '\r')
+            return ddpm_error(DDPM_EFORMAT, "%s: header has bytes after its JSON object (at byte %zu)", p,
+                              (size_t)(c - header));
+    if (!cJSON_IsObject(f->root))
+        return ddpm_error(DDPM_EFORMAT, "%s: header is not a JSON object", p);
+
+    int n_entries = 0;
+    const cJSON *metadata = NULL;
+    for (const cJSON *e = f->root->child; e; e = e->next) {
+        if (strcmp(e->string, METADATA_KEY) == 0) {
+            if (metadata)
+                return ddpm_error(DDPM_EFORMAT, "%s: header has %s twice", p, METADATA_KEY);
+            metadata = e;
+        } else if (++n_entries > DDPM_ST_MAX_TENSORS) {
+            return ddpm_error(DDPM_EFORMAT, "%s: header lists more than %d tensors", p, DDPM_ST_MAX_TENSORS);
+        }
+    }
+    if (metadata) {
+        int rc = parse_metadata(f, metadata);
+        if (rc)
+            return rc;
+    }
+
+    f->infos = ddpm_calloc(n_entries ? (size_t)n_entries : 1, sizeof *f->infos);
+    f->by_name = ddpm_malloc(n_entries ? (size_t)n_entries : 1, sizeof *f->by_name);
+    if (!f->infos || !f->by_name)
+        return ddpm_error(DDPM_ENOMEM, "%s: out of memory for %d tensors", p, n_entries);
+    int i = 0;
+    for (const cJSON *e = f->root->child; e; e = e->next) {
+        if (e == metadata)
+            continue;
+        int rc = parse_tensor(f, e, &f->infos[i]);
+        if (rc)
+            return rc;
+        f->by_name[i] = &f->infos[i];
+        i++;
+    }
+    f->n_tensors = i;
+
+    /* Overlaps: sorted by offsets, each tensor must start at or after the end of
+     * the one before. by_name serves as scratch space first. */
+    qsort(f->by_name, (size_t)i, sizeof *f->by_name, cmp_info_offsets);
+    for (int k = 1; k < i; k++)
+        if (f->by_name[k]->data_begin < f->by_name[k - 1]->data_end)
+            return ddpm_error(DDPM_EFORMAT, "%s: tensors '%.*s' and '%.*s' overlap in the data", p, MSG_NAME,
+                              f->by_name[k - 1]->name, MSG_NAME, f->by_name[k]->name);
+    qsort(f->by_name, (size_t)i, sizeof *f->by_name, cmp_info_name);
+    for (int k = 1; k < i; k++)
+        if (strcmp(f->by_name[k - 1]->name, f->by_name[k]->name) == 0)
+            return ddpm_error(DDPM_EFORMAT, "%s: two tensors are named '%.*s'", p, MSG_NAME,
+                              f->by_name[k]->name);
+    return 0;
+}
+
+/* Takes ownership of bytes (freed on failure too). */
+static int open_owned(ddpm_st_file **out, unsigned char *bytes, size_t n_bytes, const char *name)
+{
+    ddpm_st_file *f = calloc(1, sizeof *f);
+    char *path = strdup(name);
+    if (!f || !path) {
+        free(f);
+        free(path);
+        free(bytes);
+        return ddpm_error(DDPM_ENOMEM, "%s: out of memory", name);
+    }
+    f->path = path;
+    f->bytes = bytes;
+    f->n_bytes = n_bytes;
+    int rc = parse(f);
+    if (rc) {
+        ddpm_safetensors_close(f);
+        return rc;
+    }
+    *out = f;
+    return 0;
+}
+
+int ddpm_safetensors_open_memory(ddpm_st_file **out, const void *bytes, size_t n_bytes, const char *name)
+{
+    if (!out)
+        return ddpm_error(DDPM_EINVAL, "safetensors: no output pointer given");
+    *out = NULL;
+    if (!name)
+        name = "(memory)";
+    if (!bytes && n_bytes > 0)
+        return ddpm_error(DDPM_EINVAL, "%s: no bytes given", name);
+    unsigned char *copy = malloc(n_bytes ? n_bytes : 1);
+    if (!copy)
+        return ddpm_error(DDPM_ENOMEM, "%s: out of memory for %zu bytes", name, n_bytes);
+    if (n_bytes)
+        memcpy(copy, bytes, n_bytes);
+    return open_owned(out, copy, n_bytes, name);
+}
+
+int ddpm_safetensors_open(ddpm_st_file **out, const char *path)
+{
+    if (!out || !path)
+        return ddpm_error(DDPM_EINVAL, "safetensors: no path or output pointer given");
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return ddpm_error(DDPM_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return ddpm_error(DDPM_EIO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return ddpm_error(DDPM_EIO, "%s: not a regular file", path);
+    }
+    if ((uint64_t)st.st_size > (uint64_t)SIZE_MAX) {
+        close(fd);
+        return ddpm_error(DDPM_ENOMEM, "%s: file too large to read", path);
+    }
+    size_t size = (size_t)st.st_size;
+    unsigned char *bytes = malloc(size ? size : 1);
+    if (!bytes) {
+        close(fd);
+        return ddpm_error(DDPM_ENOMEM, "%s: out of memory reading %zu bytes", path, size);
+    }
+    size_t got = 0;
+    while (got < size) {
+        ssize_t r = read(fd, bytes + got, size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            int e = errno;
+            close(fd);
+            free(bytes);
+            if (r == 0)
+                return ddpm_error(DDPM_EIO, "%s: file shrank while being read (%zu of %zu bytes)", path,
+                                  got, size);
+            return ddpm_error(DDPM_EIO, "%s: read failed: %s", path, strerror(e));
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    return open_owned(out, bytes, size, path);
+}
+
+int ddpm_safetensors_count(const ddpm_st_file *f) { return f ? f->n_tensors : 0; }
+
+const ddpm_st_info *ddpm_safetensors_at(const ddpm_st_file *f, int i)
+{
+    if (!f || i < 0 || i >= f->n_tensors)
+        return NULL;
+    return &f->infos[i];
+}
+
+static int cmp_name_key(const void *key, const void *elem)
+{
+    return strcmp((const char *)key, (*(const ddpm_st_info *const *)elem)->name);
+}
+
+const ddpm_st_info *ddpm_safetensors_find(const ddpm_st_file *f, const char *name)
+{
+    if (!f || !name || f->n_tensors == 0)
+        return NULL;
+    const ddpm_st_info *const *hit =
+        bsearch(name, f->by_name, (size_t)f->n_tensors, sizeof *f->by_name, cmp_name_key);
+    return hit ? *hit : NULL;
+}
+
+int ddpm_safetensors_read_f32(const ddpm_st_file *f, const char *name, float *dst, size_t n_expected)
+{
+    if (!f || !name)
+        return ddpm_error(DDPM_EINVAL, "safetensors: no file or tensor name given");
+    const ddpm_st_info *info = ddpm_safetensors_find(f, name);
+    if (!info)
+        return ddpm_error(DDPM_EFORMAT, "%s: no tensor named '%.*s'", f->path, MSG_NAME, name);
+    if ((uint64_t)info->n_elements != (uint64_t)n_expected)
+        return ddpm_error(DDPM_EFORMAT, "%s: tensor '%.*s' has %" PRId64 " elements, expected %zu", f->path,
+                          MSG_NAME, name, info->n_elements, n_expected);
+    if (n_expected == 0)
+        return 0;
+    if (!dst)
+        return ddpm_error(DDPM_EINVAL, "%s: no destination for tensor '%.*s'", f->path, MSG_NAME, name);
+    /* memcpy: the data of an untrusted file need not be 4-byte aligned. */
+    memcpy(dst, f->data + info->data_begin, n_expected * sizeof(float));
+    if (!host_is_little_endian())
+        swap_bytes_f32(dst, n_expected);
+    return 0;
+}
+
+static int cmp_meta_lookup(const void *key, const void *elem)
+{
+    return strcmp((const char *)key, ((const ddpm_st_meta *)elem)->key);
+}
+
+const char *ddpm_safetensors_meta(const ddpm_st_file *f, const char *key)
+{
+    if (!f || !key || f->n_meta == 0)
+        return NULL;
+    const ddpm_st_meta *hit =
+        bsearch(key, f->meta_by_key, (size_t)f->n_meta, sizeof *f->meta_by_key, cmp_meta_lookup);
+    return hit ? hit->value : NULL;
+}
+
+int ddpm_safetensors_meta_count(const ddpm_st_file *f) { return f ? f->n_meta : 0; }
+
+int ddpm_safetensors_meta_at(const ddpm_st_file *f, int i, const char **key, const char **value)
+{
+    if (!f || i < 0 || i >= f->n_meta)
+        return ddpm_error(DDPM_EINVAL, "safetensors: metadata index %d out of range", i);
+    if (key)
+        *key = f->meta[i].key;
+    if (value)
+        *value = f->meta[i].value;
+    return 0;
+}
+
+const char *ddpm_safetensors_path(const ddpm_st_file *f) { return f ? f->path : NULL; }
