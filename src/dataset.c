@@ -280,7 +280,8 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
         entry_list_free(&list);
         return ddpm_error(DDPM_EINVAL, "%s: too many files (%zu)", dir, list.n);
     }
-    qsort(list.items, list.n, sizeof *list.items, compare_entries);
+    if (list.n > 1)
+        qsort(list.items, list.n, sizeof *list.items, compare_entries);
     long n_files = (long)list.n;
 
     /* Probe every file's header. Each thread's error message is its own. */
