@@ -145,3 +145,9 @@ int ddpm_sample(float *x, float *scratch, int B, size_t D, int first_image,
     free(ivec);
     return DDPM_OK;
 }
+
+void ddpm_unet_eps(void *opaque, float *eps, const float *x_t, const int *i, int B)
+{
+    ddpm_unet_eps_ctx *c = opaque;
+    ddpm_unet_forward(c->net, c->params, c->ws, eps, x_t, i, B, NULL);
+}

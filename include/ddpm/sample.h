@@ -9,6 +9,7 @@
 
 #include "ddpm/rng.h"
 #include "ddpm/schedule.h"
+#include "ddpm/unet.h"
 
 typedef enum { DDPM_SAMPLER_DDPM = 0, DDPM_SAMPLER_DDIM = 1 } ddpm_sampler_kind;
 typedef enum { DDPM_VAR_BETA = 0, DDPM_VAR_BETA_TILDE = 1 } ddpm_var_kind;
@@ -61,5 +62,13 @@ int ddpm_sampler_n_steps(const ddpm_sampler_config *c, const ddpm_schedule *s);
 int ddpm_sample(float *x, float *scratch, int B, size_t D, int first_image,
                 const ddpm_schedule *s, const ddpm_sampler_config *c, ddpm_eps_fn eps_fn,
                 void *eps_ctx, const ddpm_rng *rng, ddpm_step_fn step_fn, void *step_ctx);
+
+/* The U-Net as an eps function: ctx is a ddpm_unet_eps_ctx; no dropout. */
+typedef struct {
+    const ddpm_unet *net;
+    const float *params;
+    ddpm_unet_workspace *ws;
+} ddpm_unet_eps_ctx;
+void ddpm_unet_eps(void *ctx, float *eps, const float *x_t, const int *i, int B);
 
 #endif

@@ -1,0 +1,77 @@
+/* checkpoint.h: a training run as one .safetensors file.
+ *
+ * Tensors: the model weights under their PyTorch names (unet.h), the EMA
+ * weights under "ema.<name>", Adam's moments under "adam_m.<name>" and
+ * "adam_v.<name>". "__metadata__" holds "format" = "ddpm", "format_version",
+ * "config" (the run config as JSON: model, schedule, training) and "state"
+ * (step, RNG counters, data position, elapsed time, as JSON), so that sampling
+ * and a resumed run need no other file. Every file is treated as untrusted:
+ * safetensors.c validates the container, this module the metadata and every
+ * tensor's shape against the config. Writes are atomic (temp file, fsync, rename). */
+#ifndef DDPM_CHECKPOINT_H
+#define DDPM_CHECKPOINT_H
+
+#include <stdint.h>
+
+#include "ddpm/optim.h"
+#include "ddpm/schedule.h"
+#include "ddpm/unet.h"
+
+#define DDPM_CHECKPOINT_FORMAT_VERSION 1
+
+/* Everything that defines a run: what a resumed run must not change. */
+typedef struct {
+    ddpm_unet_config model;
+    ddpm_schedule_kind schedule;
+    int timesteps;
+    double beta_start, beta_end;
+    ddpm_optim_config optim;
+    int batch;
+    int flip;      /* random horizontal flips of training images */
+    uint64_t seed;
+} ddpm_run_config;
+
+/* DESIGN.md defaults (model for 28x28 gray; see optim.h for the optimiser). */
+void ddpm_run_config_default(ddpm_run_config *c);
+
+/* Where a run is: enough to continue it bit for bit. */
+typedef struct {
+    long step;                /* optimiser steps taken */
+    uint64_t noise_counter;   /* Philox counter of the timestep/eps stream */
+    uint64_t dropout_counter; /* Philox counter of the dropout stream */
+    uint64_t data_epoch;      /* dataset position (dataset.h) */
+    int data_position;
+    double elapsed_seconds;   /* training time over all sessions */
+} ddpm_train_state;
+
+/* The config / state as a JSON object string (malloc'ed; NULL on no memory). */
+char *ddpm_run_config_to_json(const ddpm_run_config *c);
+char *ddpm_train_state_to_json(const ddpm_train_state *s);
+/* Parses and validates; errors name `what` (a file) and the field. */
+int ddpm_run_config_from_json(ddpm_run_config *c, const char *json, const char *what);
+int ddpm_train_state_from_json(ddpm_train_state *s, const char *json, const char *what);
+
+/* Writes the checkpoint atomically. ema, adam_m, adam_v may be NULL (not saved). */
+int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddpm_train_state *st,
+                         const ddpm_unet *net, const float *params, const float *ema,
+                         const float *adam_m, const float *adam_v);
+
+typedef struct ddpm_checkpoint ddpm_checkpoint;
+
+/* Opens and validates a checkpoint: container, format, config, state. */
+int ddpm_checkpoint_open(ddpm_checkpoint **out, const char *path);
+void ddpm_checkpoint_close(ddpm_checkpoint *ck);
+const ddpm_run_config *ddpm_checkpoint_config(const ddpm_checkpoint *ck);
+const ddpm_train_state *ddpm_checkpoint_state(const ddpm_checkpoint *ck);
+const char *ddpm_checkpoint_path(const ddpm_checkpoint *ck);
+/* Whether every tensor of net exists under prefix ("" for the weights, "ema.", ...). */
+int ddpm_checkpoint_has(const ddpm_checkpoint *ck, const ddpm_unet *net, const char *prefix);
+/* Reads every tensor of net's table under prefix into dst[n_params], checking
+ * each shape against the table. */
+int ddpm_checkpoint_read(const ddpm_checkpoint *ck, const ddpm_unet *net, const char *prefix,
+                         float *dst);
+/* Number of tensors in the file and the i-th one's name / shape (for `ddpm info`). */
+int ddpm_checkpoint_tensor_count(const ddpm_checkpoint *ck);
+const char *ddpm_checkpoint_tensor(const ddpm_checkpoint *ck, int i, int *ndim, int64_t shape[8]);
+
+#endif

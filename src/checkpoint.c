@@ -1,0 +1,404 @@
+#include "ddpm/checkpoint.h"
+
+#include <cJSON.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ddpm/error.h"
+#include "ddpm/safetensors.h"
+
+struct ddpm_checkpoint {
+    ddpm_st_file *file;
+    ddpm_run_config config;
+    ddpm_train_state state;
+};
+
+void ddpm_run_config_default(ddpm_run_config *c)
+{
+    memset(c, 0, sizeof *c);
+    ddpm_unet_config_default(&c->model);
+    c->schedule = DDPM_SCHEDULE_LINEAR;
+    c->timesteps = 1000;
+    c->beta_start = 1e-4;
+    c->beta_end = 0.02;
+    ddpm_optim_config_default(&c->optim);
+    c->batch = 64;
+    c->flip = 0;
+    c->seed = 0;
+}
+
+/* ---------------------------------------------------------------- to JSON */
+
+static cJSON *int_array(const int *v, int n)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; a && i < n; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateNumber(v[i]));
+    return a;
+}
+
+static void add_u64(cJSON *o, const char *key, uint64_t v)
+{
+    /* JSON numbers are doubles: 64-bit counters and seeds travel as strings */
+    char buf[32];
+    snprintf(buf, sizeof buf, "%" PRIu64, v);
+    cJSON_AddStringToObject(o, key, buf);
+}
+
+char *ddpm_run_config_to_json(const ddpm_run_config *c)
+{
+    cJSON *root = cJSON_CreateObject(), *m = cJSON_CreateObject(), *s = cJSON_CreateObject(),
+          *t = cJSON_CreateObject();
+    if (!root || !m || !s || !t) {
+        cJSON_Delete(root), cJSON_Delete(m), cJSON_Delete(s), cJSON_Delete(t);
+        return NULL;
+    }
+    const ddpm_unet_config *u = &c->model;
+    cJSON_AddNumberToObject(m, "in_channels", u->in_channels);
+    cJSON_AddNumberToObject(m, "image_size", u->image_size);
+    cJSON_AddNumberToObject(m, "ch", u->ch);
+    cJSON_AddItemToObject(m, "ch_mult", int_array(u->ch_mult, u->n_levels));
+    cJSON_AddNumberToObject(m, "num_res_blocks", u->num_res_blocks);
+    cJSON_AddItemToObject(m, "attn_res", int_array(u->attn_res, u->n_attn));
+    cJSON_AddNumberToObject(m, "groups", u->groups);
+    cJSON_AddNumberToObject(m, "dropout", u->dropout);
+    cJSON_AddStringToObject(m, "prediction", "eps");
+    cJSON_AddStringToObject(s, "kind", ddpm_schedule_name(c->schedule));
+    cJSON_AddNumberToObject(s, "timesteps", c->timesteps);
+    cJSON_AddNumberToObject(s, "beta_start", c->beta_start);
+    cJSON_AddNumberToObject(s, "beta_end", c->beta_end);
+    const ddpm_optim_config *o = &c->optim;
+    cJSON_AddNumberToObject(t, "batch", c->batch);
+    cJSON_AddNumberToObject(t, "lr", o->lr);
+    cJSON_AddNumberToObject(t, "warmup", o->warmup);
+    cJSON_AddNumberToObject(t, "beta1", o->beta1);
+    cJSON_AddNumberToObject(t, "beta2", o->beta2);
+    cJSON_AddNumberToObject(t, "adam_eps", o->eps);
+    cJSON_AddNumberToObject(t, "clip", o->clip);
+    cJSON_AddNumberToObject(t, "ema", o->ema_decay);
+    cJSON_AddBoolToObject(t, "flip", c->flip);
+    add_u64(t, "seed", c->seed);
+    cJSON_AddItemToObject(root, "model", m);
+    cJSON_AddItemToObject(root, "schedule", s);
+    cJSON_AddItemToObject(root, "train", t);
+    char *out = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return out;
+}
+
+char *ddpm_train_state_to_json(const ddpm_train_state *st)
+{
+    cJSON *root = cJSON_CreateObject();
+    if (!root)
+        return NULL;
+    cJSON_AddNumberToObject(root, "step", (double)st->step);
+    add_u64(root, "noise_counter", st->noise_counter);
+    add_u64(root, "dropout_counter", st->dropout_counter);
+    add_u64(root, "data_epoch", st->data_epoch);
+    cJSON_AddNumberToObject(root, "data_position", st->data_position);
+    cJSON_AddNumberToObject(root, "elapsed_seconds", st->elapsed_seconds);
+    char *out = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return out;
+}
+
+/* ---------------------------------------------------------------- from JSON */
+
+typedef struct {
+    const char *what;
+    int err;
+} parse_ctx;
+
+static const cJSON *field(parse_ctx *p, const cJSON *obj, const char *section, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v && !p->err)
+        p->err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: %s.%s is missing", p->what, section, key);
+    return v;
+}
+
+static double get_num(parse_ctx *p, const cJSON *obj, const char *section, const char *key, double lo,
+                      double hi)
+{
+    const cJSON *v = field(p, obj, section, key);
+    if (!v)
+        return lo;
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= lo && v->valuedouble <= hi)) {
+        if (!p->err)
+            p->err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: %s.%s must be a number in [%g, %g]",
+                                p->what, section, key, lo, hi);
+        return lo;
+    }
+    return v->valuedouble;
+}
+
+static int get_int(parse_ctx *p, const cJSON *obj, const char *section, const char *key, int lo, int hi)
+{
+    double d = get_num(p, obj, section, key, lo, hi);
+    if (d != floor(d) && !p->err)
+        p->err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: %s.%s must be an integer", p->what, section,
+                            key);
+    return (int)d;
+}
+
+static uint64_t get_u64(parse_ctx *p, const cJSON *obj, const char *section, const char *key)
+{
+    const cJSON *v = field(p, obj, section, key);
+    if (!v)
+        return 0;
+    const char *s = cJSON_GetStringValue(v);
+    char *end = NULL;
+    unsigned long long x = s && *s >= '0' && *s <= '9' ? strtoull(s, &end, 10) : 0;
+    if (!s || !end || *end || *s < '0' || *s > '9') {
+        if (!p->err)
+            p->err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: %s.%s must be a decimal string", p->what,
+                                section, key);
+        return 0;
+    }
+    return (uint64_t)x;
+}
+
+static int get_list(parse_ctx *p, const cJSON *obj, const char *section, const char *key, int *out, int max,
+                    int min_n)
+{
+    const cJSON *a = field(p, obj, section, key);
+    if (!a)
+        return 0;
+    int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1;
+    if (n < min_n || n > max) {
+        if (!p->err)
+            p->err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: %s.%s must be a list of %d to %d integers",
+                                p->what, section, key, min_n, max);
+        return 0;
+    }
+    for (int i = 0; i < n; i++) {
+        const cJSON *v = cJSON_GetArrayItem(a, i);
+        if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 1e6 || v->valuedouble != floor(v->valuedouble)) {
+            if (!p->err)
+                p->err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: %s.%s[%d] is not a valid integer",
+                                    p->what, section, key, i);
+            return 0;
+        }
+        out[i] = (int)v->valuedouble;
+    }
+    return n;
+}
+
+static const cJSON *section(parse_ctx *p, const cJSON *root, const char *name)
+{
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, name);
+    if (!cJSON_IsObject(s) && !p->err)
+        p->err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: section '%s' is missing", p->what, name);
+    return cJSON_IsObject(s) ? s : NULL;
+}
+
+int ddpm_run_config_from_json(ddpm_run_config *c, const char *json, const char *what)
+{
+    parse_ctx p = {.what = what};
+    ddpm_run_config_default(c);
+    cJSON *root = cJSON_Parse(json);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: config is not a JSON object", what);
+    }
+    const cJSON *m = section(&p, root, "model"), *s = section(&p, root, "schedule"), *t = section(&p, root, "train");
+    if (!p.err) {
+        ddpm_unet_config *u = &c->model;
+        memset(u, 0, sizeof *u);
+        u->in_channels = get_int(&p, m, "model", "in_channels", 1, 3);
+        u->image_size = get_int(&p, m, "model", "image_size", 1, 4096);
+        u->ch = get_int(&p, m, "model", "ch", 2, 4096);
+        u->n_levels = get_list(&p, m, "model", "ch_mult", u->ch_mult, DDPM_MAX_LEVELS, 1);
+        u->num_res_blocks = get_int(&p, m, "model", "num_res_blocks", 1, 16);
+        u->n_attn = get_list(&p, m, "model", "attn_res", u->attn_res, DDPM_MAX_LEVELS, 0);
+        u->groups = get_int(&p, m, "model", "groups", 1, 4096);
+        u->dropout = (float)get_num(&p, m, "model", "dropout", 0, 0.999);
+        const cJSON *pred = field(&p, m, "model", "prediction");
+        if (pred && !p.err && (!cJSON_IsString(pred) || strcmp(pred->valuestring, "eps")))
+            p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: model.prediction '%s' is not supported (eps)",
+                               what, cJSON_IsString(pred) ? pred->valuestring : "?");
+        const cJSON *kind = field(&p, s, "schedule", "kind");
+        if (kind && !p.err && (!cJSON_IsString(kind) || ddpm_schedule_parse(kind->valuestring, &c->schedule)))
+            p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: schedule.kind must be linear or cosine", what);
+        c->timesteps = get_int(&p, s, "schedule", "timesteps", 1, 100000);
+        c->beta_start = get_num(&p, s, "schedule", "beta_start", 0, 1);
+        c->beta_end = get_num(&p, s, "schedule", "beta_end", 0, 1);
+        c->batch = get_int(&p, t, "train", "batch", 1, 65536);
+        c->optim.lr = (float)get_num(&p, t, "train", "lr", 0, 10);
+        c->optim.warmup = get_int(&p, t, "train", "warmup", 0, 1 << 30);
+        c->optim.beta1 = (float)get_num(&p, t, "train", "beta1", 0, 1);
+        c->optim.beta2 = (float)get_num(&p, t, "train", "beta2", 0, 1);
+        c->optim.eps = (float)get_num(&p, t, "train", "adam_eps", 0, 1);
+        c->optim.clip = (float)get_num(&p, t, "train", "clip", 0, 1e30);
+        c->optim.ema_decay = (float)get_num(&p, t, "train", "ema", 0, 1);
+        const cJSON *flip = field(&p, t, "train", "flip");
+        c->flip = cJSON_IsTrue(flip);
+        c->seed = get_u64(&p, t, "train", "seed");
+    }
+    cJSON_Delete(root);
+    if (p.err)
+        return p.err;
+    if (ddpm_unet_config_check(&c->model))
+        return ddpm_error(DDPM_EFORMAT, "%s: checkpoint model config is invalid: %s", what, ddpm_last_error());
+    return DDPM_OK;
+}
+
+int ddpm_train_state_from_json(ddpm_train_state *st, const char *json, const char *what)
+{
+    parse_ctx p = {.what = what};
+    memset(st, 0, sizeof *st);
+    cJSON *root = cJSON_Parse(json);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: state is not a JSON object", what);
+    }
+    st->step = (long)get_num(&p, root, "state", "step", 0, 1e15);
+    st->noise_counter = get_u64(&p, root, "state", "noise_counter");
+    st->dropout_counter = get_u64(&p, root, "state", "dropout_counter");
+    st->data_epoch = get_u64(&p, root, "state", "data_epoch");
+    st->data_position = get_int(&p, root, "state", "data_position", 0, 1 << 30);
+    st->elapsed_seconds = get_num(&p, root, "state", "elapsed_seconds", 0, 1e12);
+    cJSON_Delete(root);
+    return p.err;
+}
+
+/* ---------------------------------------------------------------- files */
+
+int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddpm_train_state *st,
+                         const ddpm_unet *net, const float *params, const float *ema,
+                         const float *adam_m, const float *adam_v)
+{
+    const char *prefixes[4] = {"", "ema.", "adam_m.", "adam_v."};
+    const float *arenas[4] = {params, ema, adam_m, adam_v};
+    int n_sets = 0;
+    for (int k = 0; k < 4; k++)
+        n_sets += arenas[k] != NULL;
+    size_t n = (size_t)n_sets * net->n_tensors;
+    ddpm_st_tensor *t = ddpm_calloc(n, sizeof *t);
+    char *names = ddpm_calloc(n, DDPM_MAX_NAME + 8);
+    char *config_json = ddpm_run_config_to_json(cfg), *state_json = ddpm_train_state_to_json(st);
+    int rc = DDPM_ENOMEM;
+    if (t && names && config_json && state_json) {
+        size_t j = 0;
+        for (int k = 0; k < 4; k++) {
+            if (!arenas[k])
+                continue;
+            for (int i = 0; i < net->n_tensors; i++, j++) {
+                const ddpm_tensor_info *ti = &net->tensors[i];
+                char *name = names + j * (DDPM_MAX_NAME + 8);
+                snprintf(name, DDPM_MAX_NAME + 8, "%s%s", prefixes[k], ti->name);
+                t[j].name = name;
+                t[j].data = arenas[k] + ti->offset;
+                t[j].ndim = ti->ndim;
+                for (int d = 0; d < ti->ndim; d++)
+                    t[j].shape[d] = ti->shape[d];
+            }
+        }
+        char version[16];
+        snprintf(version, sizeof version, "%d", DDPM_CHECKPOINT_FORMAT_VERSION);
+        ddpm_st_meta meta[4] = {{"format", "ddpm"}, {"format_version", version}, {"config", config_json},
+                                {"state", state_json}};
+        rc = ddpm_safetensors_write(path, t, (int)n, meta, 4);
+    } else {
+        ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the checkpoint", path);
+    }
+    free(t);
+    free(names);
+    free(config_json);
+    free(state_json);
+    return rc;
+}
+
+int ddpm_checkpoint_open(ddpm_checkpoint **out, const char *path)
+{
+    *out = NULL;
+    ddpm_checkpoint *ck = ddpm_calloc(1, sizeof *ck);
+    if (!ck)
+        return DDPM_ENOMEM;
+    int rc = ddpm_safetensors_open(&ck->file, path);
+    if (rc) {
+        free(ck);
+        return rc;
+    }
+    const char *format = ddpm_safetensors_meta(ck->file, "format");
+    const char *version = ddpm_safetensors_meta(ck->file, "format_version");
+    const char *config = ddpm_safetensors_meta(ck->file, "config");
+    const char *state = ddpm_safetensors_meta(ck->file, "state");
+    if (!format || strcmp(format, "ddpm"))
+        rc = ddpm_error(DDPM_EFORMAT, "%s: not a ddpm checkpoint (a safetensors file without ddpm metadata)", path);
+    else if (!version || atoi(version) != DDPM_CHECKPOINT_FORMAT_VERSION)
+        rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint format version %s is not supported (this ddpm reads %d)", path,
+                        version ? version : "(missing)", DDPM_CHECKPOINT_FORMAT_VERSION);
+    else if (!config || !state)
+        rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata lacks %s", path, config ? "state" : "config");
+    else if (!(rc = ddpm_run_config_from_json(&ck->config, config, path)))
+        rc = ddpm_train_state_from_json(&ck->state, state, path);
+    if (rc) {
+        ddpm_checkpoint_close(ck);
+        return rc;
+    }
+    *out = ck;
+    return DDPM_OK;
+}
+
+void ddpm_checkpoint_close(ddpm_checkpoint *ck)
+{
+    if (!ck)
+        return;
+    ddpm_safetensors_close(ck->file);
+    free(ck);
+}
+
+const ddpm_run_config *ddpm_checkpoint_config(const ddpm_checkpoint *ck) { return &ck->config; }
+const ddpm_train_state *ddpm_checkpoint_state(const ddpm_checkpoint *ck) { return &ck->state; }
+const char *ddpm_checkpoint_path(const ddpm_checkpoint *ck) { return ddpm_safetensors_path(ck->file); }
+
+int ddpm_checkpoint_has(const ddpm_checkpoint *ck, const ddpm_unet *net, const char *prefix)
+{
+    char name[DDPM_MAX_NAME + 16];
+    for (int i = 0; i < net->n_tensors; i++) {
+        snprintf(name, sizeof name, "%s%s", prefix, net->tensors[i].name);
+        if (!ddpm_safetensors_find(ck->file, name))
+            return 0;
+    }
+    return 1;
+}
+
+int ddpm_checkpoint_read(const ddpm_checkpoint *ck, const ddpm_unet *net, const char *prefix, float *dst)
+{
+    char name[DDPM_MAX_NAME + 16];
+    const char *path = ddpm_checkpoint_path(ck);
+    for (int i = 0; i < net->n_tensors; i++) {
+        const ddpm_tensor_info *ti = &net->tensors[i];
+        snprintf(name, sizeof name, "%s%s", prefix, ti->name);
+        const ddpm_st_info *info = ddpm_safetensors_find(ck->file, name);
+        if (!info)
+            return ddpm_error(DDPM_EFORMAT, "%s: tensor %s is missing", path, name);
+        int ok = info->ndim == ti->ndim;
+        for (int d = 0; ok && d < ti->ndim; d++)
+            ok = info->shape[d] == ti->shape[d];
+        if (!ok)
+            return ddpm_error(DDPM_EFORMAT, "%s: tensor %s has the wrong shape for the model in its config", path,
+                              name);
+        int rc = ddpm_safetensors_read_f32(ck->file, name, dst + ti->offset, ti->n);
+        if (rc)
+            return rc;
+    }
+    return DDPM_OK;
+}
+
+int ddpm_checkpoint_tensor_count(const ddpm_checkpoint *ck) { return ddpm_safetensors_count(ck->file); }
+
+const char *ddpm_checkpoint_tensor(const ddpm_checkpoint *ck, int i, int *ndim, int64_t shape[8])
+{
+    const ddpm_st_info *info = ddpm_safetensors_at(ck->file, i);
+    if (!info)
+        return NULL;
+    *ndim = info->ndim;
+    for (int d = 0; d < info->ndim && d < 8; d++)
+        shape[d] = info->shape[d];
+    return info->name;
+}

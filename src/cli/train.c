@@ -1,0 +1,216 @@
+/* train.c: `ddpm train DATA_DIR`: flags -> ddpm_train_options -> ddpm_train_run. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "args.h"
+#include "cli.h"
+#include "ddpm/error.h"
+#include "ddpm/train.h"
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (stop_requested) /* a second Ctrl-C stops at once */
+        _exit(130);
+    stop_requested = 1;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"usage: ddpm train DATA_DIR [options]\n"
+"\n"
+"Trains an epsilon-predicting U-Net (DDPM, Ho et al. 2020, Algorithm 1) on the\n"
+"images under DATA_DIR (searched recursively; PNG, JPEG, BMP, TGA, GIF, PSD, HDR,\n"
+"PNM). Writes RUN_DIR/checkpoint.safetensors, RUN_DIR/log.jsonl and preview grids\n"
+"in RUN_DIR/samples/. Ctrl-C saves a checkpoint and stops; --resume continues.\n"
+"\n"
+"run:\n"
+"  --out DIR            run folder (default runs/ddpm); refused if it holds a run\n"
+"  --resume             continue the run in --out exactly where it stopped; the\n"
+"                       model, schedule and optimiser come from its checkpoint\n"
+"  --steps N            stop at total step N\n"
+"  --epochs E           stop after E epochs in total (default 1 when no stop\n"
+"                       condition is given)\n"
+"  --minutes M          stop after M minutes of this session\n"
+"  --save-every N       checkpoint every N steps (default 500; 0: at the end only)\n"
+"  --sample-every N     preview grid every N steps (default 0: at the end only)\n"
+"  --preview-n N        images in a preview grid (default 64; 0: no previews)\n"
+"  --preview-steps S    DDIM steps of a preview, from the EMA weights (default 50)\n"
+"  --log-every N        log.jsonl line and progress line every N steps (default 50)\n"
+"  --threads N          threads for OpenMP and OpenBLAS (default: all cores)\n"
+"  --strict             a file under DATA_DIR that is not an image is an error\n"
+"                       (default: skipped with a warning)\n"
+"  --quiet              no progress output\n"
+"  --json               print a JSON summary on stdout at the end\n"
+"data:\n"
+"  --size S             image side in pixels (default: the most common size in\n"
+"                       DATA_DIR); others are center-cropped and resized\n"
+"  --channels C         1 or 3 (default: 1 if every image is gray)\n"
+"  --flip               random horizontal flips (default off)\n"
+"model (DESIGN.md section 2):\n"
+"  --ch N               base channels (default 32)\n"
+"  --ch-mult LIST       channel multiplier per level (default 1,2,2)\n"
+"  --res-blocks N       ResBlocks per level (default 2)\n"
+"  --attn LIST          resolutions with self-attention (default 14; '' for none)\n"
+"  --groups N           GroupNorm groups (default 8)\n"
+"  --dropout P          dropout in ResBlocks (default 0.1)\n"
+"diffusion:\n"
+"  --timesteps T        diffusion steps (default 1000)\n"
+"  --schedule NAME      linear or cosine (default linear)\n"
+"  --beta-start B       linear schedule's first beta (default 1e-4)\n"
+"  --beta-end B         linear schedule's last beta (default 0.02)\n"
+"optimiser:\n"
+"  --batch N            images per step (default 64)\n"
+"  --lr LR              Adam learning rate after warm-up (default 1e-3)\n"
+"  --warmup N           steps of linear learning-rate warm-up (default 100)\n"
+"  --clip X             max global gradient norm (default 1.0; 0: off)\n"
+"  --ema D              EMA decay, warmed up as min(D, (1+n)/(10+n)) (default\n"
+"                       0.999; 0: EMA = raw weights)\n"
+"  --seed N             seed of every random choice (default 0)\n"
+"\n"
+"Same flags, same seed, same --threads: the same checkpoint, bit for bit.\n"
+"exit codes: 0 done or interrupted (checkpoint saved), 1 error, 2 usage,\n"
+"            3 diverged (NaN or infinite loss; the last checkpoint is kept)\n");
+}
+
+enum {
+    O_OUT = 256, O_RESUME, O_STEPS, O_EPOCHS, O_MINUTES, O_SAVE_EVERY, O_SAMPLE_EVERY, O_PREVIEW_N,
+    O_PREVIEW_STEPS, O_LOG_EVERY, O_THREADS, O_STRICT, O_QUIET, O_JSON, O_HELP,
+    /* flags that define the run: refused with --resume */
+    O_FIRST_RUN_FLAG, O_SIZE = O_FIRST_RUN_FLAG, O_CHANNELS, O_FLIP, O_CH, O_CH_MULT, O_RES_BLOCKS, O_ATTN,
+    O_GROUPS, O_DROPOUT, O_TIMESTEPS, O_SCHEDULE, O_BETA_START, O_BETA_END, O_BATCH, O_LR, O_WARMUP, O_CLIP,
+    O_EMA, O_SEED,
+};
+
+int cmd_train(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"out", required_argument, 0, O_OUT}, {"resume", no_argument, 0, O_RESUME},
+        {"steps", required_argument, 0, O_STEPS}, {"epochs", required_argument, 0, O_EPOCHS},
+        {"minutes", required_argument, 0, O_MINUTES}, {"save-every", required_argument, 0, O_SAVE_EVERY},
+        {"sample-every", required_argument, 0, O_SAMPLE_EVERY}, {"preview-n", required_argument, 0, O_PREVIEW_N},
+        {"preview-steps", required_argument, 0, O_PREVIEW_STEPS}, {"log-every", required_argument, 0, O_LOG_EVERY},
+        {"threads", required_argument, 0, O_THREADS}, {"strict", no_argument, 0, O_STRICT},
+        {"quiet", no_argument, 0, O_QUIET}, {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
+        {"size", required_argument, 0, O_SIZE}, {"channels", required_argument, 0, O_CHANNELS},
+        {"flip", no_argument, 0, O_FLIP}, {"ch", required_argument, 0, O_CH},
+        {"ch-mult", required_argument, 0, O_CH_MULT}, {"res-blocks", required_argument, 0, O_RES_BLOCKS},
+        {"attn", required_argument, 0, O_ATTN}, {"groups", required_argument, 0, O_GROUPS},
+        {"dropout", required_argument, 0, O_DROPOUT}, {"timesteps", required_argument, 0, O_TIMESTEPS},
+        {"schedule", required_argument, 0, O_SCHEDULE}, {"beta-start", required_argument, 0, O_BETA_START},
+        {"beta-end", required_argument, 0, O_BETA_END}, {"batch", required_argument, 0, O_BATCH},
+        {"lr", required_argument, 0, O_LR}, {"warmup", required_argument, 0, O_WARMUP},
+        {"clip", required_argument, 0, O_CLIP}, {"ema", required_argument, 0, O_EMA},
+        {"seed", required_argument, 0, O_SEED}, {0, 0, 0, 0},
+    };
+    ddpm_train_options o;
+    ddpm_train_options_default(&o);
+    ddpm_unet_config *m = &o.cfg.model;
+    int threads = 0, opt, bad = 0;
+    const char *run_flag_given = NULL;
+    opterr = 0;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        if (opt >= O_FIRST_RUN_FLAG && !run_flag_given)
+            run_flag_given = argv[optind - 1];
+        switch (opt) {
+        case 'h':
+        case O_HELP: usage(stdout); return DDPM_EXIT_OK;
+        case O_OUT: o.out_dir = optarg; break;
+        case O_RESUME: o.resume = 1; break;
+        case O_STEPS: bad |= arg_long("steps", optarg, 1, 1000000000L, &o.steps); break;
+        case O_EPOCHS: bad |= arg_double("epochs", optarg, 1e-9, 1e6, &o.epochs); break;
+        case O_MINUTES: bad |= arg_double("minutes", optarg, 1e-9, 1e7, &o.minutes); break;
+        case O_SAVE_EVERY: bad |= arg_long("save-every", optarg, 0, 1000000000L, &o.save_every); break;
+        case O_SAMPLE_EVERY: bad |= arg_long("sample-every", optarg, 0, 1000000000L, &o.sample_every); break;
+        case O_PREVIEW_N: bad |= arg_int("preview-n", optarg, 0, 4096, &o.preview_n); break;
+        case O_PREVIEW_STEPS: bad |= arg_int("preview-steps", optarg, 1, 100000, &o.preview_steps); break;
+        case O_LOG_EVERY: bad |= arg_long("log-every", optarg, 1, 1000000000L, &o.log_every); break;
+        case O_THREADS: bad |= arg_int("threads", optarg, 1, 1024, &threads); break;
+        case O_STRICT: o.strict = 1; break;
+        case O_QUIET: o.quiet = 1; break;
+        case O_JSON: o.json = 1; break;
+        case O_SIZE: bad |= arg_int("size", optarg, 1, 4096, &m->image_size); break;
+        case O_CHANNELS:
+            bad |= arg_int("channels", optarg, 1, 3, &m->in_channels);
+            if (!bad && m->in_channels == 2) {
+                cli_error("--channels: must be 1 or 3");
+                bad = 1;
+            }
+            break;
+        case O_FLIP: o.cfg.flip = 1; break;
+        case O_CH: bad |= arg_int("ch", optarg, 2, 4096, &m->ch); break;
+        case O_CH_MULT:
+            m->n_levels = ddpm_parse_int_list(optarg, m->ch_mult, DDPM_MAX_LEVELS);
+            if (m->n_levels < 1) {
+                cli_error("--ch-mult: '%s' is not a list of 1 to %d integers like 1,2,2", optarg, DDPM_MAX_LEVELS);
+                bad = 1;
+            }
+            break;
+        case O_RES_BLOCKS: bad |= arg_int("res-blocks", optarg, 1, 16, &m->num_res_blocks); break;
+        case O_ATTN:
+            m->n_attn = ddpm_parse_int_list(optarg, m->attn_res, DDPM_MAX_LEVELS);
+            if (m->n_attn < 0) {
+                cli_error("--attn: '%s' is not a list of resolutions like 14 or 16,8", optarg);
+                bad = 1;
+            }
+            break;
+        case O_GROUPS: bad |= arg_int("groups", optarg, 1, 4096, &m->groups); break;
+        case O_DROPOUT: bad |= arg_float("dropout", optarg, 0, 0.99, &m->dropout); break;
+        case O_TIMESTEPS: bad |= arg_int("timesteps", optarg, 1, 100000, &o.cfg.timesteps); break;
+        case O_SCHEDULE:
+            if (ddpm_schedule_parse(optarg, &o.cfg.schedule)) {
+                cli_error("--schedule: '%s' is not linear or cosine", optarg);
+                bad = 1;
+            }
+            break;
+        case O_BETA_START: bad |= arg_double("beta-start", optarg, 1e-12, 0.999, &o.cfg.beta_start); break;
+        case O_BETA_END: bad |= arg_double("beta-end", optarg, 1e-12, 0.999, &o.cfg.beta_end); break;
+        case O_BATCH: bad |= arg_int("batch", optarg, 1, 65536, &o.cfg.batch); break;
+        case O_LR: bad |= arg_float("lr", optarg, 1e-12, 10, &o.cfg.optim.lr); break;
+        case O_WARMUP: bad |= arg_int("warmup", optarg, 0, 1 << 30, &o.cfg.optim.warmup); break;
+        case O_CLIP: bad |= arg_float("clip", optarg, 0, 1e30, &o.cfg.optim.clip); break;
+        case O_EMA: bad |= arg_float("ema", optarg, 0, 0.999999, &o.cfg.optim.ema_decay); break;
+        case O_SEED: bad |= arg_u64("seed", optarg, &o.cfg.seed); break;
+        default:
+            cli_error("train: unknown or incomplete option '%s'", argv[optind - 1]);
+            return cli_usage_error("train");
+        }
+        if (bad)
+            return DDPM_EXIT_USAGE;
+    }
+    if (optind != argc - 1) {
+        cli_error(optind >= argc ? "train: missing DATA_DIR" : "train: expected one DATA_DIR, got '%s' too",
+                  optind < argc ? argv[optind + 1] : "");
+        return cli_usage_error("train");
+    }
+    if (o.resume && run_flag_given) {
+        cli_error("train: %s cannot be changed on --resume (the run's config is in its checkpoint)", run_flag_given);
+        return DDPM_EXIT_USAGE;
+    }
+    o.data_dir = argv[optind];
+    if (!o.steps && !o.epochs && !o.minutes)
+        o.epochs = 1;
+    cli_set_threads(threads);
+    stop_requested = 0;
+    o.stop = &stop_requested;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    int rc = ddpm_train_run(&o);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    if (rc) {
+        cli_error("%s", ddpm_last_error());
+        return rc == DDPM_ENAN ? DDPM_EXIT_DIVERGED : DDPM_EXIT_ERROR;
+    }
+    return DDPM_EXIT_OK;
+}
