@@ -402,3 +402,28 @@ const char *ddpm_checkpoint_tensor(const ddpm_checkpoint *ck, int i, int *ndim, 
         shape[d] = info->shape[d];
     return info->name;
 }
+
+int ddpm_checkpoint_load_model(const ddpm_checkpoint *ck, int prefer_ema, ddpm_unet **net, float **params,
+                               int *used_ema)
+{
+    *net = NULL;
+    *params = NULL;
+    int rc = ddpm_unet_create(net, &ck->config.model);
+    if (rc)
+        return rc;
+    *params = ddpm_malloc((*net)->n_params, sizeof(float));
+    if (!*params) {
+        ddpm_unet_free(*net);
+        *net = NULL;
+        return DDPM_ENOMEM;
+    }
+    *used_ema = prefer_ema && ddpm_checkpoint_has(ck, *net, "ema.");
+    rc = ddpm_checkpoint_read(ck, *net, *used_ema ? "ema." : "", *params);
+    if (rc) {
+        free(*params);
+        ddpm_unet_free(*net);
+        *params = NULL;
+        *net = NULL;
+    }
+    return rc;
+}

@@ -70,6 +70,12 @@ int ddpm_checkpoint_has(const ddpm_checkpoint *ck, const ddpm_unet *net, const c
  * each shape against the table. */
 int ddpm_checkpoint_read(const ddpm_checkpoint *ck, const ddpm_unet *net, const char *prefix,
                          float *dst);
+/* Builds the network of the checkpoint's config and reads its weights: the EMA
+ * weights when prefer_ema and they exist (*used_ema = 1), else the raw ones.
+ * *net and *params are the caller's to free (ddpm_unet_free, free). */
+int ddpm_checkpoint_load_model(const ddpm_checkpoint *ck, int prefer_ema, ddpm_unet **net,
+                               float **params, int *used_ema);
+
 /* Number of tensors in the file and the i-th one's name / shape (for `ddpm info`). */
 int ddpm_checkpoint_tensor_count(const ddpm_checkpoint *ck);
 const char *ddpm_checkpoint_tensor(const ddpm_checkpoint *ck, int i, int *ndim, int64_t shape[8]);

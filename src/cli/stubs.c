@@ -9,6 +9,3 @@
         cli_error("'%s' is not built yet", name);                                      \
         return DDPM_EXIT_ERROR;                                                        \
     }
-STUB(cmd_sample, "sample")
-STUB(cmd_bench, "bench")
-STUB(cmd_info, "info")

@@ -1,0 +1,335 @@
+/* sample.c: `ddpm sample RUN_DIR|CKPT`: DDPM or DDIM sampling into PNG grids. */
+#include <cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "args.h"
+#include "cli.h"
+#include "ddpm/checkpoint.h"
+#include "ddpm/error.h"
+#include "ddpm/imageio.h"
+#include "ddpm/sample.h"
+#include "ddpm/train.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"usage: ddpm sample RUN_DIR|CHECKPOINT [options]\n"
+"\n"
+"Samples images from a trained model and writes them as a PNG grid (and/or one\n"
+"PNG per image). RUN_DIR is a `ddpm train --out` folder (its\n"
+"checkpoint.safetensors is used). The model, its schedule and T come from the\n"
+"checkpoint. Same checkpoint, seed, flags and --threads: identical PNG bytes.\n"
+"\n"
+"samplers (each network evaluation costs one forward pass per image):\n"
+"  --sampler ddim       DDIM (Song et al. 2021) on S evenly spaced steps (default;\n"
+"                       S network evaluations). The predicted x0 is clipped to\n"
+"                       [-1, 1] and eps recomputed from it.\n"
+"  --sampler ddpm       ancestral sampling, Algorithm 2 of the DDPM paper: all T\n"
+"                       steps (T evaluations: 10x the default DDIM's cost). With\n"
+"                       clipping (default) the mean is the posterior mean of the\n"
+"                       clipped predicted x0; with --no-clip it is Algorithm 2's\n"
+"                       eps form exactly.\n"
+"  --steps S            DDIM steps, 1..T (default 100)\n"
+"  --eta E              DDIM noise, 0 deterministic .. 1 ancestral (default 0)\n"
+"  --var beta|beta-tilde  DDPM's sigma_t^2 (default beta)\n"
+"  --no-clip            do not clip the predicted x0\n"
+"output:\n"
+"  --out FILE.png       the grid (default samples.png)\n"
+"  --out-dir DIR        also one PNG per image, DIR/00000.png ...\n"
+"  --no-grid            write only --out-dir, no grid\n"
+"  --n N                number of images (default 64)\n"
+"  --nrow N             images per grid row (default ceil(sqrt(n)))\n"
+"  --pad P              pixels between cells (default 2)\n"
+"  --pad-value V        padding gray level 0..255 (default 255)\n"
+"  --trajectory FILE.png  also a progressive-generation figure: one row per\n"
+"                       sample (the first 16 at most), the predicted x0 at K\n"
+"                       evenly spaced steps from t = T to the end\n"
+"  --trajectory-k K     columns of the trajectory (default 10)\n"
+"run:\n"
+"  --seed N             noise seed (default 0)\n"
+"  --batch N            images per network call; bounds memory (default 64)\n"
+"  --threads N          threads for OpenMP and OpenBLAS (default: all cores)\n"
+"  --no-ema             use the raw weights, not the EMA weights\n"
+"  --quiet              no progress output\n"
+"  --json               print a JSON summary on stdout\n"
+"exit codes: 0 ok, 1 error (bad checkpoint, unwritable output), 2 usage\n");
+}
+
+enum {
+    O_OUT = 256, O_OUT_DIR, O_NO_GRID, O_N, O_NROW, O_PAD, O_PAD_VALUE, O_SAMPLER, O_STEPS, O_ETA, O_VAR,
+    O_NO_CLIP, O_TRAJ, O_TRAJ_K, O_SEED, O_BATCH, O_THREADS, O_NO_EMA, O_QUIET, O_JSON, O_HELP,
+};
+
+enum { TRAJ_MAX_ROWS = 16 };
+
+typedef struct {
+    int quiet, tty;
+    int n_total, done_images; /* images finished before this batch */
+    double t_start;
+    /* trajectory */
+    float *traj; /* [rows, K, D] */
+    int traj_rows, K, first;
+    size_t D;
+} progress_ctx;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void on_step(void *opaque, int k, int n_steps, int i, const float *x, const float *x0, int B)
+{
+    (void)i;
+    (void)x;
+    progress_ctx *p = opaque;
+    if (p->traj && p->first < p->traj_rows) {
+        for (int col = 0; col < p->K; col++) {
+            int at = p->K == 1 ? n_steps - 1 : (int)floor((double)col * (n_steps - 1) / (p->K - 1) + 0.5);
+            if (at != k)
+                continue;
+            for (int b = 0; b < B && p->first + b < p->traj_rows; b++)
+                memcpy(p->traj + ((size_t)(p->first + b) * p->K + col) * p->D, x0 + (size_t)b * p->D,
+                       p->D * sizeof(float));
+        }
+    }
+    if (p->quiet)
+        return;
+    double work_done = p->done_images + (double)B * (k + 1) / n_steps;
+    int report = p->tty ? 1 : ((k + 1) % (n_steps / 4 > 0 ? n_steps / 4 : 1) == 0);
+    if (!report)
+        return;
+    double el = now() - p->t_start;
+    double ips = work_done * n_steps / el; /* image-steps per second */
+    double eta = (p->n_total - work_done) * n_steps / ips;
+    fprintf(stderr, "%sstep %d/%d  images %d-%d of %d  %.0f image-steps/s  ETA %.0fs%s", p->tty ? "\r\033[K" : "",
+            k + 1, n_steps, p->done_images + 1, p->done_images + B, p->n_total, ips, eta, p->tty ? "" : "\n");
+    fflush(stderr);
+}
+
+/* The folder of `path` must exist and be writable: checked before minutes of work. */
+static int check_writable_parent(const char *path)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    const char *dir = dirname(buf);
+    if (access(dir, W_OK) != 0) {
+        cli_error("%s: cannot write there: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int cmd_sample(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"out", required_argument, 0, O_OUT}, {"out-dir", required_argument, 0, O_OUT_DIR},
+        {"no-grid", no_argument, 0, O_NO_GRID}, {"n", required_argument, 0, O_N},
+        {"nrow", required_argument, 0, O_NROW}, {"pad", required_argument, 0, O_PAD},
+        {"pad-value", required_argument, 0, O_PAD_VALUE}, {"sampler", required_argument, 0, O_SAMPLER},
+        {"steps", required_argument, 0, O_STEPS}, {"eta", required_argument, 0, O_ETA},
+        {"var", required_argument, 0, O_VAR}, {"no-clip", no_argument, 0, O_NO_CLIP},
+        {"trajectory", required_argument, 0, O_TRAJ}, {"trajectory-k", required_argument, 0, O_TRAJ_K},
+        {"seed", required_argument, 0, O_SEED}, {"batch", required_argument, 0, O_BATCH},
+        {"threads", required_argument, 0, O_THREADS}, {"no-ema", no_argument, 0, O_NO_EMA},
+        {"quiet", no_argument, 0, O_QUIET}, {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
+        {0, 0, 0, 0},
+    };
+    const char *out = "samples.png", *out_dir = NULL, *traj_path = NULL;
+    int n = 64, nrow = 0, pad = 2, pad_value = 255, batch = 64, threads = 0, no_ema = 0, quiet = 0, json = 0;
+    int no_grid = 0, traj_k = 10, steps_given = 0;
+    uint64_t seed = 0;
+    ddpm_sampler_config sc;
+    ddpm_sampler_config_default(&sc);
+    sc.kind = DDPM_SAMPLER_DDIM;
+    int opt, bad = 0;
+    opterr = 0;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'h':
+        case O_HELP: usage(stdout); return DDPM_EXIT_OK;
+        case O_OUT: out = optarg; break;
+        case O_OUT_DIR: out_dir = optarg; break;
+        case O_NO_GRID: no_grid = 1; break;
+        case O_N: bad |= arg_int("n", optarg, 1, 1000000, &n); break;
+        case O_NROW: bad |= arg_int("nrow", optarg, 1, 100000, &nrow); break;
+        case O_PAD: bad |= arg_int("pad", optarg, 0, 1000, &pad); break;
+        case O_PAD_VALUE: bad |= arg_int("pad-value", optarg, 0, 255, &pad_value); break;
+        case O_SAMPLER:
+            if (!strcmp(optarg, "ddpm"))
+                sc.kind = DDPM_SAMPLER_DDPM;
+            else if (!strcmp(optarg, "ddim"))
+                sc.kind = DDPM_SAMPLER_DDIM;
+            else {
+                cli_error("--sampler: '%s' is not ddpm or ddim", optarg);
+                bad = 1;
+            }
+            break;
+        case O_STEPS: bad |= arg_int("steps", optarg, 1, 100000, &sc.steps); steps_given = 1; break;
+        case O_ETA: bad |= arg_float("eta", optarg, 0, 1, &sc.eta); break;
+        case O_VAR:
+            if (!strcmp(optarg, "beta"))
+                sc.var = DDPM_VAR_BETA;
+            else if (!strcmp(optarg, "beta-tilde"))
+                sc.var = DDPM_VAR_BETA_TILDE;
+            else {
+                cli_error("--var: '%s' is not beta or beta-tilde", optarg);
+                bad = 1;
+            }
+            break;
+        case O_NO_CLIP: sc.clip_x0 = 0; break;
+        case O_TRAJ: traj_path = optarg; break;
+        case O_TRAJ_K: bad |= arg_int("trajectory-k", optarg, 1, 1000, &traj_k); break;
+        case O_SEED: bad |= arg_u64("seed", optarg, &seed); break;
+        case O_BATCH: bad |= arg_int("batch", optarg, 1, 65536, &batch); break;
+        case O_THREADS: bad |= arg_int("threads", optarg, 1, 1024, &threads); break;
+        case O_NO_EMA: no_ema = 1; break;
+        case O_QUIET: quiet = 1; break;
+        case O_JSON: json = 1; break;
+        default:
+            cli_error("sample: unknown or incomplete option '%s'", argv[optind - 1]);
+            return cli_usage_error("sample");
+        }
+        if (bad)
+            return DDPM_EXIT_USAGE;
+    }
+    if (optind != argc - 1) {
+        cli_error(optind >= argc ? "sample: missing RUN_DIR or CHECKPOINT" : "sample: expected one checkpoint");
+        return cli_usage_error("sample");
+    }
+    if (no_grid && !out_dir) {
+        cli_error("sample: --no-grid needs --out-dir");
+        return DDPM_EXIT_USAGE;
+    }
+    if (steps_given && sc.kind == DDPM_SAMPLER_DDPM) {
+        cli_error("sample: --steps applies to --sampler ddim (ddpm always runs all T steps)");
+        return DDPM_EXIT_USAGE;
+    }
+    char ckpt_path[4096];
+    struct stat st;
+    const char *arg = argv[optind];
+    if (stat(arg, &st) == 0 && S_ISDIR(st.st_mode))
+        snprintf(ckpt_path, sizeof ckpt_path, "%s/%s", arg, DDPM_CHECKPOINT_FILE);
+    else
+        snprintf(ckpt_path, sizeof ckpt_path, "%s", arg);
+    if ((!no_grid && check_writable_parent(out)) || (traj_path && check_writable_parent(traj_path)))
+        return DDPM_EXIT_ERROR;
+    if (out_dir && stat(out_dir, &st) != 0 && check_writable_parent(out_dir))
+        return DDPM_EXIT_ERROR;
+    cli_set_threads(threads);
+
+    ddpm_checkpoint *ck = NULL;
+    if (ddpm_checkpoint_open(&ck, ckpt_path)) {
+        cli_error("%s", ddpm_last_error());
+        return DDPM_EXIT_ERROR;
+    }
+    const ddpm_run_config *cfg = ddpm_checkpoint_config(ck);
+    if (sc.kind == DDPM_SAMPLER_DDIM && sc.steps > cfg->timesteps) {
+        cli_error("--steps: %d is more than the model's %d timesteps", sc.steps, cfg->timesteps);
+        ddpm_checkpoint_close(ck);
+        return DDPM_EXIT_USAGE;
+    }
+    ddpm_unet *net = NULL;
+    float *params = NULL;
+    int used_ema = 0;
+    int rc = ddpm_checkpoint_load_model(ck, !no_ema, &net, &params, &used_ema);
+    long ck_step = ddpm_checkpoint_state(ck)->step;
+    ddpm_schedule sched;
+    memset(&sched, 0, sizeof sched);
+    if (!rc)
+        rc = ddpm_schedule_init(&sched, cfg->schedule, cfg->timesteps, cfg->beta_start, cfg->beta_end);
+    int C = cfg->model.in_channels, S = cfg->model.image_size;
+    ddpm_checkpoint_close(ck);
+    if (rc) {
+        cli_error("%s", ddpm_last_error());
+        free(params);
+        ddpm_unet_free(net);
+        return DDPM_EXIT_ERROR;
+    }
+    if (!used_ema && !no_ema && !quiet)
+        fprintf(stderr, "ddpm: %s has no EMA weights; sampling with the raw weights\n", ckpt_path);
+    size_t D = (size_t)C * S * S;
+    int B = batch < n ? batch : n;
+    ddpm_unet_workspace *ws = NULL;
+    float *x = NULL, *scratch = NULL;
+    progress_ctx pc = {.quiet = quiet, .tty = isatty(fileno(stderr)), .n_total = n, .K = traj_k, .D = D};
+    rc = ddpm_unet_workspace_create(&ws, net, B, 0);
+    if (!rc) {
+        x = ddpm_malloc((size_t)n * D, sizeof(float));
+        scratch = ddpm_malloc(4 * (size_t)B * D, sizeof(float));
+        pc.traj_rows = traj_path ? (n < TRAJ_MAX_ROWS ? n : TRAJ_MAX_ROWS) : 0;
+        if (traj_path)
+            pc.traj = ddpm_calloc((size_t)pc.traj_rows * traj_k * D, sizeof(float));
+        if (!x || !scratch || (traj_path && !pc.traj))
+            rc = DDPM_ENOMEM;
+    }
+    ddpm_rng rng;
+    ddpm_rng_init(&rng, seed, DDPM_STREAM_SAMPLE);
+    ddpm_unet_eps_ctx ctx = {net, params, ws};
+    pc.t_start = now();
+    for (int first = 0; !rc && first < n; first += B) {
+        int nb = n - first < B ? n - first : B;
+        pc.first = first;
+        pc.done_images = first;
+        rc = ddpm_sample(x + (size_t)first * D, scratch, nb, D, first, &sched, &sc, ddpm_unet_eps, &ctx, &rng,
+                         on_step, &pc);
+    }
+    double seconds = now() - pc.t_start;
+    if (pc.tty && !quiet)
+        fputc('\n', stderr);
+    if (!rc && !no_grid)
+        rc = ddpm_image_save_grid(out, x, n, C, S, nrow ? nrow : (int)ceil(sqrt((double)n)), pad, pad_value);
+    if (!rc && out_dir)
+        rc = ddpm_image_save_each(out_dir, x, n, C, S, 0);
+    if (!rc && traj_path)
+        rc = ddpm_image_save_grid(traj_path, pc.traj, pc.traj_rows * traj_k, C, S, traj_k, pad, pad_value);
+    int n_steps = ddpm_sampler_n_steps(&sc, &sched);
+    if (rc)
+        cli_error("%s", ddpm_last_error());
+    else if (!quiet) {
+        fprintf(stderr, "ddpm: %d images, %s %d steps, %s weights of step %ld, %.1f s (%.0f image-steps/s)\n", n,
+                sc.kind == DDPM_SAMPLER_DDIM ? "DDIM" : "DDPM", n_steps, used_ema ? "EMA" : "raw", ck_step, seconds,
+                (double)n * n_steps / seconds);
+        if (!no_grid)
+            printf("%s\n", out);
+    }
+    if (!rc && json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "checkpoint", ckpt_path);
+        cJSON_AddNumberToObject(o, "step", (double)ck_step);
+        cJSON_AddStringToObject(o, "sampler", sc.kind == DDPM_SAMPLER_DDIM ? "ddim" : "ddpm");
+        cJSON_AddNumberToObject(o, "steps", n_steps);
+        cJSON_AddNumberToObject(o, "n", n);
+        cJSON_AddBoolToObject(o, "ema", used_ema);
+        if (!no_grid)
+            cJSON_AddStringToObject(o, "grid", out);
+        if (out_dir)
+            cJSON_AddStringToObject(o, "out_dir", out_dir);
+        cJSON_AddNumberToObject(o, "seconds", seconds);
+        cJSON_AddNumberToObject(o, "image_steps_per_sec", (double)n * n_steps / seconds);
+        char *text = cJSON_PrintUnformatted(o);
+        if (text)
+            printf("%s\n", text);
+        free(text);
+        cJSON_Delete(o);
+    }
+    free(pc.traj);
+    free(x);
+    free(scratch);
+    ddpm_unet_workspace_free(ws);
+    ddpm_schedule_free(&sched);
+    free(params);
+    ddpm_unet_free(net);
+    return rc ? DDPM_EXIT_ERROR : DDPM_EXIT_OK;
+}
