@@ -4,15 +4,20 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static _Thread_local char error_message[1024];
 
 int ddpm_error(int code, const char *fmt, ...)
 {
+    /* format into a local buffer first: callers may pass ddpm_last_error() as an
+       argument to prefix it with context */
+    char buf[sizeof error_message];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(error_message, sizeof error_message, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    memcpy(error_message, buf, sizeof buf);
     return code;
 }
 
