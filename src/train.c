@@ -283,6 +283,12 @@ static int write_preview(ddpm_trainer *tr, const ddpm_train_options *o, const ch
     return rc;
 }
 
+static void print_warning(void *user, const char *line)
+{
+    (void)user;
+    fprintf(stderr, "ddpm: warning: %s\n", line);
+}
+
 static void print_summary(const ddpm_trainer *tr, double loss, const char *ckpt_path, int interrupted)
 {
     cJSON *o = cJSON_CreateObject();
@@ -329,7 +335,7 @@ int ddpm_train_run(const ddpm_train_options *o)
 
     /* the data: its size and channels define the model unless given */
     ddpm_dataset_options dopt = {.size = cfg.model.image_size, .channels = cfg.model.in_channels,
-                                 .strict = o->strict, .warn_file = o->quiet ? NULL : stderr};
+                                 .strict = o->strict, .warn = o->quiet ? NULL : print_warning};
     ddpm_dataset *ds = NULL;
     if ((rc = ddpm_dataset_open(&ds, o->data_dir, &dopt))) {
         ddpm_checkpoint_close(ck);

@@ -112,13 +112,13 @@ int cmd_train(int argc, char **argv)
     ddpm_train_options o;
     ddpm_train_options_default(&o);
     ddpm_unet_config *m = &o.cfg.model;
-    int threads = 0, opt, bad = 0;
+    int threads = 0, opt, bad = 0, longindex = -1;
     const char *run_flag_given = NULL;
     opterr = 0;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        if (opt >= O_FIRST_RUN_FLAG && !run_flag_given)
-            run_flag_given = argv[optind - 1];
+    while ((opt = getopt_long(argc, argv, "h", longopts, &longindex)) != -1) {
+        if (opt >= O_FIRST_RUN_FLAG && !run_flag_given && longindex >= 0)
+            run_flag_given = longopts[longindex].name;
         switch (opt) {
         case 'h':
         case O_HELP: usage(stdout); return DDPM_EXIT_OK;
@@ -191,7 +191,7 @@ int cmd_train(int argc, char **argv)
         return cli_usage_error("train");
     }
     if (o.resume && run_flag_given) {
-        cli_error("train: %s cannot be changed on --resume (the run's config is in its checkpoint)", run_flag_given);
+        cli_error("train: --%s cannot be changed on --resume (the run's config is in its checkpoint)", run_flag_given);
         return DDPM_EXIT_USAGE;
     }
     o.data_dir = argv[optind];
