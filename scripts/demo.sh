@@ -4,10 +4,10 @@
 # Re-running reuses the build, the data and a finished run (rm -rf runs/demo to
 # train again).
 #
-#   scripts/demo.sh                 # 12 minutes of training (DEMO_MINUTES to change)
+#   scripts/demo.sh                 # 10 minutes of training (DEMO_MINUTES to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-minutes="${DEMO_MINUTES:-12}"
+minutes="${DEMO_MINUTES:-10}"
 run=runs/demo
 
 scripts/setup.sh
