@@ -8,28 +8,34 @@
  *     dV += dH w             dW = dH^T V
  *     dS = w * (dW - rowsum(w * dW))  (softmax Jacobian, per row)
  *     dQ += a K dS^T         dK += a Q dS
- * Two sgemm per image forward and up to four backward, from serial code only
- * (sgemm is never entered from an OpenMP region); the row-wise softmax loops are
- * threaded with OpenMP over rows. */
+ * Every image is independent: the images are split into LANES fixed lanes run on
+ * OpenMP threads, each calling sgemm from inside the parallel region (the OpenMP
+ * build of OpenBLAS then runs it on the calling thread, STYLE.md) with its own
+ * slice of the scratch. Each image's result is computed the same way for any
+ * thread count. With a pthread OpenBLAS, or fewer lanes than threads, the lanes
+ * run one after the other and sgemm uses its own threads. */
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stddef.h>
 
 #include "ddpm/ops.h"
 
-void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, const float *v,
-                            int B, int C, int N)
+#define LANES 8
+
+static int n_lanes(int B)
 {
-    const float scale = (float)(1.0 / sqrt((double)C));
-    const size_t CN = (size_t)C * N, NN = (size_t)N * N;
+    return B < LANES ? B : LANES;
+}
 
-    for (int b = 0; b < B; b++)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, N, C, scale, q + b * CN, N,
-                    k + b * CN, N, 0.0f, w + b * NN, N);
+static int lanes_in_parallel(int lanes)
+{
+    return lanes > 1 && lanes >= omp_get_max_threads() && openblas_get_parallel() == 2 && !omp_in_parallel();
+}
 
-    /* row softmax, stable: subtract the row maximum before exp */
-    const int rows = B * N;
-#pragma omp parallel for schedule(static)
+/* row softmax in place, stable: subtract the row maximum before exp */
+static void softmax_rows(float *w, int rows, int N)
+{
     for (int row = 0; row < rows; row++) {
         float *s = w + (size_t)row * N;
         float m = s[0];
@@ -44,15 +50,31 @@ void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, 
         for (int j = 0; j < N; j++)
             s[j] *= inv;
     }
+}
 
-    for (int b = 0; b < B; b++)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, N, N, 1.0f, v + b * CN, N,
-                    w + b * NN, N, 0.0f, h + b * CN, N);
+void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, const float *v,
+                            int B, int C, int N)
+{
+    const float scale = (float)(1.0 / sqrt((double)C));
+    const size_t CN = (size_t)C * N, NN = (size_t)N * N;
+    const int lanes = n_lanes(B);
+#pragma omp parallel for schedule(static, 1) if (lanes_in_parallel(lanes))
+    for (int lane = 0; lane < lanes; lane++) {
+        const int b0 = (int)((long)lane * B / lanes), b1 = (int)((long)(lane + 1) * B / lanes);
+        for (int b = b0; b < b1; b++) {
+            float *w_b = w + b * NN;
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, N, C, scale, q + b * CN, N, k + b * CN, N,
+                        0.0f, w_b, N);
+            softmax_rows(w_b, N, N);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, N, N, 1.0f, v + b * CN, N, w_b, N, 0.0f,
+                        h + b * CN, N);
+        }
+    }
 }
 
 size_t ddpm_attention_scratch_floats(int N)
 {
-    return (size_t)N * N; /* dW, then dS in place, for one image at a time */
+    return (size_t)LANES * N * N; /* per lane: dW, then dS in place, one image at a time */
 }
 
 void ddpm_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dh,
@@ -61,37 +83,38 @@ void ddpm_attention_backward(float *dq, float *dk, float *dv, float *scratch, co
 {
     const float scale = (float)(1.0 / sqrt((double)C));
     const size_t CN = (size_t)C * N, NN = (size_t)N * N;
-    float *dS = scratch;
-
-    for (int b = 0; b < B; b++) {
-        const float *dh_b = dh + b * CN, *w_b = w + b * NN;
-        if (dv)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, N, N, 1.0f, dh_b, N, w_b, N,
-                        1.0f, dv + b * CN, N);
-        if (!dq && !dk)
-            continue;
-
-        /* dW = dH^T V, into the scratch */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, N, C, 1.0f, dh_b, N, v + b * CN, N,
-                    0.0f, dS, N);
-        /* dS = w * (dW - sum_j w dW), row by row, in place */
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < N; i++) {
-            const float *wi = w_b + (size_t)i * N;
-            float *di = dS + (size_t)i * N;
-            double dot = 0.0;
-            for (int j = 0; j < N; j++)
-                dot += (double)wi[j] * di[j];
-            const float d = (float)dot;
-            for (int j = 0; j < N; j++)
-                di[j] = wi[j] * (di[j] - d);
+    const int lanes = n_lanes(B);
+#pragma omp parallel for schedule(static, 1) if (lanes_in_parallel(lanes))
+    for (int lane = 0; lane < lanes; lane++) {
+        float *dS = scratch + (size_t)lane * NN;
+        const int b0 = (int)((long)lane * B / lanes), b1 = (int)((long)(lane + 1) * B / lanes);
+        for (int b = b0; b < b1; b++) {
+            const float *dh_b = dh + b * CN, *w_b = w + b * NN;
+            if (dv)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, N, N, 1.0f, dh_b, N, w_b, N, 1.0f,
+                            dv + b * CN, N);
+            if (!dq && !dk)
+                continue;
+            /* dW = dH^T V, into the lane's scratch */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, N, C, 1.0f, dh_b, N, v + b * CN, N, 0.0f, dS,
+                        N);
+            /* dS = w * (dW - sum_j w dW), row by row, in place */
+            for (int i = 0; i < N; i++) {
+                const float *wi = w_b + (size_t)i * N;
+                float *di = dS + (size_t)i * N;
+                double dot = 0.0;
+                for (int j = 0; j < N; j++)
+                    dot += (double)wi[j] * di[j];
+                const float d = (float)dot;
+                for (int j = 0; j < N; j++)
+                    di[j] = wi[j] * (di[j] - d);
+            }
+            if (dq)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, N, N, scale, k + b * CN, N, dS, N, 1.0f,
+                            dq + b * CN, N);
+            if (dk)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, N, N, scale, q + b * CN, N, dS, N, 1.0f,
+                            dk + b * CN, N);
         }
-
-        if (dq)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, N, N, scale, k + b * CN, N, dS,
-                        N, 1.0f, dq + b * CN, N);
-        if (dk)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, N, N, scale, q + b * CN, N,
-                        dS, N, 1.0f, dk + b * CN, N);
     }
 }

@@ -1,0 +1,466 @@
+/* bench.c: `ddpm bench`: how fast a training step and a sampling forward run on
+ * this machine, against what OpenBLAS sgemm reaches in the same process.
+ *
+ * Each phase warms up, then runs REPS timed repetitions of about seconds/REPS
+ * each; the reported figure is the median repetition. FLOP convention: a
+ * sampling forward costs F = ddpm_unet_forward_flops() per image (multiply-adds
+ * x 2 of the convs, linears and attention products); a training step costs 3F
+ * per image (forward F, backward 2F: one product for the input gradient and one
+ * for the weight gradient per layer). Elementwise work, GroupNorm, softmax and
+ * Adam are not counted, so the achieved GFLOP/s is a lower bound on the work
+ * done, comparable with PyTorch's usual 3x convention. */
+#include <cjson/cJSON.h>
+#include <cblas.h>
+#include <getopt.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "args.h"
+#include "cli.h"
+#include "ddpm/checkpoint.h"
+#include "ddpm/error.h"
+#include "ddpm/rng.h"
+#include "ddpm/train.h"
+#include "ddpm/unet.h"
+
+#define REPS 5
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"usage: ddpm bench [options]\n"
+"\n"
+"Measures a training step (forward, MSE, backward, clipping, Adam, EMA on random\n"
+"images) and a sampling forward (one network evaluation per image, no dropout)\n"
+"of the configured U-Net, and OpenBLAS sgemm in the same process. Prints ms per\n"
+"step, images/s, achieved GFLOP/s (training step = 3 x forward FLOPs, from the\n"
+"exact count of the network's convs, linears and attention products), sgemm\n"
+"GFLOP/s, their ratio and the peak resident memory. Each phase warms up, then\n"
+"runs %d repetitions; figures are the median repetition.\n"
+"\n"
+"  --batch N            images per step (default 64)\n"
+"  --threads N          threads for OpenMP and OpenBLAS (default: all cores)\n"
+"  --seconds S          timed seconds per phase, split into %d repetitions\n"
+"                       (default 10)\n"
+"  --profile            also print the per-op-kind time of a training step\n"
+"                       (forward and backward) and of a sampling forward, in\n"
+"                       ms per step and %% of the step\n"
+"  --json               print one JSON object on stdout instead of text\n"
+"model (as ddpm train; DESIGN.md section 2):\n"
+"  --size S             image side in pixels (default 28)\n"
+"  --channels C         1 or 3 (default 1)\n"
+"  --ch N               base channels (default 32)\n"
+"  --ch-mult LIST       channel multiplier per level (default 1,2,2)\n"
+"  --res-blocks N       ResBlocks per level (default 2)\n"
+"  --attn LIST          resolutions with self-attention (default 14; '' for none)\n"
+"  --groups N           GroupNorm groups (default 8)\n"
+"  --dropout P          dropout in ResBlocks (default 0.1)\n"
+"  --timesteps T        diffusion steps (default 1000)\n"
+"\n"
+"Run scripts/bench.sh for the table of README.md.\n",
+            REPS, REPS);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+typedef int (*step_fn)(void *ctx);
+
+/* Seconds per call: warm-up, calibrate, then REPS repetitions of ~rep_seconds. */
+static int time_phase(step_fn fn, void *ctx, double rep_seconds, double *sec_per_call, long *calls)
+{
+    int rc;
+    for (int i = 0; i < 2; i++)
+        if ((rc = fn(ctx)))
+            return rc;
+    double t0 = omp_get_wtime();
+    if ((rc = fn(ctx)))
+        return rc;
+    double one = omp_get_wtime() - t0;
+    long n = (long)(rep_seconds / (one > 1e-6 ? one : 1e-6));
+    n = n < 1 ? 1 : n;
+    double per[REPS];
+    for (int r = 0; r < REPS; r++) {
+        t0 = omp_get_wtime();
+        for (long i = 0; i < n; i++)
+            if ((rc = fn(ctx)))
+                return rc;
+        per[r] = (omp_get_wtime() - t0) / (double)n;
+    }
+    *sec_per_call = median(per, REPS);
+    *calls = n * REPS;
+    return 0;
+}
+
+typedef struct {
+    ddpm_trainer *tr;
+    const float *x0;
+} train_ctx;
+
+static int train_step(void *p)
+{
+    train_ctx *c = p;
+    return ddpm_trainer_step(c->tr, c->x0, NULL);
+}
+
+typedef struct {
+    const ddpm_unet *net;
+    const float *params;
+    ddpm_unet_workspace *ws;
+    float *eps, *x;
+    int *t;
+    int B;
+} sample_ctx;
+
+static int sample_forward(void *p)
+{
+    sample_ctx *c = p;
+    ddpm_unet_forward(c->net, c->params, c->ws, c->eps, c->x, c->t, c->B, NULL);
+    return 0;
+}
+
+typedef struct {
+    int M, N, K;
+    float *a, *b, *c;
+} gemm_ctx;
+
+static int gemm_call(void *p)
+{
+    gemm_ctx *g = p;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->M, g->N, g->K, 1.0f, g->a, g->K, g->b, g->N, 0.0f,
+                g->c, g->N);
+    return 0;
+}
+
+/* GFLOP/s of C[M,N] = A[M,K] B[K,N]. */
+static double bench_sgemm(int M, int N, int K, double seconds)
+{
+    gemm_ctx g = {M, N, K, NULL, NULL, NULL};
+    g.a = malloc((size_t)M * K * sizeof(float));
+    g.b = malloc((size_t)K * N * sizeof(float));
+    g.c = malloc((size_t)M * N * sizeof(float));
+    double gflops = 0;
+    if (g.a && g.b && g.c) {
+        for (size_t i = 0; i < (size_t)M * K; i++)
+            g.a[i] = (float)(i % 7) * 0.1f;
+        for (size_t i = 0; i < (size_t)K * N; i++)
+            g.b[i] = (float)(i % 5) * 0.1f;
+        double s;
+        long calls;
+        time_phase(gemm_call, &g, seconds / REPS, &s, &calls);
+        gflops = 2.0 * M * N * K / s * 1e-9;
+    }
+    free(g.a);
+    free(g.b);
+    free(g.c);
+    return gflops;
+}
+
+typedef struct {
+    double fwd[DDPM_PROF_COUNT], bwd[DDPM_PROF_COUNT];
+    double step; /* seconds per step, profiling on */
+} profile;
+
+/* Runs `steps` calls with profiling on and returns per-step averages. */
+static int run_profile(step_fn fn, void *ctx, ddpm_unet_workspace *ws, long steps, profile *pr)
+{
+    ddpm_unet_profile_enable(ws, 1);
+    double t0 = omp_get_wtime();
+    int rc = 0;
+    for (long i = 0; i < steps && !rc; i++)
+        rc = fn(ctx);
+    pr->step = (omp_get_wtime() - t0) / (double)steps;
+    ddpm_unet_profile_read(ws, pr->fwd, pr->bwd);
+    ddpm_unet_profile_enable(ws, 0);
+    for (int k = 0; k < DDPM_PROF_COUNT; k++) {
+        pr->fwd[k] /= (double)steps;
+        pr->bwd[k] /= (double)steps;
+    }
+    return rc;
+}
+
+static void print_profile(const char *title, const profile *pr, int with_backward)
+{
+    printf("\n%s: %.2f ms per step with profiling on\n", title, pr->step * 1e3);
+    printf("  %-12s %10s %6s", "op kind", "forward ms", "%");
+    if (with_backward)
+        printf(" %11s %6s", "backward ms", "%");
+    printf("\n");
+    double sf = 0, sb = 0;
+    for (int k = 0; k < DDPM_PROF_COUNT; k++) {
+        sf += pr->fwd[k];
+        sb += pr->bwd[k];
+        if (!with_backward && k == DDPM_PROF_ZERO)
+            continue;
+        printf("  %-12s %10.2f %5.1f%%", ddpm_unet_profile_name(k), pr->fwd[k] * 1e3, 100 * pr->fwd[k] / pr->step);
+        if (with_backward)
+            printf(" %11.2f %5.1f%%", pr->bwd[k] * 1e3, 100 * pr->bwd[k] / pr->step);
+        printf("\n");
+    }
+    printf("  %-12s %10.2f %5.1f%%", "total", sf * 1e3, 100 * sf / pr->step);
+    if (with_backward)
+        printf(" %11.2f %5.1f%%", sb * 1e3, 100 * sb / pr->step);
+    printf("\n");
+    double other = pr->step - sf - sb;
+    printf("  %-12s %10.2f %5.1f%%  (%s)\n", "other", other * 1e3, 100 * other / pr->step,
+           with_backward ? "q_sample, MSE, zero-grad, clipping, Adam, EMA" : "outside the ops");
+}
+
+static cJSON *profile_json(const profile *pr, int with_backward)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "ms_per_step", pr->step * 1e3);
+    cJSON *f = cJSON_AddObjectToObject(o, "forward_ms");
+    cJSON *b = with_backward ? cJSON_AddObjectToObject(o, "backward_ms") : NULL;
+    double s = 0;
+    for (int k = 0; k < DDPM_PROF_COUNT; k++) {
+        cJSON_AddNumberToObject(f, ddpm_unet_profile_name(k), pr->fwd[k] * 1e3);
+        if (b)
+            cJSON_AddNumberToObject(b, ddpm_unet_profile_name(k), pr->bwd[k] * 1e3);
+        s += pr->fwd[k] + pr->bwd[k];
+    }
+    cJSON_AddNumberToObject(o, "other_ms", (pr->step - s) * 1e3);
+    return o;
+}
+
+enum {
+    O_BATCH = 256, O_THREADS, O_SECONDS, O_PROFILE, O_JSON, O_HELP, O_SIZE, O_CHANNELS, O_CH, O_CH_MULT,
+    O_RES_BLOCKS, O_ATTN, O_GROUPS, O_DROPOUT, O_TIMESTEPS,
+};
+
+int cmd_bench(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"batch", required_argument, 0, O_BATCH}, {"threads", required_argument, 0, O_THREADS},
+        {"seconds", required_argument, 0, O_SECONDS}, {"profile", no_argument, 0, O_PROFILE},
+        {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
+        {"size", required_argument, 0, O_SIZE}, {"channels", required_argument, 0, O_CHANNELS},
+        {"ch", required_argument, 0, O_CH}, {"ch-mult", required_argument, 0, O_CH_MULT},
+        {"res-blocks", required_argument, 0, O_RES_BLOCKS}, {"attn", required_argument, 0, O_ATTN},
+        {"groups", required_argument, 0, O_GROUPS}, {"dropout", required_argument, 0, O_DROPOUT},
+        {"timesteps", required_argument, 0, O_TIMESTEPS}, {0, 0, 0, 0},
+    };
+    ddpm_run_config cfg;
+    ddpm_run_config_default(&cfg);
+    cfg.batch = 64;
+    ddpm_unet_config *m = &cfg.model;
+    int threads = 0, opt, bad = 0, do_profile = 0, json = 0;
+    double seconds = 10;
+    opterr = 0;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'h':
+        case O_HELP: usage(stdout); return DDPM_EXIT_OK;
+        case O_BATCH: bad |= arg_int("batch", optarg, 1, 65536, &cfg.batch); break;
+        case O_THREADS: bad |= arg_int("threads", optarg, 1, 1024, &threads); break;
+        case O_SECONDS: bad |= arg_double("seconds", optarg, 0.01, 1e6, &seconds); break;
+        case O_PROFILE: do_profile = 1; break;
+        case O_JSON: json = 1; break;
+        case O_SIZE: bad |= arg_int("size", optarg, 1, 4096, &m->image_size); break;
+        case O_CHANNELS:
+            bad |= arg_int("channels", optarg, 1, 3, &m->in_channels);
+            if (!bad && m->in_channels == 2) {
+                cli_error("--channels: must be 1 or 3");
+                bad = 1;
+            }
+            break;
+        case O_CH: bad |= arg_int("ch", optarg, 2, 4096, &m->ch); break;
+        case O_CH_MULT:
+            m->n_levels = ddpm_parse_int_list(optarg, m->ch_mult, DDPM_MAX_LEVELS);
+            if (m->n_levels < 1) {
+                cli_error("--ch-mult: '%s' is not a list of 1 to %d integers like 1,2,2", optarg, DDPM_MAX_LEVELS);
+                bad = 1;
+            }
+            break;
+        case O_RES_BLOCKS: bad |= arg_int("res-blocks", optarg, 1, 16, &m->num_res_blocks); break;
+        case O_ATTN:
+            m->n_attn = ddpm_parse_int_list(optarg, m->attn_res, DDPM_MAX_LEVELS);
+            if (m->n_attn < 0) {
+                cli_error("--attn: '%s' is not a list of resolutions like 14 or 16,8", optarg);
+                bad = 1;
+            }
+            break;
+        case O_GROUPS: bad |= arg_int("groups", optarg, 1, 4096, &m->groups); break;
+        case O_DROPOUT: bad |= arg_float("dropout", optarg, 0, 0.99, &m->dropout); break;
+        case O_TIMESTEPS: bad |= arg_int("timesteps", optarg, 1, 100000, &cfg.timesteps); break;
+        default:
+            cli_error("bench: unknown or incomplete option '%s'", argv[optind - 1]);
+            return cli_usage_error("bench");
+        }
+        if (bad)
+            return DDPM_EXIT_USAGE;
+    }
+    if (optind != argc) {
+        cli_error("bench: unexpected argument '%s'", argv[optind]);
+        return cli_usage_error("bench");
+    }
+    cli_set_threads(threads);
+    int n_threads = omp_get_max_threads(), B = cfg.batch;
+
+    ddpm_trainer *tr = NULL;
+    ddpm_unet_workspace *fws = NULL;
+    float *x0 = NULL, *xs = NULL, *eps = NULL;
+    int *t = NULL;
+    int rc = ddpm_trainer_create(&tr, &cfg);
+    size_t D = (size_t)m->in_channels * m->image_size * m->image_size;
+    if (!rc)
+        rc = ddpm_unet_workspace_create(&fws, tr->net, B, 0);
+    if (!rc) {
+        x0 = ddpm_malloc((size_t)B * D, sizeof(float));
+        xs = ddpm_malloc((size_t)B * D, sizeof(float));
+        eps = ddpm_malloc((size_t)B * D, sizeof(float));
+        t = ddpm_calloc((size_t)B, sizeof(int));
+        if (!x0 || !xs || !eps || !t)
+            rc = DDPM_ENOMEM;
+    }
+    if (rc) {
+        cli_error("%s", ddpm_last_error());
+        goto done;
+    }
+    /* random images in [-1, 1] and random steps: the speed does not depend on them */
+    ddpm_rng rng;
+    ddpm_rng_init(&rng, 1, DDPM_STREAM_INIT);
+    ddpm_rng_uniform_fill(&rng, x0, (size_t)B * D);
+    for (size_t i = 0; i < (size_t)B * D; i++)
+        x0[i] = 2 * x0[i] - 1;
+    ddpm_rng_normal_fill(&rng, xs, (size_t)B * D);
+    for (int b = 0; b < B; b++)
+        t[b] = (int)ddpm_rng_below(&rng, (uint64_t)cfg.timesteps);
+
+    double flops = ddpm_unet_forward_flops(tr->net);
+    double rep = seconds / REPS;
+    if (!json)
+        fprintf(stderr, "ddpm bench: %zu parameters, %.3f GFLOP per image forward, batch %d, %d threads, "
+                        "%.1f s per phase...\n",
+                tr->net->n_params, flops * 1e-9, B, n_threads, seconds);
+
+    double s_train, s_sample;
+    long n_train, n_sample;
+    train_ctx tc = {tr, x0};
+    if ((rc = time_phase(train_step, &tc, rep, &s_train, &n_train))) {
+        cli_error("%s", ddpm_last_error());
+        goto done;
+    }
+    /* the EMA weights are what sampling uses */
+    sample_ctx sc = {tr->net, tr->ema, fws, eps, xs, t, B};
+    time_phase(sample_forward, &sc, rep, &s_sample, &n_sample);
+
+    /* sgemm: a square 1024^3 and the model's largest conv product shape */
+    double g_square = bench_sgemm(1024, 1024, 1024, seconds / 4);
+    int mc = m->ch * m->ch_mult[0];
+    int gm = mc, gn = B * m->image_size * m->image_size, gk = mc * 9;
+    double g_model = bench_sgemm(gm, gn, gk, seconds / 4);
+
+    double train_ips = B / s_train, sample_ips = B / s_sample;
+    double train_gf = 3 * flops * train_ips * 1e-9, sample_gf = flops * sample_ips * 1e-9;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double rss_mb = (double)ru.ru_maxrss / 1024.0;
+
+    profile ptrain, psample;
+    if (do_profile) {
+        long steps = n_train / REPS > 3 ? n_train / REPS : 3;
+        if ((rc = run_profile(train_step, &tc, tr->ws, steps, &ptrain))) {
+            cli_error("%s", ddpm_last_error());
+            goto done;
+        }
+        steps = n_sample / REPS > 3 ? n_sample / REPS : 3;
+        run_profile(sample_forward, &sc, fws, steps, &psample);
+    }
+    const char *coretype = getenv("OPENBLAS_CORETYPE");
+    char *cfgstr = openblas_get_config();
+
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON *mo = cJSON_AddObjectToObject(o, "model");
+        char list[128];
+        cJSON_AddNumberToObject(mo, "size", m->image_size);
+        cJSON_AddNumberToObject(mo, "channels", m->in_channels);
+        cJSON_AddNumberToObject(mo, "ch", m->ch);
+        ddpm_format_int_list(list, sizeof list, m->ch_mult, m->n_levels);
+        cJSON_AddStringToObject(mo, "ch_mult", list);
+        cJSON_AddNumberToObject(mo, "res_blocks", m->num_res_blocks);
+        ddpm_format_int_list(list, sizeof list, m->attn_res, m->n_attn);
+        cJSON_AddStringToObject(mo, "attn", list);
+        cJSON_AddNumberToObject(mo, "groups", m->groups);
+        cJSON_AddNumberToObject(mo, "dropout", m->dropout);
+        cJSON_AddNumberToObject(mo, "params", (double)tr->net->n_params);
+        cJSON_AddNumberToObject(mo, "forward_gflop_per_image", flops * 1e-9);
+        cJSON_AddNumberToObject(o, "batch", B);
+        cJSON_AddNumberToObject(o, "threads", n_threads);
+        cJSON_AddStringToObject(o, "openblas", cfgstr ? cfgstr : "");
+        cJSON_AddStringToObject(o, "openblas_coretype", coretype ? coretype : "");
+        cJSON_AddStringToObject(o, "flop_convention", "train step = 3 x forward FLOPs");
+        cJSON *jt = cJSON_AddObjectToObject(o, "train");
+        cJSON_AddNumberToObject(jt, "ms_per_step", s_train * 1e3);
+        cJSON_AddNumberToObject(jt, "images_per_sec", train_ips);
+        cJSON_AddNumberToObject(jt, "gflops", train_gf);
+        cJSON_AddNumberToObject(jt, "steps_timed", (double)n_train);
+        cJSON *js = cJSON_AddObjectToObject(o, "sample_forward");
+        cJSON_AddNumberToObject(js, "ms_per_step", s_sample * 1e3);
+        cJSON_AddNumberToObject(js, "images_per_sec", sample_ips);
+        cJSON_AddNumberToObject(js, "gflops", sample_gf);
+        cJSON_AddNumberToObject(js, "steps_timed", (double)n_sample);
+        cJSON *jg = cJSON_AddObjectToObject(o, "sgemm");
+        cJSON_AddNumberToObject(jg, "gflops_1024", g_square);
+        snprintf(list, sizeof list, "%dx%dx%d", gm, gn, gk);
+        cJSON_AddStringToObject(jg, "model_shape", list);
+        cJSON_AddNumberToObject(jg, "gflops_model_shape", g_model);
+        cJSON_AddNumberToObject(o, "train_vs_sgemm", train_gf / g_square);
+        cJSON_AddNumberToObject(o, "sample_vs_sgemm", sample_gf / g_square);
+        cJSON_AddNumberToObject(o, "peak_rss_mb", rss_mb);
+        if (do_profile) {
+            cJSON_AddItemToObject(o, "profile_train", profile_json(&ptrain, 1));
+            cJSON_AddItemToObject(o, "profile_sample", profile_json(&psample, 0));
+        }
+        char *s = cJSON_PrintUnformatted(o);
+        if (s)
+            puts(s);
+        free(s);
+        cJSON_Delete(o);
+    } else {
+        printf("model     %dx%dx%d, ch %d, ch-mult ", m->image_size, m->image_size, m->in_channels, m->ch);
+        for (int i = 0; i < m->n_levels; i++)
+            printf(i ? ",%d" : "%d", m->ch_mult[i]);
+        printf(", %d res blocks, attn ", m->num_res_blocks);
+        for (int i = 0; i < m->n_attn; i++)
+            printf(i ? ",%d" : "%d", m->attn_res[i]);
+        printf("%s; %zu params, %.3f GFLOP/image forward\n", m->n_attn ? "" : "none", tr->net->n_params,
+               flops * 1e-9);
+        printf("setup     batch %d, %d threads, %s%s%s\n", B, n_threads, cfgstr ? cfgstr : "OpenBLAS",
+               coretype ? ", OPENBLAS_CORETYPE=" : "", coretype ? coretype : "");
+        printf("train     %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (3 x forward FLOPs)\n", s_train * 1e3,
+               train_ips, train_gf);
+        printf("sample    %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (one forward, no dropout)\n",
+               s_sample * 1e3, sample_ips, sample_gf);
+        printf("sgemm     %7.1f GFLOP/s at 1024^3, %.1f GFLOP/s at %dx%dx%d (model shape)\n", g_square, g_model,
+               gm, gn, gk);
+        printf("ratio     train %.2f, sample %.2f of sgemm 1024^3\n", train_gf / g_square, sample_gf / g_square);
+        printf("peak RSS  %.1f MB\n", rss_mb);
+        if (do_profile) {
+            print_profile("training step", &ptrain, 1);
+            print_profile("sampling forward", &psample, 0);
+        }
+    }
+done:
+    free(x0);
+    free(xs);
+    free(eps);
+    free(t);
+    ddpm_unet_workspace_free(fws);
+    ddpm_trainer_free(tr);
+    return rc ? DDPM_EXIT_ERROR : DDPM_EXIT_OK;
+}
