@@ -14,9 +14,11 @@
 /* ---- conv2d (src/ops/conv2d.c) -------------------------------------------
  * in [B,Cin,H,W], weight [Cout,Cin,K,K], bias [Cout] (may be NULL),
  * out [B,Cout,Ho,Wo], Ho = (H + 2P - K)/S + 1 (likewise Wo). K in {1,3},
- * S in {1,2}, P in {0,1}. The batch is folded into one sgemm (im2col over the
- * whole batch). scratch holds ddpm_conv2d_scratch_floats(...) floats, enough for
- * forward and for backward. Forward overwrites out. */
+ * S in {1,2}, P in {0,1}. im2col + sgemm per unit of a few images (one image
+ * when H*W >= 256), the units spread over OpenMP threads in 8 fixed lanes, so the
+ * results do not depend on the thread count (see conv2d.c). scratch holds
+ * ddpm_conv2d_scratch_floats(...) floats, enough for forward and for backward.
+ * Forward overwrites out. */
 size_t ddpm_conv2d_scratch_floats(int B, int Cin, int H, int W, int Cout, int K, int S, int P);
 void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const float *weight,
                          const float *bias, int B, int Cin, int H, int W, int Cout, int K,
@@ -81,7 +83,8 @@ void ddpm_timestep_embedding(float *out, const int *t, int B, int dim);
  * q, k, v, h [B,C,N] (N = H*W positions, channels first as in NCHW).
  * w[b,i,j] = softmax_j(sum_c q[b,c,i] k[b,c,j] / sqrt(C)), saved [B,N,N];
  * h[b,c,i] = sum_j w[b,i,j] v[b,c,j]. Batched sgemm, numerically stable softmax.
- * Backward scratch: ddpm_attention_scratch_floats(N) floats. */
+ * Images run in parallel lanes. Backward scratch: ddpm_attention_scratch_floats(N)
+ * floats (one [N,N] per lane). */
 void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, const float *v,
                             int B, int C, int N);
 size_t ddpm_attention_scratch_floats(int N);
