@@ -22,6 +22,7 @@
 #include "cli.h"
 #include "ddpm/checkpoint.h"
 #include "ddpm/error.h"
+#include "ddpm/ops.h"
 #include "ddpm/rng.h"
 #include "ddpm/train.h"
 #include "ddpm/unet.h"
@@ -48,6 +49,14 @@ static void usage(FILE *f)
 "  --profile            also print the per-op-kind time of a training step\n"
 "                       (forward and backward) and of a sampling forward, in\n"
 "                       ms per step and %% of the step\n"
+"  --ops                also time ddpm_conv2d_forward and ddpm_conv2d_backward\n"
+"                       (din, dweight, dbias) alone at the default model's\n"
+"                       largest shapes (batch --batch, 3x3 stride 1 pad 1,\n"
+"                       Cin = Cout = 32 and 64 at 28x28 and 14x14), in GFLOP/s\n"
+"                       (backward = 2 x forward FLOPs), next to one cblas_sgemm\n"
+"                       call on the same product (M = Cout, N = batch*H*W,\n"
+"                       K = Cin*9; OpenBLAS's own threads); medians of %d\n"
+"                       repetitions of about --seconds/100 s each\n"
 "  --json               print one JSON object on stdout instead of text\n"
 "model (as ddpm train; DESIGN.md section 2):\n"
 "  --size S             image side in pixels (default 28)\n"
@@ -61,7 +70,7 @@ static void usage(FILE *f)
 "  --timesteps T        diffusion steps (default 1000)\n"
 "\n"
 "Run scripts/bench.sh for the table of README.md.\n",
-            REPS, REPS);
+            REPS, REPS, REPS);
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -168,6 +177,131 @@ static double bench_sgemm(int M, int N, int K, double seconds)
     return gflops;
 }
 
+/* ---- --ops: conv2d alone against sgemm on the same product ---------------- */
+
+typedef struct {
+    int B, C, HW; /* Cin = Cout = C, H = W = HW, 3x3 stride 1 pad 1 */
+    float *in, *weight, *bias, *out, *scratch, *dout, *din, *dweight, *dbias;
+} conv_ctx;
+
+static int conv_forward_call(void *p)
+{
+    conv_ctx *c = p;
+    ddpm_conv2d_forward(c->out, c->scratch, c->in, c->weight, c->bias, c->B, c->C, c->HW, c->HW, c->C, 3, 1, 1);
+    return 0;
+}
+
+static int conv_backward_call(void *p)
+{
+    conv_ctx *c = p;
+    ddpm_conv2d_backward(c->din, c->dweight, c->dbias, c->scratch, c->dout, c->in, c->weight, c->B, c->C, c->HW,
+                         c->HW, c->C, 3, 1, 1);
+    return 0;
+}
+
+#define N_OP_SHAPES 4
+
+typedef struct {
+    int C, HW;
+    double fwd_gflops, bwd_gflops, sgemm_gflops;
+} op_result;
+
+/* Times one conv shape; 0 or DDPM_ENOMEM. */
+static int bench_conv_shape(int B, op_result *r, double rep_seconds)
+{
+    conv_ctx c = {B, r->C, r->HW, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    const size_t act = (size_t)B * r->C * r->HW * r->HW, wn = (size_t)r->C * r->C * 9;
+    const size_t sn = ddpm_conv2d_scratch_floats(B, r->C, r->HW, r->HW, r->C, 3, 1, 1);
+    c.in = ddpm_malloc(act, sizeof(float));
+    c.out = ddpm_malloc(act, sizeof(float));
+    c.dout = ddpm_malloc(act, sizeof(float));
+    c.din = ddpm_calloc(act, sizeof(float));
+    c.weight = ddpm_malloc(wn, sizeof(float));
+    c.dweight = ddpm_calloc(wn, sizeof(float));
+    c.bias = ddpm_calloc((size_t)r->C, sizeof(float));
+    c.dbias = ddpm_calloc((size_t)r->C, sizeof(float));
+    c.scratch = ddpm_malloc(sn, sizeof(float));
+    int rc = 0;
+    if (!c.in || !c.out || !c.dout || !c.din || !c.weight || !c.dweight || !c.bias || !c.dbias || !c.scratch) {
+        rc = DDPM_ENOMEM;
+    } else {
+        ddpm_rng rng;
+        ddpm_rng_init(&rng, 2, DDPM_STREAM_INIT);
+        ddpm_rng_normal_fill(&rng, c.in, act);
+        ddpm_rng_normal_fill(&rng, c.dout, act);
+        ddpm_rng_normal_fill(&rng, c.weight, wn);
+        const double flop = 2.0 * r->C * (double)B * r->HW * r->HW * r->C * 9;
+        double s;
+        long calls;
+        time_phase(conv_forward_call, &c, rep_seconds, &s, &calls);
+        r->fwd_gflops = flop / s * 1e-9;
+        time_phase(conv_backward_call, &c, rep_seconds, &s, &calls);
+        r->bwd_gflops = 2 * flop / s * 1e-9;
+        r->sgemm_gflops = bench_sgemm(r->C, B * r->HW * r->HW, r->C * 9, rep_seconds * REPS);
+    }
+    free(c.in);
+    free(c.out);
+    free(c.dout);
+    free(c.din);
+    free(c.weight);
+    free(c.dweight);
+    free(c.bias);
+    free(c.dbias);
+    free(c.scratch);
+    return rc;
+}
+
+static int bench_ops(int B, double seconds, op_result *res)
+{
+    static const int shapes[N_OP_SHAPES][2] = {{32, 28}, {64, 28}, {32, 14}, {64, 14}};
+    for (int i = 0; i < N_OP_SHAPES; i++) {
+        res[i].C = shapes[i][0];
+        res[i].HW = shapes[i][1];
+        int rc = bench_conv_shape(B, &res[i], seconds / 100 > 0.01 ? seconds / 100 : 0.01);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static void print_ops(int B, const op_result *res)
+{
+    printf("\nconv2d 3x3 stride 1 pad 1, batch %d, Cin = Cout (GFLOP/s; backward = din + dweight + dbias,\n"
+           "2 x forward FLOPs; sgemm = one cblas_sgemm M = Cout, N = batch*H*W, K = Cin*9)\n", B);
+    printf("  %-14s %-16s %9s %9s %9s %8s %8s\n", "shape", "sgemm MxNxK", "forward", "backward", "sgemm",
+           "fwd/gemm", "bwd/gemm");
+    for (int i = 0; i < N_OP_SHAPES; i++) {
+        char shape[32], mnk[32];
+        snprintf(shape, sizeof shape, "C%d %dx%d", res[i].C, res[i].HW, res[i].HW);
+        snprintf(mnk, sizeof mnk, "%dx%dx%d", res[i].C, B * res[i].HW * res[i].HW, res[i].C * 9);
+        printf("  %-14s %-16s %9.1f %9.1f %9.1f %8.2f %8.2f\n", shape, mnk, res[i].fwd_gflops, res[i].bwd_gflops,
+               res[i].sgemm_gflops, res[i].fwd_gflops / res[i].sgemm_gflops,
+               res[i].bwd_gflops / res[i].sgemm_gflops);
+    }
+}
+
+static cJSON *ops_json(int B, const op_result *res)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; i < N_OP_SHAPES; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "op", "conv2d 3x3 s1 p1");
+        cJSON_AddNumberToObject(o, "batch", B);
+        cJSON_AddNumberToObject(o, "cin", res[i].C);
+        cJSON_AddNumberToObject(o, "cout", res[i].C);
+        cJSON_AddNumberToObject(o, "h", res[i].HW);
+        cJSON_AddNumberToObject(o, "w", res[i].HW);
+        cJSON_AddNumberToObject(o, "forward_gflops", res[i].fwd_gflops);
+        cJSON_AddNumberToObject(o, "backward_gflops", res[i].bwd_gflops);
+        char mnk[48];
+        snprintf(mnk, sizeof mnk, "%dx%dx%d", res[i].C, B * res[i].HW * res[i].HW, res[i].C * 9);
+        cJSON_AddStringToObject(o, "sgemm_shape", mnk);
+        cJSON_AddNumberToObject(o, "sgemm_gflops", res[i].sgemm_gflops);
+        cJSON_AddItemToArray(a, o);
+    }
+    return a;
+}
+
 typedef struct {
     double fwd[DDPM_PROF_COUNT], bwd[DDPM_PROF_COUNT];
     double step; /* seconds per step, profiling on */
@@ -236,7 +370,7 @@ static cJSON *profile_json(const profile *pr, int with_backward)
 }
 
 enum {
-    O_BATCH = 256, O_THREADS, O_SECONDS, O_PROFILE, O_JSON, O_HELP, O_SIZE, O_CHANNELS, O_CH, O_CH_MULT,
+    O_BATCH = 256, O_THREADS, O_SECONDS, O_PROFILE, O_OPS, O_JSON, O_HELP, O_SIZE, O_CHANNELS, O_CH, O_CH_MULT,
     O_RES_BLOCKS, O_ATTN, O_GROUPS, O_DROPOUT, O_TIMESTEPS,
 };
 
@@ -245,6 +379,7 @@ int cmd_bench(int argc, char **argv)
     static const struct option longopts[] = {
         {"batch", required_argument, 0, O_BATCH}, {"threads", required_argument, 0, O_THREADS},
         {"seconds", required_argument, 0, O_SECONDS}, {"profile", no_argument, 0, O_PROFILE},
+        {"ops", no_argument, 0, O_OPS},
         {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
         {"size", required_argument, 0, O_SIZE}, {"channels", required_argument, 0, O_CHANNELS},
         {"ch", required_argument, 0, O_CH}, {"ch-mult", required_argument, 0, O_CH_MULT},
@@ -256,7 +391,7 @@ int cmd_bench(int argc, char **argv)
     ddpm_run_config_default(&cfg);
     cfg.batch = 64;
     ddpm_unet_config *m = &cfg.model;
-    int threads = 0, opt, bad = 0, do_profile = 0, json = 0;
+    int threads = 0, opt, bad = 0, do_profile = 0, do_ops = 0, json = 0;
     double seconds = 10;
     opterr = 0;
     optind = 1;
@@ -268,6 +403,7 @@ int cmd_bench(int argc, char **argv)
         case O_THREADS: bad |= arg_int("threads", optarg, 1, 1024, &threads); break;
         case O_SECONDS: bad |= arg_double("seconds", optarg, 0.01, 1e6, &seconds); break;
         case O_PROFILE: do_profile = 1; break;
+        case O_OPS: do_ops = 1; break;
         case O_JSON: json = 1; break;
         case O_SIZE: bad |= arg_int("size", optarg, 1, 4096, &m->image_size); break;
         case O_CHANNELS:
@@ -380,6 +516,11 @@ int cmd_bench(int argc, char **argv)
         steps = n_sample / REPS > 3 ? n_sample / REPS : 3;
         run_profile(sample_forward, &sc, fws, steps, &psample);
     }
+    op_result ops[N_OP_SHAPES];
+    if (do_ops && (rc = bench_ops(B, seconds, ops))) {
+        cli_error("%s", ddpm_last_error());
+        goto done;
+    }
     const char *coretype = getenv("OPENBLAS_CORETYPE");
     char *cfgstr = openblas_get_config();
 
@@ -426,6 +567,8 @@ int cmd_bench(int argc, char **argv)
             cJSON_AddItemToObject(o, "profile_train", profile_json(&ptrain, 1));
             cJSON_AddItemToObject(o, "profile_sample", profile_json(&psample, 0));
         }
+        if (do_ops)
+            cJSON_AddItemToObject(o, "ops", ops_json(B, ops));
         char *s = cJSON_PrintUnformatted(o);
         if (s)
             puts(s);
@@ -454,6 +597,8 @@ int cmd_bench(int argc, char **argv)
             print_profile("training step", &ptrain, 1);
             print_profile("sampling forward", &psample, 0);
         }
+        if (do_ops)
+            print_ops(B, ops);
     }
 done:
     free(x0);
