@@ -10,7 +10,7 @@ void ddpm_sampler_config_default(ddpm_sampler_config *c)
 {
     c->kind = DDPM_SAMPLER_DDPM;
     c->steps = 100;
-    c->eta = 0.0f;
+    c->eta = 1.0f;
     c->var = DDPM_VAR_BETA;
     c->clip_x0 = 1;
 }

@@ -266,7 +266,7 @@ static int write_preview(ddpm_trainer *tr, const ddpm_train_options *o, const ch
     ddpm_sampler_config_default(&sc);
     sc.kind = DDPM_SAMPLER_DDIM;
     sc.steps = steps;
-    sc.eta = 0;
+    sc.eta = 1; /* see ddpm sample --help: cleaner than eta 0 early in training */
     ddpm_rng rng;
     ddpm_rng_init(&rng, c->seed, DDPM_STREAM_SAMPLE);
     ddpm_unet_eps_ctx ctx = {tr->net, tr->ema, tr->ws};
@@ -477,7 +477,7 @@ int ddpm_train_run(const ddpm_train_options *o)
             snprintf(buf, sizeof buf, "%s/step_%07ld.png", samples_dir, tr->state.step);
             rc = write_preview(tr, o, buf);
             if (!rc && !o->quiet)
-                fprintf(stderr, "ddpm: preview grid (EMA weights, DDIM %d steps): %s\n", o->preview_steps, buf);
+                fprintf(stderr, "ddpm: preview grid (EMA weights, DDIM %d steps, eta 1): %s\n", o->preview_steps, buf);
         }
         if (!rc && !o->quiet) {
             if (interrupted)

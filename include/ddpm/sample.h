@@ -22,7 +22,7 @@ typedef struct {
     int clip_x0;       /* clip the predicted x0 to [-1, 1] (see ddpm_ddpm_step) */
 } ddpm_sampler_config;
 
-/* DDPM, all T steps, sigma^2 = beta, clip on. */
+/* DDPM, all T steps, sigma^2 = beta, clip on; for DDIM: 100 steps, eta 1. */
 void ddpm_sampler_config_default(ddpm_sampler_config *c);
 
 /* eps_theta(x_t, i) for B images of D values; i[b] the 0-based step index. */
