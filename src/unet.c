@@ -837,49 +837,49 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
     const float *dout = DACT(p->slots[m->out_slot].dact);
     const float *x = m->skip_slot >= 0 ? ACT(m->a[A_XCAT]) : ACT(p->slots[m->in_slot].act);
     float *dx = DACT(p->slots[m->in_slot].dact);
-    if (m->skip_slot >= 0) {
+    /* with a concat in front, dx is a temporary that the first write overwrites */
+    const int cat = m->skip_slot >= 0;
+    if (cat)
         dx = t_cat;
-        zero(ws, dx, n_in);
-    }
     /* out = skip(x) + conv2(...) */
-    if (m->has_skip_conv)
+    if (m->has_skip_conv && cat)
+        PROF(1, DDPM_PROF_CONV,
+             ddpm_conv2d_backward_to(dx, GRAD(m->p[P_SKIP_W]), GRAD(m->p[P_SKIP_B]), ws->conv_scratch, dout, x,
+                                     PARAM(m->p[P_SKIP_W]), B, cin, m->H, m->W, cout, 1, 1, 0));
+    else if (m->has_skip_conv)
         PROF(1, DDPM_PROF_CONV,
              ddpm_conv2d_backward(dx, GRAD(m->p[P_SKIP_W]), GRAD(m->p[P_SKIP_B]), ws->conv_scratch, dout, x,
                                   PARAM(m->p[P_SKIP_W]), B, cin, m->H, m->W, cout, 1, 1, 0));
+    else if (cat)
+        PROF(1, DDPM_PROF_ELEMENTWISE, memcpy(dx, dout, n_out * sizeof *dx));
     else
         PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(dx, dx, dout, n_out));
     const float *d2 = ws->dropout_applied ? ACT(m->a[A_D2]) : ACT(m->a[A_S2]);
     float *dd2 = t_a;
-    zero(ws, dd2, n_out);
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(dd2, GRAD(m->p[P_CONV2_W]), GRAD(m->p[P_CONV2_B]), ws->conv_scratch, dout, d2,
+         ddpm_conv2d_backward_to(dd2, GRAD(m->p[P_CONV2_W]), GRAD(m->p[P_CONV2_B]), ws->conv_scratch, dout, d2,
                               PARAM(m->p[P_CONV2_W]), B, cout, m->H, m->W, cout, 3, 1, 1));
     float *ds2 = dd2, *spare = t_b;
     if (ws->dropout_applied) {
-        zero(ws, spare, n_out);
-        PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_dropout_backward(spare, dd2, ACT(m->a[A_MASK]), n_out));
+        PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_dropout_backward_to(spare, dd2, ACT(m->a[A_MASK]), n_out));
         ds2 = spare;
         spare = dd2;
     }
     float *da2 = spare;
-    zero(ws, da2, n_out);
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(da2, ds2, ACT(m->a[A_A2]), n_out));
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward_to(da2, ds2, ACT(m->a[A_A2]), n_out));
     float *dh1 = t_dh1;
-    zero(ws, dh1, n_out);
     PROF(1, DDPM_PROF_NORM,
-         ddpm_groupnorm_backward(dh1, GRAD(m->p[P_NORM2_W]), GRAD(m->p[P_NORM2_B]), da2, ACT(m->a[A_H1]),
+         ddpm_groupnorm_backward_to(dh1, GRAD(m->p[P_NORM2_W]), GRAD(m->p[P_NORM2_B]), da2, ACT(m->a[A_H1]),
                                  ACT(m->a[A_MEAN2]), ACT(m->a[A_RSTD2]), PARAM(m->p[P_NORM2_W]), B, cout, HW, G));
     zero(ws, t_dtp, (size_t)B * cout);
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_channel_backward(t_dtp, dh1, B, cout, HW));
     PROF(1, DDPM_PROF_LINEAR,
          ddpm_linear_backward(DACT(p->d_temb_act), GRAD(m->p[P_TEMB_W]), GRAD(m->p[P_TEMB_B]), t_dtp,
                               ACT(p->a_temb_act), PARAM(m->p[P_TEMB_W]), B, p->emb, cout));
-    zero(ws, t_ds1, n_in);
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(t_ds1, GRAD(m->p[P_CONV1_W]), GRAD(m->p[P_CONV1_B]), ws->conv_scratch, dh1,
+         ddpm_conv2d_backward_to(t_ds1, GRAD(m->p[P_CONV1_W]), GRAD(m->p[P_CONV1_B]), ws->conv_scratch, dh1,
                               ACT(m->a[A_S1]), PARAM(m->p[P_CONV1_W]), B, cin, m->H, m->W, cout, 3, 1, 1));
-    zero(ws, t_da1, n_in);
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(t_da1, t_ds1, ACT(m->a[A_A1]), n_in));
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward_to(t_da1, t_ds1, ACT(m->a[A_A1]), n_in));
     PROF(1, DDPM_PROF_NORM,
          ddpm_groupnorm_backward(dx, GRAD(m->p[P_NORM1_W]), GRAD(m->p[P_NORM1_B]), t_da1, x, ACT(m->a[A_MEAN1]),
                                  ACT(m->a[A_RSTD1]), PARAM(m->p[P_NORM1_W]), B, cin, HW, G));
@@ -902,16 +902,18 @@ static void attn_backward(const ddpm_unet *net, const float *params, float *grad
     float *dx = DACT(p->slots[m->in_slot].dact);
     const float *x = ACT(p->slots[m->in_slot].act), *a = ACT(m->a[A_A]);
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(dx, dx, dout, n));
-    zero(ws, dh, 4 * stride); /* dh, dq, dk, dv are consecutive */
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(dh, GRAD(m->p[P_PROJ_W]), GRAD(m->p[P_PROJ_B]), ws->conv_scratch, dout,
+         ddpm_conv2d_backward_to(dh, GRAD(m->p[P_PROJ_W]), GRAD(m->p[P_PROJ_B]), ws->conv_scratch, dout,
                               ACT(m->a[A_H]), PARAM(m->p[P_PROJ_W]), B, C, H, W, C, 1, 1, 0));
     PROF(1, DDPM_PROF_ATTN,
-         ddpm_attention_backward(dq, dk, dv, ws->attn_scratch, dh, ACT(m->a[A_W]), ACT(m->a[A_Q]),
+         ddpm_attention_backward_to(dq, dk, dv, ws->attn_scratch, dh, ACT(m->a[A_W]), ACT(m->a[A_Q]),
                                  ACT(m->a[A_K]), ACT(m->a[A_V]), B, C, N));
-    zero(ws, da, n);
     const float *dqkv[3] = {dq, dk, dv};
-    for (int i = 0; i < 3; i++)
+    /* the q conv writes da, k and v add to it */
+    PROF(1, DDPM_PROF_CONV,
+         ddpm_conv2d_backward_to(da, GRAD(m->p[P_Q_W]), GRAD(m->p[P_Q_B]), ws->conv_scratch, dq, a,
+                                 PARAM(m->p[P_Q_W]), B, C, H, W, C, 1, 1, 0));
+    for (int i = 1; i < 3; i++)
         PROF(1, DDPM_PROF_CONV,
              ddpm_conv2d_backward(da, GRAD(m->p[P_Q_W + 2 * i]), GRAD(m->p[P_Q_B + 2 * i]), ws->conv_scratch,
                                   dqkv[i], a, PARAM(m->p[P_Q_W + 2 * i]), B, C, H, W, C, 1, 1, 0));
@@ -935,12 +937,10 @@ void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
     /* out = conv_out(SiLU(GN(h))) */
     size_t n_top = (size_t)B * c->ch * HW;
     float *ds = ws->tmp, *da = ws->tmp + round16((size_t)c->ch * HW) * B_;
-    zero(ws, ds, n_top);
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(ds, GRAD(p->p_conv_out_w), GRAD(p->p_conv_out_b), ws->conv_scratch, d_eps_pred,
+         ddpm_conv2d_backward_to(ds, GRAD(p->p_conv_out_w), GRAD(p->p_conv_out_b), ws->conv_scratch, d_eps_pred,
                               ACT(p->a_out_s), PARAM(p->p_conv_out_w), B, c->ch, S, S, c->in_channels, 3, 1, 1));
-    zero(ws, da, n_top);
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(da, ds, ACT(p->a_out_a), n_top));
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward_to(da, ds, ACT(p->a_out_a), n_top));
     const slot *last = &p->slots[p->n_slots - 1];
     PROF(1, DDPM_PROF_NORM,
          ddpm_groupnorm_backward(DACT(last->dact), GRAD(p->p_norm_out_w), GRAD(p->p_norm_out_b), da,
@@ -965,9 +965,8 @@ void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
             break;
         case M_UP: {
             float *du = ws->tmp;
-            zero(ws, du, (size_t)B * m->cin * m->H * m->W * 4);
             PROF(1, DDPM_PROF_CONV,
-                 ddpm_conv2d_backward(du, GRAD(m->p[P_CONV_W]), GRAD(m->p[P_CONV_B]), ws->conv_scratch, dout,
+                 ddpm_conv2d_backward_to(du, GRAD(m->p[P_CONV_W]), GRAD(m->p[P_CONV_B]), ws->conv_scratch, dout,
                                       ACT(m->a[A_U]), PARAM(m->p[P_CONV_W]), B, m->cin, 2 * m->H, 2 * m->W,
                                       m->cin, 3, 1, 1));
             PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_upsample_backward(din, du, B, m->cin, m->H, m->W));
@@ -983,12 +982,12 @@ void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
     /* time MLP: temb_act = SiLU(Linear2(SiLU(Linear0(emb)))) */
     size_t nE = (size_t)B * E, sE = round16((size_t)E) * B_;
     float *dtemb = ws->tmp, *dt1s = dtemb + sE, *dt1 = dt1s + sE;
-    zero(ws, dtemb, 3 * sE);
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(dtemb, DACT(p->d_temb_act), ACT(p->a_temb), nE));
+    zero(ws, dt1s, sE);
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward_to(dtemb, DACT(p->d_temb_act), ACT(p->a_temb), nE));
     PROF(1, DDPM_PROF_LINEAR,
          ddpm_linear_backward(dt1s, GRAD(p->p_temb2_w), GRAD(p->p_temb2_b), dtemb, ACT(p->a_t1s),
                               PARAM(p->p_temb2_w), B, E, E));
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(dt1, dt1s, ACT(p->a_t1), nE));
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward_to(dt1, dt1s, ACT(p->a_t1), nE));
     PROF(1, DDPM_PROF_LINEAR,
          ddpm_linear_backward(NULL, GRAD(p->p_temb0_w), GRAD(p->p_temb0_b), dt1, ACT(p->a_e0),
                               PARAM(p->p_temb0_w), B, c->ch, E));

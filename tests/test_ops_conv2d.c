@@ -370,6 +370,41 @@ static void test_conv2d_backward_null_gradients_are_skipped(void **state)
     }
 }
 
+/* _backward_to overwrites din (whatever it held) with exactly what _backward adds
+ * to a zeroed din, and still accumulates dweight and dbias. */
+static void test_conv2d_backward_to_overwrites_din_and_accumulates_parameters(void **state)
+{
+    (void)state;
+    const conv_shape shapes[] = {shape_3x3_s1, shape_3x3_s2_odd, shape_1x1};
+    for (int k = 0; k < 3; k++) {
+        const conv_shape s = shapes[k];
+        conv_case c;
+        case_init(&c, s, 81 + k, 0);
+        backward(&c, c.din, c.dweight, c.dbias); /* from zero */
+        float *din = tu_alloc(c.n_in), *dweight = tu_alloc(c.n_weight), *dbias = tu_alloc((size_t)s.Cout);
+        for (size_t i = 0; i < c.n_in; i++)
+            din[i] = 1e30f; /* garbage that would dominate any sum */
+        ddpm_conv2d_backward_to(din, dweight, dbias, c.scratch, c.r, c.in, c.weight, s.B, s.Cin, s.H, s.W,
+                                s.Cout, s.K, s.S, s.P);
+        ddpm_conv2d_backward_to(din, dweight, dbias, c.scratch, c.r, c.in, c.weight, s.B, s.Cin, s.H, s.W,
+                                s.Cout, s.K, s.S, s.P);
+        assert_canary_intact(&c);
+        for (size_t i = 0; i < c.n_in; i++)
+            if (din[i] != c.din[i])
+                fail_msg("shape %d: din[%zu] = %g, want %g (as _backward into zeros)", k, i, (double)din[i],
+                         (double)c.din[i]);
+        /* twice from zero: 2g, up to one rounding of the float addition */
+        for (size_t i = 0; i < c.n_weight; i++)
+            assert_true(fabsf(dweight[i] - 2 * c.dweight[i]) <= 1e-6f * (1.0f + fabsf(c.dweight[i])));
+        for (int i = 0; i < s.Cout; i++)
+            assert_true(fabsf(dbias[i] - 2 * c.dbias[i]) <= 1e-6f * (1.0f + fabsf(c.dbias[i])));
+        free(din);
+        free(dweight);
+        free(dbias);
+        case_free(&c);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -382,6 +417,7 @@ int main(void)
         cmocka_unit_test(test_conv2d_backward_matches_finite_differences_other_kernels),
         cmocka_unit_test(test_conv2d_backward_accumulates_into_gradients),
         cmocka_unit_test(test_conv2d_backward_null_gradients_are_skipped),
+        cmocka_unit_test(test_conv2d_backward_to_overwrites_din_and_accumulates_parameters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -167,6 +167,22 @@ static void test_dropout_backward_matches_finite_differences_and_accumulates(voi
     free(c.x), free(c.out), free(c.mask), free(c.r), free(din), free(din2);
 }
 
+/* _backward_to overwrites din with exactly what _backward adds to zeros. */
+static void test_dropout_backward_to_overwrites(void **state)
+{
+    (void)state;
+    enum { N = 301 };
+    float x[N], out[N], mask[N], d[N], want[N] = {0}, got[N];
+    for (int i = 0; i < N; i++)
+        x[i] = 1.0f, d[i] = (float)(i % 13) - 6.5f, got[i] = 1e30f;
+    ddpm_dropout_forward(out, mask, x, 0.4f, N, 5, 0);
+    ddpm_dropout_backward(want, d, mask, N);
+    ddpm_dropout_backward_to(got, d, mask, N);
+    for (int i = 0; i < N; i++)
+        if (got[i] != want[i])
+            fail_msg("din[%d] = %g, want %g", i, (double)got[i], (double)want[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -177,6 +193,7 @@ int main(void)
         cmocka_unit_test(test_dropout_p_zero_is_identity_with_unit_mask_in_place),
         cmocka_unit_test(test_dropout_in_place_equals_out_of_place),
         cmocka_unit_test(test_dropout_backward_matches_finite_differences_and_accumulates),
+        cmocka_unit_test(test_dropout_backward_to_overwrites),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -288,6 +288,31 @@ static void test_groupnorm_is_identical_for_one_and_two_threads(void **state)
     gn_free(&c);
 }
 
+/* _backward_to overwrites din with exactly what _backward adds to zeros, and
+ * still accumulates dgamma and dbeta. */
+static void test_groupnorm_backward_to_overwrites_din_and_accumulates_parameters(void **state)
+{
+    (void)state;
+    gn_case c = gn_make(3, 8, 27, 4, 1e-5f, 41);
+    float *din = tu_alloc(c.n), *dgamma = tu_alloc(c.C), *dbeta = tu_alloc(c.C);
+    float *din2 = tu_alloc(c.n), *dgamma2 = tu_alloc(c.C), *dbeta2 = tu_alloc(c.C);
+    gn_analytic(&c, din, dgamma, dbeta);
+    for (size_t i = 0; i < c.n; i++)
+        din2[i] = 1e30f;
+    for (int i = 0; i < c.C; i++)
+        dgamma2[i] = 1.5f + i, dbeta2[i] = -2.25f + i;
+    ddpm_groupnorm_backward_to(din2, dgamma2, dbeta2, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW, c.G);
+    for (size_t i = 0; i < c.n; i++)
+        if (din2[i] != din[i])
+            fail_msg("din[%zu] = %g, want %g", i, (double)din2[i], (double)din[i]);
+    for (int i = 0; i < c.C; i++) {
+        assert_true(fabsf(dgamma2[i] - (1.5f + i + dgamma[i])) <= 1e-5f);
+        assert_true(fabsf(dbeta2[i] - (-2.25f + i + dbeta[i])) <= 1e-5f);
+    }
+    free(din), free(dgamma), free(dbeta), free(din2), free(dgamma2), free(dbeta2);
+    gn_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -297,6 +322,7 @@ int main(void)
         cmocka_unit_test(test_groupnorm_backward_matches_finite_differences_large_eps),
         cmocka_unit_test(test_groupnorm_backward_accumulates_and_skips_null),
         cmocka_unit_test(test_groupnorm_is_identical_for_one_and_two_threads),
+        cmocka_unit_test(test_groupnorm_backward_to_overwrites_din_and_accumulates_parameters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

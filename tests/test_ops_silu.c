@@ -135,6 +135,24 @@ static void test_silu_backward_accumulates(void **state)
     ddpm_silu_backward(NULL, dout, x, N); /* NULL: nothing to do, no crash */
 }
 
+/* _backward_to overwrites din with exactly what _backward adds to zeros. */
+static void test_silu_backward_to_overwrites(void **state)
+{
+    (void)state;
+    float *x = tu_alloc(N), *d = tu_alloc(N), *want = tu_alloc(N), *got = tu_alloc(N);
+    tu_fill_uniform(x, N, 91, -12.0f, 12.0f);
+    tu_fill_uniform(d, N, 92, -1.0f, 1.0f);
+    ddpm_silu_backward(want, d, x, N);
+    for (size_t i = 0; i < N; i++)
+        got[i] = 1e30f;
+    ddpm_silu_backward_to(got, d, x, N);
+    for (size_t i = 0; i < N; i++)
+        if (got[i] != want[i])
+            fail_msg("din[%zu] = %g, want %g", i, (double)got[i], (double)want[i]);
+    ddpm_silu_backward_to(NULL, d, x, N); /* NULL is skipped */
+    free(x), free(d), free(want), free(got);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -143,6 +161,7 @@ int main(void)
         cmocka_unit_test(test_silu_backward_matches_finite_differences),
         cmocka_unit_test(test_silu_backward_is_finite_and_exact_at_large_x),
         cmocka_unit_test(test_silu_backward_accumulates),
+        cmocka_unit_test(test_silu_backward_to_overwrites),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

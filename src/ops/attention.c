@@ -77,9 +77,10 @@ size_t ddpm_attention_scratch_floats(int N)
     return (size_t)LANES * N * N; /* per lane: dW, then dS in place, one image at a time */
 }
 
-void ddpm_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dh,
-                             const float *w, const float *q, const float *k, const float *v,
-                             int B, int C, int N)
+/* beta = 1 accumulates into dq, dk, dv; beta = 0 overwrites them. */
+static void attention_backward(float *dq, float *dk, float *dv, float beta, float *scratch, const float *dh,
+                               const float *w, const float *q, const float *k, const float *v, int B, int C,
+                               int N)
 {
     const float scale = (float)(1.0 / sqrt((double)C));
     const size_t CN = (size_t)C * N, NN = (size_t)N * N;
@@ -91,7 +92,7 @@ void ddpm_attention_backward(float *dq, float *dk, float *dv, float *scratch, co
         for (int b = b0; b < b1; b++) {
             const float *dh_b = dh + b * CN, *w_b = w + b * NN;
             if (dv)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, N, N, 1.0f, dh_b, N, w_b, N, 1.0f,
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, N, N, 1.0f, dh_b, N, w_b, N, beta,
                             dv + b * CN, N);
             if (!dq && !dk)
                 continue;
@@ -110,11 +111,25 @@ void ddpm_attention_backward(float *dq, float *dk, float *dv, float *scratch, co
                     di[j] = wi[j] * (di[j] - d);
             }
             if (dq)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, N, N, scale, k + b * CN, N, dS, N, 1.0f,
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, N, N, scale, k + b * CN, N, dS, N, beta,
                             dq + b * CN, N);
             if (dk)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, N, N, scale, q + b * CN, N, dS, N, 1.0f,
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, N, N, scale, q + b * CN, N, dS, N, beta,
                             dk + b * CN, N);
         }
     }
+}
+
+void ddpm_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dh,
+                             const float *w, const float *q, const float *k, const float *v,
+                             int B, int C, int N)
+{
+    attention_backward(dq, dk, dv, 1.0f, scratch, dh, w, q, k, v, B, C, N);
+}
+
+void ddpm_attention_backward_to(float *dq, float *dk, float *dv, float *scratch, const float *dh,
+                                const float *w, const float *q, const float *k, const float *v,
+                                int B, int C, int N)
+{
+    attention_backward(dq, dk, dv, 0.0f, scratch, dh, w, q, k, v, B, C, N);
 }

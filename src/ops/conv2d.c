@@ -31,6 +31,24 @@
 #define LANES 8
 #define UNIT_COLUMNS 256
 
+/* sum_i x[i] in double over 8 partial sums (element i to partial i % 8, added in
+ * order at the end): a fixed order whose 8 chains vectorise, instead of one chain
+ * of dependent additions. */
+static double sum_x(const float *x, size_t n)
+{
+    double acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += (double)x[i + j];
+    for (int j = 0; i < n; i++, j++)
+        acc[j] += (double)x[i];
+    double s = 0.0;
+    for (int j = 0; j < 8; j++)
+        s += acc[j];
+    return s;
+}
+
 static int conv_out_size(int n, int K, int S, int P)
 {
     return (n + 2 * P - K) / S + 1;
@@ -231,9 +249,10 @@ void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const floa
 }
 
 /* One unit of the backward: dW_lane (+)= dout_p col^T (beta 0 on the lane's first
- * unit), din += col2im(W^T dout_p). */
-static void backward_unit(const geometry *g, float *din, float *dw_lane, int first, float *lane_scratch,
-                          const float *dout, const float *in, const float *weight, int u)
+ * unit), din += col2im(W^T dout_p), or din = ... when overwrite (the unit's din
+ * block is cleared here, while it is about to be in cache anyway). */
+static void backward_unit(const geometry *g, float *din, int overwrite, float *dw_lane, int first,
+                          float *lane_scratch, const float *dout, const float *in, const float *weight, int u)
 {
     const int b0 = u * g->nb, nb = g->B - b0 < g->nb ? g->B - b0 : g->nb;
     const int Mu = nb * g->HoWo, HoWo = g->HoWo, Cout = g->Cout, CKK = g->CKK;
@@ -264,18 +283,20 @@ static void backward_unit(const geometry *g, float *din, float *dw_lane, int fir
         if (!g->col_floats) {
             /* 1x1 (nb = 1): dx [Cin, HW] += W^T dout_p, accumulating through beta = 1 */
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, Mu, Cout, 1.0f, weight, CKK, dout_p, Mu,
-                        1.0f, dx, Mu);
+                        overwrite ? 0.0f : 1.0f, dx, Mu);
             return;
         }
+        if (overwrite)
+            memset(dx, 0, (size_t)nb * in_image * sizeof(float));
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, Mu, Cout, 1.0f, weight, CKK, dout_p, Mu, 0.0f,
                     col, Mu);
         col2im_add(dx, col, nb, g->Cin, g->H, g->W, g->K, g->S, g->P, g->Ho, g->Wo);
     }
 }
 
-void ddpm_conv2d_backward(float *din, float *dweight, float *dbias, float *scratch,
-                          const float *dout, const float *in, const float *weight, int B,
-                          int Cin, int H, int W, int Cout, int K, int S, int P)
+static void conv2d_backward(float *din, int overwrite, float *dweight, float *dbias, float *scratch,
+                            const float *dout, const float *in, const float *weight, int B, int Cin, int H,
+                            int W, int Cout, int K, int S, int P)
 {
     const geometry g = conv_geometry(B, Cin, H, W, Cout, K, S, P);
     const size_t HoWo = (size_t)g.HoWo;
@@ -286,11 +307,8 @@ void ddpm_conv2d_backward(float *din, float *dweight, float *dbias, float *scrat
 #pragma omp parallel for schedule(static) if (Cout * HoWo * B > 32768)
         for (int co = 0; co < Cout; co++) {
             double sum = 0.0;
-            for (int b = 0; b < B; b++) {
-                const float *src = dout + ((size_t)b * Cout + co) * HoWo;
-                for (size_t i = 0; i < HoWo; i++)
-                    sum += src[i];
-            }
+            for (int b = 0; b < B; b++)
+                sum += sum_x(dout + ((size_t)b * Cout + co) * HoWo, HoWo);
             dbias[co] += (float)sum;
         }
     }
@@ -303,7 +321,7 @@ void ddpm_conv2d_backward(float *din, float *dweight, float *dbias, float *scrat
         int u0, u1;
         unit_range(&g, lane, &u0, &u1);
         for (int u = u0; u < u1; u++)
-            backward_unit(&g, din, dweight ? ls + dw_offset : NULL, u == u0, ls, dout, in, weight, u);
+            backward_unit(&g, din, overwrite, dweight ? ls + dw_offset : NULL, u == u0, ls, dout, in, weight, u);
     }
 
     if (dweight) {
@@ -317,4 +335,18 @@ void ddpm_conv2d_backward(float *din, float *dweight, float *dbias, float *scrat
             dweight[i] += s;
         }
     }
+}
+
+void ddpm_conv2d_backward(float *din, float *dweight, float *dbias, float *scratch,
+                          const float *dout, const float *in, const float *weight, int B,
+                          int Cin, int H, int W, int Cout, int K, int S, int P)
+{
+    conv2d_backward(din, 0, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout, K, S, P);
+}
+
+void ddpm_conv2d_backward_to(float *din, float *dweight, float *dbias, float *scratch,
+                             const float *dout, const float *in, const float *weight, int B,
+                             int Cin, int H, int W, int Cout, int K, int S, int P)
+{
+    conv2d_backward(din, 1, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout, K, S, P);
 }

@@ -49,3 +49,12 @@ void ddpm_dropout_backward(float *din, const float *dout, const float *mask, siz
     for (size_t i = 0; i < n; i++)
         din[i] += dout[i] * mask[i];
 }
+
+void ddpm_dropout_backward_to(float *din, const float *dout, const float *mask, size_t n)
+{
+    if (!din)
+        return;
+#pragma omp parallel for schedule(static) if (n > DROPOUT_PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++)
+        din[i] = dout[i] * mask[i];
+}

@@ -9,6 +9,71 @@
 
 #define GN_PARALLEL_MIN 16384
 
+/* The reductions keep ACC partial sums, element i going to partial i % ACC, and
+ * add the partials in index order at the end: a fixed order (the same for any
+ * thread count) whose ACC independent chains vectorise, instead of one chain of
+ * dependent double additions at one add per FP latency. */
+#define ACC 8
+
+static double sum_partials(const double *acc)
+{
+    double s = 0.0;
+    for (int j = 0; j < ACC; j++)
+        s += acc[j];
+    return s;
+}
+
+/* sum_i x[i] */
+static double sum_x(const float *x, size_t n)
+{
+    double acc[ACC] = {0};
+    size_t i = 0;
+    for (; i + ACC <= n; i += ACC)
+        for (int j = 0; j < ACC; j++)
+            acc[j] += (double)x[i + j];
+    for (int j = 0; i < n; i++, j++)
+        acc[j] += (double)x[i];
+    return sum_partials(acc);
+}
+
+/* sum_i (x[i] - mu)^2 */
+static double sum_sq_centred(const float *x, size_t n, double mu)
+{
+    double acc[ACC] = {0};
+    size_t i = 0;
+    for (; i + ACC <= n; i += ACC)
+        for (int j = 0; j < ACC; j++) {
+            double d = (double)x[i + j] - mu;
+            acc[j] += d * d;
+        }
+    for (int j = 0; i < n; i++, j++) {
+        double d = (double)x[i] - mu;
+        acc[j] += d * d;
+    }
+    return sum_partials(acc);
+}
+
+/* *sd += sum_i d[i] k, *sdx += sum_i d[i] k (x[i] - mu) rs, over n elements. */
+static void sum_d_dxhat(const float *d, const float *x, int n, double k, double mu, double rs, double *sd,
+                        double *sdx)
+{
+    double a1[ACC] = {0}, a2[ACC] = {0};
+    int i = 0;
+    for (; i + ACC <= n; i += ACC)
+        for (int j = 0; j < ACC; j++) {
+            double v = (double)d[i + j] * k;
+            a1[j] += v;
+            a2[j] += v * (((double)x[i + j] - mu) * rs);
+        }
+    for (int j = 0; i < n; i++, j++) {
+        double v = (double)d[i] * k;
+        a1[j] += v;
+        a2[j] += v * (((double)x[i] - mu) * rs);
+    }
+    *sd += sum_partials(a1);
+    *sdx += sum_partials(a2);
+}
+
 void ddpm_groupnorm_forward(float *out, float *mean, float *rstd, const float *in,
                             const float *gamma, const float *beta, int B, int C, int HW, int G,
                             float eps)
@@ -22,15 +87,8 @@ void ddpm_groupnorm_forward(float *out, float *mean, float *rstd, const float *i
         /* The channels of one group are consecutive, so the group is one contiguous run. */
         const size_t base = ((size_t)b * C + (size_t)g * Cg) * (size_t)HW;
         const float *x = in + base;
-        double sum = 0.0;
-        for (size_t i = 0; i < group_n; i++)
-            sum += x[i];
-        const double mu = sum / (double)group_n;
-        double sq = 0.0;
-        for (size_t i = 0; i < group_n; i++) {
-            double d = (double)x[i] - mu;
-            sq += d * d;
-        }
+        const double mu = sum_x(x, group_n) / (double)group_n;
+        const double sq = sum_sq_centred(x, group_n, mu);
         const double var = sq / (double)group_n; /* biased, as PyTorch's GroupNorm */
         const double rs = 1.0 / sqrt(var + (double)eps);
         mean[bg] = (float)mu;
@@ -46,9 +104,9 @@ void ddpm_groupnorm_forward(float *out, float *mean, float *rstd, const float *i
     }
 }
 
-void ddpm_groupnorm_backward(float *din, float *dgamma, float *dbeta, const float *dout,
-                             const float *in, const float *mean, const float *rstd,
-                             const float *gamma, int B, int C, int HW, int G)
+static void groupnorm_backward(float *din, int overwrite, float *dgamma, float *dbeta, const float *dout,
+                               const float *in, const float *mean, const float *rstd, const float *gamma, int B,
+                               int C, int HW, int G)
 {
     const int Cg = C / G;
     const size_t group_n = (size_t)Cg * (size_t)HW;
@@ -65,17 +123,9 @@ void ddpm_groupnorm_backward(float *din, float *dgamma, float *dbeta, const floa
             const size_t base = ((size_t)b * C + (size_t)g * Cg) * (size_t)HW;
             const double mu = mean[bg], rs = rstd[bg];
             double s1 = 0.0, s2 = 0.0;
-            for (int c = 0; c < Cg; c++) {
-                const double gm = gamma[g * Cg + c];
-                const float *xc = in + base + (size_t)c * HW;
-                const float *dc = dout + base + (size_t)c * HW;
-                for (int i = 0; i < HW; i++) {
-                    double dxhat = (double)dc[i] * gm;
-                    double xhat = ((double)xc[i] - mu) * rs;
-                    s1 += dxhat;
-                    s2 += dxhat * xhat;
-                }
-            }
+            for (int c = 0; c < Cg; c++)
+                sum_d_dxhat(dout + base + (size_t)c * HW, in + base + (size_t)c * HW, HW, gamma[g * Cg + c], mu,
+                            rs, &s1, &s2);
             const double m1 = s1 / (double)group_n, m2 = s2 / (double)group_n;
             for (int c = 0; c < Cg; c++) {
                 const double gm = gamma[g * Cg + c];
@@ -85,7 +135,8 @@ void ddpm_groupnorm_backward(float *din, float *dgamma, float *dbeta, const floa
                 for (int i = 0; i < HW; i++) {
                     double dxhat = (double)dc[i] * gm;
                     double xhat = ((double)xc[i] - mu) * rs;
-                    ic[i] += (float)(rs * (dxhat - m1 - xhat * m2));
+                    const float d = (float)(rs * (dxhat - m1 - xhat * m2));
+                    ic[i] = overwrite ? d : ic[i] + d;
                 }
             }
         }
@@ -100,11 +151,7 @@ void ddpm_groupnorm_backward(float *din, float *dgamma, float *dbeta, const floa
             for (int b = 0; b < B; b++) {
                 const double mu = mean[b * G + g], rs = rstd[b * G + g];
                 const size_t base = ((size_t)b * C + (size_t)ch) * (size_t)HW;
-                for (int i = 0; i < HW; i++) {
-                    double d = dout[base + i];
-                    sg += d * (((double)in[base + i] - mu) * rs);
-                    sb += d;
-                }
+                sum_d_dxhat(dout + base, in + base, HW, 1.0, mu, rs, &sb, &sg);
             }
             if (dgamma)
                 dgamma[ch] += (float)sg;
@@ -112,4 +159,18 @@ void ddpm_groupnorm_backward(float *din, float *dgamma, float *dbeta, const floa
                 dbeta[ch] += (float)sb;
         }
     }
+}
+
+void ddpm_groupnorm_backward(float *din, float *dgamma, float *dbeta, const float *dout,
+                             const float *in, const float *mean, const float *rstd,
+                             const float *gamma, int B, int C, int HW, int G)
+{
+    groupnorm_backward(din, 0, dgamma, dbeta, dout, in, mean, rstd, gamma, B, C, HW, G);
+}
+
+void ddpm_groupnorm_backward_to(float *din, float *dgamma, float *dbeta, const float *dout,
+                                const float *in, const float *mean, const float *rstd,
+                                const float *gamma, int B, int C, int HW, int G)
+{
+    groupnorm_backward(din, 1, dgamma, dbeta, dout, in, mean, rstd, gamma, B, C, HW, G);
 }

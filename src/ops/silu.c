@@ -58,15 +58,27 @@ void ddpm_silu_forward(float *out, const float *in, size_t n)
     }
 }
 
+/* d/dx x s(x) = s + x s (1 - s) = s (1 + x (1 - s)); finite for every finite x. */
+static inline float silu_grad(float dout, float x)
+{
+    float s = sigmoid_stable(x);
+    return dout * s * (1.0f + x * (1.0f - s));
+}
+
+void ddpm_silu_backward_to(float *din, const float *dout, const float *in, size_t n)
+{
+    if (!din)
+        return;
+#pragma omp parallel for simd schedule(static) if (n > SILU_PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++)
+        din[i] = silu_grad(dout[i], in[i]);
+}
+
 void ddpm_silu_backward(float *din, const float *dout, const float *in, size_t n)
 {
     if (!din)
         return;
-    /* d/dx x s(x) = s + x s (1 - s) = s (1 + x (1 - s)); finite for every finite x. */
 #pragma omp parallel for simd schedule(static) if (n > SILU_PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float x = in[i];
-        float s = sigmoid_stable(x);
-        din[i] += dout[i] * s * (1.0f + x * (1.0f - s));
-    }
+    for (size_t i = 0; i < n; i++)
+        din[i] += silu_grad(dout[i], in[i]);
 }
