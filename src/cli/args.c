@@ -6,6 +6,7 @@
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cli.h"
 
@@ -78,4 +79,47 @@ int cli_usage_error(const char *cmd)
 {
     fprintf(stderr, "ddpm: 'ddpm %s --help' lists the options\n", cmd);
     return DDPM_EXIT_USAGE;
+}
+
+int arg_model_flag(const char *name, const char *value, ddpm_run_config *cfg)
+{
+    ddpm_unet_config *m = &cfg->model;
+    if (!strcmp(name, "size"))
+        return arg_int(name, value, 1, 4096, &m->image_size);
+    if (!strcmp(name, "channels")) {
+        if (arg_int(name, value, 1, 3, &m->in_channels))
+            return -1;
+        if (m->in_channels == 2) {
+            cli_error("--channels: must be 1 or 3");
+            return -1;
+        }
+        return 0;
+    }
+    if (!strcmp(name, "ch"))
+        return arg_int(name, value, 2, 4096, &m->ch);
+    if (!strcmp(name, "ch-mult")) {
+        m->n_levels = ddpm_parse_int_list(value, m->ch_mult, DDPM_MAX_LEVELS);
+        if (m->n_levels < 1) {
+            cli_error("--ch-mult: '%s' is not a list of 1 to %d integers like 1,2,2", value, DDPM_MAX_LEVELS);
+            return -1;
+        }
+        return 0;
+    }
+    if (!strcmp(name, "res-blocks"))
+        return arg_int(name, value, 1, 16, &m->num_res_blocks);
+    if (!strcmp(name, "attn")) {
+        m->n_attn = ddpm_parse_int_list(value, m->attn_res, DDPM_MAX_LEVELS);
+        if (m->n_attn < 0) {
+            cli_error("--attn: '%s' is not a list of resolutions like 14 or 16,8", value);
+            return -1;
+        }
+        return 0;
+    }
+    if (!strcmp(name, "groups"))
+        return arg_int(name, value, 1, 4096, &m->groups);
+    if (!strcmp(name, "dropout"))
+        return arg_float(name, value, 0, 0.99, &m->dropout);
+    if (!strcmp(name, "timesteps"))
+        return arg_int(name, value, 1, 100000, &cfg->timesteps);
+    return 1;
 }

@@ -5,11 +5,18 @@
 
 #include <stdint.h>
 
+#include "ddpm/checkpoint.h"
+
 int arg_int(const char *flag, const char *value, long lo, long hi, int *out);
 int arg_long(const char *flag, const char *value, long lo, long hi, long *out);
 int arg_double(const char *flag, const char *value, double lo, double hi, double *out);
 int arg_float(const char *flag, const char *value, double lo, double hi, float *out);
 int arg_u64(const char *flag, const char *value, uint64_t *out);
+/* The model and diffusion flags shared by train and bench (--size --channels
+ * --ch --ch-mult --res-blocks --attn --groups --dropout --timesteps): parses
+ * `value` of flag `name` into cfg. Returns 0, -1 after printing the problem, or
+ * 1 when `name` is not one of these flags. */
+int arg_model_flag(const char *name, const char *value, ddpm_run_config *cfg);
 /* Sets OpenMP's and OpenBLAS's thread counts (0: leave the defaults). */
 void cli_set_threads(int n);
 /* "'ddpm CMD --help' lists the options" after an unknown flag. */

@@ -390,12 +390,11 @@ int cmd_bench(int argc, char **argv)
     ddpm_run_config cfg;
     ddpm_run_config_default(&cfg);
     cfg.batch = 64;
-    ddpm_unet_config *m = &cfg.model;
-    int threads = 0, opt, bad = 0, do_profile = 0, do_ops = 0, json = 0;
+    int threads = 0, opt, bad = 0, do_profile = 0, do_ops = 0, json = 0, longindex = 0;
     double seconds = 10;
     opterr = 0;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "h", longopts, &longindex)) != -1) {
         switch (opt) {
         case 'h':
         case O_HELP: usage(stdout); return DDPM_EXIT_OK;
@@ -405,33 +404,10 @@ int cmd_bench(int argc, char **argv)
         case O_PROFILE: do_profile = 1; break;
         case O_OPS: do_ops = 1; break;
         case O_JSON: json = 1; break;
-        case O_SIZE: bad |= arg_int("size", optarg, 1, 4096, &m->image_size); break;
-        case O_CHANNELS:
-            bad |= arg_int("channels", optarg, 1, 3, &m->in_channels);
-            if (!bad && m->in_channels == 2) {
-                cli_error("--channels: must be 1 or 3");
-                bad = 1;
-            }
+        case O_SIZE: case O_CHANNELS: case O_CH: case O_CH_MULT: case O_RES_BLOCKS: case O_ATTN:
+        case O_GROUPS: case O_DROPOUT: case O_TIMESTEPS:
+            bad |= arg_model_flag(longopts[longindex].name, optarg, &cfg) != 0;
             break;
-        case O_CH: bad |= arg_int("ch", optarg, 2, 4096, &m->ch); break;
-        case O_CH_MULT:
-            m->n_levels = ddpm_parse_int_list(optarg, m->ch_mult, DDPM_MAX_LEVELS);
-            if (m->n_levels < 1) {
-                cli_error("--ch-mult: '%s' is not a list of 1 to %d integers like 1,2,2", optarg, DDPM_MAX_LEVELS);
-                bad = 1;
-            }
-            break;
-        case O_RES_BLOCKS: bad |= arg_int("res-blocks", optarg, 1, 16, &m->num_res_blocks); break;
-        case O_ATTN:
-            m->n_attn = ddpm_parse_int_list(optarg, m->attn_res, DDPM_MAX_LEVELS);
-            if (m->n_attn < 0) {
-                cli_error("--attn: '%s' is not a list of resolutions like 14 or 16,8", optarg);
-                bad = 1;
-            }
-            break;
-        case O_GROUPS: bad |= arg_int("groups", optarg, 1, 4096, &m->groups); break;
-        case O_DROPOUT: bad |= arg_float("dropout", optarg, 0, 0.99, &m->dropout); break;
-        case O_TIMESTEPS: bad |= arg_int("timesteps", optarg, 1, 100000, &cfg.timesteps); break;
         default:
             cli_error("bench: unknown or incomplete option '%s'", argv[optind - 1]);
             return cli_usage_error("bench");
@@ -451,6 +427,7 @@ int cmd_bench(int argc, char **argv)
     float *x0 = NULL, *xs = NULL, *eps = NULL;
     int *t = NULL;
     int rc = ddpm_trainer_create(&tr, &cfg);
+    const ddpm_unet_config *m = &cfg.model;
     size_t D = (size_t)m->in_channels * m->image_size * m->image_size;
     if (!rc)
         rc = ddpm_unet_workspace_create(&fws, tr->net, B, 0);

@@ -112,7 +112,6 @@ int cmd_train(int argc, char **argv)
     };
     ddpm_train_options o;
     ddpm_train_options_default(&o);
-    ddpm_unet_config *m = &o.cfg.model;
     int threads = 0, opt, bad = 0, longindex = -1;
     const char *run_flag_given = NULL;
     opterr = 0;
@@ -137,34 +136,11 @@ int cmd_train(int argc, char **argv)
         case O_STRICT: o.strict = 1; break;
         case O_QUIET: o.quiet = 1; break;
         case O_JSON: o.json = 1; break;
-        case O_SIZE: bad |= arg_int("size", optarg, 1, 4096, &m->image_size); break;
-        case O_CHANNELS:
-            bad |= arg_int("channels", optarg, 1, 3, &m->in_channels);
-            if (!bad && m->in_channels == 2) {
-                cli_error("--channels: must be 1 or 3");
-                bad = 1;
-            }
+        case O_SIZE: case O_CHANNELS: case O_CH: case O_CH_MULT: case O_RES_BLOCKS: case O_ATTN:
+        case O_GROUPS: case O_DROPOUT: case O_TIMESTEPS:
+            bad |= arg_model_flag(longopts[longindex].name, optarg, &o.cfg) != 0;
             break;
         case O_FLIP: o.cfg.flip = 1; break;
-        case O_CH: bad |= arg_int("ch", optarg, 2, 4096, &m->ch); break;
-        case O_CH_MULT:
-            m->n_levels = ddpm_parse_int_list(optarg, m->ch_mult, DDPM_MAX_LEVELS);
-            if (m->n_levels < 1) {
-                cli_error("--ch-mult: '%s' is not a list of 1 to %d integers like 1,2,2", optarg, DDPM_MAX_LEVELS);
-                bad = 1;
-            }
-            break;
-        case O_RES_BLOCKS: bad |= arg_int("res-blocks", optarg, 1, 16, &m->num_res_blocks); break;
-        case O_ATTN:
-            m->n_attn = ddpm_parse_int_list(optarg, m->attn_res, DDPM_MAX_LEVELS);
-            if (m->n_attn < 0) {
-                cli_error("--attn: '%s' is not a list of resolutions like 14 or 16,8", optarg);
-                bad = 1;
-            }
-            break;
-        case O_GROUPS: bad |= arg_int("groups", optarg, 1, 4096, &m->groups); break;
-        case O_DROPOUT: bad |= arg_float("dropout", optarg, 0, 0.99, &m->dropout); break;
-        case O_TIMESTEPS: bad |= arg_int("timesteps", optarg, 1, 100000, &o.cfg.timesteps); break;
         case O_SCHEDULE:
             if (ddpm_schedule_parse(optarg, &o.cfg.schedule)) {
                 cli_error("--schedule: '%s' is not linear or cosine", optarg);
