@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "ddpm/imageio.h"
+#include "testutil.h"
 
 static char tmp[256];
 
@@ -66,8 +67,7 @@ static void assert_one_error_line(const char *needle)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmp, sizeof tmp, "/tmp/ddpm_test_cli_XXXXXX");
-    if (!mkdtemp(tmp))
+    if (tu_make_tmpdir(tmp, sizeof tmp, "cli"))
         return -1;
     char dir[512];
     snprintf(dir, sizeof dir, "%s/data", tmp);
@@ -91,9 +91,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    return system(cmd);
+    return tu_remove_tree(tmp);
 }
 
 #define TINY "--ch 8 --ch-mult 1,2 --res-blocks 1 --attn 4 --groups 4 --timesteps 50 --batch 4"

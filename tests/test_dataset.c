@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "ddpm/dataset.h"
+#include "testutil.h"
 #include "ddpm/error.h"
 #include "ddpm/imageio.h"
 
@@ -58,9 +59,7 @@ static void make_dir(char *out, size_t len, const char *parent, const char *name
 static int setup(void **state)
 {
     (void)state;
-    snprintf(root, sizeof root, "/tmp/ddpm-test-dataset-XXXXXX");
-    snprintf(scratch, sizeof scratch, "/tmp/ddpm-test-dataset-scratch-XXXXXX");
-    if (!mkdtemp(root) || !mkdtemp(scratch))
+    if (tu_make_tmpdir(root, sizeof root, "dataset") || tu_make_tmpdir(scratch, sizeof scratch, "dataset-scratch"))
         return -1;
     char a[256], sub[256], deep[256];
     make_dir(a, sizeof a, root, "a");
@@ -81,9 +80,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", root, scratch);
-    return system(cmd) == 0 ? 0 : -1;
+    int a = tu_remove_tree(root), b = tu_remove_tree(scratch);
+    return a || b ? -1 : 0;
 }
 
 typedef struct {

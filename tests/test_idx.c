@@ -14,6 +14,7 @@
 #include "ddpm/error.h"
 #include "ddpm/idx.h"
 #include "ddpm/imageio.h"
+#include "testutil.h"
 
 enum { N = 3, ROWS = 2, COLS = 5 };
 
@@ -22,16 +23,13 @@ static char tmpdir[64];
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/ddpm-test-idx-XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return tu_make_tmpdir(tmpdir, sizeof tmpdir, "idx");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return tu_remove_tree(tmpdir);
 }
 
 static void put_be32(uint8_t *p, uint32_t v)

@@ -16,45 +16,23 @@
 
 #include "ddpm/error.h"
 #include "ddpm/imageio.h"
+#include "testutil.h"
 
 static char tmpdir[64];
 
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/ddpm-test-imageio-XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return tu_make_tmpdir(tmpdir, sizeof tmpdir, "imageio");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return tu_remove_tree(tmpdir);
 }
 
-static const char *tmp_path(const char *name)
-{
-    static char path[256];
-    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
-    return path;
-}
 
-/* Number of entries in tmpdir whose name contains `part`. */
-static int count_files_containing(const char *part)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -c -- '%s'", tmpdir, part);
-    FILE *p = popen(cmd, "r");
-    int n = -1;
-    if (p) {
-        if (fscanf(p, "%d", &n) != 1)
-            n = -1;
-        pclose(p);
-    }
-    return n;
-}
 
 static void test_gray_gradient_png_round_trips_exactly(void **state)
 {
@@ -64,7 +42,7 @@ static void test_gray_gradient_png_round_trips_exactly(void **state)
     for (int y = 0; y < S; y++)
         for (int x = 0; x < S; x++)
             img[y * S + x] = (uint8_t)(y * 16 + x); /* every value 0..255 once */
-    const char *path = tmp_path("gradient.png");
+    const char *path = tu_path(tmpdir, "gradient.png");
     assert_int_equal(ddpm_png_write(path, img, S, S, 1), 0);
     int w, h, c;
     assert_int_equal(ddpm_image_probe(path, &w, &h, &c), 0);
@@ -83,7 +61,7 @@ static void test_gray_gradient_png_round_trips_exactly(void **state)
     }
     ddpm_image_float_to_u8(back, xf, S * S);
     assert_memory_equal(img, back, sizeof img);
-    assert_int_equal(count_files_containing(".tmp."), 0);
+    assert_int_equal(tu_count_entries_containing(tmpdir, ".tmp."), 0);
 }
 
 static void test_rgb_png_round_trips_exactly_as_chw(void **state)
@@ -94,7 +72,7 @@ static void test_rgb_png_round_trips_exactly_as_chw(void **state)
     for (int i = 0; i < H * W; i++)
         for (int c = 0; c < 3; c++)
             hwc[i * 3 + c] = (uint8_t)(i * 10 + c * 3);
-    const char *path = tmp_path("rgb.png");
+    const char *path = tu_path(tmpdir, "rgb.png");
     assert_int_equal(ddpm_png_write(path, hwc, W, H, 3), 0);
     assert_int_equal(ddpm_image_load_u8(path, chw, W, 3), 0);
     for (int c = 0; c < 3; c++)
@@ -127,7 +105,7 @@ static void test_grid_has_documented_geometry_padding_and_cells(void **state)
         for (int c = 0; c < C; c++)
             for (int i = 0; i < S * S; i++)
                 x[(b * C + c) * S * S + i] = (float)(10 * b + 3 * c + i % 3) / 127.5f - 1.0f;
-    const char *path = tmp_path("grid.png");
+    const char *path = tu_path(tmpdir, "grid.png");
     assert_int_equal(ddpm_image_save_grid(path, x, B, C, S, NROW, PAD, PADV), 0);
 
     int w, h, n;
@@ -159,7 +137,7 @@ static void test_grid_with_fewer_images_than_nrow_uses_one_short_row(void **stat
 {
     (void)state;
     float x[2 * 1 * 3 * 3] = {0};
-    const char *path = tmp_path("short.png");
+    const char *path = tu_path(tmpdir, "short.png");
     assert_int_equal(ddpm_image_save_grid(path, x, 2, 1, 3, 8, 1, 0), 0);
     int w, h, c;
     assert_int_equal(ddpm_image_probe(path, &w, &h, &c), 0);
@@ -193,7 +171,7 @@ static void test_channel_conversion_luma_replication_and_alpha(void **state)
     (void)state;
     /* 2x2 RGBA: red, green, blue, a gray-ish colour; alpha varies and is dropped */
     uint8_t rgba[16] = {255, 0, 0, 0, 0, 255, 0, 10, 0, 0, 255, 128, 10, 20, 30, 255};
-    const char *p4 = tmp_path("rgba.png");
+    const char *p4 = tu_path(tmpdir, "rgba.png");
     assert_int_equal(ddpm_png_write(p4, rgba, 2, 2, 4), 0);
     int w, h, c;
     assert_int_equal(ddpm_image_probe(p4, &w, &h, &c), 0);
@@ -212,7 +190,7 @@ static void test_channel_conversion_luma_replication_and_alpha(void **state)
 
     /* gray + alpha -> RGB replicates the gray value and drops alpha */
     uint8_t ga[8] = {0, 255, 100, 0, 200, 50, 255, 255};
-    const char *p2 = tmp_path("ga.png");
+    const char *p2 = tu_path(tmpdir, "ga.png");
     assert_int_equal(ddpm_png_write(p2, ga, 2, 2, 2), 0);
     assert_int_equal(ddpm_image_load_u8(p2, rgb, 2, 3), 0);
     for (int i = 0; i < 4; i++)
@@ -245,7 +223,7 @@ static void test_non_square_images_are_centre_cropped_then_resized(void **state)
     const int shapes[][2] = {{13, 6}, {6, 11}};
     const int sizes[] = {4, 9, 6};
     for (int s = 0; s < 2; s++) {
-        const char *path = tmp_path("nonsquare.png");
+        const char *path = tu_path(tmpdir, "nonsquare.png");
         write_centre_marked(path, shapes[s][0], shapes[s][1]);
         for (int k = 0; k < 3; k++) {
             int S = sizes[k];
@@ -279,7 +257,7 @@ static void test_resize_of_a_gradient_keeps_its_direction(void **state)
 static void test_non_image_and_missing_files_are_errors_naming_the_file(void **state)
 {
     (void)state;
-    const char *path = tmp_path("notes.txt");
+    const char *path = tu_path(tmpdir, "notes.txt");
     FILE *f = fopen(path, "w");
     assert_non_null(f);
     fputs("this is not an image\n", f);
@@ -295,7 +273,7 @@ static void test_non_image_and_missing_files_are_errors_naming_the_file(void **s
     uint8_t img[64 * 64];
     for (int i = 0; i < 64 * 64; i++)
         img[i] = (uint8_t)(i * 7919 >> 3);
-    const char *png = tmp_path("cut.png");
+    const char *png = tu_path(tmpdir, "cut.png");
     assert_int_equal(ddpm_png_write(png, img, 64, 64, 1), 0);
     struct stat st;
     assert_int_equal(stat(png, &st), 0);
@@ -303,9 +281,9 @@ static void test_non_image_and_missing_files_are_errors_naming_the_file(void **s
     assert_int_equal(ddpm_image_load_u8(png, out, 4, 1), DDPM_EFORMAT);
     assert_non_null(strstr(ddpm_last_error(), "cut.png"));
 
-    assert_int_equal(ddpm_image_probe(tmp_path("missing.png"), &w, &h, &c), DDPM_EIO);
+    assert_int_equal(ddpm_image_probe(tu_path(tmpdir, "missing.png"), &w, &h, &c), DDPM_EIO);
     assert_non_null(strstr(ddpm_last_error(), "missing.png"));
-    assert_int_equal(ddpm_image_load_u8(tmp_path("missing.png"), out, 4, 1), DDPM_EIO);
+    assert_int_equal(ddpm_image_load_u8(tu_path(tmpdir, "missing.png"), out, 4, 1), DDPM_EIO);
 }
 
 static void test_bad_arguments_and_unwritable_paths_are_errors(void **state)
@@ -313,12 +291,12 @@ static void test_bad_arguments_and_unwritable_paths_are_errors(void **state)
     (void)state;
     uint8_t out[16];
     float x[16] = {0};
-    assert_int_equal(ddpm_image_load_u8(tmp_path("gradient.png"), out, 4, 2), DDPM_EINVAL);
-    assert_int_equal(ddpm_image_load_u8(tmp_path("gradient.png"), out, 0, 1), DDPM_EINVAL);
-    assert_int_equal(ddpm_image_save_grid(tmp_path("g.png"), x, 1, 1, 4, 0, 1, 0), DDPM_EINVAL);
-    assert_int_equal(ddpm_image_save_grid(tmp_path("g.png"), x, 1, 1, 4, 1, 1, 256), DDPM_EINVAL);
-    assert_int_equal(ddpm_image_save_grid(tmp_path("g.png"), x, 1, 2, 4, 1, 1, 0), DDPM_EINVAL);
-    assert_int_equal(ddpm_image_save_grid(tmp_path("no/such/dir/g.png"), x, 1, 1, 4, 1, 1, 0),
+    assert_int_equal(ddpm_image_load_u8(tu_path(tmpdir, "gradient.png"), out, 4, 2), DDPM_EINVAL);
+    assert_int_equal(ddpm_image_load_u8(tu_path(tmpdir, "gradient.png"), out, 0, 1), DDPM_EINVAL);
+    assert_int_equal(ddpm_image_save_grid(tu_path(tmpdir, "g.png"), x, 1, 1, 4, 0, 1, 0), DDPM_EINVAL);
+    assert_int_equal(ddpm_image_save_grid(tu_path(tmpdir, "g.png"), x, 1, 1, 4, 1, 1, 256), DDPM_EINVAL);
+    assert_int_equal(ddpm_image_save_grid(tu_path(tmpdir, "g.png"), x, 1, 2, 4, 1, 1, 0), DDPM_EINVAL);
+    assert_int_equal(ddpm_image_save_grid(tu_path(tmpdir, "no/such/dir/g.png"), x, 1, 1, 4, 1, 1, 0),
                      DDPM_EIO);
     assert_non_null(strstr(ddpm_last_error(), "no/such/dir/g.png"));
 }

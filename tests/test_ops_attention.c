@@ -258,19 +258,6 @@ static void test_attention_backward_matches_finite_differences(void **state)
     check_backward_fd(3, 6, 7, 12);
 }
 
-static void expect_accumulated(const char *name, const float *got, const float *g, size_t n,
-                               float prefill, int times)
-{
-    for (size_t i = 0; i < n; i++) {
-        const double want = (double)prefill + times * (double)g[i];
-        /* float rounding of the sum, a few ulps of |want| */
-        if (fabs((double)got[i] - want) > 1e-6 * (1.0 + fabs(want)))
-            fail_msg("%s[%zu] = %.8g after %d backward calls on prefill %g, want %.8g "
-                     "(gradient %.8g): the backward overwrote instead of accumulating",
-                     name, i, (double)got[i], times, (double)prefill, want, (double)g[i]);
-    }
-}
-
 static void test_attention_backward_accumulates_into_gradients(void **state)
 {
     (void)state;
@@ -285,9 +272,9 @@ static void test_attention_backward_accumulates_into_gradients(void **state)
         dq[i] = dk[i] = dv[i] = prefill;
     for (int times = 1; times <= 2; times++) {
         backward(&c, dq, dk, dv);
-        expect_accumulated("dq", dq, c.dq, c.n_x, prefill, times);
-        expect_accumulated("dk", dk, c.dk, c.n_x, prefill, times);
-        expect_accumulated("dv", dv, c.dv, c.n_x, prefill, times);
+        tu_expect_accumulated("dq", dq, c.dq, c.n_x, prefill, times);
+        tu_expect_accumulated("dk", dk, c.dk, c.n_x, prefill, times);
+        tu_expect_accumulated("dv", dv, c.dv, c.n_x, prefill, times);
     }
     free(dq);
     free(dk);

@@ -291,19 +291,6 @@ static void test_conv2d_backward_matches_finite_differences_other_kernels(void *
 }
 
 /* result must equal prefill + gradient: sgemm with beta = 1, never a copy */
-static void expect_accumulated(const char *name, const float *got, const float *g, size_t n,
-                               float prefill, int times)
-{
-    for (size_t i = 0; i < n; i++) {
-        const double want = (double)prefill + times * (double)g[i];
-        /* float rounding of the sum, a few ulps of |want| */
-        if (fabs((double)got[i] - want) > 1e-6 * (1.0 + fabs(want)))
-            fail_msg("%s[%zu] = %.8g after %d backward calls on prefill %g, want %.8g "
-                     "(gradient %.8g): the backward overwrote instead of accumulating",
-                     name, i, (double)got[i], times, (double)prefill, want, (double)g[i]);
-    }
-}
-
 static void check_accumulates(conv_shape s, uint64_t seed)
 {
     conv_case c;
@@ -320,9 +307,9 @@ static void check_accumulates(conv_shape s, uint64_t seed)
         dbias[i] = prefill;
     for (int times = 1; times <= 2; times++) {
         backward(&c, din, dweight, dbias);
-        expect_accumulated("din", din, c.din, c.n_in, prefill, times);
-        expect_accumulated("dweight", dweight, c.dweight, c.n_weight, prefill, times);
-        expect_accumulated("dbias", dbias, c.dbias, (size_t)s.Cout, prefill, times);
+        tu_expect_accumulated("din", din, c.din, c.n_in, prefill, times);
+        tu_expect_accumulated("dweight", dweight, c.dweight, c.n_weight, prefill, times);
+        tu_expect_accumulated("dbias", dbias, c.dbias, (size_t)s.Cout, prefill, times);
     }
     free(din);
     free(dweight);

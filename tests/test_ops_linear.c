@@ -168,19 +168,6 @@ static void test_linear_backward_matches_finite_differences(void **state)
     check_backward_fd(2, 6, 3, 12);
 }
 
-static void expect_accumulated(const char *name, const float *got, const float *g, size_t n,
-                               float prefill, int times)
-{
-    for (size_t i = 0; i < n; i++) {
-        const double want = (double)prefill + times * (double)g[i];
-        /* float rounding of the sum, a few ulps of |want| */
-        if (fabs((double)got[i] - want) > 1e-6 * (1.0 + fabs(want)))
-            fail_msg("%s[%zu] = %.8g after %d backward calls on prefill %g, want %.8g "
-                     "(gradient %.8g): the backward overwrote instead of accumulating",
-                     name, i, (double)got[i], times, (double)prefill, want, (double)g[i]);
-    }
-}
-
 static void test_linear_backward_accumulates_into_gradients(void **state)
 {
     (void)state;
@@ -199,9 +186,9 @@ static void test_linear_backward_accumulates_into_gradients(void **state)
         dbias[i] = prefill;
     for (int times = 1; times <= 2; times++) {
         backward(&c, din, dweight, dbias);
-        expect_accumulated("din", din, c.din, (size_t)B * In, prefill, times);
-        expect_accumulated("dweight", dweight, c.dweight, (size_t)Out * In, prefill, times);
-        expect_accumulated("dbias", dbias, c.dbias, (size_t)Out, prefill, times);
+        tu_expect_accumulated("din", din, c.din, (size_t)B * In, prefill, times);
+        tu_expect_accumulated("dweight", dweight, c.dweight, (size_t)Out * In, prefill, times);
+        tu_expect_accumulated("dbias", dbias, c.dbias, (size_t)Out, prefill, times);
     }
     free(din);
     free(dweight);

@@ -26,38 +26,16 @@ static char tmpdir[64];
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/ddpm-test-st-XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return tu_make_tmpdir(tmpdir, sizeof tmpdir, "st");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return tu_remove_tree(tmpdir);
 }
 
-static const char *tmp_path(const char *name)
-{
-    static char path[256];
-    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
-    return path;
-}
 
-/* Entries of tmpdir whose name contains `part`. */
-static int count_entries_containing(const char *part)
-{
-    DIR *d = opendir(tmpdir);
-    assert_non_null(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (strstr(e->d_name, part))
-            n++;
-    closedir(d);
-    return n;
-}
 
 static unsigned char *read_all(const char *path, size_t *n)
 {
@@ -141,7 +119,7 @@ static void test_round_trip_preserves_every_byte_shape_name_and_metadata(void **
     (void)state;
     fixture fx;
     make_fixture(&fx);
-    const char *path = tmp_path("round.safetensors");
+    const char *path = tu_path(tmpdir, "round.safetensors");
     assert_int_equal(ddpm_safetensors_write(path, fx.t, 6, fx.m, 4), 0);
 
     ddpm_st_file *f = NULL;
@@ -184,7 +162,7 @@ static void test_round_trip_preserves_every_byte_shape_name_and_metadata(void **
     assert_null(ddpm_safetensors_meta(f, "absent"));
     assert_int_not_equal(ddpm_safetensors_meta_at(f, 4, NULL, NULL), 0);
     ddpm_safetensors_close(f);
-    assert_int_equal(count_entries_containing(".tmp."), 0);
+    assert_int_equal(tu_count_entries_containing(tmpdir, ".tmp."), 0);
 }
 
 static void test_read_f32_refuses_wrong_count_and_unknown_name_naming_file(void **state)
@@ -192,7 +170,7 @@ static void test_read_f32_refuses_wrong_count_and_unknown_name_naming_file(void 
     (void)state;
     fixture fx;
     make_fixture(&fx);
-    const char *path = tmp_path("mismatch.safetensors");
+    const char *path = tu_path(tmpdir, "mismatch.safetensors");
     assert_int_equal(ddpm_safetensors_write(path, fx.t, 6, NULL, 0), 0);
     ddpm_st_file *f = NULL;
     assert_int_equal(ddpm_safetensors_open(&f, path), 0);
@@ -211,7 +189,7 @@ static void test_header_is_valid_safetensors_json_padded_with_contiguous_offsets
     (void)state;
     fixture fx;
     make_fixture(&fx);
-    const char *path = tmp_path("header.safetensors");
+    const char *path = tu_path(tmpdir, "header.safetensors");
     assert_int_equal(ddpm_safetensors_write(path, fx.t, 6, fx.m, 4), 0);
     size_t size;
     unsigned char *b = read_all(path, &size);
@@ -274,7 +252,7 @@ static void test_header_is_valid_safetensors_json_padded_with_contiguous_offsets
 static void test_empty_file_set_round_trips(void **state)
 {
     (void)state;
-    const char *path = tmp_path("empty.safetensors");
+    const char *path = tu_path(tmpdir, "empty.safetensors");
     assert_int_equal(ddpm_safetensors_write(path, NULL, 0, NULL, 0), 0);
     ddpm_st_file *f = NULL;
     assert_int_equal(ddpm_safetensors_open(&f, path), 0);
@@ -289,7 +267,7 @@ static void test_every_truncation_is_refused_with_the_file_named(void **state)
     float w[6] = {1, 2, 3, 4, 5, 6}, b[2] = {-1, 7};
     ddpm_st_tensor t[2] = {{"w", w, 2, {2, 3}}, {"b", b, 1, {2}}};
     ddpm_st_meta m[1] = {{"step", "7"}};
-    const char *path = tmp_path("trunc.safetensors");
+    const char *path = tu_path(tmpdir, "trunc.safetensors");
     assert_int_equal(ddpm_safetensors_write(path, t, 2, m, 1), 0);
     size_t size;
     unsigned char *bytes = read_all(path, &size);
@@ -306,7 +284,7 @@ static void test_every_truncation_is_refused_with_the_file_named(void **state)
     }
     /* And a few through the file system, so the message carries the path. */
     size_t cuts[] = {0, 4, 8, 20, size - 1};
-    const char *cut_path = tmp_path("cut.safetensors");
+    const char *cut_path = tu_path(tmpdir, "cut.safetensors");
     for (size_t i = 0; i < sizeof cuts / sizeof *cuts; i++) {
         write_all(cut_path, bytes, cuts[i]);
         ddpm_st_file *f = NULL;
@@ -349,7 +327,7 @@ static void expect_refused_len(const char *header, uint64_t header_len_field, si
     assert_null(f);
     assert_message("corrupt.safetensors", part);
 
-    const char *path = tmp_path("corrupt.safetensors");
+    const char *path = tu_path(tmpdir, "corrupt.safetensors");
     write_all(path, b, size);
     assert_int_equal(ddpm_safetensors_open(&f, path), DDPM_EFORMAT);
     assert_null(f);
@@ -513,7 +491,7 @@ static void test_open_refuses_missing_files_and_folders(void **state)
 {
     (void)state;
     ddpm_st_file *f = NULL;
-    const char *path = tmp_path("does-not-exist.safetensors");
+    const char *path = tu_path(tmpdir, "does-not-exist.safetensors");
     assert_int_equal(ddpm_safetensors_open(&f, path), DDPM_EIO);
     assert_null(f);
     assert_message(path, "No such file or directory");
@@ -526,7 +504,7 @@ static void test_write_into_missing_folder_fails_cleanly(void **state)
     (void)state;
     float x[2] = {1, 2};
     ddpm_st_tensor t = {"x", x, 1, {2}};
-    const char *path = tmp_path("no/such/folder/x.safetensors");
+    const char *path = tu_path(tmpdir, "no/such/folder/x.safetensors");
     assert_int_equal(ddpm_safetensors_write(path, &t, 1, NULL, 0), DDPM_EIO);
     assert_message(path, "No such file or directory");
 }
@@ -536,7 +514,7 @@ static void test_write_under_a_regular_file_fails_and_leaves_no_temp(void **stat
     (void)state;
     float x[2] = {1, 2};
     ddpm_st_tensor t = {"x", x, 1, {2}};
-    const char *plain = tmp_path("plain");
+    const char *plain = tu_path(tmpdir, "plain");
     write_all(plain, "not a folder", 12);
     char path[300];
     snprintf(path, sizeof path, "%s/x.safetensors", plain);
@@ -547,13 +525,13 @@ static void test_write_under_a_regular_file_fails_and_leaves_no_temp(void **stat
     assert_int_equal(n, 12);
     assert_memory_equal(b, "not a folder", 12);
     free(b);
-    assert_int_equal(count_entries_containing(".tmp."), 0);
+    assert_int_equal(tu_count_entries_containing(tmpdir, ".tmp."), 0);
 }
 
 static void test_write_replaces_an_existing_file(void **state)
 {
     (void)state;
-    const char *path = tmp_path("replace.safetensors");
+    const char *path = tu_path(tmpdir, "replace.safetensors");
     float a[4] = {1, 2, 3, 4}, b[2] = {9, 8};
     ddpm_st_tensor ta = {"a", a, 1, {4}}, tb = {"b", b, 2, {1, 2}};
     ddpm_st_meta m = {"version", "2"};
@@ -568,7 +546,7 @@ static void test_write_replaces_an_existing_file(void **state)
     assert_memory_equal(got, b, sizeof b);
     assert_string_equal(ddpm_safetensors_meta(f, "version"), "2");
     ddpm_safetensors_close(f);
-    assert_int_equal(count_entries_containing(".tmp."), 0);
+    assert_int_equal(tu_count_entries_containing(tmpdir, ".tmp."), 0);
 }
 
 /* A write that fails part-way (the file size limit stands in for a full disk:
@@ -577,7 +555,7 @@ static void test_write_replaces_an_existing_file(void **state)
 static void test_failed_write_keeps_the_old_file_and_removes_the_temp(void **state)
 {
     (void)state;
-    const char *path = tmp_path("keep.safetensors");
+    const char *path = tu_path(tmpdir, "keep.safetensors");
     float small[4] = {1, 2, 3, 4};
     ddpm_st_tensor ts = {"small", small, 1, {4}};
     assert_int_equal(ddpm_safetensors_write(path, &ts, 1, NULL, 0), 0);
@@ -608,7 +586,7 @@ static void test_failed_write_keeps_the_old_file_and_removes_the_temp(void **sta
     unsigned char *now = read_all(path, &n_now);
     assert_int_equal(n_now, n_old);
     assert_memory_equal(now, old, n_old);
-    assert_int_equal(count_entries_containing(".tmp."), 0);
+    assert_int_equal(tu_count_entries_containing(tmpdir, ".tmp."), 0);
     free(now);
     free(old);
     free(big);
@@ -617,7 +595,7 @@ static void test_failed_write_keeps_the_old_file_and_removes_the_temp(void **sta
 static void test_write_refuses_bad_arguments_without_creating_a_file(void **state)
 {
     (void)state;
-    const char *path = tmp_path("args.safetensors");
+    const char *path = tu_path(tmpdir, "args.safetensors");
     float x[2] = {1, 2};
     ddpm_st_tensor dup[2] = {{"x", x, 1, {2}}, {"x", x, 1, {2}}};
     assert_int_equal(ddpm_safetensors_write(path, dup, 2, NULL, 0), DDPM_EINVAL);
@@ -635,7 +613,7 @@ static void test_write_refuses_bad_arguments_without_creating_a_file(void **stat
     ddpm_st_meta m[2] = {{"k", "1"}, {"k", "2"}};
     assert_int_equal(ddpm_safetensors_write(path, NULL, 0, m, 2), DDPM_EINVAL);
     assert_message(path, "metadata key 'k' appears twice");
-    assert_int_equal(count_entries_containing("args"), 0);
+    assert_int_equal(tu_count_entries_containing(tmpdir, "args"), 0);
 }
 
 int main(void)

@@ -59,16 +59,13 @@ static char tmpdir[256];
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/ddpm_test_train_XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return tu_make_tmpdir(tmpdir, sizeof tmpdir, "train");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd);
+    return tu_remove_tree(tmpdir);
 }
 
 static void test_training_reduces_the_loss_on_synthetic_images(void **state)

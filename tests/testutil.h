@@ -2,12 +2,14 @@
 #ifndef DDPM_TESTUTIL_H
 #define DDPM_TESTUTIL_H
 
+#include <dirent.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "ddpm/rng.h"
 
@@ -89,6 +91,45 @@ static inline double tu_max_abs_diff(const float *a, const float *b, size_t n, s
     return m;
 }
 
+/* A new empty folder /tmp/ddpm-test-<tag>-XXXXXX in dir[size]; 0 or -1. */
+static inline int tu_make_tmpdir(char *dir, size_t size, const char *tag)
+{
+    snprintf(dir, size, "/tmp/ddpm-test-%s-XXXXXX", tag);
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+/* rm -rf dir; 0 or -1. */
+static inline int tu_remove_tree(const char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* "dir/name" in a static buffer (valid until the next call). */
+static inline const char *tu_path(const char *dir, const char *name)
+{
+    static char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return path;
+}
+
+/* Entries of dir (including dot files) whose name contains part; -1 if dir
+ * cannot be read. */
+static inline int tu_count_entries_containing(const char *dir, const char *part)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (strstr(e->d_name, part))
+            n++;
+    closedir(d);
+    return n;
+}
+
 /* |a - b| <= tol, printing both values on failure (cmocka 1.1.6 has no
  * assert_double_equal). Include <cmocka.h> before this header to use it. */
 #ifdef cmocka_unit_test
@@ -101,6 +142,20 @@ static inline double tu_max_abs_diff(const float *a, const float *b, size_t n, s
             fail();                                                                          \
         }                                                                                    \
     } while (0)
+/* got[i] == prefill + times * g[i] for every i: a backward pass called `times`
+ * times on gradients prefilled with `prefill` accumulated instead of overwriting. */
+static inline void tu_expect_accumulated(const char *name, const float *got, const float *g, size_t n,
+                                         float prefill, int times)
+{
+    for (size_t i = 0; i < n; i++) {
+        const double want = (double)prefill + times * (double)g[i];
+        /* float rounding of the sum, a few ulps of |want| */
+        if (fabs((double)got[i] - want) > 1e-6 * (1.0 + fabs(want)))
+            fail_msg("%s[%zu] = %.8g after %d backward calls on prefill %g, want %.8g "
+                     "(gradient %.8g): the backward overwrote instead of accumulating",
+                     name, i, (double)got[i], times, (double)prefill, want, (double)g[i]);
+    }
+}
 #endif
 
 #endif
