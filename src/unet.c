@@ -57,7 +57,6 @@ struct ddpm_unet_plan {
     size_t a_x, a_e0, a_t1, a_t1s, a_temb, a_temb_act, a_out_a, a_out_mean, a_out_rstd, a_out_s;
     size_t d_temb_act;
     size_t act_per_image, dact_per_image, tmp_per_image;
-    size_t act_fwd_per_image; /* a forward-only workspace needs no masks or dropout copies */
 };
 
 struct ddpm_unet_workspace {
@@ -158,7 +157,7 @@ typedef struct {
     ddpm_unet *net;
     ddpm_unet_plan *plan;
     int cap_tensors, cap_modules, cap_slots;
-    size_t act, dact, act_fwd;
+    size_t act, dact;
     int err;
 } builder;
 
@@ -194,13 +193,11 @@ static size_t add_param(builder *b, const char *prefix, const char *name, int nd
     return t->offset;
 }
 
-/* per-image activation buffer; fwd_only: also needed by a forward-only workspace */
-static size_t add_act(builder *b, size_t per_image, int needed_for_sampling)
+/* a per-image activation buffer: its offset in floats per image */
+static size_t add_act(builder *b, size_t per_image)
 {
     size_t off = b->act;
     b->act += round16(per_image);
-    if (needed_for_sampling)
-        b->act_fwd = b->act; /* forward-only prefix grows to here */
     return off;
 }
 
@@ -219,7 +216,7 @@ static int add_slot(builder *b, int C, int H, int W)
     }
     slot *s = &p->slots[p->n_slots];
     s->C = C, s->H = H, s->W = W;
-    s->act = add_act(b, (size_t)C * H * W, 1);
+    s->act = add_act(b, (size_t)C * H * W);
     s->dact = b->dact;
     b->dact += round16((size_t)C * H * W);
     return p->n_slots++;
@@ -279,20 +276,20 @@ static int build_res(builder *b, const char *prefix, int in_slot, int skip_slot,
         m->p[P_SKIP_W] = add_param(b, prefix, "skip.weight", 4, cout, cin, 1, 1, DDPM_INIT_XAVIER);
         m->p[P_SKIP_B] = add_param(b, prefix, "skip.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
     }
-    m->a[A_XCAT] = skip_slot >= 0 ? add_act(b, cin * HW, 1) : 0;
-    m->a[A_A1] = add_act(b, cin * HW, 1);
-    m->a[A_MEAN1] = add_act(b, (size_t)G, 1);
-    m->a[A_RSTD1] = add_act(b, (size_t)G, 1);
-    m->a[A_S1] = add_act(b, cin * HW, 1);
-    m->a[A_H1] = add_act(b, cout * HW, 1);
-    m->a[A_A2] = add_act(b, cout * HW, 1);
-    m->a[A_MEAN2] = add_act(b, (size_t)G, 1);
-    m->a[A_RSTD2] = add_act(b, (size_t)G, 1);
-    m->a[A_S2] = add_act(b, cout * HW, 1);
-    m->a[A_TP] = add_act(b, (size_t)cout, 1);
+    m->a[A_XCAT] = skip_slot >= 0 ? add_act(b, cin * HW) : 0;
+    m->a[A_A1] = add_act(b, cin * HW);
+    m->a[A_MEAN1] = add_act(b, (size_t)G);
+    m->a[A_RSTD1] = add_act(b, (size_t)G);
+    m->a[A_S1] = add_act(b, cin * HW);
+    m->a[A_H1] = add_act(b, cout * HW);
+    m->a[A_A2] = add_act(b, cout * HW);
+    m->a[A_MEAN2] = add_act(b, (size_t)G);
+    m->a[A_RSTD2] = add_act(b, (size_t)G);
+    m->a[A_S2] = add_act(b, cout * HW);
+    m->a[A_TP] = add_act(b, (size_t)cout);
     if (c->dropout > 0) {
-        m->a[A_MASK] = add_act(b, cout * HW, 0);
-        m->a[A_D2] = add_act(b, cout * HW, 0);
+        m->a[A_MASK] = add_act(b, cout * HW);
+        m->a[A_D2] = add_act(b, cout * HW);
     }
     /* backward temporaries: dxcat, two of [cout], dh1, ds1, da1, dtp (+ forward's skip) */
     tmp_need(b, round16(cin * HW) * 3 + round16(cout * HW) * 4 + round16((size_t)cout));
@@ -321,14 +318,14 @@ static int build_attn(builder *b, const char *prefix, int in_slot)
         m->p[P_Q_W + 2 * i] = add_param(b, prefix, w, 4, C, C, 1, 1, i == 3 ? DDPM_INIT_ZERO : DDPM_INIT_XAVIER);
         m->p[P_Q_B + 2 * i] = add_param(b, prefix, bias, 1, C, 0, 0, 0, DDPM_INIT_ZERO);
     }
-    m->a[A_A] = add_act(b, C * N, 1);
-    m->a[A_MEAN] = add_act(b, (size_t)c->groups, 1);
-    m->a[A_RSTD] = add_act(b, (size_t)c->groups, 1);
-    m->a[A_Q] = add_act(b, C * N, 1);
-    m->a[A_K] = add_act(b, C * N, 1);
-    m->a[A_V] = add_act(b, C * N, 1);
-    m->a[A_W] = add_act(b, N * N, 1);
-    m->a[A_H] = add_act(b, C * N, 1);
+    m->a[A_A] = add_act(b, C * N);
+    m->a[A_MEAN] = add_act(b, (size_t)c->groups);
+    m->a[A_RSTD] = add_act(b, (size_t)c->groups);
+    m->a[A_Q] = add_act(b, C * N);
+    m->a[A_K] = add_act(b, C * N);
+    m->a[A_V] = add_act(b, C * N);
+    m->a[A_W] = add_act(b, N * N);
+    m->a[A_H] = add_act(b, C * N);
     tmp_need(b, round16(C * N) * 5);
     m->out_slot = add_slot(b, C, in.H, in.W);
     return m->out_slot;
@@ -347,7 +344,7 @@ static int build_resample(builder *b, const char *prefix, int in_slot, int up)
     m->p[P_CONV_W] = add_param(b, conv, "weight", 4, in.C, in.C, 3, 3, DDPM_INIT_XAVIER);
     m->p[P_CONV_B] = add_param(b, conv, "bias", 1, in.C, 0, 0, 0, DDPM_INIT_ZERO);
     if (up) {
-        m->a[A_U] = add_act(b, (size_t)in.C * in.H * in.W * 4, 1);
+        m->a[A_U] = add_act(b, (size_t)in.C * in.H * in.W * 4);
         tmp_need(b, round16((size_t)in.C * in.H * in.W * 4));
         m->out_slot = add_slot(b, in.C, in.H * 2, in.W * 2);
     } else {
@@ -405,12 +402,12 @@ int ddpm_unet_create(ddpm_unet **out, const ddpm_unet_config *cfg)
     p->p_conv_in_w = add_param(&b, "conv_in", "weight", 4, c->ch, c->in_channels, 3, 3, DDPM_INIT_XAVIER);
     p->p_conv_in_b = add_param(&b, "conv_in", "bias", 1, c->ch, 0, 0, 0, DDPM_INIT_ZERO);
 
-    p->a_x = add_act(&b, (size_t)c->in_channels * S * S, 1);
-    p->a_e0 = add_act(&b, (size_t)c->ch, 1);
-    p->a_t1 = add_act(&b, (size_t)E, 1);
-    p->a_t1s = add_act(&b, (size_t)E, 1);
-    p->a_temb = add_act(&b, (size_t)E, 1);
-    p->a_temb_act = add_act(&b, (size_t)E, 1);
+    p->a_x = add_act(&b, (size_t)c->in_channels * S * S);
+    p->a_e0 = add_act(&b, (size_t)c->ch);
+    p->a_t1 = add_act(&b, (size_t)E);
+    p->a_t1s = add_act(&b, (size_t)E);
+    p->a_temb = add_act(&b, (size_t)E);
+    p->a_temb_act = add_act(&b, (size_t)E);
     p->d_temb_act = b.dact;
     b.dact += round16((size_t)E);
     tmp_need(&b, round16((size_t)E) * 3);
@@ -462,13 +459,12 @@ int ddpm_unet_create(ddpm_unet **out, const ddpm_unet_config *cfg)
     p->p_conv_out_w = add_param(&b, "conv_out", "weight", 4, c->in_channels, c->ch, 3, 3, DDPM_INIT_ZERO);
     p->p_conv_out_b = add_param(&b, "conv_out", "bias", 1, c->in_channels, 0, 0, 0, DDPM_INIT_ZERO);
     size_t HW = (size_t)S * S;
-    p->a_out_a = add_act(&b, c->ch * HW, 1);
-    p->a_out_mean = add_act(&b, (size_t)G, 1);
-    p->a_out_rstd = add_act(&b, (size_t)G, 1);
-    p->a_out_s = add_act(&b, c->ch * HW, 1);
+    p->a_out_a = add_act(&b, c->ch * HW);
+    p->a_out_mean = add_act(&b, (size_t)G);
+    p->a_out_rstd = add_act(&b, (size_t)G);
+    p->a_out_s = add_act(&b, c->ch * HW);
     tmp_need(&b, round16(c->ch * HW) * 2);
     p->act_per_image = b.act;
-    p->act_fwd_per_image = b.act; /* forward-only workspaces still lay out every buffer */
     p->dact_per_image = b.dact;
     if (b.err || sp != 0) {
         ddpm_unet_free(net);
