@@ -7,8 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
+#include "ddpm/train.h"
 
 int arg_long(const char *flag, const char *value, long lo, long hi, long *out)
 {
@@ -122,4 +124,13 @@ int arg_model_flag(const char *name, const char *value, ddpm_run_config *cfg)
     if (!strcmp(name, "timesteps"))
         return arg_int(name, value, 1, 100000, &cfg->timesteps);
     return 1;
+}
+
+void cli_checkpoint_path(char *out, size_t size, const char *arg)
+{
+    struct stat st;
+    if (stat(arg, &st) == 0 && S_ISDIR(st.st_mode))
+        snprintf(out, size, "%s/%s", arg, DDPM_CHECKPOINT_FILE);
+    else
+        snprintf(out, size, "%s", arg);
 }

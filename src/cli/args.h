@@ -3,6 +3,7 @@
 #ifndef DDPM_CLI_ARGS_H
 #define DDPM_CLI_ARGS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "ddpm/checkpoint.h"
@@ -17,6 +18,9 @@ int arg_u64(const char *flag, const char *value, uint64_t *out);
  * `value` of flag `name` into cfg. Returns 0, -1 after printing the problem, or
  * 1 when `name` is not one of these flags. */
 int arg_model_flag(const char *name, const char *value, ddpm_run_config *cfg);
+/* The checkpoint a RUN_DIR|CHECKPOINT argument names: RUN_DIR/checkpoint.safetensors
+ * when arg is a folder, else arg itself. */
+void cli_checkpoint_path(char *out, size_t size, const char *arg);
 /* Sets OpenMP's and OpenBLAS's thread counts (0: leave the defaults). */
 void cli_set_threads(int n);
 /* "'ddpm CMD --help' lists the options" after an unknown flag. */

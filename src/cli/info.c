@@ -5,13 +5,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "args.h"
 #include "cli.h"
 #include "ddpm/checkpoint.h"
 #include "ddpm/error.h"
-#include "ddpm/train.h"
 
 static void usage(FILE *f)
 {
@@ -45,11 +43,7 @@ int cmd_info(int argc, char **argv)
         return cli_usage_error("info");
     }
     char path[4096];
-    struct stat st;
-    if (stat(argv[optind], &st) == 0 && S_ISDIR(st.st_mode))
-        snprintf(path, sizeof path, "%s/%s", argv[optind], DDPM_CHECKPOINT_FILE);
-    else
-        snprintf(path, sizeof path, "%s", argv[optind]);
+    cli_checkpoint_path(path, sizeof path, argv[optind]);
     ddpm_checkpoint *ck;
     if (ddpm_checkpoint_open(&ck, path)) {
         cli_error("%s", ddpm_last_error());

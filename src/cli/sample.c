@@ -220,11 +220,7 @@ int cmd_sample(int argc, char **argv)
     }
     char ckpt_path[4096];
     struct stat st;
-    const char *arg = argv[optind];
-    if (stat(arg, &st) == 0 && S_ISDIR(st.st_mode))
-        snprintf(ckpt_path, sizeof ckpt_path, "%s/%s", arg, DDPM_CHECKPOINT_FILE);
-    else
-        snprintf(ckpt_path, sizeof ckpt_path, "%s", arg);
+    cli_checkpoint_path(ckpt_path, sizeof ckpt_path, argv[optind]);
     if ((!no_grid && check_writable_parent(out)) || (traj_path && check_writable_parent(traj_path)))
         return DDPM_EXIT_ERROR;
     if (out_dir && stat(out_dir, &st) != 0 && check_writable_parent(out_dir))
