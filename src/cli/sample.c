@@ -83,13 +83,6 @@ typedef struct {
     size_t D;
 } progress_ctx;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void on_step(void *opaque, int k, int n_steps, int i, const float *x, const float *x0, int B)
 {
     (void)i;
@@ -111,25 +104,12 @@ static void on_step(void *opaque, int k, int n_steps, int i, const float *x, con
     int report = p->tty ? 1 : ((k + 1) % (n_steps / 4 > 0 ? n_steps / 4 : 1) == 0);
     if (!report)
         return;
-    double el = now() - p->t_start;
+    double el = cli_now() - p->t_start;
     double ips = work_done * n_steps / el; /* image-steps per second */
     double eta = (p->n_total - work_done) * n_steps / ips;
     fprintf(stderr, "%sstep %d/%d  images %d-%d of %d  %.0f image-steps/s  ETA %.0fs%s", p->tty ? "\r\033[K" : "",
             k + 1, n_steps, p->done_images + 1, p->done_images + B, p->n_total, ips, eta, p->tty ? "" : "\n");
     fflush(stderr);
-}
-
-/* The folder of `path` must exist and be writable: checked before minutes of work. */
-static int check_writable_parent(const char *path)
-{
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    const char *dir = dirname(buf);
-    if (access(dir, W_OK) != 0) {
-        cli_error("%s: cannot write there: %s", path, strerror(errno));
-        return -1;
-    }
-    return 0;
 }
 
 int cmd_sample(int argc, char **argv)
@@ -180,16 +160,7 @@ int cmd_sample(int argc, char **argv)
             break;
         case O_STEPS: bad |= arg_int("steps", optarg, 1, 100000, &sc.steps); steps_given = 1; break;
         case O_ETA: bad |= arg_float("eta", optarg, 0, 1, &sc.eta); break;
-        case O_VAR:
-            if (!strcmp(optarg, "beta"))
-                sc.var = DDPM_VAR_BETA;
-            else if (!strcmp(optarg, "beta-tilde"))
-                sc.var = DDPM_VAR_BETA_TILDE;
-            else {
-                cli_error("--var: '%s' is not beta or beta-tilde", optarg);
-                bad = 1;
-            }
-            break;
+        case O_VAR: bad |= arg_var(optarg, &sc.var); break;
         case O_NO_CLIP: sc.clip_x0 = 0; break;
         case O_TRAJ: traj_path = optarg; break;
         case O_TRAJ_K: bad |= arg_int("trajectory-k", optarg, 1, 1000, &traj_k); break;
@@ -221,9 +192,9 @@ int cmd_sample(int argc, char **argv)
     char ckpt_path[4096];
     struct stat st;
     cli_checkpoint_path(ckpt_path, sizeof ckpt_path, argv[optind]);
-    if ((!no_grid && check_writable_parent(out)) || (traj_path && check_writable_parent(traj_path)))
+    if ((!no_grid && cli_check_writable_parent(out)) || (traj_path && cli_check_writable_parent(traj_path)))
         return DDPM_EXIT_ERROR;
-    if (out_dir && stat(out_dir, &st) != 0 && check_writable_parent(out_dir))
+    if (out_dir && stat(out_dir, &st) != 0 && cli_check_writable_parent(out_dir))
         return DDPM_EXIT_ERROR;
     cli_set_threads(threads);
 
@@ -275,7 +246,7 @@ int cmd_sample(int argc, char **argv)
     ddpm_rng rng;
     ddpm_rng_init(&rng, seed, DDPM_STREAM_SAMPLE);
     ddpm_unet_eps_ctx ctx = {net, params, ws};
-    pc.t_start = now();
+    pc.t_start = cli_now();
     for (int first = 0; !rc && first < n; first += B) {
         int nb = n - first < B ? n - first : B;
         pc.first = first;
@@ -283,7 +254,7 @@ int cmd_sample(int argc, char **argv)
         rc = ddpm_sample(x + (size_t)first * D, scratch, nb, D, first, &sched, &sc, ddpm_unet_eps, &ctx, &rng,
                          on_step, &pc);
     }
-    double seconds = now() - pc.t_start;
+    double seconds = cli_now() - pc.t_start;
     if (pc.tty && !quiet)
         fputc('\n', stderr);
     if (!rc && !no_grid)
