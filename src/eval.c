@@ -9,9 +9,9 @@
 
 /* ------------------------------------------------------------ the terms */
 
-/* u - log1p(u) for u > -1: the variance part of a Gaussian KL with u = r - 1.
- * For |u| < 1e-3 the difference of two nearly equal numbers is replaced by its
- * series u^2/2 - u^3/3 + ... (truncated after u^8: relative error < u^7 < 1e-21). */
+/* u - log1p(u) for u > -1 (L_T's variance part with u = -abar_T): for |u| < 1e-3
+ * the difference of two nearly equal numbers is replaced by its series
+ * u^2/2 - u^3/3 + ... (truncated after u^8: relative error < u^7 < 1e-21). */
 static double u_minus_log1p(double u)
 {
     if (fabs(u) < 1e-3)
@@ -21,7 +21,12 @@ static double u_minus_log1p(double u)
 
 double ddpm_normal_kl_var_part(double var1, double var2)
 {
-    return 0.5 * u_minus_log1p((var1 - var2) / var2);
+    /* r - 1 - log r with the log of the ratio: r - 1 is exact near 1 and the
+     * function is flat there, so rounding r costs nothing. The logvar form
+     * log(var2) - log(var1) + r - 1 of the paper's code would cancel to ~1e-16
+     * absolute when var1 ~ var2 (beta_t against beta~_t at large t). */
+    double r = var1 / var2;
+    return 0.5 * (r - 1 - log(r));
 }
 
 double ddpm_normal_kl(double mean1, double var1, double mean2, double var2)
@@ -65,6 +70,9 @@ double ddpm_log_normal_cdf_diff(double a, double b)
 double ddpm_discretized_gaussian_log_likelihood(double x, double mean, double sigma)
 {
     const double half_bin = 1.0 / 255.0;
+    /* the grid value itself (k/127.5 - 1 in double): float data are off by ~6e-8,
+       which would leave gaps and overlaps of that width between adjacent bins */
+    x = nearbyint((x + 1) * 127.5) / 127.5 - 1;
     double lo = x < -0.999 ? -INFINITY : (x - half_bin - mean) / sigma;
     double hi = x > 0.999 ? INFINITY : (x + half_bin - mean) / sigma;
     return ddpm_log_normal_cdf_diff(lo, hi);

@@ -25,8 +25,11 @@
  *
  * Randomness: x_t of image k (its index in the evaluated set) at step i uses
  * eps from Philox (seed, DDPM_STREAM_EVAL) at counters ((k T + i) ceil(D/4)), the
- * Monte Carlo steps and the L_simple (t, eps) have streams of their own: results
- * depend on the seed and the images, never on the batch split or thread count. */
+ * Monte Carlo steps and the L_simple (t, eps) have streams of their own: the noise,
+ * the steps and the order of every sum depend on the seed and the images, never on
+ * the batch split (with an eps_fn whose outputs do not depend on the batch the
+ * results are bit-identical; the U-Net's float rounding varies with the GEMM sizes
+ * by ~1e-10 relative). */
 #ifndef DDPM_EVAL_H
 #define DDPM_EVAL_H
 
@@ -52,9 +55,9 @@ int ddpm_eval_pick(int *idx, int n, int count, uint64_t seed);
 /* ------------------------------------------------------------ the terms */
 
 /* KL(N(mean1, var1) || N(mean2, var2)) of one dimension, nats, in closed form:
- * 0.5 (var1/var2 - 1 - log(var1/var2) + (mean1 - mean2)^2 / var2), with the
- * variance part written as u - log1p(u), u = (var1 - var2)/var2 (a series for
- * small |u|), so that it does not cancel when var1 ~ var2. var1, var2 > 0. */
+ * 0.5 (r - 1 - log r + (mean1 - mean2)^2 / var2), r = var1/var2, with the log of
+ * the ratio (not a difference of log-variances, which cancels when var1 ~ var2,
+ * as beta_t and beta~_t are at large t). var1, var2 > 0. */
 double ddpm_normal_kl(double mean1, double var1, double mean2, double var2);
 /* The variance part alone: 0.5 (r - 1 - log r), r = var1/var2. */
 double ddpm_normal_kl_var_part(double var1, double var2);
@@ -71,7 +74,9 @@ double ddpm_log_normal_cdf(double z);
  * two positive erf values. */
 double ddpm_log_normal_cdf_diff(double a, double b);
 /* log p(x) of the decoder's discretized Gaussian N(mean, sigma^2) for a value x of
- * the 256-level grid (bins as above; x < -0.999 and x > 0.999 are the open ends). */
+ * the 256-level grid (bins as above; x < -0.999 and x > 0.999 are the open ends).
+ * x is first rounded to the nearest grid value k/127.5 - 1 in double, so that the
+ * 256 bins tile the line exactly even when x is a float. */
 double ddpm_discretized_gaussian_log_likelihood(double x, double mean, double sigma);
 
 /* sigma_t^2 of p_theta at index i (beta~_2 at i = 0 for both choices; T >= 2). */
