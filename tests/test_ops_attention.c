@@ -166,7 +166,7 @@ static void forward(attn_case *c)
 static void backward(attn_case *c, float *dq, float *dk, float *dv)
 {
     /* dL/dh = r */
-    ddpm_attention_backward(dq, dk, dv, c->scratch, c->r, c->w, c->q, c->k, c->v, c->B, c->C,
+    ddpm_attention_backward(dq, dk, dv, 1.0f, c->scratch, c->r, c->w, c->q, c->k, c->v, c->B, c->C,
                             c->N);
 }
 
@@ -310,8 +310,8 @@ static void test_attention_backward_null_gradients_are_skipped(void **state)
     case_free(&c);
 }
 
-/* _backward_to overwrites dq, dk, dv with exactly what _backward adds to zeros. */
-static void test_attention_backward_to_overwrites(void **state)
+/* beta = 0 overwrites dq, dk, dv with exactly what _backward adds to zeros. */
+static void test_attention_backward_beta0_overwrites(void **state)
 {
     (void)state;
     attn_case c;
@@ -320,8 +320,8 @@ static void test_attention_backward_to_overwrites(void **state)
     backward(&c, c.dq, c.dk, c.dv); /* from zero */
     float *dq = tu_alloc(c.n_x), *dk = tu_alloc(c.n_x), *dv = tu_alloc(c.n_x);
     for (size_t i = 0; i < c.n_x; i++)
-        dq[i] = dk[i] = dv[i] = 1e30f;
-    ddpm_attention_backward_to(dq, dk, dv, c.scratch, c.r, c.w, c.q, c.k, c.v, c.B, c.C, c.N);
+        dq[i] = dk[i] = dv[i] = NAN;
+    ddpm_attention_backward(dq, dk, dv, 0.0f, c.scratch, c.r, c.w, c.q, c.k, c.v, c.B, c.C, c.N);
     for (size_t i = 0; i < c.n_x; i++)
         if (dq[i] != c.dq[i] || dk[i] != c.dk[i] || dv[i] != c.dv[i])
             fail_msg("at %zu: dq %g/%g dk %g/%g dv %g/%g (got/want)", i, (double)dq[i], (double)c.dq[i],
@@ -340,7 +340,7 @@ int main(void)
         cmocka_unit_test(test_attention_backward_matches_finite_differences),
         cmocka_unit_test(test_attention_backward_accumulates_into_gradients),
         cmocka_unit_test(test_attention_backward_null_gradients_are_skipped),
-        cmocka_unit_test(test_attention_backward_to_overwrites),
+        cmocka_unit_test(test_attention_backward_beta0_overwrites),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -165,7 +165,7 @@ static void backward(conv_case *c, float *din, float *dweight, float *dbias)
 {
     const conv_shape *s = &c->s;
     /* dL/dout = r */
-    ddpm_conv2d_backward(din, dweight, dbias, c->scratch, c->r, c->in, c->weight, s->B, s->Cin,
+    ddpm_conv2d_backward(din, 1.0f, dweight, dbias, c->scratch, c->r, c->in, c->weight, s->B, s->Cin,
                          s->H, s->W, s->Cout, s->K, s->S, s->P);
 }
 
@@ -357,9 +357,9 @@ static void test_conv2d_backward_null_gradients_are_skipped(void **state)
     }
 }
 
-/* _backward_to overwrites din (whatever it held) with exactly what _backward adds
+/* beta = 0 overwrites din (whatever it held) with exactly what _backward adds
  * to a zeroed din, and still accumulates dweight and dbias. */
-static void test_conv2d_backward_to_overwrites_din_and_accumulates_parameters(void **state)
+static void test_conv2d_backward_beta0_overwrites_din_and_accumulates_parameters(void **state)
 {
     (void)state;
     const conv_shape shapes[] = {shape_3x3_s1, shape_3x3_s2_odd, shape_1x1};
@@ -370,15 +370,15 @@ static void test_conv2d_backward_to_overwrites_din_and_accumulates_parameters(vo
         backward(&c, c.din, c.dweight, c.dbias); /* from zero */
         float *din = tu_alloc(c.n_in), *dweight = tu_alloc(c.n_weight), *dbias = tu_alloc((size_t)s.Cout);
         for (size_t i = 0; i < c.n_in; i++)
-            din[i] = 1e30f; /* garbage that would dominate any sum */
-        ddpm_conv2d_backward_to(din, dweight, dbias, c.scratch, c.r, c.in, c.weight, s.B, s.Cin, s.H, s.W,
+            din[i] = NAN; /* never read with beta = 0: a read would spread the NaN */
+        ddpm_conv2d_backward(din, 0.0f, dweight, dbias, c.scratch, c.r, c.in, c.weight, s.B, s.Cin, s.H, s.W,
                                 s.Cout, s.K, s.S, s.P);
-        ddpm_conv2d_backward_to(din, dweight, dbias, c.scratch, c.r, c.in, c.weight, s.B, s.Cin, s.H, s.W,
+        ddpm_conv2d_backward(din, 0.0f, dweight, dbias, c.scratch, c.r, c.in, c.weight, s.B, s.Cin, s.H, s.W,
                                 s.Cout, s.K, s.S, s.P);
         assert_canary_intact(&c);
         for (size_t i = 0; i < c.n_in; i++)
             if (din[i] != c.din[i])
-                fail_msg("shape %d: din[%zu] = %g, want %g (as _backward into zeros)", k, i, (double)din[i],
+                fail_msg("shape %d: din[%zu] = %g, want %g (as beta = 1 into zeros)", k, i, (double)din[i],
                          (double)c.din[i]);
         /* twice from zero: 2g, up to one rounding of the float addition */
         for (size_t i = 0; i < c.n_weight; i++)
@@ -404,7 +404,7 @@ int main(void)
         cmocka_unit_test(test_conv2d_backward_matches_finite_differences_other_kernels),
         cmocka_unit_test(test_conv2d_backward_accumulates_into_gradients),
         cmocka_unit_test(test_conv2d_backward_null_gradients_are_skipped),
-        cmocka_unit_test(test_conv2d_backward_to_overwrites_din_and_accumulates_parameters),
+        cmocka_unit_test(test_conv2d_backward_beta0_overwrites_din_and_accumulates_parameters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -151,33 +151,33 @@ static void test_dropout_backward_matches_finite_differences_and_accumulates(voi
     tu_fill_uniform(c.x, N, 7, -1.0f, 1.0f);
     tu_fill_uniform(c.r, N, 8, -1.0f, 1.0f);
     drop_loss(&c);
-    ddpm_dropout_backward(din, c.r, c.mask, N);
+    ddpm_dropout_backward(din, 1.0f, c.r, c.mask, N);
     /* out = x * 4/3 (float): linear, so only rounding remains: x +- h and x * scale
      * each rounded (rel 6e-8, |out| < 1.4) give <~ 4e-7 / 2h = 1.3e-5 with h = 2^-6.
      * abs 3e-5 + rel 1e-5; a wrong mask or index is off by O(1). */
     assert_int_equal(tu_check_grad("dropout din", c.x, din, N, drop_loss, &c, 1.0f / 64, 3e-5, 1e-5), 0);
     for (size_t i = 0; i < N; i++)
         din2[i] = 1.0f - (float)(i % 3);
-    ddpm_dropout_backward(din2, c.r, c.mask, N);
+    ddpm_dropout_backward(din2, 1.0f, c.r, c.mask, N);
     for (size_t i = 0; i < N; i++) {
         float want = (1.0f - (float)(i % 3)) + din[i];
         assert_true(fabsf(din2[i] - want) <= 1e-6f * (1.0f + fabsf(want)));
     }
-    ddpm_dropout_backward(NULL, c.r, c.mask, N);
+    ddpm_dropout_backward(NULL, 1.0f, c.r, c.mask, N);
     free(c.x), free(c.out), free(c.mask), free(c.r), free(din), free(din2);
 }
 
-/* _backward_to overwrites din with exactly what _backward adds to zeros. */
-static void test_dropout_backward_to_overwrites(void **state)
+/* beta = 0 overwrites din with exactly what _backward adds to zeros. */
+static void test_dropout_backward_beta0_overwrites(void **state)
 {
     (void)state;
     enum { N = 301 };
     float x[N], out[N], mask[N], d[N], want[N] = {0}, got[N];
     for (int i = 0; i < N; i++)
-        x[i] = 1.0f, d[i] = (float)(i % 13) - 6.5f, got[i] = 1e30f;
+        x[i] = 1.0f, d[i] = (float)(i % 13) - 6.5f, got[i] = NAN;
     ddpm_dropout_forward(out, mask, x, 0.4f, N, 5, 0);
-    ddpm_dropout_backward(want, d, mask, N);
-    ddpm_dropout_backward_to(got, d, mask, N);
+    ddpm_dropout_backward(want, 1.0f, d, mask, N);
+    ddpm_dropout_backward(got, 0.0f, d, mask, N);
     for (int i = 0; i < N; i++)
         if (got[i] != want[i])
             fail_msg("din[%d] = %g, want %g", i, (double)got[i], (double)want[i]);
@@ -193,7 +193,7 @@ int main(void)
         cmocka_unit_test(test_dropout_p_zero_is_identity_with_unit_mask_in_place),
         cmocka_unit_test(test_dropout_in_place_equals_out_of_place),
         cmocka_unit_test(test_dropout_backward_matches_finite_differences_and_accumulates),
-        cmocka_unit_test(test_dropout_backward_to_overwrites),
+        cmocka_unit_test(test_dropout_backward_beta0_overwrites),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

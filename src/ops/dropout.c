@@ -41,20 +41,18 @@ void ddpm_dropout_forward(float *out, float *mask, const float *in, float p, siz
     }
 }
 
-void ddpm_dropout_backward(float *din, const float *dout, const float *mask, size_t n)
+/* din = beta din + dout mask; with beta = 0 din is never read. */
+void ddpm_dropout_backward(float *din, float beta, const float *dout, const float *mask, size_t n)
 {
     if (!din)
         return;
+    if (beta == 0.0f) {
 #pragma omp parallel for schedule(static) if (n > DROPOUT_PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++)
-        din[i] += dout[i] * mask[i];
-}
-
-void ddpm_dropout_backward_to(float *din, const float *dout, const float *mask, size_t n)
-{
-    if (!din)
-        return;
+        for (size_t i = 0; i < n; i++)
+            din[i] = dout[i] * mask[i];
+    } else {
 #pragma omp parallel for schedule(static) if (n > DROPOUT_PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++)
-        din[i] = dout[i] * mask[i];
+        for (size_t i = 0; i < n; i++)
+            din[i] = beta * din[i] + dout[i] * mask[i];
+    }
 }
