@@ -2,6 +2,7 @@
  * double, softmax stability, backward against central finite differences,
  * gradient accumulation, NULL gradients and the scratch size. */
 #include <math.h>
+#include <omp.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -332,6 +333,32 @@ static void test_attention_backward_beta0_overwrites(void **state)
     case_free(&c);
 }
 
+/* Forward and backward give the same bytes at 1 and 2 threads, at the default model's
+ * 14x14 attention with more images than lanes (README: results do not depend on the
+ * thread count). */
+static void test_attention_same_bytes_at_one_and_two_threads(void **state)
+{
+    (void)state;
+    attn_case c;
+    case_init(&c, 11, 8, 196, 61, 0);
+    float *h[2], *w[2], *dq[2], *dk[2], *dv[2];
+    for (int t = 0; t < 2; t++) {
+        omp_set_num_threads(t + 1);
+        h[t] = tu_alloc(c.n_x), w[t] = tu_alloc(c.n_w);
+        dq[t] = tu_alloc(c.n_x), dk[t] = tu_alloc(c.n_x), dv[t] = tu_alloc(c.n_x);
+        ddpm_attention_forward(h[t], w[t], c.q, c.k, c.v, c.B, c.C, c.N);
+        ddpm_attention_backward(dq[t], dk[t], dv[t], 0.0f, c.scratch, c.r, w[t], c.q, c.k, c.v, c.B, c.C, c.N);
+    }
+    assert_memory_equal(h[0], h[1], c.n_x * sizeof(float));
+    assert_memory_equal(w[0], w[1], c.n_w * sizeof(float));
+    assert_memory_equal(dq[0], dq[1], c.n_x * sizeof(float));
+    assert_memory_equal(dk[0], dk[1], c.n_x * sizeof(float));
+    assert_memory_equal(dv[0], dv[1], c.n_x * sizeof(float));
+    for (int t = 0; t < 2; t++)
+        free(h[t]), free(w[t]), free(dq[t]), free(dk[t]), free(dv[t]);
+    case_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -341,6 +368,7 @@ int main(void)
         cmocka_unit_test(test_attention_backward_accumulates_into_gradients),
         cmocka_unit_test(test_attention_backward_null_gradients_are_skipped),
         cmocka_unit_test(test_attention_backward_beta0_overwrites),
+        cmocka_unit_test(test_attention_same_bytes_at_one_and_two_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
