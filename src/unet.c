@@ -45,10 +45,22 @@ typedef struct {
     } p;
 } module;
 
-/* A tensor between modules: conv_in's output, then each module's output. */
+/* A tensor between modules: conv_in's output, then each module's output. It is
+ * written at step `producer` (the module's index, -1 for conv_in) and read last at
+ * step `last_use` (n_modules for the head): its lifetime in forward, and, in
+ * reverse, the lifetime of its gradient in backward. */
 typedef struct {
     int C, H, W;
+    int producer, last_use;
 } slot;
+
+/* Slots whose lifetimes do not overlap share a buffer: buffer[slot], and each
+ * buffer's size in floats per image. */
+typedef struct {
+    int n;
+    int *of_slot;
+    size_t *size;
+} buffer_plan;
 
 struct ddpm_unet_plan {
     int n_modules, n_slots;
@@ -57,19 +69,30 @@ struct ddpm_unet_plan {
     int emb; /* 4 ch */
     size_t p_temb0_w, p_temb0_b, p_temb2_w, p_temb2_b, p_conv_in_w, p_conv_in_b;
     size_t p_norm_out_w, p_norm_out_b, p_conv_out_w, p_conv_out_b;
-    size_t tmp_per_image; /* backward temporaries, floats per image */
+    size_t tmp_per_image;   /* backward temporaries, floats per image */
+    /* the slots by lifetime: their buffers in a forward-only workspace, and their
+     * gradients' buffers in a training one (the same lifetimes, run in reverse) */
+    buffer_plan by_lifetime;
 };
 
-/* What each block's forward keeps for its backward, [B, ...] each (B the batch). */
+/* Each block's activations, [B, ...] each (B the batch). In a training workspace
+ * the "kept" ones are the block's own memory, kept from forward to backward; the
+ * "transient" ones live in a scratch region that every block reuses, written by
+ * forward and written again by backward from what was kept (SiLU from the
+ * GroupNorm output, the dropout mask from its Philox counter, the concat and the
+ * upsample from their sources). In a forward-only workspace every buffer of a
+ * block is in the scratch region, and some alias (SiLU in place). */
 typedef struct {
-    float *xcat;               /* concat(h, skip) [B,cin,HW]; NULL without a skip input */
+    /* kept */
     float *a1, *mean1, *rstd1; /* GN1(x) [B,cin,HW] and its statistics [B,G] */
-    float *s1;                 /* SiLU(a1): conv1's input */
     float *tp;                 /* temb_proj(SiLU(temb)) [B,cout] */
     float *h1;                 /* conv1(s1) + tp [B,cout,HW] */
     float *a2, *mean2, *rstd2; /* GN2(h1) */
-    float *s2;                 /* SiLU(a2) */
-    float *mask, *d2;          /* dropout mask and Dropout(s2): conv2's input when dropout is on */
+    uint64_t dropout_counter;  /* the first Philox counter of this block's dropout mask */
+    /* transient */
+    float *xcat; /* concat(h, skip) [B,cin,HW]; NULL without a skip input */
+    float *s1;   /* SiLU(a1): conv1's input */
+    float *s2;   /* Dropout(SiLU(a2)): conv2's input; then the skip conv's output */
 } res_acts;
 
 typedef struct {
@@ -80,7 +103,7 @@ typedef struct {
 } attn_acts;
 
 typedef struct {
-    float *u; /* nearest 2x upsample of the input [B,C,2H,2W], the conv's input */
+    float *u; /* transient: nearest 2x upsample of the input [B,C,2H,2W], the conv's input */
 } up_acts;
 
 typedef union {
@@ -91,21 +114,22 @@ typedef union {
 
 struct ddpm_unet_workspace {
     int max_batch, training, dropout_applied;
-    float *arena;      /* every activation below */
-    float *grad_arena; /* every activation gradient below (training only) */
-    size_t grad_floats;
+    uint64_t dropout_seed;
+    float *arena;      /* the kept activations (training) or the slots (forward only) */
+    float *block;      /* the transient activations of one block at a time */
+    float *grad_arena; /* the activation gradients (training only) */
     float **h, **dh;   /* per slot: the activation and its gradient */
     module_acts *acts; /* per module */
     struct {
-        float *x;                     /* x_t [B,in_channels,S,S] */
+        float *x;                     /* x_t [B,in_channels,S,S], kept for conv_in's backward */
         float *emb;                   /* sinusoidal embedding [B,ch] */
         float *t1, *t1s;              /* Linear0(emb) and its SiLU [B,4ch] */
         float *temb, *temb_act;       /* Linear2(t1s) and its SiLU, read by every ResBlock */
         float *d_temb_act;            /* gradient of temb_act, summed over the ResBlocks */
     } time;
     struct {
-        float *a, *mean, *rstd; /* GN(h) */
-        float *s;               /* SiLU(a): conv_out's input */
+        float *a, *mean, *rstd; /* GN(h), kept */
+        float *s;               /* SiLU(a): conv_out's input, transient */
     } head;
     float *tmp, *conv_scratch, *attn_scratch;
     size_t bytes;
@@ -253,6 +277,8 @@ static int add_slot(builder *b, int C, int H, int W)
     }
     slot *s = &p->slots[p->n_slots];
     s->C = C, s->H = H, s->W = W;
+    s->producer = p->n_modules - 1; /* the module being built, or -1: conv_in */
+    s->last_use = -1;
     return p->n_slots++;
 }
 
@@ -310,8 +336,8 @@ static int build_res(builder *b, const char *prefix, int in_slot, int skip_slot,
         P->skip_w = add_param(b, prefix, "skip.weight", 4, cout, cin, 1, 1, DDPM_INIT_XAVIER);
         P->skip_b = add_param(b, prefix, "skip.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
     }
-    /* backward temporaries: dxcat, two of [cout], dh1, ds1, da1, dtp (+ forward's skip) */
-    tmp_need(b, round16(cin * HW) * 3 + round16(cout * HW) * 4 + round16((size_t)cout));
+    /* backward temporaries: dxcat, dd2 (then ds2, da2 in place), dh1, ds1 (then da1), dtp */
+    tmp_need(b, round16(cin * HW) * 2 + round16(cout * HW) * 2 + round16((size_t)cout));
     m->out_slot = add_slot(b, cout, H, W);
     return m->out_slot;
 }
@@ -356,12 +382,59 @@ static int build_resample(builder *b, const char *prefix, int in_slot, int up)
     m->p.resample.conv_w = add_param(b, conv, "weight", 4, in.C, in.C, 3, 3, DDPM_INIT_XAVIER);
     m->p.resample.conv_b = add_param(b, conv, "bias", 1, in.C, 0, 0, 0, DDPM_INIT_ZERO);
     if (up) {
-        tmp_need(b, round16((size_t)in.C * in.H * in.W * 4));
+        tmp_need(b, round16((size_t)in.C * in.H * in.W * 4)); /* du */
         m->out_slot = add_slot(b, in.C, in.H * 2, in.W * 2);
     } else {
         m->out_slot = add_slot(b, in.C, in.H / 2, in.W / 2);
     }
     return m->out_slot;
+}
+
+/* Greedy lifetime allocation over the steps -1 (conv_in) .. n_modules (the head): at
+ * step t, each slot written there takes a free buffer (the smallest that is large
+ * enough, else the largest, grown), then the slots read last at t free theirs. A
+ * slot never shares with one whose lifetime [producer, last_use] overlaps its own,
+ * which makes it right both for the activations in forward and for their
+ * gradients in backward (written first by the last reader, read last by the
+ * producer). 0, or -1 out of memory. */
+static int plan_buffers(const ddpm_unet_plan *p, buffer_plan *bp)
+{
+    bp->of_slot = malloc((size_t)p->n_slots * sizeof *bp->of_slot);
+    bp->size = calloc((size_t)p->n_slots, sizeof *bp->size);
+    int *busy = calloc((size_t)p->n_slots, sizeof *busy);
+    if (!bp->of_slot || !bp->size || !busy) {
+        free(busy);
+        return -1;
+    }
+    bp->n = 0;
+    for (int t = -1; t <= p->n_modules; t++) {
+        for (int s = 0; s < p->n_slots; s++) {
+            if (p->slots[s].producer != t)
+                continue;
+            const size_t need = (size_t)p->slots[s].C * p->slots[s].H * p->slots[s].W;
+            int pick = -1;
+            for (int k = 0; k < bp->n; k++) {
+                if (busy[k])
+                    continue;
+                if (pick < 0)
+                    pick = k;
+                else if (bp->size[k] >= need ? bp->size[pick] < need || bp->size[k] < bp->size[pick]
+                                             : bp->size[pick] < need && bp->size[k] > bp->size[pick])
+                    pick = k;
+            }
+            if (pick < 0)
+                pick = bp->n++;
+            if (bp->size[pick] < need)
+                bp->size[pick] = need;
+            busy[pick] = 1;
+            bp->of_slot[s] = pick;
+        }
+        for (int s = 0; s < p->n_slots; s++)
+            if (p->slots[s].last_use == t)
+                busy[bp->of_slot[s]] = 0;
+    }
+    free(busy);
+    return 0;
 }
 
 static int has_attn(const ddpm_unet_config *c, int res)
@@ -379,6 +452,8 @@ void ddpm_unet_free(ddpm_unet *net)
     if (net->plan) {
         free(net->plan->modules);
         free(net->plan->slots);
+        free(net->plan->by_lifetime.of_slot);
+        free(net->plan->by_lifetime.size);
         free(net->plan);
     }
     free(net->tensors);
@@ -461,6 +536,15 @@ int ddpm_unet_create(ddpm_unet **out, const ddpm_unet_config *cfg)
     p->p_conv_out_w = add_param(&b, "conv_out", "weight", 4, c->in_channels, c->ch, 3, 3, DDPM_INIT_ZERO);
     p->p_conv_out_b = add_param(&b, "conv_out", "bias", 1, c->in_channels, 0, 0, 0, DDPM_INIT_ZERO);
     tmp_need(&b, round16(c->ch * (size_t)S * S) * 2);
+    if (!b.err && sp == 0) {
+        for (int i = 0; i < p->n_modules; i++) {
+            p->slots[p->modules[i].in_slot].last_use = i;
+            if (p->modules[i].skip_slot >= 0)
+                p->slots[p->modules[i].skip_slot].last_use = i;
+        }
+        p->slots[p->n_slots - 1].last_use = p->n_modules; /* the head */
+        b.err = plan_buffers(p, &p->by_lifetime);
+    }
     if (b.err || sp != 0) {
         ddpm_unet_free(net);
         return b.err ? ddpm_error(DDPM_ENOMEM, "out of memory building the U-Net")
@@ -565,6 +649,8 @@ static size_t conv_scratch_need(const ddpm_unet *net, int B)
     return need;
 }
 
+/* Uninitialised memory: every buffer is written before it is read, so a page that
+ * the run never uses is never touched (no memset of whole arenas). */
 static float *alloc_floats(size_t n, size_t *bytes)
 {
     float *p = NULL;
@@ -574,7 +660,6 @@ static float *alloc_floats(size_t n, size_t *bytes)
         ddpm_error(DDPM_ENOMEM, "out of memory allocating %zu MB of activations", sz >> 20);
         return NULL;
     }
-    memset(p, 0, sz); /* touch the pages now, not in the first step */
     *bytes += sz;
     return p;
 }
@@ -584,81 +669,93 @@ static float *alloc_floats(size_t n, size_t *bytes)
  * buffer holds its images contiguously, so a batch B <= max_batch is its prefix. */
 typedef struct {
     float *base;
-    size_t used, batch;
+    size_t used, batch, peak;
 } layout;
 
 static float *take(layout *L, size_t per_image)
 {
     size_t off = L->used;
     L->used += round16(per_image) * L->batch;
+    if (L->used > L->peak)
+        L->peak = L->used;
     return L->base ? L->base + off : NULL;
 }
 
-/* Every activation (into L) and activation gradient (into G, NULL for forward only). */
-static void lay_out(ddpm_unet_workspace *ws, const ddpm_unet *net, layout *L, layout *G)
+/* The arenas of a workspace: K the kept activations (training) or the slots
+ * (forward only), T the transient region that each block reuses from its start,
+ * G the slot gradients (training). */
+static void lay_out(ddpm_unet_workspace *ws, const ddpm_unet *net, layout *K, layout *T, layout *G)
 {
     const ddpm_unet_plan *p = net->plan;
     const ddpm_unet_config *c = &net->cfg;
     const size_t S2 = (size_t)c->image_size * c->image_size, E = (size_t)p->emb, groups = (size_t)c->groups;
-    const int dropout = ws->training && c->dropout > 0;
-    ws->time.x = take(L, c->in_channels * S2);
-    ws->time.emb = take(L, (size_t)c->ch);
-    ws->time.t1 = take(L, E);
-    ws->time.t1s = take(L, E);
-    ws->time.temb = take(L, E);
-    ws->time.temb_act = take(L, E);
-    for (int s = 0; s < p->n_slots; s++)
-        ws->h[s] = take(L, (size_t)p->slots[s].C * p->slots[s].H * p->slots[s].W);
+    const int training = ws->training;
+    /* a kept buffer in training, a transient one in forward only */
+    layout *KT = training ? K : T;
+    ws->time.x = training ? take(K, c->in_channels * S2) : NULL;
+    ws->time.emb = take(K, (size_t)c->ch);
+    ws->time.t1 = take(K, E);
+    ws->time.t1s = take(K, E);
+    ws->time.temb = take(K, E);
+    ws->time.temb_act = take(K, E);
+    if (training) {
+        for (int s = 0; s < p->n_slots; s++)
+            ws->h[s] = take(K, (size_t)p->slots[s].C * p->slots[s].H * p->slots[s].W);
+        ws->time.d_temb_act = take(G, E);
+    }
+    /* the slots (forward only) or their gradients (training) by lifetime */
+    for (int k = 0; k < p->by_lifetime.n; k++) {
+        float *buf = take(training ? G : K, p->by_lifetime.size[k]);
+        for (int s = 0; s < p->n_slots; s++)
+            if (p->by_lifetime.of_slot[s] == k)
+                *(training ? &ws->dh[s] : &ws->h[s]) = buf;
+    }
     for (int i = 0; i < p->n_modules; i++) {
         const module *m = &p->modules[i];
-        const size_t HW = (size_t)m->H * m->W;
+        const size_t HW = (size_t)m->H * m->W, cin = (size_t)m->cin, cout = (size_t)m->cout;
         module_acts *a = &ws->acts[i];
+        T->used = 0; /* every block's transient buffers start over */
         switch (m->kind) {
         case M_RES: {
             res_acts *r = &a->res;
-            r->xcat = m->skip_slot >= 0 ? take(L, m->cin * HW) : NULL;
-            r->a1 = take(L, m->cin * HW);
-            r->mean1 = take(L, groups);
-            r->rstd1 = take(L, groups);
-            r->s1 = take(L, m->cin * HW);
-            r->tp = take(L, (size_t)m->cout);
-            r->h1 = take(L, m->cout * HW);
-            r->a2 = take(L, m->cout * HW);
-            r->mean2 = take(L, groups);
-            r->rstd2 = take(L, groups);
-            r->s2 = take(L, m->cout * HW);
-            r->mask = dropout ? take(L, m->cout * HW) : NULL;
-            r->d2 = dropout ? take(L, m->cout * HW) : NULL;
+            r->xcat = m->skip_slot >= 0 ? take(T, cin * HW) : NULL;
+            /* forward only: a1 (= s1), then a2 (= s2, then the skip output) share a buffer */
+            r->a1 = take(KT, (training ? cin : (cin > cout ? cin : cout)) * HW);
+            r->mean1 = take(KT, groups);
+            r->rstd1 = take(KT, groups);
+            r->tp = take(KT, cout);
+            r->h1 = take(KT, cout * HW);
+            r->a2 = training ? take(K, cout * HW) : r->a1;
+            r->mean2 = take(KT, groups);
+            r->rstd2 = take(KT, groups);
+            r->s1 = training ? take(T, cin * HW) : r->a1;
+            r->s2 = training ? take(T, cout * HW) : r->a2;
             break;
         }
         case M_ATTN: {
             attn_acts *t = &a->attn;
-            t->a = take(L, m->cin * HW);
-            t->mean = take(L, groups);
-            t->rstd = take(L, groups);
-            t->q = take(L, m->cin * HW);
-            t->k = take(L, m->cin * HW);
-            t->v = take(L, m->cin * HW);
-            t->w = take(L, HW * HW);
-            t->h = take(L, m->cin * HW);
+            t->a = take(KT, cin * HW);
+            t->mean = take(KT, groups);
+            t->rstd = take(KT, groups);
+            t->q = take(KT, cin * HW);
+            t->k = take(KT, cin * HW);
+            t->v = take(KT, cin * HW);
+            t->w = take(KT, HW * HW);
+            t->h = take(KT, cin * HW);
             break;
         }
         case M_UP:
-            a->up.u = take(L, m->cin * HW * 4);
+            a->up.u = take(T, cin * HW * 4);
             break;
         case M_DOWN:
             break;
         }
     }
-    ws->head.a = take(L, c->ch * S2);
-    ws->head.mean = take(L, groups);
-    ws->head.rstd = take(L, groups);
-    ws->head.s = take(L, c->ch * S2);
-    if (!G)
-        return;
-    ws->time.d_temb_act = take(G, E);
-    for (int s = 0; s < p->n_slots; s++)
-        ws->dh[s] = take(G, (size_t)p->slots[s].C * p->slots[s].H * p->slots[s].W);
+    T->used = 0;
+    ws->head.a = take(KT, c->ch * S2);
+    ws->head.mean = take(KT, groups);
+    ws->head.rstd = take(KT, groups);
+    ws->head.s = training ? take(T, c->ch * S2) : ws->head.a;
 }
 
 void ddpm_unet_workspace_free(ddpm_unet_workspace *ws)
@@ -666,6 +763,7 @@ void ddpm_unet_workspace_free(ddpm_unet_workspace *ws)
     if (!ws)
         return;
     free(ws->arena);
+    free(ws->block);
     free(ws->grad_arena);
     free(ws->h);
     free(ws->dh);
@@ -700,21 +798,19 @@ int ddpm_unet_workspace_create(ddpm_unet_workspace **out, const ddpm_unet *net, 
         ddpm_unet_workspace_free(ws);
         return DDPM_ENOMEM;
     }
-    layout L = {NULL, 0, B}, G = {NULL, 0, B};
-    lay_out(ws, net, &L, training ? &G : NULL);
-    ws->arena = alloc_floats(L.used, &ws->bytes);
-    ws->grad_arena = ws->arena && training ? alloc_floats(G.used, &ws->bytes) : NULL;
-    ws->tmp = ws->arena ? alloc_floats(p->tmp_per_image * B, &ws->bytes) : NULL;
-    ws->conv_scratch = ws->tmp ? alloc_floats(conv_scratch_need(net, max_batch), &ws->bytes) : NULL;
-    ws->attn_scratch = ws->conv_scratch ? alloc_floats(training ? ddpm_attention_scratch_floats(max_n) : 1, &ws->bytes) : NULL;
-    if (!ws->attn_scratch || (training && !ws->grad_arena)) {
+    layout K = {NULL, 0, B, 0}, T = {NULL, 0, B, 0}, G = {NULL, 0, B, 0};
+    lay_out(ws, net, &K, &T, &G);
+    int ok = (ws->arena = alloc_floats(K.peak, &ws->bytes)) && (ws->block = alloc_floats(T.peak, &ws->bytes)) &&
+             (!training || (ws->grad_arena = alloc_floats(G.peak, &ws->bytes))) &&
+             (!training || (ws->tmp = alloc_floats(p->tmp_per_image * B, &ws->bytes))) &&
+             (ws->conv_scratch = alloc_floats(conv_scratch_need(net, max_batch), &ws->bytes)) &&
+             (!training || (ws->attn_scratch = alloc_floats(ddpm_attention_scratch_floats(max_n), &ws->bytes)));
+    if (!ok) {
         ddpm_unet_workspace_free(ws);
         return DDPM_ENOMEM;
     }
-    ws->grad_floats = G.used;
-    L.base = ws->arena, L.used = 0;
-    G.base = ws->grad_arena, G.used = 0;
-    lay_out(ws, net, &L, training ? &G : NULL);
+    K = (layout){ws->arena, 0, B, 0}, T = (layout){ws->block, 0, B, 0}, G = (layout){ws->grad_arena, 0, B, 0};
+    lay_out(ws, net, &K, &T, &G);
     *out = ws;
     return DDPM_OK;
 }
@@ -804,19 +900,17 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
          ddpm_groupnorm_forward(A->a2, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b), B, cout, HW,
                                 G, GN_EPS));
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s2, A->a2, n_out));
-    const float *d2 = A->s2;
     if (ws->dropout_applied) {
+        A->dropout_counter = dropout_rng->counter;
         PROF(0, DDPM_PROF_ELEMENTWISE,
-             ddpm_dropout_forward(A->d2, A->mask, A->s2, net->cfg.dropout, n_out, dropout_rng->seed,
-                                  dropout_rng->counter));
+             ddpm_dropout_forward(A->s2, A->s2, net->cfg.dropout, n_out, ws->dropout_seed, A->dropout_counter));
         dropout_rng->counter += (n_out + 3) / 4;
-        d2 = A->d2;
     }
     PROF(0, DDPM_PROF_CONV,
-         ddpm_conv2d_forward(out, ws->conv_scratch, d2, PARAM(P->conv2_w), PARAM(P->conv2_b), B, cout, H, W, cout, 3,
-                             1, 1));
+         ddpm_conv2d_forward(out, ws->conv_scratch, A->s2, PARAM(P->conv2_w), PARAM(P->conv2_b), B, cout, H, W, cout,
+                             3, 1, 1));
     if (m->has_skip_conv) {
-        float *sk = ws->tmp;
+        float *sk = A->s2; /* conv2 has read it */
         PROF(0, DDPM_PROF_CONV,
              ddpm_conv2d_forward(sk, ws->conv_scratch, x, PARAM(P->skip_w), PARAM(P->skip_b), B, cin, H, W, cout, 1,
                                  1, 0));
@@ -880,6 +974,7 @@ void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_work
     const ddpm_unet_config *c = &net->cfg;
     const int S = c->image_size, HW = S * S, E = p->emb;
     ws->dropout_applied = ws->training && dropout_rng && c->dropout > 0;
+    ws->dropout_seed = dropout_rng ? dropout_rng->seed : 0;
 
     /* temb = Linear2(SiLU(Linear0(embedding(t)))); every ResBlock reads SiLU(temb) */
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_timestep_embedding(ws->time.emb, t, B, c->ch));
@@ -891,9 +986,13 @@ void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_work
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->time.temb_act, ws->time.temb, (size_t)B * E));
 
     /* h = conv_in(x_t), then the down path, the middle and the up path */
-    memcpy(ws->time.x, x_t, (size_t)B * c->in_channels * HW * sizeof(float));
+    const float *x = x_t;
+    if (ws->time.x) { /* training: kept for conv_in's backward */
+        memcpy(ws->time.x, x_t, (size_t)B * c->in_channels * HW * sizeof(float));
+        x = ws->time.x;
+    }
     PROF(0, DDPM_PROF_CONV,
-         ddpm_conv2d_forward(ws->h[0], ws->conv_scratch, ws->time.x, PARAM(p->p_conv_in_w), PARAM(p->p_conv_in_b), B,
+         ddpm_conv2d_forward(ws->h[0], ws->conv_scratch, x, PARAM(p->p_conv_in_w), PARAM(p->p_conv_in_b), B,
                              c->in_channels, S, S, c->ch, 3, 1, 1));
     for (int i = 0; i < p->n_modules; i++) {
         switch (p->modules[i].kind) {
@@ -925,14 +1024,17 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
     const int G = net->cfg.groups, H = m->H, W = m->W, HW = H * W, cin = m->cin, cout = m->cout;
     const size_t n_in = (size_t)B * cin * HW, n_out = (size_t)B * cout * HW;
     float *cursor = ws->tmp;
-    float *d_xcat = carve(ws, &cursor, (size_t)cin * HW);
-    float *t_a = carve(ws, &cursor, (size_t)cout * HW), *t_b = carve(ws, &cursor, (size_t)cout * HW);
-    float *dh1 = carve(ws, &cursor, (size_t)cout * HW);
-    float *ds1 = carve(ws, &cursor, (size_t)cin * HW), *da1 = carve(ws, &cursor, (size_t)cin * HW);
+    float *d_xcat = carve(ws, &cursor, (size_t)cin * HW), *dd2 = carve(ws, &cursor, (size_t)cout * HW);
+    float *dh1 = carve(ws, &cursor, (size_t)cout * HW), *ds1 = carve(ws, &cursor, (size_t)cin * HW);
     float *dtp = carve(ws, &cursor, (size_t)cout);
 
     const float *dout = ws->dh[m->out_slot];
-    const float *x = A->xcat ? A->xcat : ws->h[m->in_slot];
+    const float *x = ws->h[m->in_slot];
+    if (A->xcat) { /* the concat again, from the two slots it copies */
+        const int Ca = net->plan->slots[m->in_slot].C;
+        PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_concat_forward(A->xcat, x, ws->h[m->skip_slot], B, Ca, cin - Ca, HW));
+        x = A->xcat;
+    }
     /* with a concat in front, dx is a temporary that the first write overwrites */
     float *dx = A->xcat ? d_xcat : ws->dh[m->in_slot];
     const float dx_beta = A->xcat ? 0.0f : 1.0f;
@@ -945,32 +1047,35 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
         PROF(1, DDPM_PROF_ELEMENTWISE, memcpy(dx, dout, n_out * sizeof *dx));
     else
         PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(dx, dx, dout, n_out));
-    float *dd2 = t_a;
+    /* conv2's input again: Dropout(SiLU(a2)), the mask drawn from the same counter */
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s2, A->a2, n_out));
+    if (ws->dropout_applied)
+        PROF(1, DDPM_PROF_ELEMENTWISE,
+             ddpm_dropout_forward(A->s2, A->s2, net->cfg.dropout, n_out, ws->dropout_seed, A->dropout_counter));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(dd2, 0.0f, GRAD(P->conv2_w), GRAD(P->conv2_b), ws->conv_scratch, dout,
-                              ws->dropout_applied ? A->d2 : A->s2, PARAM(P->conv2_w), B, cout, H, W, cout, 3, 1, 1));
-    float *ds2 = dd2, *spare = t_b;
-    if (ws->dropout_applied) {
-        PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_dropout_backward(spare, 0.0f, dd2, A->mask, n_out));
-        ds2 = spare;
-        spare = dd2;
-    }
-    float *da2 = spare;
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(da2, 0.0f, ds2, A->a2, n_out));
+         ddpm_conv2d_backward(dd2, 0.0f, GRAD(P->conv2_w), GRAD(P->conv2_b), ws->conv_scratch, dout, A->s2,
+                              PARAM(P->conv2_w), B, cout, H, W, cout, 3, 1, 1));
+    /* dd2 -> ds2 -> da2, in place */
+    if (ws->dropout_applied)
+        PROF(1, DDPM_PROF_ELEMENTWISE,
+             ddpm_dropout_backward(dd2, 0.0f, dd2, net->cfg.dropout, n_out, ws->dropout_seed, A->dropout_counter));
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(dd2, 0.0f, dd2, A->a2, n_out));
     PROF(1, DDPM_PROF_NORM,
-         ddpm_groupnorm_backward(dh1, 0.0f, GRAD(P->norm2_w), GRAD(P->norm2_b), da2, A->h1, A->mean2, A->rstd2,
+         ddpm_groupnorm_backward(dh1, 0.0f, GRAD(P->norm2_w), GRAD(P->norm2_b), dd2, A->h1, A->mean2, A->rstd2,
                                  PARAM(P->norm2_w), B, cout, HW, G));
     zero(ws, dtp, (size_t)B * cout);
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_channel_backward(dtp, dh1, B, cout, HW));
     PROF(1, DDPM_PROF_LINEAR,
          ddpm_linear_backward(ws->time.d_temb_act, GRAD(P->temb_w), GRAD(P->temb_b), dtp, ws->time.temb_act,
                               PARAM(P->temb_w), B, net->plan->emb, cout));
+    /* conv1's input again: SiLU(a1) */
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s1, A->a1, n_in));
     PROF(1, DDPM_PROF_CONV,
          ddpm_conv2d_backward(ds1, 0.0f, GRAD(P->conv1_w), GRAD(P->conv1_b), ws->conv_scratch, dh1, A->s1,
                               PARAM(P->conv1_w), B, cin, H, W, cout, 3, 1, 1));
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(da1, 0.0f, ds1, A->a1, n_in));
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(ds1, 0.0f, ds1, A->a1, n_in)); /* ds1 -> da1 */
     PROF(1, DDPM_PROF_NORM,
-         ddpm_groupnorm_backward(dx, 1.0f, GRAD(P->norm1_w), GRAD(P->norm1_b), da1, x, A->mean1, A->rstd1,
+         ddpm_groupnorm_backward(dx, 1.0f, GRAD(P->norm1_w), GRAD(P->norm1_b), ds1, x, A->mean1, A->rstd1,
                                  PARAM(P->norm1_w), B, cin, HW, G));
     if (A->xcat) {
         const int Ca = net->plan->slots[m->in_slot].C;
@@ -1029,11 +1134,22 @@ static void up_backward(const ddpm_unet *net, const float *params, float *grads,
 {
     const module *m = &net->plan->modules[i];
     const resample_params *P = &m->p.resample;
-    float *du = ws->tmp;
+    float *du = ws->tmp, *u = ws->acts[i].up.u;
+    /* the conv's input again: the upsample of the kept input slot */
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_upsample_forward(u, ws->h[m->in_slot], B, m->cin, m->H, m->W));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(du, 0.0f, GRAD(P->conv_w), GRAD(P->conv_b), ws->conv_scratch, ws->dh[m->out_slot],
-                              ws->acts[i].up.u, PARAM(P->conv_w), B, m->cin, 2 * m->H, 2 * m->W, m->cin, 3, 1, 1));
+         ddpm_conv2d_backward(du, 0.0f, GRAD(P->conv_w), GRAD(P->conv_b), ws->conv_scratch, ws->dh[m->out_slot], u,
+                              PARAM(P->conv_w), B, m->cin, 2 * m->H, 2 * m->W, m->cin, 3, 1, 1));
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_upsample_backward(ws->dh[m->in_slot], du, B, m->cin, m->H, m->W));
+}
+
+/* Clears the gradients of the slots whose last reader in forward is step t. */
+static void zero_gradients_first_written_at(const ddpm_unet *net, ddpm_unet_workspace *ws, int t, int B)
+{
+    const ddpm_unet_plan *p = net->plan;
+    for (int s = 0; s < p->n_slots; s++)
+        if (p->slots[s].last_use == t)
+            zero(ws, ws->dh[s], (size_t)B * p->slots[s].C * p->slots[s].H * p->slots[s].W);
 }
 
 void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
@@ -1044,13 +1160,16 @@ void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
     const int S = c->image_size, HW = S * S, E = p->emb;
     if (!ws->training)
         return;
-    /* every activation gradient accumulates from its consumers: clear them once */
-    zero(ws, ws->grad_arena, ws->grad_floats);
+    /* every activation gradient accumulates from its consumers: each is cleared when
+     * its lifetime starts, before its last reader in forward (the first in backward) */
+    zero(ws, ws->time.d_temb_act, (size_t)B * E);
+    zero_gradients_first_written_at(net, ws, p->n_modules, B);
 
     /* eps_pred = conv_out(SiLU(GN(h))) */
     const size_t n_head = (size_t)B * c->ch * HW;
     float *cursor = ws->tmp;
     float *ds = carve(ws, &cursor, (size_t)c->ch * HW), *da = carve(ws, &cursor, (size_t)c->ch * HW);
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->head.s, ws->head.a, n_head)); /* conv_out's input again */
     PROF(1, DDPM_PROF_CONV,
          ddpm_conv2d_backward(ds, 0.0f, GRAD(p->p_conv_out_w), GRAD(p->p_conv_out_b), ws->conv_scratch, d_eps_pred,
                               ws->head.s, PARAM(p->p_conv_out_w), B, c->ch, S, S, c->in_channels, 3, 1, 1));
@@ -1060,6 +1179,7 @@ void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
                                  ws->h[p->n_slots - 1], ws->head.mean, ws->head.rstd, PARAM(p->p_norm_out_w), B, c->ch,
                                  HW, c->groups));
     for (int i = p->n_modules - 1; i >= 0; i--) {
+        zero_gradients_first_written_at(net, ws, i, B);
         switch (p->modules[i].kind) {
         case M_RES: res_backward(net, params, grads, ws, i, B); break;
         case M_ATTN: attn_backward(net, params, grads, ws, i, B); break;

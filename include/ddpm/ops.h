@@ -40,7 +40,7 @@ void ddpm_linear_forward(float *out, const float *in, const float *weight, const
 void ddpm_linear_backward(float *din, float *dweight, float *dbias, const float *dout,
                           const float *in, const float *weight, int B, int In, int Out);
 
-/* ---- SiLU (src/ops/silu.c): out = x * sigmoid(x); out may equal in. --------- */
+/* ---- SiLU (src/ops/silu.c): out = x * sigmoid(x); out may equal in, din dout. */
 void ddpm_silu_forward(float *out, const float *in, size_t n);
 void ddpm_silu_backward(float *din, float beta, const float *dout, const float *in, size_t n);
 
@@ -74,12 +74,15 @@ void ddpm_add_channel_backward(float *dv, const float *dout, int B, int C, int H
 void ddpm_add_forward(float *out, const float *a, const float *b, size_t n);
 
 /* ---- dropout (src/ops/dropout.c) ---------------------------------------------
- * Inverted dropout: mask[i] = 0 with probability p, else 1/(1-p); out = in * mask.
- * The mask is drawn from (seed, stream DDPM_STREAM_DROPOUT, counter) so that it is
- * the same for any thread count; p == 0 gives an all-ones mask. out may equal in. */
-void ddpm_dropout_forward(float *out, float *mask, const float *in, float p, size_t n,
-                          uint64_t seed, uint64_t counter);
-void ddpm_dropout_backward(float *din, float beta, const float *dout, const float *mask, size_t n);
+ * Inverted dropout: out = in * mask, mask[i] = 0 with probability p, else 1/(1-p).
+ * The mask is a pure function of (seed, stream DDPM_STREAM_DROPOUT, counter, i), the
+ * same for any thread count, and is never stored: backward draws it again from the
+ * same (p, seed, counter). A call uses the counters [counter, counter + ceil(n/4)).
+ * p == 0 is the identity. out may equal in, din may equal dout. */
+void ddpm_dropout_forward(float *out, const float *in, float p, size_t n, uint64_t seed,
+                          uint64_t counter);
+void ddpm_dropout_backward(float *din, float beta, const float *dout, float p, size_t n,
+                           uint64_t seed, uint64_t counter);
 
 /* ---- sinusoidal timestep embedding (src/ops/embedding.c), forward only -------
  * out [B,dim], dim even, half = dim/2, freq_i = exp(-ln(10000) * i/(half-1)),
