@@ -16,6 +16,7 @@
 #include "ddpm/error.h"
 #include "ddpm/imageio.h"
 #include "ddpm/safetensors.h"
+#include "ddpm/run.h"
 #include "ddpm/train.h"
 #include "testutil.h"
 
@@ -285,16 +286,15 @@ static void make_data_folder(const char *dir)
     }
 }
 
-static void run_options(ddpm_train_options *o, const char *data, const char *out, long steps)
+static void run_options(ddpm_run_options *o, const char *data, const char *out, long steps)
 {
-    ddpm_train_options_default(o);
+    ddpm_run_options_default(o);
     tiny_run_config(&o->cfg);
     o->cfg.model.image_size = 0; /* from the data */
     o->cfg.model.in_channels = 0;
     o->data_dir = data;
     o->out_dir = out;
     o->steps = steps;
-    o->quiet = 1;
     o->log_every = 1;
     o->save_every = 0;
     o->preview_n = 4;
@@ -324,22 +324,22 @@ static void test_resumed_run_equals_uninterrupted_run(void **state)
     snprintf(whole, sizeof whole, "%s/whole", tmpdir);
     snprintf(split, sizeof split, "%s/split", tmpdir);
     make_data_folder(data);
-    ddpm_train_options o;
+    ddpm_run_options o;
     /* 7 steps of batch 4 over 10 images cross two epoch boundaries */
     run_options(&o, data, whole, 7);
-    assert_int_equal(ddpm_train_run(&o), 0);
+    assert_int_equal(ddpm_run(&o, NULL, NULL), 0);
     run_options(&o, data, split, 3);
-    assert_int_equal(ddpm_train_run(&o), 0);
+    assert_int_equal(ddpm_run(&o, NULL, NULL), 0);
     /* a second fresh run into the same folder is refused and changes nothing */
     char ckpt[600];
     snprintf(ckpt, sizeof ckpt, "%s/%s", split, DDPM_CHECKPOINT_FILE);
     long size_before = file_size(ckpt);
     run_options(&o, data, split, 7);
-    assert_true(ddpm_train_run(&o) < 0);
+    assert_true(ddpm_run(&o, NULL, NULL) < 0);
     assert_non_null(strstr(ddpm_last_error(), "--resume"));
     assert_int_equal(file_size(ckpt), size_before);
     o.resume = 1;
-    assert_int_equal(ddpm_train_run(&o), 0);
+    assert_int_equal(ddpm_run(&o, NULL, NULL), 0);
     const char *prefixes[] = {"", "ema.", "adam_m.", "adam_v."};
     for (int k = 0; k < 4; k++) {
         float *a, *b;
@@ -385,9 +385,9 @@ static void test_empty_data_folder_is_an_error_naming_it(void **state)
     snprintf(data, sizeof data, "%s/empty", tmpdir);
     snprintf(out, sizeof out, "%s/run_empty", tmpdir);
     assert_int_equal(mkdir(data, 0777), 0);
-    ddpm_train_options o;
+    ddpm_run_options o;
     run_options(&o, data, out, 3);
-    assert_true(ddpm_train_run(&o) < 0);
+    assert_true(ddpm_run(&o, NULL, NULL) < 0);
     assert_non_null(strstr(ddpm_last_error(), data));
     assert_int_equal(file_size(out), -1); /* no run folder was made */
 }

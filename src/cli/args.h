@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "ddpm/checkpoint.h"
+#include "ddpm/config.h"
 
 int arg_int(const char *flag, const char *value, long lo, long hi, int *out);
 int arg_long(const char *flag, const char *value, long lo, long hi, long *out);
