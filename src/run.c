@@ -124,6 +124,21 @@ static int session_save(run_session *r)
     return ddpm_trainer_save(r->tr, r->ckpt_path);
 }
 
+/* One log.jsonl line (the file's format: docs/design.md, Files on disk). The
+ * line is built first, so that the library's only stdio output calls are
+ * writes to files. */
+static int log_line(run_session *r, const ddpm_run_progress *p, double elapsed_seconds)
+{
+    char line[512];
+    int n = snprintf(line, sizeof line,
+                     "{\"step\":%ld,\"loss\":%.6g,\"lr\":%.6g,\"grad_norm\":%.6g,\"images_per_sec\":%.2f,"
+                     "\"epoch\":%.4f,\"elapsed\":%.2f}\n",
+                     p->step, p->loss, p->lr, p->grad_norm, p->images_per_sec, p->epoch, elapsed_seconds);
+    if (n < 0 || (size_t)n >= sizeof line || fwrite(line, 1, (size_t)n, r->log) != (size_t)n || fflush(r->log))
+        return ddpm_error(DDPM_EIO, "%s: cannot write: %s", r->log_path, strerror(errno));
+    return DDPM_OK;
+}
+
 /* A DDIM grid from the EMA weights, with the same noise every time so that
  * previews of one run are comparable. Uses the training workspace. */
 static int session_preview(run_session *r, char *path, size_t size)
@@ -195,11 +210,8 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
                                    .grad_norm = st.grad_norm, .images_per_sec = imgs_since / (t - t_last),
                                    .epoch = (double)step * B / count, .session_seconds = t - t_start,
                                    .eta_seconds = -1};
-            fprintf(r.log,
-                    "{\"step\":%ld,\"loss\":%.6g,\"lr\":%.6g,\"grad_norm\":%.6g,\"images_per_sec\":%.2f,"
-                    "\"epoch\":%.4f,\"elapsed\":%.2f}\n",
-                    step, p.loss, p.lr, p.grad_norm, p.images_per_sec, p.epoch, tr->state.elapsed_seconds);
-            fflush(r.log);
+            if ((rc = log_line(&r, &p, tr->state.elapsed_seconds)))
+                break;
             if (stop_step)
                 p.eta_seconds = (stop_step - step) * B / p.images_per_sec;
             if (o->minutes > 0) {

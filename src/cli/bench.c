@@ -58,7 +58,7 @@ static void usage(FILE *f)
 "                       K = Cin*9; OpenBLAS's own threads); medians of %d\n"
 "                       repetitions of about --seconds/100 s each\n"
 "  --json               print one JSON object on stdout instead of text\n"
-"model (as ddpm train; DESIGN.md section 2):\n"
+"model (as ddpm train; docs/design.md, The network):\n"
 "  --size S             image side in pixels (default 28)\n"
 "  --channels C         1 or 3 (default 1)\n"
 "  --ch N               base channels (default 32)\n"
