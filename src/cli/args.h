@@ -18,6 +18,14 @@ int arg_u64(const char *flag, const char *value, uint64_t *out);
  * `value` of flag `name` into cfg. Returns 0, -1 after printing the problem, or
  * 1 when `name` is not one of these flags. */
 int arg_model_flag(const char *name, const char *value, ddpm_run_config *cfg);
+/* The getopt_long entries of those flags, each returning `val` (the caller then
+ * passes longopts[longindex].name to arg_model_flag). */
+#define ARG_MODEL_LONGOPTS(val)                                                                       \
+    {"size", required_argument, 0, (val)}, {"channels", required_argument, 0, (val)},                 \
+        {"ch", required_argument, 0, (val)}, {"ch-mult", required_argument, 0, (val)},                \
+        {"res-blocks", required_argument, 0, (val)}, {"attn", required_argument, 0, (val)},           \
+        {"groups", required_argument, 0, (val)}, {"dropout", required_argument, 0, (val)},            \
+        {"timesteps", required_argument, 0, (val)}
 /* The checkpoint a RUN_DIR|CHECKPOINT argument names: RUN_DIR/checkpoint.safetensors
  * when arg is a folder, else arg itself. */
 void cli_checkpoint_path(char *out, size_t size, const char *arg);

@@ -370,8 +370,7 @@ static cJSON *profile_json(const profile *pr, int with_backward)
 }
 
 enum {
-    O_BATCH = 256, O_THREADS, O_SECONDS, O_PROFILE, O_OPS, O_JSON, O_HELP, O_SIZE, O_CHANNELS, O_CH, O_CH_MULT,
-    O_RES_BLOCKS, O_ATTN, O_GROUPS, O_DROPOUT, O_TIMESTEPS,
+    O_BATCH = 256, O_THREADS, O_SECONDS, O_PROFILE, O_OPS, O_JSON, O_HELP, O_MODEL,
 };
 
 int cmd_bench(int argc, char **argv)
@@ -381,11 +380,7 @@ int cmd_bench(int argc, char **argv)
         {"seconds", required_argument, 0, O_SECONDS}, {"profile", no_argument, 0, O_PROFILE},
         {"ops", no_argument, 0, O_OPS},
         {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
-        {"size", required_argument, 0, O_SIZE}, {"channels", required_argument, 0, O_CHANNELS},
-        {"ch", required_argument, 0, O_CH}, {"ch-mult", required_argument, 0, O_CH_MULT},
-        {"res-blocks", required_argument, 0, O_RES_BLOCKS}, {"attn", required_argument, 0, O_ATTN},
-        {"groups", required_argument, 0, O_GROUPS}, {"dropout", required_argument, 0, O_DROPOUT},
-        {"timesteps", required_argument, 0, O_TIMESTEPS}, {0, 0, 0, 0},
+        ARG_MODEL_LONGOPTS(O_MODEL), {0, 0, 0, 0},
     };
     ddpm_run_config cfg;
     ddpm_run_config_default(&cfg);
@@ -404,8 +399,7 @@ int cmd_bench(int argc, char **argv)
         case O_PROFILE: do_profile = 1; break;
         case O_OPS: do_ops = 1; break;
         case O_JSON: json = 1; break;
-        case O_SIZE: case O_CHANNELS: case O_CH: case O_CH_MULT: case O_RES_BLOCKS: case O_ATTN:
-        case O_GROUPS: case O_DROPOUT: case O_TIMESTEPS:
+        case O_MODEL:
             bad |= arg_model_flag(longopts[longindex].name, optarg, &cfg) != 0;
             break;
         default:

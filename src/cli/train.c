@@ -155,8 +155,7 @@ enum {
     O_OUT = 256, O_RESUME, O_STEPS, O_EPOCHS, O_MINUTES, O_SAVE_EVERY, O_SAMPLE_EVERY, O_PREVIEW_N,
     O_PREVIEW_STEPS, O_LOG_EVERY, O_THREADS, O_STRICT, O_QUIET, O_JSON, O_HELP,
     /* flags that define the run: refused with --resume */
-    O_FIRST_RUN_FLAG, O_SIZE = O_FIRST_RUN_FLAG, O_CHANNELS, O_FLIP, O_CH, O_CH_MULT, O_RES_BLOCKS, O_ATTN,
-    O_GROUPS, O_DROPOUT, O_TIMESTEPS, O_SCHEDULE, O_BETA_START, O_BETA_END, O_BATCH, O_LR, O_WARMUP, O_CLIP,
+    O_FIRST_RUN_FLAG, O_MODEL = O_FIRST_RUN_FLAG, O_FLIP, O_SCHEDULE, O_BETA_START, O_BETA_END, O_BATCH, O_LR, O_WARMUP, O_CLIP,
     O_EMA, O_SEED,
 };
 
@@ -170,11 +169,7 @@ int cmd_train(int argc, char **argv)
         {"preview-steps", required_argument, 0, O_PREVIEW_STEPS}, {"log-every", required_argument, 0, O_LOG_EVERY},
         {"threads", required_argument, 0, O_THREADS}, {"strict", no_argument, 0, O_STRICT},
         {"quiet", no_argument, 0, O_QUIET}, {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
-        {"size", required_argument, 0, O_SIZE}, {"channels", required_argument, 0, O_CHANNELS},
-        {"flip", no_argument, 0, O_FLIP}, {"ch", required_argument, 0, O_CH},
-        {"ch-mult", required_argument, 0, O_CH_MULT}, {"res-blocks", required_argument, 0, O_RES_BLOCKS},
-        {"attn", required_argument, 0, O_ATTN}, {"groups", required_argument, 0, O_GROUPS},
-        {"dropout", required_argument, 0, O_DROPOUT}, {"timesteps", required_argument, 0, O_TIMESTEPS},
+        ARG_MODEL_LONGOPTS(O_MODEL), {"flip", no_argument, 0, O_FLIP},
         {"schedule", required_argument, 0, O_SCHEDULE}, {"beta-start", required_argument, 0, O_BETA_START},
         {"beta-end", required_argument, 0, O_BETA_END}, {"batch", required_argument, 0, O_BATCH},
         {"lr", required_argument, 0, O_LR}, {"warmup", required_argument, 0, O_WARMUP},
@@ -207,8 +202,7 @@ int cmd_train(int argc, char **argv)
         case O_STRICT: o.strict = 1; break;
         case O_QUIET: quiet = 1; break;
         case O_JSON: json = 1; break;
-        case O_SIZE: case O_CHANNELS: case O_CH: case O_CH_MULT: case O_RES_BLOCKS: case O_ATTN:
-        case O_GROUPS: case O_DROPOUT: case O_TIMESTEPS:
+        case O_MODEL:
             bad |= arg_model_flag(longopts[longindex].name, optarg, &o.cfg) != 0;
             break;
         case O_FLIP: o.cfg.flip = 1; break;
