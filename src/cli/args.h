@@ -26,6 +26,14 @@ int arg_model_flag(const char *name, const char *value, ddpm_run_config *cfg);
         {"res-blocks", required_argument, 0, (val)}, {"attn", required_argument, 0, (val)},           \
         {"groups", required_argument, 0, (val)}, {"dropout", required_argument, 0, (val)},            \
         {"timesteps", required_argument, 0, (val)}
+/* --help lines of the network flags (the defaults of unet.h). */
+#define ARG_MODEL_HELP                                                                                \
+    "  --ch N               base channels (default 32)\n" \
+    "  --ch-mult LIST       channel multiplier per level (default 1,2,2)\n" \
+    "  --res-blocks N       ResBlocks per level (default 2)\n" \
+    "  --attn LIST          resolutions with self-attention (default 14; '' for none)\n" \
+    "  --groups N           GroupNorm groups (default 8)\n" \
+    "  --dropout P          dropout in ResBlocks (default 0.1)\n"
 /* The checkpoint a RUN_DIR|CHECKPOINT argument names: RUN_DIR/checkpoint.safetensors
  * when arg is a folder, else arg itself. */
 void cli_checkpoint_path(char *out, size_t size, const char *arg);

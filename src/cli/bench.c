@@ -61,12 +61,7 @@ static void usage(FILE *f)
 "model (as ddpm train; docs/design.md, The network):\n"
 "  --size S             image side in pixels (default 28)\n"
 "  --channels C         1 or 3 (default 1)\n"
-"  --ch N               base channels (default 32)\n"
-"  --ch-mult LIST       channel multiplier per level (default 1,2,2)\n"
-"  --res-blocks N       ResBlocks per level (default 2)\n"
-"  --attn LIST          resolutions with self-attention (default 14; '' for none)\n"
-"  --groups N           GroupNorm groups (default 8)\n"
-"  --dropout P          dropout in ResBlocks (default 0.1)\n"
+ARG_MODEL_HELP
 "  --timesteps T        diffusion steps (default 1000)\n"
 "\n"
 "Run scripts/bench.sh for the table of README.md.\n",

@@ -126,12 +126,7 @@ static void usage(FILE *f)
 "  --channels C         1 or 3 (default: 1 if every image is gray)\n"
 "  --flip               random horizontal flips (default off)\n"
 "model (docs/design.md, The network):\n"
-"  --ch N               base channels (default 32)\n"
-"  --ch-mult LIST       channel multiplier per level (default 1,2,2)\n"
-"  --res-blocks N       ResBlocks per level (default 2)\n"
-"  --attn LIST          resolutions with self-attention (default 14; '' for none)\n"
-"  --groups N           GroupNorm groups (default 8)\n"
-"  --dropout P          dropout in ResBlocks (default 0.1)\n"
+ARG_MODEL_HELP
 "diffusion:\n"
 "  --timesteps T        diffusion steps (default 1000)\n"
 "  --schedule NAME      linear or cosine (default linear)\n"
