@@ -156,6 +156,25 @@ static void test_empty_data_folder_is_an_error_naming_it(void **state)
     assert_int_equal(file_size(out), -1); /* no run folder was made */
 }
 
+static void test_bad_options_are_refused_before_any_file_is_made(void **state)
+{
+    (void)state;
+    char data[300], out[300];
+    snprintf(data, sizeof data, "%s/data_opts", tmpdir);
+    snprintf(out, sizeof out, "%s/run_opts", tmpdir);
+    make_data_folder(data);
+    ddpm_run_options o;
+    run_options(&o, data, out, 3);
+    o.log_every = 0; /* would divide by zero */
+    assert_int_equal(ddpm_run(&o, NULL, NULL), DDPM_EINVAL);
+    run_options(&o, data, out, 3);
+    o.preview_steps = 0;
+    assert_int_equal(ddpm_run(&o, NULL, NULL), DDPM_EINVAL);
+    run_options(&o, NULL, out, 3);
+    assert_int_equal(ddpm_run(&o, NULL, NULL), DDPM_EINVAL);
+    assert_int_equal(file_size(out), -1);
+}
+
 /* What the callbacks were told. */
 typedef struct {
     int n_started, n_progress, n_warnings;
@@ -303,6 +322,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resumed_run_equals_uninterrupted_run),
         cmocka_unit_test(test_empty_data_folder_is_an_error_naming_it),
+        cmocka_unit_test(test_bad_options_are_refused_before_any_file_is_made),
         cmocka_unit_test(test_run_reports_through_callbacks_and_writes_nothing_to_the_terminal),
         cmocka_unit_test(test_stop_flag_saves_a_checkpoint_and_says_interrupted),
     };
