@@ -74,18 +74,21 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
             return rc;
         cfg = *ddpm_checkpoint_config(ck);
     } else if (ddpm_path_exists(r->ckpt_path)) {
-        return ddpm_error(DDPM_EINVAL,
-                          "%s: the run folder already holds a checkpoint; continue it with --resume or choose "
-                          "another --out",
-                          o->out_dir);
+        return ddpm_error(
+            DDPM_EINVAL,
+            "%s: the run folder already holds a checkpoint; continue it with --resume or choose "
+            "another --out",
+            o->out_dir);
     } else if (ddpm_path_exists(r->log_path)) {
-        return ddpm_error(DDPM_EINVAL, "%s: the run folder already holds a %s; choose another --out", o->out_dir,
-                          DDPM_LOG_FILE);
+        return ddpm_error(DDPM_EINVAL, "%s: the run folder already holds a %s; choose another --out",
+                          o->out_dir, DDPM_LOG_FILE);
     }
 
     /* the data: its size and channels define the model unless given */
-    ddpm_dataset_options dopt = {.size = cfg.model.image_size, .channels = cfg.model.in_channels,
-                                 .strict = o->strict, .warn = cb ? cb->warning : NULL,
+    ddpm_dataset_options dopt = {.size = cfg.model.image_size,
+                                 .channels = cfg.model.in_channels,
+                                 .strict = o->strict,
+                                 .warn = cb ? cb->warning : NULL,
                                  .warn_user = cb ? cb->ctx : NULL};
     if ((rc = ddpm_dataset_open(&r->ds, o->data_dir, &dopt))) {
         ddpm_checkpoint_close(ck);
@@ -140,7 +143,8 @@ static int log_line(run_session *r, const ddpm_run_progress *p, double elapsed_s
                      "{\"step\":%ld,\"loss\":%.6g,\"lr\":%.6g,\"grad_norm\":%.6g,\"images_per_sec\":%.2f,"
                      "\"epoch\":%.4f,\"elapsed\":%.2f}\n",
                      p->step, p->loss, p->lr, p->grad_norm, p->images_per_sec, p->epoch, elapsed_seconds);
-    if (n < 0 || (size_t)n >= sizeof line || fwrite(line, 1, (size_t)n, r->log) != (size_t)n || fflush(r->log))
+    if (n < 0 || (size_t)n >= sizeof line || fwrite(line, 1, (size_t)n, r->log) != (size_t)n ||
+        fflush(r->log))
         return ddpm_error(DDPM_EIO, "%s: cannot write: %s", r->log_path, strerror(errno));
     return DDPM_OK;
 }
@@ -176,8 +180,8 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
     const ddpm_run_config *c = &tr->cfg;
     int B = c->batch, count = ddpm_dataset_count(r.ds);
     if (cb->started) {
-        ddpm_run_start s = {count, c->model.in_channels, c->model.image_size, tr->net->n_params, B, o->resume,
-                            tr->state.step, r.stop_step};
+        ddpm_run_start s = {count,     c->model.in_channels, c->model.image_size, tr->net->n_params, B,
+                            o->resume, tr->state.step,       r.stop_step};
         cb->started(cb->ctx, &s);
     }
     ddpm_rng data_rng;
@@ -212,9 +216,14 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
         double t = ddpm_now_seconds();
         tr->state.elapsed_seconds = elapsed_before + (t - t_start);
         if (step % o->log_every == 0 || (stop_step && step == stop_step)) {
-            ddpm_run_progress p = {.step = step, .stop_step = stop_step, .loss = loss_sum / loss_n, .lr = st.lr,
-                                   .grad_norm = st.grad_norm, .images_per_sec = imgs_since / (t - t_last),
-                                   .epoch = (double)step * B / count, .session_seconds = t - t_start,
+            ddpm_run_progress p = {.step = step,
+                                   .stop_step = stop_step,
+                                   .loss = loss_sum / loss_n,
+                                   .lr = st.lr,
+                                   .grad_norm = st.grad_norm,
+                                   .images_per_sec = imgs_since / (t - t_last),
+                                   .epoch = (double)step * B / count,
+                                   .session_seconds = t - t_start,
                                    .eta_seconds = -1};
             if ((rc = log_line(&r, &p, tr->state.elapsed_seconds)))
                 break;
@@ -241,8 +250,8 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", ddpm_last_error());
         if (last_saved > 0 || o->resume)
-            ddpm_error(DDPM_ENAN, "%s; stopped, the last good checkpoint (step %ld) is kept in %s", msg, last_saved,
-                       r.ckpt_path);
+            ddpm_error(DDPM_ENAN, "%s; stopped, the last good checkpoint (step %ld) is kept in %s", msg,
+                       last_saved, r.ckpt_path);
         else
             ddpm_error(DDPM_ENAN, "%s; stopped before any checkpoint was saved (try a lower --lr)", msg);
         rc = DDPM_ENAN;

@@ -215,8 +215,8 @@ static void on_warning(void *ctx, const char *line)
 
 /* Runs ddpm_run with stdout and stderr sent to a file; returns its status and
  * the number of bytes that reached the two streams. */
-static int run_capturing_terminal(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_summary *s,
-                                  long *terminal_bytes)
+static int run_capturing_terminal(const ddpm_run_options *o, const ddpm_run_callbacks *cb,
+                                  ddpm_run_summary *s, long *terminal_bytes)
 {
     char path[300];
     snprintf(path, sizeof path, "%s/terminal.txt", tmpdir);

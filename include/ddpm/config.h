@@ -22,7 +22,7 @@ typedef struct {
     double beta_start, beta_end;
     ddpm_optim_config optim;
     int batch;
-    int flip;      /* random horizontal flips of training images */
+    int flip; /* random horizontal flips of training images */
     uint64_t seed;
 } ddpm_run_config;
 

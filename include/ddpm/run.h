@@ -20,19 +20,19 @@
 #define DDPM_SAMPLES_DIR "samples"
 
 typedef struct {
-    ddpm_run_config cfg;  /* model image_size / in_channels 0: taken from the data */
+    ddpm_run_config cfg; /* model image_size / in_channels 0: taken from the data */
     const char *data_dir;
-    const char *out_dir;  /* the run folder; created with its parents */
-    int resume;           /* continue the run in out_dir (cfg is then its checkpoint's) */
-    long steps;           /* stop at this total step (0: no limit) */
-    double epochs;        /* stop after this many epochs in total (0: no limit) */
-    double minutes;       /* stop after this many minutes of this session (0: no limit) */
-    long save_every;      /* checkpoint every N steps (0: only at the end) */
-    long sample_every;    /* preview grid every N steps (0: only at the end) */
-    long log_every;       /* log.jsonl line and progress callback every N steps */
-    int preview_n;        /* images in a preview grid (0: no previews) */
-    int preview_steps;    /* DDIM steps (eta 1, EMA weights) of a preview */
-    int strict;           /* non-image files in the data folder are an error */
+    const char *out_dir;         /* the run folder; created with its parents */
+    int resume;                  /* continue the run in out_dir (cfg is then its checkpoint's) */
+    long steps;                  /* stop at this total step (0: no limit) */
+    double epochs;               /* stop after this many epochs in total (0: no limit) */
+    double minutes;              /* stop after this many minutes of this session (0: no limit) */
+    long save_every;             /* checkpoint every N steps (0: only at the end) */
+    long sample_every;           /* preview grid every N steps (0: only at the end) */
+    long log_every;              /* log.jsonl line and progress callback every N steps */
+    int preview_n;               /* images in a preview grid (0: no previews) */
+    int preview_steps;           /* DDIM steps (eta 1, EMA weights) of a preview */
+    int strict;                  /* non-image files in the data folder are an error */
     volatile sig_atomic_t *stop; /* may be NULL; when it becomes nonzero (a signal
                                     handler sets it) the run saves and stops */
 } ddpm_run_options;
@@ -53,13 +53,13 @@ typedef struct {
 
 /* Every log_every steps and at the last step: the same numbers as the log.jsonl line. */
 typedef struct {
-    long step, stop_step;  /* stop_step 0: no step limit */
-    double loss;           /* mean L_simple of the steps since the last report */
-    double lr, grad_norm;  /* of the last step */
-    double images_per_sec; /* since the last report */
-    double epoch;          /* images seen / images in the data set */
+    long step, stop_step;   /* stop_step 0: no step limit */
+    double loss;            /* mean L_simple of the steps since the last report */
+    double lr, grad_norm;   /* of the last step */
+    double images_per_sec;  /* since the last report */
+    double epoch;           /* images seen / images in the data set */
     double session_seconds; /* wall time of this session */
-    double eta_seconds;    /* time left by the stop conditions; -1: unknown */
+    double eta_seconds;     /* time left by the stop conditions; -1: unknown */
 } ddpm_run_progress;
 
 /* Each member may be NULL. */
