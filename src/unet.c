@@ -78,28 +78,32 @@ struct ddpm_unet_plan {
 /* Each block's activations, [B, ...] each (B the batch). In a training workspace
  * the "kept" ones are the block's own memory, kept from forward to backward; the
  * "transient" ones live in a scratch region that every block reuses, written by
- * forward and written again by backward from what was kept (SiLU from the
- * GroupNorm output, the dropout mask from its Philox counter, the concat and the
- * upsample from their sources). In a forward-only workspace every buffer of a
- * block is in the scratch region, and some alias (SiLU in place). */
+ * forward and written again by backward from what was kept: a GroupNorm output
+ * from its input and statistics, SiLU from the GroupNorm output, the dropout mask
+ * from its Philox counter, the concat and the upsample from their sources. In a
+ * forward-only workspace every buffer of a block is in the scratch region, and
+ * some alias (SiLU in place). */
 typedef struct {
     /* kept */
-    float *a1, *mean1, *rstd1; /* GN1(x) [B,cin,HW] and its statistics [B,G] */
-    float *tp;                 /* temb_proj(SiLU(temb)) [B,cout] */
-    float *h1;                 /* conv1(s1) + tp [B,cout,HW] */
-    float *a2, *mean2, *rstd2; /* GN2(h1) */
-    uint64_t dropout_counter;  /* the first Philox counter of this block's dropout mask */
+    float *mean1, *rstd1;     /* GN1's statistics [B,G] */
+    float *tp;                /* temb_proj(SiLU(temb)) [B,cout] */
+    float *h1;                /* conv1(s1) + tp [B,cout,HW] */
+    float *mean2, *rstd2;     /* GN2's statistics */
+    uint64_t dropout_counter; /* the first Philox counter of this block's dropout mask */
     /* transient */
     float *xcat; /* concat(h, skip) [B,cin,HW]; NULL without a skip input */
+    float *a1;   /* GN1(x) [B,cin,HW] */
     float *s1;   /* SiLU(a1): conv1's input */
+    float *a2;   /* GN2(h1) [B,cout,HW] */
     float *s2;   /* Dropout(SiLU(a2)): conv2's input; then the skip conv's output */
 } res_acts;
 
 typedef struct {
-    float *a, *mean, *rstd; /* GN(x) [B,C,N] */
-    float *q, *k, *v;       /* the 1x1 convs of a [B,C,N] */
-    float *w;               /* softmax weights [B,N,N] */
-    float *h;               /* attention output [B,C,N], proj's input */
+    float *mean, *rstd; /* kept: GN's statistics [B,G] */
+    float *a;           /* transient: GN(x) [B,C,N] */
+    float *q, *k, *v;   /* kept: the 1x1 convs of a [B,C,N] */
+    float *w;           /* kept: softmax weights [B,N,N] */
+    float *h;           /* kept: attention output [B,C,N], proj's input */
 } attn_acts;
 
 typedef struct {
@@ -128,8 +132,8 @@ struct ddpm_unet_workspace {
         float *d_temb_act;            /* gradient of temb_act, summed over the ResBlocks */
     } time;
     struct {
-        float *a, *mean, *rstd; /* GN(h), kept */
-        float *s;               /* SiLU(a): conv_out's input, transient */
+        float *mean, *rstd; /* GN(h)'s statistics, kept */
+        float *a, *s;       /* GN(h) and SiLU(a): conv_out's input, transient */
     } head;
     float *tmp, *conv_scratch, *attn_scratch;
     size_t bytes;
@@ -693,12 +697,12 @@ static void lay_out(ddpm_unet_workspace *ws, const ddpm_unet *net, layout *K, la
             res_acts *r = &a->res;
             r->xcat = m->skip_slot >= 0 ? take(T, cin * HW) : NULL;
             /* forward only: a1 (= s1), then a2 (= s2, then the skip output) share a buffer */
-            r->a1 = take(KT, (training ? cin : (cin > cout ? cin : cout)) * HW);
+            r->a1 = take(T, (training ? cin : (cin > cout ? cin : cout)) * HW);
             r->mean1 = take(KT, groups);
             r->rstd1 = take(KT, groups);
             r->tp = take(KT, cout);
             r->h1 = take(KT, cout * HW);
-            r->a2 = training ? take(K, cout * HW) : r->a1;
+            r->a2 = training ? take(T, cout * HW) : r->a1;
             r->mean2 = take(KT, groups);
             r->rstd2 = take(KT, groups);
             r->s1 = training ? take(T, cin * HW) : r->a1;
@@ -707,7 +711,7 @@ static void lay_out(ddpm_unet_workspace *ws, const ddpm_unet *net, layout *K, la
         }
         case M_ATTN: {
             attn_acts *t = &a->attn;
-            t->a = take(KT, cin * HW);
+            t->a = take(T, cin * HW);
             t->mean = take(KT, groups);
             t->rstd = take(KT, groups);
             t->q = take(KT, cin * HW);
@@ -725,7 +729,7 @@ static void lay_out(ddpm_unet_workspace *ws, const ddpm_unet *net, layout *K, la
         }
     }
     T->used = 0;
-    ws->head.a = take(KT, c->ch * S2);
+    ws->head.a = take(T, c->ch * S2);
     ws->head.mean = take(KT, groups);
     ws->head.rstd = take(KT, groups);
     ws->head.s = training ? take(T, c->ch * S2) : ws->head.a;
@@ -1020,7 +1024,10 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
         PROF(1, DDPM_PROF_ELEMENTWISE, memcpy(dx, dout, n_out * sizeof *dx));
     else
         PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(dx, dx, dout, n_out));
-    /* conv2's input again: Dropout(SiLU(a2)), the mask drawn from the same counter */
+    /* conv2's input again: Dropout(SiLU(GN2(h1))), the mask drawn from the same counter */
+    PROF(1, DDPM_PROF_NORM,
+         ddpm_groupnorm_forward(A->a2, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b), B, cout, HW,
+                                G, GN_EPS));
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s2, A->a2, n_out));
     if (ws->dropout_applied)
         PROF(1, DDPM_PROF_ELEMENTWISE,
@@ -1041,7 +1048,10 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
     PROF(1, DDPM_PROF_LINEAR,
          ddpm_linear_backward(ws->time.d_temb_act, GRAD(P->temb_w), GRAD(P->temb_b), dtp, ws->time.temb_act,
                               PARAM(P->temb_w), B, net->plan->emb, cout));
-    /* conv1's input again: SiLU(a1) */
+    /* conv1's input again: SiLU(GN1(x)) */
+    PROF(1, DDPM_PROF_NORM,
+         ddpm_groupnorm_forward(A->a1, A->mean1, A->rstd1, x, PARAM(P->norm1_w), PARAM(P->norm1_b), B, cin, HW, G,
+                                GN_EPS));
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s1, A->a1, n_in));
     PROF(1, DDPM_PROF_CONV,
          ddpm_conv2d_backward(ds1, 0.0f, GRAD(P->conv1_w), GRAD(P->conv1_b), ws->conv_scratch, dh1, A->s1,
@@ -1076,7 +1086,10 @@ static void attn_backward(const ddpm_unet *net, const float *params, float *grad
                               PARAM(P->proj_w), B, C, H, W, C, 1, 1, 0));
     PROF(1, DDPM_PROF_ATTN,
          ddpm_attention_backward(dq, dk, dv, 0.0f, ws->attn_scratch, dh, A->w, A->q, A->k, A->v, B, C, N));
-    /* the q conv writes da, k and v add to it */
+    /* the 1x1 convs' input again: GN(x); the q conv writes da, k and v add to it */
+    PROF(1, DDPM_PROF_NORM,
+         ddpm_groupnorm_forward(A->a, A->mean, A->rstd, ws->h[m->in_slot], PARAM(P->norm_w), PARAM(P->norm_b), B, C, N,
+                                net->cfg.groups, GN_EPS));
     PROF(1, DDPM_PROF_CONV,
          ddpm_conv2d_backward(da, 0.0f, GRAD(P->q_w), GRAD(P->q_b), ws->conv_scratch, dq, A->a, PARAM(P->q_w), B, C,
                               H, W, C, 1, 1, 0));
@@ -1142,7 +1155,11 @@ void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
     const size_t n_head = (size_t)B * c->ch * HW;
     float *cursor = ws->tmp;
     float *ds = carve(ws, &cursor, (size_t)c->ch * HW), *da = carve(ws, &cursor, (size_t)c->ch * HW);
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->head.s, ws->head.a, n_head)); /* conv_out's input again */
+    /* conv_out's input again: SiLU(GN(h)) */
+    PROF(1, DDPM_PROF_NORM,
+         ddpm_groupnorm_forward(ws->head.a, ws->head.mean, ws->head.rstd, ws->h[p->n_slots - 1],
+                                PARAM(p->p_norm_out_w), PARAM(p->p_norm_out_b), B, c->ch, HW, c->groups, GN_EPS));
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->head.s, ws->head.a, n_head));
     PROF(1, DDPM_PROF_CONV,
          ddpm_conv2d_backward(ds, 0.0f, GRAD(p->p_conv_out_w), GRAD(p->p_conv_out_b), ws->conv_scratch, d_eps_pred,
                               ws->head.s, PARAM(p->p_conv_out_w), B, c->ch, S, S, c->in_channels, 3, 1, 1));

@@ -335,9 +335,11 @@ static void test_forward_only_and_micro_batch_workspaces_give_the_same_bytes(voi
 }
 
 /* A forward-only workspace holds the skip stack and a few live buffers, not the
- * training activations: for the default model at batch 64 it is under a quarter of
- * a training workspace (measured 111 MB against 574 MB; the training arena it
- * replaced was 838 MB). */
+ * training activations: for the default model each image of the batch adds
+ * under 2 MB (measured 1.70 MB: 0.73 MB of module outputs sharing buffers by
+ * lifetime, 0.67 MB for the largest block, the rest conv scratch lanes; keeping
+ * every module output instead adds 0.9 MB more, the training arena it replaced
+ * took 13 MB). */
 static void test_forward_only_workspace_is_planned_from_lifetimes(void **state)
 {
     (void)state;
@@ -345,14 +347,14 @@ static void test_forward_only_workspace_is_planned_from_lifetimes(void **state)
     ddpm_unet_config_default(&cfg);
     ddpm_unet *net;
     assert_int_equal(ddpm_unet_create(&net, &cfg), 0);
-    ddpm_unet_workspace *fwd, *tr;
-    assert_int_equal(ddpm_unet_workspace_create(&fwd, net, 64, 0), 0);
-    assert_int_equal(ddpm_unet_workspace_create(&tr, net, 64, 1), 0);
-    size_t f = ddpm_unet_workspace_bytes(fwd), b = ddpm_unet_workspace_bytes(tr);
-    if (!(4 * f < b))
-        fail_msg("forward-only %zu bytes, training %zu", f, b);
-    ddpm_unet_workspace_free(fwd);
-    ddpm_unet_workspace_free(tr);
+    ddpm_unet_workspace *ws1, *ws64;
+    assert_int_equal(ddpm_unet_workspace_create(&ws1, net, 1, 0), 0);
+    assert_int_equal(ddpm_unet_workspace_create(&ws64, net, 64, 0), 0);
+    double per_image = (double)(ddpm_unet_workspace_bytes(ws64) - ddpm_unet_workspace_bytes(ws1)) / 63;
+    if (!(per_image < 2e6))
+        fail_msg("a forward-only workspace takes %.0f bytes per image", per_image);
+    ddpm_unet_workspace_free(ws1);
+    ddpm_unet_workspace_free(ws64);
     ddpm_unet_free(net);
 }
 

@@ -74,10 +74,10 @@ typedef struct ddpm_unet_workspace ddpm_unet_workspace;
 /* Activation memory for batches of up to max_batch images; forward and backward
  * take any B <= max_batch (a micro-batch uses the first B images of every buffer).
  * A training workspace keeps what backward cannot cheaply recompute (GroupNorm
- * outputs and statistics, conv1 outputs, attention tensors, the module outputs)
- * and recomputes the rest in backward (SiLU outputs, dropout masks from their
- * Philox counter, concat and upsample outputs); the activation gradients share
- * buffers by lifetime. training = 0 makes a forward-only workspace (sampling,
+ * statistics, conv1 outputs, attention's q, k, v, weights and output, the module
+ * outputs) and recomputes the rest in backward (GroupNorm outputs from their input
+ * and statistics, SiLU outputs, dropout masks from their Philox counter, concat
+ * and upsample outputs); the activation gradients share buffers by lifetime. training = 0 makes a forward-only workspace (sampling,
  * evaluation): the module outputs share buffers by lifetime (the skip stack and
  * the few live ones) and each block's activations live only while it runs.
  * Memory is allocated, not touched: pages the run never uses stay unmapped. */
