@@ -695,18 +695,21 @@ static void lay_out(ddpm_unet_workspace *ws, const ddpm_unet *net, layout *K, la
         switch (m->kind) {
         case M_RES: {
             res_acts *r = &a->res;
+            /* a1 and s1 are dead once conv1 has run (in forward) or before a2 is
+             * needed again (in backward): a2 reuses a1's buffer and s2 s1's. With
+             * no backward, SiLU runs in place: one buffer for all four. */
+            const size_t cmax = cin > cout ? cin : cout;
             r->xcat = m->skip_slot >= 0 ? take(T, cin * HW) : NULL;
-            /* forward only: a1 (= s1), then a2 (= s2, then the skip output) share a buffer */
-            r->a1 = take(T, (training ? cin : (cin > cout ? cin : cout)) * HW);
+            r->a1 = take(T, cmax * HW);
+            r->s1 = training ? take(T, cmax * HW) : r->a1;
+            r->a2 = r->a1;
+            r->s2 = r->s1;
             r->mean1 = take(KT, groups);
             r->rstd1 = take(KT, groups);
             r->tp = take(KT, cout);
             r->h1 = take(KT, cout * HW);
-            r->a2 = training ? take(T, cout * HW) : r->a1;
             r->mean2 = take(KT, groups);
             r->rstd2 = take(KT, groups);
-            r->s1 = training ? take(T, cin * HW) : r->a1;
-            r->s2 = training ? take(T, cout * HW) : r->a2;
             break;
         }
         case M_ATTN: {
