@@ -9,11 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
-#include "ddpm/train.h"
+#include "ddpm/run.h"
 
 int arg_long(const char *flag, const char *value, long lo, long hi, long *out)
 {
@@ -109,13 +108,6 @@ int cli_check_writable_parent(const char *path)
         return -1;
     }
     return 0;
-}
-
-double cli_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 int arg_model_flag(const char *name, const char *value, ddpm_run_config *cfg)

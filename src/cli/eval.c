@@ -15,6 +15,7 @@
 #include "ddpm/dataset.h"
 #include "ddpm/error.h"
 #include "ddpm/eval.h"
+#include "ddpm/fsutil.h"
 
 enum { DEFAULT_N = 64 };
 
@@ -96,7 +97,7 @@ static void on_progress(void *opaque, long done, long total)
     (void)total;
     if (p->quiet)
         return;
-    double t = cli_now();
+    double t = ddpm_now_seconds();
     long all = p->offset + done;
     if (all < p->grand_total && t - p->last < (p->tty ? 0.5 : 30.0))
         return;
@@ -107,14 +108,10 @@ static void on_progress(void *opaque, long done, long total)
     fflush(stderr);
 }
 
-/* The per-t table, written to a temporary name and renamed into place. */
-static int write_terms(const char *path, const ddpm_bound_result *r)
+/* The per-t table (written atomically through ddpm_atomic_write). */
+static int write_terms_csv(void *ctx, FILE *f)
 {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        return ddpm_error(DDPM_EIO, "%s: cannot write: %s", path, strerror(errno));
+    const ddpm_bound_result *r = ctx;
     fprintf(f, "t,term,bpd_mean,bpd_stderr,n_images\n");
     for (int i = 0; i < r->T; i++) {
         char name[32];
@@ -124,13 +121,13 @@ static int write_terms(const char *path, const ddpm_bound_result *r)
         else
             fprintf(f, "%d,%s,,,0\n", i + 1, name);
     }
-    int bad = ferror(f) != 0;
-    bad |= fclose(f) != 0;
-    if (bad || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return ddpm_error(DDPM_EIO, "%s: cannot write: %s", path, strerror(errno));
-    }
-    return DDPM_OK;
+    return ferror(f) ? -1 : 0;
+}
+
+static void on_warning(void *ctx, const char *line)
+{
+    (void)ctx;
+    fprintf(stderr, "ddpm: warning: %s\n", line);
 }
 
 static const char *channels_name(int c) { return c == 1 ? "gray" : c == 3 ? "RGB" : "?"; }
@@ -206,7 +203,7 @@ int cmd_eval(int argc, char **argv)
     ddpm_checkpoint_close(ck);
 
     ddpm_dataset *ds = NULL;
-    ddpm_dataset_options dopt = {.warn_file = quiet ? NULL : stderr};
+    ddpm_dataset_options dopt = {.warn = quiet ? NULL : on_warning};
     int count = 0;
     if (!rc) {
         rc = ddpm_dataset_open(&ds, data_dir, &dopt);
@@ -255,7 +252,7 @@ int cmd_eval(int argc, char **argv)
     ddpm_bound_result br;
     memset(&br, 0, sizeof br);
     ddpm_estimate ls = {0, 0};
-    pc.t_start = pc.last = cli_now();
+    pc.t_start = pc.last = ddpm_now_seconds();
     if (!rc)
         rc = ddpm_bound(&br, x0, n, D, &sched, &bc, ddpm_unet_eps, &ctx, on_progress, &pc);
     if (!rc) {
@@ -263,11 +260,11 @@ int cmd_eval(int argc, char **argv)
         pc.offset = (long)n * per_image;
         rc = ddpm_eval_l_simple(&ls, x0, n, D, &sched, B, bc.seed, ddpm_unet_eps, &ctx, on_progress, &pc);
     }
-    double seconds = cli_now() - pc.t_start;
+    double seconds = ddpm_now_seconds() - pc.t_start;
     if (pc.tty && !quiet)
         fputc('\n', stderr);
     if (!rc && terms_path)
-        rc = write_terms(terms_path, &br);
+        rc = ddpm_atomic_write(terms_path, write_terms_csv, &br);
     const char *var_name = bc.var == DDPM_VAR_BETA ? "beta" : "beta-tilde";
     if (rc)
         cli_error("%s", ddpm_last_error());
