@@ -164,6 +164,48 @@ int ddpm_eval_pick(int *idx, int n, int count, uint64_t seed)
     return DDPM_OK;
 }
 
+static const char *channels_name(int c) { return c == 1 ? "gray" : c == 3 ? "RGB" : "?"; }
+
+int ddpm_eval_load(float **x0, int *n, int *count, const char *dir, int S, int C, int default_n,
+                   uint64_t seed, ddpm_dataset_warn_fn warn, void *warn_user)
+{
+    *x0 = NULL;
+    ddpm_dataset *ds = NULL;
+    ddpm_dataset_options dopt = {.warn = warn, .warn_user = warn_user};
+    int rc = ddpm_dataset_open(&ds, dir, &dopt);
+    if (rc)
+        return rc;
+    int have = ddpm_dataset_count(ds), ds_c = ddpm_dataset_channels(ds), ds_s = ddpm_dataset_size(ds);
+    if (count)
+        *count = have;
+    if (ds_s != S || ds_c != C)
+        rc = ddpm_error(DDPM_EINVAL, "%s: images are %dx%d %s, the model takes %dx%d %s", dir, ds_s, ds_s,
+                        channels_name(ds_c), S, S, channels_name(C));
+    else if (*n > have)
+        rc = ddpm_error(DDPM_EINVAL, "%s: --n %d is more than the %d images in the folder", dir, *n, have);
+    if (!rc && *n == 0)
+        *n = have < default_n ? have : default_n;
+    size_t D = (size_t)C * S * S;
+    int *idx = NULL;
+    if (!rc) {
+        idx = ddpm_malloc((size_t)*n, sizeof *idx);
+        *x0 = ddpm_malloc((size_t)*n * D, sizeof(float));
+        if (!idx || !*x0)
+            rc = DDPM_ENOMEM;
+    }
+    if (!rc)
+        rc = ddpm_eval_pick(idx, *n, have, seed);
+    for (int k = 0; !rc && k < *n; k++)
+        rc = ddpm_dataset_get(ds, *x0 + (size_t)k * D, idx[k]);
+    if (rc) {
+        free(*x0);
+        *x0 = NULL;
+    }
+    free(idx);
+    ddpm_dataset_close(ds);
+    return rc;
+}
+
 /* The j-th Monte Carlo step index of image k: uniform in 1..T-1 (t = 2..T). */
 static int mc_step(uint64_t seed, long k, int j, int K, int T)
 {

@@ -187,11 +187,55 @@ static void test_eval_bad_input_gets_one_line_and_a_nonzero_exit(void **state)
     free(out);
 }
 
+/* The lines of `file` that contain `part`, concatenated (caller frees). */
+static char *lines_with(const char *file, const char *part, int *count)
+{
+    char *text = slurp(file), *out = calloc(1, text ? strlen(text) + 1 : 1);
+    *count = 0;
+    for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n"))
+        if (strstr(line, part)) {
+            strcat(out, line);
+            strcat(out, "\n");
+            (*count)++;
+        }
+    free(text);
+    return out;
+}
+
+static void test_train_eval_dir_logs_held_out_loss_without_changing_the_training(void **state)
+{
+    (void)state;
+    assert_int_equal(ddpm("train data --out run_ev " TINY " --steps 4 --log-every 2 --preview-n 0 --quiet "
+                          "--eval-dir data --eval-every 2 --eval-n 3 --eval-mc 2"),
+                     0);
+    assert_int_equal(ddpm("train data --out run_plain " TINY " --steps 4 --log-every 2 --preview-n 0 --quiet"), 0);
+    int n_eval, n_loss_ev, n_loss_plain;
+    char *ev = lines_with("run_ev/log.jsonl", "eval_l_simple", &n_eval);
+    assert_int_equal(n_eval, 2);
+    assert_non_null(strstr(ev, "\"step\":2,\"eval_n\":3,"));
+    assert_non_null(strstr(ev, "\"eval_bpd\":"));
+    /* the training itself is unchanged: the same losses at steps 2 and 4 */
+    char *a = lines_with("run_ev/log.jsonl", "\"loss\"", &n_loss_ev);
+    char *b = lines_with("run_plain/log.jsonl", "\"loss\"", &n_loss_plain);
+    assert_int_equal(n_loss_ev, 2);
+    assert_int_equal(n_loss_plain, 2);
+    for (char *p = strstr(a, "\"loss\":"), *q = strstr(b, "\"loss\":"); p && q;
+         p = strstr(p + 1, "\"loss\":"), q = strstr(q + 1, "\"loss\":"))
+        assert_true(strtod(p + 7, NULL) == strtod(q + 7, NULL));
+    free(ev);
+    free(a);
+    free(b);
+    /* held-out images the model cannot take: refused before training */
+    assert_int_equal(ddpm("train data --out run_bad " TINY " --steps 2 --preview-n 0 --quiet --eval-dir rgb"), 1);
+    assert_one_error_line("rgb", "RGB");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_eval_prints_the_bound_as_json_and_writes_terms_by_t),
         cmocka_unit_test(test_eval_bad_input_gets_one_line_and_a_nonzero_exit),
+        cmocka_unit_test(test_train_eval_dir_logs_held_out_loss_without_changing_the_training),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -36,6 +36,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ddpm/dataset.h"
 #include "ddpm/sample.h"
 #include "ddpm/schedule.h"
 
@@ -51,6 +52,15 @@ enum {
  * permutation of 0..count-1, so a larger n extends a smaller one's set. Returns 0,
  * or DDPM_EINVAL when n is not in 1..count. */
 int ddpm_eval_pick(int *idx, int n, int count, uint64_t seed);
+
+/* Loads *n images of the folder dir, picked with ddpm_eval_pick(seed), into *x0
+ * (malloc'ed [n, C, S, S] in [-1, 1]; the caller frees it). *n = 0 takes
+ * min(default_n, the images in the folder). *count (may be NULL) receives the
+ * number of images in the folder. Errors name dir: no images, images that are not
+ * S x S with C channels (the model's), *n larger than the folder. warn (may be
+ * NULL) receives the lines about skipped files. */
+int ddpm_eval_load(float **x0, int *n, int *count, const char *dir, int S, int C, int default_n,
+                   uint64_t seed, ddpm_dataset_warn_fn warn, void *warn_user);
 
 /* ------------------------------------------------------------ the terms */
 

@@ -33,6 +33,13 @@ typedef struct {
     int preview_n;               /* images in a preview grid (0: no previews) */
     int preview_steps;           /* DDIM steps (eta 1, EMA weights) of a preview */
     int strict;                  /* non-image files in the data folder are an error */
+    const char *eval_dir;        /* held-out images (NULL: no evaluation): every eval_every
+                                    steps, L_simple of the EMA weights on eval_n of them
+                                    (and with eval_mc > 0 the --mc bound, eval.h) goes to
+                                    log.jsonl as {"step", "eval_l_simple", ...} */
+    long eval_every;             /* (default 500) */
+    int eval_n;                  /* images (default 256, or all if the folder has fewer) */
+    int eval_mc;                 /* Monte Carlo steps of the bound (default 0: no bound) */
     volatile sig_atomic_t *stop; /* may be NULL; when it becomes nonzero (a signal
                                     handler sets it) the run saves and stops */
 } ddpm_run_options;

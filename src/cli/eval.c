@@ -12,7 +12,6 @@
 #include "args.h"
 #include "cli.h"
 #include "ddpm/checkpoint.h"
-#include "ddpm/dataset.h"
 #include "ddpm/error.h"
 #include "ddpm/eval.h"
 #include "ddpm/fsutil.h"
@@ -130,8 +129,6 @@ static void on_warning(void *ctx, const char *line)
     fprintf(stderr, "ddpm: warning: %s\n", line);
 }
 
-static const char *channels_name(int c) { return c == 1 ? "gray" : c == 3 ? "RGB" : "?"; }
-
 int cmd_eval(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -202,25 +199,12 @@ int cmd_eval(int argc, char **argv)
         rc = ddpm_error(DDPM_EINVAL, "%s: the bound needs T >= 2 timesteps, the model has %d", ckpt_path, sched.T);
     ddpm_checkpoint_close(ck);
 
-    ddpm_dataset *ds = NULL;
-    ddpm_dataset_options dopt = {.warn = quiet ? NULL : on_warning};
     int count = 0;
-    if (!rc) {
-        rc = ddpm_dataset_open(&ds, data_dir, &dopt);
-        if (!rc) {
-            count = ddpm_dataset_count(ds);
-            int ds_c = ddpm_dataset_channels(ds), ds_s = ddpm_dataset_size(ds);
-            if (ds_s != S || ds_c != C)
-                rc = ddpm_error(DDPM_EINVAL, "%s: images are %dx%d %s, the model takes %dx%d %s", data_dir, ds_s,
-                                ds_s, channels_name(ds_c), S, S, channels_name(C));
-            else if (n > count)
-                rc = ddpm_error(DDPM_EINVAL, "%s: --n %d is more than the %d images in the folder", data_dir, n,
-                                count);
-        }
-    }
+    float *x0 = NULL;
+    if (!rc)
+        rc = ddpm_eval_load(&x0, &n, &count, data_dir, S, C, DEFAULT_N, bc.seed, quiet ? NULL : on_warning, NULL);
     if (rc) {
         cli_error("%s", ddpm_last_error());
-        ddpm_dataset_close(ds);
         ddpm_schedule_free(&sched);
         free(params);
         ddpm_unet_free(net);
@@ -228,19 +212,9 @@ int cmd_eval(int argc, char **argv)
     }
     if (!used_ema && !no_ema && !quiet)
         fprintf(stderr, "ddpm: %s has no EMA weights; evaluating the raw weights\n", ckpt_path);
-    if (n == 0)
-        n = count < DEFAULT_N ? count : DEFAULT_N;
 
     size_t D = (size_t)C * S * S;
-    int *idx = ddpm_malloc((size_t)n, sizeof *idx);
-    float *x0 = ddpm_malloc((size_t)n * D, sizeof(float));
     ddpm_unet_workspace *ws = NULL;
-    if (!idx || !x0)
-        rc = DDPM_ENOMEM;
-    if (!rc)
-        rc = ddpm_eval_pick(idx, n, count, bc.seed);
-    for (int k = 0; !rc && k < n; k++)
-        rc = ddpm_dataset_get(ds, x0 + (size_t)k * D, idx[k]);
     int B = bc.batch;
     if (!rc)
         rc = ddpm_unet_workspace_create(&ws, net, B, 0);
@@ -324,8 +298,6 @@ int cmd_eval(int argc, char **argv)
     ddpm_bound_result_free(&br);
     ddpm_unet_workspace_free(ws);
     free(x0);
-    free(idx);
-    ddpm_dataset_close(ds);
     ddpm_schedule_free(&sched);
     free(params);
     ddpm_unet_free(net);
