@@ -17,8 +17,7 @@ void ddpm_run_options_default(ddpm_run_options *o)
 {
     memset(o, 0, sizeof *o);
     ddpm_run_config_default(&o->cfg);
-    o->cfg.model.image_size = 0;
-    o->cfg.model.in_channels = 0;
+    ddpm_unet_config_set_auto(&o->cfg.model);
     o->out_dir = "runs/ddpm";
     o->save_every = 500;
     o->sample_every = 0;
@@ -84,7 +83,13 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
                           o->out_dir, DDPM_LOG_FILE);
     }
 
-    /* the data: its size and channels define the model unless given */
+    /* the data: its size and channels define the model unless given; a size given
+     * with a model that cannot take it is refused before the data is read */
+    if (!ck && cfg.model.image_size) {
+        ddpm_unet_config probe = cfg.model;
+        if ((rc = ddpm_unet_config_fit_data(&probe, cfg.model.image_size, 1)) || (rc = ddpm_unet_config_check(&probe)))
+            return rc;
+    }
     ddpm_dataset_options dopt = {.size = cfg.model.image_size,
                                  .channels = cfg.model.in_channels,
                                  .strict = o->strict,
@@ -94,8 +99,11 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
         ddpm_checkpoint_close(ck);
         return rc;
     }
-    cfg.model.image_size = ddpm_dataset_size(r->ds);
-    cfg.model.in_channels = ddpm_dataset_channels(r->ds);
+    if (!ck && (rc = ddpm_unet_config_fit_data(&cfg.model, ddpm_dataset_size(r->ds), ddpm_dataset_channels(r->ds)))) {
+        ddpm_dataset_close(r->ds);
+        r->ds = NULL;
+        return rc;
+    }
     rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck) : ddpm_trainer_create(&r->tr, &cfg);
     ddpm_checkpoint_close(ck);
     if (!rc && o->resume)
@@ -181,7 +189,7 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
     int B = c->batch, count = ddpm_dataset_count(r.ds);
     if (cb->started) {
         ddpm_run_start s = {count,     c->model.in_channels, c->model.image_size, tr->net->n_params, B,
-                            o->resume, tr->state.step,       r.stop_step};
+                            o->resume, tr->state.step,       r.stop_step,          &c->model};
         cb->started(cb->ctx, &s);
     }
     ddpm_rng data_rng;
