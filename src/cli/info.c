@@ -10,15 +10,98 @@
 #include "cli.h"
 #include "ddpm/checkpoint.h"
 #include "ddpm/error.h"
+#include "ddpm/recipe.h"
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: ddpm info RUN_DIR|CHECKPOINT [--json] [--tensors]\n\n"
+    fprintf(f, "usage: ddpm info RUN_DIR|CHECKPOINT [--json] [--tensors]\n"
+               "       ddpm info IMAGE.png [--json]\n\n"
                "Prints a checkpoint's format version, run config (model, schedule,\n"
                "training), state (step, RNG counters, data position, training time) and\n"
                "the model's parameter count; --tensors adds every tensor's name and shape.\n"
+               "An exported weights file (ddpm export) has no optimizer state.\n"
+               "For a PNG, prints the recipe ddpm wrote into it (see ddpm sample --help);\n"
+               "a PNG without one is an error (exit 1) that says so.\n"
                "  --json      one JSON object on stdout instead of text\n"
                "  --tensors   list the tensors\n");
+}
+
+/* Whether path starts with the PNG signature. */
+static int is_png(const char *path)
+{
+    static const unsigned char signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    unsigned char head[8];
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return 0;
+    int yes = fread(head, 1, 8, f) == 8 && !memcmp(head, signature, 8);
+    fclose(f);
+    return yes;
+}
+
+static int info_png(const char *path, int json)
+{
+    ddpm_recipe r;
+    int rc = ddpm_recipe_read_png(&r, path);
+    if (rc < 0) {
+        cli_error("%s", ddpm_last_error());
+        return DDPM_EXIT_ERROR;
+    }
+    if (rc == 0) {
+        cli_error("%s: this PNG carries no ddpm recipe (no ddpm tEXt chunks: not written by ddpm, or "
+                  "its text was stripped)",
+                  path);
+        return DDPM_EXIT_ERROR;
+    }
+    const char *sampler = r.sampler.kind == DDPM_SAMPLER_DDIM ? "ddim" : "ddpm";
+    const char *var = r.sampler.var == DDPM_VAR_BETA_TILDE ? "beta-tilde" : "beta";
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        char seed[32];
+        snprintf(seed, sizeof seed, "%" PRIu64, r.seed);
+        cJSON_AddStringToObject(o, "image", path);
+        cJSON_AddStringToObject(o, "version", r.version);
+        cJSON_AddStringToObject(o, "checkpoint", r.checkpoint);
+        cJSON_AddStringToObject(o, "checkpoint_sha256", r.checkpoint_sha256);
+        cJSON_AddNumberToObject(o, "step", (double)r.step);
+        cJSON_AddStringToObject(o, "weights", r.ema ? "ema" : "raw");
+        cJSON_AddStringToObject(o, "sampler", sampler);
+        cJSON_AddNumberToObject(o, "steps", r.sampler.steps);
+        cJSON_AddNumberToObject(o, "eta", r.sampler.eta);
+        cJSON_AddStringToObject(o, "var", var);
+        cJSON_AddBoolToObject(o, "clip", r.sampler.clip_x0);
+        cJSON_AddStringToObject(o, "seed", seed);
+        cJSON_AddStringToObject(o, "kind", ddpm_recipe_kind_name(r.kind));
+        cJSON_AddNumberToObject(o, "index", r.first_index);
+        cJSON_AddNumberToObject(o, "count", r.count);
+        cJSON_AddNumberToObject(o, "nrow", r.nrow);
+        cJSON_AddNumberToObject(o, "pad", r.pad);
+        cJSON_AddNumberToObject(o, "pad_value", r.pad_value);
+        char *text = cJSON_Print(o);
+        printf("%s\n", text ? text : "{}");
+        free(text);
+        cJSON_Delete(o);
+        return DDPM_EXIT_OK;
+    }
+    printf("image: %s\nmade by: ddpm %s\ncheckpoint: %s\ncheckpoint sha256: %s\nstep: %ld\nweights: %s\n", path,
+           r.version, r.checkpoint, r.checkpoint_sha256[0] ? r.checkpoint_sha256 : "(none: weights between checkpoints)",
+           r.step, r.ema ? "EMA" : "raw");
+    if (r.sampler.kind == DDPM_SAMPLER_DDIM)
+        printf("sampler: ddim, %d steps, eta %g, clip %s\n", r.sampler.steps, r.sampler.eta,
+               r.sampler.clip_x0 ? "on" : "off");
+    else
+        printf("sampler: ddpm, all steps, var %s, clip %s\n", var, r.sampler.clip_x0 ? "on" : "off");
+    printf("seed: %" PRIu64 "\n", r.seed);
+    if (r.kind == DDPM_RECIPE_IMAGE)
+        printf("contents: image %d\n", r.first_index);
+    else if (r.kind == DDPM_RECIPE_GRID)
+        printf("contents: grid of images %d..%d, %d per row, pad %d of gray %d\n", r.first_index,
+               r.first_index + r.count - 1, r.nrow, r.pad, r.pad_value);
+    else
+        printf("contents: trajectory of images %d..%d, %d columns, pad %d of gray %d\n", r.first_index,
+               r.first_index + r.count - 1, r.nrow, r.pad, r.pad_value);
+    printf("re-create: ddpm sample --from %s --out copy.png\n", path);
+    return DDPM_EXIT_OK;
 }
 
 int cmd_info(int argc, char **argv)
@@ -42,6 +125,8 @@ int cmd_info(int argc, char **argv)
         cli_error("info: expected one RUN_DIR or CHECKPOINT");
         return cli_usage_error("info");
     }
+    if (is_png(argv[optind]))
+        return info_png(argv[optind], json);
     char path[4096];
     cli_checkpoint_path(path, sizeof path, argv[optind]);
     ddpm_checkpoint *ck;
