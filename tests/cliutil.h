@@ -7,7 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+
+#include "ddpm/imageio.h"
 
 /* The folder the commands run in (set by the test's setup). */
 static char cu_dir[256];
@@ -56,6 +59,25 @@ static inline int cu_same_bytes(const char *a, const char *b)
     free(x);
     free(y);
     return same;
+}
+
+/* cu_dir/NAME with n 8x8 gray PNGs of a pattern that depends on k and mult;
+ * returns 0 or -1. */
+static inline int cu_make_gray_folder(const char *name, int n, int mult)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", cu_dir, name);
+    if (mkdir(path, 0777))
+        return -1;
+    uint8_t px[64];
+    for (int k = 0; k < n; k++) {
+        for (int i = 0; i < 64; i++)
+            px[i] = (uint8_t)((i * (k + 3) * mult) & 255);
+        snprintf(path, sizeof path, "%s/%s/%02d.png", cu_dir, name, k);
+        if (ddpm_png_write(path, px, 8, 8, 1))
+            return -1;
+    }
+    return 0;
 }
 
 /* Prints err.txt when it does not contain needle; returns whether it does. */

@@ -23,17 +23,8 @@ static int setup(void **state)
     (void)state;
     if (tu_make_tmpdir(cu_dir, sizeof cu_dir, "cli_recipe"))
         return -1;
-    char path[512];
-    snprintf(path, sizeof path, "%s/data", cu_dir);
-    mkdir(path, 0777);
-    uint8_t px[64];
-    for (int k = 0; k < 8; k++) {
-        for (int i = 0; i < 64; i++)
-            px[i] = (uint8_t)((i * (k + 3) * 7) & 255);
-        snprintf(path, sizeof path, "%s/data/%02d.png", cu_dir, k);
-        if (ddpm_png_write(path, px, 8, 8, 1))
-            return -1;
-    }
+    if (cu_make_gray_folder("data", 8, 7))
+        return -1;
     /* two runs: the second's checkpoint is another file */
     if (cu_ddpm("train data --out run " TINY " --steps 4 --preview-n 4 --preview-steps 3 --quiet") ||
         cu_ddpm("train data --out other " TINY " --steps 4 --seed 9 --preview-n 0 --quiet"))

@@ -143,6 +143,18 @@ int cmd_info(int argc, char **argv)
         return DDPM_EXIT_ERROR;
     }
     char *config_json = ddpm_run_config_to_json(cfg), *state_json = ddpm_train_state_to_json(s);
+    const char *exported = ddpm_checkpoint_weights(ck);
+    if (exported) { /* an export has no training config and no run state: show none */
+        cJSON *c = cJSON_Parse(config_json);
+        cJSON_DeleteItemFromObjectCaseSensitive(c, "train");
+        free(config_json);
+        config_json = cJSON_PrintUnformatted(c);
+        cJSON_Delete(c);
+        free(state_json);
+        state_json = malloc(64);
+        if (state_json)
+            snprintf(state_json, 64, "{\"step\":%ld}", s->step);
+    }
     int n = ddpm_checkpoint_tensor_count(ck);
     if (json) {
         cJSON *o = cJSON_CreateObject();
@@ -154,6 +166,8 @@ int cmd_info(int argc, char **argv)
         cJSON_AddNumberToObject(o, "tensors_in_file", n);
         cJSON_AddBoolToObject(o, "has_ema", ddpm_checkpoint_has(ck, net, "ema."));
         cJSON_AddBoolToObject(o, "has_optimizer", ddpm_checkpoint_has(ck, net, "adam_m."));
+        if (exported)
+            cJSON_AddStringToObject(o, "exported_weights", exported);
         if (tensors) {
             cJSON *list = cJSON_AddArrayToObject(o, "tensors");
             for (int i = 0; i < n; i++) {
@@ -174,11 +188,17 @@ int cmd_info(int argc, char **argv)
     } else {
         cJSON *c = cJSON_Parse(config_json), *stj = cJSON_Parse(state_json);
         char *cp = cJSON_Print(c), *sp = cJSON_Print(stj);
-        printf("checkpoint: %s\nformat version: %d\nparameters: %zu\nstep: %ld\ntraining time: %.1f s\n"
-               "EMA weights: %s\noptimizer state: %s\ntensors in file: %d\nconfig: %s\nstate: %s\n",
-               path, DDPM_CHECKPOINT_FORMAT_VERSION, net->n_params, s->step, s->elapsed_seconds,
-               ddpm_checkpoint_has(ck, net, "ema.") ? "yes" : "no", ddpm_checkpoint_has(ck, net, "adam_m.") ? "yes" : "no",
-               n, cp ? cp : "?", sp ? sp : "?");
+        if (exported)
+            printf("exported weights: %s\nformat version: %d\nparameters: %zu\nstep: %ld\n"
+                   "weights: %s (no optimizer state)\ntensors in file: %d\nconfig: %s\n",
+                   path, DDPM_CHECKPOINT_FORMAT_VERSION, net->n_params, s->step,
+                   strcmp(exported, "ema") ? "raw" : "EMA", n, cp ? cp : "?");
+        else
+            printf("checkpoint: %s\nformat version: %d\nparameters: %zu\nstep: %ld\ntraining time: %.1f s\n"
+                   "EMA weights: %s\noptimizer state: %s\ntensors in file: %d\nconfig: %s\nstate: %s\n",
+                   path, DDPM_CHECKPOINT_FORMAT_VERSION, net->n_params, s->step, s->elapsed_seconds,
+                   ddpm_checkpoint_has(ck, net, "ema.") ? "yes" : "no",
+                   ddpm_checkpoint_has(ck, net, "adam_m.") ? "yes" : "no", n, cp ? cp : "?", sp ? sp : "?");
         free(cp);
         free(sp);
         cJSON_Delete(c);
