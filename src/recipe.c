@@ -12,13 +12,35 @@
 
 /* The fields in the order they are written. */
 enum {
-    F_SOFTWARE, F_SHA256, F_CHECKPOINT, F_STEP, F_WEIGHTS, F_SAMPLER, F_STEPS, F_ETA, F_VAR, F_CLIP, F_SEED,
-    F_KIND, F_INDEX, F_COUNT, F_NROW, F_PAD, F_PAD_VALUE, F_COUNT_FIELDS
+    F_SOFTWARE,
+    F_SHA256,
+    F_CHECKPOINT,
+    F_STEP,
+    F_WEIGHTS,
+    F_SAMPLER,
+    F_STEPS,
+    F_ETA,
+    F_VAR,
+    F_CLIP,
+    F_SEED,
+    F_KIND,
+    F_INDEX,
+    F_COUNT,
+    F_NROW,
+    F_PAD,
+    F_PAD_VALUE,
+    F_COUNT_FIELDS
 };
 static const char *const keys[F_COUNT_FIELDS] = {
-    "Software", "ddpm:checkpoint_sha256", "ddpm:checkpoint", "ddpm:step", "ddpm:weights", "ddpm:sampler",
-    "ddpm:steps", "ddpm:eta", "ddpm:var", "ddpm:clip", "ddpm:seed", "ddpm:kind", "ddpm:index", "ddpm:count",
-    "ddpm:nrow", "ddpm:pad", "ddpm:pad_value",
+    "Software",        "ddpm:checkpoint_sha256",
+    "ddpm:checkpoint", "ddpm:step",
+    "ddpm:weights",    "ddpm:sampler",
+    "ddpm:steps",      "ddpm:eta",
+    "ddpm:var",        "ddpm:clip",
+    "ddpm:seed",       "ddpm:kind",
+    "ddpm:index",      "ddpm:count",
+    "ddpm:nrow",       "ddpm:pad",
+    "ddpm:pad_value",
 };
 static const char *const kind_names[3] = {"grid", "image", "trajectory"};
 
@@ -29,7 +51,7 @@ const char *ddpm_recipe_kind_name(ddpm_recipe_kind k)
 
 int ddpm_recipe_to_text(const ddpm_recipe *r, ddpm_png_text *text, ddpm_recipe_storage *st, int *index_slot)
 {
-    char (*b)[72] = st->buf;
+    char(*b)[72] = st->buf;
     snprintf(b[F_SOFTWARE], 72, "ddpm %s", r->version);
     snprintf(b[F_SHA256], 72, "%.64s", r->checkpoint_sha256);
     snprintf(b[F_STEP], 72, "%ld", r->step);
@@ -126,14 +148,23 @@ static int on_text(void *ctx, const char *key, const char *value)
         if (!bad)
             snprintf(r->checkpoint, sizeof r->checkpoint, "%s", value);
         break;
-    case F_STEP: bad = parse_long(value, 0, 1000000000000000LL, &v); r->step = (long)v; break;
-    case F_WEIGHTS: r->ema = pick(value, weights, 2); bad = r->ema < 0; break;
+    case F_STEP:
+        bad = parse_long(value, 0, 1000000000000000LL, &v);
+        r->step = (long)v;
+        break;
+    case F_WEIGHTS:
+        r->ema = pick(value, weights, 2);
+        bad = r->ema < 0;
+        break;
     case F_SAMPLER:
         v = pick(value, samplers, 2);
         bad = v < 0;
         r->sampler.kind = v == 1 ? DDPM_SAMPLER_DDIM : DDPM_SAMPLER_DDPM;
         break;
-    case F_STEPS: bad = parse_long(value, 1, 100000, &v); r->sampler.steps = (int)v; break;
+    case F_STEPS:
+        bad = parse_long(value, 1, 100000, &v);
+        r->sampler.steps = (int)v;
+        break;
     case F_ETA: {
         char *end;
         errno = 0;
@@ -147,7 +178,10 @@ static int on_text(void *ctx, const char *key, const char *value)
         bad = v < 0;
         r->sampler.var = v == 1 ? DDPM_VAR_BETA_TILDE : DDPM_VAR_BETA;
         break;
-    case F_CLIP: bad = parse_long(value, 0, 1, &v); r->sampler.clip_x0 = (int)v; break;
+    case F_CLIP:
+        bad = parse_long(value, 0, 1, &v);
+        r->sampler.clip_x0 = (int)v;
+        break;
     case F_SEED: {
         char *end;
         errno = 0;
@@ -161,11 +195,26 @@ static int on_text(void *ctx, const char *key, const char *value)
         bad = v < 0;
         r->kind = v == 2 ? DDPM_RECIPE_TRAJECTORY : v == 1 ? DDPM_RECIPE_IMAGE : DDPM_RECIPE_GRID;
         break;
-    case F_INDEX: bad = parse_long(value, 0, 999999999, &v); r->first_index = (int)v; break;
-    case F_COUNT: bad = parse_long(value, 1, 1000000, &v); r->count = (int)v; break;
-    case F_NROW: bad = parse_long(value, 1, 100000, &v); r->nrow = (int)v; break;
-    case F_PAD: bad = parse_long(value, 0, 1000, &v); r->pad = (int)v; break;
-    case F_PAD_VALUE: bad = parse_long(value, 0, 255, &v); r->pad_value = (int)v; break;
+    case F_INDEX:
+        bad = parse_long(value, 0, 999999999, &v);
+        r->first_index = (int)v;
+        break;
+    case F_COUNT:
+        bad = parse_long(value, 1, 1000000, &v);
+        r->count = (int)v;
+        break;
+    case F_NROW:
+        bad = parse_long(value, 1, 100000, &v);
+        r->nrow = (int)v;
+        break;
+    case F_PAD:
+        bad = parse_long(value, 0, 1000, &v);
+        r->pad = (int)v;
+        break;
+    case F_PAD_VALUE:
+        bad = parse_long(value, 0, 255, &v);
+        r->pad_value = (int)v;
+        break;
     }
     return bad ? bad_value(p, key, value) : 0;
 }
@@ -185,8 +234,8 @@ int ddpm_recipe_parse_png(ddpm_recipe *r, const uint8_t *bytes, size_t n, const 
     if (r->kind == DDPM_RECIPE_IMAGE && r->count != 1)
         return ddpm_error(DDPM_EFORMAT, "%s: the recipe of one image says count %d", name, r->count);
     if (r->first_index > 999999999 - r->count)
-        return ddpm_error(DDPM_EFORMAT, "%s: recipe index %d + count %d is out of range", name, r->first_index,
-                          r->count);
+        return ddpm_error(DDPM_EFORMAT, "%s: recipe index %d + count %d is out of range", name,
+                          r->first_index, r->count);
     return 1;
 }
 

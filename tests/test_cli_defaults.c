@@ -168,7 +168,8 @@ static void test_gray_saved_as_rgb_trains_as_one_channel(void **state)
     make_folder("grayrgb", 28, 3, 1, 3);
     assert_int_equal(cu_ddpm("train grayrgb --out rg --steps 1 --batch 2 --preview-n 0 --quiet"), 0);
     assert_int_equal(run_config("rg").model.in_channels, 1);
-    assert_int_equal(cu_ddpm("train grayrgb --out rg3 --channels 3 --steps 1 --batch 2 --preview-n 0 --quiet"), 0);
+    assert_int_equal(
+        cu_ddpm("train grayrgb --out rg3 --channels 3 --steps 1 --batch 2 --preview-n 0 --quiet"), 0);
     assert_int_equal(run_config("rg3").model.in_channels, 3);
     /* one pixel off gray in one image: the folder is colour */
     char path[512];
@@ -189,8 +190,10 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fit_data_gives_the_documented_model_for_each_size),
-        cmocka_unit_test_setup_teardown(test_train_with_default_flags_on_each_size_gray_and_rgb, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_explicit_flags_win_and_impossible_sizes_are_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_train_with_default_flags_on_each_size_gray_and_rgb, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_explicit_flags_win_and_impossible_sizes_are_refused, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_gray_saved_as_rgb_trains_as_one_channel, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

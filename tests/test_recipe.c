@@ -117,7 +117,8 @@ static void test_png_without_recipe_reads_as_none(void **state)
 /* Rewrites the CRC of the chunk starting at `at` after its data changed. */
 static void fix_crc(uint8_t *png, size_t at)
 {
-    uint32_t len = (uint32_t)png[at] << 24 | (uint32_t)png[at + 1] << 16 | (uint32_t)png[at + 2] << 8 | png[at + 3];
+    uint32_t len =
+        (uint32_t)png[at] << 24 | (uint32_t)png[at + 1] << 16 | (uint32_t)png[at + 2] << 8 | png[at + 3];
     uLong crc = crc32(crc32(0L, Z_NULL, 0), png + at + 4, len + 4);
     for (int i = 0; i < 4; i++)
         png[at + 8 + len + i] = (uint8_t)(crc >> (24 - 8 * i));

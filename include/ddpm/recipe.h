@@ -29,8 +29,8 @@ typedef struct ddpm_recipe {
     ddpm_sampler_config sampler; /* kind, steps (DDIM), eta, var, clip_x0 */
     uint64_t seed;
     ddpm_recipe_kind kind;
-    int first_index; /* image: its index; grid: the first image's index */
-    int count;       /* grid: images in it; trajectory: rows; image: 1 */
+    int first_index;          /* image: its index; grid: the first image's index */
+    int count;                /* grid: images in it; trajectory: rows; image: 1 */
     int nrow, pad, pad_value; /* grid and trajectory layout (trajectory: nrow = columns K) */
 } ddpm_recipe;
 

@@ -26,8 +26,10 @@ static void usage(FILE *f)
 
 int cmd_export(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"raw", no_argument, 0, 'r'}, {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    static const struct option longopts[] = {{"raw", no_argument, 0, 'r'},
+                                             {"quiet", no_argument, 0, 'q'},
+                                             {"help", no_argument, 0, 'h'},
+                                             {0, 0, 0, 0}};
     int raw = 0, quiet = 0, opt;
     opterr = 0;
     optind = 1;
@@ -36,9 +38,7 @@ int cmd_export(int argc, char **argv)
         case 'h': usage(stdout); return DDPM_EXIT_OK;
         case 'r': raw = 1; break;
         case 'q': quiet = 1; break;
-        default:
-            cli_error("export: unknown option '%s'", argv[optind - 1]);
-            return cli_usage_error("export");
+        default: cli_error("export: unknown option '%s'", argv[optind - 1]); return cli_usage_error("export");
         }
     }
     if (optind != argc - 2) {
@@ -60,11 +60,12 @@ int cmd_export(int argc, char **argv)
     }
     if (!quiet) {
         struct stat a, b;
-        double in_mb = stat(path, &a) == 0 ? a.st_size / 1e6 : 0, out_mb = stat(out, &b) == 0 ? b.st_size / 1e6 : 0;
+        double in_mb = stat(path, &a) == 0 ? a.st_size / 1e6 : 0,
+               out_mb = stat(out, &b) == 0 ? b.st_size / 1e6 : 0;
         if (!raw && !used_ema)
             fprintf(stderr, "ddpm: %s has no EMA weights; exported the raw ones\n", path);
-        fprintf(stderr, "ddpm: %s weights of step %ld: %s (%.1f MB, from %.1f MB)\n", used_ema ? "EMA" : "raw",
-                ddpm_checkpoint_state(ck)->step, out, out_mb, in_mb);
+        fprintf(stderr, "ddpm: %s weights of step %ld: %s (%.1f MB, from %.1f MB)\n",
+                used_ema ? "EMA" : "raw", ddpm_checkpoint_state(ck)->step, out, out_mb, in_mb);
     }
     ddpm_checkpoint_close(ck);
     return DDPM_EXIT_OK;
