@@ -17,6 +17,7 @@ static const struct {
     {"bench", cmd_bench, "measure training and sampling speed on this machine"},
     {"info", cmd_info, "print a checkpoint's metadata and tensor table"},
     {"eval", cmd_eval, "the variational bound in bits/dim and held-out loss on a folder"},
+    {"export", cmd_export, "write a checkpoint's EMA (or raw) weights alone, to share"},
     {"convert", cmd_convert, "convert IDX files (MNIST, Fashion-MNIST, ...) to PNG folders"},
 };
 
