@@ -15,7 +15,10 @@
 static double u_minus_log1p(double u)
 {
     if (fabs(u) < 1e-3)
-        return u * u * (1.0 / 2 + u * (-1.0 / 3 + u * (1.0 / 4 + u * (-1.0 / 5 + u * (1.0 / 6 + u * (-1.0 / 7 + u * (1.0 / 8)))))));
+        return u * u *
+               (1.0 / 2 +
+                u * (-1.0 / 3 +
+                     u * (1.0 / 4 + u * (-1.0 / 5 + u * (1.0 / 6 + u * (-1.0 / 7 + u * (1.0 / 8)))))));
     return u - log1p(u);
 }
 
@@ -95,7 +98,10 @@ double ddpm_prior_kl(const float *x0, size_t D, const ddpm_schedule *s)
     return 0.5 * abar * sum_sq + (double)D * 0.5 * u_minus_log1p(-abar);
 }
 
-static inline double clamp1(double v) { return v < -1.0 ? -1.0 : v > 1.0 ? 1.0 : v; }
+static inline double clamp1(double v)
+{
+    return v < -1.0 ? -1.0 : v > 1.0 ? 1.0 : v;
+}
 
 double ddpm_bound_term(const float *x0, const float *x_t, const float *eps_pred, int i, size_t D,
                        const ddpm_schedule *s, ddpm_var_kind var, int clip_x0)
@@ -137,7 +143,10 @@ void ddpm_bound_config_default(ddpm_bound_config *c)
     c->seed = 0;
 }
 
-static uint64_t blocks_of(size_t D) { return (uint64_t)((D + 3) / 4); }
+static uint64_t blocks_of(size_t D)
+{
+    return (uint64_t)((D + 3) / 4);
+}
 
 void ddpm_eval_noise(float *eps, uint64_t seed, long image, int i, int T, size_t D)
 {
@@ -164,7 +173,10 @@ int ddpm_eval_pick(int *idx, int n, int count, uint64_t seed)
     return DDPM_OK;
 }
 
-static const char *channels_name(int c) { return c == 1 ? "gray" : c == 3 ? "RGB" : "?"; }
+static const char *channels_name(int c)
+{
+    return c == 1 ? "gray" : c == 3 ? "RGB" : "?";
+}
 
 int ddpm_eval_load(float **x0, int *n, int *count, const char *dir, int S, int C, int default_n,
                    uint64_t seed, ddpm_dataset_warn_fn warn, void *warn_user)
@@ -241,7 +253,7 @@ typedef struct {
     float *x_t, *eps, *eps_pred;
     int *steps;
     long *image;
-    double *per_image; /* [4, n]: L_T, sum L_{t-1}, L_0, total (nats) */
+    double *per_image;           /* [4, n]: L_T, sum L_{t-1}, L_0, total (nats) */
     double *term_mean, *term_m2; /* Welford per index */
 } bound_buffers;
 
@@ -258,15 +270,16 @@ static void free_buffers(bound_buffers *b)
 }
 
 int ddpm_bound(ddpm_bound_result *r, const float *x0, int n, size_t D, const ddpm_schedule *s,
-               const ddpm_bound_config *c, ddpm_eps_fn eps_fn, void *eps_ctx,
-               ddpm_eval_progress_fn progress, void *progress_ctx)
+               const ddpm_bound_config *c, ddpm_eps_fn eps_fn, void *eps_ctx, ddpm_eval_progress_fn progress,
+               void *progress_ctx)
 {
     memset(r, 0, sizeof *r);
     int T = s->T, K = c->mc, B = c->batch;
     if (n < 1 || D < 1)
         return ddpm_error(DDPM_EINVAL, "the bound needs at least one image");
     if (T < 2)
-        return ddpm_error(DDPM_EINVAL, "the bound needs T >= 2 (the decoder variance is beta~_2), got T = %d", T);
+        return ddpm_error(DDPM_EINVAL, "the bound needs T >= 2 (the decoder variance is beta~_2), got T = %d",
+                          T);
     if (B < 1 || K < 0)
         return ddpm_error(DDPM_EINVAL, "bad bound config: batch %d, mc %d", B, K);
     long per_image = K > 0 ? K + 1 : T, total = (long)n * per_image;
@@ -282,8 +295,8 @@ int ddpm_bound(ddpm_bound_result *r, const float *x0, int n, size_t D, const ddp
     r->term_mean = ddpm_malloc((size_t)T, sizeof(double));
     r->term_se = ddpm_malloc((size_t)T, sizeof(double));
     r->term_n = ddpm_calloc((size_t)T, sizeof(long));
-    if (!b.x_t || !b.eps || !b.eps_pred || !b.steps || !b.image || !b.per_image || !b.term_mean || !b.term_m2 ||
-        !r->term_mean || !r->term_se || !r->term_n) {
+    if (!b.x_t || !b.eps || !b.eps_pred || !b.steps || !b.image || !b.per_image || !b.term_mean ||
+        !b.term_m2 || !r->term_mean || !r->term_se || !r->term_n) {
         free_buffers(&b);
         ddpm_bound_result_free(r);
         return DDPM_ENOMEM;
@@ -313,10 +326,11 @@ int ddpm_bound(ddpm_bound_result *r, const float *x0, int n, size_t D, const ddp
             long k = b.image[m];
             int i = b.steps[m];
             size_t o = (size_t)m * D;
-            double term = ddpm_bound_term(x0 + (size_t)k * D, b.x_t + o, b.eps_pred + o, i, D, s, c->var, c->clip_x0);
+            double term =
+                ddpm_bound_term(x0 + (size_t)k * D, b.x_t + o, b.eps_pred + o, i, D, s, c->var, c->clip_x0);
             if (!isfinite(term)) {
-                rc = ddpm_error(DDPM_ENAN, "the bound's term at t = %d of image %ld is not finite (%g)", i + 1, k,
-                                term);
+                rc = ddpm_error(DDPM_ENAN, "the bound's term at t = %d of image %ld is not finite (%g)",
+                                i + 1, k, term);
                 break;
             }
             if (i == 0)

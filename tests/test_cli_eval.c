@@ -57,8 +57,8 @@ static void assert_one_error_line(const char *needle, const char *needle2)
     char *nl = strchr(err, '\n');
     ok = ok && nl && (nl[1] == '\0' || strstr(nl + 1, "--help"));
     if (!ok)
-        fprintf(stderr, "stderr was: %s(wanted one line with '%s'%s%s)\n", err, needle, needle2 ? " and " : "",
-                needle2 ? needle2 : "");
+        fprintf(stderr, "stderr was: %s(wanted one line with '%s'%s%s)\n", err, needle,
+                needle2 ? " and " : "", needle2 ? needle2 : "");
     assert_true(ok);
     free(err);
 }
@@ -111,13 +111,15 @@ static void test_eval_prints_the_bound_as_json_and_writes_terms_by_t(void **stat
     (void)state;
     assert_int_equal(ddpm("eval run data --n 4 --json --terms terms.csv --quiet --seed 3"), 0);
     char *out = slurp("out.txt");
-    const char *keys[] = {"n_images", "bpd_total", "bpd_stderr", "bpd_prior", "bpd_vb", "bpd_decoder", "l_simple"};
+    const char *keys[] = {"n_images", "bpd_total",   "bpd_stderr", "bpd_prior",
+                          "bpd_vb",   "bpd_decoder", "l_simple"};
     for (size_t k = 0; k < sizeof keys / sizeof *keys; k++)
         if (isnan(json_number(out, keys[k])))
             fail_msg("no \"%s\" in %s", keys[k], out);
     assert_true(json_number(out, "n_images") == 4);
     double total = json_number(out, "bpd_total");
-    double parts = json_number(out, "bpd_prior") + json_number(out, "bpd_vb") + json_number(out, "bpd_decoder");
+    double parts =
+        json_number(out, "bpd_prior") + json_number(out, "bpd_vb") + json_number(out, "bpd_decoder");
     assert_close(total, parts, 1e-9 * total);
     assert_non_null(strstr(out, "\"var\":\"beta\""));
     /* --terms: a header and one row per t = 1..T (T = 20) */
@@ -179,8 +181,8 @@ static void test_eval_bad_input_gets_one_line_and_a_nonzero_exit(void **state)
     /* --help documents every flag */
     assert_int_equal(ddpm("eval --help"), 0);
     char *out = slurp("out.txt");
-    const char *flags[] = {"--n ", "--mc ", "--var ", "--no-clip", "--seed ", "--batch ", "--no-ema", "--terms ",
-                           "--threads ", "--json", "--quiet", "beta~_2"};
+    const char *flags[] = {"--n ",     "--mc ",    "--var ",     "--no-clip", "--seed ", "--batch ",
+                           "--no-ema", "--terms ", "--threads ", "--json",    "--quiet", "beta~_2"};
     for (size_t k = 0; k < sizeof flags / sizeof *flags; k++)
         if (!strstr(out, flags[k]))
             fail_msg("eval --help does not mention %s", flags[k]);
@@ -208,7 +210,8 @@ static void test_train_eval_dir_logs_held_out_loss_without_changing_the_training
     assert_int_equal(ddpm("train data --out run_ev " TINY " --steps 4 --log-every 2 --preview-n 0 --quiet "
                           "--eval-dir data --eval-every 2 --eval-n 3 --eval-mc 2"),
                      0);
-    assert_int_equal(ddpm("train data --out run_plain " TINY " --steps 4 --log-every 2 --preview-n 0 --quiet"), 0);
+    assert_int_equal(
+        ddpm("train data --out run_plain " TINY " --steps 4 --log-every 2 --preview-n 0 --quiet"), 0);
     int n_eval, n_loss_ev, n_loss_plain;
     char *ev = lines_with("run_ev/log.jsonl", "eval_l_simple", &n_eval);
     assert_int_equal(n_eval, 2);
@@ -226,7 +229,8 @@ static void test_train_eval_dir_logs_held_out_loss_without_changing_the_training
     free(a);
     free(b);
     /* held-out images the model cannot take: refused before training */
-    assert_int_equal(ddpm("train data --out run_bad " TINY " --steps 2 --preview-n 0 --quiet --eval-dir rgb"), 1);
+    assert_int_equal(ddpm("train data --out run_bad " TINY " --steps 2 --preview-n 0 --quiet --eval-dir rgb"),
+                     1);
     assert_one_error_line("rgb", "RGB");
 }
 

@@ -91,7 +91,10 @@ static long double ref_decoder(double x, long double mean, long double sigma)
 }
 
 /* k-th value of the 256-level grid, as the data set produces it. */
-static float grid(int k) { return (float)k / 127.5f - 1.0f; }
+static float grid(int k)
+{
+    return (float)k / 127.5f - 1.0f;
+}
 
 /* ------------------------------------------------ the terms */
 
@@ -118,7 +121,8 @@ static void test_normal_kl_matches_closed_form_on_random_means_and_variances(voi
         double tol = 2e-18 + 1e-12 * fabsl(want);
         if (!(fabs(got - (double)want) <= tol)) {
             if (n_bad++ < 5)
-                fprintf(stderr, "KL(N(%g,%g)||N(%g,%g)) = %.17g, reference %.17Lg\n", m1, v1, m2, v2, got, want);
+                fprintf(stderr, "KL(N(%g,%g)||N(%g,%g)) = %.17g, reference %.17Lg\n", m1, v1, m2, v2, got,
+                        want);
         }
     }
     assert_int_equal(n_bad, 0);
@@ -147,14 +151,15 @@ static void test_decoder_matches_integrated_density_in_every_bin_including_open_
                    a log of up to 5e4 */
                 double tol = 1e-9 + 1e-12 * fabsl(want);
                 if (!(fabs(got - (double)want) <= tol) && n_bad++ < 8)
-                    fprintf(stderr, "bin %d (x %.6f) mean %g sigma %g: log p %.15g, integrated %.15Lg\n", k, x,
-                            means[mi], sigmas[si], got, want);
+                    fprintf(stderr, "bin %d (x %.6f) mean %g sigma %g: log p %.15g, integrated %.15Lg\n", k,
+                            x, means[mi], sigmas[si], got, want);
                 double hi = fmax(logsum, got);
                 logsum = hi + log(exp(logsum - hi) + exp(got - hi));
             }
             /* the 256 bins cover the line: their masses sum to 1 */
             if (!(fabs(logsum) < 1e-12) && n_bad++ < 8)
-                fprintf(stderr, "mean %g sigma %g: log of the total mass %.3g\n", means[mi], sigmas[si], logsum);
+                fprintf(stderr, "mean %g sigma %g: log of the total mass %.3g\n", means[mi], sigmas[si],
+                        logsum);
         }
     assert_int_equal(n_bad, 0);
 }
@@ -195,8 +200,8 @@ static void test_prior_kl_matches_its_formula(void **state)
         for (int d = 0; d < D; d++)
             want += ref_kl(sqrtl(abar) * x0[d], 1 - abar, 0, 1);
         double got = ddpm_prior_kl(x0, D, ss[k]);
-        fprintf(stderr, "  L_T (%s, T %d): %.10g nats, reference %.10Lg\n", ddpm_schedule_name(ss[k]->kind), ss[k]->T,
-                got, want);
+        fprintf(stderr, "  L_T (%s, T %d): %.10g nats, reference %.10Lg\n", ddpm_schedule_name(ss[k]->kind),
+                ss[k]->T, got, want);
         /* abar_T is 4e-5 (linear) and ~1e-9 (cosine): the terms cancel to ~abar^2 per
            dimension, which long double resolves to ~1e-19 / abar^2 relative */
         assert_close(got, (double)want, 1e-8 * fabsl(want) + 1e-17);
@@ -220,7 +225,8 @@ static long double ref_term(const float *x0, const float *x_t, const float *eps,
         long double x0p = (x_t[d] - sqrtl(1 - r.abar) * eps[d]) / sqrtl(r.abar);
         if (clip)
             x0p = x0p < -1 ? -1 : x0p > 1 ? 1 : x0p;
-        long double mean = clip ? cx0 * x0p + cxt * x_t[d] : (x_t[d] - r.beta / sqrtl(1 - r.abar) * eps[d]) / sqrtl(r.alpha);
+        long double mean =
+            clip ? cx0 * x0p + cxt * x_t[d] : (x_t[d] - r.beta / sqrtl(1 - r.abar) * eps[d]) / sqrtl(r.alpha);
         if (i == 0)
             sum -= ref_decoder(x0[d], mean, sqrtl(var));
         else
@@ -365,7 +371,8 @@ static void test_exact_eps_of_a_gaussian_data_set_gives_the_analytic_bound(void 
         for (int d = 0; d < GD; d++)
             prior_want += 0.5 * (abar * (g_mu[d] * g_mu[d] + g_s2[d]) - abar - log1p(-abar));
         prior_want *= to_bpd;
-        fprintf(stderr, "  var %s: sum L_{t-1} %.5f +- %.5f bits/dim (analytic %.5f), L_T %.3g (analytic %.3g)\n",
+        fprintf(stderr,
+                "  var %s: sum L_{t-1} %.5f +- %.5f bits/dim (analytic %.5f), L_T %.3g (analytic %.3g)\n",
                 v ? "beta~" : "beta", r.vb.mean, r.vb.se, vb_want, r.prior.mean, prior_want);
         assert_int_equal(n_bad, 0);
         assert_true(fabs(r.vb.mean - vb_want) <= 4 * r.vb.se);
@@ -437,7 +444,8 @@ static void test_mc_estimate_averages_to_the_exact_bound(void **state)
     for (int s = 0; s < SEEDS_MC; s++)
         v_mc += (mc[s] - m_mc) * (mc[s] - m_mc) / (SEEDS_MC - 1);
     double se = sqrt(v_ex / SEEDS_EXACT + v_mc / SEEDS_MC);
-    fprintf(stderr, "  exact %.5f (sd over seeds %.2g), mc K=%d %.5f (sd over seeds %.2g, reported se %.2g)\n", m_ex,
+    fprintf(stderr,
+            "  exact %.5f (sd over seeds %.2g), mc K=%d %.5f (sd over seeds %.2g, reported se %.2g)\n", m_ex,
             sqrt(v_ex), K, m_mc, sqrt(v_mc), se_mc_reported);
     assert_true(fabs(m_mc - m_ex) <= 4 * se);
     /* the reported standard error (over images) covers the spread of the draws:
@@ -587,7 +595,8 @@ static void test_bound_of_the_reference_unet_matches_pytorch(void **state)
     ddpm_st_file *f;
     if (ddpm_safetensors_open(&f, BOUND_REF))
         fail_msg("%s (run tests/reference/make_bound_reference.py)", ddpm_last_error());
-    const char *cfg_text = ddpm_safetensors_meta(f, "config"), *exp_text = ddpm_safetensors_meta(f, "expected");
+    const char *cfg_text = ddpm_safetensors_meta(f, "config"),
+               *exp_text = ddpm_safetensors_meta(f, "expected");
     assert_non_null(cfg_text);
     assert_non_null(exp_text);
     cJSON *cfg = cJSON_Parse(cfg_text), *expected = cJSON_Parse(exp_text);
@@ -609,10 +618,12 @@ static void test_bound_of_the_reference_unet_matches_pytorch(void **state)
     assert_int_equal(ddpm_unet_create(&net, &uc), 0);
     float *params = tu_alloc(net->n_params);
     for (int k = 0; k < net->n_tensors; k++)
-        if (ddpm_safetensors_read_f32(f, net->tensors[k].name, params + net->tensors[k].offset, net->tensors[k].n))
+        if (ddpm_safetensors_read_f32(f, net->tensors[k].name, params + net->tensors[k].offset,
+                                      net->tensors[k].n))
             fail_msg("%s", ddpm_last_error());
     size_t D = (size_t)uc.in_channels * uc.image_size * uc.image_size;
-    float *x0 = tu_alloc((size_t)n * D), *noise = tu_alloc((size_t)n * T * D), *terms = tu_alloc((size_t)n * T);
+    float *x0 = tu_alloc((size_t)n * D), *noise = tu_alloc((size_t)n * T * D),
+          *terms = tu_alloc((size_t)n * T);
     assert_int_equal(ddpm_safetensors_read_f32(f, "x0", x0, (size_t)n * D), 0);
     assert_int_equal(ddpm_safetensors_read_f32(f, "noise", noise, (size_t)n * T * D), 0);
     ddpm_schedule s;
@@ -651,14 +662,15 @@ static void test_bound_of_the_reference_unet_matches_pytorch(void **state)
                 double rel = fabs(got[q] - want) / fabs(want);
                 worst_total = fmax(worst_total, rel);
                 if (!(rel <= 1e-6) && n_bad++ < 8)
-                    fprintf(stderr, "%s %s: %.9f bits/dim, PyTorch %.9f (rel. %.2g)\n", key, names[q], got[q], want,
-                            rel);
+                    fprintf(stderr, "%s %s: %.9f bits/dim, PyTorch %.9f (rel. %.2g)\n", key, names[q], got[q],
+                            want, rel);
             }
             ddpm_bound_result_free(&r);
             /* one image at a time: every term of every image */
             for (int k = 0; k < n; k++) {
                 nctx.first = k;
-                assert_int_equal(ddpm_bound(&r, x0 + (size_t)k * D, 1, D, &s, &c, ddpm_unet_eps, &ectx, NULL, NULL), 0);
+                assert_int_equal(
+                    ddpm_bound(&r, x0 + (size_t)k * D, 1, D, &s, &c, ddpm_unet_eps, &ectx, NULL, NULL), 0);
                 for (int i = 0; i < T; i++) {
                     double want = terms[(size_t)k * T + i] * to_bpd, diff = fabs(r.term_mean[i] - want);
                     worst_term = fmax(worst_term, diff / (1e-4 + fabs(want)));
@@ -669,7 +681,8 @@ static void test_bound_of_the_reference_unet_matches_pytorch(void **state)
                 ddpm_bound_result_free(&r);
             }
         }
-    fprintf(stderr, "  worst relative difference: of a total %.2g, of a term %.2g\n", worst_total, worst_term);
+    fprintf(stderr, "  worst relative difference: of a total %.2g, of a term %.2g\n", worst_total,
+            worst_term);
     assert_int_equal(n_bad, 0);
     cJSON_Delete(cfg);
     cJSON_Delete(expected);

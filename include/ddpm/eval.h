@@ -111,13 +111,13 @@ void ddpm_eval_noise(float *eps, uint64_t seed, long image, int i, int T, size_t
 typedef void (*ddpm_eval_progress_fn)(void *ctx, long done, long total);
 
 typedef struct {
-    ddpm_var_kind var; /* sigma_t^2: beta_t (default) or beta~_t */
-    int clip_x0;       /* model mean from the clipped predicted x0 (default 1) */
-    int mc;            /* 0: the exact bound, all T terms (default); K > 0: K steps
-                          drawn uniformly from t = 2..T per image, their mean scaled
-                          by T - 1, plus the exact L_T and L_0 */
-    int batch;         /* network evaluations per eps_fn call (default 64) */
-    uint64_t seed;     /* (default 0) */
+    ddpm_var_kind var;      /* sigma_t^2: beta_t (default) or beta~_t */
+    int clip_x0;            /* model mean from the clipped predicted x0 (default 1) */
+    int mc;                 /* 0: the exact bound, all T terms (default); K > 0: K steps
+                               drawn uniformly from t = 2..T per image, their mean scaled
+                               by T - 1, plus the exact L_T and L_0 */
+    int batch;              /* network evaluations per eps_fn call (default 64) */
+    uint64_t seed;          /* (default 0) */
     ddpm_noise_fn noise_fn; /* NULL: ddpm_eval_noise with seed */
     void *noise_ctx;
 } ddpm_bound_config;
@@ -147,8 +147,8 @@ typedef struct {
  * On success *r owns its arrays (ddpm_bound_result_free). Errors: DDPM_EINVAL (n
  * < 1, T < 2, batch < 1, mc < 0), DDPM_ENOMEM, DDPM_ENAN (a non-finite term). */
 int ddpm_bound(ddpm_bound_result *r, const float *x0, int n, size_t D, const ddpm_schedule *s,
-               const ddpm_bound_config *c, ddpm_eps_fn eps_fn, void *eps_ctx,
-               ddpm_eval_progress_fn progress, void *progress_ctx);
+               const ddpm_bound_config *c, ddpm_eps_fn eps_fn, void *eps_ctx, ddpm_eval_progress_fn progress,
+               void *progress_ctx);
 void ddpm_bound_result_free(ddpm_bound_result *r);
 
 /* Held-out L_simple: for image k a step i and eps drawn from (seed, k), the mean
