@@ -549,9 +549,9 @@ static void test_pick_takes_a_prefix_of_one_seeded_permutation(void **state)
  * sums in other orders; measured here (the test prints it): 7.1e-8 relative on
  * the totals and 2.4e-7 of |term| + 1e-4 bits/dim on single terms. The bounds
  * are 1e-6 relative on the four totals and 2e-5 + 1e-6 |term| bits/dim on each
- * term, over 10x the measured noise, while a wrong index, variance, clip or bin moves a
- * total by 1e-3 relative or more (the decoder's variance beta_1 instead of
- * beta~_2 moves the decoder by 10%). */
+ * term, over 10x the measured noise; a wrong index, variance, clip or bin moves
+ * them far more (beta_1 instead of beta~_2 as the t = 1 variance, or sigma^2 of
+ * step t - 1, each fail this test: tried). */
 #define BOUND_REF DDPM_TEST_DATA "/bound_reference.safetensors"
 
 typedef struct {
