@@ -96,7 +96,8 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     }
     cfg.model.image_size = ddpm_dataset_size(r->ds);
     cfg.model.in_channels = ddpm_dataset_channels(r->ds);
-    rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck) : ddpm_trainer_create(&r->tr, &cfg);
+    rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck, o->micro_batch)
+            : ddpm_trainer_create(&r->tr, &cfg, o->micro_batch);
     ddpm_checkpoint_close(ck);
     if (!rc && o->resume)
         rc = ddpm_dataset_seek(r->ds, r->tr->state.data_epoch, r->tr->state.data_position);
@@ -159,7 +160,7 @@ static int session_preview(run_session *r, char *path, size_t size)
     ddpm_sample_files_config c;
     ddpm_sample_files_config_default(&c);
     c.n = o->preview_n;
-    c.batch = tr->cfg.batch;
+    c.batch = tr->micro_batch; /* the workspace's size */
     c.seed = tr->cfg.seed;
     c.sampler.steps = o->preview_steps < tr->cfg.timesteps ? o->preview_steps : tr->cfg.timesteps;
     c.sampler.eta = 1; /* see ddpm sample --help: cleaner than eta 0 early in training */

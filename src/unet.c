@@ -647,8 +647,41 @@ static void zero(ddpm_unet_workspace *ws, float *x, size_t n)
 
 /* ---------------------------------------------------------------- forward */
 
+/* Counters per image of a ResBlock's dropout mask (ddpm_dropout_draw). */
+static uint64_t dropout_counters_per_image(const module *m)
+{
+    return ((uint64_t)m->cout * m->H * m->W + 3) / 4;
+}
+
+uint64_t ddpm_unet_dropout_counters(const ddpm_unet *net, int batch)
+{
+    uint64_t n = 0;
+    if (!(net->cfg.dropout > 0))
+        return 0;
+    for (int i = 0; i < net->plan->n_modules; i++)
+        if (net->plan->modules[i].kind == M_RES)
+            n += (uint64_t)batch * dropout_counters_per_image(&net->plan->modules[i]);
+    return n;
+}
+
+/* The masks of images [d->first, d->first + B) from the block's first counter
+ * `block` (the layout of ddpm_dropout_draw): one call when every image starts on
+ * a counter boundary, else one call per image. */
+static void dropout_images(float *out, float *mask, const float *in, float p, int B, size_t n_img,
+                           const ddpm_dropout_draw *d, uint64_t block, uint64_t per_image)
+{
+    if (n_img % 4 == 0) {
+        ddpm_dropout_forward(out, mask, in, p, (size_t)B * n_img, d->seed, block + (uint64_t)d->first * per_image);
+        return;
+    }
+    for (int b = 0; b < B; b++)
+        ddpm_dropout_forward(out + b * n_img, mask + b * n_img, in + b * n_img, p, n_img, d->seed,
+                             block + (uint64_t)(d->first + b) * per_image);
+}
+
+/* counter: the block's first dropout counter; advanced past the step's batch */
 static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
-                        const module *m, int B, ddpm_rng *dropout_rng)
+                        const module *m, int B, const ddpm_dropout_draw *dropout, uint64_t *counter)
 {
     const ddpm_unet_plan *p = net->plan;
     int G = net->cfg.groups, HW = m->H * m->W, cin = m->cin, cout = m->cout;
@@ -682,10 +715,11 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
     const float *d2 = s2;
     if (ws->dropout_applied) {
         float *d2buf = ACT(m->a[A_D2]);
+        uint64_t per_image = dropout_counters_per_image(m);
         PROF(0, DDPM_PROF_ELEMENTWISE,
-             ddpm_dropout_forward(d2buf, ACT(m->a[A_MASK]), s2, net->cfg.dropout, n_out, dropout_rng->seed,
-                                  dropout_rng->counter));
-        dropout_rng->counter += (n_out + 3) / 4;
+             dropout_images(d2buf, ACT(m->a[A_MASK]), s2, net->cfg.dropout, B, (size_t)cout * HW, dropout,
+                            *counter, per_image));
+        *counter += (uint64_t)dropout->batch * per_image;
         d2 = d2buf;
     }
     PROF(0, DDPM_PROF_CONV,
@@ -729,12 +763,13 @@ static void attn_forward(const ddpm_unet *net, const float *params, ddpm_unet_wo
 
 void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
                        float *eps_pred, const float *x_t, const int *t, int B,
-                       ddpm_rng *dropout_rng)
+                       const ddpm_dropout_draw *dropout)
 {
     const ddpm_unet_plan *p = net->plan;
     const ddpm_unet_config *c = &net->cfg;
     int S = c->image_size, HW = S * S, E = p->emb;
-    ws->dropout_applied = ws->training && dropout_rng && c->dropout > 0;
+    ws->dropout_applied = ws->training && dropout && c->dropout > 0;
+    uint64_t dropout_counter = dropout ? dropout->counter : 0;
     float *x = ACT(p->a_x);
     memcpy(x, x_t, (size_t)B * c->in_channels * HW * sizeof *x);
     float *e0 = ACT(p->a_e0), *t1 = ACT(p->a_t1), *t1s = ACT(p->a_t1s);
@@ -754,7 +789,7 @@ void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_work
         float *out = ACT(p->slots[m->out_slot].act);
         switch (m->kind) {
         case M_RES:
-            res_forward(net, params, ws, m, B, dropout_rng);
+            res_forward(net, params, ws, m, B, dropout, &dropout_counter);
             break;
         case M_ATTN:
             attn_forward(net, params, ws, m, B);

@@ -134,8 +134,7 @@ typedef struct {
 static double projected_output(void *opaque)
 {
     ctx *c = opaque;
-    ddpm_rng drop;
-    ddpm_rng_init(&drop, 77, DDPM_STREAM_DROPOUT);
+    ddpm_dropout_draw drop = {.seed = 77, .counter = 0, .first = 0, .batch = c->B};
     ddpm_unet_forward(c->net, c->params, c->ws, c->eps_pred, c->x, c->t, c->B, &drop);
     double L = 0;
     for (size_t i = 0; i < (size_t)c->B * c->D; i++)
@@ -241,6 +240,59 @@ static void test_each_image_is_independent_of_the_rest_of_the_batch(void **state
     ddpm_unet_free(net);
 }
 
+/* One image's dropout masks depend on its index in the step's batch, not on
+ * which forward computes it: images 0..2 in one forward equal each alone with
+ * its index as `first`, and not with another index. Also at an odd size, where
+ * C*H*W is not a multiple of 4 and each image's mask starts a fresh counter. */
+static void check_dropout_masks_follow_the_image_index(const ddpm_unet_config *cfg)
+{
+    ddpm_unet *net;
+    ddpm_unet_workspace *ws3, *ws1;
+    assert_int_equal(ddpm_unet_create(&net, cfg), 0);
+    assert_int_equal(ddpm_unet_workspace_create(&ws3, net, 3, 1), 0);
+    assert_int_equal(ddpm_unet_workspace_create(&ws1, net, 1, 1), 0);
+    float *p = tu_alloc(net->n_params);
+    tu_fill_uniform(p, net->n_params, 5, -0.3f, 0.3f); /* conv2 not zero: masks matter */
+    size_t D = (size_t)cfg->in_channels * cfg->image_size * cfg->image_size;
+    float *x = tu_alloc(3 * D), *out3 = tu_alloc(3 * D), *out1 = tu_alloc(D);
+    tu_fill_uniform(x, 3 * D, 6, -1, 1);
+    int t[3] = {0, 500, 999};
+    ddpm_dropout_draw all = {.seed = 9, .counter = 1000, .first = 0, .batch = 3};
+    ddpm_unet_forward(net, p, ws3, out3, x, t, 3, &all);
+    for (int b = 0; b < 3; b++) {
+        ddpm_dropout_draw one = {.seed = 9, .counter = 1000, .first = b, .batch = 3};
+        ddpm_unet_forward(net, p, ws1, out1, x + b * D, t + b, 1, &one);
+        assert_true(tu_max_abs_diff(out1, out3 + b * D, D, NULL) < 1e-4); /* GEMM blocking only */
+        one.first = (b + 1) % 3; /* another image's masks */
+        ddpm_unet_forward(net, p, ws1, out1, x + b * D, t + b, 1, &one);
+        assert_true(tu_max_abs_diff(out1, out3 + b * D, D, NULL) > 1e-3);
+    }
+    assert_true(ddpm_unet_dropout_counters(net, 3) == 3 * ddpm_unet_dropout_counters(net, 1));
+    free(x);
+    free(out3);
+    free(out1);
+    free(p);
+    ddpm_unet_workspace_free(ws3);
+    ddpm_unet_workspace_free(ws1);
+    ddpm_unet_free(net);
+}
+
+static void test_dropout_masks_follow_the_image_index_in_the_batch(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    tiny_config(&cfg);
+    check_dropout_masks_follow_the_image_index(&cfg);
+    /* 3x3 images, ch 6: 54 mask elements per image */
+    cfg.image_size = 3;
+    cfg.ch = 6;
+    cfg.n_levels = 1;
+    cfg.ch_mult[0] = 1;
+    cfg.n_attn = 0;
+    cfg.groups = 3;
+    check_dropout_masks_follow_the_image_index(&cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -249,6 +301,7 @@ int main(void)
         cmocka_unit_test(test_init_zeroes_residual_outputs_and_bounds_xavier),
         cmocka_unit_test(test_unet_backward_matches_finite_differences),
         cmocka_unit_test(test_each_image_is_independent_of_the_rest_of_the_batch),
+        cmocka_unit_test(test_dropout_masks_follow_the_image_index_in_the_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -426,7 +426,7 @@ static void check_case(const char *case_name)
         n_bad++;
     }
 
-    ddpm_mse_backward(d_eps_pred, eps_pred, eps->f, n);
+    ddpm_mse_backward(d_eps_pred, eps_pred, eps->f, n, n);
     ddpm_unet_backward(net, params, grads, ws, d_eps_pred, B);
     double grad_max = 0;
     for (int i = 0; i < net->n_tensors; i++) {

@@ -134,6 +134,10 @@ ARG_MODEL_HELP
 "  --beta-end B         linear schedule's last beta (default 0.02)\n"
 "optimiser:\n"
 "  --batch N            images per step (default 64)\n"
+"  --micro-batch N      images per forward/backward pass (default: the whole\n"
+"                       batch); gradients of the chunks are summed into one\n"
+"                       step, the same update up to float rounding, with\n"
+"                       activation memory for N images; may change on --resume\n"
 "  --lr LR              Adam learning rate after warm-up (default 1e-3)\n"
 "  --warmup N           steps of linear learning-rate warm-up (default 100)\n"
 "  --clip X             max global gradient norm (default 1.0; 0: off)\n"
@@ -148,7 +152,7 @@ ARG_MODEL_HELP
 
 enum {
     O_OUT = 256, O_RESUME, O_STEPS, O_EPOCHS, O_MINUTES, O_SAVE_EVERY, O_SAMPLE_EVERY, O_PREVIEW_N,
-    O_PREVIEW_STEPS, O_LOG_EVERY, O_THREADS, O_STRICT, O_QUIET, O_JSON, O_HELP,
+    O_PREVIEW_STEPS, O_LOG_EVERY, O_THREADS, O_STRICT, O_QUIET, O_JSON, O_HELP, O_MICRO_BATCH,
     /* flags that define the run: refused with --resume */
     O_FIRST_RUN_FLAG, O_MODEL = O_FIRST_RUN_FLAG, O_FLIP, O_SCHEDULE, O_BETA_START, O_BETA_END, O_BATCH, O_LR, O_WARMUP, O_CLIP,
     O_EMA, O_SEED,
@@ -164,6 +168,7 @@ int cmd_train(int argc, char **argv)
         {"preview-steps", required_argument, 0, O_PREVIEW_STEPS}, {"log-every", required_argument, 0, O_LOG_EVERY},
         {"threads", required_argument, 0, O_THREADS}, {"strict", no_argument, 0, O_STRICT},
         {"quiet", no_argument, 0, O_QUIET}, {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
+        {"micro-batch", required_argument, 0, O_MICRO_BATCH},
         ARG_MODEL_LONGOPTS(O_MODEL), {"flip", no_argument, 0, O_FLIP},
         {"schedule", required_argument, 0, O_SCHEDULE}, {"beta-start", required_argument, 0, O_BETA_START},
         {"beta-end", required_argument, 0, O_BETA_END}, {"batch", required_argument, 0, O_BATCH},
@@ -195,6 +200,7 @@ int cmd_train(int argc, char **argv)
         case O_LOG_EVERY: bad |= arg_long("log-every", optarg, 1, 1000000000L, &o.log_every); break;
         case O_THREADS: bad |= arg_int("threads", optarg, 1, 1024, &threads); break;
         case O_STRICT: o.strict = 1; break;
+        case O_MICRO_BATCH: bad |= arg_int("micro-batch", optarg, 1, 65536, &o.micro_batch); break;
         case O_QUIET: quiet = 1; break;
         case O_JSON: json = 1; break;
         case O_MODEL:
