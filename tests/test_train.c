@@ -229,17 +229,6 @@ static void test_nan_loss_stops_without_touching_the_weights(void **state)
     ddpm_trainer_free(tr);
 }
 
-/* Largest |a - b| over n floats, relative to the largest |b|. */
-static double max_rel_diff(const float *a, const float *b, size_t n)
-{
-    double d = 0, m = 0;
-    for (size_t i = 0; i < n; i++) {
-        d = fmax(d, fabs((double)a[i] - b[i]));
-        m = fmax(m, fabs((double)b[i]));
-    }
-    return d / (m > 0 ? m : 1);
-}
-
 /* Micro-batches draw each image's t, eps and dropout mask from its index in the
  * batch, so only the order of the float sums over images differs from the whole
  * batch. Batch 7 in chunks of 1, 3 (3 + 3 + 1) and 7. */
@@ -269,13 +258,13 @@ static void test_micro_batches_give_the_whole_batch_update(void **state)
         assert_int_equal(part->micro_batch, micro[k]);
         synthetic_batch(x0, 7, 8, 0);
         ddpm_trainer_accumulate(part, x0, 0, 7);
-        double dg = max_rel_diff(part->grads, grad_whole, n);
+        double dg = tu_max_rel_diff(part->grads, grad_whole, n);
         double dl = fabs(part->grads[n + DDPM_TRAIN_LOSS] - grad_whole[n + DDPM_TRAIN_LOSS]);
         for (long s = 0; s < steps; s++) {
             synthetic_batch(x0, 7, 8, s);
             assert_int_equal(ddpm_trainer_step(part, x0, NULL), 0);
         }
-        double dw = max_rel_diff(part->params, whole->params, n);
+        double dw = tu_max_rel_diff(part->params, whole->params, n);
         fprintf(stderr, "  micro-batch %d: gradient max rel diff %.3g, loss diff %.3g, weights after %ld steps %.3g\n",
                 micro[k], dg, dl, steps, dw);
         if (micro[k] == 7) { /* the same code path: the same bytes */
@@ -318,7 +307,7 @@ static void test_shares_of_a_batch_sum_to_its_gradient(void **state)
     ddpm_trainer_accumulate(tr, x0, 3, 2);
     for (size_t i = 0; i < n; i++)
         sum[i] += tr->grads[i];
-    double d = max_rel_diff(sum, whole, n - DDPM_TRAIN_SCALARS);
+    double d = tu_max_rel_diff(sum, whole, n - DDPM_TRAIN_SCALARS);
     fprintf(stderr, "  shares 3 + 2 against 5: gradient max rel diff %.3g\n", d);
     assert_true(d < 2e-6); /* as above: float sums in another order */
     assert_true(fabs(sum[n - DDPM_TRAIN_SCALARS + DDPM_TRAIN_LOSS] - whole[n - DDPM_TRAIN_SCALARS + DDPM_TRAIN_LOSS]) <

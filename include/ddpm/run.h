@@ -51,6 +51,8 @@ typedef struct {
     int resumed;     /* continuing a run from its checkpoint */
     long start_step; /* steps already taken */
     long stop_step;  /* 0: no step limit */
+    int n_processes; /* of a data-parallel run (dist.h); 1 alone */
+    int micro_batch; /* images per forward/backward */
 } ddpm_run_start;
 
 /* Every log_every steps and at the last step: the same numbers as the log.jsonl line. */

@@ -51,8 +51,11 @@ typedef struct {
 /* The floats after the gradients in the reduce buffer (tr->grads + n_params). */
 enum {
     DDPM_TRAIN_LOSS,   /* the accumulated images' share of the batch's L_simple */
-    DDPM_TRAIN_FAILED, /* left to the caller: processes that failed this step */
-    DDPM_TRAIN_STOP,   /* left to the caller: processes asked to stop */
+    /* the run's votes (run.c), cleared by accumulate: processes that failed,
+       that were asked to stop (a signal), whose time limit is up */
+    DDPM_TRAIN_FAILED,
+    DDPM_TRAIN_STOP,
+    DDPM_TRAIN_TIME_UP,
     DDPM_TRAIN_SCALARS
 };
 
