@@ -259,16 +259,23 @@ static void check_dropout_masks_follow_the_image_index(const ddpm_unet_config *c
     float *x = tu_alloc(3 * D), *out3 = tu_alloc(3 * D), *out1 = tu_alloc(D);
     tu_fill_uniform(x, 3 * D, 6, -1, 1);
     int t[3] = {0, 500, 999};
+    float *d = tu_alloc(3 * D), *g3 = tu_alloc(net->n_params), *g1 = tu_alloc(net->n_params);
+    tu_fill_uniform(d, 3 * D, 7, -1, 1);
     ddpm_dropout_draw all = {.seed = 9, .counter = 1000, .first = 0, .batch = 3};
     ddpm_unet_forward(net, p, ws3, out3, x, t, 3, &all);
+    ddpm_unet_backward(net, p, g3, ws3, d, 3);
     for (int b = 0; b < 3; b++) {
         ddpm_dropout_draw one = {.seed = 9, .counter = 1000, .first = b, .batch = 3};
         ddpm_unet_forward(net, p, ws1, out1, x + b * D, t + b, 1, &one);
         assert_true(tu_max_abs_diff(out1, out3 + b * D, D, NULL) < 1e-4); /* GEMM blocking only */
+        ddpm_unet_backward(net, p, g1, ws1, d + b * D, 1); /* backward redraws the same masks */
         one.first = (b + 1) % 3; /* another image's masks */
         ddpm_unet_forward(net, p, ws1, out1, x + b * D, t + b, 1, &one);
         assert_true(tu_max_abs_diff(out1, out3 + b * D, D, NULL) > 1e-3);
     }
+    /* the three images' gradients summed one by one: float sums in another order */
+    assert_true(tu_max_rel_diff(g1, g3, net->n_params) < 1e-5);
+    free(d), free(g3), free(g1);
     assert_true(ddpm_unet_dropout_counters(net, 3) == 3 * ddpm_unet_dropout_counters(net, 1));
     free(x);
     free(out3);
