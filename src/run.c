@@ -237,18 +237,19 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
     if (!cb)
         cb = &none;
     run_session r;
-    int rc = session_open(&r, o, cb);
+    int rc = session_open(&r, o, cb), opened = rc == DDPM_OK; /* a failed open has closed itself */
     if (ddpm_dist_size() > 1) {
         /* every process must reach the first step, or none */
         if ((rc = agree(rc)) == DDPM_OK)
             rc = agree(session_files(&r));
-        if (rc)
-            session_close(&r);
-    } else if (!rc && (rc = session_files(&r))) {
-        session_close(&r);
+    } else if (!rc) {
+        rc = session_files(&r);
     }
-    if (rc)
+    if (rc) {
+        if (opened)
+            session_close(&r);
         return rc;
+    }
     ddpm_trainer *tr = r.tr;
     const ddpm_run_config *c = &tr->cfg;
     int B = c->batch, count = ddpm_dataset_count(r.ds), share_first, share_count;

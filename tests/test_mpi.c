@@ -68,6 +68,8 @@ static void require_mpirun(void)
     }
 }
 
+static int file_exists(const char *name);
+
 static char *slurp(const char *name)
 {
     char path[512];
@@ -178,6 +180,30 @@ static void test_resume_under_two_processes_from_a_one_process_checkpoint(void *
     assert_same_run(b, a, SUM_ORDER_TOL, "1 process 10 steps + 2 processes 10 steps against 1 process 20 steps");
     ddpm_trainer_free(a);
     ddpm_trainer_free(b);
+}
+
+/* A process that cannot read its data (here process 1, given a folder that does
+ * not exist, through mpirun's MPMD syntax) stops both before the run folder is
+ * made, with one message, its own; the other stays silent. */
+static void test_a_process_that_cannot_load_its_data_stops_all_with_one_message(void **state)
+{
+    (void)state;
+    require_mpirun();
+    int code = run(1, "train data --out failed " TINY " --steps 3 : -np 1 '%s' train no_such_folder --out failed " TINY
+                      " --steps 3",
+                   DDPM_BINARY);
+    char *err = slurp("err.txt");
+    assert_non_null(err);
+    fprintf(stderr, "  exit %d, stderr begins: %.300s\n", code, err);
+    assert_true(code != 0);
+    int lines = 0;
+    for (const char *p = err; (p = strstr(p, "ddpm: ")); p++)
+        lines++;
+    assert_int_equal(lines, 1);
+    assert_non_null(strstr(err, "process 1 of 2"));
+    assert_non_null(strstr(err, "no_such_folder"));
+    assert_false(file_exists("failed/log.jsonl")); /* no half-made run */
+    free(err);
 }
 
 /* Starts `mpirun -np NP ddpm ARGS` in the background; returns mpirun's pid. */
@@ -357,6 +383,7 @@ int main(void)
         cmocka_unit_test(test_two_processes_train_what_one_does),
         cmocka_unit_test(test_two_runs_of_two_processes_give_the_same_bytes),
         cmocka_unit_test(test_resume_under_two_processes_from_a_one_process_checkpoint),
+        cmocka_unit_test(test_a_process_that_cannot_load_its_data_stops_all_with_one_message),
         cmocka_unit_test(test_a_killed_process_ends_the_run_and_the_checkpoint_loads),
         cmocka_unit_test(test_ctrl_c_on_mpirun_saves_once),
         cmocka_unit_test(test_a_stop_seen_by_one_process_stops_all_and_saves),
