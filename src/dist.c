@@ -39,9 +39,18 @@ void ddpm_dist_finalize(void)
     joined = 0, rank = 0, size = 1;
 }
 
-int ddpm_dist_rank(void) { return rank; }
-int ddpm_dist_size(void) { return size; }
-int ddpm_dist_built_with_mpi(void) { return 1; }
+int ddpm_dist_rank(void)
+{
+    return rank;
+}
+int ddpm_dist_size(void)
+{
+    return size;
+}
+int ddpm_dist_built_with_mpi(void)
+{
+    return 1;
+}
 
 int ddpm_dist_sum(float *buf, size_t n)
 {
@@ -65,9 +74,18 @@ int ddpm_dist_init(int *argc, char ***argv)
     return DDPM_OK;
 }
 void ddpm_dist_finalize(void) {}
-int ddpm_dist_rank(void) { return 0; }
-int ddpm_dist_size(void) { return 1; }
-int ddpm_dist_built_with_mpi(void) { return 0; }
+int ddpm_dist_rank(void)
+{
+    return 0;
+}
+int ddpm_dist_size(void)
+{
+    return 1;
+}
+int ddpm_dist_built_with_mpi(void)
+{
+    return 0;
+}
 int ddpm_dist_sum(float *buf, size_t n)
 {
     (void)buf, (void)n;

@@ -29,8 +29,8 @@ static char tmp[256];
 
 /* A tiny model; batch 5 splits 2 + 3 over two processes. One thread per
  * process so that one process and two do the same work per image. */
-#define TINY                                                                                                  \
-    "--ch 8 --ch-mult 1,2 --res-blocks 1 --attn 4 --groups 4 --timesteps 50 --batch 5 --preview-n 0 "       \
+#define TINY                                                                                                 \
+    "--ch 8 --ch-mult 1,2 --res-blocks 1 --attn 4 --groups 4 --timesteps 50 --batch 5 --preview-n 0 "        \
     "--threads 1 --quiet"
 
 static void mpirun_prefix(char *buf, size_t size, int np)
@@ -173,11 +173,13 @@ static void test_resume_under_two_processes_from_a_one_process_checkpoint(void *
     require_mpirun();
     assert_int_equal(run(0, "train data --out straight " TINY " --steps 20"), 0);
     assert_int_equal(run(0, "train data --out switched " TINY " --steps 10"), 0);
-    assert_int_equal(run(2, "train data --out switched --resume --steps 20 --threads 1 --quiet --preview-n 0"), 0);
+    assert_int_equal(
+        run(2, "train data --out switched --resume --steps 20 --threads 1 --quiet --preview-n 0"), 0);
     ddpm_trainer *a = load("straight"), *b = load("switched");
     assert_non_null(a);
     assert_non_null(b);
-    assert_same_run(b, a, SUM_ORDER_TOL, "1 process 10 steps + 2 processes 10 steps against 1 process 20 steps");
+    assert_same_run(b, a, SUM_ORDER_TOL,
+                    "1 process 10 steps + 2 processes 10 steps against 1 process 20 steps");
     ddpm_trainer_free(a);
     ddpm_trainer_free(b);
 }
@@ -189,8 +191,9 @@ static void test_a_process_that_cannot_load_its_data_stops_all_with_one_message(
 {
     (void)state;
     require_mpirun();
-    int code = run(1, "train data --out failed " TINY " --steps 3 : -np 1 '%s' train no_such_folder --out failed " TINY
-                      " --steps 3",
+    int code = run(1,
+                   "train data --out failed " TINY
+                   " --steps 3 : -np 1 '%s' train no_such_folder --out failed " TINY " --steps 3",
                    DDPM_BINARY);
     char *err = slurp("err.txt");
     assert_non_null(err);
