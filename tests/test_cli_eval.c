@@ -207,11 +207,11 @@ static char *lines_with(const char *file, const char *part, int *count)
 static void test_train_eval_dir_logs_held_out_loss_without_changing_the_training(void **state)
 {
     (void)state;
-    assert_int_equal(ddpm("train data --out run_ev " TINY " --steps 4 --log-every 2 --preview-n 0 --quiet "
+    assert_int_equal(ddpm("train data --out run_ev " TINY " --steps 4 --log-every 2 --preview-n 0 --quiet --micro-batch 2 "
                           "--eval-dir data --eval-every 2 --eval-n 3 --eval-mc 2"),
                      0);
     assert_int_equal(
-        ddpm("train data --out run_plain " TINY " --steps 4 --log-every 2 --preview-n 0 --quiet"), 0);
+        ddpm("train data --out run_plain " TINY " --steps 4 --log-every 2 --preview-n 0 --quiet --micro-batch 2"), 0);
     int n_eval, n_loss_ev, n_loss_plain;
     char *ev = lines_with("run_ev/log.jsonl", "eval_l_simple", &n_eval);
     assert_int_equal(n_eval, 2);

@@ -41,6 +41,8 @@ typedef struct {
     long eval_every;             /* (default 500) */
     int eval_n;                  /* images (default 256, or all if the folder has fewer) */
     int eval_mc;                 /* Monte Carlo steps of the bound (default 0: no bound) */
+    int micro_batch;             /* images per forward/backward (0: the whole batch); a
+                                    memory choice, same update; may change on resume */
     volatile sig_atomic_t *stop; /* may be NULL; when it becomes nonzero (a signal
                                     handler sets it) the run saves and stops */
 } ddpm_run_options;
@@ -57,6 +59,8 @@ typedef struct {
     int resumed;     /* continuing a run from its checkpoint */
     long start_step; /* steps already taken */
     long stop_step;  /* 0: no step limit */
+    int n_processes; /* of a data-parallel run (dist.h); 1 alone */
+    int micro_batch; /* images per forward/backward */
     const ddpm_unet_config *model; /* the model trained (data-driven defaults filled) */
 } ddpm_run_start;
 
