@@ -4,10 +4,10 @@ eq. 5), computed independently of the C code, for tests/test_eval.c to check
 ddpm_bound against: tests/data/bound_reference.safetensors.
 
 The network is the PyTorch U-Net of make_unet_reference.py (written from
-DESIGN.md section 2; imported from the same folder), case
+docs/design.md (the network); imported from the same folder), case
 gray8_ch4_mult1-2-2_res2_attn8-2_g2 with random weights (uniform(-0.3, 0.3),
 GroupNorm weights 1 + that). The bound is written here from the paper and
-DESIGN.md section 1 with numpy in float64, the network run in float64:
+docs/design.md (the math) with numpy in float64, the network run in float64:
 
     x_t      = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps_{k,t}   (one eps per image and t)
     L_T      = sum_d KL(N(sqrt(abar_T) x_0, 1 - abar_T) || N(0, 1))
@@ -23,7 +23,7 @@ tail trick: with random weights the decoder mean is far from x_0 and the masses
 reach e^-10000, where a plain double difference of CDFs is 0.
 
 Output (a safetensors file, F32 tensors, all little-endian):
-    every U-Net parameter under its DESIGN.md name
+    every U-Net parameter under its docs/design.md name
     x0      [n, C, S, S]       on the 256-level grid, including -1 and 1
     noise   [n, T, C, S, S]    the eps of x_t for image k at 0-based step i
     terms.<var>.<clip> [n, T]  nats: index i = t - 1 holds L_0 (i = 0) or L_{t-1}
@@ -63,7 +63,7 @@ mpmath.mp.dps = 50
 
 
 def schedule():
-    """DESIGN.md section 1, linear: beta_t evenly spaced; products in float64."""
+    """docs/design.md (the math), linear: beta_t evenly spaced; products in float64."""
     beta = np.array([BETA_START + (BETA_END - BETA_START) * i / (T - 1) for i in range(T)], dtype=np.float64)
     alpha = 1.0 - beta
     abar = np.cumprod(alpha)
