@@ -343,8 +343,23 @@ int ddpm_train_run(const ddpm_train_options *o)
     }
     cfg.model.image_size = ddpm_dataset_size(ds);
     cfg.model.in_channels = ddpm_dataset_channels(ds);
+    long stop_step = o->steps > 0 ? o->steps : 0;
+    if (o->epochs > 0) {
+        long e = (long)ceil(o->epochs * ddpm_dataset_count(ds) / cfg.batch);
+        stop_step = stop_step ? (e < stop_step ? e : stop_step) : e;
+    }
+    /* A cosine decay ends at the run's final step: the stop step of --steps/--epochs
+       (a --minutes limit may stop the run before it). It is fixed in the checkpoint,
+       so a resumed run keeps the first session's schedule. */
+    rc = DDPM_OK;
+    if (!ck && cfg.optim.lr_schedule == DDPM_LR_COSINE) {
+        if (!stop_step)
+            rc = ddpm_error(DDPM_EINVAL, "--lr-schedule cosine needs --steps or --epochs (its final step)");
+        cfg.optim.lr_final_step = stop_step;
+    }
     ddpm_trainer *tr = NULL;
-    rc = ck ? ddpm_trainer_from_checkpoint(&tr, ck) : ddpm_trainer_create(&tr, &cfg);
+    if (!rc)
+        rc = ck ? ddpm_trainer_from_checkpoint(&tr, ck) : ddpm_trainer_create(&tr, &cfg);
     ddpm_checkpoint_close(ck);
     if (!rc && o->resume)
         rc = ddpm_dataset_seek(ds, tr->state.data_epoch, tr->state.data_position);
@@ -370,11 +385,6 @@ int ddpm_train_run(const ddpm_train_options *o)
         ddpm_trainer_free(tr);
         ddpm_dataset_close(ds);
         return DDPM_ENOMEM;
-    }
-    long stop_step = o->steps > 0 ? o->steps : 0;
-    if (o->epochs > 0) {
-        long e = (long)ceil(o->epochs * count / B);
-        stop_step = stop_step ? (e < stop_step ? e : stop_step) : e;
     }
     int tty = isatty(fileno(stderr));
     if (!o->quiet) {

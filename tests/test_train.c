@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+#include <cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -392,6 +393,90 @@ static void test_empty_data_folder_is_an_error_naming_it(void **state)
     assert_int_equal(file_size(out), -1); /* no run folder was made */
 }
 
+static void test_lr_schedule_round_trips_and_older_configs_load_as_constant(void **state)
+{
+    (void)state;
+    ddpm_run_config c, back;
+    tiny_run_config(&c);
+    c.optim.lr_schedule = DDPM_LR_COSINE;
+    c.optim.lr_min = 2.5e-5f;
+    c.optim.lr_final_step = 1234;
+    char *json = ddpm_run_config_to_json(&c);
+    assert_non_null(json);
+    assert_int_equal(ddpm_run_config_from_json(&back, json, "x"), 0);
+    assert_int_equal(back.optim.lr_schedule, DDPM_LR_COSINE);
+    assert_true(back.optim.lr_min == c.optim.lr_min);
+    assert_int_equal(back.optim.lr_final_step, 1234);
+    /* a config written before the schedule existed has none of the three keys */
+    cJSON *root = cJSON_Parse(json), *t = cJSON_GetObjectItem(root, "train");
+    cJSON_DeleteItemFromObject(t, "lr_schedule");
+    cJSON_DeleteItemFromObject(t, "lr_min");
+    cJSON_DeleteItemFromObject(t, "lr_final_step");
+    char *old = cJSON_PrintUnformatted(root);
+    assert_null(strstr(old, "lr_"));
+    assert_int_equal(ddpm_run_config_from_json(&back, old, "x"), 0);
+    assert_int_equal(back.optim.lr_schedule, DDPM_LR_CONSTANT);
+    assert_true(back.optim.lr_min == 0.0f);
+    assert_int_equal(back.optim.lr_final_step, 0);
+    free(old);
+    /* an unknown schedule name is refused */
+    cJSON_AddItemToObject(t, "lr_schedule", cJSON_CreateString("step"));
+    char *bad = cJSON_PrintUnformatted(root);
+    assert_true(ddpm_run_config_from_json(&back, bad, "x") < 0);
+    assert_non_null(strstr(ddpm_last_error(), "lr_schedule"));
+    free(bad);
+    cJSON_Delete(root);
+    free(json);
+}
+
+/* The last line's lr of a run's log.jsonl. */
+static double last_logged_lr(const char *run)
+{
+    char path[600], line[512];
+    snprintf(path, sizeof path, "%s/%s", run, DDPM_LOG_FILE);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    double lr = -1;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "\"lr\":");
+        assert_non_null(p);
+        lr = strtod(p + 5, NULL);
+    }
+    fclose(f);
+    return lr;
+}
+
+static void test_cosine_run_ends_at_lr_min_on_its_final_step(void **state)
+{
+    (void)state;
+    char data[300], out[300], out2[300];
+    snprintf(data, sizeof data, "%s/data_cos", tmpdir);
+    snprintf(out, sizeof out, "%s/run_cos", tmpdir);
+    snprintf(out2, sizeof out2, "%s/run_cos_minutes", tmpdir);
+    make_data_folder(data);
+    ddpm_train_options o;
+    run_options(&o, data, out, 6);
+    o.cfg.optim.warmup = 2;
+    o.cfg.optim.lr_schedule = DDPM_LR_COSINE;
+    o.cfg.optim.lr_min = 1e-4f;
+    o.preview_n = 0;
+    assert_int_equal(ddpm_train_run(&o), 0);
+    assert_close(last_logged_lr(out), 1e-4, 1e-10);
+    char ckpt[600];
+    snprintf(ckpt, sizeof ckpt, "%s/%s", out, DDPM_CHECKPOINT_FILE);
+    ddpm_checkpoint *ck;
+    assert_int_equal(ddpm_checkpoint_open(&ck, ckpt), 0);
+    assert_int_equal(ddpm_checkpoint_config(ck)->optim.lr_final_step, 6);
+    assert_int_equal(ddpm_checkpoint_config(ck)->optim.lr_schedule, DDPM_LR_COSINE);
+    ddpm_checkpoint_close(ck);
+    /* a time limit alone gives the decay no end */
+    run_options(&o, data, out2, 0);
+    o.minutes = 1;
+    o.cfg.optim.lr_schedule = DDPM_LR_COSINE;
+    assert_true(ddpm_train_run(&o) < 0);
+    assert_non_null(strstr(ddpm_last_error(), "--steps or --epochs"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -402,6 +487,8 @@ int main(void)
         cmocka_unit_test(test_nan_loss_stops_without_touching_the_weights),
         cmocka_unit_test(test_resumed_run_equals_uninterrupted_run),
         cmocka_unit_test(test_empty_data_folder_is_an_error_naming_it),
+        cmocka_unit_test(test_lr_schedule_round_trips_and_older_configs_load_as_constant),
+        cmocka_unit_test(test_cosine_run_ends_at_lr_min_on_its_final_step),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
