@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
 #include <stb_image.h>
 
@@ -174,17 +173,7 @@ static void test_image_strip_decodes_the_noised_pixel_blend_from_step_t(void **s
 
 static char tmp[256];
 
-static int ddpm(const char *fmt, ...)
-{
-    char args[2048], cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >out.txt 2>err.txt", tmp, DDPM_BINARY, args);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
+#define ddpm(...) tu_ddpm(tmp, __VA_ARGS__)
 
 static const char *in_tmp(const char *name)
 {

@@ -16,6 +16,7 @@ static const struct {
     {"sample", cmd_sample, "sample PNG grids from a checkpoint (DDPM or DDIM)"},
     {"bench", cmd_bench, "measure training and sampling speed on this machine"},
     {"interpolate", cmd_interpolate, "a strip between two seeds or two noised images (DDIM eta 0)"},
+    {"plot", cmd_plot, "draw a run's loss and images/s from its log.jsonl into a PNG"},
     {"info", cmd_info, "print a checkpoint's metadata and tensor table"},
     {"convert", cmd_convert, "convert IDX files (MNIST, Fashion-MNIST, ...) to PNG folders"},
 };
