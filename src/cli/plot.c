@@ -8,7 +8,7 @@
 #include "cli.h"
 #include "ddpm/error.h"
 #include "ddpm/plot.h"
-#include "ddpm/train.h"
+#include "ddpm/run.h"
 
 static void usage(FILE *f)
 {
