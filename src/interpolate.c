@@ -71,8 +71,8 @@ static int decode(float *x, size_t D, int i_start, const ddpm_schedule *s, const
     int rc = DDPM_OK;
     for (int first = 0; !rc && first < c->n; first += B) {
         int nb = c->n - first < B ? c->n - first : B;
-        rc = ddpm_sample_from(x + (size_t)first * D, scratch, nb, D, first, i_start, s, &sc, eps_fn, eps_ctx, NULL,
-                              NULL, NULL);
+        rc = ddpm_sample_from(x + (size_t)first * D, scratch, nb, D, first, i_start, s, &sc, eps_fn, eps_ctx,
+                              NULL, NULL, NULL);
     }
     free(scratch);
     return rc;
@@ -113,7 +113,8 @@ int ddpm_interpolate_images(float *x, size_t D, const float *x0_a, const float *
                             void *eps_ctx)
 {
     if (t < 1 || t > s->T)
-        return ddpm_error(DDPM_EINVAL, "the step t must be in 1..%d (the model's timesteps), got %d", s->T, t);
+        return ddpm_error(DDPM_EINVAL, "the step t must be in 1..%d (the model's timesteps), got %d", s->T,
+                          t);
     int rc = check_config(c, t, "the step t");
     if (rc)
         return rc;

@@ -24,7 +24,8 @@ int ddpm_canvas_create(ddpm_canvas *c, int width, int height, const uint8_t bg[3
 {
     memset(c, 0, sizeof *c);
     if (width < 16 || height < 16 || width > 8192 || height > 8192)
-        return ddpm_error(DDPM_EINVAL, "a plot must be 16..8192 pixels wide and high, got %d x %d", width, height);
+        return ddpm_error(DDPM_EINVAL, "a plot must be 16..8192 pixels wide and high, got %d x %d", width,
+                          height);
     c->rgb = ddpm_malloc((size_t)width * height, 3);
     if (!c->rgb)
         return DDPM_ENOMEM;
@@ -53,7 +54,8 @@ static void blend(ddpm_canvas *c, int x, int y, const uint8_t rgb[3], double alp
 void ddpm_canvas_fill_rect(ddpm_canvas *c, double x0, double y0, double x1, double y1, const uint8_t rgb[3])
 {
     /* pixel x covers [x, x+1): its centre x + 0.5 is inside when x0 <= x + 0.5 < x1 */
-    int ia = (int)ceil(x0 - 0.5), ib = (int)ceil(x1 - 0.5), ja = (int)ceil(y0 - 0.5), jb = (int)ceil(y1 - 0.5);
+    int ia = (int)ceil(x0 - 0.5), ib = (int)ceil(x1 - 0.5), ja = (int)ceil(y0 - 0.5),
+        jb = (int)ceil(y1 - 0.5);
     ia = ia < 0 ? 0 : ia;
     ja = ja < 0 ? 0 : ja;
     ib = ib > c->width ? c->width : ib;
@@ -63,12 +65,14 @@ void ddpm_canvas_fill_rect(ddpm_canvas *c, double x0, double y0, double x1, doub
             memcpy(c->rgb + 3 * ((size_t)y * c->width + x), rgb, 3);
 }
 
-void ddpm_canvas_line(ddpm_canvas *c, double x0, double y0, double x1, double y1, double width, const uint8_t rgb[3])
+void ddpm_canvas_line(ddpm_canvas *c, double x0, double y0, double x1, double y1, double width,
+                      const uint8_t rgb[3])
 {
     if (!isfinite(x0) || !isfinite(y0) || !isfinite(x1) || !isfinite(y1))
         return;
     double r = width / 2, pad = r + 1;
-    double lo_x = fmin(x0, x1) - pad, hi_x = fmax(x0, x1) + pad, lo_y = fmin(y0, y1) - pad, hi_y = fmax(y0, y1) + pad;
+    double lo_x = fmin(x0, x1) - pad, hi_x = fmax(x0, x1) + pad, lo_y = fmin(y0, y1) - pad,
+           hi_y = fmax(y0, y1) + pad;
     int ia = (int)fmax(floor(lo_x), c->clip_x0), ib = (int)fmin(ceil(hi_x), c->clip_x1 - 1);
     int ja = (int)fmax(floor(lo_y), c->clip_y0), jb = (int)fmin(ceil(hi_y), c->clip_y1 - 1);
     double dx = x1 - x0, dy = y1 - y0, len2 = dx * dx + dy * dy;
@@ -86,7 +90,8 @@ void ddpm_canvas_line(ddpm_canvas *c, double x0, double y0, double x1, double y1
 
 enum { TEXT_MAX = 200 };
 
-double ddpm_canvas_text(ddpm_canvas *c, double x, double y, const char *text, double scale, const uint8_t rgb[3])
+double ddpm_canvas_text(ddpm_canvas *c, double x, double y, const char *text, double scale,
+                        const uint8_t rgb[3])
 {
     char buf[TEXT_MAX + 1];
     snprintf(buf, sizeof buf, "%s", text);
@@ -94,8 +99,10 @@ double ddpm_canvas_text(ddpm_canvas *c, double x, double y, const char *text, do
     char quads[TEXT_MAX * 300];
     int n = stb_easy_font_print(0, 0, buf, NULL, quads, (int)sizeof quads);
     for (int q = 0; q < n; q++) {
-        const float *v0 = (const float *)(quads + (size_t)q * 64), *v2 = (const float *)(quads + (size_t)q * 64 + 32);
-        ddpm_canvas_fill_rect(c, x + v0[0] * scale, y + v0[1] * scale, x + v2[0] * scale, y + v2[1] * scale, rgb);
+        const float *v0 = (const float *)(quads + (size_t)q * 64),
+                    *v2 = (const float *)(quads + (size_t)q * 64 + 32);
+        ddpm_canvas_fill_rect(c, x + v0[0] * scale, y + v0[1] * scale, x + v2[0] * scale, y + v2[1] * scale,
+                              rgb);
     }
     return ddpm_canvas_text_width(text, scale);
 }
@@ -188,8 +195,8 @@ static const uint8_t INK[3] = {40, 40, 40}, GRID[3] = {226, 226, 226}, WHITE[3] 
 
 enum { FONT_SCALE = 2 };
 
-void ddpm_plot_draw_panel(ddpm_canvas *c, const ddpm_plot_panel *p, double x_lo, double x_hi, int left, int top,
-                          int width, int height, int x_labels)
+void ddpm_plot_draw_panel(ddpm_canvas *c, const ddpm_plot_panel *p, double x_lo, double x_hi, int left,
+                          int top, int width, int height, int x_labels)
 {
     /* the y range over every drawable point */
     double y_lo = DBL_MAX, y_hi = -DBL_MAX;
@@ -216,7 +223,7 @@ void ddpm_plot_draw_panel(ddpm_canvas *c, const ddpm_plot_panel *p, double x_lo,
     ty_hi += margin;
     if (x_hi <= x_lo)
         x_hi = x_lo + 1;
-#define MAP_X(v) (left + ((v) - x_lo) / (x_hi - x_lo) * width)
+#define MAP_X(v) (left + ((v)-x_lo) / (x_hi - x_lo) * width)
 #define MAP_Y(v) (top + height - (((p->log_y ? log10(v) : (v)) - ty_lo) / (ty_hi - ty_lo)) * height)
     double ticks[64];
     char label[64];
@@ -378,8 +385,9 @@ int ddpm_train_log_read(ddpm_train_log *log, const char *path)
     else if (!rc && log->n_lines == 0)
         rc = ddpm_error(DDPM_EFORMAT, "%s: empty: no log lines", path);
     else if (!rc && log->n_skipped == log->n_lines)
-        rc = ddpm_error(DDPM_EFORMAT, "%s: no valid log line (%d line%s, none a JSON object with a numeric \"step\")",
-                        path, log->n_lines, log->n_lines == 1 ? "" : "s");
+        rc = ddpm_error(DDPM_EFORMAT,
+                        "%s: no valid log line (%d line%s, none a JSON object with a numeric \"step\")", path,
+                        log->n_lines, log->n_lines == 1 ? "" : "s");
     if (rc) {
         int keep_lines = log->n_lines;
         ddpm_train_log_free(log);
@@ -397,7 +405,8 @@ void ddpm_plot_options_default(ddpm_plot_options *o)
 }
 
 static const uint8_t PALETTE[][3] = {
-    {31, 119, 180}, {255, 127, 14}, {214, 39, 40}, {148, 103, 189}, {140, 86, 75}, {227, 119, 194}, {23, 190, 207},
+    {31, 119, 180}, {255, 127, 14},  {214, 39, 40},  {148, 103, 189},
+    {140, 86, 75},  {227, 119, 194}, {23, 190, 207},
 };
 static const uint8_t RATE_COLOR[3] = {44, 160, 44};
 
@@ -466,8 +475,8 @@ int ddpm_plot_training_log(const char *log_path, const char *png_path, const ddp
     if (plot_w < 40 || unit < 30) {
         ddpm_canvas_free(&c);
         ddpm_train_log_free(&log);
-        return ddpm_error(DDPM_EINVAL, "%s: %d x %d pixels are too few for %d panels", png_path, o->width, o->height,
-                          n_panels);
+        return ddpm_error(DDPM_EINVAL, "%s: %d x %d pixels are too few for %d panels", png_path, o->width,
+                          o->height, n_panels);
     }
     int top = top_pad;
     for (int k = 0; k < n_panels; k++) {

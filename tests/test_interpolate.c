@@ -213,7 +213,8 @@ static void test_binary_strip_ends_equal_plain_samples_byte_for_byte(void **stat
     assert_int_equal(ddpm("sample run --seed 3 --n 1 --eta 0 --steps 5 --pad 0 --out a.png --quiet"), 0);
     assert_int_equal(ddpm("sample run --seed 8 --n 1 --eta 0 --steps 5 --pad 0 --out b.png --quiet"), 0);
     /* --batch 2: the two ends are decoded in batches of different sizes */
-    assert_int_equal(ddpm("interpolate run --seeds 3,8 --n 5 --steps 5 --pad 0 --batch 2 --out strip.png --quiet"), 0);
+    assert_int_equal(
+        ddpm("interpolate run --seeds 3,8 --n 5 --steps 5 --pad 0 --batch 2 --out strip.png --quiet"), 0);
     int wa, ha, wb, hb, ws, hs;
     unsigned char *a = load_png("a.png", &wa, &ha), *b = load_png("b.png", &wb, &hb),
                   *s = load_png("strip.png", &ws, &hs);
@@ -222,9 +223,9 @@ static void test_binary_strip_ends_equal_plain_samples_byte_for_byte(void **stat
     assert_int_equal(hs, 8);
     int differs_a = 0, differs_b = 0;
     for (int r = 0; r < 8; r++) {
-        assert_memory_equal(s + r * ws, a + r * 8, 8);               /* first cell */
-        assert_memory_equal(s + r * ws + 4 * 8, b + r * 8, 8);       /* last cell */
-        differs_a |= memcmp(s + r * ws + 2 * 8, a + r * 8, 8) != 0;  /* the middle */
+        assert_memory_equal(s + r * ws, a + r * 8, 8);              /* first cell */
+        assert_memory_equal(s + r * ws + 4 * 8, b + r * 8, 8);      /* last cell */
+        differs_a |= memcmp(s + r * ws + 2 * 8, a + r * 8, 8) != 0; /* the middle */
         differs_b |= memcmp(s + r * ws + 2 * 8, b + r * 8, 8) != 0;
     }
     assert_true(differs_a && differs_b);
@@ -232,7 +233,9 @@ static void test_binary_strip_ends_equal_plain_samples_byte_for_byte(void **stat
     stbi_image_free(b);
     stbi_image_free(s);
     /* between two real images at t: a strip of the model's size */
-    assert_int_equal(ddpm("interpolate run --at 20 --images data/00.png,data/05.png --n 4 --pad 0 --out at.png --quiet"), 0);
+    assert_int_equal(
+        ddpm("interpolate run --at 20 --images data/00.png,data/05.png --n 4 --pad 0 --out at.png --quiet"),
+        0);
     s = load_png("at.png", &ws, &hs);
     assert_int_equal(ws, 4 * 8);
     stbi_image_free(s);

@@ -54,7 +54,8 @@ static void assert_ticks(const double *want, int n_want, double lo, double hi, i
     double t[64];
     int n = ddpm_plot_ticks(t, 64, lo, hi, log10_scale);
     if (n != n_want)
-        fprintf(stderr, "ticks of [%g, %g]%s: got %d, want %d\n", lo, hi, log10_scale ? " log" : "", n, n_want);
+        fprintf(stderr, "ticks of [%g, %g]%s: got %d, want %d\n", lo, hi, log10_scale ? " log" : "", n,
+                n_want);
     assert_int_equal(n, n_want);
     for (int k = 0; k < n; k++)
         assert_close(t[k], want[k], 1e-12 * fabs(want[k]));
@@ -71,8 +72,8 @@ static void test_ticks_are_nice_numbers_inside_the_range(void **state)
     assert_ticks((double[]){1e-3, 1e-2, 1e-1, 1, 10}, 5, 9e-4, 11, 1);
     assert_ticks((double[]){0.05, 0.1, 0.2, 0.5}, 4, 0.03, 0.55, 1);
     double t[8];
-    assert_int_equal(ddpm_plot_ticks(t, 8, 1, 1, 0), 0);  /* empty range */
-    assert_int_equal(ddpm_plot_ticks(t, 8, -1, 1, 1), 0); /* log of a negative */
+    assert_int_equal(ddpm_plot_ticks(t, 8, 1, 1, 0), 0);    /* empty range */
+    assert_int_equal(ddpm_plot_ticks(t, 8, -1, 1, 1), 0);   /* log of a negative */
     assert_int_equal(ddpm_plot_ticks(t, 2, 0, 3060, 0), 2); /* at most max */
 }
 
@@ -88,7 +89,7 @@ static void test_canvas_draws_lines_rects_and_text_where_asked(void **state)
     ddpm_canvas c;
     assert_int_equal(ddpm_canvas_create(&c, 64, 40, white), 0);
     ddpm_canvas_line(&c, 4, 10.5, 60, 10.5, 1.6, red);
-    assert_true(is_color(c.rgb + 3 * (10 * 64 + 30), red)); /* on the line: full colour */
+    assert_true(is_color(c.rgb + 3 * (10 * 64 + 30), red));   /* on the line: full colour */
     assert_true(is_color(c.rgb + 3 * (20 * 64 + 30), white)); /* far from it: untouched */
     assert_true(is_color(c.rgb + 3 * (10 * 64 + 1), white));  /* past its end */
     /* clipping */
@@ -139,8 +140,8 @@ static void test_log_reader_skips_malformed_lines_and_replays_resumed_steps(void
     write_file("log.jsonl", LOG);
     ddpm_train_log log;
     assert_int_equal(ddpm_train_log_read(&log, in_tmp("log.jsonl")), 0);
-    assert_int_equal(log.n_lines, 10);   /* the blank line is not counted */
-    assert_int_equal(log.n_skipped, 3);  /* garbage, no step, cut short */
+    assert_int_equal(log.n_lines, 10);  /* the blank line is not counted */
+    assert_int_equal(log.n_skipped, 3); /* garbage, no step, cut short */
     assert_int_equal(log.first_skipped, 4);
     const ddpm_log_series *loss = ddpm_train_log_find(&log, "loss");
     assert_non_null(loss);
@@ -174,7 +175,8 @@ static int count_color(const unsigned char *px, int w, int y0, int y1, const uin
 static void test_chart_draws_heldout_loss_only_when_the_log_has_it(void **state)
 {
     (void)state;
-    const uint8_t loss_blue[3] = {31, 119, 180}, heldout_orange[3] = {255, 127, 14}, rate_green[3] = {44, 160, 44};
+    const uint8_t loss_blue[3] = {31, 119, 180}, heldout_orange[3] = {255, 127, 14},
+                  rate_green[3] = {44, 160, 44};
     write_file("with.jsonl", LOG);
     write_file("without.jsonl", "{\"step\":1,\"loss\":1.0,\"images_per_sec\":5}\n"
                                 "{\"step\":2,\"loss\":0.5,\"images_per_sec\":6}\n"

@@ -33,10 +33,10 @@ void ddpm_slerp(float *out, const float *a, const float *b, size_t D, double l);
 void ddpm_lerp(float *out, const float *a, const float *b, size_t D, double l);
 
 typedef struct {
-    int n;         /* images, both ends included, >= 2 (default 10) */
-    int steps;     /* DDIM steps (default 100; at most T, or t for images) */
-    int clip_x0;   /* clip the predicted x0 as ddpm_sample does (default 1) */
-    int batch;     /* images per network call (default 64) */
+    int n;       /* images, both ends included, >= 2 (default 10) */
+    int steps;   /* DDIM steps (default 100; at most T, or t for images) */
+    int clip_x0; /* clip the predicted x0 as ddpm_sample does (default 1) */
+    int batch;   /* images per network call (default 64) */
 } ddpm_interpolate_config;
 
 void ddpm_interpolate_config_default(ddpm_interpolate_config *c);
@@ -47,15 +47,14 @@ void ddpm_interpolate_sampler(ddpm_sampler_config *out, const ddpm_interpolate_c
 
 /* x [c->n, D] receives the strip between the samples of seed_a and seed_b (the
  * DDPM_STREAM_SAMPLE stream of each seed, image 0). */
-int ddpm_interpolate_seeds(float *x, size_t D, uint64_t seed_a, uint64_t seed_b,
-                           const ddpm_schedule *s, const ddpm_interpolate_config *c,
-                           ddpm_eps_fn eps_fn, void *eps_ctx);
+int ddpm_interpolate_seeds(float *x, size_t D, uint64_t seed_a, uint64_t seed_b, const ddpm_schedule *s,
+                           const ddpm_interpolate_config *c, ddpm_eps_fn eps_fn, void *eps_ctx);
 
 /* x [c->n, D] receives the strip between the images x0_a and x0_b [D] (in
  * [-1, 1]) noised to the paper's step t (1..T, index t - 1) with eps = the x_T
  * that seed `seed` gives image 0. */
-int ddpm_interpolate_images(float *x, size_t D, const float *x0_a, const float *x0_b, int t,
-                            uint64_t seed, const ddpm_schedule *s,
-                            const ddpm_interpolate_config *c, ddpm_eps_fn eps_fn, void *eps_ctx);
+int ddpm_interpolate_images(float *x, size_t D, const float *x0_a, const float *x0_b, int t, uint64_t seed,
+                            const ddpm_schedule *s, const ddpm_interpolate_config *c, ddpm_eps_fn eps_fn,
+                            void *eps_ctx);
 
 #endif

@@ -16,7 +16,7 @@
 
 typedef struct {
     int width, height;
-    uint8_t *rgb;               /* [height, width, 3] */
+    uint8_t *rgb;                           /* [height, width, 3] */
     int clip_x0, clip_y0, clip_x1, clip_y1; /* lines draw only inside [x0, x1) x [y0, y1) */
 } ddpm_canvas;
 
