@@ -277,7 +277,8 @@ void ddpm_plot_draw_panel(ddpm_canvas *c, const ddpm_plot_panel *p, double x_lo,
         }
     }
     c->clip_x0 = 0, c->clip_y0 = 0, c->clip_x1 = c->width, c->clip_y1 = c->height;
-    /* legend, top right, when there is more than the title names */
+    /* legend, top right, when there is more than the title names (a panel of one
+       series is titled by it) */
     double lw = 0;
     if (p->n_series < 2)
         return;
@@ -458,7 +459,7 @@ int ddpm_plot_training_log(const char *log_path, const char *png_path, const ddp
     int n_panels = 0;
     panels[n_panels++] = (ddpm_plot_panel){"loss (log scale)", 1, losses, n_loss};
     if (n_eval)
-        panels[n_panels++] = (ddpm_plot_panel){"evaluation", 0, evals, n_eval};
+        panels[n_panels++] = (ddpm_plot_panel){n_eval == 1 ? evals[0].name : "evaluation", 0, evals, n_eval};
     if (n_rate)
         panels[n_panels++] = (ddpm_plot_panel){"training speed, images/s", 0, rate, 1};
 
