@@ -132,7 +132,8 @@ static const char *LOG =
     "{\"step\":150,\"loss\":0.18,\"images_per_sec\":60}\n"
     "{\"step\":200,\"loss\":0.09,\"images_per_sec\":61}\n"
     "{\"step\":250,\"loss\":0.08,\"images_per_sec\":62,\"future_field\":[1,2]}\n"
-    "{\"step\":300,\"loss\":0.07,\"ima"; /* cut short by a crash */
+    "{\"step\":250,\"heldout_loss\":0.085}\n" /* an evaluation line of its own */
+    "{\"step\":300,\"loss\":0.07,\"ima";      /* cut short by a crash */
 
 static void test_log_reader_skips_malformed_lines_and_replays_resumed_steps(void **state)
 {
@@ -140,7 +141,7 @@ static void test_log_reader_skips_malformed_lines_and_replays_resumed_steps(void
     write_file("log.jsonl", LOG);
     ddpm_train_log log;
     assert_int_equal(ddpm_train_log_read(&log, in_tmp("log.jsonl")), 0);
-    assert_int_equal(log.n_lines, 10);  /* the blank line is not counted */
+    assert_int_equal(log.n_lines, 11);  /* the blank line is not counted */
     assert_int_equal(log.n_skipped, 3); /* garbage, no step, cut short */
     assert_int_equal(log.first_skipped, 4);
     const ddpm_log_series *loss = ddpm_train_log_find(&log, "loss");
@@ -154,7 +155,8 @@ static void test_log_reader_skips_malformed_lines_and_replays_resumed_steps(void
     }
     const ddpm_log_series *held = ddpm_train_log_find(&log, "heldout_loss");
     assert_non_null(held);
-    assert_int_equal(held->n, 2);
+    assert_int_equal(held->n, 3);
+    assert_true(held->x[2] == 250 && held->y[2] == 0.085);
     assert_non_null(ddpm_train_log_find(&log, "eval_bpd"));
     assert_null(ddpm_train_log_find(&log, "note"));   /* a string */
     assert_null(ddpm_train_log_find(&log, "nested")); /* an object */
