@@ -238,7 +238,20 @@ static void test_binary_strip_ends_equal_plain_samples_byte_for_byte(void **stat
         0);
     s = load_png("at.png", &ws, &hs);
     assert_int_equal(ws, 4 * 8);
+    /* --sources frames it with the two images as loaded */
+    assert_int_equal(ddpm("interpolate run --at 20 --images data/00.png,data/05.png --n 4 --pad 0 --sources "
+                          "--out at2.png --quiet"),
+                     0);
+    unsigned char *s2 = load_png("at2.png", &ws, &hs), *src = load_png("data/05.png", &wa, &ha);
+    assert_int_equal(ws, 6 * 8);
+    for (int r = 0; r < 8; r++) {
+        assert_memory_equal(s2 + r * ws + 8, s + r * 4 * 8, 8 * 4); /* the same strip inside */
+        assert_memory_equal(s2 + r * ws + 5 * 8, src + r * 8, 8);   /* the second image last */
+    }
+    stbi_image_free(s2);
+    stbi_image_free(src);
     stbi_image_free(s);
+    assert_int_equal(ddpm("interpolate run --seeds 1,2 --sources"), 2);
     /* usage errors: exit 2 */
     assert_int_equal(ddpm("interpolate run --seeds 3 --out x.png"), 2);
     assert_int_equal(ddpm("interpolate run --seeds 3,8 --at 10 --images data/00.png,data/01.png"), 2);

@@ -41,6 +41,8 @@ static void usage(FILE *f)
 "                       1000; small T reconstructs the two images, large T\n"
 "                       invents new ones\n"
 "  --seed N             noise seed of --at (default 0)\n"
+"  --sources            with --at: put the two images (as loaded) at the ends,\n"
+"                       so the strip is --n + 2 images wide\n"
 "  --n N                images in the strip, both ends included (default 10)\n"
 "  --steps S            DDIM steps (default 100, or the model's T or --at's T\n"
 "                       when smaller; at most that T)\n"
@@ -59,7 +61,7 @@ static void usage(FILE *f)
 
 enum {
     O_SEEDS = 256, O_AT, O_IMAGES, O_SEED, O_N, O_STEPS, O_NO_CLIP, O_OUT, O_PAD, O_PAD_VALUE, O_BATCH, O_THREADS,
-    O_NO_EMA, O_QUIET, O_HELP,
+    O_NO_EMA, O_QUIET, O_HELP, O_SOURCES,
 };
 
 /* "A,B" -> two seeds */
@@ -86,13 +88,14 @@ int cmd_interpolate(int argc, char **argv)
         {"pad", required_argument, 0, O_PAD}, {"pad-value", required_argument, 0, O_PAD_VALUE},
         {"batch", required_argument, 0, O_BATCH}, {"threads", required_argument, 0, O_THREADS},
         {"no-ema", no_argument, 0, O_NO_EMA}, {"quiet", no_argument, 0, O_QUIET},
-        {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0},
+        {"help", no_argument, 0, O_HELP}, {"sources", no_argument, 0, O_SOURCES}, {0, 0, 0, 0},
     };
     ddpm_interpolate_config ic;
     ddpm_interpolate_config_default(&ic);
     const char *out = "interpolation.png", *images = NULL;
     uint64_t seed_a = 0, seed_b = 0, seed = 0;
     int have_seeds = 0, at = 0, steps_given = 0, pad = 2, pad_value = 255, threads = 0, no_ema = 0, quiet = 0;
+    int sources = 0;
     int opt, bad = 0;
     opterr = 0;
     optind = 1;
@@ -114,6 +117,7 @@ int cmd_interpolate(int argc, char **argv)
         case O_THREADS: bad |= arg_int("threads", optarg, 1, 1024, &threads); break;
         case O_NO_EMA: no_ema = 1; break;
         case O_QUIET: quiet = 1; break;
+        case O_SOURCES: sources = 1; break;
         default:
             cli_error("interpolate: unknown or incomplete option '%s'", argv[optind - 1]);
             return cli_usage_error("interpolate");
@@ -129,6 +133,10 @@ int cmd_interpolate(int argc, char **argv)
     if (have_seeds == (at || images)) {
         cli_error("interpolate: give either --seeds A,B or --at T --images P1,P2");
         return cli_usage_error("interpolate");
+    }
+    if (sources && !images) {
+        cli_error("interpolate: --sources goes with --at and --images");
+        return DDPM_EXIT_USAGE;
     }
     if (!have_seeds && (!at || !images)) {
         cli_error("interpolate: --at and --images go together");
@@ -192,7 +200,9 @@ int cmd_interpolate(int argc, char **argv)
     ddpm_unet_workspace *ws = NULL;
     if (!rc)
         rc = ddpm_unet_workspace_create(&ws, net, ic.batch < ic.n ? ic.batch : ic.n, 0);
-    if (!rc && !(x = ddpm_malloc((size_t)ic.n * D, sizeof *x)))
+    /* with --sources the strip is framed by the two images as loaded */
+    int n_cells = ic.n + (sources ? 2 : 0);
+    if (!rc && !(x = ddpm_malloc((size_t)n_cells * D, sizeof *x)))
         rc = DDPM_ENOMEM;
     if (!rc && images) {
         x0_a = ddpm_malloc(D, sizeof *x0_a);
@@ -205,10 +215,15 @@ int cmd_interpolate(int argc, char **argv)
         fprintf(stderr, "ddpm: %s has no EMA weights; using the raw weights\n", ckpt_path);
     ddpm_unet_eps_ctx ctx = {net, params, ws};
     if (!rc)
-        rc = images ? ddpm_interpolate_images(x, D, x0_a, x0_b, at, seed, &sched, &ic, ddpm_unet_eps, &ctx)
+        rc = images ? ddpm_interpolate_images(x + (sources ? D : 0), D, x0_a, x0_b, at, seed, &sched, &ic,
+                                              ddpm_unet_eps, &ctx)
                     : ddpm_interpolate_seeds(x, D, seed_a, seed_b, &sched, &ic, ddpm_unet_eps, &ctx);
+    if (!rc && sources) {
+        memcpy(x, x0_a, D * sizeof *x);
+        memcpy(x + (size_t)(n_cells - 1) * D, x0_b, D * sizeof *x);
+    }
     if (!rc)
-        rc = ddpm_image_save_grid(out, x, ic.n, C, S, ic.n, pad, pad_value);
+        rc = ddpm_image_save_grid(out, x, n_cells, C, S, n_cells, pad, pad_value);
     if (rc)
         cli_error("%s", ddpm_last_error());
     else if (!quiet) {
