@@ -119,8 +119,22 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
         r->ds = NULL;
         return rc;
     }
-    rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck, o->micro_batch)
-            : ddpm_trainer_create(&r->tr, &cfg, o->micro_batch);
+    long stop_step = o->steps > 0 ? o->steps : 0;
+    if (o->epochs > 0) {
+        long e = (long)ceil(o->epochs * ddpm_dataset_count(r->ds) / cfg.batch);
+        stop_step = stop_step ? (e < stop_step ? e : stop_step) : e;
+    }
+    /* A cosine decay ends at the run's final step: the stop step of --steps/--epochs
+       (a --minutes limit may stop the run before it). It is fixed in the checkpoint,
+       so a resumed run keeps the first session's schedule. */
+    if (!ck && cfg.optim.lr_schedule == DDPM_LR_COSINE) {
+        if (!stop_step)
+            rc = ddpm_error(DDPM_EINVAL, "--lr-schedule cosine needs --steps or --epochs (its final step)");
+        cfg.optim.lr_final_step = stop_step;
+    }
+    if (!rc)
+        rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck, o->micro_batch)
+                : ddpm_trainer_create(&r->tr, &cfg, o->micro_batch);
     ddpm_checkpoint_close(ck);
     if (!rc && o->resume)
         rc = ddpm_dataset_seek(r->ds, r->tr->state.data_epoch, r->tr->state.data_position);
@@ -139,11 +153,6 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     if (rc) {
         session_close(r);
         return rc;
-    }
-    long stop_step = o->steps > 0 ? o->steps : 0;
-    if (o->epochs > 0) {
-        long e = (long)ceil(o->epochs * ddpm_dataset_count(r->ds) / r->tr->cfg.batch);
-        stop_step = stop_step ? (e < stop_step ? e : stop_step) : e;
     }
     r->stop_step = stop_step;
     return DDPM_OK;
