@@ -34,6 +34,23 @@ void ddpm_conv2d_backward_to(float *din, float *dweight, float *dbias, float *sc
                              const float *dout, const float *in, const float *weight, int B,
                              int Cin, int H, int W, int Cout, int K, int S, int P);
 
+/* ---- 3x3 convolution, stride 1, padding 1 (src/ops/conv3x3.c) ---------------
+ * The same op as ddpm_conv2d with K = 3, S = 1, P = 1 (Ho = H, Wo = W), computed
+ * by Winograd F(2x2,3x3): 16 products per 2x2 output tile and channel pair
+ * instead of 36 multiply-adds, vectorised with AVX-512 when compiled for it.
+ * Results differ from conv2d's by float rounding only (~1e-6 of the sum of
+ * |terms|); they do not depend on the thread count. scratch holds
+ * ddpm_conv3x3_scratch_floats(...) floats (forward and backward). Forward
+ * overwrites out; backward sets din = beta * din + dL/din (beta 0: overwrite,
+ * 1: accumulate) and accumulates into dweight and dbias; any of the three may be
+ * NULL. */
+size_t ddpm_conv3x3_scratch_floats(int B, int Cin, int H, int W, int Cout);
+void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const float *weight,
+                          const float *bias, int B, int Cin, int H, int W, int Cout);
+void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
+                           const float *dout, const float *in, const float *weight, int B,
+                           int Cin, int H, int W, int Cout);
+
 /* ---- linear (src/ops/linear.c) --------------------------------------------
  * in [B,In], weight [Out,In] (PyTorch layout), bias [Out] (may be NULL), out [B,Out]. */
 void ddpm_linear_forward(float *out, const float *in, const float *weight, const float *bias,

@@ -1,0 +1,541 @@
+/* conv3x3.c: 3x3, stride 1, padding 1 convolution (NCHW, float32) by Winograd
+ * F(2x2,3x3) (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural
+ * Networks"), with batched products in the transform domain.
+ *
+ * Each output 2x2 tile is y = A^T [(G g G^T) . (B^T d B)] A for its 4x4 input
+ * window d (the 16 products per tile and channel pair replace 36 multiply-adds),
+ *     B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],
+ *     G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
+ *     A^T = [1 1 1 0; 0 1 -1 -1].
+ * Per transform point xi (16 of them) the sum over input channels is a product
+ *     Y[xi] [tiles, Cout] = V[xi] [tiles, Cin] x U[xi] [Cin, Cout],
+ * done by a register-blocked kernel below (AVX-512 when compiled for it, plain C
+ * over 16-float structs otherwise). Channels are padded to multiples of 16 with
+ * zeros inside the transforms. Backward:
+ *     din = the same forward applied to dout with the weights rotated by 180
+ *           degrees and Cin/Cout swapped (a full correlation is a padded one here);
+ *     dU[xi] [Cin, Cout] = sum over tiles of V[xi]^T M[xi], M = A dy A^T the
+ *           transformed output gradient; dweight += G^T dU G (the transpose of the
+ *           forward's chain of linear maps).
+ *
+ * Data flow per unit of nb images (nb a power of two with nb * tiles >= 48, a
+ * function of the shapes only): each image is packed into a zero-padded
+ * channel-blocked buffer P [C/16][Hp][Wp][16] (Hp = 2*ceil(H/2) + 2), whose 4x4
+ * windows are transformed 16 channels at a time into V [16][Tp][Cin_p]; the 16
+ * products give Y [16][Tp][Cout_p]; the output transform writes O [Cout/16][2TH]
+ * [2TW][16], which is unpacked into NCHW (adding the bias, or the old din
+ * scaled by beta). Units are grouped in LANES fixed lanes run on the OpenMP
+ * threads; the weight gradient is summed per lane (units in order), the lanes
+ * added in lane order: every result is the same for any thread count. */
+#include <math.h>
+#include <omp.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "ddpm/ops.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+typedef __m512 v16;
+static inline v16 v_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline void v_store(float *p, v16 a) { _mm512_storeu_ps(p, a); }
+static inline v16 v_set1(float x) { return _mm512_set1_ps(x); }
+static inline v16 v_zero(void) { return _mm512_setzero_ps(); }
+static inline v16 v_add(v16 a, v16 b) { return _mm512_add_ps(a, b); }
+static inline v16 v_sub(v16 a, v16 b) { return _mm512_sub_ps(a, b); }
+static inline v16 v_mul(v16 a, v16 b) { return _mm512_mul_ps(a, b); }
+static inline v16 v_fmadd(v16 a, v16 b, v16 c) { return _mm512_fmadd_ps(a, b, c); }
+#else
+typedef struct {
+    float f[16];
+} v16;
+static inline v16 v_load(const float *p)
+{
+    v16 r;
+    memcpy(r.f, p, sizeof(r.f));
+    return r;
+}
+static inline void v_store(float *p, v16 a) { memcpy(p, a.f, sizeof(a.f)); }
+static inline v16 v_set1(float x)
+{
+    v16 r;
+    for (int i = 0; i < 16; i++)
+        r.f[i] = x;
+    return r;
+}
+static inline v16 v_zero(void) { return v_set1(0.0f); }
+#define V_BINARY(name, expr)                                                                                 \
+    static inline v16 name(v16 a, v16 b)                                                                     \
+    {                                                                                                        \
+        v16 r;                                                                                               \
+        for (int i = 0; i < 16; i++)                                                                         \
+            r.f[i] = expr;                                                                                   \
+        return r;                                                                                            \
+    }
+V_BINARY(v_add, a.f[i] + b.f[i])
+V_BINARY(v_sub, a.f[i] - b.f[i])
+V_BINARY(v_mul, a.f[i] * b.f[i])
+#undef V_BINARY
+static inline v16 v_fmadd(v16 a, v16 b, v16 c)
+{
+    v16 r;
+    for (int i = 0; i < 16; i++)
+        r.f[i] = fmaf(a.f[i], b.f[i], c.f[i]);
+    return r;
+}
+#endif
+
+#define LANES 8
+#define UNIT_TILES 48 /* a unit holds at least this many tiles (or the whole batch) */
+#define MR_FWD 12     /* rows (tiles) per kernel call in the forward products */
+#define MR_DW 8       /* rows (input channels) per kernel call in the dU products */
+#define XI 16         /* transform points of F(2x2,3x3) */
+
+/* ---- the product kernel ------------------------------------------------------
+ * C[r][16v..16v+15] (+)= sum_k A(r, k) * B[k][16v..16v+15] for r < MR, v < NV,
+ * A(r, k) = a[r*a_rs + k*a_ks]. The MR x NV accumulators stay in registers. */
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
+static ALWAYS_INLINE void kernel_body(const int MR, const int NV, int K, const float *a, ptrdiff_t a_rs,
+                                      ptrdiff_t a_ks, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
+                                      int accumulate)
+{
+    v16 acc[MR_FWD][2];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            acc[r][v] = accumulate ? v_load(c + r * ldc + 16 * v) : v_zero();
+    for (int k = 0; k < K; k++) {
+        v16 bv[2];
+        for (int v = 0; v < NV; v++)
+            bv[v] = v_load(b + k * ldb + 16 * v);
+        const float *ak = a + k * a_ks;
+        for (int r = 0; r < MR; r++) {
+            const v16 ar = v_set1(ak[r * a_rs]);
+            for (int v = 0; v < NV; v++)
+                acc[r][v] = v_fmadd(ar, bv[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            v_store(c + r * ldc + 16 * v, acc[r][v]);
+}
+
+#define DEFINE_KERNEL(MR, NV)                                                                                \
+    static void kernel_##MR##x##NV(int K, const float *a, ptrdiff_t a_rs, ptrdiff_t a_ks, const float *b,     \
+                                   ptrdiff_t ldb, float *c, ptrdiff_t ldc, int accumulate)                   \
+    {                                                                                                        \
+        kernel_body(MR, NV, K, a, a_rs, a_ks, b, ldb, c, ldc, accumulate);                                   \
+    }
+DEFINE_KERNEL(12, 2)
+DEFINE_KERNEL(12, 1)
+DEFINE_KERNEL(8, 2)
+DEFINE_KERNEL(8, 1)
+#undef DEFINE_KERNEL
+
+/* C [M, N] (+)= A [M, K] x B [K, N], M a multiple of MR (12 or 8), N a multiple
+ * of 16, A(r, k) = a[r*a_rs + k*a_ks], B and C row-major with ldb, ldc. */
+static void product(int MR, int M, int N, int K, const float *a, ptrdiff_t a_rs, ptrdiff_t a_ks,
+                    const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc, int accumulate)
+{
+    for (int r0 = 0; r0 < M; r0 += MR) {
+        const float *ar = a + r0 * a_rs;
+        float *cr = c + r0 * ldc;
+        int n0 = 0;
+        for (; n0 + 32 <= N; n0 += 32) {
+            if (MR == MR_FWD)
+                kernel_12x2(K, ar, a_rs, a_ks, b + n0, ldb, cr + n0, ldc, accumulate);
+            else
+                kernel_8x2(K, ar, a_rs, a_ks, b + n0, ldb, cr + n0, ldc, accumulate);
+        }
+        if (n0 < N) {
+            if (MR == MR_FWD)
+                kernel_12x1(K, ar, a_rs, a_ks, b + n0, ldb, cr + n0, ldc, accumulate);
+            else
+                kernel_8x1(K, ar, a_rs, a_ks, b + n0, ldb, cr + n0, ldc, accumulate);
+        }
+    }
+}
+
+/* ---- geometry and scratch ----------------------------------------------------- */
+
+static int round_up(int n, int m)
+{
+    return (n + m - 1) / m * m;
+}
+
+typedef struct {
+    int B, Cin, H, W, Cout;
+    int Cin_p, Cout_p, C_max;  /* channels padded to 16 */
+    int TH, TW, tiles, Hp, Wp; /* tiles per image; padded plane of P */
+    int nb, n_units, n_lanes, Tp;
+    size_t u_floats;      /* transformed weights, shared */
+    size_t dU_floats;     /* one lane's weight-gradient sum */
+    size_t plane_floats;  /* P or O for one image */
+    size_t unit_floats;   /* V, Y or M for one unit */
+    size_t lane_floats;   /* P + 3 unit buffers + dU */
+} geometry;
+
+static geometry make_geometry(int B, int Cin, int H, int W, int Cout)
+{
+    geometry g;
+    g.B = B, g.Cin = Cin, g.H = H, g.W = W, g.Cout = Cout;
+    g.Cin_p = round_up(Cin, 16), g.Cout_p = round_up(Cout, 16);
+    g.C_max = g.Cin_p > g.Cout_p ? g.Cin_p : g.Cout_p;
+    g.TH = (H + 1) / 2, g.TW = (W + 1) / 2;
+    g.tiles = g.TH * g.TW;
+    g.Hp = 2 * g.TH + 2, g.Wp = 2 * g.TW + 2;
+    g.nb = 1;
+    while (g.nb < B && g.nb * g.tiles < UNIT_TILES)
+        g.nb *= 2;
+    g.n_units = (B + g.nb - 1) / g.nb;
+    g.n_lanes = g.n_units < LANES ? g.n_units : LANES;
+    g.Tp = round_up(g.nb * g.tiles, MR_FWD);
+    g.u_floats = (size_t)XI * g.Cin_p * g.Cout_p;
+    g.dU_floats = g.u_floats;
+    g.plane_floats = (size_t)g.C_max * g.Hp * g.Wp; /* >= C_max * 2TH * 2TW for O */
+    g.unit_floats = (size_t)XI * g.Tp * g.C_max;
+    g.lane_floats = g.plane_floats + 3 * g.unit_floats + g.dU_floats;
+    return g;
+}
+
+size_t ddpm_conv3x3_scratch_floats(int B, int Cin, int H, int W, int Cout)
+{
+    const geometry g = make_geometry(B, Cin, H, W, Cout);
+    return g.u_floats + (size_t)g.n_lanes * g.lane_floats;
+}
+
+typedef struct {
+    float *P, *V, *Y, *M, *dU;
+} lane_buffers;
+
+static lane_buffers lane_at(const geometry *g, float *scratch, int lane)
+{
+    float *base = scratch + g->u_floats + (size_t)lane * g->lane_floats;
+    lane_buffers lb;
+    lb.P = base;
+    lb.V = lb.P + g->plane_floats;
+    lb.Y = lb.V + g->unit_floats;
+    lb.M = lb.Y + g->unit_floats;
+    lb.dU = lb.M + g->unit_floats;
+    return lb;
+}
+
+static int lanes_in_parallel(const geometry *g)
+{
+    return g->n_lanes > 1 && omp_get_max_threads() > 1 && !omp_in_parallel();
+}
+
+static void unit_range(const geometry *g, int lane, int *u0, int *u1)
+{
+    *u0 = (int)((long)lane * g->n_units / g->n_lanes);
+    *u1 = (int)((long)(lane + 1) * g->n_units / g->n_lanes);
+}
+
+/* ---- transforms ------------------------------------------------------------------ */
+
+/* U [16][rows_p][cols_p] from filters f(row, col) = weight + row*rs + col*cs (3x3
+ * row-major, read rotated by 180 degrees when rot), zero for padded rows/cols:
+ * U = G f G^T. */
+static void weight_transform(float *U, const float *weight, int rows, int cols, int rows_p, int cols_p,
+                             ptrdiff_t rs, ptrdiff_t cs, int rot)
+{
+    memset(U, 0, (size_t)XI * rows_p * cols_p * sizeof(float));
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) {
+            const float *w = weight + r * rs + c * cs;
+            float f[3][3], t[4][3], u[4][4];
+            for (int i = 0; i < 9; i++)
+                f[i / 3][i % 3] = rot ? w[8 - i] : w[i];
+            for (int j = 0; j < 3; j++) {
+                t[0][j] = f[0][j];
+                t[1][j] = 0.5f * (f[0][j] + f[1][j] + f[2][j]);
+                t[2][j] = 0.5f * (f[0][j] - f[1][j] + f[2][j]);
+                t[3][j] = f[2][j];
+            }
+            for (int i = 0; i < 4; i++) {
+                u[i][0] = t[i][0];
+                u[i][1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
+                u[i][2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
+                u[i][3] = t[i][2];
+            }
+            for (int xi = 0; xi < XI; xi++)
+                U[((size_t)xi * rows_p + r) * cols_p + c] = u[xi / 4][xi % 4];
+        }
+}
+
+/* P [C_p/16][Hp][Wp][16] = x [C, H, W] shifted by (1, 1), zero elsewhere. */
+static void pack_plane(float *P, const float *x, int C, int C_p, int H, int W, int Hp, int Wp)
+{
+    memset(P, 0, (size_t)C_p * Hp * Wp * sizeof(float));
+    for (int c = 0; c < C; c++) {
+        float *dst = P + (size_t)(c / 16) * Hp * Wp * 16 + c % 16;
+        const float *src = x + (size_t)c * H * W;
+        for (int y = 0; y < H; y++) {
+            float *d = dst + ((size_t)(y + 1) * Wp + 1) * 16;
+            const float *s = src + (size_t)y * W;
+            for (int xx = 0; xx < W; xx++)
+                d[(size_t)xx * 16] = s[xx];
+        }
+    }
+}
+
+/* V[xi][t0 + t][cb*16..] = B^T d B for every tile t of one packed image. */
+static void input_transform(float *V, const float *P, const geometry *g, int C_p, int t0)
+{
+    const size_t xi_stride = (size_t)g->Tp * C_p;
+    for (int cb = 0; cb < C_p / 16; cb++) {
+        const float *Pc = P + (size_t)cb * g->Hp * g->Wp * 16;
+        for (int ty = 0; ty < g->TH; ty++)
+            for (int tx = 0; tx < g->TW; tx++) {
+                const float *p = Pc + ((size_t)(2 * ty) * g->Wp + 2 * tx) * 16;
+                v16 t[4][4];
+                for (int j = 0; j < 4; j++) {
+                    const v16 d0 = v_load(p + (0 * g->Wp + j) * 16), d1 = v_load(p + (1 * g->Wp + j) * 16);
+                    const v16 d2 = v_load(p + (2 * g->Wp + j) * 16), d3 = v_load(p + (3 * g->Wp + j) * 16);
+                    t[0][j] = v_sub(d0, d2);
+                    t[1][j] = v_add(d1, d2);
+                    t[2][j] = v_sub(d2, d1);
+                    t[3][j] = v_sub(d1, d3);
+                }
+                float *out = V + (size_t)(t0 + ty * g->TW + tx) * C_p + cb * 16;
+                for (int i = 0; i < 4; i++) {
+                    v_store(out + (4 * i + 0) * xi_stride, v_sub(t[i][0], t[i][2]));
+                    v_store(out + (4 * i + 1) * xi_stride, v_add(t[i][1], t[i][2]));
+                    v_store(out + (4 * i + 2) * xi_stride, v_sub(t[i][2], t[i][1]));
+                    v_store(out + (4 * i + 3) * xi_stride, v_sub(t[i][1], t[i][3]));
+                }
+            }
+    }
+}
+
+/* M[xi][t0 + t][cb*16..] = A dy A^T for the 2x2 output-gradient tile dy of every
+ * tile t of one packed image (dy at P offset (1, 1)). */
+static void grad_transform(float *M, const float *P, const geometry *g, int C_p, int t0)
+{
+    const size_t xi_stride = (size_t)g->Tp * C_p;
+    for (int cb = 0; cb < C_p / 16; cb++) {
+        const float *Pc = P + (size_t)cb * g->Hp * g->Wp * 16;
+        for (int ty = 0; ty < g->TH; ty++)
+            for (int tx = 0; tx < g->TW; tx++) {
+                const float *p = Pc + ((size_t)(2 * ty + 1) * g->Wp + 2 * tx + 1) * 16;
+                const v16 a = v_load(p), b = v_load(p + 16);
+                const v16 c = v_load(p + g->Wp * 16), d = v_load(p + (g->Wp + 1) * 16);
+                /* rows of A dy: [a b], [a+c b+d], [a-c b-d], [-c -d]; each row [p q]
+                 * becomes [p, p+q, p-q, -q] */
+                const v16 zero = v_zero();
+                v16 row[4][2] = {{a, b}, {v_add(a, c), v_add(b, d)}, {v_sub(a, c), v_sub(b, d)},
+                                 {v_sub(zero, c), v_sub(zero, d)}};
+                float *out = M + (size_t)(t0 + ty * g->TW + tx) * C_p + cb * 16;
+                for (int i = 0; i < 4; i++) {
+                    const v16 pp = row[i][0], q = row[i][1];
+                    v_store(out + (4 * i + 0) * xi_stride, pp);
+                    v_store(out + (4 * i + 1) * xi_stride, v_add(pp, q));
+                    v_store(out + (4 * i + 2) * xi_stride, v_sub(pp, q));
+                    v_store(out + (4 * i + 3) * xi_stride, v_sub(zero, q));
+                }
+            }
+    }
+}
+
+/* O [C_p/16][2TH][2TW][16] = A^T m A from Y[xi][t0 + t][..] for one image. */
+static void output_transform(float *O, const float *Y, const geometry *g, int C_p, int t0)
+{
+    const size_t xi_stride = (size_t)g->Tp * C_p;
+    const int OW = 2 * g->TW;
+    for (int cb = 0; cb < C_p / 16; cb++) {
+        float *Oc = O + (size_t)cb * (2 * g->TH) * OW * 16;
+        for (int ty = 0; ty < g->TH; ty++)
+            for (int tx = 0; tx < g->TW; tx++) {
+                const float *y = Y + (size_t)(t0 + ty * g->TW + tx) * C_p + cb * 16;
+                v16 t[2][4];
+                for (int j = 0; j < 4; j++) {
+                    const v16 m0 = v_load(y + (0 + j) * xi_stride), m1 = v_load(y + (4 + j) * xi_stride);
+                    const v16 m2 = v_load(y + (8 + j) * xi_stride), m3 = v_load(y + (12 + j) * xi_stride);
+                    t[0][j] = v_add(v_add(m0, m1), m2);
+                    t[1][j] = v_sub(v_sub(m1, m2), m3);
+                }
+                float *o = Oc + ((size_t)(2 * ty) * OW + 2 * tx) * 16;
+                for (int i = 0; i < 2; i++) {
+                    v_store(o + (i * OW + 0) * 16, v_add(v_add(t[i][0], t[i][1]), t[i][2]));
+                    v_store(o + (i * OW + 1) * 16, v_sub(v_sub(t[i][1], t[i][2]), t[i][3]));
+                }
+            }
+    }
+}
+
+/* y [C, H, W] = O (+ bias[c]) when beta == 0, else beta * y + O. */
+static void unpack_plane(float *y, const float *O, const float *bias, float beta, int C, int H, int W,
+                         int OH, int OW)
+{
+    for (int c = 0; c < C; c++) {
+        const float *src = O + (size_t)(c / 16) * OH * OW * 16 + c % 16;
+        float *dst = y + (size_t)c * H * W;
+        const float bv = bias ? bias[c] : 0.0f;
+        for (int yy = 0; yy < H; yy++) {
+            const float *s = src + (size_t)yy * OW * 16;
+            float *d = dst + (size_t)yy * W;
+            if (beta == 0.0f)
+                for (int xx = 0; xx < W; xx++)
+                    d[xx] = s[(size_t)xx * 16] + bv;
+            else
+                for (int xx = 0; xx < W; xx++)
+                    d[xx] = beta * d[xx] + s[(size_t)xx * 16];
+        }
+    }
+}
+
+/* ---- one unit: the forward chain (also din's, on dout with rotated weights) ---- */
+
+/* y [nb, Co, H, W] (beta, bias as unpack_plane) = conv(x [nb, Ci, H, W]) with the
+ * transformed weights U [16][Ci_p][Co_p]. */
+static void forward_unit(const geometry *g, const lane_buffers *lb, float *y, float beta, const float *x,
+                         const float *U, const float *bias, int Ci, int Co, int nb)
+{
+    const int Ci_p = round_up(Ci, 16), Co_p = round_up(Co, 16);
+    const int nt = nb * g->tiles;
+    const size_t HW = (size_t)g->H * g->W;
+    for (int b = 0; b < nb; b++) {
+        pack_plane(lb->P, x + (size_t)b * Ci * HW, Ci, Ci_p, g->H, g->W, g->Hp, g->Wp);
+        input_transform(lb->V, lb->P, g, Ci_p, b * g->tiles);
+    }
+    /* the rows past the last tile enter the products: keep them finite */
+    for (int xi = 0; xi < XI; xi++)
+        memset(lb->V + ((size_t)xi * g->Tp + nt) * Ci_p, 0, (size_t)(g->Tp - nt) * Ci_p * sizeof(float));
+    for (int xi = 0; xi < XI; xi++)
+        product(MR_FWD, g->Tp, Co_p, Ci_p, lb->V + (size_t)xi * g->Tp * Ci_p, Ci_p, 1,
+                U + (size_t)xi * Ci_p * Co_p, Co_p, lb->Y + (size_t)xi * g->Tp * Co_p, Co_p, 0);
+    for (int b = 0; b < nb; b++) {
+        output_transform(lb->P, lb->Y, g, Co_p, b * g->tiles);
+        unpack_plane(y + (size_t)b * Co * HW, lb->P, bias, beta, Co, g->H, g->W, 2 * g->TH, 2 * g->TW);
+    }
+}
+
+void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const float *weight,
+                          const float *bias, int B, int Cin, int H, int W, int Cout)
+{
+    const geometry g = make_geometry(B, Cin, H, W, Cout);
+    float *U = scratch;
+    /* U [16][Cin_p][Cout_p] from weight [Cout][Cin][3][3]: rows ci, columns co */
+    weight_transform(U, weight, Cin, Cout, g.Cin_p, g.Cout_p, 9, (ptrdiff_t)Cin * 9, 0);
+    const size_t in_image = (size_t)Cin * H * W, out_image = (size_t)Cout * H * W;
+#pragma omp parallel for schedule(static, 1) if (lanes_in_parallel(&g))
+    for (int lane = 0; lane < g.n_lanes; lane++) {
+        const lane_buffers lb = lane_at(&g, scratch, lane);
+        int u0, u1;
+        unit_range(&g, lane, &u0, &u1);
+        for (int u = u0; u < u1; u++) {
+            const int b0 = u * g.nb, nb = B - b0 < g.nb ? B - b0 : g.nb;
+            forward_unit(&g, &lb, out + (size_t)b0 * out_image, 0.0f, in + (size_t)b0 * in_image, U, bias,
+                         Cin, Cout, nb);
+        }
+    }
+}
+
+/* ---- backward ---------------------------------------------------------------------- */
+
+/* sum_i x[i] in double over 8 partial sums (element i to partial i % 8, added in
+ * order): a fixed order that vectorises. */
+static double sum_x(const float *x, size_t n)
+{
+    double acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += (double)x[i + j];
+    for (int j = 0; i < n; i++, j++)
+        acc[j] += (double)x[i];
+    double s = 0.0;
+    for (int j = 0; j < 8; j++)
+        s += acc[j];
+    return s;
+}
+
+/* dU_lane (+)= sum over the unit's tiles of V^T M (first: overwrite). */
+static void weight_grad_unit(const geometry *g, const lane_buffers *lb, const float *x, const float *dy, int nb,
+                             int first)
+{
+    const size_t HW = (size_t)g->H * g->W;
+    const int nt = nb * g->tiles;
+    for (int b = 0; b < nb; b++) {
+        pack_plane(lb->P, x + (size_t)b * g->Cin * HW, g->Cin, g->Cin_p, g->H, g->W, g->Hp, g->Wp);
+        input_transform(lb->V, lb->P, g, g->Cin_p, b * g->tiles);
+        pack_plane(lb->P, dy + (size_t)b * g->Cout * HW, g->Cout, g->Cout_p, g->H, g->W, g->Hp, g->Wp);
+        grad_transform(lb->M, lb->P, g, g->Cout_p, b * g->tiles);
+    }
+    for (int xi = 0; xi < XI; xi++)
+        product(MR_DW, g->Cin_p, g->Cout_p, nt, lb->V + (size_t)xi * g->Tp * g->Cin_p, 1, g->Cin_p,
+                lb->M + (size_t)xi * g->Tp * g->Cout_p, g->Cout_p, lb->dU + (size_t)xi * g->Cin_p * g->Cout_p,
+                g->Cout_p, !first);
+}
+
+void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
+                           const float *dout, const float *in, const float *weight, int B, int Cin, int H,
+                           int W, int Cout)
+{
+    const geometry g = make_geometry(B, Cin, H, W, Cout);
+    const size_t HW = (size_t)H * W;
+
+    if (dbias) {
+#pragma omp parallel for schedule(static) if ((size_t)Cout * HW * B > 32768)
+        for (int co = 0; co < Cout; co++) {
+            double sum = 0.0;
+            for (int b = 0; b < B; b++)
+                sum += sum_x(dout + ((size_t)b * Cout + co) * HW, HW);
+            dbias[co] += (float)sum;
+        }
+    }
+    if (!din && !dweight)
+        return;
+
+    float *U = scratch;
+    /* din's forward runs on dout: U [16][Cout_p][Cin_p] from the rotated filters,
+     * rows co, columns ci */
+    if (din)
+        weight_transform(U, weight, Cout, Cin, g.Cout_p, g.Cin_p, (ptrdiff_t)Cin * 9, 9, 1);
+
+#pragma omp parallel for schedule(static, 1) if (lanes_in_parallel(&g))
+    for (int lane = 0; lane < g.n_lanes; lane++) {
+        const lane_buffers lb = lane_at(&g, scratch, lane);
+        int u0, u1;
+        unit_range(&g, lane, &u0, &u1);
+        for (int u = u0; u < u1; u++) {
+            const int b0 = u * g.nb, nb = B - b0 < g.nb ? B - b0 : g.nb;
+            const float *dy = dout + (size_t)b0 * Cout * HW;
+            if (dweight)
+                weight_grad_unit(&g, &lb, in + (size_t)b0 * Cin * HW, dy, nb, u == u0);
+            if (din)
+                forward_unit(&g, &lb, din + (size_t)b0 * Cin * HW, beta, dy, U, NULL, Cout, Cin, nb);
+        }
+    }
+
+    if (dweight) {
+        /* dweight[co][ci] += G^T (sum of the lanes' dU, in lane order) G */
+#pragma omp parallel for schedule(static) if ((size_t)Cout * Cin > 256)
+        for (int ci = 0; ci < Cin; ci++)
+            for (int co = 0; co < Cout; co++) {
+                float m[4][4], t[3][4];
+                for (int xi = 0; xi < XI; xi++) {
+                    float s = 0.0f;
+                    for (int lane = 0; lane < g.n_lanes; lane++)
+                        s += lane_at(&g, scratch, lane).dU[((size_t)xi * g.Cin_p + ci) * g.Cout_p + co];
+                    m[xi / 4][xi % 4] = s;
+                }
+                /* G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1] */
+                for (int j = 0; j < 4; j++) {
+                    t[0][j] = m[0][j] + 0.5f * (m[1][j] + m[2][j]);
+                    t[1][j] = 0.5f * (m[1][j] - m[2][j]);
+                    t[2][j] = 0.5f * (m[1][j] + m[2][j]) + m[3][j];
+                }
+                float *dw = dweight + ((size_t)co * Cin + ci) * 9;
+                for (int i = 0; i < 3; i++) {
+                    dw[i * 3 + 0] += t[i][0] + 0.5f * (t[i][1] + t[i][2]);
+                    dw[i * 3 + 1] += 0.5f * (t[i][1] - t[i][2]);
+                    dw[i * 3 + 2] += 0.5f * (t[i][1] + t[i][2]) + t[i][3];
+                }
+            }
+    }
+}
