@@ -130,33 +130,37 @@ static ALWAYS_INLINE void kernel_body(const int MR, const int NV, int K, const f
     {                                                                                                        \
         kernel_body(MR, NV, K, a, a_rs, a_ks, b, ldb, c, ldc, accumulate);                                   \
     }
-DEFINE_KERNEL(12, 2)
-DEFINE_KERNEL(12, 1)
-DEFINE_KERNEL(8, 2)
-DEFINE_KERNEL(8, 1)
+#define DEFINE_KERNELS(MR) DEFINE_KERNEL(MR, 1) DEFINE_KERNEL(MR, 2)
+DEFINE_KERNELS(1) DEFINE_KERNELS(2) DEFINE_KERNELS(3) DEFINE_KERNELS(4) DEFINE_KERNELS(5) DEFINE_KERNELS(6)
+DEFINE_KERNELS(7) DEFINE_KERNELS(8) DEFINE_KERNELS(9) DEFINE_KERNELS(10) DEFINE_KERNELS(11) DEFINE_KERNELS(12)
+#undef DEFINE_KERNELS
 #undef DEFINE_KERNEL
 
-/* C [M, N] (+)= A [M, K] x B [K, N], M a multiple of MR (12 or 8), N a multiple
- * of 16, A(r, k) = a[r*a_rs + k*a_ks], B and C row-major with ldb, ldc. */
+typedef void (*kernel_fn)(int, const float *, ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t, float *, ptrdiff_t,
+                          int);
+/* kernels[nv - 1][mr]: a row tail of mr < MR rows gets its own register block */
+static const kernel_fn kernels[2][MR_FWD + 1] = {
+    {NULL, kernel_1x1, kernel_2x1, kernel_3x1, kernel_4x1, kernel_5x1, kernel_6x1, kernel_7x1, kernel_8x1,
+     kernel_9x1, kernel_10x1, kernel_11x1, kernel_12x1},
+    {NULL, kernel_1x2, kernel_2x2, kernel_3x2, kernel_4x2, kernel_5x2, kernel_6x2, kernel_7x2, kernel_8x2,
+     kernel_9x2, kernel_10x2, kernel_11x2, kernel_12x2},
+};
+
+/* C [M, N] (+)= A [M, K] x B [K, N] in blocks of MR (<= 12) rows and 32 columns,
+ * N a multiple of 16, A(r, k) = a[r*a_rs + k*a_ks], B and C row-major with ldb,
+ * ldc. */
 static void product(int MR, int M, int N, int K, const float *a, ptrdiff_t a_rs, ptrdiff_t a_ks,
                     const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc, int accumulate)
 {
     for (int r0 = 0; r0 < M; r0 += MR) {
+        const int mr = M - r0 < MR ? M - r0 : MR;
         const float *ar = a + r0 * a_rs;
         float *cr = c + r0 * ldc;
         int n0 = 0;
-        for (; n0 + 32 <= N; n0 += 32) {
-            if (MR == MR_FWD)
-                kernel_12x2(K, ar, a_rs, a_ks, b + n0, ldb, cr + n0, ldc, accumulate);
-            else
-                kernel_8x2(K, ar, a_rs, a_ks, b + n0, ldb, cr + n0, ldc, accumulate);
-        }
-        if (n0 < N) {
-            if (MR == MR_FWD)
-                kernel_12x1(K, ar, a_rs, a_ks, b + n0, ldb, cr + n0, ldc, accumulate);
-            else
-                kernel_8x1(K, ar, a_rs, a_ks, b + n0, ldb, cr + n0, ldc, accumulate);
-        }
+        for (; n0 + 32 <= N; n0 += 32)
+            kernels[1][mr](K, ar, a_rs, a_ks, b + n0, ldb, cr + n0, ldc, accumulate);
+        if (n0 < N)
+            kernels[0][mr](K, ar, a_rs, a_ks, b + n0, ldb, cr + n0, ldc, accumulate);
     }
 }
 
@@ -193,7 +197,7 @@ static geometry make_geometry(int B, int Cin, int H, int W, int Cout)
         g.nb *= 2;
     g.n_units = (B + g.nb - 1) / g.nb;
     g.n_lanes = g.n_units < LANES ? g.n_units : LANES;
-    g.Tp = round_up(g.nb * g.tiles, MR_FWD);
+    g.Tp = g.nb * g.tiles;
     g.u_floats = (size_t)XI * g.Cin_p * g.Cout_p;
     g.dU_floats = g.u_floats;
     g.plane_floats = (size_t)g.C_max * g.Hp * g.Wp; /* >= C_max * 2TH * 2TW for O */
@@ -268,6 +272,73 @@ static void weight_transform(float *U, const float *weight, int rows, int cols, 
 }
 
 /* P [C_p/16][Hp][Wp][16] = x [C, H, W] shifted by (1, 1), zero elsewhere. */
+#if defined(__AVX512F__)
+/* r[i] (row i, 16 columns) becomes column i: 16x16 transpose in three rounds of
+ * shuffles (32-bit pairs, 64-bit pairs, 128-bit lanes). */
+static inline void transpose16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+        const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    /* r[4i + k], 128-bit lane L: rows 4i..4i+3 of column 4L + k */
+    for (int k = 0; k < 4; k++) {
+        const __m512 x = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88), y = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xdd);
+        const __m512 z = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
+        const __m512 w = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xdd);
+        t[k] = _mm512_shuffle_f32x4(x, z, 0x88);
+        t[8 + k] = _mm512_shuffle_f32x4(x, z, 0xdd);
+        t[4 + k] = _mm512_shuffle_f32x4(y, w, 0x88);
+        t[12 + k] = _mm512_shuffle_f32x4(y, w, 0xdd);
+    }
+    for (int i = 0; i < 16; i++)
+        r[i] = t[i];
+}
+
+static inline __mmask16 first_n(int n)
+{
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+}
+
+static void pack_plane(float *P, const float *x, int C, int C_p, int H, int W, int Hp, int Wp)
+{
+    const size_t HW = (size_t)H * W;
+    const __m512 zero = _mm512_setzero_ps();
+    for (int cb = 0; cb < C_p / 16; cb++) {
+        float *Pc = P + (size_t)cb * Hp * Wp * 16;
+        const int nc = C - cb * 16 < 16 ? C - cb * 16 : 16;
+        /* the border: row 0, rows past H, column 0 and columns past W */
+        memset(Pc, 0, (size_t)Wp * 16 * sizeof(float));
+        memset(Pc + (size_t)(H + 1) * Wp * 16, 0, (size_t)(Hp - H - 1) * Wp * 16 * sizeof(float));
+        for (int y = 0; y < H; y++) {
+            float *row = Pc + (size_t)(y + 1) * Wp * 16;
+            _mm512_storeu_ps(row, zero);
+            for (int xx = W + 1; xx < Wp; xx++)
+                _mm512_storeu_ps(row + (size_t)xx * 16, zero);
+            for (int x0 = 0; x0 < W; x0 += 16) {
+                const int n = W - x0 < 16 ? W - x0 : 16;
+                const __mmask16 m = first_n(n);
+                __m512 r[16];
+                for (int c = 0; c < 16; c++)
+                    r[c] = c < nc ? _mm512_maskz_loadu_ps(m, x + (size_t)(cb * 16 + c) * HW + (size_t)y * W + x0)
+                                  : zero;
+                transpose16(r);
+                for (int j = 0; j < n; j++)
+                    _mm512_storeu_ps(row + (size_t)(x0 + 1 + j) * 16, r[j]);
+            }
+        }
+    }
+}
+#else
 static void pack_plane(float *P, const float *x, int C, int C_p, int H, int W, int Hp, int Wp)
 {
     memset(P, 0, (size_t)C_p * Hp * Wp * sizeof(float));
@@ -282,6 +353,7 @@ static void pack_plane(float *P, const float *x, int C, int C_p, int H, int W, i
         }
     }
 }
+#endif
 
 /* V[xi][t0 + t][cb*16..] = B^T d B for every tile t of one packed image. */
 static void input_transform(float *V, const float *P, const geometry *g, int C_p, int t0)
@@ -368,6 +440,38 @@ static void output_transform(float *O, const float *Y, const geometry *g, int C_
 }
 
 /* y [C, H, W] = O (+ bias[c]) when beta == 0, else beta * y + O. */
+#if defined(__AVX512F__)
+static void unpack_plane(float *y, const float *O, const float *bias, float beta, int C, int H, int W,
+                         int OH, int OW)
+{
+    const size_t HW = (size_t)H * W;
+    const __m512 vbeta = _mm512_set1_ps(beta);
+    for (int cb = 0; cb * 16 < C; cb++) {
+        const float *Oc = O + (size_t)cb * OH * OW * 16;
+        const int nc = C - cb * 16 < 16 ? C - cb * 16 : 16;
+        for (int yy = 0; yy < H; yy++)
+            for (int x0 = 0; x0 < W; x0 += 16) {
+                const int n = W - x0 < 16 ? W - x0 : 16;
+                const __mmask16 m = first_n(n);
+                __m512 r[16];
+                for (int j = 0; j < 16; j++)
+                    r[j] = j < n ? _mm512_loadu_ps(Oc + ((size_t)yy * OW + x0 + j) * 16) : _mm512_setzero_ps();
+                transpose16(r);
+                for (int c = 0; c < nc; c++) {
+                    float *d = y + (size_t)(cb * 16 + c) * HW + (size_t)yy * W + x0;
+                    __m512 v = r[c];
+                    if (beta == 0.0f) {
+                        if (bias)
+                            v = _mm512_add_ps(v, _mm512_set1_ps(bias[cb * 16 + c]));
+                    } else {
+                        v = _mm512_fmadd_ps(vbeta, _mm512_maskz_loadu_ps(m, d), v);
+                    }
+                    _mm512_mask_storeu_ps(d, m, v);
+                }
+            }
+    }
+}
+#else
 static void unpack_plane(float *y, const float *O, const float *bias, float beta, int C, int H, int W,
                          int OH, int OW)
 {
@@ -387,6 +491,7 @@ static void unpack_plane(float *y, const float *O, const float *bias, float beta
         }
     }
 }
+#endif
 
 /* ---- one unit: the forward chain (also din's, on dout with rotated weights) ---- */
 
@@ -402,11 +507,8 @@ static void forward_unit(const geometry *g, const lane_buffers *lb, float *y, fl
         pack_plane(lb->P, x + (size_t)b * Ci * HW, Ci, Ci_p, g->H, g->W, g->Hp, g->Wp);
         input_transform(lb->V, lb->P, g, Ci_p, b * g->tiles);
     }
-    /* the rows past the last tile enter the products: keep them finite */
     for (int xi = 0; xi < XI; xi++)
-        memset(lb->V + ((size_t)xi * g->Tp + nt) * Ci_p, 0, (size_t)(g->Tp - nt) * Ci_p * sizeof(float));
-    for (int xi = 0; xi < XI; xi++)
-        product(MR_FWD, g->Tp, Co_p, Ci_p, lb->V + (size_t)xi * g->Tp * Ci_p, Ci_p, 1,
+        product(MR_FWD, nt, Co_p, Ci_p, lb->V + (size_t)xi * g->Tp * Ci_p, Ci_p, 1,
                 U + (size_t)xi * Ci_p * Co_p, Co_p, lb->Y + (size_t)xi * g->Tp * Co_p, Co_p, 0);
     for (int b = 0; b < nb; b++) {
         output_transform(lb->P, lb->Y, g, Co_p, b * g->tiles);
