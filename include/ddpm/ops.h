@@ -21,7 +21,8 @@
  * when H*W >= 256), the units spread over OpenMP threads in 8 fixed lanes, so the
  * results do not depend on the thread count (see conv2d.c). scratch holds
  * ddpm_conv2d_scratch_floats(...) floats, enough for forward and for backward.
- * Forward overwrites out. */
+ * Forward overwrites out. When compiled with AVX-512, 3x3 stride-1 pad-1 convs
+ * with >= 16 input and output channels run ddpm_conv3x3 (Winograd) instead. */
 size_t ddpm_conv2d_scratch_floats(int B, int Cin, int H, int W, int Cout, int K, int S, int P);
 void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const float *weight,
                          const float *bias, int B, int Cin, int H, int W, int Cout, int K,
@@ -50,6 +51,11 @@ void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const flo
 void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
                            const float *dout, const float *in, const float *weight, int B,
                            int Cin, int H, int W, int Cout);
+
+/* Whether conv2d may hand shapes to ddpm_conv3x3 (default 1). 0 forces the
+ * im2col path everywhere: for tests and `ddpm bench --ops`, which compare the
+ * two. Process-wide; set it while no conv2d call is running. */
+void ddpm_conv2d_enable_winograd(int enabled);
 
 /* ---- linear (src/ops/linear.c) --------------------------------------------
  * in [B,In], weight [Out,In] (PyTorch layout), bias [Out] (may be NULL), out [B,Out]. */

@@ -53,7 +53,8 @@ static void usage(FILE *f)
 "                       (din, dweight, dbias) alone at the default model's\n"
 "                       largest shapes (batch --batch, 3x3 stride 1 pad 1,\n"
 "                       Cin = Cout = 32 and 64 at 28x28 and 14x14, 64 at 7x7),\n"
-"                       in GFLOP/s (backward = 2 x forward FLOPs), next to one\n"
+"                       in GFLOP/s (backward = 2 x forward FLOPs), im2col path\n"
+"                       (ddpm_conv2d with Winograd disabled), next to one\n"
 "                       cblas_sgemm call on the same product (M = Cout,\n"
 "                       N = batch*H*W, K = Cin*9; OpenBLAS's own threads) and\n"
 "                       ddpm_conv3x3_forward/_backward alone (Winograd);\n"
@@ -251,10 +252,12 @@ static int bench_conv_shape(int B, op_result *r, double rep_seconds)
         const double flop = 2.0 * r->C * (double)B * r->HW * r->HW * r->C * 9;
         double s;
         long calls;
+        ddpm_conv2d_enable_winograd(0); /* the im2col path */
         time_phase(conv_forward_call, &c, rep_seconds, &s, &calls);
         r->fwd_gflops = flop / s * 1e-9;
         time_phase(conv_backward_call, &c, rep_seconds, &s, &calls);
         r->bwd_gflops = 2 * flop / s * 1e-9;
+        ddpm_conv2d_enable_winograd(1);
         time_phase(conv3x3_forward_call, &c, rep_seconds, &s, &calls);
         r->wino_fwd_gflops = flop / s * 1e-9;
         time_phase(conv3x3_backward_call, &c, rep_seconds, &s, &calls);
@@ -290,8 +293,8 @@ static int bench_ops(int B, double seconds, op_result *res)
 static void print_ops(int B, const op_result *res)
 {
     printf("\nconv2d 3x3 stride 1 pad 1, batch %d, Cin = Cout (GFLOP/s of direct-convolution FLOPs;\n"
-           "backward = din + dweight + dbias, 2 x forward FLOPs; sgemm = one cblas_sgemm M = Cout,\n"
-           "N = batch*H*W, K = Cin*9; wino = ddpm_conv3x3 alone, Winograd F(2x2,3x3))\n", B);
+           "backward = din + dweight + dbias, 2 x forward FLOPs; forward/backward: conv2d's im2col\n"
+           "path; sgemm = one cblas_sgemm M = Cout, N = batch*H*W, K = Cin*9; wino = ddpm_conv3x3 alone, Winograd F(2x2,3x3))\n", B);
     printf("  %-14s %-16s %9s %9s %9s %8s %8s %9s %9s\n", "shape", "sgemm MxNxK", "forward", "backward", "sgemm",
            "fwd/gemm", "bwd/gemm", "wino fwd", "wino bwd");
     for (int i = 0; i < N_OP_SHAPES; i++) {

@@ -179,8 +179,8 @@ typedef struct {
     size_t u_floats;      /* transformed weights, shared */
     size_t dU_floats;     /* one lane's weight-gradient sum */
     size_t plane_floats;  /* P or O for one image */
-    size_t unit_floats;   /* V, Y or M for one unit */
-    size_t lane_floats;   /* P + 3 unit buffers + dU */
+    size_t unit_floats;   /* V, or Y = M, for one unit */
+    size_t lane_floats;   /* P + 2 unit buffers + dU */
 } geometry;
 
 static geometry make_geometry(int B, int Cin, int H, int W, int Cout)
@@ -202,7 +202,7 @@ static geometry make_geometry(int B, int Cin, int H, int W, int Cout)
     g.dU_floats = g.u_floats;
     g.plane_floats = (size_t)g.C_max * g.Hp * g.Wp; /* >= C_max * 2TH * 2TW for O */
     g.unit_floats = (size_t)XI * g.Tp * g.C_max;
-    g.lane_floats = g.plane_floats + 3 * g.unit_floats + g.dU_floats;
+    g.lane_floats = g.plane_floats + 2 * g.unit_floats + g.dU_floats;
     return g;
 }
 
@@ -222,9 +222,9 @@ static lane_buffers lane_at(const geometry *g, float *scratch, int lane)
     lane_buffers lb;
     lb.P = base;
     lb.V = lb.P + g->plane_floats;
-    lb.Y = lb.V + g->unit_floats;
-    lb.M = lb.Y + g->unit_floats;
-    lb.dU = lb.M + g->unit_floats;
+    /* M (the weight gradient's) is dead before Y (din's forward) is written */
+    lb.M = lb.Y = lb.V + g->unit_floats;
+    lb.dU = lb.Y + g->unit_floats;
     return lb;
 }
 
