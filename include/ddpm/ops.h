@@ -37,8 +37,9 @@ void ddpm_conv2d_backward_to(float *din, float *dweight, float *dbias, float *sc
 
 /* ---- 3x3 convolution, stride 1, padding 1 (src/ops/conv3x3.c) ---------------
  * The same op as ddpm_conv2d with K = 3, S = 1, P = 1 (Ho = H, Wo = W), computed
- * by Winograd F(2x2,3x3): 16 products per 2x2 output tile and channel pair
- * instead of 36 multiply-adds, vectorised with AVX-512 when compiled for it.
+ * by Winograd F(4x4,3x3) or F(2x2,3x3): 36 products per 4x4 output tile and
+ * channel pair (16 per 2x2) instead of 144 (36) multiply-adds, vectorised with
+ * AVX-512 when compiled for it.
  * Results differ from conv2d's by float rounding only (~1e-6 of the sum of
  * |terms|); they do not depend on the thread count. scratch holds
  * ddpm_conv3x3_scratch_floats(...) floats (forward and backward). Forward
@@ -51,6 +52,10 @@ void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const flo
 void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
                            const float *dout, const float *in, const float *weight, int B,
                            int Cin, int H, int W, int Cout);
+/* The output tile m of F(m x m, 3x3): 2 or 4 forces it, 0 (default) chooses by
+ * shape. Process-wide, for tests and benchmarks; set it while no call runs (the
+ * scratch size depends on it). */
+void ddpm_conv3x3_force_tile(int m);
 
 /* Whether conv2d may hand shapes to ddpm_conv3x3 (default 1). 0 forces the
  * im2col path everywhere: for tests and `ddpm bench --ops`, which compare the

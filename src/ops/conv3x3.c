@@ -1,13 +1,17 @@
 /* conv3x3.c: 3x3, stride 1, padding 1 convolution (NCHW, float32) by Winograd
- * F(2x2,3x3) (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural
- * Networks"), with batched products in the transform domain.
+ * F(m x m, 3x3), m = 4 (or 2) (Lavin & Gray 2016, "Fast Algorithms for
+ * Convolutional Neural Networks"), with batched products in the transform domain.
  *
- * Each output 2x2 tile is y = A^T [(G g G^T) . (B^T d B)] A for its 4x4 input
- * window d (the 16 products per tile and channel pair replace 36 multiply-adds),
+ * Each output m x m tile is y = A^T [(G g G^T) . (B^T d B)] A for its alpha x
+ * alpha input window d, alpha = m + 2 (alpha^2 products per tile and channel pair
+ * replace 9 m^2 multiply-adds: 36 for 144 with m = 4, 16 for 36 with m = 2). For
+ * m = 2
  *     B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],
  *     G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
- *     A^T = [1 1 1 0; 0 1 -1 -1].
- * Per transform point xi (16 of them) the sum over input channels is a product
+ *     A^T = [1 1 1 0; 0 1 -1 -1];
+ * for m = 4 the matrices of the paper (points 0, +-1, +-2), written out at bt_1d,
+ * at_1d and G4 below. Per transform point xi (alpha^2 of them) the sum over input
+ * channels is a product
  *     Y[xi] [tiles, Cout] = V[xi] [tiles, Cin] x U[xi] [Cin, Cout],
  * done by a register-blocked kernel below (AVX-512 when compiled for it, plain C
  * over 16-float structs otherwise). Channels are padded to multiples of 16 with
@@ -20,10 +24,10 @@
  *
  * Data flow per unit of nb images (nb a power of two with nb * tiles >= 48, a
  * function of the shapes only): each image is packed into a zero-padded
- * channel-blocked buffer P [C/16][Hp][Wp][16] (Hp = 2*ceil(H/2) + 2), whose 4x4
- * windows are transformed 16 channels at a time into V [16][Tp][Cin_p]; the 16
- * products give Y [16][Tp][Cout_p]; the output transform writes O [Cout/16][2TH]
- * [2TW][16], which is unpacked into NCHW (adding the bias, or the old din
+ * channel-blocked buffer P [C/16][Hp][Wp][16] (Hp = m*ceil(H/m) + 2), whose alpha
+ * x alpha windows are transformed 16 channels at a time into V [alpha^2][Tp]
+ * [Cin_p]; the alpha^2 products give Y [alpha^2][Tp][Cout_p]; the output transform
+ * writes O [Cout/16][m TH][m TW][16], which is unpacked into NCHW (adding the bias, or the old din
  * scaled by beta). Units are grouped in LANES fixed lanes run on the OpenMP
  * threads; the weight gradient is summed per lane (units in order), the lanes
  * added in lane order: every result is the same for any thread count. */
@@ -89,7 +93,7 @@ static inline v16 v_fmadd(v16 a, v16 b, v16 c)
 #define UNIT_TILES 48 /* a unit holds at least this many tiles (or the whole batch) */
 #define MR_FWD 12     /* rows (tiles) per kernel call in the forward products */
 #define MR_DW 8       /* rows (input channels) per kernel call in the dU products */
-#define XI 16         /* transform points of F(2x2,3x3) */
+#define MAX_ALPHA 6   /* tile side of F(4x4,3x3); F(2x2,3x3) has 4 */
 
 /* ---- the product kernel ------------------------------------------------------
  * C[r][16v..16v+15] (+)= sum_k A(r, k) * B[k][16v..16v+15] for r < MR, v < NV,
@@ -173,6 +177,7 @@ static int round_up(int n, int m)
 
 typedef struct {
     int B, Cin, H, W, Cout;
+    int m, alpha, n_xi;        /* F(m x m, 3x3): output tile m, input tile alpha = m + 2 */
     int Cin_p, Cout_p, C_max;  /* channels padded to 16 */
     int TH, TW, tiles, Hp, Wp; /* tiles per image; padded plane of P */
     int nb, n_units, n_lanes, Tp;
@@ -183,25 +188,46 @@ typedef struct {
     size_t lane_floats;   /* P + 2 unit buffers + dU */
 } geometry;
 
+static int forced_tile = 0;
+
+void ddpm_conv3x3_force_tile(int m)
+{
+    forced_tile = m == 2 || m == 4 ? m : 0;
+}
+
+/* The output tile: F(4x4,3x3) needs 2.25 products per output against F(2x2)'s 4,
+ * and writes fewer transformed values per output. F(2x2) wastes less on sides
+ * that are not a multiple of 4 (14: 16 computed for 14, against 14), but F(4x4)
+ * was still faster per image on every shape of the default model (28, 14 and 7
+ * pixels; single-thread, per unit: 1.5x, 1.2x and 1.56x), so it is always chosen;
+ * F(2x2) stays for tests and as the better-conditioned variant (about 10x less
+ * rounding error, see tests/test_ops_conv3x3.c). */
+static int tile_size(int H, int W)
+{
+    (void)H, (void)W;
+    return forced_tile ? forced_tile : 4;
+}
+
 static geometry make_geometry(int B, int Cin, int H, int W, int Cout)
 {
     geometry g;
     g.B = B, g.Cin = Cin, g.H = H, g.W = W, g.Cout = Cout;
+    g.m = tile_size(H, W), g.alpha = g.m + 2, g.n_xi = g.alpha * g.alpha;
     g.Cin_p = round_up(Cin, 16), g.Cout_p = round_up(Cout, 16);
     g.C_max = g.Cin_p > g.Cout_p ? g.Cin_p : g.Cout_p;
-    g.TH = (H + 1) / 2, g.TW = (W + 1) / 2;
+    g.TH = (H + g.m - 1) / g.m, g.TW = (W + g.m - 1) / g.m;
     g.tiles = g.TH * g.TW;
-    g.Hp = 2 * g.TH + 2, g.Wp = 2 * g.TW + 2;
+    g.Hp = g.m * g.TH + 2, g.Wp = g.m * g.TW + 2;
     g.nb = 1;
     while (g.nb < B && g.nb * g.tiles < UNIT_TILES)
         g.nb *= 2;
     g.n_units = (B + g.nb - 1) / g.nb;
     g.n_lanes = g.n_units < LANES ? g.n_units : LANES;
     g.Tp = g.nb * g.tiles;
-    g.u_floats = (size_t)XI * g.Cin_p * g.Cout_p;
+    g.u_floats = (size_t)g.n_xi * g.Cin_p * g.Cout_p;
     g.dU_floats = g.u_floats;
-    g.plane_floats = (size_t)g.C_max * g.Hp * g.Wp; /* >= C_max * 2TH * 2TW for O */
-    g.unit_floats = (size_t)XI * g.Tp * g.C_max;
+    g.plane_floats = (size_t)g.C_max * g.Hp * g.Wp; /* >= C_max * mTH * mTW for O */
+    g.unit_floats = (size_t)g.n_xi * g.Tp * g.C_max;
     g.lane_floats = g.plane_floats + 2 * g.unit_floats + g.dU_floats;
     return g;
 }
@@ -241,33 +267,64 @@ static void unit_range(const geometry *g, int lane, int *u0, int *u1)
 
 /* ---- transforms ------------------------------------------------------------------ */
 
-/* U [16][rows_p][cols_p] from filters f(row, col) = weight + row*rs + col*cs (3x3
- * row-major, read rotated by 180 degrees when rot), zero for padded rows/cols:
- * U = G f G^T. */
-static void weight_transform(float *U, const float *weight, int rows, int cols, int rows_p, int cols_p,
-                             ptrdiff_t rs, ptrdiff_t cs, int rot)
+/* G of F(2x2,3x3) and F(4x4,3x3) (Lavin & Gray's points 0, +-1, +-2 for m = 4) */
+static const double G2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+static const double G4[6][3] = {{1.0 / 4, 0, 0},
+                                {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                {0, 0, 1}};
+
+static double g_at(int m, int i, int j)
 {
-    memset(U, 0, (size_t)XI * rows_p * cols_p * sizeof(float));
+    return m == 2 ? G2[i][j] : G4[i][j];
+}
+
+/* U [n_xi][rows_p][cols_p] from filters f(row, col) = weight + row*rs + col*cs
+ * (3x3 row-major, read rotated by 180 degrees when rot), zero for padded
+ * rows/cols: U = G f G^T, in double, rounded once. */
+static void weight_transform(const geometry *g, float *U, const float *weight, int rows, int cols, int rows_p,
+                             int cols_p, ptrdiff_t rs, ptrdiff_t cs, int rot)
+{
+    const int a = g->alpha, m = g->m;
+    memset(U, 0, (size_t)g->n_xi * rows_p * cols_p * sizeof(float));
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++) {
             const float *w = weight + r * rs + c * cs;
-            float f[3][3], t[4][3], u[4][4];
+            double f[3][3], t[MAX_ALPHA][3];
             for (int i = 0; i < 9; i++)
                 f[i / 3][i % 3] = rot ? w[8 - i] : w[i];
-            for (int j = 0; j < 3; j++) {
-                t[0][j] = f[0][j];
-                t[1][j] = 0.5f * (f[0][j] + f[1][j] + f[2][j]);
-                t[2][j] = 0.5f * (f[0][j] - f[1][j] + f[2][j]);
-                t[3][j] = f[2][j];
-            }
-            for (int i = 0; i < 4; i++) {
-                u[i][0] = t[i][0];
-                u[i][1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
-                u[i][2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
-                u[i][3] = t[i][2];
-            }
-            for (int xi = 0; xi < XI; xi++)
-                U[((size_t)xi * rows_p + r) * cols_p + c] = u[xi / 4][xi % 4];
+            for (int i = 0; i < a; i++)
+                for (int j = 0; j < 3; j++)
+                    t[i][j] = g_at(m, i, 0) * f[0][j] + g_at(m, i, 1) * f[1][j] + g_at(m, i, 2) * f[2][j];
+            for (int i = 0; i < a; i++)
+                for (int j = 0; j < a; j++) {
+                    const double u = t[i][0] * g_at(m, j, 0) + t[i][1] * g_at(m, j, 1) + t[i][2] * g_at(m, j, 2);
+                    U[((size_t)(i * a + j) * rows_p + r) * cols_p + c] = (float)u;
+                }
+        }
+}
+
+/* dweight[co][ci] (+)= G^T dU G for the summed dU [n_xi][Cin_p][Cout_p], in double. */
+static void weight_grad_transform(const geometry *g, float *dweight, const double *dU, int ci, int co)
+{
+    const int a = g->alpha, m = g->m;
+    double t[3][MAX_ALPHA];
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < a; j++) {
+            double s = 0.0;
+            for (int k = 0; k < a; k++)
+                s += g_at(m, k, i) * dU[k * a + j];
+            t[i][j] = s;
+        }
+    float *dw = dweight + ((size_t)co * g->Cin + ci) * 9;
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) {
+            double s = 0.0;
+            for (int k = 0; k < a; k++)
+                s += t[i][k] * g_at(m, k, j);
+            dw[i * 3 + j] += (float)s;
         }
 }
 
@@ -355,88 +412,179 @@ static void pack_plane(float *P, const float *x, int C, int C_p, int H, int W, i
 }
 #endif
 
-/* V[xi][t0 + t][cb*16..] = B^T d B for every tile t of one packed image. */
-static void input_transform(float *V, const float *P, const geometry *g, int C_p, int t0)
+/* 1-D transforms of F(m x m, 3x3) on vectors of 16 channels:
+ * B^T d (alpha -> alpha), A^T m (alpha -> m), A y (m -> alpha). */
+static ALWAYS_INLINE void bt_1d(const int m, const v16 *d, v16 *r)
 {
+    if (m == 2) {
+        r[0] = v_sub(d[0], d[2]);
+        r[1] = v_add(d[1], d[2]);
+        r[2] = v_sub(d[2], d[1]);
+        r[3] = v_sub(d[1], d[3]);
+    } else {
+        /* B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0;
+         *        0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1] */
+        const v16 four = v_set1(4.0f), five = v_set1(5.0f), two = v_set1(2.0f);
+        const v16 a = v_sub(d[4], v_mul(four, d[2])); /* d4 - 4 d2 */
+        const v16 b = v_sub(d[3], v_mul(four, d[1])); /* d3 - 4 d1 */
+        const v16 c = v_sub(d[4], d[2]);              /* d4 - d2 */
+        const v16 e = v_mul(two, v_sub(d[3], d[1]));  /* 2 (d3 - d1) */
+        r[0] = v_add(v_sub(v_mul(four, d[0]), v_mul(five, d[2])), d[4]);
+        r[1] = v_add(a, b);
+        r[2] = v_sub(a, b);
+        r[3] = v_add(c, e);
+        r[4] = v_sub(c, e);
+        r[5] = v_add(v_sub(v_mul(four, d[1]), v_mul(five, d[3])), d[5]);
+    }
+}
+
+static ALWAYS_INLINE void at_1d(const int m, const v16 *t, v16 *o)
+{
+    if (m == 2) {
+        o[0] = v_add(v_add(t[0], t[1]), t[2]);
+        o[1] = v_sub(v_sub(t[1], t[2]), t[3]);
+    } else {
+        /* A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1] */
+        const v16 s12 = v_add(t[1], t[2]), d12 = v_sub(t[1], t[2]);
+        const v16 s34 = v_add(t[3], t[4]), d34 = v_sub(t[3], t[4]);
+        o[0] = v_add(v_add(t[0], s12), s34);
+        o[1] = v_fmadd(v_set1(2.0f), d34, d12);
+        o[2] = v_fmadd(v_set1(4.0f), s34, s12);
+        o[3] = v_add(v_fmadd(v_set1(8.0f), d34, d12), t[5]);
+    }
+}
+
+static ALWAYS_INLINE void a_1d(const int m, const v16 *y, v16 *r)
+{
+    if (m == 2) {
+        r[0] = y[0];
+        r[1] = v_add(y[0], y[1]);
+        r[2] = v_sub(y[0], y[1]);
+        r[3] = v_sub(v_zero(), y[1]);
+    } else {
+        /* A = (A^T)^T: rows [1 0 0 0; 1 1 1 1; 1 -1 1 -1; 1 2 4 8; 1 -2 4 -8; 0 0 0 1] */
+        const v16 e = v_add(y[0], y[2]), o = v_add(y[1], y[3]);
+        const v16 e4 = v_fmadd(v_set1(4.0f), y[2], y[0]), o8 = v_fmadd(v_set1(4.0f), y[3], y[1]);
+        r[0] = y[0];
+        r[1] = v_add(e, o);
+        r[2] = v_sub(e, o);
+        r[3] = v_fmadd(v_set1(2.0f), o8, e4);
+        r[4] = v_sub(e4, v_mul(v_set1(2.0f), o8));
+        r[5] = y[3];
+    }
+}
+
+/* V[xi][t0 + t][cb*16..] = B^T d B for every tile t of one packed image. */
+static ALWAYS_INLINE void input_transform_m(const int m, float *V, const float *P, const geometry *g, int C_p,
+                                            int t0)
+{
+    const int a = m + 2;
     const size_t xi_stride = (size_t)g->Tp * C_p;
     for (int cb = 0; cb < C_p / 16; cb++) {
         const float *Pc = P + (size_t)cb * g->Hp * g->Wp * 16;
         for (int ty = 0; ty < g->TH; ty++)
             for (int tx = 0; tx < g->TW; tx++) {
-                const float *p = Pc + ((size_t)(2 * ty) * g->Wp + 2 * tx) * 16;
-                v16 t[4][4];
-                for (int j = 0; j < 4; j++) {
-                    const v16 d0 = v_load(p + (0 * g->Wp + j) * 16), d1 = v_load(p + (1 * g->Wp + j) * 16);
-                    const v16 d2 = v_load(p + (2 * g->Wp + j) * 16), d3 = v_load(p + (3 * g->Wp + j) * 16);
-                    t[0][j] = v_sub(d0, d2);
-                    t[1][j] = v_add(d1, d2);
-                    t[2][j] = v_sub(d2, d1);
-                    t[3][j] = v_sub(d1, d3);
+                const float *p = Pc + ((size_t)(m * ty) * g->Wp + m * tx) * 16;
+                v16 t[MAX_ALPHA][MAX_ALPHA], d[MAX_ALPHA], r[MAX_ALPHA];
+                for (int j = 0; j < a; j++) {
+                    for (int i = 0; i < a; i++)
+                        d[i] = v_load(p + ((size_t)i * g->Wp + j) * 16);
+                    bt_1d(m, d, r);
+                    for (int i = 0; i < a; i++)
+                        t[i][j] = r[i];
                 }
                 float *out = V + (size_t)(t0 + ty * g->TW + tx) * C_p + cb * 16;
-                for (int i = 0; i < 4; i++) {
-                    v_store(out + (4 * i + 0) * xi_stride, v_sub(t[i][0], t[i][2]));
-                    v_store(out + (4 * i + 1) * xi_stride, v_add(t[i][1], t[i][2]));
-                    v_store(out + (4 * i + 2) * xi_stride, v_sub(t[i][2], t[i][1]));
-                    v_store(out + (4 * i + 3) * xi_stride, v_sub(t[i][1], t[i][3]));
+                for (int i = 0; i < a; i++) {
+                    bt_1d(m, t[i], r);
+                    for (int j = 0; j < a; j++)
+                        v_store(out + (size_t)(a * i + j) * xi_stride, r[j]);
                 }
             }
     }
 }
 
-/* M[xi][t0 + t][cb*16..] = A dy A^T for the 2x2 output-gradient tile dy of every
- * tile t of one packed image (dy at P offset (1, 1)). */
-static void grad_transform(float *M, const float *P, const geometry *g, int C_p, int t0)
+static void input_transform(float *V, const float *P, const geometry *g, int C_p, int t0)
 {
+    if (g->m == 2)
+        input_transform_m(2, V, P, g, C_p, t0);
+    else
+        input_transform_m(4, V, P, g, C_p, t0);
+}
+
+/* M[xi][t0 + t][cb*16..] = A dy A^T for the m x m output-gradient tile dy of every
+ * tile t of one packed image (dy at P offset (1, 1)). */
+static ALWAYS_INLINE void grad_transform_m(const int m, float *M, const float *P, const geometry *g, int C_p,
+                                           int t0)
+{
+    const int a = m + 2;
     const size_t xi_stride = (size_t)g->Tp * C_p;
     for (int cb = 0; cb < C_p / 16; cb++) {
         const float *Pc = P + (size_t)cb * g->Hp * g->Wp * 16;
         for (int ty = 0; ty < g->TH; ty++)
             for (int tx = 0; tx < g->TW; tx++) {
-                const float *p = Pc + ((size_t)(2 * ty + 1) * g->Wp + 2 * tx + 1) * 16;
-                const v16 a = v_load(p), b = v_load(p + 16);
-                const v16 c = v_load(p + g->Wp * 16), d = v_load(p + (g->Wp + 1) * 16);
-                /* rows of A dy: [a b], [a+c b+d], [a-c b-d], [-c -d]; each row [p q]
-                 * becomes [p, p+q, p-q, -q] */
-                const v16 zero = v_zero();
-                v16 row[4][2] = {{a, b}, {v_add(a, c), v_add(b, d)}, {v_sub(a, c), v_sub(b, d)},
-                                 {v_sub(zero, c), v_sub(zero, d)}};
+                const float *p = Pc + ((size_t)(m * ty + 1) * g->Wp + m * tx + 1) * 16;
+                v16 t[MAX_ALPHA][4], y[4], r[MAX_ALPHA];
+                for (int j = 0; j < m; j++) {
+                    for (int i = 0; i < m; i++)
+                        y[i] = v_load(p + ((size_t)i * g->Wp + j) * 16);
+                    a_1d(m, y, r);
+                    for (int i = 0; i < a; i++)
+                        t[i][j] = r[i];
+                }
                 float *out = M + (size_t)(t0 + ty * g->TW + tx) * C_p + cb * 16;
-                for (int i = 0; i < 4; i++) {
-                    const v16 pp = row[i][0], q = row[i][1];
-                    v_store(out + (4 * i + 0) * xi_stride, pp);
-                    v_store(out + (4 * i + 1) * xi_stride, v_add(pp, q));
-                    v_store(out + (4 * i + 2) * xi_stride, v_sub(pp, q));
-                    v_store(out + (4 * i + 3) * xi_stride, v_sub(zero, q));
+                for (int i = 0; i < a; i++) {
+                    a_1d(m, t[i], r);
+                    for (int j = 0; j < a; j++)
+                        v_store(out + (size_t)(a * i + j) * xi_stride, r[j]);
                 }
             }
     }
 }
 
-/* O [C_p/16][2TH][2TW][16] = A^T m A from Y[xi][t0 + t][..] for one image. */
-static void output_transform(float *O, const float *Y, const geometry *g, int C_p, int t0)
+static void grad_transform(float *M, const float *P, const geometry *g, int C_p, int t0)
 {
+    if (g->m == 2)
+        grad_transform_m(2, M, P, g, C_p, t0);
+    else
+        grad_transform_m(4, M, P, g, C_p, t0);
+}
+
+/* O [C_p/16][m TH][m TW][16] = A^T Y A from Y[xi][t0 + t][..] for one image. */
+static ALWAYS_INLINE void output_transform_m(const int m, float *O, const float *Y, const geometry *g, int C_p,
+                                             int t0)
+{
+    const int a = m + 2;
     const size_t xi_stride = (size_t)g->Tp * C_p;
-    const int OW = 2 * g->TW;
+    const int OW = m * g->TW;
     for (int cb = 0; cb < C_p / 16; cb++) {
-        float *Oc = O + (size_t)cb * (2 * g->TH) * OW * 16;
+        float *Oc = O + (size_t)cb * (m * g->TH) * OW * 16;
         for (int ty = 0; ty < g->TH; ty++)
             for (int tx = 0; tx < g->TW; tx++) {
                 const float *y = Y + (size_t)(t0 + ty * g->TW + tx) * C_p + cb * 16;
-                v16 t[2][4];
-                for (int j = 0; j < 4; j++) {
-                    const v16 m0 = v_load(y + (0 + j) * xi_stride), m1 = v_load(y + (4 + j) * xi_stride);
-                    const v16 m2 = v_load(y + (8 + j) * xi_stride), m3 = v_load(y + (12 + j) * xi_stride);
-                    t[0][j] = v_add(v_add(m0, m1), m2);
-                    t[1][j] = v_sub(v_sub(m1, m2), m3);
+                v16 t[4][MAX_ALPHA], col[MAX_ALPHA], r[4];
+                for (int j = 0; j < a; j++) {
+                    for (int i = 0; i < a; i++)
+                        col[i] = v_load(y + (size_t)(a * i + j) * xi_stride);
+                    at_1d(m, col, r);
+                    for (int i = 0; i < m; i++)
+                        t[i][j] = r[i];
                 }
-                float *o = Oc + ((size_t)(2 * ty) * OW + 2 * tx) * 16;
-                for (int i = 0; i < 2; i++) {
-                    v_store(o + (i * OW + 0) * 16, v_add(v_add(t[i][0], t[i][1]), t[i][2]));
-                    v_store(o + (i * OW + 1) * 16, v_sub(v_sub(t[i][1], t[i][2]), t[i][3]));
+                float *o = Oc + ((size_t)(m * ty) * OW + m * tx) * 16;
+                for (int i = 0; i < m; i++) {
+                    at_1d(m, t[i], r);
+                    for (int j = 0; j < m; j++)
+                        v_store(o + ((size_t)i * OW + j) * 16, r[j]);
                 }
             }
     }
+}
+
+static void output_transform(float *O, const float *Y, const geometry *g, int C_p, int t0)
+{
+    if (g->m == 2)
+        output_transform_m(2, O, Y, g, C_p, t0);
+    else
+        output_transform_m(4, O, Y, g, C_p, t0);
 }
 
 /* y [C, H, W] = O (+ bias[c]) when beta == 0, else beta * y + O. */
@@ -507,12 +655,12 @@ static void forward_unit(const geometry *g, const lane_buffers *lb, float *y, fl
         pack_plane(lb->P, x + (size_t)b * Ci * HW, Ci, Ci_p, g->H, g->W, g->Hp, g->Wp);
         input_transform(lb->V, lb->P, g, Ci_p, b * g->tiles);
     }
-    for (int xi = 0; xi < XI; xi++)
+    for (int xi = 0; xi < g->n_xi; xi++)
         product(MR_FWD, nt, Co_p, Ci_p, lb->V + (size_t)xi * g->Tp * Ci_p, Ci_p, 1,
                 U + (size_t)xi * Ci_p * Co_p, Co_p, lb->Y + (size_t)xi * g->Tp * Co_p, Co_p, 0);
     for (int b = 0; b < nb; b++) {
         output_transform(lb->P, lb->Y, g, Co_p, b * g->tiles);
-        unpack_plane(y + (size_t)b * Co * HW, lb->P, bias, beta, Co, g->H, g->W, 2 * g->TH, 2 * g->TW);
+        unpack_plane(y + (size_t)b * Co * HW, lb->P, bias, beta, Co, g->H, g->W, g->m * g->TH, g->m * g->TW);
     }
 }
 
@@ -522,7 +670,7 @@ void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const flo
     const geometry g = make_geometry(B, Cin, H, W, Cout);
     float *U = scratch;
     /* U [16][Cin_p][Cout_p] from weight [Cout][Cin][3][3]: rows ci, columns co */
-    weight_transform(U, weight, Cin, Cout, g.Cin_p, g.Cout_p, 9, (ptrdiff_t)Cin * 9, 0);
+    weight_transform(&g, U, weight, Cin, Cout, g.Cin_p, g.Cout_p, 9, (ptrdiff_t)Cin * 9, 0);
     const size_t in_image = (size_t)Cin * H * W, out_image = (size_t)Cout * H * W;
 #pragma omp parallel for schedule(static, 1) if (lanes_in_parallel(&g))
     for (int lane = 0; lane < g.n_lanes; lane++) {
@@ -568,7 +716,7 @@ static void weight_grad_unit(const geometry *g, const lane_buffers *lb, const fl
         pack_plane(lb->P, dy + (size_t)b * g->Cout * HW, g->Cout, g->Cout_p, g->H, g->W, g->Hp, g->Wp);
         grad_transform(lb->M, lb->P, g, g->Cout_p, b * g->tiles);
     }
-    for (int xi = 0; xi < XI; xi++)
+    for (int xi = 0; xi < g->n_xi; xi++)
         product(MR_DW, g->Cin_p, g->Cout_p, nt, lb->V + (size_t)xi * g->Tp * g->Cin_p, 1, g->Cin_p,
                 lb->M + (size_t)xi * g->Tp * g->Cout_p, g->Cout_p, lb->dU + (size_t)xi * g->Cin_p * g->Cout_p,
                 g->Cout_p, !first);
@@ -597,7 +745,7 @@ void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias,
     /* din's forward runs on dout: U [16][Cout_p][Cin_p] from the rotated filters,
      * rows co, columns ci */
     if (din)
-        weight_transform(U, weight, Cout, Cin, g.Cout_p, g.Cin_p, (ptrdiff_t)Cin * 9, 9, 1);
+        weight_transform(&g, U, weight, Cout, Cin, g.Cout_p, g.Cin_p, (ptrdiff_t)Cin * 9, 9, 1);
 
 #pragma omp parallel for schedule(static, 1) if (lanes_in_parallel(&g))
     for (int lane = 0; lane < g.n_lanes; lane++) {
@@ -619,25 +767,14 @@ void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias,
 #pragma omp parallel for schedule(static) if ((size_t)Cout * Cin > 256)
         for (int ci = 0; ci < Cin; ci++)
             for (int co = 0; co < Cout; co++) {
-                float m[4][4], t[3][4];
-                for (int xi = 0; xi < XI; xi++) {
+                double m[MAX_ALPHA * MAX_ALPHA];
+                for (int xi = 0; xi < g.n_xi; xi++) {
                     float s = 0.0f;
                     for (int lane = 0; lane < g.n_lanes; lane++)
                         s += lane_at(&g, scratch, lane).dU[((size_t)xi * g.Cin_p + ci) * g.Cout_p + co];
-                    m[xi / 4][xi % 4] = s;
+                    m[xi] = s;
                 }
-                /* G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1] */
-                for (int j = 0; j < 4; j++) {
-                    t[0][j] = m[0][j] + 0.5f * (m[1][j] + m[2][j]);
-                    t[1][j] = 0.5f * (m[1][j] - m[2][j]);
-                    t[2][j] = 0.5f * (m[1][j] + m[2][j]) + m[3][j];
-                }
-                float *dw = dweight + ((size_t)co * Cin + ci) * 9;
-                for (int i = 0; i < 3; i++) {
-                    dw[i * 3 + 0] += t[i][0] + 0.5f * (t[i][1] + t[i][2]);
-                    dw[i * 3 + 1] += 0.5f * (t[i][1] - t[i][2]);
-                    dw[i * 3 + 2] += 0.5f * (t[i][1] + t[i][2]) + t[i][3];
-                }
+                weight_grad_transform(&g, dweight, m, ci, co);
             }
     }
 }
