@@ -276,9 +276,12 @@ static const double G4[6][3] = {{1.0 / 4, 0, 0},
                                 {1.0 / 24, -1.0 / 12, 1.0 / 6},
                                 {0, 0, 1}};
 
-static double g_at(int m, int i, int j)
+/* G of the geometry's tile into a local table. */
+static void load_G(const geometry *g, double G[MAX_ALPHA][3])
 {
-    return m == 2 ? G2[i][j] : G4[i][j];
+    for (int i = 0; i < g->alpha; i++)
+        for (int j = 0; j < 3; j++)
+            G[i][j] = g->m == 2 ? G2[i][j] : G4[i][j];
 }
 
 /* U [n_xi][rows_p][cols_p] from filters f(row, col) = weight + row*rs + col*cs
@@ -287,8 +290,11 @@ static double g_at(int m, int i, int j)
 static void weight_transform(const geometry *g, float *U, const float *weight, int rows, int cols, int rows_p,
                              int cols_p, ptrdiff_t rs, ptrdiff_t cs, int rot)
 {
-    const int a = g->alpha, m = g->m;
+    const int a = g->alpha;
+    double G[MAX_ALPHA][3];
+    load_G(g, G);
     memset(U, 0, (size_t)g->n_xi * rows_p * cols_p * sizeof(float));
+#pragma omp parallel for schedule(static) if ((size_t)rows * cols > 1024 && !omp_in_parallel())
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++) {
             const float *w = weight + r * rs + c * cs;
@@ -297,25 +303,26 @@ static void weight_transform(const geometry *g, float *U, const float *weight, i
                 f[i / 3][i % 3] = rot ? w[8 - i] : w[i];
             for (int i = 0; i < a; i++)
                 for (int j = 0; j < 3; j++)
-                    t[i][j] = g_at(m, i, 0) * f[0][j] + g_at(m, i, 1) * f[1][j] + g_at(m, i, 2) * f[2][j];
+                    t[i][j] = G[i][0] * f[0][j] + G[i][1] * f[1][j] + G[i][2] * f[2][j];
             for (int i = 0; i < a; i++)
                 for (int j = 0; j < a; j++) {
-                    const double u = t[i][0] * g_at(m, j, 0) + t[i][1] * g_at(m, j, 1) + t[i][2] * g_at(m, j, 2);
+                    const double u = t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2];
                     U[((size_t)(i * a + j) * rows_p + r) * cols_p + c] = (float)u;
                 }
         }
 }
 
-/* dweight[co][ci] (+)= G^T dU G for the summed dU [n_xi][Cin_p][Cout_p], in double. */
-static void weight_grad_transform(const geometry *g, float *dweight, const double *dU, int ci, int co)
+/* dweight[co][ci] (+)= G^T dU G for one summed dU [alpha][alpha], in double. */
+static void weight_grad_transform(const geometry *g, double G[MAX_ALPHA][3], float *dweight,
+                                  const double *dU, int ci, int co)
 {
-    const int a = g->alpha, m = g->m;
+    const int a = g->alpha;
     double t[3][MAX_ALPHA];
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < a; j++) {
             double s = 0.0;
             for (int k = 0; k < a; k++)
-                s += g_at(m, k, i) * dU[k * a + j];
+                s += G[k][i] * dU[k * a + j];
             t[i][j] = s;
         }
     float *dw = dweight + ((size_t)co * g->Cin + ci) * 9;
@@ -323,7 +330,7 @@ static void weight_grad_transform(const geometry *g, float *dweight, const doubl
         for (int j = 0; j < 3; j++) {
             double s = 0.0;
             for (int k = 0; k < a; k++)
-                s += t[i][k] * g_at(m, k, j);
+                s += t[i][k] * G[k][j];
             dw[i * 3 + j] += (float)s;
         }
 }
@@ -763,18 +770,26 @@ void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias,
     }
 
     if (dweight) {
-        /* dweight[co][ci] += G^T (sum of the lanes' dU, in lane order) G */
+        /* dweight[co][ci] += G^T (sum of the lanes' dU, in lane order) G: the lanes
+         * are added into lane 0's dU, element by element in lane order */
+        float *dU0 = lane_at(&g, scratch, 0).dU;
+        const size_t n = g.dU_floats;
+#pragma omp parallel for schedule(static) if (n * g.n_lanes > 32768)
+        for (size_t i = 0; i < n; i++) {
+            float s = dU0[i];
+            for (int lane = 1; lane < g.n_lanes; lane++)
+                s += dU0[(size_t)lane * g.lane_floats + i];
+            dU0[i] = s;
+        }
+        double G[MAX_ALPHA][3];
+        load_G(&g, G);
 #pragma omp parallel for schedule(static) if ((size_t)Cout * Cin > 256)
         for (int ci = 0; ci < Cin; ci++)
             for (int co = 0; co < Cout; co++) {
                 double m[MAX_ALPHA * MAX_ALPHA];
-                for (int xi = 0; xi < g.n_xi; xi++) {
-                    float s = 0.0f;
-                    for (int lane = 0; lane < g.n_lanes; lane++)
-                        s += lane_at(&g, scratch, lane).dU[((size_t)xi * g.Cin_p + ci) * g.Cout_p + co];
-                    m[xi] = s;
-                }
-                weight_grad_transform(&g, dweight, m, ci, co);
+                for (int xi = 0; xi < g.n_xi; xi++)
+                    m[xi] = dU0[((size_t)xi * g.Cin_p + ci) * g.Cout_p + co];
+                weight_grad_transform(&g, G, dweight, m, ci, co);
             }
     }
 }
