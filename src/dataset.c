@@ -215,14 +215,12 @@ static void emit_line(const ddpm_dataset_options *opt, const char *line)
 {
     if (opt->warn)
         opt->warn(opt->warn_user, line);
-    else if (opt->warn_file)
-        fprintf(opt->warn_file, "%s\n", line);
 }
 
 /* Warnings for every skipped entry, in path order, and the summary line. */
 static void emit_warnings(const ddpm_dataset_options *opt, const entry_list *list, int n_skipped)
 {
-    if (!n_skipped || (!opt->warn && !opt->warn_file))
+    if (!n_skipped || !opt->warn)
         return;
     char line[1200];
     for (size_t i = 0; i < list->n; i++)

@@ -37,10 +37,10 @@ typedef struct {
     int channels; /* 1 or 3; 0 = 1 if every image is gray (with or without alpha), else 3 */
     int strict;   /* nonzero: a file that is not a readable image is an error */
     /* Where the "skipped: <file>: <reason>" lines and the summary line
-     * "skipped N of M files" go: warn() if set, else warn_file if set, else nowhere. */
+     * "skipped N of M files" go: to warn() if set, else nowhere (the library
+     * never writes to the terminal; the caller decides where they go). */
     ddpm_dataset_warn_fn warn;
     void *warn_user;
-    FILE *warn_file;
 } ddpm_dataset_options;
 
 /* Opens the folder `dir`. opt may be NULL (all defaults, no warnings). Errors: a
