@@ -37,9 +37,10 @@ void ddpm_conv2d_backward_to(float *din, float *dweight, float *dbias, float *sc
 
 /* ---- 3x3 convolution, stride 1, padding 1 (src/ops/conv3x3.c) ---------------
  * The same op as ddpm_conv2d with K = 3, S = 1, P = 1 (Ho = H, Wo = W), computed
- * by Winograd F(4x4,3x3) or F(2x2,3x3): 36 products per 4x4 output tile and
- * channel pair (16 per 2x2) instead of 144 (36) multiply-adds, vectorised with
- * AVX-512 when compiled for it.
+ * by Winograd F(4x4,3x3) or F(2x2,3x3) (by shape: F(2x2) where 4x4 tiles would
+ * compute more outputs, e.g. 14x14): 36 products per 4x4 output tile and channel
+ * pair (16 per 2x2) instead of 144 (36) multiply-adds, vectorised with AVX-512
+ * when compiled for it.
  * Results differ from conv2d's by float rounding only (~1e-6 of the sum of
  * |terms|); they do not depend on the thread count. scratch holds
  * ddpm_conv3x3_scratch_floats(...) floats (forward and backward). Forward
