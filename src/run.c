@@ -10,6 +10,8 @@
 #include "ddpm/dataset.h"
 #include "ddpm/error.h"
 #include "ddpm/fsutil.h"
+#include "ddpm/recipe.h"
+#include "ddpm/sha256.h"
 #include "ddpm/sample.h"
 #include "ddpm/train.h"
 
@@ -17,8 +19,7 @@ void ddpm_run_options_default(ddpm_run_options *o)
 {
     memset(o, 0, sizeof *o);
     ddpm_run_config_default(&o->cfg);
-    o->cfg.model.image_size = 0;
-    o->cfg.model.in_channels = 0;
+    ddpm_unet_config_set_auto(&o->cfg.model);
     o->out_dir = "runs/ddpm";
     o->save_every = 500;
     o->sample_every = 0;
@@ -84,7 +85,13 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
                           o->out_dir, DDPM_LOG_FILE);
     }
 
-    /* the data: its size and channels define the model unless given */
+    /* the data: its size and channels define the model unless given; a size given
+     * with a model that cannot take it is refused before the data is read */
+    if (!ck && cfg.model.image_size) {
+        ddpm_unet_config probe = cfg.model;
+        if ((rc = ddpm_unet_config_fit_data(&probe, cfg.model.image_size, 1)) || (rc = ddpm_unet_config_check(&probe)))
+            return rc;
+    }
     ddpm_dataset_options dopt = {.size = cfg.model.image_size,
                                  .channels = cfg.model.in_channels,
                                  .strict = o->strict,
@@ -94,8 +101,11 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
         ddpm_checkpoint_close(ck);
         return rc;
     }
-    cfg.model.image_size = ddpm_dataset_size(r->ds);
-    cfg.model.in_channels = ddpm_dataset_channels(r->ds);
+    if (!ck && (rc = ddpm_unet_config_fit_data(&cfg.model, ddpm_dataset_size(r->ds), ddpm_dataset_channels(r->ds)))) {
+        ddpm_dataset_close(r->ds);
+        r->ds = NULL;
+        return rc;
+    }
     rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck) : ddpm_trainer_create(&r->tr, &cfg);
     ddpm_checkpoint_close(ck);
     if (!rc && o->resume)
@@ -150,8 +160,10 @@ static int log_line(run_session *r, const ddpm_run_progress *p, double elapsed_s
 }
 
 /* A DDIM grid from the EMA weights, with the same noise every time so that
- * previews of one run are comparable. Uses the training workspace. */
-static int session_preview(run_session *r, char *path, size_t size)
+ * previews of one run are comparable. Uses the training workspace. Its recipe
+ * names the checkpoint by hash when the checkpoint on disk holds these weights
+ * (saved_now), else by path alone (the weights of a step between checkpoints). */
+static int session_preview(run_session *r, char *path, size_t size, int saved_now)
 {
     const ddpm_run_options *o = r->o;
     ddpm_trainer *tr = r->tr;
@@ -164,7 +176,15 @@ static int session_preview(run_session *r, char *path, size_t size)
     c.sampler.steps = o->preview_steps < tr->cfg.timesteps ? o->preview_steps : tr->cfg.timesteps;
     c.sampler.eta = 1; /* see ddpm sample --help: cleaner than eta 0 early in training */
     c.grid_path = path;
-    return ddpm_sample_files(tr->net, tr->ema, &tr->sched, &c, tr->ws, NULL, NULL);
+    ddpm_recipe recipe;
+    memset(&recipe, 0, sizeof recipe);
+    snprintf(recipe.version, sizeof recipe.version, "%s", DDPM_VERSION);
+    snprintf(recipe.checkpoint, sizeof recipe.checkpoint, "%.1023s", r->ckpt_path);
+    recipe.step = tr->state.step;
+    recipe.ema = 1;
+    int rc = saved_now ? ddpm_sha256_file(r->ckpt_path, recipe.checkpoint_sha256) : DDPM_OK;
+    c.recipe = &recipe;
+    return rc ? rc : ddpm_sample_files(tr->net, tr->ema, &tr->sched, &c, tr->ws, NULL, NULL);
 }
 
 int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_summary *summary)
@@ -181,7 +201,7 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
     int B = c->batch, count = ddpm_dataset_count(r.ds);
     if (cb->started) {
         ddpm_run_start s = {count,     c->model.in_channels, c->model.image_size, tr->net->n_params, B,
-                            o->resume, tr->state.step,       r.stop_step};
+                            o->resume, tr->state.step,       r.stop_step,          &c->model};
         cb->started(cb->ctx, &s);
     }
     ddpm_rng data_rng;
@@ -244,7 +264,7 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
             last_saved = step;
         }
         if (o->sample_every > 0 && o->preview_n > 0 && step % o->sample_every == 0)
-            rc = session_preview(&r, preview, sizeof preview);
+            rc = session_preview(&r, preview, sizeof preview, last_saved == step);
     }
     if (diverged) {
         char msg[1024];
@@ -260,7 +280,7 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
             rc = session_save(&r);
         preview[0] = '\0';
         if (!rc && o->preview_n > 0 && tr->state.step > start_step)
-            rc = session_preview(&r, preview, sizeof preview);
+            rc = session_preview(&r, preview, sizeof preview, 1);
         if (!rc && summary) {
             summary->step = tr->state.step;
             summary->loss = st.loss;
