@@ -264,7 +264,7 @@ static void test_conv3x3_matches_conv2d_im2col_path_tile(void)
         backward3(&c, din, 0.0f, dw, db);
         ddpm_conv2d_enable_winograd(0); /* conv2d would run this very kernel */
         ddpm_conv2d_forward(out2, scratch2, c.in, c.w, c.bias, s.B, s.Cin, s.H, s.W, s.Cout, 3, 1, 1);
-        ddpm_conv2d_backward(din2, dw2, db2, scratch2, c.dout, c.in, c.w, s.B, s.Cin, s.H, s.W, s.Cout, 3, 1, 1);
+        ddpm_conv2d_backward(din2, 0.0f, dw2, db2, scratch2, c.dout, c.in, c.w, s.B, s.Cin, s.H, s.W, s.Cout, 3, 1, 1);
         ddpm_conv2d_enable_winograd(1);
         /* compare with the im2col result as the reference; its own error (a few ulps
          * of the sum of |terms|) is inside the tolerance's margin */

@@ -24,8 +24,8 @@
  * other from serial code and sgemm uses its own threads.
  *
  * With AVX-512, 3x3 stride-1 pad-1 convs with >= 16 channels in and out go to
- * ddpm_conv3x3 (Winograd F(2x2,3x3), src/ops/conv3x3.c) instead: about 2x fewer
- * multiply-adds and no im2col; see use_winograd. */
+ * ddpm_conv3x3 (Winograd F(4x4,3x3) or F(2x2,3x3), src/ops/conv3x3.c) instead:
+ * 2.25-4x fewer multiply-adds and no im2col; see use_winograd. */
 #include <cblas.h>
 #include <omp.h>
 #include <string.h>
@@ -183,7 +183,7 @@ static geometry conv_geometry(int B, int Cin, int H, int W, int Cout, int K, int
     return g;
 }
 
-/* Whether this shape goes to ddpm_conv3x3 (Winograd F(2x2,3x3), src/ops/conv3x3.c):
+/* Whether this shape goes to ddpm_conv3x3 (Winograd, src/ops/conv3x3.c):
  * 3x3 stride 1 pad 1 with AVX-512, and at least 16 channels on both sides (below
  * that the channel padding to 16 wastes most of its products; the model's first
  * and last convs, 1 -> 32 and 32 -> 1 channels, stay on im2col). */
@@ -344,8 +344,7 @@ void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, 
                           int W, int Cout, int K, int S, int P)
 {
     if (use_winograd(Cin, Cout, K, S, P)) {
-        ddpm_conv3x3_backward(din, overwrite ? 0.0f : 1.0f, dweight, dbias, scratch, dout, in, weight, B, Cin, H,
-                              W, Cout);
+        ddpm_conv3x3_backward(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout);
         return;
     }
     const geometry g = conv_geometry(B, Cin, H, W, Cout, K, S, P);
