@@ -289,7 +289,7 @@ static void print_ops(int B, const op_result *res)
 {
     printf("\nconv2d 3x3 stride 1 pad 1, batch %d, Cin = Cout (GFLOP/s of direct-convolution FLOPs;\n"
            "backward = din + dweight + dbias, 2 x forward FLOPs; forward/backward: conv2d's im2col\n"
-           "path; sgemm = one cblas_sgemm M = Cout, N = batch*H*W, K = Cin*9; wino = ddpm_conv3x3 alone, Winograd F(2x2,3x3))\n", B);
+           "path; sgemm = one cblas_sgemm M = Cout, N = batch*H*W, K = Cin*9; wino = ddpm_conv3x3 alone, Winograd F(4x4) or F(2x2))\n", B);
     printf("  %-14s %-16s %9s %9s %9s %8s %8s %9s %9s\n", "shape", "sgemm MxNxK", "forward", "backward", "sgemm",
            "fwd/gemm", "bwd/gemm", "wino fwd", "wino bwd");
     for (int i = 0; i < N_OP_SHAPES; i++) {
