@@ -38,8 +38,8 @@ typedef struct {
 /* odd sizes, channels not multiples of 16, units that are partly filled (7x7:
  * 4 images per unit), and the default model's shapes */
 static const shape3 shapes[] = {
-    {1, 3, 5, 7, 17},  {3, 17, 13, 13, 33}, {9, 33, 7, 7, 3},   {2, 32, 28, 28, 32},
-    {3, 64, 14, 14, 64}, {9, 64, 7, 7, 64},  {4, 16, 6, 9, 16},
+    {1, 3, 5, 7, 17},    {3, 17, 13, 13, 33}, {9, 33, 7, 7, 3},  {2, 32, 28, 28, 32},
+    {3, 64, 14, 14, 64}, {9, 64, 7, 7, 64},   {4, 16, 6, 9, 16},
 };
 #define N_SHAPES (sizeof(shapes) / sizeof(shapes[0]))
 
@@ -154,9 +154,11 @@ static void expect_close(const char *what, const shape3 *s, const float *got, co
             worst_rel = d / mag[i];
     }
     if (n_bad) {
-        fprintf(stderr, "%s (B %d Cin %d %dx%d Cout %d): %zu of %zu off; worst [%zu] got %.9g want %.9g (|terms| %.4g)\n",
-                what, s->B, s->Cin, s->H, s->W, s->Cout, n_bad, n, worst, (double)got[worst], ref[worst],
-                mag[worst]);
+        fprintf(
+            stderr,
+            "%s (B %d Cin %d %dx%d Cout %d): %zu of %zu off; worst [%zu] got %.9g want %.9g (|terms| %.4g)\n",
+            what, s->B, s->Cin, s->H, s->W, s->Cout, n_bad, n, worst, (double)got[worst], ref[worst],
+            mag[worst]);
         for (size_t i = 0; i < n && i < 4; i++)
             fprintf(stderr, "  [%zu] got %.9g want %.9g\n", i, (double)got[i], ref[i]);
         fail_msg("%s differs from the double reference", what);
@@ -264,11 +266,13 @@ static void test_conv3x3_matches_conv2d_im2col_path_tile(void)
         backward3(&c, din, 0.0f, dw, db);
         ddpm_conv2d_enable_winograd(0); /* conv2d would run this very kernel */
         ddpm_conv2d_forward(out2, scratch2, c.in, c.w, c.bias, s.B, s.Cin, s.H, s.W, s.Cout, 3, 1, 1);
-        ddpm_conv2d_backward(din2, 0.0f, dw2, db2, scratch2, c.dout, c.in, c.w, s.B, s.Cin, s.H, s.W, s.Cout, 3, 1, 1);
+        ddpm_conv2d_backward(din2, 0.0f, dw2, db2, scratch2, c.dout, c.in, c.w, s.B, s.Cin, s.H, s.W, s.Cout,
+                             3, 1, 1);
         ddpm_conv2d_enable_winograd(1);
         /* compare with the im2col result as the reference; its own error (a few ulps
          * of the sum of |terms|) is inside the tolerance's margin */
-        double *ref = dalloc(c.n_in > c.n_out ? (c.n_in > c.n_w ? c.n_in : c.n_w) : (c.n_out > c.n_w ? c.n_out : c.n_w));
+        double *ref = dalloc(c.n_in > c.n_out ? (c.n_in > c.n_w ? c.n_in : c.n_w)
+                                              : (c.n_out > c.n_w ? c.n_out : c.n_w));
         for (size_t i = 0; i < c.n_out; i++)
             ref[i] = out2[i];
         expect_close("forward vs conv2d", &s, out, NULL, ref, c.out_mag, c.n_out);

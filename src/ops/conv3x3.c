@@ -41,14 +41,38 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 typedef __m512 v16;
-static inline v16 v_load(const float *p) { return _mm512_loadu_ps(p); }
-static inline void v_store(float *p, v16 a) { _mm512_storeu_ps(p, a); }
-static inline v16 v_set1(float x) { return _mm512_set1_ps(x); }
-static inline v16 v_zero(void) { return _mm512_setzero_ps(); }
-static inline v16 v_add(v16 a, v16 b) { return _mm512_add_ps(a, b); }
-static inline v16 v_sub(v16 a, v16 b) { return _mm512_sub_ps(a, b); }
-static inline v16 v_mul(v16 a, v16 b) { return _mm512_mul_ps(a, b); }
-static inline v16 v_fmadd(v16 a, v16 b, v16 c) { return _mm512_fmadd_ps(a, b, c); }
+static inline v16 v_load(const float *p)
+{
+    return _mm512_loadu_ps(p);
+}
+static inline void v_store(float *p, v16 a)
+{
+    _mm512_storeu_ps(p, a);
+}
+static inline v16 v_set1(float x)
+{
+    return _mm512_set1_ps(x);
+}
+static inline v16 v_zero(void)
+{
+    return _mm512_setzero_ps();
+}
+static inline v16 v_add(v16 a, v16 b)
+{
+    return _mm512_add_ps(a, b);
+}
+static inline v16 v_sub(v16 a, v16 b)
+{
+    return _mm512_sub_ps(a, b);
+}
+static inline v16 v_mul(v16 a, v16 b)
+{
+    return _mm512_mul_ps(a, b);
+}
+static inline v16 v_fmadd(v16 a, v16 b, v16 c)
+{
+    return _mm512_fmadd_ps(a, b, c);
+}
 #else
 typedef struct {
     float f[16];
@@ -59,7 +83,10 @@ static inline v16 v_load(const float *p)
     memcpy(r.f, p, sizeof(r.f));
     return r;
 }
-static inline void v_store(float *p, v16 a) { memcpy(p, a.f, sizeof(a.f)); }
+static inline void v_store(float *p, v16 a)
+{
+    memcpy(p, a.f, sizeof(a.f));
+}
 static inline v16 v_set1(float x)
 {
     v16 r;
@@ -67,7 +94,10 @@ static inline v16 v_set1(float x)
         r.f[i] = x;
     return r;
 }
-static inline v16 v_zero(void) { return v_set1(0.0f); }
+static inline v16 v_zero(void)
+{
+    return v_set1(0.0f);
+}
 #define V_BINARY(name, expr)                                                                                 \
     static inline v16 name(v16 a, v16 b)                                                                     \
     {                                                                                                        \
@@ -129,19 +159,20 @@ static ALWAYS_INLINE void kernel_body(const int MR, const int NV, int K, const f
 }
 
 #define DEFINE_KERNEL(MR, NV)                                                                                \
-    static void kernel_##MR##x##NV(int K, const float *a, ptrdiff_t a_rs, ptrdiff_t a_ks, const float *b,     \
+    static void kernel_##MR##x##NV(int K, const float *a, ptrdiff_t a_rs, ptrdiff_t a_ks, const float *b,    \
                                    ptrdiff_t ldb, float *c, ptrdiff_t ldc, int accumulate)                   \
     {                                                                                                        \
         kernel_body(MR, NV, K, a, a_rs, a_ks, b, ldb, c, ldc, accumulate);                                   \
     }
 #define DEFINE_KERNELS(MR) DEFINE_KERNEL(MR, 1) DEFINE_KERNEL(MR, 2)
-DEFINE_KERNELS(1) DEFINE_KERNELS(2) DEFINE_KERNELS(3) DEFINE_KERNELS(4) DEFINE_KERNELS(5) DEFINE_KERNELS(6)
-DEFINE_KERNELS(7) DEFINE_KERNELS(8) DEFINE_KERNELS(9) DEFINE_KERNELS(10) DEFINE_KERNELS(11) DEFINE_KERNELS(12)
+DEFINE_KERNELS(1)
+DEFINE_KERNELS(2) DEFINE_KERNELS(3) DEFINE_KERNELS(4) DEFINE_KERNELS(5) DEFINE_KERNELS(6) DEFINE_KERNELS(7)
+    DEFINE_KERNELS(8) DEFINE_KERNELS(9) DEFINE_KERNELS(10) DEFINE_KERNELS(11) DEFINE_KERNELS(12)
 #undef DEFINE_KERNELS
 #undef DEFINE_KERNEL
 
-typedef void (*kernel_fn)(int, const float *, ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t, float *, ptrdiff_t,
-                          int);
+        typedef void (*kernel_fn)(int, const float *, ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t, float *,
+                                  ptrdiff_t, int);
 /* kernels[nv - 1][mr]: a row tail of mr < MR rows gets its own register block */
 static const kernel_fn kernels[2][MR_FWD + 1] = {
     {NULL, kernel_1x1, kernel_2x1, kernel_3x1, kernel_4x1, kernel_5x1, kernel_6x1, kernel_7x1, kernel_8x1,
@@ -181,11 +212,11 @@ typedef struct {
     int Cin_p, Cout_p, C_max;  /* channels padded to 16 */
     int TH, TW, tiles, Hp, Wp; /* tiles per image; padded plane of P */
     int nb, n_units, n_lanes, Tp;
-    size_t u_floats;      /* transformed weights, shared */
-    size_t dU_floats;     /* one lane's weight-gradient sum */
-    size_t plane_floats;  /* P or O for one image */
-    size_t unit_floats;   /* V, or Y = M, for one unit */
-    size_t lane_floats;   /* P + 2 unit buffers + dU */
+    size_t u_floats;     /* transformed weights, shared */
+    size_t dU_floats;    /* one lane's weight-gradient sum */
+    size_t plane_floats; /* P or O for one image */
+    size_t unit_floats;  /* V, or Y = M, for one unit */
+    size_t lane_floats;  /* P + 2 unit buffers + dU */
 } geometry;
 
 static int forced_tile = 0;
@@ -316,8 +347,8 @@ static void weight_transform(const geometry *g, float *U, const float *weight, i
 }
 
 /* dweight[co][ci] (+)= G^T dU G for one summed dU [alpha][alpha], in double. */
-static void weight_grad_transform(const geometry *g, double G[MAX_ALPHA][3], float *dweight,
-                                  const double *dU, int ci, int co)
+static void weight_grad_transform(const geometry *g, double G[MAX_ALPHA][3], float *dweight, const double *dU,
+                                  int ci, int co)
 {
     const int a = g->alpha;
     double t[3][MAX_ALPHA];
@@ -359,7 +390,8 @@ static inline void transpose16(__m512 r[16])
     }
     /* r[4i + k], 128-bit lane L: rows 4i..4i+3 of column 4L + k */
     for (int k = 0; k < 4; k++) {
-        const __m512 x = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88), y = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xdd);
+        const __m512 x = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88),
+                     y = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xdd);
         const __m512 z = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
         const __m512 w = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xdd);
         t[k] = _mm512_shuffle_f32x4(x, z, 0x88);
@@ -396,8 +428,9 @@ static void pack_plane(float *P, const float *x, int C, int C_p, int H, int W, i
                 const __mmask16 m = first_n(n);
                 __m512 r[16];
                 for (int c = 0; c < 16; c++)
-                    r[c] = c < nc ? _mm512_maskz_loadu_ps(m, x + (size_t)(cb * 16 + c) * HW + (size_t)y * W + x0)
-                                  : zero;
+                    r[c] = c < nc
+                               ? _mm512_maskz_loadu_ps(m, x + (size_t)(cb * 16 + c) * HW + (size_t)y * W + x0)
+                               : zero;
                 transpose16(r);
                 for (int j = 0; j < n; j++)
                     _mm512_storeu_ps(row + (size_t)(x0 + 1 + j) * 16, r[j]);
@@ -560,8 +593,8 @@ static void grad_transform(float *M, const float *P, const geometry *g, int C_p,
 }
 
 /* O [C_p/16][m TH][m TW][16] = A^T Y A from Y[xi][t0 + t][..] for one image. */
-static ALWAYS_INLINE void output_transform_m(const int m, float *O, const float *Y, const geometry *g, int C_p,
-                                             int t0)
+static ALWAYS_INLINE void output_transform_m(const int m, float *O, const float *Y, const geometry *g,
+                                             int C_p, int t0)
 {
     const int a = m + 2;
     const size_t xi_stride = (size_t)g->Tp * C_p;
@@ -599,8 +632,8 @@ static void output_transform(float *O, const float *Y, const geometry *g, int C_
 
 /* y [C, H, W] = O (+ bias[c]) when beta == 0, else beta * y + O. */
 #if defined(__AVX512F__)
-static void unpack_plane(float *y, const float *O, const float *bias, float beta, int C, int H, int W,
-                         int OH, int OW)
+static void unpack_plane(float *y, const float *O, const float *bias, float beta, int C, int H, int W, int OH,
+                         int OW)
 {
     const size_t HW = (size_t)H * W;
     const __m512 vbeta = _mm512_set1_ps(beta);
@@ -613,7 +646,8 @@ static void unpack_plane(float *y, const float *O, const float *bias, float beta
                 const __mmask16 m = first_n(n);
                 __m512 r[16];
                 for (int j = 0; j < 16; j++)
-                    r[j] = j < n ? _mm512_loadu_ps(Oc + ((size_t)yy * OW + x0 + j) * 16) : _mm512_setzero_ps();
+                    r[j] =
+                        j < n ? _mm512_loadu_ps(Oc + ((size_t)yy * OW + x0 + j) * 16) : _mm512_setzero_ps();
                 transpose16(r);
                 for (int c = 0; c < nc; c++) {
                     float *d = y + (size_t)(cb * 16 + c) * HW + (size_t)yy * W + x0;
@@ -630,8 +664,8 @@ static void unpack_plane(float *y, const float *O, const float *bias, float beta
     }
 }
 #else
-static void unpack_plane(float *y, const float *O, const float *bias, float beta, int C, int H, int W,
-                         int OH, int OW)
+static void unpack_plane(float *y, const float *O, const float *bias, float beta, int C, int H, int W, int OH,
+                         int OW)
 {
     for (int c = 0; c < C; c++) {
         const float *src = O + (size_t)(c / 16) * OH * OW * 16 + c % 16;
@@ -674,8 +708,8 @@ static void forward_unit(const geometry *g, const lane_buffers *lb, float *y, fl
     }
 }
 
-void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const float *weight,
-                          const float *bias, int B, int Cin, int H, int W, int Cout)
+void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const float *weight, const float *bias,
+                          int B, int Cin, int H, int W, int Cout)
 {
     const geometry g = make_geometry(B, Cin, H, W, Cout);
     float *U = scratch;
@@ -715,8 +749,8 @@ static double sum_x(const float *x, size_t n)
 }
 
 /* dU_lane (+)= sum over the unit's tiles of V^T M (first: overwrite). */
-static void weight_grad_unit(const geometry *g, const lane_buffers *lb, const float *x, const float *dy, int nb,
-                             int first)
+static void weight_grad_unit(const geometry *g, const lane_buffers *lb, const float *x, const float *dy,
+                             int nb, int first)
 {
     const size_t HW = (size_t)g->H * g->W;
     const int nt = nb * g->tiles;
