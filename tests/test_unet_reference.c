@@ -1,4 +1,4 @@
-/* The C U-Net against an independent PyTorch build of DESIGN.md section 2 (in
+/* The C U-Net against an independent PyTorch build of docs/design.md, Network (in
  * the manner of llm.c's test_gpt2): the finite-difference check in test_unet.c
  * proves the backward is the derivative of the forward; this proves the forward
  * IS the specified network, and its gradients the network's gradients.
@@ -13,7 +13,7 @@
  *     u32 n_tensors, then per tensor: u32 name length + name bytes, u32 dtype
  *       (0 float32, 1 int32), u32 ndim (0..4), ndim x u32 dims, the data.
  *   Tensors: x_t [B,C,S,S], t int32 [B] (0-based step indices), eps, eps_pred,
- *   loss [1], every parameter by its DESIGN.md name, and grad.<name> for each;
+ *   loss [1], every parameter by its docs/design.md name, and grad.<name> for each;
  *   with dropout on, then "dropout" [1] (p) and "dropout_seed" int32 [1]: the
  *   reference applied the masks that ddpm's dropout draws from a dropout RNG with
  *   that seed and counter 0 (the script reimplements the Philox draw).
@@ -392,13 +392,16 @@ static void check_case(const char *case_name)
     const ref_tensor *drop_p = ref_find(rc, "dropout");
     int one = 1;
     ddpm_unet_config cfg_case = rc->cfg;
-    ddpm_rng drop_rng, *drop = NULL;
+    ddpm_dropout_draw drop_draw, *drop = NULL;
     if (drop_p) {
         const ref_tensor *seed = ref_get(rc, "dropout_seed", 1, 1, &one);
         assert_int_equal(drop_p->n, 1);
         cfg_case.dropout = drop_p->f[0];
-        ddpm_rng_init(&drop_rng, (uint64_t)seed->i[0], DDPM_STREAM_DROPOUT);
-        drop = &drop_rng;
+        /* the whole batch: its masks are the reference's (blocks in forward order,
+           each image's mask where the flat whole-batch draw puts it, as C*H*W is
+           a multiple of 4 here) */
+        drop_draw = (ddpm_dropout_draw){.seed = (uint64_t)seed->i[0], .counter = 0, .first = 0, .batch = rc->B};
+        drop = &drop_draw;
     }
     ddpm_unet *net;
     if (ddpm_unet_create(&net, &cfg_case))
@@ -441,7 +444,7 @@ static void check_case(const char *case_name)
         n_bad++;
     }
 
-    ddpm_mse_backward(d_eps_pred, eps_pred, eps->f, n);
+    ddpm_mse_backward(d_eps_pred, eps_pred, eps->f, n, n);
     ddpm_unet_backward(net, params, grads, ws, d_eps_pred, B);
     double grad_max = 0;
     for (int i = 0; i < net->n_tensors; i++) {

@@ -34,6 +34,8 @@ typedef struct {
     int preview_n;               /* images in a preview grid (0: no previews) */
     int preview_steps;           /* DDIM steps (eta 1, EMA weights) of a preview */
     int strict;                  /* non-image files in the data folder are an error */
+    int micro_batch;             /* images per forward/backward (0: the whole batch); a
+                                    memory choice, same update; may change on resume */
     volatile sig_atomic_t *stop; /* may be NULL; when it becomes nonzero (a signal
                                     handler sets it) the run saves and stops */
 } ddpm_run_options;
@@ -50,6 +52,8 @@ typedef struct {
     int resumed;     /* continuing a run from its checkpoint */
     long start_step; /* steps already taken */
     long stop_step;  /* 0: no step limit */
+    int n_processes; /* of a data-parallel run (dist.h); 1 alone */
+    int micro_batch; /* images per forward/backward */
     const ddpm_unet_config *model; /* the model trained (data-driven defaults filled) */
 } ddpm_run_start;
 

@@ -1,4 +1,4 @@
-/* unet.h: the epsilon-predicting U-Net of DESIGN.md section 2 (Ho et al. 2020,
+/* unet.h: the epsilon-predicting U-Net of docs/design.md (Network; Ho et al. 2020,
  * appendix B): config, parameter arena with a name table, forward and backward.
  *
  * All parameters live in one contiguous float arena; gradients, Adam moments and
@@ -31,7 +31,7 @@ typedef struct {
     float dropout;      /* training dropout probability in ResBlocks */
 } ddpm_unet_config;
 
-/* DESIGN.md defaults for 28x28 gray images: ch 32, ch_mult 1,2,2, 2 res blocks,
+/* docs/design.md defaults for 28x28 gray images: ch 32, ch_mult 1,2,2, 2 res blocks,
  * attention at 14, 8 groups, dropout 0.1. */
 void ddpm_unet_config_default(ddpm_unet_config *cfg);
 /* 0, or DDPM_EINVAL with a message saying what is impossible. */
@@ -63,7 +63,7 @@ int ddpm_unet_create(ddpm_unet **out, const ddpm_unet_config *cfg);
 void ddpm_unet_free(ddpm_unet *net);
 /* Index of a tensor by name, or -1. */
 int ddpm_unet_find_tensor(const ddpm_unet *net, const char *name);
-/* The DESIGN.md init into params[n_params]: Glorot/Xavier uniform weights, zero
+/* The docs/design.md init into params[n_params]: Glorot/Xavier uniform weights, zero
  * biases, GroupNorm gamma 1, and zero for ResBlock conv2, AttnBlock proj, conv_out. */
 void ddpm_unet_init_params(const ddpm_unet *net, float *params, uint64_t seed);
 /* Multiply-adds x 2 of one forward pass for one image (convs, linears, attention). */
@@ -87,12 +87,30 @@ void ddpm_unet_workspace_free(ddpm_unet_workspace *ws);
 /* Bytes the workspace allocates (activations, gradients, scratch). */
 size_t ddpm_unet_workspace_bytes(const ddpm_unet_workspace *ws);
 
+/* The dropout masks of one training forward. A step's masks are a pure function
+ * of (seed, counter, the image's index in the step's batch): ResBlock k of image g
+ * draws from counter + batch * (counters per image of the ResBlocks before k)
+ * + g * ceil(n / 4), n the size of its dropout input per image (element j takes
+ * word j % 4 of counter j / 4 past that). So a forward over images [first,
+ * first + B) of a batch, a micro-batch or one process's share, draws exactly the
+ * masks that the forward over the whole batch draws for them. */
+typedef struct {
+    uint64_t seed;    /* key of stream DDPM_STREAM_DROPOUT */
+    uint64_t counter; /* the step's first counter */
+    int first;        /* index in the step's batch of this forward's image 0 */
+    int batch;        /* images in the step's batch */
+} ddpm_dropout_draw;
+
+/* Counters a step of `batch` images draws (0 without dropout): the next step
+ * starts at counter + this. */
+uint64_t ddpm_unet_dropout_counters(const ddpm_unet *net, int batch);
+
 /* eps_pred [B,C,S,S] = eps_theta(x_t, t) with t the 0-based step index per image.
- * dropout_rng: NULL for no dropout (sampling, evaluation); else masks are drawn
- * from it and its counter advances. B <= the workspace's max_batch. */
+ * dropout: NULL for no dropout (sampling, evaluation). B <= the workspace's
+ * max_batch. */
 void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
                        float *eps_pred, const float *x_t, const int *t, int B,
-                       ddpm_rng *dropout_rng);
+                       const ddpm_dropout_draw *dropout);
 /* Backward of the last forward on this workspace (which must be a training one):
  * ACCUMULATES d loss / d params into grads[n_params] given d loss / d eps_pred. */
 void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
