@@ -23,7 +23,8 @@
  * when H*W >= 256), the units spread over OpenMP threads in 8 fixed lanes, so the
  * results do not depend on the thread count (see conv2d.c). scratch holds
  * ddpm_conv2d_scratch_floats(...) floats, enough for forward and for backward.
- * Forward overwrites out. */
+ * Forward overwrites out. When compiled with AVX-512, 3x3 stride-1 pad-1 convs
+ * with >= 16 input and output channels run ddpm_conv3x3 (Winograd) instead. */
 size_t ddpm_conv2d_scratch_floats(int B, int Cin, int H, int W, int Cout, int K, int S, int P);
 void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const float *weight,
                          const float *bias, int B, int Cin, int H, int W, int Cout, int K,
@@ -32,6 +33,34 @@ void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const floa
 void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
                           const float *dout, const float *in, const float *weight, int B,
                           int Cin, int H, int W, int Cout, int K, int S, int P);
+
+/* ---- 3x3 convolution, stride 1, padding 1 (src/ops/conv3x3.c) ---------------
+ * The same op as ddpm_conv2d with K = 3, S = 1, P = 1 (Ho = H, Wo = W), computed
+ * by Winograd F(4x4,3x3) or F(2x2,3x3) (by shape: F(2x2) where 4x4 tiles would
+ * compute more outputs, e.g. 14x14): 36 products per 4x4 output tile and channel
+ * pair (16 per 2x2) instead of 144 (36) multiply-adds, vectorised with AVX-512
+ * when compiled for it.
+ * Results differ from conv2d's by float rounding only (~1e-6 of the sum of
+ * |terms|); they do not depend on the thread count. scratch holds
+ * ddpm_conv3x3_scratch_floats(...) floats (forward and backward). Forward
+ * overwrites out; backward sets din = beta * din + dL/din (beta 0: overwrite,
+ * 1: accumulate) and accumulates into dweight and dbias; any of the three may be
+ * NULL. */
+size_t ddpm_conv3x3_scratch_floats(int B, int Cin, int H, int W, int Cout);
+void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const float *weight,
+                          const float *bias, int B, int Cin, int H, int W, int Cout);
+void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
+                           const float *dout, const float *in, const float *weight, int B,
+                           int Cin, int H, int W, int Cout);
+/* The output tile m of F(m x m, 3x3): 2 or 4 forces it, 0 (default) chooses by
+ * shape. Process-wide, for tests and benchmarks; set it while no call runs (the
+ * scratch size depends on it). */
+void ddpm_conv3x3_force_tile(int m);
+
+/* Whether conv2d may hand shapes to ddpm_conv3x3 (default 1). 0 forces the
+ * im2col path everywhere: for tests and `ddpm bench --ops`, which compare the
+ * two. Process-wide; set it while no conv2d call is running. */
+void ddpm_conv2d_enable_winograd(int enabled);
 
 /* ---- linear (src/ops/linear.c) --------------------------------------------
  * in [B,In], weight [Out,In] (PyTorch layout), bias [Out] (may be NULL), out [B,Out]. */

@@ -54,11 +54,13 @@ static void usage(FILE *f)
 "  --ops                also time ddpm_conv2d_forward and ddpm_conv2d_backward\n"
 "                       (din, dweight, dbias) alone at the default model's\n"
 "                       largest shapes (batch --batch, 3x3 stride 1 pad 1,\n"
-"                       Cin = Cout = 32 and 64 at 28x28 and 14x14), in GFLOP/s\n"
-"                       (backward = 2 x forward FLOPs), next to one cblas_sgemm\n"
-"                       call on the same product (M = Cout, N = batch*H*W,\n"
-"                       K = Cin*9; OpenBLAS's own threads); medians of %d\n"
-"                       repetitions of about --seconds/100 s each\n"
+"                       Cin = Cout = 32 and 64 at 28x28 and 14x14, 64 at 7x7),\n"
+"                       in GFLOP/s (backward = 2 x forward FLOPs), im2col path\n"
+"                       (ddpm_conv2d with Winograd disabled), next to one\n"
+"                       cblas_sgemm call on the same product (M = Cout,\n"
+"                       N = batch*H*W, K = Cin*9; OpenBLAS's own threads) and\n"
+"                       ddpm_conv3x3_forward/_backward alone (Winograd);\n"
+"                       medians of %d repetitions of about --seconds/100 s each\n"
 "  --json               print one JSON object on stdout instead of text\n"
 "model (as ddpm train; docs/design.md, The network):\n"
 "  --size S             image side in pixels (default 28)\n"
@@ -178,7 +180,7 @@ static double bench_sgemm(int M, int N, int K, double seconds)
 
 typedef struct {
     int B, C, HW; /* Cin = Cout = C, H = W = HW, 3x3 stride 1 pad 1 */
-    float *in, *weight, *bias, *out, *scratch, *dout, *din, *dweight, *dbias;
+    float *in, *weight, *bias, *out, *scratch, *dout, *din, *dweight, *dbias, *scratch3;
 } conv_ctx;
 
 static int conv_forward_call(void *p)
@@ -196,17 +198,32 @@ static int conv_backward_call(void *p)
     return 0;
 }
 
-#define N_OP_SHAPES 4
+static int conv3x3_forward_call(void *p)
+{
+    conv_ctx *c = p;
+    ddpm_conv3x3_forward(c->out, c->scratch3, c->in, c->weight, c->bias, c->B, c->C, c->HW, c->HW, c->C);
+    return 0;
+}
+
+static int conv3x3_backward_call(void *p)
+{
+    conv_ctx *c = p;
+    ddpm_conv3x3_backward(c->din, 1.0f, c->dweight, c->dbias, c->scratch3, c->dout, c->in, c->weight, c->B, c->C,
+                          c->HW, c->HW, c->C);
+    return 0;
+}
+
+#define N_OP_SHAPES 5
 
 typedef struct {
     int C, HW;
-    double fwd_gflops, bwd_gflops, sgemm_gflops;
+    double fwd_gflops, bwd_gflops, sgemm_gflops, wino_fwd_gflops, wino_bwd_gflops;
 } op_result;
 
 /* Times one conv shape; 0 or DDPM_ENOMEM. */
 static int bench_conv_shape(int B, op_result *r, double rep_seconds)
 {
-    conv_ctx c = {B, r->C, r->HW, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    conv_ctx c = {B, r->C, r->HW, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     const size_t act = (size_t)B * r->C * r->HW * r->HW, wn = (size_t)r->C * r->C * 9;
     const size_t sn = ddpm_conv2d_scratch_floats(B, r->C, r->HW, r->HW, r->C, 3, 1, 1);
     c.in = ddpm_malloc(act, sizeof(float));
@@ -218,8 +235,10 @@ static int bench_conv_shape(int B, op_result *r, double rep_seconds)
     c.bias = ddpm_calloc((size_t)r->C, sizeof(float));
     c.dbias = ddpm_calloc((size_t)r->C, sizeof(float));
     c.scratch = ddpm_malloc(sn, sizeof(float));
+    c.scratch3 = ddpm_malloc(ddpm_conv3x3_scratch_floats(B, r->C, r->HW, r->HW, r->C), sizeof(float));
     int rc = 0;
-    if (!c.in || !c.out || !c.dout || !c.din || !c.weight || !c.dweight || !c.bias || !c.dbias || !c.scratch) {
+    if (!c.in || !c.out || !c.dout || !c.din || !c.weight || !c.dweight || !c.bias || !c.dbias || !c.scratch ||
+        !c.scratch3) {
         rc = DDPM_ENOMEM;
     } else {
         ddpm_rng rng;
@@ -230,10 +249,16 @@ static int bench_conv_shape(int B, op_result *r, double rep_seconds)
         const double flop = 2.0 * r->C * (double)B * r->HW * r->HW * r->C * 9;
         double s;
         long calls;
+        ddpm_conv2d_enable_winograd(0); /* the im2col path */
         time_phase(conv_forward_call, &c, rep_seconds, &s, &calls);
         r->fwd_gflops = flop / s * 1e-9;
         time_phase(conv_backward_call, &c, rep_seconds, &s, &calls);
         r->bwd_gflops = 2 * flop / s * 1e-9;
+        ddpm_conv2d_enable_winograd(1);
+        time_phase(conv3x3_forward_call, &c, rep_seconds, &s, &calls);
+        r->wino_fwd_gflops = flop / s * 1e-9;
+        time_phase(conv3x3_backward_call, &c, rep_seconds, &s, &calls);
+        r->wino_bwd_gflops = 2 * flop / s * 1e-9;
         r->sgemm_gflops = bench_sgemm(r->C, B * r->HW * r->HW, r->C * 9, rep_seconds * REPS);
     }
     free(c.in);
@@ -245,12 +270,13 @@ static int bench_conv_shape(int B, op_result *r, double rep_seconds)
     free(c.bias);
     free(c.dbias);
     free(c.scratch);
+    free(c.scratch3);
     return rc;
 }
 
 static int bench_ops(int B, double seconds, op_result *res)
 {
-    static const int shapes[N_OP_SHAPES][2] = {{32, 28}, {64, 28}, {32, 14}, {64, 14}};
+    static const int shapes[N_OP_SHAPES][2] = {{32, 28}, {64, 28}, {32, 14}, {64, 14}, {64, 7}};
     for (int i = 0; i < N_OP_SHAPES; i++) {
         res[i].C = shapes[i][0];
         res[i].HW = shapes[i][1];
@@ -263,17 +289,18 @@ static int bench_ops(int B, double seconds, op_result *res)
 
 static void print_ops(int B, const op_result *res)
 {
-    printf("\nconv2d 3x3 stride 1 pad 1, batch %d, Cin = Cout (GFLOP/s; backward = din + dweight + dbias,\n"
-           "2 x forward FLOPs; sgemm = one cblas_sgemm M = Cout, N = batch*H*W, K = Cin*9)\n", B);
-    printf("  %-14s %-16s %9s %9s %9s %8s %8s\n", "shape", "sgemm MxNxK", "forward", "backward", "sgemm",
-           "fwd/gemm", "bwd/gemm");
+    printf("\nconv2d 3x3 stride 1 pad 1, batch %d, Cin = Cout (GFLOP/s of direct-convolution FLOPs;\n"
+           "backward = din + dweight + dbias, 2 x forward FLOPs; forward/backward: conv2d's im2col\n"
+           "path; sgemm = one cblas_sgemm M = Cout, N = batch*H*W, K = Cin*9; wino = ddpm_conv3x3 alone, Winograd F(4x4) or F(2x2))\n", B);
+    printf("  %-14s %-16s %9s %9s %9s %8s %8s %9s %9s\n", "shape", "sgemm MxNxK", "forward", "backward", "sgemm",
+           "fwd/gemm", "bwd/gemm", "wino fwd", "wino bwd");
     for (int i = 0; i < N_OP_SHAPES; i++) {
         char shape[32], mnk[32];
         snprintf(shape, sizeof shape, "C%d %dx%d", res[i].C, res[i].HW, res[i].HW);
         snprintf(mnk, sizeof mnk, "%dx%dx%d", res[i].C, B * res[i].HW * res[i].HW, res[i].C * 9);
-        printf("  %-14s %-16s %9.1f %9.1f %9.1f %8.2f %8.2f\n", shape, mnk, res[i].fwd_gflops, res[i].bwd_gflops,
-               res[i].sgemm_gflops, res[i].fwd_gflops / res[i].sgemm_gflops,
-               res[i].bwd_gflops / res[i].sgemm_gflops);
+        printf("  %-14s %-16s %9.1f %9.1f %9.1f %8.2f %8.2f %9.1f %9.1f\n", shape, mnk, res[i].fwd_gflops,
+               res[i].bwd_gflops, res[i].sgemm_gflops, res[i].fwd_gflops / res[i].sgemm_gflops,
+               res[i].bwd_gflops / res[i].sgemm_gflops, res[i].wino_fwd_gflops, res[i].wino_bwd_gflops);
     }
 }
 
@@ -290,6 +317,8 @@ static cJSON *ops_json(int B, const op_result *res)
         cJSON_AddNumberToObject(o, "w", res[i].HW);
         cJSON_AddNumberToObject(o, "forward_gflops", res[i].fwd_gflops);
         cJSON_AddNumberToObject(o, "backward_gflops", res[i].bwd_gflops);
+        cJSON_AddNumberToObject(o, "conv3x3_forward_gflops", res[i].wino_fwd_gflops);
+        cJSON_AddNumberToObject(o, "conv3x3_backward_gflops", res[i].wino_bwd_gflops);
         char mnk[48];
         snprintf(mnk, sizeof mnk, "%dx%dx%d", res[i].C, B * res[i].HW * res[i].HW, res[i].C * 9);
         cJSON_AddStringToObject(o, "sgemm_shape", mnk);

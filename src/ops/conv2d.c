@@ -21,7 +21,11 @@
  * The weight gradient is summed per lane (units in order) and the lanes are
  * added in lane order, so the sum does not depend on the thread count. With
  * fewer lanes than threads, or a pthread OpenBLAS, the lanes run one after the
- * other from serial code and sgemm uses its own threads. */
+ * other from serial code and sgemm uses its own threads.
+ *
+ * With AVX-512, 3x3 stride-1 pad-1 convs with >= 16 channels in and out go to
+ * ddpm_conv3x3 (Winograd F(4x4,3x3) or F(2x2,3x3), src/ops/conv3x3.c) instead:
+ * 2.25-4x fewer multiply-adds and no im2col; see use_winograd. */
 #include <cblas.h>
 #include <omp.h>
 #include <string.h>
@@ -179,10 +183,43 @@ static geometry conv_geometry(int B, int Cin, int H, int W, int Cout, int K, int
     return g;
 }
 
+/* Whether this shape goes to ddpm_conv3x3 (Winograd, src/ops/conv3x3.c):
+ * 3x3 stride 1 pad 1 with AVX-512, and at least 16 channels on both sides (below
+ * that the channel padding to 16 wastes most of its products; the model's first
+ * and last convs, 1 -> 32 and 32 -> 1 channels, stay on im2col). */
+static int winograd_enabled = 1;
+
+void ddpm_conv2d_enable_winograd(int enabled)
+{
+    winograd_enabled = enabled != 0;
+}
+
+static int winograd_shape(int Cin, int Cout, int K, int S, int P)
+{
+#if defined(__AVX512F__)
+    return K == 3 && S == 1 && P == 1 && Cin >= 16 && Cout >= 16;
+#else
+    (void)Cin, (void)Cout, (void)K, (void)S, (void)P;
+    return 0;
+#endif
+}
+
+static int use_winograd(int Cin, int Cout, int K, int S, int P)
+{
+    return winograd_enabled && winograd_shape(Cin, Cout, K, S, P);
+}
+
+/* Room for either path, so that the scratch size does not depend on
+ * ddpm_conv2d_enable_winograd. */
 size_t ddpm_conv2d_scratch_floats(int B, int Cin, int H, int W, int Cout, int K, int S, int P)
 {
     geometry g = conv_geometry(B, Cin, H, W, Cout, K, S, P);
-    return g.lane_floats * (size_t)g.n_lanes;
+    size_t n = g.lane_floats * (size_t)g.n_lanes;
+    if (winograd_shape(Cin, Cout, K, S, P)) {
+        const size_t w = ddpm_conv3x3_scratch_floats(B, Cin, H, W, Cout);
+        n = w > n ? w : n;
+    }
+    return n;
 }
 
 /* Whether the lanes run on OpenMP threads (sgemm single-threaded inside each). */
@@ -238,6 +275,10 @@ void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const floa
                          const float *bias, int B, int Cin, int H, int W, int Cout, int K,
                          int S, int P)
 {
+    if (use_winograd(Cin, Cout, K, S, P)) {
+        ddpm_conv3x3_forward(out, scratch, in, weight, bias, B, Cin, H, W, Cout);
+        return;
+    }
     const geometry g = conv_geometry(B, Cin, H, W, Cout, K, S, P);
 #pragma omp parallel for schedule(static, 1) if (lanes_in_parallel(&g))
     for (int lane = 0; lane < g.n_lanes; lane++) {
@@ -302,6 +343,10 @@ void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, 
                           const float *dout, const float *in, const float *weight, int B, int Cin, int H,
                           int W, int Cout, int K, int S, int P)
 {
+    if (use_winograd(Cin, Cout, K, S, P)) {
+        ddpm_conv3x3_backward(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout);
+        return;
+    }
     const geometry g = conv_geometry(B, Cin, H, W, Cout, K, S, P);
     const size_t HoWo = (size_t)g.HoWo;
     const size_t dw_offset = g.col_floats + g.prod_floats;

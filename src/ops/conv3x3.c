@@ -1,0 +1,832 @@
+/* conv3x3.c: 3x3, stride 1, padding 1 convolution (NCHW, float32) by Winograd
+ * F(m x m, 3x3), m = 4 or 2 by shape (Lavin & Gray 2016, "Fast Algorithms for
+ * Convolutional Neural Networks"), with batched products in the transform domain.
+ *
+ * Each output m x m tile is y = A^T [(G g G^T) . (B^T d B)] A for its alpha x
+ * alpha input window d, alpha = m + 2 (alpha^2 products per tile and channel pair
+ * replace 9 m^2 multiply-adds: 36 for 144 with m = 4, 16 for 36 with m = 2). For
+ * m = 2
+ *     B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],
+ *     G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
+ *     A^T = [1 1 1 0; 0 1 -1 -1];
+ * for m = 4 the matrices of the paper (points 0, +-1, +-2), written out at bt_1d,
+ * at_1d and G4 below. Per transform point xi (alpha^2 of them) the sum over input
+ * channels is a product
+ *     Y[xi] [tiles, Cout] = V[xi] [tiles, Cin] x U[xi] [Cin, Cout],
+ * done by a register-blocked kernel below (AVX-512 when compiled for it, plain C
+ * over 16-float structs otherwise). Channels are padded to multiples of 16 with
+ * zeros inside the transforms. Backward:
+ *     din = the same forward applied to dout with the weights rotated by 180
+ *           degrees and Cin/Cout swapped (a full correlation is a padded one here);
+ *     dU[xi] [Cin, Cout] = sum over tiles of V[xi]^T M[xi], M = A dy A^T the
+ *           transformed output gradient; dweight += G^T dU G (the transpose of the
+ *           forward's chain of linear maps).
+ *
+ * Data flow per unit of nb images (nb a power of two with nb * tiles >= 48, a
+ * function of the shapes only): each image is packed into a zero-padded
+ * channel-blocked buffer P [C/16][Hp][Wp][16] (Hp = m*ceil(H/m) + 2), whose alpha
+ * x alpha windows are transformed 16 channels at a time into V [alpha^2][Tp]
+ * [Cin_p]; the alpha^2 products give Y [alpha^2][Tp][Cout_p]; the output transform
+ * writes O [Cout/16][m TH][m TW][16], which is unpacked into NCHW (adding the bias, or the old din
+ * scaled by beta). Units are grouped in LANES fixed lanes run on the OpenMP
+ * threads; the weight gradient is summed per lane (units in order), the lanes
+ * added in lane order: every result is the same for any thread count. */
+#include <math.h>
+#include <omp.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "ddpm/ops.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+typedef __m512 v16;
+static inline v16 v_load(const float *p)
+{
+    return _mm512_loadu_ps(p);
+}
+static inline void v_store(float *p, v16 a)
+{
+    _mm512_storeu_ps(p, a);
+}
+static inline v16 v_set1(float x)
+{
+    return _mm512_set1_ps(x);
+}
+static inline v16 v_zero(void)
+{
+    return _mm512_setzero_ps();
+}
+static inline v16 v_add(v16 a, v16 b)
+{
+    return _mm512_add_ps(a, b);
+}
+static inline v16 v_sub(v16 a, v16 b)
+{
+    return _mm512_sub_ps(a, b);
+}
+static inline v16 v_mul(v16 a, v16 b)
+{
+    return _mm512_mul_ps(a, b);
+}
+static inline v16 v_fmadd(v16 a, v16 b, v16 c)
+{
+    return _mm512_fmadd_ps(a, b, c);
+}
+#else
+typedef struct {
+    float f[16];
+} v16;
+static inline v16 v_load(const float *p)
+{
+    v16 r;
+    memcpy(r.f, p, sizeof(r.f));
+    return r;
+}
+static inline void v_store(float *p, v16 a)
+{
+    memcpy(p, a.f, sizeof(a.f));
+}
+static inline v16 v_set1(float x)
+{
+    v16 r;
+    for (int i = 0; i < 16; i++)
+        r.f[i] = x;
+    return r;
+}
+static inline v16 v_zero(void)
+{
+    return v_set1(0.0f);
+}
+#define V_BINARY(name, expr)                                                                                 \
+    static inline v16 name(v16 a, v16 b)                                                                     \
+    {                                                                                                        \
+        v16 r;                                                                                               \
+        for (int i = 0; i < 16; i++)                                                                         \
+            r.f[i] = expr;                                                                                   \
+        return r;                                                                                            \
+    }
+V_BINARY(v_add, a.f[i] + b.f[i])
+V_BINARY(v_sub, a.f[i] - b.f[i])
+V_BINARY(v_mul, a.f[i] * b.f[i])
+#undef V_BINARY
+static inline v16 v_fmadd(v16 a, v16 b, v16 c)
+{
+    v16 r;
+    for (int i = 0; i < 16; i++)
+        r.f[i] = fmaf(a.f[i], b.f[i], c.f[i]);
+    return r;
+}
+#endif
+
+#define LANES 8
+#define UNIT_TILES 48 /* a unit holds at least this many tiles (or the whole batch) */
+#define MR_FWD 12     /* rows (tiles) per kernel call in the forward products */
+#define MR_DW 8       /* rows (input channels) per kernel call in the dU products */
+#define MAX_ALPHA 6   /* tile side of F(4x4,3x3); F(2x2,3x3) has 4 */
+
+/* ---- the product kernel ------------------------------------------------------
+ * C[r][16v..16v+15] (+)= sum_k A(r, k) * B[k][16v..16v+15] for r < MR, v < NV,
+ * A(r, k) = a[r*a_rs + k*a_ks]. The MR x NV accumulators stay in registers. */
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
+static ALWAYS_INLINE void kernel_body(const int MR, const int NV, int K, const float *a, ptrdiff_t a_rs,
+                                      ptrdiff_t a_ks, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
+                                      int accumulate)
+{
+    v16 acc[MR_FWD][2];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            acc[r][v] = accumulate ? v_load(c + r * ldc + 16 * v) : v_zero();
+    for (int k = 0; k < K; k++) {
+        v16 bv[2];
+        for (int v = 0; v < NV; v++)
+            bv[v] = v_load(b + k * ldb + 16 * v);
+        const float *ak = a + k * a_ks;
+        for (int r = 0; r < MR; r++) {
+            const v16 ar = v_set1(ak[r * a_rs]);
+            for (int v = 0; v < NV; v++)
+                acc[r][v] = v_fmadd(ar, bv[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            v_store(c + r * ldc + 16 * v, acc[r][v]);
+}
+
+#define DEFINE_KERNEL(MR, NV)                                                                                \
+    static void kernel_##MR##x##NV(int K, const float *a, ptrdiff_t a_rs, ptrdiff_t a_ks, const float *b,    \
+                                   ptrdiff_t ldb, float *c, ptrdiff_t ldc, int accumulate)                   \
+    {                                                                                                        \
+        kernel_body(MR, NV, K, a, a_rs, a_ks, b, ldb, c, ldc, accumulate);                                   \
+    }
+#define DEFINE_KERNELS(MR) DEFINE_KERNEL(MR, 1) DEFINE_KERNEL(MR, 2)
+DEFINE_KERNELS(1)
+DEFINE_KERNELS(2) DEFINE_KERNELS(3) DEFINE_KERNELS(4) DEFINE_KERNELS(5) DEFINE_KERNELS(6) DEFINE_KERNELS(7)
+    DEFINE_KERNELS(8) DEFINE_KERNELS(9) DEFINE_KERNELS(10) DEFINE_KERNELS(11) DEFINE_KERNELS(12)
+#undef DEFINE_KERNELS
+#undef DEFINE_KERNEL
+
+        typedef void (*kernel_fn)(int, const float *, ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t, float *,
+                                  ptrdiff_t, int);
+/* kernels[nv - 1][mr]: a row tail of mr < MR rows gets its own register block */
+static const kernel_fn kernels[2][MR_FWD + 1] = {
+    {NULL, kernel_1x1, kernel_2x1, kernel_3x1, kernel_4x1, kernel_5x1, kernel_6x1, kernel_7x1, kernel_8x1,
+     kernel_9x1, kernel_10x1, kernel_11x1, kernel_12x1},
+    {NULL, kernel_1x2, kernel_2x2, kernel_3x2, kernel_4x2, kernel_5x2, kernel_6x2, kernel_7x2, kernel_8x2,
+     kernel_9x2, kernel_10x2, kernel_11x2, kernel_12x2},
+};
+
+/* C [M, N] (+)= A [M, K] x B [K, N] in blocks of MR (<= 12) rows and 32 columns,
+ * N a multiple of 16, A(r, k) = a[r*a_rs + k*a_ks], B and C row-major with ldb,
+ * ldc. */
+static void product(int MR, int M, int N, int K, const float *a, ptrdiff_t a_rs, ptrdiff_t a_ks,
+                    const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc, int accumulate)
+{
+    for (int r0 = 0; r0 < M; r0 += MR) {
+        const int mr = M - r0 < MR ? M - r0 : MR;
+        const float *ar = a + r0 * a_rs;
+        float *cr = c + r0 * ldc;
+        int n0 = 0;
+        for (; n0 + 32 <= N; n0 += 32)
+            kernels[1][mr](K, ar, a_rs, a_ks, b + n0, ldb, cr + n0, ldc, accumulate);
+        if (n0 < N)
+            kernels[0][mr](K, ar, a_rs, a_ks, b + n0, ldb, cr + n0, ldc, accumulate);
+    }
+}
+
+/* ---- geometry and scratch ----------------------------------------------------- */
+
+static int round_up(int n, int m)
+{
+    return (n + m - 1) / m * m;
+}
+
+typedef struct {
+    int B, Cin, H, W, Cout;
+    int m, alpha, n_xi;        /* F(m x m, 3x3): output tile m, input tile alpha = m + 2 */
+    int Cin_p, Cout_p, C_max;  /* channels padded to 16 */
+    int TH, TW, tiles, Hp, Wp; /* tiles per image; padded plane of P */
+    int nb, n_units, n_lanes, Tp;
+    size_t u_floats;     /* transformed weights, shared */
+    size_t dU_floats;    /* one lane's weight-gradient sum */
+    size_t plane_floats; /* P or O for one image */
+    size_t unit_floats;  /* V, or Y = M, for one unit */
+    size_t lane_floats;  /* P + 2 unit buffers + dU */
+} geometry;
+
+static int forced_tile = 0;
+
+void ddpm_conv3x3_force_tile(int m)
+{
+    forced_tile = m == 2 || m == 4 ? m : 0;
+}
+
+/* The output tile: F(4x4,3x3) needs 2.25 products per output against F(2x2)'s 4,
+ * and writes fewer transformed values per output, but it computes whole 4x4
+ * tiles: on a 14x14 image 16x16 outputs against F(2x2)'s 14x14. Measured (one
+ * thread, CPU time, batch 64, forward / backward ms, F(2x2) -> F(4x4)): 28x28
+ * 32 ch 7.6 -> 5.3 / 15.5 -> 11.0; 14x14 64 ch 5.9 -> 6.8 / 12.3 -> 14.2; 7x7
+ * 64 ch (both compute 8x8) 2.5 -> 2.2 / 5.7 -> 4.7. So F(4x4) unless it computes
+ * more outputs than F(2x2). */
+static int tile_size(int H, int W)
+{
+    if (forced_tile)
+        return forced_tile;
+    const long f4 = (long)((H + 3) / 4 * 4) * ((W + 3) / 4 * 4);
+    const long f2 = (long)((H + 1) / 2 * 2) * ((W + 1) / 2 * 2);
+    return f4 <= f2 ? 4 : 2;
+}
+
+static geometry make_geometry(int B, int Cin, int H, int W, int Cout)
+{
+    geometry g;
+    g.B = B, g.Cin = Cin, g.H = H, g.W = W, g.Cout = Cout;
+    g.m = tile_size(H, W), g.alpha = g.m + 2, g.n_xi = g.alpha * g.alpha;
+    g.Cin_p = round_up(Cin, 16), g.Cout_p = round_up(Cout, 16);
+    g.C_max = g.Cin_p > g.Cout_p ? g.Cin_p : g.Cout_p;
+    g.TH = (H + g.m - 1) / g.m, g.TW = (W + g.m - 1) / g.m;
+    g.tiles = g.TH * g.TW;
+    g.Hp = g.m * g.TH + 2, g.Wp = g.m * g.TW + 2;
+    g.nb = 1;
+    while (g.nb < B && g.nb * g.tiles < UNIT_TILES)
+        g.nb *= 2;
+    g.n_units = (B + g.nb - 1) / g.nb;
+    g.n_lanes = g.n_units < LANES ? g.n_units : LANES;
+    g.Tp = g.nb * g.tiles;
+    g.u_floats = (size_t)g.n_xi * g.Cin_p * g.Cout_p;
+    g.dU_floats = g.u_floats;
+    g.plane_floats = (size_t)g.C_max * g.Hp * g.Wp; /* >= C_max * mTH * mTW for O */
+    g.unit_floats = (size_t)g.n_xi * g.Tp * g.C_max;
+    g.lane_floats = g.plane_floats + 2 * g.unit_floats + g.dU_floats;
+    return g;
+}
+
+size_t ddpm_conv3x3_scratch_floats(int B, int Cin, int H, int W, int Cout)
+{
+    const geometry g = make_geometry(B, Cin, H, W, Cout);
+    return g.u_floats + (size_t)g.n_lanes * g.lane_floats;
+}
+
+typedef struct {
+    float *P, *V, *Y, *M, *dU;
+} lane_buffers;
+
+static lane_buffers lane_at(const geometry *g, float *scratch, int lane)
+{
+    float *base = scratch + g->u_floats + (size_t)lane * g->lane_floats;
+    lane_buffers lb;
+    lb.P = base;
+    lb.V = lb.P + g->plane_floats;
+    /* M (the weight gradient's) is dead before Y (din's forward) is written */
+    lb.M = lb.Y = lb.V + g->unit_floats;
+    lb.dU = lb.Y + g->unit_floats;
+    return lb;
+}
+
+static int lanes_in_parallel(const geometry *g)
+{
+    return g->n_lanes > 1 && omp_get_max_threads() > 1 && !omp_in_parallel();
+}
+
+static void unit_range(const geometry *g, int lane, int *u0, int *u1)
+{
+    *u0 = (int)((long)lane * g->n_units / g->n_lanes);
+    *u1 = (int)((long)(lane + 1) * g->n_units / g->n_lanes);
+}
+
+/* ---- transforms ------------------------------------------------------------------ */
+
+/* G of F(2x2,3x3) and F(4x4,3x3) (Lavin & Gray's points 0, +-1, +-2 for m = 4) */
+static const double G2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+static const double G4[6][3] = {{1.0 / 4, 0, 0},
+                                {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                {0, 0, 1}};
+
+/* G of the geometry's tile into a local table. */
+static void load_G(const geometry *g, double G[MAX_ALPHA][3])
+{
+    for (int i = 0; i < g->alpha; i++)
+        for (int j = 0; j < 3; j++)
+            G[i][j] = g->m == 2 ? G2[i][j] : G4[i][j];
+}
+
+/* U [n_xi][rows_p][cols_p] from filters f(row, col) = weight + row*rs + col*cs
+ * (3x3 row-major, read rotated by 180 degrees when rot), zero for padded
+ * rows/cols: U = G f G^T, in double, rounded once. */
+static void weight_transform(const geometry *g, float *U, const float *weight, int rows, int cols, int rows_p,
+                             int cols_p, ptrdiff_t rs, ptrdiff_t cs, int rot)
+{
+    const int a = g->alpha;
+    double G[MAX_ALPHA][3];
+    load_G(g, G);
+    memset(U, 0, (size_t)g->n_xi * rows_p * cols_p * sizeof(float));
+#pragma omp parallel for schedule(static) if ((size_t)rows * cols > 1024 && !omp_in_parallel())
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) {
+            const float *w = weight + r * rs + c * cs;
+            double f[3][3], t[MAX_ALPHA][3];
+            for (int i = 0; i < 9; i++)
+                f[i / 3][i % 3] = rot ? w[8 - i] : w[i];
+            for (int i = 0; i < a; i++)
+                for (int j = 0; j < 3; j++)
+                    t[i][j] = G[i][0] * f[0][j] + G[i][1] * f[1][j] + G[i][2] * f[2][j];
+            for (int i = 0; i < a; i++)
+                for (int j = 0; j < a; j++) {
+                    const double u = t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2];
+                    U[((size_t)(i * a + j) * rows_p + r) * cols_p + c] = (float)u;
+                }
+        }
+}
+
+/* dweight[co][ci] (+)= G^T dU G for one summed dU [alpha][alpha], in double. */
+static void weight_grad_transform(const geometry *g, double G[MAX_ALPHA][3], float *dweight, const double *dU,
+                                  int ci, int co)
+{
+    const int a = g->alpha;
+    double t[3][MAX_ALPHA];
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < a; j++) {
+            double s = 0.0;
+            for (int k = 0; k < a; k++)
+                s += G[k][i] * dU[k * a + j];
+            t[i][j] = s;
+        }
+    float *dw = dweight + ((size_t)co * g->Cin + ci) * 9;
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) {
+            double s = 0.0;
+            for (int k = 0; k < a; k++)
+                s += t[i][k] * G[k][j];
+            dw[i * 3 + j] += (float)s;
+        }
+}
+
+/* P [C_p/16][Hp][Wp][16] = x [C, H, W] shifted by (1, 1), zero elsewhere. */
+#if defined(__AVX512F__)
+/* r[i] (row i, 16 columns) becomes column i: 16x16 transpose in three rounds of
+ * shuffles (32-bit pairs, 64-bit pairs, 128-bit lanes). */
+static inline void transpose16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+        const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    /* r[4i + k], 128-bit lane L: rows 4i..4i+3 of column 4L + k */
+    for (int k = 0; k < 4; k++) {
+        const __m512 x = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88),
+                     y = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xdd);
+        const __m512 z = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
+        const __m512 w = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xdd);
+        t[k] = _mm512_shuffle_f32x4(x, z, 0x88);
+        t[8 + k] = _mm512_shuffle_f32x4(x, z, 0xdd);
+        t[4 + k] = _mm512_shuffle_f32x4(y, w, 0x88);
+        t[12 + k] = _mm512_shuffle_f32x4(y, w, 0xdd);
+    }
+    for (int i = 0; i < 16; i++)
+        r[i] = t[i];
+}
+
+static inline __mmask16 first_n(int n)
+{
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+}
+
+static void pack_plane(float *P, const float *x, int C, int C_p, int H, int W, int Hp, int Wp)
+{
+    const size_t HW = (size_t)H * W;
+    const __m512 zero = _mm512_setzero_ps();
+    for (int cb = 0; cb < C_p / 16; cb++) {
+        float *Pc = P + (size_t)cb * Hp * Wp * 16;
+        const int nc = C - cb * 16 < 16 ? C - cb * 16 : 16;
+        /* the border: row 0, rows past H, column 0 and columns past W */
+        memset(Pc, 0, (size_t)Wp * 16 * sizeof(float));
+        memset(Pc + (size_t)(H + 1) * Wp * 16, 0, (size_t)(Hp - H - 1) * Wp * 16 * sizeof(float));
+        for (int y = 0; y < H; y++) {
+            float *row = Pc + (size_t)(y + 1) * Wp * 16;
+            _mm512_storeu_ps(row, zero);
+            for (int xx = W + 1; xx < Wp; xx++)
+                _mm512_storeu_ps(row + (size_t)xx * 16, zero);
+            for (int x0 = 0; x0 < W; x0 += 16) {
+                const int n = W - x0 < 16 ? W - x0 : 16;
+                const __mmask16 m = first_n(n);
+                __m512 r[16];
+                for (int c = 0; c < 16; c++)
+                    r[c] = c < nc
+                               ? _mm512_maskz_loadu_ps(m, x + (size_t)(cb * 16 + c) * HW + (size_t)y * W + x0)
+                               : zero;
+                transpose16(r);
+                for (int j = 0; j < n; j++)
+                    _mm512_storeu_ps(row + (size_t)(x0 + 1 + j) * 16, r[j]);
+            }
+        }
+    }
+}
+#else
+static void pack_plane(float *P, const float *x, int C, int C_p, int H, int W, int Hp, int Wp)
+{
+    memset(P, 0, (size_t)C_p * Hp * Wp * sizeof(float));
+    for (int c = 0; c < C; c++) {
+        float *dst = P + (size_t)(c / 16) * Hp * Wp * 16 + c % 16;
+        const float *src = x + (size_t)c * H * W;
+        for (int y = 0; y < H; y++) {
+            float *d = dst + ((size_t)(y + 1) * Wp + 1) * 16;
+            const float *s = src + (size_t)y * W;
+            for (int xx = 0; xx < W; xx++)
+                d[(size_t)xx * 16] = s[xx];
+        }
+    }
+}
+#endif
+
+/* 1-D transforms of F(m x m, 3x3) on vectors of 16 channels:
+ * B^T d (alpha -> alpha), A^T m (alpha -> m), A y (m -> alpha). */
+static ALWAYS_INLINE void bt_1d(const int m, const v16 *d, v16 *r)
+{
+    if (m == 2) {
+        r[0] = v_sub(d[0], d[2]);
+        r[1] = v_add(d[1], d[2]);
+        r[2] = v_sub(d[2], d[1]);
+        r[3] = v_sub(d[1], d[3]);
+    } else {
+        /* B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0;
+         *        0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1] */
+        const v16 four = v_set1(4.0f), five = v_set1(5.0f), two = v_set1(2.0f);
+        const v16 a = v_sub(d[4], v_mul(four, d[2])); /* d4 - 4 d2 */
+        const v16 b = v_sub(d[3], v_mul(four, d[1])); /* d3 - 4 d1 */
+        const v16 c = v_sub(d[4], d[2]);              /* d4 - d2 */
+        const v16 e = v_mul(two, v_sub(d[3], d[1]));  /* 2 (d3 - d1) */
+        r[0] = v_add(v_sub(v_mul(four, d[0]), v_mul(five, d[2])), d[4]);
+        r[1] = v_add(a, b);
+        r[2] = v_sub(a, b);
+        r[3] = v_add(c, e);
+        r[4] = v_sub(c, e);
+        r[5] = v_add(v_sub(v_mul(four, d[1]), v_mul(five, d[3])), d[5]);
+    }
+}
+
+static ALWAYS_INLINE void at_1d(const int m, const v16 *t, v16 *o)
+{
+    if (m == 2) {
+        o[0] = v_add(v_add(t[0], t[1]), t[2]);
+        o[1] = v_sub(v_sub(t[1], t[2]), t[3]);
+    } else {
+        /* A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1] */
+        const v16 s12 = v_add(t[1], t[2]), d12 = v_sub(t[1], t[2]);
+        const v16 s34 = v_add(t[3], t[4]), d34 = v_sub(t[3], t[4]);
+        o[0] = v_add(v_add(t[0], s12), s34);
+        o[1] = v_fmadd(v_set1(2.0f), d34, d12);
+        o[2] = v_fmadd(v_set1(4.0f), s34, s12);
+        o[3] = v_add(v_fmadd(v_set1(8.0f), d34, d12), t[5]);
+    }
+}
+
+static ALWAYS_INLINE void a_1d(const int m, const v16 *y, v16 *r)
+{
+    if (m == 2) {
+        r[0] = y[0];
+        r[1] = v_add(y[0], y[1]);
+        r[2] = v_sub(y[0], y[1]);
+        r[3] = v_sub(v_zero(), y[1]);
+    } else {
+        /* A = (A^T)^T: rows [1 0 0 0; 1 1 1 1; 1 -1 1 -1; 1 2 4 8; 1 -2 4 -8; 0 0 0 1] */
+        const v16 e = v_add(y[0], y[2]), o = v_add(y[1], y[3]);
+        const v16 e4 = v_fmadd(v_set1(4.0f), y[2], y[0]), o8 = v_fmadd(v_set1(4.0f), y[3], y[1]);
+        r[0] = y[0];
+        r[1] = v_add(e, o);
+        r[2] = v_sub(e, o);
+        r[3] = v_fmadd(v_set1(2.0f), o8, e4);
+        r[4] = v_sub(e4, v_mul(v_set1(2.0f), o8));
+        r[5] = y[3];
+    }
+}
+
+/* V[xi][t0 + t][cb*16..] = B^T d B for every tile t of one packed image. */
+static ALWAYS_INLINE void input_transform_m(const int m, float *V, const float *P, const geometry *g, int C_p,
+                                            int t0)
+{
+    const int a = m + 2;
+    const size_t xi_stride = (size_t)g->Tp * C_p;
+    for (int cb = 0; cb < C_p / 16; cb++) {
+        const float *Pc = P + (size_t)cb * g->Hp * g->Wp * 16;
+        for (int ty = 0; ty < g->TH; ty++)
+            for (int tx = 0; tx < g->TW; tx++) {
+                const float *p = Pc + ((size_t)(m * ty) * g->Wp + m * tx) * 16;
+                v16 t[MAX_ALPHA][MAX_ALPHA], d[MAX_ALPHA], r[MAX_ALPHA];
+                for (int j = 0; j < a; j++) {
+                    for (int i = 0; i < a; i++)
+                        d[i] = v_load(p + ((size_t)i * g->Wp + j) * 16);
+                    bt_1d(m, d, r);
+                    for (int i = 0; i < a; i++)
+                        t[i][j] = r[i];
+                }
+                float *out = V + (size_t)(t0 + ty * g->TW + tx) * C_p + cb * 16;
+                for (int i = 0; i < a; i++) {
+                    bt_1d(m, t[i], r);
+                    for (int j = 0; j < a; j++)
+                        v_store(out + (size_t)(a * i + j) * xi_stride, r[j]);
+                }
+            }
+    }
+}
+
+static void input_transform(float *V, const float *P, const geometry *g, int C_p, int t0)
+{
+    if (g->m == 2)
+        input_transform_m(2, V, P, g, C_p, t0);
+    else
+        input_transform_m(4, V, P, g, C_p, t0);
+}
+
+/* M[xi][t0 + t][cb*16..] = A dy A^T for the m x m output-gradient tile dy of every
+ * tile t of one packed image (dy at P offset (1, 1)). */
+static ALWAYS_INLINE void grad_transform_m(const int m, float *M, const float *P, const geometry *g, int C_p,
+                                           int t0)
+{
+    const int a = m + 2;
+    const size_t xi_stride = (size_t)g->Tp * C_p;
+    for (int cb = 0; cb < C_p / 16; cb++) {
+        const float *Pc = P + (size_t)cb * g->Hp * g->Wp * 16;
+        for (int ty = 0; ty < g->TH; ty++)
+            for (int tx = 0; tx < g->TW; tx++) {
+                const float *p = Pc + ((size_t)(m * ty + 1) * g->Wp + m * tx + 1) * 16;
+                v16 t[MAX_ALPHA][4], y[4], r[MAX_ALPHA];
+                for (int j = 0; j < m; j++) {
+                    for (int i = 0; i < m; i++)
+                        y[i] = v_load(p + ((size_t)i * g->Wp + j) * 16);
+                    a_1d(m, y, r);
+                    for (int i = 0; i < a; i++)
+                        t[i][j] = r[i];
+                }
+                float *out = M + (size_t)(t0 + ty * g->TW + tx) * C_p + cb * 16;
+                for (int i = 0; i < a; i++) {
+                    a_1d(m, t[i], r);
+                    for (int j = 0; j < a; j++)
+                        v_store(out + (size_t)(a * i + j) * xi_stride, r[j]);
+                }
+            }
+    }
+}
+
+static void grad_transform(float *M, const float *P, const geometry *g, int C_p, int t0)
+{
+    if (g->m == 2)
+        grad_transform_m(2, M, P, g, C_p, t0);
+    else
+        grad_transform_m(4, M, P, g, C_p, t0);
+}
+
+/* O [C_p/16][m TH][m TW][16] = A^T Y A from Y[xi][t0 + t][..] for one image. */
+static ALWAYS_INLINE void output_transform_m(const int m, float *O, const float *Y, const geometry *g,
+                                             int C_p, int t0)
+{
+    const int a = m + 2;
+    const size_t xi_stride = (size_t)g->Tp * C_p;
+    const int OW = m * g->TW;
+    for (int cb = 0; cb < C_p / 16; cb++) {
+        float *Oc = O + (size_t)cb * (m * g->TH) * OW * 16;
+        for (int ty = 0; ty < g->TH; ty++)
+            for (int tx = 0; tx < g->TW; tx++) {
+                const float *y = Y + (size_t)(t0 + ty * g->TW + tx) * C_p + cb * 16;
+                v16 t[4][MAX_ALPHA], col[MAX_ALPHA], r[4];
+                for (int j = 0; j < a; j++) {
+                    for (int i = 0; i < a; i++)
+                        col[i] = v_load(y + (size_t)(a * i + j) * xi_stride);
+                    at_1d(m, col, r);
+                    for (int i = 0; i < m; i++)
+                        t[i][j] = r[i];
+                }
+                float *o = Oc + ((size_t)(m * ty) * OW + m * tx) * 16;
+                for (int i = 0; i < m; i++) {
+                    at_1d(m, t[i], r);
+                    for (int j = 0; j < m; j++)
+                        v_store(o + ((size_t)i * OW + j) * 16, r[j]);
+                }
+            }
+    }
+}
+
+static void output_transform(float *O, const float *Y, const geometry *g, int C_p, int t0)
+{
+    if (g->m == 2)
+        output_transform_m(2, O, Y, g, C_p, t0);
+    else
+        output_transform_m(4, O, Y, g, C_p, t0);
+}
+
+/* y [C, H, W] = O (+ bias[c]) when beta == 0, else beta * y + O. */
+#if defined(__AVX512F__)
+static void unpack_plane(float *y, const float *O, const float *bias, float beta, int C, int H, int W, int OH,
+                         int OW)
+{
+    const size_t HW = (size_t)H * W;
+    const __m512 vbeta = _mm512_set1_ps(beta);
+    for (int cb = 0; cb * 16 < C; cb++) {
+        const float *Oc = O + (size_t)cb * OH * OW * 16;
+        const int nc = C - cb * 16 < 16 ? C - cb * 16 : 16;
+        for (int yy = 0; yy < H; yy++)
+            for (int x0 = 0; x0 < W; x0 += 16) {
+                const int n = W - x0 < 16 ? W - x0 : 16;
+                const __mmask16 m = first_n(n);
+                __m512 r[16];
+                for (int j = 0; j < 16; j++)
+                    r[j] =
+                        j < n ? _mm512_loadu_ps(Oc + ((size_t)yy * OW + x0 + j) * 16) : _mm512_setzero_ps();
+                transpose16(r);
+                for (int c = 0; c < nc; c++) {
+                    float *d = y + (size_t)(cb * 16 + c) * HW + (size_t)yy * W + x0;
+                    __m512 v = r[c];
+                    if (beta == 0.0f) {
+                        if (bias)
+                            v = _mm512_add_ps(v, _mm512_set1_ps(bias[cb * 16 + c]));
+                    } else {
+                        v = _mm512_fmadd_ps(vbeta, _mm512_maskz_loadu_ps(m, d), v);
+                    }
+                    _mm512_mask_storeu_ps(d, m, v);
+                }
+            }
+    }
+}
+#else
+static void unpack_plane(float *y, const float *O, const float *bias, float beta, int C, int H, int W, int OH,
+                         int OW)
+{
+    for (int c = 0; c < C; c++) {
+        const float *src = O + (size_t)(c / 16) * OH * OW * 16 + c % 16;
+        float *dst = y + (size_t)c * H * W;
+        const float bv = bias ? bias[c] : 0.0f;
+        for (int yy = 0; yy < H; yy++) {
+            const float *s = src + (size_t)yy * OW * 16;
+            float *d = dst + (size_t)yy * W;
+            if (beta == 0.0f)
+                for (int xx = 0; xx < W; xx++)
+                    d[xx] = s[(size_t)xx * 16] + bv;
+            else
+                for (int xx = 0; xx < W; xx++)
+                    d[xx] = beta * d[xx] + s[(size_t)xx * 16];
+        }
+    }
+}
+#endif
+
+/* ---- one unit: the forward chain (also din's, on dout with rotated weights) ---- */
+
+/* y [nb, Co, H, W] (beta, bias as unpack_plane) = conv(x [nb, Ci, H, W]) with the
+ * transformed weights U [16][Ci_p][Co_p]. */
+static void forward_unit(const geometry *g, const lane_buffers *lb, float *y, float beta, const float *x,
+                         const float *U, const float *bias, int Ci, int Co, int nb)
+{
+    const int Ci_p = round_up(Ci, 16), Co_p = round_up(Co, 16);
+    const int nt = nb * g->tiles;
+    const size_t HW = (size_t)g->H * g->W;
+    for (int b = 0; b < nb; b++) {
+        pack_plane(lb->P, x + (size_t)b * Ci * HW, Ci, Ci_p, g->H, g->W, g->Hp, g->Wp);
+        input_transform(lb->V, lb->P, g, Ci_p, b * g->tiles);
+    }
+    for (int xi = 0; xi < g->n_xi; xi++)
+        product(MR_FWD, nt, Co_p, Ci_p, lb->V + (size_t)xi * g->Tp * Ci_p, Ci_p, 1,
+                U + (size_t)xi * Ci_p * Co_p, Co_p, lb->Y + (size_t)xi * g->Tp * Co_p, Co_p, 0);
+    for (int b = 0; b < nb; b++) {
+        output_transform(lb->P, lb->Y, g, Co_p, b * g->tiles);
+        unpack_plane(y + (size_t)b * Co * HW, lb->P, bias, beta, Co, g->H, g->W, g->m * g->TH, g->m * g->TW);
+    }
+}
+
+void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const float *weight, const float *bias,
+                          int B, int Cin, int H, int W, int Cout)
+{
+    const geometry g = make_geometry(B, Cin, H, W, Cout);
+    float *U = scratch;
+    /* U [16][Cin_p][Cout_p] from weight [Cout][Cin][3][3]: rows ci, columns co */
+    weight_transform(&g, U, weight, Cin, Cout, g.Cin_p, g.Cout_p, 9, (ptrdiff_t)Cin * 9, 0);
+    const size_t in_image = (size_t)Cin * H * W, out_image = (size_t)Cout * H * W;
+#pragma omp parallel for schedule(static, 1) if (lanes_in_parallel(&g))
+    for (int lane = 0; lane < g.n_lanes; lane++) {
+        const lane_buffers lb = lane_at(&g, scratch, lane);
+        int u0, u1;
+        unit_range(&g, lane, &u0, &u1);
+        for (int u = u0; u < u1; u++) {
+            const int b0 = u * g.nb, nb = B - b0 < g.nb ? B - b0 : g.nb;
+            forward_unit(&g, &lb, out + (size_t)b0 * out_image, 0.0f, in + (size_t)b0 * in_image, U, bias,
+                         Cin, Cout, nb);
+        }
+    }
+}
+
+/* ---- backward ---------------------------------------------------------------------- */
+
+/* sum_i x[i] in double over 8 partial sums (element i to partial i % 8, added in
+ * order): a fixed order that vectorises. */
+static double sum_x(const float *x, size_t n)
+{
+    double acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += (double)x[i + j];
+    for (int j = 0; i < n; i++, j++)
+        acc[j] += (double)x[i];
+    double s = 0.0;
+    for (int j = 0; j < 8; j++)
+        s += acc[j];
+    return s;
+}
+
+/* dU_lane (+)= sum over the unit's tiles of V^T M (first: overwrite). */
+static void weight_grad_unit(const geometry *g, const lane_buffers *lb, const float *x, const float *dy,
+                             int nb, int first)
+{
+    const size_t HW = (size_t)g->H * g->W;
+    const int nt = nb * g->tiles;
+    for (int b = 0; b < nb; b++) {
+        pack_plane(lb->P, x + (size_t)b * g->Cin * HW, g->Cin, g->Cin_p, g->H, g->W, g->Hp, g->Wp);
+        input_transform(lb->V, lb->P, g, g->Cin_p, b * g->tiles);
+        pack_plane(lb->P, dy + (size_t)b * g->Cout * HW, g->Cout, g->Cout_p, g->H, g->W, g->Hp, g->Wp);
+        grad_transform(lb->M, lb->P, g, g->Cout_p, b * g->tiles);
+    }
+    for (int xi = 0; xi < g->n_xi; xi++)
+        product(MR_DW, g->Cin_p, g->Cout_p, nt, lb->V + (size_t)xi * g->Tp * g->Cin_p, 1, g->Cin_p,
+                lb->M + (size_t)xi * g->Tp * g->Cout_p, g->Cout_p, lb->dU + (size_t)xi * g->Cin_p * g->Cout_p,
+                g->Cout_p, !first);
+}
+
+void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
+                           const float *dout, const float *in, const float *weight, int B, int Cin, int H,
+                           int W, int Cout)
+{
+    const geometry g = make_geometry(B, Cin, H, W, Cout);
+    const size_t HW = (size_t)H * W;
+
+    if (dbias) {
+#pragma omp parallel for schedule(static) if ((size_t)Cout * HW * B > 32768)
+        for (int co = 0; co < Cout; co++) {
+            double sum = 0.0;
+            for (int b = 0; b < B; b++)
+                sum += sum_x(dout + ((size_t)b * Cout + co) * HW, HW);
+            dbias[co] += (float)sum;
+        }
+    }
+    if (!din && !dweight)
+        return;
+
+    float *U = scratch;
+    /* din's forward runs on dout: U [16][Cout_p][Cin_p] from the rotated filters,
+     * rows co, columns ci */
+    if (din)
+        weight_transform(&g, U, weight, Cout, Cin, g.Cout_p, g.Cin_p, (ptrdiff_t)Cin * 9, 9, 1);
+
+#pragma omp parallel for schedule(static, 1) if (lanes_in_parallel(&g))
+    for (int lane = 0; lane < g.n_lanes; lane++) {
+        const lane_buffers lb = lane_at(&g, scratch, lane);
+        int u0, u1;
+        unit_range(&g, lane, &u0, &u1);
+        for (int u = u0; u < u1; u++) {
+            const int b0 = u * g.nb, nb = B - b0 < g.nb ? B - b0 : g.nb;
+            const float *dy = dout + (size_t)b0 * Cout * HW;
+            if (dweight)
+                weight_grad_unit(&g, &lb, in + (size_t)b0 * Cin * HW, dy, nb, u == u0);
+            if (din)
+                forward_unit(&g, &lb, din + (size_t)b0 * Cin * HW, beta, dy, U, NULL, Cout, Cin, nb);
+        }
+    }
+
+    if (dweight) {
+        /* dweight[co][ci] += G^T (sum of the lanes' dU, in lane order) G: the lanes
+         * are added into lane 0's dU, element by element in lane order */
+        float *dU0 = lane_at(&g, scratch, 0).dU;
+        const size_t n = g.dU_floats;
+#pragma omp parallel for schedule(static) if (n * g.n_lanes > 32768)
+        for (size_t i = 0; i < n; i++) {
+            float s = dU0[i];
+            for (int lane = 1; lane < g.n_lanes; lane++)
+                s += dU0[(size_t)lane * g.lane_floats + i];
+            dU0[i] = s;
+        }
+        double G[MAX_ALPHA][3];
+        load_G(&g, G);
+#pragma omp parallel for schedule(static) if ((size_t)Cout * Cin > 256)
+        for (int ci = 0; ci < Cin; ci++)
+            for (int co = 0; co < Cout; co++) {
+                double m[MAX_ALPHA * MAX_ALPHA];
+                for (int xi = 0; xi < g.n_xi; xi++)
+                    m[xi] = dU0[((size_t)xi * g.Cin_p + ci) * g.Cout_p + co];
+                weight_grad_transform(&g, G, dweight, m, ci, co);
+            }
+    }
+}
