@@ -301,6 +301,83 @@ static void test_bad_arguments_and_unwritable_paths_are_errors(void **state)
     assert_non_null(strstr(ddpm_last_error(), "no/such/dir/g.png"));
 }
 
+/* Writes an 8 x 8 PNG and rewrites the width and height in its IHDR chunk (stb_image
+ * does not check chunk CRCs): a header that claims a huge image. */
+static const char *write_png_claiming(const char *name, uint32_t width, uint32_t height)
+{
+    uint8_t img[64] = {0};
+    const char *path = tu_path(tmpdir, name);
+    assert_int_equal(ddpm_png_write(path, img, 8, 8, 1), 0);
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    uint8_t dims[8] = {width >> 24, width >> 16, width >> 8, width, height >> 24, height >> 16, height >> 8, height};
+    assert_int_equal(fseek(f, 16, SEEK_SET), 0);
+    assert_int_equal(fwrite(dims, 1, 8, f), 8);
+    assert_int_equal(fclose(f), 0);
+    return path;
+}
+
+
+/* The bug report's 60000 x 60000 "bomb" was reported as "unknown image type"
+ * (stbi_info refuses it and then tries every other format); a 6000 x 6000 one
+ * (36 M pixels, over the limit) was decoded. Both are refused from the header,
+ * before any decoding, with a message that says "too large". */
+static void test_images_over_the_pixel_limit_are_refused_as_too_large_before_decoding(void **state)
+{
+    (void)state;
+    const char *names[2] = {"bomb.png", "big.png"};
+    uint32_t sides[2] = {60000, 6000};
+    for (int k = 0; k < 2; k++) {
+        const char *path = write_png_claiming(names[k], sides[k], sides[k]);
+        int w, h, c;
+        uint8_t out[16];
+        assert_int_equal(ddpm_image_probe(path, &w, &h, &c), DDPM_EFORMAT);
+        assert_non_null(strstr(ddpm_last_error(), "too large"));
+        assert_non_null(strstr(ddpm_last_error(), names[k]));
+        assert_int_equal(ddpm_image_load_u8(path, out, 4, 1), DDPM_EFORMAT);
+        assert_non_null(strstr(ddpm_last_error(), "too large"));
+    }
+    /* at the limit: 8192 x 4096 = 2^25 pixels probes fine */
+    int w, h, c;
+    assert_int_equal(ddpm_image_probe(write_png_claiming("limit.png", 8192, 4096), &w, &h, &c), 0);
+    assert_int_equal(w, 8192);
+    /* GIF and BMP headers of 65535 x 65535 and 40000 x 40000 */
+    uint8_t gif[32] = {'G', 'I', 'F', '8', '9', 'a', 0xff, 0xff, 0xff, 0xff, 0x80};
+    uint8_t bmp[64] = {'B', 'M', [10] = 54, [14] = 40, [18] = 0x40, 0x9c, [22] = 0x40, 0x9c, [26] = 1, [28] = 24};
+    assert_int_equal(tu_write_file(tu_path(tmpdir, "bomb.gif"), gif, sizeof gif), 0);
+    assert_int_equal(tu_write_file(tu_path(tmpdir, "bomb.bmp"), bmp, sizeof bmp), 0);
+    assert_int_equal(ddpm_image_probe(tu_path(tmpdir, "bomb.gif"), &w, &h, &c), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "too large"));
+    assert_int_equal(ddpm_image_probe(tu_path(tmpdir, "bomb.bmp"), &w, &h, &c), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "too large"));
+}
+
+/* The crop and channel conversion run in place on a copy of the pixels: the
+ * source is left as it was, a gray image asked for as RGB is the gray result in
+ * every channel, and RGBA gives what RGB gives (alpha dropped), through a resize. */
+static void test_conversion_in_place_keeps_the_source_and_matches_per_channel_results(void **state)
+{
+    (void)state;
+    enum { W = 37, H = 23, SZ = 11 };
+    static uint8_t gray[W * H], rgb[W * H * 3], rgba[W * H * 4], saved[W * H * 4];
+    for (int i = 0; i < W * H; i++) {
+        gray[i] = (uint8_t)(i * 7919 >> 2);
+        for (int c = 0; c < 3; c++)
+            rgb[i * 3 + c] = rgba[i * 4 + c] = (uint8_t)(i * 31 + c * 85);
+        rgba[i * 4 + 3] = (uint8_t)i;
+    }
+    memcpy(saved, rgba, sizeof rgba);
+    uint8_t g1[SZ * SZ], g3[3 * SZ * SZ], a3[3 * SZ * SZ], b3[3 * SZ * SZ];
+    assert_int_equal(ddpm_image_convert_u8(g1, gray, W, H, 1, SZ, 1), 0);
+    assert_int_equal(ddpm_image_convert_u8(g3, gray, W, H, 1, SZ, 3), 0);
+    for (int c = 0; c < 3; c++)
+        assert_memory_equal(g3 + c * SZ * SZ, g1, SZ * SZ);
+    assert_int_equal(ddpm_image_convert_u8(a3, rgba, W, H, 4, SZ, 3), 0);
+    assert_int_equal(ddpm_image_convert_u8(b3, rgb, W, H, 3, SZ, 3), 0);
+    assert_memory_equal(a3, b3, sizeof a3);
+    assert_memory_equal(rgba, saved, sizeof rgba);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -315,6 +392,8 @@ int main(void)
         cmocka_unit_test(test_resize_of_a_gradient_keeps_its_direction),
         cmocka_unit_test(test_non_image_and_missing_files_are_errors_naming_the_file),
         cmocka_unit_test(test_bad_arguments_and_unwritable_paths_are_errors),
+        cmocka_unit_test(test_images_over_the_pixel_limit_are_refused_as_too_large_before_decoding),
+        cmocka_unit_test(test_conversion_in_place_keeps_the_source_and_matches_per_channel_results),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

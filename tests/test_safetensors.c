@@ -39,26 +39,12 @@ static int teardown(void **state)
 
 static unsigned char *read_all(const char *path, size_t *n)
 {
-    FILE *fp = fopen(path, "rb");
-    assert_non_null(fp);
-    fseek(fp, 0, SEEK_END);
-    long size = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    unsigned char *b = malloc(size > 0 ? (size_t)size : 1);
+    unsigned char *b = tu_read_file(path, n);
     assert_non_null(b);
-    assert_int_equal(fread(b, 1, (size_t)size, fp), (size_t)size);
-    fclose(fp);
-    *n = (size_t)size;
     return b;
 }
 
-static void write_all(const char *path, const void *b, size_t n)
-{
-    FILE *fp = fopen(path, "wb");
-    assert_non_null(fp);
-    assert_int_equal(fwrite(b, 1, n, fp), n);
-    assert_int_equal(fclose(fp), 0);
-}
+static void write_all(const char *path, const void *b, size_t n) { assert_int_equal(tu_write_file(path, b, n), 0); }
 
 static int starts_with(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
 
