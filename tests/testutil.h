@@ -109,6 +109,7 @@ static inline int tu_remove_tree(const char *dir)
 /* The whole file in a malloc'ed buffer (*n bytes); NULL if it cannot be read. */
 static inline unsigned char *tu_read_file(const char *path, size_t *n)
 {
+    *n = 0;
     FILE *fp = fopen(path, "rb");
     if (!fp)
         return NULL;

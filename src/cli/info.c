@@ -69,6 +69,7 @@ int cmd_info(int argc, char **argv)
         cJSON_AddNumberToObject(o, "tensors_in_file", n);
         cJSON_AddBoolToObject(o, "has_ema", ddpm_checkpoint_has(ck, net, "ema."));
         cJSON_AddBoolToObject(o, "has_optimizer", ddpm_checkpoint_has(ck, net, "adam_m."));
+        cJSON_AddBoolToObject(o, "checksums_verified", ddpm_checkpoint_checksummed(ck));
         if (tensors) {
             cJSON *list = cJSON_AddArrayToObject(o, "tensors");
             for (int i = 0; i < n; i++) {
@@ -90,10 +91,11 @@ int cmd_info(int argc, char **argv)
         cJSON *c = cJSON_Parse(config_json), *stj = cJSON_Parse(state_json);
         char *cp = cJSON_Print(c), *sp = cJSON_Print(stj);
         printf("checkpoint: %s\nformat version: %d\nparameters: %zu\nstep: %ld\ntraining time: %.1f s\n"
-               "EMA weights: %s\noptimizer state: %s\ntensors in file: %d\nconfig: %s\nstate: %s\n",
+               "EMA weights: %s\noptimizer state: %s\ntensors in file: %d\nchecksums: %s\nconfig: %s\nstate: %s\n",
                path, DDPM_CHECKPOINT_FORMAT_VERSION, net->n_params, s->step, s->elapsed_seconds,
                ddpm_checkpoint_has(ck, net, "ema.") ? "yes" : "no", ddpm_checkpoint_has(ck, net, "adam_m.") ? "yes" : "no",
-               n, cp ? cp : "?", sp ? sp : "?");
+               n, ddpm_checkpoint_checksummed(ck) ? "crc32c of every tensor verified" : "none (an older file; its data is not verified)",
+               cp ? cp : "?", sp ? sp : "?");
         free(cp);
         free(sp);
         cJSON_Delete(c);
