@@ -83,11 +83,71 @@ static int too_large_error(const char *path, long long width, long long height)
                       path, width, height, DDPM_IMAGE_MAX_PIXELS, DDPM_IMAGE_MAX_SIDE);
 }
 
+/* The JPEG file f's Huffman tables, each of at most 256 codes. The stb_image we
+ * build against (Debian's 2022 snapshot) trusts the 16 code counts of a DHT
+ * segment: their sum, up to 4080, indexes arrays of 257 and 256 entries, so a
+ * crafted file overwrote the decoder's memory (found by tests/fuzz/fuzz_image.c;
+ * later stb_image versions check this). Walks every segment, including those
+ * after the entropy-coded data of each scan. Returns 0, or -1 for a bad table. */
+static int jpeg_tables_ok(FILE *f)
+{
+    if (fseek(f, 2, SEEK_SET) != 0)
+        return 0;
+    /* Like stb_image, bytes that are not a marker are skipped one at a time: this
+     * also walks the entropy-coded data of each scan, where 0xff is followed by 0
+     * (stuffing) or a restart marker, and finds every table however it is placed. */
+    int c, ok = 0;
+    while (!ok && (c = getc(f)) != EOF) {
+        if (c != 0xff)
+            continue;
+        while ((c = getc(f)) == 0xff) /* fill bytes */
+            ;
+        if (c == EOF || c == 0xd9) /* end of image */
+            break;
+        if (c == 0x00 || c == 0x01 || (c >= 0xd0 && c <= 0xd8)) /* stuffing, markers without a length */
+            continue;
+        int hi = getc(f), lo = getc(f);
+        if (hi == EOF || lo == EOF)
+            break;
+        long len = (long)(hi << 8 | lo) - 2;
+        if (c != 0xc4) {
+            if (len > 0 && fseek(f, len, SEEK_CUR) != 0)
+                break;
+            continue;
+        }
+        while (len > 0) { /* DHT: tables of 1 + 16 + n bytes, read while any length is left */
+            uint8_t counts[17] = {0};
+            size_t got = fread(counts, 1, 17, f);
+            int n = 0;
+            for (int i = 1; i < 17; i++)
+                n += counts[i];
+            if (n > 256)
+                ok = -1;
+            if (ok || got < 17 || fseek(f, n, SEEK_CUR) != 0)
+                break;
+            len -= 17 + n;
+        }
+    }
+    rewind(f);
+    return ok;
+}
+
 /* The header of the open file f, checked against the size limits; the file
- * position is left at the start. */
+ * position is left at the start. Besides the pixel limit, an image must not
+ * claim more than MAX_PIXELS_PER_BYTE pixels per byte of file: no format
+ * stb_image reads packs more (GIF's LZW manages about 2,700 at best, PNG's
+ * deflate about 1,030, the RLE formats 128), so a tiny or truncated file cannot
+ * make the decoder allocate and fill a large image (a fuzzer's 74-byte TGA
+ * claimed 2586 x 8196 pixels). */
+enum { MAX_PIXELS_PER_BYTE = 4096 };
+
 static int read_header(FILE *f, const char *path, int *width, int *height, int *channels)
 {
     int w = 0, h = 0, n = 0;
+    uint8_t magic[2] = {0, 0};
+    if (fread(magic, 1, 2, f) == 2 && magic[0] == 0xff && magic[1] == 0xd8 && jpeg_tables_ok(f) != 0)
+        return ddpm_error(DDPM_EFORMAT, "%s: corrupt JPEG (a Huffman table of more than 256 codes)", path);
+    rewind(f);
     if (!stbi_info_from_file(f, &w, &h, &n)) {
         const char *why = stbi_failure_reason();
         long long sw, sh;
@@ -100,6 +160,10 @@ static int read_header(FILE *f, const char *path, int *width, int *height, int *
         return ddpm_error(DDPM_EFORMAT, "%s: bad image header (%d x %d, %d channels)", path, w, h, n);
     if (too_large(w, h))
         return too_large_error(path, w, h);
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && (long long)w * h > (long long)MAX_PIXELS_PER_BYTE * st.st_size)
+        return ddpm_error(DDPM_EFORMAT, "%s: a %d x %d image cannot fit in %lld bytes (truncated or corrupt)",
+                          path, w, h, (long long)st.st_size);
     *width = w;
     *height = h;
     *channels = n;
