@@ -16,20 +16,6 @@ struct ddpm_checkpoint {
     ddpm_train_state state;
 };
 
-void ddpm_run_config_default(ddpm_run_config *c)
-{
-    memset(c, 0, sizeof *c);
-    ddpm_unet_config_default(&c->model);
-    c->schedule = DDPM_SCHEDULE_LINEAR;
-    c->timesteps = 1000;
-    c->beta_start = 1e-4;
-    c->beta_end = 0.02;
-    ddpm_optim_config_default(&c->optim);
-    c->batch = 64;
-    c->flip = 0;
-    c->seed = 0;
-}
-
 /* ---------------------------------------------------------------- to JSON */
 
 static cJSON *int_array(const int *v, int n)

@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +14,7 @@
 #include <stb_image_write.h>
 
 #include "ddpm/error.h"
+#include "ddpm/fsutil.h"
 
 static uint32_t be32(const uint8_t *p)
 {
@@ -345,18 +345,29 @@ void ddpm_image_float_to_u8(uint8_t *out, const float *in, size_t n)
 }
 
 typedef struct {
+    const uint8_t *pixels;
+    int width, height, channels;
     FILE *f;
     int failed;
-} png_sink;
+} png_writer;
 
 static void png_sink_write(void *context, void *data, int n)
 {
-    png_sink *sink = context;
-    if (n > 0 && fwrite(data, 1, (size_t)n, sink->f) != (size_t)n)
-        sink->failed = 1;
+    png_writer *w = context;
+    if (n > 0 && fwrite(data, 1, (size_t)n, w->f) != (size_t)n)
+        w->failed = 1;
 }
 
-static atomic_uint tmp_counter;
+static int write_png_file(void *ctx, FILE *f)
+{
+    png_writer *w = ctx;
+    w->f = f;
+    int ok = stbi_write_png_to_func(png_sink_write, w, w->width, w->height, w->channels, w->pixels,
+                                    w->width * w->channels);
+    if (w->failed)
+        return -1;
+    return ok ? 0 : DDPM_ENOMEM;
+}
 
 int ddpm_png_write(const char *path, const uint8_t *pixels, int width, int height, int channels)
 {
@@ -364,47 +375,10 @@ int ddpm_png_write(const char *path, const uint8_t *pixels, int width, int heigh
         channels < 1 || channels > 4)
         return ddpm_error(DDPM_EINVAL, "%s: cannot write a %d x %d image with %d channels", path,
                           width, height, channels);
-    size_t len = strlen(path) + 48;
-    char *tmp = ddpm_malloc(len, 1);
-    if (!tmp)
-        return DDPM_ENOMEM;
-    snprintf(tmp, len, "%s.tmp.%ld.%u", path, (long)getpid(), atomic_fetch_add(&tmp_counter, 1));
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd < 0) {
-        int rc = ddpm_error(DDPM_EIO, "%s: cannot create temporary file: %s", path, strerror(errno));
-        free(tmp);
-        return rc;
-    }
-    png_sink sink = {fdopen(fd, "wb"), 0};
-    if (!sink.f) {
-        int rc = ddpm_error(DDPM_EIO, "%s: cannot open temporary file: %s", path, strerror(errno));
-        close(fd);
-        unlink(tmp);
-        free(tmp);
-        return rc;
-    }
-    int ok = stbi_write_png_to_func(png_sink_write, &sink, width, height, channels, pixels,
-                                    width * channels);
-    int write_errno = errno;
-    if (fflush(sink.f) != 0 || ferror(sink.f)) {
-        sink.failed = 1;
-        write_errno = errno;
-    }
-    if (fclose(sink.f) != 0 && !sink.failed) {
-        sink.failed = 1;
-        write_errno = errno;
-    }
-    int rc = 0;
-    if (!ok)
+    png_writer w = {pixels, width, height, channels, NULL, 0};
+    int rc = ddpm_atomic_write(path, write_png_file, &w);
+    if (rc == DDPM_ENOMEM && !w.failed)
         rc = ddpm_error(DDPM_ENOMEM, "%s: PNG encoding failed (out of memory)", path);
-    else if (sink.failed)
-        rc = ddpm_error(DDPM_EIO, "%s: write failed: %s", path, strerror(write_errno));
-    else if (rename(tmp, path) != 0)
-        rc = ddpm_error(DDPM_EIO, "%s: cannot rename temporary file into place: %s", path,
-                        strerror(errno));
-    if (rc)
-        unlink(tmp);
-    free(tmp);
     return rc;
 }
 

@@ -1,4 +1,4 @@
-/* safetensors.c: the .safetensors writer (atomic: temp file, fsync, rename) and a
+/* safetensors.c: the .safetensors writer (atomic, through ddpm_atomic_write) and a
  * reader that validates every field of an untrusted file before use. */
 #include "ddpm/safetensors.h"
 
@@ -16,6 +16,7 @@
 
 #include "ddpm/crc32c.h"
 #include "ddpm/error.h"
+#include "ddpm/fsutil.h"
 
 /* Integers in the header are parsed by cJSON as doubles: only values below 2^53
  * are represented exactly, so larger ones are refused rather than rounded. */
@@ -345,30 +346,29 @@ static int build_checksums(strbuf *sb, const char *path, const ddpm_st_tensor *t
     return 0;
 }
 
-/* fsync of the folder holding `path`, so the rename itself is durable. */
-static int sync_parent_dir(const char *path)
+
+typedef struct {
+    const strbuf *header;
+    const ddpm_st_tensor *tensors;
+    int n_tensors;
+    float *chunk;
+    size_t chunk_len;
+} st_writer;
+
+static int write_file(void *ctx, FILE *fp)
 {
-    const char *slash = strrchr(path, '/');
-    char *dir;
-    if (!slash)
-        dir = strdup(".");
-    else if (slash == path)
-        dir = strdup("/");
-    else
-        dir = strndup(path, (size_t)(slash - path));
-    if (!dir)
-        return ddpm_error(DDPM_ENOMEM, "%s: out of memory", path);
-    int rc = 0;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0 || (fsync(fd) != 0 && errno != EINVAL && errno != EROFS)) {
-        /* EINVAL: the filesystem does not sync folders; nothing more can be done. */
-        rc = ddpm_error(DDPM_EIO, "%s: written, but syncing its folder %s failed: %s", path, dir,
-                        strerror(errno));
+    const st_writer *w = ctx;
+    unsigned char len_field[8];
+    write_le64(len_field, (uint64_t)w->header->len);
+    if (fwrite(len_field, 1, 8, fp) != 8 || fwrite(w->header->p, 1, w->header->len, fp) != w->header->len)
+        return -1;
+    for (int i = 0; i < w->n_tensors; i++) {
+        int64_t n = 0;
+        element_count(w->tensors[i].shape, w->tensors[i].ndim, &n);
+        if (write_f32_le(fp, w->tensors[i].data, (size_t)n, w->chunk, w->chunk_len))
+            return -1;
     }
-    if (fd >= 0)
-        close(fd);
-    free(dir);
-    return rc;
+    return 0;
 }
 
 int ddpm_safetensors_write(const char *path, const ddpm_st_tensor *tensors, int n_tensors,
@@ -396,68 +396,17 @@ int ddpm_safetensors_write(const char *path, const ddpm_st_tensor *tensors, int 
         free(header.p);
         return rc;
     }
-
-    size_t tmp_len = strlen(path) + 32;
-    char *tmp = malloc(tmp_len);
     const size_t chunk_len = (size_t)1 << 16;
     float *chunk = host_is_little_endian() ? NULL : malloc(chunk_len * sizeof(float));
-    if (!tmp || (!host_is_little_endian() && !chunk)) {
+    if (!host_is_little_endian() && !chunk) {
         free(header.p);
-        free(tmp);
-        free(chunk);
         return ddpm_error(DDPM_ENOMEM, "%s: out of memory", path);
     }
-    snprintf(tmp, tmp_len, "%s.tmp.%ld", path, (long)getpid());
-
-    FILE *fp = fopen(tmp, "wb");
-    if (!fp) {
-        rc = ddpm_error(DDPM_EIO, "%s: cannot create temporary file %s: %s", path, tmp, strerror(errno));
-        free(header.p);
-        free(tmp);
-        free(chunk);
-        return rc;
-    }
-
-    const char *step = "writing";
-    unsigned char len_field[8];
-    write_le64(len_field, (uint64_t)header.len);
-    int ok = fwrite(len_field, 1, 8, fp) == 8 && fwrite(header.p, 1, header.len, fp) == header.len;
-    for (int i = 0; ok && i < n_tensors; i++) {
-        int64_t n = 0;
-        element_count(tensors[i].shape, tensors[i].ndim, &n);
-        ok = write_f32_le(fp, tensors[i].data, (size_t)n, chunk, chunk_len) == 0;
-    }
-    if (ok && fflush(fp) != 0) {
-        ok = 0;
-        step = "flushing";
-    }
-    if (ok && fsync(fileno(fp)) != 0) {
-        ok = 0;
-        step = "syncing";
-    }
-    int saved_errno = errno;
-    if (fclose(fp) != 0 && ok) {
-        ok = 0;
-        step = "closing";
-        saved_errno = errno;
-    }
-    if (ok && rename(tmp, path) != 0) {
-        ok = 0;
-        step = "renaming";
-        saved_errno = errno;
-    }
-    if (!ok) {
-        /* A short fwrite may not set errno (it always does on glibc via write(2)). */
-        rc = ddpm_error(DDPM_EIO, "%s: %s %s failed: %s", path, step, tmp,
-                        saved_errno ? strerror(saved_errno) : "short write");
-        unlink(tmp);
-    }
+    st_writer w = {&header, tensors, n_tensors, chunk, chunk_len};
+    rc = ddpm_atomic_write(path, write_file, &w);
     free(header.p);
-    free(tmp);
     free(chunk);
-    if (rc)
-        return rc;
-    return sync_parent_dir(path);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- reader */

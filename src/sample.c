@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "ddpm/error.h"
+#include "ddpm/imageio.h"
 
 void ddpm_sampler_config_default(ddpm_sampler_config *c)
 {
@@ -150,4 +151,98 @@ void ddpm_unet_eps(void *opaque, float *eps, const float *x_t, const int *i, int
 {
     ddpm_unet_eps_ctx *c = opaque;
     ddpm_unet_forward(c->net, c->params, c->ws, eps, x_t, i, B, NULL);
+}
+
+/* ---------------------------------------------------------------- to files */
+
+void ddpm_sample_files_config_default(ddpm_sample_files_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->n = 64;
+    c->batch = 64;
+    ddpm_sampler_config_default(&c->sampler);
+    c->sampler.kind = DDPM_SAMPLER_DDIM;
+    c->grid_path = "samples.png";
+    c->pad = 2;
+    c->pad_value = 255;
+    c->trajectory_k = 10;
+}
+
+typedef struct {
+    ddpm_sample_progress p;
+    ddpm_sample_progress_fn fn;
+    void *fn_ctx;
+    float *traj; /* [rows, K, D] */
+    int traj_rows, K;
+    size_t D;
+} files_step_ctx;
+
+/* Keeps the predicted x0 at the trajectory's columns and reports progress. */
+static void files_on_step(void *opaque, int k, int n_steps, int i, const float *x, const float *x0, int B)
+{
+    (void)i;
+    (void)x;
+    files_step_ctx *f = opaque;
+    int first = f->p.first;
+    for (int col = 0; f->traj && first < f->traj_rows && col < f->K; col++) {
+        int at = f->K == 1 ? n_steps - 1 : (int)floor((double)col * (n_steps - 1) / (f->K - 1) + 0.5);
+        if (at != k)
+            continue;
+        for (int b = 0; b < B && first + b < f->traj_rows; b++)
+            memcpy(f->traj + ((size_t)(first + b) * f->K + col) * f->D, x0 + (size_t)b * f->D,
+                   f->D * sizeof(float));
+    }
+    if (f->fn) {
+        f->p.step = k + 1;
+        f->p.n_steps = n_steps;
+        f->fn(f->fn_ctx, &f->p);
+    }
+}
+
+int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_schedule *s,
+                      const ddpm_sample_files_config *c, ddpm_unet_workspace *ws,
+                      ddpm_sample_progress_fn progress, void *progress_ctx)
+{
+    if (c->n < 1 || c->batch < 1)
+        return ddpm_error(DDPM_EINVAL, "sampling needs n >= 1 and batch >= 1, got n %d, batch %d", c->n,
+                          c->batch);
+    if (c->trajectory_path && c->trajectory_k < 1)
+        return ddpm_error(DDPM_EINVAL, "%s: trajectory_k must be >= 1", c->trajectory_path);
+    int n = c->n, B = c->batch < n ? c->batch : n;
+    int C = net->cfg.in_channels, S = net->cfg.image_size;
+    size_t D = (size_t)C * S * S;
+    ddpm_unet_workspace *own_ws = NULL;
+    int rc = ws ? DDPM_OK : ddpm_unet_workspace_create(&own_ws, net, B, 0);
+    if (rc)
+        return rc;
+    files_step_ctx f = {.p = {.n = n}, .fn = progress, .fn_ctx = progress_ctx, .K = c->trajectory_k, .D = D};
+    float *x = ddpm_malloc((size_t)n * D, sizeof(float));
+    float *scratch = ddpm_malloc(4 * (size_t)B * D, sizeof(float));
+    if (c->trajectory_path) {
+        f.traj_rows = n < DDPM_TRAJECTORY_MAX_ROWS ? n : DDPM_TRAJECTORY_MAX_ROWS;
+        f.traj = ddpm_calloc((size_t)f.traj_rows * f.K * D, sizeof(float));
+    }
+    if (!x || !scratch || (c->trajectory_path && !f.traj))
+        rc = DDPM_ENOMEM;
+    ddpm_rng rng;
+    ddpm_rng_init(&rng, c->seed, DDPM_STREAM_SAMPLE);
+    ddpm_unet_eps_ctx eps_ctx = {net, params, ws ? ws : own_ws};
+    for (int first = 0; !rc && first < n; first += B) {
+        f.p.first = first;
+        f.p.B = n - first < B ? n - first : B;
+        rc = ddpm_sample(x + (size_t)first * D, scratch, f.p.B, D, first, s, &c->sampler, ddpm_unet_eps, &eps_ctx,
+                         &rng, files_on_step, &f);
+    }
+    if (!rc && c->grid_path)
+        rc = ddpm_image_save_grid(c->grid_path, x, n, C, S, c->nrow ? c->nrow : (int)ceil(sqrt((double)n)), c->pad,
+                                  c->pad_value);
+    if (!rc && c->each_dir)
+        rc = ddpm_image_save_each(c->each_dir, x, n, C, S, 0);
+    if (!rc && c->trajectory_path)
+        rc = ddpm_image_save_grid(c->trajectory_path, f.traj, f.traj_rows * f.K, C, S, f.K, c->pad, c->pad_value);
+    free(f.traj);
+    free(x);
+    free(scratch);
+    ddpm_unet_workspace_free(own_ws);
+    return rc;
 }

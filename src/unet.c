@@ -124,33 +124,6 @@ int ddpm_unet_config_check(const ddpm_unet_config *c)
     return DDPM_OK;
 }
 
-int ddpm_parse_int_list(const char *s, int *out, int max)
-{
-    int n = 0;
-    if (!*s)
-        return 0;
-    for (;;) {
-        char *end;
-        long v = strtol(s, &end, 10);
-        if (end == s || v < 0 || v > 1000000 || n >= max)
-            return -1;
-        out[n++] = (int)v;
-        if (*end == '\0')
-            return n;
-        if (*end != ',')
-            return -1;
-        s = end + 1;
-    }
-}
-
-void ddpm_format_int_list(char *buf, size_t size, const int *v, int n)
-{
-    size_t used = 0;
-    buf[0] = '\0';
-    for (int i = 0; i < n && used < size; i++)
-        used += (size_t)snprintf(buf + used, size - used, i ? ",%d" : "%d", v[i]);
-}
-
 /* ---------------------------------------------------------------- building */
 
 typedef struct {

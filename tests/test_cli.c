@@ -7,8 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ddpm/imageio.h"
@@ -96,6 +98,24 @@ static int teardown(void **state)
 
 #define TINY "--ch 8 --ch-mult 1,2 --res-blocks 1 --attn 4 --groups 4 --timesteps 50 --batch 4"
 
+/* A finished 4-step run in tmp/NAME, for the tests that need a checkpoint. */
+static void make_run(const char *name)
+{
+    assert_int_equal(ddpm("train data --out %s " TINY " --steps 4 --preview-n 0 --quiet", name), 0);
+}
+
+/* Lines in tmp/NAME (0 if it does not exist). */
+static int count_lines(const char *name)
+{
+    long size;
+    char *text = slurp(name, &size);
+    int n = 0;
+    for (long i = 0; text && i < size; i++)
+        n += text[i] == '\n';
+    free(text);
+    return n;
+}
+
 static void test_help_version_and_usage_errors(void **state)
 {
     (void)state;
@@ -161,19 +181,20 @@ static void test_train_skips_non_images_then_sample_is_byte_identical(void **sta
 static void test_sample_bad_input_exits_nonzero_with_one_line(void **state)
 {
     (void)state;
+    make_run("run_b");
     assert_int_equal(ddpm("sample missing_run --out x.png"), 1);
     assert_one_error_line("missing_run");
     assert_int_equal(ddpm("sample data/00.png --out x.png"), 1); /* not a checkpoint */
     assert_one_error_line("00.png");
-    assert_int_equal(ddpm("sample run --n 0"), 2);
+    assert_int_equal(ddpm("sample run_b --n 0"), 2);
     assert_one_error_line("--n");
-    assert_int_equal(ddpm("sample run --steps 51 --quiet"), 2); /* T is 50 */
+    assert_int_equal(ddpm("sample run_b --steps 51 --quiet"), 2); /* T is 50 */
     assert_one_error_line("50 timesteps");
-    assert_int_equal(ddpm("sample run --out /nonexistent/dir/x.png"), 1);
+    assert_int_equal(ddpm("sample run_b --out /nonexistent/dir/x.png"), 1);
     assert_one_error_line("/nonexistent/dir/x.png");
-    assert_int_equal(ddpm("train data --out run --steps 8 " TINY), 1); /* would overwrite */
+    assert_int_equal(ddpm("train data --out run_b --steps 8 " TINY), 1); /* would overwrite */
     assert_one_error_line("--resume");
-    assert_int_equal(ddpm("train data --out run --resume --lr 0.1"), 2); /* run flags are fixed */
+    assert_int_equal(ddpm("train data --out run_b --resume --lr 0.1"), 2); /* run flags are fixed */
     assert_one_error_line("--lr");
     assert_int_equal(ddpm("train empty_or_missing --out r2 --steps 1"), 1);
     assert_one_error_line("empty_or_missing");
@@ -182,13 +203,40 @@ static void test_sample_bad_input_exits_nonzero_with_one_line(void **state)
 static void test_sigint_saves_a_checkpoint_and_resume_continues(void **state)
 {
     (void)state;
-    /* SIGINT after 3 s of a run that would take hours: exit 0, a checkpoint, a hint */
+    /* SIGINT once a run that would take hours has logged a step: exit 0, a
+       checkpoint, a hint. The wait is on the log, not on a clock, so a loaded
+       machine (ctest -j) only makes it slower. */
     char cmd[2048];
     snprintf(cmd, sizeof cmd,
-             "cd '%s' && { '%s' train data --out run_int " TINY " --steps 100000000 --preview-n 0 & pid=$!; "
-             "sleep 3; kill -INT $pid; wait $pid; } >out.txt 2>err.txt",
-             tmp, DDPM_BINARY);
-    int st = system(cmd);
+             "exec '%s' train data --out run_int " TINY " --steps 100000000 --preview-n 0 --log-every 1",
+             DDPM_BINARY);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) { /* the shell execs ddpm, so pid is ddpm's */
+        if (chdir(tmp) || !freopen("out.txt", "w", stdout) || !freopen("err.txt", "w", stderr))
+            _exit(127);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    const struct timespec poll = {0, 20 * 1000 * 1000};
+    int waited_ms = 0;
+    while (count_lines("run_int/log.jsonl") < 1 && waited_ms < 240000 && waitpid(pid, NULL, WNOHANG) == 0) {
+        nanosleep(&poll, NULL);
+        waited_ms += 20;
+    }
+    int logged = count_lines("run_int/log.jsonl") >= 1;
+    kill(pid, logged ? SIGINT : SIGKILL);
+    /* it must stop by itself after the signal (a generous bound, then SIGKILL) */
+    int st = 0;
+    pid_t done = 0;
+    for (waited_ms = 0; (done = waitpid(pid, &st, WNOHANG)) == 0 && waited_ms < 120000; waited_ms += 20)
+        nanosleep(&poll, NULL);
+    if (!done) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+    }
+    assert_true(logged);
+    assert_int_equal(done, pid);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
     char *err = slurp("err.txt", NULL);

@@ -1,13 +1,17 @@
 /* Tests of the samplers on stub eps functions: single steps by hand, DDIM vs
  * DDPM equivalence, reproducibility, and sampling a known distribution with its
- * exact eps (so an off-by-one step between sampler and network shows up). */
+ * exact eps (so an off-by-one step between sampler and network shows up). And
+ * sampling a U-Net to files: grid, per-image PNGs, trajectory. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <stb_image.h>
 
 #include "ddpm/sample.h"
 #include "testutil.h"
@@ -244,6 +248,110 @@ static void test_bad_sampler_settings_are_refused(void **state)
     assert_true(ddpm_sample(x, scratch, 1, 4, 0, &sched, &c, gaussian_eps, &g, &rng, NULL, NULL) < 0);
 }
 
+/* The progress reports of one ddpm_sample_files call. */
+typedef struct {
+    int calls, bad;
+    int last_first, last_step;
+} progress_log;
+
+static void log_progress(void *ctx, const ddpm_sample_progress *p)
+{
+    progress_log *l = ctx;
+    /* steps count 1..n_steps within each batch; batches come in image order */
+    int want_step = l->calls == 0 || l->last_step == p->n_steps ? 1 : l->last_step + 1;
+    if (p->step != want_step || p->n != 5 || p->first + p->B > p->n)
+        l->bad++;
+    l->calls++;
+    l->last_first = p->first;
+    l->last_step = p->step;
+}
+
+static unsigned char *load_png(const char *path, int *w, int *h)
+{
+    int ch;
+    unsigned char *px = stbi_load(path, w, h, &ch, 1);
+    assert_non_null(px);
+    return px;
+}
+
+static void test_sample_files_writes_grid_each_and_trajectory_independent_of_batch(void **state)
+{
+    (void)state;
+    char dir[256];
+    assert_int_equal(tu_make_tmpdir(dir, sizeof dir, "sample"), 0);
+    ddpm_unet_config mc;
+    ddpm_unet_config_default(&mc);
+    mc.in_channels = 1, mc.image_size = 8, mc.ch = 8, mc.n_levels = 2, mc.ch_mult[1] = 2;
+    mc.num_res_blocks = 1, mc.n_attn = 0, mc.groups = 4;
+    ddpm_unet *net;
+    assert_int_equal(ddpm_unet_create(&net, &mc), 0);
+    float *params = tu_alloc(net->n_params);
+    tu_fill_uniform(params, net->n_params, 3, -0.2f, 0.2f); /* no zero-initialised layers */
+    ddpm_schedule s50;
+    assert_int_equal(ddpm_schedule_init(&s50, DDPM_SCHEDULE_LINEAR, 50, 1e-4, 0.02), 0);
+    char grid[2][300], traj[2][300], each[2][300];
+    const int batches[2] = {5, 2};
+    progress_log logs[2] = {{0}};
+    for (int k = 0; k < 2; k++) {
+        snprintf(grid[k], sizeof grid[k], "%s/grid%d.png", dir, k);
+        snprintf(traj[k], sizeof traj[k], "%s/traj%d.png", dir, k);
+        snprintf(each[k], sizeof each[k], "%s/each%d", dir, k);
+        ddpm_sample_files_config c;
+        ddpm_sample_files_config_default(&c);
+        c.n = 5;
+        c.batch = batches[k];
+        c.seed = 11;
+        c.sampler.steps = 6;
+        c.grid_path = grid[k];
+        c.each_dir = each[k];
+        c.trajectory_path = traj[k];
+        c.trajectory_k = 4;
+        assert_int_equal(ddpm_sample_files(net, params, &s50, &c, NULL, log_progress, &logs[k]), 0);
+    }
+    /* every step of every batch reported, in order */
+    assert_int_equal(logs[0].calls, 6);
+    assert_int_equal(logs[1].calls, 3 * 6);
+    assert_int_equal(logs[0].bad + logs[1].bad, 0);
+    assert_int_equal(logs[1].last_first, 4);
+    /* grid: 5 images, ceil(sqrt(5)) = 3 per row, 2 rows, pad 2; trajectory: 5 rows of 4 */
+    int w, h, w2, h2;
+    unsigned char *g0 = load_png(grid[0], &w, &h), *g1 = load_png(grid[1], &w2, &h2);
+    assert_int_equal(w, 3 * 8 + 4 * 2);
+    assert_int_equal(h, 2 * 8 + 3 * 2);
+    assert_true(w2 == w && h2 == h);
+    assert_memory_equal(g0, g1, (size_t)w * h); /* the batch split changes nothing */
+    int tw, th;
+    unsigned char *t0 = load_png(traj[0], &tw, &th), *t1 = load_png(traj[1], &w2, &h2);
+    assert_int_equal(tw, 4 * 8 + 5 * 2);
+    assert_int_equal(th, 5 * 8 + 6 * 2);
+    assert_memory_equal(t0, t1, (size_t)tw * th);
+    /* DDIM's last step lands on its predicted x0: the trajectory's last column is
+       the image, and the per-image file is the grid's cell */
+    for (int b = 0; b < 5; b++) {
+        char path[400];
+        snprintf(path, sizeof path, "%s/%05d.png", each[1], b);
+        int ew, eh;
+        unsigned char *e = load_png(path, &ew, &eh);
+        assert_true(ew == 8 && eh == 8);
+        for (int y = 0; y < 8; y++)
+            for (int x = 0; x < 8; x++) {
+                unsigned char in_grid = g0[(2 + (b / 3) * 10 + y) * w + 2 + (b % 3) * 10 + x];
+                unsigned char in_traj = t0[(2 + b * 10 + y) * tw + 2 + 3 * 10 + x];
+                assert_int_equal(e[y * 8 + x], in_grid);
+                assert_int_equal(e[y * 8 + x], in_traj);
+            }
+        stbi_image_free(e);
+    }
+    stbi_image_free(g0);
+    stbi_image_free(g1);
+    stbi_image_free(t0);
+    stbi_image_free(t1);
+    ddpm_schedule_free(&s50);
+    free(params);
+    ddpm_unet_free(net);
+    tu_remove_tree(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -255,6 +363,7 @@ int main(void)
         cmocka_unit_test(test_samplers_recover_a_gaussian_from_its_exact_eps),
         cmocka_unit_test(test_same_seed_same_images_for_any_batch_split),
         cmocka_unit_test(test_bad_sampler_settings_are_refused),
+        cmocka_unit_test(test_sample_files_writes_grid_each_and_trajectory_independent_of_batch),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

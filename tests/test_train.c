@@ -1,6 +1,6 @@
-/* Tests of the trainer, checkpoints and the run loop: the loss falls, the same
- * seed gives the same bytes, checkpoints round-trip exactly, broken checkpoints
- * are refused, a resumed run equals an uninterrupted one, NaN stops cleanly. */
+/* Tests of the trainer and its checkpoints: the loss falls, the same seed gives
+ * the same bytes, checkpoints round-trip exactly, broken checkpoints are refused,
+ * NaN stops cleanly. The run loop around it is tested in test_run.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,45 +14,10 @@
 
 #include "ddpm/checkpoint.h"
 #include "ddpm/error.h"
-#include "ddpm/imageio.h"
 #include "ddpm/safetensors.h"
 #include "ddpm/train.h"
 #include "testutil.h"
-
-/* 8x8 gray, ch 8, two levels, attention at 4, dropout on, batch 4, T 100 */
-static void tiny_run_config(ddpm_run_config *c)
-{
-    ddpm_run_config_default(c);
-    c->model.in_channels = 1;
-    c->model.image_size = 8;
-    c->model.ch = 8;
-    c->model.n_levels = 2;
-    c->model.ch_mult[0] = 1, c->model.ch_mult[1] = 2;
-    c->model.num_res_blocks = 1;
-    c->model.attn_res[0] = 4;
-    c->model.groups = 4;
-    c->model.dropout = 0.1f;
-    c->timesteps = 100;
-    c->batch = 4;
-    c->optim.lr = 2e-3f;
-    c->optim.warmup = 10;
-    c->seed = 42;
-}
-
-/* Images of the synthetic data set: bright squares at a few positions. */
-static void synthetic_image(float *x, int k, int S)
-{
-    int r0 = (k * 3) % (S - 3), c0 = (k * 5) % (S - 3);
-    for (int r = 0; r < S; r++)
-        for (int c = 0; c < S; c++)
-            x[r * S + c] = (r >= r0 && r < r0 + 3 && c >= c0 && c < c0 + 3) ? 1.0f : -1.0f;
-}
-
-static void synthetic_batch(float *x, int B, int S, long step)
-{
-    for (int b = 0; b < B; b++)
-        synthetic_image(x + (size_t)b * S * S, (int)((step * B + b) % 8), S);
-}
+#include "trainutil.h"
 
 static char tmpdir[256];
 
@@ -171,12 +136,6 @@ static void test_checkpoint_round_trip_is_exact_and_resume_continues_identically
     ddpm_trainer_free(whole);
 }
 
-static long file_size(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 ? (long)st.st_size : -1;
-}
-
 static void copy_prefix(const char *from, const char *to, long n, long flip_at)
 {
     FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
@@ -270,128 +229,6 @@ static void test_nan_loss_stops_without_touching_the_weights(void **state)
     ddpm_trainer_free(tr);
 }
 
-/* The whole command: a data folder of PNGs, a run folder, resume. */
-static void make_data_folder(const char *dir)
-{
-    assert_int_equal(mkdir(dir, 0777), 0);
-    float x[64];
-    uint8_t px[64];
-    for (int k = 0; k < 10; k++) {
-        synthetic_image(x, k, 8);
-        ddpm_image_float_to_u8(px, x, 64);
-        char path[512];
-        snprintf(path, sizeof path, "%s/img%02d.png", dir, k);
-        assert_int_equal(ddpm_png_write(path, px, 8, 8, 1), 0);
-    }
-}
-
-static void run_options(ddpm_train_options *o, const char *data, const char *out, long steps)
-{
-    ddpm_train_options_default(o);
-    tiny_run_config(&o->cfg);
-    o->cfg.model.image_size = 0; /* from the data */
-    o->cfg.model.in_channels = 0;
-    o->data_dir = data;
-    o->out_dir = out;
-    o->steps = steps;
-    o->quiet = 1;
-    o->log_every = 1;
-    o->save_every = 0;
-    o->preview_n = 4;
-    o->preview_steps = 3;
-}
-
-static void read_arena(const char *run, const char *prefix, float **out, size_t *n)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", run, DDPM_CHECKPOINT_FILE);
-    ddpm_checkpoint *ck;
-    assert_int_equal(ddpm_checkpoint_open(&ck, path), 0);
-    ddpm_unet *net;
-    assert_int_equal(ddpm_unet_create(&net, &ddpm_checkpoint_config(ck)->model), 0);
-    *n = net->n_params;
-    *out = malloc(*n * sizeof(float));
-    assert_int_equal(ddpm_checkpoint_read(ck, net, prefix, *out), 0);
-    ddpm_unet_free(net);
-    ddpm_checkpoint_close(ck);
-}
-
-static void test_resumed_run_equals_uninterrupted_run(void **state)
-{
-    (void)state;
-    char data[300], whole[300], split[300];
-    snprintf(data, sizeof data, "%s/data", tmpdir);
-    snprintf(whole, sizeof whole, "%s/whole", tmpdir);
-    snprintf(split, sizeof split, "%s/split", tmpdir);
-    make_data_folder(data);
-    ddpm_train_options o;
-    /* 7 steps of batch 4 over 10 images cross two epoch boundaries */
-    run_options(&o, data, whole, 7);
-    assert_int_equal(ddpm_train_run(&o), 0);
-    run_options(&o, data, split, 3);
-    assert_int_equal(ddpm_train_run(&o), 0);
-    /* a second fresh run into the same folder is refused and changes nothing */
-    char ckpt[600];
-    snprintf(ckpt, sizeof ckpt, "%s/%s", split, DDPM_CHECKPOINT_FILE);
-    long size_before = file_size(ckpt);
-    run_options(&o, data, split, 7);
-    assert_true(ddpm_train_run(&o) < 0);
-    assert_non_null(strstr(ddpm_last_error(), "--resume"));
-    assert_int_equal(file_size(ckpt), size_before);
-    o.resume = 1;
-    assert_int_equal(ddpm_train_run(&o), 0);
-    const char *prefixes[] = {"", "ema.", "adam_m.", "adam_v."};
-    for (int k = 0; k < 4; k++) {
-        float *a, *b;
-        size_t n;
-        read_arena(whole, prefixes[k], &a, &n);
-        read_arena(split, prefixes[k], &b, &n);
-        assert_memory_equal(a, b, n * sizeof(float));
-        free(a);
-        free(b);
-    }
-    /* log.jsonl: one line per step across both sessions, with the same losses */
-    char log_a[600], log_b[600], line_a[512], line_b[512];
-    snprintf(log_a, sizeof log_a, "%s/%s", whole, DDPM_LOG_FILE);
-    snprintf(log_b, sizeof log_b, "%s/%s", split, DDPM_LOG_FILE);
-    FILE *fa = fopen(log_a, "r"), *fb = fopen(log_b, "r");
-    assert_non_null(fa);
-    assert_non_null(fb);
-    int lines = 0;
-    while (fgets(line_a, sizeof line_a, fa)) {
-        assert_non_null(fgets(line_b, sizeof line_b, fb));
-        /* equal up to the timing fields */
-        *strstr(line_a, ",\"images_per_sec\"") = '\0';
-        *strstr(line_b, ",\"images_per_sec\"") = '\0';
-        assert_string_equal(line_a, line_b);
-        lines++;
-    }
-    assert_int_equal(lines, 7);
-    fclose(fa);
-    fclose(fb);
-    /* the preview grid of the last step exists: 4 images of 8x8 in a 2x2 grid */
-    char grid[600];
-    snprintf(grid, sizeof grid, "%s/%s/step_0000007.png", split, DDPM_SAMPLES_DIR);
-    int w, h, ch;
-    assert_int_equal(ddpm_image_probe(grid, &w, &h, &ch), 0);
-    assert_int_equal(w, 2 * 8 + 3 * 2);
-    assert_int_equal(h, 2 * 8 + 3 * 2);
-}
-
-static void test_empty_data_folder_is_an_error_naming_it(void **state)
-{
-    (void)state;
-    char data[300], out[300];
-    snprintf(data, sizeof data, "%s/empty", tmpdir);
-    snprintf(out, sizeof out, "%s/run_empty", tmpdir);
-    assert_int_equal(mkdir(data, 0777), 0);
-    ddpm_train_options o;
-    run_options(&o, data, out, 3);
-    assert_true(ddpm_train_run(&o) < 0);
-    assert_non_null(strstr(ddpm_last_error(), data));
-    assert_int_equal(file_size(out), -1); /* no run folder was made */
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -400,8 +237,6 @@ int main(void)
         cmocka_unit_test(test_checkpoint_round_trip_is_exact_and_resume_continues_identically),
         cmocka_unit_test(test_truncated_corrupt_and_foreign_checkpoints_are_refused),
         cmocka_unit_test(test_nan_loss_stops_without_touching_the_weights),
-        cmocka_unit_test(test_resumed_run_equals_uninterrupted_run),
-        cmocka_unit_test(test_empty_data_folder_is_an_error_naming_it),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -14,26 +14,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "ddpm/optim.h"
-#include "ddpm/schedule.h"
+#include "ddpm/config.h"
 #include "ddpm/unet.h"
 
 #define DDPM_CHECKPOINT_FORMAT_VERSION 1
-
-/* Everything that defines a run: what a resumed run must not change. */
-typedef struct {
-    ddpm_unet_config model;
-    ddpm_schedule_kind schedule;
-    int timesteps;
-    double beta_start, beta_end;
-    ddpm_optim_config optim;
-    int batch;
-    int flip;      /* random horizontal flips of training images */
-    uint64_t seed;
-} ddpm_run_config;
-
-/* DESIGN.md defaults (model for 28x28 gray; see optim.h for the optimiser). */
-void ddpm_run_config_default(ddpm_run_config *c);
 
 /* Where a run is: enough to continue it bit for bit. */
 typedef struct {

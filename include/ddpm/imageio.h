@@ -14,9 +14,9 @@
  * RGB -> gray is ITU-R BT.601 luma, round(0.299 R + 0.587 G + 0.114 B);
  * gray -> RGB replicates the gray value.
  *
- * Writing: PNGs go to a temporary file in the destination folder which is then
- * renamed into place, so a failed write never leaves a truncated file under the
- * final name (no fsync: images are cheap to regenerate, checkpoints are not). */
+ * Writing: PNGs are written atomically (ddpm_atomic_write in fsutil.h: a temporary
+ * file in the destination folder, fsync, rename), so a failed write never leaves a
+ * truncated file under the final name. */
 #ifndef DDPM_IMAGEIO_H
 #define DDPM_IMAGEIO_H
 

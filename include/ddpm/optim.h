@@ -31,7 +31,7 @@ void ddpm_adam_step(float *params, float *m, float *v, const float *g, size_t n,
                     float lr, float beta1, float beta2, float eps);
 
 /* EMA decay after n updates: min(decay, (1 + n) / (10 + n)). The warm-up keeps a
- * short run's EMA from holding the random init (DESIGN.md section 7). */
+ * short run's EMA from holding the random init (docs/design.md, Short runs). */
 float ddpm_ema_decay_at(float decay, long n);
 /* ema = decay * ema + (1 - decay) * params */
 void ddpm_ema_update(float *ema, const float *params, size_t n, float decay);

@@ -6,6 +6,7 @@
 #define DDPM_SAMPLE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "ddpm/rng.h"
 #include "ddpm/schedule.h"
@@ -70,5 +71,51 @@ typedef struct {
     ddpm_unet_workspace *ws;
 } ddpm_unet_eps_ctx;
 void ddpm_unet_eps(void *ctx, float *eps, const float *x_t, const int *i, int B);
+
+/* ---------------------------------------------------------------- to files */
+
+/* Sampling n images from a network into files: a PNG grid, one PNG per image,
+ * and a trajectory figure (one row per image, the first DDPM_TRAJECTORY_MAX_ROWS
+ * at most: the predicted x0 at trajectory_k evenly spaced steps from t = T to the
+ * end). Images are sampled in batches; image k's noise depends only on (seed, k),
+ * so the files do not depend on the batch size. A grid from a model in 5 lines:
+ *     ddpm_sample_files_config c;
+ *     ddpm_sample_files_config_default(&c);
+ *     c.n = 16;
+ *     c.grid_path = "grid.png";
+ *     rc = ddpm_sample_files(net, params, &sched, &c, NULL, NULL, NULL); */
+enum { DDPM_TRAJECTORY_MAX_ROWS = 16 };
+
+typedef struct {
+    int n;                       /* images (default 64) */
+    int batch;                   /* images per network call; bounds memory (default 64) */
+    uint64_t seed;               /* noise seed, stream DDPM_STREAM_SAMPLE (default 0) */
+    ddpm_sampler_config sampler; /* default DDIM, 100 steps (<= T), eta 1, clipped */
+    const char *grid_path;       /* the grid PNG (default "samples.png"; NULL: none) */
+    int nrow;                    /* images per grid row (default 0: ceil(sqrt(n))) */
+    int pad, pad_value;          /* pixels between cells and their gray level (default 2, 255) */
+    const char *each_dir;        /* one PNG per image, each_dir/00000.png ... (default NULL: none) */
+    const char *trajectory_path; /* the trajectory PNG (default NULL: none) */
+    int trajectory_k;            /* columns of the trajectory (default 10) */
+} ddpm_sample_files_config;
+
+void ddpm_sample_files_config_default(ddpm_sample_files_config *c);
+
+/* Where a ddpm_sample_files call is: step (1..n_steps) of the batch of images
+ * first .. first + B - 1 out of n. */
+typedef struct {
+    int step, n_steps;
+    int first, B, n;
+} ddpm_sample_progress;
+typedef void (*ddpm_sample_progress_fn)(void *ctx, const ddpm_sample_progress *p);
+
+/* Samples c->n images from eps_theta = the U-Net (net, params) with the schedule
+ * s and writes the files c names. ws: a workspace for at least c->batch images,
+ * or NULL to make (and free) a forward-only one. progress may be NULL. The arrays
+ * live for the call: n * D floats for the images (plus the trajectory), 4 * batch * D
+ * of scratch. */
+int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_schedule *s,
+                      const ddpm_sample_files_config *c, ddpm_unet_workspace *ws,
+                      ddpm_sample_progress_fn progress, void *progress_ctx);
 
 #endif

@@ -36,9 +36,6 @@ typedef struct {
 void ddpm_unet_config_default(ddpm_unet_config *cfg);
 /* 0, or DDPM_EINVAL with a message saying what is impossible. */
 int ddpm_unet_config_check(const ddpm_unet_config *cfg);
-/* "1,2,2" <-> int list; parse returns the count or -1. */
-int ddpm_parse_int_list(const char *s, int *out, int max);
-void ddpm_format_int_list(char *buf, size_t size, const int *v, int n);
 
 typedef enum { DDPM_INIT_XAVIER, DDPM_INIT_ZERO, DDPM_INIT_ONE } ddpm_init_kind;
 

@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 
 #include "cli.h"
-#include "ddpm/train.h"
+#include "ddpm/run.h"
 
 int arg_long(const char *flag, const char *value, long lo, long hi, long *out)
 {

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "ddpm/checkpoint.h"
+#include "ddpm/config.h"
 
 int arg_int(const char *flag, const char *value, long lo, long hi, int *out);
 int arg_long(const char *flag, const char *value, long lo, long hi, long *out);
@@ -18,6 +18,22 @@ int arg_u64(const char *flag, const char *value, uint64_t *out);
  * `value` of flag `name` into cfg. Returns 0, -1 after printing the problem, or
  * 1 when `name` is not one of these flags. */
 int arg_model_flag(const char *name, const char *value, ddpm_run_config *cfg);
+/* The getopt_long entries of those flags, each returning `val` (the caller then
+ * passes longopts[longindex].name to arg_model_flag). */
+#define ARG_MODEL_LONGOPTS(val)                                                                       \
+    {"size", required_argument, 0, (val)}, {"channels", required_argument, 0, (val)},                 \
+        {"ch", required_argument, 0, (val)}, {"ch-mult", required_argument, 0, (val)},                \
+        {"res-blocks", required_argument, 0, (val)}, {"attn", required_argument, 0, (val)},           \
+        {"groups", required_argument, 0, (val)}, {"dropout", required_argument, 0, (val)},            \
+        {"timesteps", required_argument, 0, (val)}
+/* --help lines of the network flags (the defaults of unet.h). */
+#define ARG_MODEL_HELP                                                                                \
+    "  --ch N               base channels (default 32)\n" \
+    "  --ch-mult LIST       channel multiplier per level (default 1,2,2)\n" \
+    "  --res-blocks N       ResBlocks per level (default 2)\n" \
+    "  --attn LIST          resolutions with self-attention (default 14; '' for none)\n" \
+    "  --groups N           GroupNorm groups (default 8)\n" \
+    "  --dropout P          dropout in ResBlocks (default 0.1)\n"
 /* The checkpoint a RUN_DIR|CHECKPOINT argument names: RUN_DIR/checkpoint.safetensors
  * when arg is a folder, else arg itself. */
 void cli_checkpoint_path(char *out, size_t size, const char *arg);

@@ -58,15 +58,10 @@ static void usage(FILE *f)
 "                       K = Cin*9; OpenBLAS's own threads); medians of %d\n"
 "                       repetitions of about --seconds/100 s each\n"
 "  --json               print one JSON object on stdout instead of text\n"
-"model (as ddpm train; DESIGN.md section 2):\n"
+"model (as ddpm train; docs/design.md, The network):\n"
 "  --size S             image side in pixels (default 28)\n"
 "  --channels C         1 or 3 (default 1)\n"
-"  --ch N               base channels (default 32)\n"
-"  --ch-mult LIST       channel multiplier per level (default 1,2,2)\n"
-"  --res-blocks N       ResBlocks per level (default 2)\n"
-"  --attn LIST          resolutions with self-attention (default 14; '' for none)\n"
-"  --groups N           GroupNorm groups (default 8)\n"
-"  --dropout P          dropout in ResBlocks (default 0.1)\n"
+ARG_MODEL_HELP
 "  --timesteps T        diffusion steps (default 1000)\n"
 "\n"
 "Run scripts/bench.sh for the table of README.md.\n",
@@ -370,8 +365,7 @@ static cJSON *profile_json(const profile *pr, int with_backward)
 }
 
 enum {
-    O_BATCH = 256, O_THREADS, O_SECONDS, O_PROFILE, O_OPS, O_JSON, O_HELP, O_SIZE, O_CHANNELS, O_CH, O_CH_MULT,
-    O_RES_BLOCKS, O_ATTN, O_GROUPS, O_DROPOUT, O_TIMESTEPS,
+    O_BATCH = 256, O_THREADS, O_SECONDS, O_PROFILE, O_OPS, O_JSON, O_HELP, O_MODEL,
 };
 
 int cmd_bench(int argc, char **argv)
@@ -381,11 +375,7 @@ int cmd_bench(int argc, char **argv)
         {"seconds", required_argument, 0, O_SECONDS}, {"profile", no_argument, 0, O_PROFILE},
         {"ops", no_argument, 0, O_OPS},
         {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
-        {"size", required_argument, 0, O_SIZE}, {"channels", required_argument, 0, O_CHANNELS},
-        {"ch", required_argument, 0, O_CH}, {"ch-mult", required_argument, 0, O_CH_MULT},
-        {"res-blocks", required_argument, 0, O_RES_BLOCKS}, {"attn", required_argument, 0, O_ATTN},
-        {"groups", required_argument, 0, O_GROUPS}, {"dropout", required_argument, 0, O_DROPOUT},
-        {"timesteps", required_argument, 0, O_TIMESTEPS}, {0, 0, 0, 0},
+        ARG_MODEL_LONGOPTS(O_MODEL), {0, 0, 0, 0},
     };
     ddpm_run_config cfg;
     ddpm_run_config_default(&cfg);
@@ -404,8 +394,7 @@ int cmd_bench(int argc, char **argv)
         case O_PROFILE: do_profile = 1; break;
         case O_OPS: do_ops = 1; break;
         case O_JSON: json = 1; break;
-        case O_SIZE: case O_CHANNELS: case O_CH: case O_CH_MULT: case O_RES_BLOCKS: case O_ATTN:
-        case O_GROUPS: case O_DROPOUT: case O_TIMESTEPS:
+        case O_MODEL:
             bad |= arg_model_flag(longopts[longindex].name, optarg, &cfg) != 0;
             break;
         default:

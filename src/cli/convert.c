@@ -11,6 +11,7 @@
 
 #include "cli.h"
 #include "ddpm/error.h"
+#include "ddpm/fsutil.h"
 #include "ddpm/idx.h"
 #include "ddpm/imageio.h"
 
@@ -35,35 +36,6 @@ static void usage(FILE *f)
             "  --quiet        no progress and no summary line. Default: off\n"
             "  --help         this text\n\n"
             "exit codes: 0 ok, 1 bad input or a file problem, 2 usage error\n");
-}
-
-/* mkdir -p: creates path and any missing parents. */
-static int make_dirs(const char *path)
-{
-    char *p = strdup(path);
-    if (!p)
-        return ddpm_error(DDPM_ENOMEM, "%s: out of memory", path);
-    int rc = 0;
-    for (char *s = p + 1;; s++) {
-        if (*s != '/' && *s != '\0')
-            continue;
-        char saved = *s;
-        *s = '\0';
-        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
-            rc = ddpm_error(DDPM_EIO, "%s: cannot create folder: %s", p, strerror(errno));
-            break;
-        }
-        *s = saved;
-        if (saved == '\0')
-            break;
-    }
-    free(p);
-    if (rc)
-        return rc;
-    struct stat st;
-    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
-        return ddpm_error(DDPM_EIO, "%s: not a folder", path);
-    return 0;
 }
 
 static int folder_is_empty(const char *path, int *empty)
@@ -115,7 +87,7 @@ static int run(const convert_config *cfg)
 
     int empty = 1;
     if (!rc)
-        rc = make_dirs(cfg->out_dir);
+        rc = ddpm_mkdir_p(cfg->out_dir);
     if (!rc)
         rc = folder_is_empty(cfg->out_dir, &empty);
     if (!rc && !empty && !cfg->force)
@@ -133,7 +105,7 @@ static int run(const convert_config *cfg)
         for (int l = 0; l < 256 && !rc; l++)
             if (present[l]) {
                 snprintf(sub, dir_len + 16, "%s/%d", cfg->out_dir, l);
-                rc = make_dirs(sub);
+                rc = ddpm_mkdir_p(sub);
             }
     }
     free(sub);

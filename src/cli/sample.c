@@ -8,16 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "args.h"
 #include "cli.h"
 #include "ddpm/checkpoint.h"
 #include "ddpm/error.h"
-#include "ddpm/imageio.h"
 #include "ddpm/sample.h"
-#include "ddpm/train.h"
+#include "ddpm/fsutil.h"
 
 static void usage(FILE *f)
 {
@@ -71,51 +69,24 @@ enum {
     O_NO_CLIP, O_TRAJ, O_TRAJ_K, O_SEED, O_BATCH, O_THREADS, O_NO_EMA, O_QUIET, O_JSON, O_HELP,
 };
 
-enum { TRAJ_MAX_ROWS = 16 };
-
 typedef struct {
-    int quiet, tty;
-    int n_total, done_images; /* images finished before this batch */
+    int tty;
     double t_start;
-    /* trajectory */
-    float *traj; /* [rows, K, D] */
-    int traj_rows, K, first;
-    size_t D;
 } progress_ctx;
 
-static double now(void)
+static void on_progress(void *opaque, const ddpm_sample_progress *p)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void on_step(void *opaque, int k, int n_steps, int i, const float *x, const float *x0, int B)
-{
-    (void)i;
-    (void)x;
-    progress_ctx *p = opaque;
-    if (p->traj && p->first < p->traj_rows) {
-        for (int col = 0; col < p->K; col++) {
-            int at = p->K == 1 ? n_steps - 1 : (int)floor((double)col * (n_steps - 1) / (p->K - 1) + 0.5);
-            if (at != k)
-                continue;
-            for (int b = 0; b < B && p->first + b < p->traj_rows; b++)
-                memcpy(p->traj + ((size_t)(p->first + b) * p->K + col) * p->D, x0 + (size_t)b * p->D,
-                       p->D * sizeof(float));
-        }
-    }
-    if (p->quiet)
-        return;
-    double work_done = p->done_images + (double)B * (k + 1) / n_steps;
-    int report = p->tty ? 1 : ((k + 1) % (n_steps / 4 > 0 ? n_steps / 4 : 1) == 0);
+    const progress_ctx *pc = opaque;
+    int k = p->step - 1, n_steps = p->n_steps;
+    double work_done = p->first + (double)p->B * (k + 1) / n_steps;
+    int report = pc->tty ? 1 : ((k + 1) % (n_steps / 4 > 0 ? n_steps / 4 : 1) == 0);
     if (!report)
         return;
-    double el = now() - p->t_start;
+    double el = ddpm_now_seconds() - pc->t_start;
     double ips = work_done * n_steps / el; /* image-steps per second */
-    double eta = (p->n_total - work_done) * n_steps / ips;
-    fprintf(stderr, "%sstep %d/%d  images %d-%d of %d  %.0f image-steps/s  ETA %.0fs%s", p->tty ? "\r\033[K" : "",
-            k + 1, n_steps, p->done_images + 1, p->done_images + B, p->n_total, ips, eta, p->tty ? "" : "\n");
+    double eta = (p->n - work_done) * n_steps / ips;
+    fprintf(stderr, "%sstep %d/%d  images %d-%d of %d  %.0f image-steps/s  ETA %.0fs%s", pc->tty ? "\r\033[K" : "",
+            k + 1, n_steps, p->first + 1, p->first + p->B, p->n, ips, eta, pc->tty ? "" : "\n");
     fflush(stderr);
 }
 
@@ -147,13 +118,11 @@ int cmd_sample(int argc, char **argv)
         {"quiet", no_argument, 0, O_QUIET}, {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0},
     };
-    const char *out = "samples.png", *out_dir = NULL, *traj_path = NULL;
-    int n = 64, nrow = 0, pad = 2, pad_value = 255, batch = 64, threads = 0, no_ema = 0, quiet = 0, json = 0;
-    int no_grid = 0, traj_k = 10, steps_given = 0;
-    uint64_t seed = 0;
-    ddpm_sampler_config sc;
-    ddpm_sampler_config_default(&sc);
-    sc.kind = DDPM_SAMPLER_DDIM;
+    ddpm_sample_files_config fc;
+    ddpm_sample_files_config_default(&fc);
+    const char *out = fc.grid_path;
+    int threads = 0, no_ema = 0, quiet = 0, json = 0, no_grid = 0, steps_given = 0;
+    ddpm_sampler_config *sc = &fc.sampler;
     int opt, bad = 0;
     opterr = 0;
     optind = 1;
@@ -162,39 +131,39 @@ int cmd_sample(int argc, char **argv)
         case 'h':
         case O_HELP: usage(stdout); return DDPM_EXIT_OK;
         case O_OUT: out = optarg; break;
-        case O_OUT_DIR: out_dir = optarg; break;
+        case O_OUT_DIR: fc.each_dir = optarg; break;
         case O_NO_GRID: no_grid = 1; break;
-        case O_N: bad |= arg_int("n", optarg, 1, 1000000, &n); break;
-        case O_NROW: bad |= arg_int("nrow", optarg, 1, 100000, &nrow); break;
-        case O_PAD: bad |= arg_int("pad", optarg, 0, 1000, &pad); break;
-        case O_PAD_VALUE: bad |= arg_int("pad-value", optarg, 0, 255, &pad_value); break;
+        case O_N: bad |= arg_int("n", optarg, 1, 1000000, &fc.n); break;
+        case O_NROW: bad |= arg_int("nrow", optarg, 1, 100000, &fc.nrow); break;
+        case O_PAD: bad |= arg_int("pad", optarg, 0, 1000, &fc.pad); break;
+        case O_PAD_VALUE: bad |= arg_int("pad-value", optarg, 0, 255, &fc.pad_value); break;
         case O_SAMPLER:
             if (!strcmp(optarg, "ddpm"))
-                sc.kind = DDPM_SAMPLER_DDPM;
+                sc->kind = DDPM_SAMPLER_DDPM;
             else if (!strcmp(optarg, "ddim"))
-                sc.kind = DDPM_SAMPLER_DDIM;
+                sc->kind = DDPM_SAMPLER_DDIM;
             else {
                 cli_error("--sampler: '%s' is not ddpm or ddim", optarg);
                 bad = 1;
             }
             break;
-        case O_STEPS: bad |= arg_int("steps", optarg, 1, 100000, &sc.steps); steps_given = 1; break;
-        case O_ETA: bad |= arg_float("eta", optarg, 0, 1, &sc.eta); break;
+        case O_STEPS: bad |= arg_int("steps", optarg, 1, 100000, &sc->steps); steps_given = 1; break;
+        case O_ETA: bad |= arg_float("eta", optarg, 0, 1, &sc->eta); break;
         case O_VAR:
             if (!strcmp(optarg, "beta"))
-                sc.var = DDPM_VAR_BETA;
+                sc->var = DDPM_VAR_BETA;
             else if (!strcmp(optarg, "beta-tilde"))
-                sc.var = DDPM_VAR_BETA_TILDE;
+                sc->var = DDPM_VAR_BETA_TILDE;
             else {
                 cli_error("--var: '%s' is not beta or beta-tilde", optarg);
                 bad = 1;
             }
             break;
-        case O_NO_CLIP: sc.clip_x0 = 0; break;
-        case O_TRAJ: traj_path = optarg; break;
-        case O_TRAJ_K: bad |= arg_int("trajectory-k", optarg, 1, 1000, &traj_k); break;
-        case O_SEED: bad |= arg_u64("seed", optarg, &seed); break;
-        case O_BATCH: bad |= arg_int("batch", optarg, 1, 65536, &batch); break;
+        case O_NO_CLIP: sc->clip_x0 = 0; break;
+        case O_TRAJ: fc.trajectory_path = optarg; break;
+        case O_TRAJ_K: bad |= arg_int("trajectory-k", optarg, 1, 1000, &fc.trajectory_k); break;
+        case O_SEED: bad |= arg_u64("seed", optarg, &fc.seed); break;
+        case O_BATCH: bad |= arg_int("batch", optarg, 1, 65536, &fc.batch); break;
         case O_THREADS: bad |= arg_int("threads", optarg, 1, 1024, &threads); break;
         case O_NO_EMA: no_ema = 1; break;
         case O_QUIET: quiet = 1; break;
@@ -210,20 +179,20 @@ int cmd_sample(int argc, char **argv)
         cli_error(optind >= argc ? "sample: missing RUN_DIR or CHECKPOINT" : "sample: expected one checkpoint");
         return cli_usage_error("sample");
     }
-    if (no_grid && !out_dir) {
+    if (no_grid && !fc.each_dir) {
         cli_error("sample: --no-grid needs --out-dir");
         return DDPM_EXIT_USAGE;
     }
-    if (steps_given && sc.kind == DDPM_SAMPLER_DDPM) {
+    if (steps_given && sc->kind == DDPM_SAMPLER_DDPM) {
         cli_error("sample: --steps applies to --sampler ddim (ddpm always runs all T steps)");
         return DDPM_EXIT_USAGE;
     }
     char ckpt_path[4096];
     struct stat st;
     cli_checkpoint_path(ckpt_path, sizeof ckpt_path, argv[optind]);
-    if ((!no_grid && check_writable_parent(out)) || (traj_path && check_writable_parent(traj_path)))
+    if ((!no_grid && check_writable_parent(out)) || (fc.trajectory_path && check_writable_parent(fc.trajectory_path)))
         return DDPM_EXIT_ERROR;
-    if (out_dir && stat(out_dir, &st) != 0 && check_writable_parent(out_dir))
+    if (fc.each_dir && stat(fc.each_dir, &st) != 0 && check_writable_parent(fc.each_dir))
         return DDPM_EXIT_ERROR;
     cli_set_threads(threads);
 
@@ -233,8 +202,8 @@ int cmd_sample(int argc, char **argv)
         return DDPM_EXIT_ERROR;
     }
     const ddpm_run_config *cfg = ddpm_checkpoint_config(ck);
-    if (sc.kind == DDPM_SAMPLER_DDIM && sc.steps > cfg->timesteps) {
-        cli_error("--steps: %d is more than the model's %d timesteps", sc.steps, cfg->timesteps);
+    if (sc->kind == DDPM_SAMPLER_DDIM && sc->steps > cfg->timesteps) {
+        cli_error("--steps: %d is more than the model's %d timesteps", sc->steps, cfg->timesteps);
         ddpm_checkpoint_close(ck);
         return DDPM_EXIT_USAGE;
     }
@@ -247,7 +216,6 @@ int cmd_sample(int argc, char **argv)
     memset(&sched, 0, sizeof sched);
     if (!rc)
         rc = ddpm_schedule_init(&sched, cfg->schedule, cfg->timesteps, cfg->beta_start, cfg->beta_end);
-    int C = cfg->model.in_channels, S = cfg->model.image_size;
     ddpm_checkpoint_close(ck);
     if (rc) {
         cli_error("%s", ddpm_last_error());
@@ -257,47 +225,18 @@ int cmd_sample(int argc, char **argv)
     }
     if (!used_ema && !no_ema && !quiet)
         fprintf(stderr, "ddpm: %s has no EMA weights; sampling with the raw weights\n", ckpt_path);
-    size_t D = (size_t)C * S * S;
-    int B = batch < n ? batch : n;
-    ddpm_unet_workspace *ws = NULL;
-    float *x = NULL, *scratch = NULL;
-    progress_ctx pc = {.quiet = quiet, .tty = isatty(fileno(stderr)), .n_total = n, .K = traj_k, .D = D};
-    rc = ddpm_unet_workspace_create(&ws, net, B, 0);
-    if (!rc) {
-        x = ddpm_malloc((size_t)n * D, sizeof(float));
-        scratch = ddpm_malloc(4 * (size_t)B * D, sizeof(float));
-        pc.traj_rows = traj_path ? (n < TRAJ_MAX_ROWS ? n : TRAJ_MAX_ROWS) : 0;
-        if (traj_path)
-            pc.traj = ddpm_calloc((size_t)pc.traj_rows * traj_k * D, sizeof(float));
-        if (!x || !scratch || (traj_path && !pc.traj))
-            rc = DDPM_ENOMEM;
-    }
-    ddpm_rng rng;
-    ddpm_rng_init(&rng, seed, DDPM_STREAM_SAMPLE);
-    ddpm_unet_eps_ctx ctx = {net, params, ws};
-    pc.t_start = now();
-    for (int first = 0; !rc && first < n; first += B) {
-        int nb = n - first < B ? n - first : B;
-        pc.first = first;
-        pc.done_images = first;
-        rc = ddpm_sample(x + (size_t)first * D, scratch, nb, D, first, &sched, &sc, ddpm_unet_eps, &ctx, &rng,
-                         on_step, &pc);
-    }
-    double seconds = now() - pc.t_start;
+    fc.grid_path = no_grid ? NULL : out;
+    progress_ctx pc = {isatty(fileno(stderr)), ddpm_now_seconds()};
+    rc = ddpm_sample_files(net, params, &sched, &fc, NULL, quiet ? NULL : on_progress, &pc);
+    double seconds = ddpm_now_seconds() - pc.t_start;
     if (pc.tty && !quiet)
         fputc('\n', stderr);
-    if (!rc && !no_grid)
-        rc = ddpm_image_save_grid(out, x, n, C, S, nrow ? nrow : (int)ceil(sqrt((double)n)), pad, pad_value);
-    if (!rc && out_dir)
-        rc = ddpm_image_save_each(out_dir, x, n, C, S, 0);
-    if (!rc && traj_path)
-        rc = ddpm_image_save_grid(traj_path, pc.traj, pc.traj_rows * traj_k, C, S, traj_k, pad, pad_value);
-    int n_steps = ddpm_sampler_n_steps(&sc, &sched);
+    int n_steps = ddpm_sampler_n_steps(sc, &sched), n = fc.n;
     if (rc)
         cli_error("%s", ddpm_last_error());
     else if (!quiet) {
         fprintf(stderr, "ddpm: %d images, %s %d steps, %s weights of step %ld, %.1f s (%.0f image-steps/s)\n", n,
-                sc.kind == DDPM_SAMPLER_DDIM ? "DDIM" : "DDPM", n_steps, used_ema ? "EMA" : "raw", ck_step, seconds,
+                sc->kind == DDPM_SAMPLER_DDIM ? "DDIM" : "DDPM", n_steps, used_ema ? "EMA" : "raw", ck_step, seconds,
                 (double)n * n_steps / seconds);
         if (!no_grid)
             printf("%s\n", out);
@@ -306,14 +245,14 @@ int cmd_sample(int argc, char **argv)
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "checkpoint", ckpt_path);
         cJSON_AddNumberToObject(o, "step", (double)ck_step);
-        cJSON_AddStringToObject(o, "sampler", sc.kind == DDPM_SAMPLER_DDIM ? "ddim" : "ddpm");
+        cJSON_AddStringToObject(o, "sampler", sc->kind == DDPM_SAMPLER_DDIM ? "ddim" : "ddpm");
         cJSON_AddNumberToObject(o, "steps", n_steps);
         cJSON_AddNumberToObject(o, "n", n);
         cJSON_AddBoolToObject(o, "ema", used_ema);
         if (!no_grid)
             cJSON_AddStringToObject(o, "grid", out);
-        if (out_dir)
-            cJSON_AddStringToObject(o, "out_dir", out_dir);
+        if (fc.each_dir)
+            cJSON_AddStringToObject(o, "out_dir", fc.each_dir);
         cJSON_AddNumberToObject(o, "seconds", seconds);
         cJSON_AddNumberToObject(o, "image_steps_per_sec", (double)n * n_steps / seconds);
         char *text = cJSON_PrintUnformatted(o);
@@ -322,10 +261,6 @@ int cmd_sample(int argc, char **argv)
         free(text);
         cJSON_Delete(o);
     }
-    free(pc.traj);
-    free(x);
-    free(scratch);
-    ddpm_unet_workspace_free(ws);
     ddpm_schedule_free(&sched);
     free(params);
     ddpm_unet_free(net);

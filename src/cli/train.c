@@ -1,14 +1,18 @@
-/* train.c: `ddpm train DATA_DIR`: flags -> ddpm_train_options -> ddpm_train_run. */
+/* train.c: `ddpm train DATA_DIR`: flags -> ddpm_run_options -> ddpm_run; the
+ * terminal progress, the plain lines and the JSON summary are written here. */
+#include <cJSON.h>
 #include <getopt.h>
+#include <omp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "args.h"
 #include "cli.h"
 #include "ddpm/error.h"
-#include "ddpm/train.h"
+#include "ddpm/run.h"
 
 static volatile sig_atomic_t stop_requested;
 
@@ -18,6 +22,73 @@ static void on_signal(int sig)
     if (stop_requested) /* a second Ctrl-C stops at once */
         _exit(130);
     stop_requested = 1;
+}
+
+typedef struct {
+    const ddpm_run_options *o;
+    int tty;
+    int line_open; /* a progress line without its newline is on the terminal */
+} progress_ctx;
+
+static void format_duration(char *buf, size_t size, double seconds)
+{
+    if (!(seconds >= 0) || seconds > 1e8) {
+        snprintf(buf, size, "?");
+        return;
+    }
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600)
+        snprintf(buf, size, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+    else
+        snprintf(buf, size, "%ld:%02ld", s / 60, s % 60);
+}
+
+static void on_started(void *ctx, const ddpm_run_start *s)
+{
+    const progress_ctx *p = ctx;
+    fprintf(stderr, "ddpm: %s%s: %d images %dx%dx%d, model %zu parameters, batch %d, %d threads\n",
+            s->resumed ? "resuming " : "training on ", p->o->data_dir, s->n_images, s->channels, s->image_size,
+            s->image_size, s->n_params, s->batch, omp_get_max_threads());
+    if (s->resumed)
+        fprintf(stderr, "ddpm: continuing from step %ld\n", s->start_step);
+}
+
+/* One line per report: rewritten in place on a terminal, appended otherwise. */
+static void on_progress(void *ctx, const ddpm_run_progress *r)
+{
+    progress_ctx *p = ctx;
+    char eta_s[32], el_s[32], total[32] = "";
+    format_duration(eta_s, sizeof eta_s, r->eta_seconds);
+    format_duration(el_s, sizeof el_s, r->session_seconds);
+    if (r->stop_step)
+        snprintf(total, sizeof total, "/%ld", r->stop_step);
+    fprintf(stderr, "%sstep %ld%s  loss %.4f  %.1f img/s  elapsed %s  ETA %s%s", p->tty ? "\r\033[K" : "", r->step,
+            total, r->loss, r->images_per_sec, el_s, eta_s, p->tty ? "" : "\n");
+    fflush(stderr);
+    p->line_open = p->tty;
+}
+
+static void on_warning(void *ctx, const char *line)
+{
+    (void)ctx;
+    fprintf(stderr, "ddpm: warning: %s\n", line);
+}
+
+static void print_summary(const ddpm_run_summary *s)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return;
+    cJSON_AddNumberToObject(o, "step", (double)s->step);
+    cJSON_AddNumberToObject(o, "loss", s->loss);
+    cJSON_AddStringToObject(o, "checkpoint", s->checkpoint);
+    cJSON_AddBoolToObject(o, "interrupted", s->interrupted);
+    cJSON_AddNumberToObject(o, "elapsed", s->elapsed_seconds);
+    char *text = cJSON_PrintUnformatted(o);
+    if (text)
+        printf("%s\n", text);
+    free(text);
+    cJSON_Delete(o);
 }
 
 static void usage(FILE *f)
@@ -54,13 +125,8 @@ static void usage(FILE *f)
 "                       DATA_DIR); others are center-cropped and resized\n"
 "  --channels C         1 or 3 (default: 1 if every image is gray)\n"
 "  --flip               random horizontal flips (default off)\n"
-"model (DESIGN.md section 2):\n"
-"  --ch N               base channels (default 32)\n"
-"  --ch-mult LIST       channel multiplier per level (default 1,2,2)\n"
-"  --res-blocks N       ResBlocks per level (default 2)\n"
-"  --attn LIST          resolutions with self-attention (default 14; '' for none)\n"
-"  --groups N           GroupNorm groups (default 8)\n"
-"  --dropout P          dropout in ResBlocks (default 0.1)\n"
+"model (docs/design.md, The network):\n"
+ARG_MODEL_HELP
 "diffusion:\n"
 "  --timesteps T        diffusion steps (default 1000)\n"
 "  --schedule NAME      linear or cosine (default linear)\n"
@@ -84,8 +150,7 @@ enum {
     O_OUT = 256, O_RESUME, O_STEPS, O_EPOCHS, O_MINUTES, O_SAVE_EVERY, O_SAMPLE_EVERY, O_PREVIEW_N,
     O_PREVIEW_STEPS, O_LOG_EVERY, O_THREADS, O_STRICT, O_QUIET, O_JSON, O_HELP,
     /* flags that define the run: refused with --resume */
-    O_FIRST_RUN_FLAG, O_SIZE = O_FIRST_RUN_FLAG, O_CHANNELS, O_FLIP, O_CH, O_CH_MULT, O_RES_BLOCKS, O_ATTN,
-    O_GROUPS, O_DROPOUT, O_TIMESTEPS, O_SCHEDULE, O_BETA_START, O_BETA_END, O_BATCH, O_LR, O_WARMUP, O_CLIP,
+    O_FIRST_RUN_FLAG, O_MODEL = O_FIRST_RUN_FLAG, O_FLIP, O_SCHEDULE, O_BETA_START, O_BETA_END, O_BATCH, O_LR, O_WARMUP, O_CLIP,
     O_EMA, O_SEED,
 };
 
@@ -99,20 +164,16 @@ int cmd_train(int argc, char **argv)
         {"preview-steps", required_argument, 0, O_PREVIEW_STEPS}, {"log-every", required_argument, 0, O_LOG_EVERY},
         {"threads", required_argument, 0, O_THREADS}, {"strict", no_argument, 0, O_STRICT},
         {"quiet", no_argument, 0, O_QUIET}, {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
-        {"size", required_argument, 0, O_SIZE}, {"channels", required_argument, 0, O_CHANNELS},
-        {"flip", no_argument, 0, O_FLIP}, {"ch", required_argument, 0, O_CH},
-        {"ch-mult", required_argument, 0, O_CH_MULT}, {"res-blocks", required_argument, 0, O_RES_BLOCKS},
-        {"attn", required_argument, 0, O_ATTN}, {"groups", required_argument, 0, O_GROUPS},
-        {"dropout", required_argument, 0, O_DROPOUT}, {"timesteps", required_argument, 0, O_TIMESTEPS},
+        ARG_MODEL_LONGOPTS(O_MODEL), {"flip", no_argument, 0, O_FLIP},
         {"schedule", required_argument, 0, O_SCHEDULE}, {"beta-start", required_argument, 0, O_BETA_START},
         {"beta-end", required_argument, 0, O_BETA_END}, {"batch", required_argument, 0, O_BATCH},
         {"lr", required_argument, 0, O_LR}, {"warmup", required_argument, 0, O_WARMUP},
         {"clip", required_argument, 0, O_CLIP}, {"ema", required_argument, 0, O_EMA},
         {"seed", required_argument, 0, O_SEED}, {0, 0, 0, 0},
     };
-    ddpm_train_options o;
-    ddpm_train_options_default(&o);
-    int threads = 0, opt, bad = 0, longindex = -1;
+    ddpm_run_options o;
+    ddpm_run_options_default(&o);
+    int quiet = 0, json = 0, threads = 0, opt, bad = 0, longindex = -1;
     const char *run_flag_given = NULL;
     opterr = 0;
     optind = 1;
@@ -134,10 +195,9 @@ int cmd_train(int argc, char **argv)
         case O_LOG_EVERY: bad |= arg_long("log-every", optarg, 1, 1000000000L, &o.log_every); break;
         case O_THREADS: bad |= arg_int("threads", optarg, 1, 1024, &threads); break;
         case O_STRICT: o.strict = 1; break;
-        case O_QUIET: o.quiet = 1; break;
-        case O_JSON: o.json = 1; break;
-        case O_SIZE: case O_CHANNELS: case O_CH: case O_CH_MULT: case O_RES_BLOCKS: case O_ATTN:
-        case O_GROUPS: case O_DROPOUT: case O_TIMESTEPS:
+        case O_QUIET: quiet = 1; break;
+        case O_JSON: json = 1; break;
+        case O_MODEL:
             bad |= arg_model_flag(longopts[longindex].name, optarg, &o.cfg) != 0;
             break;
         case O_FLIP: o.cfg.flip = 1; break;
@@ -182,12 +242,32 @@ int cmd_train(int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    int rc = ddpm_train_run(&o);
+    progress_ctx pc = {&o, isatty(fileno(stderr)), 0};
+    ddpm_run_callbacks cb = {&pc, NULL, NULL, NULL};
+    if (!quiet)
+        cb = (ddpm_run_callbacks){&pc, on_started, on_progress, on_warning};
+    ddpm_run_summary summary;
+    int rc = ddpm_run(&o, &cb, &summary);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
+    if (pc.line_open)
+        fputc('\n', stderr);
     if (rc) {
         cli_error("%s", ddpm_last_error());
         return rc == DDPM_ENAN ? DDPM_EXIT_DIVERGED : DDPM_EXIT_ERROR;
     }
+    if (!quiet) {
+        if (summary.preview[0])
+            fprintf(stderr, "ddpm: preview grid (EMA weights, DDIM %d steps, eta 1): %s\n", o.preview_steps,
+                    summary.preview);
+        if (summary.interrupted)
+            fprintf(stderr,
+                    "ddpm: interrupted at step %ld; checkpoint saved. Continue with: ddpm train %s --out %s --resume\n",
+                    summary.step, o.data_dir, o.out_dir);
+        else
+            fprintf(stderr, "ddpm: done at step %ld; checkpoint: %s\n", summary.step, summary.checkpoint);
+    }
+    if (json)
+        print_summary(&summary);
     return DDPM_EXIT_OK;
 }

@@ -1,0 +1,89 @@
+/* run.h: a training run, as `ddpm train` does it: the data folder, the run folder
+ * (checkpoint, log.jsonl, preview grids in samples/), the checkpoint cadence,
+ * resume, the stop conditions (steps, epochs, minutes, a stop flag) and NaN
+ * handling. It writes files and never the terminal: what happens reaches the
+ * caller through ddpm_run_callbacks while it runs and a ddpm_run_summary at the
+ * end. A run folder is never overwritten: a new run refuses a folder that holds a
+ * checkpoint or a log; resume continues it bit for bit (trainer state, data
+ * position, log). */
+#ifndef DDPM_RUN_H
+#define DDPM_RUN_H
+
+#include <signal.h>
+#include <stddef.h>
+
+#include "ddpm/config.h"
+
+/* Names of the files in a run folder. */
+#define DDPM_CHECKPOINT_FILE "checkpoint.safetensors"
+#define DDPM_LOG_FILE "log.jsonl"
+#define DDPM_SAMPLES_DIR "samples"
+
+typedef struct {
+    ddpm_run_config cfg; /* model image_size / in_channels 0: taken from the data */
+    const char *data_dir;
+    const char *out_dir;         /* the run folder; created with its parents */
+    int resume;                  /* continue the run in out_dir (cfg is then its checkpoint's) */
+    long steps;                  /* stop at this total step (0: no limit) */
+    double epochs;               /* stop after this many epochs in total (0: no limit) */
+    double minutes;              /* stop after this many minutes of this session (0: no limit) */
+    long save_every;             /* checkpoint every N steps (0: only at the end) */
+    long sample_every;           /* preview grid every N steps (0: only at the end) */
+    long log_every;              /* log.jsonl line and progress callback every N steps */
+    int preview_n;               /* images in a preview grid (0: no previews) */
+    int preview_steps;           /* DDIM steps (eta 1, EMA weights) of a preview */
+    int strict;                  /* non-image files in the data folder are an error */
+    volatile sig_atomic_t *stop; /* may be NULL; when it becomes nonzero (a signal
+                                    handler sets it) the run saves and stops */
+} ddpm_run_options;
+
+/* out_dir runs/ddpm, save every 500, log every 50, previews of 64 images with 50
+ * DDIM steps at the end only, no stop condition (set one). */
+void ddpm_run_options_default(ddpm_run_options *o);
+
+/* Once the data is loaded and the run folder is ready. */
+typedef struct {
+    int n_images, channels, image_size;
+    size_t n_params;
+    int batch;
+    int resumed;     /* continuing a run from its checkpoint */
+    long start_step; /* steps already taken */
+    long stop_step;  /* 0: no step limit */
+} ddpm_run_start;
+
+/* Every log_every steps and at the last step: the same numbers as the log.jsonl line. */
+typedef struct {
+    long step, stop_step;   /* stop_step 0: no step limit */
+    double loss;            /* mean L_simple of the steps since the last report */
+    double lr, grad_norm;   /* of the last step */
+    double images_per_sec;  /* since the last report */
+    double epoch;           /* images seen / images in the data set */
+    double session_seconds; /* wall time of this session */
+    double eta_seconds;     /* time left by the stop conditions; -1: unknown */
+} ddpm_run_progress;
+
+/* Each member may be NULL. */
+typedef struct {
+    void *ctx;
+    void (*started)(void *ctx, const ddpm_run_start *s);
+    void (*progress)(void *ctx, const ddpm_run_progress *p);
+    /* A line about the data (a skipped file, how many were skipped), no newline. */
+    void (*warning)(void *ctx, const char *line);
+} ddpm_run_callbacks;
+
+typedef struct {
+    long step;              /* total steps at the end */
+    double loss;            /* L_simple of the last step of this session (0 if none) */
+    int interrupted;        /* stopped by the stop flag */
+    double elapsed_seconds; /* training time over all sessions */
+    char checkpoint[4096];  /* the checkpoint's path */
+    char preview[4096];     /* the final preview grid's path ("" when none was made) */
+} ddpm_run_summary;
+
+/* Runs until a stop condition. Returns 0 when the run ended normally or on the
+ * stop flag (a checkpoint was saved and *summary filled); DDPM_ENAN on divergence
+ * (the last good checkpoint is kept, the message says which step it holds);
+ * another negative DDPM_E* with a message otherwise. cb and summary may be NULL. */
+int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_summary *summary);
+
+#endif

@@ -1,0 +1,275 @@
+#include "ddpm/run.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ddpm/checkpoint.h"
+#include "ddpm/dataset.h"
+#include "ddpm/error.h"
+#include "ddpm/fsutil.h"
+#include "ddpm/sample.h"
+#include "ddpm/train.h"
+
+void ddpm_run_options_default(ddpm_run_options *o)
+{
+    memset(o, 0, sizeof *o);
+    ddpm_run_config_default(&o->cfg);
+    o->cfg.model.image_size = 0;
+    o->cfg.model.in_channels = 0;
+    o->out_dir = "runs/ddpm";
+    o->save_every = 500;
+    o->sample_every = 0;
+    o->log_every = 50;
+    o->preview_n = 64;
+    o->preview_steps = 50;
+}
+
+/* One session of a run: what ddpm_run opens and closes. */
+typedef struct {
+    const ddpm_run_options *o;
+    char ckpt_path[3072], log_path[3072], samples_dir[3072]; /* out_dir is at most 3000 bytes */
+    ddpm_dataset *ds;
+    ddpm_trainer *tr;
+    FILE *log;
+    float *x0;
+    long stop_step; /* 0: none */
+} run_session;
+
+static void session_close(run_session *r)
+{
+    if (r->log)
+        fclose(r->log);
+    free(r->x0);
+    ddpm_trainer_free(r->tr);
+    ddpm_dataset_close(r->ds);
+}
+
+/* Refuses to overwrite a run, loads the data and the trainer (fresh or from the
+ * checkpoint), makes the run folder and opens the log. */
+static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_run_callbacks *cb)
+{
+    memset(r, 0, sizeof *r);
+    r->o = o;
+    if (!o->data_dir || !o->out_dir)
+        return ddpm_error(DDPM_EINVAL, "a run needs a data folder and a run folder");
+    if (strlen(o->out_dir) > 3000)
+        return ddpm_error(DDPM_EINVAL, "--out: path too long");
+    if (o->log_every < 1 || o->save_every < 0 || o->sample_every < 0 || o->preview_n < 0 ||
+        (o->preview_n > 0 && o->preview_steps < 1))
+        return ddpm_error(DDPM_EINVAL, "run options: log_every must be >= 1, save_every, sample_every and "
+                                       "preview_n >= 0, preview_steps >= 1");
+    snprintf(r->ckpt_path, sizeof r->ckpt_path, "%s/%s", o->out_dir, DDPM_CHECKPOINT_FILE);
+    snprintf(r->log_path, sizeof r->log_path, "%s/%s", o->out_dir, DDPM_LOG_FILE);
+    snprintf(r->samples_dir, sizeof r->samples_dir, "%s/%s", o->out_dir, DDPM_SAMPLES_DIR);
+    int rc;
+    ddpm_checkpoint *ck = NULL;
+    ddpm_run_config cfg = o->cfg;
+    if (o->resume) {
+        if (!ddpm_path_exists(r->ckpt_path))
+            return ddpm_error(DDPM_EIO, "%s: no checkpoint to resume from", r->ckpt_path);
+        if ((rc = ddpm_checkpoint_open(&ck, r->ckpt_path)))
+            return rc;
+        cfg = *ddpm_checkpoint_config(ck);
+    } else if (ddpm_path_exists(r->ckpt_path)) {
+        return ddpm_error(
+            DDPM_EINVAL,
+            "%s: the run folder already holds a checkpoint; continue it with --resume or choose "
+            "another --out",
+            o->out_dir);
+    } else if (ddpm_path_exists(r->log_path)) {
+        return ddpm_error(DDPM_EINVAL, "%s: the run folder already holds a %s; choose another --out",
+                          o->out_dir, DDPM_LOG_FILE);
+    }
+
+    /* the data: its size and channels define the model unless given */
+    ddpm_dataset_options dopt = {.size = cfg.model.image_size,
+                                 .channels = cfg.model.in_channels,
+                                 .strict = o->strict,
+                                 .warn = cb ? cb->warning : NULL,
+                                 .warn_user = cb ? cb->ctx : NULL};
+    if ((rc = ddpm_dataset_open(&r->ds, o->data_dir, &dopt))) {
+        ddpm_checkpoint_close(ck);
+        return rc;
+    }
+    cfg.model.image_size = ddpm_dataset_size(r->ds);
+    cfg.model.in_channels = ddpm_dataset_channels(r->ds);
+    rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck) : ddpm_trainer_create(&r->tr, &cfg);
+    ddpm_checkpoint_close(ck);
+    if (!rc && o->resume)
+        rc = ddpm_dataset_seek(r->ds, r->tr->state.data_epoch, r->tr->state.data_position);
+    if (!rc)
+        rc = ddpm_mkdir_p(o->out_dir);
+    if (!rc && o->preview_n > 0)
+        rc = ddpm_mkdir_p(r->samples_dir);
+    if (!rc && !(r->log = fopen(r->log_path, "a")))
+        rc = ddpm_error(DDPM_EIO, "%s: cannot open for writing: %s", r->log_path, strerror(errno));
+    if (!rc) {
+        const ddpm_run_config *c = &r->tr->cfg;
+        size_t D = (size_t)c->model.in_channels * c->model.image_size * c->model.image_size;
+        if (!(r->x0 = ddpm_malloc((size_t)c->batch * D, sizeof(float))))
+            rc = DDPM_ENOMEM;
+    }
+    if (rc) {
+        session_close(r);
+        return rc;
+    }
+    long stop_step = o->steps > 0 ? o->steps : 0;
+    if (o->epochs > 0) {
+        long e = (long)ceil(o->epochs * ddpm_dataset_count(r->ds) / r->tr->cfg.batch);
+        stop_step = stop_step ? (e < stop_step ? e : stop_step) : e;
+    }
+    r->stop_step = stop_step;
+    return DDPM_OK;
+}
+
+/* The checkpoint, with the data position read from the dataset that owns it. */
+static int session_save(run_session *r)
+{
+    r->tr->state.data_epoch = ddpm_dataset_epoch(r->ds);
+    r->tr->state.data_position = ddpm_dataset_position(r->ds);
+    return ddpm_trainer_save(r->tr, r->ckpt_path);
+}
+
+/* One log.jsonl line (the file's format: docs/design.md, Files on disk). The
+ * line is built first, so that the library's only stdio output calls are
+ * writes to files. */
+static int log_line(run_session *r, const ddpm_run_progress *p, double elapsed_seconds)
+{
+    char line[512];
+    int n = snprintf(line, sizeof line,
+                     "{\"step\":%ld,\"loss\":%.6g,\"lr\":%.6g,\"grad_norm\":%.6g,\"images_per_sec\":%.2f,"
+                     "\"epoch\":%.4f,\"elapsed\":%.2f}\n",
+                     p->step, p->loss, p->lr, p->grad_norm, p->images_per_sec, p->epoch, elapsed_seconds);
+    if (n < 0 || (size_t)n >= sizeof line || fwrite(line, 1, (size_t)n, r->log) != (size_t)n ||
+        fflush(r->log))
+        return ddpm_error(DDPM_EIO, "%s: cannot write: %s", r->log_path, strerror(errno));
+    return DDPM_OK;
+}
+
+/* A DDIM grid from the EMA weights, with the same noise every time so that
+ * previews of one run are comparable. Uses the training workspace. */
+static int session_preview(run_session *r, char *path, size_t size)
+{
+    const ddpm_run_options *o = r->o;
+    ddpm_trainer *tr = r->tr;
+    snprintf(path, size, "%s/step_%07ld.png", r->samples_dir, tr->state.step);
+    ddpm_sample_files_config c;
+    ddpm_sample_files_config_default(&c);
+    c.n = o->preview_n;
+    c.batch = tr->cfg.batch;
+    c.seed = tr->cfg.seed;
+    c.sampler.steps = o->preview_steps < tr->cfg.timesteps ? o->preview_steps : tr->cfg.timesteps;
+    c.sampler.eta = 1; /* see ddpm sample --help: cleaner than eta 0 early in training */
+    c.grid_path = path;
+    return ddpm_sample_files(tr->net, tr->ema, &tr->sched, &c, tr->ws, NULL, NULL);
+}
+
+int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_summary *summary)
+{
+    static const ddpm_run_callbacks none = {0};
+    if (!cb)
+        cb = &none;
+    run_session r;
+    int rc = session_open(&r, o, cb);
+    if (rc)
+        return rc;
+    ddpm_trainer *tr = r.tr;
+    const ddpm_run_config *c = &tr->cfg;
+    int B = c->batch, count = ddpm_dataset_count(r.ds);
+    if (cb->started) {
+        ddpm_run_start s = {count,     c->model.in_channels, c->model.image_size, tr->net->n_params, B,
+                            o->resume, tr->state.step,       r.stop_step};
+        cb->started(cb->ctx, &s);
+    }
+    ddpm_rng data_rng;
+    ddpm_rng_init(&data_rng, c->seed, DDPM_STREAM_DATA);
+    long start_step = tr->state.step, last_saved = tr->state.step, stop_step = r.stop_step;
+    double t_start = ddpm_now_seconds(), t_last = t_start, elapsed_before = tr->state.elapsed_seconds;
+    double loss_sum = 0;
+    long loss_n = 0, imgs_since = 0;
+    int interrupted = 0, diverged = 0;
+    ddpm_step_stats st = {0};
+    char preview[4096] = "";
+    while (!rc) {
+        if (stop_step && tr->state.step >= stop_step)
+            break;
+        if (o->minutes > 0 && ddpm_now_seconds() - t_start >= o->minutes * 60)
+            break;
+        if (o->stop && *o->stop) {
+            interrupted = 1;
+            break;
+        }
+        if ((rc = ddpm_dataset_next_batch(r.ds, r.x0, B, &data_rng, c->flip)))
+            break;
+        rc = ddpm_trainer_step(tr, r.x0, &st);
+        if (rc == DDPM_ENAN)
+            diverged = 1;
+        if (rc)
+            break;
+        loss_sum += st.loss;
+        loss_n++;
+        imgs_since += B;
+        long step = tr->state.step;
+        double t = ddpm_now_seconds();
+        tr->state.elapsed_seconds = elapsed_before + (t - t_start);
+        if (step % o->log_every == 0 || (stop_step && step == stop_step)) {
+            ddpm_run_progress p = {.step = step,
+                                   .stop_step = stop_step,
+                                   .loss = loss_sum / loss_n,
+                                   .lr = st.lr,
+                                   .grad_norm = st.grad_norm,
+                                   .images_per_sec = imgs_since / (t - t_last),
+                                   .epoch = (double)step * B / count,
+                                   .session_seconds = t - t_start,
+                                   .eta_seconds = -1};
+            if ((rc = log_line(&r, &p, tr->state.elapsed_seconds)))
+                break;
+            if (stop_step)
+                p.eta_seconds = (stop_step - step) * B / p.images_per_sec;
+            if (o->minutes > 0) {
+                double left = o->minutes * 60 - (t - t_start);
+                p.eta_seconds = p.eta_seconds >= 0 && p.eta_seconds < left ? p.eta_seconds : left;
+            }
+            if (cb->progress)
+                cb->progress(cb->ctx, &p);
+            loss_sum = 0, loss_n = 0, imgs_since = 0;
+            t_last = t;
+        }
+        if (o->save_every > 0 && step % o->save_every == 0) {
+            if ((rc = session_save(&r)))
+                break;
+            last_saved = step;
+        }
+        if (o->sample_every > 0 && o->preview_n > 0 && step % o->sample_every == 0)
+            rc = session_preview(&r, preview, sizeof preview);
+    }
+    if (diverged) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", ddpm_last_error());
+        if (last_saved > 0 || o->resume)
+            ddpm_error(DDPM_ENAN, "%s; stopped, the last good checkpoint (step %ld) is kept in %s", msg,
+                       last_saved, r.ckpt_path);
+        else
+            ddpm_error(DDPM_ENAN, "%s; stopped before any checkpoint was saved (try a lower --lr)", msg);
+        rc = DDPM_ENAN;
+    } else if (!rc) {
+        if (tr->state.step > last_saved || !ddpm_path_exists(r.ckpt_path))
+            rc = session_save(&r);
+        preview[0] = '\0';
+        if (!rc && o->preview_n > 0 && tr->state.step > start_step)
+            rc = session_preview(&r, preview, sizeof preview);
+        if (!rc && summary) {
+            summary->step = tr->state.step;
+            summary->loss = st.loss;
+            summary->interrupted = interrupted;
+            summary->elapsed_seconds = tr->state.elapsed_seconds;
+            snprintf(summary->checkpoint, sizeof summary->checkpoint, "%s", r.ckpt_path);
+            snprintf(summary->preview, sizeof summary->preview, "%s", preview);
+        }
+    }
+    session_close(&r);
+    return rc;
+}
