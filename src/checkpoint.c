@@ -86,6 +86,9 @@ char *ddpm_train_state_to_json(const ddpm_train_state *st)
     add_u64(root, "data_epoch", st->data_epoch);
     cJSON_AddNumberToObject(root, "data_position", st->data_position);
     cJSON_AddNumberToObject(root, "elapsed_seconds", st->elapsed_seconds);
+    cJSON_AddNumberToObject(root, "stop_step", (double)st->stop_step);
+    cJSON_AddNumberToObject(root, "stop_elapsed_seconds", st->stop_elapsed_seconds);
+    cJSON_AddStringToObject(root, "data_fingerprint", st->data_fingerprint);
     char *out = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return out;
@@ -247,6 +250,19 @@ int ddpm_train_state_from_json(ddpm_train_state *st, const char *json, const cha
     st->data_epoch = get_u64(&p, root, "state", "data_epoch");
     st->data_position = get_int(&p, root, "state", "data_position", 0, 1 << 30);
     st->elapsed_seconds = get_num(&p, root, "state", "elapsed_seconds", 0, 1e12);
+    /* added later: optional, so that older checkpoints still load */
+    if (cJSON_GetObjectItemCaseSensitive(root, "stop_step"))
+        st->stop_step = (long)get_num(&p, root, "state", "stop_step", 0, 1e15);
+    if (cJSON_GetObjectItemCaseSensitive(root, "stop_elapsed_seconds"))
+        st->stop_elapsed_seconds = get_num(&p, root, "state", "stop_elapsed_seconds", 0, 1e12);
+    const cJSON *fp = cJSON_GetObjectItemCaseSensitive(root, "data_fingerprint");
+    if (fp && !p.err) {
+        if (!cJSON_IsString(fp) || strlen(fp->valuestring) >= sizeof st->data_fingerprint)
+            p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: state.data_fingerprint must be a short string",
+                               what);
+        else
+            snprintf(st->data_fingerprint, sizeof st->data_fingerprint, "%s", fp->valuestring);
+    }
     cJSON_Delete(root);
     return p.err;
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "ddpm/crc32c.h"
 #include "ddpm/error.h"
 #include "ddpm/imageio.h"
 
@@ -21,6 +22,8 @@
 struct ddpm_dataset {
     int n, size, channels;
     int n_found, n_skipped;
+    long long total_bytes; /* of the image files loaded */
+    uint32_t names_crc;    /* CRC-32C of their paths relative to the folder, in order */
     size_t item_len; /* C * S * S */
     uint8_t *pixels; /* [n, C, S, S] */
     char **paths;    /* [n] */
@@ -37,6 +40,7 @@ typedef struct {
     char *path;
     char *reason; /* why it is skipped (a whole message naming the file), or NULL */
     int width, height, channels;
+    long long bytes; /* file size */
 } entry;
 
 typedef struct {
@@ -54,7 +58,7 @@ static int entry_push(entry_list *list, char *path, char *reason)
         list->items = items;
         list->cap = cap;
     }
-    list->items[list->n++] = (entry){path, reason, 0, 0, 0};
+    list->items[list->n++] = (entry){path, reason, 0, 0, 0, 0};
     return 0;
 }
 
@@ -258,6 +262,8 @@ static int scan(scan_state *sc, const char *dir, const struct stat *st, int dept
             rc = entry_push(&sc->files, path, NULL);
             if (rc)
                 free(path);
+            else
+                sc->files.items[sc->files.n - 1].bytes = (long long)est.st_size;
         }
     }
     entry_list_free(&names);
@@ -364,6 +370,10 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
     if (!S_ISDIR(st.st_mode))
         return ddpm_error(DDPM_EIO, "%s: not a folder", dir);
 
+    size_t root_len = strlen(dir); /* paths are dir (without trailing '/') + '/' + name */
+    while (root_len > 1 && dir[root_len - 1] == '/')
+        root_len--;
+    root_len += !(root_len == 1 && dir[0] == '/');
     scan_state sc = {.stop = opt.stop};
     int rc = scan(&sc, dir, &st, 0);
     tdestroy(sc.folders, free_folder);
@@ -467,6 +477,9 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
                 memmove(pixels + (size_t)k * item_len, pixels + (size_t)slot[i] * item_len,
                         item_len);
             ds->paths[k++] = list.items[i].path;
+            ds->total_bytes += list.items[i].bytes;
+            const char *rel = list.items[i].path + root_len;
+            ds->names_crc = ddpm_crc32c(ds->names_crc, rel, strlen(rel) + 1);
             list.items[i].path = NULL; /* now owned by ds */
         }
         free(slot);
@@ -523,6 +536,11 @@ void ddpm_dataset_close(ddpm_dataset *ds)
 }
 
 int ddpm_dataset_count(const ddpm_dataset *ds) { return ds->n; }
+
+void ddpm_dataset_fingerprint(const ddpm_dataset *ds, char *out, size_t size)
+{
+    snprintf(out, size, "%d images, %lld bytes, names %08x", ds->n, ds->total_bytes, (unsigned)ds->names_crc);
+}
 int ddpm_dataset_size(const ddpm_dataset *ds) { return ds->size; }
 int ddpm_dataset_channels(const ddpm_dataset *ds) { return ds->channels; }
 int ddpm_dataset_files_found(const ddpm_dataset *ds) { return ds->n_found; }

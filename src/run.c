@@ -2,9 +2,11 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "ddpm/checkpoint.h"
 #include "ddpm/dataset.h"
@@ -35,16 +37,110 @@ typedef struct {
     ddpm_trainer *tr;
     FILE *log;
     float *x0;
-    long stop_step; /* 0: none */
+    long stop_step;      /* 0: none */
+    double stop_elapsed; /* total training seconds at which to stop; 0: none */
+    int lock_fd;         /* the run folder's lock, held for the whole session */
 } run_session;
 
 static void session_close(run_session *r)
 {
     if (r->log)
         fclose(r->log);
+    ddpm_unlock_folder(r->lock_fd);
     free(r->x0);
     ddpm_trainer_free(r->tr);
     ddpm_dataset_close(r->ds);
+}
+
+static void warn(const ddpm_run_callbacks *cb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void warn(const ddpm_run_callbacks *cb, const char *fmt, ...)
+{
+    if (!cb || !cb->warning)
+        return;
+    char line[1200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    cb->warning(cb->ctx, line);
+}
+
+typedef struct {
+    const char *text;
+    size_t len;
+} text_span;
+
+static int write_span(void *ctx, FILE *f)
+{
+    const text_span *t = ctx;
+    return t->len && fwrite(t->text, 1, t->len, f) != t->len ? -1 : 0;
+}
+
+/* Cuts log.jsonl back to the lines of steps <= max_step, so that a resumed run,
+ * which logs the steps after its checkpoint again, never holds a step twice: a
+ * run killed between a log line and the next checkpoint wrote lines past it. A
+ * last line without its newline (cut by the kill) goes too. Only a regular file
+ * is rewritten (atomically); *n_cut counts the lines removed. */
+static int cut_log(const char *path, long max_step, int *n_cut)
+{
+    *n_cut = 0;
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0)
+        return 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return ddpm_error(DDPM_EIO, "%s: cannot read: %s", path, strerror(errno));
+    char *text = ddpm_malloc((size_t)st.st_size + 1, 1);
+    size_t len = text ? fread(text, 1, (size_t)st.st_size, f) : 0;
+    int read_error = ferror(f);
+    fclose(f);
+    if (!text)
+        return DDPM_ENOMEM;
+    if (read_error) {
+        free(text);
+        return ddpm_error(DDPM_EIO, "%s: cannot read", path);
+    }
+    text[len] = '\0';
+    size_t kept = 0;
+    for (size_t at = 0; at < len;) {
+        char *nl = memchr(text + at, '\n', len - at);
+        size_t end = nl ? (size_t)(nl - text) + 1 : len;
+        const char *key = strstr(text + at, "\"step\":");
+        long step = key && key < text + end ? strtol(key + 7, NULL, 10) : -1;
+        if (nl && step >= 0 && step <= max_step) {
+            memmove(text + kept, text + at, end - at);
+            kept += end - at;
+        } else {
+            ++*n_cut;
+        }
+        at = end;
+    }
+    int rc = 0;
+    if (*n_cut) {
+        text_span t = {text, kept};
+        rc = ddpm_atomic_write(path, write_span, &t);
+    }
+    free(text);
+    return rc;
+}
+
+/* Makes the run folder, takes its lock and removes what killed writers left. */
+static int lock_and_clean(run_session *r, const ddpm_run_callbacks *cb)
+{
+    const char *dir = r->o->out_dir;
+    int rc = ddpm_mkdir_p(dir);
+    if (!rc)
+        rc = ddpm_lock_folder(dir, DDPM_LOCK_FILE, &r->lock_fd);
+    int n_stale = 0, n_stale_samples = 0;
+    if (!rc && !(rc = ddpm_remove_stale_temps(dir, &n_stale)))
+        rc = ddpm_remove_stale_temps(r->samples_dir, &n_stale_samples);
+    if (!rc && n_stale + n_stale_samples)
+        warn(cb, "%s: removed %d temporary files left by a stopped run", dir, n_stale + n_stale_samples);
+    if (rc) {
+        ddpm_unlock_folder(r->lock_fd);
+        r->lock_fd = -1;
+    }
+    return rc;
 }
 
 /* Refuses to overwrite a run, loads the data and the trainer (fresh or from the
@@ -61,27 +157,41 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
         (o->preview_n > 0 && o->preview_steps < 1))
         return ddpm_error(DDPM_EINVAL, "run options: log_every must be >= 1, save_every, sample_every and "
                                        "preview_n >= 0, preview_steps >= 1");
+    if (!o->out_dir[0])
+        return ddpm_error(DDPM_EUSAGE, "--out: the run folder's name is empty");
     snprintf(r->ckpt_path, sizeof r->ckpt_path, "%s/%s", o->out_dir, DDPM_CHECKPOINT_FILE);
     snprintf(r->log_path, sizeof r->log_path, "%s/%s", o->out_dir, DDPM_LOG_FILE);
     snprintf(r->samples_dir, sizeof r->samples_dir, "%s/%s", o->out_dir, DDPM_SAMPLES_DIR);
-    int rc;
+    r->lock_fd = -1;
+    /* One writer per run folder, from here to session_close. A folder that does
+     * not exist yet is made (and locked) once the data has loaded, so that bad
+     * data leaves no folder behind. */
+    int rc = ddpm_path_exists(o->out_dir) ? lock_and_clean(r, cb) : 0;
+    if (rc)
+        return rc;
     ddpm_checkpoint *ck = NULL;
     ddpm_run_config cfg = o->cfg;
-    if (o->resume) {
-        if (!ddpm_path_exists(r->ckpt_path))
-            return ddpm_error(DDPM_EIO, "%s: no checkpoint to resume from", r->ckpt_path);
-        if ((rc = ddpm_checkpoint_open(&ck, r->ckpt_path)))
+    int resume = o->resume, has_ckpt = ddpm_path_exists(r->ckpt_path);
+    if (resume && !has_ckpt) {
+        warn(cb, "%s: no checkpoint yet (the run stopped before its first save): starting from step 0",
+             o->out_dir);
+        resume = 0;
+    } else if (resume) {
+        if ((rc = ddpm_checkpoint_open(&ck, r->ckpt_path))) {
+            session_close(r);
             return rc;
+        }
         cfg = *ddpm_checkpoint_config(ck);
-    } else if (ddpm_path_exists(r->ckpt_path)) {
+    } else if (has_ckpt) {
+        session_close(r);
         return ddpm_error(
             DDPM_EINVAL,
             "%s: the run folder already holds a checkpoint; continue it with --resume or choose "
             "another --out",
             o->out_dir);
     } else if (ddpm_path_exists(r->log_path)) {
-        return ddpm_error(DDPM_EINVAL, "%s: the run folder already holds a %s; choose another --out",
-                          o->out_dir, DDPM_LOG_FILE);
+        warn(cb, "%s: holds a %s but no checkpoint (a run stopped before its first save): starting afresh",
+             o->out_dir, DDPM_LOG_FILE);
     }
 
     /* the data: its size and channels define the model unless given */
@@ -89,19 +199,58 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
                                  .channels = cfg.model.in_channels,
                                  .strict = o->strict,
                                  .warn = cb ? cb->warning : NULL,
-                                 .warn_user = cb ? cb->ctx : NULL};
+                                 .warn_user = cb ? cb->ctx : NULL,
+                                 .stop = o->stop};
     if ((rc = ddpm_dataset_open(&r->ds, o->data_dir, &dopt))) {
         ddpm_checkpoint_close(ck);
+        session_close(r);
         return rc;
     }
+    char fingerprint[sizeof r->tr->state.data_fingerprint];
+    ddpm_dataset_fingerprint(r->ds, fingerprint, sizeof fingerprint);
     cfg.model.image_size = ddpm_dataset_size(r->ds);
     cfg.model.in_channels = ddpm_dataset_channels(r->ds);
+    if (!ck && ddpm_unet_config_check(&cfg.model)) { /* the flags, with the data's size and channels */
+        char why[512];
+        snprintf(why, sizeof why, "%s", ddpm_last_error());
+        rc = ddpm_error(DDPM_EUSAGE, "model (with %dx%dx%d images): %s", cfg.model.in_channels,
+                        cfg.model.image_size, cfg.model.image_size, why);
+        session_close(r);
+        return rc;
+    }
+    if (r->lock_fd < 0) { /* the folder is new: make it and lock it now */
+        if (!(rc = lock_and_clean(r, cb)) && !resume && ddpm_path_exists(r->ckpt_path))
+            rc = ddpm_error(DDPM_EINVAL, "%s: another run saved a checkpoint here meanwhile", o->out_dir);
+        if (rc) {
+            ddpm_checkpoint_close(ck);
+            session_close(r);
+            return rc;
+        }
+    }
     rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck) : ddpm_trainer_create(&r->tr, &cfg);
     ddpm_checkpoint_close(ck);
-    if (!rc && o->resume)
-        rc = ddpm_dataset_seek(r->ds, r->tr->state.data_epoch, r->tr->state.data_position);
+    ddpm_train_state *state = r->tr ? &r->tr->state : NULL;
+    if (!rc && resume && state->data_fingerprint[0] && strcmp(state->data_fingerprint, fingerprint) != 0) {
+        if (!o->allow_data_change)
+            rc = ddpm_error(DDPM_EINVAL,
+                            "%s: not the data this run was trained on (now %s; the run's: %s); pass "
+                            "--allow-data-change to continue with it anyway",
+                            o->data_dir, fingerprint, state->data_fingerprint);
+        else
+            warn(cb, "%s: the data changed (now %s; the run's: %s): continuing with it", o->data_dir, fingerprint,
+                 state->data_fingerprint);
+    }
+    if (!rc && resume && state->data_position >= ddpm_dataset_count(r->ds))
+        state->data_position = 0; /* fewer images than before (--allow-data-change): next epoch's start */
+    if (!rc && resume)
+        rc = ddpm_dataset_seek(r->ds, state->data_epoch, state->data_position);
     if (!rc)
-        rc = ddpm_mkdir_p(o->out_dir);
+        snprintf(state->data_fingerprint, sizeof state->data_fingerprint, "%s", fingerprint);
+    /* The log holds no step past the checkpoint (none at all for a fresh run). */
+    int n_cut = 0;
+    if (!rc && (rc = cut_log(r->log_path, resume ? state->step : 0, &n_cut)) == 0 && n_cut)
+        warn(cb, "%s: removed %d lines past the checkpoint's step %ld", r->log_path, n_cut,
+             resume ? state->step : 0L);
     if (!rc && o->preview_n > 0)
         rc = ddpm_mkdir_p(r->samples_dir);
     if (!rc && !(r->log = fopen(r->log_path, "a")))
@@ -116,12 +265,29 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
         session_close(r);
         return rc;
     }
-    long stop_step = o->steps > 0 ? o->steps : 0;
-    if (o->epochs > 0) {
-        long e = (long)ceil(o->epochs * ddpm_dataset_count(r->ds) / r->tr->cfg.batch);
-        stop_step = stop_step ? (e < stop_step ? e : stop_step) : e;
+    /* The stop condition: the one given, else on resume the run's own, else one epoch. */
+    ddpm_train_state *s = &r->tr->state;
+    int given = o->steps > 0 || o->epochs > 0 || o->minutes > 0;
+    if (!given && resume && (s->stop_step > 0 || s->stop_elapsed_seconds > 0)) {
+        r->stop_step = s->stop_step;
+        r->stop_elapsed = s->stop_elapsed_seconds;
+    } else {
+        double epochs = given ? o->epochs : 1;
+        long stop_step = o->steps > 0 ? o->steps : 0;
+        if (epochs > 0) {
+            long e = (long)ceil(epochs * ddpm_dataset_count(r->ds) / r->tr->cfg.batch);
+            stop_step = stop_step ? (e < stop_step ? e : stop_step) : e;
+        }
+        r->stop_step = stop_step;
+        r->stop_elapsed = o->minutes > 0 ? s->elapsed_seconds + o->minutes * 60 : 0;
     }
-    r->stop_step = stop_step;
+    s->stop_step = r->stop_step;
+    s->stop_elapsed_seconds = r->stop_elapsed;
+    /* A fresh run saves its step 0 at once, so that the folder can always be resumed. */
+    if (!resume && (rc = ddpm_trainer_save(r->tr, r->ckpt_path))) {
+        session_close(r);
+        return rc;
+    }
     return DDPM_OK;
 }
 
@@ -196,7 +362,7 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
     while (!rc) {
         if (stop_step && tr->state.step >= stop_step)
             break;
-        if (o->minutes > 0 && ddpm_now_seconds() - t_start >= o->minutes * 60)
+        if (r.stop_elapsed > 0 && elapsed_before + (ddpm_now_seconds() - t_start) >= r.stop_elapsed)
             break;
         if (o->stop && *o->stop) {
             interrupted = 1;
@@ -229,8 +395,8 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
                 break;
             if (stop_step)
                 p.eta_seconds = (stop_step - step) * B / p.images_per_sec;
-            if (o->minutes > 0) {
-                double left = o->minutes * 60 - (t - t_start);
+            if (r.stop_elapsed > 0) {
+                double left = r.stop_elapsed - tr->state.elapsed_seconds;
                 p.eta_seconds = p.eta_seconds >= 0 && p.eta_seconds < left ? p.eta_seconds : left;
             }
             if (cb->progress)

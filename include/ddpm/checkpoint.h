@@ -27,6 +27,13 @@ typedef struct {
     uint64_t data_epoch;      /* dataset position (dataset.h) */
     int data_position;
     double elapsed_seconds;   /* training time over all sessions */
+    /* The run's stop condition, so that --resume alone continues to it: the total
+     * step (from --steps/--epochs) and the total training time (from --minutes)
+     * at which the run ends; 0: none. Absent in older checkpoints (then 0). */
+    long stop_step;
+    double stop_elapsed_seconds;
+    /* The data folder the run trains on (ddpm_dataset_fingerprint); "" unknown. */
+    char data_fingerprint[96];
 } ddpm_train_state;
 
 /* The config / state as a JSON object string (malloc'ed; NULL on no memory). */

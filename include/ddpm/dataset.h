@@ -27,6 +27,7 @@
 #define DDPM_DATASET_H
 
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "ddpm/rng.h"
@@ -66,6 +67,11 @@ void ddpm_dataset_close(ddpm_dataset *ds);
 int ddpm_dataset_count(const ddpm_dataset *ds);    /* images loaded */
 int ddpm_dataset_size(const ddpm_dataset *ds);     /* S */
 int ddpm_dataset_channels(const ddpm_dataset *ds); /* C */
+/* What identifies the data: the number of images loaded, their total size in
+ * bytes and a CRC-32C of their paths relative to the folder, as one line such as
+ * "60000 images, 17890234 bytes, names 1a2b3c4d". A resumed run compares it with
+ * the one its checkpoint recorded. */
+void ddpm_dataset_fingerprint(const ddpm_dataset *ds, char *out, size_t size);
 /* Files found in the folder and files skipped (count + skipped = found). */
 int ddpm_dataset_files_found(const ddpm_dataset *ds);
 int ddpm_dataset_skipped(const ddpm_dataset *ds);

@@ -16,6 +16,8 @@ enum {
     DDPM_ENOMEM = -4,  /* an allocation failed */
     DDPM_ENAN = -5,    /* a loss or value became NaN or infinite */
     DDPM_EINTR = -6,   /* stopped on request (a signal) before the work was done */
+    DDPM_EBUSY = -7,   /* another process holds what is needed (a run folder's lock) */
+    DDPM_EUSAGE = -8,  /* a value the caller chose is invalid (the CLI: a bad flag value) */
 };
 
 /* Sets the thread-local message (printf-style) and returns `code`. */

@@ -4,8 +4,19 @@
  * handling. It writes files and never the terminal: what happens reaches the
  * caller through ddpm_run_callbacks while it runs and a ddpm_run_summary at the
  * end. A run folder is never overwritten: a new run refuses a folder that holds a
- * checkpoint or a log; resume continues it bit for bit (trainer state, data
- * position, log). */
+ * checkpoint; resume continues it bit for bit (trainer state, data position, log).
+ *
+ * Surviving crashes: one process writes a run folder at a time (an advisory lock
+ * on RUN_DIR/lock, held for the whole run; a second run is refused with the
+ * first one's pid; the kernel drops the lock of a killed run). At the start, the
+ * temporary files that killed writers left are removed, and log.jsonl is cut back
+ * to the checkpoint's step, so that the log never holds a step twice. A fresh run
+ * saves its step 0 before training, so the folder can always be resumed; a folder
+ * without a checkpoint (a run killed before that save) is started from step 0,
+ * with or without --resume, with a warning. The checkpoint records the stop
+ * condition and a fingerprint of the data folder (ddpm_dataset_fingerprint): a
+ * resume without a stop condition continues to the run's own, and a resume on
+ * other data is refused unless allow_data_change. */
 #ifndef DDPM_RUN_H
 #define DDPM_RUN_H
 
@@ -18,21 +29,25 @@
 #define DDPM_CHECKPOINT_FILE "checkpoint.safetensors"
 #define DDPM_LOG_FILE "log.jsonl"
 #define DDPM_SAMPLES_DIR "samples"
+#define DDPM_LOCK_FILE "lock" /* flock'ed by the run writing the folder; holds its pid */
 
 typedef struct {
     ddpm_run_config cfg; /* model image_size / in_channels 0: taken from the data */
     const char *data_dir;
     const char *out_dir;         /* the run folder; created with its parents */
     int resume;                  /* continue the run in out_dir (cfg is then its checkpoint's) */
+    /* The stop condition. None given: on resume the run's own (saved in its
+     * checkpoint), else one epoch. */
     long steps;                  /* stop at this total step (0: no limit) */
     double epochs;               /* stop after this many epochs in total (0: no limit) */
-    double minutes;              /* stop after this many minutes of this session (0: no limit) */
+    double minutes;              /* stop after this many more minutes of training (0: no limit) */
     long save_every;             /* checkpoint every N steps (0: only at the end) */
     long sample_every;           /* preview grid every N steps (0: only at the end) */
     long log_every;              /* log.jsonl line and progress callback every N steps */
     int preview_n;               /* images in a preview grid (0: no previews) */
     int preview_steps;           /* DDIM steps (eta 1, EMA weights) of a preview */
     int strict;                  /* non-image files in the data folder are an error */
+    int allow_data_change;       /* resume on a data folder other than the run's (see below) */
     volatile sig_atomic_t *stop; /* may be NULL; when it becomes nonzero (a signal
                                     handler sets it) the run saves and stops */
 } ddpm_run_options;

@@ -90,15 +90,25 @@ static void on_progress(void *opaque, const ddpm_sample_progress *p)
     fflush(stderr);
 }
 
-/* The folder of `path` must exist and be writable: checked before minutes of work. */
+/* An output file: a name, not a folder, in a writable folder. Checked before
+ * minutes of work; returns the exit code (0: fine). */
 static int check_writable_parent(const char *path)
 {
     char buf[4096];
+    struct stat st;
+    if (!path[0]) {
+        cli_error("--out: the file name is empty");
+        return DDPM_EXIT_USAGE;
+    }
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        cli_error("%s: is a folder; name the PNG file to write (like %s/samples.png)", path, path);
+        return DDPM_EXIT_ERROR;
+    }
     snprintf(buf, sizeof buf, "%s", path);
     const char *dir = dirname(buf);
     if (access(dir, W_OK) != 0) {
         cli_error("%s: cannot write there: %s", path, strerror(errno));
-        return -1;
+        return DDPM_EXIT_ERROR;
     }
     return 0;
 }
@@ -190,10 +200,20 @@ int cmd_sample(int argc, char **argv)
     char ckpt_path[4096];
     struct stat st;
     cli_checkpoint_path(ckpt_path, sizeof ckpt_path, argv[optind]);
-    if ((!no_grid && check_writable_parent(out)) || (fc.trajectory_path && check_writable_parent(fc.trajectory_path)))
+    int out_rc = 0;
+    if ((!no_grid && (out_rc = check_writable_parent(out))) ||
+        (fc.trajectory_path && (out_rc = check_writable_parent(fc.trajectory_path))))
+        return out_rc;
+    if (fc.each_dir && !fc.each_dir[0]) {
+        cli_error("--out-dir: the folder name is empty");
+        return DDPM_EXIT_USAGE;
+    }
+    if (fc.each_dir && stat(fc.each_dir, &st) == 0 && !S_ISDIR(st.st_mode)) {
+        cli_error("%s: is a file; --out-dir names a folder", fc.each_dir);
         return DDPM_EXIT_ERROR;
-    if (fc.each_dir && stat(fc.each_dir, &st) != 0 && check_writable_parent(fc.each_dir))
-        return DDPM_EXIT_ERROR;
+    }
+    if (fc.each_dir && stat(fc.each_dir, &st) != 0 && (out_rc = check_writable_parent(fc.each_dir)))
+        return out_rc;
     cli_set_threads(threads);
 
     ddpm_checkpoint *ck = NULL;

@@ -107,8 +107,10 @@ static void usage(FILE *f)
 "                       model, schedule and optimiser come from its checkpoint\n"
 "  --steps N            stop at total step N\n"
 "  --epochs E           stop after E epochs in total (default 1 when no stop\n"
-"                       condition is given)\n"
-"  --minutes M          stop after M minutes of this session\n"
+"                       condition is given; --resume alone keeps the run's own)\n"
+"  --minutes M          stop after M more minutes of training\n"
+"  --allow-data-change  with --resume: continue on a DATA_DIR other than the\n"
+"                       run's (default: refused; files, sizes and names differ)\n"
 "  --save-every N       checkpoint every N steps (default 500; 0: at the end only)\n"
 "  --sample-every N     preview grid every N steps (default 0: at the end only)\n"
 "  --preview-n N        images in a preview grid (default 64; 0: no previews)\n"
@@ -148,7 +150,7 @@ ARG_MODEL_HELP
 
 enum {
     O_OUT = 256, O_RESUME, O_STEPS, O_EPOCHS, O_MINUTES, O_SAVE_EVERY, O_SAMPLE_EVERY, O_PREVIEW_N,
-    O_PREVIEW_STEPS, O_LOG_EVERY, O_THREADS, O_STRICT, O_QUIET, O_JSON, O_HELP,
+    O_PREVIEW_STEPS, O_LOG_EVERY, O_THREADS, O_STRICT, O_QUIET, O_JSON, O_HELP, O_ALLOW_DATA_CHANGE,
     /* flags that define the run: refused with --resume */
     O_FIRST_RUN_FLAG, O_MODEL = O_FIRST_RUN_FLAG, O_FLIP, O_SCHEDULE, O_BETA_START, O_BETA_END, O_BATCH, O_LR, O_WARMUP, O_CLIP,
     O_EMA, O_SEED,
@@ -164,7 +166,7 @@ int cmd_train(int argc, char **argv)
         {"preview-steps", required_argument, 0, O_PREVIEW_STEPS}, {"log-every", required_argument, 0, O_LOG_EVERY},
         {"threads", required_argument, 0, O_THREADS}, {"strict", no_argument, 0, O_STRICT},
         {"quiet", no_argument, 0, O_QUIET}, {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
-        ARG_MODEL_LONGOPTS(O_MODEL), {"flip", no_argument, 0, O_FLIP},
+        {"allow-data-change", no_argument, 0, O_ALLOW_DATA_CHANGE}, ARG_MODEL_LONGOPTS(O_MODEL), {"flip", no_argument, 0, O_FLIP},
         {"schedule", required_argument, 0, O_SCHEDULE}, {"beta-start", required_argument, 0, O_BETA_START},
         {"beta-end", required_argument, 0, O_BETA_END}, {"batch", required_argument, 0, O_BATCH},
         {"lr", required_argument, 0, O_LR}, {"warmup", required_argument, 0, O_WARMUP},
@@ -197,6 +199,7 @@ int cmd_train(int argc, char **argv)
         case O_STRICT: o.strict = 1; break;
         case O_QUIET: quiet = 1; break;
         case O_JSON: json = 1; break;
+        case O_ALLOW_DATA_CHANGE: o.allow_data_change = 1; break;
         case O_MODEL:
             bad |= arg_model_flag(longopts[longindex].name, optarg, &o.cfg) != 0;
             break;
@@ -232,8 +235,6 @@ int cmd_train(int argc, char **argv)
         return DDPM_EXIT_USAGE;
     }
     o.data_dir = argv[optind];
-    if (!o.steps && !o.epochs && !o.minutes)
-        o.epochs = 1;
     cli_set_threads(threads);
     stop_requested = 0;
     o.stop = &stop_requested;
@@ -254,7 +255,7 @@ int cmd_train(int argc, char **argv)
         fputc('\n', stderr);
     if (rc) {
         cli_error("%s", ddpm_last_error());
-        return rc == DDPM_ENAN ? DDPM_EXIT_DIVERGED : DDPM_EXIT_ERROR;
+        return rc == DDPM_ENAN ? DDPM_EXIT_DIVERGED : rc == DDPM_EUSAGE ? DDPM_EXIT_USAGE : DDPM_EXIT_ERROR;
     }
     if (!quiet) {
         if (summary.preview[0])
