@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,7 +184,7 @@ static void test_a_flipped_bit_is_refused_by_info_sample_and_resume(void **state
     assert_one_error_line("fails its checksum", "adam_v.");
     assert_int_equal(ddpm("sample flip-run --n 1 --steps 2 --out flip.png --quiet"), 1);
     assert_one_error_line("fails its checksum", NULL);
-    assert_int_equal(ddpm("train data --out flip-run --resume --steps 2 --quiet"), 1);
+    assert_int_equal(ddpm("train data --out flip-run --resume --steps 2 --quiet --preview-n 0"), 1);
     assert_one_error_line("fails its checksum", NULL);
 }
 
@@ -198,7 +199,7 @@ static void test_a_file_size_limit_gives_one_error_and_keeps_the_old_checkpoint(
     size_t n = 0;
     unsigned char *before = tu_read_file(in_tmp("fsize-run/checkpoint.safetensors"), &n);
     assert_non_null(before);
-    int rc = run_limited((long)n / 2, "train data --out fsize-run --resume --steps 2 --quiet");
+    int rc = run_limited((long)n / 2, "train data --out fsize-run --resume --steps 2 --quiet --preview-n 0");
     assert_int_equal(rc, 1);
     assert_one_error_line("File too large", NULL);
     size_t m = 0;
@@ -236,6 +237,200 @@ static void test_a_huge_png_in_the_data_is_skipped_as_too_large(void **state)
     free(err);
 }
 
+/* Starts `ddpm ARGS` in tmp in the background (output to bg.txt); returns its pid. */
+static pid_t start_ddpm(const char *args)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "cd '%s' && exec '%s' %s >bg.txt 2>&1", tmp, DDPM_BINARY, args);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Waits up to 60 s for file `name` in tmp to hold at least `lines` lines. */
+static void wait_for_lines(const char *name, int lines)
+{
+    for (int i = 0; i < 6000; i++) {
+        size_t n = 0;
+        unsigned char *b = tu_read_file(in_tmp(name), &n);
+        int count = 0;
+        for (size_t k = 0; b && k < n; k++)
+            count += b[k] == '\n';
+        free(b);
+        if (count >= lines)
+            return;
+        usleep(10000);
+    }
+    fail_msg("%s never reached %d lines", name, lines);
+}
+
+/* The steps of log.jsonl in order, into steps[]; returns how many. */
+static int log_steps(const char *name, long *steps, int max)
+{
+    char *log = slurp(name);
+    int n = 0;
+    for (char *p = strstr(log, "\"step\":"); p && n < max; p = strstr(p + 1, "\"step\":"))
+        steps[n++] = strtol(p + 7, NULL, 10);
+    free(log);
+    return n;
+}
+
+/* Exactly the steps first..last, once each and in order. */
+static void assert_log_holds_steps(const char *name, long first, long last)
+{
+    long steps[512];
+    int n = log_steps(name, steps, 512);
+    if (n != last - first + 1)
+        fprintf(stderr, "%s has %d lines, expected steps %ld..%ld\n", name, n, first, last);
+    assert_int_equal(n, last - first + 1);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(steps[i], first + i);
+}
+
+/* The bug report: two `ddpm train --out run2` started together both exited 0,
+ * the folder kept only the second run and log.jsonl interleaved both. Now the
+ * second is refused while the first runs, naming its pid, with or without
+ * --resume; once the first is gone (even by SIGKILL) the folder is free again. */
+static void test_a_second_writer_is_refused_with_the_first_ones_pid(void **state)
+{
+    (void)state;
+    pid_t first = start_ddpm("train data --out lock-run --steps 100000 --save-every 100000 --log-every 1 --quiet " TINY);
+    wait_for_lines("lock-run/log.jsonl", 1);
+    char pid[32];
+    snprintf(pid, sizeof pid, "pid %ld", (long)first);
+    assert_int_equal(ddpm("train data --out lock-run --steps 5 --quiet " TINY), 1);
+    assert_one_error_line("another ddpm", pid);
+    assert_int_equal(ddpm("train data --out lock-run --resume --steps 5 --quiet --preview-n 0"), 1);
+    assert_one_error_line("another ddpm", pid);
+    kill(first, SIGKILL);
+    int st;
+    waitpid(first, &st, 0);
+    assert_int_equal(ddpm("train data --out lock-run --resume --steps 3 --quiet --preview-n 0"), 0);
+}
+
+/* The bug report: log.jsonl pointed at /dev/full, and a run exited 0 with all
+ * its lines lost. Every log write is checked: exit 1, one line naming the log. */
+static void test_a_failing_log_write_is_an_error(void **state)
+{
+    (void)state;
+    mkdir(in_tmp("full-run"), 0777);
+    assert_int_equal(symlink("/dev/full", in_tmp("full-run/log.jsonl")), 0);
+    assert_int_equal(ddpm("train data --out full-run --steps 3 --log-every 1 --quiet " TINY), 1);
+    assert_one_error_line("log.jsonl", "No space left on device");
+}
+
+/* The bug report: a run killed before its first checkpoint left a folder that
+ * neither --resume ("no checkpoint") nor a fresh run ("already holds a
+ * log.jsonl") would take. Now both start it from step 0 with a warning, and the
+ * old log lines are dropped (a fresh run also saves step 0 before training, so
+ * the window is only the first moments of a run). */
+static void test_a_run_folder_without_a_checkpoint_can_be_resumed_or_restarted(void **state)
+{
+    (void)state;
+    const char *old_log = "{\"step\":1,\"loss\":1}\n{\"step\":2,\"loss\":1}\n";
+    const char *names[2] = {"nockpt-a", "nockpt-b"};
+    for (int k = 0; k < 2; k++) {
+        char path[600];
+        mkdir(in_tmp(names[k]), 0777);
+        snprintf(path, sizeof path, "%s/log.jsonl", in_tmp(names[k]));
+        assert_int_equal(tu_write_file(path, old_log, strlen(old_log)), 0);
+        int rc = ddpm("train data --out %s %s --steps 3 --log-every 1 " TINY, names[k], k ? "" : "--resume");
+        assert_int_equal(rc, 0);
+        char *err = slurp("err.txt");
+        assert_non_null(strstr(err, k ? "starting afresh" : "starting from step 0"));
+        free(err);
+        snprintf(path, sizeof path, "%s/log.jsonl", names[k]);
+        assert_log_holds_steps(path, 1, 3);
+    }
+}
+
+/* The bug report: SIGKILL left checkpoint.safetensors.tmp.<pid> files (17 after
+ * 65 kills) that nothing removed, and log.jsonl, written before the save, held
+ * steps past the checkpoint that the resumed run logged again (11 duplicates in
+ * 35 kills). Now both are cleaned at the start of the next run. */
+static void test_stale_temp_files_go_and_the_log_is_cut_back_to_the_checkpoint(void **state)
+{
+    (void)state;
+    assert_int_equal(ddpm("train data --out cut-run --steps 4 --log-every 1 --quiet " TINY), 0);
+    /* what a kill after the log write of step 6 and during the save looks like */
+    FILE *f = fopen(in_tmp("cut-run/log.jsonl"), "a");
+    assert_non_null(f);
+    fputs("{\"step\":5,\"loss\":0.5}\n{\"step\":6,\"loss\":0.5}\n{\"step\":7,\"lo", f);
+    fclose(f);
+    const char *stale = "cut-run/checkpoint.safetensors.tmp.4194303.0"; /* above pid_max: dead */
+    assert_int_equal(tu_write_file(in_tmp(stale), "x", 1), 0);
+    assert_int_equal(ddpm("train data --out cut-run --resume --steps 8 --log-every 1 --preview-n 0"), 0);
+    assert_int_equal(tu_count_entries_containing(in_tmp("cut-run"), ".tmp."), 0);
+    assert_log_holds_steps("cut-run/log.jsonl", 1, 8);
+    char *err = slurp("err.txt");
+    assert_non_null(strstr(err, "removed 1 temporary files"));
+    assert_non_null(strstr(err, "removed 3 lines past the checkpoint's step 4"));
+    free(err);
+}
+
+/* The bug report: the Ctrl-C hint `ddpm train DATA --out RUN --resume` omitted
+ * the stop condition, so running it printed "done" at once (the default of one
+ * epoch was long past). Now the stop condition is part of the run: --resume
+ * alone trains on to the original --steps. */
+static void test_resume_without_a_stop_condition_continues_to_the_runs_own(void **state)
+{
+    (void)state;
+    pid_t pid = start_ddpm("train data --out stop-run --steps 40 --log-every 1 --save-every 100 " TINY);
+    wait_for_lines("stop-run/log.jsonl", 5);
+    kill(pid, SIGINT);
+    int st;
+    waitpid(pid, &st, 0);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_int_equal(ddpm("train data --out stop-run --resume --log-every 1 --preview-n 0"), 0);
+    char *err = slurp("err.txt");
+    assert_non_null(strstr(err, "done at step 40"));
+    free(err);
+    assert_log_holds_steps("stop-run/log.jsonl", 1, 40);
+}
+
+/* The bug report: --resume on another data folder quietly turned 32x32 RGB
+ * images into the run's 16x16 gray. The checkpoint records the data's
+ * fingerprint; other data is refused unless --allow-data-change. */
+static void test_resume_on_other_data_is_refused_unless_allowed(void **state)
+{
+    (void)state;
+    assert_int_equal(ddpm("train data --out data-run --steps 1 --quiet " TINY), 0);
+    mkdir(in_tmp("other"), 0777);
+    write_gray_png("other", "x.png", 9);
+    assert_int_equal(ddpm("train other --out data-run --resume --steps 2 --quiet --preview-n 0"), 1);
+    assert_one_error_line("not the data this run was trained on", "--allow-data-change");
+    assert_int_equal(ddpm("train other --out data-run --resume --steps 2 --quiet --allow-data-change --preview-n 0"), 0);
+    assert_int_equal(ddpm("train data --out data-run --resume --steps 3 --quiet --allow-data-change --preview-n 0"), 0);
+}
+
+/* The bug report: --size 7, --attn 99 and --ch 3 exited 1, though README gives
+ * 2 for a bad value; --out '' printed "ddpm: : ..."; sample --out EXISTING_DIR
+ * failed only after all the sampling. */
+static void test_bad_flag_values_exit_2_and_bad_outputs_are_refused_before_work(void **state)
+{
+    (void)state;
+    const char *bad[] = {"--size 7", "--attn 99", "--ch 3"};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(ddpm("train data --out bad-run --steps 1 --quiet --ch 8 --ch-mult 1,2 --groups 4 %s", bad[i]), 2);
+        assert_one_error_line("model", NULL);
+    }
+    assert_int_equal(access(in_tmp("bad-run"), F_OK), -1); /* refused before any file */
+    assert_int_equal(ddpm("train data --out '' --steps 1 --quiet " TINY), 2);
+    assert_one_error_line("--out: the run folder's name is empty", NULL);
+    assert_int_equal(ddpm("train data --out fresh-run --steps 1 --quiet " TINY), 0);
+    mkdir(in_tmp("a-folder"), 0777);
+    assert_int_equal(ddpm("sample fresh-run --n 4096 --sampler ddpm --quiet --out a-folder"), 1);
+    assert_one_error_line("a-folder: is a folder", NULL);
+    assert_int_equal(ddpm("sample fresh-run --n 4096 --sampler ddpm --quiet --out no/such/dir/x.png"), 1);
+    assert_one_error_line("cannot write there", NULL);
+    assert_int_equal(ddpm("sample fresh-run --n 4096 --sampler ddpm --quiet --out ''"), 2);
+    assert_one_error_line("--out: the file name is empty", NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -244,6 +439,13 @@ int main(void)
         cmocka_unit_test(test_a_flipped_bit_is_refused_by_info_sample_and_resume),
         cmocka_unit_test(test_a_file_size_limit_gives_one_error_and_keeps_the_old_checkpoint),
         cmocka_unit_test(test_a_huge_png_in_the_data_is_skipped_as_too_large),
+        cmocka_unit_test(test_a_second_writer_is_refused_with_the_first_ones_pid),
+        cmocka_unit_test(test_a_failing_log_write_is_an_error),
+        cmocka_unit_test(test_a_run_folder_without_a_checkpoint_can_be_resumed_or_restarted),
+        cmocka_unit_test(test_stale_temp_files_go_and_the_log_is_cut_back_to_the_checkpoint),
+        cmocka_unit_test(test_resume_without_a_stop_condition_continues_to_the_runs_own),
+        cmocka_unit_test(test_resume_on_other_data_is_refused_unless_allowed),
+        cmocka_unit_test(test_bad_flag_values_exit_2_and_bad_outputs_are_refused_before_work),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -230,7 +230,9 @@ int cmd_train(int argc, char **argv)
                   optind < argc ? argv[optind + 1] : "");
         return cli_usage_error("train");
     }
-    if (o.resume && run_flag_given) {
+    char ckpt[4200];
+    snprintf(ckpt, sizeof ckpt, "%s/%s", o.out_dir, DDPM_CHECKPOINT_FILE);
+    if (o.resume && run_flag_given && access(ckpt, F_OK) == 0) { /* without a checkpoint, the flags start it */
         cli_error("train: --%s cannot be changed on --resume (the run's config is in its checkpoint)", run_flag_given);
         return DDPM_EXIT_USAGE;
     }
