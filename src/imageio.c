@@ -132,6 +132,36 @@ static int jpeg_tables_ok(FILE *f)
     return ok;
 }
 
+/* The three header numbers of a binary PGM/PPM file (P5, P6) f, each at most
+ * 2^24. stb_image parses them into an int without an overflow check (UBSan:
+ * "322222222 * 10 cannot be represented in type 'int'", found by
+ * tests/fuzz/fuzz_image.c). Whitespace and comments are skipped as stb_image
+ * skips them. Returns 0, or -1 for a number too large. */
+static int pnm_numbers_ok(FILE *f)
+{
+    if (fseek(f, 2, SEEK_SET) != 0)
+        return 0;
+    int c = getc(f), ok = 0;
+    for (int k = 0; k < 3 && !ok; k++) {
+        for (;;) { /* whitespace, and comments from '#' to the end of the line */
+            while (c == ' ' || (c >= '\t' && c <= '\r'))
+                c = getc(f);
+            if (c != '#')
+                break;
+            while (c != EOF && c != '\n' && c != '\r')
+                c = getc(f);
+        }
+        long value = 0;
+        for (; c >= '0' && c <= '9'; c = getc(f))
+            if ((value = value * 10 + (c - '0')) > (1L << 24)) {
+                ok = -1;
+                break;
+            }
+    }
+    rewind(f);
+    return ok;
+}
+
 /* The header of the open file f, checked against the size limits; the file
  * position is left at the start. Besides the pixel limit, an image must not
  * claim more than MAX_PIXELS_PER_BYTE pixels per byte of file: no format
@@ -147,6 +177,8 @@ static int read_header(FILE *f, const char *path, int *width, int *height, int *
     uint8_t magic[2] = {0, 0};
     if (fread(magic, 1, 2, f) == 2 && magic[0] == 0xff && magic[1] == 0xd8 && jpeg_tables_ok(f) != 0)
         return ddpm_error(DDPM_EFORMAT, "%s: corrupt JPEG (a Huffman table of more than 256 codes)", path);
+    if (magic[0] == 'P' && (magic[1] == '5' || magic[1] == '6') && pnm_numbers_ok(f) != 0)
+        return ddpm_error(DDPM_EFORMAT, "%s: corrupt PGM/PPM (a header number over 2^24)", path);
     rewind(f);
     if (!stbi_info_from_file(f, &w, &h, &n)) {
         const char *why = stbi_failure_reason();

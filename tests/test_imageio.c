@@ -356,7 +356,8 @@ static void test_images_over_the_pixel_limit_are_refused_as_too_large_before_dec
     assert_non_null(strstr(ddpm_last_error(), "too large"));
 }
 
-/* Fuzzer findings (tests/fuzz/fuzz_image.c). A 74-byte RLE TGA claiming
+/* Fuzzer findings (tests/fuzz/fuzz_image.c). A PGM header number past INT_MAX
+ * overflowed stb_image's parser (signed overflow). A 74-byte RLE TGA claiming
  * 2586 x 8196 pixels made stb_image allocate 85 MB and fill it (over 10 s under
  * the sanitizers): a file may not claim more than 4096 pixels per byte. A JPEG
  * whose Huffman table counts add up to more than 256 codes made stb_image write
@@ -400,6 +401,12 @@ static void test_fuzzer_findings_tiny_file_claiming_a_big_image_and_bad_jpeg_tab
     assert_non_null(strstr(ddpm_last_error(), "Huffman table"));
     assert_int_equal(ddpm_image_load_u8(path, out, 4, 3), DDPM_EFORMAT);
     free(b);
+    /* a PGM whose width overflows stb_image's int parser */
+    snprintf(path, sizeof path, "%s", tu_path(tmpdir, "overflow.pgm"));
+    const char *pgm = "P5\n# comment\n32222222222222 2\n255\n\x01\x02";
+    assert_int_equal(tu_write_file(path, pgm, strlen(pgm)), 0);
+    assert_int_equal(ddpm_image_probe(path, &w, &h, &c), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "corrupt PGM/PPM"));
     /* the fuzzer's own case: the bad table is the second of one DHT segment */
     const char *second = DDPM_TEST_DATA "/jpeg_dht_second_table_overflow.jpg";
     assert_int_equal(ddpm_image_probe(second, &w, &h, &c), DDPM_EFORMAT);
