@@ -14,6 +14,7 @@ struct ddpm_checkpoint {
     ddpm_st_file *file;
     ddpm_run_config config;
     ddpm_train_state state;
+    const char *weights; /* exported weights: "ema" or "raw"; NULL for a training checkpoint */
 };
 
 /* ---------------------------------------------------------------- to JSON */
@@ -184,7 +185,9 @@ static const cJSON *section(parse_ctx *p, const cJSON *root, const char *name)
     return cJSON_IsObject(s) ? s : NULL;
 }
 
-int ddpm_run_config_from_json(ddpm_run_config *c, const char *json, const char *what)
+/* need_train 0: an exported weights file, whose config has no train section
+ * (the training fields keep their defaults and mean nothing). */
+static int config_from_json(ddpm_run_config *c, const char *json, const char *what, int need_train)
 {
     parse_ctx p = {.what = what};
     ddpm_run_config_default(c);
@@ -193,7 +196,8 @@ int ddpm_run_config_from_json(ddpm_run_config *c, const char *json, const char *
         cJSON_Delete(root);
         return ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: config is not a JSON object", what);
     }
-    const cJSON *m = section(&p, root, "model"), *s = section(&p, root, "schedule"), *t = section(&p, root, "train");
+    const cJSON *m = section(&p, root, "model"), *s = section(&p, root, "schedule");
+    const cJSON *t = need_train ? section(&p, root, "train") : NULL;
     if (!p.err) {
         ddpm_unet_config *u = &c->model;
         memset(u, 0, sizeof *u);
@@ -215,6 +219,8 @@ int ddpm_run_config_from_json(ddpm_run_config *c, const char *json, const char *
         c->timesteps = get_int(&p, s, "schedule", "timesteps", 1, 100000);
         c->beta_start = get_num(&p, s, "schedule", "beta_start", 0, 1);
         c->beta_end = get_num(&p, s, "schedule", "beta_end", 0, 1);
+    }
+    if (!p.err && t) {
         c->batch = get_int(&p, t, "train", "batch", 1, 65536);
         c->optim.lr = (float)get_num(&p, t, "train", "lr", 0, 10);
         c->optim.warmup = get_int(&p, t, "train", "warmup", 0, 1 << 30);
@@ -235,7 +241,13 @@ int ddpm_run_config_from_json(ddpm_run_config *c, const char *json, const char *
     return DDPM_OK;
 }
 
-int ddpm_train_state_from_json(ddpm_train_state *st, const char *json, const char *what)
+int ddpm_run_config_from_json(ddpm_run_config *c, const char *json, const char *what)
+{
+    return config_from_json(c, json, what, 1);
+}
+
+/* step_only: an export's state, the step alone. */
+static int state_from_json(ddpm_train_state *st, const char *json, const char *what, int step_only)
 {
     parse_ctx p = {.what = what};
     memset(st, 0, sizeof *st);
@@ -245,6 +257,10 @@ int ddpm_train_state_from_json(ddpm_train_state *st, const char *json, const cha
         return ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: state is not a JSON object", what);
     }
     st->step = (long)get_num(&p, root, "state", "step", 0, 1e15);
+    if (step_only) {
+        cJSON_Delete(root);
+        return p.err;
+    }
     st->noise_counter = get_u64(&p, root, "state", "noise_counter");
     st->dropout_counter = get_u64(&p, root, "state", "dropout_counter");
     st->data_epoch = get_u64(&p, root, "state", "data_epoch");
@@ -267,23 +283,27 @@ int ddpm_train_state_from_json(ddpm_train_state *st, const char *json, const cha
     return p.err;
 }
 
+int ddpm_train_state_from_json(ddpm_train_state *st, const char *json, const char *what)
+{
+    return state_from_json(st, json, what, 0);
+}
+
 /* ---------------------------------------------------------------- files */
 
-int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddpm_train_state *st,
-                         const ddpm_unet *net, const float *params, const float *ema,
-                         const float *adam_m, const float *adam_v)
+/* The tensor sets of net that are not NULL, under their prefixes, with the
+ * metadata entries given. */
+static int save_arenas(const char *path, const ddpm_unet *net, const float *const arenas[4], const ddpm_st_meta *meta,
+                       int n_meta)
 {
     const char *prefixes[4] = {"", "ema.", "adam_m.", "adam_v."};
-    const float *arenas[4] = {params, ema, adam_m, adam_v};
     int n_sets = 0;
     for (int k = 0; k < 4; k++)
         n_sets += arenas[k] != NULL;
     size_t n = (size_t)n_sets * net->n_tensors;
     ddpm_st_tensor *t = ddpm_calloc(n, sizeof *t);
     char *names = ddpm_calloc(n, DDPM_MAX_NAME + 8);
-    char *config_json = ddpm_run_config_to_json(cfg), *state_json = ddpm_train_state_to_json(st);
     int rc = DDPM_ENOMEM;
-    if (t && names && config_json && state_json) {
+    if (t && names) {
         size_t j = 0;
         for (int k = 0; k < 4; k++) {
             if (!arenas[k])
@@ -299,18 +319,69 @@ int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddp
                     t[j].shape[d] = ti->shape[d];
             }
         }
-        char version[16];
-        snprintf(version, sizeof version, "%d", DDPM_CHECKPOINT_FORMAT_VERSION);
-        ddpm_st_meta meta[4] = {{"format", "ddpm"}, {"format_version", version}, {"config", config_json},
-                                {"state", state_json}};
-        rc = ddpm_safetensors_write(path, t, (int)n, meta, 4);
+        rc = ddpm_safetensors_write(path, t, (int)n, meta, n_meta);
     } else {
         ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the checkpoint", path);
     }
     free(t);
     free(names);
+    return rc;
+}
+
+int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddpm_train_state *st,
+                         const ddpm_unet *net, const float *params, const float *ema,
+                         const float *adam_m, const float *adam_v)
+{
+    const float *const arenas[4] = {params, ema, adam_m, adam_v};
+    char *config_json = ddpm_run_config_to_json(cfg), *state_json = ddpm_train_state_to_json(st);
+    int rc;
+    if (config_json && state_json) {
+        char version[16];
+        snprintf(version, sizeof version, "%d", DDPM_CHECKPOINT_FORMAT_VERSION);
+        ddpm_st_meta meta[4] = {{"format", "ddpm"}, {"format_version", version}, {"config", config_json},
+                                {"state", state_json}};
+        rc = save_arenas(path, net, arenas, meta, 4);
+    } else {
+        rc = ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the checkpoint", path);
+    }
     free(config_json);
     free(state_json);
+    return rc;
+}
+
+int ddpm_checkpoint_export(const ddpm_checkpoint *ck, const char *path, int raw, int *used_ema)
+{
+    ddpm_unet *net = NULL;
+    float *params = NULL;
+    int ema = 0;
+    int rc = ddpm_checkpoint_load_model(ck, !raw, &net, &params, &ema);
+    if (rc)
+        return rc;
+    /* the config without its train section, the state without the run's counters */
+    char *full = ddpm_run_config_to_json(&ck->config), *config_json = NULL;
+    cJSON *root = full ? cJSON_Parse(full) : NULL;
+    if (root) {
+        cJSON_DeleteItemFromObjectCaseSensitive(root, "train");
+        config_json = cJSON_PrintUnformatted(root);
+    }
+    char state_json[64], version[16];
+    snprintf(state_json, sizeof state_json, "{\"step\":%ld}", ck->state.step);
+    snprintf(version, sizeof version, "%d", DDPM_CHECKPOINT_FORMAT_VERSION);
+    if (config_json) {
+        ddpm_st_meta meta[5] = {{"format", "ddpm"}, {"format_version", version}, {"config", config_json},
+                                {"state", state_json}, {"weights", ema ? "ema" : "raw"}};
+        const float *const arenas[4] = {params, NULL, NULL, NULL};
+        rc = save_arenas(path, net, arenas, meta, 5);
+    } else {
+        rc = ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the export", path);
+    }
+    cJSON_Delete(root);
+    free(full);
+    free(config_json);
+    free(params);
+    ddpm_unet_free(net);
+    if (!rc && used_ema)
+        *used_ema = ema;
     return rc;
 }
 
@@ -329,15 +400,18 @@ static int checkpoint_from_file(ddpm_checkpoint **out, ddpm_st_file *file)
     const char *config = ddpm_safetensors_meta(ck->file, "config");
     const char *state = ddpm_safetensors_meta(ck->file, "state");
     int rc = 0;
-    if (!format || strcmp(format, "ddpm"))
+    ck->weights = ddpm_safetensors_meta(ck->file, "weights");
+    if (ck->weights && strcmp(ck->weights, "ema") && strcmp(ck->weights, "raw"))
+        rc = ddpm_error(DDPM_EFORMAT, "%s: metadata 'weights' must be ema or raw", path);
+    else if (!format || strcmp(format, "ddpm"))
         rc = ddpm_error(DDPM_EFORMAT, "%s: not a ddpm checkpoint (a safetensors file without ddpm metadata)", path);
     else if (!version || strcmp(version, "1") != 0)
         rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint format version %.20s is not supported (this ddpm reads %d)", path,
                         version ? version : "(missing)", DDPM_CHECKPOINT_FORMAT_VERSION);
     else if (!config || !state)
         rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata lacks %s", path, config ? "state" : "config");
-    else if (!(rc = ddpm_run_config_from_json(&ck->config, config, path)))
-        rc = ddpm_train_state_from_json(&ck->state, state, path);
+    else if (!(rc = config_from_json(&ck->config, config, path, !ck->weights)))
+        rc = state_from_json(&ck->state, state, path, ck->weights != NULL);
     if (rc) {
         ddpm_checkpoint_close(ck);
         return rc;
@@ -375,6 +449,7 @@ void ddpm_checkpoint_close(ddpm_checkpoint *ck)
 const ddpm_run_config *ddpm_checkpoint_config(const ddpm_checkpoint *ck) { return &ck->config; }
 const ddpm_train_state *ddpm_checkpoint_state(const ddpm_checkpoint *ck) { return &ck->state; }
 const char *ddpm_checkpoint_path(const ddpm_checkpoint *ck) { return ddpm_safetensors_path(ck->file); }
+const char *ddpm_checkpoint_weights(const ddpm_checkpoint *ck) { return ck->weights; }
 
 int ddpm_checkpoint_has(const ddpm_checkpoint *ck, const ddpm_unet *net, const char *prefix)
 {
@@ -470,6 +545,8 @@ int ddpm_checkpoint_load_model(const ddpm_checkpoint *ck, int prefer_ema, ddpm_u
         rc = DDPM_ENOMEM;
     if (!rc)
         rc = ddpm_checkpoint_read(ck, *net, prefix, *params);
+    if (ck->weights) /* an export's plain names hold the weights it says */
+        *used_ema = !strcmp(ck->weights, "ema");
     if (rc) {
         free(*params);
         ddpm_unet_free(*net);

@@ -10,8 +10,11 @@
 
 #include "ddpm/checkpoint.h"
 #include "ddpm/dataset.h"
+#include "ddpm/dist.h"
 #include "ddpm/error.h"
 #include "ddpm/fsutil.h"
+#include "ddpm/recipe.h"
+#include "ddpm/sha256.h"
 #include "ddpm/sample.h"
 #include "ddpm/train.h"
 
@@ -19,8 +22,7 @@ void ddpm_run_options_default(ddpm_run_options *o)
 {
     memset(o, 0, sizeof *o);
     ddpm_run_config_default(&o->cfg);
-    o->cfg.model.image_size = 0;
-    o->cfg.model.in_channels = 0;
+    ddpm_unet_config_set_auto(&o->cfg.model);
     o->out_dir = "runs/ddpm";
     o->save_every = 500;
     o->sample_every = 0;
@@ -39,7 +41,9 @@ typedef struct {
     float *x0;
     long stop_step;      /* 0: none */
     double stop_elapsed; /* total training seconds at which to stop; 0: none */
-    int lock_fd;         /* the run folder's lock, held for the whole session */
+    int lock_fd;         /* the run folder's lock (process 0), held for the whole session */
+    int resume;          /* continuing from a checkpoint (not: --resume of a folder without one) */
+    int rank, n_ranks; /* this process in a data-parallel run (dist.h); rank 0 writes the files */
 } run_session;
 
 static void session_close(run_session *r)
@@ -47,9 +51,18 @@ static void session_close(run_session *r)
     if (r->log)
         fclose(r->log);
     ddpm_unlock_folder(r->lock_fd);
+    r->lock_fd = -1;
     free(r->x0);
     ddpm_trainer_free(r->tr);
     ddpm_dataset_close(r->ds);
+}
+
+/* The model config's error (just set) as a bad value of the caller's: exit 2 in the CLI. */
+static int usage_error(void)
+{
+    char why[900];
+    snprintf(why, sizeof why, "%s", ddpm_last_error());
+    return ddpm_error(DDPM_EUSAGE, "model: %s", why);
 }
 
 static void warn(const ddpm_run_callbacks *cb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -149,6 +162,8 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
 {
     memset(r, 0, sizeof *r);
     r->o = o;
+    r->rank = ddpm_dist_rank();
+    r->n_ranks = ddpm_dist_size();
     if (!o->data_dir || !o->out_dir)
         return ddpm_error(DDPM_EINVAL, "a run needs a data folder and a run folder");
     if (strlen(o->out_dir) > 3000)
@@ -157,31 +172,34 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
         (o->preview_n > 0 && o->preview_steps < 1))
         return ddpm_error(DDPM_EINVAL, "run options: log_every must be >= 1, save_every, sample_every and "
                                        "preview_n >= 0, preview_steps >= 1");
-    if (!o->out_dir[0])
-        return ddpm_error(DDPM_EUSAGE, "--out: the run folder's name is empty");
     snprintf(r->ckpt_path, sizeof r->ckpt_path, "%s/%s", o->out_dir, DDPM_CHECKPOINT_FILE);
     snprintf(r->log_path, sizeof r->log_path, "%s/%s", o->out_dir, DDPM_LOG_FILE);
     snprintf(r->samples_dir, sizeof r->samples_dir, "%s/%s", o->out_dir, DDPM_SAMPLES_DIR);
     r->lock_fd = -1;
-    /* One writer per run folder, from here to session_close. A folder that does
-     * not exist yet is made (and locked) once the data has loaded, so that bad
+    if (!o->out_dir[0])
+        return ddpm_error(DDPM_EUSAGE, "--out: the run folder's name is empty");
+    /* One writer per run folder (process 0), from here to session_close. A folder
+     * that does not exist yet is made and locked in session_files, so that bad
      * data leaves no folder behind. */
-    int rc = ddpm_path_exists(o->out_dir) ? lock_and_clean(r, cb) : 0;
+    int rc = r->rank == 0 && ddpm_path_exists(o->out_dir) ? lock_and_clean(r, cb) : 0;
     if (rc)
         return rc;
     ddpm_checkpoint *ck = NULL;
     ddpm_run_config cfg = o->cfg;
-    int resume = o->resume, has_ckpt = ddpm_path_exists(r->ckpt_path);
-    if (resume && !has_ckpt) {
-        warn(cb, "%s: no checkpoint yet (the run stopped before its first save): starting from step 0",
-             o->out_dir);
-        resume = 0;
-    } else if (resume) {
+    int has_ckpt = ddpm_path_exists(r->ckpt_path);
+    r->resume = o->resume && has_ckpt;
+    if (o->resume && !has_ckpt) {
+        if (r->rank == 0)
+            warn(cb, "%s: no checkpoint yet (the run stopped before its first save): starting from step 0",
+                 o->out_dir);
+    } else if (o->resume) {
         if ((rc = ddpm_checkpoint_open(&ck, r->ckpt_path))) {
             session_close(r);
             return rc;
         }
         cfg = *ddpm_checkpoint_config(ck);
+    } else if (r->rank > 0) {
+        /* a new run's folder is process 0's to judge and to make */
     } else if (has_ckpt) {
         session_close(r);
         return ddpm_error(
@@ -194,7 +212,16 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
              o->out_dir, DDPM_LOG_FILE);
     }
 
-    /* the data: its size and channels define the model unless given */
+    /* the data: its size and channels define the model unless given; a size given
+     * with a model that cannot take it is refused before the data is read */
+    if (!ck && cfg.model.image_size) {
+        ddpm_unet_config probe = cfg.model;
+        if (ddpm_unet_config_fit_data(&probe, cfg.model.image_size, 1) || ddpm_unet_config_check(&probe)) {
+            rc = usage_error();
+            session_close(r);
+            return rc;
+        }
+    }
     ddpm_dataset_options dopt = {.size = cfg.model.image_size,
                                  .channels = cfg.model.in_channels,
                                  .strict = o->strict,
@@ -206,55 +233,34 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
         session_close(r);
         return rc;
     }
-    char fingerprint[sizeof r->tr->state.data_fingerprint];
-    ddpm_dataset_fingerprint(r->ds, fingerprint, sizeof fingerprint);
-    cfg.model.image_size = ddpm_dataset_size(r->ds);
-    cfg.model.in_channels = ddpm_dataset_channels(r->ds);
-    if (!ck && ddpm_unet_config_check(&cfg.model)) { /* the flags, with the data's size and channels */
-        char why[512];
-        snprintf(why, sizeof why, "%s", ddpm_last_error());
-        rc = ddpm_error(DDPM_EUSAGE, "model (with %dx%dx%d images): %s", cfg.model.in_channels,
-                        cfg.model.image_size, cfg.model.image_size, why);
+    if (!ck && (ddpm_unet_config_fit_data(&cfg.model, ddpm_dataset_size(r->ds), ddpm_dataset_channels(r->ds)) ||
+                ddpm_unet_config_check(&cfg.model))) {
+        rc = usage_error();
         session_close(r);
         return rc;
     }
-    if (r->lock_fd < 0) { /* the folder is new: make it and lock it now */
-        if (!(rc = lock_and_clean(r, cb)) && !resume && ddpm_path_exists(r->ckpt_path))
-            rc = ddpm_error(DDPM_EINVAL, "%s: another run saved a checkpoint here meanwhile", o->out_dir);
-        if (rc) {
-            ddpm_checkpoint_close(ck);
-            session_close(r);
-            return rc;
-        }
-    }
-    rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck) : ddpm_trainer_create(&r->tr, &cfg);
+    char fingerprint[sizeof r->tr->state.data_fingerprint];
+    ddpm_dataset_fingerprint(r->ds, fingerprint, sizeof fingerprint);
+    rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck, o->micro_batch)
+            : ddpm_trainer_create(&r->tr, &cfg, o->micro_batch);
     ddpm_checkpoint_close(ck);
     ddpm_train_state *state = r->tr ? &r->tr->state : NULL;
-    if (!rc && resume && state->data_fingerprint[0] && strcmp(state->data_fingerprint, fingerprint) != 0) {
+    if (!rc && r->resume && state->data_fingerprint[0] && strcmp(state->data_fingerprint, fingerprint) != 0) {
         if (!o->allow_data_change)
             rc = ddpm_error(DDPM_EINVAL,
                             "%s: not the data this run was trained on (now %s; the run's: %s); pass "
                             "--allow-data-change to continue with it anyway",
                             o->data_dir, fingerprint, state->data_fingerprint);
-        else
+        else if (r->rank == 0)
             warn(cb, "%s: the data changed (now %s; the run's: %s): continuing with it", o->data_dir, fingerprint,
                  state->data_fingerprint);
     }
-    if (!rc && resume && state->data_position >= ddpm_dataset_count(r->ds))
+    if (!rc && r->resume && state->data_position >= ddpm_dataset_count(r->ds))
         state->data_position = 0; /* fewer images than before (--allow-data-change): next epoch's start */
-    if (!rc && resume)
+    if (!rc && r->resume)
         rc = ddpm_dataset_seek(r->ds, state->data_epoch, state->data_position);
     if (!rc)
         snprintf(state->data_fingerprint, sizeof state->data_fingerprint, "%s", fingerprint);
-    /* The log holds no step past the checkpoint (none at all for a fresh run). */
-    int n_cut = 0;
-    if (!rc && (rc = cut_log(r->log_path, resume ? state->step : 0, &n_cut)) == 0 && n_cut)
-        warn(cb, "%s: removed %d lines past the checkpoint's step %ld", r->log_path, n_cut,
-             resume ? state->step : 0L);
-    if (!rc && o->preview_n > 0)
-        rc = ddpm_mkdir_p(r->samples_dir);
-    if (!rc && !(r->log = fopen(r->log_path, "a")))
-        rc = ddpm_error(DDPM_EIO, "%s: cannot open for writing: %s", r->log_path, strerror(errno));
     if (!rc) {
         const ddpm_run_config *c = &r->tr->cfg;
         size_t D = (size_t)c->model.in_channels * c->model.image_size * c->model.image_size;
@@ -268,7 +274,7 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     /* The stop condition: the one given, else on resume the run's own, else one epoch. */
     ddpm_train_state *s = &r->tr->state;
     int given = o->steps > 0 || o->epochs > 0 || o->minutes > 0;
-    if (!given && resume && (s->stop_step > 0 || s->stop_elapsed_seconds > 0)) {
+    if (!given && r->resume && (s->stop_step > 0 || s->stop_elapsed_seconds > 0)) {
         r->stop_step = s->stop_step;
         r->stop_elapsed = s->stop_elapsed_seconds;
     } else {
@@ -283,17 +289,53 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     }
     s->stop_step = r->stop_step;
     s->stop_elapsed_seconds = r->stop_elapsed;
-    /* A fresh run saves its step 0 at once, so that the folder can always be resumed. */
-    if (!resume && (rc = ddpm_trainer_save(r->tr, r->ckpt_path))) {
-        session_close(r);
-        return rc;
-    }
     return DDPM_OK;
+}
+
+/* Process 0 makes the run folder and opens the log, once every process has
+ * loaded its data and trainer (so a process that cannot read the data leaves
+ * no half-made run behind). */
+static int session_files(run_session *r, const ddpm_run_callbacks *cb)
+{
+    const ddpm_run_options *o = r->o;
+    if (r->rank > 0)
+        return DDPM_OK;
+    int rc = 0;
+    if (r->lock_fd < 0 && !(rc = lock_and_clean(r, cb)) && !r->resume && ddpm_path_exists(r->ckpt_path))
+        rc = ddpm_error(DDPM_EINVAL, "%s: another run saved a checkpoint here meanwhile", o->out_dir);
+    /* The log holds no step past the checkpoint (none at all for a fresh run). */
+    long step = r->resume ? r->tr->state.step : 0;
+    int n_cut = 0;
+    if (!rc && !(rc = cut_log(r->log_path, step, &n_cut)) && n_cut)
+        warn(cb, "%s: removed %d lines past the checkpoint's step %ld", r->log_path, n_cut, step);
+    if (!rc && o->preview_n > 0)
+        rc = ddpm_mkdir_p(r->samples_dir);
+    if (!rc && !(r->log = fopen(r->log_path, "a")))
+        rc = ddpm_error(DDPM_EIO, "%s: cannot open for writing: %s", r->log_path, strerror(errno));
+    /* A fresh run saves its step 0 at once, so that the folder can always be resumed. */
+    if (!rc && !r->resume)
+        rc = ddpm_trainer_save(r->tr, r->ckpt_path);
+    return rc;
+}
+
+/* Every process learns whether any failed: rc if this one did, DDPM_EPEER if
+ * only another did, 0 if none. One float summed; a no-op for one process. */
+static int agree(int rc)
+{
+    float failed = rc != 0;
+    int rc_sum = ddpm_dist_sum(&failed, 1);
+    if (rc)
+        return rc;
+    if (rc_sum)
+        return rc_sum;
+    return failed > 0 ? ddpm_error(DDPM_EPEER, "stopped: another process of the run failed") : DDPM_OK;
 }
 
 /* The checkpoint, with the data position read from the dataset that owns it. */
 static int session_save(run_session *r)
 {
+    if (r->rank > 0)
+        return DDPM_OK;
     r->tr->state.data_epoch = ddpm_dataset_epoch(r->ds);
     r->tr->state.data_position = ddpm_dataset_position(r->ds);
     return ddpm_trainer_save(r->tr, r->ckpt_path);
@@ -304,6 +346,8 @@ static int session_save(run_session *r)
  * writes to files. */
 static int log_line(run_session *r, const ddpm_run_progress *p, double elapsed_seconds)
 {
+    if (r->rank > 0)
+        return DDPM_OK;
     char line[512];
     int n = snprintf(line, sizeof line,
                      "{\"step\":%ld,\"loss\":%.6g,\"lr\":%.6g,\"grad_norm\":%.6g,\"images_per_sec\":%.2f,"
@@ -316,21 +360,41 @@ static int log_line(run_session *r, const ddpm_run_progress *p, double elapsed_s
 }
 
 /* A DDIM grid from the EMA weights, with the same noise every time so that
- * previews of one run are comparable. Uses the training workspace. */
-static int session_preview(run_session *r, char *path, size_t size)
+ * previews of one run are comparable. Uses the training workspace. Its recipe
+ * names the checkpoint by hash when the checkpoint on disk holds these weights
+ * (saved_now), else by path alone (the weights of a step between checkpoints). */
+static int session_preview(run_session *r, char *path, size_t size, int saved_now)
 {
     const ddpm_run_options *o = r->o;
     ddpm_trainer *tr = r->tr;
+    if (r->rank > 0)
+        return DDPM_OK;
     snprintf(path, size, "%s/step_%07ld.png", r->samples_dir, tr->state.step);
     ddpm_sample_files_config c;
     ddpm_sample_files_config_default(&c);
     c.n = o->preview_n;
-    c.batch = tr->cfg.batch;
+    c.batch = tr->micro_batch; /* the workspace's size */
     c.seed = tr->cfg.seed;
     c.sampler.steps = o->preview_steps < tr->cfg.timesteps ? o->preview_steps : tr->cfg.timesteps;
     c.sampler.eta = 1; /* see ddpm sample --help: cleaner than eta 0 early in training */
     c.grid_path = path;
-    return ddpm_sample_files(tr->net, tr->ema, &tr->sched, &c, tr->ws, NULL, NULL);
+    ddpm_recipe recipe;
+    memset(&recipe, 0, sizeof recipe);
+    snprintf(recipe.version, sizeof recipe.version, "%s", DDPM_VERSION);
+    snprintf(recipe.checkpoint, sizeof recipe.checkpoint, "%.1023s", r->ckpt_path);
+    recipe.step = tr->state.step;
+    recipe.ema = 1;
+    int rc = saved_now ? ddpm_sha256_file(r->ckpt_path, recipe.checkpoint_sha256) : DDPM_OK;
+    c.recipe = &recipe;
+    return rc ? rc : ddpm_sample_files(tr->net, tr->ema, &tr->sched, &c, tr->ws, NULL, NULL);
+}
+
+/* The images of every batch this process computes: an equal share of the
+ * global batch, in its global order (rank r: [B r / N, B (r + 1) / N)). */
+static void share_of(const run_session *r, int B, int *first, int *count)
+{
+    *first = (int)((long)B * r->rank / r->n_ranks);
+    *count = (int)((long)B * (r->rank + 1) / r->n_ranks) - *first;
 }
 
 int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_summary *summary)
@@ -339,15 +403,27 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
     if (!cb)
         cb = &none;
     run_session r;
-    int rc = session_open(&r, o, cb);
-    if (rc)
+    int rc = session_open(&r, o, cb), opened = rc == DDPM_OK; /* a failed open has closed itself */
+    if (ddpm_dist_size() > 1) {
+        /* every process must reach the first step, or none */
+        if ((rc = agree(rc)) == DDPM_OK)
+            rc = agree(session_files(&r, cb));
+    } else if (!rc) {
+        rc = session_files(&r, cb);
+    }
+    if (rc) {
+        if (opened)
+            session_close(&r);
         return rc;
+    }
     ddpm_trainer *tr = r.tr;
     const ddpm_run_config *c = &tr->cfg;
-    int B = c->batch, count = ddpm_dataset_count(r.ds);
+    int B = c->batch, count = ddpm_dataset_count(r.ds), share_first, share_count;
+    share_of(&r, B, &share_first, &share_count);
     if (cb->started) {
         ddpm_run_start s = {count,     c->model.in_channels, c->model.image_size, tr->net->n_params, B,
-                            o->resume, tr->state.step,       r.stop_step};
+                            r.resume, tr->state.step,       r.stop_step,         r.n_ranks,
+                            tr->micro_batch, &c->model};
         cb->started(cb->ctx, &s);
     }
     ddpm_rng data_rng;
@@ -356,21 +432,49 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
     double t_start = ddpm_now_seconds(), t_last = t_start, elapsed_before = tr->state.elapsed_seconds;
     double loss_sum = 0;
     long loss_n = 0, imgs_since = 0;
-    int interrupted = 0, diverged = 0;
+    int interrupted = 0, diverged = 0, stop_agreed = 0, time_up_agreed = 0;
     ddpm_step_stats st = {0};
     char preview[4096] = "";
-    while (!rc) {
+    float *votes = tr->grads + tr->net->n_params; /* the scalars after the gradients */
+    for (;;) {
         if (stop_step && tr->state.step >= stop_step)
             break;
-        if (r.stop_elapsed > 0 && elapsed_before + (ddpm_now_seconds() - t_start) >= r.stop_elapsed)
+        /* The other stop conditions are each process's own (a clock, a signal):
+           with several processes they are voted on in the step's sum and take
+           effect after that step, on every process at once. */
+        int time_up = r.stop_elapsed > 0 && elapsed_before + (ddpm_now_seconds() - t_start) >= r.stop_elapsed;
+        int stop = o->stop && *o->stop;
+        if (r.n_ranks == 1 ? time_up : time_up_agreed)
             break;
-        if (o->stop && *o->stop) {
+        if (r.n_ranks == 1 ? stop : stop_agreed) {
             interrupted = 1;
             break;
         }
-        if ((rc = ddpm_dataset_next_batch(r.ds, r.x0, B, &data_rng, c->flip)))
+        if (rc && r.n_ranks == 1)
             break;
-        rc = ddpm_trainer_step(tr, r.x0, &st);
+        /* every process fills the whole batch (a pure function of the data
+           position) and computes its share of it */
+        if (!rc)
+            rc = ddpm_dataset_next_batch(r.ds, r.x0, B, &data_rng, c->flip);
+        if (!rc)
+            ddpm_trainer_accumulate(tr, r.x0, share_first, share_count);
+        else
+            memset(tr->grads, 0, (tr->net->n_params + DDPM_TRAIN_SCALARS) * sizeof(float));
+        votes[DDPM_TRAIN_FAILED] = rc != 0;
+        votes[DDPM_TRAIN_STOP] = (float)stop;
+        votes[DDPM_TRAIN_TIME_UP] = (float)time_up;
+        int rc_sum = ddpm_dist_sum(tr->grads, tr->net->n_params + DDPM_TRAIN_SCALARS);
+        if (rc || rc_sum) {
+            rc = rc ? rc : rc_sum;
+            break;
+        }
+        if (votes[DDPM_TRAIN_FAILED] > 0) {
+            rc = ddpm_error(DDPM_EPEER, "stopped: another process of the run failed");
+            break;
+        }
+        stop_agreed = votes[DDPM_TRAIN_STOP] > 0;
+        time_up_agreed = votes[DDPM_TRAIN_TIME_UP] > 0;
+        rc = ddpm_trainer_apply(tr, &st);
         if (rc == DDPM_ENAN)
             diverged = 1;
         if (rc)
@@ -381,6 +485,8 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
         long step = tr->state.step;
         double t = ddpm_now_seconds();
         tr->state.elapsed_seconds = elapsed_before + (t - t_start);
+        /* Below, only process 0 writes; if it fails, the others learn it in the
+           next step's sum (or stop with it at the last step). */
         if (step % o->log_every == 0 || (stop_step && step == stop_step)) {
             ddpm_run_progress p = {.step = step,
                                    .stop_step = stop_step,
@@ -392,7 +498,7 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
                                    .session_seconds = t - t_start,
                                    .eta_seconds = -1};
             if ((rc = log_line(&r, &p, tr->state.elapsed_seconds)))
-                break;
+                continue;
             if (stop_step)
                 p.eta_seconds = (stop_step - step) * B / p.images_per_sec;
             if (r.stop_elapsed > 0) {
@@ -406,27 +512,27 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
         }
         if (o->save_every > 0 && step % o->save_every == 0) {
             if ((rc = session_save(&r)))
-                break;
+                continue;
             last_saved = step;
         }
         if (o->sample_every > 0 && o->preview_n > 0 && step % o->sample_every == 0)
-            rc = session_preview(&r, preview, sizeof preview);
+            rc = session_preview(&r, preview, sizeof preview, last_saved == step);
     }
     if (diverged) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", ddpm_last_error());
-        if (last_saved > 0 || o->resume)
+        if (last_saved > 0 || r.resume)
             ddpm_error(DDPM_ENAN, "%s; stopped, the last good checkpoint (step %ld) is kept in %s", msg,
                        last_saved, r.ckpt_path);
         else
             ddpm_error(DDPM_ENAN, "%s; stopped before any checkpoint was saved (try a lower --lr)", msg);
         rc = DDPM_ENAN;
     } else if (!rc) {
-        if (tr->state.step > last_saved || !ddpm_path_exists(r.ckpt_path))
+        if (r.rank == 0 && (tr->state.step > last_saved || !ddpm_path_exists(r.ckpt_path)))
             rc = session_save(&r);
         preview[0] = '\0';
         if (!rc && o->preview_n > 0 && tr->state.step > start_step)
-            rc = session_preview(&r, preview, sizeof preview);
+            rc = session_preview(&r, preview, sizeof preview, 1);
         if (!rc && summary) {
             summary->step = tr->state.step;
             summary->loss = st.loss;

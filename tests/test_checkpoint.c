@@ -55,7 +55,7 @@ static ddpm_trainer *save_with(const char *path, int which, int tensor, float va
     ddpm_run_config c;
     tiny_config(&c);
     ddpm_trainer *tr = NULL;
-    assert_int_equal(ddpm_trainer_create(&tr, &c), 0);
+    assert_int_equal(ddpm_trainer_create(&tr, &c, 0), 0);
     if (tensor >= 0)
         (which ? tr->ema : tr->params)[tr->net->tensors[tensor].offset] = value;
     assert_int_equal(ddpm_trainer_save(tr, path), 0);
@@ -149,7 +149,7 @@ static void test_non_finite_weights_are_refused_on_every_load_path_naming_the_te
     free(params);
     ddpm_unet_free(net);
     ddpm_trainer *resumed = NULL;
-    expect_error(ddpm_trainer_from_checkpoint(&resumed, ck), DDPM_EFORMAT, ema_name, "NaN");
+    expect_error(ddpm_trainer_from_checkpoint(&resumed, ck, 0), DDPM_EFORMAT, ema_name, "NaN");
     assert_null(resumed);
     ddpm_checkpoint_close(ck);
     ddpm_trainer_free(tr);
@@ -158,7 +158,7 @@ static void test_non_finite_weights_are_refused_on_every_load_path_naming_the_te
     assert_int_equal(ddpm_checkpoint_open(&ck, p), 0);
     expect_error(ddpm_checkpoint_load_model(ck, 0, &net, &params, &used_ema), DDPM_EFORMAT,
                  tr->net->tensors[2].name, "infinity");
-    expect_error(ddpm_trainer_from_checkpoint(&resumed, ck), DDPM_EFORMAT, tr->net->tensors[2].name,
+    expect_error(ddpm_trainer_from_checkpoint(&resumed, ck, 0), DDPM_EFORMAT, tr->net->tensors[2].name,
                  "infinity");
     ddpm_checkpoint_close(ck);
     ddpm_trainer_free(tr);

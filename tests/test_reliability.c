@@ -124,7 +124,7 @@ static void save_tiny_checkpoint(const char *name, int ema, float value)
     c.model.ch_mult[0] = 1, c.model.ch_mult[1] = 2, c.model.num_res_blocks = 1, c.model.n_attn = 0;
     c.model.groups = 4, c.timesteps = 50, c.batch = 2;
     ddpm_trainer *tr = NULL;
-    assert_int_equal(ddpm_trainer_create(&tr, &c), 0);
+    assert_int_equal(ddpm_trainer_create(&tr, &c, 0), 0);
     (ema ? tr->ema : tr->params)[tr->net->tensors[3].offset] = value;
     assert_int_equal(ddpm_trainer_save(tr, in_tmp(name)), 0);
     ddpm_trainer_free(tr);

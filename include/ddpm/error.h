@@ -18,6 +18,7 @@ enum {
     DDPM_EINTR = -6,   /* stopped on request (a signal) before the work was done */
     DDPM_EBUSY = -7,   /* another process holds what is needed (a run folder's lock) */
     DDPM_EUSAGE = -8,  /* a value the caller chose is invalid (the CLI: a bad flag value) */
+    DDPM_EPEER = -9,   /* another process of a data-parallel run failed (its message is its own) */
 };
 
 /* Sets the thread-local message (printf-style) and returns `code`. */

@@ -32,7 +32,8 @@
 #define DDPM_LOCK_FILE "lock" /* flock'ed by the run writing the folder; holds its pid */
 
 typedef struct {
-    ddpm_run_config cfg; /* model image_size / in_channels 0: taken from the data */
+    ddpm_run_config cfg; /* model fields left auto (the default here, see
+                            ddpm_unet_config_fit_data) are chosen from the data */
     const char *data_dir;
     const char *out_dir;         /* the run folder; created with its parents */
     int resume;                  /* continue the run in out_dir (cfg is then its checkpoint's) */
@@ -48,6 +49,8 @@ typedef struct {
     int preview_steps;           /* DDIM steps (eta 1, EMA weights) of a preview */
     int strict;                  /* non-image files in the data folder are an error */
     int allow_data_change;       /* resume on a data folder other than the run's (see below) */
+    int micro_batch;             /* images per forward/backward (0: the whole batch); a
+                                    memory choice, same update; may change on resume */
     volatile sig_atomic_t *stop; /* may be NULL; when it becomes nonzero (a signal
                                     handler sets it) the run saves and stops */
 } ddpm_run_options;
@@ -64,6 +67,9 @@ typedef struct {
     int resumed;     /* continuing a run from its checkpoint */
     long start_step; /* steps already taken */
     long stop_step;  /* 0: no step limit */
+    int n_processes; /* of a data-parallel run (dist.h); 1 alone */
+    int micro_batch; /* images per forward/backward */
+    const ddpm_unet_config *model; /* the model trained (data-driven defaults filled) */
 } ddpm_run_start;
 
 /* Every log_every steps and at the last step: the same numbers as the log.jsonl line. */
