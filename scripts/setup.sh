@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that building and testing ddpm needs, only those
 # missing. Works as root or through sudo; fast when everything is installed.
+# clang and libomp-dev build the libFuzzer harnesses in tests/fuzz/ (ctest runs
+# each briefly; CMake skips them when clang is absent).
 set -euo pipefail
 packages=(build-essential cmake pkg-config libopenblas-dev libopenblas-openmp-dev
-          libstb-dev libcjson-dev libcmocka-dev zlib1g-dev openmpi-bin libopenmpi-dev "$@")
+          libstb-dev libcjson-dev libcmocka-dev zlib1g-dev openmpi-bin libopenmpi-dev clang libomp-dev "$@")
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -90,6 +90,9 @@ char *ddpm_train_state_to_json(const ddpm_train_state *st)
     add_u64(root, "data_epoch", st->data_epoch);
     cJSON_AddNumberToObject(root, "data_position", st->data_position);
     cJSON_AddNumberToObject(root, "elapsed_seconds", st->elapsed_seconds);
+    cJSON_AddNumberToObject(root, "stop_step", (double)st->stop_step);
+    cJSON_AddNumberToObject(root, "stop_elapsed_seconds", st->stop_elapsed_seconds);
+    cJSON_AddStringToObject(root, "data_fingerprint", st->data_fingerprint);
     char *out = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return out;
@@ -276,6 +279,19 @@ static int state_from_json(ddpm_train_state *st, const char *json, const char *w
     st->data_epoch = get_u64(&p, root, "state", "data_epoch");
     st->data_position = get_int(&p, root, "state", "data_position", 0, 1 << 30);
     st->elapsed_seconds = get_num(&p, root, "state", "elapsed_seconds", 0, 1e12);
+    /* added later: optional, so that older checkpoints still load */
+    if (cJSON_GetObjectItemCaseSensitive(root, "stop_step"))
+        st->stop_step = (long)get_num(&p, root, "state", "stop_step", 0, 1e15);
+    if (cJSON_GetObjectItemCaseSensitive(root, "stop_elapsed_seconds"))
+        st->stop_elapsed_seconds = get_num(&p, root, "state", "stop_elapsed_seconds", 0, 1e12);
+    const cJSON *fp = cJSON_GetObjectItemCaseSensitive(root, "data_fingerprint");
+    if (fp && !p.err) {
+        if (!cJSON_IsString(fp) || strlen(fp->valuestring) >= sizeof st->data_fingerprint)
+            p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: state.data_fingerprint must be a short string",
+                               what);
+        else
+            snprintf(st->data_fingerprint, sizeof st->data_fingerprint, "%s", fp->valuestring);
+    }
     cJSON_Delete(root);
     return p.err;
 }
@@ -382,28 +398,28 @@ int ddpm_checkpoint_export(const ddpm_checkpoint *ck, const char *path, int raw,
     return rc;
 }
 
-int ddpm_checkpoint_open(ddpm_checkpoint **out, const char *path)
+/* Validates the ddpm metadata of an opened container; takes ownership of file. */
+static int checkpoint_from_file(ddpm_checkpoint **out, ddpm_st_file *file)
 {
-    *out = NULL;
     ddpm_checkpoint *ck = ddpm_calloc(1, sizeof *ck);
-    if (!ck)
+    if (!ck) {
+        ddpm_safetensors_close(file);
         return DDPM_ENOMEM;
-    int rc = ddpm_safetensors_open(&ck->file, path);
-    if (rc) {
-        free(ck);
-        return rc;
     }
+    ck->file = file;
+    const char *path = ddpm_safetensors_path(file);
     const char *format = ddpm_safetensors_meta(ck->file, "format");
     const char *version = ddpm_safetensors_meta(ck->file, "format_version");
     const char *config = ddpm_safetensors_meta(ck->file, "config");
     const char *state = ddpm_safetensors_meta(ck->file, "state");
+    int rc = 0;
     ck->weights = ddpm_safetensors_meta(ck->file, "weights");
     if (ck->weights && strcmp(ck->weights, "ema") && strcmp(ck->weights, "raw"))
         rc = ddpm_error(DDPM_EFORMAT, "%s: metadata 'weights' must be ema or raw", path);
     else if (!format || strcmp(format, "ddpm"))
         rc = ddpm_error(DDPM_EFORMAT, "%s: not a ddpm checkpoint (a safetensors file without ddpm metadata)", path);
-    else if (!version || atoi(version) != DDPM_CHECKPOINT_FORMAT_VERSION)
-        rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint format version %s is not supported (this ddpm reads %d)", path,
+    else if (!version || strcmp(version, "1") != 0)
+        rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint format version %.20s is not supported (this ddpm reads %d)", path,
                         version ? version : "(missing)", DDPM_CHECKPOINT_FORMAT_VERSION);
     else if (!config || !state)
         rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata lacks %s", path, config ? "state" : "config");
@@ -416,6 +432,24 @@ int ddpm_checkpoint_open(ddpm_checkpoint **out, const char *path)
     *out = ck;
     return DDPM_OK;
 }
+
+int ddpm_checkpoint_open(ddpm_checkpoint **out, const char *path)
+{
+    *out = NULL;
+    ddpm_st_file *file = NULL;
+    int rc = ddpm_safetensors_open(&file, path);
+    return rc ? rc : checkpoint_from_file(out, file);
+}
+
+int ddpm_checkpoint_open_memory(ddpm_checkpoint **out, const void *bytes, size_t n_bytes, const char *name)
+{
+    *out = NULL;
+    ddpm_st_file *file = NULL;
+    int rc = ddpm_safetensors_open_memory(&file, bytes, n_bytes, name);
+    return rc ? rc : checkpoint_from_file(out, file);
+}
+
+int ddpm_checkpoint_checksummed(const ddpm_checkpoint *ck) { return ddpm_safetensors_checksummed(ck->file); }
 
 void ddpm_checkpoint_close(ddpm_checkpoint *ck)
 {
@@ -441,25 +475,57 @@ int ddpm_checkpoint_has(const ddpm_checkpoint *ck, const ddpm_unet *net, const c
     return 1;
 }
 
+/* The tensor prefix + ti->name of the file, if its shape is ti's; else an error. */
+static const ddpm_st_info *find_tensor(const ddpm_checkpoint *ck, const ddpm_tensor_info *ti, const char *prefix,
+                                       char name[DDPM_MAX_NAME + 16], int *rc)
+{
+    const char *path = ddpm_checkpoint_path(ck);
+    snprintf(name, DDPM_MAX_NAME + 16, "%s%s", prefix, ti->name);
+    const ddpm_st_info *info = ddpm_safetensors_find(ck->file, name);
+    if (!info) {
+        *rc = ddpm_error(DDPM_EFORMAT, "%s: tensor %s is missing", path, name);
+        return NULL;
+    }
+    int ok = info->ndim == ti->ndim;
+    for (int d = 0; ok && d < ti->ndim; d++)
+        ok = info->shape[d] == ti->shape[d];
+    if (!ok) {
+        *rc = ddpm_error(DDPM_EFORMAT, "%s: tensor %s has the wrong shape for the model in its config", path, name);
+        return NULL;
+    }
+    return info;
+}
+
+/* Every tensor of net under prefix is in the file with its shape. Checked before
+ * anything is allocated for them, so a config that claims a huge model cannot
+ * ask for more memory than the file's own data holds. */
+static int check_tensors(const ddpm_checkpoint *ck, const ddpm_unet *net, const char *prefix)
+{
+    char name[DDPM_MAX_NAME + 16];
+    int rc = 0;
+    for (int i = 0; i < net->n_tensors && !rc; i++)
+        find_tensor(ck, &net->tensors[i], prefix, name, &rc);
+    return rc;
+}
+
 int ddpm_checkpoint_read(const ddpm_checkpoint *ck, const ddpm_unet *net, const char *prefix, float *dst)
 {
     char name[DDPM_MAX_NAME + 16];
     const char *path = ddpm_checkpoint_path(ck);
     for (int i = 0; i < net->n_tensors; i++) {
         const ddpm_tensor_info *ti = &net->tensors[i];
-        snprintf(name, sizeof name, "%s%s", prefix, ti->name);
-        const ddpm_st_info *info = ddpm_safetensors_find(ck->file, name);
-        if (!info)
-            return ddpm_error(DDPM_EFORMAT, "%s: tensor %s is missing", path, name);
-        int ok = info->ndim == ti->ndim;
-        for (int d = 0; ok && d < ti->ndim; d++)
-            ok = info->shape[d] == ti->shape[d];
-        if (!ok)
-            return ddpm_error(DDPM_EFORMAT, "%s: tensor %s has the wrong shape for the model in its config", path,
-                              name);
-        int rc = ddpm_safetensors_read_f32(ck->file, name, dst + ti->offset, ti->n);
-        if (rc)
+        int rc = 0;
+        if (!find_tensor(ck, ti, prefix, name, &rc))
             return rc;
+        float *x = dst + ti->offset;
+        if ((rc = ddpm_safetensors_read_f32(ck->file, name, x, ti->n)))
+            return rc;
+        /* Poisoned weights (NaN or infinite) are refused: sampling with them gives
+         * black images, and training from them carries the poison on. */
+        for (size_t k = 0; k < ti->n; k++)
+            if (!isfinite(x[k]))
+                return ddpm_error(DDPM_EFORMAT, "%s: tensor %s holds %s at element %zu: the weights are unusable", path,
+                                  name, isnan(x[k]) ? "NaN" : "an infinity", k);
     }
     return DDPM_OK;
 }
@@ -485,14 +551,13 @@ int ddpm_checkpoint_load_model(const ddpm_checkpoint *ck, int prefer_ema, ddpm_u
     int rc = ddpm_unet_create(net, &ck->config.model);
     if (rc)
         return rc;
-    *params = ddpm_malloc((*net)->n_params, sizeof(float));
-    if (!*params) {
-        ddpm_unet_free(*net);
-        *net = NULL;
-        return DDPM_ENOMEM;
-    }
     *used_ema = prefer_ema && ddpm_checkpoint_has(ck, *net, "ema.");
-    rc = ddpm_checkpoint_read(ck, *net, *used_ema ? "ema." : "", *params);
+    const char *prefix = *used_ema ? "ema." : "";
+    rc = check_tensors(ck, *net, prefix);
+    if (!rc && !(*params = ddpm_malloc((*net)->n_params, sizeof(float))))
+        rc = DDPM_ENOMEM;
+    if (!rc)
+        rc = ddpm_checkpoint_read(ck, *net, prefix, *params);
     if (ck->weights) /* an export's plain names hold the weights it says */
         *used_ema = !strcmp(ck->weights, "ema");
     if (rc) {

@@ -4,16 +4,16 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <search.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "ddpm/crc32c.h"
 #include "ddpm/error.h"
 #include "ddpm/imageio.h"
-
-/* Nested folders deeper than this are not entered (guards against symlink loops). */
-enum { MAX_DEPTH = 64 };
 
 #define EPOCH_SHIFT 40
 #define FLIP_OFFSET (UINT64_C(1) << 39)
@@ -22,6 +22,8 @@ enum { MAX_DEPTH = 64 };
 struct ddpm_dataset {
     int n, size, channels;
     int n_found, n_skipped;
+    long long total_bytes; /* of the image files loaded */
+    uint32_t names_crc;    /* CRC-32C of their paths relative to the folder, in order */
     size_t item_len; /* C * S * S */
     uint8_t *pixels; /* [n, C, S, S] */
     char **paths;    /* [n] */
@@ -38,6 +40,7 @@ typedef struct {
     char *path;
     char *reason; /* why it is skipped (a whole message naming the file), or NULL */
     int width, height, channels;
+    long long bytes; /* file size */
 } entry;
 
 typedef struct {
@@ -55,7 +58,7 @@ static int entry_push(entry_list *list, char *path, char *reason)
         list->items = items;
         list->cap = cap;
     }
-    list->items[list->n++] = (entry){path, reason, 0, 0, 0};
+    list->items[list->n++] = (entry){path, reason, 0, 0, 0, 0};
     return 0;
 }
 
@@ -118,10 +121,88 @@ static int push_skipped(entry_list *list, char *path, const char *why)
     return rc;
 }
 
-/* Appends every file under dir (not sorted). Only a failure to open the top
- * folder or to allocate is an error here; other problems become skipped entries. */
-static int scan(entry_list *list, const char *dir, int depth)
+static int compare_entries(const void *a, const void *b)
 {
+    return strcmp(((const entry *)a)->path, ((const entry *)b)->path);
+}
+
+/* A real folder already entered, by (device, inode), with the path it was
+ * entered under (for the warning about a second link to it). */
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+    char *path;
+} folder_id;
+
+static int compare_folders(const void *a, const void *b)
+{
+    const folder_id *x = a, *y = b;
+    if (x->dev != y->dev)
+        return x->dev < y->dev ? -1 : 1;
+    return (x->ino > y->ino) - (x->ino < y->ino);
+}
+
+static void free_folder(void *p)
+{
+    folder_id *f = p;
+    free(f->path);
+    free(f);
+}
+
+typedef struct {
+    entry_list files;
+    void *folders;     /* tsearch tree of folder_id: every real folder entered */
+    entry_list links;  /* folder links not followed (loops, repeats, too deep): path + message */
+    volatile sig_atomic_t *stop;
+    int too_many;
+} scan_state;
+
+static int stop_requested(const scan_state *sc) { return sc->stop && *sc->stop; }
+
+/* Records the folder st as entered under `path`. Returns 1 if it is new, 0 if it
+ * was entered before (*first = the path it was entered under), <0 on no memory. */
+static int enter_folder(scan_state *sc, const char *path, const struct stat *st, const char **first)
+{
+    folder_id *f = malloc(sizeof *f);
+    if (!f)
+        return ddpm_error(DDPM_ENOMEM, "out of memory listing files");
+    *f = (folder_id){st->st_dev, st->st_ino, strdup(path)};
+    if (!f->path) {
+        free(f);
+        return ddpm_error(DDPM_ENOMEM, "out of memory listing files");
+    }
+    folder_id **slot = tsearch(f, &sc->folders, compare_folders);
+    if (!slot) {
+        free_folder(f);
+        return ddpm_error(DDPM_ENOMEM, "out of memory listing files");
+    }
+    if (*slot != f) {
+        *first = (*slot)->path;
+        free_folder(f);
+        return 0;
+    }
+    return 1;
+}
+
+/* Appends every file under dir (not sorted); dir (whose stat is st) is entered
+ * unless it was before. Only a failure to open the top folder, too many files,
+ * a stop request or no memory is an error here; other problems become skipped
+ * entries. */
+static int scan(scan_state *sc, const char *dir, const struct stat *st, int depth)
+{
+    const char *first = NULL;
+    int rc = enter_folder(sc, dir, st, &first);
+    if (rc < 0)
+        return rc;
+    if (rc == 0) { /* a link to a folder entered before: a loop or a repeat */
+        char *path = strdup(dir), *why = format_message("link to the folder %s, already scanned", first);
+        rc = path && why ? push_skipped(&sc->links, path, why)
+                         : ddpm_error(DDPM_ENOMEM, "out of memory listing files");
+        if (!why)
+            free(path);
+        free(why);
+        return rc;
+    }
     DIR *d = opendir(dir);
     if (!d) {
         if (depth == 0)
@@ -129,45 +210,64 @@ static int scan(entry_list *list, const char *dir, int depth)
         char *path = strdup(dir);
         if (!path)
             return ddpm_error(DDPM_ENOMEM, "out of memory listing files");
-        return push_skipped(list, path, "cannot open folder");
+        return push_skipped(&sc->files, path, "cannot open folder");
     }
-    int rc = 0;
+    /* The folder's names, sorted, so that which of two links to one folder is
+     * followed does not depend on the file system's order. */
+    entry_list names = {0};
+    rc = 0;
     struct dirent *de;
     while (!rc && (errno = 0, de = readdir(d)) != NULL) {
         if (de->d_name[0] == '.') /* ".", "..", hidden files and folders */
             continue;
-        char *path = join_path(dir, de->d_name);
-        if (!path) {
-            rc = DDPM_ENOMEM;
+        if (sc->files.n + names.n >= DDPM_DATASET_MAX_FILES) {
+            sc->too_many = 1;
+            rc = DDPM_EINVAL;
             break;
         }
-        struct stat st;
-        if (stat(path, &st) != 0) {
-            rc = push_skipped(list, path, strerror(errno));
-        } else if (S_ISDIR(st.st_mode)) {
-            if (depth + 1 >= MAX_DEPTH)
-                rc = push_skipped(list, path, "folder nested too deep (symlink loop?)");
-            else {
-                rc = scan(list, path, depth + 1);
-                free(path);
-            }
-        } else if (!S_ISREG(st.st_mode)) {
-            rc = push_skipped(list, path, "not a regular file");
-        } else {
-            rc = entry_push(list, path, NULL);
-            if (rc)
-                free(path);
-        }
+        char *path = join_path(dir, de->d_name);
+        if (!path)
+            rc = DDPM_ENOMEM;
+        else if ((rc = entry_push(&names, path, NULL)))
+            free(path);
     }
     if (!rc && errno != 0 && de == NULL)
         rc = ddpm_error(DDPM_EIO, "%s: cannot read folder: %s", dir, strerror(errno));
     closedir(d);
+    if (names.n > 1)
+        qsort(names.items, names.n, sizeof *names.items, compare_entries);
+    for (size_t i = 0; !rc && i < names.n; i++) {
+        if (stop_requested(sc)) {
+            rc = DDPM_EINTR;
+            break;
+        }
+        char *path = names.items[i].path;
+        names.items[i].path = NULL; /* owned here from now on */
+        struct stat est;
+        if (stat(path, &est) != 0) {
+            rc = push_skipped(&sc->files, path, strerror(errno));
+        } else if (S_ISDIR(est.st_mode)) {
+            if (depth + 1 >= DDPM_DATASET_MAX_DEPTH) {
+                char why[96];
+                snprintf(why, sizeof why, "folder nested deeper than %d levels, not entered",
+                         DDPM_DATASET_MAX_DEPTH);
+                rc = push_skipped(&sc->links, path, why);
+            } else {
+                rc = scan(sc, path, &est, depth + 1);
+                free(path);
+            }
+        } else if (!S_ISREG(est.st_mode)) {
+            rc = push_skipped(&sc->files, path, "not a regular file");
+        } else {
+            rc = entry_push(&sc->files, path, NULL);
+            if (rc)
+                free(path);
+            else
+                sc->files.items[sc->files.n - 1].bytes = (long long)est.st_size;
+        }
+    }
+    entry_list_free(&names);
     return rc;
-}
-
-static int compare_entries(const void *a, const void *b)
-{
-    return strcmp(((const entry *)a)->path, ((const entry *)b)->path);
 }
 
 typedef struct {
@@ -211,25 +311,27 @@ static int most_common_side(const entry_list *list)
     return best.width < best.height ? best.width : best.height;
 }
 
-static void emit_line(const ddpm_dataset_options *opt, const char *line)
+/* One warning per folder link not followed, then one for every skipped file (in
+ * path order) and the summary line. */
+static void emit_warnings(const ddpm_dataset_options *opt, const entry_list *links,
+                          const entry_list *list, int n_skipped)
 {
-    if (opt->warn)
-        opt->warn(opt->warn_user, line);
-}
-
-/* Warnings for every skipped entry, in path order, and the summary line. */
-static void emit_warnings(const ddpm_dataset_options *opt, const entry_list *list, int n_skipped)
-{
-    if (!n_skipped || !opt->warn)
+    if (!opt->warn)
         return;
     char line[1200];
+    for (size_t i = 0; i < links->n; i++) {
+        snprintf(line, sizeof line, "skipped: %s", links->items[i].reason);
+        opt->warn(opt->warn_user, line);
+    }
+    if (!n_skipped)
+        return;
     for (size_t i = 0; i < list->n; i++)
         if (list->items[i].reason) {
             snprintf(line, sizeof line, "skipped: %s", list->items[i].reason);
-            emit_line(opt, line);
+            opt->warn(opt->warn_user, line);
         }
     snprintf(line, sizeof line, "skipped %d of %zu files", n_skipped, list->n);
-    emit_line(opt, line);
+    opt->warn(opt->warn_user, line);
 }
 
 static int first_skipped_error(const entry_list *list)
@@ -289,34 +391,43 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
     if (!S_ISDIR(st.st_mode))
         return ddpm_error(DDPM_EIO, "%s: not a folder", dir);
 
-    entry_list list = {0};
-    int rc = scan(&list, dir, 0);
+    size_t root_len = strlen(dir); /* paths are dir (without trailing '/') + '/' + name */
+    while (root_len > 1 && dir[root_len - 1] == '/')
+        root_len--;
+    root_len += !(root_len == 1 && dir[0] == '/');
+    scan_state sc = {.stop = opt.stop};
+    int rc = scan(&sc, dir, &st, 0);
+    tdestroy(sc.folders, free_folder);
+    entry_list list = sc.files, links = sc.links;
+    if (rc == DDPM_EINTR)
+        rc = ddpm_error(DDPM_EINTR, "%s: interrupted while listing files (%zu found so far)", dir, list.n);
+    else if (sc.too_many)
+        rc = ddpm_error(DDPM_EINVAL, "%s: more than %d files; point ddpm at a smaller folder", dir,
+                        DDPM_DATASET_MAX_FILES);
     if (rc) {
         entry_list_free(&list);
+        entry_list_free(&links);
         return rc;
-    }
-    if (list.n > (size_t)(1 << 30)) {
-        entry_list_free(&list);
-        return ddpm_error(DDPM_EINVAL, "%s: too many files (%zu)", dir, list.n);
     }
     if (list.n > 1)
         qsort(list.items, list.n, sizeof *list.items, compare_entries);
     long n_files = (long)list.n;
 
     /* Probe every file's header. Each thread's error message is its own. */
+    volatile sig_atomic_t *stop = opt.stop; /* only read in the loops: no data race */
 #pragma omp parallel for schedule(dynamic, 64)
     for (long i = 0; i < n_files; i++) {
         entry *e = &list.items[i];
-        if (e->reason)
+        if (e->reason || (stop && *stop))
             continue;
         if (ddpm_image_probe(e->path, &e->width, &e->height, &e->channels) != 0)
             set_reason_from_error(e);
-        else if (e->width > DDPM_IMAGE_MAX_SIDE || e->height > DDPM_IMAGE_MAX_SIDE) {
-            char msg[64];
-            snprintf(msg, sizeof msg, "image is %d x %d (sides up to %d supported)", e->width,
-                     e->height, DDPM_IMAGE_MAX_SIDE);
-            e->reason = format_message("%s: %s", e->path, msg);
-        }
+    }
+    if (stop && *stop) {
+        entry_list_free(&list);
+        entry_list_free(&links);
+        return ddpm_error(DDPM_EINTR, "%s: interrupted while reading image headers (%ld files)", dir,
+                          n_files);
     }
     int n_ok = 0, all_gray = 1;
     for (size_t i = 0; i < list.n; i++) {
@@ -329,12 +440,14 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
     if (opt.strict && n_ok < (int)list.n) {
         rc = first_skipped_error(&list);
         entry_list_free(&list);
+        entry_list_free(&links);
         return rc;
     }
 
     ddpm_dataset *ds = calloc(1, sizeof *ds);
     if (!ds) {
         entry_list_free(&list);
+        entry_list_free(&links);
         return ddpm_error(DDPM_ENOMEM, "out of memory opening %s", dir);
     }
     if (n_ok > 0) {
@@ -365,11 +478,16 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
         int size = ds->size, channels = ds->channels;
 #pragma omp parallel for schedule(dynamic, 16)
         for (long i = 0; i < n_files; i++) {
-            if (slot[i] < 0)
+            if (slot[i] < 0 || (stop && *stop))
                 continue;
             entry *e = &list.items[i];
             if (ddpm_image_load_u8(e->path, pixels + (size_t)slot[i] * item_len, size, channels))
                 set_reason_from_error(e);
+        }
+        if (stop && *stop) {
+            free(slot);
+            rc = ddpm_error(DDPM_EINTR, "%s: interrupted while decoding %d images", dir, n_ok);
+            goto fail;
         }
         /* Compact: drop the files that probed but did not decode. */
         int k = 0;
@@ -380,6 +498,9 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
                 memmove(pixels + (size_t)k * item_len, pixels + (size_t)slot[i] * item_len,
                         item_len);
             ds->paths[k++] = list.items[i].path;
+            ds->total_bytes += list.items[i].bytes;
+            const char *rel = list.items[i].path + root_len;
+            ds->names_crc = ddpm_crc32c(ds->names_crc, rel, strlen(rel) + 1);
             list.items[i].path = NULL; /* now owned by ds */
         }
         free(slot);
@@ -391,7 +512,7 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
         rc = first_skipped_error(&list);
         goto fail;
     }
-    emit_warnings(&opt, &list, ds->n_skipped);
+    emit_warnings(&opt, &links, &list, ds->n_skipped);
     if (ds->n == 0) {
         if (list.n == 0)
             rc = ddpm_error(DDPM_EINVAL, "%s: no files in the folder", dir);
@@ -413,11 +534,13 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
             ds->pixels = p;
     }
     entry_list_free(&list);
+    entry_list_free(&links);
     *out = ds;
     return 0;
 
 fail:
     entry_list_free(&list);
+    entry_list_free(&links);
     ddpm_dataset_close(ds);
     return rc;
 }
@@ -436,6 +559,11 @@ void ddpm_dataset_close(ddpm_dataset *ds)
 }
 
 int ddpm_dataset_count(const ddpm_dataset *ds) { return ds->n; }
+
+void ddpm_dataset_fingerprint(const ddpm_dataset *ds, char *out, size_t size)
+{
+    snprintf(out, size, "%d images, %lld bytes, names %08x", ds->n, ds->total_bytes, (unsigned)ds->names_crc);
+}
 int ddpm_dataset_size(const ddpm_dataset *ds) { return ds->size; }
 int ddpm_dataset_channels(const ddpm_dataset *ds) { return ds->channels; }
 int ddpm_dataset_files_found(const ddpm_dataset *ds) { return ds->n_found; }

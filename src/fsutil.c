@@ -1,10 +1,14 @@
 #include "ddpm/fsutil.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -132,4 +136,75 @@ int ddpm_atomic_write(const char *path, ddpm_write_fn write, void *ctx)
     }
     free(tmp);
     return rc ? rc : sync_parent_dir(path);
+}
+
+int ddpm_lock_folder(const char *dir, const char *name, int *fd_out)
+{
+    *fd_out = -1;
+    char path[4200];
+    if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
+        return ddpm_error(DDPM_EINVAL, "%s: path too long", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (fd < 0)
+        return ddpm_error(DDPM_EIO, "%s: cannot create the lock file: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return ddpm_error(DDPM_EBUSY, "%s: another ddpm (pid %s) is writing this run folder; wait for it or "
+                                          "stop it first",
+                              dir, pid[0] ? pid : "unknown");
+        return ddpm_error(DDPM_EIO, "%s: cannot lock: %s", path, strerror(e));
+    }
+    /* Ours: record our pid for the message of a second writer. */
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len) {
+        int rc = ddpm_error(DDPM_EIO, "%s: cannot write the lock file: %s", path, strerror(errno));
+        close(fd);
+        return rc;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+void ddpm_unlock_folder(int fd)
+{
+    if (fd >= 0)
+        close(fd); /* releases the flock */
+}
+
+int ddpm_remove_stale_temps(const char *dir, int *n_removed)
+{
+    *n_removed = 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        return errno == ENOENT ? 0 : ddpm_error(DDPM_EIO, "%s: cannot list: %s", dir, strerror(errno));
+    struct dirent *de;
+    int rc = 0;
+    while ((de = readdir(d)) != NULL) {
+        const char *tag = strstr(de->d_name, ".tmp.");
+        if (!tag)
+            continue;
+        char *end;
+        long pid = strtol(tag + 5, &end, 10);
+        if (end == tag + 5 || (*end != '.' && *end != '\0'))
+            continue; /* not one of ddpm_atomic_write's names */
+        /* A writer that is still alive (not us: our own writes are finished when
+         * this runs) keeps its file; pid 0 or a dead pid means nobody will finish it. */
+        if (pid > 0 && pid != (long)getpid() && (kill((pid_t)pid, 0) == 0 || errno == EPERM))
+            continue;
+        char path[4400];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (unlink(path) == 0)
+            ++*n_removed;
+        else if (errno != ENOENT && !rc)
+            rc = ddpm_error(DDPM_EIO, "%s: cannot remove a stale temporary file: %s", path, strerror(errno));
+    }
+    closedir(d);
+    return rc;
 }

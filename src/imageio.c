@@ -17,24 +17,200 @@
 #include "ddpm/error.h"
 #include "ddpm/fsutil.h"
 
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Width and height from the header of a PNG, GIF, BMP or JPEG file, read without
+ * stb_image: stbi_info itself refuses images too large for it to decode and then
+ * reports the format as unknown, so this is how such a file is told apart from
+ * one that is not an image. Returns 0 if the size was found. */
+static int sniff_size(FILE *f, long long *width, long long *height)
+{
+    uint8_t h[32];
+    rewind(f);
+    size_t n = fread(h, 1, sizeof h, f);
+    rewind(f);
+    if (n >= 24 && !memcmp(h, "\x89PNG\r\n\x1a\n", 8) && !memcmp(h + 12, "IHDR", 4)) {
+        *width = be32(h + 16), *height = be32(h + 20);
+        return 0;
+    }
+    if (n >= 10 && (!memcmp(h, "GIF87a", 6) || !memcmp(h, "GIF89a", 6))) {
+        *width = h[6] | h[7] << 8, *height = h[8] | h[9] << 8;
+        return 0;
+    }
+    if (n >= 26 && h[0] == 'B' && h[1] == 'M' && h[14] >= 40) { /* BITMAPINFOHEADER or later */
+        int32_t w = (int32_t)(h[18] | h[19] << 8 | h[20] << 16 | (uint32_t)h[21] << 24);
+        int32_t ht = (int32_t)(h[22] | h[23] << 8 | h[24] << 16 | (uint32_t)h[25] << 24);
+        *width = w, *height = ht < 0 ? -(long long)ht : ht;
+        return 0;
+    }
+    if (n >= 4 && h[0] == 0xff && h[1] == 0xd8) { /* JPEG: walk the segments to a frame header */
+        if (fseek(f, 2, SEEK_SET) != 0)
+            return -1;
+        for (int segments = 0; segments < 1000; segments++) {
+            uint8_t m[9];
+            if (fread(m, 1, 4, f) != 4 || m[0] != 0xff)
+                break;
+            int marker = m[1], len = m[2] << 8 | m[3];
+            int is_frame = marker >= 0xc0 && marker <= 0xcf && marker != 0xc4 && marker != 0xc8 &&
+                           marker != 0xcc;
+            if (is_frame) {
+                if (fread(m + 4, 1, 5, f) != 5)
+                    break;
+                *height = m[5] << 8 | m[6], *width = m[7] << 8 | m[8];
+                rewind(f);
+                return 0;
+            }
+            if (len < 2 || fseek(f, len - 2, SEEK_CUR) != 0)
+                break;
+        }
+        rewind(f);
+    }
+    return -1;
+}
+
+static int too_large(long long width, long long height)
+{
+    return width > DDPM_IMAGE_MAX_SIDE || height > DDPM_IMAGE_MAX_SIDE ||
+           width * height > DDPM_IMAGE_MAX_PIXELS;
+}
+
+static int too_large_error(const char *path, long long width, long long height)
+{
+    return ddpm_error(DDPM_EFORMAT,
+                      "%s: image is %lld x %lld: too large (the limit is %d pixels, sides up to %d)",
+                      path, width, height, DDPM_IMAGE_MAX_PIXELS, DDPM_IMAGE_MAX_SIDE);
+}
+
+/* The JPEG file f's Huffman tables, each of at most 256 codes. The stb_image we
+ * build against (Debian's 2022 snapshot) trusts the 16 code counts of a DHT
+ * segment: their sum, up to 4080, indexes arrays of 257 and 256 entries, so a
+ * crafted file overwrote the decoder's memory (found by tests/fuzz/fuzz_image.c;
+ * later stb_image versions check this). Walks every segment, including those
+ * after the entropy-coded data of each scan. Returns 0, or -1 for a bad table. */
+static int jpeg_tables_ok(FILE *f)
+{
+    if (fseek(f, 2, SEEK_SET) != 0)
+        return 0;
+    /* Like stb_image, bytes that are not a marker are skipped one at a time: this
+     * also walks the entropy-coded data of each scan, where 0xff is followed by 0
+     * (stuffing) or a restart marker, and finds every table however it is placed. */
+    int c, ok = 0;
+    while (!ok && (c = getc(f)) != EOF) {
+        if (c != 0xff)
+            continue;
+        while ((c = getc(f)) == 0xff) /* fill bytes */
+            ;
+        if (c == EOF || c == 0xd9) /* end of image */
+            break;
+        if (c == 0x00 || c == 0x01 || (c >= 0xd0 && c <= 0xd8)) /* stuffing, markers without a length */
+            continue;
+        int hi = getc(f), lo = getc(f);
+        if (hi == EOF || lo == EOF)
+            break;
+        long len = (long)(hi << 8 | lo) - 2;
+        if (c != 0xc4) {
+            if (len > 0 && fseek(f, len, SEEK_CUR) != 0)
+                break;
+            continue;
+        }
+        while (len > 0) { /* DHT: tables of 1 + 16 + n bytes, read while any length is left */
+            uint8_t counts[17] = {0};
+            size_t got = fread(counts, 1, 17, f);
+            int n = 0;
+            for (int i = 1; i < 17; i++)
+                n += counts[i];
+            if (n > 256)
+                ok = -1;
+            if (ok || got < 17 || fseek(f, n, SEEK_CUR) != 0)
+                break;
+            len -= 17 + n;
+        }
+    }
+    rewind(f);
+    return ok;
+}
+
+/* The three header numbers of a binary PGM/PPM file (P5, P6) f, each at most
+ * 2^24. stb_image parses them into an int without an overflow check (UBSan:
+ * "322222222 * 10 cannot be represented in type 'int'", found by
+ * tests/fuzz/fuzz_image.c). Whitespace and comments are skipped as stb_image
+ * skips them. Returns 0, or -1 for a number too large. */
+static int pnm_numbers_ok(FILE *f)
+{
+    if (fseek(f, 2, SEEK_SET) != 0)
+        return 0;
+    int c = getc(f), ok = 0;
+    for (int k = 0; k < 3 && !ok; k++) {
+        for (;;) { /* whitespace, and comments from '#' to the end of the line */
+            while (c == ' ' || (c >= '\t' && c <= '\r'))
+                c = getc(f);
+            if (c != '#')
+                break;
+            while (c != EOF && c != '\n' && c != '\r')
+                c = getc(f);
+        }
+        long value = 0;
+        for (; c >= '0' && c <= '9'; c = getc(f))
+            if ((value = value * 10 + (c - '0')) > (1L << 24)) {
+                ok = -1;
+                break;
+            }
+    }
+    rewind(f);
+    return ok;
+}
+
+/* The header of the open file f, checked against the size limits; the file
+ * position is left at the start. Besides the pixel limit, an image must not
+ * claim more than MAX_PIXELS_PER_BYTE pixels per byte of file: no format
+ * stb_image reads packs more (GIF's LZW manages about 2,700 at best, PNG's
+ * deflate about 1,030, the RLE formats 128), so a tiny or truncated file cannot
+ * make the decoder allocate and fill a large image (a fuzzer's 74-byte TGA
+ * claimed 2586 x 8196 pixels). */
+enum { MAX_PIXELS_PER_BYTE = 4096 };
+
+static int read_header(FILE *f, const char *path, int *width, int *height, int *channels)
+{
+    int w = 0, h = 0, n = 0;
+    uint8_t magic[2] = {0, 0};
+    if (fread(magic, 1, 2, f) == 2 && magic[0] == 0xff && magic[1] == 0xd8 && jpeg_tables_ok(f) != 0)
+        return ddpm_error(DDPM_EFORMAT, "%s: corrupt JPEG (a Huffman table of more than 256 codes)", path);
+    if (magic[0] == 'P' && (magic[1] == '5' || magic[1] == '6') && pnm_numbers_ok(f) != 0)
+        return ddpm_error(DDPM_EFORMAT, "%s: corrupt PGM/PPM (a header number over 2^24)", path);
+    rewind(f);
+    if (!stbi_info_from_file(f, &w, &h, &n)) {
+        const char *why = stbi_failure_reason();
+        long long sw, sh;
+        if (sniff_size(f, &sw, &sh) == 0 && too_large(sw, sh))
+            return too_large_error(path, sw, sh);
+        return ddpm_error(DDPM_EFORMAT, "%s: not an image stb_image reads (%s)", path,
+                          why ? why : "unknown format");
+    }
+    if (w <= 0 || h <= 0 || n < 1 || n > 4)
+        return ddpm_error(DDPM_EFORMAT, "%s: bad image header (%d x %d, %d channels)", path, w, h, n);
+    if (too_large(w, h))
+        return too_large_error(path, w, h);
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && (long long)w * h > (long long)MAX_PIXELS_PER_BYTE * st.st_size)
+        return ddpm_error(DDPM_EFORMAT, "%s: a %d x %d image cannot fit in %lld bytes (truncated or corrupt)",
+                          path, w, h, (long long)st.st_size);
+    *width = w;
+    *height = h;
+    *channels = n;
+    return 0;
+}
+
 int ddpm_image_probe(const char *path, int *width, int *height, int *channels)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
         return ddpm_error(DDPM_EIO, "%s: cannot open: %s", path, strerror(errno));
-    int w = 0, h = 0, n = 0;
-    int ok = stbi_info_from_file(f, &w, &h, &n);
-    const char *why = ok ? NULL : stbi_failure_reason();
+    int rc = read_header(f, path, width, height, channels);
     fclose(f);
-    if (!ok)
-        return ddpm_error(DDPM_EFORMAT, "%s: not an image stb_image reads (%s)", path,
-                          why ? why : "unknown format");
-    if (w <= 0 || h <= 0 || n < 1 || n > 4)
-        return ddpm_error(DDPM_EFORMAT, "%s: bad image header (%d x %d, %d channels)", path, w, h, n);
-    *width = w;
-    *height = h;
-    *channels = n;
-    return 0;
+    return rc;
 }
 
 /* One pixel of `src` (src_channels 1..4) as `channels` (1 or 3) values. */
@@ -55,59 +231,84 @@ static inline void convert_pixel(uint8_t *dst, const uint8_t *src, int src_chann
     }
 }
 
-int ddpm_image_convert_u8(uint8_t *out, const uint8_t *src, int width, int height,
-                          int src_channels, int size, int channels)
+static int check_convert_args(int width, int height, int src_channels, int size, int channels)
 {
-    if (width <= 0 || height <= 0 || width > DDPM_IMAGE_MAX_SIDE || height > DDPM_IMAGE_MAX_SIDE)
-        return ddpm_error(DDPM_EINVAL, "image size %d x %d out of range (1..%d)", width, height,
-                          DDPM_IMAGE_MAX_SIDE);
+    if (width <= 0 || height <= 0 || too_large(width, height))
+        return ddpm_error(DDPM_EINVAL, "image size %d x %d out of range (1..%d a side, %d pixels)",
+                          width, height, DDPM_IMAGE_MAX_SIDE, DDPM_IMAGE_MAX_PIXELS);
     if (src_channels < 1 || src_channels > 4)
         return ddpm_error(DDPM_EINVAL, "image has %d channels (1..4 supported)", src_channels);
     if (channels != 1 && channels != 3)
         return ddpm_error(DDPM_EINVAL, "target channel count %d (must be 1 or 3)", channels);
     if (size <= 0 || size > DDPM_IMAGE_MAX_SIDE)
         return ddpm_error(DDPM_EINVAL, "target size %d out of range (1..%d)", size, DDPM_IMAGE_MAX_SIDE);
+    return 0;
+}
 
+/* ddpm_image_convert_u8 on pixels it may overwrite: the crop and the channel
+ * conversion are done in place in buf, so that a large image costs no second
+ * copy of itself. A gray source wanted as RGB is cropped and resized as gray and
+ * replicated at the end: the resize works on each channel alone, so the result is
+ * the same as replicating first. */
+static int convert_in_place(uint8_t *out, uint8_t *buf, int width, int height, int src_channels,
+                            int size, int channels)
+{
+    int rc = check_convert_args(width, height, src_channels, size, channels);
+    if (rc)
+        return rc;
     /* Largest centred square: offsets (x0, y0), side m. */
     int m = width < height ? width : height;
     int x0 = (width - m) / 2, y0 = (height - m) / 2;
-    size_t plane = (size_t)size * size;
-
-    /* The cropped square, converted to the target channels, HWC. */
-    uint8_t *square = ddpm_malloc((size_t)m * m, (size_t)channels);
-    if (!square)
-        return DDPM_ENOMEM;
+    int work = channels == 3 && src_channels <= 2 ? 1 : channels; /* channels resized */
+    /* The cropped square, converted to `work` channels, HWC, at the start of buf.
+     * Pixel (x, y) moves from ((y0 + y) * width + x0 + x) * src_channels to
+     * (y * m + x) * work, never a later offset (m <= width, work <= src_channels),
+     * and each pixel's values are read before any is written. */
     for (int y = 0; y < m; y++) {
-        const uint8_t *row = src + ((size_t)(y0 + y) * width + x0) * src_channels;
-        uint8_t *dst = square + (size_t)y * m * channels;
-        for (int x = 0; x < m; x++)
-            convert_pixel(dst + (size_t)x * channels, row + (size_t)x * src_channels, src_channels,
-                          channels);
+        const uint8_t *row = buf + ((size_t)(y0 + y) * width + x0) * src_channels;
+        uint8_t *dst = buf + (size_t)y * m * work;
+        for (int x = 0; x < m; x++) {
+            uint8_t px[4];
+            memcpy(px, row + (size_t)x * src_channels, (size_t)src_channels);
+            convert_pixel(dst + (size_t)x * work, px, src_channels, work);
+        }
     }
-
-    const uint8_t *hwc = square;
+    size_t plane = (size_t)size * size;
+    const uint8_t *hwc = buf;
     uint8_t *resized = NULL;
     if (m != size) {
-        resized = ddpm_malloc(plane, (size_t)channels);
-        if (!resized) {
-            free(square);
+        resized = ddpm_malloc(plane, (size_t)work);
+        if (!resized)
             return DDPM_ENOMEM;
-        }
-        if (!stbir_resize_uint8(square, m, m, 0, resized, size, size, 0, channels)) {
-            free(square);
+        if (!stbir_resize_uint8(buf, m, m, 0, resized, size, size, 0, work)) {
             free(resized);
             return ddpm_error(DDPM_ENOMEM, "stb_image_resize failed (%d x %d -> %d x %d)", m, m,
                               size, size);
         }
         hwc = resized;
     }
-    /* HWC -> CHW */
+    /* HWC -> CHW (a gray `work` feeds every output channel) */
     for (int c = 0; c < channels; c++)
         for (size_t i = 0; i < plane; i++)
-            out[c * plane + i] = hwc[i * channels + c];
-    free(square);
+            out[c * plane + i] = hwc[i * work + (work == 1 ? 0 : c)];
     free(resized);
     return 0;
+}
+
+int ddpm_image_convert_u8(uint8_t *out, const uint8_t *src, int width, int height,
+                          int src_channels, int size, int channels)
+{
+    int rc = check_convert_args(width, height, src_channels, size, channels);
+    if (rc)
+        return rc;
+    size_t n = (size_t)width * height * src_channels;
+    uint8_t *copy = ddpm_malloc(n, 1);
+    if (!copy)
+        return DDPM_ENOMEM;
+    memcpy(copy, src, n);
+    rc = convert_in_place(out, copy, width, height, src_channels, size, channels);
+    free(copy);
+    return rc;
 }
 
 int ddpm_image_load_u8(const char *path, uint8_t *out, int size, int channels)
@@ -121,17 +322,11 @@ int ddpm_image_load_u8(const char *path, uint8_t *out, int size, int channels)
     if (!f)
         return ddpm_error(DDPM_EIO, "%s: cannot open: %s", path, strerror(errno));
     int w = 0, h = 0, n = 0;
-    /* Check the header before decoding so a huge image cannot exhaust memory. */
-    if (!stbi_info_from_file(f, &w, &h, &n)) {
-        const char *why = stbi_failure_reason();
+    /* The header is checked before decoding, so a huge image cannot exhaust memory. */
+    int rc = read_header(f, path, &w, &h, &n);
+    if (rc) {
         fclose(f);
-        return ddpm_error(DDPM_EFORMAT, "%s: not an image stb_image reads (%s)", path,
-                          why ? why : "unknown format");
-    }
-    if (w <= 0 || h <= 0 || w > DDPM_IMAGE_MAX_SIDE || h > DDPM_IMAGE_MAX_SIDE) {
-        fclose(f);
-        return ddpm_error(DDPM_EFORMAT, "%s: image is %d x %d (sides up to %d supported)", path, w,
-                          h, DDPM_IMAGE_MAX_SIDE);
+        return rc;
     }
     uint8_t *pixels = stbi_load_from_file(f, &w, &h, &n, 0);
     fclose(f);
@@ -139,7 +334,7 @@ int ddpm_image_load_u8(const char *path, uint8_t *out, int size, int channels)
         const char *why = stbi_failure_reason();
         return ddpm_error(DDPM_EFORMAT, "%s: cannot decode (%s)", path, why ? why : "unknown error");
     }
-    int rc = ddpm_image_convert_u8(out, pixels, w, h, n, size, channels);
+    rc = convert_in_place(out, pixels, w, h, n, size, channels);
     stbi_image_free(pixels);
     if (rc) {
         char why[512];

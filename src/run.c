@@ -2,9 +2,11 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "ddpm/checkpoint.h"
 #include "ddpm/dataset.h"
@@ -41,9 +43,12 @@ typedef struct {
     ddpm_trainer *tr;
     FILE *log;
     float *x0;
-    float *eval_x0; /* [eval_n, D] held-out images, NULL without eval_dir */
+    float *eval_x0;      /* [eval_n, D] held-out images, NULL without eval_dir */
     int eval_n;
-    long stop_step; /* 0: none */
+    long stop_step;      /* 0: none */
+    double stop_elapsed; /* total training seconds at which to stop; 0: none */
+    int lock_fd;         /* the run folder's lock (process 0), held for the whole session */
+    int resume;          /* continuing from a checkpoint (not: --resume of a folder without one) */
     int rank, n_ranks; /* this process in a data-parallel run (dist.h); rank 0 writes the files */
 } run_session;
 
@@ -51,10 +56,125 @@ static void session_close(run_session *r)
 {
     if (r->log)
         fclose(r->log);
+    ddpm_unlock_folder(r->lock_fd);
+    r->lock_fd = -1;
     free(r->x0);
     free(r->eval_x0);
     ddpm_trainer_free(r->tr);
     ddpm_dataset_close(r->ds);
+}
+
+/* The model config's error (just set) as a bad value of the caller's: exit 2 in the CLI. */
+static int usage_error(void)
+{
+    char why[900];
+    snprintf(why, sizeof why, "%s", ddpm_last_error());
+    return ddpm_error(DDPM_EUSAGE, "model: %s", why);
+}
+
+static void warn(const ddpm_run_callbacks *cb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void warn(const ddpm_run_callbacks *cb, const char *fmt, ...)
+{
+    if (!cb || !cb->warning)
+        return;
+    char line[1200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    cb->warning(cb->ctx, line);
+}
+
+typedef struct {
+    const char *text;
+    size_t len;
+} text_span;
+
+static int write_span(void *ctx, FILE *f)
+{
+    const text_span *t = ctx;
+    return t->len && fwrite(t->text, 1, t->len, f) != t->len ? -1 : 0;
+}
+
+/* Cuts log.jsonl back to the lines of steps <= max_step, so that a resumed run,
+ * which logs the steps after its checkpoint again, never holds a step twice: a
+ * run killed between a log line and the next checkpoint wrote lines past it. A
+ * last line without its newline (cut by the kill) goes too. Only a regular file
+ * is rewritten (atomically); *n_cut counts the lines removed. */
+static int cut_log(const char *path, long max_step, int *n_cut)
+{
+    *n_cut = 0;
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0)
+        return 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return ddpm_error(DDPM_EIO, "%s: cannot read: %s", path, strerror(errno));
+    char *text = ddpm_malloc((size_t)st.st_size + 1, 1);
+    size_t len = text ? fread(text, 1, (size_t)st.st_size, f) : 0;
+    int read_error = ferror(f);
+    fclose(f);
+    if (!text)
+        return DDPM_ENOMEM;
+    if (read_error) {
+        free(text);
+        return ddpm_error(DDPM_EIO, "%s: cannot read", path);
+    }
+    text[len] = '\0';
+    size_t kept = 0;
+    for (size_t at = 0; at < len;) {
+        char *nl = memchr(text + at, '\n', len - at);
+        size_t end = nl ? (size_t)(nl - text) + 1 : len;
+        const char *key = strstr(text + at, "\"step\":");
+        long step = key && key < text + end ? strtol(key + 7, NULL, 10) : -1;
+        if (nl && step >= 0 && step <= max_step) {
+            memmove(text + kept, text + at, end - at);
+            kept += end - at;
+        } else {
+            ++*n_cut;
+        }
+        at = end;
+    }
+    int rc = 0;
+    if (*n_cut) {
+        text_span t = {text, kept};
+        rc = ddpm_atomic_write(path, write_span, &t);
+    }
+    free(text);
+    return rc;
+}
+
+/* Makes the run folder, takes its lock and removes what killed writers left. */
+static int lock_and_clean(run_session *r, const ddpm_run_callbacks *cb)
+{
+    const char *dir = r->o->out_dir;
+    int rc = ddpm_mkdir_p(dir);
+    if (!rc)
+        rc = ddpm_lock_folder(dir, DDPM_LOCK_FILE, &r->lock_fd);
+    int n_stale = 0, n_stale_samples = 0;
+    if (!rc && !(rc = ddpm_remove_stale_temps(dir, &n_stale)))
+        rc = ddpm_remove_stale_temps(r->samples_dir, &n_stale_samples);
+    if (!rc && n_stale + n_stale_samples)
+        warn(cb, "%s: removed %d temporary files left by a stopped run", dir, n_stale + n_stale_samples);
+    if (rc) {
+        ddpm_unlock_folder(r->lock_fd);
+        r->lock_fd = -1;
+    }
+    return rc;
+}
+
+/* The stop step of --steps / --epochs, one epoch when no stop condition is given at
+ * all; 0: none (a --minutes limit alone). */
+static long given_stop_step(const ddpm_run_options *o, int n_images, int batch)
+{
+    int given = o->steps > 0 || o->epochs > 0 || o->minutes > 0;
+    double epochs = given ? o->epochs : 1;
+    long stop_step = o->steps > 0 ? o->steps : 0;
+    if (epochs > 0) {
+        long e = (long)ceil(epochs * n_images / batch);
+        stop_step = stop_step ? (e < stop_step ? e : stop_step) : e;
+    }
+    return stop_step;
 }
 
 /* Refuses to overwrite a run, loads the data and the trainer (fresh or from the
@@ -76,68 +196,102 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     snprintf(r->ckpt_path, sizeof r->ckpt_path, "%s/%s", o->out_dir, DDPM_CHECKPOINT_FILE);
     snprintf(r->log_path, sizeof r->log_path, "%s/%s", o->out_dir, DDPM_LOG_FILE);
     snprintf(r->samples_dir, sizeof r->samples_dir, "%s/%s", o->out_dir, DDPM_SAMPLES_DIR);
-    int rc;
+    r->lock_fd = -1;
+    if (!o->out_dir[0])
+        return ddpm_error(DDPM_EUSAGE, "--out: the run folder's name is empty");
+    /* One writer per run folder (process 0), from here to session_close. A folder
+     * that does not exist yet is made and locked in session_files, so that bad
+     * data leaves no folder behind. */
+    int rc = r->rank == 0 && ddpm_path_exists(o->out_dir) ? lock_and_clean(r, cb) : 0;
+    if (rc)
+        return rc;
     ddpm_checkpoint *ck = NULL;
     ddpm_run_config cfg = o->cfg;
-    if (o->resume) {
-        if (!ddpm_path_exists(r->ckpt_path))
-            return ddpm_error(DDPM_EIO, "%s: no checkpoint to resume from", r->ckpt_path);
-        if ((rc = ddpm_checkpoint_open(&ck, r->ckpt_path)))
+    int has_ckpt = ddpm_path_exists(r->ckpt_path);
+    r->resume = o->resume && has_ckpt;
+    if (o->resume && !has_ckpt) {
+        if (r->rank == 0)
+            warn(cb, "%s: no checkpoint yet (the run stopped before its first save): starting from step 0",
+                 o->out_dir);
+    } else if (o->resume) {
+        if ((rc = ddpm_checkpoint_open(&ck, r->ckpt_path))) {
+            session_close(r);
             return rc;
+        }
         cfg = *ddpm_checkpoint_config(ck);
     } else if (r->rank > 0) {
         /* a new run's folder is process 0's to judge and to make */
-    } else if (ddpm_path_exists(r->ckpt_path)) {
+    } else if (has_ckpt) {
+        session_close(r);
         return ddpm_error(
             DDPM_EINVAL,
             "%s: the run folder already holds a checkpoint; continue it with --resume or choose "
             "another --out",
             o->out_dir);
     } else if (ddpm_path_exists(r->log_path)) {
-        return ddpm_error(DDPM_EINVAL, "%s: the run folder already holds a %s; choose another --out",
-                          o->out_dir, DDPM_LOG_FILE);
+        warn(cb, "%s: holds a %s but no checkpoint (a run stopped before its first save): starting afresh",
+             o->out_dir, DDPM_LOG_FILE);
     }
 
     /* the data: its size and channels define the model unless given; a size given
      * with a model that cannot take it is refused before the data is read */
     if (!ck && cfg.model.image_size) {
         ddpm_unet_config probe = cfg.model;
-        if ((rc = ddpm_unet_config_fit_data(&probe, cfg.model.image_size, 1)) || (rc = ddpm_unet_config_check(&probe)))
+        if (ddpm_unet_config_fit_data(&probe, cfg.model.image_size, 1) || ddpm_unet_config_check(&probe)) {
+            rc = usage_error();
+            session_close(r);
             return rc;
+        }
     }
     ddpm_dataset_options dopt = {.size = cfg.model.image_size,
                                  .channels = cfg.model.in_channels,
                                  .strict = o->strict,
                                  .warn = cb ? cb->warning : NULL,
-                                 .warn_user = cb ? cb->ctx : NULL};
+                                 .warn_user = cb ? cb->ctx : NULL,
+                                 .stop = o->stop};
     if ((rc = ddpm_dataset_open(&r->ds, o->data_dir, &dopt))) {
         ddpm_checkpoint_close(ck);
+        session_close(r);
         return rc;
     }
-    if (!ck && (rc = ddpm_unet_config_fit_data(&cfg.model, ddpm_dataset_size(r->ds), ddpm_dataset_channels(r->ds)))) {
-        ddpm_dataset_close(r->ds);
-        r->ds = NULL;
+    if (!ck && (ddpm_unet_config_fit_data(&cfg.model, ddpm_dataset_size(r->ds), ddpm_dataset_channels(r->ds)) ||
+                ddpm_unet_config_check(&cfg.model))) {
+        rc = usage_error();
+        session_close(r);
         return rc;
     }
-    long stop_step = o->steps > 0 ? o->steps : 0;
-    if (o->epochs > 0) {
-        long e = (long)ceil(o->epochs * ddpm_dataset_count(r->ds) / cfg.batch);
-        stop_step = stop_step ? (e < stop_step ? e : stop_step) : e;
-    }
+    char fingerprint[sizeof r->tr->state.data_fingerprint];
+    ddpm_dataset_fingerprint(r->ds, fingerprint, sizeof fingerprint);
     /* A cosine decay ends at the run's final step: the stop step of --steps/--epochs
        (a --minutes limit may stop the run before it). It is fixed in the checkpoint,
        so a resumed run keeps the first session's schedule. */
     if (!ck && cfg.optim.lr_schedule == DDPM_LR_COSINE) {
-        if (!stop_step)
+        long final_step = given_stop_step(o, ddpm_dataset_count(r->ds), cfg.batch);
+        if (!final_step)
             rc = ddpm_error(DDPM_EINVAL, "--lr-schedule cosine needs --steps or --epochs (its final step)");
-        cfg.optim.lr_final_step = stop_step;
+        cfg.optim.lr_final_step = final_step;
     }
     if (!rc)
         rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck, o->micro_batch)
                 : ddpm_trainer_create(&r->tr, &cfg, o->micro_batch);
     ddpm_checkpoint_close(ck);
-    if (!rc && o->resume)
-        rc = ddpm_dataset_seek(r->ds, r->tr->state.data_epoch, r->tr->state.data_position);
+    ddpm_train_state *state = r->tr ? &r->tr->state : NULL;
+    if (!rc && r->resume && state->data_fingerprint[0] && strcmp(state->data_fingerprint, fingerprint) != 0) {
+        if (!o->allow_data_change)
+            rc = ddpm_error(DDPM_EINVAL,
+                            "%s: not the data this run was trained on (now %s; the run's: %s); pass "
+                            "--allow-data-change to continue with it anyway",
+                            o->data_dir, fingerprint, state->data_fingerprint);
+        else if (r->rank == 0)
+            warn(cb, "%s: the data changed (now %s; the run's: %s): continuing with it", o->data_dir, fingerprint,
+                 state->data_fingerprint);
+    }
+    if (!rc && r->resume && state->data_position >= ddpm_dataset_count(r->ds))
+        state->data_position = 0; /* fewer images than before (--allow-data-change): next epoch's start */
+    if (!rc && r->resume)
+        rc = ddpm_dataset_seek(r->ds, state->data_epoch, state->data_position);
+    if (!rc)
+        snprintf(state->data_fingerprint, sizeof state->data_fingerprint, "%s", fingerprint);
     if (!rc) {
         const ddpm_run_config *c = &r->tr->cfg;
         size_t D = (size_t)c->model.in_channels * c->model.image_size * c->model.image_size;
@@ -154,23 +308,44 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
         session_close(r);
         return rc;
     }
-    r->stop_step = stop_step;
+    /* The stop condition: the one given, else on resume the run's own, else one epoch. */
+    ddpm_train_state *s = &r->tr->state;
+    int given = o->steps > 0 || o->epochs > 0 || o->minutes > 0;
+    if (!given && r->resume && (s->stop_step > 0 || s->stop_elapsed_seconds > 0)) {
+        r->stop_step = s->stop_step;
+        r->stop_elapsed = s->stop_elapsed_seconds;
+    } else {
+        r->stop_step = given_stop_step(o, ddpm_dataset_count(r->ds), r->tr->cfg.batch);
+        r->stop_elapsed = o->minutes > 0 ? s->elapsed_seconds + o->minutes * 60 : 0;
+    }
+    s->stop_step = r->stop_step;
+    s->stop_elapsed_seconds = r->stop_elapsed;
     return DDPM_OK;
 }
 
 /* Process 0 makes the run folder and opens the log, once every process has
  * loaded its data and trainer (so a process that cannot read the data leaves
  * no half-made run behind). */
-static int session_files(run_session *r)
+static int session_files(run_session *r, const ddpm_run_callbacks *cb)
 {
     const ddpm_run_options *o = r->o;
     if (r->rank > 0)
         return DDPM_OK;
-    int rc = ddpm_mkdir_p(o->out_dir);
+    int rc = 0;
+    if (r->lock_fd < 0 && !(rc = lock_and_clean(r, cb)) && !r->resume && ddpm_path_exists(r->ckpt_path))
+        rc = ddpm_error(DDPM_EINVAL, "%s: another run saved a checkpoint here meanwhile", o->out_dir);
+    /* The log holds no step past the checkpoint (none at all for a fresh run). */
+    long step = r->resume ? r->tr->state.step : 0;
+    int n_cut = 0;
+    if (!rc && !(rc = cut_log(r->log_path, step, &n_cut)) && n_cut)
+        warn(cb, "%s: removed %d lines past the checkpoint's step %ld", r->log_path, n_cut, step);
     if (!rc && o->preview_n > 0)
         rc = ddpm_mkdir_p(r->samples_dir);
     if (!rc && !(r->log = fopen(r->log_path, "a")))
         rc = ddpm_error(DDPM_EIO, "%s: cannot open for writing: %s", r->log_path, strerror(errno));
+    /* A fresh run saves its step 0 at once, so that the folder can always be resumed. */
+    if (!rc && !r->resume)
+        rc = ddpm_trainer_save(r->tr, r->ckpt_path);
     return rc;
 }
 
@@ -305,9 +480,9 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
     if (ddpm_dist_size() > 1) {
         /* every process must reach the first step, or none */
         if ((rc = agree(rc)) == DDPM_OK)
-            rc = agree(session_files(&r));
+            rc = agree(session_files(&r, cb));
     } else if (!rc) {
-        rc = session_files(&r);
+        rc = session_files(&r, cb);
     }
     if (rc) {
         if (opened)
@@ -320,7 +495,7 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
     share_of(&r, B, &share_first, &share_count);
     if (cb->started) {
         ddpm_run_start s = {count,     c->model.in_channels, c->model.image_size, tr->net->n_params, B,
-                            o->resume, tr->state.step,       r.stop_step,         r.n_ranks,
+                            r.resume, tr->state.step,       r.stop_step,         r.n_ranks,
                             tr->micro_batch, &c->model};
         cb->started(cb->ctx, &s);
     }
@@ -340,7 +515,7 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
         /* The other stop conditions are each process's own (a clock, a signal):
            with several processes they are voted on in the step's sum and take
            effect after that step, on every process at once. */
-        int time_up = o->minutes > 0 && ddpm_now_seconds() - t_start >= o->minutes * 60;
+        int time_up = r.stop_elapsed > 0 && elapsed_before + (ddpm_now_seconds() - t_start) >= r.stop_elapsed;
         int stop = o->stop && *o->stop;
         if (r.n_ranks == 1 ? time_up : time_up_agreed)
             break;
@@ -399,8 +574,8 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
                 continue;
             if (stop_step)
                 p.eta_seconds = (stop_step - step) * B / p.images_per_sec;
-            if (o->minutes > 0) {
-                double left = o->minutes * 60 - (t - t_start);
+            if (r.stop_elapsed > 0) {
+                double left = r.stop_elapsed - tr->state.elapsed_seconds;
                 p.eta_seconds = p.eta_seconds >= 0 && p.eta_seconds < left ? p.eta_seconds : left;
             }
             if (cb->progress)
@@ -421,7 +596,7 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
     if (diverged) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", ddpm_last_error());
-        if (last_saved > 0 || o->resume)
+        if (last_saved > 0 || r.resume)
             ddpm_error(DDPM_ENAN, "%s; stopped, the last good checkpoint (step %ld) is kept in %s", msg,
                        last_saved, r.ckpt_path);
         else

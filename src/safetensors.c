@@ -3,6 +3,7 @@
 #include "ddpm/safetensors.h"
 
 #include <cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -13,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ddpm/crc32c.h"
 #include "ddpm/error.h"
 #include "ddpm/fsutil.h"
 
@@ -27,6 +29,8 @@
 #define MSG_NAME 200
 
 static const char METADATA_KEY[] = "__metadata__";
+/* The metadata key holding every tensor's CRC-32C (see safetensors.h). */
+static const char CHECKSUM_KEY[] = "crc32c";
 
 struct ddpm_st_file {
     char *path;
@@ -41,6 +45,7 @@ struct ddpm_st_file {
     ddpm_st_meta *meta; /* header order */
     ddpm_st_meta *meta_by_key;
     int n_meta;
+    int checksummed; /* every tensor's CRC-32C was in the metadata and matched */
 };
 
 static int host_is_little_endian(void)
@@ -216,6 +221,9 @@ static int check_write_args(const char *path, const ddpm_st_tensor *tensors, int
         if (len > DDPM_ST_MAX_NAME)
             return ddpm_error(DDPM_EINVAL, "%s: metadata key '%.*s...' is %zu bytes, over the %d-byte limit",
                               path, MSG_NAME, meta[i].key, len, DDPM_ST_MAX_NAME);
+        if (strcmp(meta[i].key, CHECKSUM_KEY) == 0)
+            return ddpm_error(DDPM_EINVAL, "%s: metadata key '%s' is reserved for the tensor checksums", path,
+                              CHECKSUM_KEY);
     }
     int n_names = n_tensors > n_meta ? n_tensors : n_meta;
     const char **names = ddpm_malloc(n_names ? (size_t)n_names : 1, sizeof *names);
@@ -304,6 +312,41 @@ static int write_f32_le(FILE *fp, const float *x, size_t n, float *chunk, size_t
     return 0;
 }
 
+/* CRC-32C of n floats as stored: little-endian bytes. */
+static uint32_t crc_f32_le(const float *x, size_t n)
+{
+    if (host_is_little_endian())
+        return ddpm_crc32c(0, x, n * sizeof(float));
+    uint32_t crc = 0;
+    float chunk[256];
+    for (size_t i = 0; i < n; i += 256) {
+        size_t m = n - i < 256 ? n - i : 256;
+        memcpy(chunk, x + i, m * sizeof(float));
+        swap_bytes_f32(chunk, m);
+        crc = ddpm_crc32c(crc, chunk, m * sizeof(float));
+    }
+    return crc;
+}
+
+/* The checksum metadata value: {"<tensor>":"<crc32c as 8 hex digits>",...}. */
+static int build_checksums(strbuf *sb, const char *path, const ddpm_st_tensor *tensors, int n_tensors)
+{
+    sb_puts(sb, "{");
+    for (int i = 0; i < n_tensors; i++) {
+        int64_t n = 0;
+        element_count(tensors[i].shape, tensors[i].ndim, &n);
+        if (i)
+            sb_puts(sb, ",");
+        sb_json_string(sb, tensors[i].name);
+        sb_printf(sb, ":\"%08" PRIx32 "\"", n ? crc_f32_le(tensors[i].data, (size_t)n) : ddpm_crc32c(0, "", 0));
+    }
+    sb_puts(sb, "}");
+    if (sb->failed)
+        return ddpm_error(DDPM_ENOMEM, "%s: out of memory building the checksums", path);
+    return 0;
+}
+
+
 typedef struct {
     const strbuf *header;
     const ddpm_st_tensor *tensors;
@@ -337,8 +380,18 @@ int ddpm_safetensors_write(const char *path, const ddpm_st_tensor *tensors, int 
     if (rc)
         return rc;
 
-    strbuf header = {0};
-    rc = build_header(&header, path, tensors, n_tensors, meta, n_meta);
+    /* The caller's metadata and the checksums, which go in the header before the data. */
+    strbuf sums = {0}, header = {0};
+    ddpm_st_meta *all_meta = ddpm_malloc((size_t)n_meta + 1, sizeof *all_meta);
+    rc = all_meta ? build_checksums(&sums, path, tensors, n_tensors) : DDPM_ENOMEM;
+    if (!rc) {
+        if (n_meta)
+            memcpy(all_meta, meta, (size_t)n_meta * sizeof *meta);
+        all_meta[n_meta] = (ddpm_st_meta){CHECKSUM_KEY, sums.p};
+        rc = build_header(&header, path, tensors, n_tensors, all_meta, n_meta + 1);
+    }
+    free(all_meta);
+    free(sums.p);
     if (rc) {
         free(header.p);
         return rc;
@@ -631,6 +684,54 @@ static int parse(ddpm_st_file *f)
     return 0;
 }
 
+/* Checks every tensor's bytes against the CRC-32C stored in the metadata, when
+ * there is one (files written before checksums existed have none). */
+static int verify_checksums(ddpm_st_file *f)
+{
+    const char *p = f->path;
+    const char *value = ddpm_safetensors_meta(f, CHECKSUM_KEY);
+    if (!value)
+        return 0;
+    cJSON *sums = cJSON_Parse(value);
+    unsigned char *seen = ddpm_calloc(f->n_tensors ? (size_t)f->n_tensors : 1, 1);
+    int rc = seen ? 0 : DDPM_ENOMEM;
+    if (!rc && !cJSON_IsObject(sums))
+        rc = ddpm_error(DDPM_EFORMAT, "%s: metadata '%s' is not a JSON object", p, CHECKSUM_KEY);
+    for (const cJSON *e = rc ? NULL : sums->child; !rc && e; e = e->next) {
+        const ddpm_st_info *info = ddpm_safetensors_find(f, e->string);
+        const char *hex = cJSON_GetStringValue(e);
+        int is_hex = hex && strlen(hex) == 8;
+        for (int k = 0; is_hex && k < 8; k++)
+            is_hex = isxdigit((unsigned char)hex[k]) != 0;
+        unsigned long stored = is_hex ? strtoul(hex, NULL, 16) : 0;
+        if (!info)
+            rc = ddpm_error(DDPM_EFORMAT, "%s: metadata '%s' names a tensor '%.*s' that is not in the file", p,
+                            CHECKSUM_KEY, MSG_NAME, e->string);
+        else if (seen[info - f->infos]++)
+            rc = ddpm_error(DDPM_EFORMAT, "%s: metadata '%s' lists tensor '%.*s' twice", p, CHECKSUM_KEY,
+                            MSG_NAME, e->string);
+        else if (!is_hex)
+            rc = ddpm_error(DDPM_EFORMAT, "%s: the checksum of tensor '%.*s' is not 8 hex digits", p, MSG_NAME,
+                            e->string);
+        else {
+            uint32_t crc = ddpm_crc32c(0, f->data + info->data_begin, (size_t)(info->data_end - info->data_begin));
+            if (crc != (uint32_t)stored)
+                rc = ddpm_error(DDPM_EFORMAT,
+                                "%s: tensor '%.*s' fails its checksum (stored crc32c %08lx, data %08" PRIx32
+                                "): the file is corrupt",
+                                p, MSG_NAME, e->string, stored, crc);
+        }
+    }
+    for (int i = 0; !rc && i < f->n_tensors; i++)
+        if (!seen[i])
+            rc = ddpm_error(DDPM_EFORMAT, "%s: tensor '%.*s' has no checksum in metadata '%s'", p, MSG_NAME,
+                            f->infos[i].name, CHECKSUM_KEY);
+    free(seen);
+    cJSON_Delete(sums);
+    f->checksummed = rc == 0;
+    return rc;
+}
+
 /* Takes ownership of bytes (freed on failure too). */
 static int open_owned(ddpm_st_file **out, unsigned char *bytes, size_t n_bytes, const char *name)
 {
@@ -646,6 +747,8 @@ static int open_owned(ddpm_st_file **out, unsigned char *bytes, size_t n_bytes, 
     f->bytes = bytes;
     f->n_bytes = n_bytes;
     int rc = parse(f);
+    if (!rc)
+        rc = verify_checksums(f);
     if (rc) {
         ddpm_safetensors_close(f);
         return rc;
@@ -791,3 +894,5 @@ int ddpm_safetensors_meta_at(const ddpm_st_file *f, int i, const char **key, con
 }
 
 const char *ddpm_safetensors_path(const ddpm_st_file *f) { return f ? f->path : NULL; }
+
+int ddpm_safetensors_checksummed(const ddpm_st_file *f) { return f ? f->checksummed : 0; }

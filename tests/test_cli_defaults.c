@@ -151,8 +151,9 @@ static void test_explicit_flags_win_and_impossible_sizes_are_refused(void **stat
     assert_int_equal(c.model.n_levels, 4);
     assert_int_equal(c.model.attn_res[0], 8);
     assert_int_equal(c.model.in_channels, 3);
-    /* 30 px cannot go through 3 levels: one line, before any file is written */
-    assert_int_equal(cu_ddpm("train d32 --out r30 --size 30 --ch-mult 1,2,2 --steps 1"), 1);
+    /* 30 px cannot go through 3 levels: one line, before any file is written;
+     * exit 2, a bad flag value */
+    assert_int_equal(cu_ddpm("train d32 --out r30 --size 30 --ch-mult 1,2,2 --steps 1"), 2);
     assert_true(cu_stderr_has("image size 30 cannot go through 3 levels"));
     char path[512];
     struct stat st;

@@ -2,6 +2,7 @@
  * channel detection, skipped files and --strict, per-epoch shuffles that depend
  * only on (seed, epoch, position), flips, and errors on empty/missing folders. */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
@@ -383,6 +384,91 @@ static void test_empty_missing_and_imageless_folders_are_errors_naming_them(void
     assert_non_null(strstr(ddpm_last_error(), "not a folder"));
 }
 
+/* A folder with one image and the two loops of the bug report (`self -> .` and
+ * `up -> ../DIR`): the scan ends, counts 1 image, and warns once about each link,
+ * naming it. Before the (device, inode) check the scan ran until the depth limit
+ * (2^64 paths for two links) and `self` alone made 1 image count as 64. */
+static void test_symlink_loops_end_fast_count_each_image_once_and_warn_once_each(void **state)
+{
+    (void)state;
+    char dir[256], link[256], target[300];
+    make_dir(dir, sizeof dir, scratch, "loops");
+    write_gray(dir, "only.png", 7, S, S);
+    path_in(link, sizeof link, dir, "self");
+    assert_int_equal(symlink(".", link), 0);
+    path_in(link, sizeof link, dir, "up");
+    snprintf(target, sizeof target, "../%s", strrchr(dir, '/') + 1);
+    assert_int_equal(symlink(target, link), 0);
+    warnings w = {.n = 0};
+    ddpm_dataset_options opt = {.warn = collect, .warn_user = &w};
+    ddpm_dataset *ds = NULL;
+    int rc = ddpm_dataset_open(&ds, dir, &opt);
+    if (rc)
+        fprintf(stderr, "open failed: %s\n", ddpm_last_error());
+    assert_int_equal(rc, 0);
+    assert_int_equal(ddpm_dataset_count(ds), 1);
+    assert_int_equal(ddpm_dataset_files_found(ds), 1);
+    assert_int_equal(ddpm_dataset_skipped(ds), 0);
+    assert_int_equal(w.n, 2);
+    assert_non_null(strstr(w.lines[0], "/self: "));
+    assert_non_null(strstr(w.lines[0], "already scanned"));
+    assert_non_null(strstr(w.lines[1], "/up: "));
+    ddpm_dataset_close(ds);
+}
+
+/* Two links to one outside folder: its images are loaded once, through the first
+ * link in path order; a real folder nested deeper than the bound is not entered. */
+static void test_second_link_to_a_folder_and_too_deep_folders_are_skipped_with_a_warning(void **state)
+{
+    (void)state;
+    char dir[256], outside[256], link[256], deep[4096];
+    make_dir(dir, sizeof dir, scratch, "twice");
+    make_dir(outside, sizeof outside, scratch, "outside");
+    write_gray(outside, "o.png", 8, S, S);
+    path_in(link, sizeof link, dir, "a");
+    assert_int_equal(symlink(outside, link), 0);
+    path_in(link, sizeof link, dir, "b");
+    assert_int_equal(symlink(outside, link), 0);
+    snprintf(deep, sizeof deep, "%s", dir);
+    for (int d = 0; d < DDPM_DATASET_MAX_DEPTH + 2; d++) {
+        strcat(deep, "/d");
+        assert_int_equal(mkdir(deep, 0777), 0);
+    }
+    write_gray(deep, "deep.png", 9, S, S);
+    warnings w = {.n = 0};
+    ddpm_dataset_options opt = {.warn = collect, .warn_user = &w};
+    ddpm_dataset *ds = NULL;
+    assert_int_equal(ddpm_dataset_open(&ds, dir, &opt), 0);
+    assert_int_equal(ddpm_dataset_count(ds), 1);
+    assert_non_null(strstr(ddpm_dataset_path(ds, 0), "/a/o.png"));
+    int saw_b = 0, saw_deep = 0;
+    for (int i = 0; i < w.n && i < 16; i++) {
+        saw_b += strstr(w.lines[i], "/b: link to the folder") != NULL;
+        saw_deep += strstr(w.lines[i], "nested deeper than") != NULL;
+    }
+    assert_int_equal(saw_b, 1);
+    assert_int_equal(saw_deep, 1);
+    ddpm_dataset_close(ds);
+}
+
+/* A stop request (what the CLI's SIGINT/SIGTERM handler sets) makes the open
+ * fail with DDPM_EINTR and a message saying so, instead of loading on. */
+static void test_stop_request_interrupts_loading_with_a_clear_error(void **state)
+{
+    (void)state;
+    volatile sig_atomic_t stop = 1;
+    ddpm_dataset_options opt = {.stop = &stop};
+    ddpm_dataset *ds = NULL;
+    assert_int_equal(ddpm_dataset_open(&ds, root, &opt), DDPM_EINTR);
+    assert_null(ds);
+    assert_non_null(strstr(ddpm_last_error(), "interrupted"));
+    assert_non_null(strstr(ddpm_last_error(), root));
+    stop = 0; /* not set: loads as usual */
+    assert_int_equal(ddpm_dataset_open(&ds, root, &opt), 0);
+    assert_int_equal(ddpm_dataset_count(ds), N_IMAGES);
+    ddpm_dataset_close(ds);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -397,6 +483,9 @@ int main(void)
         cmocka_unit_test(test_resume_from_epoch_and_position_continues_exactly),
         cmocka_unit_test(test_flip_mirrors_about_half_the_images),
         cmocka_unit_test(test_empty_missing_and_imageless_folders_are_errors_naming_them),
+        cmocka_unit_test(test_symlink_loops_end_fast_count_each_image_once_and_warn_once_each),
+        cmocka_unit_test(test_second_link_to_a_folder_and_too_deep_folders_are_skipped_with_a_warning),
+        cmocka_unit_test(test_stop_request_interrupts_loading_with_a_clear_error),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <stb_image.h>
+#include <stb_image_write.h>
 
 #include "ddpm/error.h"
 #include "ddpm/imageio.h"
@@ -301,6 +302,143 @@ static void test_bad_arguments_and_unwritable_paths_are_errors(void **state)
     assert_non_null(strstr(ddpm_last_error(), "no/such/dir/g.png"));
 }
 
+/* Writes an 8 x 8 PNG and rewrites the width and height in its IHDR chunk (stb_image
+ * does not check chunk CRCs): a header that claims a huge image. */
+static const char *write_png_claiming(const char *name, uint32_t width, uint32_t height)
+{
+    uint8_t img[64] = {0};
+    const char *path = tu_path(tmpdir, name);
+    assert_int_equal(ddpm_png_write(path, img, 8, 8, 1), 0);
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    uint8_t dims[8] = {width >> 24, width >> 16, width >> 8, width, height >> 24, height >> 16, height >> 8, height};
+    assert_int_equal(fseek(f, 16, SEEK_SET), 0);
+    assert_int_equal(fwrite(dims, 1, 8, f), 8);
+    assert_int_equal(fclose(f), 0);
+    return path;
+}
+
+
+/* The bug report's 60000 x 60000 "bomb" was reported as "unknown image type"
+ * (stbi_info refuses it and then tries every other format); a 6000 x 6000 one
+ * (36 M pixels, over the limit) was decoded. Both are refused from the header,
+ * before any decoding, with a message that says "too large". */
+static void test_images_over_the_pixel_limit_are_refused_as_too_large_before_decoding(void **state)
+{
+    (void)state;
+    const char *names[2] = {"bomb.png", "big.png"};
+    uint32_t sides[2] = {60000, 6000};
+    for (int k = 0; k < 2; k++) {
+        const char *path = write_png_claiming(names[k], sides[k], sides[k]);
+        int w, h, c;
+        uint8_t out[16];
+        assert_int_equal(ddpm_image_probe(path, &w, &h, &c), DDPM_EFORMAT);
+        assert_non_null(strstr(ddpm_last_error(), "too large"));
+        assert_non_null(strstr(ddpm_last_error(), names[k]));
+        assert_int_equal(ddpm_image_load_u8(path, out, 4, 1), DDPM_EFORMAT);
+        assert_non_null(strstr(ddpm_last_error(), "too large"));
+    }
+    /* at the limit, 8192 x 4096 = 2^25 pixels is not "too large" (this small
+     * file is refused for another reason: see the next test) */
+    int w, h, c;
+    assert_int_equal(ddpm_image_probe(write_png_claiming("limit.png", 8192, 4096), &w, &h, &c), DDPM_EFORMAT);
+    assert_null(strstr(ddpm_last_error(), "too large"));
+    assert_int_equal(ddpm_image_probe(write_png_claiming("small.png", 64, 32), &w, &h, &c), 0);
+    assert_int_equal(w, 64);
+    /* GIF and BMP headers of 65535 x 65535 and 40000 x 40000 */
+    uint8_t gif[32] = {'G', 'I', 'F', '8', '9', 'a', 0xff, 0xff, 0xff, 0xff, 0x80};
+    uint8_t bmp[64] = {'B', 'M', [10] = 54, [14] = 40, [18] = 0x40, 0x9c, [22] = 0x40, 0x9c, [26] = 1, [28] = 24};
+    assert_int_equal(tu_write_file(tu_path(tmpdir, "bomb.gif"), gif, sizeof gif), 0);
+    assert_int_equal(tu_write_file(tu_path(tmpdir, "bomb.bmp"), bmp, sizeof bmp), 0);
+    assert_int_equal(ddpm_image_probe(tu_path(tmpdir, "bomb.gif"), &w, &h, &c), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "too large"));
+    assert_int_equal(ddpm_image_probe(tu_path(tmpdir, "bomb.bmp"), &w, &h, &c), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "too large"));
+}
+
+/* Fuzzer findings (tests/fuzz/fuzz_image.c). A PGM header number past INT_MAX
+ * overflowed stb_image's parser (signed overflow). A 74-byte RLE TGA claiming
+ * 2586 x 8196 pixels made stb_image allocate 85 MB and fill it (over 10 s under
+ * the sanitizers): a file may not claim more than 4096 pixels per byte. A JPEG
+ * whose Huffman table counts add up to more than 256 codes made stb_image write
+ * past its tables (UBSan: index 257 out of bounds for stbi_uc[257]): refused
+ * before stb_image sees it. */
+static void test_fuzzer_findings_tiny_file_claiming_a_big_image_and_bad_jpeg_tables_are_refused(void **state)
+{
+    (void)state;
+    static const uint8_t tga[74] = {
+        0x00, 0x00, 0x0a, 0x00, 0x00, 0x00, 0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x04, 0x20,
+        0x20, 0x08, 0x02, 0x7e, 0x59, 0x34, 0xa3, 0x12, 0xed, 0xc8, 0x37, 0xa6, 0x02, 0xcb, 0x81, 0xc2,
+        0x5c, 0x9d, 0x7c, 0xe7, 0x56, 0x31, 0x0c, 0x7b, 0xea, 0xc5, 0xa0, 0x0f, 0x02, 0x06, 0xe1, 0xbc,
+        0x2b, 0x9a, 0x75, 0x50, 0xbf, 0x2e, 0x09, 0xe4, 0x53, 0x02, 0x4a, 0x25, 0xde, 0x00, 0x6f, 0xde,
+        0xb9, 0x94, 0x21, 0xf9, 0x04, 0x03, 0x72, 0x4d, 0x28, 0x97};
+    char path[256];
+    snprintf(path, sizeof path, "%s", tu_path(tmpdir, "bomb.tga"));
+    assert_int_equal(tu_write_file(path, tga, sizeof tga), 0);
+    int w, h, c;
+    uint8_t out[3 * 16];
+    assert_int_equal(ddpm_image_probe(path, &w, &h, &c), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "cannot fit in 74 bytes"));
+    assert_int_equal(ddpm_image_load_u8(path, out, 4, 3), DDPM_EFORMAT);
+
+    uint8_t px[16 * 16 * 3];
+    for (size_t i = 0; i < sizeof px; i++)
+        px[i] = (uint8_t)(i * 13);
+    snprintf(path, sizeof path, "%s", tu_path(tmpdir, "tables.jpg"));
+    assert_true(stbi_write_jpg(path, 16, 16, 3, px, 90) != 0);
+    assert_int_equal(ddpm_image_load_u8(path, out, 4, 3), 0); /* as written: fine */
+    size_t n = 0;
+    uint8_t *b = tu_read_file(path, &n);
+    assert_non_null(b);
+    size_t at = 2;
+    while (at + 4 < n && !(b[at] == 0xff && b[at + 1] == 0xc4))
+        at++;
+    assert_true(at + 4 + 17 < n);
+    for (int i = 0; i < 16; i++) /* the first table's counts: 16 x 200 codes */
+        b[at + 5 + i] = 200;
+    assert_int_equal(tu_write_file(path, b, n), 0);
+    assert_int_equal(ddpm_image_probe(path, &w, &h, &c), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "Huffman table"));
+    assert_int_equal(ddpm_image_load_u8(path, out, 4, 3), DDPM_EFORMAT);
+    free(b);
+    /* a PGM whose width overflows stb_image's int parser */
+    snprintf(path, sizeof path, "%s", tu_path(tmpdir, "overflow.pgm"));
+    const char *pgm = "P5\n# comment\n32222222222222 2\n255\n\x01\x02";
+    assert_int_equal(tu_write_file(path, pgm, strlen(pgm)), 0);
+    assert_int_equal(ddpm_image_probe(path, &w, &h, &c), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "corrupt PGM/PPM"));
+    /* the fuzzer's own case: the bad table is the second of one DHT segment */
+    const char *second = DDPM_TEST_DATA "/jpeg_dht_second_table_overflow.jpg";
+    assert_int_equal(ddpm_image_probe(second, &w, &h, &c), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "Huffman table"));
+}
+
+/* The crop and channel conversion run in place on a copy of the pixels: the
+ * source is left as it was, a gray image asked for as RGB is the gray result in
+ * every channel, and RGBA gives what RGB gives (alpha dropped), through a resize. */
+static void test_conversion_in_place_keeps_the_source_and_matches_per_channel_results(void **state)
+{
+    (void)state;
+    enum { W = 37, H = 23, SZ = 11 };
+    static uint8_t gray[W * H], rgb[W * H * 3], rgba[W * H * 4], saved[W * H * 4];
+    for (int i = 0; i < W * H; i++) {
+        gray[i] = (uint8_t)(i * 7919 >> 2);
+        for (int c = 0; c < 3; c++)
+            rgb[i * 3 + c] = rgba[i * 4 + c] = (uint8_t)(i * 31 + c * 85);
+        rgba[i * 4 + 3] = (uint8_t)i;
+    }
+    memcpy(saved, rgba, sizeof rgba);
+    uint8_t g1[SZ * SZ], g3[3 * SZ * SZ], a3[3 * SZ * SZ], b3[3 * SZ * SZ];
+    assert_int_equal(ddpm_image_convert_u8(g1, gray, W, H, 1, SZ, 1), 0);
+    assert_int_equal(ddpm_image_convert_u8(g3, gray, W, H, 1, SZ, 3), 0);
+    for (int c = 0; c < 3; c++)
+        assert_memory_equal(g3 + c * SZ * SZ, g1, SZ * SZ);
+    assert_int_equal(ddpm_image_convert_u8(a3, rgba, W, H, 4, SZ, 3), 0);
+    assert_int_equal(ddpm_image_convert_u8(b3, rgb, W, H, 3, SZ, 3), 0);
+    assert_memory_equal(a3, b3, sizeof a3);
+    assert_memory_equal(rgba, saved, sizeof rgba);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -315,6 +453,9 @@ int main(void)
         cmocka_unit_test(test_resize_of_a_gradient_keeps_its_direction),
         cmocka_unit_test(test_non_image_and_missing_files_are_errors_naming_the_file),
         cmocka_unit_test(test_bad_arguments_and_unwritable_paths_are_errors),
+        cmocka_unit_test(test_images_over_the_pixel_limit_are_refused_as_too_large_before_decoding),
+        cmocka_unit_test(test_conversion_in_place_keeps_the_source_and_matches_per_channel_results),
+        cmocka_unit_test(test_fuzzer_findings_tiny_file_claiming_a_big_image_and_bad_jpeg_tables_are_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -321,7 +321,7 @@ static void test_a_killed_process_ends_the_run_and_the_checkpoint_loads(void **s
     assert_true(code > 0); /* ended (not hung: -1) and not successfully */
     ddpm_trainer *tr = load("killed");
     assert_non_null(tr);
-    assert_true(tr->state.step >= 5 && tr->state.step % 5 == 0);
+    assert_true(tr->state.step % 5 == 0); /* a fresh run saves step 0 at once: 0 is possible */
     ddpm_trainer_free(tr);
 }
 

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ddpm/crc32c.h"
 #include "ddpm/error.h"
 #include "ddpm/safetensors.h"
 #include "testutil.h"
@@ -39,26 +40,12 @@ static int teardown(void **state)
 
 static unsigned char *read_all(const char *path, size_t *n)
 {
-    FILE *fp = fopen(path, "rb");
-    assert_non_null(fp);
-    fseek(fp, 0, SEEK_END);
-    long size = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    unsigned char *b = malloc(size > 0 ? (size_t)size : 1);
+    unsigned char *b = tu_read_file(path, n);
     assert_non_null(b);
-    assert_int_equal(fread(b, 1, (size_t)size, fp), (size_t)size);
-    fclose(fp);
-    *n = (size_t)size;
     return b;
 }
 
-static void write_all(const char *path, const void *b, size_t n)
-{
-    FILE *fp = fopen(path, "wb");
-    assert_non_null(fp);
-    assert_int_equal(fwrite(b, 1, n, fp), n);
-    assert_int_equal(fclose(fp), 0);
-}
+static void write_all(const char *path, const void *b, size_t n) { assert_int_equal(tu_write_file(path, b, n), 0); }
 
 static int starts_with(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
 
@@ -151,7 +138,7 @@ static void test_round_trip_preserves_every_byte_shape_name_and_metadata(void **
     assert_null(ddpm_safetensors_at(f, -1));
     assert_null(ddpm_safetensors_find(f, "absent"));
 
-    assert_int_equal(ddpm_safetensors_meta_count(f), 4);
+    assert_int_equal(ddpm_safetensors_meta_count(f), 5); /* the 4 given + the writer's "crc32c" */
     for (int i = 0; i < 4; i++) {
         assert_string_equal(ddpm_safetensors_meta(f, fx.m[i].key), fx.m[i].value);
         const char *k, *v;
@@ -159,8 +146,12 @@ static void test_round_trip_preserves_every_byte_shape_name_and_metadata(void **
         assert_string_equal(k, fx.m[i].key);
         assert_string_equal(v, fx.m[i].value);
     }
+    const char *k;
+    assert_int_equal(ddpm_safetensors_meta_at(f, 4, &k, NULL), 0);
+    assert_string_equal(k, "crc32c");
+    assert_int_equal(ddpm_safetensors_checksummed(f), 1);
     assert_null(ddpm_safetensors_meta(f, "absent"));
-    assert_int_not_equal(ddpm_safetensors_meta_at(f, 4, NULL, NULL), 0);
+    assert_int_not_equal(ddpm_safetensors_meta_at(f, 5, NULL, NULL), 0);
     ddpm_safetensors_close(f);
     assert_int_equal(tu_count_entries_containing(tmpdir, ".tmp."), 0);
 }
@@ -174,7 +165,7 @@ static void test_read_f32_refuses_wrong_count_and_unknown_name_naming_file(void 
     assert_int_equal(ddpm_safetensors_write(path, fx.t, 6, NULL, 0), 0);
     ddpm_st_file *f = NULL;
     assert_int_equal(ddpm_safetensors_open(&f, path), 0);
-    assert_int_equal(ddpm_safetensors_meta_count(f), 0);
+    assert_int_equal(ddpm_safetensors_meta_count(f), 1); /* "crc32c" alone */
     assert_null(ddpm_safetensors_meta(f, "format"));
     float buf[16];
     assert_int_equal(ddpm_safetensors_read_f32(f, "a", buf, 14), DDPM_EFORMAT);
@@ -211,7 +202,7 @@ static void test_header_is_valid_safetensors_json_padded_with_contiguous_offsets
 
     cJSON *meta = cJSON_GetObjectItemCaseSensitive(root, "__metadata__");
     assert_true(cJSON_IsObject(meta));
-    assert_int_equal(cJSON_GetArraySize(meta), 4);
+    assert_int_equal(cJSON_GetArraySize(meta), 5); /* 4 + "crc32c" */
     for (int i = 0; i < 4; i++) {
         cJSON *v = cJSON_GetObjectItemCaseSensitive(meta, fx.m[i].key);
         assert_true(cJSON_IsString(v));
@@ -616,6 +607,94 @@ static void test_write_refuses_bad_arguments_without_creating_a_file(void **stat
     assert_int_equal(tu_count_entries_containing(tmpdir, "args"), 0);
 }
 
+/* One flipped bit in a tensor's data (the bug report turned -0.098 into -3.3e37
+ * this way and every command used it) is refused on open, naming the tensor. */
+static void test_a_flipped_bit_in_tensor_data_is_refused_naming_the_tensor(void **state)
+{
+    (void)state;
+    fixture fx;
+    make_fixture(&fx);
+    const char *path = tu_path(tmpdir, "flip.safetensors");
+    assert_int_equal(ddpm_safetensors_write(path, fx.t, 6, fx.m, 4), 0);
+    size_t size;
+    unsigned char *b = read_all(path, &size);
+    ddpm_st_file *f = NULL;
+    assert_int_equal(ddpm_safetensors_open_memory(&f, b, size, "flip"), 0);
+    uint64_t header = 0;
+    for (int i = 7; i >= 0; i--)
+        header = (header << 8) | b[i];
+    const ddpm_st_info *info = ddpm_safetensors_find(f, "down.0.conv.weight");
+    size_t at = 8 + (size_t)header + (size_t)info->data_begin + 4 * 50 + 3; /* element 50's top byte */
+    ddpm_safetensors_close(f);
+    b[at] ^= 0x20;
+    write_all(path, b, size);
+    assert_int_equal(ddpm_safetensors_open(&f, path), DDPM_EFORMAT);
+    assert_null(f);
+    assert_message(path, "tensor 'down.0.conv.weight' fails its checksum");
+    b[at] ^= 0x20; /* flipped back: opens again */
+    assert_int_equal(ddpm_safetensors_open_memory(&f, b, size, "flip"), 0);
+    assert_int_equal(ddpm_safetensors_checksummed(f), 1);
+    ddpm_safetensors_close(f);
+    free(b);
+}
+
+/* Files without "crc32c" (older ones, other writers) are read, and say so. */
+static void test_a_file_without_checksums_opens_unchecked(void **state)
+{
+    (void)state;
+    const char *header = "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
+    size_t size;
+    unsigned char *b = make_file(header, strlen(header), 4, &size);
+    ddpm_st_file *f = NULL;
+    assert_int_equal(ddpm_safetensors_open_memory(&f, b, size, "old"), 0);
+    assert_int_equal(ddpm_safetensors_checksummed(f), 0);
+    ddpm_safetensors_close(f);
+    free(b);
+}
+
+/* The checksum table must cover each tensor exactly once with 8 hex digits. */
+static void test_malformed_checksum_tables_are_refused(void **state)
+{
+    (void)state;
+    char zero4[9], header[512];
+    snprintf(zero4, sizeof zero4, "%08x", (unsigned)ddpm_crc32c(0, "\0\0\0\0", 4));
+    const char *x = "\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}";
+    const char *y = "\"y\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}";
+    struct {
+        const char *sums, *part;
+    } cases[] = {
+        {"{\\\"x\\\":\\\"%s\\\"}", "tensor 'y' has no checksum"},
+        {"{\\\"x\\\":\\\"%s\\\",\\\"y\\\":\\\"%s\\\",\\\"z\\\":\\\"00000000\\\"}", "names a tensor 'z'"},
+        {"{\\\"x\\\":\\\"%s\\\",\\\"x\\\":\\\"%s\\\"}", "lists tensor 'x' twice"},
+        {"{\\\"x\\\":\\\"%s\\\",\\\"y\\\":\\\"0x123456\\\"}", "not 8 hex digits"},
+        {"{\\\"x\\\":\\\"%s\\\",\\\"y\\\":\\\"00000001\\\"}", "tensor 'y' fails its checksum"},
+        {"[]", "is not a JSON object"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char sums[256];
+        snprintf(sums, sizeof sums, cases[i].sums, zero4, zero4);
+        snprintf(header, sizeof header, "{\"__metadata__\":{\"crc32c\":\"%s\"},%s,%s}", sums, x, y);
+        expect_refused(header, 8, cases[i].part);
+    }
+    snprintf(header, sizeof header, "{\"__metadata__\":{\"crc32c\":\"{\\\"y\\\":\\\"%s\\\",\\\"x\\\":\\\"%s\\\"}\"},%s,%s}",
+             zero4, zero4, x, y);
+    size_t size;
+    unsigned char *b = make_file(header, strlen(header), 8, &size);
+    ddpm_st_file *f = NULL;
+    int rc = ddpm_safetensors_open_memory(&f, b, size, "good");
+    if (rc)
+        fprintf(stderr, "%s\n", ddpm_last_error());
+    assert_int_equal(rc, 0);
+    assert_int_equal(ddpm_safetensors_checksummed(f), 1);
+    ddpm_safetensors_close(f);
+    free(b);
+    /* and the writer keeps the key for itself */
+    float v = 1;
+    ddpm_st_tensor t = {"v", &v, 1, {1}};
+    ddpm_st_meta m = {"crc32c", "0"};
+    assert_int_equal(ddpm_safetensors_write(tu_path(tmpdir, "reserved.safetensors"), &t, 1, &m, 1), DDPM_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -638,6 +717,9 @@ int main(void)
         cmocka_unit_test(test_write_replaces_an_existing_file),
         cmocka_unit_test(test_failed_write_keeps_the_old_file_and_removes_the_temp),
         cmocka_unit_test(test_write_refuses_bad_arguments_without_creating_a_file),
+        cmocka_unit_test(test_a_flipped_bit_in_tensor_data_is_refused_naming_the_tensor),
+        cmocka_unit_test(test_a_file_without_checksums_opens_unchecked),
+        cmocka_unit_test(test_malformed_checksum_tables_are_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -115,6 +115,36 @@ static inline int tu_remove_tree(const char *dir)
     return system(cmd) == 0 ? 0 : -1;
 }
 
+/* The whole file in a malloc'ed buffer (*n bytes); NULL if it cannot be read. */
+static inline unsigned char *tu_read_file(const char *path, size_t *n)
+{
+    *n = 0;
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return NULL;
+    unsigned char *b = NULL;
+    long size = fseek(fp, 0, SEEK_END) == 0 ? ftell(fp) : -1;
+    if (size >= 0 && fseek(fp, 0, SEEK_SET) == 0 && (b = malloc(size > 0 ? (size_t)size : 1)) &&
+        fread(b, 1, (size_t)size, fp) != (size_t)size) {
+        free(b);
+        b = NULL;
+    }
+    fclose(fp);
+    if (b)
+        *n = (size_t)size;
+    return b;
+}
+
+/* Writes n bytes to path (created or truncated); 0 or -1. */
+static inline int tu_write_file(const char *path, const void *b, size_t n)
+{
+    FILE *fp = fopen(path, "wb");
+    if (!fp)
+        return -1;
+    int ok = fwrite(b, 1, n, fp) == n;
+    return fclose(fp) == 0 && ok ? 0 : -1;
+}
+
 /* "dir/name" in a static buffer (valid until the next call). */
 static inline const char *tu_path(const char *dir, const char *name)
 {

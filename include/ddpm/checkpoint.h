@@ -11,6 +11,7 @@
 #ifndef DDPM_CHECKPOINT_H
 #define DDPM_CHECKPOINT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "ddpm/config.h"
@@ -26,6 +27,13 @@ typedef struct {
     uint64_t data_epoch;      /* dataset position (dataset.h) */
     int data_position;
     double elapsed_seconds;   /* training time over all sessions */
+    /* The run's stop condition, so that --resume alone continues to it: the total
+     * step (from --steps/--epochs) and the total training time (from --minutes)
+     * at which the run ends; 0: none. Absent in older checkpoints (then 0). */
+    long stop_step;
+    double stop_elapsed_seconds;
+    /* The data folder the run trains on (ddpm_dataset_fingerprint); "" unknown. */
+    char data_fingerprint[96];
 } ddpm_train_state;
 
 /* The config / state as a JSON object string (malloc'ed; NULL on no memory). */
@@ -42,8 +50,14 @@ int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddp
 
 typedef struct ddpm_checkpoint ddpm_checkpoint;
 
-/* Opens and validates a checkpoint: container, format, config, state. */
+/* Opens and validates a checkpoint: container, every tensor's checksum (when the
+ * file has them: see ddpm_checkpoint_checksummed), format, config, state. */
 int ddpm_checkpoint_open(ddpm_checkpoint **out, const char *path);
+/* The same over bytes in memory (copied); `name` stands for the path in messages. */
+int ddpm_checkpoint_open_memory(ddpm_checkpoint **out, const void *bytes, size_t n_bytes, const char *name);
+/* 1 if every tensor was checked against its stored CRC-32C on open; 0 for a
+ * checkpoint written before checksums (loaded, but nothing vouches for its data). */
+int ddpm_checkpoint_checksummed(const ddpm_checkpoint *ck);
 void ddpm_checkpoint_close(ddpm_checkpoint *ck);
 const ddpm_run_config *ddpm_checkpoint_config(const ddpm_checkpoint *ck);
 const ddpm_train_state *ddpm_checkpoint_state(const ddpm_checkpoint *ck);
@@ -51,11 +65,14 @@ const char *ddpm_checkpoint_path(const ddpm_checkpoint *ck);
 /* Whether every tensor of net exists under prefix ("" for the weights, "ema.", ...). */
 int ddpm_checkpoint_has(const ddpm_checkpoint *ck, const ddpm_unet *net, const char *prefix);
 /* Reads every tensor of net's table under prefix into dst[n_params], checking
- * each shape against the table. */
+ * each shape against the table. Weights that are NaN or infinite are refused
+ * with DDPM_EFORMAT and a message naming the tensor: every path that loads a
+ * model (sample, eval, resume) goes through here. */
 int ddpm_checkpoint_read(const ddpm_checkpoint *ck, const ddpm_unet *net, const char *prefix,
                          float *dst);
 /* Builds the network of the checkpoint's config and reads its weights: the EMA
  * weights when prefer_ema and they exist (*used_ema = 1), else the raw ones.
+ * Every tensor's presence and shape is checked before the weights are allocated.
  * *net and *params are the caller's to free (ddpm_unet_free, free). */
 int ddpm_checkpoint_load_model(const ddpm_checkpoint *ck, int prefer_ema, ddpm_unet **net,
                                float **params, int *used_ema);

@@ -1,7 +1,13 @@
 /* dataset.h: a folder of images held in memory, served as shuffled batches.
  *
  * ddpm_dataset_open scans a folder recursively (entries whose name starts with
- * '.' are ignored), sorts the file paths bytewise so the order never depends on
+ * '.' are ignored). Symbolic links are followed, but each real folder (device,
+ * inode) is entered once: a link back to a folder already scanned (`self -> .`,
+ * `up -> ../data`, a second link to the same folder) is skipped with one warning
+ * naming it, so loops end and no image is counted twice through them. The scan
+ * enters at most DDPM_DATASET_MAX_DEPTH nested folders (deeper ones are skipped
+ * with a warning) and refuses a folder holding more than DDPM_DATASET_MAX_FILES
+ * files. It sorts the file paths bytewise so the order never depends on
  * the file system, keeps the files stb_image can read (decided by probing each
  * file's header, not by its extension) and decodes each one once into uint8 CHW
  * at the target size and channel count (see imageio.h for the crop, resize and
@@ -20,12 +26,16 @@
 #ifndef DDPM_DATASET_H
 #define DDPM_DATASET_H
 
+#include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
 
 #include "ddpm/rng.h"
 
 typedef struct ddpm_dataset ddpm_dataset;
+
+/* Bounds of the folder scan (see above). */
+enum { DDPM_DATASET_MAX_DEPTH = 64, DDPM_DATASET_MAX_FILES = 10000000 };
 
 /* Receives each warning line (no trailing newline). */
 typedef void (*ddpm_dataset_warn_fn)(void *user, const char *line);
@@ -38,22 +48,32 @@ typedef struct {
                      has R = G = B after decoding, whatever the file header says;
                      alpha ignored), else 3 */
     int strict;   /* nonzero: a file that is not a readable image is an error */
-    /* Where the "skipped: <file>: <reason>" lines and the summary line
-     * "skipped N of M files" go: to warn() if set, else nowhere (the library
-     * never writes to the terminal; the caller decides where they go). */
+    /* Receives the warnings, one line each: "skipped: <file>: <reason>", the
+     * summary "skipped N of M files" and "skipped: <link>: ..." for a symlink to a
+     * folder already scanned. NULL: no warnings. The library never prints. */
     ddpm_dataset_warn_fn warn;
     void *warn_user;
+    /* When set, checked between files while scanning, probing and decoding (a
+     * signal handler sets *stop to ask for a stop): the open then fails with
+     * DDPM_EINTR. NULL: never stopped. */
+    volatile sig_atomic_t *stop;
 } ddpm_dataset_options;
 
 /* Opens the folder `dir`. opt may be NULL (all defaults, no warnings). Errors: a
  * missing or unreadable folder (DDPM_EIO), no images in it (DDPM_EINVAL), a
- * skipped file in strict mode (DDPM_EFORMAT), bad options (DDPM_EINVAL). */
+ * skipped file in strict mode (DDPM_EFORMAT), bad options or too many files
+ * (DDPM_EINVAL), a stop request (DDPM_EINTR). */
 int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_options *opt);
 void ddpm_dataset_close(ddpm_dataset *ds);
 
 int ddpm_dataset_count(const ddpm_dataset *ds);    /* images loaded */
 int ddpm_dataset_size(const ddpm_dataset *ds);     /* S */
 int ddpm_dataset_channels(const ddpm_dataset *ds); /* C */
+/* What identifies the data: the number of images loaded, their total size in
+ * bytes and a CRC-32C of their paths relative to the folder, as one line such as
+ * "60000 images, 17890234 bytes, names 1a2b3c4d". A resumed run compares it with
+ * the one its checkpoint recorded. */
+void ddpm_dataset_fingerprint(const ddpm_dataset *ds, char *out, size_t size);
 /* Files found in the folder and files skipped (count + skipped = found). */
 int ddpm_dataset_files_found(const ddpm_dataset *ds);
 int ddpm_dataset_skipped(const ddpm_dataset *ds);

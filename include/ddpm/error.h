@@ -15,6 +15,9 @@ enum {
     DDPM_EFORMAT = -3, /* a file's contents are not what they must be */
     DDPM_ENOMEM = -4,  /* an allocation failed */
     DDPM_ENAN = -5,    /* a loss or value became NaN or infinite */
+    DDPM_EINTR = -6,   /* stopped on request (a signal) before the work was done */
+    DDPM_EBUSY = -7,   /* another process holds what is needed (a run folder's lock) */
+    DDPM_EUSAGE = -8,  /* a value the caller chose is invalid (the CLI: a bad flag value) */
     DDPM_EPEER = -9,   /* another process of a data-parallel run failed (its message is its own) */
 };
 

@@ -29,4 +29,16 @@ typedef int (*ddpm_write_fn)(void *ctx, FILE *f);
  * Errors name `path` and the failed step. */
 int ddpm_atomic_write(const char *path, ddpm_write_fn write, void *ctx);
 
+/* One writer per folder: takes an advisory lock (flock) on dir/name, creating
+ * it, and writes our pid into it. The lock lasts until ddpm_unlock_folder or the
+ * process ends, however it ends, so a lock left by a killed process never blocks.
+ * While another process holds it: DDPM_EBUSY, the message naming its pid. */
+int ddpm_lock_folder(const char *dir, const char *name, int *fd_out);
+void ddpm_unlock_folder(int fd);
+
+/* Removes the temporary files of ddpm_atomic_write ("*.tmp.<pid>.<n>") in dir
+ * whose writer is no longer running: what a killed writer leaves. Meant for a
+ * folder whose lock we hold. *n_removed counts them. */
+int ddpm_remove_stale_temps(const char *dir, int *n_removed);
+
 #endif

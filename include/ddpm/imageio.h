@@ -23,14 +23,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Largest accepted target side and source side (pixels): bounds the memory a
- * single image may take. */
-enum { DDPM_IMAGE_MAX_SIDE = 1 << 15 };
+/* Largest accepted side (source or target) and largest source image, in pixels.
+ * Both are checked on the file's header before anything is decoded; a larger
+ * image is refused with "too large". 2^25 pixels (33.5 megapixels: a 6000 x 4000
+ * photo fits) bound what decoding one image may hold: stb_image's decoded pixels
+ * (at most 4 bytes a pixel, 128 MB) plus, for PNG, its inflated rows (about as
+ * much again) and the file itself. The crop and channel conversion then work in
+ * place in the decoded pixels, and only the S x S result is allocated besides. */
+enum { DDPM_IMAGE_MAX_SIDE = 1 << 15, DDPM_IMAGE_MAX_PIXELS = 1 << 25 };
 
 /* Width, height and channel count (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) of an
  * image file, read from its header without decoding the pixels (stbi_info).
  * Returns DDPM_EIO if the file cannot be opened, DDPM_EFORMAT if it is not an
- * image stb_image reads. */
+ * image stb_image reads or is over the limits above ("too large"; the size of a
+ * PNG, GIF, BMP or JPEG too large for stb_image to describe is read from the
+ * header directly so that it is reported as such). */
 int ddpm_image_probe(const char *path, int *width, int *height, int *channels);
 
 /* Decodes `path` into out[channels * size * size] (CHW, uint8), converting the
@@ -41,7 +48,8 @@ int ddpm_image_load_u8(const char *path, uint8_t *out, int size, int channels);
 int ddpm_image_load(const char *path, float *out, int size, int channels);
 
 /* The conversion and geometry step alone, on pixels already in memory:
- * src is HWC uint8 with src_channels in 1..4; out is CHW [channels, size, size]. */
+ * src is HWC uint8 with src_channels in 1..4 (within the limits above); out is
+ * CHW [channels, size, size]. Works on a copy of src. */
 int ddpm_image_convert_u8(uint8_t *out, const uint8_t *src, int width, int height,
                           int src_channels, int size, int channels);
 

@@ -4,8 +4,19 @@
  * handling. It writes files and never the terminal: what happens reaches the
  * caller through ddpm_run_callbacks while it runs and a ddpm_run_summary at the
  * end. A run folder is never overwritten: a new run refuses a folder that holds a
- * checkpoint or a log; resume continues it bit for bit (trainer state, data
- * position, log). */
+ * checkpoint; resume continues it bit for bit (trainer state, data position, log).
+ *
+ * Surviving crashes: one process writes a run folder at a time (an advisory lock
+ * on RUN_DIR/lock, held for the whole run; a second run is refused with the
+ * first one's pid; the kernel drops the lock of a killed run). At the start, the
+ * temporary files that killed writers left are removed, and log.jsonl is cut back
+ * to the checkpoint's step, so that the log never holds a step twice. A fresh run
+ * saves its step 0 before training, so the folder can always be resumed; a folder
+ * without a checkpoint (a run killed before that save) is started from step 0,
+ * with or without --resume, with a warning. The checkpoint records the stop
+ * condition and a fingerprint of the data folder (ddpm_dataset_fingerprint): a
+ * resume without a stop condition continues to the run's own, and a resume on
+ * other data is refused unless allow_data_change. */
 #ifndef DDPM_RUN_H
 #define DDPM_RUN_H
 
@@ -18,6 +29,7 @@
 #define DDPM_CHECKPOINT_FILE "checkpoint.safetensors"
 #define DDPM_LOG_FILE "log.jsonl"
 #define DDPM_SAMPLES_DIR "samples"
+#define DDPM_LOCK_FILE "lock" /* flock'ed by the run writing the folder; holds its pid */
 
 typedef struct {
     ddpm_run_config cfg; /* model fields left auto (the default here, see
@@ -25,9 +37,11 @@ typedef struct {
     const char *data_dir;
     const char *out_dir;         /* the run folder; created with its parents */
     int resume;                  /* continue the run in out_dir (cfg is then its checkpoint's) */
+    /* The stop condition. None given: on resume the run's own (saved in its
+     * checkpoint), else one epoch. */
     long steps;                  /* stop at this total step (0: no limit) */
     double epochs;               /* stop after this many epochs in total (0: no limit) */
-    double minutes;              /* stop after this many minutes of this session (0: no limit) */
+    double minutes;              /* stop after this many more minutes of training (0: no limit) */
     long save_every;             /* checkpoint every N steps (0: only at the end) */
     long sample_every;           /* preview grid every N steps (0: only at the end) */
     long log_every;              /* log.jsonl line and progress callback every N steps */
@@ -41,6 +55,7 @@ typedef struct {
     long eval_every;             /* (default 500) */
     int eval_n;                  /* images (default 256, or all if the folder has fewer) */
     int eval_mc;                 /* Monte Carlo steps of the bound (default 0: no bound) */
+    int allow_data_change;       /* resume on a data folder other than the run's (see below) */
     int micro_batch;             /* images per forward/backward (0: the whole batch); a
                                     memory choice, same update; may change on resume */
     volatile sig_atomic_t *stop; /* may be NULL; when it becomes nonzero (a signal

@@ -12,6 +12,13 @@
  * the previous file. The header is padded with spaces to a multiple of 8 bytes (as
  * the reference writer does), so every F32 tensor starts 4-byte aligned.
  *
+ * Integrity: the writer stores the CRC-32C (crc32c.h) of every tensor's bytes in
+ * the metadata entry "crc32c", a JSON object {"<tensor>": "<8 hex digits>", ...}
+ * (a string, as the format wants metadata values). The reader checks every tensor
+ * against it on open and refuses the file naming the first tensor whose bytes do
+ * not match. A file without "crc32c" (written before checksums, or by another
+ * writer) is read without this check: ddpm_safetensors_checksummed() says which.
+ *
  * Reading treats the file as untrusted: ddpm_safetensors_open() validates the
  * whole header (lengths, JSON, dtypes, shapes and their overflow, offsets against
  * the data section, overlaps, duplicate names, metadata types, size limits)
@@ -62,7 +69,7 @@ typedef struct ddpm_st_file ddpm_st_file;
 /* Writes n_tensors tensors (stored in the order given, contiguously) and n_meta
  * metadata entries to `path`, atomically as described above. Names must be
  * unique, 1..DDPM_ST_MAX_NAME bytes, and not "__metadata__"; metadata keys
- * unique. On any failure the temporary file is removed, the old file at `path`
+ * unique, and not "crc32c" (the writer's own). On any failure the temporary file is removed, the old file at `path`
  * (if any) is untouched, and DDPM_EINVAL (bad arguments) or DDPM_EIO is returned.
  * The one exception: if only the final fsync of the folder fails, the new file is
  * already in place and DDPM_EIO says so. */
@@ -99,6 +106,10 @@ const char *ddpm_safetensors_meta(const ddpm_st_file *f, const char *key);
  * (returns DDPM_EINVAL if i is out of range). */
 int ddpm_safetensors_meta_count(const ddpm_st_file *f);
 int ddpm_safetensors_meta_at(const ddpm_st_file *f, int i, const char **key, const char **value);
+
+/* 1 if every tensor's bytes were checked against a stored CRC-32C on open, 0 if
+ * the file carries no checksums (then nothing vouches for the data). */
+int ddpm_safetensors_checksummed(const ddpm_st_file *f);
 
 /* The name the file was opened under (its path, or open_memory's name). */
 const char *ddpm_safetensors_path(const ddpm_st_file *f);

@@ -101,11 +101,20 @@ int arg_var(const char *value, ddpm_var_kind *out)
 int cli_check_writable_parent(const char *path)
 {
     char buf[4096];
+    struct stat st;
+    if (!path[0]) {
+        cli_error("--out: the file name is empty");
+        return DDPM_EXIT_USAGE;
+    }
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        cli_error("%s: is a folder; name the file to write (like %s/samples.png)", path, path);
+        return DDPM_EXIT_ERROR;
+    }
     snprintf(buf, sizeof buf, "%s", path);
     const char *dir = dirname(buf);
     if (access(dir, W_OK) != 0) {
         cli_error("%s: cannot write there: %s", path, strerror(errno));
-        return -1;
+        return DDPM_EXIT_ERROR;
     }
     return 0;
 }

@@ -40,8 +40,9 @@ int arg_model_flag(const char *name, const char *value, ddpm_run_config *cfg);
 /* The checkpoint a RUN_DIR|CHECKPOINT argument names: RUN_DIR/checkpoint.safetensors
  * when arg is a folder, else arg itself. */
 void cli_checkpoint_path(char *out, size_t size, const char *arg);
-/* 0 if the folder of `path` exists and is writable, else -1 after printing
- * "ddpm: <path>: cannot write there: ..." (checked before minutes of work). */
+/* An output file, checked before minutes of work: 0 when `path` is a name (not a
+ * folder) in a writable folder; else prints one line and returns the exit code
+ * (DDPM_EXIT_USAGE for an empty name, DDPM_EXIT_ERROR otherwise). */
 int cli_check_writable_parent(const char *path);
 /* Sets OpenMP's and OpenBLAS's thread counts (0: leave the defaults). */
 void cli_set_threads(int n);

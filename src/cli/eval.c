@@ -176,8 +176,9 @@ int cmd_eval(int argc, char **argv)
     const char *data_dir = argv[optind + 1];
     char ckpt_path[4096];
     cli_checkpoint_path(ckpt_path, sizeof ckpt_path, argv[optind]);
-    if (terms_path && cli_check_writable_parent(terms_path))
-        return DDPM_EXIT_ERROR;
+    int out_rc;
+    if (terms_path && (out_rc = cli_check_writable_parent(terms_path)))
+        return out_rc;
     cli_set_threads(threads);
 
     ddpm_checkpoint *ck = NULL;

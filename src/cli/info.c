@@ -166,6 +166,7 @@ int cmd_info(int argc, char **argv)
         cJSON_AddNumberToObject(o, "tensors_in_file", n);
         cJSON_AddBoolToObject(o, "has_ema", ddpm_checkpoint_has(ck, net, "ema."));
         cJSON_AddBoolToObject(o, "has_optimizer", ddpm_checkpoint_has(ck, net, "adam_m."));
+        cJSON_AddBoolToObject(o, "checksums_verified", ddpm_checkpoint_checksummed(ck));
         if (exported)
             cJSON_AddStringToObject(o, "exported_weights", exported);
         if (tensors) {
@@ -199,6 +200,8 @@ int cmd_info(int argc, char **argv)
                    path, DDPM_CHECKPOINT_FORMAT_VERSION, net->n_params, s->step, s->elapsed_seconds,
                    ddpm_checkpoint_has(ck, net, "ema.") ? "yes" : "no",
                    ddpm_checkpoint_has(ck, net, "adam_m.") ? "yes" : "no", n, cp ? cp : "?", sp ? sp : "?");
+        printf("checksums: %s\n", ddpm_checkpoint_checksummed(ck) ? "crc32c of every tensor verified"
+                                                                  : "none (an older file; its data is not verified)");
         free(cp);
         free(sp);
         cJSON_Delete(c);

@@ -1,4 +1,5 @@
 /* main.c: the ddpm binary: subcommand dispatch, --help, --version. */
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +74,10 @@ static void pick_openblas_core(char **argv)
 int main(int argc, char **argv)
 {
     pick_openblas_core(argv);
+    /* Past a file-size limit (ulimit -f) a write fails with EFBIG instead of the
+     * process being killed by SIGXFSZ: the error path then removes the temporary
+     * file, keeps the old checkpoint and says "File too large". */
+    signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) {
         usage(stderr);
         return DDPM_EXIT_USAGE;

@@ -261,12 +261,22 @@ int cmd_sample(int argc, char **argv)
     char ckpt_path[4096];
     struct stat st;
     cli_checkpoint_path(ckpt_path, sizeof ckpt_path, ckpt_arg);
-    if ((!no_grid && cli_check_writable_parent(out)) || (fc.trajectory_path && cli_check_writable_parent(fc.trajectory_path)))
+    int out_rc = 0;
+    if ((!no_grid && (out_rc = cli_check_writable_parent(out))) ||
+        (fc.trajectory_path && (out_rc = cli_check_writable_parent(fc.trajectory_path))))
+        return out_rc;
+    if (fc.each_dir && !fc.each_dir[0]) {
+        cli_error("--out-dir: the folder name is empty");
+        return DDPM_EXIT_USAGE;
+    }
+    if (fc.each_dir && stat(fc.each_dir, &st) == 0 && !S_ISDIR(st.st_mode)) {
+        cli_error("%s: is a file; --out-dir names a folder", fc.each_dir);
         return DDPM_EXIT_ERROR;
-    if (fc.each_dir && stat(fc.each_dir, &st) != 0 && cli_check_writable_parent(fc.each_dir))
-        return DDPM_EXIT_ERROR;
-    if (from && cli_check_writable_parent(out))
-        return DDPM_EXIT_ERROR;
+    }
+    if (fc.each_dir && stat(fc.each_dir, &st) != 0 && (out_rc = cli_check_writable_parent(fc.each_dir)))
+        return out_rc;
+    if (from && (out_rc = cli_check_writable_parent(out)))
+        return out_rc;
     cli_set_threads(threads);
 
     ddpm_recipe recipe;

@@ -119,8 +119,10 @@ static void usage(FILE *f)
 "                       model, schedule and optimiser come from its checkpoint\n"
 "  --steps N            stop at total step N\n"
 "  --epochs E           stop after E epochs in total (default 1 when no stop\n"
-"                       condition is given)\n"
-"  --minutes M          stop after M minutes of this session\n"
+"                       condition is given; --resume alone keeps the run's own)\n"
+"  --minutes M          stop after M more minutes of training\n"
+"  --allow-data-change  with --resume: continue on a DATA_DIR other than the\n"
+"                       run's (default: refused; files, sizes and names differ)\n"
 "  --save-every N       checkpoint every N steps (default 500; 0: at the end only)\n"
 "  --sample-every N     preview grid every N steps (default 0: at the end only)\n"
 "  --preview-n N        images in a preview grid (default 64; 0: no previews)\n"
@@ -204,7 +206,8 @@ static void usage(FILE *f)
 
 enum {
     O_OUT = 256, O_RESUME, O_STEPS, O_EPOCHS, O_MINUTES, O_SAVE_EVERY, O_SAMPLE_EVERY, O_PREVIEW_N,
-    O_PREVIEW_STEPS, O_LOG_EVERY, O_EVAL_DIR, O_EVAL_EVERY, O_EVAL_N, O_EVAL_MC, O_THREADS, O_STRICT, O_QUIET, O_JSON, O_HELP, O_MICRO_BATCH,
+    O_PREVIEW_STEPS, O_LOG_EVERY, O_EVAL_DIR, O_EVAL_EVERY, O_EVAL_N, O_EVAL_MC, O_THREADS, O_STRICT, O_QUIET,
+    O_JSON, O_HELP, O_ALLOW_DATA_CHANGE, O_MICRO_BATCH,
     /* flags that define the run: refused with --resume */
     O_FIRST_RUN_FLAG, O_MODEL = O_FIRST_RUN_FLAG, O_FLIP, O_SCHEDULE, O_BETA_START, O_BETA_END, O_BATCH, O_LR, O_WARMUP, O_CLIP,
     O_EMA, O_SEED, O_LR_SCHEDULE, O_LR_MIN,
@@ -245,7 +248,7 @@ static int train_main(int argc, char **argv)
         {"eval-n", required_argument, 0, O_EVAL_N}, {"eval-mc", required_argument, 0, O_EVAL_MC},
         {"threads", required_argument, 0, O_THREADS}, {"strict", no_argument, 0, O_STRICT},
         {"quiet", no_argument, 0, O_QUIET}, {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
-        {"micro-batch", required_argument, 0, O_MICRO_BATCH},
+        {"allow-data-change", no_argument, 0, O_ALLOW_DATA_CHANGE}, {"micro-batch", required_argument, 0, O_MICRO_BATCH},
         ARG_MODEL_LONGOPTS(O_MODEL), {"flip", no_argument, 0, O_FLIP},
         {"schedule", required_argument, 0, O_SCHEDULE}, {"beta-start", required_argument, 0, O_BETA_START},
         {"beta-end", required_argument, 0, O_BETA_END}, {"batch", required_argument, 0, O_BATCH},
@@ -286,6 +289,7 @@ static int train_main(int argc, char **argv)
         case O_MICRO_BATCH: bad |= arg_int("micro-batch", optarg, 1, 65536, &o.micro_batch); break;
         case O_QUIET: quiet = 1; break;
         case O_JSON: json = 1; break;
+        case O_ALLOW_DATA_CHANGE: o.allow_data_change = 1; break;
         case O_MODEL:
             bad |= arg_model_flag(longopts[longindex].name, optarg, &o.cfg) != 0;
             break;
@@ -323,7 +327,9 @@ static int train_main(int argc, char **argv)
                   optind < argc ? argv[optind + 1] : "");
         return cli_usage_error("train");
     }
-    if (o.resume && run_flag_given) {
+    char ckpt[4200];
+    snprintf(ckpt, sizeof ckpt, "%s/%s", o.out_dir, DDPM_CHECKPOINT_FILE);
+    if (o.resume && run_flag_given && access(ckpt, F_OK) == 0) { /* without a checkpoint, the flags start it */
         cli_error("train: --%s cannot be changed on --resume (the run's config is in its checkpoint)", run_flag_given);
         return DDPM_EXIT_USAGE;
     }
@@ -336,8 +342,6 @@ static int train_main(int argc, char **argv)
         return DDPM_EXIT_USAGE;
     }
     o.data_dir = argv[optind];
-    if (!o.steps && !o.epochs && !o.minutes)
-        o.epochs = 1;
     cli_set_threads(threads ? threads : default_threads());
     int rank = ddpm_dist_rank();
     stop_requested = 0;
@@ -367,7 +371,7 @@ static int train_main(int argc, char **argv)
             cli_error("%s", ddpm_last_error());
         else if (rc != DDPM_EPEER && (rank == 0 || rc != DDPM_ENAN))
             cli_error("process %d of %d: %s", rank, ddpm_dist_size(), ddpm_last_error());
-        return rc == DDPM_ENAN ? DDPM_EXIT_DIVERGED : DDPM_EXIT_ERROR;
+        return rc == DDPM_ENAN ? DDPM_EXIT_DIVERGED : rc == DDPM_EUSAGE ? DDPM_EXIT_USAGE : DDPM_EXIT_ERROR;
     }
     if (rank > 0)
         return DDPM_EXIT_OK;

@@ -1,0 +1,250 @@
+/* Tests of checkpoint integrity on load: a flipped bit in any tensor is refused
+ * naming the tensor (CRC-32C), poisoned (NaN or infinite) weights are refused
+ * naming the tensor on every model-loading path, older files without checksums
+ * still load, and a config claiming a model its tensors do not hold is refused. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ddpm/checkpoint.h"
+#include "ddpm/error.h"
+#include "ddpm/safetensors.h"
+#include "ddpm/train.h"
+#include "testutil.h"
+
+static char tmpdir[64];
+
+static int setup(void **state)
+{
+    (void)state;
+    return tu_make_tmpdir(tmpdir, sizeof tmpdir, "checkpoint");
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    return tu_remove_tree(tmpdir);
+}
+
+/* 8x8 gray, ch 8, two levels: a model of a few thousand weights. */
+static void tiny_config(ddpm_run_config *c)
+{
+    ddpm_run_config_default(c);
+    c->model.in_channels = 1;
+    c->model.image_size = 8;
+    c->model.ch = 8;
+    c->model.n_levels = 2;
+    c->model.ch_mult[0] = 1, c->model.ch_mult[1] = 2;
+    c->model.num_res_blocks = 1;
+    c->model.n_attn = 0;
+    c->model.groups = 4;
+    c->timesteps = 50;
+    c->batch = 2;
+}
+
+/* A saved fresh run whose arena `which` (0 weights, 1 EMA) has `value` at the
+ * first element of tensor `tensor`; returns the trainer (for its table). */
+static ddpm_trainer *save_with(const char *path, int which, int tensor, float value)
+{
+    ddpm_run_config c;
+    tiny_config(&c);
+    ddpm_trainer *tr = NULL;
+    assert_int_equal(ddpm_trainer_create(&tr, &c, 0), 0);
+    if (tensor >= 0)
+        (which ? tr->ema : tr->params)[tr->net->tensors[tensor].offset] = value;
+    assert_int_equal(ddpm_trainer_save(tr, path), 0);
+    return tr;
+}
+
+/* The offset in the file of tensor `name`'s first data byte. */
+static size_t data_offset(const unsigned char *b, size_t size, const char *name)
+{
+    ddpm_st_file *f = NULL;
+    assert_int_equal(ddpm_safetensors_open_memory(&f, b, size, "x"), 0);
+    uint64_t header = 0;
+    for (int i = 7; i >= 0; i--)
+        header = (header << 8) | b[i];
+    const ddpm_st_info *info = ddpm_safetensors_find(f, name);
+    assert_non_null(info);
+    size_t at = 8 + (size_t)header + (size_t)info->data_begin;
+    ddpm_safetensors_close(f);
+    return at;
+}
+
+static void expect_error(int rc, int code, const char *part1, const char *part2)
+{
+    if (rc != code || !strstr(ddpm_last_error(), part1) || !strstr(ddpm_last_error(), part2))
+        fprintf(stderr, "rc %d, message '%s' (wanted %d, '%s', '%s')\n", rc, ddpm_last_error(), code, part1, part2);
+    assert_int_equal(rc, code);
+    assert_non_null(strstr(ddpm_last_error(), part1));
+    assert_non_null(strstr(ddpm_last_error(), part2));
+}
+
+/* The bug report: one bit flipped in a weight (-0.098 -> -3.3e37) passed info,
+ * sample and --resume. Now opening the checkpoint fails and names the tensor,
+ * for a bit in the raw weights, the EMA weights and Adam's moments alike. */
+static void test_a_flipped_bit_in_any_tensor_is_refused_on_open_naming_it(void **state)
+{
+    (void)state;
+    const char *path = tu_path(tmpdir, "flip.safetensors");
+    char p[256];
+    snprintf(p, sizeof p, "%s", path);
+    ddpm_trainer *tr = save_with(p, 0, -1, 0);
+    size_t size = 0;
+    unsigned char *good = tu_read_file(p, &size);
+    assert_non_null(good);
+    char name[128];
+    const char *prefixes[4] = {"", "ema.", "adam_m.", "adam_v."};
+    for (int k = 0; k < 4; k++) {
+        snprintf(name, sizeof name, "%s%s", prefixes[k], tr->net->tensors[3].name);
+        unsigned char *b = malloc(size);
+        memcpy(b, good, size);
+        b[data_offset(b, size, name) + 4 * 2 + 3] ^= 0x40; /* an exponent bit of element 2 */
+        assert_int_equal(tu_write_file(p, b, size), 0);
+        ddpm_checkpoint *ck = NULL;
+        expect_error(ddpm_checkpoint_open(&ck, p), DDPM_EFORMAT, p, "fails its checksum");
+        char quoted[140];
+        snprintf(quoted, sizeof quoted, "tensor '%s'", name);
+        assert_non_null(strstr(ddpm_last_error(), quoted));
+        assert_null(ck);
+        free(b);
+    }
+    assert_int_equal(tu_write_file(p, good, size), 0);
+    ddpm_checkpoint *ck = NULL;
+    assert_int_equal(ddpm_checkpoint_open(&ck, p), 0);
+    assert_int_equal(ddpm_checkpoint_checksummed(ck), 1);
+    ddpm_checkpoint_close(ck);
+    free(good);
+    ddpm_trainer_free(tr);
+}
+
+/* NaN or infinity in the EMA weights: `ddpm sample` used them (black cells) and
+ * --resume carried them on. Loading the model refuses them naming the tensor;
+ * the raw weights, which are fine, still load. Raw weights with an infinity are
+ * refused too, and so is resuming (ddpm_trainer_from_checkpoint). */
+static void test_non_finite_weights_are_refused_on_every_load_path_naming_the_tensor(void **state)
+{
+    (void)state;
+    char p[256];
+    snprintf(p, sizeof p, "%s", tu_path(tmpdir, "nan.safetensors"));
+    ddpm_trainer *tr = save_with(p, 1, 5, NAN);
+    char ema_name[128];
+    snprintf(ema_name, sizeof ema_name, "ema.%s", tr->net->tensors[5].name);
+    ddpm_checkpoint *ck = NULL;
+    assert_int_equal(ddpm_checkpoint_open(&ck, p), 0); /* the checksum matches: the file is as written */
+    ddpm_unet *net = NULL;
+    float *params = NULL;
+    int used_ema = -1;
+    expect_error(ddpm_checkpoint_load_model(ck, 1, &net, &params, &used_ema), DDPM_EFORMAT, ema_name, "NaN");
+    assert_null(net);
+    assert_null(params);
+    assert_int_equal(ddpm_checkpoint_load_model(ck, 0, &net, &params, &used_ema), 0);
+    assert_int_equal(used_ema, 0);
+    free(params);
+    ddpm_unet_free(net);
+    ddpm_trainer *resumed = NULL;
+    expect_error(ddpm_trainer_from_checkpoint(&resumed, ck, 0), DDPM_EFORMAT, ema_name, "NaN");
+    assert_null(resumed);
+    ddpm_checkpoint_close(ck);
+    ddpm_trainer_free(tr);
+
+    tr = save_with(p, 0, 2, -INFINITY);
+    assert_int_equal(ddpm_checkpoint_open(&ck, p), 0);
+    expect_error(ddpm_checkpoint_load_model(ck, 0, &net, &params, &used_ema), DDPM_EFORMAT,
+                 tr->net->tensors[2].name, "infinity");
+    expect_error(ddpm_trainer_from_checkpoint(&resumed, ck, 0), DDPM_EFORMAT, tr->net->tensors[2].name,
+                 "infinity");
+    ddpm_checkpoint_close(ck);
+    ddpm_trainer_free(tr);
+}
+
+/* A checkpoint written before checksums existed (no "crc32c" in its metadata)
+ * still opens and loads; ddpm_checkpoint_checksummed says it was not verified. */
+static void test_a_checkpoint_without_checksums_still_loads_and_says_so(void **state)
+{
+    (void)state;
+    char p[256];
+    snprintf(p, sizeof p, "%s", tu_path(tmpdir, "old.safetensors"));
+    ddpm_trainer_free(save_with(p, 0, -1, 0));
+    size_t size = 0;
+    unsigned char *b = tu_read_file(p, &size);
+    assert_non_null(b);
+    uint64_t header = 0;
+    for (int i = 7; i >= 0; i--)
+        header = (header << 8) | b[i];
+    cJSON *root = cJSON_ParseWithLength((const char *)b + 8, (size_t)header);
+    assert_non_null(root);
+    cJSON_DeleteItemFromObjectCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "__metadata__"), "crc32c");
+    char *text = cJSON_PrintUnformatted(root);
+    size_t len = strlen(text), padded = (len + 7) / 8 * 8, data = size - 8 - (size_t)header;
+    unsigned char *old = malloc(8 + padded + data);
+    for (int i = 0; i < 8; i++)
+        old[i] = (unsigned char)((uint64_t)padded >> (8 * i));
+    memcpy(old + 8, text, len);
+    memset(old + 8 + len, ' ', padded - len);
+    memcpy(old + 8 + padded, b + 8 + header, data);
+    assert_int_equal(tu_write_file(p, old, 8 + padded + data), 0);
+    ddpm_checkpoint *ck = NULL;
+    assert_int_equal(ddpm_checkpoint_open(&ck, p), 0);
+    assert_int_equal(ddpm_checkpoint_checksummed(ck), 0);
+    ddpm_unet *net = NULL;
+    float *params = NULL;
+    int used_ema;
+    assert_int_equal(ddpm_checkpoint_load_model(ck, 1, &net, &params, &used_ema), 0);
+    assert_int_equal(used_ema, 1);
+    free(params);
+    ddpm_unet_free(net);
+    ddpm_checkpoint_close(ck);
+    cJSON_free(text);
+    cJSON_Delete(root);
+    free(old);
+    free(b);
+}
+
+/* A config claiming a much larger model than the tensors in the file: refused
+ * for the first missing or misshapen tensor, before the weights are allocated. */
+static void test_a_config_larger_than_the_file_is_refused_naming_a_tensor(void **state)
+{
+    (void)state;
+    ddpm_run_config c;
+    tiny_config(&c);
+    c.model.ch = 4000;
+    c.model.groups = 8;
+    c.model.image_size = 64;
+    char *cfg = ddpm_run_config_to_json(&c);
+    ddpm_train_state st = {0};
+    char *sj = ddpm_train_state_to_json(&st);
+    ddpm_st_meta meta[4] = {{"format", "ddpm"}, {"format_version", "1"}, {"config", cfg}, {"state", sj}};
+    float w[4] = {0};
+    ddpm_st_tensor t = {.name = "temb.0.bias", .data = w, .ndim = 1, .shape = {4}};
+    char p[256];
+    snprintf(p, sizeof p, "%s", tu_path(tmpdir, "claims.safetensors"));
+    assert_int_equal(ddpm_safetensors_write(p, &t, 1, meta, 4), 0);
+    ddpm_checkpoint *ck = NULL;
+    assert_int_equal(ddpm_checkpoint_open(&ck, p), 0);
+    ddpm_unet *net = NULL;
+    float *params = NULL;
+    int used_ema;
+    expect_error(ddpm_checkpoint_load_model(ck, 1, &net, &params, &used_ema), DDPM_EFORMAT, p, "temb.0.");
+    assert_null(params);
+    ddpm_checkpoint_close(ck);
+    free(cfg);
+    free(sj);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_a_flipped_bit_in_any_tensor_is_refused_on_open_naming_it),
+        cmocka_unit_test(test_non_finite_weights_are_refused_on_every_load_path_naming_the_tensor),
+        cmocka_unit_test(test_a_checkpoint_without_checksums_still_loads_and_says_so),
+        cmocka_unit_test(test_a_config_larger_than_the_file_is_refused_naming_a_tensor),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

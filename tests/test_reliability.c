@@ -1,0 +1,451 @@
+/* Tests of the ddpm binary against the failures of a long unattended run: bad
+ * data folders (symlink loops, image bombs), corrupt or poisoned checkpoints,
+ * and a file-size limit. Each test is a defect that was seen: it failed before
+ * its fix (see the comment of each). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "ddpm/checkpoint.h"
+#include "ddpm/imageio.h"
+#include "ddpm/train.h"
+#include "testutil.h"
+
+static char tmp[256];
+
+/* Runs `ddpm ARGS` in tmp through /bin/sh, stdout and stderr to out.txt and
+ * err.txt, with RLIMIT_FSIZE = fsize bytes when fsize > 0. Returns the exit
+ * code, or 128 + the signal that killed it (SIGALRM after 120 s: 142). */
+static int run_limited(long fsize, const char *fmt, ...)
+{
+    char args[2048], cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "cd '%s' && exec '%s' %s >out.txt 2>err.txt", tmp, DDPM_BINARY, args);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        alarm(120); /* a hang (the symlink loop before its fix) ends as exit 142 */
+        if (fsize > 0) {
+            struct rlimit rl = {(rlim_t)fsize, (rlim_t)fsize};
+            setrlimit(RLIMIT_FSIZE, &rl);
+        }
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+#define ddpm(...) run_limited(0, __VA_ARGS__)
+
+static char *in_tmp(const char *name)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s", tmp, name);
+    return path;
+}
+
+static char *slurp(const char *name)
+{
+    size_t n = 0;
+    unsigned char *b = tu_read_file(in_tmp(name), &n);
+    assert_non_null(b);
+    char *s = realloc(b, n + 1);
+    assert_non_null(s);
+    s[n] = '\0';
+    return s;
+}
+
+/* stderr is exactly one line, "ddpm: ...", holding every given part. */
+static void assert_one_error_line(const char *part1, const char *part2)
+{
+    char *err = slurp("err.txt");
+    int ok = !strncmp(err, "ddpm: ", 6) && strstr(err, part1) && (!part2 || strstr(err, part2)) &&
+             strchr(err, '\n') && strchr(err, '\n')[1] == '\0';
+    if (!ok)
+        fprintf(stderr, "stderr was: %s\n", err);
+    assert_true(ok);
+    free(err);
+}
+
+static void write_gray_png(const char *dir, const char *name, int k)
+{
+    uint8_t px[64];
+    for (int i = 0; i < 64; i++)
+        px[i] = (uint8_t)((i * (k + 3) * 7) & 255);
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s/%s", tmp, dir, name);
+    assert_int_equal(ddpm_png_write(path, px, 8, 8, 1), 0);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    if (tu_make_tmpdir(tmp, sizeof tmp, "reliability"))
+        return -1;
+    mkdir(in_tmp("data"), 0777);
+    for (int k = 0; k < 6; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "%02d.png", k);
+        write_gray_png("data", name, k);
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    return tu_remove_tree(tmp);
+}
+
+#define TINY "--size 8 --ch 8 --ch-mult 1,2 --res-blocks 1 --attn '' --groups 4 --timesteps 50 --batch 2 --preview-n 0"
+
+/* A checkpoint of a fresh tiny run at `name`, with `value` in the first element
+ * of tensor 3 of the EMA weights (ema) or of the raw weights. */
+static void save_tiny_checkpoint(const char *name, int ema, float value)
+{
+    ddpm_run_config c;
+    ddpm_run_config_default(&c);
+    c.model.in_channels = 1, c.model.image_size = 8, c.model.ch = 8, c.model.n_levels = 2;
+    c.model.ch_mult[0] = 1, c.model.ch_mult[1] = 2, c.model.num_res_blocks = 1, c.model.n_attn = 0;
+    c.model.groups = 4, c.timesteps = 50, c.batch = 2;
+    ddpm_trainer *tr = NULL;
+    assert_int_equal(ddpm_trainer_create(&tr, &c, 0), 0);
+    (ema ? tr->ema : tr->params)[tr->net->tensors[3].offset] = value;
+    assert_int_equal(ddpm_trainer_save(tr, in_tmp(name)), 0);
+    ddpm_trainer_free(tr);
+}
+
+/* The bug report: a data folder with `self -> .` and `up -> ../DIR` made the
+ * scan run forever (15 GB in 10 minutes); `self` alone turned 1 image into 41.
+ * Before the fix this test hung until its 120 s alarm (exit 142). */
+static void test_train_on_a_folder_with_symlink_loops_counts_one_image_and_warns(void **state)
+{
+    (void)state;
+    mkdir(in_tmp("loops"), 0777);
+    write_gray_png("loops", "only.png", 1);
+    assert_int_equal(symlink(".", in_tmp("loops/self")), 0);
+    assert_int_equal(symlink("../loops", in_tmp("loops/up")), 0);
+    int rc = ddpm("train loops --out loops-run --steps 1 --batch 1 " TINY);
+    assert_int_equal(rc, 0);
+    char *err = slurp("err.txt");
+    if (!strstr(err, " 1 images"))
+        fprintf(stderr, "stderr was: %s\n", err);
+    assert_non_null(strstr(err, " 1 images"));
+    assert_non_null(strstr(err, "loops/self: link to the folder"));
+    assert_non_null(strstr(err, "loops/up: link to the folder"));
+    free(err);
+}
+
+/* The bug report: NaN in the EMA weights, and `ddpm sample` exited 0 with a grid
+ * of black cells. Now it exits 1 with one line naming the tensor; `info` still
+ * describes the file (it loads no weights). */
+static void test_sample_refuses_nan_in_the_ema_weights_with_one_line(void **state)
+{
+    (void)state;
+    save_tiny_checkpoint("nan.safetensors", 1, NAN);
+    assert_int_equal(ddpm("sample nan.safetensors --n 1 --steps 2 --out nan.png --quiet"), 1);
+    assert_one_error_line("ema.", "NaN");
+    assert_int_equal(access(in_tmp("nan.png"), F_OK), -1);
+    assert_int_equal(ddpm("sample nan.safetensors --n 1 --steps 2 --out raw.png --quiet --no-ema"), 0);
+    save_tiny_checkpoint("inf.safetensors", 0, INFINITY);
+    assert_int_equal(ddpm("sample inf.safetensors --n 1 --steps 2 --out inf.png --quiet --no-ema"), 1);
+    assert_one_error_line("infinity", NULL);
+}
+
+/* The bug report: one bit flipped in the tensor data (-0.098 became -3.3e37)
+ * passed info, sample and --resume. Now each refuses the file naming the tensor. */
+static void test_a_flipped_bit_is_refused_by_info_sample_and_resume(void **state)
+{
+    (void)state;
+    assert_int_equal(ddpm("train data --out flip-run --steps 1 " TINY), 0);
+    const char *ck = "flip-run/checkpoint.safetensors";
+    size_t n = 0;
+    unsigned char *b = tu_read_file(in_tmp(ck), &n);
+    assert_non_null(b);
+    b[n - 4 * 100 + 2] ^= 0x10; /* a bit of a weight near the end: adam_v's last tensor */
+    assert_int_equal(tu_write_file(in_tmp(ck), b, n), 0);
+    free(b);
+    assert_int_equal(ddpm("info flip-run"), 1);
+    assert_one_error_line("fails its checksum", "adam_v.");
+    assert_int_equal(ddpm("sample flip-run --n 1 --steps 2 --out flip.png --quiet"), 1);
+    assert_one_error_line("fails its checksum", NULL);
+    assert_int_equal(ddpm("train data --out flip-run --resume --steps 2 --quiet --preview-n 0"), 1);
+    assert_one_error_line("fails its checksum", NULL);
+}
+
+/* The bug report: under a file-size limit (prlimit --fsize) SIGXFSZ killed ddpm
+ * (exit 153, no message, a temporary file left). Now the write fails cleanly:
+ * exit 1, one line saying "File too large", the old checkpoint intact, no
+ * temporary file. */
+static void test_a_file_size_limit_gives_one_error_and_keeps_the_old_checkpoint(void **state)
+{
+    (void)state;
+    assert_int_equal(ddpm("train data --out fsize-run --steps 1 --quiet " TINY), 0);
+    size_t n = 0;
+    unsigned char *before = tu_read_file(in_tmp("fsize-run/checkpoint.safetensors"), &n);
+    assert_non_null(before);
+    int rc = run_limited((long)n / 2, "train data --out fsize-run --resume --steps 2 --quiet --preview-n 0");
+    assert_int_equal(rc, 1);
+    assert_one_error_line("File too large", NULL);
+    size_t m = 0;
+    unsigned char *after = tu_read_file(in_tmp("fsize-run/checkpoint.safetensors"), &m);
+    assert_non_null(after);
+    assert_int_equal(m, n);
+    assert_memory_equal(after, before, n);
+    assert_int_equal(tu_count_entries_containing(in_tmp("fsize-run"), ".tmp."), 0);
+    free(before);
+    free(after);
+    /* sample's PNG under a 100-byte limit: the same clean path */
+    rc = run_limited(100, "sample fsize-run --n 4 --steps 2 --out limited.png --quiet");
+    assert_int_equal(rc, 1);
+    assert_one_error_line("File too large", NULL);
+    assert_int_equal(tu_count_entries_containing(tmp, ".tmp."), 0);
+}
+
+/* The bug report: a 60000 x 60000 PNG was skipped as "unknown image type".
+ * Now the warning says it is too large. */
+static void test_a_huge_png_in_the_data_is_skipped_as_too_large(void **state)
+{
+    (void)state;
+    mkdir(in_tmp("bomb"), 0777);
+    write_gray_png("bomb", "ok.png", 2);
+    write_gray_png("bomb", "huge.png", 3);
+    FILE *f = fopen(in_tmp("bomb/huge.png"), "r+b");
+    assert_non_null(f);
+    const uint8_t dims[8] = {0, 0, 0xea, 0x60, 0, 0, 0xea, 0x60}; /* 60000 x 60000 */
+    assert_int_equal(fseek(f, 16, SEEK_SET), 0);
+    assert_int_equal(fwrite(dims, 1, 8, f), 8);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(ddpm("train bomb --out bomb-run --steps 1 --batch 1 " TINY), 0);
+    char *err = slurp("err.txt");
+    assert_non_null(strstr(err, "huge.png: image is 60000 x 60000: too large"));
+    free(err);
+}
+
+/* Starts `ddpm ARGS` in tmp in the background (output to bg.txt); returns its pid. */
+static pid_t start_ddpm(const char *args)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "cd '%s' && exec '%s' %s >bg.txt 2>&1", tmp, DDPM_BINARY, args);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Waits up to 60 s for file `name` in tmp to hold at least `lines` lines. */
+static void wait_for_lines(const char *name, int lines)
+{
+    for (int i = 0; i < 6000; i++) {
+        size_t n = 0;
+        unsigned char *b = tu_read_file(in_tmp(name), &n);
+        int count = 0;
+        for (size_t k = 0; b && k < n; k++)
+            count += b[k] == '\n';
+        free(b);
+        if (count >= lines)
+            return;
+        usleep(10000);
+    }
+    fail_msg("%s never reached %d lines", name, lines);
+}
+
+/* The steps of log.jsonl in order, into steps[]; returns how many. */
+static int log_steps(const char *name, long *steps, int max)
+{
+    char *log = slurp(name);
+    int n = 0;
+    for (char *p = strstr(log, "\"step\":"); p && n < max; p = strstr(p + 1, "\"step\":"))
+        steps[n++] = strtol(p + 7, NULL, 10);
+    free(log);
+    return n;
+}
+
+/* Exactly the steps first..last, once each and in order. */
+static void assert_log_holds_steps(const char *name, long first, long last)
+{
+    long steps[512];
+    int n = log_steps(name, steps, 512);
+    if (n != last - first + 1)
+        fprintf(stderr, "%s has %d lines, expected steps %ld..%ld\n", name, n, first, last);
+    assert_int_equal(n, last - first + 1);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(steps[i], first + i);
+}
+
+/* The bug report: two `ddpm train --out run2` started together both exited 0,
+ * the folder kept only the second run and log.jsonl interleaved both. Now the
+ * second is refused while the first runs, naming its pid, with or without
+ * --resume; once the first is gone (even by SIGKILL) the folder is free again. */
+static void test_a_second_writer_is_refused_with_the_first_ones_pid(void **state)
+{
+    (void)state;
+    pid_t first = start_ddpm("train data --out lock-run --steps 100000 --save-every 100000 --log-every 1 --quiet " TINY);
+    wait_for_lines("lock-run/log.jsonl", 1);
+    char pid[32];
+    snprintf(pid, sizeof pid, "pid %ld", (long)first);
+    assert_int_equal(ddpm("train data --out lock-run --steps 5 --quiet " TINY), 1);
+    assert_one_error_line("another ddpm", pid);
+    assert_int_equal(ddpm("train data --out lock-run --resume --steps 5 --quiet --preview-n 0"), 1);
+    assert_one_error_line("another ddpm", pid);
+    kill(first, SIGKILL);
+    int st;
+    waitpid(first, &st, 0);
+    assert_int_equal(ddpm("train data --out lock-run --resume --steps 3 --quiet --preview-n 0"), 0);
+}
+
+/* The bug report: log.jsonl pointed at /dev/full, and a run exited 0 with all
+ * its lines lost. Every log write is checked: exit 1, one line naming the log. */
+static void test_a_failing_log_write_is_an_error(void **state)
+{
+    (void)state;
+    mkdir(in_tmp("full-run"), 0777);
+    assert_int_equal(symlink("/dev/full", in_tmp("full-run/log.jsonl")), 0);
+    assert_int_equal(ddpm("train data --out full-run --steps 3 --log-every 1 --quiet " TINY), 1);
+    assert_one_error_line("log.jsonl", "No space left on device");
+}
+
+/* The bug report: a run killed before its first checkpoint left a folder that
+ * neither --resume ("no checkpoint") nor a fresh run ("already holds a
+ * log.jsonl") would take. Now both start it from step 0 with a warning, and the
+ * old log lines are dropped (a fresh run also saves step 0 before training, so
+ * the window is only the first moments of a run). */
+static void test_a_run_folder_without_a_checkpoint_can_be_resumed_or_restarted(void **state)
+{
+    (void)state;
+    const char *old_log = "{\"step\":1,\"loss\":1}\n{\"step\":2,\"loss\":1}\n";
+    const char *names[2] = {"nockpt-a", "nockpt-b"};
+    for (int k = 0; k < 2; k++) {
+        char path[600];
+        mkdir(in_tmp(names[k]), 0777);
+        snprintf(path, sizeof path, "%s/log.jsonl", in_tmp(names[k]));
+        assert_int_equal(tu_write_file(path, old_log, strlen(old_log)), 0);
+        int rc = ddpm("train data --out %s %s --steps 3 --log-every 1 " TINY, names[k], k ? "" : "--resume");
+        assert_int_equal(rc, 0);
+        char *err = slurp("err.txt");
+        assert_non_null(strstr(err, k ? "starting afresh" : "starting from step 0"));
+        free(err);
+        snprintf(path, sizeof path, "%s/log.jsonl", names[k]);
+        assert_log_holds_steps(path, 1, 3);
+    }
+}
+
+/* The bug report: SIGKILL left checkpoint.safetensors.tmp.<pid> files (17 after
+ * 65 kills) that nothing removed, and log.jsonl, written before the save, held
+ * steps past the checkpoint that the resumed run logged again (11 duplicates in
+ * 35 kills). Now both are cleaned at the start of the next run. */
+static void test_stale_temp_files_go_and_the_log_is_cut_back_to_the_checkpoint(void **state)
+{
+    (void)state;
+    assert_int_equal(ddpm("train data --out cut-run --steps 4 --log-every 1 --quiet " TINY), 0);
+    /* what a kill after the log write of step 6 and during the save looks like */
+    FILE *f = fopen(in_tmp("cut-run/log.jsonl"), "a");
+    assert_non_null(f);
+    fputs("{\"step\":5,\"loss\":0.5}\n{\"step\":6,\"loss\":0.5}\n{\"step\":7,\"lo", f);
+    fclose(f);
+    const char *stale = "cut-run/checkpoint.safetensors.tmp.4194303.0"; /* above pid_max: dead */
+    assert_int_equal(tu_write_file(in_tmp(stale), "x", 1), 0);
+    assert_int_equal(ddpm("train data --out cut-run --resume --steps 8 --log-every 1 --preview-n 0"), 0);
+    assert_int_equal(tu_count_entries_containing(in_tmp("cut-run"), ".tmp."), 0);
+    assert_log_holds_steps("cut-run/log.jsonl", 1, 8);
+    char *err = slurp("err.txt");
+    assert_non_null(strstr(err, "removed 1 temporary files"));
+    assert_non_null(strstr(err, "removed 3 lines past the checkpoint's step 4"));
+    free(err);
+}
+
+/* The bug report: the Ctrl-C hint `ddpm train DATA --out RUN --resume` omitted
+ * the stop condition, so running it printed "done" at once (the default of one
+ * epoch was long past). Now the stop condition is part of the run: --resume
+ * alone trains on to the original --steps. */
+static void test_resume_without_a_stop_condition_continues_to_the_runs_own(void **state)
+{
+    (void)state;
+    pid_t pid = start_ddpm("train data --out stop-run --steps 40 --log-every 1 --save-every 100 " TINY);
+    wait_for_lines("stop-run/log.jsonl", 5);
+    kill(pid, SIGINT);
+    int st;
+    waitpid(pid, &st, 0);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_int_equal(ddpm("train data --out stop-run --resume --log-every 1 --preview-n 0"), 0);
+    char *err = slurp("err.txt");
+    assert_non_null(strstr(err, "done at step 40"));
+    free(err);
+    assert_log_holds_steps("stop-run/log.jsonl", 1, 40);
+}
+
+/* The bug report: --resume on another data folder quietly turned 32x32 RGB
+ * images into the run's 16x16 gray. The checkpoint records the data's
+ * fingerprint; other data is refused unless --allow-data-change. */
+static void test_resume_on_other_data_is_refused_unless_allowed(void **state)
+{
+    (void)state;
+    assert_int_equal(ddpm("train data --out data-run --steps 1 --quiet " TINY), 0);
+    mkdir(in_tmp("other"), 0777);
+    write_gray_png("other", "x.png", 9);
+    assert_int_equal(ddpm("train other --out data-run --resume --steps 2 --quiet --preview-n 0"), 1);
+    assert_one_error_line("not the data this run was trained on", "--allow-data-change");
+    assert_int_equal(ddpm("train other --out data-run --resume --steps 2 --quiet --allow-data-change --preview-n 0"), 0);
+    assert_int_equal(ddpm("train data --out data-run --resume --steps 3 --quiet --allow-data-change --preview-n 0"), 0);
+}
+
+/* The bug report: --size 7, --attn 99 and --ch 3 exited 1, though README gives
+ * 2 for a bad value; --out '' printed "ddpm: : ..."; sample --out EXISTING_DIR
+ * failed only after all the sampling. */
+static void test_bad_flag_values_exit_2_and_bad_outputs_are_refused_before_work(void **state)
+{
+    (void)state;
+    const char *bad[] = {"--size 7", "--attn 99", "--ch 3"};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(ddpm("train data --out bad-run --steps 1 --quiet --ch 8 --ch-mult 1,2 --groups 4 %s", bad[i]), 2);
+        assert_one_error_line("model", NULL);
+    }
+    assert_int_equal(access(in_tmp("bad-run"), F_OK), -1); /* refused before any file */
+    assert_int_equal(ddpm("train data --out '' --steps 1 --quiet " TINY), 2);
+    assert_one_error_line("--out: the run folder's name is empty", NULL);
+    assert_int_equal(ddpm("train data --out fresh-run --steps 1 --quiet " TINY), 0);
+    mkdir(in_tmp("a-folder"), 0777);
+    assert_int_equal(ddpm("sample fresh-run --n 4096 --sampler ddpm --quiet --out a-folder"), 1);
+    assert_one_error_line("a-folder: is a folder", NULL);
+    assert_int_equal(ddpm("sample fresh-run --n 4096 --sampler ddpm --quiet --out no/such/dir/x.png"), 1);
+    assert_one_error_line("cannot write there", NULL);
+    assert_int_equal(ddpm("sample fresh-run --n 4096 --sampler ddpm --quiet --out ''"), 2);
+    assert_one_error_line("--out: the file name is empty", NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_train_on_a_folder_with_symlink_loops_counts_one_image_and_warns),
+        cmocka_unit_test(test_sample_refuses_nan_in_the_ema_weights_with_one_line),
+        cmocka_unit_test(test_a_flipped_bit_is_refused_by_info_sample_and_resume),
+        cmocka_unit_test(test_a_file_size_limit_gives_one_error_and_keeps_the_old_checkpoint),
+        cmocka_unit_test(test_a_huge_png_in_the_data_is_skipped_as_too_large),
+        cmocka_unit_test(test_a_second_writer_is_refused_with_the_first_ones_pid),
+        cmocka_unit_test(test_a_failing_log_write_is_an_error),
+        cmocka_unit_test(test_a_run_folder_without_a_checkpoint_can_be_resumed_or_restarted),
+        cmocka_unit_test(test_stale_temp_files_go_and_the_log_is_cut_back_to_the_checkpoint),
+        cmocka_unit_test(test_resume_without_a_stop_condition_continues_to_the_runs_own),
+        cmocka_unit_test(test_resume_on_other_data_is_refused_unless_allowed),
+        cmocka_unit_test(test_bad_flag_values_exit_2_and_bad_outputs_are_refused_before_work),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
