@@ -16,6 +16,8 @@ void ddpm_run_config_default(ddpm_run_config *c)
     c->batch = 64;
     c->flip = 0;
     c->seed = 0;
+    ddpm_loss_config_default(&c->loss);
+    c->cond_drop = 0.1f;
 }
 
 int ddpm_parse_int_list(const char *s, int *out, int max)

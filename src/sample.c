@@ -14,30 +14,30 @@ void ddpm_sampler_config_default(ddpm_sampler_config *c)
     c->eta = 1.0f;
     c->var = DDPM_VAR_BETA;
     c->clip_x0 = 1;
+    c->prediction = DDPM_PRED_EPS;
 }
 
 static inline float clampf(float v) { return v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v; }
 
-void ddpm_ddpm_step(float *x_prev, float *x0_out, const float *x_t, const float *eps,
-                    const float *z, int i, size_t D, const ddpm_schedule *s, ddpm_var_kind var,
-                    int clip_x0)
+void ddpm_ddpm_step(float *x_prev, float *x0_out, const float *x_t, ddpm_prediction pred,
+                    const float *out, const float *z, int i, size_t D, const ddpm_schedule *s,
+                    ddpm_var_kind var, int clip_x0)
 {
     double sigma = i == 0 ? 0.0 : sqrt(var == DDPM_VAR_BETA ? s->beta[i] : s->posterior_var[i]);
     float sig = (float)sigma;
-    /* x0 from eps (eq. 15 rearranged), used for the clipped mean and the trajectory */
-    double inv = 1.0 / s->sqrt_abar[i];
-    float a0 = (float)inv, b0 = (float)(s->sqrt_one_minus_abar[i] * inv);
+    /* x0 of the output (for the clipped mean and the trajectory), and the
+       unclipped mean: Algorithm 2's eps form for eps, eq. 7 of x0 otherwise */
+    ddpm_pred_coef pc = ddpm_pred_coefs(pred, i, s);
+    float xo = (float)pc.x0_out, xx = (float)pc.x0_xt, mo = (float)pc.mu_out, mx = (float)pc.mu_xt;
     float cx0 = (float)s->posterior_coef_x0[i], cxt = (float)s->posterior_coef_xt[i];
-    double inv_sqrt_alpha = 1.0 / sqrt(s->alpha[i]);
-    float ea = (float)inv_sqrt_alpha, eb = (float)(inv_sqrt_alpha * s->beta[i] / s->sqrt_one_minus_abar[i]);
     for (size_t d = 0; d < D; d++) {
-        float x0 = a0 * x_t[d] - b0 * eps[d];
+        float x0 = pred == DDPM_PRED_X0 ? out[d] : xo * out[d] + xx * x_t[d];
         float mean;
         if (clip_x0) {
             x0 = clampf(x0);
             mean = cx0 * x0 + cxt * x_t[d]; /* mu~(x0, x_t), eq. 7 */
         } else {
-            mean = ea * x_t[d] - eb * eps[d]; /* Algorithm 2, line 4 */
+            mean = mx * x_t[d] + mo * out[d]; /* Algorithm 2, line 4, for eps */
         }
         if (x0_out)
             x0_out[d] = x0;
@@ -45,19 +45,20 @@ void ddpm_ddpm_step(float *x_prev, float *x0_out, const float *x_t, const float 
     }
 }
 
-void ddpm_ddim_step(float *x_prev, float *x0_out, const float *x_t, const float *eps,
-                    const float *z, int i, int i_prev, float eta, size_t D,
+void ddpm_ddim_step(float *x_prev, float *x0_out, const float *x_t, ddpm_prediction pred,
+                    const float *out, const float *z, int i, int i_prev, float eta, size_t D,
                     const ddpm_schedule *s, int clip_x0)
 {
     double abar = s->abar[i], abar_prev = i_prev >= 0 ? s->abar[i_prev] : 1.0;
     double sigma = eta * sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev));
     double dir = 1.0 - abar_prev - sigma * sigma;
     float c_x0 = (float)sqrt(abar_prev), c_eps = (float)sqrt(dir > 0 ? dir : 0), sig = (float)sigma;
-    float a0 = (float)(1.0 / sqrt(abar)), b0 = (float)(sqrt(1.0 - abar) / sqrt(abar));
+    ddpm_pred_coef pc = ddpm_pred_coefs(pred, i, s);
+    float xo = (float)pc.x0_out, xx = (float)pc.x0_xt, eo = (float)pc.eps_out, ex = (float)pc.eps_xt;
     float ra = (float)sqrt(abar), rb = (float)(1.0 / sqrt(1.0 - abar));
     for (size_t d = 0; d < D; d++) {
-        float x0 = a0 * x_t[d] - b0 * eps[d];
-        float e = eps[d];
+        float x0 = pred == DDPM_PRED_X0 ? out[d] : xo * out[d] + xx * x_t[d];
+        float e = pred == DDPM_PRED_EPS ? out[d] : eo * out[d] + ex * x_t[d];
         if (clip_x0) {
             float c = clampf(x0);
             if (c != x0) /* keep x0 and eps consistent: eps = (x_t - sqrt(abar) x0)/sqrt(1-abar) */
@@ -134,9 +135,9 @@ int ddpm_sample(float *x, float *scratch, int B, size_t D, int first_image,
             if (need_z)
                 image_noise(z + o, D, rng, first_image + b, k, n);
             if (c->kind == DDPM_SAMPLER_DDPM)
-                ddpm_ddpm_step(xn + o, x0 + o, x + o, eps + o, z + o, i, D, s, c->var, c->clip_x0);
+                ddpm_ddpm_step(xn + o, x0 + o, x + o, c->prediction, eps + o, z + o, i, D, s, c->var, c->clip_x0);
             else
-                ddpm_ddim_step(xn + o, x0 + o, x + o, eps + o, z + o, i, i_prev, c->eta, D, s, c->clip_x0);
+                ddpm_ddim_step(xn + o, x0 + o, x + o, c->prediction, eps + o, z + o, i, i_prev, c->eta, D, s, c->clip_x0);
         }
         memcpy(x, xn, BD * sizeof *x);
         if (step_fn)
@@ -227,10 +228,12 @@ int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_sche
     ddpm_rng rng;
     ddpm_rng_init(&rng, c->seed, DDPM_STREAM_SAMPLE);
     ddpm_unet_eps_ctx eps_ctx = {net, params, ws ? ws : own_ws};
+    ddpm_sampler_config sc = c->sampler;
+    sc.prediction = net->cfg.prediction; /* what this network's output means */
     for (int first = 0; !rc && first < n; first += B) {
         f.p.first = first;
         f.p.B = n - first < B ? n - first : B;
-        rc = ddpm_sample(x + (size_t)first * D, scratch, f.p.B, D, first, s, &c->sampler, ddpm_unet_eps, &eps_ctx,
+        rc = ddpm_sample(x + (size_t)first * D, scratch, f.p.B, D, first, s, &sc, ddpm_unet_eps, &eps_ctx,
                          &rng, files_on_step, &f);
     }
     if (!rc && c->grid_path)

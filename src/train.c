@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "ddpm/error.h"
+#include "ddpm/loss.h"
 #include "ddpm/ops.h"
 #include "ddpm/optim.h"
 #include "ddpm/rng.h"
@@ -25,7 +26,12 @@ void ddpm_trainer_free(ddpm_trainer *tr)
     free(tr->eps);
     free(tr->eps_pred);
     free(tr->d_eps);
+    free(tr->target);
     free(tr->t);
+    free(tr->labels);
+    for (int k = 0; tr->class_names && k < tr->cfg.model.n_classes; k++)
+        free(tr->class_names[k]);
+    free(tr->class_names);
     free(tr);
 }
 
@@ -41,6 +47,10 @@ static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg)
         rc = ddpm_schedule_init(&tr->sched, cfg->schedule, cfg->timesteps, cfg->beta_start, cfg->beta_end);
     if (!rc && (cfg->batch < 1 || cfg->batch > 65536))
         rc = ddpm_error(DDPM_EINVAL, "batch must be in 1..65536, got %d", cfg->batch);
+    if (!rc)
+        rc = ddpm_loss_config_check(&cfg->loss, cfg->model.prediction);
+    if (!rc && !(cfg->cond_drop >= 0 && cfg->cond_drop <= 1))
+        rc = ddpm_error(DDPM_EINVAL, "cond-drop must be in [0, 1], got %g", cfg->cond_drop);
     if (!rc)
         rc = ddpm_unet_workspace_create(&tr->ws, tr->net, cfg->batch, 1);
     if (rc) {
@@ -59,9 +69,11 @@ static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg)
     tr->eps = ddpm_calloc(BD, sizeof(float));
     tr->eps_pred = ddpm_calloc(BD, sizeof(float));
     tr->d_eps = ddpm_calloc(BD, sizeof(float));
+    tr->target = ddpm_calloc(BD, sizeof(float));
     tr->t = ddpm_calloc((size_t)cfg->batch, sizeof(int));
+    tr->labels = ddpm_calloc((size_t)cfg->batch, sizeof(int));
     if (!tr->params || !tr->grads || !tr->adam_m || !tr->adam_v || !tr->ema || !tr->x_t || !tr->eps ||
-        !tr->eps_pred || !tr->d_eps || !tr->t) {
+        !tr->eps_pred || !tr->d_eps || !tr->target || !tr->t || !tr->labels) {
         ddpm_trainer_free(tr);
         return DDPM_ENOMEM;
     }
@@ -105,6 +117,33 @@ int ddpm_trainer_from_checkpoint(ddpm_trainer **out, const ddpm_checkpoint *ck)
         return rc;
     }
     tr->state = *ddpm_checkpoint_state(ck);
+    if (tr->cfg.model.n_classes > 0 && (rc = ddpm_trainer_set_class_names(tr, ddpm_checkpoint_class_names(ck)))) {
+        ddpm_trainer_free(tr);
+        *out = NULL;
+        return rc;
+    }
+    return DDPM_OK;
+}
+
+int ddpm_trainer_set_class_names(ddpm_trainer *tr, const char *const *names)
+{
+    int n = tr->cfg.model.n_classes;
+    if (n <= 0 || !names)
+        return DDPM_OK;
+    char **copy = ddpm_calloc((size_t)n, sizeof *copy);
+    if (!copy)
+        return DDPM_ENOMEM;
+    for (int k = 0; k < n; k++)
+        if (!(copy[k] = strdup(names[k]))) {
+            while (k--)
+                free(copy[k]);
+            free(copy);
+            return ddpm_error(DDPM_ENOMEM, "out of memory copying class names");
+        }
+    for (int k = 0; tr->class_names && k < n; k++)
+        free(tr->class_names[k]);
+    free(tr->class_names);
+    tr->class_names = copy;
     return DDPM_OK;
 }
 
@@ -119,6 +158,11 @@ static ddpm_rng stream_at(uint64_t seed, uint64_t stream, uint64_t counter)
 
 int ddpm_trainer_step(ddpm_trainer *tr, const float *x0, ddpm_step_stats *stats)
 {
+    return ddpm_trainer_step_class(tr, x0, NULL, stats);
+}
+
+int ddpm_trainer_step_class(ddpm_trainer *tr, const float *x0, const int *labels, ddpm_step_stats *stats)
+{
     const ddpm_run_config *c = &tr->cfg;
     int B = c->batch;
     size_t D = (size_t)c->model.in_channels * c->model.image_size * c->model.image_size, BD = (size_t)B * D;
@@ -128,17 +172,23 @@ int ddpm_trainer_step(ddpm_trainer *tr, const float *x0, ddpm_step_stats *stats)
     /* Algorithm 1: t uniform in {1..T} (index t-1), eps ~ N(0, I) */
     for (int b = 0; b < B; b++)
         tr->t[b] = (int)ddpm_rng_below(&noise_rng, (uint64_t)c->timesteps);
+    int n_classes = c->model.n_classes;
+    if (n_classes > 0) /* classifier-free guidance: drop each label with probability cond_drop */
+        for (int b = 0; b < B; b++) {
+            int y = labels && labels[b] >= 0 && labels[b] < n_classes ? labels[b] : DDPM_NO_CLASS;
+            tr->labels[b] = ddpm_rng_uniform(&noise_rng) < c->cond_drop ? DDPM_NO_CLASS : y;
+        }
     ddpm_rng_normal_fill(&noise_rng, tr->eps, BD);
     ddpm_q_sample(tr->x_t, x0, tr->eps, tr->t, B, D, &tr->sched);
-    ddpm_unet_forward(tr->net, tr->params, tr->ws, tr->eps_pred, tr->x_t, tr->t, B, &dropout_rng);
-    double loss = ddpm_mse_forward(tr->eps_pred, tr->eps, BD);
+    ddpm_unet_forward_class(tr->net, tr->params, tr->ws, tr->eps_pred, tr->x_t, tr->t,
+                            n_classes > 0 ? tr->labels : NULL, B, &dropout_rng);
+    double loss = ddpm_loss(tr->d_eps, tr->target, tr->eps_pred, x0, tr->eps, tr->x_t, tr->t, B, D,
+                            c->model.prediction, &c->loss, &tr->sched);
     if (stats)
         stats->loss = loss;
     if (!isfinite(loss))
         return ddpm_error(DDPM_ENAN, "loss became %s at step %ld", isnan(loss) ? "NaN" : "infinite",
                           tr->state.step + 1);
-    memset(tr->d_eps, 0, BD * sizeof(float));
-    ddpm_mse_backward(tr->d_eps, tr->eps_pred, tr->eps, BD);
     memset(tr->grads, 0, n * sizeof(float));
     ddpm_unet_backward(tr->net, tr->params, tr->grads, tr->ws, tr->d_eps, B);
     double norm = ddpm_clip_global_norm(tr->grads, n, c->optim.clip);
@@ -166,5 +216,5 @@ int ddpm_trainer_step(ddpm_trainer *tr, const float *x0, ddpm_step_stats *stats)
 int ddpm_trainer_save(const ddpm_trainer *tr, const char *path)
 {
     return ddpm_checkpoint_save(path, &tr->cfg, &tr->state, tr->net, tr->params, tr->ema, tr->adam_m,
-                                tr->adam_v);
+                                tr->adam_v, (const char *const *)tr->class_names);
 }

@@ -54,6 +54,7 @@ struct ddpm_unet_plan {
     int emb; /* 4 ch */
     size_t p_temb0_w, p_temb0_b, p_temb2_w, p_temb2_b, p_conv_in_w, p_conv_in_b;
     size_t p_norm_out_w, p_norm_out_b, p_conv_out_w, p_conv_out_b;
+    size_t p_class_emb; /* [n_classes + 1, emb] when n_classes > 0 */
     size_t a_x, a_e0, a_t1, a_t1s, a_temb, a_temb_act, a_out_a, a_out_mean, a_out_rstd, a_out_s;
     size_t d_temb_act;
     size_t act_per_image, dact_per_image, tmp_per_image;
@@ -61,6 +62,7 @@ struct ddpm_unet_plan {
 
 struct ddpm_unet_workspace {
     int max_batch, training, dropout_applied;
+    int *labels; /* [max_batch] class-embedding rows of the last forward */
     float *act, *dact, *tmp, *conv_scratch, *attn_scratch;
     size_t bytes;
     int profile;
@@ -113,6 +115,10 @@ int ddpm_unet_config_check(const ddpm_unet_config *c)
     }
     if (c->ch % c->groups)
         return ddpm_error(DDPM_EINVAL, "groups %d does not divide ch %d", c->groups, c->ch);
+    if ((unsigned)c->prediction >= DDPM_N_PREDICTIONS)
+        return ddpm_error(DDPM_EINVAL, "unknown prediction type %d", (int)c->prediction);
+    if (c->n_classes < 0 || c->n_classes > DDPM_MAX_CLASSES)
+        return ddpm_error(DDPM_EINVAL, "classes must be in 0..%d, got %d", DDPM_MAX_CLASSES, c->n_classes);
     for (int i = 0; i < c->n_attn; i++) {
         int ok = 0;
         for (int l = 0; l < c->n_levels; l++)
@@ -372,6 +378,8 @@ int ddpm_unet_create(ddpm_unet **out, const ddpm_unet_config *cfg)
     p->p_temb0_b = add_param(&b, "temb.0", "bias", 1, E, 0, 0, 0, DDPM_INIT_ZERO);
     p->p_temb2_w = add_param(&b, "temb.2", "weight", 2, E, E, 0, 0, DDPM_INIT_XAVIER);
     p->p_temb2_b = add_param(&b, "temb.2", "bias", 1, E, 0, 0, 0, DDPM_INIT_ZERO);
+    if (c->n_classes > 0) /* zero init: a fresh conditional model is the unconditional one */
+        p->p_class_emb = add_param(&b, "class_emb", "weight", 2, c->n_classes + 1, E, 0, 0, DDPM_INIT_ZERO);
     p->p_conv_in_w = add_param(&b, "conv_in", "weight", 4, c->ch, c->in_channels, 3, 3, DDPM_INIT_XAVIER);
     p->p_conv_in_b = add_param(&b, "conv_in", "bias", 1, c->ch, 0, 0, 0, DDPM_INIT_ZERO);
 
@@ -566,6 +574,7 @@ void ddpm_unet_workspace_free(ddpm_unet_workspace *ws)
     free(ws->tmp);
     free(ws->conv_scratch);
     free(ws->attn_scratch);
+    free(ws->labels);
     free(ws);
 }
 
@@ -591,7 +600,8 @@ int ddpm_unet_workspace_create(ddpm_unet_workspace **out, const ddpm_unet *net, 
     ws->conv_scratch = ws->tmp ? alloc_floats(conv_scratch_need(net, max_batch), &ws->bytes) : NULL;
     ws->attn_scratch = ws->conv_scratch ? alloc_floats(training ? ddpm_attention_scratch_floats(max_n) : 1, &ws->bytes) : NULL;
     ws->dact = ws->attn_scratch && training ? alloc_floats(p->dact_per_image * B, &ws->bytes) : NULL;
-    if (!ws->attn_scratch || (training && !ws->dact)) {
+    ws->labels = ddpm_calloc(B, sizeof *ws->labels);
+    if (!ws->attn_scratch || (training && !ws->dact) || !ws->labels) {
         ddpm_unet_workspace_free(ws);
         return DDPM_ENOMEM;
     }
@@ -731,6 +741,13 @@ void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_work
                        float *eps_pred, const float *x_t, const int *t, int B,
                        ddpm_rng *dropout_rng)
 {
+    ddpm_unet_forward_class(net, params, ws, eps_pred, x_t, t, NULL, B, dropout_rng);
+}
+
+void ddpm_unet_forward_class(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
+                             float *eps_pred, const float *x_t, const int *t, const int *y, int B,
+                             ddpm_rng *dropout_rng)
+{
     const ddpm_unet_plan *p = net->plan;
     const ddpm_unet_config *c = &net->cfg;
     int S = c->image_size, HW = S * S, E = p->emb;
@@ -743,6 +760,11 @@ void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_work
     PROF(0, DDPM_PROF_LINEAR, ddpm_linear_forward(t1, e0, PARAM(p->p_temb0_w), PARAM(p->p_temb0_b), B, c->ch, E));
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(t1s, t1, (size_t)B * E));
     PROF(0, DDPM_PROF_LINEAR, ddpm_linear_forward(temb, t1s, PARAM(p->p_temb2_w), PARAM(p->p_temb2_b), B, E, E));
+    if (c->n_classes > 0) { /* temb += class_emb[y] (row n_classes: no class) */
+        for (int b = 0; b < B; b++)
+            ws->labels[b] = y && y[b] >= 0 && y[b] < c->n_classes ? y[b] : c->n_classes;
+        ddpm_embedding_add_forward(temb, ws->labels, PARAM(p->p_class_emb), B, E);
+    }
     /* every ResBlock uses SiLU(temb): compute it once */
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(temb_act, temb, (size_t)B * E));
     PROF(0, DDPM_PROF_CONV,
@@ -953,6 +975,8 @@ void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
     float *dtemb = ws->tmp, *dt1s = dtemb + sE, *dt1 = dt1s + sE;
     zero(ws, dt1s, sE);
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward_to(dtemb, DACT(p->d_temb_act), ACT(p->a_temb), nE));
+    if (c->n_classes > 0)
+        ddpm_embedding_add_backward(GRAD(p->p_class_emb), dtemb, ws->labels, B, E);
     PROF(1, DDPM_PROF_LINEAR,
          ddpm_linear_backward(dt1s, GRAD(p->p_temb2_w), GRAD(p->p_temb2_b), dtemb, ACT(p->a_t1s),
                               PARAM(p->p_temb2_w), B, E, E));

@@ -15,6 +15,7 @@
 #include "ddpm/checkpoint.h"
 #include "ddpm/error.h"
 #include "ddpm/safetensors.h"
+#include "ddpm/sample.h"
 #include "ddpm/train.h"
 #include "testutil.h"
 #include "trainutil.h"
@@ -229,6 +230,112 @@ static void test_nan_loss_stops_without_touching_the_weights(void **state)
     ddpm_trainer_free(tr);
 }
 
+/* Samples 4 images with the model's own prediction type; every value finite, and
+ * inside [-1, 1] when the predicted x0 is clipped (the last mean is c0 x0 with c0 = 1). */
+static void sample_and_check(const ddpm_unet *net, const float *params, const ddpm_schedule *s,
+                             ddpm_sampler_kind kind, int clip)
+{
+    enum { B = 4 };
+    size_t D = (size_t)net->cfg.in_channels * net->cfg.image_size * net->cfg.image_size;
+    ddpm_unet_workspace *ws;
+    assert_int_equal(ddpm_unet_workspace_create(&ws, net, B, 0), 0);
+    float *x = malloc(B * D * sizeof(float)), *scratch = malloc(4 * B * D * sizeof(float));
+    ddpm_sampler_config sc;
+    ddpm_sampler_config_default(&sc);
+    sc.kind = kind;
+    sc.steps = 10;
+    sc.clip_x0 = clip;
+    sc.prediction = net->cfg.prediction;
+    ddpm_unet_eps_ctx ctx = {net, params, ws};
+    ddpm_rng rng;
+    ddpm_rng_init(&rng, 3, DDPM_STREAM_SAMPLE);
+    assert_int_equal(ddpm_sample(x, scratch, B, D, 0, s, &sc, ddpm_unet_eps, &ctx, &rng, NULL, NULL), 0);
+    for (size_t k = 0; k < B * D; k++) {
+        if (!isfinite(x[k]) || (clip && fabsf(x[k]) > 1.0001f))
+            fail_msg("%s, sampler %d, clip %d: sample value %zu is %g", ddpm_prediction_name(net->cfg.prediction),
+                     kind, clip, k, x[k]);
+    }
+    free(x);
+    free(scratch);
+    ddpm_unet_workspace_free(ws);
+}
+
+static void test_every_prediction_type_trains_round_trips_and_samples(void **state)
+{
+    (void)state;
+    for (int k = 0; k < DDPM_N_PREDICTIONS; k++) {
+        ddpm_run_config c;
+        tiny_run_config(&c);
+        c.model.prediction = (ddpm_prediction)k;
+        ddpm_trainer *tr;
+        assert_int_equal(ddpm_trainer_create(&tr, &c), 0);
+        float x0[4 * 64];
+        ddpm_step_stats st;
+        double first = 0, last = 0;
+        for (long step = 0; step < 150; step++) {
+            synthetic_batch(x0, 4, 8, step);
+            assert_int_equal(ddpm_trainer_step(tr, x0, &st), 0);
+            first += step < 20 ? st.loss / 20 : 0;
+            last += step >= 110 ? st.loss / 40 : 0;
+        }
+        fprintf(stderr, "  %s: loss first 20 steps %.4f, last 40 %.4f\n", ddpm_prediction_name(c.model.prediction),
+                first, last);
+        /* every target is learnable on 8 images: the loss at least falls */
+        assert_true(last < first);
+        char path[512];
+        snprintf(path, sizeof path, "%s/pred_%d.safetensors", tmpdir, k);
+        assert_int_equal(ddpm_trainer_save(tr, path), 0);
+        ddpm_checkpoint *ck;
+        assert_int_equal(ddpm_checkpoint_open(&ck, path), 0);
+        assert_int_equal(ddpm_checkpoint_config(ck)->model.prediction, k);
+        ddpm_unet *net;
+        float *params;
+        int used_ema;
+        assert_int_equal(ddpm_checkpoint_load_model(ck, 1, &net, &params, &used_ema), 0);
+        ddpm_checkpoint_close(ck);
+        assert_true(used_ema);
+        assert_int_equal(net->cfg.prediction, k);
+        assert_memory_equal(params, tr->ema, net->n_params * sizeof(float));
+        sample_and_check(net, params, &tr->sched, DDPM_SAMPLER_DDPM, 1);
+        sample_and_check(net, params, &tr->sched, DDPM_SAMPLER_DDIM, 1);
+        sample_and_check(net, params, &tr->sched, DDPM_SAMPLER_DDIM, 0);
+        free(params);
+        ddpm_unet_free(net);
+        ddpm_trainer_free(tr);
+    }
+}
+
+/* A checkpoint written before the prediction types (no "prediction", no
+ * "n_classes", no loss fields) is an eps, L_simple, unconditional model; an
+ * unknown prediction is refused with its name. */
+static void test_old_configs_load_as_eps_and_unknown_prediction_is_refused(void **state)
+{
+    (void)state;
+    ddpm_run_config c, back;
+    tiny_run_config(&c);
+    c.model.prediction = DDPM_PRED_V;
+    char *json = ddpm_run_config_to_json(&c);
+    assert_non_null(strstr(json, "\"prediction\":\"v\""));
+    assert_int_equal(ddpm_run_config_from_json(&back, json, "x"), 0);
+    assert_int_equal(back.model.prediction, DDPM_PRED_V);
+    char *p = strstr(json, "\"prediction\":\"v\""), changed[4096];
+    snprintf(changed, sizeof changed, "%.*s\"prediction\":\"x1\"%s", (int)(p - json), json, p + 16);
+    assert_true(ddpm_run_config_from_json(&back, changed, "old.safetensors") < 0);
+    assert_non_null(strstr(ddpm_last_error(), "x1"));
+    free(json);
+    /* the earlier form: "prediction":"eps" and none of the new fields */
+    const char *old = "{\"model\":{\"in_channels\":1,\"image_size\":8,\"ch\":8,\"ch_mult\":[1,2],"
+                      "\"num_res_blocks\":1,\"attn_res\":[4],\"groups\":4,\"dropout\":0.1,\"prediction\":\"eps\"},"
+                      "\"schedule\":{\"kind\":\"linear\",\"timesteps\":100,\"beta_start\":0.0001,\"beta_end\":0.02},"
+                      "\"train\":{\"batch\":4,\"lr\":0.002,\"warmup\":10,\"beta1\":0.9,\"beta2\":0.999,"
+                      "\"adam_eps\":1e-8,\"clip\":1,\"ema\":0.999,\"flip\":false,\"seed\":\"42\"}}";
+    assert_int_equal(ddpm_run_config_from_json(&back, old, "old.safetensors"), 0);
+    assert_int_equal(back.model.prediction, DDPM_PRED_EPS);
+    assert_int_equal(back.model.n_classes, 0);
+    assert_int_equal(back.loss.kind, DDPM_LOSS_SIMPLE);
+    assert_true(back.loss.snr_gamma == 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -237,6 +344,8 @@ int main(void)
         cmocka_unit_test(test_checkpoint_round_trip_is_exact_and_resume_continues_identically),
         cmocka_unit_test(test_truncated_corrupt_and_foreign_checkpoints_are_refused),
         cmocka_unit_test(test_nan_loss_stops_without_touching_the_weights),
+        cmocka_unit_test(test_every_prediction_type_trains_round_trips_and_samples),
+        cmocka_unit_test(test_old_configs_load_as_eps_and_unknown_prediction_is_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -27,6 +27,8 @@
 
 typedef struct ddpm_dataset ddpm_dataset;
 
+#define DDPM_DATASET_MAX_CLASSES 10000
+
 /* Receives each warning line (no trailing newline). */
 typedef void (*ddpm_dataset_warn_fn)(void *user, const char *line);
 
@@ -36,6 +38,12 @@ typedef struct {
                      met first in path order) */
     int channels; /* 1 or 3; 0 = 1 if every image is gray (with or without alpha), else 3 */
     int strict;   /* nonzero: a file that is not a readable image is an error */
+    int classes;  /* nonzero: one subfolder per class; an image's label is the
+                     index of its top-level subfolder among the sorted names of
+                     the subfolders that hold images (numerically when every
+                     name is a decimal number, as `ddpm convert --labels` writes
+                     them; else bytewise). An image directly in the folder is an
+                     error. */
     /* Where the "skipped: <file>: <reason>" lines and the summary line
      * "skipped N of M files" go: to warn() if set, else nowhere (the library
      * never writes to the terminal; the caller decides where they go). */
@@ -62,11 +70,21 @@ const uint8_t *ddpm_dataset_image_u8(const ddpm_dataset *ds, int i);
 /* Image i into x[C, S, S] in [-1, 1]. */
 int ddpm_dataset_get(const ddpm_dataset *ds, float *x, int i);
 
+/* Classes (options.classes): their number (0 without), the name of class k, and
+ * the label of image i (-1 without classes or out of range). */
+int ddpm_dataset_n_classes(const ddpm_dataset *ds);
+const char *ddpm_dataset_class_name(const ddpm_dataset *ds, int k);
+const char *const *ddpm_dataset_class_names(const ddpm_dataset *ds);
+int ddpm_dataset_label(const ddpm_dataset *ds, int i);
+
 /* Fills x[B, C, S, S] with the next B images of the shuffled order, in [-1, 1],
  * each flipped left-right with probability 1/2 when flip is nonzero. Only
  * rng->seed and rng->stream are read (use DDPM_STREAM_DATA, and keep that stream
  * for the dataset alone); the counter is neither used nor advanced. */
 int ddpm_dataset_next_batch(ddpm_dataset *ds, float *x, int B, const ddpm_rng *rng, int flip);
+/* The same, with each image's label in labels[B] (may be NULL). */
+int ddpm_dataset_next_batch_labeled(ddpm_dataset *ds, float *x, int *labels, int B, const ddpm_rng *rng,
+                                    int flip);
 
 /* The epoch and the position within it of the next image to be served (a fresh
  * dataset is at 0, 0). */

@@ -96,10 +96,11 @@ static void usage(FILE *f)
     fprintf(f,
 "usage: ddpm train DATA_DIR [options]\n"
 "\n"
-"Trains an epsilon-predicting U-Net (DDPM, Ho et al. 2020, Algorithm 1) on the\n"
-"images under DATA_DIR (searched recursively; PNG, JPEG, BMP, TGA, GIF, PSD, HDR,\n"
-"PNM). Writes RUN_DIR/checkpoint.safetensors, RUN_DIR/log.jsonl and preview grids\n"
-"in RUN_DIR/samples/. Ctrl-C saves a checkpoint and stops; --resume continues.\n"
+"Trains a U-Net (DDPM, Ho et al. 2020, Algorithm 1: eps prediction and L_simple\n"
+"unless --prediction or --loss say otherwise) on the images under DATA_DIR\n"
+"(searched recursively; PNG, JPEG, BMP, TGA, GIF, PSD, HDR, PNM). Writes\n"
+"RUN_DIR/checkpoint.safetensors, RUN_DIR/log.jsonl and preview grids in\n"
+"RUN_DIR/samples/. Ctrl-C saves a checkpoint and stops; --resume continues.\n"
 "\n"
 "run:\n"
 "  --out DIR            run folder (default runs/ddpm); refused if it holds a run\n"
@@ -132,6 +133,16 @@ ARG_MODEL_HELP
 "  --schedule NAME      linear or cosine (default linear)\n"
 "  --beta-start B       linear schedule's first beta (default 1e-4)\n"
 "  --beta-end B         linear schedule's last beta (default 0.02)\n"
+"objective (README, Experiments):\n"
+"  --prediction KIND    what the network predicts: eps (default), x0, v, or mu\n"
+"                       (the posterior mean mu~, the DDPM paper's baseline)\n"
+"  --loss KIND          simple (default: L_simple, the MSE to the prediction's\n"
+"                       target), vlb (the variational bound with sigma_t^2 =\n"
+"                       beta_t: KL terms and the discretized decoder, in nats\n"
+"                       per dimension, times T), or hybrid (simple + lambda vlb)\n"
+"  --vlb-weight L       lambda of --loss hybrid (default 0.001)\n"
+"  --snr-weighting min-snr:G  weight each image's MSE by min-SNR-gamma with\n"
+"                       gamma G (Hang et al. 2023; eps, x0 or v; default off)\n"
 "optimiser:\n"
 "  --batch N            images per step (default 64)\n"
 "  --lr LR              Adam learning rate after warm-up (default 1e-3)\n"
@@ -151,7 +162,7 @@ enum {
     O_PREVIEW_STEPS, O_LOG_EVERY, O_THREADS, O_STRICT, O_QUIET, O_JSON, O_HELP,
     /* flags that define the run: refused with --resume */
     O_FIRST_RUN_FLAG, O_MODEL = O_FIRST_RUN_FLAG, O_FLIP, O_SCHEDULE, O_BETA_START, O_BETA_END, O_BATCH, O_LR, O_WARMUP, O_CLIP,
-    O_EMA, O_SEED,
+    O_EMA, O_SEED, O_PREDICTION, O_LOSS, O_VLB_WEIGHT, O_SNR,
 };
 
 int cmd_train(int argc, char **argv)
@@ -169,7 +180,9 @@ int cmd_train(int argc, char **argv)
         {"beta-end", required_argument, 0, O_BETA_END}, {"batch", required_argument, 0, O_BATCH},
         {"lr", required_argument, 0, O_LR}, {"warmup", required_argument, 0, O_WARMUP},
         {"clip", required_argument, 0, O_CLIP}, {"ema", required_argument, 0, O_EMA},
-        {"seed", required_argument, 0, O_SEED}, {0, 0, 0, 0},
+        {"seed", required_argument, 0, O_SEED}, {"prediction", required_argument, 0, O_PREDICTION},
+        {"loss", required_argument, 0, O_LOSS}, {"vlb-weight", required_argument, 0, O_VLB_WEIGHT},
+        {"snr-weighting", required_argument, 0, O_SNR}, {0, 0, 0, 0},
     };
     ddpm_run_options o;
     ddpm_run_options_default(&o);
@@ -215,6 +228,27 @@ int cmd_train(int argc, char **argv)
         case O_CLIP: bad |= arg_float("clip", optarg, 0, 1e30, &o.cfg.optim.clip); break;
         case O_EMA: bad |= arg_float("ema", optarg, 0, 0.999999, &o.cfg.optim.ema_decay); break;
         case O_SEED: bad |= arg_u64("seed", optarg, &o.cfg.seed); break;
+        case O_PREDICTION:
+            if (ddpm_prediction_parse(optarg, &o.cfg.model.prediction)) {
+                cli_error("--prediction: '%s' is not eps, x0, v or mu", optarg);
+                bad = 1;
+            }
+            break;
+        case O_LOSS:
+            if (ddpm_loss_parse(optarg, &o.cfg.loss.kind)) {
+                cli_error("--loss: '%s' is not simple, vlb or hybrid", optarg);
+                bad = 1;
+            }
+            break;
+        case O_VLB_WEIGHT: bad |= arg_float("vlb-weight", optarg, 0, 1e6, &o.cfg.loss.vlb_weight); break;
+        case O_SNR:
+            if (strncmp(optarg, "min-snr:", 8)) {
+                cli_error("--snr-weighting: '%s' is not min-snr:GAMMA", optarg);
+                bad = 1;
+            } else {
+                bad |= arg_float("snr-weighting", optarg + 8, 1e-6, 1e6, &o.cfg.loss.snr_gamma);
+            }
+            break;
         default:
             cli_error("train: unknown or incomplete option '%s'", argv[optind - 1]);
             return cli_usage_error("train");
@@ -229,6 +263,10 @@ int cmd_train(int argc, char **argv)
     }
     if (o.resume && run_flag_given) {
         cli_error("train: --%s cannot be changed on --resume (the run's config is in its checkpoint)", run_flag_given);
+        return DDPM_EXIT_USAGE;
+    }
+    if (!o.resume && ddpm_loss_config_check(&o.cfg.loss, o.cfg.model.prediction)) {
+        cli_error("train: %s", ddpm_last_error());
         return DDPM_EXIT_USAGE;
     }
     o.data_dir = argv[optind];
