@@ -35,6 +35,7 @@ typedef struct {
     ddpm_trainer *tr;
     FILE *log;
     float *x0;
+    int *labels; /* [batch] */
     long stop_step; /* 0: none */
 } run_session;
 
@@ -43,6 +44,7 @@ static void session_close(run_session *r)
     if (r->log)
         fclose(r->log);
     free(r->x0);
+    free(r->labels);
     ddpm_trainer_free(r->tr);
     ddpm_dataset_close(r->ds);
 }
@@ -88,6 +90,7 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     ddpm_dataset_options dopt = {.size = cfg.model.image_size,
                                  .channels = cfg.model.in_channels,
                                  .strict = o->strict,
+                                 .classes = o->classes || cfg.model.n_classes > 0,
                                  .warn = cb ? cb->warning : NULL,
                                  .warn_user = cb ? cb->ctx : NULL};
     if ((rc = ddpm_dataset_open(&r->ds, o->data_dir, &dopt))) {
@@ -96,7 +99,16 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     }
     cfg.model.image_size = ddpm_dataset_size(r->ds);
     cfg.model.in_channels = ddpm_dataset_channels(r->ds);
+    if (o->classes && !ck)
+        cfg.model.n_classes = ddpm_dataset_n_classes(r->ds);
     rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck) : ddpm_trainer_create(&r->tr, &cfg);
+    if (!rc && !ck)
+        rc = ddpm_trainer_set_class_names(r->tr, ddpm_dataset_class_names(r->ds));
+    for (int k = 0; !rc && ck && k < cfg.model.n_classes; k++) /* a resumed run must see the same classes */
+        if (k >= ddpm_dataset_n_classes(r->ds) || ddpm_dataset_n_classes(r->ds) != cfg.model.n_classes ||
+            strcmp(ddpm_dataset_class_name(r->ds, k), ddpm_checkpoint_class_names(ck)[k]))
+            rc = ddpm_error(DDPM_EINVAL, "%s: its class folders are not the %d classes of the run in %s",
+                            o->data_dir, cfg.model.n_classes, o->out_dir);
     ddpm_checkpoint_close(ck);
     if (!rc && o->resume)
         rc = ddpm_dataset_seek(r->ds, r->tr->state.data_epoch, r->tr->state.data_position);
@@ -109,7 +121,9 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     if (!rc) {
         const ddpm_run_config *c = &r->tr->cfg;
         size_t D = (size_t)c->model.in_channels * c->model.image_size * c->model.image_size;
-        if (!(r->x0 = ddpm_malloc((size_t)c->batch * D, sizeof(float))))
+        r->x0 = ddpm_malloc((size_t)c->batch * D, sizeof(float));
+        r->labels = ddpm_malloc((size_t)c->batch, sizeof(int));
+        if (!r->x0 || !r->labels)
             rc = DDPM_ENOMEM;
     }
     if (rc) {
@@ -164,6 +178,11 @@ static int session_preview(run_session *r, char *path, size_t size)
     c.sampler.steps = o->preview_steps < tr->cfg.timesteps ? o->preview_steps : tr->cfg.timesteps;
     c.sampler.eta = 1; /* see ddpm sample --help: cleaner than eta 0 early in training */
     c.grid_path = path;
+    int n_classes = tr->cfg.model.n_classes;
+    if (n_classes > 0 && n_classes <= o->preview_n) { /* one row per class, conditional (W = 1) */
+        c.grid_by_class = 1;
+        c.n = o->preview_n / n_classes;
+    }
     return ddpm_sample_files(tr->net, tr->ema, &tr->sched, &c, tr->ws, NULL, NULL);
 }
 
@@ -202,9 +221,9 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
             interrupted = 1;
             break;
         }
-        if ((rc = ddpm_dataset_next_batch(r.ds, r.x0, B, &data_rng, c->flip)))
+        if ((rc = ddpm_dataset_next_batch_labeled(r.ds, r.x0, r.labels, B, &data_rng, c->flip)))
             break;
-        rc = ddpm_trainer_step(tr, r.x0, &st);
+        rc = ddpm_trainer_step_class(tr, r.x0, c->model.n_classes > 0 ? r.labels : NULL, &st);
         if (rc == DDPM_ENAN)
             diverged = 1;
         if (rc)

@@ -151,7 +151,19 @@ int ddpm_sample(float *x, float *scratch, int B, size_t D, int first_image,
 void ddpm_unet_eps(void *opaque, float *eps, const float *x_t, const int *i, int B)
 {
     ddpm_unet_eps_ctx *c = opaque;
-    ddpm_unet_forward(c->net, c->params, c->ws, eps, x_t, i, B, NULL);
+    const ddpm_unet *net = c->net;
+    if (net->cfg.n_classes == 0 || !c->labels || c->guidance == 0) {
+        ddpm_unet_forward_class(net, c->params, c->ws, eps, x_t, i, NULL, B, NULL);
+        return;
+    }
+    ddpm_unet_forward_class(net, c->params, c->ws, eps, x_t, i, c->labels, B, NULL);
+    if (c->guidance == 1) /* the conditional model: one pass */
+        return;
+    size_t n = (size_t)B * net->cfg.in_channels * net->cfg.image_size * net->cfg.image_size;
+    ddpm_unet_forward_class(net, c->params, c->ws, c->uncond, x_t, i, NULL, B, NULL);
+    float w = c->guidance;
+    for (size_t k = 0; k < n; k++)
+        eps[k] = c->uncond[k] + w * (eps[k] - c->uncond[k]);
 }
 
 /* ---------------------------------------------------------------- to files */
@@ -167,6 +179,8 @@ void ddpm_sample_files_config_default(ddpm_sample_files_config *c)
     c->pad = 2;
     c->pad_value = 255;
     c->trajectory_k = 10;
+    c->class_index = DDPM_NO_CLASS;
+    c->guidance = 1;
 }
 
 typedef struct {
@@ -209,7 +223,16 @@ int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_sche
                           c->batch);
     if (c->trajectory_path && c->trajectory_k < 1)
         return ddpm_error(DDPM_EINVAL, "%s: trajectory_k must be >= 1", c->trajectory_path);
-    int n = c->n, B = c->batch < n ? c->batch : n;
+    int n_classes = net->cfg.n_classes;
+    if (n_classes == 0 && (c->grid_by_class || c->class_index != DDPM_NO_CLASS))
+        return ddpm_error(DDPM_EINVAL, "the model is not class-conditional: it has no classes to sample");
+    if (c->class_index < DDPM_NO_CLASS || (n_classes > 0 && c->class_index >= n_classes))
+        return ddpm_error(DDPM_EINVAL, "class %d is not in 0..%d", c->class_index, n_classes - 1);
+    if (!(c->guidance >= 0 && c->guidance <= 1000))
+        return ddpm_error(DDPM_EINVAL, "guidance must be in [0, 1000], got %g", c->guidance);
+    if (c->grid_by_class && (long)c->n * n_classes > 1000000)
+        return ddpm_error(DDPM_EINVAL, "%d images for each of %d classes is too many", c->n, n_classes);
+    int per_class = c->n, n = c->grid_by_class ? c->n * n_classes : c->n, B = c->batch < n ? c->batch : n;
     int C = net->cfg.in_channels, S = net->cfg.image_size;
     size_t D = (size_t)C * S * S;
     ddpm_unet_workspace *own_ws = NULL;
@@ -223,22 +246,34 @@ int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_sche
         f.traj_rows = n < DDPM_TRAJECTORY_MAX_ROWS ? n : DDPM_TRAJECTORY_MAX_ROWS;
         f.traj = ddpm_calloc((size_t)f.traj_rows * f.K * D, sizeof(float));
     }
-    if (!x || !scratch || (c->trajectory_path && !f.traj))
+    /* labels of every image (conditional sampling), and the unconditional pass's output */
+    int conditional = n_classes > 0 && (c->grid_by_class || c->class_index != DDPM_NO_CLASS);
+    int *labels = conditional ? ddpm_malloc((size_t)n, sizeof *labels) : NULL;
+    float *uncond = conditional && c->guidance != 0 && c->guidance != 1 ? ddpm_malloc((size_t)B * D, sizeof(float))
+                                                                          : NULL;
+    if (!x || !scratch || (c->trajectory_path && !f.traj) || (conditional && !labels) ||
+        (conditional && c->guidance != 0 && c->guidance != 1 && !uncond))
         rc = DDPM_ENOMEM;
+    for (int k = 0; labels && k < n; k++)
+        labels[k] = c->grid_by_class ? k / per_class : c->class_index;
     ddpm_rng rng;
     ddpm_rng_init(&rng, c->seed, DDPM_STREAM_SAMPLE);
-    ddpm_unet_eps_ctx eps_ctx = {net, params, ws ? ws : own_ws};
+    ddpm_unet_eps_ctx eps_ctx = {net, params, ws ? ws : own_ws, NULL, c->guidance, uncond};
     ddpm_sampler_config sc = c->sampler;
     sc.prediction = net->cfg.prediction; /* what this network's output means */
     for (int first = 0; !rc && first < n; first += B) {
         f.p.first = first;
         f.p.B = n - first < B ? n - first : B;
+        eps_ctx.labels = labels ? labels + first : NULL;
         rc = ddpm_sample(x + (size_t)first * D, scratch, f.p.B, D, first, s, &sc, ddpm_unet_eps, &eps_ctx,
                          &rng, files_on_step, &f);
     }
     if (!rc && c->grid_path)
-        rc = ddpm_image_save_grid(c->grid_path, x, n, C, S, c->nrow ? c->nrow : (int)ceil(sqrt((double)n)), c->pad,
-                                  c->pad_value);
+        rc = ddpm_image_save_grid(c->grid_path, x, n, C, S,
+                                  c->grid_by_class ? per_class
+                                  : c->nrow        ? c->nrow
+                                                   : (int)ceil(sqrt((double)n)),
+                                  c->pad, c->pad_value);
     if (!rc && c->each_dir)
         rc = ddpm_image_save_each(c->each_dir, x, n, C, S, 0);
     if (!rc && c->trajectory_path)
@@ -246,6 +281,8 @@ int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_sche
     free(f.traj);
     free(x);
     free(scratch);
+    free(labels);
+    free(uncond);
     ddpm_unet_workspace_free(own_ws);
     return rc;
 }

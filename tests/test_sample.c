@@ -384,6 +384,51 @@ static void test_sample_files_writes_grid_each_and_trajectory_independent_of_bat
     tu_remove_tree(dir);
 }
 
+/* Classifier-free guidance on a conditional U-Net with random weights (the class
+ * embedding too, so that classes differ): W = 1 is exactly the conditional model
+ * and runs one forward pass (no unconditional scratch is given: a second pass
+ * would write through NULL), W = 0 the "no class" model, W = 3 the formula. */
+static void test_guidance_1_is_the_conditional_model_0_the_unconditional(void **state)
+{
+    (void)state;
+    ddpm_unet_config mc;
+    ddpm_unet_config_default(&mc);
+    mc.in_channels = 1, mc.image_size = 8, mc.ch = 8, mc.n_levels = 2, mc.ch_mult[1] = 2;
+    mc.num_res_blocks = 1, mc.n_attn = 0, mc.groups = 4, mc.n_classes = 3;
+    ddpm_unet *net;
+    assert_int_equal(ddpm_unet_create(&net, &mc), 0);
+    enum { B = 3, D = 64 };
+    float *params = tu_alloc(net->n_params);
+    tu_fill_uniform(params, net->n_params, 5, -0.2f, 0.2f);
+    ddpm_unet_workspace *ws;
+    assert_int_equal(ddpm_unet_workspace_create(&ws, net, B, 0), 0);
+    float x[B * D], cond[B * D], none[B * D], out[B * D], scratch[B * D];
+    tu_fill_uniform(x, B * D, 6, -1, 1);
+    int i[B] = {10, 500, 999}, y[B] = {0, 2, 1};
+    ddpm_unet_forward_class(net, params, ws, cond, x, i, y, B, NULL);
+    ddpm_unet_forward_class(net, params, ws, none, x, i, NULL, B, NULL);
+    size_t at;
+    assert_true(tu_max_abs_diff(cond, none, B * D, &at) > 1e-3); /* the classes matter */
+    ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws, .labels = y, .guidance = 1, .uncond = NULL};
+    ddpm_unet_eps(&ctx, out, x, i, B);
+    assert_memory_equal(out, cond, sizeof out);
+    ctx.guidance = 0;
+    ddpm_unet_eps(&ctx, out, x, i, B);
+    assert_memory_equal(out, none, sizeof out);
+    ctx.labels = NULL; /* no labels: unconditional whatever W */
+    ctx.guidance = 3;
+    ddpm_unet_eps(&ctx, out, x, i, B);
+    assert_memory_equal(out, none, sizeof out);
+    ctx.labels = y;
+    ctx.uncond = scratch;
+    ddpm_unet_eps(&ctx, out, x, i, B);
+    for (int k = 0; k < B * D; k++)
+        assert_true(fabsf(out[k] - (none[k] + 3 * (cond[k] - none[k]))) <= 1e-5f * (1 + fabsf(out[k])));
+    ddpm_unet_workspace_free(ws);
+    free(params);
+    ddpm_unet_free(net);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -397,6 +442,7 @@ int main(void)
         cmocka_unit_test(test_same_seed_same_images_for_any_batch_split),
         cmocka_unit_test(test_bad_sampler_settings_are_refused),
         cmocka_unit_test(test_sample_files_writes_grid_each_and_trajectory_independent_of_batch),
+        cmocka_unit_test(test_guidance_1_is_the_conditional_model_0_the_unconditional),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -33,6 +33,8 @@ typedef struct {
     int preview_n;               /* images in a preview grid (0: no previews) */
     int preview_steps;           /* DDIM steps (eta 1, EMA weights) of a preview */
     int strict;                  /* non-image files in the data folder are an error */
+    int classes;                 /* class-conditional: one subfolder of data_dir per class
+                                    (dataset.h); the model gets n_classes from the data */
     volatile sig_atomic_t *stop; /* may be NULL; when it becomes nonzero (a signal
                                     handler sets it) the run saves and stops */
 } ddpm_run_options;

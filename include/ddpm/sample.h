@@ -71,11 +71,21 @@ int ddpm_sample(float *x, float *scratch, int B, size_t D, int first_image,
                 const ddpm_schedule *s, const ddpm_sampler_config *c, ddpm_eps_fn eps_fn,
                 void *eps_ctx, const ddpm_rng *rng, ddpm_step_fn step_fn, void *step_ctx);
 
-/* The U-Net as an eps function: ctx is a ddpm_unet_eps_ctx; no dropout. */
+/* The U-Net as an eps function: ctx is a ddpm_unet_eps_ctx; no dropout.
+ * A class-conditional model with labels samples with classifier-free guidance
+ * (Ho & Salimans 2022): out = out_uncond + W (out_cond - out_uncond), where
+ * out_uncond is the output for "no class". W = 1 is the conditional model (one
+ * forward pass), W = 0 the unconditional one (one pass), other W two passes.
+ * The combination is applied to the network output: its weights sum to 1, so
+ * it equals the combination of the eps (or x0, mu) it converts to (predict.h). */
 typedef struct {
     const ddpm_unet *net;
     const float *params;
     ddpm_unet_workspace *ws;
+    /* class-conditional models; zero-initialised means unconditional */
+    const int *labels; /* [B] classes of the images of the call; NULL: "no class" */
+    float guidance;    /* W, used when labels is not NULL */
+    float *uncond;     /* [B, D] scratch, needed when labels and W != 0, 1 */
 } ddpm_unet_eps_ctx;
 void ddpm_unet_eps(void *ctx, float *eps, const float *x_t, const int *i, int B);
 
@@ -104,6 +114,11 @@ typedef struct {
     const char *each_dir;        /* one PNG per image, each_dir/00000.png ... (default NULL: none) */
     const char *trajectory_path; /* the trajectory PNG (default NULL: none) */
     int trajectory_k;            /* columns of the trajectory (default 10) */
+    /* class-conditional models (ignored by unconditional ones) */
+    int class_index;   /* the class of every image (default DDPM_NO_CLASS: unconditional) */
+    float guidance;    /* classifier-free guidance weight W (default 1) */
+    int grid_by_class; /* n images of every class, one grid row per class (image
+                          k has class k / n; the grid has n_classes * n images) */
 } ddpm_sample_files_config;
 
 void ddpm_sample_files_config_default(ddpm_sample_files_config *c);

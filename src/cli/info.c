@@ -94,6 +94,11 @@ int cmd_info(int argc, char **argv)
                path, DDPM_CHECKPOINT_FORMAT_VERSION, net->n_params, s->step, s->elapsed_seconds,
                ddpm_checkpoint_has(ck, net, "ema.") ? "yes" : "no", ddpm_checkpoint_has(ck, net, "adam_m.") ? "yes" : "no",
                n, cp ? cp : "?", sp ? sp : "?");
+        const char *const *names = ddpm_checkpoint_class_names(ck);
+        for (int k = 0; names && k < net->cfg.n_classes; k++)
+            printf(k ? ", %s" : "classes: %s", names[k]);
+        if (names)
+            printf("\n");
         free(cp);
         free(sp);
         cJSON_Delete(c);

@@ -126,6 +126,14 @@ static void usage(FILE *f)
 "                       DATA_DIR); others are center-cropped and resized\n"
 "  --channels C         1 or 3 (default: 1 if every image is gray)\n"
 "  --flip               random horizontal flips (default off)\n"
+"  --classes            class-conditional: DATA_DIR holds one subfolder per class\n"
+"                       (as `ddpm convert --labels` writes them); the classes are\n"
+"                       the subfolder names, sorted (numerically when all are\n"
+"                       numbers) and stored in the checkpoint. Adds a learned\n"
+"                       class embedding to the timestep embedding (default off:\n"
+"                       unconditional)\n"
+"  --cond-drop P        with --classes: probability that an image's label is\n"
+"                       dropped for classifier-free guidance (default 0.1)\n"
 "model (docs/design.md, The network):\n"
 ARG_MODEL_HELP
 "diffusion:\n"
@@ -133,6 +141,8 @@ ARG_MODEL_HELP
 "  --schedule NAME      linear or cosine (default linear)\n"
 "  --beta-start B       linear schedule's first beta (default 1e-4)\n"
 "  --beta-end B         linear schedule's last beta (default 0.02)\n"
+    );
+    fprintf(f,
 "objective (README, Experiments):\n"
 "  --prediction KIND    what the network predicts: eps (default), x0, v, or mu\n"
 "                       (the posterior mean mu~, the DDPM paper's baseline)\n"
@@ -162,7 +172,7 @@ enum {
     O_PREVIEW_STEPS, O_LOG_EVERY, O_THREADS, O_STRICT, O_QUIET, O_JSON, O_HELP,
     /* flags that define the run: refused with --resume */
     O_FIRST_RUN_FLAG, O_MODEL = O_FIRST_RUN_FLAG, O_FLIP, O_SCHEDULE, O_BETA_START, O_BETA_END, O_BATCH, O_LR, O_WARMUP, O_CLIP,
-    O_EMA, O_SEED, O_PREDICTION, O_LOSS, O_VLB_WEIGHT, O_SNR,
+    O_EMA, O_SEED, O_PREDICTION, O_LOSS, O_VLB_WEIGHT, O_SNR, O_CLASSES, O_COND_DROP,
 };
 
 int cmd_train(int argc, char **argv)
@@ -182,7 +192,8 @@ int cmd_train(int argc, char **argv)
         {"clip", required_argument, 0, O_CLIP}, {"ema", required_argument, 0, O_EMA},
         {"seed", required_argument, 0, O_SEED}, {"prediction", required_argument, 0, O_PREDICTION},
         {"loss", required_argument, 0, O_LOSS}, {"vlb-weight", required_argument, 0, O_VLB_WEIGHT},
-        {"snr-weighting", required_argument, 0, O_SNR}, {0, 0, 0, 0},
+        {"snr-weighting", required_argument, 0, O_SNR}, {"classes", no_argument, 0, O_CLASSES},
+        {"cond-drop", required_argument, 0, O_COND_DROP}, {0, 0, 0, 0},
     };
     ddpm_run_options o;
     ddpm_run_options_default(&o);
@@ -240,6 +251,8 @@ int cmd_train(int argc, char **argv)
                 bad = 1;
             }
             break;
+        case O_CLASSES: o.classes = 1; break;
+        case O_COND_DROP: bad |= arg_float("cond-drop", optarg, 0, 1, &o.cfg.cond_drop); break;
         case O_VLB_WEIGHT: bad |= arg_float("vlb-weight", optarg, 0, 1e6, &o.cfg.loss.vlb_weight); break;
         case O_SNR:
             if (strncmp(optarg, "min-snr:", 8)) {
