@@ -20,22 +20,29 @@ float ddpm_lr_at(const ddpm_optim_config *c, long step)
     return c->lr;
 }
 
-enum { CHUNK = 1 << 16 };
+enum { CHUNK = 1 << 16, CHUNKS_PER_ROUND = 64 };
 
 double ddpm_global_norm(const float *g, size_t n)
 {
-    size_t n_chunks = (n + CHUNK - 1) / CHUNK;
+    const size_t n_chunks = (n + CHUNK - 1) / CHUNK;
     double total = 0;
-    /* each chunk's sum is computed alone and the chunks are added in order, so the
-       result is the same for any number of threads */
-#pragma omp parallel for schedule(static) ordered reduction(+ : total) if (n_chunks > 1)
-    for (size_t c = 0; c < n_chunks; c++) {
-        double s = 0;
-        size_t end = (c + 1) * CHUNK < n ? (c + 1) * CHUNK : n;
-        for (size_t i = c * CHUNK; i < end; i++)
-            s += (double)g[i] * g[i];
-#pragma omp ordered
-        total += s;
+    /* Each chunk's sum of squares is computed alone, in index order, into a fixed
+     * partial; the partials are then added in chunk order by one thread. That order
+     * is a function of n only, so the result is the same for any number of threads
+     * (an OpenMP reduction(+) adds per-thread sums, whose split depends on it). */
+    for (size_t c0 = 0; c0 < n_chunks; c0 += CHUNKS_PER_ROUND) {
+        const size_t c1 = c0 + CHUNKS_PER_ROUND < n_chunks ? c0 + CHUNKS_PER_ROUND : n_chunks;
+        double partial[CHUNKS_PER_ROUND];
+#pragma omp parallel for schedule(static) if (c1 - c0 > 1)
+        for (size_t c = c0; c < c1; c++) {
+            double s = 0;
+            const size_t end = (c + 1) * CHUNK < n ? (c + 1) * CHUNK : n;
+            for (size_t i = c * CHUNK; i < end; i++)
+                s += (double)g[i] * g[i];
+            partial[c - c0] = s;
+        }
+        for (size_t c = c0; c < c1; c++)
+            total += partial[c - c0];
     }
     return sqrt(total);
 }

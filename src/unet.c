@@ -1,8 +1,8 @@
 /* unet.c: the U-Net of DESIGN.md section 2 as a flat list of modules built once
  * from the config. Building the list also lays out the parameter arena (the
- * tensor table, in PyTorch names) and the activation arenas, in floats per
- * image; a workspace multiplies those by its maximum batch. Forward walks the
- * list, backward walks it in reverse, every op from include/ddpm/ops.h. */
+ * tensor table, in PyTorch names); a workspace lays out the activations of every
+ * module for a maximum batch, as a struct of named pointers per module. Forward
+ * walks the list, backward walks it in reverse, every op from include/ddpm/ops.h. */
 #include "ddpm/unet.h"
 
 #include <math.h>
@@ -18,16 +18,17 @@
 
 enum module_kind { M_RES, M_ATTN, M_DOWN, M_UP };
 
-/* parameter roles */
-enum { P_NORM1_W, P_NORM1_B, P_CONV1_W, P_CONV1_B, P_TEMB_W, P_TEMB_B, P_NORM2_W, P_NORM2_B,
-       P_CONV2_W, P_CONV2_B, P_SKIP_W, P_SKIP_B, P_ROLES };
-enum { P_NORM_W, P_NORM_B, P_Q_W, P_Q_B, P_K_W, P_K_B, P_V_W, P_V_B, P_PROJ_W, P_PROJ_B };
-enum { P_CONV_W, P_CONV_B };
-/* activation roles, offsets in floats per image */
-enum { A_XCAT, A_A1, A_MEAN1, A_RSTD1, A_S1, A_H1, A_A2, A_MEAN2, A_RSTD2, A_S2, A_MASK, A_D2,
-       A_TP, A_ROLES };
-enum { A_A, A_MEAN, A_RSTD, A_Q, A_K, A_V, A_W, A_H };
-enum { A_U };
+/* Parameter offsets into the arena, per module kind. */
+typedef struct {
+    size_t norm1_w, norm1_b, conv1_w, conv1_b, temb_w, temb_b, norm2_w, norm2_b, conv2_w, conv2_b;
+    size_t skip_w, skip_b; /* only when cin != cout */
+} res_params;
+typedef struct {
+    size_t norm_w, norm_b, q_w, q_b, k_w, k_b, v_w, v_b, proj_w, proj_b;
+} attn_params;
+typedef struct {
+    size_t conv_w, conv_b;
+} resample_params;
 
 typedef struct {
     int kind;
@@ -37,15 +38,29 @@ typedef struct {
     int skip_slot;   /* >= 0: input is concat(in_slot, skip_slot) */
     int out_slot;
     int has_skip_conv;
-    size_t p[P_ROLES];
-    size_t a[A_ROLES];
+    union {
+        res_params res;
+        attn_params attn;
+        resample_params resample;
+    } p;
 } module;
 
+/* A tensor between modules: conv_in's output, then each module's output. It is
+ * written at step `producer` (the module's index, -1 for conv_in) and read last at
+ * step `last_use` (n_modules for the head): its lifetime in forward, and, in
+ * reverse, the lifetime of its gradient in backward. */
 typedef struct {
     int C, H, W;
-    size_t act;  /* output activation, floats per image */
-    size_t dact; /* its gradient */
+    int producer, last_use;
 } slot;
+
+/* Slots whose lifetimes do not overlap share a buffer: buffer[slot], and each
+ * buffer's size in floats per image. */
+typedef struct {
+    int n;
+    int *of_slot;
+    size_t *size;
+} buffer_plan;
 
 struct ddpm_unet_plan {
     int n_modules, n_slots;
@@ -55,15 +70,74 @@ struct ddpm_unet_plan {
     size_t p_temb0_w, p_temb0_b, p_temb2_w, p_temb2_b, p_conv_in_w, p_conv_in_b;
     size_t p_norm_out_w, p_norm_out_b, p_conv_out_w, p_conv_out_b;
     size_t p_class_emb; /* [n_classes + 1, emb] when n_classes > 0 */
-    size_t a_x, a_e0, a_t1, a_t1s, a_temb, a_temb_act, a_out_a, a_out_mean, a_out_rstd, a_out_s;
-    size_t d_temb_act;
-    size_t act_per_image, dact_per_image, tmp_per_image;
+    size_t tmp_per_image;   /* backward temporaries, floats per image */
+    /* the slots by lifetime: their buffers in a forward-only workspace, and their
+     * gradients' buffers in a training one (the same lifetimes, run in reverse) */
+    buffer_plan by_lifetime;
 };
+
+/* Each block's activations, [B, ...] each (B the batch). In a training workspace
+ * the "kept" ones are the block's own memory, kept from forward to backward; the
+ * "transient" ones live in a scratch region that every block reuses, written by
+ * forward and written again by backward from what was kept: a GroupNorm output
+ * from its input and statistics, SiLU from the GroupNorm output, the dropout mask
+ * from its Philox counter, the concat and the upsample from their sources. In a
+ * forward-only workspace every buffer of a block is in the scratch region, and
+ * some alias (SiLU in place). */
+typedef struct {
+    /* kept */
+    float *mean1, *rstd1;     /* GN1's statistics [B,G] */
+    float *tp;                /* temb_proj(SiLU(temb)) [B,cout] */
+    float *h1;                /* conv1(s1) + tp [B,cout,HW] */
+    float *mean2, *rstd2;     /* GN2's statistics */
+    uint64_t dropout_counter; /* the first Philox counter of this block's dropout mask */
+    /* transient */
+    float *xcat; /* concat(h, skip) [B,cin,HW]; NULL without a skip input */
+    float *a1;   /* GN1(x) [B,cin,HW] */
+    float *s1;   /* SiLU(a1): conv1's input */
+    float *a2;   /* GN2(h1) [B,cout,HW] */
+    float *s2;   /* Dropout(SiLU(a2)): conv2's input; then the skip conv's output */
+} res_acts;
+
+typedef struct {
+    float *mean, *rstd; /* kept: GN's statistics [B,G] */
+    float *a;           /* transient: GN(x) [B,C,N] */
+    float *q, *k, *v;   /* kept: the 1x1 convs of a [B,C,N] */
+    float *w;           /* kept: softmax weights [B,N,N] */
+    float *h;           /* kept: attention output [B,C,N], proj's input */
+} attn_acts;
+
+typedef struct {
+    float *u; /* transient: nearest 2x upsample of the input [B,C,2H,2W], the conv's input */
+} up_acts;
+
+typedef union {
+    res_acts res;
+    attn_acts attn;
+    up_acts up;
+} module_acts;
 
 struct ddpm_unet_workspace {
     int max_batch, training, dropout_applied;
     int *labels; /* [max_batch] class-embedding rows of the last forward */
-    float *act, *dact, *tmp, *conv_scratch, *attn_scratch;
+    uint64_t dropout_seed;
+    float *arena;      /* the kept activations (training) or the slots (forward only) */
+    float *block;      /* the transient activations of one block at a time */
+    float *grad_arena; /* the activation gradients (training only) */
+    float **h, **dh;   /* per slot: the activation and its gradient */
+    module_acts *acts; /* per module */
+    struct {
+        float *x;                     /* x_t [B,in_channels,S,S], kept for conv_in's backward */
+        float *emb;                   /* sinusoidal embedding [B,ch] */
+        float *t1, *t1s;              /* Linear0(emb) and its SiLU [B,4ch] */
+        float *temb, *temb_act;       /* Linear2(t1s) and its SiLU, read by every ResBlock */
+        float *d_temb_act;            /* gradient of temb_act, summed over the ResBlocks */
+    } time;
+    struct {
+        float *mean, *rstd; /* GN(h)'s statistics, kept */
+        float *a, *s;       /* GN(h) and SiLU(a): conv_out's input, transient */
+    } head;
+    float *tmp, *conv_scratch, *attn_scratch;
     size_t bytes;
     int profile;
     double prof[2][DDPM_PROF_COUNT];
@@ -136,7 +210,6 @@ typedef struct {
     ddpm_unet *net;
     ddpm_unet_plan *plan;
     int cap_tensors, cap_modules, cap_slots;
-    size_t act, dact;
     int err;
 } builder;
 
@@ -172,14 +245,6 @@ static size_t add_param(builder *b, const char *prefix, const char *name, int nd
     return t->offset;
 }
 
-/* a per-image activation buffer: its offset in floats per image */
-static size_t add_act(builder *b, size_t per_image)
-{
-    size_t off = b->act;
-    b->act += round16(per_image);
-    return off;
-}
-
 static int add_slot(builder *b, int C, int H, int W)
 {
     ddpm_unet_plan *p = b->plan;
@@ -195,9 +260,8 @@ static int add_slot(builder *b, int C, int H, int W)
     }
     slot *s = &p->slots[p->n_slots];
     s->C = C, s->H = H, s->W = W;
-    s->act = add_act(b, (size_t)C * H * W);
-    s->dact = b->dact;
-    b->dact += round16((size_t)C * H * W);
+    s->producer = p->n_modules - 1; /* the module being built, or -1: conv_in */
+    s->last_use = -1;
     return p->n_slots++;
 }
 
@@ -229,11 +293,10 @@ static void tmp_need(builder *b, size_t per_image)
 
 static int build_res(builder *b, const char *prefix, int in_slot, int skip_slot, int cout)
 {
-    const ddpm_unet_config *c = &b->net->cfg;
     ddpm_unet_plan *p = b->plan;
     slot in = p->slots[in_slot];
     int cin = in.C + (skip_slot >= 0 ? p->slots[skip_slot].C : 0);
-    int H = in.H, W = in.W, G = c->groups;
+    int H = in.H, W = in.W;
     size_t HW = (size_t)H * W;
     module *m = add_module(b, M_RES);
     if (!m)
@@ -241,44 +304,29 @@ static int build_res(builder *b, const char *prefix, int in_slot, int skip_slot,
     m->cin = cin, m->cout = cout, m->H = H, m->W = W;
     m->in_slot = in_slot, m->skip_slot = skip_slot;
     m->has_skip_conv = cin != cout;
-    m->p[P_NORM1_W] = add_param(b, prefix, "norm1.weight", 1, cin, 0, 0, 0, DDPM_INIT_ONE);
-    m->p[P_NORM1_B] = add_param(b, prefix, "norm1.bias", 1, cin, 0, 0, 0, DDPM_INIT_ZERO);
-    m->p[P_CONV1_W] = add_param(b, prefix, "conv1.weight", 4, cout, cin, 3, 3, DDPM_INIT_XAVIER);
-    m->p[P_CONV1_B] = add_param(b, prefix, "conv1.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
-    m->p[P_TEMB_W] = add_param(b, prefix, "temb_proj.weight", 2, cout, p->emb, 0, 0, DDPM_INIT_XAVIER);
-    m->p[P_TEMB_B] = add_param(b, prefix, "temb_proj.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
-    m->p[P_NORM2_W] = add_param(b, prefix, "norm2.weight", 1, cout, 0, 0, 0, DDPM_INIT_ONE);
-    m->p[P_NORM2_B] = add_param(b, prefix, "norm2.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
-    m->p[P_CONV2_W] = add_param(b, prefix, "conv2.weight", 4, cout, cout, 3, 3, DDPM_INIT_ZERO);
-    m->p[P_CONV2_B] = add_param(b, prefix, "conv2.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
+    res_params *P = &m->p.res;
+    P->norm1_w = add_param(b, prefix, "norm1.weight", 1, cin, 0, 0, 0, DDPM_INIT_ONE);
+    P->norm1_b = add_param(b, prefix, "norm1.bias", 1, cin, 0, 0, 0, DDPM_INIT_ZERO);
+    P->conv1_w = add_param(b, prefix, "conv1.weight", 4, cout, cin, 3, 3, DDPM_INIT_XAVIER);
+    P->conv1_b = add_param(b, prefix, "conv1.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
+    P->temb_w = add_param(b, prefix, "temb_proj.weight", 2, cout, p->emb, 0, 0, DDPM_INIT_XAVIER);
+    P->temb_b = add_param(b, prefix, "temb_proj.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
+    P->norm2_w = add_param(b, prefix, "norm2.weight", 1, cout, 0, 0, 0, DDPM_INIT_ONE);
+    P->norm2_b = add_param(b, prefix, "norm2.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
+    P->conv2_w = add_param(b, prefix, "conv2.weight", 4, cout, cout, 3, 3, DDPM_INIT_ZERO);
+    P->conv2_b = add_param(b, prefix, "conv2.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
     if (m->has_skip_conv) {
-        m->p[P_SKIP_W] = add_param(b, prefix, "skip.weight", 4, cout, cin, 1, 1, DDPM_INIT_XAVIER);
-        m->p[P_SKIP_B] = add_param(b, prefix, "skip.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
+        P->skip_w = add_param(b, prefix, "skip.weight", 4, cout, cin, 1, 1, DDPM_INIT_XAVIER);
+        P->skip_b = add_param(b, prefix, "skip.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
     }
-    m->a[A_XCAT] = skip_slot >= 0 ? add_act(b, cin * HW) : 0;
-    m->a[A_A1] = add_act(b, cin * HW);
-    m->a[A_MEAN1] = add_act(b, (size_t)G);
-    m->a[A_RSTD1] = add_act(b, (size_t)G);
-    m->a[A_S1] = add_act(b, cin * HW);
-    m->a[A_H1] = add_act(b, cout * HW);
-    m->a[A_A2] = add_act(b, cout * HW);
-    m->a[A_MEAN2] = add_act(b, (size_t)G);
-    m->a[A_RSTD2] = add_act(b, (size_t)G);
-    m->a[A_S2] = add_act(b, cout * HW);
-    m->a[A_TP] = add_act(b, (size_t)cout);
-    if (c->dropout > 0) {
-        m->a[A_MASK] = add_act(b, cout * HW);
-        m->a[A_D2] = add_act(b, cout * HW);
-    }
-    /* backward temporaries: dxcat, two of [cout], dh1, ds1, da1, dtp (+ forward's skip) */
-    tmp_need(b, round16(cin * HW) * 3 + round16(cout * HW) * 4 + round16((size_t)cout));
+    /* backward temporaries: dxcat, dd2 (then ds2, da2 in place), dh1, ds1 (then da1), dtp */
+    tmp_need(b, round16(cin * HW) * 2 + round16(cout * HW) * 2 + round16((size_t)cout));
     m->out_slot = add_slot(b, cout, H, W);
     return m->out_slot;
 }
 
 static int build_attn(builder *b, const char *prefix, int in_slot)
 {
-    const ddpm_unet_config *c = &b->net->cfg;
     ddpm_unet_plan *p = b->plan;
     slot in = p->slots[in_slot];
     int C = in.C;
@@ -287,24 +335,18 @@ static int build_attn(builder *b, const char *prefix, int in_slot)
     if (!m)
         return -1;
     m->cin = m->cout = C, m->H = in.H, m->W = in.W, m->in_slot = in_slot;
-    m->p[P_NORM_W] = add_param(b, prefix, "norm.weight", 1, C, 0, 0, 0, DDPM_INIT_ONE);
-    m->p[P_NORM_B] = add_param(b, prefix, "norm.bias", 1, C, 0, 0, 0, DDPM_INIT_ZERO);
+    attn_params *P = &m->p.attn;
+    P->norm_w = add_param(b, prefix, "norm.weight", 1, C, 0, 0, 0, DDPM_INIT_ONE);
+    P->norm_b = add_param(b, prefix, "norm.bias", 1, C, 0, 0, 0, DDPM_INIT_ZERO);
+    size_t *w[4] = {&P->q_w, &P->k_w, &P->v_w, &P->proj_w}, *bias[4] = {&P->q_b, &P->k_b, &P->v_b, &P->proj_b};
     static const char *names[] = {"q", "k", "v", "proj"};
     for (int i = 0; i < 4; i++) {
-        char w[16], bias[16];
-        snprintf(w, sizeof w, "%s.weight", names[i]);
-        snprintf(bias, sizeof bias, "%s.bias", names[i]);
-        m->p[P_Q_W + 2 * i] = add_param(b, prefix, w, 4, C, C, 1, 1, i == 3 ? DDPM_INIT_ZERO : DDPM_INIT_XAVIER);
-        m->p[P_Q_B + 2 * i] = add_param(b, prefix, bias, 1, C, 0, 0, 0, DDPM_INIT_ZERO);
+        char wn[16], bn[16];
+        snprintf(wn, sizeof wn, "%s.weight", names[i]);
+        snprintf(bn, sizeof bn, "%s.bias", names[i]);
+        *w[i] = add_param(b, prefix, wn, 4, C, C, 1, 1, i == 3 ? DDPM_INIT_ZERO : DDPM_INIT_XAVIER);
+        *bias[i] = add_param(b, prefix, bn, 1, C, 0, 0, 0, DDPM_INIT_ZERO);
     }
-    m->a[A_A] = add_act(b, C * N);
-    m->a[A_MEAN] = add_act(b, (size_t)c->groups);
-    m->a[A_RSTD] = add_act(b, (size_t)c->groups);
-    m->a[A_Q] = add_act(b, C * N);
-    m->a[A_K] = add_act(b, C * N);
-    m->a[A_V] = add_act(b, C * N);
-    m->a[A_W] = add_act(b, N * N);
-    m->a[A_H] = add_act(b, C * N);
     tmp_need(b, round16(C * N) * 5);
     m->out_slot = add_slot(b, C, in.H, in.W);
     return m->out_slot;
@@ -320,16 +362,62 @@ static int build_resample(builder *b, const char *prefix, int in_slot, int up)
     m->cin = m->cout = in.C, m->H = in.H, m->W = in.W, m->in_slot = in_slot;
     char conv[DDPM_MAX_NAME];
     snprintf(conv, sizeof conv, "%s.conv", prefix);
-    m->p[P_CONV_W] = add_param(b, conv, "weight", 4, in.C, in.C, 3, 3, DDPM_INIT_XAVIER);
-    m->p[P_CONV_B] = add_param(b, conv, "bias", 1, in.C, 0, 0, 0, DDPM_INIT_ZERO);
+    m->p.resample.conv_w = add_param(b, conv, "weight", 4, in.C, in.C, 3, 3, DDPM_INIT_XAVIER);
+    m->p.resample.conv_b = add_param(b, conv, "bias", 1, in.C, 0, 0, 0, DDPM_INIT_ZERO);
     if (up) {
-        m->a[A_U] = add_act(b, (size_t)in.C * in.H * in.W * 4);
-        tmp_need(b, round16((size_t)in.C * in.H * in.W * 4));
+        tmp_need(b, round16((size_t)in.C * in.H * in.W * 4)); /* du */
         m->out_slot = add_slot(b, in.C, in.H * 2, in.W * 2);
     } else {
         m->out_slot = add_slot(b, in.C, in.H / 2, in.W / 2);
     }
     return m->out_slot;
+}
+
+/* Greedy lifetime allocation over the steps -1 (conv_in) .. n_modules (the head): at
+ * step t, each slot written there takes a free buffer (the smallest that is large
+ * enough, else the largest, grown), then the slots read last at t free theirs. A
+ * slot never shares with one whose lifetime [producer, last_use] overlaps its own,
+ * which makes it right both for the activations in forward and for their
+ * gradients in backward (written first by the last reader, read last by the
+ * producer). 0, or -1 out of memory. */
+static int plan_buffers(const ddpm_unet_plan *p, buffer_plan *bp)
+{
+    bp->of_slot = malloc((size_t)p->n_slots * sizeof *bp->of_slot);
+    bp->size = calloc((size_t)p->n_slots, sizeof *bp->size);
+    int *busy = calloc((size_t)p->n_slots, sizeof *busy);
+    if (!bp->of_slot || !bp->size || !busy) {
+        free(busy);
+        return -1;
+    }
+    bp->n = 0;
+    for (int t = -1; t <= p->n_modules; t++) {
+        for (int s = 0; s < p->n_slots; s++) {
+            if (p->slots[s].producer != t)
+                continue;
+            const size_t need = (size_t)p->slots[s].C * p->slots[s].H * p->slots[s].W;
+            int pick = -1;
+            for (int k = 0; k < bp->n; k++) {
+                if (busy[k])
+                    continue;
+                if (pick < 0)
+                    pick = k;
+                else if (bp->size[k] >= need ? bp->size[pick] < need || bp->size[k] < bp->size[pick]
+                                             : bp->size[pick] < need && bp->size[k] > bp->size[pick])
+                    pick = k;
+            }
+            if (pick < 0)
+                pick = bp->n++;
+            if (bp->size[pick] < need)
+                bp->size[pick] = need;
+            busy[pick] = 1;
+            bp->of_slot[s] = pick;
+        }
+        for (int s = 0; s < p->n_slots; s++)
+            if (p->slots[s].last_use == t)
+                busy[bp->of_slot[s]] = 0;
+    }
+    free(busy);
+    return 0;
 }
 
 static int has_attn(const ddpm_unet_config *c, int res)
@@ -347,6 +435,8 @@ void ddpm_unet_free(ddpm_unet *net)
     if (net->plan) {
         free(net->plan->modules);
         free(net->plan->slots);
+        free(net->plan->by_lifetime.of_slot);
+        free(net->plan->by_lifetime.size);
         free(net->plan);
     }
     free(net->tensors);
@@ -371,7 +461,7 @@ int ddpm_unet_create(ddpm_unet **out, const ddpm_unet_config *cfg)
     builder b = {.net = net, .plan = net->plan};
     ddpm_unet_plan *p = net->plan;
     const ddpm_unet_config *c = &net->cfg;
-    int S = c->image_size, E = 4 * c->ch, G = c->groups;
+    int S = c->image_size, E = 4 * c->ch;
     p->emb = E;
 
     p->p_temb0_w = add_param(&b, "temb.0", "weight", 2, E, c->ch, 0, 0, DDPM_INIT_XAVIER);
@@ -382,15 +472,6 @@ int ddpm_unet_create(ddpm_unet **out, const ddpm_unet_config *cfg)
         p->p_class_emb = add_param(&b, "class_emb", "weight", 2, c->n_classes + 1, E, 0, 0, DDPM_INIT_ZERO);
     p->p_conv_in_w = add_param(&b, "conv_in", "weight", 4, c->ch, c->in_channels, 3, 3, DDPM_INIT_XAVIER);
     p->p_conv_in_b = add_param(&b, "conv_in", "bias", 1, c->ch, 0, 0, 0, DDPM_INIT_ZERO);
-
-    p->a_x = add_act(&b, (size_t)c->in_channels * S * S);
-    p->a_e0 = add_act(&b, (size_t)c->ch);
-    p->a_t1 = add_act(&b, (size_t)E);
-    p->a_t1s = add_act(&b, (size_t)E);
-    p->a_temb = add_act(&b, (size_t)E);
-    p->a_temb_act = add_act(&b, (size_t)E);
-    p->d_temb_act = b.dact;
-    b.dact += round16((size_t)E);
     tmp_need(&b, round16((size_t)E) * 3);
 
     int stack[4 * DDPM_MAX_LEVELS * 17 + 4], sp = 0;
@@ -439,14 +520,16 @@ int ddpm_unet_create(ddpm_unet **out, const ddpm_unet_config *cfg)
     p->p_norm_out_b = add_param(&b, "norm_out", "bias", 1, c->ch, 0, 0, 0, DDPM_INIT_ZERO);
     p->p_conv_out_w = add_param(&b, "conv_out", "weight", 4, c->in_channels, c->ch, 3, 3, DDPM_INIT_ZERO);
     p->p_conv_out_b = add_param(&b, "conv_out", "bias", 1, c->in_channels, 0, 0, 0, DDPM_INIT_ZERO);
-    size_t HW = (size_t)S * S;
-    p->a_out_a = add_act(&b, c->ch * HW);
-    p->a_out_mean = add_act(&b, (size_t)G);
-    p->a_out_rstd = add_act(&b, (size_t)G);
-    p->a_out_s = add_act(&b, c->ch * HW);
-    tmp_need(&b, round16(c->ch * HW) * 2);
-    p->act_per_image = b.act;
-    p->dact_per_image = b.dact;
+    tmp_need(&b, round16(c->ch * (size_t)S * S) * 2);
+    if (!b.err && sp == 0) {
+        for (int i = 0; i < p->n_modules; i++) {
+            p->slots[p->modules[i].in_slot].last_use = i;
+            if (p->modules[i].skip_slot >= 0)
+                p->slots[p->modules[i].skip_slot].last_use = i;
+        }
+        p->slots[p->n_slots - 1].last_use = p->n_modules; /* the head */
+        b.err = plan_buffers(p, &p->by_lifetime);
+    }
     if (b.err || sp != 0) {
         ddpm_unet_free(net);
         return b.err ? ddpm_error(DDPM_ENOMEM, "out of memory building the U-Net")
@@ -551,6 +634,8 @@ static size_t conv_scratch_need(const ddpm_unet *net, int B)
     return need;
 }
 
+/* Uninitialised memory: every buffer is written before it is read, so a page that
+ * the run never uses is never touched (no memset of whole arenas). */
 static float *alloc_floats(size_t n, size_t *bytes)
 {
     float *p = NULL;
@@ -560,17 +645,117 @@ static float *alloc_floats(size_t n, size_t *bytes)
         ddpm_error(DDPM_ENOMEM, "out of memory allocating %zu MB of activations", sz >> 20);
         return NULL;
     }
-    memset(p, 0, sz); /* touch the pages now, not in the first step */
     *bytes += sz;
     return p;
+}
+
+/* Buffers of batch x per-image floats laid out one after the other in an arena:
+ * a first pass with base NULL only counts, the second hands out pointers. Each
+ * buffer holds its images contiguously, so a batch B <= max_batch is its prefix. */
+typedef struct {
+    float *base;
+    size_t used, batch, peak;
+} layout;
+
+static float *take(layout *L, size_t per_image)
+{
+    size_t off = L->used;
+    L->used += round16(per_image) * L->batch;
+    if (L->used > L->peak)
+        L->peak = L->used;
+    return L->base ? L->base + off : NULL;
+}
+
+/* The arenas of a workspace: K the kept activations (training) or the slots
+ * (forward only), T the transient region that each block reuses from its start,
+ * G the slot gradients (training). */
+static void lay_out(ddpm_unet_workspace *ws, const ddpm_unet *net, layout *K, layout *T, layout *G)
+{
+    const ddpm_unet_plan *p = net->plan;
+    const ddpm_unet_config *c = &net->cfg;
+    const size_t S2 = (size_t)c->image_size * c->image_size, E = (size_t)p->emb, groups = (size_t)c->groups;
+    const int training = ws->training;
+    /* a kept buffer in training, a transient one in forward only */
+    layout *KT = training ? K : T;
+    ws->time.x = training ? take(K, c->in_channels * S2) : NULL;
+    ws->time.emb = take(K, (size_t)c->ch);
+    ws->time.t1 = take(K, E);
+    ws->time.t1s = take(K, E);
+    ws->time.temb = take(K, E);
+    ws->time.temb_act = take(K, E);
+    if (training) {
+        for (int s = 0; s < p->n_slots; s++)
+            ws->h[s] = take(K, (size_t)p->slots[s].C * p->slots[s].H * p->slots[s].W);
+        ws->time.d_temb_act = take(G, E);
+    }
+    /* the slots (forward only) or their gradients (training) by lifetime */
+    for (int k = 0; k < p->by_lifetime.n; k++) {
+        float *buf = take(training ? G : K, p->by_lifetime.size[k]);
+        for (int s = 0; s < p->n_slots; s++)
+            if (p->by_lifetime.of_slot[s] == k)
+                *(training ? &ws->dh[s] : &ws->h[s]) = buf;
+    }
+    for (int i = 0; i < p->n_modules; i++) {
+        const module *m = &p->modules[i];
+        const size_t HW = (size_t)m->H * m->W, cin = (size_t)m->cin, cout = (size_t)m->cout;
+        module_acts *a = &ws->acts[i];
+        T->used = 0; /* every block's transient buffers start over */
+        switch (m->kind) {
+        case M_RES: {
+            res_acts *r = &a->res;
+            /* a1 and s1 are dead once conv1 has run (in forward) or before a2 is
+             * needed again (in backward): a2 reuses a1's buffer and s2 s1's. With
+             * no backward, SiLU runs in place: one buffer for all four. */
+            const size_t cmax = cin > cout ? cin : cout;
+            r->xcat = m->skip_slot >= 0 ? take(T, cin * HW) : NULL;
+            r->a1 = take(T, cmax * HW);
+            r->s1 = training ? take(T, cmax * HW) : r->a1;
+            r->a2 = r->a1;
+            r->s2 = r->s1;
+            r->mean1 = take(KT, groups);
+            r->rstd1 = take(KT, groups);
+            r->tp = take(KT, cout);
+            r->h1 = take(KT, cout * HW);
+            r->mean2 = take(KT, groups);
+            r->rstd2 = take(KT, groups);
+            break;
+        }
+        case M_ATTN: {
+            attn_acts *t = &a->attn;
+            t->a = take(T, cin * HW);
+            t->mean = take(KT, groups);
+            t->rstd = take(KT, groups);
+            t->q = take(KT, cin * HW);
+            t->k = take(KT, cin * HW);
+            t->v = take(KT, cin * HW);
+            t->w = take(KT, HW * HW);
+            t->h = take(KT, cin * HW);
+            break;
+        }
+        case M_UP:
+            a->up.u = take(T, cin * HW * 4);
+            break;
+        case M_DOWN:
+            break;
+        }
+    }
+    T->used = 0;
+    ws->head.a = take(T, c->ch * S2);
+    ws->head.mean = take(KT, groups);
+    ws->head.rstd = take(KT, groups);
+    ws->head.s = training ? take(T, c->ch * S2) : ws->head.a;
 }
 
 void ddpm_unet_workspace_free(ddpm_unet_workspace *ws)
 {
     if (!ws)
         return;
-    free(ws->act);
-    free(ws->dact);
+    free(ws->arena);
+    free(ws->block);
+    free(ws->grad_arena);
+    free(ws->h);
+    free(ws->dh);
+    free(ws->acts);
     free(ws->tmp);
     free(ws->conv_scratch);
     free(ws->attn_scratch);
@@ -595,16 +780,27 @@ int ddpm_unet_workspace_create(ddpm_unet_workspace **out, const ddpm_unet *net, 
     for (int i = 0; i < p->n_modules; i++)
         if (p->modules[i].kind == M_ATTN && p->modules[i].H * p->modules[i].W > max_n)
             max_n = p->modules[i].H * p->modules[i].W;
-    ws->act = alloc_floats(p->act_per_image * B, &ws->bytes);
-    ws->tmp = ws->act ? alloc_floats(p->tmp_per_image * B, &ws->bytes) : NULL;
-    ws->conv_scratch = ws->tmp ? alloc_floats(conv_scratch_need(net, max_batch), &ws->bytes) : NULL;
-    ws->attn_scratch = ws->conv_scratch ? alloc_floats(training ? ddpm_attention_scratch_floats(max_n) : 1, &ws->bytes) : NULL;
-    ws->dact = ws->attn_scratch && training ? alloc_floats(p->dact_per_image * B, &ws->bytes) : NULL;
+    ws->h = ddpm_calloc((size_t)p->n_slots, sizeof *ws->h);
+    ws->dh = ddpm_calloc((size_t)p->n_slots, sizeof *ws->dh);
+    ws->acts = ddpm_calloc((size_t)p->n_modules, sizeof *ws->acts);
     ws->labels = ddpm_calloc(B, sizeof *ws->labels);
-    if (!ws->attn_scratch || (training && !ws->dact) || !ws->labels) {
+    if (!ws->h || !ws->dh || !ws->acts || !ws->labels) {
         ddpm_unet_workspace_free(ws);
         return DDPM_ENOMEM;
     }
+    layout K = {NULL, 0, B, 0}, T = {NULL, 0, B, 0}, G = {NULL, 0, B, 0};
+    lay_out(ws, net, &K, &T, &G);
+    int ok = (ws->arena = alloc_floats(K.peak, &ws->bytes)) && (ws->block = alloc_floats(T.peak, &ws->bytes)) &&
+             (!training || (ws->grad_arena = alloc_floats(G.peak, &ws->bytes))) &&
+             (!training || (ws->tmp = alloc_floats(p->tmp_per_image * B, &ws->bytes))) &&
+             (ws->conv_scratch = alloc_floats(conv_scratch_need(net, max_batch), &ws->bytes)) &&
+             (!training || (ws->attn_scratch = alloc_floats(ddpm_attention_scratch_floats(max_n), &ws->bytes)));
+    if (!ok) {
+        ddpm_unet_workspace_free(ws);
+        return DDPM_ENOMEM;
+    }
+    K = (layout){ws->arena, 0, B, 0}, T = (layout){ws->block, 0, B, 0}, G = (layout){ws->grad_arena, 0, B, 0};
+    lay_out(ws, net, &K, &T, &G);
     *out = ws;
     return DDPM_OK;
 }
@@ -645,8 +841,6 @@ const char *ddpm_unet_profile_name(int kind)
         }                                                                                \
     } while (0)
 
-#define ACT(off) (ws->act + (off) * (size_t)ws->max_batch)
-#define DACT(off) (ws->dact + (off) * (size_t)ws->max_batch)
 #define PARAM(off) (params + (off))
 #define GRAD(off) (grads + (off))
 
@@ -655,57 +849,61 @@ static void zero(ddpm_unet_workspace *ws, float *x, size_t n)
     PROF(1, DDPM_PROF_ZERO, memset(x, 0, n * sizeof *x));
 }
 
+/* Consecutive [B, per_image] temporaries carved from ws->tmp (sized by tmp_need). */
+static float *carve(const ddpm_unet_workspace *ws, float **cursor, size_t per_image)
+{
+    float *t = *cursor;
+    *cursor += round16(per_image) * (size_t)ws->max_batch;
+    return t;
+}
+
 /* ---------------------------------------------------------------- forward */
 
-static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
-                        const module *m, int B, ddpm_rng *dropout_rng)
+/* h = conv1(SiLU(GN1(x))) + temb_proj(SiLU(temb)); out = skip(x) + conv2(Dropout(SiLU(GN2(h)))),
+ * x = concat(in, skip input) on the up path. */
+static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws, int i, int B,
+                        ddpm_rng *dropout_rng)
 {
-    const ddpm_unet_plan *p = net->plan;
-    int G = net->cfg.groups, HW = m->H * m->W, cin = m->cin, cout = m->cout;
-    size_t n_in = (size_t)B * cin * HW, n_out = (size_t)B * cout * HW;
-    const float *x = ACT(p->slots[m->in_slot].act);
-    if (m->skip_slot >= 0) {
-        float *xcat = ACT(m->a[A_XCAT]);
-        int Ca = p->slots[m->in_slot].C;
-        PROF(0, DDPM_PROF_ELEMENTWISE,
-             ddpm_concat_forward(xcat, x, ACT(p->slots[m->skip_slot].act), B, Ca, cin - Ca, HW));
-        x = xcat;
+    const module *m = &net->plan->modules[i];
+    const res_params *P = &m->p.res;
+    res_acts *A = &ws->acts[i].res;
+    const int G = net->cfg.groups, H = m->H, W = m->W, HW = H * W, cin = m->cin, cout = m->cout;
+    const size_t n_in = (size_t)B * cin * HW, n_out = (size_t)B * cout * HW;
+    const float *x = ws->h[m->in_slot];
+    float *out = ws->h[m->out_slot];
+    if (A->xcat) {
+        const int Ca = net->plan->slots[m->in_slot].C;
+        PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_concat_forward(A->xcat, x, ws->h[m->skip_slot], B, Ca, cin - Ca, HW));
+        x = A->xcat;
     }
-    float *a1 = ACT(m->a[A_A1]), *s1 = ACT(m->a[A_S1]), *h1 = ACT(m->a[A_H1]);
-    float *a2 = ACT(m->a[A_A2]), *s2 = ACT(m->a[A_S2]), *tp = ACT(m->a[A_TP]);
-    float *out = ACT(p->slots[m->out_slot].act);
     PROF(0, DDPM_PROF_NORM,
-         ddpm_groupnorm_forward(a1, ACT(m->a[A_MEAN1]), ACT(m->a[A_RSTD1]), x, PARAM(m->p[P_NORM1_W]),
-                                PARAM(m->p[P_NORM1_B]), B, cin, HW, G, GN_EPS));
-    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(s1, a1, n_in));
+         ddpm_groupnorm_forward(A->a1, A->mean1, A->rstd1, x, PARAM(P->norm1_w), PARAM(P->norm1_b), B, cin, HW, G,
+                                GN_EPS));
+    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s1, A->a1, n_in));
     PROF(0, DDPM_PROF_CONV,
-         ddpm_conv2d_forward(h1, ws->conv_scratch, s1, PARAM(m->p[P_CONV1_W]), PARAM(m->p[P_CONV1_B]), B,
-                             cin, m->H, m->W, cout, 3, 1, 1));
+         ddpm_conv2d_forward(A->h1, ws->conv_scratch, A->s1, PARAM(P->conv1_w), PARAM(P->conv1_b), B, cin, H, W,
+                             cout, 3, 1, 1));
     PROF(0, DDPM_PROF_LINEAR,
-         ddpm_linear_forward(tp, ACT(p->a_temb_act), PARAM(m->p[P_TEMB_W]), PARAM(m->p[P_TEMB_B]), B,
-                             p->emb, cout));
-    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_add_channel_forward(h1, tp, B, cout, HW));
+         ddpm_linear_forward(A->tp, ws->time.temb_act, PARAM(P->temb_w), PARAM(P->temb_b), B, net->plan->emb, cout));
+    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_add_channel_forward(A->h1, A->tp, B, cout, HW));
     PROF(0, DDPM_PROF_NORM,
-         ddpm_groupnorm_forward(a2, ACT(m->a[A_MEAN2]), ACT(m->a[A_RSTD2]), h1, PARAM(m->p[P_NORM2_W]),
-                                PARAM(m->p[P_NORM2_B]), B, cout, HW, G, GN_EPS));
-    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(s2, a2, n_out));
-    const float *d2 = s2;
+         ddpm_groupnorm_forward(A->a2, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b), B, cout, HW,
+                                G, GN_EPS));
+    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s2, A->a2, n_out));
     if (ws->dropout_applied) {
-        float *d2buf = ACT(m->a[A_D2]);
+        A->dropout_counter = dropout_rng->counter;
         PROF(0, DDPM_PROF_ELEMENTWISE,
-             ddpm_dropout_forward(d2buf, ACT(m->a[A_MASK]), s2, net->cfg.dropout, n_out, dropout_rng->seed,
-                                  dropout_rng->counter));
+             ddpm_dropout_forward(A->s2, A->s2, net->cfg.dropout, n_out, ws->dropout_seed, A->dropout_counter));
         dropout_rng->counter += (n_out + 3) / 4;
-        d2 = d2buf;
     }
     PROF(0, DDPM_PROF_CONV,
-         ddpm_conv2d_forward(out, ws->conv_scratch, d2, PARAM(m->p[P_CONV2_W]), PARAM(m->p[P_CONV2_B]), B,
-                             cout, m->H, m->W, cout, 3, 1, 1));
+         ddpm_conv2d_forward(out, ws->conv_scratch, A->s2, PARAM(P->conv2_w), PARAM(P->conv2_b), B, cout, H, W, cout,
+                             3, 1, 1));
     if (m->has_skip_conv) {
-        float *sk = ws->tmp;
+        float *sk = A->s2; /* conv2 has read it */
         PROF(0, DDPM_PROF_CONV,
-             ddpm_conv2d_forward(sk, ws->conv_scratch, x, PARAM(m->p[P_SKIP_W]), PARAM(m->p[P_SKIP_B]), B,
-                                 cin, m->H, m->W, cout, 1, 1, 0));
+             ddpm_conv2d_forward(sk, ws->conv_scratch, x, PARAM(P->skip_w), PARAM(P->skip_b), B, cin, H, W, cout, 1,
+                                 1, 0));
         PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(out, out, sk, n_out));
     } else {
         PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(out, out, x, n_out));
@@ -718,23 +916,44 @@ static void conv1x1_forward(ddpm_unet_workspace *ws, float *out, const float *in
     PROF(0, DDPM_PROF_CONV, ddpm_conv2d_forward(out, ws->conv_scratch, in, w, b, B, C, H, W, C, 1, 1, 0));
 }
 
-static void attn_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
-                         const module *m, int B)
+/* a = GN(x); q, k, v = 1x1 convs of a; h = attention(q, k, v); out = x + proj(h). */
+static void attn_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws, int i, int B)
 {
-    const ddpm_unet_plan *p = net->plan;
-    int C = m->cin, H = m->H, W = m->W, N = H * W;
-    const float *x = ACT(p->slots[m->in_slot].act);
-    float *a = ACT(m->a[A_A]), *q = ACT(m->a[A_Q]), *k = ACT(m->a[A_K]), *v = ACT(m->a[A_V]);
-    float *h = ACT(m->a[A_H]), *out = ACT(p->slots[m->out_slot].act);
+    const module *m = &net->plan->modules[i];
+    const attn_params *P = &m->p.attn;
+    attn_acts *A = &ws->acts[i].attn;
+    const int C = m->cin, H = m->H, W = m->W, N = H * W;
+    const float *x = ws->h[m->in_slot];
+    float *out = ws->h[m->out_slot];
     PROF(0, DDPM_PROF_NORM,
-         ddpm_groupnorm_forward(a, ACT(m->a[A_MEAN]), ACT(m->a[A_RSTD]), x, PARAM(m->p[P_NORM_W]),
-                                PARAM(m->p[P_NORM_B]), B, C, N, net->cfg.groups, GN_EPS));
-    conv1x1_forward(ws, q, a, PARAM(m->p[P_Q_W]), PARAM(m->p[P_Q_B]), B, C, H, W);
-    conv1x1_forward(ws, k, a, PARAM(m->p[P_K_W]), PARAM(m->p[P_K_B]), B, C, H, W);
-    conv1x1_forward(ws, v, a, PARAM(m->p[P_V_W]), PARAM(m->p[P_V_B]), B, C, H, W);
-    PROF(0, DDPM_PROF_ATTN, ddpm_attention_forward(h, ACT(m->a[A_W]), q, k, v, B, C, N));
-    conv1x1_forward(ws, out, h, PARAM(m->p[P_PROJ_W]), PARAM(m->p[P_PROJ_B]), B, C, H, W);
+         ddpm_groupnorm_forward(A->a, A->mean, A->rstd, x, PARAM(P->norm_w), PARAM(P->norm_b), B, C, N,
+                                net->cfg.groups, GN_EPS));
+    conv1x1_forward(ws, A->q, A->a, PARAM(P->q_w), PARAM(P->q_b), B, C, H, W);
+    conv1x1_forward(ws, A->k, A->a, PARAM(P->k_w), PARAM(P->k_b), B, C, H, W);
+    conv1x1_forward(ws, A->v, A->a, PARAM(P->v_w), PARAM(P->v_b), B, C, H, W);
+    PROF(0, DDPM_PROF_ATTN, ddpm_attention_forward(A->h, A->w, A->q, A->k, A->v, B, C, N));
+    conv1x1_forward(ws, out, A->h, PARAM(P->proj_w), PARAM(P->proj_b), B, C, H, W);
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(out, out, x, (size_t)B * C * N));
+}
+
+/* out = conv3x3 stride 2 (x) */
+static void down_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws, int i, int B)
+{
+    const module *m = &net->plan->modules[i];
+    PROF(0, DDPM_PROF_CONV,
+         ddpm_conv2d_forward(ws->h[m->out_slot], ws->conv_scratch, ws->h[m->in_slot], PARAM(m->p.resample.conv_w),
+                             PARAM(m->p.resample.conv_b), B, m->cin, m->H, m->W, m->cin, 3, 2, 1));
+}
+
+/* u = nearest 2x upsample (x); out = conv3x3 (u) */
+static void up_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws, int i, int B)
+{
+    const module *m = &net->plan->modules[i];
+    up_acts *A = &ws->acts[i].up;
+    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_upsample_forward(A->u, ws->h[m->in_slot], B, m->cin, m->H, m->W));
+    PROF(0, DDPM_PROF_CONV,
+         ddpm_conv2d_forward(ws->h[m->out_slot], ws->conv_scratch, A->u, PARAM(m->p.resample.conv_w),
+                             PARAM(m->p.resample.conv_b), B, m->cin, 2 * m->H, 2 * m->W, m->cin, 3, 1, 1));
 }
 
 void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
@@ -750,167 +969,198 @@ void ddpm_unet_forward_class(const ddpm_unet *net, const float *params, ddpm_une
 {
     const ddpm_unet_plan *p = net->plan;
     const ddpm_unet_config *c = &net->cfg;
-    int S = c->image_size, HW = S * S, E = p->emb;
+    const int S = c->image_size, HW = S * S, E = p->emb;
     ws->dropout_applied = ws->training && dropout_rng && c->dropout > 0;
-    float *x = ACT(p->a_x);
-    memcpy(x, x_t, (size_t)B * c->in_channels * HW * sizeof *x);
-    float *e0 = ACT(p->a_e0), *t1 = ACT(p->a_t1), *t1s = ACT(p->a_t1s);
-    float *temb = ACT(p->a_temb), *temb_act = ACT(p->a_temb_act);
-    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_timestep_embedding(e0, t, B, c->ch));
-    PROF(0, DDPM_PROF_LINEAR, ddpm_linear_forward(t1, e0, PARAM(p->p_temb0_w), PARAM(p->p_temb0_b), B, c->ch, E));
-    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(t1s, t1, (size_t)B * E));
-    PROF(0, DDPM_PROF_LINEAR, ddpm_linear_forward(temb, t1s, PARAM(p->p_temb2_w), PARAM(p->p_temb2_b), B, E, E));
+    ws->dropout_seed = dropout_rng ? dropout_rng->seed : 0;
+
+    /* temb = Linear2(SiLU(Linear0(embedding(t)))); every ResBlock reads SiLU(temb) */
+    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_timestep_embedding(ws->time.emb, t, B, c->ch));
+    PROF(0, DDPM_PROF_LINEAR,
+         ddpm_linear_forward(ws->time.t1, ws->time.emb, PARAM(p->p_temb0_w), PARAM(p->p_temb0_b), B, c->ch, E));
+    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->time.t1s, ws->time.t1, (size_t)B * E));
+    PROF(0, DDPM_PROF_LINEAR,
+         ddpm_linear_forward(ws->time.temb, ws->time.t1s, PARAM(p->p_temb2_w), PARAM(p->p_temb2_b), B, E, E));
     if (c->n_classes > 0) { /* temb += class_emb[y] (row n_classes: no class) */
         for (int b = 0; b < B; b++)
             ws->labels[b] = y && y[b] >= 0 && y[b] < c->n_classes ? y[b] : c->n_classes;
-        ddpm_embedding_add_forward(temb, ws->labels, PARAM(p->p_class_emb), B, E);
+        ddpm_embedding_add_forward(ws->time.temb, ws->labels, PARAM(p->p_class_emb), B, E);
     }
-    /* every ResBlock uses SiLU(temb): compute it once */
-    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(temb_act, temb, (size_t)B * E));
+    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->time.temb_act, ws->time.temb, (size_t)B * E));
+
+    /* h = conv_in(x_t), then the down path, the middle and the up path */
+    const float *x = x_t;
+    if (ws->time.x) { /* training: kept for conv_in's backward */
+        memcpy(ws->time.x, x_t, (size_t)B * c->in_channels * HW * sizeof(float));
+        x = ws->time.x;
+    }
     PROF(0, DDPM_PROF_CONV,
-         ddpm_conv2d_forward(ACT(p->slots[0].act), ws->conv_scratch, x, PARAM(p->p_conv_in_w),
-                             PARAM(p->p_conv_in_b), B, c->in_channels, S, S, c->ch, 3, 1, 1));
+         ddpm_conv2d_forward(ws->h[0], ws->conv_scratch, x, PARAM(p->p_conv_in_w), PARAM(p->p_conv_in_b), B,
+                             c->in_channels, S, S, c->ch, 3, 1, 1));
     for (int i = 0; i < p->n_modules; i++) {
-        const module *m = &p->modules[i];
-        const float *in = ACT(p->slots[m->in_slot].act);
-        float *out = ACT(p->slots[m->out_slot].act);
-        switch (m->kind) {
-        case M_RES:
-            res_forward(net, params, ws, m, B, dropout_rng);
-            break;
-        case M_ATTN:
-            attn_forward(net, params, ws, m, B);
-            break;
-        case M_DOWN:
-            PROF(0, DDPM_PROF_CONV,
-                 ddpm_conv2d_forward(out, ws->conv_scratch, in, PARAM(m->p[P_CONV_W]), PARAM(m->p[P_CONV_B]), B,
-                                     m->cin, m->H, m->W, m->cin, 3, 2, 1));
-            break;
-        case M_UP: {
-            float *u = ACT(m->a[A_U]);
-            PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_upsample_forward(u, in, B, m->cin, m->H, m->W));
-            PROF(0, DDPM_PROF_CONV,
-                 ddpm_conv2d_forward(out, ws->conv_scratch, u, PARAM(m->p[P_CONV_W]), PARAM(m->p[P_CONV_B]), B,
-                                     m->cin, 2 * m->H, 2 * m->W, m->cin, 3, 1, 1));
-            break;
-        }
+        switch (p->modules[i].kind) {
+        case M_RES: res_forward(net, params, ws, i, B, dropout_rng); break;
+        case M_ATTN: attn_forward(net, params, ws, i, B); break;
+        case M_DOWN: down_forward(net, params, ws, i, B); break;
+        case M_UP: up_forward(net, params, ws, i, B); break;
         }
     }
-    const float *h = ACT(p->slots[p->n_slots - 1].act);
-    float *oa = ACT(p->a_out_a), *os = ACT(p->a_out_s);
+
+    /* eps_pred = conv_out(SiLU(GN(h))) */
     PROF(0, DDPM_PROF_NORM,
-         ddpm_groupnorm_forward(oa, ACT(p->a_out_mean), ACT(p->a_out_rstd), h, PARAM(p->p_norm_out_w),
-                                PARAM(p->p_norm_out_b), B, c->ch, HW, c->groups, GN_EPS));
-    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(os, oa, (size_t)B * c->ch * HW));
+         ddpm_groupnorm_forward(ws->head.a, ws->head.mean, ws->head.rstd, ws->h[p->n_slots - 1],
+                                PARAM(p->p_norm_out_w), PARAM(p->p_norm_out_b), B, c->ch, HW, c->groups, GN_EPS));
+    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->head.s, ws->head.a, (size_t)B * c->ch * HW));
     PROF(0, DDPM_PROF_CONV,
-         ddpm_conv2d_forward(eps_pred, ws->conv_scratch, os, PARAM(p->p_conv_out_w), PARAM(p->p_conv_out_b), B,
-                             c->ch, S, S, c->in_channels, 3, 1, 1));
+         ddpm_conv2d_forward(eps_pred, ws->conv_scratch, ws->head.s, PARAM(p->p_conv_out_w), PARAM(p->p_conv_out_b),
+                             B, c->ch, S, S, c->in_channels, 3, 1, 1));
 }
 
 /* ---------------------------------------------------------------- backward */
 
-static void res_backward(const ddpm_unet *net, const float *params, float *grads,
-                         ddpm_unet_workspace *ws, const module *m, int B)
+static void res_backward(const ddpm_unet *net, const float *params, float *grads, ddpm_unet_workspace *ws, int i,
+                         int B)
 {
-    const ddpm_unet_plan *p = net->plan;
-    int G = net->cfg.groups, HW = m->H * m->W, cin = m->cin, cout = m->cout;
-    size_t n_in = (size_t)B * cin * HW, n_out = (size_t)B * cout * HW;
-    size_t B_ = (size_t)ws->max_batch;
-    /* temporaries, carved from ws->tmp in floats-per-image units x max batch */
-    float *t_cat = ws->tmp;
-    float *t_a = t_cat + round16((size_t)cin * HW) * B_;
-    float *t_b = t_a + round16((size_t)cout * HW) * B_;
-    float *t_dh1 = t_b + round16((size_t)cout * HW) * B_;
-    float *t_ds1 = t_dh1 + round16((size_t)cout * HW) * B_;
-    float *t_da1 = t_ds1 + round16((size_t)cin * HW) * B_;
-    float *t_dtp = t_da1 + round16((size_t)cin * HW) * B_;
+    const module *m = &net->plan->modules[i];
+    const res_params *P = &m->p.res;
+    const res_acts *A = &ws->acts[i].res;
+    const int G = net->cfg.groups, H = m->H, W = m->W, HW = H * W, cin = m->cin, cout = m->cout;
+    const size_t n_in = (size_t)B * cin * HW, n_out = (size_t)B * cout * HW;
+    float *cursor = ws->tmp;
+    float *d_xcat = carve(ws, &cursor, (size_t)cin * HW), *dd2 = carve(ws, &cursor, (size_t)cout * HW);
+    float *dh1 = carve(ws, &cursor, (size_t)cout * HW), *ds1 = carve(ws, &cursor, (size_t)cin * HW);
+    float *dtp = carve(ws, &cursor, (size_t)cout);
 
-    const float *dout = DACT(p->slots[m->out_slot].dact);
-    const float *x = m->skip_slot >= 0 ? ACT(m->a[A_XCAT]) : ACT(p->slots[m->in_slot].act);
-    float *dx = DACT(p->slots[m->in_slot].dact);
+    const float *dout = ws->dh[m->out_slot];
+    const float *x = ws->h[m->in_slot];
+    if (A->xcat) { /* the concat again, from the two slots it copies */
+        const int Ca = net->plan->slots[m->in_slot].C;
+        PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_concat_forward(A->xcat, x, ws->h[m->skip_slot], B, Ca, cin - Ca, HW));
+        x = A->xcat;
+    }
     /* with a concat in front, dx is a temporary that the first write overwrites */
-    const int cat = m->skip_slot >= 0;
-    if (cat)
-        dx = t_cat;
+    float *dx = A->xcat ? d_xcat : ws->dh[m->in_slot];
+    const float dx_beta = A->xcat ? 0.0f : 1.0f;
     /* out = skip(x) + conv2(...) */
-    if (m->has_skip_conv && cat)
+    if (m->has_skip_conv)
         PROF(1, DDPM_PROF_CONV,
-             ddpm_conv2d_backward_to(dx, GRAD(m->p[P_SKIP_W]), GRAD(m->p[P_SKIP_B]), ws->conv_scratch, dout, x,
-                                     PARAM(m->p[P_SKIP_W]), B, cin, m->H, m->W, cout, 1, 1, 0));
-    else if (m->has_skip_conv)
-        PROF(1, DDPM_PROF_CONV,
-             ddpm_conv2d_backward(dx, GRAD(m->p[P_SKIP_W]), GRAD(m->p[P_SKIP_B]), ws->conv_scratch, dout, x,
-                                  PARAM(m->p[P_SKIP_W]), B, cin, m->H, m->W, cout, 1, 1, 0));
-    else if (cat)
+             ddpm_conv2d_backward(dx, dx_beta, GRAD(P->skip_w), GRAD(P->skip_b), ws->conv_scratch, dout, x,
+                                  PARAM(P->skip_w), B, cin, H, W, cout, 1, 1, 0));
+    else if (A->xcat)
         PROF(1, DDPM_PROF_ELEMENTWISE, memcpy(dx, dout, n_out * sizeof *dx));
     else
         PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(dx, dx, dout, n_out));
-    const float *d2 = ws->dropout_applied ? ACT(m->a[A_D2]) : ACT(m->a[A_S2]);
-    float *dd2 = t_a;
-    PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward_to(dd2, GRAD(m->p[P_CONV2_W]), GRAD(m->p[P_CONV2_B]), ws->conv_scratch, dout, d2,
-                              PARAM(m->p[P_CONV2_W]), B, cout, m->H, m->W, cout, 3, 1, 1));
-    float *ds2 = dd2, *spare = t_b;
-    if (ws->dropout_applied) {
-        PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_dropout_backward_to(spare, dd2, ACT(m->a[A_MASK]), n_out));
-        ds2 = spare;
-        spare = dd2;
-    }
-    float *da2 = spare;
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward_to(da2, ds2, ACT(m->a[A_A2]), n_out));
-    float *dh1 = t_dh1;
+    /* conv2's input again: Dropout(SiLU(GN2(h1))), the mask drawn from the same counter */
     PROF(1, DDPM_PROF_NORM,
-         ddpm_groupnorm_backward_to(dh1, GRAD(m->p[P_NORM2_W]), GRAD(m->p[P_NORM2_B]), da2, ACT(m->a[A_H1]),
-                                 ACT(m->a[A_MEAN2]), ACT(m->a[A_RSTD2]), PARAM(m->p[P_NORM2_W]), B, cout, HW, G));
-    zero(ws, t_dtp, (size_t)B * cout);
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_channel_backward(t_dtp, dh1, B, cout, HW));
-    PROF(1, DDPM_PROF_LINEAR,
-         ddpm_linear_backward(DACT(p->d_temb_act), GRAD(m->p[P_TEMB_W]), GRAD(m->p[P_TEMB_B]), t_dtp,
-                              ACT(p->a_temb_act), PARAM(m->p[P_TEMB_W]), B, p->emb, cout));
-    PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward_to(t_ds1, GRAD(m->p[P_CONV1_W]), GRAD(m->p[P_CONV1_B]), ws->conv_scratch, dh1,
-                              ACT(m->a[A_S1]), PARAM(m->p[P_CONV1_W]), B, cin, m->H, m->W, cout, 3, 1, 1));
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward_to(t_da1, t_ds1, ACT(m->a[A_A1]), n_in));
-    PROF(1, DDPM_PROF_NORM,
-         ddpm_groupnorm_backward(dx, GRAD(m->p[P_NORM1_W]), GRAD(m->p[P_NORM1_B]), t_da1, x, ACT(m->a[A_MEAN1]),
-                                 ACT(m->a[A_RSTD1]), PARAM(m->p[P_NORM1_W]), B, cin, HW, G));
-    if (m->skip_slot >= 0) {
-        int Ca = p->slots[m->in_slot].C;
+         ddpm_groupnorm_forward(A->a2, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b), B, cout, HW,
+                                G, GN_EPS));
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s2, A->a2, n_out));
+    if (ws->dropout_applied)
         PROF(1, DDPM_PROF_ELEMENTWISE,
-             ddpm_concat_backward(DACT(p->slots[m->in_slot].dact), DACT(p->slots[m->skip_slot].dact), t_cat, B,
-                                  Ca, cin - Ca, HW));
+             ddpm_dropout_forward(A->s2, A->s2, net->cfg.dropout, n_out, ws->dropout_seed, A->dropout_counter));
+    PROF(1, DDPM_PROF_CONV,
+         ddpm_conv2d_backward(dd2, 0.0f, GRAD(P->conv2_w), GRAD(P->conv2_b), ws->conv_scratch, dout, A->s2,
+                              PARAM(P->conv2_w), B, cout, H, W, cout, 3, 1, 1));
+    /* dd2 -> ds2 -> da2, in place */
+    if (ws->dropout_applied)
+        PROF(1, DDPM_PROF_ELEMENTWISE,
+             ddpm_dropout_backward(dd2, 0.0f, dd2, net->cfg.dropout, n_out, ws->dropout_seed, A->dropout_counter));
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(dd2, 0.0f, dd2, A->a2, n_out));
+    PROF(1, DDPM_PROF_NORM,
+         ddpm_groupnorm_backward(dh1, 0.0f, GRAD(P->norm2_w), GRAD(P->norm2_b), dd2, A->h1, A->mean2, A->rstd2,
+                                 PARAM(P->norm2_w), B, cout, HW, G));
+    zero(ws, dtp, (size_t)B * cout);
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_channel_backward(dtp, dh1, B, cout, HW));
+    PROF(1, DDPM_PROF_LINEAR,
+         ddpm_linear_backward(ws->time.d_temb_act, GRAD(P->temb_w), GRAD(P->temb_b), dtp, ws->time.temb_act,
+                              PARAM(P->temb_w), B, net->plan->emb, cout));
+    /* conv1's input again: SiLU(GN1(x)) */
+    PROF(1, DDPM_PROF_NORM,
+         ddpm_groupnorm_forward(A->a1, A->mean1, A->rstd1, x, PARAM(P->norm1_w), PARAM(P->norm1_b), B, cin, HW, G,
+                                GN_EPS));
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s1, A->a1, n_in));
+    PROF(1, DDPM_PROF_CONV,
+         ddpm_conv2d_backward(ds1, 0.0f, GRAD(P->conv1_w), GRAD(P->conv1_b), ws->conv_scratch, dh1, A->s1,
+                              PARAM(P->conv1_w), B, cin, H, W, cout, 3, 1, 1));
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(ds1, 0.0f, ds1, A->a1, n_in)); /* ds1 -> da1 */
+    PROF(1, DDPM_PROF_NORM,
+         ddpm_groupnorm_backward(dx, 1.0f, GRAD(P->norm1_w), GRAD(P->norm1_b), ds1, x, A->mean1, A->rstd1,
+                                 PARAM(P->norm1_w), B, cin, HW, G));
+    if (A->xcat) {
+        const int Ca = net->plan->slots[m->in_slot].C;
+        PROF(1, DDPM_PROF_ELEMENTWISE,
+             ddpm_concat_backward(ws->dh[m->in_slot], ws->dh[m->skip_slot], d_xcat, B, Ca, cin - Ca, HW));
     }
 }
 
-static void attn_backward(const ddpm_unet *net, const float *params, float *grads,
-                          ddpm_unet_workspace *ws, const module *m, int B)
+static void attn_backward(const ddpm_unet *net, const float *params, float *grads, ddpm_unet_workspace *ws, int i,
+                          int B)
+{
+    const module *m = &net->plan->modules[i];
+    const attn_params *P = &m->p.attn;
+    const attn_acts *A = &ws->acts[i].attn;
+    const int C = m->cin, H = m->H, W = m->W, N = H * W;
+    float *cursor = ws->tmp;
+    float *dh = carve(ws, &cursor, (size_t)C * N), *dq = carve(ws, &cursor, (size_t)C * N);
+    float *dk = carve(ws, &cursor, (size_t)C * N), *dv = carve(ws, &cursor, (size_t)C * N);
+    float *da = carve(ws, &cursor, (size_t)C * N);
+    const float *dout = ws->dh[m->out_slot];
+    float *dx = ws->dh[m->in_slot];
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(dx, dx, dout, (size_t)B * C * N));
+    PROF(1, DDPM_PROF_CONV,
+         ddpm_conv2d_backward(dh, 0.0f, GRAD(P->proj_w), GRAD(P->proj_b), ws->conv_scratch, dout, A->h,
+                              PARAM(P->proj_w), B, C, H, W, C, 1, 1, 0));
+    PROF(1, DDPM_PROF_ATTN,
+         ddpm_attention_backward(dq, dk, dv, 0.0f, ws->attn_scratch, dh, A->w, A->q, A->k, A->v, B, C, N));
+    /* the 1x1 convs' input again: GN(x); the q conv writes da, k and v add to it */
+    PROF(1, DDPM_PROF_NORM,
+         ddpm_groupnorm_forward(A->a, A->mean, A->rstd, ws->h[m->in_slot], PARAM(P->norm_w), PARAM(P->norm_b), B, C, N,
+                                net->cfg.groups, GN_EPS));
+    PROF(1, DDPM_PROF_CONV,
+         ddpm_conv2d_backward(da, 0.0f, GRAD(P->q_w), GRAD(P->q_b), ws->conv_scratch, dq, A->a, PARAM(P->q_w), B, C,
+                              H, W, C, 1, 1, 0));
+    PROF(1, DDPM_PROF_CONV,
+         ddpm_conv2d_backward(da, 1.0f, GRAD(P->k_w), GRAD(P->k_b), ws->conv_scratch, dk, A->a, PARAM(P->k_w), B, C,
+                              H, W, C, 1, 1, 0));
+    PROF(1, DDPM_PROF_CONV,
+         ddpm_conv2d_backward(da, 1.0f, GRAD(P->v_w), GRAD(P->v_b), ws->conv_scratch, dv, A->a, PARAM(P->v_w), B, C,
+                              H, W, C, 1, 1, 0));
+    PROF(1, DDPM_PROF_NORM,
+         ddpm_groupnorm_backward(dx, 1.0f, GRAD(P->norm_w), GRAD(P->norm_b), da, ws->h[m->in_slot], A->mean, A->rstd,
+                                 PARAM(P->norm_w), B, C, N, net->cfg.groups));
+}
+
+static void down_backward(const ddpm_unet *net, const float *params, float *grads, ddpm_unet_workspace *ws, int i,
+                          int B)
+{
+    const module *m = &net->plan->modules[i];
+    const resample_params *P = &m->p.resample;
+    PROF(1, DDPM_PROF_CONV,
+         ddpm_conv2d_backward(ws->dh[m->in_slot], 1.0f, GRAD(P->conv_w), GRAD(P->conv_b), ws->conv_scratch,
+                              ws->dh[m->out_slot], ws->h[m->in_slot], PARAM(P->conv_w), B, m->cin, m->H, m->W, m->cin,
+                              3, 2, 1));
+}
+
+static void up_backward(const ddpm_unet *net, const float *params, float *grads, ddpm_unet_workspace *ws, int i,
+                        int B)
+{
+    const module *m = &net->plan->modules[i];
+    const resample_params *P = &m->p.resample;
+    float *du = ws->tmp, *u = ws->acts[i].up.u;
+    /* the conv's input again: the upsample of the kept input slot */
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_upsample_forward(u, ws->h[m->in_slot], B, m->cin, m->H, m->W));
+    PROF(1, DDPM_PROF_CONV,
+         ddpm_conv2d_backward(du, 0.0f, GRAD(P->conv_w), GRAD(P->conv_b), ws->conv_scratch, ws->dh[m->out_slot], u,
+                              PARAM(P->conv_w), B, m->cin, 2 * m->H, 2 * m->W, m->cin, 3, 1, 1));
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_upsample_backward(ws->dh[m->in_slot], du, B, m->cin, m->H, m->W));
+}
+
+/* Clears the gradients of the slots whose last reader in forward is step t. */
+static void zero_gradients_first_written_at(const ddpm_unet *net, ddpm_unet_workspace *ws, int t, int B)
 {
     const ddpm_unet_plan *p = net->plan;
-    int C = m->cin, H = m->H, W = m->W, N = H * W;
-    size_t n = (size_t)B * C * N, stride = round16((size_t)C * N) * (size_t)ws->max_batch;
-    float *dh = ws->tmp, *dq = dh + stride, *dk = dq + stride, *dv = dk + stride, *da = dv + stride;
-    const float *dout = DACT(p->slots[m->out_slot].dact);
-    float *dx = DACT(p->slots[m->in_slot].dact);
-    const float *x = ACT(p->slots[m->in_slot].act), *a = ACT(m->a[A_A]);
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(dx, dx, dout, n));
-    PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward_to(dh, GRAD(m->p[P_PROJ_W]), GRAD(m->p[P_PROJ_B]), ws->conv_scratch, dout,
-                              ACT(m->a[A_H]), PARAM(m->p[P_PROJ_W]), B, C, H, W, C, 1, 1, 0));
-    PROF(1, DDPM_PROF_ATTN,
-         ddpm_attention_backward_to(dq, dk, dv, ws->attn_scratch, dh, ACT(m->a[A_W]), ACT(m->a[A_Q]),
-                                 ACT(m->a[A_K]), ACT(m->a[A_V]), B, C, N));
-    const float *dqkv[3] = {dq, dk, dv};
-    /* the q conv writes da, k and v add to it */
-    PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward_to(da, GRAD(m->p[P_Q_W]), GRAD(m->p[P_Q_B]), ws->conv_scratch, dq, a,
-                                 PARAM(m->p[P_Q_W]), B, C, H, W, C, 1, 1, 0));
-    for (int i = 1; i < 3; i++)
-        PROF(1, DDPM_PROF_CONV,
-             ddpm_conv2d_backward(da, GRAD(m->p[P_Q_W + 2 * i]), GRAD(m->p[P_Q_B + 2 * i]), ws->conv_scratch,
-                                  dqkv[i], a, PARAM(m->p[P_Q_W + 2 * i]), B, C, H, W, C, 1, 1, 0));
-    PROF(1, DDPM_PROF_NORM,
-         ddpm_groupnorm_backward(dx, GRAD(m->p[P_NORM_W]), GRAD(m->p[P_NORM_B]), da, x, ACT(m->a[A_MEAN]),
-                                 ACT(m->a[A_RSTD]), PARAM(m->p[P_NORM_W]), B, C, N, net->cfg.groups));
+    for (int s = 0; s < p->n_slots; s++)
+        if (p->slots[s].last_use == t)
+            zero(ws, ws->dh[s], (size_t)B * p->slots[s].C * p->slots[s].H * p->slots[s].W);
 }
 
 void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
@@ -918,70 +1168,58 @@ void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
 {
     const ddpm_unet_plan *p = net->plan;
     const ddpm_unet_config *c = &net->cfg;
-    int S = c->image_size, HW = S * S, E = p->emb;
-    size_t B_ = (size_t)ws->max_batch;
+    const int S = c->image_size, HW = S * S, E = p->emb;
     if (!ws->training)
         return;
-    /* every activation gradient accumulates from its consumers: clear them once */
-    zero(ws, ws->dact, p->dact_per_image * B_);
+    /* every activation gradient accumulates from its consumers: each is cleared when
+     * its lifetime starts, before its last reader in forward (the first in backward) */
+    zero(ws, ws->time.d_temb_act, (size_t)B * E);
+    zero_gradients_first_written_at(net, ws, p->n_modules, B);
 
-    /* out = conv_out(SiLU(GN(h))) */
-    size_t n_top = (size_t)B * c->ch * HW;
-    float *ds = ws->tmp, *da = ws->tmp + round16((size_t)c->ch * HW) * B_;
-    PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward_to(ds, GRAD(p->p_conv_out_w), GRAD(p->p_conv_out_b), ws->conv_scratch, d_eps_pred,
-                              ACT(p->a_out_s), PARAM(p->p_conv_out_w), B, c->ch, S, S, c->in_channels, 3, 1, 1));
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward_to(da, ds, ACT(p->a_out_a), n_top));
-    const slot *last = &p->slots[p->n_slots - 1];
+    /* eps_pred = conv_out(SiLU(GN(h))) */
+    const size_t n_head = (size_t)B * c->ch * HW;
+    float *cursor = ws->tmp;
+    float *ds = carve(ws, &cursor, (size_t)c->ch * HW), *da = carve(ws, &cursor, (size_t)c->ch * HW);
+    /* conv_out's input again: SiLU(GN(h)) */
     PROF(1, DDPM_PROF_NORM,
-         ddpm_groupnorm_backward(DACT(last->dact), GRAD(p->p_norm_out_w), GRAD(p->p_norm_out_b), da,
-                                 ACT(last->act), ACT(p->a_out_mean), ACT(p->a_out_rstd), PARAM(p->p_norm_out_w), B,
-                                 c->ch, HW, c->groups));
+         ddpm_groupnorm_forward(ws->head.a, ws->head.mean, ws->head.rstd, ws->h[p->n_slots - 1],
+                                PARAM(p->p_norm_out_w), PARAM(p->p_norm_out_b), B, c->ch, HW, c->groups, GN_EPS));
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->head.s, ws->head.a, n_head));
+    PROF(1, DDPM_PROF_CONV,
+         ddpm_conv2d_backward(ds, 0.0f, GRAD(p->p_conv_out_w), GRAD(p->p_conv_out_b), ws->conv_scratch, d_eps_pred,
+                              ws->head.s, PARAM(p->p_conv_out_w), B, c->ch, S, S, c->in_channels, 3, 1, 1));
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(da, 0.0f, ds, ws->head.a, n_head));
+    PROF(1, DDPM_PROF_NORM,
+         ddpm_groupnorm_backward(ws->dh[p->n_slots - 1], 1.0f, GRAD(p->p_norm_out_w), GRAD(p->p_norm_out_b), da,
+                                 ws->h[p->n_slots - 1], ws->head.mean, ws->head.rstd, PARAM(p->p_norm_out_w), B, c->ch,
+                                 HW, c->groups));
     for (int i = p->n_modules - 1; i >= 0; i--) {
-        const module *m = &p->modules[i];
-        const float *in = ACT(p->slots[m->in_slot].act);
-        float *din = DACT(p->slots[m->in_slot].dact);
-        const float *dout = DACT(p->slots[m->out_slot].dact);
-        switch (m->kind) {
-        case M_RES:
-            res_backward(net, params, grads, ws, m, B);
-            break;
-        case M_ATTN:
-            attn_backward(net, params, grads, ws, m, B);
-            break;
-        case M_DOWN:
-            PROF(1, DDPM_PROF_CONV,
-                 ddpm_conv2d_backward(din, GRAD(m->p[P_CONV_W]), GRAD(m->p[P_CONV_B]), ws->conv_scratch, dout, in,
-                                      PARAM(m->p[P_CONV_W]), B, m->cin, m->H, m->W, m->cin, 3, 2, 1));
-            break;
-        case M_UP: {
-            float *du = ws->tmp;
-            PROF(1, DDPM_PROF_CONV,
-                 ddpm_conv2d_backward_to(du, GRAD(m->p[P_CONV_W]), GRAD(m->p[P_CONV_B]), ws->conv_scratch, dout,
-                                      ACT(m->a[A_U]), PARAM(m->p[P_CONV_W]), B, m->cin, 2 * m->H, 2 * m->W,
-                                      m->cin, 3, 1, 1));
-            PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_upsample_backward(din, du, B, m->cin, m->H, m->W));
-            break;
-        }
+        zero_gradients_first_written_at(net, ws, i, B);
+        switch (p->modules[i].kind) {
+        case M_RES: res_backward(net, params, grads, ws, i, B); break;
+        case M_ATTN: attn_backward(net, params, grads, ws, i, B); break;
+        case M_DOWN: down_backward(net, params, grads, ws, i, B); break;
+        case M_UP: up_backward(net, params, grads, ws, i, B); break;
         }
     }
     /* conv_in: no gradient for the input image */
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(NULL, GRAD(p->p_conv_in_w), GRAD(p->p_conv_in_b), ws->conv_scratch,
-                              DACT(p->slots[0].dact), ACT(p->a_x), PARAM(p->p_conv_in_w), B, c->in_channels, S, S,
-                              c->ch, 3, 1, 1));
+         ddpm_conv2d_backward(NULL, 0.0f, GRAD(p->p_conv_in_w), GRAD(p->p_conv_in_b), ws->conv_scratch, ws->dh[0],
+                              ws->time.x, PARAM(p->p_conv_in_w), B, c->in_channels, S, S, c->ch, 3, 1, 1));
     /* time MLP: temb_act = SiLU(Linear2(SiLU(Linear0(emb)))) */
-    size_t nE = (size_t)B * E, sE = round16((size_t)E) * B_;
-    float *dtemb = ws->tmp, *dt1s = dtemb + sE, *dt1 = dt1s + sE;
-    zero(ws, dt1s, sE);
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward_to(dtemb, DACT(p->d_temb_act), ACT(p->a_temb), nE));
+    const size_t nE = (size_t)B * E;
+    cursor = ws->tmp;
+    float *dtemb = carve(ws, &cursor, (size_t)E), *dt1s = carve(ws, &cursor, (size_t)E);
+    float *dt1 = carve(ws, &cursor, (size_t)E);
+    zero(ws, dt1s, nE);
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(dtemb, 0.0f, ws->time.d_temb_act, ws->time.temb, nE));
     if (c->n_classes > 0)
         ddpm_embedding_add_backward(GRAD(p->p_class_emb), dtemb, ws->labels, B, E);
     PROF(1, DDPM_PROF_LINEAR,
-         ddpm_linear_backward(dt1s, GRAD(p->p_temb2_w), GRAD(p->p_temb2_b), dtemb, ACT(p->a_t1s),
-                              PARAM(p->p_temb2_w), B, E, E));
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward_to(dt1, dt1s, ACT(p->a_t1), nE));
+         ddpm_linear_backward(dt1s, GRAD(p->p_temb2_w), GRAD(p->p_temb2_b), dtemb, ws->time.t1s, PARAM(p->p_temb2_w),
+                              B, E, E));
+    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(dt1, 0.0f, dt1s, ws->time.t1, nE));
     PROF(1, DDPM_PROF_LINEAR,
-         ddpm_linear_backward(NULL, GRAD(p->p_temb0_w), GRAD(p->p_temb0_b), dt1, ACT(p->a_e0),
-                              PARAM(p->p_temb0_w), B, c->ch, E));
+         ddpm_linear_backward(NULL, GRAD(p->p_temb0_w), GRAD(p->p_temb0_b), dt1, ws->time.emb, PARAM(p->p_temb0_w),
+                              B, c->ch, E));
 }

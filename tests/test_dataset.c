@@ -335,15 +335,19 @@ static void test_flip_mirrors_about_half_the_images(void **state)
     for (int d = 0; d < DRAWS; d++) {
         assert_int_equal(ddpm_dataset_next_batch(ds, x, 1, &rng, 1), 0);
         int id = identify(ds, x);
+        const float *unflipped = x;
         if (id < 0) {
             for (int y = 0; y < S; y++)
                 for (int c = 0; c < S; c++)
                     mirrored[y * S + c] = x[y * S + S - 1 - c];
             id = identify(ds, mirrored);
             assert_true(id >= 0); /* a left-right mirror of a stored image */
+            unflipped = mirrored;
             n_flipped++;
         }
+        /* the draw is stored image id, as drawn or mirrored about the vertical axis */
         ddpm_dataset_get(ds, ref, id);
+        assert_memory_equal(ref, unflipped, sizeof ref);
     }
     /* Binomial(600, 1/2): sd 12.2, so 300 +- 61 is 5 sd */
     assert_true(n_flipped > 239 && n_flipped < 361);

@@ -2,6 +2,7 @@
  * double, softmax stability, backward against central finite differences,
  * gradient accumulation, NULL gradients and the scratch size. */
 #include <math.h>
+#include <omp.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -166,7 +167,7 @@ static void forward(attn_case *c)
 static void backward(attn_case *c, float *dq, float *dk, float *dv)
 {
     /* dL/dh = r */
-    ddpm_attention_backward(dq, dk, dv, c->scratch, c->r, c->w, c->q, c->k, c->v, c->B, c->C,
+    ddpm_attention_backward(dq, dk, dv, 1.0f, c->scratch, c->r, c->w, c->q, c->k, c->v, c->B, c->C,
                             c->N);
 }
 
@@ -310,8 +311,8 @@ static void test_attention_backward_null_gradients_are_skipped(void **state)
     case_free(&c);
 }
 
-/* _backward_to overwrites dq, dk, dv with exactly what _backward adds to zeros. */
-static void test_attention_backward_to_overwrites(void **state)
+/* beta = 0 overwrites dq, dk, dv with exactly what _backward adds to zeros. */
+static void test_attention_backward_beta0_overwrites(void **state)
 {
     (void)state;
     attn_case c;
@@ -320,8 +321,8 @@ static void test_attention_backward_to_overwrites(void **state)
     backward(&c, c.dq, c.dk, c.dv); /* from zero */
     float *dq = tu_alloc(c.n_x), *dk = tu_alloc(c.n_x), *dv = tu_alloc(c.n_x);
     for (size_t i = 0; i < c.n_x; i++)
-        dq[i] = dk[i] = dv[i] = 1e30f;
-    ddpm_attention_backward_to(dq, dk, dv, c.scratch, c.r, c.w, c.q, c.k, c.v, c.B, c.C, c.N);
+        dq[i] = dk[i] = dv[i] = NAN;
+    ddpm_attention_backward(dq, dk, dv, 0.0f, c.scratch, c.r, c.w, c.q, c.k, c.v, c.B, c.C, c.N);
     for (size_t i = 0; i < c.n_x; i++)
         if (dq[i] != c.dq[i] || dk[i] != c.dk[i] || dv[i] != c.dv[i])
             fail_msg("at %zu: dq %g/%g dk %g/%g dv %g/%g (got/want)", i, (double)dq[i], (double)c.dq[i],
@@ -329,6 +330,32 @@ static void test_attention_backward_to_overwrites(void **state)
     free(dq);
     free(dk);
     free(dv);
+    case_free(&c);
+}
+
+/* Forward and backward give the same bytes at 1 and 2 threads, at the default model's
+ * 14x14 attention with more images than lanes (README: results do not depend on the
+ * thread count). */
+static void test_attention_same_bytes_at_one_and_two_threads(void **state)
+{
+    (void)state;
+    attn_case c;
+    case_init(&c, 11, 8, 196, 61, 0);
+    float *h[2], *w[2], *dq[2], *dk[2], *dv[2];
+    for (int t = 0; t < 2; t++) {
+        omp_set_num_threads(t + 1);
+        h[t] = tu_alloc(c.n_x), w[t] = tu_alloc(c.n_w);
+        dq[t] = tu_alloc(c.n_x), dk[t] = tu_alloc(c.n_x), dv[t] = tu_alloc(c.n_x);
+        ddpm_attention_forward(h[t], w[t], c.q, c.k, c.v, c.B, c.C, c.N);
+        ddpm_attention_backward(dq[t], dk[t], dv[t], 0.0f, c.scratch, c.r, w[t], c.q, c.k, c.v, c.B, c.C, c.N);
+    }
+    assert_memory_equal(h[0], h[1], c.n_x * sizeof(float));
+    assert_memory_equal(w[0], w[1], c.n_w * sizeof(float));
+    assert_memory_equal(dq[0], dq[1], c.n_x * sizeof(float));
+    assert_memory_equal(dk[0], dk[1], c.n_x * sizeof(float));
+    assert_memory_equal(dv[0], dv[1], c.n_x * sizeof(float));
+    for (int t = 0; t < 2; t++)
+        free(h[t]), free(w[t]), free(dq[t]), free(dk[t]), free(dv[t]);
     case_free(&c);
 }
 
@@ -340,7 +367,8 @@ int main(void)
         cmocka_unit_test(test_attention_backward_matches_finite_differences),
         cmocka_unit_test(test_attention_backward_accumulates_into_gradients),
         cmocka_unit_test(test_attention_backward_null_gradients_are_skipped),
-        cmocka_unit_test(test_attention_backward_to_overwrites),
+        cmocka_unit_test(test_attention_backward_beta0_overwrites),
+        cmocka_unit_test(test_attention_same_bytes_at_one_and_two_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,6 +2,9 @@
  * backward against central finite differences, gradient accumulation, NULL
  * gradients, and the scratch size. */
 #include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -165,7 +168,7 @@ static void backward(conv_case *c, float *din, float *dweight, float *dbias)
 {
     const conv_shape *s = &c->s;
     /* dL/dout = r */
-    ddpm_conv2d_backward(din, dweight, dbias, c->scratch, c->r, c->in, c->weight, s->B, s->Cin,
+    ddpm_conv2d_backward(din, 1.0f, dweight, dbias, c->scratch, c->r, c->in, c->weight, s->B, s->Cin,
                          s->H, s->W, s->Cout, s->K, s->S, s->P);
 }
 
@@ -357,9 +360,9 @@ static void test_conv2d_backward_null_gradients_are_skipped(void **state)
     }
 }
 
-/* _backward_to overwrites din (whatever it held) with exactly what _backward adds
+/* beta = 0 overwrites din (whatever it held) with exactly what _backward adds
  * to a zeroed din, and still accumulates dweight and dbias. */
-static void test_conv2d_backward_to_overwrites_din_and_accumulates_parameters(void **state)
+static void test_conv2d_backward_beta0_overwrites_din_and_accumulates_parameters(void **state)
 {
     (void)state;
     const conv_shape shapes[] = {shape_3x3_s1, shape_3x3_s2_odd, shape_1x1};
@@ -370,15 +373,15 @@ static void test_conv2d_backward_to_overwrites_din_and_accumulates_parameters(vo
         backward(&c, c.din, c.dweight, c.dbias); /* from zero */
         float *din = tu_alloc(c.n_in), *dweight = tu_alloc(c.n_weight), *dbias = tu_alloc((size_t)s.Cout);
         for (size_t i = 0; i < c.n_in; i++)
-            din[i] = 1e30f; /* garbage that would dominate any sum */
-        ddpm_conv2d_backward_to(din, dweight, dbias, c.scratch, c.r, c.in, c.weight, s.B, s.Cin, s.H, s.W,
+            din[i] = NAN; /* never read with beta = 0: a read would spread the NaN */
+        ddpm_conv2d_backward(din, 0.0f, dweight, dbias, c.scratch, c.r, c.in, c.weight, s.B, s.Cin, s.H, s.W,
                                 s.Cout, s.K, s.S, s.P);
-        ddpm_conv2d_backward_to(din, dweight, dbias, c.scratch, c.r, c.in, c.weight, s.B, s.Cin, s.H, s.W,
+        ddpm_conv2d_backward(din, 0.0f, dweight, dbias, c.scratch, c.r, c.in, c.weight, s.B, s.Cin, s.H, s.W,
                                 s.Cout, s.K, s.S, s.P);
         assert_canary_intact(&c);
         for (size_t i = 0; i < c.n_in; i++)
             if (din[i] != c.din[i])
-                fail_msg("shape %d: din[%zu] = %g, want %g (as _backward into zeros)", k, i, (double)din[i],
+                fail_msg("shape %d: din[%zu] = %g, want %g (as beta = 1 into zeros)", k, i, (double)din[i],
                          (double)c.din[i]);
         /* twice from zero: 2g, up to one rounding of the float addition */
         for (size_t i = 0; i < c.n_weight; i++)
@@ -388,6 +391,152 @@ static void test_conv2d_backward_to_overwrites_din_and_accumulates_parameters(vo
         free(din);
         free(dweight);
         free(dbias);
+        case_free(&c);
+    }
+}
+
+/* ---- the default model's shapes: 28x28 and 14x14, B >= 9 ------------------------
+ * At these sizes the op takes the paths that the small shapes above never reach:
+ * one image per unit at 28x28 (HoWo >= 256), two or eight per unit with the NCHW
+ * permute at 14x14 and 7x7, more units than the 8 lanes (a lane sums two units'
+ * weight gradients), a last unit with fewer images. Finite differences are too slow
+ * here, so the backward is checked against the direct backward in double. */
+
+/* din, dweight, dbias of L = sum r * conv(in) by direct loops in double, and for
+ * each the sum of |terms| (the scale of float rounding in any order of summation). */
+static void conv_backward_reference(double *din, double *din_abs, double *dweight, double *dweight_abs,
+                                    double *dbias, double *dbias_abs, const float *r, const float *in,
+                                    const float *weight, const conv_shape *s)
+{
+    const int Ho = out_size(s->H, s->K, s->S, s->P), Wo = out_size(s->W, s->K, s->S, s->P);
+    for (int b = 0; b < s->B; b++)
+        for (int co = 0; co < s->Cout; co++)
+            for (int oh = 0; oh < Ho; oh++)
+                for (int ow = 0; ow < Wo; ow++) {
+                    const double g = r[((b * s->Cout + co) * Ho + oh) * Wo + ow];
+                    dbias[co] += g;
+                    dbias_abs[co] += fabs(g);
+                    for (int ci = 0; ci < s->Cin; ci++)
+                        for (int kh = 0; kh < s->K; kh++)
+                            for (int kw = 0; kw < s->K; kw++) {
+                                const int ih = oh * s->S - s->P + kh, iw = ow * s->S - s->P + kw;
+                                if (ih < 0 || ih >= s->H || iw < 0 || iw >= s->W)
+                                    continue;
+                                const size_t wi = (size_t)((co * s->Cin + ci) * s->K + kh) * s->K + kw;
+                                const size_t xi = (size_t)((b * s->Cin + ci) * s->H + ih) * s->W + iw;
+                                dweight[wi] += g * in[xi];
+                                dweight_abs[wi] += fabs(g * in[xi]);
+                                din[xi] += g * weight[wi];
+                                din_abs[xi] += fabs(g * weight[wi]);
+                            }
+                }
+}
+
+/* got - start against want: |err| <= 1e-6 + 2e-5 * sum|terms|. A float sum of n terms in
+ * any order is within n * 2^-24 * sum|terms| (7056 terms: 4.2e-4) and in practice
+ * within a few sqrt(n) ulps (measured below 4e-7 * sum|terms|); one term too many or
+ * too few moves it by about sum|terms| / n, at least 50 times the bound. */
+static int count_off(const char *name, const float *got, const float *start, const double *want,
+                     const double *abs_terms, size_t n)
+{
+    int n_bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double g = (double)got[i] - (start ? (double)start[i] : 0.0);
+        const double tol = 1e-6 + 2e-5 * abs_terms[i];
+        if (!(fabs(g - want[i]) <= tol)) {
+            if (n_bad < 5)
+                fprintf(stderr, "%s[%zu]: got %.9g want %.9g (tolerance %.3g)\n", name, i, g, want[i], tol);
+            n_bad++;
+        }
+    }
+    return n_bad;
+}
+
+static void check_large(conv_shape s, uint64_t seed)
+{
+    check_forward(s, seed);
+    conv_case c;
+    case_init(&c, s, seed, 0);
+    double *din = calloc(c.n_in, sizeof(double)), *din_abs = calloc(c.n_in, sizeof(double));
+    double *dw = calloc(c.n_weight, sizeof(double)), *dw_abs = calloc(c.n_weight, sizeof(double));
+    double *db = calloc((size_t)s.Cout, sizeof(double)), *db_abs = calloc((size_t)s.Cout, sizeof(double));
+    assert_true(din && din_abs && dw && dw_abs && db && db_abs);
+    conv_backward_reference(din, din_abs, dw, dw_abs, db, db_abs, c.r, c.in, c.weight, &s);
+    /* accumulate onto nonzero gradients (beta = 1), and overwrite NaN (beta = 0) */
+    float *din0 = tu_alloc(c.n_in), *dw0 = tu_alloc(c.n_weight), *db0 = tu_alloc((size_t)s.Cout);
+    fill_full(din0, c.n_in, seed + 7);
+    fill_full(dw0, c.n_weight, seed + 8);
+    fill_full(db0, (size_t)s.Cout, seed + 9);
+    memcpy(c.din, din0, c.n_in * sizeof(float));
+    memcpy(c.dweight, dw0, c.n_weight * sizeof(float));
+    memcpy(c.dbias, db0, (size_t)s.Cout * sizeof(float));
+    backward(&c, c.din, c.dweight, c.dbias);
+    assert_canary_intact(&c);
+    int n_bad = count_off("din", c.din, din0, din, din_abs, c.n_in);
+    n_bad += count_off("dweight", c.dweight, dw0, dw, dw_abs, c.n_weight);
+    n_bad += count_off("dbias", c.dbias, db0, db, db_abs, (size_t)s.Cout);
+    fill_nan(c.din, c.n_in);
+    ddpm_conv2d_backward(c.din, 0.0f, NULL, NULL, c.scratch, c.r, c.in, c.weight, s.B, s.Cin, s.H, s.W, s.Cout,
+                         s.K, s.S, s.P);
+    n_bad += count_off("din (beta 0)", c.din, NULL, din, din_abs, c.n_in);
+    if (n_bad)
+        fail_msg("conv backward B%d Cin%d %dx%d Cout%d K%d S%d P%d: %d gradient elements off the direct backward",
+                 s.B, s.Cin, s.H, s.W, s.Cout, s.K, s.S, s.P, n_bad);
+    free(din), free(din_abs), free(dw), free(dw_abs), free(db), free(db_abs);
+    free(din0), free(dw0), free(db0);
+    case_free(&c);
+}
+
+static void test_conv2d_28x28_batch9_matches_direct_convolution_stride1(void **state)
+{
+    (void)state;
+    check_large((conv_shape){9, 4, 28, 28, 5, 3, 1, 1}, 101); /* 9 units of one image over 8 lanes */
+}
+
+static void test_conv2d_28x28_batch9_matches_direct_convolution_stride2(void **state)
+{
+    (void)state;
+    check_large((conv_shape){9, 4, 28, 28, 6, 3, 2, 1}, 111); /* 14x14 out: 2 images a unit, a short last */
+}
+
+static void test_conv2d_14x14_batch11_matches_direct_convolution_stride1_and_1x1(void **state)
+{
+    (void)state;
+    check_large((conv_shape){11, 6, 14, 14, 7, 3, 1, 1}, 121);
+    check_large((conv_shape){11, 6, 14, 14, 5, 1, 1, 0}, 122); /* the skip and attention 1x1s */
+}
+
+static void test_conv2d_14x14_batch11_matches_direct_convolution_stride2(void **state)
+{
+    (void)state;
+    check_large((conv_shape){11, 6, 14, 14, 7, 3, 2, 1}, 131); /* 7x7 out: 8 images a unit */
+}
+
+/* Forward and backward give the same bytes at 1 and 2 threads (README: results do not
+ * depend on the thread count). */
+static void test_conv2d_same_bytes_at_one_and_two_threads(void **state)
+{
+    (void)state;
+    const conv_shape shapes[] = {{9, 4, 28, 28, 5, 3, 1, 1}, {11, 6, 14, 14, 7, 3, 2, 1}, {11, 6, 14, 14, 5, 1, 1, 0}};
+    for (int k = 0; k < 3; k++) {
+        const conv_shape s = shapes[k];
+        conv_case c;
+        case_init(&c, s, 141 + k, 0);
+        float *out[2], *din[2], *dw[2], *db[2];
+        for (int t = 0; t < 2; t++) {
+            omp_set_num_threads(t + 1);
+            out[t] = tu_alloc(c.n_out), din[t] = tu_alloc(c.n_in);
+            dw[t] = tu_alloc(c.n_weight), db[t] = tu_alloc((size_t)s.Cout);
+            ddpm_conv2d_forward(out[t], c.scratch, c.in, c.weight, c.bias, s.B, s.Cin, s.H, s.W, s.Cout, s.K, s.S,
+                                s.P);
+            backward(&c, din[t], dw[t], db[t]);
+        }
+        assert_memory_equal(out[0], out[1], c.n_out * sizeof(float));
+        assert_memory_equal(din[0], din[1], c.n_in * sizeof(float));
+        assert_memory_equal(dw[0], dw[1], c.n_weight * sizeof(float));
+        assert_memory_equal(db[0], db[1], (size_t)s.Cout * sizeof(float));
+        for (int t = 0; t < 2; t++)
+            free(out[t]), free(din[t]), free(dw[t]), free(db[t]);
         case_free(&c);
     }
 }
@@ -404,7 +553,12 @@ int main(void)
         cmocka_unit_test(test_conv2d_backward_matches_finite_differences_other_kernels),
         cmocka_unit_test(test_conv2d_backward_accumulates_into_gradients),
         cmocka_unit_test(test_conv2d_backward_null_gradients_are_skipped),
-        cmocka_unit_test(test_conv2d_backward_to_overwrites_din_and_accumulates_parameters),
+        cmocka_unit_test(test_conv2d_backward_beta0_overwrites_din_and_accumulates_parameters),
+        cmocka_unit_test(test_conv2d_28x28_batch9_matches_direct_convolution_stride1),
+        cmocka_unit_test(test_conv2d_28x28_batch9_matches_direct_convolution_stride2),
+        cmocka_unit_test(test_conv2d_14x14_batch11_matches_direct_convolution_stride1_and_1x1),
+        cmocka_unit_test(test_conv2d_14x14_batch11_matches_direct_convolution_stride2),
+        cmocka_unit_test(test_conv2d_same_bytes_at_one_and_two_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

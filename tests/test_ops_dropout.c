@@ -15,11 +15,21 @@
 
 enum { BIG = 1 << 20 };
 
+/* Forward, and the mask it applied (the forward of ones: the op stores no mask). */
+static void forward_with_mask(float *out, float *mask, const float *x, float p, size_t n, uint64_t seed,
+                              uint64_t counter)
+{
+    for (size_t i = 0; i < n; i++)
+        mask[i] = 1.0f;
+    ddpm_dropout_forward(mask, mask, p, n, seed, counter);
+    ddpm_dropout_forward(out, x, p, n, seed, counter);
+}
+
 static void check_kept_fraction_and_scale(float p)
 {
     float *x = tu_alloc(BIG), *out = tu_alloc(BIG), *mask = tu_alloc(BIG);
     tu_fill_uniform(x, BIG, 1, 0.5f, 1.5f); /* never 0, so a dropped element is visible */
-    ddpm_dropout_forward(out, mask, x, p, BIG, 42, 1000);
+    forward_with_mask(out, mask, x, p, BIG, 42, 1000);
     size_t kept = 0;
     const double scale = 1.0 / (1.0 - (double)p);
     for (size_t i = 0; i < BIG; i++) {
@@ -58,7 +68,7 @@ static void test_dropout_mask_is_philox_lane_i_mod_4_of_counter_plus_i_div_4(voi
     float x[N], out[N], mask[N];
     for (int i = 0; i < N; i++)
         x[i] = 1.0f;
-    ddpm_dropout_forward(out, mask, x, p, N, 7, 55);
+    forward_with_mask(out, mask, x, p, N, 7, 55);
     for (int i = 0; i < N; i++) {
         uint32_t w[4];
         ddpm_philox(w, 7, DDPM_STREAM_DROPOUT, 55 + (uint64_t)i / 4);
@@ -73,13 +83,13 @@ static void test_dropout_same_seed_and_counter_give_the_same_mask(void **state)
     enum { N = 4099 };
     float *x = tu_alloc(N), *out = tu_alloc(N), *m1 = tu_alloc(N), *m2 = tu_alloc(N);
     tu_fill_uniform(x, N, 2, -1.0f, 1.0f);
-    ddpm_dropout_forward(out, m1, x, 0.25f, N, 9, 123);
-    ddpm_dropout_forward(out, m2, x, 0.25f, N, 9, 123);
+    forward_with_mask(out, m1, x, 0.25f, N, 9, 123);
+    forward_with_mask(out, m2, x, 0.25f, N, 9, 123);
     assert_memory_equal(m1, m2, N * sizeof(float));
     /* another counter or another seed gives another mask */
-    ddpm_dropout_forward(out, m2, x, 0.25f, N, 9, 124);
+    forward_with_mask(out, m2, x, 0.25f, N, 9, 124);
     assert_memory_not_equal(m1, m2, N * sizeof(float));
-    ddpm_dropout_forward(out, m2, x, 0.25f, N, 10, 123);
+    forward_with_mask(out, m2, x, 0.25f, N, 10, 123);
     assert_memory_not_equal(m1, m2, N * sizeof(float));
     free(x), free(out), free(m1), free(m2);
 }
@@ -93,9 +103,9 @@ static void test_dropout_mask_does_not_depend_on_thread_count(void **state)
     tu_fill_uniform(x, BIG, 3, -1.0f, 1.0f);
     int saved = omp_get_max_threads();
     omp_set_num_threads(1);
-    ddpm_dropout_forward(o1, m1, x, 0.1f, BIG, 11, 77);
+    forward_with_mask(o1, m1, x, 0.1f, BIG, 11, 77);
     omp_set_num_threads(2);
-    ddpm_dropout_forward(o2, m2, x, 0.1f, BIG, 11, 77);
+    forward_with_mask(o2, m2, x, 0.1f, BIG, 11, 77);
     omp_set_num_threads(saved);
     assert_memory_equal(m1, m2, BIG * sizeof(float));
     assert_memory_equal(o1, o2, BIG * sizeof(float));
@@ -109,7 +119,7 @@ static void test_dropout_p_zero_is_identity_with_unit_mask_in_place(void **state
     float x[N], x0[N], mask[N];
     tu_fill_uniform(x0, N, 4, -1.0f, 1.0f);
     memcpy(x, x0, sizeof x);
-    ddpm_dropout_forward(x, mask, x, 0.0f, N, 5, 0);
+    forward_with_mask(x, mask, x, 0.0f, N, 5, 0);
     assert_memory_equal(x, x0, sizeof x);
     for (int i = 0; i < N; i++)
         assert_true(mask[i] == 1.0f);
@@ -121,8 +131,8 @@ static void test_dropout_in_place_equals_out_of_place(void **state)
     enum { N = 1001 };
     float x[N], out[N], m1[N], m2[N];
     tu_fill_uniform(x, N, 6, -1.0f, 1.0f);
-    ddpm_dropout_forward(out, m1, x, 0.2f, N, 5, 9);
-    ddpm_dropout_forward(x, m2, x, 0.2f, N, 5, 9);
+    forward_with_mask(out, m1, x, 0.2f, N, 5, 9);
+    forward_with_mask(x, m2, x, 0.2f, N, 5, 9);
     assert_memory_equal(x, out, sizeof x);
     assert_memory_equal(m1, m2, sizeof m1);
 }
@@ -135,7 +145,7 @@ typedef struct {
 static double drop_loss(void *ctx)
 {
     drop_case *c = ctx;
-    ddpm_dropout_forward(c->out, c->mask, c->x, 0.25f, c->n, 13, 31);
+    forward_with_mask(c->out, c->mask, c->x, 0.25f, c->n, 13, 31);
     double L = 0;
     for (size_t i = 0; i < c->n; i++)
         L += (double)c->r[i] * c->out[i];
@@ -151,36 +161,39 @@ static void test_dropout_backward_matches_finite_differences_and_accumulates(voi
     tu_fill_uniform(c.x, N, 7, -1.0f, 1.0f);
     tu_fill_uniform(c.r, N, 8, -1.0f, 1.0f);
     drop_loss(&c);
-    ddpm_dropout_backward(din, c.r, c.mask, N);
+    ddpm_dropout_backward(din, 1.0f, c.r, 0.25f, N, 13, 31);
     /* out = x * 4/3 (float): linear, so only rounding remains: x +- h and x * scale
      * each rounded (rel 6e-8, |out| < 1.4) give <~ 4e-7 / 2h = 1.3e-5 with h = 2^-6.
      * abs 3e-5 + rel 1e-5; a wrong mask or index is off by O(1). */
     assert_int_equal(tu_check_grad("dropout din", c.x, din, N, drop_loss, &c, 1.0f / 64, 3e-5, 1e-5), 0);
     for (size_t i = 0; i < N; i++)
         din2[i] = 1.0f - (float)(i % 3);
-    ddpm_dropout_backward(din2, c.r, c.mask, N);
+    ddpm_dropout_backward(din2, 1.0f, c.r, 0.25f, N, 13, 31);
     for (size_t i = 0; i < N; i++) {
         float want = (1.0f - (float)(i % 3)) + din[i];
         assert_true(fabsf(din2[i] - want) <= 1e-6f * (1.0f + fabsf(want)));
     }
-    ddpm_dropout_backward(NULL, c.r, c.mask, N);
+    ddpm_dropout_backward(NULL, 1.0f, c.r, 0.25f, N, 13, 31);
     free(c.x), free(c.out), free(c.mask), free(c.r), free(din), free(din2);
 }
 
-/* _backward_to overwrites din with exactly what _backward adds to zeros. */
-static void test_dropout_backward_to_overwrites(void **state)
+/* Backward draws the forward's mask again: beta = 0 gives exactly dout * mask (and
+ * never reads din), beta = 1 adds it; with p = 0 the mask is all ones. */
+static void test_dropout_backward_redraws_the_forward_mask_beta0_overwrites(void **state)
 {
     (void)state;
     enum { N = 301 };
     float x[N], out[N], mask[N], d[N], want[N] = {0}, got[N];
     for (int i = 0; i < N; i++)
-        x[i] = 1.0f, d[i] = (float)(i % 13) - 6.5f, got[i] = 1e30f;
-    ddpm_dropout_forward(out, mask, x, 0.4f, N, 5, 0);
-    ddpm_dropout_backward(want, d, mask, N);
-    ddpm_dropout_backward_to(got, d, mask, N);
+        x[i] = 1.0f, d[i] = (float)(i % 13) - 6.5f, got[i] = NAN;
+    forward_with_mask(out, mask, x, 0.4f, N, 5, 3);
+    ddpm_dropout_backward(want, 1.0f, d, 0.4f, N, 5, 3);
+    ddpm_dropout_backward(got, 0.0f, d, 0.4f, N, 5, 3);
     for (int i = 0; i < N; i++)
-        if (got[i] != want[i])
-            fail_msg("din[%d] = %g, want %g", i, (double)got[i], (double)want[i]);
+        if (got[i] != want[i] || got[i] != d[i] * mask[i])
+            fail_msg("din[%d] = %g and %g, want %g", i, (double)got[i], (double)want[i], (double)(d[i] * mask[i]));
+    ddpm_dropout_backward(got, 0.0f, d, 0.0f, N, 5, 3);
+    assert_memory_equal(got, d, sizeof got);
 }
 
 int main(void)
@@ -193,7 +206,7 @@ int main(void)
         cmocka_unit_test(test_dropout_p_zero_is_identity_with_unit_mask_in_place),
         cmocka_unit_test(test_dropout_in_place_equals_out_of_place),
         cmocka_unit_test(test_dropout_backward_matches_finite_differences_and_accumulates),
-        cmocka_unit_test(test_dropout_backward_to_overwrites),
+        cmocka_unit_test(test_dropout_backward_redraws_the_forward_mask_beta0_overwrites),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

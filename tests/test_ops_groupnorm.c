@@ -178,7 +178,7 @@ static void test_groupnorm_normalizes_each_group_to_mean_zero_unit_variance(void
 static void gn_analytic(gn_case *c, float *din, float *dgamma, float *dbeta)
 {
     gn_loss(c);
-    ddpm_groupnorm_backward(din, dgamma, dbeta, c->r, c->x, c->mean, c->rstd, c->gamma, c->B, c->C,
+    ddpm_groupnorm_backward(din, 1.0f, dgamma, dbeta, c->r, c->x, c->mean, c->rstd, c->gamma, c->B, c->C,
                             c->HW, c->G);
 }
 
@@ -244,7 +244,7 @@ static void test_groupnorm_backward_accumulates_and_skips_null(void **state)
         din2[i] = 0.375f - (float)(i % 7);
     for (int i = 0; i < c.C; i++)
         dgamma2[i] = 1.5f + i, dbeta2[i] = -2.25f + i;
-    ddpm_groupnorm_backward(din2, dgamma2, dbeta2, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW,
+    ddpm_groupnorm_backward(din2, 1.0f, dgamma2, dbeta2, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW,
                             c.G);
     /* prefill + gradient, up to the one rounding of the float addition */
     for (size_t i = 0; i < c.n; i++) {
@@ -257,10 +257,10 @@ static void test_groupnorm_backward_accumulates_and_skips_null(void **state)
     }
     /* NULL gradients are skipped; the others are unaffected */
     memset(din2, 0, c.n * sizeof(float));
-    ddpm_groupnorm_backward(din2, NULL, NULL, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW, c.G);
+    ddpm_groupnorm_backward(din2, 1.0f, NULL, NULL, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW, c.G);
     assert_memory_equal(din2, din, c.n * sizeof(float));
     memset(dgamma2, 0, c.C * sizeof(float));
-    ddpm_groupnorm_backward(NULL, dgamma2, NULL, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW, c.G);
+    ddpm_groupnorm_backward(NULL, 1.0f, dgamma2, NULL, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW, c.G);
     assert_memory_equal(dgamma2, dgamma, c.C * sizeof(float));
     free(din), free(dgamma), free(dbeta), free(din2), free(dgamma2), free(dbeta2);
     gn_free(&c);
@@ -288,9 +288,9 @@ static void test_groupnorm_is_identical_for_one_and_two_threads(void **state)
     gn_free(&c);
 }
 
-/* _backward_to overwrites din with exactly what _backward adds to zeros, and
+/* beta = 0 overwrites din with exactly what _backward adds to zeros, and
  * still accumulates dgamma and dbeta. */
-static void test_groupnorm_backward_to_overwrites_din_and_accumulates_parameters(void **state)
+static void test_groupnorm_backward_beta0_overwrites_din_and_accumulates_parameters(void **state)
 {
     (void)state;
     gn_case c = gn_make(3, 8, 27, 4, 1e-5f, 41);
@@ -298,10 +298,10 @@ static void test_groupnorm_backward_to_overwrites_din_and_accumulates_parameters
     float *din2 = tu_alloc(c.n), *dgamma2 = tu_alloc(c.C), *dbeta2 = tu_alloc(c.C);
     gn_analytic(&c, din, dgamma, dbeta);
     for (size_t i = 0; i < c.n; i++)
-        din2[i] = 1e30f;
+        din2[i] = NAN;
     for (int i = 0; i < c.C; i++)
         dgamma2[i] = 1.5f + i, dbeta2[i] = -2.25f + i;
-    ddpm_groupnorm_backward_to(din2, dgamma2, dbeta2, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW, c.G);
+    ddpm_groupnorm_backward(din2, 0.0f, dgamma2, dbeta2, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW, c.G);
     for (size_t i = 0; i < c.n; i++)
         if (din2[i] != din[i])
             fail_msg("din[%zu] = %g, want %g", i, (double)din2[i], (double)din[i]);
@@ -322,7 +322,7 @@ int main(void)
         cmocka_unit_test(test_groupnorm_backward_matches_finite_differences_large_eps),
         cmocka_unit_test(test_groupnorm_backward_accumulates_and_skips_null),
         cmocka_unit_test(test_groupnorm_is_identical_for_one_and_two_threads),
-        cmocka_unit_test(test_groupnorm_backward_to_overwrites_din_and_accumulates_parameters),
+        cmocka_unit_test(test_groupnorm_backward_beta0_overwrites_din_and_accumulates_parameters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -90,7 +90,7 @@ static void test_silu_backward_matches_finite_differences(void **state)
     float *din = tu_alloc(N);
     fill_grid(c.x, N, 3, -6.0f, 6.0f);
     tu_fill_uniform(c.r, N, 4, -1.0f, 1.0f);
-    ddpm_silu_backward(din, c.r, c.x, N);
+    ddpm_silu_backward(din, 1.0f, c.r, c.x, N);
     /* (1) the float op: only out[i] moves with x[i]; its float rounding (half an ulp,
      * <= 2.4e-7 at |out| < 6) in both evaluations gives <= 4.8e-7 / 2h = 6e-5;
      * truncation h^2/6 max|silu'''| ~ 1e-6. abs 1e-4 + rel 1e-3.
@@ -109,7 +109,7 @@ static void test_silu_backward_is_finite_and_exact_at_large_x(void **state)
     const float x[6] = {-1e30f, -1000.0f, -104.0f, 104.0f, 1000.0f, 1e30f};
     const float dout[6] = {1, 1, 1, 1, 1, 1};
     float din[6] = {0};
-    ddpm_silu_backward(din, dout, x, 6);
+    ddpm_silu_backward(din, 1.0f, dout, x, 6);
     for (int i = 0; i < 6; i++)
         assert_true(isfinite(din[i]));
     for (int i = 0; i < 3; i++)
@@ -124,32 +124,32 @@ static void test_silu_backward_accumulates(void **state)
     float x[N], dout[N], din[N] = {0}, din2[N];
     fill_grid(x, N, 5, -6.0f, 6.0f);
     tu_fill_uniform(dout, N, 6, -1.0f, 1.0f);
-    ddpm_silu_backward(din, dout, x, N);
+    ddpm_silu_backward(din, 1.0f, dout, x, N);
     for (int i = 0; i < N; i++)
         din2[i] = 0.5f * (float)(i % 5) - 1.0f;
-    ddpm_silu_backward(din2, dout, x, N);
+    ddpm_silu_backward(din2, 1.0f, dout, x, N);
     for (int i = 0; i < N; i++) {
         float want = (0.5f * (float)(i % 5) - 1.0f) + din[i];
         assert_true(fabsf(din2[i] - want) <= 1e-6f * (1.0f + fabsf(want)));
     }
-    ddpm_silu_backward(NULL, dout, x, N); /* NULL: nothing to do, no crash */
+    ddpm_silu_backward(NULL, 1.0f, dout, x, N); /* NULL: nothing to do, no crash */
 }
 
-/* _backward_to overwrites din with exactly what _backward adds to zeros. */
-static void test_silu_backward_to_overwrites(void **state)
+/* beta = 0 overwrites din with exactly what _backward adds to zeros. */
+static void test_silu_backward_beta0_overwrites(void **state)
 {
     (void)state;
     float *x = tu_alloc(N), *d = tu_alloc(N), *want = tu_alloc(N), *got = tu_alloc(N);
     tu_fill_uniform(x, N, 91, -12.0f, 12.0f);
     tu_fill_uniform(d, N, 92, -1.0f, 1.0f);
-    ddpm_silu_backward(want, d, x, N);
+    ddpm_silu_backward(want, 1.0f, d, x, N);
     for (size_t i = 0; i < N; i++)
-        got[i] = 1e30f;
-    ddpm_silu_backward_to(got, d, x, N);
+        got[i] = NAN;
+    ddpm_silu_backward(got, 0.0f, d, x, N);
     for (size_t i = 0; i < N; i++)
         if (got[i] != want[i])
             fail_msg("din[%zu] = %g, want %g", i, (double)got[i], (double)want[i]);
-    ddpm_silu_backward_to(NULL, d, x, N); /* NULL is skipped */
+    ddpm_silu_backward(NULL, 0.0f, d, x, N); /* NULL is skipped */
     free(x), free(d), free(want), free(got);
 }
 
@@ -161,7 +161,7 @@ int main(void)
         cmocka_unit_test(test_silu_backward_matches_finite_differences),
         cmocka_unit_test(test_silu_backward_is_finite_and_exact_at_large_x),
         cmocka_unit_test(test_silu_backward_accumulates),
-        cmocka_unit_test(test_silu_backward_to_overwrites),
+        cmocka_unit_test(test_silu_backward_beta0_overwrites),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -64,6 +64,30 @@ static void test_global_norm_is_exact_and_thread_count_independent(void **state)
     free(g);
 }
 
+/* Inputs where the order of the chunk sums decides the result: 32 chunks of 2^16 floats
+ * with sums of squares 2^52, 2^52, then 1 in each of the other 30. In chunk order,
+ * every 2^53 + 1 rounds back to 2^53 (ties to even): the norm is sqrt(2^53). Split
+ * over two threads as an OpenMP reduction does, the second thread's 16 ones add up
+ * exactly and 2^53 + 16 survives: the norm differs by about 3 ulps. */
+static void test_global_norm_sums_chunks_in_a_fixed_order(void **state)
+{
+    (void)state;
+    const size_t chunk = 1 << 16, n_chunks = 32, n = n_chunks * chunk;
+    float *g = calloc(n, sizeof *g);
+    assert_non_null(g);
+    g[0] = g[chunk] = 67108864.0f; /* 2^26, squared 2^52 */
+    for (size_t c = 2; c < n_chunks; c++)
+        g[c * chunk] = 1.0f;
+    omp_set_num_threads(1);
+    double a = ddpm_global_norm(g, n);
+    omp_set_num_threads(2);
+    double b = ddpm_global_norm(g, n);
+    if (a != b)
+        fail_msg("norm at 1 thread %.17g, at 2 threads %.17g", a, b);
+    assert_true(a == sqrt(9007199254740992.0)); /* the chunk-order sum, 2^53 */
+    free(g);
+}
+
 static void test_warmup_is_linear_then_constant(void **state)
 {
     (void)state;
@@ -111,6 +135,7 @@ int main(void)
         cmocka_unit_test(test_adam_first_steps_match_hand_computation),
         cmocka_unit_test(test_clip_scales_to_max_norm_and_leaves_small_gradients),
         cmocka_unit_test(test_global_norm_is_exact_and_thread_count_independent),
+        cmocka_unit_test(test_global_norm_sums_chunks_in_a_fixed_order),
         cmocka_unit_test(test_warmup_is_linear_then_constant),
         cmocka_unit_test(test_ema_decay_warms_up_and_update_is_a_convex_mix),
         cmocka_unit_test(test_adam_minimises_a_quadratic),

@@ -9,11 +9,14 @@
  *   "DDPMREF1", u32 version (1), u32 n_cases, then per case:
  *     u32 name length + name bytes;
  *     24 x i32 config: in_channels, image_size, ch, n_levels, ch_mult[8],
- *       num_res_blocks, n_attn, attn_res[8], groups, B (dropout is 0);
+ *       num_res_blocks, n_attn, attn_res[8], groups, B;
  *     u32 n_tensors, then per tensor: u32 name length + name bytes, u32 dtype
  *       (0 float32, 1 int32), u32 ndim (0..4), ndim x u32 dims, the data.
  *   Tensors: x_t [B,C,S,S], t int32 [B] (0-based step indices), eps, eps_pred,
- *   loss [1], every parameter by its DESIGN.md name, and grad.<name> for each.
+ *   loss [1], every parameter by its DESIGN.md name, and grad.<name> for each;
+ *   with dropout on, then "dropout" [1] (p) and "dropout_seed" int32 [1]: the
+ *   reference applied the masks that ddpm's dropout draws from a dropout RNG with
+ *   that seed and counter 0 (the script reimplements the Philox draw).
  * The reference eps_pred, loss and gradients were computed in float64 from the
  * float32 inputs and parameters (uniform(-0.3, 0.3) everywhere, GroupNorm
  * weights 1 + that, so no gradient is trivially zero) and rounded to float32.
@@ -385,13 +388,25 @@ static void check_case(const char *case_name)
     if (!rc)
         fail_msg("%s: no case %s", REF_PATH, case_name);
 
+    /* dropout on: the config's p, masks from the file's seed (counter 0) */
+    const ref_tensor *drop_p = ref_find(rc, "dropout");
+    int one = 1;
+    ddpm_unet_config cfg_case = rc->cfg;
+    ddpm_rng drop_rng, *drop = NULL;
+    if (drop_p) {
+        const ref_tensor *seed = ref_get(rc, "dropout_seed", 1, 1, &one);
+        assert_int_equal(drop_p->n, 1);
+        cfg_case.dropout = drop_p->f[0];
+        ddpm_rng_init(&drop_rng, (uint64_t)seed->i[0], DDPM_STREAM_DROPOUT);
+        drop = &drop_rng;
+    }
     ddpm_unet *net;
-    if (ddpm_unet_create(&net, &rc->cfg))
+    if (ddpm_unet_create(&net, &cfg_case))
         fail_msg("%s: case %s: the C network refuses its config", REF_PATH, rc->name);
     const ddpm_unet_config *cfg = &net->cfg;
     int B = rc->B, S = cfg->image_size, C = cfg->in_channels;
     size_t D = (size_t)C * S * S, n = (size_t)B * D;
-    int img_shape[4] = {B, C, S, S}, one = 1;
+    int img_shape[4] = {B, C, S, S};
     const ref_tensor *x_t = ref_get(rc, "x_t", 0, 4, img_shape);
     const ref_tensor *t = ref_get(rc, "t", 1, 1, &B);
     const ref_tensor *eps = ref_get(rc, "eps", 0, 4, img_shape);
@@ -399,7 +414,7 @@ static void check_case(const char *case_name)
     const ref_tensor *loss_ref = ref_get(rc, "loss", 0, 1, &one);
 
     /* the file holds exactly the C network's tensors, each with its gradient */
-    assert_int_equal(rc->n_tensors, 5 + 2 * net->n_tensors);
+    assert_int_equal(rc->n_tensors, 5 + 2 * net->n_tensors + (drop ? 2 : 0));
     float *params = tu_alloc(net->n_params), *grads = tu_alloc(net->n_params);
     for (int i = 0; i < net->n_tensors; i++) {
         const ddpm_tensor_info *ti = &net->tensors[i];
@@ -414,7 +429,7 @@ static void check_case(const char *case_name)
     float *eps_pred = tu_alloc(n), *d_eps_pred = tu_alloc(n);
     ddpm_unet_workspace *ws;
     assert_int_equal(ddpm_unet_workspace_create(&ws, net, B, 1), 0);
-    ddpm_unet_forward(net, params, ws, eps_pred, x_t->f, steps, B, NULL);
+    ddpm_unet_forward(net, params, ws, eps_pred, x_t->f, steps, B, drop);
 
     summary s_eps = {0}, s_grad = {0};
     int n_bad = compare("eps_pred", "eps_pred", eps_pred, eps_pred_ref->f, n, max_abs(eps_pred_ref->f, n),
@@ -445,19 +460,25 @@ static void check_case(const char *case_name)
     }
 
     /* The sampler's way: a forward-only workspace and a config with dropout on
-     * (as a trained checkpoint has), no dropout RNG: the same network. */
-    ddpm_unet_config cfg_drop = *cfg;
-    cfg_drop.dropout = 0.1f;
-    ddpm_unet *net_drop;
-    ddpm_unet_workspace *ws_fwd;
-    assert_int_equal(ddpm_unet_create(&net_drop, &cfg_drop), 0);
-    assert_int_equal(net_drop->n_params, net->n_params);
-    assert_int_equal(ddpm_unet_workspace_create(&ws_fwd, net_drop, B, 0), 0);
-    float *eps_pred2 = tu_alloc(n);
-    ddpm_unet_forward(net_drop, params, ws_fwd, eps_pred2, x_t->f, steps, B, NULL);
-    summary s_eps2 = {0};
-    n_bad += compare("eps_pred (forward-only workspace, dropout 0.1, no RNG)", "eps_pred", eps_pred2,
-                     eps_pred_ref->f, n, max_abs(eps_pred_ref->f, n), EPS_ATOL, EPS_RTOL, &s_eps2);
+     * (as a trained checkpoint has), no dropout RNG: the same network (for the
+     * cases whose reference has no dropout). */
+    if (!drop) {
+        ddpm_unet_config cfg_drop = *cfg;
+        cfg_drop.dropout = 0.1f;
+        ddpm_unet *net_drop;
+        ddpm_unet_workspace *ws_fwd;
+        assert_int_equal(ddpm_unet_create(&net_drop, &cfg_drop), 0);
+        assert_int_equal(net_drop->n_params, net->n_params);
+        assert_int_equal(ddpm_unet_workspace_create(&ws_fwd, net_drop, B, 0), 0);
+        float *eps_pred2 = tu_alloc(n);
+        ddpm_unet_forward(net_drop, params, ws_fwd, eps_pred2, x_t->f, steps, B, NULL);
+        summary s_eps2 = {0};
+        n_bad += compare("eps_pred (forward-only workspace, dropout 0.1, no RNG)", "eps_pred", eps_pred2,
+                         eps_pred_ref->f, n, max_abs(eps_pred_ref->f, n), EPS_ATOL, EPS_RTOL, &s_eps2);
+        free(eps_pred2);
+        ddpm_unet_workspace_free(ws_fwd);
+        ddpm_unet_free(net_drop);
+    }
 
     /* The measured margins, for the record: 1 would be the tolerance. */
     printf("[ ref      ] %s: %zu parameters; worst |diff|/allowed: eps_pred %.3g, loss %.3g, "
@@ -466,9 +487,6 @@ static void check_case(const char *case_name)
            s_grad.worst_ratio, s_grad.worst_name, s_eps.worst_scaled, s_grad.worst_scaled,
            loss_diff / fabs(loss_ref->f[0]));
 
-    free(eps_pred2);
-    ddpm_unet_workspace_free(ws_fwd);
-    ddpm_unet_free(net_drop);
     free(eps_pred);
     free(d_eps_pred);
     free(steps);
@@ -494,6 +512,15 @@ static void test_unet_matches_pytorch_reference_gray_three_levels(void **state)
 {
     (void)state;
     check_case("gray8_ch4_mult1-2-2_res2_attn8-2_g2");
+}
+
+/* Case 1's network with dropout 0.2 in every ResBlock, the masks drawn from the
+ * dropout RNG (seed 77, counter 0) and given to the reference: the backward through
+ * the masks, in forward and in reverse order of the ResBlocks. */
+static void test_unet_matches_pytorch_reference_with_dropout(void **state)
+{
+    (void)state;
+    check_case("rgb8_ch8_mult1-2_res1_attn4_g2_dropout0.2");
 }
 
 /* The parser refuses damaged files with a message instead of crashing. */
@@ -556,6 +583,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unet_matches_pytorch_reference_rgb_two_levels),
         cmocka_unit_test(test_unet_matches_pytorch_reference_gray_three_levels),
+        cmocka_unit_test(test_unet_matches_pytorch_reference_with_dropout),
         cmocka_unit_test(test_reference_parser_refuses_damaged_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -2,11 +2,13 @@
  * functions over flat float arrays (NCHW), in the argument order
  *     outputs, what forward saves for backward, inputs, parameters, sizes.
  * No allocation inside: the caller passes scratch memory where an op needs it.
- * Backward passes ACCUMULATE (+=) into every input and parameter gradient; a
- * gradient pointer may be NULL when that gradient is not wanted. Where a caller
- * would otherwise clear a buffer only to accumulate into it once, a _backward_to
- * twin OVERWRITES the input gradient(s) instead (parameter gradients still
- * accumulate); it gives the same values as clearing, then calling _backward.
+ * Backward passes ACCUMULATE (+=) into every parameter gradient. Those whose
+ * input gradient is often the first write into a buffer (conv2d, SiLU, dropout,
+ * GroupNorm, attention) take a `beta` after it, as sgemm does:
+ * din = beta * din + (the gradient), so beta = 1 accumulates and beta = 0
+ * overwrites without reading din (which may then be uninitialised memory): the
+ * caller never clears a buffer only to add into it once. The others always
+ * accumulate. A gradient pointer may be NULL when that gradient is not wanted.
  * One source file per op under src/ops/ (conv2d.c, groupnorm.c, ...). */
 #ifndef DDPM_OPS_H
 #define DDPM_OPS_H
@@ -26,13 +28,10 @@ size_t ddpm_conv2d_scratch_floats(int B, int Cin, int H, int W, int Cout, int K,
 void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const float *weight,
                          const float *bias, int B, int Cin, int H, int W, int Cout, int K,
                          int S, int P);
-void ddpm_conv2d_backward(float *din, float *dweight, float *dbias, float *scratch,
+/* din = beta din + dL/din; dweight, dbias accumulate. */
+void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
                           const float *dout, const float *in, const float *weight, int B,
                           int Cin, int H, int W, int Cout, int K, int S, int P);
-/* As _backward, but din = (not +=) the input gradient; dweight, dbias accumulate. */
-void ddpm_conv2d_backward_to(float *din, float *dweight, float *dbias, float *scratch,
-                             const float *dout, const float *in, const float *weight, int B,
-                             int Cin, int H, int W, int Cout, int K, int S, int P);
 
 /* ---- linear (src/ops/linear.c) --------------------------------------------
  * in [B,In], weight [Out,In] (PyTorch layout), bias [Out] (may be NULL), out [B,Out]. */
@@ -41,10 +40,9 @@ void ddpm_linear_forward(float *out, const float *in, const float *weight, const
 void ddpm_linear_backward(float *din, float *dweight, float *dbias, const float *dout,
                           const float *in, const float *weight, int B, int In, int Out);
 
-/* ---- SiLU (src/ops/silu.c): out = x * sigmoid(x); out may equal in. --------- */
+/* ---- SiLU (src/ops/silu.c): out = x * sigmoid(x); out may equal in, din dout. */
 void ddpm_silu_forward(float *out, const float *in, size_t n);
-void ddpm_silu_backward(float *din, const float *dout, const float *in, size_t n);
-void ddpm_silu_backward_to(float *din, const float *dout, const float *in, size_t n); /* din = */
+void ddpm_silu_backward(float *din, float beta, const float *dout, const float *in, size_t n);
 
 /* ---- GroupNorm (src/ops/groupnorm.c) ----------------------------------------
  * in/out [B,C,HW], G groups dividing C; mean/rstd [B*G] saved for backward;
@@ -53,13 +51,10 @@ void ddpm_silu_backward_to(float *din, const float *dout, const float *in, size_
 void ddpm_groupnorm_forward(float *out, float *mean, float *rstd, const float *in,
                             const float *gamma, const float *beta, int B, int C, int HW, int G,
                             float eps);
-void ddpm_groupnorm_backward(float *din, float *dgamma, float *dbeta, const float *dout,
+/* din = beta din + dL/din; dgamma, dbeta accumulate. */
+void ddpm_groupnorm_backward(float *din, float beta, float *dgamma, float *dbeta, const float *dout,
                              const float *in, const float *mean, const float *rstd,
                              const float *gamma, int B, int C, int HW, int G);
-/* As _backward, but din = (not +=); dgamma, dbeta accumulate. */
-void ddpm_groupnorm_backward_to(float *din, float *dgamma, float *dbeta, const float *dout,
-                                const float *in, const float *mean, const float *rstd,
-                                const float *gamma, int B, int C, int HW, int G);
 
 /* ---- nearest 2x upsample (src/ops/upsample.c): in [B,C,H,W] -> out [B,C,2H,2W] */
 void ddpm_upsample_forward(float *out, const float *in, int B, int C, int H, int W);
@@ -79,13 +74,15 @@ void ddpm_add_channel_backward(float *dv, const float *dout, int B, int C, int H
 void ddpm_add_forward(float *out, const float *a, const float *b, size_t n);
 
 /* ---- dropout (src/ops/dropout.c) ---------------------------------------------
- * Inverted dropout: mask[i] = 0 with probability p, else 1/(1-p); out = in * mask.
- * The mask is drawn from (seed, stream DDPM_STREAM_DROPOUT, counter) so that it is
- * the same for any thread count; p == 0 gives an all-ones mask. out may equal in. */
-void ddpm_dropout_forward(float *out, float *mask, const float *in, float p, size_t n,
-                          uint64_t seed, uint64_t counter);
-void ddpm_dropout_backward(float *din, const float *dout, const float *mask, size_t n);
-void ddpm_dropout_backward_to(float *din, const float *dout, const float *mask, size_t n); /* din = */
+ * Inverted dropout: out = in * mask, mask[i] = 0 with probability p, else 1/(1-p).
+ * The mask is a pure function of (seed, stream DDPM_STREAM_DROPOUT, counter, i), the
+ * same for any thread count, and is never stored: backward draws it again from the
+ * same (p, seed, counter). A call uses the counters [counter, counter + ceil(n/4)).
+ * p == 0 is the identity. out may equal in, din may equal dout. */
+void ddpm_dropout_forward(float *out, const float *in, float p, size_t n, uint64_t seed,
+                          uint64_t counter);
+void ddpm_dropout_backward(float *din, float beta, const float *dout, float p, size_t n,
+                           uint64_t seed, uint64_t counter);
 
 /* ---- sinusoidal timestep embedding (src/ops/embedding.c), forward only -------
  * out [B,dim], dim even, half = dim/2, freq_i = exp(-ln(10000) * i/(half-1)),
@@ -107,13 +104,10 @@ void ddpm_embedding_add_backward(float *d_table, const float *d_out, const int *
 void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, const float *v,
                             int B, int C, int N);
 size_t ddpm_attention_scratch_floats(int N);
-void ddpm_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dh,
-                             const float *w, const float *q, const float *k, const float *v,
-                             int B, int C, int N);
-/* As _backward, but dq, dk, dv = (not +=). */
-void ddpm_attention_backward_to(float *dq, float *dk, float *dv, float *scratch, const float *dh,
-                                const float *w, const float *q, const float *k, const float *v,
-                                int B, int C, int N);
+/* dq = beta dq + dL/dq, likewise dk and dv. */
+void ddpm_attention_backward(float *dq, float *dk, float *dv, float beta, float *scratch,
+                             const float *dh, const float *w, const float *q, const float *k,
+                             const float *v, int B, int C, int N);
 
 /* ---- mean squared error (src/ops/mse.c) -----------------------------------
  * loss = mean_i (pred_i - target_i)^2, summed in double; dpred += 2(pred-target)/n. */

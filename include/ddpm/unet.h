@@ -77,12 +77,20 @@ double ddpm_unet_forward_flops(const ddpm_unet *net);
 
 typedef struct ddpm_unet_workspace ddpm_unet_workspace;
 
-/* Activation memory for batches of up to max_batch images. training = 0 makes
- * a forward-only workspace (no dropout masks, no gradient buffers). */
+/* Activation memory for batches of up to max_batch images; forward and backward
+ * take any B <= max_batch (a micro-batch uses the first B images of every buffer).
+ * A training workspace keeps what backward cannot cheaply recompute (GroupNorm
+ * statistics, conv1 outputs, attention's q, k, v, weights and output, the module
+ * outputs) and recomputes the rest in backward (GroupNorm outputs from their input
+ * and statistics, SiLU outputs, dropout masks from their Philox counter, concat
+ * and upsample outputs); the activation gradients share buffers by lifetime. training = 0 makes a forward-only workspace (sampling,
+ * evaluation): the module outputs share buffers by lifetime (the skip stack and
+ * the few live ones) and each block's activations live only while it runs.
+ * Memory is allocated, not touched: pages the run never uses stay unmapped. */
 int ddpm_unet_workspace_create(ddpm_unet_workspace **out, const ddpm_unet *net, int max_batch,
                                int training);
 void ddpm_unet_workspace_free(ddpm_unet_workspace *ws);
-/* Bytes the workspace holds. */
+/* Bytes the workspace allocates (activations, gradients, scratch). */
 size_t ddpm_unet_workspace_bytes(const ddpm_unet_workspace *ws);
 
 /* eps_pred [B,C,S,S] = eps_theta(x_t, t) with t the 0-based step index per image.

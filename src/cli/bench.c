@@ -189,7 +189,7 @@ static int conv_forward_call(void *p)
 static int conv_backward_call(void *p)
 {
     conv_ctx *c = p;
-    ddpm_conv2d_backward(c->din, c->dweight, c->dbias, c->scratch, c->dout, c->in, c->weight, c->B, c->C, c->HW,
+    ddpm_conv2d_backward(c->din, 1.0f, c->dweight, c->dbias, c->scratch, c->dout, c->in, c->weight, c->B, c->C, c->HW,
                          c->HW, c->C, 3, 1, 1);
     return 0;
 }

@@ -77,10 +77,10 @@ size_t ddpm_attention_scratch_floats(int N)
     return (size_t)LANES * N * N; /* per lane: dW, then dS in place, one image at a time */
 }
 
-/* beta = 1 accumulates into dq, dk, dv; beta = 0 overwrites them. */
-static void attention_backward(float *dq, float *dk, float *dv, float beta, float *scratch, const float *dh,
-                               const float *w, const float *q, const float *k, const float *v, int B, int C,
-                               int N)
+/* beta = 1 accumulates into dq, dk, dv; beta = 0 overwrites them (sgemm's beta). */
+void ddpm_attention_backward(float *dq, float *dk, float *dv, float beta, float *scratch, const float *dh,
+                             const float *w, const float *q, const float *k, const float *v, int B, int C,
+                             int N)
 {
     const float scale = (float)(1.0 / sqrt((double)C));
     const size_t CN = (size_t)C * N, NN = (size_t)N * N;
@@ -118,18 +118,4 @@ static void attention_backward(float *dq, float *dk, float *dv, float beta, floa
                             dk + b * CN, N);
         }
     }
-}
-
-void ddpm_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dh,
-                             const float *w, const float *q, const float *k, const float *v,
-                             int B, int C, int N)
-{
-    attention_backward(dq, dk, dv, 1.0f, scratch, dh, w, q, k, v, B, C, N);
-}
-
-void ddpm_attention_backward_to(float *dq, float *dk, float *dv, float *scratch, const float *dh,
-                                const float *w, const float *q, const float *k, const float *v,
-                                int B, int C, int N)
-{
-    attention_backward(dq, dk, dv, 0.0f, scratch, dh, w, q, k, v, B, C, N);
 }

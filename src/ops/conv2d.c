@@ -249,9 +249,9 @@ void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const floa
 }
 
 /* One unit of the backward: dW_lane (+)= dout_p col^T (beta 0 on the lane's first
- * unit), din += col2im(W^T dout_p), or din = ... when overwrite (the unit's din
- * block is cleared here, while it is about to be in cache anyway). */
-static void backward_unit(const geometry *g, float *din, int overwrite, float *dw_lane, int first,
+ * unit), din = beta din + col2im(W^T dout_p) (with beta = 0 the unit's din block is
+ * cleared here, while it is about to be in cache anyway, and never read). */
+static void backward_unit(const geometry *g, float *din, float beta, float *dw_lane, int first,
                           float *lane_scratch, const float *dout, const float *in, const float *weight, int u)
 {
     const int b0 = u * g->nb, nb = g->B - b0 < g->nb ? g->B - b0 : g->nb;
@@ -281,22 +281,26 @@ static void backward_unit(const geometry *g, float *din, int overwrite, float *d
     if (din) {
         float *dx = din + (size_t)b0 * in_image;
         if (!g->col_floats) {
-            /* 1x1 (nb = 1): dx [Cin, HW] += W^T dout_p, accumulating through beta = 1 */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, Mu, Cout, 1.0f, weight, CKK, dout_p, Mu,
-                        overwrite ? 0.0f : 1.0f, dx, Mu);
+            /* 1x1 (nb = 1): dx [Cin, HW] = beta dx + W^T dout_p, straight from sgemm */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, Mu, Cout, 1.0f, weight, CKK, dout_p, Mu, beta,
+                        dx, Mu);
             return;
         }
-        if (overwrite)
-            memset(dx, 0, (size_t)nb * in_image * sizeof(float));
+        const size_t n_dx = (size_t)nb * in_image;
+        if (beta == 0.0f)
+            memset(dx, 0, n_dx * sizeof(float));
+        else if (beta != 1.0f)
+            for (size_t i = 0; i < n_dx; i++)
+                dx[i] *= beta;
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, Mu, Cout, 1.0f, weight, CKK, dout_p, Mu, 0.0f,
                     col, Mu);
         col2im_add(dx, col, nb, g->Cin, g->H, g->W, g->K, g->S, g->P, g->Ho, g->Wo);
     }
 }
 
-static void conv2d_backward(float *din, int overwrite, float *dweight, float *dbias, float *scratch,
-                            const float *dout, const float *in, const float *weight, int B, int Cin, int H,
-                            int W, int Cout, int K, int S, int P)
+void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
+                          const float *dout, const float *in, const float *weight, int B, int Cin, int H,
+                          int W, int Cout, int K, int S, int P)
 {
     const geometry g = conv_geometry(B, Cin, H, W, Cout, K, S, P);
     const size_t HoWo = (size_t)g.HoWo;
@@ -321,7 +325,7 @@ static void conv2d_backward(float *din, int overwrite, float *dweight, float *db
         int u0, u1;
         unit_range(&g, lane, &u0, &u1);
         for (int u = u0; u < u1; u++)
-            backward_unit(&g, din, overwrite, dweight ? ls + dw_offset : NULL, u == u0, ls, dout, in, weight, u);
+            backward_unit(&g, din, beta, dweight ? ls + dw_offset : NULL, u == u0, ls, dout, in, weight, u);
     }
 
     if (dweight) {
@@ -335,18 +339,4 @@ static void conv2d_backward(float *din, int overwrite, float *dweight, float *db
             dweight[i] += s;
         }
     }
-}
-
-void ddpm_conv2d_backward(float *din, float *dweight, float *dbias, float *scratch,
-                          const float *dout, const float *in, const float *weight, int B,
-                          int Cin, int H, int W, int Cout, int K, int S, int P)
-{
-    conv2d_backward(din, 0, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout, K, S, P);
-}
-
-void ddpm_conv2d_backward_to(float *din, float *dweight, float *dbias, float *scratch,
-                             const float *dout, const float *in, const float *weight, int B,
-                             int Cin, int H, int W, int Cout, int K, int S, int P)
-{
-    conv2d_backward(din, 1, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout, K, S, P);
 }

@@ -7,54 +7,65 @@
  * counter by that much between calls so that two layers never share a mask. */
 #include "ddpm/ops.h"
 
+#include <string.h>
+
 #include "ddpm/rng.h"
 
 #define DROPOUT_PARALLEL_MIN 16384
 
-void ddpm_dropout_forward(float *out, float *mask, const float *in, float p, size_t n,
-                          uint64_t seed, uint64_t counter)
+/* The mask of elements [4 blk, 4 blk + 4) of (seed, counter): 0 with probability p,
+ * else keep_scale. 24 random bits centred in their bin: u in (0, 1), P(u < p) = p
+ * to 2^-24. */
+static inline void mask_block(float m[4], float p, float keep_scale, uint64_t seed, uint64_t counter)
+{
+    uint32_t w[4];
+    ddpm_philox(w, seed, DDPM_STREAM_DROPOUT, counter);
+    for (int l = 0; l < 4; l++) {
+        const float u = ((float)(w[l] >> 8) + 0.5f) * (1.0f / 16777216.0f);
+        m[l] = u < p ? 0.0f : keep_scale;
+    }
+}
+
+/* p >= 1 drops everything; guarded so that 1/(1-p) is never evaluated. */
+static inline float keep_scale_of(float p) { return p < 1.0f ? 1.0f / (1.0f - p) : 0.0f; }
+
+void ddpm_dropout_forward(float *out, const float *in, float p, size_t n, uint64_t seed, uint64_t counter)
 {
     if (!(p > 0.0f)) {
         /* p == 0 (sampling): identity, and no random numbers are drawn. */
-#pragma omp parallel for schedule(static) if (n > DROPOUT_PARALLEL_MIN)
-        for (size_t i = 0; i < n; i++) {
-            mask[i] = 1.0f;
-            out[i] = in[i];
-        }
+        if (out != in)
+            memcpy(out, in, n * sizeof *out);
         return;
     }
-    /* p >= 1 drops everything; guarded so that 1/(1-p) is never evaluated. */
-    const float keep_scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+    const float keep_scale = keep_scale_of(p);
     const size_t n_blocks = (n + 3) / 4;
 #pragma omp parallel for schedule(static) if (n > DROPOUT_PARALLEL_MIN)
     for (size_t blk = 0; blk < n_blocks; blk++) {
-        uint32_t w[4];
-        ddpm_philox(w, seed, DDPM_STREAM_DROPOUT, counter + blk);
-        for (size_t l = 0; l < 4 && blk * 4 + l < n; l++) {
-            const size_t i = blk * 4 + l;
-            /* 24 random bits centred in their bin: u in (0, 1), P(u < p) = p to 2^-24. */
-            const float u = ((float)(w[l] >> 8) + 0.5f) * (1.0f / 16777216.0f);
-            const float m = u < p ? 0.0f : keep_scale;
-            mask[i] = m;
-            out[i] = in[i] * m;
-        }
+        float m[4];
+        mask_block(m, p, keep_scale, seed, counter + blk);
+        for (size_t l = 0; l < 4 && blk * 4 + l < n; l++)
+            out[blk * 4 + l] = in[blk * 4 + l] * m[l];
     }
 }
 
-void ddpm_dropout_backward(float *din, const float *dout, const float *mask, size_t n)
+/* din = beta din + dout * mask, the mask drawn again from (seed, counter): nothing
+ * is stored between forward and backward. With beta = 0 din is never read. */
+void ddpm_dropout_backward(float *din, float beta, const float *dout, float p, size_t n, uint64_t seed,
+                           uint64_t counter)
 {
     if (!din)
         return;
+    const float keep_scale = keep_scale_of(p);
+    const size_t n_blocks = (n + 3) / 4;
 #pragma omp parallel for schedule(static) if (n > DROPOUT_PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++)
-        din[i] += dout[i] * mask[i];
-}
-
-void ddpm_dropout_backward_to(float *din, const float *dout, const float *mask, size_t n)
-{
-    if (!din)
-        return;
-#pragma omp parallel for schedule(static) if (n > DROPOUT_PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++)
-        din[i] = dout[i] * mask[i];
+    for (size_t blk = 0; blk < n_blocks; blk++) {
+        float m[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+        if (p > 0.0f)
+            mask_block(m, p, keep_scale, seed, counter + blk);
+        for (size_t l = 0; l < 4 && blk * 4 + l < n; l++) {
+            const size_t i = blk * 4 + l;
+            const float d = dout[i] * m[l];
+            din[i] = beta == 0.0f ? d : beta * din[i] + d;
+        }
+    }
 }

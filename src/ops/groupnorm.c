@@ -104,9 +104,9 @@ void ddpm_groupnorm_forward(float *out, float *mean, float *rstd, const float *i
     }
 }
 
-static void groupnorm_backward(float *din, int overwrite, float *dgamma, float *dbeta, const float *dout,
-                               const float *in, const float *mean, const float *rstd, const float *gamma, int B,
-                               int C, int HW, int G)
+void ddpm_groupnorm_backward(float *din, float beta, float *dgamma, float *dbeta, const float *dout,
+                             const float *in, const float *mean, const float *rstd, const float *gamma, int B,
+                             int C, int HW, int G)
 {
     const int Cg = C / G;
     const size_t group_n = (size_t)Cg * (size_t)HW;
@@ -136,7 +136,7 @@ static void groupnorm_backward(float *din, int overwrite, float *dgamma, float *
                     double dxhat = (double)dc[i] * gm;
                     double xhat = ((double)xc[i] - mu) * rs;
                     const float d = (float)(rs * (dxhat - m1 - xhat * m2));
-                    ic[i] = overwrite ? d : ic[i] + d;
+                    ic[i] = beta == 0.0f ? d : beta * ic[i] + d; /* beta 0: din is never read */
                 }
             }
         }
@@ -159,18 +159,4 @@ static void groupnorm_backward(float *din, int overwrite, float *dgamma, float *
                 dbeta[ch] += (float)sb;
         }
     }
-}
-
-void ddpm_groupnorm_backward(float *din, float *dgamma, float *dbeta, const float *dout,
-                             const float *in, const float *mean, const float *rstd,
-                             const float *gamma, int B, int C, int HW, int G)
-{
-    groupnorm_backward(din, 0, dgamma, dbeta, dout, in, mean, rstd, gamma, B, C, HW, G);
-}
-
-void ddpm_groupnorm_backward_to(float *din, float *dgamma, float *dbeta, const float *dout,
-                                const float *in, const float *mean, const float *rstd,
-                                const float *gamma, int B, int C, int HW, int G)
-{
-    groupnorm_backward(din, 1, dgamma, dbeta, dout, in, mean, rstd, gamma, B, C, HW, G);
 }

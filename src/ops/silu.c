@@ -65,20 +65,18 @@ static inline float silu_grad(float dout, float x)
     return dout * s * (1.0f + x * (1.0f - s));
 }
 
-void ddpm_silu_backward_to(float *din, const float *dout, const float *in, size_t n)
+/* din = beta din + dout silu'(in); with beta = 0 din is never read. */
+void ddpm_silu_backward(float *din, float beta, const float *dout, const float *in, size_t n)
 {
     if (!din)
         return;
+    if (beta == 0.0f) {
 #pragma omp parallel for simd schedule(static) if (n > SILU_PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++)
-        din[i] = silu_grad(dout[i], in[i]);
-}
-
-void ddpm_silu_backward(float *din, const float *dout, const float *in, size_t n)
-{
-    if (!din)
-        return;
+        for (size_t i = 0; i < n; i++)
+            din[i] = silu_grad(dout[i], in[i]);
+    } else {
 #pragma omp parallel for simd schedule(static) if (n > SILU_PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++)
-        din[i] += silu_grad(dout[i], in[i]);
+        for (size_t i = 0; i < n; i++)
+            din[i] = beta * din[i] + silu_grad(dout[i], in[i]);
+    }
 }

@@ -45,10 +45,14 @@ File format (all integers little-endian; floats IEEE-754 binary32 little-endian)
         ndim    u32 (0..4)
         dims    ndim x u32
         data    prod(dims) x 4 bytes
-Dropout is 0 in every case (the reference is dropout-free; the C test runs the
-forward with no dropout RNG). Tensors of a case, in this order: "x_t" [B,C,S,S],
-"t" int32 [B], "eps" [B,C,S,S], "eps_pred" [B,C,S,S], "loss" [1], every
-parameter under its DESIGN.md name in module order, then "grad.<name>" for each.
+Tensors of a case, in this order: "x_t" [B,C,S,S], "t" int32 [B], "eps"
+[B,C,S,S], "eps_pred" [B,C,S,S], "loss" [1], every parameter under its DESIGN.md
+name in module order, then "grad.<name>" for each; a case with dropout on then
+has "dropout" [1] (p) and "dropout_seed" int32 [1]. Its masks are ddpm's: the
+ResBlocks in forward order each take the next ceil(n/4) Philox-4x32-10 counters
+of (seed, stream 3), counter 0 first, n = B*C*H*W their dropout input's size,
+element i from word i % 4 of counter i / 4 (src/ops/dropout.c; reimplemented
+below from that description, so that the reference applies the same masks).
 """
 
 import math
@@ -67,6 +71,45 @@ GN_EPS = 1e-6
 
 
 # ----------------------------------------------------------------- the network
+
+
+PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+STREAM_DROPOUT = 3
+U32 = 0xFFFFFFFF
+
+
+def philox4x32_10(seed, stream, counter):
+    """Philox-4x32-10 (Salmon et al. 2011) of the 128-bit counter (counter, stream)
+    under the 64-bit key seed: four 32-bit words."""
+    c0, c1, c2, c3 = counter & U32, counter >> 32, stream & U32, stream >> 32
+    k0, k1 = seed & U32, seed >> 32
+    for _ in range(10):
+        p0, p1 = PHILOX_M0 * c0, PHILOX_M1 * c2
+        c0, c1, c2, c3 = ((p1 >> 32) ^ c1 ^ k0) & U32, p1 & U32, ((p0 >> 32) ^ c3 ^ k1) & U32, p0 & U32
+        k0, k1 = (k0 + PHILOX_W0) & U32, (k1 + PHILOX_W1) & U32
+    return c0, c1, c2, c3
+
+
+class PhiloxDropout:
+    """Inverted dropout masks drawn as ddpm draws them: u = (24 high bits + 0.5) / 2^24,
+    dropped when u < p, kept ones scaled by 1/(1-p) in float32."""
+
+    def __init__(self, p, seed):
+        self.p, self.seed, self.counter = p, seed, 0
+        p32 = torch.tensor(p, dtype=torch.float32)
+        self.keep = (torch.tensor(1.0, dtype=torch.float32) / (1.0 - p32)).item()
+        self.p32 = p32.item()
+
+    def next(self, shape):
+        n = math.prod(shape)
+        m = []
+        for blk in range((n + 3) // 4):
+            for w in philox4x32_10(self.seed, STREAM_DROPOUT, self.counter + blk):
+                u = ((w >> 8) + 0.5) / 16777216.0
+                m.append(0.0 if u < self.p32 else self.keep)
+        self.counter += (n + 3) // 4
+        return torch.tensor(m[:n], dtype=torch.float64).reshape(shape)
 
 
 def timestep_embedding(t, dim):
@@ -98,10 +141,13 @@ class ResBlock(nn.Module):
         else:
             self.skip = None
 
-    def forward(self, x, temb):
+    def forward(self, x, temb, masks=None):
         h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(F.dropout(F.silu(self.norm2(h)), p=self.dropout, training=self.training))
+        h = F.silu(self.norm2(h))
+        if masks is not None:  # dropout with ddpm's masks
+            h = h * masks.next(tuple(h.shape)).to(h.dtype)
+        h = self.conv2(h)
         return (self.skip(x) if self.skip is not None else x) + h
 
 
@@ -187,7 +233,7 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(G, ch, eps=GN_EPS)
         self.conv_out = nn.Conv2d(ch, cfg["in_channels"], 3, padding=1)
 
-    def forward(self, x, t):
+    def forward(self, x, t, masks=None):
         cfg = self.cfg
         mult, nrb, S = cfg["ch_mult"], cfg["num_res_blocks"], cfg["image_size"]
         emb = timestep_embedding(t, cfg["ch"]).to(x.dtype)
@@ -198,20 +244,20 @@ class UNet(nn.Module):
         for i in range(len(mult)):
             res = S >> i
             for _ in range(nrb):
-                h = next(down)(h, temb)
+                h = next(down)(h, temb, masks)
                 if res in cfg["attn_res"]:
                     h = next(down)(h)
                 hs.append(h)
             if i != len(mult) - 1:
                 h = next(down)(h)
                 hs.append(h)
-        h = self.mid[0](h, temb)
+        h = self.mid[0](h, temb, masks)
         h = self.mid[1](h)
-        h = self.mid[2](h, temb)
+        h = self.mid[2](h, temb, masks)
         for i in reversed(range(len(mult))):
             res = S >> i
             for _ in range(nrb + 1):
-                h = next(up)(torch.cat([h, hs.pop()], dim=1), temb)
+                h = next(up)(torch.cat([h, hs.pop()], dim=1), temb, masks)
                 if res in cfg["attn_res"]:
                     h = next(up)(h)
             if i != 0:
@@ -371,6 +417,10 @@ CASES = [
     dict(name="gray8_ch4_mult1-2-2_res2_attn8-2_g2", in_channels=1, image_size=8, ch=4, ch_mult=[1, 2, 2],
          num_res_blocks=2, attn_res=[8, 2], groups=2, dropout=0.0, seed=20240602,
          expected=expected_from_modules(MODULES_CASE2, 1, 4)),
+    # case 1's network with dropout 0.2 on, masks from seed 77
+    dict(name="rgb8_ch8_mult1-2_res1_attn4_g2_dropout0.2", in_channels=3, image_size=8, ch=8, ch_mult=[1, 2],
+         num_res_blocks=1, attn_res=[4], groups=2, dropout=0.2, dropout_seed=77, seed=20240603,
+         expected=EXPECTED_CASE1),
 ]
 
 T_STEPS = [0, 417, 999]  # 0-based indices: the first and last steps and one between
@@ -392,7 +442,9 @@ def randomize(net, gen):
 def run(net, x_t, t, eps, dtype):
     net = net.to(dtype)
     net.zero_grad(set_to_none=True)
-    eps_pred = net(x_t.to(dtype), t)
+    p = net.cfg["dropout"]
+    masks = PhiloxDropout(p, net.cfg["dropout_seed"]) if p > 0 else None
+    eps_pred = net(x_t.to(dtype), t, masks)
     loss = torch.mean((eps.to(dtype) - eps_pred) ** 2)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in net.named_parameters()}
@@ -423,7 +475,7 @@ def make_case(case):
     eps = torch.randn((B, C, S, S), generator=gen, dtype=torch.float32)
     params = {n: p.detach().clone() for n, p in net.named_parameters()}
 
-    net.eval()  # dropout is 0 anyway; eval() makes that independent of it
+    net.eval()  # dropout, when on, is applied by PhiloxDropout, not by the training flag
     ep64, loss64, g64 = run(net, x_t, t, eps, torch.float64)
     ep32, loss32, g32 = run(net, x_t, t, eps, torch.float32)
 
@@ -452,6 +504,9 @@ def make_case(case):
                pack_tensor("eps_pred", ep64, 0), pack_tensor("loss", loss64.reshape(1), 0)]
     tensors += [pack_tensor(n, p, 0) for n, p in params.items()]
     tensors += [pack_tensor("grad." + n, g64[n], 0) for n in params]
+    if case["dropout"] > 0:
+        tensors += [pack_tensor("dropout", torch.tensor([case["dropout"]], dtype=torch.float32), 0),
+                    pack_tensor("dropout_seed", torch.tensor([case["dropout_seed"]], dtype=torch.int32), 1)]
     nb = case["name"].encode("ascii")
     out = struct.pack("<I", len(nb)) + nb + struct.pack("<24i", *cfg) + struct.pack("<I", len(tensors))
     return out + b"".join(tensors)
