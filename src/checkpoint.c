@@ -14,7 +14,8 @@ struct ddpm_checkpoint {
     ddpm_st_file *file;
     ddpm_run_config config;
     ddpm_train_state state;
-    char **class_names; /* [config.model.n_classes] */
+    const char *weights; /* exported weights: "ema" or "raw"; NULL for a training checkpoint */
+    char **class_names;  /* [config.model.n_classes] */
 };
 
 /* ---------------------------------------------------------------- to JSON */
@@ -187,7 +188,9 @@ static const cJSON *section(parse_ctx *p, const cJSON *root, const char *name)
     return cJSON_IsObject(s) ? s : NULL;
 }
 
-int ddpm_run_config_from_json(ddpm_run_config *c, const char *json, const char *what)
+/* need_train 0: an exported weights file, whose config has no train section
+ * (the training fields keep their defaults and mean nothing). */
+static int config_from_json(ddpm_run_config *c, const char *json, const char *what, int need_train)
 {
     parse_ctx p = {.what = what};
     ddpm_run_config_default(c);
@@ -196,7 +199,8 @@ int ddpm_run_config_from_json(ddpm_run_config *c, const char *json, const char *
         cJSON_Delete(root);
         return ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: config is not a JSON object", what);
     }
-    const cJSON *m = section(&p, root, "model"), *s = section(&p, root, "schedule"), *t = section(&p, root, "train");
+    const cJSON *m = section(&p, root, "model"), *s = section(&p, root, "schedule");
+    const cJSON *t = need_train ? section(&p, root, "train") : NULL;
     if (!p.err) {
         ddpm_unet_config *u = &c->model;
         memset(u, 0, sizeof *u);
@@ -215,12 +219,17 @@ int ddpm_run_config_from_json(ddpm_run_config *c, const char *json, const char *
             p.err = ddpm_error(DDPM_EFORMAT,
                                "%s: checkpoint metadata: model.prediction '%s' is not supported (eps, x0, v, mu)", what,
                                cJSON_IsString(pred) ? pred->valuestring : "?");
+        /* optional, so that checkpoints from before class conditioning load */
+        if (cJSON_GetObjectItemCaseSensitive(m, "n_classes"))
+            u->n_classes = get_int(&p, m, "model", "n_classes", 0, DDPM_MAX_CLASSES);
         const cJSON *kind = field(&p, s, "schedule", "kind");
         if (kind && !p.err && (!cJSON_IsString(kind) || ddpm_schedule_parse(kind->valuestring, &c->schedule)))
             p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: schedule.kind must be linear or cosine", what);
         c->timesteps = get_int(&p, s, "schedule", "timesteps", 1, 100000);
         c->beta_start = get_num(&p, s, "schedule", "beta_start", 0, 1);
         c->beta_end = get_num(&p, s, "schedule", "beta_end", 0, 1);
+    }
+    if (!p.err && t) {
         c->batch = get_int(&p, t, "train", "batch", 1, 65536);
         c->optim.lr = (float)get_num(&p, t, "train", "lr", 0, 10);
         c->optim.warmup = get_int(&p, t, "train", "warmup", 0, 1 << 30);
@@ -232,10 +241,8 @@ int ddpm_run_config_from_json(ddpm_run_config *c, const char *json, const char *
         const cJSON *flip = field(&p, t, "train", "flip");
         c->flip = cJSON_IsTrue(flip);
         c->seed = get_u64(&p, t, "train", "seed");
-        /* fields added with the prediction types, the objectives and the classes:
-           optional, so that earlier checkpoints (eps, L_simple, unconditional) load */
-        if (cJSON_GetObjectItemCaseSensitive(m, "n_classes"))
-            u->n_classes = get_int(&p, m, "model", "n_classes", 0, DDPM_MAX_CLASSES);
+        /* fields added with the objectives and the classes: optional, so that
+           earlier checkpoints (L_simple, unconditional) load */
         const cJSON *loss = cJSON_GetObjectItemCaseSensitive(t, "loss");
         if (loss && !p.err && (!cJSON_IsString(loss) || ddpm_loss_parse(loss->valuestring, &c->loss.kind)))
             p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: train.loss must be simple, vlb or hybrid", what);
@@ -256,7 +263,13 @@ int ddpm_run_config_from_json(ddpm_run_config *c, const char *json, const char *
     return DDPM_OK;
 }
 
-int ddpm_train_state_from_json(ddpm_train_state *st, const char *json, const char *what)
+int ddpm_run_config_from_json(ddpm_run_config *c, const char *json, const char *what)
+{
+    return config_from_json(c, json, what, 1);
+}
+
+/* step_only: an export's state, the step alone. */
+static int state_from_json(ddpm_train_state *st, const char *json, const char *what, int step_only)
 {
     parse_ctx p = {.what = what};
     memset(st, 0, sizeof *st);
@@ -266,6 +279,10 @@ int ddpm_train_state_from_json(ddpm_train_state *st, const char *json, const cha
         return ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: state is not a JSON object", what);
     }
     st->step = (long)get_num(&p, root, "state", "step", 0, 1e15);
+    if (step_only) {
+        cJSON_Delete(root);
+        return p.err;
+    }
     st->noise_counter = get_u64(&p, root, "state", "noise_counter");
     st->dropout_counter = get_u64(&p, root, "state", "dropout_counter");
     st->data_epoch = get_u64(&p, root, "state", "data_epoch");
@@ -275,7 +292,50 @@ int ddpm_train_state_from_json(ddpm_train_state *st, const char *json, const cha
     return p.err;
 }
 
+int ddpm_train_state_from_json(ddpm_train_state *st, const char *json, const char *what)
+{
+    return state_from_json(st, json, what, 0);
+}
+
 /* ---------------------------------------------------------------- files */
+
+/* The tensor sets of net that are not NULL, under their prefixes, with the
+ * metadata entries given. */
+static int save_arenas(const char *path, const ddpm_unet *net, const float *const arenas[4], const ddpm_st_meta *meta,
+                       int n_meta)
+{
+    const char *prefixes[4] = {"", "ema.", "adam_m.", "adam_v."};
+    int n_sets = 0;
+    for (int k = 0; k < 4; k++)
+        n_sets += arenas[k] != NULL;
+    size_t n = (size_t)n_sets * net->n_tensors;
+    ddpm_st_tensor *t = ddpm_calloc(n, sizeof *t);
+    char *names = ddpm_calloc(n, DDPM_MAX_NAME + 8);
+    int rc = DDPM_ENOMEM;
+    if (t && names) {
+        size_t j = 0;
+        for (int k = 0; k < 4; k++) {
+            if (!arenas[k])
+                continue;
+            for (int i = 0; i < net->n_tensors; i++, j++) {
+                const ddpm_tensor_info *ti = &net->tensors[i];
+                char *name = names + j * (DDPM_MAX_NAME + 8);
+                snprintf(name, DDPM_MAX_NAME + 8, "%s%s", prefixes[k], ti->name);
+                t[j].name = name;
+                t[j].data = arenas[k] + ti->offset;
+                t[j].ndim = ti->ndim;
+                for (int d = 0; d < ti->ndim; d++)
+                    t[j].shape[d] = ti->shape[d];
+            }
+        }
+        rc = ddpm_safetensors_write(path, t, (int)n, meta, n_meta);
+    } else {
+        ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the checkpoint", path);
+    }
+    free(t);
+    free(names);
+    return rc;
+}
 
 /* The class names as a JSON array (index strings when names is NULL). */
 static char *class_names_to_json(const char *const *names, int n)
@@ -295,52 +355,68 @@ int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddp
                          const ddpm_unet *net, const float *params, const float *ema,
                          const float *adam_m, const float *adam_v, const char *const *class_names)
 {
-    const char *prefixes[4] = {"", "ema.", "adam_m.", "adam_v."};
-    const float *arenas[4] = {params, ema, adam_m, adam_v};
-    int n_sets = 0;
-    for (int k = 0; k < 4; k++)
-        n_sets += arenas[k] != NULL;
-    size_t n = (size_t)n_sets * net->n_tensors;
-    ddpm_st_tensor *t = ddpm_calloc(n, sizeof *t);
-    char *names = ddpm_calloc(n, DDPM_MAX_NAME + 8);
+    const float *const arenas[4] = {params, ema, adam_m, adam_v};
     char *config_json = ddpm_run_config_to_json(cfg), *state_json = ddpm_train_state_to_json(st);
     int n_classes = cfg->model.n_classes;
     char *classes_json = n_classes > 0 ? class_names_to_json(class_names, n_classes) : NULL;
-    int rc = DDPM_ENOMEM;
-    if (t && names && config_json && state_json && (n_classes == 0 || classes_json)) {
-        size_t j = 0;
-        for (int k = 0; k < 4; k++) {
-            if (!arenas[k])
-                continue;
-            for (int i = 0; i < net->n_tensors; i++, j++) {
-                const ddpm_tensor_info *ti = &net->tensors[i];
-                char *name = names + j * (DDPM_MAX_NAME + 8);
-                snprintf(name, DDPM_MAX_NAME + 8, "%s%s", prefixes[k], ti->name);
-                t[j].name = name;
-                t[j].data = arenas[k] + ti->offset;
-                t[j].ndim = ti->ndim;
-                for (int d = 0; d < ti->ndim; d++)
-                    t[j].shape[d] = ti->shape[d];
-            }
-        }
+    int rc;
+    if (config_json && state_json && (n_classes == 0 || classes_json)) {
         char version[16];
         snprintf(version, sizeof version, "%d", DDPM_CHECKPOINT_FORMAT_VERSION);
         ddpm_st_meta meta[5] = {{"format", "ddpm"}, {"format_version", version}, {"config", config_json},
                                 {"state", state_json}, {"classes", classes_json}};
-        rc = ddpm_safetensors_write(path, t, (int)n, meta, n_classes > 0 ? 5 : 4);
+        rc = save_arenas(path, net, arenas, meta, n_classes > 0 ? 5 : 4);
     } else {
-        ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the checkpoint", path);
+        rc = ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the checkpoint", path);
     }
-    free(t);
-    free(names);
     free(config_json);
     free(state_json);
     free(classes_json);
     return rc;
 }
 
+int ddpm_checkpoint_export(const ddpm_checkpoint *ck, const char *path, int raw, int *used_ema)
+{
+    ddpm_unet *net = NULL;
+    float *params = NULL;
+    int ema = 0;
+    int rc = ddpm_checkpoint_load_model(ck, !raw, &net, &params, &ema);
+    if (rc)
+        return rc;
+    /* the config without its train section, the state without the run's counters */
+    char *full = ddpm_run_config_to_json(&ck->config), *config_json = NULL;
+    cJSON *root = full ? cJSON_Parse(full) : NULL;
+    if (root) {
+        cJSON_DeleteItemFromObjectCaseSensitive(root, "train");
+        config_json = cJSON_PrintUnformatted(root);
+    }
+    char state_json[64], version[16];
+    snprintf(state_json, sizeof state_json, "{\"step\":%ld}", ck->state.step);
+    snprintf(version, sizeof version, "%d", DDPM_CHECKPOINT_FORMAT_VERSION);
+    int n_classes = ck->config.model.n_classes;
+    char *classes_json =
+        n_classes > 0 ? class_names_to_json((const char *const *)ck->class_names, n_classes) : NULL;
+    if (config_json && (n_classes == 0 || classes_json)) {
+        ddpm_st_meta meta[6] = {{"format", "ddpm"}, {"format_version", version}, {"config", config_json},
+                                {"state", state_json}, {"weights", ema ? "ema" : "raw"}, {"classes", classes_json}};
+        const float *const arenas[4] = {params, NULL, NULL, NULL};
+        rc = save_arenas(path, net, arenas, meta, n_classes > 0 ? 6 : 5);
+    } else {
+        rc = ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the export", path);
+    }
+    cJSON_Delete(root);
+    free(full);
+    free(config_json);
+    free(classes_json);
+    free(params);
+    ddpm_unet_free(net);
+    if (!rc && used_ema)
+        *used_ema = ema;
+    return rc;
+}
+
 /* The "classes" metadata of a conditional model: a JSON array of n_classes
- * distinct non-empty strings. */
+ * non-empty strings. */
 static int read_class_names(ddpm_checkpoint *ck, const char *path)
 {
     int n = ck->config.model.n_classes;
@@ -379,15 +455,18 @@ int ddpm_checkpoint_open(ddpm_checkpoint **out, const char *path)
     const char *version = ddpm_safetensors_meta(ck->file, "format_version");
     const char *config = ddpm_safetensors_meta(ck->file, "config");
     const char *state = ddpm_safetensors_meta(ck->file, "state");
-    if (!format || strcmp(format, "ddpm"))
+    ck->weights = ddpm_safetensors_meta(ck->file, "weights");
+    if (ck->weights && strcmp(ck->weights, "ema") && strcmp(ck->weights, "raw"))
+        rc = ddpm_error(DDPM_EFORMAT, "%s: metadata 'weights' must be ema or raw", path);
+    else if (!format || strcmp(format, "ddpm"))
         rc = ddpm_error(DDPM_EFORMAT, "%s: not a ddpm checkpoint (a safetensors file without ddpm metadata)", path);
     else if (!version || atoi(version) != DDPM_CHECKPOINT_FORMAT_VERSION)
         rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint format version %s is not supported (this ddpm reads %d)", path,
                         version ? version : "(missing)", DDPM_CHECKPOINT_FORMAT_VERSION);
     else if (!config || !state)
         rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata lacks %s", path, config ? "state" : "config");
-    else if (!(rc = ddpm_run_config_from_json(&ck->config, config, path)))
-        rc = ddpm_train_state_from_json(&ck->state, state, path);
+    else if (!(rc = config_from_json(&ck->config, config, path, !ck->weights)))
+        rc = state_from_json(&ck->state, state, path, ck->weights != NULL);
     if (!rc && ck->config.model.n_classes > 0)
         rc = read_class_names(ck, path);
     if (rc) {
@@ -412,6 +491,7 @@ void ddpm_checkpoint_close(ddpm_checkpoint *ck)
 const ddpm_run_config *ddpm_checkpoint_config(const ddpm_checkpoint *ck) { return &ck->config; }
 const ddpm_train_state *ddpm_checkpoint_state(const ddpm_checkpoint *ck) { return &ck->state; }
 const char *ddpm_checkpoint_path(const ddpm_checkpoint *ck) { return ddpm_safetensors_path(ck->file); }
+const char *ddpm_checkpoint_weights(const ddpm_checkpoint *ck) { return ck->weights; }
 const char *const *ddpm_checkpoint_class_names(const ddpm_checkpoint *ck)
 {
     return (const char *const *)ck->class_names;
@@ -480,6 +560,8 @@ int ddpm_checkpoint_load_model(const ddpm_checkpoint *ck, int prefer_ema, ddpm_u
     }
     *used_ema = prefer_ema && ddpm_checkpoint_has(ck, *net, "ema.");
     rc = ddpm_checkpoint_read(ck, *net, *used_ema ? "ema." : "", *params);
+    if (ck->weights) /* an export's plain names hold the weights it says */
+        *used_ema = !strcmp(ck->weights, "ema");
     if (rc) {
         free(*params);
         ddpm_unet_free(*net);

@@ -339,6 +339,27 @@ static int assign_classes(ddpm_dataset *ds, const char *dir)
     return DDPM_OK;
 }
 
+/* Gray by content: when every pixel of every decoded image has R = G = B, keep
+ * one plane per image. The crop and the resize treat the three planes alike, so
+ * equal planes after decoding means the picture is gray, whatever its file
+ * header says (screenshots, scans and exports often save gray as RGB). */
+static void collapse_if_gray(ddpm_dataset *ds)
+{
+    size_t plane = (size_t)ds->size * ds->size;
+    for (int i = 0; i < ds->n; i++) {
+        const uint8_t *img = ds->pixels + (size_t)i * ds->item_len;
+        if (memcmp(img, img + plane, plane) || memcmp(img, img + 2 * plane, plane))
+            return;
+    }
+    for (int i = 0; i < ds->n; i++) /* destination never passes the source */
+        memmove(ds->pixels + (size_t)i * plane, ds->pixels + (size_t)i * ds->item_len, plane);
+    ds->channels = 1;
+    ds->item_len = plane;
+    uint8_t *p = realloc(ds->pixels, (size_t)ds->n * plane);
+    if (p)
+        ds->pixels = p;
+}
+
 int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_options *opt_in)
 {
     *out = NULL;
@@ -469,6 +490,8 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
                             dir, list.n);
         goto fail;
     }
+    if (!opt.channels && ds->channels == 3)
+        collapse_if_gray(ds);
     ds->perm = ddpm_malloc((size_t)ds->n, sizeof *ds->perm);
     if (!ds->perm) {
         rc = DDPM_ENOMEM;

@@ -12,6 +12,7 @@
 #include <stb_image.h>
 #include <stb_image_resize.h>
 #include <stb_image_write.h>
+#include <zlib.h>
 
 #include "ddpm/error.h"
 #include "ddpm/fsutil.h"
@@ -181,42 +182,169 @@ void ddpm_image_float_to_u8(uint8_t *out, const float *in, size_t n)
     }
 }
 
+/* A growing byte buffer for the PNG in memory. */
 typedef struct {
-    const uint8_t *pixels;
-    int width, height, channels;
-    FILE *f;
+    uint8_t *data;
+    size_t n, cap;
     int failed;
-} png_writer;
+} byte_buffer;
+
+static void buffer_append(byte_buffer *b, const void *data, size_t n)
+{
+    if (b->failed)
+        return;
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->n + n)
+            cap *= 2;
+        uint8_t *p = realloc(b->data, cap);
+        if (!p) {
+            b->failed = 1;
+            return;
+        }
+        b->data = p;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->n, data, n);
+    b->n += n;
+}
 
 static void png_sink_write(void *context, void *data, int n)
 {
-    png_writer *w = context;
-    if (n > 0 && fwrite(data, 1, (size_t)n, w->f) != (size_t)n)
-        w->failed = 1;
+    if (n > 0)
+        buffer_append(context, data, (size_t)n);
 }
 
-static int write_png_file(void *ctx, FILE *f)
+static void put_u32(uint8_t *p, uint32_t v)
 {
-    png_writer *w = ctx;
-    w->f = f;
-    int ok = stbi_write_png_to_func(png_sink_write, w, w->width, w->height, w->channels, w->pixels,
-                                    w->width * w->channels);
-    if (w->failed)
-        return -1;
-    return ok ? 0 : DDPM_ENOMEM;
+    p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v;
 }
 
-int ddpm_png_write(const char *path, const uint8_t *pixels, int width, int height, int channels)
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static int valid_key(const char *key)
+{
+    size_t n = strlen(key);
+    if (n < 1 || n > DDPM_PNG_KEY_MAX || key[0] == ' ' || key[n - 1] == ' ')
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)key[i];
+        if (c < 32 || (c > 126 && c < 161))
+            return 0;
+    }
+    return 1;
+}
+
+/* One tEXt chunk: length, type, keyword, NUL, text, CRC over type and data. */
+static void append_text_chunk(byte_buffer *b, const char *key, const char *value)
+{
+    size_t nk = strlen(key), nv = strlen(value), len = nk + 1 + nv;
+    uint8_t head[8];
+    put_u32(head, (uint32_t)len);
+    memcpy(head + 4, "tEXt", 4);
+    buffer_append(b, head, 8);
+    buffer_append(b, key, nk + 1);
+    buffer_append(b, value, nv);
+    if (b->failed)
+        return;
+    uLong crc = crc32(0L, Z_NULL, 0);
+    crc = crc32(crc, b->data + b->n - len - 4, (uInt)(len + 4));
+    uint8_t tail[4];
+    put_u32(tail, (uint32_t)crc);
+    buffer_append(b, tail, 4);
+}
+
+typedef struct {
+    const uint8_t *data;
+    size_t n;
+} png_bytes;
+
+static int write_png_bytes(void *ctx, FILE *f)
+{
+    const png_bytes *p = ctx;
+    return fwrite(p->data, 1, p->n, f) == p->n ? 0 : -1;
+}
+
+int ddpm_png_write_text(const char *path, const uint8_t *pixels, int width, int height, int channels,
+                        const ddpm_png_text *text, int n_text)
 {
     if (width <= 0 || height <= 0 || width > DDPM_IMAGE_MAX_SIDE || height > DDPM_IMAGE_MAX_SIDE ||
         channels < 1 || channels > 4)
         return ddpm_error(DDPM_EINVAL, "%s: cannot write a %d x %d image with %d channels", path,
                           width, height, channels);
-    png_writer w = {pixels, width, height, channels, NULL, 0};
-    int rc = ddpm_atomic_write(path, write_png_file, &w);
-    if (rc == DDPM_ENOMEM && !w.failed)
-        rc = ddpm_error(DDPM_ENOMEM, "%s: PNG encoding failed (out of memory)", path);
+    for (int i = 0; i < n_text; i++)
+        if (!valid_key(text[i].key) || strlen(text[i].value) > DDPM_PNG_TEXT_MAX)
+            return ddpm_error(DDPM_EINVAL, "%s: PNG text '%.80s' has a bad keyword or is too long", path,
+                              text[i].key);
+    byte_buffer png = {0};
+    int ok = stbi_write_png_to_func(png_sink_write, &png, width, height, channels, pixels, width * channels);
+    /* stb_image_write ends with the 12-byte IEND chunk: cut it, add the text, put it back */
+    static const uint8_t iend[12] = {0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xae, 0x42, 0x60, 0x82};
+    if (ok && !png.failed && (png.n < 8 + 12 || memcmp(png.data + png.n - 12, iend, 12))) {
+        free(png.data);
+        return ddpm_error(DDPM_EFORMAT, "%s: the PNG encoder did not end with IEND", path);
+    }
+    if (ok && !png.failed) {
+        png.n -= 12;
+        for (int i = 0; i < n_text; i++)
+            append_text_chunk(&png, text[i].key, text[i].value);
+        buffer_append(&png, iend, 12);
+    }
+    if (!ok || png.failed) {
+        free(png.data);
+        return ddpm_error(DDPM_ENOMEM, "%s: PNG encoding failed (out of memory)", path);
+    }
+    png_bytes pb = {png.data, png.n};
+    int rc = ddpm_atomic_write(path, write_png_bytes, &pb);
+    free(png.data);
     return rc;
+}
+
+int ddpm_png_write(const char *path, const uint8_t *pixels, int width, int height, int channels)
+{
+    return ddpm_png_write_text(path, pixels, width, height, channels, NULL, 0);
+}
+
+int ddpm_png_read_text(const uint8_t *bytes, size_t n, const char *name, ddpm_png_text_fn fn, void *ctx)
+{
+    static const uint8_t signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    if (n < 8 || memcmp(bytes, signature, 8))
+        return ddpm_error(DDPM_EFORMAT, "%s: not a PNG file", name);
+    size_t at = 8;
+    for (;;) {
+        if (n - at < 12)
+            return ddpm_error(DDPM_EFORMAT, "%s: PNG truncated (no IEND chunk)", name);
+        uint32_t len = get_u32(bytes + at);
+        const uint8_t *type = bytes + at + 4, *data = bytes + at + 8;
+        if (len > 0x7fffffffu || len > n - at - 12)
+            return ddpm_error(DDPM_EFORMAT, "%s: PNG chunk at byte %zu claims %u bytes, past the end", name, at,
+                              len);
+        uint32_t crc = (uint32_t)crc32(crc32(0L, Z_NULL, 0), type, (uInt)len + 4);
+#ifdef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+        crc = get_u32(data + len); /* let the fuzzer past the CRC into the chunk parsing */
+#endif
+        if (crc != get_u32(data + len))
+            return ddpm_error(DDPM_EFORMAT, "%s: PNG chunk %.4s at byte %zu has a bad CRC", name, (const char *)type,
+                              at);
+        if (!memcmp(type, "IEND", 4))
+            return 0;
+        if (!memcmp(type, "tEXt", 4) && len <= DDPM_PNG_KEY_MAX + 1 + DDPM_PNG_TEXT_MAX) {
+            char buf[DDPM_PNG_KEY_MAX + 1 + DDPM_PNG_TEXT_MAX + 1];
+            memcpy(buf, data, len);
+            buf[len] = '\0';
+            size_t nk = strnlen(buf, len);
+            /* a keyword, its NUL, and a text without NUL; anything else is skipped */
+            if (nk >= 1 && nk <= DDPM_PNG_KEY_MAX && nk < len && strlen(buf + nk + 1) == len - nk - 1) {
+                int rc = fn(ctx, buf, buf + nk + 1);
+                if (rc)
+                    return rc;
+            }
+        }
+        at += (size_t)len + 12;
+    }
 }
 
 static int check_batch(const char *path, int B, int C, int S)
@@ -240,6 +368,12 @@ static void chw_to_hwc_u8(uint8_t *dst, size_t stride, const float *img, int C, 
 
 int ddpm_image_save_grid(const char *path, const float *x, int B, int C, int S, int nrow, int pad,
                          int pad_value)
+{
+    return ddpm_image_save_grid_text(path, x, B, C, S, nrow, pad, pad_value, NULL, 0);
+}
+
+int ddpm_image_save_grid_text(const char *path, const float *x, int B, int C, int S, int nrow, int pad,
+                              int pad_value, const ddpm_png_text *text, int n_text)
 {
     int rc = check_batch(path, B, C, S);
     if (rc)
@@ -265,12 +399,18 @@ int ddpm_image_save_grid(const char *path, const float *x, int B, int C, int S, 
         size_t left = (size_t)pad + (size_t)(b % ncol) * (size_t)(S + pad);
         chw_to_hwc_u8(grid + top * stride + left * C, stride, x + b * image_len, C, S);
     }
-    rc = ddpm_png_write(path, grid, (int)width, (int)height, C);
+    rc = ddpm_png_write_text(path, grid, (int)width, (int)height, C, text, n_text);
     free(grid);
     return rc;
 }
 
 int ddpm_image_save_each(const char *dir, const float *x, int B, int C, int S, int first_index)
+{
+    return ddpm_image_save_each_text(dir, x, B, C, S, first_index, NULL, 0, -1);
+}
+
+int ddpm_image_save_each_text(const char *dir, const float *x, int B, int C, int S, int first_index,
+                              const ddpm_png_text *text, int n_text, int index_slot)
 {
     int rc = check_batch(dir, B, C, S);
     if (rc)
@@ -288,18 +428,27 @@ int ddpm_image_save_each(const char *dir, const float *x, int B, int C, int S, i
     size_t len = strlen(dir) + 32;
     char *path = ddpm_malloc(len, 1);
     uint8_t *pixels = ddpm_malloc((size_t)C * S, (size_t)S);
-    if (!path || !pixels) {
+    ddpm_png_text *own = n_text > 0 ? ddpm_malloc((size_t)n_text, sizeof *own) : NULL;
+    if (!path || !pixels || (n_text > 0 && !own)) {
         free(path);
         free(pixels);
+        free(own);
         return DDPM_ENOMEM;
     }
+    if (n_text > 0)
+        memcpy(own, text, (size_t)n_text * sizeof *own);
+    char index_text[16];
+    if (index_slot >= 0 && index_slot < n_text)
+        own[index_slot].value = index_text;
     size_t image_len = (size_t)C * S * S;
     for (int b = 0; b < B && !rc; b++) {
         snprintf(path, len, "%s/%0*d.png", dir, digits & 15, first_index + b); /* digits <= 10 */
         chw_to_hwc_u8(pixels, (size_t)S * C, x + b * image_len, C, S);
-        rc = ddpm_png_write(path, pixels, S, S, C);
+        snprintf(index_text, sizeof index_text, "%d", first_index + b);
+        rc = ddpm_png_write_text(path, pixels, S, S, C, own, n_text);
     }
     free(path);
     free(pixels);
+    free(own);
     return rc;
 }

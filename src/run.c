@@ -10,6 +10,8 @@
 #include "ddpm/dataset.h"
 #include "ddpm/error.h"
 #include "ddpm/fsutil.h"
+#include "ddpm/recipe.h"
+#include "ddpm/sha256.h"
 #include "ddpm/sample.h"
 #include "ddpm/train.h"
 
@@ -17,8 +19,7 @@ void ddpm_run_options_default(ddpm_run_options *o)
 {
     memset(o, 0, sizeof *o);
     ddpm_run_config_default(&o->cfg);
-    o->cfg.model.image_size = 0;
-    o->cfg.model.in_channels = 0;
+    ddpm_unet_config_set_auto(&o->cfg.model);
     o->out_dir = "runs/ddpm";
     o->save_every = 500;
     o->sample_every = 0;
@@ -86,7 +87,13 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
                           o->out_dir, DDPM_LOG_FILE);
     }
 
-    /* the data: its size and channels define the model unless given */
+    /* the data: its size and channels define the model unless given; a size given
+     * with a model that cannot take it is refused before the data is read */
+    if (!ck && cfg.model.image_size) {
+        ddpm_unet_config probe = cfg.model;
+        if ((rc = ddpm_unet_config_fit_data(&probe, cfg.model.image_size, 1)) || (rc = ddpm_unet_config_check(&probe)))
+            return rc;
+    }
     ddpm_dataset_options dopt = {.size = cfg.model.image_size,
                                  .channels = cfg.model.in_channels,
                                  .strict = o->strict,
@@ -97,8 +104,11 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
         ddpm_checkpoint_close(ck);
         return rc;
     }
-    cfg.model.image_size = ddpm_dataset_size(r->ds);
-    cfg.model.in_channels = ddpm_dataset_channels(r->ds);
+    if (!ck && (rc = ddpm_unet_config_fit_data(&cfg.model, ddpm_dataset_size(r->ds), ddpm_dataset_channels(r->ds)))) {
+        ddpm_dataset_close(r->ds);
+        r->ds = NULL;
+        return rc;
+    }
     if (o->classes && !ck)
         cfg.model.n_classes = ddpm_dataset_n_classes(r->ds);
     rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck) : ddpm_trainer_create(&r->tr, &cfg);
@@ -164,8 +174,10 @@ static int log_line(run_session *r, const ddpm_run_progress *p, double elapsed_s
 }
 
 /* A DDIM grid from the EMA weights, with the same noise every time so that
- * previews of one run are comparable. Uses the training workspace. */
-static int session_preview(run_session *r, char *path, size_t size)
+ * previews of one run are comparable. Uses the training workspace. Its recipe
+ * names the checkpoint by hash when the checkpoint on disk holds these weights
+ * (saved_now), else by path alone (the weights of a step between checkpoints). */
+static int session_preview(run_session *r, char *path, size_t size, int saved_now)
 {
     const ddpm_run_options *o = r->o;
     ddpm_trainer *tr = r->tr;
@@ -183,7 +195,15 @@ static int session_preview(run_session *r, char *path, size_t size)
         c.grid_by_class = 1;
         c.n = o->preview_n / n_classes;
     }
-    return ddpm_sample_files(tr->net, tr->ema, &tr->sched, &c, tr->ws, NULL, NULL);
+    ddpm_recipe recipe;
+    memset(&recipe, 0, sizeof recipe);
+    snprintf(recipe.version, sizeof recipe.version, "%s", DDPM_VERSION);
+    snprintf(recipe.checkpoint, sizeof recipe.checkpoint, "%.1023s", r->ckpt_path);
+    recipe.step = tr->state.step;
+    recipe.ema = 1;
+    int rc = saved_now ? ddpm_sha256_file(r->ckpt_path, recipe.checkpoint_sha256) : DDPM_OK;
+    c.recipe = &recipe;
+    return rc ? rc : ddpm_sample_files(tr->net, tr->ema, &tr->sched, &c, tr->ws, NULL, NULL);
 }
 
 int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_summary *summary)
@@ -200,7 +220,7 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
     int B = c->batch, count = ddpm_dataset_count(r.ds);
     if (cb->started) {
         ddpm_run_start s = {count,     c->model.in_channels, c->model.image_size, tr->net->n_params, B,
-                            o->resume, tr->state.step,       r.stop_step};
+                            o->resume, tr->state.step,       r.stop_step,          &c->model};
         cb->started(cb->ctx, &s);
     }
     ddpm_rng data_rng;
@@ -263,7 +283,7 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
             last_saved = step;
         }
         if (o->sample_every > 0 && o->preview_n > 0 && step % o->sample_every == 0)
-            rc = session_preview(&r, preview, sizeof preview);
+            rc = session_preview(&r, preview, sizeof preview, last_saved == step);
     }
     if (diverged) {
         char msg[1024];
@@ -279,7 +299,7 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
             rc = session_save(&r);
         preview[0] = '\0';
         if (!rc && o->preview_n > 0 && tr->state.step > start_step)
-            rc = session_preview(&r, preview, sizeof preview);
+            rc = session_preview(&r, preview, sizeof preview, 1);
         if (!rc && summary) {
             summary->step = tr->state.step;
             summary->loss = st.loss;

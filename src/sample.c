@@ -6,6 +6,7 @@
 
 #include "ddpm/error.h"
 #include "ddpm/imageio.h"
+#include "ddpm/recipe.h"
 
 void ddpm_sampler_config_default(ddpm_sampler_config *c)
 {
@@ -214,6 +215,34 @@ static void files_on_step(void *opaque, int k, int n_steps, int i, const float *
     }
 }
 
+/* The PNG text of one output file, or 0 entries when there is no recipe. */
+typedef struct {
+    ddpm_png_text text[DDPM_RECIPE_MAX_TEXT];
+    ddpm_recipe_storage storage;
+    ddpm_recipe recipe;
+    int n, index_slot;
+} file_text;
+
+static void make_file_text(file_text *t, const ddpm_sample_files_config *c, ddpm_recipe_kind kind, int first,
+                           int count, int nrow, int pad, int pad_value)
+{
+    t->n = 0;
+    t->index_slot = -1;
+    if (!c->recipe)
+        return;
+    t->recipe = *c->recipe;
+    ddpm_recipe *r = &t->recipe;
+    r->sampler = c->sampler;
+    r->seed = c->seed;
+    r->kind = kind;
+    r->first_index = first;
+    r->count = count;
+    r->nrow = nrow;
+    r->pad = pad;
+    r->pad_value = pad_value;
+    t->n = ddpm_recipe_to_text(r, t->text, &t->storage, &t->index_slot);
+}
+
 int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_schedule *s,
                       const ddpm_sample_files_config *c, ddpm_unet_workspace *ws,
                       ddpm_sample_progress_fn progress, void *progress_ctx)
@@ -232,6 +261,10 @@ int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_sche
         return ddpm_error(DDPM_EINVAL, "guidance must be in [0, 1000], got %g", c->guidance);
     if (c->grid_by_class && (long)c->n * n_classes > 1000000)
         return ddpm_error(DDPM_EINVAL, "%d images for each of %d classes is too many", c->n, n_classes);
+    if (c->first_index < 0 || c->first_index > 999999999 - c->n * (c->grid_by_class ? n_classes : 1))
+        return ddpm_error(DDPM_EINVAL, "sampling: first index %d is out of range", c->first_index);
+    if (c->image_path && c->n != 1)
+        return ddpm_error(DDPM_EINVAL, "%s: one image alone needs n 1, got %d", c->image_path, c->n);
     int per_class = c->n, n = c->grid_by_class ? c->n * n_classes : c->n, B = c->batch < n ? c->batch : n;
     int C = net->cfg.in_channels, S = net->cfg.image_size;
     size_t D = (size_t)C * S * S;
@@ -265,19 +298,29 @@ int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_sche
         f.p.first = first;
         f.p.B = n - first < B ? n - first : B;
         eps_ctx.labels = labels ? labels + first : NULL;
-        rc = ddpm_sample(x + (size_t)first * D, scratch, f.p.B, D, first, s, &sc, ddpm_unet_eps, &eps_ctx,
-                         &rng, files_on_step, &f);
+        rc = ddpm_sample(x + (size_t)first * D, scratch, f.p.B, D, c->first_index + first, s, &sc, ddpm_unet_eps,
+                         &eps_ctx, &rng, files_on_step, &f);
     }
-    if (!rc && c->grid_path)
-        rc = ddpm_image_save_grid(c->grid_path, x, n, C, S,
-                                  c->grid_by_class ? per_class
-                                  : c->nrow        ? c->nrow
-                                                   : (int)ceil(sqrt((double)n)),
-                                  c->pad, c->pad_value);
+    file_text *t = rc ? NULL : ddpm_malloc(1, sizeof *t);
+    if (!rc && !t)
+        rc = DDPM_ENOMEM;
+    int nrow = c->grid_by_class ? per_class : c->nrow ? c->nrow : (int)ceil(sqrt((double)n)), first = c->first_index;
+    if (!rc && c->grid_path) {
+        make_file_text(t, c, DDPM_RECIPE_GRID, first, n, nrow, c->pad, c->pad_value);
+        rc = ddpm_image_save_grid_text(c->grid_path, x, n, C, S, nrow, c->pad, c->pad_value, t->text, t->n);
+    }
+    if (!rc && (c->each_dir || c->image_path)) /* as a grid of one without padding: the same pixels */
+        make_file_text(t, c, DDPM_RECIPE_IMAGE, first, 1, 1, 0, 0);
     if (!rc && c->each_dir)
-        rc = ddpm_image_save_each(c->each_dir, x, n, C, S, 0);
-    if (!rc && c->trajectory_path)
-        rc = ddpm_image_save_grid(c->trajectory_path, f.traj, f.traj_rows * f.K, C, S, f.K, c->pad, c->pad_value);
+        rc = ddpm_image_save_each_text(c->each_dir, x, n, C, S, first, t->text, t->n, t->index_slot);
+    if (!rc && c->image_path)
+        rc = ddpm_image_save_grid_text(c->image_path, x, 1, C, S, 1, 0, 0, t->text, t->n);
+    if (!rc && c->trajectory_path) {
+        make_file_text(t, c, DDPM_RECIPE_TRAJECTORY, first, f.traj_rows, f.K, c->pad, c->pad_value);
+        rc = ddpm_image_save_grid_text(c->trajectory_path, f.traj, f.traj_rows * f.K, C, S, f.K, c->pad,
+                                       c->pad_value, t->text, t->n);
+    }
+    free(t);
     free(f.traj);
     free(x);
     free(scratch);

@@ -182,6 +182,7 @@ static void test_rgb_image_makes_default_three_channels_and_nonsquare_majority_i
     write_gray(dir, "g1.png", 1, 10, 6);
     write_gray(dir, "g2.png", 2, 5, 5);
     uint8_t rgb[10 * 6 * 3] = {0};
+    rgb[(3 * 10 + 5) * 3] = 255; /* one red pixel inside the crop: colour by content, not by header */
     char path[300];
     path_in(path, sizeof path, dir, "rgb.png");
     assert_int_equal(ddpm_png_write(path, rgb, 10, 6, 3), 0);

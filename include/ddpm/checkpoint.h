@@ -65,6 +65,19 @@ int ddpm_checkpoint_read(const ddpm_checkpoint *ck, const ddpm_unet *net, const 
 int ddpm_checkpoint_load_model(const ddpm_checkpoint *ck, int prefer_ema, ddpm_unet **net,
                                float **params, int *used_ema);
 
+/* Exported weights (`ddpm export`): a .safetensors file with only the weights
+ * under their plain PyTorch names (the EMA weights, or the raw ones when raw or
+ * when the checkpoint has no EMA; *used_ema says which, may be NULL) and the
+ * metadata "format", "format_version", "config" (model and schedule only),
+ * "state" ({"step": N}) and "weights" ("ema" or "raw"). No Adam moments, no
+ * "ema." prefix: it loads into the PyTorch reference U-Net with strict names.
+ * ddpm_checkpoint_open reads it (train config at defaults, state step only) and
+ * ddpm_checkpoint_load_model loads it, so sample, info and eval take it; a
+ * run cannot resume from it. */
+int ddpm_checkpoint_export(const ddpm_checkpoint *ck, const char *path, int raw, int *used_ema);
+/* "ema" or "raw" for an exported weights file, NULL for a training checkpoint. */
+const char *ddpm_checkpoint_weights(const ddpm_checkpoint *ck);
+
 /* Number of tensors in the file and the i-th one's name / shape (for `ddpm info`). */
 int ddpm_checkpoint_tensor_count(const ddpm_checkpoint *ck);
 const char *ddpm_checkpoint_tensor(const ddpm_checkpoint *ck, int i, int *ndim, int64_t shape[8]);

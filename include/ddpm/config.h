@@ -36,6 +36,27 @@ typedef struct {
  * optimiser of optim.h, L_simple, label dropout 0.1 (used only with classes). */
 void ddpm_run_config_default(ddpm_run_config *c);
 
+/* Data-driven model defaults. A model field may be left "auto" (ch, n_levels or
+ * groups 0, n_attn -1; image_size and in_channels 0); ddpm_unet_config_fit_data
+ * then chooses it from the image side S and the channel count C:
+ *   levels    1 + the number of halvings of S that stay whole and >= 7 px, so
+ *             the lowest resolution is 7..13 px (28 -> 28,14,7; 32 -> 32,16,8;
+ *             64 -> 4 levels down to 8; 128 -> 5 levels down to 8);
+ *   ch_mult   1 then 2 for every further level, with a second 1 from 5 levels
+ *             on (1,2,2 / 1,2,2,2 / 1,1,2,2,2): wide channels only where the
+ *             pixels are few, so 128 px stays trainable on a CPU;
+ *   ch        32 up to 32 px, 64 above;
+ *   attn_res  the one resolution the levels reach that is nearest 16 (ties:
+ *             the smaller; 14 at 28 px, 16 at 32, 64 and 128 px);
+ *   groups    the largest of 8, 4, 2, 1 that divides ch (so every channel count).
+ * res blocks (2) and dropout (0.1) do not depend on the data. Fields already set
+ * are kept (an explicit flag always wins). Returns 0, or DDPM_EINVAL with one
+ * line when the result cannot work (an explicit ch_mult whose levels do not
+ * divide S, an explicit attention resolution the levels never reach, ...). */
+#define DDPM_ATTN_AUTO (-1)
+void ddpm_unet_config_set_auto(ddpm_unet_config *m);
+int ddpm_unet_config_fit_data(ddpm_unet_config *m, int image_size, int in_channels);
+
 /* "1,2,2" <-> int list (non-negative values up to 10^6). Parse returns the count
  * (0 for "") or -1 when s is not such a list or has more than max entries. */
 int ddpm_parse_int_list(const char *s, int *out, int max);

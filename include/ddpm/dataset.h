@@ -36,7 +36,9 @@ typedef struct {
     int size;     /* image side S; 0 = the most common image size in the folder (the
                      shorter side if that size is not square; ties go to the size
                      met first in path order) */
-    int channels; /* 1 or 3; 0 = 1 if every image is gray (with or without alpha), else 3 */
+    int channels; /* 1 or 3; 0 = 1 if every image is gray by content (every pixel
+                     has R = G = B after decoding, whatever the file header says;
+                     alpha ignored), else 3 */
     int strict;   /* nonzero: a file that is not a readable image is an error */
     int classes;  /* nonzero: one subfolder per class; an image's label is the
                      index of its top-level subfolder among the sorted names of

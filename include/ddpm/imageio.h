@@ -52,6 +52,30 @@ void ddpm_image_float_to_u8(uint8_t *out, const float *in, size_t n);
 /* Writes HWC uint8 pixels (channels 1..4) as a PNG, through a temporary file. */
 int ddpm_png_write(const char *path, const uint8_t *pixels, int width, int height, int channels);
 
+/* PNG tEXt chunks (PNG spec 11.3.4.3): a keyword of 1..79 printable Latin-1
+ * characters and a text without NUL. ddpm writes and reads pairs whose key and
+ * value each fit DDPM_PNG_TEXT_MAX bytes; longer chunks are not ddpm's. */
+enum { DDPM_PNG_TEXT_MAX = 1024, DDPM_PNG_KEY_MAX = 79 };
+typedef struct {
+    const char *key;
+    const char *value;
+} ddpm_png_text;
+
+/* ddpm_png_write with n_text tEXt chunks (text may be NULL when n_text is 0),
+ * placed after the pixels and before IEND. The pixels are encoded by
+ * stb_image_write; the chunks' CRCs come from zlib's crc32. */
+int ddpm_png_write_text(const char *path, const uint8_t *pixels, int width, int height, int channels,
+                        const ddpm_png_text *text, int n_text);
+
+/* Walks the chunks of a PNG held in memory (untrusted: every length is checked
+ * against the bytes left and the PNG limit of 2^31 - 1, every CRC is checked)
+ * and calls fn(ctx, key, value) for each tEXt chunk that fits the limits above,
+ * in file order; fn returns 0 to go on. Stops at IEND. Returns 0, fn's nonzero
+ * value, or DDPM_EFORMAT with "<name>: <what is wrong>" (not a PNG, truncated,
+ * bad CRC, no IEND). */
+typedef int (*ddpm_png_text_fn)(void *ctx, const char *key, const char *value);
+int ddpm_png_read_text(const uint8_t *bytes, size_t n, const char *name, ddpm_png_text_fn fn, void *ctx);
+
 /* Writes the batch x[B, C, S, S] (floats in [-1, 1], clamped and rounded; C is 1 or
  * 3) as one PNG grid: min(nrow, B) images per row, ceil(B / that) rows, `pad`
  * pixels of value pad_value (0..255, every channel) between the cells and around
@@ -59,10 +83,17 @@ int ddpm_png_write(const char *path, const uint8_t *pixels, int width, int heigh
  * ncol * S + (ncol + 1) * pad and the height nrows * S + (nrows + 1) * pad. */
 int ddpm_image_save_grid(const char *path, const float *x, int B, int C, int S, int nrow, int pad,
                          int pad_value);
+/* The same, with tEXt chunks (ddpm_png_write_text). */
+int ddpm_image_save_grid_text(const char *path, const float *x, int B, int C, int S, int nrow, int pad,
+                              int pad_value, const ddpm_png_text *text, int n_text);
 
 /* Writes each image of x[B, C, S, S] as dir/%05d.png numbered from first_index
  * (more digits once the numbers need them). Creates dir if it does not exist
  * (its parent must). */
 int ddpm_image_save_each(const char *dir, const float *x, int B, int C, int S, int first_index);
+/* The same, with tEXt chunks; when index_slot >= 0, text[index_slot]'s value is
+ * replaced in each file by that image's index (the caller's array is not changed). */
+int ddpm_image_save_each_text(const char *dir, const float *x, int B, int C, int S, int first_index,
+                              const ddpm_png_text *text, int n_text, int index_slot);
 
 #endif

@@ -20,7 +20,8 @@
 #define DDPM_SAMPLES_DIR "samples"
 
 typedef struct {
-    ddpm_run_config cfg; /* model image_size / in_channels 0: taken from the data */
+    ddpm_run_config cfg; /* model fields left auto (the default here, see
+                            ddpm_unet_config_fit_data) are chosen from the data */
     const char *data_dir;
     const char *out_dir;         /* the run folder; created with its parents */
     int resume;                  /* continue the run in out_dir (cfg is then its checkpoint's) */
@@ -51,6 +52,7 @@ typedef struct {
     int resumed;     /* continuing a run from its checkpoint */
     long start_step; /* steps already taken */
     long stop_step;  /* 0: no step limit */
+    const ddpm_unet_config *model; /* the model trained (data-driven defaults filled) */
 } ddpm_run_start;
 
 /* Every log_every steps and at the last step: the same numbers as the log.jsonl line. */

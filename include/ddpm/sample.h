@@ -114,6 +114,14 @@ typedef struct {
     const char *each_dir;        /* one PNG per image, each_dir/00000.png ... (default NULL: none) */
     const char *trajectory_path; /* the trajectory PNG (default NULL: none) */
     int trajectory_k;            /* columns of the trajectory (default 10) */
+    int first_index;             /* the images are first_index .. first_index + n - 1
+                                    of the seed's sequence (default 0) */
+    const char *image_path;      /* n must be 1: that image alone, as each_dir
+                                    would write it (default NULL: none) */
+    /* The recipe every PNG carries (recipe.h): version, checkpoint hash and
+     * path, step and weights are taken from here, the rest from this config.
+     * NULL (the default): PNGs without a recipe. */
+    const struct ddpm_recipe *recipe;
     /* class-conditional models (ignored by unconditional ones) */
     int class_index;   /* the class of every image (default DDPM_NO_CLASS: unconditional) */
     float guidance;    /* classifier-free guidance weight W (default 1) */

@@ -10,15 +10,98 @@
 #include "cli.h"
 #include "ddpm/checkpoint.h"
 #include "ddpm/error.h"
+#include "ddpm/recipe.h"
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: ddpm info RUN_DIR|CHECKPOINT [--json] [--tensors]\n\n"
+    fprintf(f, "usage: ddpm info RUN_DIR|CHECKPOINT [--json] [--tensors]\n"
+               "       ddpm info IMAGE.png [--json]\n\n"
                "Prints a checkpoint's format version, run config (model, schedule,\n"
                "training), state (step, RNG counters, data position, training time) and\n"
                "the model's parameter count; --tensors adds every tensor's name and shape.\n"
+               "An exported weights file (ddpm export) has no optimizer state.\n"
+               "For a PNG, prints the recipe ddpm wrote into it (see ddpm sample --help);\n"
+               "a PNG without one is an error (exit 1) that says so.\n"
                "  --json      one JSON object on stdout instead of text\n"
                "  --tensors   list the tensors\n");
+}
+
+/* Whether path starts with the PNG signature. */
+static int is_png(const char *path)
+{
+    static const unsigned char signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    unsigned char head[8];
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return 0;
+    int yes = fread(head, 1, 8, f) == 8 && !memcmp(head, signature, 8);
+    fclose(f);
+    return yes;
+}
+
+static int info_png(const char *path, int json)
+{
+    ddpm_recipe r;
+    int rc = ddpm_recipe_read_png(&r, path);
+    if (rc < 0) {
+        cli_error("%s", ddpm_last_error());
+        return DDPM_EXIT_ERROR;
+    }
+    if (rc == 0) {
+        cli_error("%s: this PNG carries no ddpm recipe (no ddpm tEXt chunks: not written by ddpm, or "
+                  "its text was stripped)",
+                  path);
+        return DDPM_EXIT_ERROR;
+    }
+    const char *sampler = r.sampler.kind == DDPM_SAMPLER_DDIM ? "ddim" : "ddpm";
+    const char *var = r.sampler.var == DDPM_VAR_BETA_TILDE ? "beta-tilde" : "beta";
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        char seed[32];
+        snprintf(seed, sizeof seed, "%" PRIu64, r.seed);
+        cJSON_AddStringToObject(o, "image", path);
+        cJSON_AddStringToObject(o, "version", r.version);
+        cJSON_AddStringToObject(o, "checkpoint", r.checkpoint);
+        cJSON_AddStringToObject(o, "checkpoint_sha256", r.checkpoint_sha256);
+        cJSON_AddNumberToObject(o, "step", (double)r.step);
+        cJSON_AddStringToObject(o, "weights", r.ema ? "ema" : "raw");
+        cJSON_AddStringToObject(o, "sampler", sampler);
+        cJSON_AddNumberToObject(o, "steps", r.sampler.steps);
+        cJSON_AddNumberToObject(o, "eta", r.sampler.eta);
+        cJSON_AddStringToObject(o, "var", var);
+        cJSON_AddBoolToObject(o, "clip", r.sampler.clip_x0);
+        cJSON_AddStringToObject(o, "seed", seed);
+        cJSON_AddStringToObject(o, "kind", ddpm_recipe_kind_name(r.kind));
+        cJSON_AddNumberToObject(o, "index", r.first_index);
+        cJSON_AddNumberToObject(o, "count", r.count);
+        cJSON_AddNumberToObject(o, "nrow", r.nrow);
+        cJSON_AddNumberToObject(o, "pad", r.pad);
+        cJSON_AddNumberToObject(o, "pad_value", r.pad_value);
+        char *text = cJSON_Print(o);
+        printf("%s\n", text ? text : "{}");
+        free(text);
+        cJSON_Delete(o);
+        return DDPM_EXIT_OK;
+    }
+    printf("image: %s\nmade by: ddpm %s\ncheckpoint: %s\ncheckpoint sha256: %s\nstep: %ld\nweights: %s\n", path,
+           r.version, r.checkpoint, r.checkpoint_sha256[0] ? r.checkpoint_sha256 : "(none: weights between checkpoints)",
+           r.step, r.ema ? "EMA" : "raw");
+    if (r.sampler.kind == DDPM_SAMPLER_DDIM)
+        printf("sampler: ddim, %d steps, eta %g, clip %s\n", r.sampler.steps, r.sampler.eta,
+               r.sampler.clip_x0 ? "on" : "off");
+    else
+        printf("sampler: ddpm, all steps, var %s, clip %s\n", var, r.sampler.clip_x0 ? "on" : "off");
+    printf("seed: %" PRIu64 "\n", r.seed);
+    if (r.kind == DDPM_RECIPE_IMAGE)
+        printf("contents: image %d\n", r.first_index);
+    else if (r.kind == DDPM_RECIPE_GRID)
+        printf("contents: grid of images %d..%d, %d per row, pad %d of gray %d\n", r.first_index,
+               r.first_index + r.count - 1, r.nrow, r.pad, r.pad_value);
+    else
+        printf("contents: trajectory of images %d..%d, %d columns, pad %d of gray %d\n", r.first_index,
+               r.first_index + r.count - 1, r.nrow, r.pad, r.pad_value);
+    printf("re-create: ddpm sample --from %s --out copy.png\n", path);
+    return DDPM_EXIT_OK;
 }
 
 int cmd_info(int argc, char **argv)
@@ -42,6 +125,8 @@ int cmd_info(int argc, char **argv)
         cli_error("info: expected one RUN_DIR or CHECKPOINT");
         return cli_usage_error("info");
     }
+    if (is_png(argv[optind]))
+        return info_png(argv[optind], json);
     char path[4096];
     cli_checkpoint_path(path, sizeof path, argv[optind]);
     ddpm_checkpoint *ck;
@@ -58,6 +143,18 @@ int cmd_info(int argc, char **argv)
         return DDPM_EXIT_ERROR;
     }
     char *config_json = ddpm_run_config_to_json(cfg), *state_json = ddpm_train_state_to_json(s);
+    const char *exported = ddpm_checkpoint_weights(ck);
+    if (exported) { /* an export has no training config and no run state: show none */
+        cJSON *c = cJSON_Parse(config_json);
+        cJSON_DeleteItemFromObjectCaseSensitive(c, "train");
+        free(config_json);
+        config_json = cJSON_PrintUnformatted(c);
+        cJSON_Delete(c);
+        free(state_json);
+        state_json = malloc(64);
+        if (state_json)
+            snprintf(state_json, 64, "{\"step\":%ld}", s->step);
+    }
     int n = ddpm_checkpoint_tensor_count(ck);
     if (json) {
         cJSON *o = cJSON_CreateObject();
@@ -69,6 +166,8 @@ int cmd_info(int argc, char **argv)
         cJSON_AddNumberToObject(o, "tensors_in_file", n);
         cJSON_AddBoolToObject(o, "has_ema", ddpm_checkpoint_has(ck, net, "ema."));
         cJSON_AddBoolToObject(o, "has_optimizer", ddpm_checkpoint_has(ck, net, "adam_m."));
+        if (exported)
+            cJSON_AddStringToObject(o, "exported_weights", exported);
         if (tensors) {
             cJSON *list = cJSON_AddArrayToObject(o, "tensors");
             for (int i = 0; i < n; i++) {
@@ -89,11 +188,17 @@ int cmd_info(int argc, char **argv)
     } else {
         cJSON *c = cJSON_Parse(config_json), *stj = cJSON_Parse(state_json);
         char *cp = cJSON_Print(c), *sp = cJSON_Print(stj);
-        printf("checkpoint: %s\nformat version: %d\nparameters: %zu\nstep: %ld\ntraining time: %.1f s\n"
-               "EMA weights: %s\noptimizer state: %s\ntensors in file: %d\nconfig: %s\nstate: %s\n",
-               path, DDPM_CHECKPOINT_FORMAT_VERSION, net->n_params, s->step, s->elapsed_seconds,
-               ddpm_checkpoint_has(ck, net, "ema.") ? "yes" : "no", ddpm_checkpoint_has(ck, net, "adam_m.") ? "yes" : "no",
-               n, cp ? cp : "?", sp ? sp : "?");
+        if (exported)
+            printf("exported weights: %s\nformat version: %d\nparameters: %zu\nstep: %ld\n"
+                   "weights: %s (no optimizer state)\ntensors in file: %d\nconfig: %s\n",
+                   path, DDPM_CHECKPOINT_FORMAT_VERSION, net->n_params, s->step,
+                   strcmp(exported, "ema") ? "raw" : "EMA", n, cp ? cp : "?");
+        else
+            printf("checkpoint: %s\nformat version: %d\nparameters: %zu\nstep: %ld\ntraining time: %.1f s\n"
+                   "EMA weights: %s\noptimizer state: %s\ntensors in file: %d\nconfig: %s\nstate: %s\n",
+                   path, DDPM_CHECKPOINT_FORMAT_VERSION, net->n_params, s->step, s->elapsed_seconds,
+                   ddpm_checkpoint_has(ck, net, "ema.") ? "yes" : "no",
+                   ddpm_checkpoint_has(ck, net, "adam_m.") ? "yes" : "no", n, cp ? cp : "?", sp ? sp : "?");
         const char *const *names = ddpm_checkpoint_class_names(ck);
         for (int k = 0; names && k < net->cfg.n_classes; k++)
             printf(k ? ", %s" : "classes: %s", names[k]);

@@ -16,6 +16,7 @@ static const struct {
     {"sample", cmd_sample, "sample PNG grids from a checkpoint (DDPM or DDIM)"},
     {"bench", cmd_bench, "measure training and sampling speed on this machine"},
     {"info", cmd_info, "print a checkpoint's metadata and tensor table"},
+    {"export", cmd_export, "write a checkpoint's EMA (or raw) weights alone, to share"},
     {"convert", cmd_convert, "convert IDX files (MNIST, Fashion-MNIST, ...) to PNG folders"},
 };
 

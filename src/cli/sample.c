@@ -14,18 +14,34 @@
 #include "cli.h"
 #include "ddpm/checkpoint.h"
 #include "ddpm/error.h"
-#include "ddpm/sample.h"
 #include "ddpm/fsutil.h"
+#include "ddpm/recipe.h"
+#include "ddpm/sample.h"
+#include "ddpm/sha256.h"
 
 static void usage(FILE *f)
 {
     fprintf(f,
 "usage: ddpm sample RUN_DIR|CHECKPOINT [options]\n"
+"       ddpm sample --from IMAGE.png --out FILE.png [--checkpoint PATH] [RUN_DIR|CHECKPOINT]\n"
 "\n"
 "Samples images from a trained model and writes them as a PNG grid (and/or one\n"
 "PNG per image). RUN_DIR is a `ddpm train --out` folder (its\n"
 "checkpoint.safetensors is used). The model, its schedule and T come from the\n"
 "checkpoint. Same checkpoint, seed, flags and --threads: identical PNG bytes.\n"
+"\n"
+"Every PNG carries its recipe in tEXt chunks (ddpm version, the checkpoint's\n"
+"SHA-256, path and step, EMA or raw, sampler, steps, eta, variance, clipping,\n"
+"seed, and the image's index or the grid's first index, count, nrow and pad);\n"
+"`ddpm info IMAGE.png` prints it.\n"
+"recipes:\n"
+"  --from IMAGE.png     re-create IMAGE.png (a grid, one image of --out-dir, or a\n"
+"                       trajectory) byte for byte from its recipe into --out,\n"
+"                       which is required. The checkpoint is --checkpoint, else\n"
+"                       RUN_DIR|CHECKPOINT, else the path in the recipe; one\n"
+"                       whose SHA-256 differs from the recipe's is refused. The\n"
+"                       flags that the recipe sets are refused with --from.\n"
+"  --checkpoint PATH    the checkpoint for --from (a file or a RUN_DIR)\n"
 "\n"
 "samplers (each network evaluation costs one forward pass per image):\n"
 "  --sampler ddim       DDIM (Song et al. 2021) on S evenly spaced steps (default;\n"
@@ -75,9 +91,43 @@ static void usage(FILE *f)
 
 enum {
     O_OUT = 256, O_OUT_DIR, O_NO_GRID, O_N, O_NROW, O_PAD, O_PAD_VALUE, O_SAMPLER, O_STEPS, O_ETA, O_VAR,
-    O_NO_CLIP, O_TRAJ, O_TRAJ_K, O_SEED, O_BATCH, O_THREADS, O_NO_EMA, O_QUIET, O_JSON, O_HELP,
+    O_NO_CLIP, O_TRAJ, O_TRAJ_K, O_SEED, O_BATCH, O_THREADS, O_NO_EMA, O_QUIET, O_JSON, O_HELP, O_FROM,
+    O_CHECKPOINT,
     O_CLASS, O_GUIDANCE, O_GRID_BY_CLASS,
 };
+
+/* The flags a recipe sets: refused with --from. */
+static int recipe_sets(int opt)
+{
+    return opt == O_OUT_DIR || opt == O_NO_GRID || opt == O_N || opt == O_NROW || opt == O_PAD ||
+           opt == O_PAD_VALUE || opt == O_SAMPLER || opt == O_STEPS || opt == O_ETA || opt == O_VAR ||
+           opt == O_NO_CLIP || opt == O_TRAJ || opt == O_TRAJ_K || opt == O_SEED || opt == O_NO_EMA;
+}
+
+/* The sampling config that re-creates the file the recipe describes into out. */
+static void config_from_recipe(ddpm_sample_files_config *fc, const ddpm_recipe *r, const char *out)
+{
+    fc->sampler = r->sampler;
+    fc->seed = r->seed;
+    fc->first_index = r->first_index;
+    fc->n = r->count;
+    fc->grid_path = NULL;
+    switch (r->kind) {
+    case DDPM_RECIPE_GRID:
+        fc->grid_path = out;
+        fc->nrow = r->nrow;
+        fc->pad = r->pad;
+        fc->pad_value = r->pad_value;
+        break;
+    case DDPM_RECIPE_IMAGE: fc->image_path = out; break;
+    case DDPM_RECIPE_TRAJECTORY:
+        fc->trajectory_path = out;
+        fc->trajectory_k = r->nrow;
+        fc->pad = r->pad;
+        fc->pad_value = r->pad_value;
+        break;
+    }
+}
 
 typedef struct {
     int tty;
@@ -126,23 +176,30 @@ int cmd_sample(int argc, char **argv)
         {"seed", required_argument, 0, O_SEED}, {"batch", required_argument, 0, O_BATCH},
         {"threads", required_argument, 0, O_THREADS}, {"no-ema", no_argument, 0, O_NO_EMA},
         {"quiet", no_argument, 0, O_QUIET}, {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
+        {"from", required_argument, 0, O_FROM}, {"checkpoint", required_argument, 0, O_CHECKPOINT},
         {"class", required_argument, 0, O_CLASS}, {"guidance", required_argument, 0, O_GUIDANCE},
         {"grid-by-class", no_argument, 0, O_GRID_BY_CLASS}, {0, 0, 0, 0},
     };
     ddpm_sample_files_config fc;
     ddpm_sample_files_config_default(&fc);
     const char *out = fc.grid_path;
-    int threads = 0, no_ema = 0, quiet = 0, json = 0, no_grid = 0, steps_given = 0, n_given = 0;
+    int threads = 0, no_ema = 0, quiet = 0, json = 0, no_grid = 0, steps_given = 0, out_given = 0, n_given = 0;
+    const char *from = NULL, *checkpoint_flag = NULL, *recipe_flag = NULL;
     const char *class_arg = NULL;
     ddpm_sampler_config *sc = &fc.sampler;
-    int opt, bad = 0;
+    int opt, bad = 0, longindex = -1;
     opterr = 0;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "h", longopts, &longindex)) != -1) {
+        if (recipe_sets(opt) && !recipe_flag && longindex >= 0)
+            recipe_flag = longopts[longindex].name;
+        longindex = -1;
         switch (opt) {
+        case O_FROM: from = optarg; break;
+        case O_CHECKPOINT: checkpoint_flag = optarg; break;
         case 'h':
         case O_HELP: usage(stdout); return DDPM_EXIT_OK;
-        case O_OUT: out = optarg; break;
+        case O_OUT: out = optarg; out_given = 1; break;
         case O_OUT_DIR: fc.each_dir = optarg; break;
         case O_NO_GRID: no_grid = 1; break;
         case O_N: bad |= arg_int("n", optarg, 1, 1000000, &fc.n); n_given = 1; break;
@@ -190,11 +247,47 @@ int cmd_sample(int argc, char **argv)
         if (bad)
             return DDPM_EXIT_USAGE;
     }
-    if (optind != argc - 1) {
+    ddpm_recipe from_recipe;
+    const char *ckpt_arg = optind < argc ? argv[optind] : NULL;
+    if (optind < argc - 1 || (!from && optind != argc - 1)) {
         cli_error(optind >= argc ? "sample: missing RUN_DIR or CHECKPOINT" : "sample: expected one checkpoint");
         return cli_usage_error("sample");
     }
-    if (no_grid && !fc.each_dir) {
+    if (checkpoint_flag && !from) {
+        cli_error("sample: --checkpoint goes with --from (else name the checkpoint as the argument)");
+        return DDPM_EXIT_USAGE;
+    }
+    if (from) {
+        if (recipe_flag) {
+            cli_error("sample: --%s cannot be given with --from (the recipe in %s sets it)", recipe_flag, from);
+            return DDPM_EXIT_USAGE;
+        }
+        if (!out_given) {
+            cli_error("sample: --from needs --out FILE.png for the re-created image");
+            return DDPM_EXIT_USAGE;
+        }
+        int rc = ddpm_recipe_read_png(&from_recipe, from);
+        if (rc == 0)
+            cli_error("%s: this PNG carries no ddpm recipe (no ddpm tEXt chunks); it cannot be re-created", from);
+        else if (rc < 0)
+            cli_error("%s", ddpm_last_error());
+        if (rc <= 0)
+            return DDPM_EXIT_ERROR;
+        if (!from_recipe.checkpoint_sha256[0]) {
+            cli_error("%s: made from the weights of step %ld, which were never saved as a checkpoint (a training "
+                      "preview between checkpoints); it cannot be re-created",
+                      from, from_recipe.step);
+            return DDPM_EXIT_ERROR;
+        }
+        if (checkpoint_flag)
+            ckpt_arg = checkpoint_flag;
+        else if (!ckpt_arg)
+            ckpt_arg = from_recipe.checkpoint;
+        config_from_recipe(&fc, &from_recipe, out);
+        no_ema = !from_recipe.ema;
+        no_grid = fc.grid_path == NULL;
+    }
+    if (no_grid && !fc.each_dir && !from) {
         cli_error("sample: --no-grid needs --out-dir");
         return DDPM_EXIT_USAGE;
     }
@@ -204,12 +297,28 @@ int cmd_sample(int argc, char **argv)
     }
     char ckpt_path[4096];
     struct stat st;
-    cli_checkpoint_path(ckpt_path, sizeof ckpt_path, argv[optind]);
+    cli_checkpoint_path(ckpt_path, sizeof ckpt_path, ckpt_arg);
     if ((!no_grid && check_writable_parent(out)) || (fc.trajectory_path && check_writable_parent(fc.trajectory_path)))
         return DDPM_EXIT_ERROR;
     if (fc.each_dir && stat(fc.each_dir, &st) != 0 && check_writable_parent(fc.each_dir))
         return DDPM_EXIT_ERROR;
+    if (from && check_writable_parent(out))
+        return DDPM_EXIT_ERROR;
     cli_set_threads(threads);
+
+    ddpm_recipe recipe;
+    memset(&recipe, 0, sizeof recipe);
+    if (ddpm_sha256_file(ckpt_path, recipe.checkpoint_sha256)) {
+        cli_error("%s", ddpm_last_error());
+        return DDPM_EXIT_ERROR;
+    }
+    if (from && strcmp(recipe.checkpoint_sha256, from_recipe.checkpoint_sha256)) {
+        cli_error("%s: SHA-256 %.12s... is not the checkpoint %s was made from (%.12s..., %s at step %ld); pass "
+                  "that one with --checkpoint",
+                  ckpt_path, recipe.checkpoint_sha256, from, from_recipe.checkpoint_sha256, from_recipe.checkpoint,
+                  from_recipe.step);
+        return DDPM_EXIT_ERROR;
+    }
 
     ddpm_checkpoint *ck = NULL;
     if (ddpm_checkpoint_open(&ck, ckpt_path)) {
@@ -269,7 +378,13 @@ int cmd_sample(int argc, char **argv)
     }
     if (!used_ema && !no_ema && !quiet)
         fprintf(stderr, "ddpm: %s has no EMA weights; sampling with the raw weights\n", ckpt_path);
-    fc.grid_path = no_grid ? NULL : out;
+    if (!from)
+        fc.grid_path = no_grid ? NULL : out;
+    snprintf(recipe.version, sizeof recipe.version, "%s", DDPM_VERSION);
+    snprintf(recipe.checkpoint, sizeof recipe.checkpoint, "%.1023s", from ? from_recipe.checkpoint : ckpt_path);
+    recipe.step = ck_step;
+    recipe.ema = used_ema;
+    fc.recipe = &recipe;
     progress_ctx pc = {isatty(fileno(stderr)), ddpm_now_seconds()};
     rc = ddpm_sample_files(net, params, &sched, &fc, NULL, quiet ? NULL : on_progress, &pc);
     double seconds = ddpm_now_seconds() - pc.t_start;
@@ -282,7 +397,7 @@ int cmd_sample(int argc, char **argv)
         fprintf(stderr, "ddpm: %d images, %s %d steps, %s weights of step %ld, %.1f s (%.0f image-steps/s)\n", n,
                 sc->kind == DDPM_SAMPLER_DDIM ? "DDIM" : "DDPM", n_steps, used_ema ? "EMA" : "raw", ck_step, seconds,
                 (double)n * n_steps / seconds);
-        if (!no_grid)
+        if (!no_grid || from)
             printf("%s\n", out);
     }
     if (!rc && json) {

@@ -49,6 +49,11 @@ static void on_started(void *ctx, const ddpm_run_start *s)
     fprintf(stderr, "ddpm: %s%s: %d images %dx%dx%d, model %zu parameters, batch %d, %d threads\n",
             s->resumed ? "resuming " : "training on ", p->o->data_dir, s->n_images, s->channels, s->image_size,
             s->image_size, s->n_params, s->batch, omp_get_max_threads());
+    char mult[64], attn[64];
+    ddpm_format_int_list(mult, sizeof mult, s->model->ch_mult, s->model->n_levels);
+    ddpm_format_int_list(attn, sizeof attn, s->model->attn_res, s->model->n_attn);
+    fprintf(stderr, "ddpm: model --ch %d --ch-mult %s --attn '%s' --groups %d --res-blocks %d --dropout %g\n",
+            s->model->ch, mult, attn, s->model->groups, s->model->num_res_blocks, s->model->dropout);
     if (s->resumed)
         fprintf(stderr, "ddpm: continuing from step %ld\n", s->start_step);
 }
@@ -122,9 +127,13 @@ static void usage(FILE *f)
 "  --quiet              no progress output\n"
 "  --json               print a JSON summary on stdout at the end\n"
 "data:\n"
-"  --size S             image side in pixels (default: the most common size in\n"
-"                       DATA_DIR); others are center-cropped and resized\n"
-"  --channels C         1 or 3 (default: 1 if every image is gray)\n"
+"  --size S             image side in pixels (default: the shorter side of the\n"
+"                       most common image size in DATA_DIR). Every image, square\n"
+"                       or not, is centre-cropped to its largest square, then\n"
+"                       resized to S x S (a 640x480 photo keeps its middle\n"
+"                       480x480)\n"
+"  --channels C         1 or 3 (default: 1 if every pixel of every image has\n"
+"                       R = G = B, so gray pictures saved as RGB train as gray)\n"
 "  --flip               random horizontal flips (default off)\n"
 "  --classes            class-conditional: DATA_DIR holds one subfolder per class\n"
 "                       (as `ddpm convert --labels` writes them); the classes are\n"
@@ -133,9 +142,24 @@ static void usage(FILE *f)
 "                       class embedding to the timestep embedding (default off:\n"
 "                       unconditional)\n"
 "  --cond-drop P        with --classes: probability that an image's label is\n"
-"                       dropped for classifier-free guidance (default 0.1)\n"
-"model (docs/design.md, The network):\n"
-ARG_MODEL_HELP
+"                       dropped for classifier-free guidance (default 0.1)\n");
+    fprintf(f,
+"model (docs/design.md, The network). Each flag not given is chosen from the\n"
+"image side S and channels (explicit flags always win):\n"
+"  levels: halve S while it stays whole and >= 7 px (lowest resolution 7..13 px);\n"
+"  --ch-mult 1,2,2... (1 then 2s; 1,1,2,2,... from 5 levels); --ch 32 up to 32 px,\n"
+"  64 above; --attn the level's resolution nearest 16; --groups the largest of\n"
+"  8,4,2,1 dividing --ch. So 28 px: ch 32, 1,2,2, attn 14; 32 px: ch 32, 1,2,2,\n"
+"  attn 16; 64 px: ch 64, 1,2,2,2, attn 16; 128 px: ch 64, 1,1,2,2,2, attn 16.\n"
+"  A size that the levels cannot halve (e.g. --size 30 with --ch-mult 1,2,2)\n"
+"  is refused.\n"
+"  --ch N               base channels (default: from S, see above)\n"
+"  --ch-mult LIST       channel multiplier per level (default: from S)\n"
+"  --res-blocks N       ResBlocks per level (default 2)\n"
+"  --attn LIST          resolutions with self-attention, '' for none (default:\n"
+"                       from S)\n"
+"  --groups N           GroupNorm groups (default: from --ch)\n"
+"  --dropout P          dropout in ResBlocks (default 0.1)\n"
 "diffusion:\n"
 "  --timesteps T        diffusion steps (default 1000)\n"
 "  --schedule NAME      linear or cosine (default linear)\n"

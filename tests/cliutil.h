@@ -1,0 +1,94 @@
+/* cliutil.h: running the ddpm binary from a test (header-only): the command
+ * through the shell in a temporary folder, its output files, one-line errors. */
+#ifndef DDPM_CLIUTIL_H
+#define DDPM_CLIUTIL_H
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "ddpm/imageio.h"
+
+/* The folder the commands run in (set by the test's setup). */
+static char cu_dir[256];
+
+/* Runs `ddpm ARGS` in cu_dir, stdout to out.txt and stderr to err.txt; returns
+ * the exit code. */
+static inline int cu_ddpm(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static inline int cu_ddpm(const char *fmt, ...)
+{
+    char args[2048], cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >out.txt 2>err.txt", cu_dir, DDPM_BINARY, args);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* The bytes of cu_dir/NAME (NUL-terminated), or NULL; *size gets the length. */
+static inline char *cu_slurp(const char *name, long *size)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", cu_dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = calloc((size_t)n + 1, 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n)
+        n = -1;
+    fclose(f);
+    if (size)
+        *size = n;
+    return buf;
+}
+
+/* cu_dir/A and cu_dir/B exist and hold the same bytes. */
+static inline int cu_same_bytes(const char *a, const char *b)
+{
+    long na = -1, nb = -2;
+    char *x = cu_slurp(a, &na), *y = cu_slurp(b, &nb);
+    int same = x && y && na == nb && na >= 0 && !memcmp(x, y, (size_t)na);
+    free(x);
+    free(y);
+    return same;
+}
+
+/* cu_dir/NAME with n 8x8 gray PNGs of a pattern that depends on k and mult;
+ * returns 0 or -1. */
+static inline int cu_make_gray_folder(const char *name, int n, int mult)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", cu_dir, name);
+    if (mkdir(path, 0777))
+        return -1;
+    uint8_t px[64];
+    for (int k = 0; k < n; k++) {
+        for (int i = 0; i < 64; i++)
+            px[i] = (uint8_t)((i * (k + 3) * mult) & 255);
+        snprintf(path, sizeof path, "%s/%s/%02d.png", cu_dir, name, k);
+        if (ddpm_png_write(path, px, 8, 8, 1))
+            return -1;
+    }
+    return 0;
+}
+
+/* Prints err.txt when it does not contain needle; returns whether it does. */
+static inline int cu_stderr_has(const char *needle)
+{
+    char *err = cu_slurp("err.txt", NULL);
+    int ok = err && strstr(err, needle) != NULL;
+    if (!ok)
+        fprintf(stderr, "stderr was: %s\n", err ? err : "(none)");
+    free(err);
+    return ok;
+}
+
+#endif
