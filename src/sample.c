@@ -149,22 +149,34 @@ int ddpm_sample(float *x, float *scratch, int B, size_t D, int first_image,
     return DDPM_OK;
 }
 
-void ddpm_unet_eps(void *opaque, float *eps, const float *x_t, const int *i, int B)
+/* The network output, guided when labels are given. */
+static void unet_output(ddpm_unet_eps_ctx *c, float *out, const float *x_t, const int *i, int B)
 {
-    ddpm_unet_eps_ctx *c = opaque;
     const ddpm_unet *net = c->net;
     if (net->cfg.n_classes == 0 || !c->labels || c->guidance == 0) {
-        ddpm_unet_forward_class(net, c->params, c->ws, eps, x_t, i, NULL, B, NULL);
+        ddpm_unet_forward_class(net, c->params, c->ws, out, x_t, i, NULL, B, NULL);
         return;
     }
-    ddpm_unet_forward_class(net, c->params, c->ws, eps, x_t, i, c->labels, B, NULL);
+    ddpm_unet_forward_class(net, c->params, c->ws, out, x_t, i, c->labels, B, NULL);
     if (c->guidance == 1) /* the conditional model: one pass */
         return;
     size_t n = (size_t)B * net->cfg.in_channels * net->cfg.image_size * net->cfg.image_size;
     ddpm_unet_forward_class(net, c->params, c->ws, c->uncond, x_t, i, NULL, B, NULL);
     float w = c->guidance;
     for (size_t k = 0; k < n; k++)
-        eps[k] = c->uncond[k] + w * (eps[k] - c->uncond[k]);
+        out[k] = c->uncond[k] + w * (out[k] - c->uncond[k]);
+}
+
+void ddpm_unet_eps(void *opaque, float *eps, const float *x_t, const int *i, int B)
+{
+    ddpm_unet_eps_ctx *c = opaque;
+    unet_output(c, eps, x_t, i, B);
+    if (!c->to_eps || c->net->cfg.prediction == DDPM_PRED_EPS)
+        return;
+    size_t D = (size_t)c->net->cfg.in_channels * c->net->cfg.image_size * c->net->cfg.image_size;
+    for (int b = 0; b < B; b++) /* in place: each element reads its output, then writes eps */
+        ddpm_pred_to_eps_x0(eps + (size_t)b * D, NULL, c->net->cfg.prediction, eps + (size_t)b * D,
+                            x_t + (size_t)b * D, i[b], D, c->to_eps);
 }
 
 /* ---------------------------------------------------------------- to files */
@@ -291,7 +303,7 @@ int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_sche
         labels[k] = c->grid_by_class ? k / per_class : c->class_index;
     ddpm_rng rng;
     ddpm_rng_init(&rng, c->seed, DDPM_STREAM_SAMPLE);
-    ddpm_unet_eps_ctx eps_ctx = {net, params, ws ? ws : own_ws, NULL, c->guidance, uncond};
+    ddpm_unet_eps_ctx eps_ctx = {net, params, ws ? ws : own_ws, NULL, c->guidance, uncond, NULL};
     ddpm_sampler_config sc = c->sampler;
     sc.prediction = net->cfg.prediction; /* what this network's output means */
     for (int first = 0; !rc && first < n; first += B) {

@@ -429,6 +429,39 @@ static void test_guidance_1_is_the_conditional_model_0_the_unconditional(void **
     ddpm_unet_free(net);
 }
 
+/* For the evaluator: with to_eps set, ddpm_unet_eps returns eps_theta whatever
+ * the network predicts (here v: eps = sqrt(1-abar) x_t + sqrt(abar) v). */
+static void test_unet_eps_converts_a_v_network_to_eps_when_asked(void **state)
+{
+    (void)state;
+    ddpm_unet_config mc;
+    ddpm_unet_config_default(&mc);
+    mc.in_channels = 1, mc.image_size = 8, mc.ch = 8, mc.n_levels = 2, mc.ch_mult[1] = 2;
+    mc.num_res_blocks = 1, mc.n_attn = 0, mc.groups = 4, mc.prediction = DDPM_PRED_V;
+    ddpm_unet *net;
+    assert_int_equal(ddpm_unet_create(&net, &mc), 0);
+    enum { B = 2, D = 64 };
+    float *params = tu_alloc(net->n_params);
+    tu_fill_uniform(params, net->n_params, 8, -0.2f, 0.2f);
+    ddpm_unet_workspace *ws;
+    assert_int_equal(ddpm_unet_workspace_create(&ws, net, B, 0), 0);
+    float x[B * D], raw[B * D], eps[B * D];
+    tu_fill_uniform(x, B * D, 9, -1, 1);
+    int i[B] = {20, 900};
+    ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws};
+    ddpm_unet_eps(&ctx, raw, x, i, B);
+    ctx.to_eps = &sched;
+    ddpm_unet_eps(&ctx, eps, x, i, B);
+    for (int b = 0; b < B; b++)
+        for (int d = 0; d < D; d++) {
+            double want = sqrt(1 - sched.abar[i[b]]) * x[b * D + d] + sqrt(sched.abar[i[b]]) * raw[b * D + d];
+            assert_true(fabs(eps[b * D + d] - want) < 1e-6);
+        }
+    ddpm_unet_workspace_free(ws);
+    free(params);
+    ddpm_unet_free(net);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -443,6 +476,7 @@ int main(void)
         cmocka_unit_test(test_bad_sampler_settings_are_refused),
         cmocka_unit_test(test_sample_files_writes_grid_each_and_trajectory_independent_of_batch),
         cmocka_unit_test(test_guidance_1_is_the_conditional_model_0_the_unconditional),
+        cmocka_unit_test(test_unet_eps_converts_a_v_network_to_eps_when_asked),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

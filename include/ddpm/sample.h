@@ -86,6 +86,10 @@ typedef struct {
     const int *labels; /* [B] classes of the images of the call; NULL: "no class" */
     float guidance;    /* W, used when labels is not NULL */
     float *uncond;     /* [B, D] scratch, needed when labels and W != 0, 1 */
+    /* NULL: the raw output, whose meaning is net->cfg.prediction (what the
+     * samplers take); a schedule: the output converted to eps_theta with
+     * ddpm_pred_to_eps_x0, for code that needs eps itself (the evaluator) */
+    const ddpm_schedule *to_eps;
 } ddpm_unet_eps_ctx;
 void ddpm_unet_eps(void *ctx, float *eps, const float *x_t, const int *i, int B);
 
