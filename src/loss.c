@@ -17,7 +17,10 @@ void ddpm_loss_config_default(ddpm_loss_config *c)
     c->vlb_weight = 0.001f;
 }
 
-const char *ddpm_loss_name(ddpm_loss_kind kind) { return (unsigned)kind < 3 ? names[kind] : "?"; }
+const char *ddpm_loss_name(ddpm_loss_kind kind)
+{
+    return (unsigned)kind < 3 ? names[kind] : "?";
+}
 
 int ddpm_loss_parse(const char *name, ddpm_loss_kind *kind)
 {
@@ -85,7 +88,10 @@ static double log_ndtr_diff(double a, double b)
     return lb + log1p(-exp(la - lb));
 }
 
-static double log_phi(double u) { return -0.5 * u * u - 0.5 * log(2 * M_PI); }
+static double log_phi(double u)
+{
+    return -0.5 * u * u - 0.5 * log(2 * M_PI);
+}
 
 double ddpm_vlb_term(float *d_out, double scale, const float *out, const float *x0, const float *x_t, int i,
                      size_t D, ddpm_prediction pred, const ddpm_schedule *s)
@@ -116,7 +122,8 @@ double ddpm_vlb_term(float *d_out, double scale, const float *out, const float *
         double log_p = log_ndtr_diff(a, b);
         sum -= log_p;
         if (d_out) {
-            double pb = b == INFINITY ? 0 : exp(log_phi(b) - log_p), pa = a == -INFINITY ? 0 : exp(log_phi(a) - log_p);
+            double pb = b == INFINITY ? 0 : exp(log_phi(b) - log_p),
+                   pa = a == -INFINITY ? 0 : exp(log_phi(a) - log_p);
             d_out[d] += (float)(scale * pc.mu_out * (pb - pa) / sigma);
         }
     }

@@ -46,7 +46,7 @@ ddpm_pred_coef ddpm_pred_coefs(ddpm_prediction kind, int i, const ddpm_schedule 
         break;
     }
     if (kind == DDPM_PRED_MU) {
-        c.mu_out = 1, c.mu_xt = 0; /* the output is the mean itself: no round trip */
+        c.mu_out = 1, c.mu_xt = 0;      /* the output is the mean itself: no round trip */
     } else if (kind == DDPM_PRED_EPS) { /* eq. 11 as Algorithm 2 writes it (equal to eq. 7 of x0) */
         double inv_sqrt_alpha = 1.0 / sqrt(s->alpha[i]);
         c.mu_out = -inv_sqrt_alpha * s->beta[i] / so, c.mu_xt = inv_sqrt_alpha;
@@ -55,8 +55,8 @@ ddpm_pred_coef ddpm_pred_coefs(ddpm_prediction kind, int i, const ddpm_schedule 
     return c;
 }
 
-void ddpm_pred_to_eps_x0(float *eps, float *x0, ddpm_prediction kind, const float *out, const float *x_t, int i,
-                         size_t D, const ddpm_schedule *s)
+void ddpm_pred_to_eps_x0(float *eps, float *x0, ddpm_prediction kind, const float *out, const float *x_t,
+                         int i, size_t D, const ddpm_schedule *s)
 {
     ddpm_pred_coef c = ddpm_pred_coefs(kind, i, s);
     float eo = (float)c.eps_out, ex = (float)c.eps_xt, xo = (float)c.x0_out, xx = (float)c.x0_xt;
@@ -69,8 +69,8 @@ void ddpm_pred_to_eps_x0(float *eps, float *x0, ddpm_prediction kind, const floa
     }
 }
 
-void ddpm_pred_target(float *target, ddpm_prediction kind, const float *x0, const float *eps, const float *x_t,
-                      int i, size_t D, const ddpm_schedule *s)
+void ddpm_pred_target(float *target, ddpm_prediction kind, const float *x0, const float *eps,
+                      const float *x_t, int i, size_t D, const ddpm_schedule *s)
 {
     float sa = (float)s->sqrt_abar[i], so = (float)s->sqrt_one_minus_abar[i];
     float c0 = (float)s->posterior_coef_x0[i], c1 = (float)s->posterior_coef_xt[i];

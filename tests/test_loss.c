@@ -125,7 +125,8 @@ static void test_vlb_gradient_matches_finite_differences_for_every_prediction(vo
                 term_ctx ctx = {out, x0, x_t, i, p};
                 char name[64];
                 snprintf(name, sizeof name, "%s i=%d far=%d", ddpm_prediction_name(p), i, far);
-                assert_int_equal(tu_check_grad(name, out, grad, D, term_value, &ctx, (float)h, 1e-6, 2e-3), 0);
+                assert_int_equal(tu_check_grad(name, out, grad, D, term_value, &ctx, (float)h, 1e-6, 2e-3),
+                                 0);
             }
 }
 
@@ -184,7 +185,8 @@ static void test_min_snr_weights_each_image(void **state)
             for (int d = 0; d < D; d++) {
                 double e = (double)out[b * D + d] - target[b * D + d];
                 sum += e * e;
-                assert_true(fabs(d_out[b * D + d] - w * d_plain[b * D + d]) <= 1e-6 * (1 + fabs(d_out[b * D + d])));
+                assert_true(fabs(d_out[b * D + d] - w * d_plain[b * D + d]) <=
+                            1e-6 * (1 + fabs(d_out[b * D + d])));
             }
             want += w * sum / (B * D);
         }
@@ -260,8 +262,8 @@ static void test_vlb_gradient_through_the_tiny_network(void **state)
             const ddpm_tensor_info *ti = &c.net->tensors[k];
             for (size_t j = 0; j < ti->n && j < 6; j++)
                 n_bad += tu_check_grad(names[t], c.params + ti->offset + j * (ti->n / 6 + 1) % ti->n,
-                                       grads + ti->offset + j * (ti->n / 6 + 1) % ti->n, 1, net_loss, &c, 1e-2f,
-                                       1e-4 * (1 + fabs(L)), 3e-2);
+                                       grads + ti->offset + j * (ti->n / 6 + 1) % ti->n, 1, net_loss, &c,
+                                       1e-2f, 1e-4 * (1 + fabs(L)), 3e-2);
         }
         assert_int_equal(n_bad, 0);
     }

@@ -74,12 +74,13 @@ static void check_coefs_on_schedule(const ddpm_schedule *s)
                 if (err > worst)
                     worst = err;
                 if (err > 1e-9)
-                    fail_msg("%s at i %d, d %d: eps %.12g want %.12g, x0 %.12g want %.12g, mu %.12g want %.12g",
-                             ddpm_prediction_name((ddpm_prediction)k), i, d, e, t.eps, x, t.x0, mu, t.mu);
+                    fail_msg(
+                        "%s at i %d, d %d: eps %.12g want %.12g, x0 %.12g want %.12g, mu %.12g want %.12g",
+                        ddpm_prediction_name((ddpm_prediction)k), i, d, e, t.eps, x, t.x0, mu, t.mu);
             }
         }
-        fprintf(stderr, "  %s (%s): worst |closed form - conversion| %.3g\n", ddpm_prediction_name((ddpm_prediction)k),
-                ddpm_schedule_name(s->kind), worst);
+        fprintf(stderr, "  %s (%s): worst |closed form - conversion| %.3g\n",
+                ddpm_prediction_name((ddpm_prediction)k), ddpm_schedule_name(s->kind), worst);
     }
 }
 
@@ -124,8 +125,8 @@ static void test_float_round_trip_through_each_target(void **state)
             size_t at;
             double de = tu_max_abs_diff(e2, eps, D, &at), dx = tu_max_abs_diff(x2, x0, D, &at);
             if (de > tol || dx > tol)
-                fail_msg("%s at i %d: eps off by %.3g, x0 by %.3g (tolerance %.3g)", ddpm_prediction_name(p), i,
-                         de, dx, tol);
+                fail_msg("%s at i %d: eps off by %.3g, x0 by %.3g (tolerance %.3g)", ddpm_prediction_name(p),
+                         i, de, dx, tol);
             /* and each target against its closed form */
             for (int d = 0; d < D; d++) {
                 truth t = closed_form(x0[d], eps[d], i, &s);

@@ -38,11 +38,11 @@ ddpm_pred_coef ddpm_pred_coefs(ddpm_prediction kind, int i, const ddpm_schedule 
 
 /* eps and x0 (either may be NULL) of one image's D values from the network
  * output at step index i. */
-void ddpm_pred_to_eps_x0(float *eps, float *x0, ddpm_prediction kind, const float *out, const float *x_t, int i,
-                         size_t D, const ddpm_schedule *s);
+void ddpm_pred_to_eps_x0(float *eps, float *x0, ddpm_prediction kind, const float *out, const float *x_t,
+                         int i, size_t D, const ddpm_schedule *s);
 /* What the network of this kind is trained to output for one image, given the
  * clean image x0, the noise eps and x_t = q_sample(x0, eps, i). */
-void ddpm_pred_target(float *target, ddpm_prediction kind, const float *x0, const float *eps, const float *x_t,
-                      int i, size_t D, const ddpm_schedule *s);
+void ddpm_pred_target(float *target, ddpm_prediction kind, const float *x0, const float *eps,
+                      const float *x_t, int i, size_t D, const ddpm_schedule *s);
 
 #endif
