@@ -386,6 +386,14 @@ static void test_class_conditional_model_samples_the_requested_class(void **stat
     assert_string_equal(ddpm_checkpoint_class_names(ck)[1], "bright");
     ddpm_trainer *back;
     assert_int_equal(ddpm_trainer_from_checkpoint(&back, ck), 0);
+    /* and with exported weights */
+    char exported[512];
+    snprintf(exported, sizeof exported, "%s/cond_export.safetensors", tmpdir);
+    assert_int_equal(ddpm_checkpoint_export(ck, exported, 0, NULL), 0);
+    ddpm_checkpoint_close(ck);
+    assert_int_equal(ddpm_checkpoint_open(&ck, exported), 0);
+    assert_int_equal(ddpm_checkpoint_config(ck)->model.n_classes, 2);
+    assert_string_equal(ddpm_checkpoint_class_names(ck)[0], "dark");
     ddpm_checkpoint_close(ck);
     assert_memory_equal(back->ema, tr->ema, tr->net->n_params * sizeof(float));
     assert_string_equal(back->class_names[1], "bright");
