@@ -3,7 +3,7 @@
 # missing. Works as root or through sudo; fast when everything is installed.
 set -euo pipefail
 packages=(build-essential cmake pkg-config libopenblas-dev libopenblas-openmp-dev
-          libstb-dev libcjson-dev libcmocka-dev zlib1g-dev "$@")
+          libstb-dev libcjson-dev libcmocka-dev zlib1g-dev openmpi-bin libopenmpi-dev "$@")
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -131,10 +131,10 @@ double ddpm_vlb_term(float *d_out, double scale, const float *out, const float *
 }
 
 double ddpm_loss(float *d_out, float *target, const float *out, const float *x0, const float *eps,
-                 const float *x_t, const int *i, int B, size_t D, ddpm_prediction pred,
+                 const float *x_t, const int *i, int B, int B_mean, size_t D, ddpm_prediction pred,
                  const ddpm_loss_config *c, const ddpm_schedule *s)
 {
-    size_t BD = (size_t)B * D;
+    size_t BD = (size_t)B * D, n_mean = (size_t)B_mean * D; /* the mean is over the whole batch */
     double loss = 0;
     memset(d_out, 0, BD * sizeof *d_out);
     if (c->kind != DDPM_LOSS_VLB) {
@@ -145,23 +145,23 @@ double ddpm_loss(float *d_out, float *target, const float *out, const float *x0,
             for (int b = 0; b < B; b++) {
                 const float *o = out + (size_t)b * D, *g = target + (size_t)b * D;
                 double w = snr_weight(pred, c->snr_gamma, s->abar[i[b]]);
-                double scale = 2.0 * w / (double)BD, sum = 0;
+                double scale = 2.0 * w / (double)n_mean, sum = 0;
                 for (size_t d = 0; d < D; d++) {
                     double e = (double)o[d] - (double)g[d];
                     sum += e * e;
                     d_out[(size_t)b * D + d] = (float)(scale * e);
                 }
-                loss += w * sum / (double)BD;
+                loss += w * sum / (double)n_mean;
             }
         } else {
             /* L_simple exactly as Algorithm 1 and the earlier trainer computed it */
-            loss = ddpm_mse_forward(out, target, BD);
-            ddpm_mse_backward(d_out, out, target, BD);
+            loss = ddpm_mse_forward(out, target, BD) * ((double)B / B_mean);
+            ddpm_mse_backward(d_out, out, target, BD, n_mean);
         }
     }
     if (c->kind != DDPM_LOSS_SIMPLE) {
         double lambda = c->kind == DDPM_LOSS_HYBRID ? c->vlb_weight : 1.0;
-        double scale = lambda * s->T / ((double)B * (double)D), vlb = 0;
+        double scale = lambda * s->T / (double)n_mean, vlb = 0;
         for (int b = 0; b < B; b++) {
             size_t o = (size_t)b * D;
             vlb += ddpm_vlb_term(d_out + o, scale, out + o, x0 + o, x_t + o, i[b], D, pred, s);

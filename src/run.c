@@ -8,6 +8,7 @@
 
 #include "ddpm/checkpoint.h"
 #include "ddpm/dataset.h"
+#include "ddpm/dist.h"
 #include "ddpm/error.h"
 #include "ddpm/fsutil.h"
 #include "ddpm/recipe.h"
@@ -38,6 +39,7 @@ typedef struct {
     float *x0;
     int *labels; /* [batch] */
     long stop_step; /* 0: none */
+    int rank, n_ranks; /* this process in a data-parallel run (dist.h); rank 0 writes the files */
 } run_session;
 
 static void session_close(run_session *r)
@@ -56,6 +58,8 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
 {
     memset(r, 0, sizeof *r);
     r->o = o;
+    r->rank = ddpm_dist_rank();
+    r->n_ranks = ddpm_dist_size();
     if (!o->data_dir || !o->out_dir)
         return ddpm_error(DDPM_EINVAL, "a run needs a data folder and a run folder");
     if (strlen(o->out_dir) > 3000)
@@ -76,6 +80,8 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
         if ((rc = ddpm_checkpoint_open(&ck, r->ckpt_path)))
             return rc;
         cfg = *ddpm_checkpoint_config(ck);
+    } else if (r->rank > 0) {
+        /* a new run's folder is process 0's to judge and to make */
     } else if (ddpm_path_exists(r->ckpt_path)) {
         return ddpm_error(
             DDPM_EINVAL,
@@ -111,23 +117,18 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     }
     if (o->classes && !ck)
         cfg.model.n_classes = ddpm_dataset_n_classes(r->ds);
-    rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck) : ddpm_trainer_create(&r->tr, &cfg);
+    rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck, o->micro_batch)
+            : ddpm_trainer_create(&r->tr, &cfg, o->micro_batch);
     if (!rc && !ck)
         rc = ddpm_trainer_set_class_names(r->tr, ddpm_dataset_class_names(r->ds));
     for (int k = 0; !rc && ck && k < cfg.model.n_classes; k++) /* a resumed run must see the same classes */
-        if (k >= ddpm_dataset_n_classes(r->ds) || ddpm_dataset_n_classes(r->ds) != cfg.model.n_classes ||
+        if (ddpm_dataset_n_classes(r->ds) != cfg.model.n_classes ||
             strcmp(ddpm_dataset_class_name(r->ds, k), ddpm_checkpoint_class_names(ck)[k]))
             rc = ddpm_error(DDPM_EINVAL, "%s: its class folders are not the %d classes of the run in %s",
                             o->data_dir, cfg.model.n_classes, o->out_dir);
     ddpm_checkpoint_close(ck);
     if (!rc && o->resume)
         rc = ddpm_dataset_seek(r->ds, r->tr->state.data_epoch, r->tr->state.data_position);
-    if (!rc)
-        rc = ddpm_mkdir_p(o->out_dir);
-    if (!rc && o->preview_n > 0)
-        rc = ddpm_mkdir_p(r->samples_dir);
-    if (!rc && !(r->log = fopen(r->log_path, "a")))
-        rc = ddpm_error(DDPM_EIO, "%s: cannot open for writing: %s", r->log_path, strerror(errno));
     if (!rc) {
         const ddpm_run_config *c = &r->tr->cfg;
         size_t D = (size_t)c->model.in_channels * c->model.image_size * c->model.image_size;
@@ -149,9 +150,40 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     return DDPM_OK;
 }
 
+/* Process 0 makes the run folder and opens the log, once every process has
+ * loaded its data and trainer (so a process that cannot read the data leaves
+ * no half-made run behind). */
+static int session_files(run_session *r)
+{
+    const ddpm_run_options *o = r->o;
+    if (r->rank > 0)
+        return DDPM_OK;
+    int rc = ddpm_mkdir_p(o->out_dir);
+    if (!rc && o->preview_n > 0)
+        rc = ddpm_mkdir_p(r->samples_dir);
+    if (!rc && !(r->log = fopen(r->log_path, "a")))
+        rc = ddpm_error(DDPM_EIO, "%s: cannot open for writing: %s", r->log_path, strerror(errno));
+    return rc;
+}
+
+/* Every process learns whether any failed: rc if this one did, DDPM_EPEER if
+ * only another did, 0 if none. One float summed; a no-op for one process. */
+static int agree(int rc)
+{
+    float failed = rc != 0;
+    int rc_sum = ddpm_dist_sum(&failed, 1);
+    if (rc)
+        return rc;
+    if (rc_sum)
+        return rc_sum;
+    return failed > 0 ? ddpm_error(DDPM_EPEER, "stopped: another process of the run failed") : DDPM_OK;
+}
+
 /* The checkpoint, with the data position read from the dataset that owns it. */
 static int session_save(run_session *r)
 {
+    if (r->rank > 0)
+        return DDPM_OK;
     r->tr->state.data_epoch = ddpm_dataset_epoch(r->ds);
     r->tr->state.data_position = ddpm_dataset_position(r->ds);
     return ddpm_trainer_save(r->tr, r->ckpt_path);
@@ -162,6 +194,8 @@ static int session_save(run_session *r)
  * writes to files. */
 static int log_line(run_session *r, const ddpm_run_progress *p, double elapsed_seconds)
 {
+    if (r->rank > 0)
+        return DDPM_OK;
     char line[512];
     int n = snprintf(line, sizeof line,
                      "{\"step\":%ld,\"loss\":%.6g,\"lr\":%.6g,\"grad_norm\":%.6g,\"images_per_sec\":%.2f,"
@@ -181,11 +215,13 @@ static int session_preview(run_session *r, char *path, size_t size, int saved_no
 {
     const ddpm_run_options *o = r->o;
     ddpm_trainer *tr = r->tr;
+    if (r->rank > 0)
+        return DDPM_OK;
     snprintf(path, size, "%s/step_%07ld.png", r->samples_dir, tr->state.step);
     ddpm_sample_files_config c;
     ddpm_sample_files_config_default(&c);
     c.n = o->preview_n;
-    c.batch = tr->cfg.batch;
+    c.batch = tr->micro_batch; /* the workspace's size */
     c.seed = tr->cfg.seed;
     c.sampler.steps = o->preview_steps < tr->cfg.timesteps ? o->preview_steps : tr->cfg.timesteps;
     c.sampler.eta = 1; /* see ddpm sample --help: cleaner than eta 0 early in training */
@@ -206,21 +242,41 @@ static int session_preview(run_session *r, char *path, size_t size, int saved_no
     return rc ? rc : ddpm_sample_files(tr->net, tr->ema, &tr->sched, &c, tr->ws, NULL, NULL);
 }
 
+/* The images of every batch this process computes: an equal share of the
+ * global batch, in its global order (rank r: [B r / N, B (r + 1) / N)). */
+static void share_of(const run_session *r, int B, int *first, int *count)
+{
+    *first = (int)((long)B * r->rank / r->n_ranks);
+    *count = (int)((long)B * (r->rank + 1) / r->n_ranks) - *first;
+}
+
 int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_summary *summary)
 {
     static const ddpm_run_callbacks none = {0};
     if (!cb)
         cb = &none;
     run_session r;
-    int rc = session_open(&r, o, cb);
-    if (rc)
+    int rc = session_open(&r, o, cb), opened = rc == DDPM_OK; /* a failed open has closed itself */
+    if (ddpm_dist_size() > 1) {
+        /* every process must reach the first step, or none */
+        if ((rc = agree(rc)) == DDPM_OK)
+            rc = agree(session_files(&r));
+    } else if (!rc) {
+        rc = session_files(&r);
+    }
+    if (rc) {
+        if (opened)
+            session_close(&r);
         return rc;
+    }
     ddpm_trainer *tr = r.tr;
     const ddpm_run_config *c = &tr->cfg;
-    int B = c->batch, count = ddpm_dataset_count(r.ds);
+    int B = c->batch, count = ddpm_dataset_count(r.ds), share_first, share_count;
+    share_of(&r, B, &share_first, &share_count);
     if (cb->started) {
         ddpm_run_start s = {count,     c->model.in_channels, c->model.image_size, tr->net->n_params, B,
-                            o->resume, tr->state.step,       r.stop_step,          &c->model};
+                            o->resume, tr->state.step,       r.stop_step,         r.n_ranks,
+                            tr->micro_batch, &c->model};
         cb->started(cb->ctx, &s);
     }
     ddpm_rng data_rng;
@@ -229,21 +285,50 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
     double t_start = ddpm_now_seconds(), t_last = t_start, elapsed_before = tr->state.elapsed_seconds;
     double loss_sum = 0;
     long loss_n = 0, imgs_since = 0;
-    int interrupted = 0, diverged = 0;
+    int interrupted = 0, diverged = 0, stop_agreed = 0, time_up_agreed = 0;
     ddpm_step_stats st = {0};
     char preview[4096] = "";
-    while (!rc) {
+    float *votes = tr->grads + tr->net->n_params; /* the scalars after the gradients */
+    for (;;) {
         if (stop_step && tr->state.step >= stop_step)
             break;
-        if (o->minutes > 0 && ddpm_now_seconds() - t_start >= o->minutes * 60)
+        /* The other stop conditions are each process's own (a clock, a signal):
+           with several processes they are voted on in the step's sum and take
+           effect after that step, on every process at once. */
+        int time_up = o->minutes > 0 && ddpm_now_seconds() - t_start >= o->minutes * 60;
+        int stop = o->stop && *o->stop;
+        if (r.n_ranks == 1 ? time_up : time_up_agreed)
             break;
-        if (o->stop && *o->stop) {
+        if (r.n_ranks == 1 ? stop : stop_agreed) {
             interrupted = 1;
             break;
         }
-        if ((rc = ddpm_dataset_next_batch_labeled(r.ds, r.x0, r.labels, B, &data_rng, c->flip)))
+        if (rc && r.n_ranks == 1)
             break;
-        rc = ddpm_trainer_step_class(tr, r.x0, c->model.n_classes > 0 ? r.labels : NULL, &st);
+        /* every process fills the whole batch (a pure function of the data
+           position) and computes its share of it */
+        if (!rc)
+            rc = ddpm_dataset_next_batch_labeled(r.ds, r.x0, r.labels, B, &data_rng, c->flip);
+        if (!rc)
+            ddpm_trainer_accumulate_class(tr, r.x0, c->model.n_classes > 0 ? r.labels : NULL, share_first,
+                                          share_count);
+        else
+            memset(tr->grads, 0, (tr->net->n_params + DDPM_TRAIN_SCALARS) * sizeof(float));
+        votes[DDPM_TRAIN_FAILED] = rc != 0;
+        votes[DDPM_TRAIN_STOP] = (float)stop;
+        votes[DDPM_TRAIN_TIME_UP] = (float)time_up;
+        int rc_sum = ddpm_dist_sum(tr->grads, tr->net->n_params + DDPM_TRAIN_SCALARS);
+        if (rc || rc_sum) {
+            rc = rc ? rc : rc_sum;
+            break;
+        }
+        if (votes[DDPM_TRAIN_FAILED] > 0) {
+            rc = ddpm_error(DDPM_EPEER, "stopped: another process of the run failed");
+            break;
+        }
+        stop_agreed = votes[DDPM_TRAIN_STOP] > 0;
+        time_up_agreed = votes[DDPM_TRAIN_TIME_UP] > 0;
+        rc = ddpm_trainer_apply(tr, &st);
         if (rc == DDPM_ENAN)
             diverged = 1;
         if (rc)
@@ -254,6 +339,8 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
         long step = tr->state.step;
         double t = ddpm_now_seconds();
         tr->state.elapsed_seconds = elapsed_before + (t - t_start);
+        /* Below, only process 0 writes; if it fails, the others learn it in the
+           next step's sum (or stop with it at the last step). */
         if (step % o->log_every == 0 || (stop_step && step == stop_step)) {
             ddpm_run_progress p = {.step = step,
                                    .stop_step = stop_step,
@@ -265,7 +352,7 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
                                    .session_seconds = t - t_start,
                                    .eta_seconds = -1};
             if ((rc = log_line(&r, &p, tr->state.elapsed_seconds)))
-                break;
+                continue;
             if (stop_step)
                 p.eta_seconds = (stop_step - step) * B / p.images_per_sec;
             if (o->minutes > 0) {
@@ -279,7 +366,7 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
         }
         if (o->save_every > 0 && step % o->save_every == 0) {
             if ((rc = session_save(&r)))
-                break;
+                continue;
             last_saved = step;
         }
         if (o->sample_every > 0 && o->preview_n > 0 && step % o->sample_every == 0)
@@ -295,7 +382,7 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
             ddpm_error(DDPM_ENAN, "%s; stopped before any checkpoint was saved (try a lower --lr)", msg);
         rc = DDPM_ENAN;
     } else if (!rc) {
-        if (tr->state.step > last_saved || !ddpm_path_exists(r.ckpt_path))
+        if (r.rank == 0 && (tr->state.step > last_saved || !ddpm_path_exists(r.ckpt_path)))
             rc = session_save(&r);
         preview[0] = '\0';
         if (!rc && o->preview_n > 0 && tr->state.step > start_step)

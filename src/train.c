@@ -26,8 +26,8 @@ void ddpm_trainer_free(ddpm_trainer *tr)
     free(tr->eps);
     free(tr->eps_pred);
     free(tr->d_eps);
-    free(tr->target);
     free(tr->t);
+    free(tr->target);
     free(tr->labels);
     for (int k = 0; tr->class_names && k < tr->cfg.model.n_classes; k++)
         free(tr->class_names[k]);
@@ -35,7 +35,7 @@ void ddpm_trainer_free(ddpm_trainer *tr)
     free(tr);
 }
 
-static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg)
+static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg, int micro_batch)
 {
     *out = NULL;
     ddpm_trainer *tr = ddpm_calloc(1, sizeof *tr);
@@ -47,21 +47,24 @@ static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg)
         rc = ddpm_schedule_init(&tr->sched, cfg->schedule, cfg->timesteps, cfg->beta_start, cfg->beta_end);
     if (!rc && (cfg->batch < 1 || cfg->batch > 65536))
         rc = ddpm_error(DDPM_EINVAL, "batch must be in 1..65536, got %d", cfg->batch);
+    if (!rc && micro_batch < 0)
+        rc = ddpm_error(DDPM_EINVAL, "micro-batch must be >= 0, got %d", micro_batch);
+    tr->micro_batch = micro_batch > 0 && micro_batch < cfg->batch ? micro_batch : cfg->batch;
     if (!rc)
         rc = ddpm_loss_config_check(&cfg->loss, cfg->model.prediction);
     if (!rc && !(cfg->cond_drop >= 0 && cfg->cond_drop <= 1))
         rc = ddpm_error(DDPM_EINVAL, "cond-drop must be in [0, 1], got %g", cfg->cond_drop);
     if (!rc)
-        rc = ddpm_unet_workspace_create(&tr->ws, tr->net, cfg->batch, 1);
+        rc = ddpm_unet_workspace_create(&tr->ws, tr->net, tr->micro_batch, 1);
     if (rc) {
         ddpm_trainer_free(tr);
         return rc;
     }
     size_t n = tr->net->n_params;
     size_t D = (size_t)cfg->model.in_channels * cfg->model.image_size * cfg->model.image_size;
-    size_t BD = (size_t)cfg->batch * D;
+    size_t BD = (size_t)tr->micro_batch * D;
     tr->params = ddpm_calloc(n, sizeof(float));
-    tr->grads = ddpm_calloc(n, sizeof(float));
+    tr->grads = ddpm_calloc(n + DDPM_TRAIN_SCALARS, sizeof(float));
     tr->adam_m = ddpm_calloc(n, sizeof(float));
     tr->adam_v = ddpm_calloc(n, sizeof(float));
     tr->ema = ddpm_calloc(n, sizeof(float));
@@ -69,11 +72,11 @@ static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg)
     tr->eps = ddpm_calloc(BD, sizeof(float));
     tr->eps_pred = ddpm_calloc(BD, sizeof(float));
     tr->d_eps = ddpm_calloc(BD, sizeof(float));
+    tr->t = ddpm_calloc((size_t)tr->micro_batch, sizeof(int));
     tr->target = ddpm_calloc(BD, sizeof(float));
-    tr->t = ddpm_calloc((size_t)cfg->batch, sizeof(int));
-    tr->labels = ddpm_calloc((size_t)cfg->batch, sizeof(int));
+    tr->labels = ddpm_calloc((size_t)tr->micro_batch, sizeof(int));
     if (!tr->params || !tr->grads || !tr->adam_m || !tr->adam_v || !tr->ema || !tr->x_t || !tr->eps ||
-        !tr->eps_pred || !tr->d_eps || !tr->target || !tr->t || !tr->labels) {
+        !tr->eps_pred || !tr->d_eps || !tr->t || !tr->target || !tr->labels) {
         ddpm_trainer_free(tr);
         return DDPM_ENOMEM;
     }
@@ -81,9 +84,9 @@ static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg)
     return DDPM_OK;
 }
 
-int ddpm_trainer_create(ddpm_trainer **out, const ddpm_run_config *cfg)
+int ddpm_trainer_create(ddpm_trainer **out, const ddpm_run_config *cfg, int micro_batch)
 {
-    int rc = trainer_alloc(out, cfg);
+    int rc = trainer_alloc(out, cfg, micro_batch);
     if (rc)
         return rc;
     ddpm_trainer *tr = *out;
@@ -92,9 +95,9 @@ int ddpm_trainer_create(ddpm_trainer **out, const ddpm_run_config *cfg)
     return DDPM_OK;
 }
 
-int ddpm_trainer_from_checkpoint(ddpm_trainer **out, const ddpm_checkpoint *ck)
+int ddpm_trainer_from_checkpoint(ddpm_trainer **out, const ddpm_checkpoint *ck, int micro_batch)
 {
-    int rc = trainer_alloc(out, ddpm_checkpoint_config(ck));
+    int rc = trainer_alloc(out, ddpm_checkpoint_config(ck), micro_batch);
     if (rc)
         return rc;
     ddpm_trainer *tr = *out;
@@ -156,41 +159,66 @@ static ddpm_rng stream_at(uint64_t seed, uint64_t stream, uint64_t counter)
     return r;
 }
 
-int ddpm_trainer_step(ddpm_trainer *tr, const float *x0, ddpm_step_stats *stats)
+/* Counters of stream NOISE a step draws: one per image for t, then each image's eps. */
+static uint64_t noise_counters_per_image(const ddpm_trainer *tr)
 {
-    return ddpm_trainer_step_class(tr, x0, NULL, stats);
+    size_t D = (size_t)tr->cfg.model.in_channels * tr->cfg.model.image_size * tr->cfg.model.image_size;
+    return 1 + (D + 3) / 4;
 }
 
-int ddpm_trainer_step_class(ddpm_trainer *tr, const float *x0, const int *labels, ddpm_step_stats *stats)
+void ddpm_trainer_accumulate(ddpm_trainer *tr, const float *x0, int first, int count)
+{
+    ddpm_trainer_accumulate_class(tr, x0, NULL, first, count);
+}
+
+void ddpm_trainer_accumulate_class(ddpm_trainer *tr, const float *x0, const int *labels, int first, int count)
 {
     const ddpm_run_config *c = &tr->cfg;
     int B = c->batch;
-    size_t D = (size_t)c->model.in_channels * c->model.image_size * c->model.image_size, BD = (size_t)B * D;
+    size_t D = (size_t)c->model.in_channels * c->model.image_size * c->model.image_size;
     size_t n = tr->net->n_params;
-    ddpm_rng noise_rng = stream_at(c->seed, DDPM_STREAM_NOISE, tr->state.noise_counter);
-    ddpm_rng dropout_rng = stream_at(c->seed, DDPM_STREAM_DROPOUT, tr->state.dropout_counter);
-    /* Algorithm 1: t uniform in {1..T} (index t-1), eps ~ N(0, I) */
-    for (int b = 0; b < B; b++)
-        tr->t[b] = (int)ddpm_rng_below(&noise_rng, (uint64_t)c->timesteps);
+    uint64_t noise = tr->state.noise_counter, eps_per_image = (D + 3) / 4;
     int n_classes = c->model.n_classes;
-    if (n_classes > 0) /* classifier-free guidance: drop each label with probability cond_drop */
-        for (int b = 0; b < B; b++) {
-            int y = labels && labels[b] >= 0 && labels[b] < n_classes ? labels[b] : DDPM_NO_CLASS;
-            tr->labels[b] = ddpm_rng_uniform(&noise_rng) < c->cond_drop ? DDPM_NO_CLASS : y;
+    double loss_share = 0;
+    memset(tr->grads, 0, (n + DDPM_TRAIN_SCALARS) * sizeof(float));
+    for (int g0 = first; g0 < first + count; g0 += tr->micro_batch) {
+        int b = first + count - g0 < tr->micro_batch ? first + count - g0 : tr->micro_batch;
+        /* Algorithm 1: t uniform in {1..T} (index t-1), eps ~ N(0, I), per image g
+           (the counter layout of train.h) */
+        for (int i = 0; i < b; i++) {
+            uint64_t g = (uint64_t)(g0 + i);
+            ddpm_rng r = stream_at(c->seed, DDPM_STREAM_NOISE, noise + g);
+            tr->t[i] = (int)ddpm_rng_below(&r, (uint64_t)c->timesteps);
+            r = stream_at(c->seed, DDPM_STREAM_NOISE, noise + (uint64_t)B + g * eps_per_image);
+            ddpm_rng_normal_fill(&r, tr->eps + i * D, D);
+            if (n_classes > 0) { /* classifier-free guidance: drop the label with probability cond_drop */
+                int y = labels && labels[g] >= 0 && labels[g] < n_classes ? labels[g] : DDPM_NO_CLASS;
+                r = stream_at(c->seed, DDPM_STREAM_LABELS, noise + g);
+                tr->labels[i] = ddpm_rng_uniform(&r) < c->cond_drop ? DDPM_NO_CLASS : y;
+            }
         }
-    ddpm_rng_normal_fill(&noise_rng, tr->eps, BD);
-    ddpm_q_sample(tr->x_t, x0, tr->eps, tr->t, B, D, &tr->sched);
-    ddpm_unet_forward_class(tr->net, tr->params, tr->ws, tr->eps_pred, tr->x_t, tr->t,
-                            n_classes > 0 ? tr->labels : NULL, B, &dropout_rng);
-    double loss = ddpm_loss(tr->d_eps, tr->target, tr->eps_pred, x0, tr->eps, tr->x_t, tr->t, B, D,
-                            c->model.prediction, &c->loss, &tr->sched);
+        ddpm_q_sample(tr->x_t, x0 + (size_t)g0 * D, tr->eps, tr->t, b, D, &tr->sched);
+        ddpm_dropout_draw drop = {c->seed, tr->state.dropout_counter, g0, B};
+        ddpm_unet_forward_class(tr->net, tr->params, tr->ws, tr->eps_pred, tr->x_t, tr->t,
+                                n_classes > 0 ? tr->labels : NULL, b, &drop);
+        /* this micro-batch's part of the batch mean (L_simple: the MSE to the target) */
+        loss_share += ddpm_loss(tr->d_eps, tr->target, tr->eps_pred, x0 + (size_t)g0 * D, tr->eps, tr->x_t, tr->t, b,
+                                B, D, c->model.prediction, &c->loss, &tr->sched);
+        ddpm_unet_backward(tr->net, tr->params, tr->grads, tr->ws, tr->d_eps, b);
+    }
+    tr->grads[n + DDPM_TRAIN_LOSS] = (float)loss_share;
+}
+
+int ddpm_trainer_apply(ddpm_trainer *tr, ddpm_step_stats *stats)
+{
+    const ddpm_run_config *c = &tr->cfg;
+    size_t n = tr->net->n_params;
+    double loss = tr->grads[n + DDPM_TRAIN_LOSS];
     if (stats)
         stats->loss = loss;
     if (!isfinite(loss))
         return ddpm_error(DDPM_ENAN, "loss became %s at step %ld", isnan(loss) ? "NaN" : "infinite",
                           tr->state.step + 1);
-    memset(tr->grads, 0, n * sizeof(float));
-    ddpm_unet_backward(tr->net, tr->params, tr->grads, tr->ws, tr->d_eps, B);
     double norm = ddpm_clip_global_norm(tr->grads, n, c->optim.clip);
     if (!isfinite(norm))
         return ddpm_error(DDPM_ENAN, "gradient norm became %s at step %ld", isnan(norm) ? "NaN" : "infinite",
@@ -204,13 +232,25 @@ int ddpm_trainer_step_class(ddpm_trainer *tr, const float *x0, const int *labels
     else
         memcpy(tr->ema, tr->params, n * sizeof(float));
     tr->state.step = step;
-    tr->state.noise_counter = noise_rng.counter;
-    tr->state.dropout_counter = dropout_rng.counter;
+    tr->state.noise_counter += (uint64_t)c->batch * noise_counters_per_image(tr);
+    tr->state.dropout_counter += ddpm_unet_dropout_counters(tr->net, c->batch);
     if (stats) {
         stats->grad_norm = norm;
         stats->lr = lr;
     }
     return DDPM_OK;
+}
+
+int ddpm_trainer_step(ddpm_trainer *tr, const float *x0, ddpm_step_stats *stats)
+{
+    ddpm_trainer_accumulate(tr, x0, 0, tr->cfg.batch);
+    return ddpm_trainer_apply(tr, stats);
+}
+
+int ddpm_trainer_step_class(ddpm_trainer *tr, const float *x0, const int *labels, ddpm_step_stats *stats)
+{
+    ddpm_trainer_accumulate_class(tr, x0, labels, 0, tr->cfg.batch);
+    return ddpm_trainer_apply(tr, stats);
 }
 
 int ddpm_trainer_save(const ddpm_trainer *tr, const char *path)

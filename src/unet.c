@@ -121,6 +121,7 @@ struct ddpm_unet_workspace {
     int max_batch, training, dropout_applied;
     int *labels; /* [max_batch] class-embedding rows of the last forward */
     uint64_t dropout_seed;
+    int dropout_first; /* ddpm_dropout_draw.first of the last forward */
     float *arena;      /* the kept activations (training) or the slots (forward only) */
     float *block;      /* the transient activations of one block at a time */
     float *grad_arena; /* the activation gradients (training only) */
@@ -859,10 +860,49 @@ static float *carve(const ddpm_unet_workspace *ws, float **cursor, size_t per_im
 
 /* ---------------------------------------------------------------- forward */
 
+/* Counters per image of a ResBlock's dropout mask (ddpm_dropout_draw). */
+static uint64_t dropout_counters_per_image(const module *m)
+{
+    return ((uint64_t)m->cout * m->H * m->W + 3) / 4;
+}
+
+uint64_t ddpm_unet_dropout_counters(const ddpm_unet *net, int batch)
+{
+    uint64_t n = 0;
+    if (!(net->cfg.dropout > 0))
+        return 0;
+    for (int i = 0; i < net->plan->n_modules; i++)
+        if (net->plan->modules[i].kind == M_RES)
+            n += (uint64_t)batch * dropout_counters_per_image(&net->plan->modules[i]);
+    return n;
+}
+
+/* Dropout in place over the B images of a ResBlock's conv2 input x [B,cout,HW]
+ * (backward: d = 0 * d + dL/dx, in place), the mask of image b drawn from
+ * block + (first + b) * per_image (ddpm_dropout_draw): one call when every image
+ * starts on a counter boundary, one per image otherwise. */
+static void res_dropout(const ddpm_unet *net, const ddpm_unet_workspace *ws, const module *m, float *x, int B,
+                        uint64_t block, int backward)
+{
+    const size_t n_img = (size_t)m->cout * m->H * m->W;
+    const uint64_t per_image = dropout_counters_per_image(m);
+    const int n_calls = n_img % 4 == 0 ? 1 : B;
+    const size_t n = n_calls == 1 ? (size_t)B * n_img : n_img;
+    for (int b = 0; b < n_calls; b++) {
+        float *xb = x + (size_t)b * n_img;
+        uint64_t counter = block + (uint64_t)(ws->dropout_first + b) * per_image;
+        if (backward)
+            ddpm_dropout_backward(xb, 0.0f, xb, net->cfg.dropout, n, ws->dropout_seed, counter);
+        else
+            ddpm_dropout_forward(xb, xb, net->cfg.dropout, n, ws->dropout_seed, counter);
+    }
+}
+
 /* h = conv1(SiLU(GN1(x))) + temb_proj(SiLU(temb)); out = skip(x) + conv2(Dropout(SiLU(GN2(h)))),
- * x = concat(in, skip input) on the up path. */
+ * x = concat(in, skip input) on the up path. counter: the block's first dropout
+ * counter for the step's batch, advanced past it. */
 static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws, int i, int B,
-                        ddpm_rng *dropout_rng)
+                        const ddpm_dropout_draw *dropout, uint64_t *counter)
 {
     const module *m = &net->plan->modules[i];
     const res_params *P = &m->p.res;
@@ -891,10 +931,9 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
                                 G, GN_EPS));
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s2, A->a2, n_out));
     if (ws->dropout_applied) {
-        A->dropout_counter = dropout_rng->counter;
-        PROF(0, DDPM_PROF_ELEMENTWISE,
-             ddpm_dropout_forward(A->s2, A->s2, net->cfg.dropout, n_out, ws->dropout_seed, A->dropout_counter));
-        dropout_rng->counter += (n_out + 3) / 4;
+        A->dropout_counter = *counter;
+        PROF(0, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->s2, B, A->dropout_counter, 0));
+        *counter += (uint64_t)dropout->batch * dropout_counters_per_image(m);
     }
     PROF(0, DDPM_PROF_CONV,
          ddpm_conv2d_forward(out, ws->conv_scratch, A->s2, PARAM(P->conv2_w), PARAM(P->conv2_b), B, cout, H, W, cout,
@@ -958,20 +997,22 @@ static void up_forward(const ddpm_unet *net, const float *params, ddpm_unet_work
 
 void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
                        float *eps_pred, const float *x_t, const int *t, int B,
-                       ddpm_rng *dropout_rng)
+                       const ddpm_dropout_draw *dropout)
 {
-    ddpm_unet_forward_class(net, params, ws, eps_pred, x_t, t, NULL, B, dropout_rng);
+    ddpm_unet_forward_class(net, params, ws, eps_pred, x_t, t, NULL, B, dropout);
 }
 
 void ddpm_unet_forward_class(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
                              float *eps_pred, const float *x_t, const int *t, const int *y, int B,
-                             ddpm_rng *dropout_rng)
+                             const ddpm_dropout_draw *dropout)
 {
     const ddpm_unet_plan *p = net->plan;
     const ddpm_unet_config *c = &net->cfg;
     const int S = c->image_size, HW = S * S, E = p->emb;
-    ws->dropout_applied = ws->training && dropout_rng && c->dropout > 0;
-    ws->dropout_seed = dropout_rng ? dropout_rng->seed : 0;
+    ws->dropout_applied = ws->training && dropout && c->dropout > 0;
+    ws->dropout_seed = dropout ? dropout->seed : 0;
+    ws->dropout_first = dropout ? dropout->first : 0;
+    uint64_t dropout_counter = dropout ? dropout->counter : 0;
 
     /* temb = Linear2(SiLU(Linear0(embedding(t)))); every ResBlock reads SiLU(temb) */
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_timestep_embedding(ws->time.emb, t, B, c->ch));
@@ -998,7 +1039,7 @@ void ddpm_unet_forward_class(const ddpm_unet *net, const float *params, ddpm_une
                              c->in_channels, S, S, c->ch, 3, 1, 1));
     for (int i = 0; i < p->n_modules; i++) {
         switch (p->modules[i].kind) {
-        case M_RES: res_forward(net, params, ws, i, B, dropout_rng); break;
+        case M_RES: res_forward(net, params, ws, i, B, dropout, &dropout_counter); break;
         case M_ATTN: attn_forward(net, params, ws, i, B); break;
         case M_DOWN: down_forward(net, params, ws, i, B); break;
         case M_UP: up_forward(net, params, ws, i, B); break;
@@ -1055,15 +1096,13 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
                                 G, GN_EPS));
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s2, A->a2, n_out));
     if (ws->dropout_applied)
-        PROF(1, DDPM_PROF_ELEMENTWISE,
-             ddpm_dropout_forward(A->s2, A->s2, net->cfg.dropout, n_out, ws->dropout_seed, A->dropout_counter));
+        PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->s2, B, A->dropout_counter, 0));
     PROF(1, DDPM_PROF_CONV,
          ddpm_conv2d_backward(dd2, 0.0f, GRAD(P->conv2_w), GRAD(P->conv2_b), ws->conv_scratch, dout, A->s2,
                               PARAM(P->conv2_w), B, cout, H, W, cout, 3, 1, 1));
     /* dd2 -> ds2 -> da2, in place */
     if (ws->dropout_applied)
-        PROF(1, DDPM_PROF_ELEMENTWISE,
-             ddpm_dropout_backward(dd2, 0.0f, dd2, net->cfg.dropout, n_out, ws->dropout_seed, A->dropout_counter));
+        PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, dd2, B, A->dropout_counter, 1));
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(dd2, 0.0f, dd2, A->a2, n_out));
     PROF(1, DDPM_PROF_NORM,
          ddpm_groupnorm_backward(dh1, 0.0f, GRAD(P->norm2_w), GRAD(P->norm2_b), dd2, A->h1, A->mean2, A->rstd2,

@@ -175,8 +175,8 @@ static void test_min_snr_weights_each_image(void **state)
         snr = plain;
         snr.snr_gamma = 5;
         assert_int_equal(ddpm_loss_config_check(&snr, p), 0);
-        ddpm_loss(d_plain, target, out, x0, eps, x_t, i, B, D, p, &plain, &sched);
-        double got = ddpm_loss(d_out, target, out, x0, eps, x_t, i, B, D, p, &snr, &sched);
+        ddpm_loss(d_plain, target, out, x0, eps, x_t, i, B, B, D, p, &plain, &sched);
+        double got = ddpm_loss(d_out, target, out, x0, eps, x_t, i, B, B, D, p, &snr, &sched);
         double want = 0;
         for (int b = 0; b < B; b++) {
             double abar = sched.abar[i[b]], r = abar / (1 - abar), m = r < 5 ? r : 5;
@@ -214,8 +214,8 @@ static double net_loss(void *opaque)
 {
     net_ctx *c = opaque;
     ddpm_unet_forward(c->net, c->params, c->ws, c->out, c->x_t, c->i, c->B, NULL);
-    return ddpm_loss(c->d_out, c->target, c->out, c->x0, c->eps, c->x_t, c->i, c->B, c->D, c->pred, &c->loss,
-                     &sched);
+    return ddpm_loss(c->d_out, c->target, c->out, c->x0, c->eps, c->x_t, c->i, c->B, c->B, c->D, c->pred,
+                     &c->loss, &sched);
 }
 
 static void test_vlb_gradient_through_the_tiny_network(void **state)

@@ -52,7 +52,7 @@ static void test_mse_backward_matches_finite_differences_and_accumulates(void **
     float *dpred = tu_alloc(N), *dpred2 = tu_alloc(N);
     fill_grid(c.pred, N, 3, -2.0f, 2.0f);
     fill_grid(c.target, N, 4, -2.0f, 2.0f);
-    ddpm_mse_backward(dpred, c.pred, c.target, N);
+    ddpm_mse_backward(dpred, c.pred, c.target, N, N);
     /* The loss is computed in double from exact float inputs (pred +- 2^-8 is exact
      * on the grid) and is quadratic, so the central difference is exact up to double
      * rounding (~1e-16 / h); the analytic value is rounded to float (rel 6e-8).
@@ -60,13 +60,28 @@ static void test_mse_backward_matches_finite_differences_and_accumulates(void **
     assert_int_equal(tu_check_grad("mse dpred", c.pred, dpred, N, mse_loss, &c, 1.0f / 256, 1e-9, 1e-6), 0);
     for (int i = 0; i < N; i++)
         dpred2[i] = 0.5f * (float)(i % 5);
-    ddpm_mse_backward(dpred2, c.pred, c.target, N);
+    ddpm_mse_backward(dpred2, c.pred, c.target, N, N);
     for (int i = 0; i < N; i++) {
         float want = 0.5f * (float)(i % 5) + dpred[i];
         assert_true(fabsf(dpred2[i] - want) <= 1e-6f * (1.0f + fabsf(want)));
     }
-    ddpm_mse_backward(NULL, c.pred, c.target, N);
+    ddpm_mse_backward(NULL, c.pred, c.target, N, N);
     free(c.pred), free(c.target), free(dpred), free(dpred2);
+}
+
+/* A micro-batch's share of the mean: the first third of the elements with n_mean
+ * = N gets exactly (the same double scale, one rounding) the whole call's values. */
+static void test_mse_backward_of_a_part_scales_by_the_whole_count(void **state)
+{
+    (void)state;
+    mse_case c = {tu_alloc(N), tu_alloc(N)};
+    float *whole = tu_alloc(N), *part = tu_alloc(N);
+    fill_grid(c.pred, N, 3, -2.0f, 2.0f);
+    fill_grid(c.target, N, 4, -2.0f, 2.0f);
+    ddpm_mse_backward(whole, c.pred, c.target, N, N);
+    ddpm_mse_backward(part, c.pred, c.target, N / 3, N);
+    assert_memory_equal(part, whole, (N / 3) * sizeof(float));
+    free(c.pred), free(c.target), free(whole), free(part);
 }
 
 int main(void)
@@ -74,6 +89,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mse_forward_matches_naive_mean_of_squares),
         cmocka_unit_test(test_mse_backward_matches_finite_differences_and_accumulates),
+        cmocka_unit_test(test_mse_backward_of_a_part_scales_by_the_whole_count),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

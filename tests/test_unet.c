@@ -150,8 +150,7 @@ static float *random_params(const ddpm_unet *net, uint64_t seed)
 static double projected_output(void *opaque)
 {
     ctx *c = opaque;
-    ddpm_rng drop;
-    ddpm_rng_init(&drop, 77, DDPM_STREAM_DROPOUT);
+    ddpm_dropout_draw drop = {.seed = 77, .counter = 0, .first = 0, .batch = c->B};
     ddpm_unet_forward_class(c->net, c->params, c->ws, c->eps_pred, c->x, c->t, c->y, c->B, &drop);
     double L = 0;
     for (size_t i = 0; i < (size_t)c->B * c->D; i++)
@@ -309,6 +308,66 @@ static void test_each_image_is_independent_of_the_rest_of_the_batch(void **state
     ddpm_unet_free(net);
 }
 
+/* One image's dropout masks depend on its index in the step's batch, not on
+ * which forward computes it: images 0..2 in one forward equal each alone with
+ * its index as `first`, and not with another index. Also at an odd size, where
+ * C*H*W is not a multiple of 4 and each image's mask starts a fresh counter. */
+static void check_dropout_masks_follow_the_image_index(const ddpm_unet_config *cfg)
+{
+    ddpm_unet *net;
+    ddpm_unet_workspace *ws3, *ws1;
+    assert_int_equal(ddpm_unet_create(&net, cfg), 0);
+    assert_int_equal(ddpm_unet_workspace_create(&ws3, net, 3, 1), 0);
+    assert_int_equal(ddpm_unet_workspace_create(&ws1, net, 1, 1), 0);
+    float *p = tu_alloc(net->n_params);
+    tu_fill_uniform(p, net->n_params, 5, -0.3f, 0.3f); /* conv2 not zero: masks matter */
+    size_t D = (size_t)cfg->in_channels * cfg->image_size * cfg->image_size;
+    float *x = tu_alloc(3 * D), *out3 = tu_alloc(3 * D), *out1 = tu_alloc(D);
+    tu_fill_uniform(x, 3 * D, 6, -1, 1);
+    int t[3] = {0, 500, 999};
+    float *d = tu_alloc(3 * D), *g3 = tu_alloc(net->n_params), *g1 = tu_alloc(net->n_params);
+    tu_fill_uniform(d, 3 * D, 7, -1, 1);
+    ddpm_dropout_draw all = {.seed = 9, .counter = 1000, .first = 0, .batch = 3};
+    ddpm_unet_forward(net, p, ws3, out3, x, t, 3, &all);
+    ddpm_unet_backward(net, p, g3, ws3, d, 3);
+    for (int b = 0; b < 3; b++) {
+        ddpm_dropout_draw one = {.seed = 9, .counter = 1000, .first = b, .batch = 3};
+        ddpm_unet_forward(net, p, ws1, out1, x + b * D, t + b, 1, &one);
+        assert_true(tu_max_abs_diff(out1, out3 + b * D, D, NULL) < 1e-4); /* GEMM blocking only */
+        ddpm_unet_backward(net, p, g1, ws1, d + b * D, 1); /* backward redraws the same masks */
+        one.first = (b + 1) % 3; /* another image's masks */
+        ddpm_unet_forward(net, p, ws1, out1, x + b * D, t + b, 1, &one);
+        assert_true(tu_max_abs_diff(out1, out3 + b * D, D, NULL) > 1e-3);
+    }
+    /* the three images' gradients summed one by one: float sums in another order */
+    assert_true(tu_max_rel_diff(g1, g3, net->n_params) < 1e-5);
+    free(d), free(g3), free(g1);
+    assert_true(ddpm_unet_dropout_counters(net, 3) == 3 * ddpm_unet_dropout_counters(net, 1));
+    free(x);
+    free(out3);
+    free(out1);
+    free(p);
+    ddpm_unet_workspace_free(ws3);
+    ddpm_unet_workspace_free(ws1);
+    ddpm_unet_free(net);
+}
+
+static void test_dropout_masks_follow_the_image_index_in_the_batch(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    tiny_config(&cfg);
+    check_dropout_masks_follow_the_image_index(&cfg);
+    /* 3x3 images, ch 6: 54 mask elements per image */
+    cfg.image_size = 3;
+    cfg.ch = 6;
+    cfg.n_levels = 1;
+    cfg.ch_mult[0] = 1;
+    cfg.n_attn = 0;
+    cfg.groups = 3;
+    check_dropout_masks_follow_the_image_index(&cfg);
+}
+
 /* One training step's network part (forward with dropout, the MSE loss, backward) of
  * the default model at batch 9 gives the same bytes at 1 and 2 threads: the loss,
  * eps_pred and every parameter gradient (README: results do not depend on the thread
@@ -335,11 +394,10 @@ static void test_default_model_step_same_bytes_at_one_and_two_threads(void **sta
     for (int k = 0; k < 2; k++) {
         omp_set_num_threads(k + 1);
         pred[k] = tu_alloc(B * D), d_pred[k] = tu_alloc(B * D), grads[k] = tu_alloc(net->n_params);
-        ddpm_rng drop;
-        ddpm_rng_init(&drop, 9, DDPM_STREAM_DROPOUT);
+        ddpm_dropout_draw drop = {.seed = 9, .counter = 0, .first = 0, .batch = B};
         ddpm_unet_forward(net, p, ws, pred[k], x, t, B, &drop);
         loss[k] = ddpm_mse_forward(pred[k], eps, B * D);
-        ddpm_mse_backward(d_pred[k], pred[k], eps, B * D);
+        ddpm_mse_backward(d_pred[k], pred[k], eps, B * D, B * D);
         ddpm_unet_backward(net, p, grads[k], ws, d_pred[k], B);
     }
     omp_set_num_threads(2);
@@ -383,16 +441,14 @@ static void test_forward_only_and_micro_batch_workspaces_give_the_same_bytes(voi
     ddpm_unet_forward(net, p, fwd, out_fwd, x, t, B, NULL);
     ddpm_unet_forward(net, p, tr3, out3, x, t, B, NULL);
     assert_memory_equal(out_fwd, out3, B * D * sizeof(float));
-    ddpm_rng drop3, drop5;
-    ddpm_rng_init(&drop3, 4, DDPM_STREAM_DROPOUT);
-    ddpm_rng_init(&drop5, 4, DDPM_STREAM_DROPOUT);
+    ddpm_dropout_draw drop3 = {.seed = 4, .counter = 0, .first = 0, .batch = B}, drop5 = drop3;
     ddpm_unet_forward(net, p, tr3, out3, x, t, B, &drop3);
     ddpm_unet_backward(net, p, g3, tr3, d, B);
     ddpm_unet_forward(net, p, tr5, out5, x, t, B, &drop5);
     ddpm_unet_backward(net, p, g5, tr5, d, B);
     assert_memory_equal(out3, out5, B * D * sizeof(float));
     assert_memory_equal(g3, g5, net->n_params * sizeof(float));
-    assert_true(drop3.counter == drop5.counter && drop3.counter > 0);
+    assert_true(ddpm_unet_dropout_counters(net, B) > 0);
     free(p), free(x), free(d), free(out_fwd), free(out3), free(out5), free(g3), free(g5);
     ddpm_unet_workspace_free(fwd);
     ddpm_unet_workspace_free(tr3);
@@ -433,6 +489,7 @@ int main(void)
         cmocka_unit_test(test_unet_backward_matches_finite_differences),
         cmocka_unit_test(test_class_embedding_backward_matches_finite_differences),
         cmocka_unit_test(test_each_image_is_independent_of_the_rest_of_the_batch),
+        cmocka_unit_test(test_dropout_masks_follow_the_image_index_in_the_batch),
         cmocka_unit_test(test_default_model_step_same_bytes_at_one_and_two_threads),
         cmocka_unit_test(test_forward_only_and_micro_batch_workspaces_give_the_same_bytes),
         cmocka_unit_test(test_forward_only_workspace_is_planned_from_lifetimes),

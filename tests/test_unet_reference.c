@@ -392,13 +392,16 @@ static void check_case(const char *case_name)
     const ref_tensor *drop_p = ref_find(rc, "dropout");
     int one = 1;
     ddpm_unet_config cfg_case = rc->cfg;
-    ddpm_rng drop_rng, *drop = NULL;
+    ddpm_dropout_draw drop_draw, *drop = NULL;
     if (drop_p) {
         const ref_tensor *seed = ref_get(rc, "dropout_seed", 1, 1, &one);
         assert_int_equal(drop_p->n, 1);
         cfg_case.dropout = drop_p->f[0];
-        ddpm_rng_init(&drop_rng, (uint64_t)seed->i[0], DDPM_STREAM_DROPOUT);
-        drop = &drop_rng;
+        /* the whole batch: its masks are the reference's (blocks in forward order,
+           each image's mask where the flat whole-batch draw puts it, as C*H*W is
+           a multiple of 4 here) */
+        drop_draw = (ddpm_dropout_draw){.seed = (uint64_t)seed->i[0], .counter = 0, .first = 0, .batch = rc->B};
+        drop = &drop_draw;
     }
     ddpm_unet *net;
     if (ddpm_unet_create(&net, &cfg_case))
@@ -441,7 +444,7 @@ static void check_case(const char *case_name)
         n_bad++;
     }
 
-    ddpm_mse_backward(d_eps_pred, eps_pred, eps->f, n);
+    ddpm_mse_backward(d_eps_pred, eps_pred, eps->f, n, n);
     ddpm_unet_backward(net, params, grads, ws, d_eps_pred, B);
     double grad_max = 0;
     for (int i = 0; i < net->n_tensors; i++) {

@@ -91,6 +91,15 @@ static inline double tu_max_abs_diff(const float *a, const float *b, size_t n, s
     return m;
 }
 
+/* max |a - b| over n elements relative to max |b| (1 if b is all zero). */
+static inline double tu_max_rel_diff(const float *a, const float *b, size_t n)
+{
+    double d = tu_max_abs_diff(a, b, n, NULL), m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = fmax(m, fabs((double)b[i]));
+    return d / (m > 0 ? m : 1);
+}
+
 /* A new empty folder /tmp/ddpm-test-<tag>-XXXXXX in dir[size]; 0 or -1. */
 static inline int tu_make_tmpdir(char *dir, size_t size, const char *tag)
 {

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "ddpm/config.h"
+#include "ddpm/imageio.h"
 
 /* 8x8 gray, ch 8, two levels, attention at 4, dropout on, batch 4, T 100 */
 static inline void tiny_run_config(ddpm_run_config *c)
@@ -41,6 +42,25 @@ static inline void synthetic_batch(float *x, int B, int S, long step)
 {
     for (int b = 0; b < B; b++)
         synthetic_image(x + (size_t)b * S * S, (int)((step * B + b) % 8), S);
+}
+
+/* The 8 synthetic images as 8x8 gray PNGs dir/00.png.. (n of them); 0 or -1. */
+static inline int synthetic_png_folder(const char *dir, int n)
+{
+    float x[64];
+    uint8_t px[64];
+    char path[600];
+    if (mkdir(dir, 0777))
+        return -1;
+    for (int k = 0; k < n; k++) {
+        synthetic_image(x, k % 8, 8);
+        for (int i = 0; i < 64; i++)
+            px[i] = (uint8_t)(x[i] > 0 ? 255 - 9 * k : 9 * k); /* 12 distinct images */
+        snprintf(path, sizeof path, "%s/%02d.png", dir, k);
+        if (ddpm_png_write(path, px, 8, 8, 1))
+            return -1;
+    }
+    return 0;
 }
 
 /* Size of a file in bytes, -1 if it does not exist. */

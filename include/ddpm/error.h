@@ -15,6 +15,7 @@ enum {
     DDPM_EFORMAT = -3, /* a file's contents are not what they must be */
     DDPM_ENOMEM = -4,  /* an allocation failed */
     DDPM_ENAN = -5,    /* a loss or value became NaN or infinite */
+    DDPM_EPEER = -9,   /* another process of a data-parallel run failed (its message is its own) */
 };
 
 /* Sets the thread-local message (printf-style) and returns `code`. */

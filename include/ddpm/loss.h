@@ -45,11 +45,12 @@ int ddpm_loss_config_check(const ddpm_loss_config *c, ddpm_prediction pred);
 const char *ddpm_loss_name(ddpm_loss_kind kind);
 int ddpm_loss_parse(const char *name, ddpm_loss_kind *kind);
 
-/* The objective of a batch: returns its value and OVERWRITES d_out[B, D] with its
- * gradient with respect to out. x0, eps, x_t as drawn by the trainer at step
- * indices i[B]; target [B, D] is scratch. */
+/* The objective of B images that are part of a batch of B_mean >= B (a
+ * micro-batch): returns their share of the batch's mean and OVERWRITES d_out[B, D]
+ * with its gradient with respect to out. x0, eps, x_t as drawn by the trainer at
+ * step indices i[B]; target [B, D] is scratch. */
 double ddpm_loss(float *d_out, float *target, const float *out, const float *x0, const float *eps,
-                 const float *x_t, const int *i, int B, size_t D, ddpm_prediction pred,
+                 const float *x_t, const int *i, int B, int B_mean, size_t D, ddpm_prediction pred,
                  const ddpm_loss_config *c, const ddpm_schedule *s);
 
 /* The bound's term of one image at step index i in nats (summed over its D

@@ -110,8 +110,10 @@ void ddpm_attention_backward(float *dq, float *dk, float *dv, float beta, float 
                              const float *v, int B, int C, int N);
 
 /* ---- mean squared error (src/ops/mse.c) -----------------------------------
- * loss = mean_i (pred_i - target_i)^2, summed in double; dpred += 2(pred-target)/n. */
+ * loss = mean_i (pred_i - target_i)^2, summed in double. Backward: these n
+ * elements are part of a mean over n_mean >= n (a micro-batch of a batch; n_mean
+ * = n for the whole), dpred += 2 (pred - target) / n_mean. */
 double ddpm_mse_forward(const float *pred, const float *target, size_t n);
-void ddpm_mse_backward(float *dpred, const float *pred, const float *target, size_t n);
+void ddpm_mse_backward(float *dpred, const float *pred, const float *target, size_t n, size_t n_mean);
 
 #endif

@@ -36,6 +36,8 @@ typedef struct {
     int strict;                  /* non-image files in the data folder are an error */
     int classes;                 /* class-conditional: one subfolder of data_dir per class
                                     (dataset.h); the model gets n_classes from the data */
+    int micro_batch;             /* images per forward/backward (0: the whole batch); a
+                                    memory choice, same update; may change on resume */
     volatile sig_atomic_t *stop; /* may be NULL; when it becomes nonzero (a signal
                                     handler sets it) the run saves and stops */
 } ddpm_run_options;
@@ -52,6 +54,8 @@ typedef struct {
     int resumed;     /* continuing a run from its checkpoint */
     long start_step; /* steps already taken */
     long stop_step;  /* 0: no step limit */
+    int n_processes; /* of a data-parallel run (dist.h); 1 alone */
+    int micro_batch; /* images per forward/backward */
     const ddpm_unet_config *model; /* the model trained (data-driven defaults filled) */
 } ddpm_run_start;
 

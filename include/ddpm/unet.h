@@ -93,19 +93,37 @@ void ddpm_unet_workspace_free(ddpm_unet_workspace *ws);
 /* Bytes the workspace allocates (activations, gradients, scratch). */
 size_t ddpm_unet_workspace_bytes(const ddpm_unet_workspace *ws);
 
+/* The dropout masks of one training forward. A step's masks are a pure function
+ * of (seed, counter, the image's index in the step's batch): ResBlock k of image g
+ * draws from counter + batch * (counters per image of the ResBlocks before k)
+ * + g * ceil(n / 4), n the size of its dropout input per image (element j takes
+ * word j % 4 of counter j / 4 past that). So a forward over images [first,
+ * first + B) of a batch, a micro-batch or one process's share, draws exactly the
+ * masks that the forward over the whole batch draws for them. */
+typedef struct {
+    uint64_t seed;    /* key of stream DDPM_STREAM_DROPOUT */
+    uint64_t counter; /* the step's first counter */
+    int first;        /* index in the step's batch of this forward's image 0 */
+    int batch;        /* images in the step's batch */
+} ddpm_dropout_draw;
+
+/* Counters a step of `batch` images draws (0 without dropout): the next step
+ * starts at counter + this. */
+uint64_t ddpm_unet_dropout_counters(const ddpm_unet *net, int batch);
+
 /* eps_pred [B,C,S,S] = eps_theta(x_t, t) with t the 0-based step index per image.
- * dropout_rng: NULL for no dropout (sampling, evaluation); else masks are drawn
- * from it and its counter advances. B <= the workspace's max_batch. */
+ * dropout: NULL for no dropout (sampling, evaluation). B <= the workspace's
+ * max_batch. */
 void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
                        float *eps_pred, const float *x_t, const int *t, int B,
-                       ddpm_rng *dropout_rng);
+                       const ddpm_dropout_draw *dropout);
 /* The same with class labels y[B] for a model with n_classes > 0: y[b] in
  * 0..n_classes-1 selects a row of class_emb, DDPM_NO_CLASS (or y NULL) the "no
  * class" row. Unconditional models ignore y. */
 #define DDPM_NO_CLASS (-1)
 void ddpm_unet_forward_class(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
                              float *eps_pred, const float *x_t, const int *t, const int *y, int B,
-                             ddpm_rng *dropout_rng);
+                             const ddpm_dropout_draw *dropout);
 /* Backward of the last forward on this workspace (which must be a training one):
  * ACCUMULATES d loss / d params into grads[n_params] given d loss / d eps_pred. */
 void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,

@@ -43,6 +43,8 @@ static void usage(FILE *f)
 "runs %d repetitions; figures are the median repetition.\n"
 "\n"
 "  --batch N            images per step (default 64)\n"
+"  --micro-batch N      images per forward/backward of the training step\n"
+"                       (default: the whole batch; as ddpm train)\n"
 "  --threads N          threads for OpenMP and OpenBLAS (default: all cores)\n"
 "  --seconds S          timed seconds per phase, split into %d repetitions\n"
 "                       (default 10)\n"
@@ -365,7 +367,7 @@ static cJSON *profile_json(const profile *pr, int with_backward)
 }
 
 enum {
-    O_BATCH = 256, O_THREADS, O_SECONDS, O_PROFILE, O_OPS, O_JSON, O_HELP, O_MODEL,
+    O_BATCH = 256, O_THREADS, O_SECONDS, O_PROFILE, O_OPS, O_JSON, O_HELP, O_MODEL, O_MICRO_BATCH,
 };
 
 int cmd_bench(int argc, char **argv)
@@ -373,14 +375,14 @@ int cmd_bench(int argc, char **argv)
     static const struct option longopts[] = {
         {"batch", required_argument, 0, O_BATCH}, {"threads", required_argument, 0, O_THREADS},
         {"seconds", required_argument, 0, O_SECONDS}, {"profile", no_argument, 0, O_PROFILE},
-        {"ops", no_argument, 0, O_OPS},
+        {"ops", no_argument, 0, O_OPS}, {"micro-batch", required_argument, 0, O_MICRO_BATCH},
         {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
         ARG_MODEL_LONGOPTS(O_MODEL), {0, 0, 0, 0},
     };
     ddpm_run_config cfg;
     ddpm_run_config_default(&cfg);
     cfg.batch = 64;
-    int threads = 0, opt, bad = 0, do_profile = 0, do_ops = 0, json = 0, longindex = 0;
+    int threads = 0, micro_batch = 0, opt, bad = 0, do_profile = 0, do_ops = 0, json = 0, longindex = 0;
     double seconds = 10;
     opterr = 0;
     optind = 1;
@@ -390,6 +392,7 @@ int cmd_bench(int argc, char **argv)
         case O_HELP: usage(stdout); return DDPM_EXIT_OK;
         case O_BATCH: bad |= arg_int("batch", optarg, 1, 65536, &cfg.batch); break;
         case O_THREADS: bad |= arg_int("threads", optarg, 1, 1024, &threads); break;
+        case O_MICRO_BATCH: bad |= arg_int("micro-batch", optarg, 1, 65536, &micro_batch); break;
         case O_SECONDS: bad |= arg_double("seconds", optarg, 0.01, 1e6, &seconds); break;
         case O_PROFILE: do_profile = 1; break;
         case O_OPS: do_ops = 1; break;
@@ -415,7 +418,7 @@ int cmd_bench(int argc, char **argv)
     ddpm_unet_workspace *fws = NULL;
     float *x0 = NULL, *xs = NULL, *eps = NULL;
     int *t = NULL;
-    int rc = ddpm_trainer_create(&tr, &cfg);
+    int rc = ddpm_trainer_create(&tr, &cfg, micro_batch);
     const ddpm_unet_config *m = &cfg.model;
     size_t D = (size_t)m->in_channels * m->image_size * m->image_size;
     if (!rc)
@@ -507,6 +510,7 @@ int cmd_bench(int argc, char **argv)
         cJSON_AddNumberToObject(mo, "params", (double)tr->net->n_params);
         cJSON_AddNumberToObject(mo, "forward_gflop_per_image", flops * 1e-9);
         cJSON_AddNumberToObject(o, "batch", B);
+        cJSON_AddNumberToObject(o, "micro_batch", tr->micro_batch);
         cJSON_AddNumberToObject(o, "threads", n_threads);
         cJSON_AddStringToObject(o, "openblas", cfgstr ? cfgstr : "");
         cJSON_AddStringToObject(o, "openblas_coretype", coretype ? coretype : "");
@@ -549,7 +553,7 @@ int cmd_bench(int argc, char **argv)
             printf(i ? ",%d" : "%d", m->attn_res[i]);
         printf("%s; %zu params, %.3f GFLOP/image forward\n", m->n_attn ? "" : "none", tr->net->n_params,
                flops * 1e-9);
-        printf("setup     batch %d, %d threads, %s%s%s\n", B, n_threads, cfgstr ? cfgstr : "OpenBLAS",
+        printf("setup     batch %d (micro-batch %d), %d threads, %s%s%s\n", B, tr->micro_batch, n_threads, cfgstr ? cfgstr : "OpenBLAS",
                coretype ? ", OPENBLAS_CORETYPE=" : "", coretype ? coretype : "");
         printf("train     %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (3 x forward FLOPs)\n", s_train * 1e3,
                train_ips, train_gf);

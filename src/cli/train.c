@@ -11,6 +11,7 @@
 
 #include "args.h"
 #include "cli.h"
+#include "ddpm/dist.h"
 #include "ddpm/error.h"
 #include "ddpm/run.h"
 
@@ -46,9 +47,14 @@ static void format_duration(char *buf, size_t size, double seconds)
 static void on_started(void *ctx, const ddpm_run_start *s)
 {
     const progress_ctx *p = ctx;
-    fprintf(stderr, "ddpm: %s%s: %d images %dx%dx%d, model %zu parameters, batch %d, %d threads\n",
+    char procs[64] = "", micro[64] = "";
+    if (s->n_processes > 1)
+        snprintf(procs, sizeof procs, "%d processes x ", s->n_processes);
+    if (s->micro_batch < s->batch)
+        snprintf(micro, sizeof micro, " (micro-batch %d)", s->micro_batch);
+    fprintf(stderr, "ddpm: %s%s: %d images %dx%dx%d, model %zu parameters, batch %d%s, %s%d threads\n",
             s->resumed ? "resuming " : "training on ", p->o->data_dir, s->n_images, s->channels, s->image_size,
-            s->image_size, s->n_params, s->batch, omp_get_max_threads());
+            s->image_size, s->n_params, s->batch, micro, procs, omp_get_max_threads());
     char mult[64], attn[64];
     ddpm_format_int_list(mult, sizeof mult, s->model->ch_mult, s->model->n_levels);
     ddpm_format_int_list(attn, sizeof attn, s->model->attn_res, s->model->n_attn);
@@ -105,7 +111,8 @@ static void usage(FILE *f)
 "unless --prediction or --loss say otherwise) on the images under DATA_DIR\n"
 "(searched recursively; PNG, JPEG, BMP, TGA, GIF, PSD, HDR, PNM). Writes\n"
 "RUN_DIR/checkpoint.safetensors, RUN_DIR/log.jsonl and preview grids in\n"
-"RUN_DIR/samples/. Ctrl-C saves a checkpoint and stops; --resume continues.\n"
+"RUN_DIR/samples/. Ctrl-C (SIGINT, SIGTERM or SIGUSR1) saves a checkpoint\n"
+"and stops; --resume continues.\n"
 "\n"
 "run:\n"
 "  --out DIR            run folder (default runs/ddpm); refused if it holds a run\n"
@@ -121,7 +128,8 @@ static void usage(FILE *f)
 "  --preview-steps S    DDIM steps (eta 1) of a preview, from the EMA weights\n"
 "                       (default 50)\n"
 "  --log-every N        log.jsonl line and progress line every N steps (default 50)\n"
-"  --threads N          threads for OpenMP and OpenBLAS (default: all cores)\n"
+"  --threads N          threads for OpenMP and OpenBLAS, per process (default:\n"
+"                       all cores, divided among the processes on this machine)\n"
 "  --strict             a file under DATA_DIR that is not an image is an error\n"
 "                       (default: skipped with a warning)\n"
 "  --quiet              no progress output\n"
@@ -179,6 +187,10 @@ static void usage(FILE *f)
 "                       gamma G (Hang et al. 2023; eps, x0 or v; default off)\n"
 "optimiser:\n"
 "  --batch N            images per step (default 64)\n"
+"  --micro-batch N      images per forward/backward pass (default: the whole\n"
+"                       batch); gradients of the chunks are summed into one\n"
+"                       step, the same update up to float rounding, with\n"
+"                       activation memory for N images; may change on --resume\n"
 "  --lr LR              Adam learning rate after warm-up (default 1e-3)\n"
 "  --warmup N           steps of linear learning-rate warm-up (default 100)\n"
 "  --clip X             max global gradient norm (default 1.0; 0: off)\n"
@@ -187,19 +199,45 @@ static void usage(FILE *f)
 "  --seed N             seed of every random choice (default 0)\n"
 "\n"
 "Same flags, same seed, same --threads: the same checkpoint, bit for bit.\n"
+"Under mpirun (README: Training on several processes or machines), each\n"
+"process computes its share of every --batch; process 0 writes the run folder\n"
+"and prints progress.\n"
 "exit codes: 0 done or interrupted (checkpoint saved), 1 error, 2 usage,\n"
 "            3 diverged (NaN or infinite loss; the last checkpoint is kept)\n");
 }
 
 enum {
     O_OUT = 256, O_RESUME, O_STEPS, O_EPOCHS, O_MINUTES, O_SAVE_EVERY, O_SAMPLE_EVERY, O_PREVIEW_N,
-    O_PREVIEW_STEPS, O_LOG_EVERY, O_THREADS, O_STRICT, O_QUIET, O_JSON, O_HELP,
+    O_PREVIEW_STEPS, O_LOG_EVERY, O_THREADS, O_STRICT, O_QUIET, O_JSON, O_HELP, O_MICRO_BATCH,
     /* flags that define the run: refused with --resume */
     O_FIRST_RUN_FLAG, O_MODEL = O_FIRST_RUN_FLAG, O_FLIP, O_SCHEDULE, O_BETA_START, O_BETA_END, O_BATCH, O_LR, O_WARMUP, O_CLIP,
     O_EMA, O_SEED, O_PREDICTION, O_LOSS, O_VLB_WEIGHT, O_SNR, O_CLASSES, O_COND_DROP,
 };
 
+/* The default thread count of one of the processes of a run on this machine. */
+static int default_threads(void)
+{
+    const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    int n_local = local ? atoi(local) : 1, cores = omp_get_num_procs();
+    if (ddpm_dist_size() == 1 || n_local <= 1)
+        return 0; /* OpenMP's own default */
+    return cores / n_local > 1 ? cores / n_local : 1;
+}
+
+static int train_main(int argc, char **argv);
+
 int cmd_train(int argc, char **argv)
+{
+    if (ddpm_dist_init(&argc, &argv)) {
+        cli_error("%s", ddpm_last_error());
+        return DDPM_EXIT_ERROR;
+    }
+    int code = train_main(argc, argv);
+    ddpm_dist_finalize();
+    return code;
+}
+
+static int train_main(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"out", required_argument, 0, O_OUT}, {"resume", no_argument, 0, O_RESUME},
@@ -209,6 +247,7 @@ int cmd_train(int argc, char **argv)
         {"preview-steps", required_argument, 0, O_PREVIEW_STEPS}, {"log-every", required_argument, 0, O_LOG_EVERY},
         {"threads", required_argument, 0, O_THREADS}, {"strict", no_argument, 0, O_STRICT},
         {"quiet", no_argument, 0, O_QUIET}, {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
+        {"micro-batch", required_argument, 0, O_MICRO_BATCH},
         ARG_MODEL_LONGOPTS(O_MODEL), {"flip", no_argument, 0, O_FLIP},
         {"schedule", required_argument, 0, O_SCHEDULE}, {"beta-start", required_argument, 0, O_BETA_START},
         {"beta-end", required_argument, 0, O_BETA_END}, {"batch", required_argument, 0, O_BATCH},
@@ -243,6 +282,7 @@ int cmd_train(int argc, char **argv)
         case O_LOG_EVERY: bad |= arg_long("log-every", optarg, 1, 1000000000L, &o.log_every); break;
         case O_THREADS: bad |= arg_int("threads", optarg, 1, 1024, &threads); break;
         case O_STRICT: o.strict = 1; break;
+        case O_MICRO_BATCH: bad |= arg_int("micro-batch", optarg, 1, 65536, &o.micro_batch); break;
         case O_QUIET: quiet = 1; break;
         case O_JSON: json = 1; break;
         case O_MODEL:
@@ -309,7 +349,8 @@ int cmd_train(int argc, char **argv)
     o.data_dir = argv[optind];
     if (!o.steps && !o.epochs && !o.minutes)
         o.epochs = 1;
-    cli_set_threads(threads);
+    cli_set_threads(threads ? threads : default_threads());
+    int rank = ddpm_dist_rank();
     stop_requested = 0;
     o.stop = &stop_requested;
     struct sigaction sa;
@@ -317,20 +358,30 @@ int cmd_train(int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL); /* mpirun forwards it to every process */
     progress_ctx pc = {&o, isatty(fileno(stderr)), 0};
     ddpm_run_callbacks cb = {&pc, NULL, NULL, NULL};
-    if (!quiet)
+    if (!quiet && rank == 0) /* one voice for a run of several processes */
         cb = (ddpm_run_callbacks){&pc, on_started, on_progress, on_warning};
     ddpm_run_summary summary;
     int rc = ddpm_run(&o, &cb, &summary);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
+    signal(SIGUSR1, SIG_DFL);
     if (pc.line_open)
         fputc('\n', stderr);
     if (rc) {
-        cli_error("%s", ddpm_last_error());
+        /* A failure every process saw (divergence) is told by process 0; one
+           process's own failure by that process, naming it; DDPM_EPEER (another
+           one failed) is silent: the failing process has said why. */
+        if (ddpm_dist_size() == 1)
+            cli_error("%s", ddpm_last_error());
+        else if (rc != DDPM_EPEER && (rank == 0 || rc != DDPM_ENAN))
+            cli_error("process %d of %d: %s", rank, ddpm_dist_size(), ddpm_last_error());
         return rc == DDPM_ENAN ? DDPM_EXIT_DIVERGED : DDPM_EXIT_ERROR;
     }
+    if (rank > 0)
+        return DDPM_EXIT_OK;
     if (!quiet) {
         if (summary.preview[0])
             fprintf(stderr, "ddpm: preview grid (EMA weights, DDIM %d steps, eta 1): %s\n", o.preview_steps,

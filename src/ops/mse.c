@@ -17,11 +17,11 @@ double ddpm_mse_forward(const float *pred, const float *target, size_t n)
     return sum / (double)n;
 }
 
-void ddpm_mse_backward(float *dpred, const float *pred, const float *target, size_t n)
+void ddpm_mse_backward(float *dpred, const float *pred, const float *target, size_t n, size_t n_mean)
 {
-    if (!dpred || n == 0)
+    if (!dpred || n == 0 || n_mean == 0)
         return;
-    const double scale = 2.0 / (double)n;
+    const double scale = 2.0 / (double)n_mean;
 #pragma omp parallel for schedule(static) if (n > MSE_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++)
         dpred[i] += (float)(scale * ((double)pred[i] - (double)target[i]));

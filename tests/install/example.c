@@ -23,7 +23,7 @@ int main(int argc, char **argv)
     cfg.batch = 4;
 
     ddpm_trainer *tr;
-    int rc = ddpm_trainer_create(&tr, &cfg);
+    int rc = ddpm_trainer_create(&tr, &cfg, 0);
     float x0[4 * 64]; /* 4 images: a bright square on black, in [-1, 1] */
     for (int step = 0; !rc && step < 10; step++) {
         for (int i = 0; i < 4 * 64; i++) {
