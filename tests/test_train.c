@@ -520,6 +520,43 @@ static void test_old_configs_load_as_eps_and_unknown_prediction_is_refused(void 
     assert_true(back.loss.snr_gamma == 0);
 }
 
+/* The same with labels, label dropout and the other objectives: a micro-batch's
+ * share of the loss and its gradient are scaled to the whole batch (a loss
+ * normalised by the micro-batch instead would be 7/3 times too large). */
+static void test_micro_batches_with_labels_and_other_objectives_give_the_whole_batch_gradient(void **state)
+{
+    (void)state;
+    const ddpm_loss_kind kinds[2] = {DDPM_LOSS_SIMPLE, DDPM_LOSS_HYBRID};
+    for (int r = 0; r < 2; r++) {
+        ddpm_run_config c;
+        tiny_run_config(&c);
+        c.batch = 7;
+        c.model.n_classes = 3;
+        c.model.prediction = DDPM_PRED_V;
+        c.loss.kind = kinds[r];
+        c.loss.snr_gamma = 5;
+        c.cond_drop = 0.3f;
+        float x0[7 * 64];
+        int labels[7] = {0, 1, 2, 0, 1, 2, 0};
+        synthetic_batch(x0, 7, 8, 0);
+        ddpm_trainer *whole, *part;
+        assert_int_equal(ddpm_trainer_create(&whole, &c, 0), 0);
+        assert_int_equal(ddpm_trainer_create(&part, &c, 3), 0);
+        ddpm_trainer_accumulate_class(whole, x0, labels, 0, 7);
+        ddpm_trainer_accumulate_class(part, x0, labels, 0, 7);
+        size_t n = whole->net->n_params;
+        double dg = tu_max_rel_diff(part->grads, whole->grads, n);
+        double dl = fabs(part->grads[n + DDPM_TRAIN_LOSS] - whole->grads[n + DDPM_TRAIN_LOSS]);
+        fprintf(stderr, "  %s, v, min-SNR 5, 3 classes, micro-batch 3: gradient max rel diff %.3g, loss diff %.3g\n",
+                ddpm_loss_name(kinds[r]), dg, dl);
+        /* tolerances of test_micro_batches_give_the_whole_batch_update */
+        assert_true(dg < 2e-6);
+        assert_true(dl < 1e-6 * (1 + fabs(whole->grads[n + DDPM_TRAIN_LOSS])));
+        ddpm_trainer_free(whole);
+        ddpm_trainer_free(part);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -533,6 +570,7 @@ int main(void)
         cmocka_unit_test(test_every_prediction_type_trains_round_trips_and_samples),
         cmocka_unit_test(test_old_configs_load_as_eps_and_unknown_prediction_is_refused),
         cmocka_unit_test(test_class_conditional_model_samples_the_requested_class),
+        cmocka_unit_test(test_micro_batches_with_labels_and_other_objectives_give_the_whole_batch_gradient),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
