@@ -1,4 +1,4 @@
-/* unet.c: the U-Net of DESIGN.md section 2 as a flat list of modules built once
+/* unet.c: the U-Net of docs/design.md (Network) as a flat list of modules built once
  * from the config. Building the list also lays out the parameter arena (the
  * tensor table, in PyTorch names); a workspace lays out the activations of every
  * module for a maximum batch, as a struct of named pointers per module. Forward
@@ -499,7 +499,7 @@ int ddpm_unet_create(ddpm_unet **out, const ddpm_unet_config *cfg)
     }
     int mid_c = c->ch * c->ch_mult[c->n_levels - 1];
     h = build_res(&b, "mid.0", h, -1, mid_c);
-    h = build_attn(&b, "mid.1", h); /* DESIGN.md: the middle always has attention */
+    h = build_attn(&b, "mid.1", h); /* docs/design.md: the middle always has attention */
     h = build_res(&b, "mid.2", h, -1, mid_c);
     k = 0;
     for (int i = c->n_levels - 1; i >= 0; i--) {

@@ -1,5 +1,5 @@
 /* Tests of the whole U-Net: the tensor table, the parameter count of the
- * DESIGN.md default, batch independence, and the analytic gradient of every
+ * docs/design.md default, batch independence, and the analytic gradient of every
  * tensor against central finite differences on a tiny config. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -32,7 +32,7 @@ static void test_default_config_has_1623169_parameters(void **state)
             assert_string_not_equal(net->tensors[i].name, net->tensors[j].name);
     }
     assert_int_equal(off, net->n_params);
-    /* PyTorch names and shapes of DESIGN.md section 2 */
+    /* PyTorch names and shapes of docs/design.md, Network */
     static const struct {
         const char *name;
         int ndim, shape[4];

@@ -1,4 +1,4 @@
-/* The C U-Net against an independent PyTorch build of DESIGN.md section 2 (in
+/* The C U-Net against an independent PyTorch build of docs/design.md, Network (in
  * the manner of llm.c's test_gpt2): the finite-difference check in test_unet.c
  * proves the backward is the derivative of the forward; this proves the forward
  * IS the specified network, and its gradients the network's gradients.
@@ -13,7 +13,7 @@
  *     u32 n_tensors, then per tensor: u32 name length + name bytes, u32 dtype
  *       (0 float32, 1 int32), u32 ndim (0..4), ndim x u32 dims, the data.
  *   Tensors: x_t [B,C,S,S], t int32 [B] (0-based step indices), eps, eps_pred,
- *   loss [1], every parameter by its DESIGN.md name, and grad.<name> for each;
+ *   loss [1], every parameter by its docs/design.md name, and grad.<name> for each;
  *   with dropout on, then "dropout" [1] (p) and "dropout_seed" int32 [1]: the
  *   reference applied the masks that ddpm's dropout draws from a dropout RNG with
  *   that seed and counter 0 (the script reimplements the Philox draw).

@@ -1,4 +1,4 @@
-/* unet.h: the epsilon-predicting U-Net of DESIGN.md section 2 (Ho et al. 2020,
+/* unet.h: the epsilon-predicting U-Net of docs/design.md (Network; Ho et al. 2020,
  * appendix B): config, parameter arena with a name table, forward and backward.
  *
  * All parameters live in one contiguous float arena; gradients, Adam moments and
@@ -37,7 +37,7 @@ typedef struct {
                            "no class") added to the timestep embedding */
 } ddpm_unet_config;
 
-/* DESIGN.md defaults for 28x28 gray images: ch 32, ch_mult 1,2,2, 2 res blocks,
+/* docs/design.md defaults for 28x28 gray images: ch 32, ch_mult 1,2,2, 2 res blocks,
  * attention at 14, 8 groups, dropout 0.1. */
 void ddpm_unet_config_default(ddpm_unet_config *cfg);
 /* 0, or DDPM_EINVAL with a message saying what is impossible. */
@@ -69,7 +69,7 @@ int ddpm_unet_create(ddpm_unet **out, const ddpm_unet_config *cfg);
 void ddpm_unet_free(ddpm_unet *net);
 /* Index of a tensor by name, or -1. */
 int ddpm_unet_find_tensor(const ddpm_unet *net, const char *name);
-/* The DESIGN.md init into params[n_params]: Glorot/Xavier uniform weights, zero
+/* The docs/design.md init into params[n_params]: Glorot/Xavier uniform weights, zero
  * biases, GroupNorm gamma 1, and zero for ResBlock conv2, AttnBlock proj, conv_out. */
 void ddpm_unet_init_params(const ddpm_unet *net, float *params, uint64_t seed);
 /* Multiply-adds x 2 of one forward pass for one image (convs, linears, attention). */

@@ -1,4 +1,4 @@
-/* attention.c: the core of the spatial self-attention block (DESIGN.md section 2).
+/* attention.c: the core of the spatial self-attention block (docs/design.md, Network).
  * Per image, with Q, K, V, H the [C, N] matrices (channel the row, position the
  * column, as in NCHW) and a = 1/sqrt(C):
  *     S = a Q^T K            [N, N]   S[i,j] = a sum_c q[c,i] k[c,j]

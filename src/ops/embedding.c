@@ -1,4 +1,4 @@
-/* Sinusoidal timestep embedding (Vaswani et al. 2017, as in the DDPM code; DESIGN.md 2):
+/* Sinusoidal timestep embedding (Vaswani et al. 2017, as in the DDPM code; docs/design.md, Network):
  * half = dim/2, freq_i = exp(-ln(10000) * i/(half-1)), out = [sin(t freq), cos(t freq)].
  * Computed in double: t * freq reaches ~1000 rad, where a float argument would be
  * off by ~6e-5. */

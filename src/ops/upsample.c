@@ -30,7 +30,7 @@ void ddpm_upsample_backward(float *din, const float *dout, int B, int C, int H, 
         return;
     const int n_planes = B * C;
     const size_t hw = (size_t)H * W, W2 = 2 * (size_t)W;
-    /* Each input gradient is the sum of the gradients of the 4 outputs it was copied to. */
+    /* Each input gradient sums the gradients of the 4 pixels it was copied to. */
 #pragma omp parallel for schedule(static) if ((size_t)n_planes * hw > UPSAMPLE_PARALLEL_MIN)
     for (int p = 0; p < n_planes; p++) {
         float *ip = din + (size_t)p * hw;

@@ -1,12 +1,12 @@
 #!/usr/bin/python3
-"""make_unet_reference.py: an independent PyTorch build of the DESIGN.md section 2
+"""make_unet_reference.py: an independent PyTorch build of the docs/design.md, Network
 U-Net, used to write tests/data/unet_reference.bin, which tests/test_unet_reference.c
 checks the C forward and backward passes against (in the manner of llm.c's
 test_gpt2: the C network must BE the specified network, not only agree with its
 own finite differences).
 
-The network below is written from DESIGN.md section 2 alone, with plain nn.Module
-code; it does not read any C source. Parameter names follow the DESIGN.md table,
+The network below is written from docs/design.md, Network alone, with plain nn.Module
+code; it does not read any C source. Parameter names follow the docs/design.md table,
 and the script asserts they (and their shapes) equal the lists written out by
 hand further down.
 
@@ -18,7 +18,7 @@ The default output is tests/data/unet_reference.bin next to this folder. The
 output is deterministic for a given PyTorch build (fixed seeds, CPU, one thread).
 
 What is computed, per case: all parameters random (uniform(-0.3, 0.3); GroupNorm
-weights 1 + that), so that no gradient is trivially zero (the DESIGN.md init
+weights 1 + that), so that no gradient is trivially zero (the docs/design.md init
 zeroes every residual branch's last layer); a batch of B = 3 images x_t ~
 uniform(-1, 1), step indices t = 0, 417, 999 (0-based, as the network receives
 them), eps ~ N(0, 1); eps_pred = net(x_t, t); loss = mean((eps - eps_pred)^2);
@@ -46,7 +46,7 @@ File format (all integers little-endian; floats IEEE-754 binary32 little-endian)
         dims    ndim x u32
         data    prod(dims) x 4 bytes
 Tensors of a case, in this order: "x_t" [B,C,S,S], "t" int32 [B], "eps"
-[B,C,S,S], "eps_pred" [B,C,S,S], "loss" [1], every parameter under its DESIGN.md
+[B,C,S,S], "eps_pred" [B,C,S,S], "loss" [1], every parameter under its docs/design.md
 name in module order, then "grad.<name>" for each; a case with dropout on then
 has "dropout" [1] (p) and "dropout_seed" int32 [1]. Its masks are ddpm's: the
 ResBlocks in forward order each take the next ceil(n/4) Philox-4x32-10 counters
@@ -113,7 +113,7 @@ class PhiloxDropout:
 
 
 def timestep_embedding(t, dim):
-    """DESIGN.md 2: half = dim/2, freq_i = exp(-ln(10000) * i/(half-1)),
+    """docs/design.md, Network: half = dim/2, freq_i = exp(-ln(10000) * i/(half-1)),
     emb = [sin(t freq), cos(t freq)], t the 0-based step index. Evaluated in
     float64 whatever the network's dtype (the exact function; t * freq reaches
     ~1000 rad, where float32 arguments would be off by ~6e-5)."""
@@ -202,7 +202,7 @@ class UNet(nn.Module):
         E = 4 * ch
         self.temb = nn.Sequential(nn.Linear(ch, E), nn.SiLU(), nn.Linear(E, E))
         self.conv_in = nn.Conv2d(cfg["in_channels"], ch, 3, padding=1)
-        # The modules are created by the same walk as forward() (DESIGN.md's
+        # The modules are created by the same walk as forward() (docs/design.md's
         # loop), tracking channels through the skip stack, and numbered in order.
         self.down = nn.ModuleList()
         hs = [ch]
@@ -374,7 +374,7 @@ EXPECTED_CASE1 = [
 
 # Case 2: 8x8 gray, ch 4, ch_mult 1,2,2 (4, 8, 8 channels; 8x8, 4x4, 2x2), two
 # res blocks, attention at 8 and at 2, 2 groups. The module table, worked out by
-# hand from DESIGN.md's loop (skip stack pushes, bottom first: conv_in 4, down.1 4,
+# hand from docs/design.md's loop (skip stack pushes, bottom first: conv_in 4, down.1 4,
 # down.3 4, down.4 4, down.5 8, down.6 8, down.7 8, down.9 8, down.11 8), is
 # (prefix, kind, cin, cout); names and shapes follow from it by _res/_attn/_resample.
 MODULES_CASE2 = [
