@@ -63,6 +63,9 @@ char *ddpm_run_config_to_json(const ddpm_run_config *c)
     cJSON_AddNumberToObject(t, "batch", c->batch);
     cJSON_AddNumberToObject(t, "lr", o->lr);
     cJSON_AddNumberToObject(t, "warmup", o->warmup);
+    cJSON_AddStringToObject(t, "lr_schedule", ddpm_lr_schedule_name(o->lr_schedule));
+    cJSON_AddNumberToObject(t, "lr_min", o->lr_min);
+    cJSON_AddNumberToObject(t, "lr_final_step", (double)o->lr_final_step);
     cJSON_AddNumberToObject(t, "beta1", o->beta1);
     cJSON_AddNumberToObject(t, "beta2", o->beta2);
     cJSON_AddNumberToObject(t, "adam_eps", o->eps);
@@ -233,6 +236,16 @@ static int config_from_json(ddpm_run_config *c, const char *json, const char *wh
         c->batch = get_int(&p, t, "train", "batch", 1, 65536);
         c->optim.lr = (float)get_num(&p, t, "train", "lr", 0, 10);
         c->optim.warmup = get_int(&p, t, "train", "warmup", 0, 1 << 30);
+        /* the learning-rate schedule came after format version 1's first files:
+           absent means the constant schedule those runs used */
+        const cJSON *lrs = cJSON_GetObjectItemCaseSensitive(t, "lr_schedule");
+        if (lrs && !p.err && (!cJSON_IsString(lrs) || ddpm_lr_schedule_parse(lrs->valuestring, &c->optim.lr_schedule)))
+            p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: train.lr_schedule must be constant or cosine",
+                               what);
+        if (cJSON_GetObjectItemCaseSensitive(t, "lr_min"))
+            c->optim.lr_min = (float)get_num(&p, t, "train", "lr_min", 0, 10);
+        if (cJSON_GetObjectItemCaseSensitive(t, "lr_final_step"))
+            c->optim.lr_final_step = (long)get_num(&p, t, "train", "lr_final_step", 0, 1e15);
         c->optim.beta1 = (float)get_num(&p, t, "train", "beta1", 0, 1);
         c->optim.beta2 = (float)get_num(&p, t, "train", "beta2", 0, 1);
         c->optim.eps = (float)get_num(&p, t, "train", "adam_eps", 0, 1);

@@ -1,11 +1,15 @@
 #include "ddpm/optim.h"
 
 #include <math.h>
+#include <string.h>
 
 void ddpm_optim_config_default(ddpm_optim_config *c)
 {
     c->lr = 1e-3f;
     c->warmup = 100;
+    c->lr_schedule = DDPM_LR_CONSTANT;
+    c->lr_min = 0.0f;
+    c->lr_final_step = 0;
     c->beta1 = 0.9f;
     c->beta2 = 0.999f;
     c->eps = 1e-8f;
@@ -17,7 +21,28 @@ float ddpm_lr_at(const ddpm_optim_config *c, long step)
 {
     if (c->warmup > 0 && step < c->warmup)
         return c->lr * (float)step / (float)c->warmup;
-    return c->lr;
+    if (c->lr_schedule != DDPM_LR_COSINE)
+        return c->lr;
+    long span = c->lr_final_step - c->warmup;
+    double p = span > 0 ? (double)(step - c->warmup) / (double)span : 1.0;
+    p = p < 0 ? 0 : p > 1 ? 1 : p;
+    return (float)(c->lr_min + (c->lr - c->lr_min) * 0.5 * (1.0 + cos(M_PI * p)));
+}
+
+const char *ddpm_lr_schedule_name(ddpm_lr_schedule s)
+{
+    return s == DDPM_LR_COSINE ? "cosine" : "constant";
+}
+
+int ddpm_lr_schedule_parse(const char *name, ddpm_lr_schedule *out)
+{
+    if (!strcmp(name, "constant"))
+        *out = DDPM_LR_CONSTANT;
+    else if (!strcmp(name, "cosine"))
+        *out = DDPM_LR_COSINE;
+    else
+        return -1;
+    return 0;
 }
 
 enum { CHUNK = 1 << 16, CHUNKS_PER_ROUND = 64 };

@@ -115,10 +115,24 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
         r->ds = NULL;
         return rc;
     }
+    long stop_step = o->steps > 0 ? o->steps : 0;
+    if (o->epochs > 0) {
+        long e = (long)ceil(o->epochs * ddpm_dataset_count(r->ds) / cfg.batch);
+        stop_step = stop_step ? (e < stop_step ? e : stop_step) : e;
+    }
+    /* A cosine decay ends at the run's final step: the stop step of --steps/--epochs
+       (a --minutes limit may stop the run before it). It is fixed in the checkpoint,
+       so a resumed run keeps the first session's schedule. */
+    if (!ck && cfg.optim.lr_schedule == DDPM_LR_COSINE) {
+        if (!stop_step)
+            rc = ddpm_error(DDPM_EINVAL, "--lr-schedule cosine needs --steps or --epochs (its final step)");
+        cfg.optim.lr_final_step = stop_step;
+    }
     if (o->classes && !ck)
         cfg.model.n_classes = ddpm_dataset_n_classes(r->ds);
-    rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck, o->micro_batch)
-            : ddpm_trainer_create(&r->tr, &cfg, o->micro_batch);
+    if (!rc)
+        rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck, o->micro_batch)
+                : ddpm_trainer_create(&r->tr, &cfg, o->micro_batch);
     if (!rc && !ck)
         rc = ddpm_trainer_set_class_names(r->tr, ddpm_dataset_class_names(r->ds));
     for (int k = 0; !rc && ck && k < cfg.model.n_classes; k++) /* a resumed run must see the same classes */
@@ -140,11 +154,6 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     if (rc) {
         session_close(r);
         return rc;
-    }
-    long stop_step = o->steps > 0 ? o->steps : 0;
-    if (o->epochs > 0) {
-        long e = (long)ceil(o->epochs * ddpm_dataset_count(r->ds) / r->tr->cfg.batch);
-        stop_step = stop_step ? (e < stop_step ? e : stop_step) : e;
     }
     r->stop_step = stop_step;
     return DDPM_OK;

@@ -77,12 +77,20 @@ int ddpm_ddim_timesteps(int *out, int S, int T)
 {
     if (S < 1 || S > T)
         return ddpm_error(DDPM_EINVAL, "DDIM steps must be in 1..%d (the model's timesteps), got %d", T, S);
+    return ddpm_ddim_timesteps_from(out, S, T - 1);
+}
+
+int ddpm_ddim_timesteps_from(int *out, int S, int i_start)
+{
+    if (S < 1 || S > i_start + 1)
+        return ddpm_error(DDPM_EINVAL, "DDIM steps from step index %d must be in 1..%d, got %d", i_start,
+                          i_start + 1, S);
     if (S == 1) {
-        out[0] = T - 1;
+        out[0] = i_start;
         return 1;
     }
     for (int k = 0; k < S; k++)
-        out[k] = (int)floor((double)k * (T - 1) / (S - 1) + 0.5);
+        out[k] = (int)floor((double)k * i_start / (S - 1) + 0.5);
     return S;
 }
 
@@ -99,16 +107,37 @@ static void image_noise(float *out, size_t D, const ddpm_rng *rng, long g, int k
     ddpm_rng_normal_fill(&r, out, D);
 }
 
+void ddpm_sample_initial_noise(float *x_T, size_t D, int image, const ddpm_schedule *s,
+                               const ddpm_sampler_config *c, const ddpm_rng *rng)
+{
+    int n = ddpm_sampler_n_steps(c, s);
+    image_noise(x_T, D, rng, image, n, n);
+}
+
 int ddpm_sample(float *x, float *scratch, int B, size_t D, int first_image,
                 const ddpm_schedule *s, const ddpm_sampler_config *c, ddpm_eps_fn eps_fn,
                 void *eps_ctx, const ddpm_rng *rng, ddpm_step_fn step_fn, void *step_ctx)
 {
-    if (c->kind == DDPM_SAMPLER_DDIM && (c->steps < 1 || c->steps > s->T))
-        return ddpm_error(DDPM_EINVAL, "DDIM steps must be in 1..%d (the model's timesteps), got %d", s->T,
-                          c->steps);
+    for (int b = 0; b < B; b++)
+        ddpm_sample_initial_noise(x + (size_t)b * D, D, first_image + b, s, c, rng);
+    return ddpm_sample_from(x, scratch, B, D, first_image, s->T - 1, s, c, eps_fn, eps_ctx, rng, step_fn,
+                            step_ctx);
+}
+
+int ddpm_sample_from(float *x, float *scratch, int B, size_t D, int first_image, int i_start,
+                     const ddpm_schedule *s, const ddpm_sampler_config *c, ddpm_eps_fn eps_fn,
+                     void *eps_ctx, const ddpm_rng *rng, ddpm_step_fn step_fn, void *step_ctx)
+{
+    if (i_start < 0 || i_start >= s->T)
+        return ddpm_error(DDPM_EINVAL, "the start step index must be in 0..%d, got %d", s->T - 1, i_start);
+    if (c->kind == DDPM_SAMPLER_DDIM && (c->steps < 1 || c->steps > i_start + 1))
+        return ddpm_error(DDPM_EINVAL, "DDIM steps must be in 1..%d (%s), got %d", i_start + 1,
+                          i_start == s->T - 1 ? "the model's timesteps" : "the start step", c->steps);
     if (c->kind == DDPM_SAMPLER_DDIM && !(c->eta >= 0 && c->eta <= 1))
         return ddpm_error(DDPM_EINVAL, "eta must be in [0, 1], got %g", c->eta);
-    int n = ddpm_sampler_n_steps(c, s);
+    int n = c->kind == DDPM_SAMPLER_DDIM ? c->steps : i_start + 1;
+    if ((c->kind == DDPM_SAMPLER_DDPM || c->eta > 0) && !rng)
+        return ddpm_error(DDPM_EINVAL, "a stochastic sampler needs a random stream");
     int *seq = ddpm_malloc((size_t)n, sizeof *seq);
     int *ivec = ddpm_malloc((size_t)B, sizeof *ivec);
     if (!seq || !ivec) {
@@ -117,14 +146,12 @@ int ddpm_sample(float *x, float *scratch, int B, size_t D, int first_image,
         return DDPM_ENOMEM;
     }
     if (c->kind == DDPM_SAMPLER_DDIM)
-        ddpm_ddim_timesteps(seq, n, s->T);
+        ddpm_ddim_timesteps_from(seq, n, i_start);
     else
         for (int k = 0; k < n; k++)
             seq[k] = k;
     size_t BD = (size_t)B * D;
     float *eps = scratch, *z = scratch + BD, *x0 = z + BD, *xn = x0 + BD;
-    for (int b = 0; b < B; b++)
-        image_noise(x + (size_t)b * D, D, rng, first_image + b, n, n);
     for (int k = 0; k < n; k++) {
         int idx = n - 1 - k, i = seq[idx], i_prev = idx > 0 ? seq[idx - 1] : -1;
         for (int b = 0; b < B; b++)

@@ -103,6 +103,46 @@ static void test_warmup_is_linear_then_constant(void **state)
     assert_close(ddpm_lr_at(&c, 1), 1e-3, 1e-10);
 }
 
+static void test_cosine_schedule_matches_closed_form_after_warmup(void **state)
+{
+    (void)state;
+    ddpm_optim_config c;
+    ddpm_optim_config_default(&c);
+    assert_int_equal(c.lr_schedule, DDPM_LR_CONSTANT); /* the default stays constant */
+    c.lr = 1e-3f;
+    c.warmup = 100;
+    c.lr_schedule = DDPM_LR_COSINE;
+    c.lr_min = 1e-5f;
+    c.lr_final_step = 1100;
+    /* float results of double arithmetic: a few ulps of 1e-3 */
+    const double tol = 1e-9, lr = 1e-3, lo = 1e-5;
+    assert_close(ddpm_lr_at(&c, 50), 5e-4, tol); /* warm-up unchanged */
+    assert_close(ddpm_lr_at(&c, 100), lr, tol);  /* p = 0 */
+    for (long step = 100; step <= 1100; step += 50) {
+        double p = (step - 100) / 1000.0;
+        assert_close(ddpm_lr_at(&c, step), lo + (lr - lo) * 0.5 * (1 + cos(M_PI * p)), tol);
+    }
+    assert_close(ddpm_lr_at(&c, 600), (lr + lo) / 2, tol); /* halfway: the mean */
+    assert_close(ddpm_lr_at(&c, 1100), lo, tol);          /* the final step: lr_min */
+    assert_close(ddpm_lr_at(&c, 5000), lo, tol);          /* and after it */
+    for (long step = 101; step <= 1100; step++)
+        assert_true(ddpm_lr_at(&c, step) <= ddpm_lr_at(&c, step - 1));
+    /* no warm-up: the decay starts at step 0 */
+    c.warmup = 0;
+    c.lr_final_step = 10;
+    assert_close(ddpm_lr_at(&c, 5), lo + (lr - lo) * 0.5 * (1 + cos(M_PI * 0.5)), tol);
+    /* a final step inside the warm-up: lr_min once the warm-up is over */
+    c.warmup = 100;
+    c.lr_final_step = 50;
+    assert_close(ddpm_lr_at(&c, 100), lo, tol);
+    ddpm_lr_schedule k;
+    assert_int_equal(ddpm_lr_schedule_parse("cosine", &k), 0);
+    assert_int_equal(k, DDPM_LR_COSINE);
+    assert_int_equal(ddpm_lr_schedule_parse("constant", &k), 0);
+    assert_int_equal(k, DDPM_LR_CONSTANT);
+    assert_int_equal(ddpm_lr_schedule_parse("linear", &k), -1);
+}
+
 static void test_ema_decay_warms_up_and_update_is_a_convex_mix(void **state)
 {
     (void)state;
@@ -137,6 +177,7 @@ int main(void)
         cmocka_unit_test(test_global_norm_is_exact_and_thread_count_independent),
         cmocka_unit_test(test_global_norm_sums_chunks_in_a_fixed_order),
         cmocka_unit_test(test_warmup_is_linear_then_constant),
+        cmocka_unit_test(test_cosine_schedule_matches_closed_form_after_warmup),
         cmocka_unit_test(test_ema_decay_warms_up_and_update_is_a_convex_mix),
         cmocka_unit_test(test_adam_minimises_a_quadratic),
     };

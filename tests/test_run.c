@@ -317,6 +317,54 @@ static void test_stop_flag_saves_a_checkpoint_and_says_interrupted(void **state)
     ddpm_checkpoint_close(ck);
 }
 
+/* The last line's lr of a run's log.jsonl. */
+static double last_logged_lr(const char *run)
+{
+    char path[600], line[512];
+    snprintf(path, sizeof path, "%s/%s", run, DDPM_LOG_FILE);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    double lr = -1;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "\"lr\":");
+        assert_non_null(p);
+        lr = strtod(p + 5, NULL);
+    }
+    fclose(f);
+    return lr;
+}
+
+static void test_cosine_run_ends_at_lr_min_on_its_final_step(void **state)
+{
+    (void)state;
+    char data[300], out[300], out2[300];
+    snprintf(data, sizeof data, "%s/data_cos", tmpdir);
+    snprintf(out, sizeof out, "%s/run_cos", tmpdir);
+    snprintf(out2, sizeof out2, "%s/run_cos_minutes", tmpdir);
+    make_data_folder(data);
+    ddpm_run_options o;
+    run_options(&o, data, out, 6);
+    o.cfg.optim.warmup = 2;
+    o.cfg.optim.lr_schedule = DDPM_LR_COSINE;
+    o.cfg.optim.lr_min = 1e-4f;
+    o.preview_n = 0;
+    assert_int_equal(ddpm_run(&o, NULL, NULL), 0);
+    assert_close(last_logged_lr(out), 1e-4, 1e-10);
+    char ckpt[600];
+    snprintf(ckpt, sizeof ckpt, "%s/%s", out, DDPM_CHECKPOINT_FILE);
+    ddpm_checkpoint *ck;
+    assert_int_equal(ddpm_checkpoint_open(&ck, ckpt), 0);
+    assert_int_equal(ddpm_checkpoint_config(ck)->optim.lr_final_step, 6);
+    assert_int_equal(ddpm_checkpoint_config(ck)->optim.lr_schedule, DDPM_LR_COSINE);
+    ddpm_checkpoint_close(ck);
+    /* a time limit alone gives the decay no end */
+    run_options(&o, data, out2, 0);
+    o.minutes = 1;
+    o.cfg.optim.lr_schedule = DDPM_LR_COSINE;
+    assert_true(ddpm_run(&o, NULL, NULL) < 0);
+    assert_non_null(strstr(ddpm_last_error(), "--steps or --epochs"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -325,6 +373,7 @@ int main(void)
         cmocka_unit_test(test_bad_options_are_refused_before_any_file_is_made),
         cmocka_unit_test(test_run_reports_through_callbacks_and_writes_nothing_to_the_terminal),
         cmocka_unit_test(test_stop_flag_saves_a_checkpoint_and_says_interrupted),
+        cmocka_unit_test(test_cosine_run_ends_at_lr_min_on_its_final_step),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+#include <cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -229,6 +230,42 @@ static void test_nan_loss_stops_without_touching_the_weights(void **state)
     assert_int_equal(tr->state.step, 2);
     free(before);
     ddpm_trainer_free(tr);
+}
+
+static void test_lr_schedule_round_trips_and_older_configs_load_as_constant(void **state)
+{
+    (void)state;
+    ddpm_run_config c, back;
+    tiny_run_config(&c);
+    c.optim.lr_schedule = DDPM_LR_COSINE;
+    c.optim.lr_min = 2.5e-5f;
+    c.optim.lr_final_step = 1234;
+    char *json = ddpm_run_config_to_json(&c);
+    assert_non_null(json);
+    assert_int_equal(ddpm_run_config_from_json(&back, json, "x"), 0);
+    assert_int_equal(back.optim.lr_schedule, DDPM_LR_COSINE);
+    assert_true(back.optim.lr_min == c.optim.lr_min);
+    assert_int_equal(back.optim.lr_final_step, 1234);
+    /* a config written before the schedule existed has none of the three keys */
+    cJSON *root = cJSON_Parse(json), *t = cJSON_GetObjectItem(root, "train");
+    cJSON_DeleteItemFromObject(t, "lr_schedule");
+    cJSON_DeleteItemFromObject(t, "lr_min");
+    cJSON_DeleteItemFromObject(t, "lr_final_step");
+    char *old = cJSON_PrintUnformatted(root);
+    assert_null(strstr(old, "lr_"));
+    assert_int_equal(ddpm_run_config_from_json(&back, old, "x"), 0);
+    assert_int_equal(back.optim.lr_schedule, DDPM_LR_CONSTANT);
+    assert_true(back.optim.lr_min == 0.0f);
+    assert_int_equal(back.optim.lr_final_step, 0);
+    free(old);
+    /* an unknown schedule name is refused */
+    cJSON_AddItemToObject(t, "lr_schedule", cJSON_CreateString("step"));
+    char *bad = cJSON_PrintUnformatted(root);
+    assert_true(ddpm_run_config_from_json(&back, bad, "x") < 0);
+    assert_non_null(strstr(ddpm_last_error(), "lr_schedule"));
+    free(bad);
+    cJSON_Delete(root);
+    free(json);
 }
 
 /* Micro-batches draw each image's t, eps and dropout mask from its index in the
@@ -565,6 +602,7 @@ int main(void)
         cmocka_unit_test(test_checkpoint_round_trip_is_exact_and_resume_continues_identically),
         cmocka_unit_test(test_truncated_corrupt_and_foreign_checkpoints_are_refused),
         cmocka_unit_test(test_nan_loss_stops_without_touching_the_weights),
+        cmocka_unit_test(test_lr_schedule_round_trips_and_older_configs_load_as_constant),
         cmocka_unit_test(test_micro_batches_give_the_whole_batch_update),
         cmocka_unit_test(test_shares_of_a_batch_sum_to_its_gradient),
         cmocka_unit_test(test_every_prediction_type_trains_round_trips_and_samples),

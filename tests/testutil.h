@@ -139,6 +139,24 @@ static inline int tu_count_entries_containing(const char *dir, const char *part)
     return n;
 }
 
+#ifdef DDPM_BINARY
+#include <sys/wait.h>
+/* Runs `ddpm ARGS` (printf-style) through the shell in dir, stdout to dir/out.txt
+ * and stderr to dir/err.txt; returns the exit code (128 + signal if killed). */
+static inline int tu_ddpm(const char *dir, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static inline int tu_ddpm(const char *dir, const char *fmt, ...)
+{
+    char args[2048], cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >out.txt 2>err.txt", dir, DDPM_BINARY, args);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+#endif
+
 /* |a - b| <= tol, printing both values on failure (cmocka 1.1.6 has no
  * assert_double_equal). Include <cmocka.h> before this header to use it. */
 #ifdef cmocka_unit_test

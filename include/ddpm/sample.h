@@ -60,7 +60,11 @@ void ddpm_ddim_step(float *x_prev, float *x0_out, const float *x_t, ddpm_predict
  * (S = 1 gives {T-1}). Returns S or a negative DDPM_E* if S is not in 1..T. */
 int ddpm_ddim_timesteps(int *out, int S, int T);
 
-/* Number of network evaluations the config costs. */
+/* The same spacing ending at step index i_start instead of T-1: S indices
+ * round(k i_start/(S-1)), k = 0..S-1 (S = 1 gives {i_start}); S in 1..i_start+1. */
+int ddpm_ddim_timesteps_from(int *out, int S, int i_start);
+
+/* Number of network evaluations the config costs (from x_T). */
 int ddpm_sampler_n_steps(const ddpm_sampler_config *c, const ddpm_schedule *s);
 
 /* Draws x_T ~ N(0, I) from rng and runs the sampler: x [B, D] receives x_0.
@@ -70,6 +74,20 @@ int ddpm_sampler_n_steps(const ddpm_sampler_config *c, const ddpm_schedule *s);
 int ddpm_sample(float *x, float *scratch, int B, size_t D, int first_image,
                 const ddpm_schedule *s, const ddpm_sampler_config *c, ddpm_eps_fn eps_fn,
                 void *eps_ctx, const ddpm_rng *rng, ddpm_step_fn step_fn, void *step_ctx);
+
+/* The x_T that ddpm_sample draws for image `image` (its index in the whole run)
+ * with this sampler config and rng: ddpm_sample = this for each image, then
+ * ddpm_sample_from(T - 1). (x_T depends on the config through the step count.) */
+void ddpm_sample_initial_noise(float *x_T, size_t D, int image, const ddpm_schedule *s,
+                               const ddpm_sampler_config *c, const ddpm_rng *rng);
+
+/* Runs the sampler on x [B, D] holding x_t at step index i_start (T - 1: x_T)
+ * down to x_0. DDIM takes c->steps steps on ddpm_ddim_timesteps_from(i_start)
+ * (c->steps <= i_start + 1); DDPM all i_start + 1 steps. rng gives the per-step
+ * noise as in ddpm_sample; it may be NULL for DDIM with eta 0 (deterministic). */
+int ddpm_sample_from(float *x, float *scratch, int B, size_t D, int first_image, int i_start,
+                     const ddpm_schedule *s, const ddpm_sampler_config *c, ddpm_eps_fn eps_fn,
+                     void *eps_ctx, const ddpm_rng *rng, ddpm_step_fn step_fn, void *step_ctx);
 
 /* The U-Net as an eps function: ctx is a ddpm_unet_eps_ctx; no dropout.
  * A class-conditional model with labels samples with classifier-free guidance

@@ -15,6 +15,8 @@ static const struct {
     {"train", cmd_train, "train a U-Net on a folder of images"},
     {"sample", cmd_sample, "sample PNG grids from a checkpoint (DDPM or DDIM)"},
     {"bench", cmd_bench, "measure training and sampling speed on this machine"},
+    {"interpolate", cmd_interpolate, "a strip between two seeds or two noised images (DDIM eta 0)"},
+    {"plot", cmd_plot, "draw a run's loss and images/s from its log.jsonl into a PNG"},
     {"info", cmd_info, "print a checkpoint's metadata and tensor table"},
     {"export", cmd_export, "write a checkpoint's EMA (or raw) weights alone, to share"},
     {"convert", cmd_convert, "convert IDX files (MNIST, Fashion-MNIST, ...) to PNG folders"},
@@ -36,7 +38,7 @@ static void usage(FILE *f)
                "Denoising Diffusion Probabilistic Models (Ho et al. 2020): train and sample.\n\n"
                "commands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
+        fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\n'ddpm <command> --help' lists a command's options.\n"
                "options: --help, --version\n"
                "exit codes: 0 ok, 1 error (bad input, file problem), 2 usage error,\n"

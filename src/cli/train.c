@@ -193,6 +193,13 @@ static void usage(FILE *f)
 "                       activation memory for N images; may change on --resume\n"
 "  --lr LR              Adam learning rate after warm-up (default 1e-3)\n"
 "  --warmup N           steps of linear learning-rate warm-up (default 100)\n"
+"  --lr-schedule NAME   learning rate after the warm-up: constant (default) or\n"
+"                       cosine, a half cosine from --lr down to --lr-min at the\n"
+"                       run's final step, the stop step of --steps/--epochs\n"
+"                       (cosine needs one of them; a --minutes limit may stop\n"
+"                       the run before that step). Fixed in the checkpoint: a\n"
+"                       resumed run keeps it and stays at --lr-min past its end\n"
+"  --lr-min LR          cosine's final learning rate (default 0)\n"
 "  --clip X             max global gradient norm (default 1.0; 0: off)\n"
 "  --ema D              EMA decay, warmed up as min(D, (1+n)/(10+n)) (default\n"
 "                       0.999; 0: EMA = raw weights)\n"
@@ -211,7 +218,7 @@ enum {
     O_PREVIEW_STEPS, O_LOG_EVERY, O_THREADS, O_STRICT, O_QUIET, O_JSON, O_HELP, O_MICRO_BATCH,
     /* flags that define the run: refused with --resume */
     O_FIRST_RUN_FLAG, O_MODEL = O_FIRST_RUN_FLAG, O_FLIP, O_SCHEDULE, O_BETA_START, O_BETA_END, O_BATCH, O_LR, O_WARMUP, O_CLIP,
-    O_EMA, O_SEED, O_PREDICTION, O_LOSS, O_VLB_WEIGHT, O_SNR, O_CLASSES, O_COND_DROP,
+    O_EMA, O_SEED, O_LR_SCHEDULE, O_LR_MIN, O_PREDICTION, O_LOSS, O_VLB_WEIGHT, O_SNR, O_CLASSES, O_COND_DROP,
 };
 
 /* The default thread count of one of the processes of a run on this machine. */
@@ -253,7 +260,9 @@ static int train_main(int argc, char **argv)
         {"beta-end", required_argument, 0, O_BETA_END}, {"batch", required_argument, 0, O_BATCH},
         {"lr", required_argument, 0, O_LR}, {"warmup", required_argument, 0, O_WARMUP},
         {"clip", required_argument, 0, O_CLIP}, {"ema", required_argument, 0, O_EMA},
-        {"seed", required_argument, 0, O_SEED}, {"prediction", required_argument, 0, O_PREDICTION},
+        {"seed", required_argument, 0, O_SEED}, {"lr-schedule", required_argument, 0, O_LR_SCHEDULE},
+        {"lr-min", required_argument, 0, O_LR_MIN},
+        {"prediction", required_argument, 0, O_PREDICTION},
         {"loss", required_argument, 0, O_LOSS}, {"vlb-weight", required_argument, 0, O_VLB_WEIGHT},
         {"snr-weighting", required_argument, 0, O_SNR}, {"classes", no_argument, 0, O_CLASSES},
         {"cond-drop", required_argument, 0, O_COND_DROP}, {0, 0, 0, 0},
@@ -262,6 +271,7 @@ static int train_main(int argc, char **argv)
     ddpm_run_options_default(&o);
     int quiet = 0, json = 0, threads = 0, opt, bad = 0, longindex = -1;
     const char *run_flag_given = NULL;
+    int lr_min_given = 0;
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "h", longopts, &longindex)) != -1) {
@@ -326,6 +336,13 @@ static int train_main(int argc, char **argv)
                 bad |= arg_float("snr-weighting", optarg + 8, 1e-6, 1e6, &o.cfg.loss.snr_gamma);
             }
             break;
+        case O_LR_SCHEDULE:
+            if (ddpm_lr_schedule_parse(optarg, &o.cfg.optim.lr_schedule)) {
+                cli_error("--lr-schedule: '%s' is not constant or cosine", optarg);
+                bad = 1;
+            }
+            break;
+        case O_LR_MIN: bad |= arg_float("lr-min", optarg, 0, 10, &o.cfg.optim.lr_min); lr_min_given = 1; break;
         default:
             cli_error("train: unknown or incomplete option '%s'", argv[optind - 1]);
             return cli_usage_error("train");
@@ -344,6 +361,14 @@ static int train_main(int argc, char **argv)
     }
     if (!o.resume && ddpm_loss_config_check(&o.cfg.loss, o.cfg.model.prediction)) {
         cli_error("train: %s", ddpm_last_error());
+        return DDPM_EXIT_USAGE;
+    }
+    if (lr_min_given && o.cfg.optim.lr_schedule != DDPM_LR_COSINE) {
+        cli_error("train: --lr-min applies to --lr-schedule cosine");
+        return DDPM_EXIT_USAGE;
+    }
+    if (o.cfg.optim.lr_min > o.cfg.optim.lr) {
+        cli_error("train: --lr-min %g is above --lr %g", o.cfg.optim.lr_min, o.cfg.optim.lr);
         return DDPM_EXIT_USAGE;
     }
     o.data_dir = argv[optind];

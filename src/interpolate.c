@@ -1,0 +1,137 @@
+#include "ddpm/interpolate.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ddpm/error.h"
+#include "ddpm/rng.h"
+
+void ddpm_lerp(float *out, const float *a, const float *b, size_t D, double l)
+{
+    if (l == 0.0 || l == 1.0) {
+        memmove(out, l == 0.0 ? a : b, D * sizeof *out);
+        return;
+    }
+    for (size_t d = 0; d < D; d++)
+        out[d] = (float)((1.0 - l) * a[d] + l * b[d]);
+}
+
+void ddpm_slerp(float *out, const float *a, const float *b, size_t D, double l)
+{
+    if (l == 0.0 || l == 1.0) {
+        memmove(out, l == 0.0 ? a : b, D * sizeof *out);
+        return;
+    }
+    double ab = 0, aa = 0, bb = 0;
+    for (size_t d = 0; d < D; d++) {
+        ab += (double)a[d] * b[d];
+        aa += (double)a[d] * a[d];
+        bb += (double)b[d] * b[d];
+    }
+    double cosine = aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 1.0;
+    cosine = cosine > 1 ? 1 : cosine < -1 ? -1 : cosine;
+    double theta = acos(cosine);
+    if (theta < 1e-6) {
+        ddpm_lerp(out, a, b, D, l);
+        return;
+    }
+    double ca = sin((1.0 - l) * theta) / sin(theta), cb = sin(l * theta) / sin(theta);
+    for (size_t d = 0; d < D; d++)
+        out[d] = (float)(ca * a[d] + cb * b[d]);
+}
+
+void ddpm_interpolate_config_default(ddpm_interpolate_config *c)
+{
+    c->n = 10;
+    c->steps = 100;
+    c->clip_x0 = 1;
+    c->batch = 64;
+}
+
+void ddpm_interpolate_sampler(ddpm_sampler_config *out, const ddpm_interpolate_config *c)
+{
+    ddpm_sampler_config_default(out);
+    out->kind = DDPM_SAMPLER_DDIM;
+    out->steps = c->steps;
+    out->eta = 0.0f;
+    out->clip_x0 = c->clip_x0;
+}
+
+/* Decodes the latents x [n, D] at step index i_start in place, batch by batch. */
+static int decode(float *x, size_t D, int i_start, const ddpm_schedule *s, const ddpm_interpolate_config *c,
+                  ddpm_eps_fn eps_fn, void *eps_ctx)
+{
+    ddpm_sampler_config sc;
+    ddpm_interpolate_sampler(&sc, c);
+    int B = c->batch < c->n ? c->batch : c->n;
+    float *scratch = ddpm_malloc(4 * (size_t)B * D, sizeof(float));
+    if (!scratch)
+        return DDPM_ENOMEM;
+    int rc = DDPM_OK;
+    for (int first = 0; !rc && first < c->n; first += B) {
+        int nb = c->n - first < B ? c->n - first : B;
+        rc = ddpm_sample_from(x + (size_t)first * D, scratch, nb, D, first, i_start, s, &sc, eps_fn, eps_ctx,
+                              NULL, NULL, NULL);
+    }
+    free(scratch);
+    return rc;
+}
+
+static int check_config(const ddpm_interpolate_config *c, int max_steps, const char *what)
+{
+    if (c->n < 2)
+        return ddpm_error(DDPM_EINVAL, "an interpolation needs at least 2 images, got %d", c->n);
+    if (c->batch < 1)
+        return ddpm_error(DDPM_EINVAL, "batch must be at least 1, got %d", c->batch);
+    if (c->steps < 1 || c->steps > max_steps)
+        return ddpm_error(DDPM_EINVAL, "DDIM steps must be in 1..%d (%s), got %d", max_steps, what, c->steps);
+    return DDPM_OK;
+}
+
+int ddpm_interpolate_seeds(float *x, size_t D, uint64_t seed_a, uint64_t seed_b, const ddpm_schedule *s,
+                           const ddpm_interpolate_config *c, ddpm_eps_fn eps_fn, void *eps_ctx)
+{
+    int rc = check_config(c, s->T, "the model's timesteps");
+    if (rc)
+        return rc;
+    ddpm_sampler_config sc;
+    ddpm_interpolate_sampler(&sc, c);
+    float *a = x, *b = x + (size_t)(c->n - 1) * D;
+    ddpm_rng rng;
+    ddpm_rng_init(&rng, seed_a, DDPM_STREAM_SAMPLE);
+    ddpm_sample_initial_noise(a, D, 0, s, &sc, &rng);
+    ddpm_rng_init(&rng, seed_b, DDPM_STREAM_SAMPLE);
+    ddpm_sample_initial_noise(b, D, 0, s, &sc, &rng);
+    for (int k = 1; k < c->n - 1; k++)
+        ddpm_slerp(x + (size_t)k * D, a, b, D, (double)k / (c->n - 1));
+    return decode(x, D, s->T - 1, s, c, eps_fn, eps_ctx);
+}
+
+int ddpm_interpolate_images(float *x, size_t D, const float *x0_a, const float *x0_b, int t, uint64_t seed,
+                            const ddpm_schedule *s, const ddpm_interpolate_config *c, ddpm_eps_fn eps_fn,
+                            void *eps_ctx)
+{
+    if (t < 1 || t > s->T)
+        return ddpm_error(DDPM_EINVAL, "the step t must be in 1..%d (the model's timesteps), got %d", s->T,
+                          t);
+    int rc = check_config(c, t, "the step t");
+    if (rc)
+        return rc;
+    ddpm_sampler_config sc;
+    ddpm_interpolate_sampler(&sc, c);
+    float *eps = ddpm_malloc(D, sizeof *eps);
+    if (!eps)
+        return DDPM_ENOMEM;
+    ddpm_rng rng;
+    ddpm_rng_init(&rng, seed, DDPM_STREAM_SAMPLE);
+    ddpm_sample_initial_noise(eps, D, 0, s, &sc, &rng);
+    int i = t - 1; /* the network's step index */
+    float *a = x, *b = x + (size_t)(c->n - 1) * D;
+    ddpm_q_sample(a, x0_a, eps, &i, 1, D, s);
+    ddpm_q_sample(b, x0_b, eps, &i, 1, D, s);
+    free(eps);
+    for (int k = 1; k < c->n - 1; k++)
+        ddpm_lerp(x + (size_t)k * D, a, b, D, (double)k / (c->n - 1));
+    return decode(x, D, i, s, c, eps_fn, eps_ctx);
+}
