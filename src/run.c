@@ -10,6 +10,7 @@
 #include "ddpm/dataset.h"
 #include "ddpm/dist.h"
 #include "ddpm/error.h"
+#include "ddpm/eval.h"
 #include "ddpm/fsutil.h"
 #include "ddpm/recipe.h"
 #include "ddpm/sha256.h"
@@ -27,6 +28,9 @@ void ddpm_run_options_default(ddpm_run_options *o)
     o->log_every = 50;
     o->preview_n = 64;
     o->preview_steps = 50;
+    o->eval_every = 500;
+    o->eval_n = 0;
+    o->eval_mc = 0;
 }
 
 /* One session of a run: what ddpm_run opens and closes. */
@@ -38,6 +42,8 @@ typedef struct {
     FILE *log;
     float *x0;
     int *labels; /* [batch] */
+    float *eval_x0; /* [eval_n, D] held-out images, NULL without eval_dir */
+    int eval_n;
     long stop_step; /* 0: none */
     int rank, n_ranks; /* this process in a data-parallel run (dist.h); rank 0 writes the files */
 } run_session;
@@ -48,6 +54,7 @@ static void session_close(run_session *r)
         fclose(r->log);
     free(r->x0);
     free(r->labels);
+    free(r->eval_x0);
     ddpm_trainer_free(r->tr);
     ddpm_dataset_close(r->ds);
 }
@@ -151,6 +158,12 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
         if (!r->x0 || !r->labels)
             rc = DDPM_ENOMEM;
     }
+    if (!rc && o->eval_dir) { /* the same images every time (the run's seed), checked against the model */
+        const ddpm_unet_config *m = &r->tr->cfg.model;
+        r->eval_n = o->eval_n;
+        rc = ddpm_eval_load(&r->eval_x0, &r->eval_n, NULL, o->eval_dir, m->image_size, m->in_channels, 256,
+                            r->tr->cfg.seed, cb ? cb->warning : NULL, cb ? cb->ctx : NULL);
+    }
     if (rc) {
         session_close(r);
         return rc;
@@ -212,6 +225,49 @@ static int log_line(run_session *r, const ddpm_run_progress *p, double elapsed_s
                      p->step, p->loss, p->lr, p->grad_norm, p->images_per_sec, p->epoch, elapsed_seconds);
     if (n < 0 || (size_t)n >= sizeof line || fwrite(line, 1, (size_t)n, r->log) != (size_t)n ||
         fflush(r->log))
+        return ddpm_error(DDPM_EIO, "%s: cannot write: %s", r->log_path, strerror(errno));
+    return DDPM_OK;
+}
+
+/* Held-out L_simple (and with eval_mc the Monte Carlo bound) of the EMA weights,
+ * as one log.jsonl line. Uses the training workspace without dropout; its own
+ * Philox streams leave the trainer's untouched, so a run with evaluations trains
+ * exactly as one without. Rank 0 alone evaluates and writes. */
+static int session_eval(run_session *r)
+{
+    if (r->rank > 0)
+        return DDPM_OK;
+    const ddpm_run_options *o = r->o;
+    ddpm_trainer *tr = r->tr;
+    const ddpm_unet_config *m = &tr->cfg.model;
+    size_t D = (size_t)m->in_channels * m->image_size * m->image_size;
+    /* the evaluator takes eps_theta: an x0, v or mu model's output is converted (predict.h) */
+    ddpm_unet_eps_ctx ctx = {.net = tr->net, .params = tr->ema, .ws = tr->ws, .to_eps = &tr->sched};
+    ddpm_estimate ls;
+    int rc = ddpm_eval_l_simple(&ls, r->eval_x0, r->eval_n, D, &tr->sched, tr->micro_batch, tr->cfg.seed,
+                                ddpm_unet_eps, &ctx, NULL, NULL);
+    char line[512];
+    int n = rc ? 0
+               : snprintf(line, sizeof line, "{\"step\":%ld,\"eval_n\":%d,\"eval_l_simple\":%.6g,"
+                                             "\"eval_l_simple_stderr\":%.3g",
+                          tr->state.step, r->eval_n, ls.mean, ls.se);
+    if (!rc && o->eval_mc > 0) {
+        ddpm_bound_config bc;
+        ddpm_bound_config_default(&bc);
+        bc.mc = o->eval_mc;
+        bc.batch = tr->micro_batch; /* the workspace's size */
+        bc.seed = tr->cfg.seed;
+        ddpm_bound_result br;
+        rc = ddpm_bound(&br, r->eval_x0, r->eval_n, D, &tr->sched, &bc, ddpm_unet_eps, &ctx, NULL, NULL);
+        if (!rc)
+            n += snprintf(line + n, sizeof line - (size_t)n, ",\"eval_mc\":%d,\"eval_bpd\":%.6g,\"eval_bpd_stderr\":%.3g",
+                          o->eval_mc, br.total.mean, br.total.se);
+        ddpm_bound_result_free(&br);
+    }
+    if (rc)
+        return rc;
+    n += snprintf(line + n, sizeof line - (size_t)n, "}\n");
+    if ((size_t)n >= sizeof line || fwrite(line, 1, (size_t)n, r->log) != (size_t)n || fflush(r->log))
         return ddpm_error(DDPM_EIO, "%s: cannot write: %s", r->log_path, strerror(errno));
     return DDPM_OK;
 }
@@ -380,6 +436,8 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
         }
         if (o->sample_every > 0 && o->preview_n > 0 && step % o->sample_every == 0)
             rc = session_preview(&r, preview, sizeof preview, last_saved == step);
+        if (!rc && r.eval_x0 && o->eval_every > 0 && step % o->eval_every == 0)
+            rc = session_eval(&r);
     }
     if (diverged) {
         char msg[1024];

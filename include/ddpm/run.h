@@ -36,6 +36,13 @@ typedef struct {
     int strict;                  /* non-image files in the data folder are an error */
     int classes;                 /* class-conditional: one subfolder of data_dir per class
                                     (dataset.h); the model gets n_classes from the data */
+    const char *eval_dir;        /* held-out images (NULL: no evaluation): every eval_every
+                                    steps, L_simple of the EMA weights on eval_n of them
+                                    (and with eval_mc > 0 the --mc bound, eval.h) goes to
+                                    log.jsonl as {"step", "eval_l_simple", ...} */
+    long eval_every;             /* (default 500) */
+    int eval_n;                  /* images (default 256, or all if the folder has fewer) */
+    int eval_mc;                 /* Monte Carlo steps of the bound (default 0: no bound) */
     int micro_batch;             /* images per forward/backward (0: the whole batch); a
                                     memory choice, same update; may change on resume */
     volatile sig_atomic_t *stop; /* may be NULL; when it becomes nonzero (a signal

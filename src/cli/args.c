@@ -2,12 +2,14 @@
 
 #include <cblas.h>
 #include <errno.h>
+#include <libgen.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "ddpm/run.h"
@@ -81,6 +83,31 @@ int cli_usage_error(const char *cmd)
 {
     fprintf(stderr, "ddpm: 'ddpm %s --help' lists the options\n", cmd);
     return DDPM_EXIT_USAGE;
+}
+
+int arg_var(const char *value, ddpm_var_kind *out)
+{
+    if (!strcmp(value, "beta"))
+        *out = DDPM_VAR_BETA;
+    else if (!strcmp(value, "beta-tilde"))
+        *out = DDPM_VAR_BETA_TILDE;
+    else {
+        cli_error("--var: '%s' is not beta or beta-tilde", value);
+        return -1;
+    }
+    return 0;
+}
+
+int cli_check_writable_parent(const char *path)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    const char *dir = dirname(buf);
+    if (access(dir, W_OK) != 0) {
+        cli_error("%s: cannot write there: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
 }
 
 int arg_model_flag(const char *name, const char *value, ddpm_run_config *cfg)

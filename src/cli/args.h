@@ -7,12 +7,15 @@
 #include <stdint.h>
 
 #include "ddpm/config.h"
+#include "ddpm/sample.h"
 
 int arg_int(const char *flag, const char *value, long lo, long hi, int *out);
 int arg_long(const char *flag, const char *value, long lo, long hi, long *out);
 int arg_double(const char *flag, const char *value, double lo, double hi, double *out);
 int arg_float(const char *flag, const char *value, double lo, double hi, float *out);
 int arg_u64(const char *flag, const char *value, uint64_t *out);
+/* --var beta|beta-tilde (sample and eval). */
+int arg_var(const char *value, ddpm_var_kind *out);
 /* The model and diffusion flags shared by train and bench (--size --channels
  * --ch --ch-mult --res-blocks --attn --groups --dropout --timesteps): parses
  * `value` of flag `name` into cfg. Returns 0, -1 after printing the problem, or
@@ -37,6 +40,9 @@ int arg_model_flag(const char *name, const char *value, ddpm_run_config *cfg);
 /* The checkpoint a RUN_DIR|CHECKPOINT argument names: RUN_DIR/checkpoint.safetensors
  * when arg is a folder, else arg itself. */
 void cli_checkpoint_path(char *out, size_t size, const char *arg);
+/* 0 if the folder of `path` exists and is writable, else -1 after printing
+ * "ddpm: <path>: cannot write there: ..." (checked before minutes of work). */
+int cli_check_writable_parent(const char *path);
 /* Sets OpenMP's and OpenBLAS's thread counts (0: leave the defaults). */
 void cli_set_threads(int n);
 /* "'ddpm CMD --help' lists the options" after an unknown flag. */

@@ -18,6 +18,7 @@ static const struct {
     {"interpolate", cmd_interpolate, "a strip between two seeds or two noised images (DDIM eta 0)"},
     {"plot", cmd_plot, "draw a run's loss and images/s from its log.jsonl into a PNG"},
     {"info", cmd_info, "print a checkpoint's metadata and tensor table"},
+    {"eval", cmd_eval, "the variational bound in bits/dim and held-out loss on a folder"},
     {"export", cmd_export, "write a checkpoint's EMA (or raw) weights alone, to share"},
     {"convert", cmd_convert, "convert IDX files (MNIST, Fashion-MNIST, ...) to PNG folders"},
 };

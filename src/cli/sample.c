@@ -150,19 +150,6 @@ static void on_progress(void *opaque, const ddpm_sample_progress *p)
     fflush(stderr);
 }
 
-/* The folder of `path` must exist and be writable: checked before minutes of work. */
-static int check_writable_parent(const char *path)
-{
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    const char *dir = dirname(buf);
-    if (access(dir, W_OK) != 0) {
-        cli_error("%s: cannot write there: %s", path, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
-
 int cmd_sample(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -221,16 +208,7 @@ int cmd_sample(int argc, char **argv)
             break;
         case O_STEPS: bad |= arg_int("steps", optarg, 1, 100000, &sc->steps); steps_given = 1; break;
         case O_ETA: bad |= arg_float("eta", optarg, 0, 1, &sc->eta); break;
-        case O_VAR:
-            if (!strcmp(optarg, "beta"))
-                sc->var = DDPM_VAR_BETA;
-            else if (!strcmp(optarg, "beta-tilde"))
-                sc->var = DDPM_VAR_BETA_TILDE;
-            else {
-                cli_error("--var: '%s' is not beta or beta-tilde", optarg);
-                bad = 1;
-            }
-            break;
+        case O_VAR: bad |= arg_var(optarg, &sc->var); break;
         case O_NO_CLIP: sc->clip_x0 = 0; break;
         case O_TRAJ: fc.trajectory_path = optarg; break;
         case O_TRAJ_K: bad |= arg_int("trajectory-k", optarg, 1, 1000, &fc.trajectory_k); break;
@@ -298,11 +276,11 @@ int cmd_sample(int argc, char **argv)
     char ckpt_path[4096];
     struct stat st;
     cli_checkpoint_path(ckpt_path, sizeof ckpt_path, ckpt_arg);
-    if ((!no_grid && check_writable_parent(out)) || (fc.trajectory_path && check_writable_parent(fc.trajectory_path)))
+    if ((!no_grid && cli_check_writable_parent(out)) || (fc.trajectory_path && cli_check_writable_parent(fc.trajectory_path)))
         return DDPM_EXIT_ERROR;
-    if (fc.each_dir && stat(fc.each_dir, &st) != 0 && check_writable_parent(fc.each_dir))
+    if (fc.each_dir && stat(fc.each_dir, &st) != 0 && cli_check_writable_parent(fc.each_dir))
         return DDPM_EXIT_ERROR;
-    if (from && check_writable_parent(out))
+    if (from && cli_check_writable_parent(out))
         return DDPM_EXIT_ERROR;
     cli_set_threads(threads);
 

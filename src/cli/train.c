@@ -128,6 +128,16 @@ static void usage(FILE *f)
 "  --preview-steps S    DDIM steps (eta 1) of a preview, from the EMA weights\n"
 "                       (default 50)\n"
 "  --log-every N        log.jsonl line and progress line every N steps (default 50)\n"
+"  --eval-dir DIR       held-out images (of the model's size and channels): every\n"
+"                       --eval-every steps, a log.jsonl line {step, eval_n,\n"
+"                       eval_l_simple, eval_l_simple_stderr} with the held-out\n"
+"                       L_simple of the EMA weights on the same --eval-n images\n"
+"                       and noise each time (default: no evaluation)\n"
+"  --eval-every N       steps between evaluations (default 500)\n"
+"  --eval-n N           held-out images (default 256, or all if fewer); costs N\n"
+"                       forward passes per evaluation\n"
+"  --eval-mc K          also the bound in bits/dim by `ddpm eval --mc K` (eval_bpd,\n"
+"                       eval_bpd_stderr); costs (K+1) N passes (default 0: off)\n"
 "  --threads N          threads for OpenMP and OpenBLAS, per process (default:\n"
 "                       all cores, divided among the processes on this machine)\n"
 "  --strict             a file under DATA_DIR that is not an image is an error\n"
@@ -215,7 +225,7 @@ static void usage(FILE *f)
 
 enum {
     O_OUT = 256, O_RESUME, O_STEPS, O_EPOCHS, O_MINUTES, O_SAVE_EVERY, O_SAMPLE_EVERY, O_PREVIEW_N,
-    O_PREVIEW_STEPS, O_LOG_EVERY, O_THREADS, O_STRICT, O_QUIET, O_JSON, O_HELP, O_MICRO_BATCH,
+    O_PREVIEW_STEPS, O_LOG_EVERY, O_EVAL_DIR, O_EVAL_EVERY, O_EVAL_N, O_EVAL_MC, O_THREADS, O_STRICT, O_QUIET, O_JSON, O_HELP, O_MICRO_BATCH,
     /* flags that define the run: refused with --resume */
     O_FIRST_RUN_FLAG, O_MODEL = O_FIRST_RUN_FLAG, O_FLIP, O_SCHEDULE, O_BETA_START, O_BETA_END, O_BATCH, O_LR, O_WARMUP, O_CLIP,
     O_EMA, O_SEED, O_LR_SCHEDULE, O_LR_MIN, O_PREDICTION, O_LOSS, O_VLB_WEIGHT, O_SNR, O_CLASSES, O_COND_DROP,
@@ -252,6 +262,8 @@ static int train_main(int argc, char **argv)
         {"minutes", required_argument, 0, O_MINUTES}, {"save-every", required_argument, 0, O_SAVE_EVERY},
         {"sample-every", required_argument, 0, O_SAMPLE_EVERY}, {"preview-n", required_argument, 0, O_PREVIEW_N},
         {"preview-steps", required_argument, 0, O_PREVIEW_STEPS}, {"log-every", required_argument, 0, O_LOG_EVERY},
+        {"eval-dir", required_argument, 0, O_EVAL_DIR}, {"eval-every", required_argument, 0, O_EVAL_EVERY},
+        {"eval-n", required_argument, 0, O_EVAL_N}, {"eval-mc", required_argument, 0, O_EVAL_MC},
         {"threads", required_argument, 0, O_THREADS}, {"strict", no_argument, 0, O_STRICT},
         {"quiet", no_argument, 0, O_QUIET}, {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
         {"micro-batch", required_argument, 0, O_MICRO_BATCH},
@@ -290,6 +302,10 @@ static int train_main(int argc, char **argv)
         case O_PREVIEW_N: bad |= arg_int("preview-n", optarg, 0, 4096, &o.preview_n); break;
         case O_PREVIEW_STEPS: bad |= arg_int("preview-steps", optarg, 1, 100000, &o.preview_steps); break;
         case O_LOG_EVERY: bad |= arg_long("log-every", optarg, 1, 1000000000L, &o.log_every); break;
+        case O_EVAL_DIR: o.eval_dir = optarg; break;
+        case O_EVAL_EVERY: bad |= arg_long("eval-every", optarg, 1, 1000000000L, &o.eval_every); break;
+        case O_EVAL_N: bad |= arg_int("eval-n", optarg, 1, 100000000, &o.eval_n); break;
+        case O_EVAL_MC: bad |= arg_int("eval-mc", optarg, 0, 1000000, &o.eval_mc); break;
         case O_THREADS: bad |= arg_int("threads", optarg, 1, 1024, &threads); break;
         case O_STRICT: o.strict = 1; break;
         case O_MICRO_BATCH: bad |= arg_int("micro-batch", optarg, 1, 65536, &o.micro_batch); break;
