@@ -15,6 +15,7 @@ struct ddpm_checkpoint {
     ddpm_run_config config;
     ddpm_train_state state;
     const char *weights; /* exported weights: "ema" or "raw"; NULL for a training checkpoint */
+    char **class_names;  /* [config.model.n_classes] */
 };
 
 /* ---------------------------------------------------------------- to JSON */
@@ -52,7 +53,8 @@ char *ddpm_run_config_to_json(const ddpm_run_config *c)
     cJSON_AddItemToObject(m, "attn_res", int_array(u->attn_res, u->n_attn));
     cJSON_AddNumberToObject(m, "groups", u->groups);
     cJSON_AddNumberToObject(m, "dropout", u->dropout);
-    cJSON_AddStringToObject(m, "prediction", "eps");
+    cJSON_AddNumberToObject(m, "n_classes", u->n_classes);
+    cJSON_AddStringToObject(m, "prediction", ddpm_prediction_name(u->prediction));
     cJSON_AddStringToObject(s, "kind", ddpm_schedule_name(c->schedule));
     cJSON_AddNumberToObject(s, "timesteps", c->timesteps);
     cJSON_AddNumberToObject(s, "beta_start", c->beta_start);
@@ -71,6 +73,10 @@ char *ddpm_run_config_to_json(const ddpm_run_config *c)
     cJSON_AddNumberToObject(t, "ema", o->ema_decay);
     cJSON_AddBoolToObject(t, "flip", c->flip);
     add_u64(t, "seed", c->seed);
+    cJSON_AddStringToObject(t, "loss", ddpm_loss_name(c->loss.kind));
+    cJSON_AddNumberToObject(t, "snr_gamma", c->loss.snr_gamma);
+    cJSON_AddNumberToObject(t, "vlb_weight", c->loss.vlb_weight);
+    cJSON_AddNumberToObject(t, "cond_drop", c->cond_drop);
     cJSON_AddItemToObject(root, "model", m);
     cJSON_AddItemToObject(root, "schedule", s);
     cJSON_AddItemToObject(root, "train", t);
@@ -212,10 +218,16 @@ static int config_from_json(ddpm_run_config *c, const char *json, const char *wh
         u->n_attn = get_list(&p, m, "model", "attn_res", u->attn_res, DDPM_MAX_LEVELS, 0);
         u->groups = get_int(&p, m, "model", "groups", 1, 4096);
         u->dropout = (float)get_num(&p, m, "model", "dropout", 0, 0.999);
-        const cJSON *pred = field(&p, m, "model", "prediction");
-        if (pred && !p.err && (!cJSON_IsString(pred) || strcmp(pred->valuestring, "eps")))
-            p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: model.prediction '%s' is not supported (eps)",
-                               what, cJSON_IsString(pred) ? pred->valuestring : "?");
+        /* a checkpoint written before the prediction types holds "eps" or nothing */
+        const cJSON *pred = cJSON_GetObjectItemCaseSensitive(m, "prediction");
+        u->prediction = DDPM_PRED_EPS;
+        if (pred && !p.err && (!cJSON_IsString(pred) || ddpm_prediction_parse(pred->valuestring, &u->prediction)))
+            p.err = ddpm_error(DDPM_EFORMAT,
+                               "%s: checkpoint metadata: model.prediction '%s' is not supported (eps, x0, v, mu)", what,
+                               cJSON_IsString(pred) ? pred->valuestring : "?");
+        /* optional, so that checkpoints from before class conditioning load */
+        if (cJSON_GetObjectItemCaseSensitive(m, "n_classes"))
+            u->n_classes = get_int(&p, m, "model", "n_classes", 0, DDPM_MAX_CLASSES);
         const cJSON *kind = field(&p, s, "schedule", "kind");
         if (kind && !p.err && (!cJSON_IsString(kind) || ddpm_schedule_parse(kind->valuestring, &c->schedule)))
             p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: schedule.kind must be linear or cosine", what);
@@ -245,12 +257,25 @@ static int config_from_json(ddpm_run_config *c, const char *json, const char *wh
         const cJSON *flip = field(&p, t, "train", "flip");
         c->flip = cJSON_IsTrue(flip);
         c->seed = get_u64(&p, t, "train", "seed");
+        /* fields added with the objectives and the classes: optional, so that
+           earlier checkpoints (L_simple, unconditional) load */
+        const cJSON *loss = cJSON_GetObjectItemCaseSensitive(t, "loss");
+        if (loss && !p.err && (!cJSON_IsString(loss) || ddpm_loss_parse(loss->valuestring, &c->loss.kind)))
+            p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: train.loss must be simple, vlb or hybrid", what);
+        if (cJSON_GetObjectItemCaseSensitive(t, "snr_gamma"))
+            c->loss.snr_gamma = (float)get_num(&p, t, "train", "snr_gamma", 0, 1e6);
+        if (cJSON_GetObjectItemCaseSensitive(t, "vlb_weight"))
+            c->loss.vlb_weight = (float)get_num(&p, t, "train", "vlb_weight", 0, 1e6);
+        if (cJSON_GetObjectItemCaseSensitive(t, "cond_drop"))
+            c->cond_drop = (float)get_num(&p, t, "train", "cond_drop", 0, 1);
     }
     cJSON_Delete(root);
     if (p.err)
         return p.err;
     if (ddpm_unet_config_check(&c->model))
         return ddpm_error(DDPM_EFORMAT, "%s: checkpoint model config is invalid: %s", what, ddpm_last_error());
+    if (ddpm_loss_config_check(&c->loss, c->model.prediction))
+        return ddpm_error(DDPM_EFORMAT, "%s: checkpoint loss config is invalid: %s", what, ddpm_last_error());
     return DDPM_OK;
 }
 
@@ -341,24 +366,41 @@ static int save_arenas(const char *path, const ddpm_unet *net, const float *cons
     return rc;
 }
 
+/* The class names as a JSON array (index strings when names is NULL). */
+static char *class_names_to_json(const char *const *names, int n)
+{
+    cJSON *a = cJSON_CreateArray();
+    char buf[16];
+    for (int k = 0; a && k < n; k++) {
+        snprintf(buf, sizeof buf, "%d", k);
+        cJSON_AddItemToArray(a, cJSON_CreateString(names && names[k] ? names[k] : buf));
+    }
+    char *out = a ? cJSON_PrintUnformatted(a) : NULL;
+    cJSON_Delete(a);
+    return out;
+}
+
 int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddpm_train_state *st,
                          const ddpm_unet *net, const float *params, const float *ema,
-                         const float *adam_m, const float *adam_v)
+                         const float *adam_m, const float *adam_v, const char *const *class_names)
 {
     const float *const arenas[4] = {params, ema, adam_m, adam_v};
     char *config_json = ddpm_run_config_to_json(cfg), *state_json = ddpm_train_state_to_json(st);
+    int n_classes = cfg->model.n_classes;
+    char *classes_json = n_classes > 0 ? class_names_to_json(class_names, n_classes) : NULL;
     int rc;
-    if (config_json && state_json) {
+    if (config_json && state_json && (n_classes == 0 || classes_json)) {
         char version[16];
         snprintf(version, sizeof version, "%d", DDPM_CHECKPOINT_FORMAT_VERSION);
-        ddpm_st_meta meta[4] = {{"format", "ddpm"}, {"format_version", version}, {"config", config_json},
-                                {"state", state_json}};
-        rc = save_arenas(path, net, arenas, meta, 4);
+        ddpm_st_meta meta[5] = {{"format", "ddpm"}, {"format_version", version}, {"config", config_json},
+                                {"state", state_json}, {"classes", classes_json}};
+        rc = save_arenas(path, net, arenas, meta, n_classes > 0 ? 5 : 4);
     } else {
         rc = ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the checkpoint", path);
     }
     free(config_json);
     free(state_json);
+    free(classes_json);
     return rc;
 }
 
@@ -380,21 +422,50 @@ int ddpm_checkpoint_export(const ddpm_checkpoint *ck, const char *path, int raw,
     char state_json[64], version[16];
     snprintf(state_json, sizeof state_json, "{\"step\":%ld}", ck->state.step);
     snprintf(version, sizeof version, "%d", DDPM_CHECKPOINT_FORMAT_VERSION);
-    if (config_json) {
-        ddpm_st_meta meta[5] = {{"format", "ddpm"}, {"format_version", version}, {"config", config_json},
-                                {"state", state_json}, {"weights", ema ? "ema" : "raw"}};
+    int n_classes = ck->config.model.n_classes;
+    char *classes_json =
+        n_classes > 0 ? class_names_to_json((const char *const *)ck->class_names, n_classes) : NULL;
+    if (config_json && (n_classes == 0 || classes_json)) {
+        ddpm_st_meta meta[6] = {{"format", "ddpm"}, {"format_version", version}, {"config", config_json},
+                                {"state", state_json}, {"weights", ema ? "ema" : "raw"}, {"classes", classes_json}};
         const float *const arenas[4] = {params, NULL, NULL, NULL};
-        rc = save_arenas(path, net, arenas, meta, 5);
+        rc = save_arenas(path, net, arenas, meta, n_classes > 0 ? 6 : 5);
     } else {
         rc = ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the export", path);
     }
     cJSON_Delete(root);
     free(full);
     free(config_json);
+    free(classes_json);
     free(params);
     ddpm_unet_free(net);
     if (!rc && used_ema)
         *used_ema = ema;
+    return rc;
+}
+
+/* The "classes" metadata of a conditional model: a JSON array of n_classes
+ * non-empty strings. */
+static int read_class_names(ddpm_checkpoint *ck, const char *path)
+{
+    int n = ck->config.model.n_classes;
+    const char *json = ddpm_safetensors_meta(ck->file, "classes");
+    if (!json)
+        return ddpm_error(DDPM_EFORMAT, "%s: a model with %d classes has no class names in its metadata", path, n);
+    cJSON *a = cJSON_Parse(json);
+    int rc = DDPM_OK;
+    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != n)
+        rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: classes must be a list of %d names", path, n);
+    if (!rc && !(ck->class_names = ddpm_calloc((size_t)n, sizeof *ck->class_names)))
+        rc = DDPM_ENOMEM;
+    for (int k = 0; !rc && k < n; k++) {
+        const char *name = cJSON_GetStringValue(cJSON_GetArrayItem(a, k));
+        if (!name || !*name || strlen(name) > 255)
+            rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: class %d has no valid name", path, k);
+        else if (!(ck->class_names[k] = strdup(name)))
+            rc = ddpm_error(DDPM_ENOMEM, "%s: out of memory", path);
+    }
+    cJSON_Delete(a);
     return rc;
 }
 
@@ -425,6 +496,8 @@ static int checkpoint_from_file(ddpm_checkpoint **out, ddpm_st_file *file)
         rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata lacks %s", path, config ? "state" : "config");
     else if (!(rc = config_from_json(&ck->config, config, path, !ck->weights)))
         rc = state_from_json(&ck->state, state, path, ck->weights != NULL);
+    if (!rc && ck->config.model.n_classes > 0)
+        rc = read_class_names(ck, path);
     if (rc) {
         ddpm_checkpoint_close(ck);
         return rc;
@@ -456,6 +529,9 @@ void ddpm_checkpoint_close(ddpm_checkpoint *ck)
     if (!ck)
         return;
     ddpm_safetensors_close(ck->file);
+    for (int k = 0; ck->class_names && k < ck->config.model.n_classes; k++)
+        free(ck->class_names[k]);
+    free(ck->class_names);
     free(ck);
 }
 
@@ -463,6 +539,10 @@ const ddpm_run_config *ddpm_checkpoint_config(const ddpm_checkpoint *ck) { retur
 const ddpm_train_state *ddpm_checkpoint_state(const ddpm_checkpoint *ck) { return &ck->state; }
 const char *ddpm_checkpoint_path(const ddpm_checkpoint *ck) { return ddpm_safetensors_path(ck->file); }
 const char *ddpm_checkpoint_weights(const ddpm_checkpoint *ck) { return ck->weights; }
+const char *const *ddpm_checkpoint_class_names(const ddpm_checkpoint *ck)
+{
+    return (const char *const *)ck->class_names;
+}
 
 int ddpm_checkpoint_has(const ddpm_checkpoint *ck, const ddpm_unet *net, const char *prefix)
 {

@@ -18,6 +18,8 @@ void ddpm_run_config_default(ddpm_run_config *c)
     c->batch = 64;
     c->flip = 0;
     c->seed = 0;
+    ddpm_loss_config_default(&c->loss);
+    c->cond_drop = 0.1f;
 }
 
 void ddpm_unet_config_set_auto(ddpm_unet_config *m)

@@ -27,6 +27,9 @@ struct ddpm_dataset {
     size_t item_len; /* C * S * S */
     uint8_t *pixels; /* [n, C, S, S] */
     char **paths;    /* [n] */
+    int n_classes;
+    char **class_names; /* [n_classes] */
+    int *labels;        /* [n] with classes, else NULL */
     /* iteration */
     uint64_t epoch;
     int position;
@@ -351,6 +354,93 @@ static void set_reason_from_error(entry *e)
         e->reason = format_message("%s", "?");
 }
 
+/* Decimal names sort as numbers, others bytewise. */
+static int is_decimal(const char *s)
+{
+    if (!*s || strlen(s) > 9)
+        return 0;
+    for (; *s; s++)
+        if (*s < '0' || *s > '9')
+            return 0;
+    return 1;
+}
+
+static int compare_names_bytewise(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static int compare_names_decimal(const void *a, const void *b)
+{
+    long u = atol(*(const char *const *)a), v = atol(*(const char *const *)b);
+    return u != v ? (u < v ? -1 : 1) : compare_names_bytewise(a, b);
+}
+
+/* The top-level subfolder of path under dir, as a new string; NULL (and a
+ * message) when the file is directly in dir. */
+static char *top_folder(const char *dir, const char *path)
+{
+    const char *rel = path + strlen(dir);
+    while (*rel == '/')
+        rel++;
+    const char *slash = strchr(rel, '/');
+    if (!slash) {
+        ddpm_error(DDPM_EINVAL, "%s: with classes every image must be in a class subfolder of %s", path, dir);
+        return NULL;
+    }
+    return strndup(rel, (size_t)(slash - rel));
+}
+
+/* Class names and labels from the paths (options.classes). */
+static int assign_classes(ddpm_dataset *ds, const char *dir)
+{
+    char **names = ddpm_calloc((size_t)ds->n, sizeof *names);
+    ds->labels = ddpm_malloc((size_t)ds->n, sizeof *ds->labels);
+    if (!names || !ds->labels) {
+        free(names);
+        return DDPM_ENOMEM;
+    }
+    int rc = DDPM_OK, n = 0;
+    for (int i = 0; i < ds->n && !rc; i++) {
+        char *t = top_folder(dir, ds->paths[i]);
+        if (!t) {
+            rc = DDPM_EINVAL;
+            break;
+        }
+        int seen = 0;
+        for (int k = n - 1; k >= 0 && !seen; k--) /* paths are sorted: the same folder is usually the last */
+            seen = !strcmp(names[k], t);
+        if (seen)
+            free(t);
+        else
+            names[n++] = t;
+    }
+    if (!rc && n > DDPM_DATASET_MAX_CLASSES)
+        rc = ddpm_error(DDPM_EINVAL, "%s: %d class folders (at most %d)", dir, n, DDPM_DATASET_MAX_CLASSES);
+    if (!rc) {
+        int all_decimal = 1;
+        for (int k = 0; k < n; k++)
+            all_decimal &= is_decimal(names[k]);
+        int (*cmp)(const void *, const void *) = all_decimal ? compare_names_decimal : compare_names_bytewise;
+        qsort(names, (size_t)n, sizeof *names, cmp);
+        for (int i = 0; i < ds->n && !rc; i++) {
+            char *t = top_folder(dir, ds->paths[i]);
+            char **hit = t ? bsearch(&t, names, (size_t)n, sizeof *names, cmp) : NULL;
+            free(t);
+            ds->labels[i] = hit ? (int)(hit - names) : -1;
+        }
+    }
+    if (rc) {
+        for (int k = 0; k < n; k++)
+            free(names[k]);
+        free(names);
+        return rc;
+    }
+    ds->class_names = names;
+    ds->n_classes = n;
+    return DDPM_OK;
+}
+
 /* Gray by content: when every pixel of every decoded image has R = G = B, keep
  * one plane per image. The crop and the resize treat the three planes alike, so
  * equal planes after decoding means the picture is gray, whatever its file
@@ -528,6 +618,8 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
         rc = DDPM_ENOMEM;
         goto fail;
     }
+    if (opt.classes && (rc = assign_classes(ds, dir)))
+        goto fail;
     if (ds->n < n_ok) { /* give back the slots of files that failed to decode */
         uint8_t *p = realloc(ds->pixels, (size_t)ds->n * ds->item_len);
         if (p)
@@ -553,6 +645,10 @@ void ddpm_dataset_close(ddpm_dataset *ds)
         for (int i = 0; i < ds->n; i++)
             free(ds->paths[i]);
     free(ds->paths);
+    for (int k = 0; k < ds->n_classes; k++)
+        free(ds->class_names[k]);
+    free(ds->class_names);
+    free(ds->labels);
     free(ds->pixels);
     free(ds->perm);
     free(ds);
@@ -563,6 +659,19 @@ int ddpm_dataset_count(const ddpm_dataset *ds) { return ds->n; }
 void ddpm_dataset_fingerprint(const ddpm_dataset *ds, char *out, size_t size)
 {
     snprintf(out, size, "%d images, %lld bytes, names %08x", ds->n, ds->total_bytes, (unsigned)ds->names_crc);
+}
+int ddpm_dataset_n_classes(const ddpm_dataset *ds) { return ds->n_classes; }
+const char *ddpm_dataset_class_name(const ddpm_dataset *ds, int k)
+{
+    return k >= 0 && k < ds->n_classes ? ds->class_names[k] : NULL;
+}
+const char *const *ddpm_dataset_class_names(const ddpm_dataset *ds)
+{
+    return (const char *const *)ds->class_names;
+}
+int ddpm_dataset_label(const ddpm_dataset *ds, int i)
+{
+    return ds->labels && i >= 0 && i < ds->n ? ds->labels[i] : -1;
 }
 int ddpm_dataset_size(const ddpm_dataset *ds) { return ds->size; }
 int ddpm_dataset_channels(const ddpm_dataset *ds) { return ds->channels; }
@@ -619,6 +728,12 @@ static void ensure_permutation(ddpm_dataset *ds, const ddpm_rng *rng)
 
 int ddpm_dataset_next_batch(ddpm_dataset *ds, float *x, int B, const ddpm_rng *rng, int flip)
 {
+    return ddpm_dataset_next_batch_labeled(ds, x, NULL, B, rng, flip);
+}
+
+int ddpm_dataset_next_batch_labeled(ddpm_dataset *ds, float *x, int *labels, int B, const ddpm_rng *rng,
+                                    int flip)
+{
     if (B <= 0 || !x || !rng)
         return ddpm_error(DDPM_EINVAL, "dataset batch: bad arguments (B = %d)", B);
     int S = ds->size, C = ds->channels;
@@ -628,6 +743,8 @@ int ddpm_dataset_next_batch(ddpm_dataset *ds, float *x, int B, const ddpm_rng *r
                               (unsigned long long)MAX_EPOCH);
         ensure_permutation(ds, rng);
         const uint8_t *src = ds->pixels + (size_t)ds->perm[ds->position] * ds->item_len;
+        if (labels)
+            labels[b] = ds->labels ? ds->labels[ds->perm[ds->position]] : -1;
         float *dst = x + (size_t)b * ds->item_len;
         int mirror = 0;
         if (flip) {

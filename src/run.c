@@ -43,6 +43,7 @@ typedef struct {
     ddpm_trainer *tr;
     FILE *log;
     float *x0;
+    int *labels;         /* [batch] */
     float *eval_x0;      /* [eval_n, D] held-out images, NULL without eval_dir */
     int eval_n;
     long stop_step;      /* 0: none */
@@ -59,6 +60,7 @@ static void session_close(run_session *r)
     ddpm_unlock_folder(r->lock_fd);
     r->lock_fd = -1;
     free(r->x0);
+    free(r->labels);
     free(r->eval_x0);
     ddpm_trainer_free(r->tr);
     ddpm_dataset_close(r->ds);
@@ -246,6 +248,7 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     ddpm_dataset_options dopt = {.size = cfg.model.image_size,
                                  .channels = cfg.model.in_channels,
                                  .strict = o->strict,
+                                 .classes = o->classes || cfg.model.n_classes > 0,
                                  .warn = cb ? cb->warning : NULL,
                                  .warn_user = cb ? cb->ctx : NULL,
                                  .stop = o->stop};
@@ -271,9 +274,18 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
             rc = ddpm_error(DDPM_EINVAL, "--lr-schedule cosine needs --steps or --epochs (its final step)");
         cfg.optim.lr_final_step = final_step;
     }
+    if (o->classes && !ck)
+        cfg.model.n_classes = ddpm_dataset_n_classes(r->ds);
     if (!rc)
         rc = ck ? ddpm_trainer_from_checkpoint(&r->tr, ck, o->micro_batch)
                 : ddpm_trainer_create(&r->tr, &cfg, o->micro_batch);
+    if (!rc && !ck)
+        rc = ddpm_trainer_set_class_names(r->tr, ddpm_dataset_class_names(r->ds));
+    for (int k = 0; !rc && ck && k < cfg.model.n_classes; k++) /* a resumed run must see the same classes */
+        if (ddpm_dataset_n_classes(r->ds) != cfg.model.n_classes ||
+            strcmp(ddpm_dataset_class_name(r->ds, k), ddpm_checkpoint_class_names(ck)[k]))
+            rc = ddpm_error(DDPM_EINVAL, "%s: its class folders are not the %d classes of the run in %s",
+                            o->data_dir, cfg.model.n_classes, o->out_dir);
     ddpm_checkpoint_close(ck);
     ddpm_train_state *state = r->tr ? &r->tr->state : NULL;
     if (!rc && r->resume && state->data_fingerprint[0] && strcmp(state->data_fingerprint, fingerprint) != 0) {
@@ -295,7 +307,9 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     if (!rc) {
         const ddpm_run_config *c = &r->tr->cfg;
         size_t D = (size_t)c->model.in_channels * c->model.image_size * c->model.image_size;
-        if (!(r->x0 = ddpm_malloc((size_t)c->batch * D, sizeof(float))))
+        r->x0 = ddpm_malloc((size_t)c->batch * D, sizeof(float));
+        r->labels = ddpm_malloc((size_t)c->batch, sizeof(int));
+        if (!r->x0 || !r->labels)
             rc = DDPM_ENOMEM;
     }
     if (!rc && o->eval_dir) { /* the same images every time (the run's seed), checked against the model */
@@ -402,7 +416,8 @@ static int session_eval(run_session *r)
     ddpm_trainer *tr = r->tr;
     const ddpm_unet_config *m = &tr->cfg.model;
     size_t D = (size_t)m->in_channels * m->image_size * m->image_size;
-    ddpm_unet_eps_ctx ctx = {tr->net, tr->ema, tr->ws};
+    /* the evaluator takes eps_theta: an x0, v or mu model's output is converted (predict.h) */
+    ddpm_unet_eps_ctx ctx = {.net = tr->net, .params = tr->ema, .ws = tr->ws, .to_eps = &tr->sched};
     ddpm_estimate ls;
     int rc = ddpm_eval_l_simple(&ls, r->eval_x0, r->eval_n, D, &tr->sched, tr->micro_batch, tr->cfg.seed,
                                 ddpm_unet_eps, &ctx, NULL, NULL);
@@ -451,6 +466,11 @@ static int session_preview(run_session *r, char *path, size_t size, int saved_no
     c.sampler.steps = o->preview_steps < tr->cfg.timesteps ? o->preview_steps : tr->cfg.timesteps;
     c.sampler.eta = 1; /* see ddpm sample --help: cleaner than eta 0 early in training */
     c.grid_path = path;
+    int n_classes = tr->cfg.model.n_classes;
+    if (n_classes > 0 && n_classes <= o->preview_n) { /* one row per class, conditional (W = 1) */
+        c.grid_by_class = 1;
+        c.n = o->preview_n / n_classes;
+    }
     ddpm_recipe recipe;
     memset(&recipe, 0, sizeof recipe);
     snprintf(recipe.version, sizeof recipe.version, "%s", DDPM_VERSION);
@@ -528,9 +548,10 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
         /* every process fills the whole batch (a pure function of the data
            position) and computes its share of it */
         if (!rc)
-            rc = ddpm_dataset_next_batch(r.ds, r.x0, B, &data_rng, c->flip);
+            rc = ddpm_dataset_next_batch_labeled(r.ds, r.x0, r.labels, B, &data_rng, c->flip);
         if (!rc)
-            ddpm_trainer_accumulate(tr, r.x0, share_first, share_count);
+            ddpm_trainer_accumulate_class(tr, r.x0, c->model.n_classes > 0 ? r.labels : NULL, share_first,
+                                          share_count);
         else
             memset(tr->grads, 0, (tr->net->n_params + DDPM_TRAIN_SCALARS) * sizeof(float));
         votes[DDPM_TRAIN_FAILED] = rc != 0;

@@ -15,30 +15,30 @@ void ddpm_sampler_config_default(ddpm_sampler_config *c)
     c->eta = 1.0f;
     c->var = DDPM_VAR_BETA;
     c->clip_x0 = 1;
+    c->prediction = DDPM_PRED_EPS;
 }
 
 static inline float clampf(float v) { return v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v; }
 
-void ddpm_ddpm_step(float *x_prev, float *x0_out, const float *x_t, const float *eps,
-                    const float *z, int i, size_t D, const ddpm_schedule *s, ddpm_var_kind var,
-                    int clip_x0)
+void ddpm_ddpm_step(float *x_prev, float *x0_out, const float *x_t, ddpm_prediction pred,
+                    const float *out, const float *z, int i, size_t D, const ddpm_schedule *s,
+                    ddpm_var_kind var, int clip_x0)
 {
     double sigma = i == 0 ? 0.0 : sqrt(var == DDPM_VAR_BETA ? s->beta[i] : s->posterior_var[i]);
     float sig = (float)sigma;
-    /* x0 from eps (eq. 15 rearranged), used for the clipped mean and the trajectory */
-    double inv = 1.0 / s->sqrt_abar[i];
-    float a0 = (float)inv, b0 = (float)(s->sqrt_one_minus_abar[i] * inv);
+    /* x0 of the output (for the clipped mean and the trajectory), and the
+       unclipped mean: Algorithm 2's eps form for eps, eq. 7 of x0 otherwise */
+    ddpm_pred_coef pc = ddpm_pred_coefs(pred, i, s);
+    float xo = (float)pc.x0_out, xx = (float)pc.x0_xt, mo = (float)pc.mu_out, mx = (float)pc.mu_xt;
     float cx0 = (float)s->posterior_coef_x0[i], cxt = (float)s->posterior_coef_xt[i];
-    double inv_sqrt_alpha = 1.0 / sqrt(s->alpha[i]);
-    float ea = (float)inv_sqrt_alpha, eb = (float)(inv_sqrt_alpha * s->beta[i] / s->sqrt_one_minus_abar[i]);
     for (size_t d = 0; d < D; d++) {
-        float x0 = a0 * x_t[d] - b0 * eps[d];
+        float x0 = pred == DDPM_PRED_X0 ? out[d] : xo * out[d] + xx * x_t[d];
         float mean;
         if (clip_x0) {
             x0 = clampf(x0);
             mean = cx0 * x0 + cxt * x_t[d]; /* mu~(x0, x_t), eq. 7 */
         } else {
-            mean = ea * x_t[d] - eb * eps[d]; /* Algorithm 2, line 4 */
+            mean = mx * x_t[d] + mo * out[d]; /* Algorithm 2, line 4, for eps */
         }
         if (x0_out)
             x0_out[d] = x0;
@@ -46,19 +46,20 @@ void ddpm_ddpm_step(float *x_prev, float *x0_out, const float *x_t, const float 
     }
 }
 
-void ddpm_ddim_step(float *x_prev, float *x0_out, const float *x_t, const float *eps,
-                    const float *z, int i, int i_prev, float eta, size_t D,
+void ddpm_ddim_step(float *x_prev, float *x0_out, const float *x_t, ddpm_prediction pred,
+                    const float *out, const float *z, int i, int i_prev, float eta, size_t D,
                     const ddpm_schedule *s, int clip_x0)
 {
     double abar = s->abar[i], abar_prev = i_prev >= 0 ? s->abar[i_prev] : 1.0;
     double sigma = eta * sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev));
     double dir = 1.0 - abar_prev - sigma * sigma;
     float c_x0 = (float)sqrt(abar_prev), c_eps = (float)sqrt(dir > 0 ? dir : 0), sig = (float)sigma;
-    float a0 = (float)(1.0 / sqrt(abar)), b0 = (float)(sqrt(1.0 - abar) / sqrt(abar));
+    ddpm_pred_coef pc = ddpm_pred_coefs(pred, i, s);
+    float xo = (float)pc.x0_out, xx = (float)pc.x0_xt, eo = (float)pc.eps_out, ex = (float)pc.eps_xt;
     float ra = (float)sqrt(abar), rb = (float)(1.0 / sqrt(1.0 - abar));
     for (size_t d = 0; d < D; d++) {
-        float x0 = a0 * x_t[d] - b0 * eps[d];
-        float e = eps[d];
+        float x0 = pred == DDPM_PRED_X0 ? out[d] : xo * out[d] + xx * x_t[d];
+        float e = pred == DDPM_PRED_EPS ? out[d] : eo * out[d] + ex * x_t[d];
         if (clip_x0) {
             float c = clampf(x0);
             if (c != x0) /* keep x0 and eps consistent: eps = (x_t - sqrt(abar) x0)/sqrt(1-abar) */
@@ -162,9 +163,9 @@ int ddpm_sample_from(float *x, float *scratch, int B, size_t D, int first_image,
             if (need_z)
                 image_noise(z + o, D, rng, first_image + b, k, n);
             if (c->kind == DDPM_SAMPLER_DDPM)
-                ddpm_ddpm_step(xn + o, x0 + o, x + o, eps + o, z + o, i, D, s, c->var, c->clip_x0);
+                ddpm_ddpm_step(xn + o, x0 + o, x + o, c->prediction, eps + o, z + o, i, D, s, c->var, c->clip_x0);
             else
-                ddpm_ddim_step(xn + o, x0 + o, x + o, eps + o, z + o, i, i_prev, c->eta, D, s, c->clip_x0);
+                ddpm_ddim_step(xn + o, x0 + o, x + o, c->prediction, eps + o, z + o, i, i_prev, c->eta, D, s, c->clip_x0);
         }
         memcpy(x, xn, BD * sizeof *x);
         if (step_fn)
@@ -175,10 +176,34 @@ int ddpm_sample_from(float *x, float *scratch, int B, size_t D, int first_image,
     return DDPM_OK;
 }
 
+/* The network output, guided when labels are given. */
+static void unet_output(ddpm_unet_eps_ctx *c, float *out, const float *x_t, const int *i, int B)
+{
+    const ddpm_unet *net = c->net;
+    if (net->cfg.n_classes == 0 || !c->labels || c->guidance == 0) {
+        ddpm_unet_forward_class(net, c->params, c->ws, out, x_t, i, NULL, B, NULL);
+        return;
+    }
+    ddpm_unet_forward_class(net, c->params, c->ws, out, x_t, i, c->labels, B, NULL);
+    if (c->guidance == 1) /* the conditional model: one pass */
+        return;
+    size_t n = (size_t)B * net->cfg.in_channels * net->cfg.image_size * net->cfg.image_size;
+    ddpm_unet_forward_class(net, c->params, c->ws, c->uncond, x_t, i, NULL, B, NULL);
+    float w = c->guidance;
+    for (size_t k = 0; k < n; k++)
+        out[k] = c->uncond[k] + w * (out[k] - c->uncond[k]);
+}
+
 void ddpm_unet_eps(void *opaque, float *eps, const float *x_t, const int *i, int B)
 {
     ddpm_unet_eps_ctx *c = opaque;
-    ddpm_unet_forward(c->net, c->params, c->ws, eps, x_t, i, B, NULL);
+    unet_output(c, eps, x_t, i, B);
+    if (!c->to_eps || c->net->cfg.prediction == DDPM_PRED_EPS)
+        return;
+    size_t D = (size_t)c->net->cfg.in_channels * c->net->cfg.image_size * c->net->cfg.image_size;
+    for (int b = 0; b < B; b++) /* in place: each element reads its output, then writes eps */
+        ddpm_pred_to_eps_x0(eps + (size_t)b * D, NULL, c->net->cfg.prediction, eps + (size_t)b * D,
+                            x_t + (size_t)b * D, i[b], D, c->to_eps);
 }
 
 /* ---------------------------------------------------------------- to files */
@@ -194,6 +219,8 @@ void ddpm_sample_files_config_default(ddpm_sample_files_config *c)
     c->pad = 2;
     c->pad_value = 255;
     c->trajectory_k = 10;
+    c->class_index = DDPM_NO_CLASS;
+    c->guidance = 1;
 }
 
 typedef struct {
@@ -264,11 +291,20 @@ int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_sche
                           c->batch);
     if (c->trajectory_path && c->trajectory_k < 1)
         return ddpm_error(DDPM_EINVAL, "%s: trajectory_k must be >= 1", c->trajectory_path);
-    if (c->first_index < 0 || c->first_index > 999999999 - c->n)
+    int n_classes = net->cfg.n_classes;
+    if (n_classes == 0 && (c->grid_by_class || c->class_index != DDPM_NO_CLASS))
+        return ddpm_error(DDPM_EINVAL, "the model is not class-conditional: it has no classes to sample");
+    if (c->class_index < DDPM_NO_CLASS || (n_classes > 0 && c->class_index >= n_classes))
+        return ddpm_error(DDPM_EINVAL, "class %d is not in 0..%d", c->class_index, n_classes - 1);
+    if (!(c->guidance >= 0 && c->guidance <= 1000))
+        return ddpm_error(DDPM_EINVAL, "guidance must be in [0, 1000], got %g", c->guidance);
+    if (c->grid_by_class && (long)c->n * n_classes > 1000000)
+        return ddpm_error(DDPM_EINVAL, "%d images for each of %d classes is too many", c->n, n_classes);
+    if (c->first_index < 0 || c->first_index > 999999999 - c->n * (c->grid_by_class ? n_classes : 1))
         return ddpm_error(DDPM_EINVAL, "sampling: first index %d is out of range", c->first_index);
     if (c->image_path && c->n != 1)
         return ddpm_error(DDPM_EINVAL, "%s: one image alone needs n 1, got %d", c->image_path, c->n);
-    int n = c->n, B = c->batch < n ? c->batch : n;
+    int per_class = c->n, n = c->grid_by_class ? c->n * n_classes : c->n, B = c->batch < n ? c->batch : n;
     int C = net->cfg.in_channels, S = net->cfg.image_size;
     size_t D = (size_t)C * S * S;
     ddpm_unet_workspace *own_ws = NULL;
@@ -282,21 +318,32 @@ int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_sche
         f.traj_rows = n < DDPM_TRAJECTORY_MAX_ROWS ? n : DDPM_TRAJECTORY_MAX_ROWS;
         f.traj = ddpm_calloc((size_t)f.traj_rows * f.K * D, sizeof(float));
     }
-    if (!x || !scratch || (c->trajectory_path && !f.traj))
+    /* labels of every image (conditional sampling), and the unconditional pass's output */
+    int conditional = n_classes > 0 && (c->grid_by_class || c->class_index != DDPM_NO_CLASS);
+    int *labels = conditional ? ddpm_malloc((size_t)n, sizeof *labels) : NULL;
+    float *uncond = conditional && c->guidance != 0 && c->guidance != 1 ? ddpm_malloc((size_t)B * D, sizeof(float))
+                                                                          : NULL;
+    if (!x || !scratch || (c->trajectory_path && !f.traj) || (conditional && !labels) ||
+        (conditional && c->guidance != 0 && c->guidance != 1 && !uncond))
         rc = DDPM_ENOMEM;
+    for (int k = 0; labels && k < n; k++)
+        labels[k] = c->grid_by_class ? k / per_class : c->class_index;
     ddpm_rng rng;
     ddpm_rng_init(&rng, c->seed, DDPM_STREAM_SAMPLE);
-    ddpm_unet_eps_ctx eps_ctx = {net, params, ws ? ws : own_ws};
+    ddpm_unet_eps_ctx eps_ctx = {net, params, ws ? ws : own_ws, NULL, c->guidance, uncond, NULL};
+    ddpm_sampler_config sc = c->sampler;
+    sc.prediction = net->cfg.prediction; /* what this network's output means */
     for (int first = 0; !rc && first < n; first += B) {
         f.p.first = first;
         f.p.B = n - first < B ? n - first : B;
-        rc = ddpm_sample(x + (size_t)first * D, scratch, f.p.B, D, c->first_index + first, s, &c->sampler, ddpm_unet_eps, &eps_ctx,
-                         &rng, files_on_step, &f);
+        eps_ctx.labels = labels ? labels + first : NULL;
+        rc = ddpm_sample(x + (size_t)first * D, scratch, f.p.B, D, c->first_index + first, s, &sc, ddpm_unet_eps,
+                         &eps_ctx, &rng, files_on_step, &f);
     }
     file_text *t = rc ? NULL : ddpm_malloc(1, sizeof *t);
     if (!rc && !t)
         rc = DDPM_ENOMEM;
-    int nrow = c->nrow ? c->nrow : (int)ceil(sqrt((double)n)), first = c->first_index;
+    int nrow = c->grid_by_class ? per_class : c->nrow ? c->nrow : (int)ceil(sqrt((double)n)), first = c->first_index;
     if (!rc && c->grid_path) {
         make_file_text(t, c, DDPM_RECIPE_GRID, first, n, nrow, c->pad, c->pad_value);
         rc = ddpm_image_save_grid_text(c->grid_path, x, n, C, S, nrow, c->pad, c->pad_value, t->text, t->n);
@@ -316,6 +363,8 @@ int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_sche
     free(f.traj);
     free(x);
     free(scratch);
+    free(labels);
+    free(uncond);
     ddpm_unet_workspace_free(own_ws);
     return rc;
 }

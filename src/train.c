@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "ddpm/error.h"
+#include "ddpm/loss.h"
 #include "ddpm/ops.h"
 #include "ddpm/optim.h"
 #include "ddpm/rng.h"
@@ -26,6 +27,11 @@ void ddpm_trainer_free(ddpm_trainer *tr)
     free(tr->eps_pred);
     free(tr->d_eps);
     free(tr->t);
+    free(tr->target);
+    free(tr->labels);
+    for (int k = 0; tr->class_names && k < tr->cfg.model.n_classes; k++)
+        free(tr->class_names[k]);
+    free(tr->class_names);
     free(tr);
 }
 
@@ -45,6 +51,10 @@ static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg, int mic
         rc = ddpm_error(DDPM_EINVAL, "micro-batch must be >= 0, got %d", micro_batch);
     tr->micro_batch = micro_batch > 0 && micro_batch < cfg->batch ? micro_batch : cfg->batch;
     if (!rc)
+        rc = ddpm_loss_config_check(&cfg->loss, cfg->model.prediction);
+    if (!rc && !(cfg->cond_drop >= 0 && cfg->cond_drop <= 1))
+        rc = ddpm_error(DDPM_EINVAL, "cond-drop must be in [0, 1], got %g", cfg->cond_drop);
+    if (!rc)
         rc = ddpm_unet_workspace_create(&tr->ws, tr->net, tr->micro_batch, 1);
     if (rc) {
         ddpm_trainer_free(tr);
@@ -63,8 +73,10 @@ static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg, int mic
     tr->eps_pred = ddpm_calloc(BD, sizeof(float));
     tr->d_eps = ddpm_calloc(BD, sizeof(float));
     tr->t = ddpm_calloc((size_t)tr->micro_batch, sizeof(int));
+    tr->target = ddpm_calloc(BD, sizeof(float));
+    tr->labels = ddpm_calloc((size_t)tr->micro_batch, sizeof(int));
     if (!tr->params || !tr->grads || !tr->adam_m || !tr->adam_v || !tr->ema || !tr->x_t || !tr->eps ||
-        !tr->eps_pred || !tr->d_eps || !tr->t) {
+        !tr->eps_pred || !tr->d_eps || !tr->t || !tr->target || !tr->labels) {
         ddpm_trainer_free(tr);
         return DDPM_ENOMEM;
     }
@@ -108,6 +120,33 @@ int ddpm_trainer_from_checkpoint(ddpm_trainer **out, const ddpm_checkpoint *ck, 
         return rc;
     }
     tr->state = *ddpm_checkpoint_state(ck);
+    if (tr->cfg.model.n_classes > 0 && (rc = ddpm_trainer_set_class_names(tr, ddpm_checkpoint_class_names(ck)))) {
+        ddpm_trainer_free(tr);
+        *out = NULL;
+        return rc;
+    }
+    return DDPM_OK;
+}
+
+int ddpm_trainer_set_class_names(ddpm_trainer *tr, const char *const *names)
+{
+    int n = tr->cfg.model.n_classes;
+    if (n <= 0 || !names)
+        return DDPM_OK;
+    char **copy = ddpm_calloc((size_t)n, sizeof *copy);
+    if (!copy)
+        return DDPM_ENOMEM;
+    for (int k = 0; k < n; k++)
+        if (!(copy[k] = strdup(names[k]))) {
+            while (k--)
+                free(copy[k]);
+            free(copy);
+            return ddpm_error(DDPM_ENOMEM, "out of memory copying class names");
+        }
+    for (int k = 0; tr->class_names && k < n; k++)
+        free(tr->class_names[k]);
+    free(tr->class_names);
+    tr->class_names = copy;
     return DDPM_OK;
 }
 
@@ -129,16 +168,21 @@ static uint64_t noise_counters_per_image(const ddpm_trainer *tr)
 
 void ddpm_trainer_accumulate(ddpm_trainer *tr, const float *x0, int first, int count)
 {
+    ddpm_trainer_accumulate_class(tr, x0, NULL, first, count);
+}
+
+void ddpm_trainer_accumulate_class(ddpm_trainer *tr, const float *x0, const int *labels, int first, int count)
+{
     const ddpm_run_config *c = &tr->cfg;
     int B = c->batch;
     size_t D = (size_t)c->model.in_channels * c->model.image_size * c->model.image_size;
     size_t n = tr->net->n_params;
     uint64_t noise = tr->state.noise_counter, eps_per_image = (D + 3) / 4;
+    int n_classes = c->model.n_classes;
     double loss_share = 0;
     memset(tr->grads, 0, (n + DDPM_TRAIN_SCALARS) * sizeof(float));
     for (int g0 = first; g0 < first + count; g0 += tr->micro_batch) {
         int b = first + count - g0 < tr->micro_batch ? first + count - g0 : tr->micro_batch;
-        size_t bD = (size_t)b * D;
         /* Algorithm 1: t uniform in {1..T} (index t-1), eps ~ N(0, I), per image g
            (the counter layout of train.h) */
         for (int i = 0; i < b; i++) {
@@ -147,14 +191,19 @@ void ddpm_trainer_accumulate(ddpm_trainer *tr, const float *x0, int first, int c
             tr->t[i] = (int)ddpm_rng_below(&r, (uint64_t)c->timesteps);
             r = stream_at(c->seed, DDPM_STREAM_NOISE, noise + (uint64_t)B + g * eps_per_image);
             ddpm_rng_normal_fill(&r, tr->eps + i * D, D);
+            if (n_classes > 0) { /* classifier-free guidance: drop the label with probability cond_drop */
+                int y = labels && labels[g] >= 0 && labels[g] < n_classes ? labels[g] : DDPM_NO_CLASS;
+                r = stream_at(c->seed, DDPM_STREAM_LABELS, noise + g);
+                tr->labels[i] = ddpm_rng_uniform(&r) < c->cond_drop ? DDPM_NO_CLASS : y;
+            }
         }
         ddpm_q_sample(tr->x_t, x0 + (size_t)g0 * D, tr->eps, tr->t, b, D, &tr->sched);
         ddpm_dropout_draw drop = {c->seed, tr->state.dropout_counter, g0, B};
-        ddpm_unet_forward(tr->net, tr->params, tr->ws, tr->eps_pred, tr->x_t, tr->t, b, &drop);
-        /* this micro-batch's part of the batch mean */
-        loss_share += ddpm_mse_forward(tr->eps_pred, tr->eps, bD) * ((double)b / B);
-        memset(tr->d_eps, 0, bD * sizeof(float));
-        ddpm_mse_backward(tr->d_eps, tr->eps_pred, tr->eps, bD, (size_t)B * D);
+        ddpm_unet_forward_class(tr->net, tr->params, tr->ws, tr->eps_pred, tr->x_t, tr->t,
+                                n_classes > 0 ? tr->labels : NULL, b, &drop);
+        /* this micro-batch's part of the batch mean (L_simple: the MSE to the target) */
+        loss_share += ddpm_loss(tr->d_eps, tr->target, tr->eps_pred, x0 + (size_t)g0 * D, tr->eps, tr->x_t, tr->t, b,
+                                B, D, c->model.prediction, &c->loss, &tr->sched);
         ddpm_unet_backward(tr->net, tr->params, tr->grads, tr->ws, tr->d_eps, b);
     }
     tr->grads[n + DDPM_TRAIN_LOSS] = (float)loss_share;
@@ -198,8 +247,14 @@ int ddpm_trainer_step(ddpm_trainer *tr, const float *x0, ddpm_step_stats *stats)
     return ddpm_trainer_apply(tr, stats);
 }
 
+int ddpm_trainer_step_class(ddpm_trainer *tr, const float *x0, const int *labels, ddpm_step_stats *stats)
+{
+    ddpm_trainer_accumulate_class(tr, x0, labels, 0, tr->cfg.batch);
+    return ddpm_trainer_apply(tr, stats);
+}
+
 int ddpm_trainer_save(const ddpm_trainer *tr, const char *path)
 {
     return ddpm_checkpoint_save(path, &tr->cfg, &tr->state, tr->net, tr->params, tr->ema, tr->adam_m,
-                                tr->adam_v);
+                                tr->adam_v, (const char *const *)tr->class_names);
 }

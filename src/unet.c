@@ -69,6 +69,7 @@ struct ddpm_unet_plan {
     int emb; /* 4 ch */
     size_t p_temb0_w, p_temb0_b, p_temb2_w, p_temb2_b, p_conv_in_w, p_conv_in_b;
     size_t p_norm_out_w, p_norm_out_b, p_conv_out_w, p_conv_out_b;
+    size_t p_class_emb; /* [n_classes + 1, emb] when n_classes > 0 */
     size_t tmp_per_image;   /* backward temporaries, floats per image */
     /* the slots by lifetime: their buffers in a forward-only workspace, and their
      * gradients' buffers in a training one (the same lifetimes, run in reverse) */
@@ -118,6 +119,7 @@ typedef union {
 
 struct ddpm_unet_workspace {
     int max_batch, training, dropout_applied;
+    int *labels; /* [max_batch] class-embedding rows of the last forward */
     uint64_t dropout_seed;
     int dropout_first; /* ddpm_dropout_draw.first of the last forward */
     float *arena;      /* the kept activations (training) or the slots (forward only) */
@@ -188,6 +190,10 @@ int ddpm_unet_config_check(const ddpm_unet_config *c)
     }
     if (c->ch % c->groups)
         return ddpm_error(DDPM_EINVAL, "groups %d does not divide ch %d", c->groups, c->ch);
+    if ((unsigned)c->prediction >= DDPM_N_PREDICTIONS)
+        return ddpm_error(DDPM_EINVAL, "unknown prediction type %d", (int)c->prediction);
+    if (c->n_classes < 0 || c->n_classes > DDPM_MAX_CLASSES)
+        return ddpm_error(DDPM_EINVAL, "classes must be in 0..%d, got %d", DDPM_MAX_CLASSES, c->n_classes);
     for (int i = 0; i < c->n_attn; i++) {
         int ok = 0;
         for (int l = 0; l < c->n_levels; l++)
@@ -463,6 +469,8 @@ int ddpm_unet_create(ddpm_unet **out, const ddpm_unet_config *cfg)
     p->p_temb0_b = add_param(&b, "temb.0", "bias", 1, E, 0, 0, 0, DDPM_INIT_ZERO);
     p->p_temb2_w = add_param(&b, "temb.2", "weight", 2, E, E, 0, 0, DDPM_INIT_XAVIER);
     p->p_temb2_b = add_param(&b, "temb.2", "bias", 1, E, 0, 0, 0, DDPM_INIT_ZERO);
+    if (c->n_classes > 0) /* zero init: a fresh conditional model is the unconditional one */
+        p->p_class_emb = add_param(&b, "class_emb", "weight", 2, c->n_classes + 1, E, 0, 0, DDPM_INIT_ZERO);
     p->p_conv_in_w = add_param(&b, "conv_in", "weight", 4, c->ch, c->in_channels, 3, 3, DDPM_INIT_XAVIER);
     p->p_conv_in_b = add_param(&b, "conv_in", "bias", 1, c->ch, 0, 0, 0, DDPM_INIT_ZERO);
     tmp_need(&b, round16((size_t)E) * 3);
@@ -752,6 +760,7 @@ void ddpm_unet_workspace_free(ddpm_unet_workspace *ws)
     free(ws->tmp);
     free(ws->conv_scratch);
     free(ws->attn_scratch);
+    free(ws->labels);
     free(ws);
 }
 
@@ -775,7 +784,8 @@ int ddpm_unet_workspace_create(ddpm_unet_workspace **out, const ddpm_unet *net, 
     ws->h = ddpm_calloc((size_t)p->n_slots, sizeof *ws->h);
     ws->dh = ddpm_calloc((size_t)p->n_slots, sizeof *ws->dh);
     ws->acts = ddpm_calloc((size_t)p->n_modules, sizeof *ws->acts);
-    if (!ws->h || !ws->dh || !ws->acts) {
+    ws->labels = ddpm_calloc(B, sizeof *ws->labels);
+    if (!ws->h || !ws->dh || !ws->acts || !ws->labels) {
         ddpm_unet_workspace_free(ws);
         return DDPM_ENOMEM;
     }
@@ -989,6 +999,13 @@ void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_work
                        float *eps_pred, const float *x_t, const int *t, int B,
                        const ddpm_dropout_draw *dropout)
 {
+    ddpm_unet_forward_class(net, params, ws, eps_pred, x_t, t, NULL, B, dropout);
+}
+
+void ddpm_unet_forward_class(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
+                             float *eps_pred, const float *x_t, const int *t, const int *y, int B,
+                             const ddpm_dropout_draw *dropout)
+{
     const ddpm_unet_plan *p = net->plan;
     const ddpm_unet_config *c = &net->cfg;
     const int S = c->image_size, HW = S * S, E = p->emb;
@@ -1004,6 +1021,11 @@ void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_work
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->time.t1s, ws->time.t1, (size_t)B * E));
     PROF(0, DDPM_PROF_LINEAR,
          ddpm_linear_forward(ws->time.temb, ws->time.t1s, PARAM(p->p_temb2_w), PARAM(p->p_temb2_b), B, E, E));
+    if (c->n_classes > 0) { /* temb += class_emb[y] (row n_classes: no class) */
+        for (int b = 0; b < B; b++)
+            ws->labels[b] = y && y[b] >= 0 && y[b] < c->n_classes ? y[b] : c->n_classes;
+        ddpm_embedding_add_forward(ws->time.temb, ws->labels, PARAM(p->p_class_emb), B, E);
+    }
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->time.temb_act, ws->time.temb, (size_t)B * E));
 
     /* h = conv_in(x_t), then the down path, the middle and the up path */
@@ -1230,6 +1252,8 @@ void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
     float *dt1 = carve(ws, &cursor, (size_t)E);
     zero(ws, dt1s, nE);
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(dtemb, 0.0f, ws->time.d_temb_act, ws->time.temb, nE));
+    if (c->n_classes > 0)
+        ddpm_embedding_add_backward(GRAD(p->p_class_emb), dtemb, ws->labels, B, E);
     PROF(1, DDPM_PROF_LINEAR,
          ddpm_linear_backward(dt1s, GRAD(p->p_temb2_w), GRAD(p->p_temb2_b), dtemb, ws->time.t1s, PARAM(p->p_temb2_w),
                               B, E, E));

@@ -469,6 +469,61 @@ static void test_stop_request_interrupts_loading_with_a_clear_error(void **state
     ddpm_dataset_close(ds);
 }
 
+/* Class folders: numeric names sort as numbers ("2" before "10"), other names
+ * bytewise; each image's label is its folder's index, also in batches; an image
+ * directly in the data folder is refused. */
+static void test_class_folders_give_sorted_names_and_labels(void **state)
+{
+    (void)state;
+    char dir[256], sub[256];
+    make_dir(dir, sizeof dir, scratch, "numeric");
+    make_dir(sub, sizeof sub, dir, "10");
+    write_gray(sub, "a.png", 1, 8, 8);
+    write_gray(sub, "b.png", 2, 8, 8);
+    make_dir(sub, sizeof sub, dir, "2");
+    write_gray(sub, "c.png", 3, 8, 8);
+    ddpm_dataset_options opt = {.classes = 1};
+    ddpm_dataset *ds = NULL;
+    assert_int_equal(ddpm_dataset_open(&ds, dir, &opt), 0);
+    assert_int_equal(ddpm_dataset_n_classes(ds), 2);
+    assert_string_equal(ddpm_dataset_class_name(ds, 0), "2");
+    assert_string_equal(ddpm_dataset_class_name(ds, 1), "10");
+    for (int i = 0; i < ddpm_dataset_count(ds); i++) {
+        const char *p = ddpm_dataset_path(ds, i);
+        assert_int_equal(ddpm_dataset_label(ds, i), strstr(p, "/10/") ? 1 : 0);
+    }
+    /* batches carry the labels of their images */
+    float x[3 * 64];
+    int labels[3];
+    ddpm_rng rng;
+    ddpm_rng_init(&rng, 4, DDPM_STREAM_DATA);
+    assert_int_equal(ddpm_dataset_next_batch_labeled(ds, x, labels, 3, &rng, 0), 0);
+    for (int b = 0; b < 3; b++) {
+        int i = identify(ds, x + b * 64);
+        assert_true(i >= 0);
+        assert_int_equal(labels[b], ddpm_dataset_label(ds, i));
+    }
+    ddpm_dataset_close(ds);
+    /* names: bytewise; without the option: no classes */
+    make_dir(dir, sizeof dir, scratch, "named");
+    make_dir(sub, sizeof sub, dir, "shirt");
+    write_gray(sub, "a.png", 4, 8, 8);
+    make_dir(sub, sizeof sub, dir, "boot");
+    write_gray(sub, "b.png", 5, 8, 8);
+    assert_int_equal(ddpm_dataset_open(&ds, dir, &opt), 0);
+    assert_string_equal(ddpm_dataset_class_name(ds, 0), "boot");
+    assert_string_equal(ddpm_dataset_class_name(ds, 1), "shirt");
+    ddpm_dataset_close(ds);
+    assert_int_equal(ddpm_dataset_open(&ds, dir, NULL), 0);
+    assert_int_equal(ddpm_dataset_n_classes(ds), 0);
+    assert_int_equal(ddpm_dataset_label(ds, 0), -1);
+    ddpm_dataset_close(ds);
+    write_gray(dir, "loose.png", 6, 8, 8);
+    assert_int_equal(ddpm_dataset_open(&ds, dir, &opt), DDPM_EINVAL);
+    assert_null(ds);
+    assert_non_null(strstr(ddpm_last_error(), "loose.png"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -486,6 +541,7 @@ int main(void)
         cmocka_unit_test(test_symlink_loops_end_fast_count_each_image_once_and_warn_once_each),
         cmocka_unit_test(test_second_link_to_a_folder_and_too_deep_folders_are_skipped_with_a_warning),
         cmocka_unit_test(test_stop_request_interrupts_loading_with_a_clear_error),
+        cmocka_unit_test(test_class_folders_give_sorted_names_and_labels),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -630,7 +630,7 @@ static void test_bound_of_the_reference_unet_matches_pytorch(void **state)
     assert_int_equal(ddpm_schedule_init(&s, DDPM_SCHEDULE_LINEAR, T, b0, b1), 0);
     ddpm_unet_workspace *ws;
     assert_int_equal(ddpm_unet_workspace_create(&ws, net, 7, 0), 0);
-    ddpm_unet_eps_ctx ectx = {net, params, ws};
+    ddpm_unet_eps_ctx ectx = {.net = net, .params = params, .ws = ws};
     ref_noise_ctx nctx = {noise, 0, T};
     const double to_bpd = 1.0 / ((double)D * M_LN2);
     double worst_total = 0, worst_term = 0;

@@ -43,7 +43,7 @@ static void test_ddpm_step_matches_algorithm_2_by_hand(void **state)
         double beta = 1e-4 + (0.02 - 1e-4) * i / 999.0, abar = 1;
         for (int j = 0; j <= i; j++)
             abar *= 1 - (1e-4 + (0.02 - 1e-4) * j / 999.0);
-        ddpm_ddpm_step(out, x0, x_t, eps, z, i, D, &sched, DDPM_VAR_BETA, 0);
+        ddpm_ddpm_step(out, x0, x_t, DDPM_PRED_EPS, eps, z, i, D, &sched, DDPM_VAR_BETA, 0);
         for (int d = 0; d < D; d++) {
             double expect = (x_t[d] - beta / sqrt(1 - abar) * eps[d]) / sqrt(1 - beta) + sqrt(beta) * z[d];
             assert_close(out[d], expect, 2e-6 * (1 + fabs(expect)));
@@ -51,7 +51,7 @@ static void test_ddpm_step_matches_algorithm_2_by_hand(void **state)
         }
     }
     /* at t = 1 no noise is added */
-    ddpm_ddpm_step(out, NULL, x_t, eps, z, 0, D, &sched, DDPM_VAR_BETA, 0);
+    ddpm_ddpm_step(out, NULL, x_t, DDPM_PRED_EPS, eps, z, 0, D, &sched, DDPM_VAR_BETA, 0);
     for (int d = 0; d < D; d++)
         assert_close(out[d], (x_t[d] - 1e-4 / sqrt(1e-4) * eps[d]) / sqrt(1 - 1e-4), 1e-5);
 }
@@ -65,13 +65,13 @@ static void test_ddpm_clipped_mean_equals_eps_form_when_x0_is_inside(void **stat
     float z[D] = {0.5f, 0.5f, -0.5f, 1.0f}, a[D], b[D];
     for (int i = 1; i < 1000; i += 111) {
         ddpm_q_sample(x_t, x0, e, &i, 1, D, &sched);
-        ddpm_ddpm_step(a, NULL, x_t, e, z, i, D, &sched, DDPM_VAR_BETA_TILDE, 0);
-        ddpm_ddpm_step(b, NULL, x_t, e, z, i, D, &sched, DDPM_VAR_BETA_TILDE, 1);
+        ddpm_ddpm_step(a, NULL, x_t, DDPM_PRED_EPS, e, z, i, D, &sched, DDPM_VAR_BETA_TILDE, 0);
+        ddpm_ddpm_step(b, NULL, x_t, DDPM_PRED_EPS, e, z, i, D, &sched, DDPM_VAR_BETA_TILDE, 1);
         assert_true(tu_max_abs_diff(a, b, D, NULL) < 1e-5);
     }
     /* and clipping bounds the predicted x0 when it is outside */
     float big[D] = {5, -5, 5, -5}, x0c[D];
-    ddpm_ddpm_step(a, x0c, big, e, z, 10, D, &sched, DDPM_VAR_BETA, 1);
+    ddpm_ddpm_step(a, x0c, big, DDPM_PRED_EPS, e, z, 10, D, &sched, DDPM_VAR_BETA, 1);
     for (int d = 0; d < D; d++)
         assert_true(fabsf(x0c[d]) <= 1.0f);
 }
@@ -85,7 +85,7 @@ static void test_ddim_step_eta0_and_eta1_by_hand(void **state)
     double a = sched.abar[i], ap = sched.abar[ip];
     for (int pass = 0; pass < 2; pass++) {
         float eta = pass ? 1.0f : 0.0f;
-        ddpm_ddim_step(out, NULL, x_t, eps, z, i, ip, eta, D, &sched, 0);
+        ddpm_ddim_step(out, NULL, x_t, DDPM_PRED_EPS, eps, z, i, ip, eta, D, &sched, 0);
         double sigma = eta * sqrt((1 - ap) / (1 - a) * (1 - a / ap));
         for (int d = 0; d < D; d++) {
             double x0 = (x_t[d] - sqrt(1 - a) * eps[d]) / sqrt(a);
@@ -94,7 +94,7 @@ static void test_ddim_step_eta0_and_eta1_by_hand(void **state)
         }
     }
     /* the last DDIM step returns the predicted x0 */
-    ddpm_ddim_step(out, NULL, x_t, eps, z, 0, -1, 1.0f, D, &sched, 0);
+    ddpm_ddim_step(out, NULL, x_t, DDPM_PRED_EPS, eps, z, 0, -1, 1.0f, D, &sched, 0);
     for (int d = 0; d < D; d++)
         assert_close(out[d], (x_t[d] - sched.sqrt_one_minus_abar[0] * eps[d]) / sched.sqrt_abar[0], 1e-5);
 }
@@ -108,8 +108,8 @@ static void test_ddim_all_steps_eta1_equals_ddpm_beta_tilde_step_by_step(void **
     tu_fill_uniform(eps, D, 2, -2, 2);
     tu_fill_uniform(z, D, 3, -2, 2);
     for (int i = 0; i < 1000; i++) {
-        ddpm_ddim_step(a, NULL, x_t, eps, z, i, i - 1, 1.0f, D, &sched, 0);
-        ddpm_ddpm_step(b, NULL, x_t, eps, z, i, D, &sched, DDPM_VAR_BETA_TILDE, 0);
+        ddpm_ddim_step(a, NULL, x_t, DDPM_PRED_EPS, eps, z, i, i - 1, 1.0f, D, &sched, 0);
+        ddpm_ddpm_step(b, NULL, x_t, DDPM_PRED_EPS, eps, z, i, D, &sched, DDPM_VAR_BETA_TILDE, 0);
         /* both are O(1) sums of a few float products */
         if (tu_max_abs_diff(a, b, D, NULL) > 2e-5)
             fprintf(stderr, "step %d differs by %g\n", i, tu_max_abs_diff(a, b, D, NULL));
@@ -141,6 +141,7 @@ typedef struct {
     double mu, var;
     size_t D;
     long calls;
+    ddpm_prediction pred; /* what the stub returns: the exact eps in this form */
 } gauss_ctx;
 
 static void gaussian_eps(void *opaque, float *eps, const float *x_t, const int *i, int B)
@@ -149,9 +150,16 @@ static void gaussian_eps(void *opaque, float *eps, const float *x_t, const int *
     for (int b = 0; b < B; b++) {
         double abar = g->s->abar[i[b]];
         double scale = sqrt(1 - abar) / (abar * g->var + 1 - abar);
+        double abar_prev = i[b] > 0 ? g->s->abar[i[b] - 1] : 1.0, beta = g->s->beta[i[b]];
         for (size_t d = 0; d < g->D; d++) {
             size_t k = (size_t)b * g->D + d;
-            eps[k] = (float)(scale * (x_t[k] - sqrt(abar) * g->mu));
+            double e = scale * (x_t[k] - sqrt(abar) * g->mu);
+            /* the same prediction in the other forms, closed forms written out here */
+            double x0 = (x_t[k] - sqrt(1 - abar) * e) / sqrt(abar);
+            double v = sqrt(abar) * e - sqrt(1 - abar) * x0;
+            double mu = sqrt(abar_prev) * beta / (1 - abar) * x0 + sqrt(1 - beta) * (1 - abar_prev) / (1 - abar) * x_t[k];
+            double out = g->pred == DDPM_PRED_X0 ? x0 : g->pred == DDPM_PRED_V ? v : g->pred == DDPM_PRED_MU ? mu : e;
+            eps[k] = (float)out;
         }
     }
     g->calls++;
@@ -161,7 +169,7 @@ static void check_gaussian_samples(const ddpm_sampler_config *c, double mean_tol
 {
     enum { N = 4000, D = 1 };
     float *x = tu_alloc(N * D), *scratch = tu_alloc(4 * N * D);
-    gauss_ctx g = {.s = &sched, .mu = 0.3, .var = 0.04, .D = D};
+    gauss_ctx g = {.s = &sched, .mu = 0.3, .var = 0.04, .D = D, .pred = c->prediction};
     ddpm_rng rng;
     ddpm_rng_init(&rng, 2024, DDPM_STREAM_SAMPLE);
     assert_int_equal(ddpm_sample(x, scratch, N, D, 0, &sched, c, gaussian_eps, &g, &rng, NULL, NULL), 0);
@@ -173,8 +181,8 @@ static void check_gaussian_samples(const ddpm_sampler_config *c, double mean_tol
     for (int k = 0; k < N; k++)
         v += (x[k] - m) * (x[k] - m);
     v /= N - 1;
-    fprintf(stderr, "  sampler %d steps %d eta %g: mean %.4f (want 0.3), var %.5f (want 0.04)\n", c->kind,
-            ddpm_sampler_n_steps(c, &sched), c->eta, m, v);
+    fprintf(stderr, "  sampler %d (%s) steps %d eta %g: mean %.4f (want 0.3), var %.5f (want 0.04)\n", c->kind,
+            ddpm_prediction_name(c->prediction), ddpm_sampler_n_steps(c, &sched), c->eta, m, v);
     assert_close(m, 0.3, mean_tol);
     assert_close(v, 0.04, 0.04 * var_rel_tol);
     free(x);
@@ -204,6 +212,30 @@ static void test_samplers_recover_a_gaussian_from_its_exact_eps(void **state)
     c.eta = 1;
     c.steps = 1000;
     check_gaussian_samples(&c, 0.015, 0.12);
+}
+
+/* The same exact model given as x0, v or mu: each sampler's one conversion of
+ * the output must recover the same Gaussian (a sign or coefficient error in any
+ * conversion moves the mean or the variance far outside these bounds). */
+static void test_samplers_recover_a_gaussian_from_every_prediction_type(void **state)
+{
+    (void)state;
+    for (int k = 1; k < DDPM_N_PREDICTIONS; k++) {
+        ddpm_sampler_config c;
+        ddpm_sampler_config_default(&c);
+        c.prediction = (ddpm_prediction)k;
+        c.clip_x0 = 0;
+        check_gaussian_samples(&c, 0.015, 0.12);
+        c.clip_x0 = 1; /* the data lies inside [-1, 1]: clipping changes almost nothing */
+        check_gaussian_samples(&c, 0.015, 0.12);
+        c.kind = DDPM_SAMPLER_DDIM;
+        c.steps = 200;
+        c.eta = 0;
+        check_gaussian_samples(&c, 0.015, 0.12);
+        c.eta = 1;
+        c.steps = 1000;
+        check_gaussian_samples(&c, 0.015, 0.12);
+    }
 }
 
 static void test_same_seed_same_images_for_any_batch_split(void **state)
@@ -352,6 +384,84 @@ static void test_sample_files_writes_grid_each_and_trajectory_independent_of_bat
     tu_remove_tree(dir);
 }
 
+/* Classifier-free guidance on a conditional U-Net with random weights (the class
+ * embedding too, so that classes differ): W = 1 is exactly the conditional model
+ * and runs one forward pass (no unconditional scratch is given: a second pass
+ * would write through NULL), W = 0 the "no class" model, W = 3 the formula. */
+static void test_guidance_1_is_the_conditional_model_0_the_unconditional(void **state)
+{
+    (void)state;
+    ddpm_unet_config mc;
+    ddpm_unet_config_default(&mc);
+    mc.in_channels = 1, mc.image_size = 8, mc.ch = 8, mc.n_levels = 2, mc.ch_mult[1] = 2;
+    mc.num_res_blocks = 1, mc.n_attn = 0, mc.groups = 4, mc.n_classes = 3;
+    ddpm_unet *net;
+    assert_int_equal(ddpm_unet_create(&net, &mc), 0);
+    enum { B = 3, D = 64 };
+    float *params = tu_alloc(net->n_params);
+    tu_fill_uniform(params, net->n_params, 5, -0.2f, 0.2f);
+    ddpm_unet_workspace *ws;
+    assert_int_equal(ddpm_unet_workspace_create(&ws, net, B, 0), 0);
+    float x[B * D], cond[B * D], none[B * D], out[B * D], scratch[B * D];
+    tu_fill_uniform(x, B * D, 6, -1, 1);
+    int i[B] = {10, 500, 999}, y[B] = {0, 2, 1};
+    ddpm_unet_forward_class(net, params, ws, cond, x, i, y, B, NULL);
+    ddpm_unet_forward_class(net, params, ws, none, x, i, NULL, B, NULL);
+    size_t at;
+    assert_true(tu_max_abs_diff(cond, none, B * D, &at) > 1e-3); /* the classes matter */
+    ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws, .labels = y, .guidance = 1, .uncond = NULL};
+    ddpm_unet_eps(&ctx, out, x, i, B);
+    assert_memory_equal(out, cond, sizeof out);
+    ctx.guidance = 0;
+    ddpm_unet_eps(&ctx, out, x, i, B);
+    assert_memory_equal(out, none, sizeof out);
+    ctx.labels = NULL; /* no labels: unconditional whatever W */
+    ctx.guidance = 3;
+    ddpm_unet_eps(&ctx, out, x, i, B);
+    assert_memory_equal(out, none, sizeof out);
+    ctx.labels = y;
+    ctx.uncond = scratch;
+    ddpm_unet_eps(&ctx, out, x, i, B);
+    for (int k = 0; k < B * D; k++)
+        assert_true(fabsf(out[k] - (none[k] + 3 * (cond[k] - none[k]))) <= 1e-5f * (1 + fabsf(out[k])));
+    ddpm_unet_workspace_free(ws);
+    free(params);
+    ddpm_unet_free(net);
+}
+
+/* For the evaluator: with to_eps set, ddpm_unet_eps returns eps_theta whatever
+ * the network predicts (here v: eps = sqrt(1-abar) x_t + sqrt(abar) v). */
+static void test_unet_eps_converts_a_v_network_to_eps_when_asked(void **state)
+{
+    (void)state;
+    ddpm_unet_config mc;
+    ddpm_unet_config_default(&mc);
+    mc.in_channels = 1, mc.image_size = 8, mc.ch = 8, mc.n_levels = 2, mc.ch_mult[1] = 2;
+    mc.num_res_blocks = 1, mc.n_attn = 0, mc.groups = 4, mc.prediction = DDPM_PRED_V;
+    ddpm_unet *net;
+    assert_int_equal(ddpm_unet_create(&net, &mc), 0);
+    enum { B = 2, D = 64 };
+    float *params = tu_alloc(net->n_params);
+    tu_fill_uniform(params, net->n_params, 8, -0.2f, 0.2f);
+    ddpm_unet_workspace *ws;
+    assert_int_equal(ddpm_unet_workspace_create(&ws, net, B, 0), 0);
+    float x[B * D], raw[B * D], eps[B * D];
+    tu_fill_uniform(x, B * D, 9, -1, 1);
+    int i[B] = {20, 900};
+    ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws};
+    ddpm_unet_eps(&ctx, raw, x, i, B);
+    ctx.to_eps = &sched;
+    ddpm_unet_eps(&ctx, eps, x, i, B);
+    for (int b = 0; b < B; b++)
+        for (int d = 0; d < D; d++) {
+            double want = sqrt(1 - sched.abar[i[b]]) * x[b * D + d] + sqrt(sched.abar[i[b]]) * raw[b * D + d];
+            assert_true(fabs(eps[b * D + d] - want) < 1e-6);
+        }
+    ddpm_unet_workspace_free(ws);
+    free(params);
+    ddpm_unet_free(net);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -361,9 +471,12 @@ int main(void)
         cmocka_unit_test(test_ddim_all_steps_eta1_equals_ddpm_beta_tilde_step_by_step),
         cmocka_unit_test(test_ddim_timesteps_are_an_increasing_uniform_subsequence),
         cmocka_unit_test(test_samplers_recover_a_gaussian_from_its_exact_eps),
+        cmocka_unit_test(test_samplers_recover_a_gaussian_from_every_prediction_type),
         cmocka_unit_test(test_same_seed_same_images_for_any_batch_split),
         cmocka_unit_test(test_bad_sampler_settings_are_refused),
         cmocka_unit_test(test_sample_files_writes_grid_each_and_trajectory_independent_of_batch),
+        cmocka_unit_test(test_guidance_1_is_the_conditional_model_0_the_unconditional),
+        cmocka_unit_test(test_unet_eps_converts_a_v_network_to_eps_when_asked),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -16,6 +16,8 @@
 #include "ddpm/checkpoint.h"
 #include "ddpm/error.h"
 #include "ddpm/safetensors.h"
+#include "ddpm/imageio.h"
+#include "ddpm/sample.h"
 #include "ddpm/train.h"
 #include "testutil.h"
 #include "trainutil.h"
@@ -354,6 +356,244 @@ static void test_shares_of_a_batch_sum_to_its_gradient(void **state)
     ddpm_trainer_free(tr);
 }
 
+/* Samples 4 images with the model's own prediction type; every value finite, and
+ * inside [-1, 1] when the predicted x0 is clipped (the last mean is c0 x0 with c0 = 1). */
+static void sample_and_check(const ddpm_unet *net, const float *params, const ddpm_schedule *s,
+                             ddpm_sampler_kind kind, int clip)
+{
+    enum { B = 4 };
+    size_t D = (size_t)net->cfg.in_channels * net->cfg.image_size * net->cfg.image_size;
+    ddpm_unet_workspace *ws;
+    assert_int_equal(ddpm_unet_workspace_create(&ws, net, B, 0), 0);
+    float *x = malloc(B * D * sizeof(float)), *scratch = malloc(4 * B * D * sizeof(float));
+    ddpm_sampler_config sc;
+    ddpm_sampler_config_default(&sc);
+    sc.kind = kind;
+    sc.steps = 10;
+    sc.clip_x0 = clip;
+    sc.prediction = net->cfg.prediction;
+    ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws};
+    ddpm_rng rng;
+    ddpm_rng_init(&rng, 3, DDPM_STREAM_SAMPLE);
+    assert_int_equal(ddpm_sample(x, scratch, B, D, 0, s, &sc, ddpm_unet_eps, &ctx, &rng, NULL, NULL), 0);
+    for (size_t k = 0; k < B * D; k++) {
+        if (!isfinite(x[k]) || (clip && fabsf(x[k]) > 1.0001f))
+            fail_msg("%s, sampler %d, clip %d: sample value %zu is %g", ddpm_prediction_name(net->cfg.prediction),
+                     kind, clip, k, x[k]);
+    }
+    free(x);
+    free(scratch);
+    ddpm_unet_workspace_free(ws);
+}
+
+static void test_every_prediction_type_trains_round_trips_and_samples(void **state)
+{
+    (void)state;
+    for (int k = 0; k < DDPM_N_PREDICTIONS; k++) {
+        ddpm_run_config c;
+        tiny_run_config(&c);
+        c.model.prediction = (ddpm_prediction)k;
+        ddpm_trainer *tr;
+        assert_int_equal(ddpm_trainer_create(&tr, &c, 0), 0);
+        float x0[4 * 64];
+        ddpm_step_stats st;
+        double first = 0, last = 0;
+        for (long step = 0; step < 150; step++) {
+            synthetic_batch(x0, 4, 8, step);
+            assert_int_equal(ddpm_trainer_step(tr, x0, &st), 0);
+            first += step < 20 ? st.loss / 20 : 0;
+            last += step >= 110 ? st.loss / 40 : 0;
+        }
+        fprintf(stderr, "  %s: loss first 20 steps %.4f, last 40 %.4f\n", ddpm_prediction_name(c.model.prediction),
+                first, last);
+        /* every target is learnable on 8 images: the loss at least falls */
+        assert_true(last < first);
+        char path[512];
+        snprintf(path, sizeof path, "%s/pred_%d.safetensors", tmpdir, k);
+        assert_int_equal(ddpm_trainer_save(tr, path), 0);
+        ddpm_checkpoint *ck;
+        assert_int_equal(ddpm_checkpoint_open(&ck, path), 0);
+        assert_int_equal(ddpm_checkpoint_config(ck)->model.prediction, k);
+        ddpm_unet *net;
+        float *params;
+        int used_ema;
+        assert_int_equal(ddpm_checkpoint_load_model(ck, 1, &net, &params, &used_ema), 0);
+        ddpm_checkpoint_close(ck);
+        assert_true(used_ema);
+        assert_int_equal(net->cfg.prediction, k);
+        assert_memory_equal(params, tr->ema, net->n_params * sizeof(float));
+        sample_and_check(net, params, &tr->sched, DDPM_SAMPLER_DDPM, 1);
+        sample_and_check(net, params, &tr->sched, DDPM_SAMPLER_DDIM, 1);
+        sample_and_check(net, params, &tr->sched, DDPM_SAMPLER_DDIM, 0);
+        free(params);
+        ddpm_unet_free(net);
+        ddpm_trainer_free(tr);
+    }
+}
+
+/* Two synthetic classes, dark (a bright square on black) and bright (its
+ * negative): a tiny conditional model trained on them with label dropout samples
+ * the class it is asked for. Mean intensity of 8 samples per class, ancestral
+ * sampling: the data means are -0.72 and +0.72; a model that ignored the label
+ * would give the same mean for both (measured after 800 steps: -0.60 and +0.55;
+ * after 300 steps the tiny model had barely begun to use the label). */
+static double class_mean(const ddpm_trainer *tr, int cls, float guidance, const char *path)
+{
+    ddpm_sample_files_config fc;
+    ddpm_sample_files_config_default(&fc);
+    fc.n = 8;
+    fc.batch = 8;
+    fc.seed = 5;
+    fc.sampler.kind = DDPM_SAMPLER_DDPM;
+    fc.class_index = cls;
+    fc.guidance = guidance;
+    fc.grid_path = NULL;
+    fc.each_dir = path;
+    assert_int_equal(ddpm_sample_files(tr->net, tr->ema, &tr->sched, &fc, NULL, NULL, NULL), 0);
+    double sum = 0;
+    for (int k = 0; k < 8; k++) {
+        char file[600];
+        snprintf(file, sizeof file, "%s/%05d.png", path, k);
+        float img[64];
+        int S = 8, C = 1;
+        assert_int_equal(ddpm_image_load(file, img, S, C), 0);
+        for (int d = 0; d < 64; d++)
+            sum += img[d];
+    }
+    return sum / (8 * 64);
+}
+
+static void test_class_conditional_model_samples_the_requested_class(void **state)
+{
+    (void)state;
+    ddpm_run_config c;
+    tiny_run_config(&c);
+    c.model.n_classes = 2;
+    c.model.dropout = 0;
+    c.batch = 8;
+    /* T = 100 with the paper's betas ends at abar_T = 0.37: x_T would still show
+       the class, and N(0, I) noise would not be x_T. beta_end 0.2 ends at 5e-5. */
+    c.beta_end = 0.2;
+    ddpm_trainer *tr;
+    assert_int_equal(ddpm_trainer_create(&tr, &c, 0), 0);
+    const char *names[2] = {"dark", "bright"};
+    assert_int_equal(ddpm_trainer_set_class_names(tr, names), 0);
+    float x0[8 * 64];
+    int labels[8];
+    for (long step = 0; step < 800; step++) {
+        synthetic_batch(x0, 8, 8, step);
+        for (int b = 0; b < 8; b++) {
+            labels[b] = (int)((step + b) % 2);
+            if (labels[b] == 1)
+                for (int d = 0; d < 64; d++)
+                    x0[b * 64 + d] = -x0[b * 64 + d];
+        }
+        assert_int_equal(ddpm_trainer_step_class(tr, x0, labels, NULL), 0);
+    }
+    char dark[512], bright[512], guided[512];
+    snprintf(dark, sizeof dark, "%s/dark", tmpdir);
+    snprintf(bright, sizeof bright, "%s/bright", tmpdir);
+    snprintf(guided, sizeof guided, "%s/guided", tmpdir);
+    double m0 = class_mean(tr, 0, 1, dark), m1 = class_mean(tr, 1, 1, bright), g1 = class_mean(tr, 1, 3, guided);
+    fprintf(stderr, "  mean intensity: class dark %.3f, class bright %.3f, bright with guidance 3: %.3f\n", m0, m1, g1);
+    assert_true(m0 < -0.3);
+    assert_true(m1 > 0.3);
+    assert_true(g1 > 0.3);
+    assert_true(m1 - m0 > 0.7);
+    /* the class names travel with the checkpoint */
+    char path[512];
+    snprintf(path, sizeof path, "%s/cond.safetensors", tmpdir);
+    assert_int_equal(ddpm_trainer_save(tr, path), 0);
+    ddpm_checkpoint *ck;
+    assert_int_equal(ddpm_checkpoint_open(&ck, path), 0);
+    assert_int_equal(ddpm_checkpoint_config(ck)->model.n_classes, 2);
+    assert_string_equal(ddpm_checkpoint_class_names(ck)[0], "dark");
+    assert_string_equal(ddpm_checkpoint_class_names(ck)[1], "bright");
+    ddpm_trainer *back;
+    assert_int_equal(ddpm_trainer_from_checkpoint(&back, ck, 0), 0);
+    /* and with exported weights */
+    char exported[512];
+    snprintf(exported, sizeof exported, "%s/cond_export.safetensors", tmpdir);
+    assert_int_equal(ddpm_checkpoint_export(ck, exported, 0, NULL), 0);
+    ddpm_checkpoint_close(ck);
+    assert_int_equal(ddpm_checkpoint_open(&ck, exported), 0);
+    assert_int_equal(ddpm_checkpoint_config(ck)->model.n_classes, 2);
+    assert_string_equal(ddpm_checkpoint_class_names(ck)[0], "dark");
+    ddpm_checkpoint_close(ck);
+    assert_memory_equal(back->ema, tr->ema, tr->net->n_params * sizeof(float));
+    assert_string_equal(back->class_names[1], "bright");
+    ddpm_trainer_free(back);
+    ddpm_trainer_free(tr);
+}
+
+/* A checkpoint written before the prediction types (no "prediction", no
+ * "n_classes", no loss fields) is an eps, L_simple, unconditional model; an
+ * unknown prediction is refused with its name. */
+static void test_old_configs_load_as_eps_and_unknown_prediction_is_refused(void **state)
+{
+    (void)state;
+    ddpm_run_config c, back;
+    tiny_run_config(&c);
+    c.model.prediction = DDPM_PRED_V;
+    char *json = ddpm_run_config_to_json(&c);
+    assert_non_null(strstr(json, "\"prediction\":\"v\""));
+    assert_int_equal(ddpm_run_config_from_json(&back, json, "x"), 0);
+    assert_int_equal(back.model.prediction, DDPM_PRED_V);
+    char *p = strstr(json, "\"prediction\":\"v\""), changed[4096];
+    snprintf(changed, sizeof changed, "%.*s\"prediction\":\"x1\"%s", (int)(p - json), json, p + 16);
+    assert_true(ddpm_run_config_from_json(&back, changed, "old.safetensors") < 0);
+    assert_non_null(strstr(ddpm_last_error(), "x1"));
+    free(json);
+    /* the earlier form: "prediction":"eps" and none of the new fields */
+    const char *old = "{\"model\":{\"in_channels\":1,\"image_size\":8,\"ch\":8,\"ch_mult\":[1,2],"
+                      "\"num_res_blocks\":1,\"attn_res\":[4],\"groups\":4,\"dropout\":0.1,\"prediction\":\"eps\"},"
+                      "\"schedule\":{\"kind\":\"linear\",\"timesteps\":100,\"beta_start\":0.0001,\"beta_end\":0.02},"
+                      "\"train\":{\"batch\":4,\"lr\":0.002,\"warmup\":10,\"beta1\":0.9,\"beta2\":0.999,"
+                      "\"adam_eps\":1e-8,\"clip\":1,\"ema\":0.999,\"flip\":false,\"seed\":\"42\"}}";
+    assert_int_equal(ddpm_run_config_from_json(&back, old, "old.safetensors"), 0);
+    assert_int_equal(back.model.prediction, DDPM_PRED_EPS);
+    assert_int_equal(back.model.n_classes, 0);
+    assert_int_equal(back.loss.kind, DDPM_LOSS_SIMPLE);
+    assert_true(back.loss.snr_gamma == 0);
+}
+
+/* The same with labels, label dropout and the other objectives: a micro-batch's
+ * share of the loss and its gradient are scaled to the whole batch (a loss
+ * normalised by the micro-batch instead would be 7/3 times too large). */
+static void test_micro_batches_with_labels_and_other_objectives_give_the_whole_batch_gradient(void **state)
+{
+    (void)state;
+    const ddpm_loss_kind kinds[2] = {DDPM_LOSS_SIMPLE, DDPM_LOSS_HYBRID};
+    for (int r = 0; r < 2; r++) {
+        ddpm_run_config c;
+        tiny_run_config(&c);
+        c.batch = 7;
+        c.model.n_classes = 3;
+        c.model.prediction = DDPM_PRED_V;
+        c.loss.kind = kinds[r];
+        c.loss.snr_gamma = 5;
+        c.cond_drop = 0.3f;
+        float x0[7 * 64];
+        int labels[7] = {0, 1, 2, 0, 1, 2, 0};
+        synthetic_batch(x0, 7, 8, 0);
+        ddpm_trainer *whole, *part;
+        assert_int_equal(ddpm_trainer_create(&whole, &c, 0), 0);
+        assert_int_equal(ddpm_trainer_create(&part, &c, 3), 0);
+        ddpm_trainer_accumulate_class(whole, x0, labels, 0, 7);
+        ddpm_trainer_accumulate_class(part, x0, labels, 0, 7);
+        size_t n = whole->net->n_params;
+        double dg = tu_max_rel_diff(part->grads, whole->grads, n);
+        double dl = fabs(part->grads[n + DDPM_TRAIN_LOSS] - whole->grads[n + DDPM_TRAIN_LOSS]);
+        fprintf(stderr, "  %s, v, min-SNR 5, 3 classes, micro-batch 3: gradient max rel diff %.3g, loss diff %.3g\n",
+                ddpm_loss_name(kinds[r]), dg, dl);
+        /* tolerances of test_micro_batches_give_the_whole_batch_update */
+        assert_true(dg < 2e-6);
+        assert_true(dl < 1e-6 * (1 + fabs(whole->grads[n + DDPM_TRAIN_LOSS])));
+        ddpm_trainer_free(whole);
+        ddpm_trainer_free(part);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -365,6 +605,10 @@ int main(void)
         cmocka_unit_test(test_lr_schedule_round_trips_and_older_configs_load_as_constant),
         cmocka_unit_test(test_micro_batches_give_the_whole_batch_update),
         cmocka_unit_test(test_shares_of_a_batch_sum_to_its_gradient),
+        cmocka_unit_test(test_every_prediction_type_trains_round_trips_and_samples),
+        cmocka_unit_test(test_old_configs_load_as_eps_and_unknown_prediction_is_refused),
+        cmocka_unit_test(test_class_conditional_model_samples_the_requested_class),
+        cmocka_unit_test(test_micro_batches_with_labels_and_other_objectives_give_the_whole_batch_gradient),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -131,13 +131,27 @@ typedef struct {
     float *params, *x, *eps_pred, *r;
     int *t, B;
     size_t D;
+    const int *y; /* class labels (conditional models), or NULL */
 } ctx;
+
+/* Random weights everywhere (not the zero init, which would hide most
+ * gradients), GroupNorm gammas around 1. */
+static float *random_params(const ddpm_unet *net, uint64_t seed)
+{
+    float *p = tu_alloc(net->n_params);
+    tu_fill_uniform(p, net->n_params, seed, -0.3f, 0.3f);
+    for (int i = 0; i < net->n_tensors; i++)
+        if (strstr(net->tensors[i].name, "norm") && strstr(net->tensors[i].name, ".weight"))
+            for (size_t j = 0; j < net->tensors[i].n; j++)
+                p[net->tensors[i].offset + j] += 1.0f;
+    return p;
+}
 
 static double projected_output(void *opaque)
 {
     ctx *c = opaque;
     ddpm_dropout_draw drop = {.seed = 77, .counter = 0, .first = 0, .batch = c->B};
-    ddpm_unet_forward(c->net, c->params, c->ws, c->eps_pred, c->x, c->t, c->B, &drop);
+    ddpm_unet_forward_class(c->net, c->params, c->ws, c->eps_pred, c->x, c->t, c->y, c->B, &drop);
     double L = 0;
     for (size_t i = 0; i < (size_t)c->B * c->D; i++)
         L += (double)c->r[i] * c->eps_pred[i];
@@ -153,13 +167,7 @@ static void test_unet_backward_matches_finite_differences(void **state)
     assert_int_equal(ddpm_unet_create(&c.net, &cfg), 0);
     assert_int_equal(ddpm_unet_workspace_create(&c.ws, c.net, c.B, 1), 0);
     c.D = 3 * 8 * 8;
-    c.params = tu_alloc(c.net->n_params);
-    /* random weights everywhere (not the zero init, which would hide most gradients) */
-    tu_fill_uniform(c.params, c.net->n_params, 11, -0.3f, 0.3f);
-    for (int i = 0; i < c.net->n_tensors; i++)
-        if (strstr(c.net->tensors[i].name, "norm") && strstr(c.net->tensors[i].name, ".weight"))
-            for (size_t j = 0; j < c.net->tensors[i].n; j++)
-                c.params[c.net->tensors[i].offset + j] += 1.0f;
+    c.params = random_params(c.net, 11);
     c.x = tu_alloc(c.B * c.D);
     c.eps_pred = tu_alloc(c.B * c.D);
     c.r = tu_alloc(c.B * c.D);
@@ -197,6 +205,64 @@ static void test_unet_backward_matches_finite_differences(void **state)
     for (size_t k = 0; k < c.net->n_params; k++)
         assert_close(twice[k], 2.0 * grads[k], 1e-6 + 1e-5 * fabs(grads[k]));
     free(twice);
+    free(grads);
+    free(c.x);
+    free(c.eps_pred);
+    free(c.r);
+    free(c.params);
+    ddpm_unet_workspace_free(c.ws);
+    ddpm_unet_free(c.net);
+}
+
+/* The class embedding (a row of class_emb.weight added to the timestep
+ * embedding): its gradient, every element, against central differences, with a
+ * class used by two images of the batch (their gradients must add) and the "no
+ * class" row used by the third; the unused row's gradient must be exactly zero. */
+static void test_class_embedding_backward_matches_finite_differences(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    tiny_config(&cfg);
+    cfg.n_classes = 3;
+    int y[3] = {2, DDPM_NO_CLASS, 2}, t[3] = {3, 500, 917};
+    ctx c = {.B = 3, .y = y, .t = t, .D = 3 * 8 * 8};
+    assert_int_equal(ddpm_unet_create(&c.net, &cfg), 0);
+    int k = ddpm_unet_find_tensor(c.net, "class_emb.weight");
+    assert_true(k >= 0);
+    const ddpm_tensor_info *ti = &c.net->tensors[k];
+    assert_int_equal(ti->shape[0], 4); /* n_classes + 1 */
+    assert_int_equal(ti->shape[1], 4 * cfg.ch);
+    assert_int_equal(ddpm_unet_workspace_create(&c.ws, c.net, c.B, 1), 0);
+    c.params = random_params(c.net, 21);
+    c.x = tu_alloc(c.B * c.D);
+    c.eps_pred = tu_alloc(c.B * c.D);
+    c.r = tu_alloc(c.B * c.D);
+    tu_fill_uniform(c.x, c.B * c.D, 22, -1, 1);
+    tu_fill_uniform(c.r, c.B * c.D, 23, -1, 1);
+    float *grads = tu_alloc(c.net->n_params);
+    projected_output(&c);
+    ddpm_unet_backward(c.net, c.params, grads, c.ws, c.r, c.B);
+    /* tolerances as in test_unet_backward_matches_finite_differences */
+    int n_bad = tu_check_grad("class_emb.weight", c.params + ti->offset, grads + ti->offset, ti->n,
+                              projected_output, &c, 1e-2f, 4e-3, 2e-2);
+    assert_int_equal(n_bad, 0);
+    size_t E = (size_t)ti->shape[1];
+    double used = 0;
+    for (size_t j = 0; j < E; j++) {
+        assert_true(grads[ti->offset + 0 * E + j] == 0.0f && grads[ti->offset + 1 * E + j] == 0.0f);
+        used += fabs(grads[ti->offset + 2 * E + j]) + fabs(grads[ti->offset + 3 * E + j]);
+    }
+    assert_true(used > 1e-3); /* rows 2 and 3 do get gradients */
+    /* and the labels change the output: a different class, a different eps */
+    float *out_a = tu_alloc(c.B * c.D);
+    projected_output(&c);
+    memcpy(out_a, c.eps_pred, c.B * c.D * sizeof(float));
+    y[0] = 0;
+    projected_output(&c);
+    size_t at;
+    assert_true(tu_max_abs_diff(out_a, c.eps_pred, c.D, &at) > 1e-4);
+    assert_true(tu_max_abs_diff(out_a + c.D, c.eps_pred + c.D, 2 * c.D, &at) == 0); /* images 1, 2 unchanged */
+    free(out_a);
     free(grads);
     free(c.x);
     free(c.eps_pred);
@@ -421,6 +487,7 @@ int main(void)
         cmocka_unit_test(test_impossible_configs_are_refused),
         cmocka_unit_test(test_init_zeroes_residual_outputs_and_bounds_xavier),
         cmocka_unit_test(test_unet_backward_matches_finite_differences),
+        cmocka_unit_test(test_class_embedding_backward_matches_finite_differences),
         cmocka_unit_test(test_each_image_is_independent_of_the_rest_of_the_batch),
         cmocka_unit_test(test_dropout_masks_follow_the_image_index_in_the_batch),
         cmocka_unit_test(test_default_model_step_same_bytes_at_one_and_two_threads),

@@ -43,10 +43,13 @@ char *ddpm_train_state_to_json(const ddpm_train_state *s);
 int ddpm_run_config_from_json(ddpm_run_config *c, const char *json, const char *what);
 int ddpm_train_state_from_json(ddpm_train_state *s, const char *json, const char *what);
 
-/* Writes the checkpoint atomically. ema, adam_m, adam_v may be NULL (not saved). */
+/* Writes the checkpoint atomically. ema, adam_m, adam_v may be NULL (not saved).
+ * A class-conditional model (cfg->model.n_classes > 0) stores its class names
+ * (class_names[n_classes], the data folder's subfolders) as the metadata key
+ * "classes", a JSON list; NULL stores the indices "0", "1", ... */
 int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddpm_train_state *st,
                          const ddpm_unet *net, const float *params, const float *ema,
-                         const float *adam_m, const float *adam_v);
+                         const float *adam_m, const float *adam_v, const char *const *class_names);
 
 typedef struct ddpm_checkpoint ddpm_checkpoint;
 
@@ -62,6 +65,8 @@ void ddpm_checkpoint_close(ddpm_checkpoint *ck);
 const ddpm_run_config *ddpm_checkpoint_config(const ddpm_checkpoint *ck);
 const ddpm_train_state *ddpm_checkpoint_state(const ddpm_checkpoint *ck);
 const char *ddpm_checkpoint_path(const ddpm_checkpoint *ck);
+/* The class names of a class-conditional model ([n_classes]); NULL otherwise. */
+const char *const *ddpm_checkpoint_class_names(const ddpm_checkpoint *ck);
 /* Whether every tensor of net exists under prefix ("" for the weights, "ema.", ...). */
 int ddpm_checkpoint_has(const ddpm_checkpoint *ck, const ddpm_unet *net, const char *prefix);
 /* Reads every tensor of net's table under prefix into dst[n_params], checking

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ddpm/loss.h"
 #include "ddpm/optim.h"
 #include "ddpm/schedule.h"
 #include "ddpm/unet.h"
@@ -24,10 +25,15 @@ typedef struct {
     int batch;
     int flip; /* random horizontal flips of training images */
     uint64_t seed;
+    ddpm_loss_config loss; /* the objective (loss.h; default L_simple) */
+    float cond_drop;       /* class-conditional models: probability that an image's
+                              label is replaced by "no class" (classifier-free
+                              guidance, Ho & Salimans 2022); default 0.1 */
 } ddpm_run_config;
 
-/* The defaults: model for 28x28 gray (unet.h), linear schedule 1e-4..0.02 over
- * T = 1000, batch 64, no flips, seed 0, the optimiser of optim.h. */
+/* The defaults: model for 28x28 gray (unet.h; eps prediction, unconditional),
+ * linear schedule 1e-4..0.02 over T = 1000, batch 64, no flips, seed 0, the
+ * optimiser of optim.h, L_simple, label dropout 0.1 (used only with classes). */
 void ddpm_run_config_default(ddpm_run_config *c);
 
 /* Data-driven model defaults. A model field may be left "auto" (ch, n_levels or

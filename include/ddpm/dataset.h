@@ -36,6 +36,7 @@ typedef struct ddpm_dataset ddpm_dataset;
 
 /* Bounds of the folder scan (see above). */
 enum { DDPM_DATASET_MAX_DEPTH = 64, DDPM_DATASET_MAX_FILES = 10000000 };
+#define DDPM_DATASET_MAX_CLASSES 10000
 
 /* Receives each warning line (no trailing newline). */
 typedef void (*ddpm_dataset_warn_fn)(void *user, const char *line);
@@ -48,6 +49,12 @@ typedef struct {
                      has R = G = B after decoding, whatever the file header says;
                      alpha ignored), else 3 */
     int strict;   /* nonzero: a file that is not a readable image is an error */
+    int classes;  /* nonzero: one subfolder per class; an image's label is the
+                     index of its top-level subfolder among the sorted names of
+                     the subfolders that hold images (numerically when every
+                     name is a decimal number, as `ddpm convert --labels` writes
+                     them; else bytewise). An image directly in the folder is an
+                     error. */
     /* Receives the warnings, one line each: "skipped: <file>: <reason>", the
      * summary "skipped N of M files" and "skipped: <link>: ..." for a symlink to a
      * folder already scanned. NULL: no warnings. The library never prints. */
@@ -84,11 +91,21 @@ const uint8_t *ddpm_dataset_image_u8(const ddpm_dataset *ds, int i);
 /* Image i into x[C, S, S] in [-1, 1]. */
 int ddpm_dataset_get(const ddpm_dataset *ds, float *x, int i);
 
+/* Classes (options.classes): their number (0 without), the name of class k, and
+ * the label of image i (-1 without classes or out of range). */
+int ddpm_dataset_n_classes(const ddpm_dataset *ds);
+const char *ddpm_dataset_class_name(const ddpm_dataset *ds, int k);
+const char *const *ddpm_dataset_class_names(const ddpm_dataset *ds);
+int ddpm_dataset_label(const ddpm_dataset *ds, int i);
+
 /* Fills x[B, C, S, S] with the next B images of the shuffled order, in [-1, 1],
  * each flipped left-right with probability 1/2 when flip is nonzero. Only
  * rng->seed and rng->stream are read (use DDPM_STREAM_DATA, and keep that stream
  * for the dataset alone); the counter is neither used nor advanced. */
 int ddpm_dataset_next_batch(ddpm_dataset *ds, float *x, int B, const ddpm_rng *rng, int flip);
+/* The same, with each image's label in labels[B] (may be NULL). */
+int ddpm_dataset_next_batch_labeled(ddpm_dataset *ds, float *x, int *labels, int B, const ddpm_rng *rng,
+                                    int flip);
 
 /* The epoch and the position within it of the next image to be served (a fresh
  * dataset is at 0, 0). */

@@ -118,6 +118,12 @@ void ddpm_dropout_backward(float *din, float beta, const float *dout, float p, s
  * out[b] = [sin(t_b * freq), cos(t_b * freq)] with t the 0-based step index. */
 void ddpm_timestep_embedding(float *out, const int *t, int B, int dim);
 
+/* ---- learned embedding rows (src/ops/embedding.c): the class embedding ------
+ * out[b, :] += table[idx[b], :] for b < B (rows of dim floats), and its backward
+ * d_table[idx[b], :] += d_out[b, :] (rows hit twice accumulate twice). */
+void ddpm_embedding_add_forward(float *out, const int *idx, const float *table, int B, int dim);
+void ddpm_embedding_add_backward(float *d_table, const float *d_out, const int *idx, int B, int dim);
+
 /* ---- spatial self-attention core (src/ops/attention.c) -----------------------
  * q, k, v, h [B,C,N] (N = H*W positions, channels first as in NCHW).
  * w[b,i,j] = softmax_j(sum_c q[b,c,i] k[b,c,j] / sqrt(C)), saved [B,N,N];

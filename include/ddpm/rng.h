@@ -25,6 +25,7 @@ enum {
     DDPM_STREAM_DROPOUT = 3, /* dropout masks */
     DDPM_STREAM_SAMPLE = 4,  /* sampling noise */
     DDPM_STREAM_INIT = 5,    /* weight initialisation */
+    DDPM_STREAM_LABELS = 6,  /* label dropout of class-conditional training */
 };
 
 void ddpm_rng_init(ddpm_rng *rng, uint64_t seed, uint64_t stream);

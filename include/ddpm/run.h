@@ -48,6 +48,8 @@ typedef struct {
     int preview_n;               /* images in a preview grid (0: no previews) */
     int preview_steps;           /* DDIM steps (eta 1, EMA weights) of a preview */
     int strict;                  /* non-image files in the data folder are an error */
+    int classes;                 /* class-conditional: one subfolder of data_dir per class
+                                    (dataset.h); the model gets n_classes from the data */
     const char *eval_dir;        /* held-out images (NULL: no evaluation): every eval_every
                                     steps, L_simple of the EMA weights on eval_n of them
                                     (and with eval_mc > 0 the --mc bound, eval.h) goes to

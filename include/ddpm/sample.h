@@ -21,32 +21,39 @@ typedef struct {
     float eta;         /* DDIM: 0 deterministic, 1 ancestral-like */
     ddpm_var_kind var; /* DDPM: sigma_t^2 = beta_t or beta~_t */
     int clip_x0;       /* clip the predicted x0 to [-1, 1] (see ddpm_ddpm_step) */
+    ddpm_prediction prediction; /* what the model function returns (predict.h);
+                                   ddpm_sample_files takes it from the network */
 } ddpm_sampler_config;
 
-/* DDPM, all T steps, sigma^2 = beta, clip on; for DDIM: 100 steps, eta 1. */
+/* DDPM, all T steps, sigma^2 = beta, clip on, eps prediction; for DDIM: 100
+ * steps, eta 1. */
 void ddpm_sampler_config_default(ddpm_sampler_config *c);
 
-/* eps_theta(x_t, i) for B images of D values; i[b] the 0-based step index. */
+/* The model's output at (x_t, i) for B images of D values; i[b] the 0-based step
+ * index. Its meaning is the sampler config's prediction (eps_theta by default). */
 typedef void (*ddpm_eps_fn)(void *ctx, float *eps, const float *x_t, const int *i, int B);
 /* Called after every step: k counts steps from 0 to n_steps-1, i is the step just
  * taken, x the new sample, x0 the predicted x0 at that step. May be NULL. */
 typedef void (*ddpm_step_fn)(void *ctx, int k, int n_steps, int i, const float *x, const float *x0,
                              int B);
 
-/* One ancestral step from index i: without clipping it is Algorithm 2,
+/* The step functions take the model output `out` of kind `pred` and turn it into
+ * eps and x0 through ddpm_pred_coefs (predict.h), their one conversion.
+ *
+ * One ancestral step from index i: without clipping it is Algorithm 2,
  * x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1-abar_t) eps) + sigma_t z; with clipping
  * the mean is the posterior mean mu~(clip(x0_pred), x_t) (eq. 7), which equals
  * the first form whenever x0_pred is inside [-1, 1]. z is ignored at i = 0.
  * x0_out (may be NULL) receives the (clipped) predicted x0. */
-void ddpm_ddpm_step(float *x_prev, float *x0_out, const float *x_t, const float *eps,
-                    const float *z, int i, size_t D, const ddpm_schedule *s, ddpm_var_kind var,
-                    int clip_x0);
+void ddpm_ddpm_step(float *x_prev, float *x0_out, const float *x_t, ddpm_prediction pred,
+                    const float *out, const float *z, int i, size_t D, const ddpm_schedule *s,
+                    ddpm_var_kind var, int clip_x0);
 /* One DDIM step from index i to index i_prev (-1: to x_0, abar = 1):
  * x0 = (x_t - sqrt(1-abar) eps)/sqrt(abar) (clipped, then eps recomputed from it),
  * sigma = eta sqrt((1-abar_prev)/(1-abar) (1 - abar/abar_prev)),
  * x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z. */
-void ddpm_ddim_step(float *x_prev, float *x0_out, const float *x_t, const float *eps,
-                    const float *z, int i, int i_prev, float eta, size_t D,
+void ddpm_ddim_step(float *x_prev, float *x0_out, const float *x_t, ddpm_prediction pred,
+                    const float *out, const float *z, int i, int i_prev, float eta, size_t D,
                     const ddpm_schedule *s, int clip_x0);
 
 /* The DDIM subsequence: S indices round(k (T-1)/(S-1)), k = 0..S-1, increasing
@@ -82,11 +89,25 @@ int ddpm_sample_from(float *x, float *scratch, int B, size_t D, int first_image,
                      const ddpm_schedule *s, const ddpm_sampler_config *c, ddpm_eps_fn eps_fn,
                      void *eps_ctx, const ddpm_rng *rng, ddpm_step_fn step_fn, void *step_ctx);
 
-/* The U-Net as an eps function: ctx is a ddpm_unet_eps_ctx; no dropout. */
+/* The U-Net as an eps function: ctx is a ddpm_unet_eps_ctx; no dropout.
+ * A class-conditional model with labels samples with classifier-free guidance
+ * (Ho & Salimans 2022): out = out_uncond + W (out_cond - out_uncond), where
+ * out_uncond is the output for "no class". W = 1 is the conditional model (one
+ * forward pass), W = 0 the unconditional one (one pass), other W two passes.
+ * The combination is applied to the network output: its weights sum to 1, so
+ * it equals the combination of the eps (or x0, mu) it converts to (predict.h). */
 typedef struct {
     const ddpm_unet *net;
     const float *params;
     ddpm_unet_workspace *ws;
+    /* class-conditional models; zero-initialised means unconditional */
+    const int *labels; /* [B] classes of the images of the call; NULL: "no class" */
+    float guidance;    /* W, used when labels is not NULL */
+    float *uncond;     /* [B, D] scratch, needed when labels and W != 0, 1 */
+    /* NULL: the raw output, whose meaning is net->cfg.prediction (what the
+     * samplers take); a schedule: the output converted to eps_theta with
+     * ddpm_pred_to_eps_x0, for code that needs eps itself (the evaluator) */
+    const ddpm_schedule *to_eps;
 } ddpm_unet_eps_ctx;
 void ddpm_unet_eps(void *ctx, float *eps, const float *x_t, const int *i, int B);
 
@@ -123,6 +144,11 @@ typedef struct {
      * path, step and weights are taken from here, the rest from this config.
      * NULL (the default): PNGs without a recipe. */
     const struct ddpm_recipe *recipe;
+    /* class-conditional models (ignored by unconditional ones) */
+    int class_index;   /* the class of every image (default DDPM_NO_CLASS: unconditional) */
+    float guidance;    /* classifier-free guidance weight W (default 1) */
+    int grid_by_class; /* n images of every class, one grid row per class (image
+                          k has class k / n; the grid has n_classes * n images) */
 } ddpm_sample_files_config;
 
 void ddpm_sample_files_config_default(ddpm_sample_files_config *c);

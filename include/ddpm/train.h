@@ -1,10 +1,16 @@
-/* train.h: DDPM training (Ho et al. 2020, Algorithm 1, L_simple).
+/* train.h: DDPM training (Ho et al. 2020, Algorithm 1; L_simple by default,
+ * the other objectives of loss.h and prediction types of predict.h by config).
  *
  * ddpm_trainer holds one run in memory: the network, its parameter, gradient,
  * Adam and EMA arenas, the schedule, and the state (step, RNG counters).
  * ddpm_trainer_step takes one batch of clean images x0 in [-1, 1]:
  *   t ~ U{1..T}, eps ~ N(0, I), x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) eps,
  *   loss = mean (eps - eps_theta(x_t, t))^2, backward, clip, Adam, EMA.
+ * With another prediction type the MSE compares the output with that type's
+ * target (ddpm_pred_target); with another objective, ddpm_loss computes it.
+ * A class-conditional model takes a label per image; each label is replaced by
+ * "no class" with probability cfg.cond_drop (classifier-free guidance), drawn
+ * for image g by ddpm_rng_uniform on stream LABELS from counter noise + g.
  * The trainer does not know where batches come from: a training run (run.h)
  * feeds it from a dataset and saves it.
  *
@@ -41,6 +47,9 @@ typedef struct {
     int micro_batch;                     /* images per forward/backward */
     float *x_t, *eps, *eps_pred, *d_eps; /* [micro_batch, C, S, S] */
     int *t;                              /* [micro_batch] step indices */
+    float *target;                       /* [micro_batch, C, S, S] scratch of the loss */
+    int *labels;                         /* [micro_batch] labels after the label dropout */
+    char **class_names;                  /* [cfg.model.n_classes], saved in the checkpoint */
     /* The one copy of where the run is. The step and the Philox counters of the
      * noise and dropout streams are the trainer's own (each step reads and
      * advances them); data_epoch / data_position are the data feeder's, which
@@ -60,7 +69,7 @@ enum {
 };
 
 typedef struct {
-    double loss;      /* L_simple of the batch */
+    double loss;      /* the objective of the batch (L_simple by default) */
     double grad_norm; /* before clipping */
     float lr;         /* the step's learning rate */
 } ddpm_step_stats;
@@ -77,9 +86,16 @@ void ddpm_trainer_free(ddpm_trainer *tr);
  * Returns DDPM_ENAN (and changes neither the weights nor the state) if the loss
  * or the gradient is not finite. */
 int ddpm_trainer_step(ddpm_trainer *tr, const float *x0, ddpm_step_stats *stats);
+/* ddpm_trainer_step with labels[cfg.batch] (ddpm_trainer_accumulate_class). */
+int ddpm_trainer_step_class(ddpm_trainer *tr, const float *x0, const int *labels, ddpm_step_stats *stats);
+/* Copies the names of the n = cfg.model.n_classes classes (saved with the run). */
+int ddpm_trainer_set_class_names(ddpm_trainer *tr, const char *const *names);
 /* Clears the reduce buffer, then accumulates the gradient and the loss share of
  * images [first, first + count) of the batch x0 [cfg.batch, C, S, S]. */
 void ddpm_trainer_accumulate(ddpm_trainer *tr, const float *x0, int first, int count);
+/* The same for a class-conditional model: labels[cfg.batch], indexed like x0,
+ * in 0..n_classes-1 (NULL: every image unlabelled). */
+void ddpm_trainer_accumulate_class(ddpm_trainer *tr, const float *x0, const int *labels, int first, int count);
 /* The step from the reduce buffer (gradients of the whole batch): clip, Adam,
  * EMA, advance the step and the counters. DDPM_ENAN as ddpm_trainer_step. */
 int ddpm_trainer_apply(ddpm_trainer *tr, ddpm_step_stats *stats);

@@ -13,10 +13,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ddpm/predict.h"
 #include "ddpm/rng.h"
 
 #define DDPM_MAX_LEVELS 8
 #define DDPM_MAX_NAME 64
+#define DDPM_MAX_CLASSES 10000
 
 typedef struct {
     int in_channels;    /* 1 (gray) or 3 (RGB) */
@@ -29,6 +31,10 @@ typedef struct {
     int attn_res[DDPM_MAX_LEVELS]; /* resolutions (side in pixels) with attention */
     int groups;         /* GroupNorm groups; must divide every channel count */
     float dropout;      /* training dropout probability in ResBlocks */
+    ddpm_prediction prediction; /* what the output means (predict.h; default eps) */
+    int n_classes;      /* 0: unconditional; else a learned class embedding
+                           class_emb.weight [n_classes + 1, 4 ch] (row n_classes:
+                           "no class") added to the timestep embedding */
 } ddpm_unet_config;
 
 /* docs/design.md defaults for 28x28 gray images: ch 32, ch_mult 1,2,2, 2 res blocks,
@@ -111,6 +117,13 @@ uint64_t ddpm_unet_dropout_counters(const ddpm_unet *net, int batch);
 void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
                        float *eps_pred, const float *x_t, const int *t, int B,
                        const ddpm_dropout_draw *dropout);
+/* The same with class labels y[B] for a model with n_classes > 0: y[b] in
+ * 0..n_classes-1 selects a row of class_emb, DDPM_NO_CLASS (or y NULL) the "no
+ * class" row. Unconditional models ignore y. */
+#define DDPM_NO_CLASS (-1)
+void ddpm_unet_forward_class(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
+                             float *eps_pred, const float *x_t, const int *t, const int *y, int B,
+                             const ddpm_dropout_draw *dropout);
 /* Backward of the last forward on this workspace (which must be a training one):
  * ACCUMULATES d loss / d params into grads[n_params] given d loss / d eps_pred. */
 void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,

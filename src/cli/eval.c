@@ -221,7 +221,8 @@ int cmd_eval(int argc, char **argv)
     if (!rc)
         rc = ddpm_unet_workspace_create(&ws, net, B, 0);
 
-    ddpm_unet_eps_ctx ctx = {net, params, ws};
+    /* the bound and L_simple take eps_theta: an x0, v or mu model's output is converted (predict.h) */
+    ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws, .to_eps = &sched};
     long per_image = bc.mc > 0 ? bc.mc + 1 : sched.T;
     progress_ctx pc = {.quiet = quiet, .tty = isatty(fileno(stderr)), .what = "bound",
                        .grand_total = (long)n * per_image + n};

@@ -202,6 +202,11 @@ int cmd_info(int argc, char **argv)
                    ddpm_checkpoint_has(ck, net, "adam_m.") ? "yes" : "no", n, cp ? cp : "?", sp ? sp : "?");
         printf("checksums: %s\n", ddpm_checkpoint_checksummed(ck) ? "crc32c of every tensor verified"
                                                                   : "none (an older file; its data is not verified)");
+        const char *const *names = ddpm_checkpoint_class_names(ck);
+        for (int k = 0; names && k < net->cfg.n_classes; k++)
+            printf(k ? ", %s" : "classes: %s", names[k]);
+        if (names)
+            printf("\n");
         free(cp);
         free(sp);
         cJSON_Delete(c);

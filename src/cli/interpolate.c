@@ -213,7 +213,8 @@ int cmd_interpolate(int argc, char **argv)
     }
     if (!rc && !used_ema && !no_ema && !quiet)
         fprintf(stderr, "ddpm: %s has no EMA weights; using the raw weights\n", ckpt_path);
-    ddpm_unet_eps_ctx ctx = {net, params, ws};
+    /* the interpolation's sampler takes eps: convert the output of an x0, v or mu model */
+    ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws, .to_eps = &sched};
     if (!rc)
         rc = images ? ddpm_interpolate_images(x + (sources ? D : 0), D, x0_a, x0_b, at, seed, &sched, &ic,
                                               ddpm_unet_eps, &ctx)

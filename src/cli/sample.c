@@ -58,6 +58,15 @@ static void usage(FILE *f)
 "                       textured blobs, eta 1 almost none; see README)\n"
 "  --var beta|beta-tilde  DDPM's sigma_t^2 (default beta)\n"
 "  --no-clip            do not clip the predicted x0\n"
+"class-conditional models (ddpm train --classes):\n"
+"  --class NAME|INDEX   sample this class (a name from the checkpoint, or its\n"
+"                       index); default: unconditional (the \"no class\" row)\n"
+"  --guidance W         classifier-free guidance: out = out_uncond + W (out_cond -\n"
+"                       out_uncond). 1 (default) the conditional model, one\n"
+"                       forward pass per step; 0 unconditional; > 1 guided, two\n"
+"                       forward passes per step\n"
+"  --grid-by-class      one grid row per class, --n images each (default n 8\n"
+"                       with this flag)\n"
 "output:\n"
 "  --out FILE.png       the grid (default samples.png)\n"
 "  --out-dir DIR        also one PNG per image, DIR/00000.png ...\n"
@@ -84,6 +93,7 @@ enum {
     O_OUT = 256, O_OUT_DIR, O_NO_GRID, O_N, O_NROW, O_PAD, O_PAD_VALUE, O_SAMPLER, O_STEPS, O_ETA, O_VAR,
     O_NO_CLIP, O_TRAJ, O_TRAJ_K, O_SEED, O_BATCH, O_THREADS, O_NO_EMA, O_QUIET, O_JSON, O_HELP, O_FROM,
     O_CHECKPOINT,
+    O_CLASS, O_GUIDANCE, O_GRID_BY_CLASS,
 };
 
 /* The flags a recipe sets: refused with --from. */
@@ -154,13 +164,15 @@ int cmd_sample(int argc, char **argv)
         {"threads", required_argument, 0, O_THREADS}, {"no-ema", no_argument, 0, O_NO_EMA},
         {"quiet", no_argument, 0, O_QUIET}, {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
         {"from", required_argument, 0, O_FROM}, {"checkpoint", required_argument, 0, O_CHECKPOINT},
-        {0, 0, 0, 0},
+        {"class", required_argument, 0, O_CLASS}, {"guidance", required_argument, 0, O_GUIDANCE},
+        {"grid-by-class", no_argument, 0, O_GRID_BY_CLASS}, {0, 0, 0, 0},
     };
     ddpm_sample_files_config fc;
     ddpm_sample_files_config_default(&fc);
     const char *out = fc.grid_path;
-    int threads = 0, no_ema = 0, quiet = 0, json = 0, no_grid = 0, steps_given = 0, out_given = 0;
+    int threads = 0, no_ema = 0, quiet = 0, json = 0, no_grid = 0, steps_given = 0, out_given = 0, n_given = 0;
     const char *from = NULL, *checkpoint_flag = NULL, *recipe_flag = NULL;
+    const char *class_arg = NULL;
     ddpm_sampler_config *sc = &fc.sampler;
     int opt, bad = 0, longindex = -1;
     opterr = 0;
@@ -177,7 +189,10 @@ int cmd_sample(int argc, char **argv)
         case O_OUT: out = optarg; out_given = 1; break;
         case O_OUT_DIR: fc.each_dir = optarg; break;
         case O_NO_GRID: no_grid = 1; break;
-        case O_N: bad |= arg_int("n", optarg, 1, 1000000, &fc.n); break;
+        case O_N: bad |= arg_int("n", optarg, 1, 1000000, &fc.n); n_given = 1; break;
+        case O_CLASS: class_arg = optarg; break;
+        case O_GUIDANCE: bad |= arg_float("guidance", optarg, 0, 1000, &fc.guidance); break;
+        case O_GRID_BY_CLASS: fc.grid_by_class = 1; break;
         case O_NROW: bad |= arg_int("nrow", optarg, 1, 100000, &fc.nrow); break;
         case O_PAD: bad |= arg_int("pad", optarg, 0, 1000, &fc.pad); break;
         case O_PAD_VALUE: bad |= arg_int("pad-value", optarg, 0, 255, &fc.pad_value); break;
@@ -304,6 +319,35 @@ int cmd_sample(int argc, char **argv)
         ddpm_checkpoint_close(ck);
         return DDPM_EXIT_USAGE;
     }
+    int n_classes = cfg->model.n_classes;
+    if ((class_arg || fc.grid_by_class) && n_classes == 0) {
+        cli_error("%s: the model is not class-conditional (trained without --classes)", ckpt_path);
+        ddpm_checkpoint_close(ck);
+        return DDPM_EXIT_USAGE;
+    }
+    if (class_arg && fc.grid_by_class) {
+        cli_error("sample: --class and --grid-by-class exclude each other");
+        ddpm_checkpoint_close(ck);
+        return DDPM_EXIT_USAGE;
+    }
+    if (class_arg) { /* a name first, then an index */
+        const char *const *names = ddpm_checkpoint_class_names(ck);
+        for (int k = 0; k < n_classes && fc.class_index == DDPM_NO_CLASS; k++)
+            if (!strcmp(names[k], class_arg))
+                fc.class_index = k;
+        char *end;
+        long v = strtol(class_arg, &end, 10);
+        if (fc.class_index == DDPM_NO_CLASS && *class_arg && !*end && v >= 0 && v < n_classes)
+            fc.class_index = (int)v;
+        if (fc.class_index == DDPM_NO_CLASS) {
+            cli_error("--class: '%s' is not one of the model's %d classes (%s, ...) nor an index 0..%d", class_arg,
+                      n_classes, names[0], n_classes - 1);
+            ddpm_checkpoint_close(ck);
+            return DDPM_EXIT_USAGE;
+        }
+    }
+    if (fc.grid_by_class && !n_given)
+        fc.n = 8;
     ddpm_unet *net = NULL;
     float *params = NULL;
     int used_ema = 0;
@@ -334,7 +378,7 @@ int cmd_sample(int argc, char **argv)
     double seconds = ddpm_now_seconds() - pc.t_start;
     if (pc.tty && !quiet)
         fputc('\n', stderr);
-    int n_steps = ddpm_sampler_n_steps(sc, &sched), n = fc.n;
+    int n_steps = ddpm_sampler_n_steps(sc, &sched), n = fc.grid_by_class ? fc.n * n_classes : fc.n;
     if (rc)
         cli_error("%s", ddpm_last_error());
     else if (!quiet) {

@@ -107,10 +107,11 @@ static void usage(FILE *f)
     fprintf(f,
 "usage: ddpm train DATA_DIR [options]\n"
 "\n"
-"Trains an epsilon-predicting U-Net (DDPM, Ho et al. 2020, Algorithm 1) on the\n"
-"images under DATA_DIR (searched recursively; PNG, JPEG, BMP, TGA, GIF, PSD, HDR,\n"
-"PNM). Writes RUN_DIR/checkpoint.safetensors, RUN_DIR/log.jsonl and preview grids\n"
-"in RUN_DIR/samples/. Ctrl-C (SIGINT, SIGTERM or SIGUSR1) saves a checkpoint\n"
+"Trains a U-Net (DDPM, Ho et al. 2020, Algorithm 1: eps prediction and L_simple\n"
+"unless --prediction or --loss say otherwise) on the images under DATA_DIR\n"
+"(searched recursively; PNG, JPEG, BMP, TGA, GIF, PSD, HDR, PNM). Writes\n"
+"RUN_DIR/checkpoint.safetensors, RUN_DIR/log.jsonl and preview grids in\n"
+"RUN_DIR/samples/. Ctrl-C (SIGINT, SIGTERM or SIGUSR1) saves a checkpoint\n"
 "and stops; --resume continues.\n"
 "\n"
 "run:\n"
@@ -153,7 +154,15 @@ static void usage(FILE *f)
 "                       480x480)\n"
 "  --channels C         1 or 3 (default: 1 if every pixel of every image has\n"
 "                       R = G = B, so gray pictures saved as RGB train as gray)\n"
-"  --flip               random horizontal flips (default off)\n");
+"  --flip               random horizontal flips (default off)\n"
+"  --classes            class-conditional: DATA_DIR holds one subfolder per class\n"
+"                       (as `ddpm convert --labels` writes them); the classes are\n"
+"                       the subfolder names, sorted (numerically when all are\n"
+"                       numbers) and stored in the checkpoint. Adds a learned\n"
+"                       class embedding to the timestep embedding (default off:\n"
+"                       unconditional)\n"
+"  --cond-drop P        with --classes: probability that an image's label is\n"
+"                       dropped for classifier-free guidance (default 0.1)\n");
     fprintf(f,
 "model (docs/design.md, The network). Each flag not given is chosen from the\n"
 "image side S and channels (explicit flags always win):\n"
@@ -176,6 +185,18 @@ static void usage(FILE *f)
 "  --schedule NAME      linear or cosine (default linear)\n"
 "  --beta-start B       linear schedule's first beta (default 1e-4)\n"
 "  --beta-end B         linear schedule's last beta (default 0.02)\n"
+    );
+    fprintf(f,
+"objective (README, Experiments):\n"
+"  --prediction KIND    what the network predicts: eps (default), x0, v, or mu\n"
+"                       (the posterior mean mu~, the DDPM paper's baseline)\n"
+"  --loss KIND          simple (default: L_simple, the MSE to the prediction's\n"
+"                       target), vlb (the variational bound with sigma_t^2 =\n"
+"                       beta_t: KL terms and the discretized decoder, in nats\n"
+"                       per dimension, times T), or hybrid (simple + lambda vlb)\n"
+"  --vlb-weight L       lambda of --loss hybrid (default 0.001)\n"
+"  --snr-weighting min-snr:G  weight each image's MSE by min-SNR-gamma with\n"
+"                       gamma G (Hang et al. 2023; eps, x0 or v; default off)\n"
 "optimiser:\n"
 "  --batch N            images per step (default 64)\n"
 "  --micro-batch N      images per forward/backward pass (default: the whole\n"
@@ -210,7 +231,7 @@ enum {
     O_JSON, O_HELP, O_ALLOW_DATA_CHANGE, O_MICRO_BATCH,
     /* flags that define the run: refused with --resume */
     O_FIRST_RUN_FLAG, O_MODEL = O_FIRST_RUN_FLAG, O_FLIP, O_SCHEDULE, O_BETA_START, O_BETA_END, O_BATCH, O_LR, O_WARMUP, O_CLIP,
-    O_EMA, O_SEED, O_LR_SCHEDULE, O_LR_MIN,
+    O_EMA, O_SEED, O_LR_SCHEDULE, O_LR_MIN, O_PREDICTION, O_LOSS, O_VLB_WEIGHT, O_SNR, O_CLASSES, O_COND_DROP,
 };
 
 /* The default thread count of one of the processes of a run on this machine. */
@@ -255,7 +276,11 @@ static int train_main(int argc, char **argv)
         {"lr", required_argument, 0, O_LR}, {"warmup", required_argument, 0, O_WARMUP},
         {"clip", required_argument, 0, O_CLIP}, {"ema", required_argument, 0, O_EMA},
         {"seed", required_argument, 0, O_SEED}, {"lr-schedule", required_argument, 0, O_LR_SCHEDULE},
-        {"lr-min", required_argument, 0, O_LR_MIN}, {0, 0, 0, 0},
+        {"lr-min", required_argument, 0, O_LR_MIN},
+        {"prediction", required_argument, 0, O_PREDICTION},
+        {"loss", required_argument, 0, O_LOSS}, {"vlb-weight", required_argument, 0, O_VLB_WEIGHT},
+        {"snr-weighting", required_argument, 0, O_SNR}, {"classes", no_argument, 0, O_CLASSES},
+        {"cond-drop", required_argument, 0, O_COND_DROP}, {0, 0, 0, 0},
     };
     ddpm_run_options o;
     ddpm_run_options_default(&o);
@@ -308,6 +333,29 @@ static int train_main(int argc, char **argv)
         case O_CLIP: bad |= arg_float("clip", optarg, 0, 1e30, &o.cfg.optim.clip); break;
         case O_EMA: bad |= arg_float("ema", optarg, 0, 0.999999, &o.cfg.optim.ema_decay); break;
         case O_SEED: bad |= arg_u64("seed", optarg, &o.cfg.seed); break;
+        case O_PREDICTION:
+            if (ddpm_prediction_parse(optarg, &o.cfg.model.prediction)) {
+                cli_error("--prediction: '%s' is not eps, x0, v or mu", optarg);
+                bad = 1;
+            }
+            break;
+        case O_LOSS:
+            if (ddpm_loss_parse(optarg, &o.cfg.loss.kind)) {
+                cli_error("--loss: '%s' is not simple, vlb or hybrid", optarg);
+                bad = 1;
+            }
+            break;
+        case O_CLASSES: o.classes = 1; break;
+        case O_COND_DROP: bad |= arg_float("cond-drop", optarg, 0, 1, &o.cfg.cond_drop); break;
+        case O_VLB_WEIGHT: bad |= arg_float("vlb-weight", optarg, 0, 1e6, &o.cfg.loss.vlb_weight); break;
+        case O_SNR:
+            if (strncmp(optarg, "min-snr:", 8)) {
+                cli_error("--snr-weighting: '%s' is not min-snr:GAMMA", optarg);
+                bad = 1;
+            } else {
+                bad |= arg_float("snr-weighting", optarg + 8, 1e-6, 1e6, &o.cfg.loss.snr_gamma);
+            }
+            break;
         case O_LR_SCHEDULE:
             if (ddpm_lr_schedule_parse(optarg, &o.cfg.optim.lr_schedule)) {
                 cli_error("--lr-schedule: '%s' is not constant or cosine", optarg);
@@ -331,6 +379,10 @@ static int train_main(int argc, char **argv)
     snprintf(ckpt, sizeof ckpt, "%s/%s", o.out_dir, DDPM_CHECKPOINT_FILE);
     if (o.resume && run_flag_given && access(ckpt, F_OK) == 0) { /* without a checkpoint, the flags start it */
         cli_error("train: --%s cannot be changed on --resume (the run's config is in its checkpoint)", run_flag_given);
+        return DDPM_EXIT_USAGE;
+    }
+    if (!o.resume && ddpm_loss_config_check(&o.cfg.loss, o.cfg.model.prediction)) {
+        cli_error("train: %s", ddpm_last_error());
         return DDPM_EXIT_USAGE;
     }
     if (lr_min_given && o.cfg.optim.lr_schedule != DDPM_LR_COSINE) {

@@ -23,3 +23,24 @@ void ddpm_timestep_embedding(float *out, const int *t, int B, int dim)
             o[dim - 1] = 0.0f;
     }
 }
+
+void ddpm_embedding_add_forward(float *out, const int *idx, const float *table, int B, int dim)
+{
+    for (int b = 0; b < B; b++) {
+        const float *row = table + (size_t)idx[b] * dim;
+        float *o = out + (size_t)b * dim;
+        for (int k = 0; k < dim; k++)
+            o[k] += row[k];
+    }
+}
+
+void ddpm_embedding_add_backward(float *d_table, const float *d_out, const int *idx, int B, int dim)
+{
+    /* serial over b: two images of one class add to the same row in a fixed order */
+    for (int b = 0; b < B; b++) {
+        float *row = d_table + (size_t)idx[b] * dim;
+        const float *d = d_out + (size_t)b * dim;
+        for (int k = 0; k < dim; k++)
+            row[k] += d[k];
+    }
+}

@@ -1,0 +1,65 @@
+/* loss.h: the training objectives, each with its gradient with respect to the
+ * network output (whatever the output means: predict.h).
+ *
+ *   simple  L_simple (DDPM eq. 14): the mean squared error between the output
+ *           and its target (eps, x0, v or mu~), optionally weighted per image
+ *           by min-SNR-gamma (Hang et al. 2023) for eps, x0 and v:
+ *           SNR = abar/(1-abar), w = min(SNR, gamma) / SNR (eps),
+ *           min(SNR, gamma) (x0), min(SNR, gamma) / (SNR + 1) (v).
+ *   vlb     the variational bound L (DDPM eq. 5) with the reverse variance fixed
+ *           at sigma_t^2 = beta_t (the samplers' default): per image, for t > 1
+ *           L_{t-1} = KL(q(x_{t-1}|x_t,x0) || N(mu_theta, beta_t I))
+ *                   = sum_d (mu~ - mu_theta)^2 / (2 beta_t) + D kl0(beta~_t, beta_t),
+ *           and for t = 1 the discretized Gaussian decoder L_0 = -log p(x0|x_1)
+ *           (section 3.3: bins of half-width 1/255, open ends at +-1). The
+ *           batch value is T times the mean over images of L_{t-1} / D: with t
+ *           uniform, an unbiased estimate of sum_{t>=1} L_{t-1} in nats per
+ *           dimension (the bound without the constant L_T).
+ *   hybrid  simple + vlb_weight vlb (Nichol & Dhariwal 2021 eq. 16, lambda
+ *           0.001; the bound here also trains the mean, as the variance is fixed).
+ * mu_theta is affine in the output (predict.h, mu_out and mu_xt), so the
+ * gradients are closed forms: d L_{t-1}/d out = mu_out (mu_theta - mu~) / beta_t
+ * and d L_0 / d mu = (phi(u+) - phi(u-)) / (sigma P) with u+- the bin edges in
+ * units of sigma and P the bin's probability, computed in log space. */
+#ifndef DDPM_LOSS_H
+#define DDPM_LOSS_H
+
+#include <stddef.h>
+
+#include "ddpm/predict.h"
+#include "ddpm/schedule.h"
+
+typedef enum { DDPM_LOSS_SIMPLE = 0, DDPM_LOSS_VLB = 1, DDPM_LOSS_HYBRID = 2 } ddpm_loss_kind;
+
+typedef struct {
+    ddpm_loss_kind kind;
+    float snr_gamma;  /* min-SNR-gamma of the MSE term; 0: unweighted */
+    float vlb_weight; /* lambda of hybrid */
+} ddpm_loss_config;
+
+/* simple, unweighted, lambda 0.001. */
+void ddpm_loss_config_default(ddpm_loss_config *c);
+/* 0, or DDPM_EINVAL when the combination makes no sense (min-SNR with mu). */
+int ddpm_loss_config_check(const ddpm_loss_config *c, ddpm_prediction pred);
+/* "simple" "vlb" "hybrid" <-> kind; parse returns -1 on an unknown name. */
+const char *ddpm_loss_name(ddpm_loss_kind kind);
+int ddpm_loss_parse(const char *name, ddpm_loss_kind *kind);
+
+/* The objective of B images that are part of a batch of B_mean >= B (a
+ * micro-batch): returns their share of the batch's mean and OVERWRITES d_out[B, D]
+ * with its gradient with respect to out. x0, eps, x_t as drawn by the trainer at
+ * step indices i[B]; target [B, D] is scratch. */
+double ddpm_loss(float *d_out, float *target, const float *out, const float *x0, const float *eps,
+                 const float *x_t, const int *i, int B, int B_mean, size_t D, ddpm_prediction pred,
+                 const ddpm_loss_config *c, const ddpm_schedule *s);
+
+/* The bound's term of one image at step index i in nats (summed over its D
+ * values): L_{t-1} for i > 0, L_0 for i = 0. When d_out is not NULL,
+ * d_out += scale * d term / d out. */
+double ddpm_vlb_term(float *d_out, double scale, const float *out, const float *x0, const float *x_t, int i,
+                     size_t D, ddpm_prediction pred, const ddpm_schedule *s);
+
+/* log Phi(z), the standard normal CDF, without underflow for any z. */
+double ddpm_log_ndtr(double z);
+
+#endif

@@ -1,0 +1,48 @@
+/* predict.h: what the network predicts, and the one place where its output is
+ * turned into what a sampler, the trainer or the evaluator needs.
+ *
+ * The network's output `out` at step index i (i = t - 1) means, by kind:
+ *   eps  the noise eps of x_t = sqrt(abar) x0 + sqrt(1-abar) eps (the default;
+ *        DDPM eq. 11),
+ *   x0   the clean image x0,
+ *   v    v = sqrt(abar) eps - sqrt(1-abar) x0 (Salimans & Ho 2022),
+ *   mu   the posterior mean mu~(x_t, x0) = c0 x0 + c1 x_t of q(x_{t-1}|x_t,x0)
+ *        (DDPM eq. 7: the paper's "mu~ prediction" baseline of Table 2).
+ * Every conversion is affine in (out, x_t) with coefficients that depend only on
+ * (kind, i, schedule), so ddpm_pred_coefs is the single source of this math:
+ *   eps = eps_out out + eps_xt x_t,   x0 = x0_out out + x0_xt x_t,
+ *   mu  = mu_out out + mu_xt x_t      (the reverse-process mean, eq. 7 of x0).
+ * Guidance (a combination of two outputs with weights summing to 1) commutes
+ * with these maps, so it may be applied to `out` directly. */
+#ifndef DDPM_PREDICT_H
+#define DDPM_PREDICT_H
+
+#include <stddef.h>
+
+#include "ddpm/schedule.h"
+
+typedef enum { DDPM_PRED_EPS = 0, DDPM_PRED_X0 = 1, DDPM_PRED_V = 2, DDPM_PRED_MU = 3 } ddpm_prediction;
+#define DDPM_N_PREDICTIONS 4
+
+/* "eps" "x0" "v" "mu" <-> kind; parse returns -1 on an unknown name. */
+const char *ddpm_prediction_name(ddpm_prediction kind);
+int ddpm_prediction_parse(const char *name, ddpm_prediction *kind);
+
+/* The affine maps of the header comment at step index i, in double. */
+typedef struct {
+    double eps_out, eps_xt;
+    double x0_out, x0_xt;
+    double mu_out, mu_xt;
+} ddpm_pred_coef;
+ddpm_pred_coef ddpm_pred_coefs(ddpm_prediction kind, int i, const ddpm_schedule *s);
+
+/* eps and x0 (either may be NULL) of one image's D values from the network
+ * output at step index i. */
+void ddpm_pred_to_eps_x0(float *eps, float *x0, ddpm_prediction kind, const float *out, const float *x_t,
+                         int i, size_t D, const ddpm_schedule *s);
+/* What the network of this kind is trained to output for one image, given the
+ * clean image x0, the noise eps and x_t = q_sample(x0, eps, i). */
+void ddpm_pred_target(float *target, ddpm_prediction kind, const float *x0, const float *eps,
+                      const float *x_t, int i, size_t D, const ddpm_schedule *s);
+
+#endif

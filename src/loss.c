@@ -1,0 +1,172 @@
+/* loss.c: L_simple (optionally min-SNR weighted), the variational bound and
+ * their sum, with gradients with respect to the network output (loss.h). */
+#include "ddpm/loss.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "ddpm/error.h"
+#include "ddpm/ops.h"
+
+static const char *const names[3] = {"simple", "vlb", "hybrid"};
+
+void ddpm_loss_config_default(ddpm_loss_config *c)
+{
+    c->kind = DDPM_LOSS_SIMPLE;
+    c->snr_gamma = 0;
+    c->vlb_weight = 0.001f;
+}
+
+const char *ddpm_loss_name(ddpm_loss_kind kind)
+{
+    return (unsigned)kind < 3 ? names[kind] : "?";
+}
+
+int ddpm_loss_parse(const char *name, ddpm_loss_kind *kind)
+{
+    for (int k = 0; k < 3; k++)
+        if (!strcmp(name, names[k])) {
+            *kind = (ddpm_loss_kind)k;
+            return 0;
+        }
+    return -1;
+}
+
+int ddpm_loss_config_check(const ddpm_loss_config *c, ddpm_prediction pred)
+{
+    if ((unsigned)c->kind > DDPM_LOSS_HYBRID)
+        return ddpm_error(DDPM_EINVAL, "unknown loss kind %d", (int)c->kind);
+    if (!(c->snr_gamma >= 0 && c->snr_gamma <= 1e6))
+        return ddpm_error(DDPM_EINVAL, "min-SNR gamma must be in [0, 1e6], got %g", c->snr_gamma);
+    if (c->snr_gamma > 0 && pred == DDPM_PRED_MU)
+        return ddpm_error(DDPM_EINVAL, "min-SNR weighting is defined for eps, x0 and v prediction, not mu");
+    if (c->snr_gamma > 0 && c->kind == DDPM_LOSS_VLB)
+        return ddpm_error(DDPM_EINVAL, "min-SNR weighting applies to the simple (or hybrid) loss, not vlb");
+    if (!(c->vlb_weight >= 0 && c->vlb_weight <= 1e6))
+        return ddpm_error(DDPM_EINVAL, "vlb weight must be in [0, 1e6], got %g", c->vlb_weight);
+    return DDPM_OK;
+}
+
+/* min-SNR-gamma weight of one image's MSE (Hang et al. 2023, eq. 8 and sec. 3.4) */
+static double snr_weight(ddpm_prediction pred, double gamma, double abar)
+{
+    double snr = abar / (1.0 - abar), m = snr < gamma ? snr : gamma;
+    switch (pred) {
+    case DDPM_PRED_X0: return m;
+    case DDPM_PRED_V: return m / (snr + 1.0);
+    default: return m / snr;
+    }
+}
+
+double ddpm_log_ndtr(double z)
+{
+    if (z > 5)
+        return log1p(-0.5 * erfc(z / M_SQRT2));
+    if (z > -30)
+        return log(0.5 * erfc(-z / M_SQRT2));
+    /* Phi(z) = phi(z)/(-z) (1 - 1/z^2 + 3/z^4 - 15/z^6 + ...): relative error < 1e-9 here */
+    double z2 = z * z;
+    return -0.5 * z2 - log(-z) - 0.5 * log(2 * M_PI) + log1p(-1 / z2 + 3 / (z2 * z2) - 15 / (z2 * z2 * z2));
+}
+
+/* log(Phi(b) - Phi(a)) for a < b (a = -INFINITY or b = INFINITY for the open
+ * ends), without cancellation: both tails are mapped to the left one. */
+static double log_ndtr_diff(double a, double b)
+{
+    if (a == -INFINITY)
+        return ddpm_log_ndtr(b);
+    if (b == INFINITY)
+        return ddpm_log_ndtr(-a);
+    if (a > 0) { /* Phi(b) - Phi(a) = Phi(-a) - Phi(-b) */
+        double t = -a;
+        a = -b;
+        b = t;
+    }
+    if (b > 0) /* straddles 0: no cancellation */
+        return log(0.5 * (erf(b / M_SQRT2) - erf(a / M_SQRT2)));
+    double lb = ddpm_log_ndtr(b), la = ddpm_log_ndtr(a);
+    return lb + log1p(-exp(la - lb));
+}
+
+static double log_phi(double u)
+{
+    return -0.5 * u * u - 0.5 * log(2 * M_PI);
+}
+
+double ddpm_vlb_term(float *d_out, double scale, const float *out, const float *x0, const float *x_t, int i,
+                     size_t D, ddpm_prediction pred, const ddpm_schedule *s)
+{
+    ddpm_pred_coef pc = ddpm_pred_coefs(pred, i, s);
+    double var = s->beta[i]; /* sigma_t^2 = beta_t */
+    double sum = 0;
+    if (i > 0) {
+        double c0 = s->posterior_coef_x0[i], c1 = s->posterior_coef_xt[i], pv = s->posterior_var[i];
+        /* KL(N(m1, v1) || N(m2, v2)) = 0.5 (log(v2/v1) + v1/v2 - 1) + (m1 - m2)^2 / (2 v2) */
+        double kl0 = 0.5 * (log(var / pv) + pv / var - 1.0);
+        for (size_t d = 0; d < D; d++) {
+            double mu_q = c0 * x0[d] + c1 * x_t[d];
+            double mu_p = pc.mu_out * out[d] + pc.mu_xt * x_t[d];
+            double diff = mu_p - mu_q;
+            sum += diff * diff / (2 * var);
+            if (d_out)
+                d_out[d] += (float)(scale * pc.mu_out * diff / var);
+        }
+        return sum + (double)D * kl0;
+    }
+    /* L_0: -log of the probability of x0's bin under N(mu_theta, beta_1) */
+    const double half_bin = 1.0 / 255.0, sigma = sqrt(var);
+    for (size_t d = 0; d < D; d++) {
+        double x = x0[d], mu = pc.mu_out * out[d] + pc.mu_xt * x_t[d];
+        double a = x < -0.999 ? -INFINITY : (x - half_bin - mu) / sigma;
+        double b = x > 0.999 ? INFINITY : (x + half_bin - mu) / sigma;
+        double log_p = log_ndtr_diff(a, b);
+        sum -= log_p;
+        if (d_out) {
+            double pb = b == INFINITY ? 0 : exp(log_phi(b) - log_p),
+                   pa = a == -INFINITY ? 0 : exp(log_phi(a) - log_p);
+            d_out[d] += (float)(scale * pc.mu_out * (pb - pa) / sigma);
+        }
+    }
+    return sum;
+}
+
+double ddpm_loss(float *d_out, float *target, const float *out, const float *x0, const float *eps,
+                 const float *x_t, const int *i, int B, int B_mean, size_t D, ddpm_prediction pred,
+                 const ddpm_loss_config *c, const ddpm_schedule *s)
+{
+    size_t BD = (size_t)B * D, n_mean = (size_t)B_mean * D; /* the mean is over the whole batch */
+    double loss = 0;
+    memset(d_out, 0, BD * sizeof *d_out);
+    if (c->kind != DDPM_LOSS_VLB) {
+        for (int b = 0; b < B; b++)
+            ddpm_pred_target(target + (size_t)b * D, pred, x0 + (size_t)b * D, eps + (size_t)b * D,
+                             x_t + (size_t)b * D, i[b], D, s);
+        if (c->snr_gamma > 0) {
+            for (int b = 0; b < B; b++) {
+                const float *o = out + (size_t)b * D, *g = target + (size_t)b * D;
+                double w = snr_weight(pred, c->snr_gamma, s->abar[i[b]]);
+                double scale = 2.0 * w / (double)n_mean, sum = 0;
+                for (size_t d = 0; d < D; d++) {
+                    double e = (double)o[d] - (double)g[d];
+                    sum += e * e;
+                    d_out[(size_t)b * D + d] = (float)(scale * e);
+                }
+                loss += w * sum / (double)n_mean;
+            }
+        } else {
+            /* L_simple exactly as Algorithm 1 and the earlier trainer computed it */
+            loss = ddpm_mse_forward(out, target, BD) * ((double)B / B_mean);
+            ddpm_mse_backward(d_out, out, target, BD, n_mean);
+        }
+    }
+    if (c->kind != DDPM_LOSS_SIMPLE) {
+        double lambda = c->kind == DDPM_LOSS_HYBRID ? c->vlb_weight : 1.0;
+        double scale = lambda * s->T / (double)n_mean, vlb = 0;
+        for (int b = 0; b < B; b++) {
+            size_t o = (size_t)b * D;
+            vlb += ddpm_vlb_term(d_out + o, scale, out + o, x0 + o, x_t + o, i[b], D, pred, s);
+        }
+        loss += scale * vlb;
+    }
+    return loss;
+}
