@@ -102,12 +102,16 @@ for m in "${mlist[@]}"; do
             awk -v a="$ds" -v b="$ps" 'BEGIN {print a / b}' >>"$tmp/rs"
             awk -v a="$dm" -v b="$pm" 'BEGIN {print a / b}' >>"$tmp/rm"
         fi
-        printf '| %d | %.1f | %s | %.1f | %s | %.0f | %s |\n' "$r" "$dt" "$pt" "$ds" "$ps" "$dm" "$pm"
+        if [ "$torch" = 1 ]; then
+            printf '| %d | %.1f | %.1f | %.1f | %.1f | %.0f | %.0f |\n' "$r" "$dt" "$pt" "$ds" "$ps" "$dm" "$pm"
+        else
+            printf '| %d | %.1f | - | %.1f | - | %.0f | - |\n' "$r" "$dt" "$ds" "$dm"
+        fi
     done
-    med() { if [ -s "$tmp/$1" ]; then median <"$tmp/$1"; else echo -; fi; }
-    summary+=("$(printf '| %s | %s | %.1f | %s | %s | %.1f | %s | %s | %.0f | %s | %s |' \
-        "$(model_name "$m")" "${flags##*--batch }" "$(med dt)" "$(med pt)" "$(med rt)" \
-        "$(med ds)" "$(med ps)" "$(med rs)" "$(med dm)" "$(med pm)" "$(med rm)")")
+    med() { if [ -s "$tmp/$1" ]; then printf "%.${2:-1}f%s" "$(median <"$tmp/$1")" "${3:-}"; else echo -; fi; }
+    summary+=("$(printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |' \
+        "$(model_name "$m")" "${flags##*--batch }" "$(med dt)" "$(med pt)" "$(med rt 2 x)" \
+        "$(med ds)" "$(med ps)" "$(med rs 2 x)" "$(med dm 0)" "$(med pm 0)" "$(med rm 2 x)")")
     rm -rf "$tmp"
     echo
 done
