@@ -16,6 +16,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* sum_i x[i] in double over 8 partial sums (element i to partial i % 8, added in
+ * order at the end): a fixed order, independent of threads, whose 8 chains
+ * vectorise. Bias gradients and GroupNorm statistics use it. */
+double ddpm_sum_fixed(const float *x, size_t n);
+
 /* ---- conv2d (src/ops/conv2d.c) -------------------------------------------
  * in [B,Cin,H,W], weight [Cout,Cin,K,K], bias [Cout] (may be NULL),
  * out [B,Cout,Ho,Wo], Ho = (H + 2P - K)/S + 1 (likewise Wo). K in {1,3},

@@ -35,23 +35,6 @@
 #define LANES 8
 #define UNIT_COLUMNS 256
 
-/* sum_i x[i] in double over 8 partial sums (element i to partial i % 8, added in
- * order at the end): a fixed order whose 8 chains vectorise, instead of one chain
- * of dependent additions. */
-static double sum_x(const float *x, size_t n)
-{
-    double acc[8] = {0};
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++)
-            acc[j] += (double)x[i + j];
-    for (int j = 0; i < n; i++, j++)
-        acc[j] += (double)x[i];
-    double s = 0.0;
-    for (int j = 0; j < 8; j++)
-        s += acc[j];
-    return s;
-}
 
 static int conv_out_size(int n, int K, int S, int P)
 {
@@ -357,7 +340,7 @@ void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, 
         for (int co = 0; co < Cout; co++) {
             double sum = 0.0;
             for (int b = 0; b < B; b++)
-                sum += sum_x(dout + ((size_t)b * Cout + co) * HoWo, HoWo);
+                sum += ddpm_sum_fixed(dout + ((size_t)b * Cout + co) * HoWo, HoWo);
             dbias[co] += (float)sum;
         }
     }

@@ -731,22 +731,6 @@ void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const flo
 
 /* ---- backward ---------------------------------------------------------------------- */
 
-/* sum_i x[i] in double over 8 partial sums (element i to partial i % 8, added in
- * order): a fixed order that vectorises. */
-static double sum_x(const float *x, size_t n)
-{
-    double acc[8] = {0};
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++)
-            acc[j] += (double)x[i + j];
-    for (int j = 0; i < n; i++, j++)
-        acc[j] += (double)x[i];
-    double s = 0.0;
-    for (int j = 0; j < 8; j++)
-        s += acc[j];
-    return s;
-}
 
 /* dU_lane (+)= sum over the unit's tiles of V^T M (first: overwrite). */
 static void weight_grad_unit(const geometry *g, const lane_buffers *lb, const float *x, const float *dy,
@@ -778,7 +762,7 @@ void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias,
         for (int co = 0; co < Cout; co++) {
             double sum = 0.0;
             for (int b = 0; b < B; b++)
-                sum += sum_x(dout + ((size_t)b * Cout + co) * HW, HW);
+                sum += ddpm_sum_fixed(dout + ((size_t)b * Cout + co) * HW, HW);
             dbias[co] += (float)sum;
         }
     }

@@ -23,8 +23,7 @@ static double sum_partials(const double *acc)
     return s;
 }
 
-/* sum_i x[i] */
-static double sum_x(const float *x, size_t n)
+double ddpm_sum_fixed(const float *x, size_t n)
 {
     double acc[ACC] = {0};
     size_t i = 0;
@@ -87,7 +86,7 @@ void ddpm_groupnorm_forward(float *out, float *mean, float *rstd, const float *i
         /* The channels of one group are consecutive, so the group is one contiguous run. */
         const size_t base = ((size_t)b * C + (size_t)g * Cg) * (size_t)HW;
         const float *x = in + base;
-        const double mu = sum_x(x, group_n) / (double)group_n;
+        const double mu = ddpm_sum_fixed(x, group_n) / (double)group_n;
         const double sq = sum_sq_centred(x, group_n, mu);
         const double var = sq / (double)group_n; /* biased, as PyTorch's GroupNorm */
         const double rs = 1.0 / sqrt(var + (double)eps);
