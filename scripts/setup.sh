@@ -5,7 +5,7 @@
 # each briefly; CMake skips them when clang is absent).
 set -euo pipefail
 packages=(build-essential cmake pkg-config libopenblas-dev libopenblas-openmp-dev
-          libstb-dev libcjson-dev libcmocka-dev zlib1g-dev openmpi-bin libopenmpi-dev clang libomp-dev "$@")
+          libstb-dev libcjson-dev libcmocka-dev zlib1g-dev openmpi-bin libopenmpi-dev clang libclang-rt-14-dev libomp-dev "$@")
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
