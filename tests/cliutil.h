@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 
 #include "ddpm/imageio.h"
+#include "testutil.h"
 
 /* The folder the commands run in (set by the test's setup). */
 static char cu_dir[256];
@@ -20,35 +21,16 @@ static char cu_dir[256];
 static inline int cu_ddpm(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static inline int cu_ddpm(const char *fmt, ...)
 {
-    char args[2048], cmd[4096];
+    char args[2048];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >out.txt 2>err.txt", cu_dir, DDPM_BINARY, args);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return tu_ddpm_args(cu_dir, args);
 }
 
 /* The bytes of cu_dir/NAME (NUL-terminated), or NULL; *size gets the length. */
-static inline char *cu_slurp(const char *name, long *size)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", cu_dir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = calloc((size_t)n + 1, 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n)
-        n = -1;
-    fclose(f);
-    if (size)
-        *size = n;
-    return buf;
-}
+static inline char *cu_slurp(const char *name, long *size) { return tu_slurp(cu_dir, name, size); }
 
 /* cu_dir/A and cu_dir/B exist and hold the same bytes. */
 static inline int cu_same_bytes(const char *a, const char *b)

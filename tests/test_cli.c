@@ -18,42 +18,10 @@
 
 static char tmp[256];
 
-/* Runs `ddpm ARGS` through the shell, stdout and stderr to files; returns the exit code. */
-static int ddpm(const char *fmt, ...)
-{
-    char args[2048], cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >out.txt 2>err.txt", tmp, DDPM_BINARY, args);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-static char *slurp(const char *name, long *size)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", tmp, name);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = calloc((size_t)n + 1, 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n)
-        n = -1;
-    fclose(f);
-    if (size)
-        *size = n;
-    return buf;
-}
-
 /* stderr is exactly one line starting "ddpm: " that contains `needle` */
 static void assert_one_error_line(const char *needle)
 {
-    char *err = slurp("err.txt", NULL);
+    char *err = tu_slurp(tmp, "err.txt", NULL);
     assert_non_null(err);
     if (strncmp(err, "ddpm: ", 6) || !strstr(err, needle))
         fprintf(stderr, "stderr was: %s\n", err);
@@ -101,14 +69,14 @@ static int teardown(void **state)
 /* A finished 4-step run in tmp/NAME, for the tests that need a checkpoint. */
 static void make_run(const char *name)
 {
-    assert_int_equal(ddpm("train data --out %s " TINY " --steps 4 --preview-n 0 --quiet", name), 0);
+    assert_int_equal(tu_ddpm(tmp, "train data --out %s " TINY " --steps 4 --preview-n 0 --quiet", name), 0);
 }
 
 /* Lines in tmp/NAME (0 if it does not exist). */
 static int count_lines(const char *name)
 {
     long size;
-    char *text = slurp(name, &size);
+    char *text = tu_slurp(tmp, name, &size);
     int n = 0;
     for (long i = 0; text && i < size; i++)
         n += text[i] == '\n';
@@ -119,23 +87,23 @@ static int count_lines(const char *name)
 static void test_help_version_and_usage_errors(void **state)
 {
     (void)state;
-    assert_int_equal(ddpm("--help"), 0);
-    char *out = slurp("out.txt", NULL);
+    assert_int_equal(tu_ddpm(tmp, "--help"), 0);
+    char *out = tu_slurp(tmp, "out.txt", NULL);
     assert_non_null(strstr(out, "train"));
     assert_non_null(strstr(out, "sample"));
     free(out);
-    assert_int_equal(ddpm("--version"), 0);
-    assert_int_equal(ddpm("frobnicate"), 2);
+    assert_int_equal(tu_ddpm(tmp, "--version"), 0);
+    assert_int_equal(tu_ddpm(tmp, "frobnicate"), 2);
     assert_one_error_line("unknown command");
-    assert_int_equal(ddpm("train data --no-such-flag"), 2);
+    assert_int_equal(tu_ddpm(tmp, "train data --no-such-flag"), 2);
     assert_one_error_line("--no-such-flag");
-    assert_int_equal(ddpm("train data --lr banana"), 2);
+    assert_int_equal(tu_ddpm(tmp, "train data --lr banana"), 2);
     assert_one_error_line("--lr");
-    assert_int_equal(ddpm(""), 2);
+    assert_int_equal(tu_ddpm_args(tmp, ""), 2);
     const char *cmds[] = {"train", "sample", "info"};
     for (int i = 0; i < 3; i++) {
-        assert_int_equal(ddpm("%s --help", cmds[i]), 0);
-        out = slurp("out.txt", NULL);
+        assert_int_equal(tu_ddpm(tmp, "%s --help", cmds[i]), 0);
+        out = tu_slurp(tmp, "out.txt", NULL);
         assert_non_null(strstr(out, "usage: ddpm"));
         free(out);
     }
@@ -144,21 +112,21 @@ static void test_help_version_and_usage_errors(void **state)
 static void test_train_skips_non_images_then_sample_is_byte_identical(void **state)
 {
     (void)state;
-    assert_int_equal(ddpm("train data --out run " TINY " --steps 4 --preview-n 4 --preview-steps 2 --json"), 0);
-    char *out = slurp("out.txt", NULL), *err = slurp("err.txt", NULL);
+    assert_int_equal(tu_ddpm(tmp, "train data --out run " TINY " --steps 4 --preview-n 4 --preview-steps 2 --json"), 0);
+    char *out = tu_slurp(tmp, "out.txt", NULL), *err = tu_slurp(tmp, "err.txt", NULL);
     assert_non_null(strstr(out, "\"step\":4"));
     assert_non_null(strstr(err, "notes.txt")); /* the skipped file is named */
     free(out);
     free(err);
     /* --strict refuses the text file */
-    assert_int_equal(ddpm("train data --out run_strict " TINY " --steps 2 --strict"), 1);
+    assert_int_equal(tu_ddpm(tmp, "train data --out run_strict " TINY " --steps 2 --strict"), 1);
     assert_one_error_line("notes.txt");
     /* same seed: byte-identical PNGs; another seed: different ones */
-    assert_int_equal(ddpm("sample run --n 5 --steps 3 --seed 9 --out a.png --quiet"), 0);
-    assert_int_equal(ddpm("sample run --n 5 --steps 3 --seed 9 --out b.png --quiet --batch 2"), 0);
-    assert_int_equal(ddpm("sample run --n 5 --steps 3 --seed 10 --out c.png --quiet"), 0);
-    long na, nb, nc;
-    char *a = slurp("a.png", &na), *b = slurp("b.png", &nb), *c = slurp("c.png", &nc);
+    assert_int_equal(tu_ddpm(tmp, "sample run --n 5 --steps 3 --seed 9 --out a.png --quiet"), 0);
+    assert_int_equal(tu_ddpm(tmp, "sample run --n 5 --steps 3 --seed 9 --out b.png --quiet --batch 2"), 0);
+    assert_int_equal(tu_ddpm(tmp, "sample run --n 5 --steps 3 --seed 10 --out c.png --quiet"), 0);
+    long na = -1, nb = -2, nc = -3;
+    char *a = tu_slurp(tmp, "a.png", &na), *b = tu_slurp(tmp, "b.png", &nb), *c = tu_slurp(tmp, "c.png", &nc);
     assert_true(na > 0 && na == nb);
     assert_memory_equal(a, b, (size_t)na);
     assert_true(na != nc || memcmp(a, c, (size_t)na) != 0);
@@ -166,13 +134,13 @@ static void test_train_skips_non_images_then_sample_is_byte_identical(void **sta
     free(b);
     free(c);
     /* the ancestral sampler and per-image output */
-    assert_int_equal(ddpm("sample run/checkpoint.safetensors --sampler ddpm --n 3 --out-dir each --no-grid --quiet"), 0);
+    assert_int_equal(tu_ddpm(tmp, "sample run/checkpoint.safetensors --sampler ddpm --n 3 --out-dir each --no-grid --quiet"), 0);
     struct stat st;
     char path[600];
     snprintf(path, sizeof path, "%s/each/00002.png", tmp);
     assert_int_equal(stat(path, &st), 0);
-    assert_int_equal(ddpm("info run --json --tensors"), 0);
-    out = slurp("out.txt", NULL);
+    assert_int_equal(tu_ddpm(tmp, "info run --json --tensors"), 0);
+    out = tu_slurp(tmp, "out.txt", NULL);
     assert_non_null(strstr(out, "\"parameters\""));
     assert_non_null(strstr(out, "ema.conv_out.weight"));
     free(out);
@@ -182,21 +150,21 @@ static void test_sample_bad_input_exits_nonzero_with_one_line(void **state)
 {
     (void)state;
     make_run("run_b");
-    assert_int_equal(ddpm("sample missing_run --out x.png"), 1);
+    assert_int_equal(tu_ddpm(tmp, "sample missing_run --out x.png"), 1);
     assert_one_error_line("missing_run");
-    assert_int_equal(ddpm("sample data/00.png --out x.png"), 1); /* not a checkpoint */
+    assert_int_equal(tu_ddpm(tmp, "sample data/00.png --out x.png"), 1); /* not a checkpoint */
     assert_one_error_line("00.png");
-    assert_int_equal(ddpm("sample run_b --n 0"), 2);
+    assert_int_equal(tu_ddpm(tmp, "sample run_b --n 0"), 2);
     assert_one_error_line("--n");
-    assert_int_equal(ddpm("sample run_b --steps 51 --quiet"), 2); /* T is 50 */
+    assert_int_equal(tu_ddpm(tmp, "sample run_b --steps 51 --quiet"), 2); /* T is 50 */
     assert_one_error_line("50 timesteps");
-    assert_int_equal(ddpm("sample run_b --out /nonexistent/dir/x.png"), 1);
+    assert_int_equal(tu_ddpm(tmp, "sample run_b --out /nonexistent/dir/x.png"), 1);
     assert_one_error_line("/nonexistent/dir/x.png");
-    assert_int_equal(ddpm("train data --out run_b --steps 8 " TINY), 1); /* would overwrite */
+    assert_int_equal(tu_ddpm(tmp, "train data --out run_b --steps 8 " TINY), 1); /* would overwrite */
     assert_one_error_line("--resume");
-    assert_int_equal(ddpm("train data --out run_b --resume --lr 0.1"), 2); /* run flags are fixed */
+    assert_int_equal(tu_ddpm(tmp, "train data --out run_b --resume --lr 0.1"), 2); /* run flags are fixed */
     assert_one_error_line("--lr");
-    assert_int_equal(ddpm("train empty_or_missing --out r2 --steps 1"), 1);
+    assert_int_equal(tu_ddpm(tmp, "train empty_or_missing --out r2 --steps 1"), 1);
     assert_one_error_line("empty_or_missing");
 }
 
@@ -239,18 +207,18 @@ static void test_sigint_saves_a_checkpoint_and_resume_continues(void **state)
     assert_int_equal(done, pid);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
-    char *err = slurp("err.txt", NULL);
+    char *err = tu_slurp(tmp, "err.txt", NULL);
     assert_non_null(strstr(err, "--resume"));
     free(err);
-    assert_int_equal(ddpm("info run_int --json"), 0);
-    char *out = slurp("out.txt", NULL);
+    assert_int_equal(tu_ddpm(tmp, "info run_int --json"), 0);
+    char *out = tu_slurp(tmp, "out.txt", NULL);
     char *p = strstr(out, "\"step\":");
     assert_non_null(p);
     long step = strtol(p + 7, NULL, 10);
     free(out);
     assert_true(step > 0);
-    assert_int_equal(ddpm("train data --out run_int --resume --steps %ld --preview-n 0 --json", step + 2), 0);
-    out = slurp("out.txt", NULL);
+    assert_int_equal(tu_ddpm(tmp, "train data --out run_int --resume --steps %ld --preview-n 0 --json", step + 2), 0);
+    out = tu_slurp(tmp, "out.txt", NULL);
     char want[64];
     snprintf(want, sizeof want, "\"step\":%ld", step + 2);
     assert_non_null(strstr(out, want));

@@ -17,41 +17,11 @@
 
 static char tmp[256];
 
-/* Runs `ddpm ARGS` in tmp, stdout and stderr to files; returns the exit code. */
-static int ddpm(const char *fmt, ...)
-{
-    char args[2048], cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >out.txt 2>err.txt", tmp, DDPM_BINARY, args);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-static char *slurp(const char *name)
-{
-    char path[600];
-    snprintf(path, sizeof path, "%s/%s", tmp, name);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = calloc((size_t)n + 1, 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n)
-        buf[0] = '\0';
-    fclose(f);
-    return buf;
-}
-
 /* stderr is one line "ddpm: ..." containing each needle (a second line may only
  * point to --help). */
 static void assert_one_error_line(const char *needle, const char *needle2)
 {
-    char *err = slurp("err.txt");
+    char *err = tu_slurp(tmp, "err.txt", NULL);
     assert_non_null(err);
     int ok = !strncmp(err, "ddpm: ", 6) && strstr(err, needle) && (!needle2 || strstr(err, needle2));
     char *nl = strchr(err, '\n');
@@ -88,7 +58,7 @@ static int setup(void **state)
     if (tu_make_tmpdir(tmp, sizeof tmp, "cli-eval") || write_images("data", 6, 8, 1) ||
         write_images("rgb", 3, 8, 3) || write_images("big", 3, 16, 1) || write_images("empty", 0, 8, 1))
         return -1;
-    return ddpm("train data --out run " TINY " --steps 2 --preview-n 0 --quiet") == 0 ? 0 : -1;
+    return tu_ddpm(tmp, "train data --out run " TINY " --steps 2 --preview-n 0 --quiet") == 0 ? 0 : -1;
 }
 
 static int teardown(void **state)
@@ -109,8 +79,8 @@ static double json_number(const char *text, const char *key)
 static void test_eval_prints_the_bound_as_json_and_writes_terms_by_t(void **state)
 {
     (void)state;
-    assert_int_equal(ddpm("eval run data --n 4 --json --terms terms.csv --quiet --seed 3"), 0);
-    char *out = slurp("out.txt");
+    assert_int_equal(tu_ddpm(tmp, "eval run data --n 4 --json --terms terms.csv --quiet --seed 3"), 0);
+    char *out = tu_slurp(tmp, "out.txt", NULL);
     const char *keys[] = {"n_images", "bpd_total",   "bpd_stderr", "bpd_prior",
                           "bpd_vb",   "bpd_decoder", "l_simple"};
     for (size_t k = 0; k < sizeof keys / sizeof *keys; k++)
@@ -123,7 +93,7 @@ static void test_eval_prints_the_bound_as_json_and_writes_terms_by_t(void **stat
     assert_close(total, parts, 1e-9 * total);
     assert_non_null(strstr(out, "\"var\":\"beta\""));
     /* --terms: a header and one row per t = 1..T (T = 20) */
-    char *csv = slurp("terms.csv");
+    char *csv = tu_slurp(tmp, "terms.csv", NULL);
     assert_non_null(csv);
     int lines = 0;
     for (char *p = csv; *p; p++)
@@ -135,13 +105,13 @@ static void test_eval_prints_the_bound_as_json_and_writes_terms_by_t(void **stat
        network's float rounding may change with the GEMM sizes (measured: 4e-11
        relative between --batch 3 and 64); a different noise or step assignment
        moves the bound of 4 images by percents */
-    assert_int_equal(ddpm("eval run/checkpoint.safetensors data --n 4 --json --quiet --seed 3 --batch 3"), 0);
-    char *out2 = slurp("out.txt");
+    assert_int_equal(tu_ddpm(tmp, "eval run/checkpoint.safetensors data --n 4 --json --quiet --seed 3 --batch 3"), 0);
+    char *out2 = tu_slurp(tmp, "out.txt", NULL);
     assert_close(json_number(out2, "bpd_total"), total, 1e-8 * total);
     assert_close(json_number(out2, "l_simple"), json_number(out, "l_simple"), 1e-8);
     /* the fast estimate and the text report */
-    assert_int_equal(ddpm("eval run data --mc 3 --var beta-tilde --no-clip --no-ema --quiet"), 0);
-    char *text = slurp("out.txt");
+    assert_int_equal(tu_ddpm(tmp, "eval run data --mc 3 --var beta-tilde --no-clip --no-ema --quiet"), 0);
+    char *text = tu_slurp(tmp, "out.txt", NULL);
     assert_non_null(strstr(text, "total (L)"));
     assert_non_null(strstr(text, "held-out L_simple"));
     free(out);
@@ -153,34 +123,34 @@ static void test_eval_prints_the_bound_as_json_and_writes_terms_by_t(void **stat
 static void test_eval_bad_input_gets_one_line_and_a_nonzero_exit(void **state)
 {
     (void)state;
-    assert_int_equal(ddpm("eval run empty"), 1);
+    assert_int_equal(tu_ddpm(tmp, "eval run empty"), 1);
     assert_one_error_line("empty", "no files");
-    assert_int_equal(ddpm("eval run rgb"), 1);
+    assert_int_equal(tu_ddpm(tmp, "eval run rgb"), 1);
     assert_one_error_line("rgb", "RGB");
-    assert_int_equal(ddpm("eval run big"), 1);
+    assert_int_equal(tu_ddpm(tmp, "eval run big"), 1);
     assert_one_error_line("big", "16x16");
-    assert_int_equal(ddpm("eval run data --n 7"), 1);
+    assert_int_equal(tu_ddpm(tmp, "eval run data --n 7"), 1);
     assert_one_error_line("data", "--n 7 is more than the 6 images");
-    assert_int_equal(ddpm("eval run missing_folder"), 1);
+    assert_int_equal(tu_ddpm(tmp, "eval run missing_folder"), 1);
     assert_one_error_line("missing_folder", NULL);
-    assert_int_equal(ddpm("eval no_such_run data"), 1);
+    assert_int_equal(tu_ddpm(tmp, "eval no_such_run data"), 1);
     assert_one_error_line("no_such_run", NULL);
-    assert_int_equal(ddpm("eval run data --terms /nonexistent/dir/t.csv"), 1);
+    assert_int_equal(tu_ddpm(tmp, "eval run data --terms /nonexistent/dir/t.csv"), 1);
     assert_one_error_line("/nonexistent/dir/t.csv", NULL);
     /* usage errors: exit 2 */
-    assert_int_equal(ddpm("eval run"), 2);
+    assert_int_equal(tu_ddpm(tmp, "eval run"), 2);
     assert_one_error_line("DATA_DIR", NULL);
-    assert_int_equal(ddpm("eval run data --var sigma"), 2);
+    assert_int_equal(tu_ddpm(tmp, "eval run data --var sigma"), 2);
     assert_one_error_line("--var", NULL);
-    assert_int_equal(ddpm("eval run data --mc 0"), 2);
+    assert_int_equal(tu_ddpm(tmp, "eval run data --mc 0"), 2);
     assert_one_error_line("--mc", NULL);
-    assert_int_equal(ddpm("eval run data --n 0"), 2);
+    assert_int_equal(tu_ddpm(tmp, "eval run data --n 0"), 2);
     assert_one_error_line("--n", NULL);
-    assert_int_equal(ddpm("eval run data --frobnicate"), 2);
+    assert_int_equal(tu_ddpm(tmp, "eval run data --frobnicate"), 2);
     assert_one_error_line("--frobnicate", NULL);
     /* --help documents every flag */
-    assert_int_equal(ddpm("eval --help"), 0);
-    char *out = slurp("out.txt");
+    assert_int_equal(tu_ddpm(tmp, "eval --help"), 0);
+    char *out = tu_slurp(tmp, "out.txt", NULL);
     const char *flags[] = {"--n ",     "--mc ",    "--var ",     "--no-clip", "--seed ", "--batch ",
                            "--no-ema", "--terms ", "--threads ", "--json",    "--quiet", "beta~_2"};
     for (size_t k = 0; k < sizeof flags / sizeof *flags; k++)
@@ -192,7 +162,7 @@ static void test_eval_bad_input_gets_one_line_and_a_nonzero_exit(void **state)
 /* The lines of `file` that contain `part`, concatenated (caller frees). */
 static char *lines_with(const char *file, const char *part, int *count)
 {
-    char *text = slurp(file), *out = calloc(1, text ? strlen(text) + 1 : 1);
+    char *text = tu_slurp(tmp, file, NULL), *out = calloc(1, text ? strlen(text) + 1 : 1);
     *count = 0;
     for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n"))
         if (strstr(line, part)) {
@@ -207,11 +177,11 @@ static char *lines_with(const char *file, const char *part, int *count)
 static void test_train_eval_dir_logs_held_out_loss_without_changing_the_training(void **state)
 {
     (void)state;
-    assert_int_equal(ddpm("train data --out run_ev " TINY " --steps 4 --log-every 2 --preview-n 0 --quiet --micro-batch 2 "
+    assert_int_equal(tu_ddpm(tmp, "train data --out run_ev " TINY " --steps 4 --log-every 2 --preview-n 0 --quiet --micro-batch 2 "
                           "--eval-dir data --eval-every 2 --eval-n 3 --eval-mc 2"),
                      0);
     assert_int_equal(
-        ddpm("train data --out run_plain " TINY " --steps 4 --log-every 2 --preview-n 0 --quiet --micro-batch 2"), 0);
+        tu_ddpm(tmp, "train data --out run_plain " TINY " --steps 4 --log-every 2 --preview-n 0 --quiet --micro-batch 2"), 0);
     int n_eval, n_loss_ev, n_loss_plain;
     char *ev = lines_with("run_ev/log.jsonl", "eval_l_simple", &n_eval);
     assert_int_equal(n_eval, 2);
@@ -229,7 +199,7 @@ static void test_train_eval_dir_logs_held_out_loss_without_changing_the_training
     free(a);
     free(b);
     /* held-out images the model cannot take: refused before training */
-    assert_int_equal(ddpm("train data --out run_bad " TINY " --steps 2 --preview-n 0 --quiet --eval-dir rgb"),
+    assert_int_equal(tu_ddpm(tmp, "train data --out run_bad " TINY " --steps 2 --preview-n 0 --quiet --eval-dir rgb"),
                      1);
     assert_one_error_line("rgb", "RGB");
 }

@@ -70,23 +70,6 @@ static void require_mpirun(void)
 
 static int file_exists(const char *name);
 
-static char *slurp(const char *name)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", tmp, name);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = calloc((size_t)n + 1, 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n)
-        buf[0] = '\0';
-    fclose(f);
-    return buf;
-}
-
 /* The trainer saved in tmp/RUN (weights, EMA, Adam moments, state). */
 static ddpm_trainer *load(const char *run_name)
 {
@@ -156,7 +139,7 @@ static void test_two_runs_of_two_processes_give_the_same_bytes(void **state)
     assert_memory_equal(a->adam_v, b->adam_v, bytes);
     assert_true(a->state.noise_counter == b->state.noise_counter);
     /* the logs agree on every number but the clock's */
-    char *la = slurp("twoA/log.jsonl"), *lb = slurp("twoB/log.jsonl");
+    char *la = tu_slurp(tmp, "twoA/log.jsonl", NULL), *lb = tu_slurp(tmp, "twoB/log.jsonl", NULL);
     assert_non_null(la);
     assert_non_null(lb);
     for (char *p = la, *q = lb; (p = strstr(p, "\"loss\"")) && (q = strstr(q, "\"loss\"")); p++, q++)
@@ -195,7 +178,7 @@ static void test_a_process_that_cannot_load_its_data_stops_all_with_one_message(
                    "train data --out failed " TINY
                    " --steps 3 : -np 1 '%s' train no_such_folder --out failed " TINY " --steps 3",
                    DDPM_BINARY);
-    char *err = slurp("err.txt");
+    char *err = tu_slurp(tmp, "err.txt", NULL);
     assert_non_null(err);
     fprintf(stderr, "  exit %d, stderr begins: %.300s\n", code, err);
     assert_true(code != 0);
@@ -315,7 +298,7 @@ static void test_a_killed_process_ends_the_run_and_the_checkpoint_loads(void **s
     pid_t victim, mp = start_long_run("killed", "--save-every 5", "checkpoint.safetensors", &victim);
     assert_int_equal(kill(victim, SIGKILL), 0);
     int code = wait_exit(mp, 60);
-    char *err = slurp("err.txt");
+    char *err = tu_slurp(tmp, "err.txt", NULL);
     fprintf(stderr, "  mpirun exit code %d; its stderr begins: %.200s\n", code, err ? err : "");
     free(err);
     assert_true(code > 0); /* ended (not hung: -1) and not successfully */

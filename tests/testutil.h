@@ -169,21 +169,50 @@ static inline int tu_count_entries_containing(const char *dir, const char *part)
     return n;
 }
 
+/* The bytes of dir/name, NUL-terminated (malloc'ed), or NULL when it cannot be
+ * opened; *size (may be NULL) gets the length, or -1 when the read fell short. */
+static inline char *tu_slurp(const char *dir, const char *name, long *size)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = calloc((size_t)(n > 0 ? n : 0) + 1, 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        buf[0] = '\0';
+        n = -1;
+    }
+    fclose(f);
+    if (size)
+        *size = n;
+    return buf;
+}
+
 #ifdef DDPM_BINARY
 #include <sys/wait.h>
-/* Runs `ddpm ARGS` (printf-style) through the shell in dir, stdout to dir/out.txt
- * and stderr to dir/err.txt; returns the exit code (128 + signal if killed). */
+/* Runs `ddpm ARGS` through the shell in dir, stdout to dir/out.txt and stderr to
+ * dir/err.txt; returns the exit code (128 + signal if killed). */
+static inline int tu_ddpm_args(const char *dir, const char *args)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >out.txt 2>err.txt", dir, DDPM_BINARY, args);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+/* tu_ddpm_args with printf-style ARGS. */
 static inline int tu_ddpm(const char *dir, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static inline int tu_ddpm(const char *dir, const char *fmt, ...)
 {
-    char args[2048], cmd[4096];
+    char args[2048];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >out.txt 2>err.txt", dir, DDPM_BINARY, args);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return tu_ddpm_args(dir, args);
 }
 #endif
 
