@@ -92,7 +92,7 @@ static int too_large_error(const char *path, long long width, long long height)
  * after the entropy-coded data of each scan. Returns 0, or -1 for a bad table. */
 static int jpeg_tables_ok(FILE *f)
 {
-    if (fseek(f, 2, SEEK_SET) != 0)
+    if (fseek(f, 1, SEEK_SET) != 0) /* the SOI marker, after any fill bytes, is skipped below */
         return 0;
     /* Like stb_image, bytes that are not a marker are skipped one at a time: this
      * also walks the entropy-coded data of each scan, where 0xff is followed by 0
@@ -172,13 +172,28 @@ static int pnm_numbers_ok(FILE *f)
  * claimed 2586 x 8196 pixels). */
 enum { MAX_PIXELS_PER_BYTE = 4096 };
 
+/* Whether f starts with a JPEG start-of-image marker as stb_image reads one: 0xff,
+ * any number of 0xff fill bytes, then 0xd8 (a fuzzer's "ff ff d8" file passed a
+ * check for "ff d8" alone and reached the Huffman bug below). */
+static int is_jpeg(FILE *f)
+{
+    rewind(f);
+    int c = getc(f);
+    if (c != 0xff)
+        return 0;
+    while ((c = getc(f)) == 0xff)
+        ;
+    return c == 0xd8;
+}
+
 static int read_header(FILE *f, const char *path, int *width, int *height, int *channels)
 {
     int w = 0, h = 0, n = 0;
     uint8_t magic[2] = {0, 0};
-    if (fread(magic, 1, 2, f) == 2 && magic[0] == 0xff && magic[1] == 0xd8 && jpeg_tables_ok(f) != 0)
+    if (is_jpeg(f) && jpeg_tables_ok(f) != 0)
         return ddpm_error(DDPM_EFORMAT, "%s: corrupt JPEG (a Huffman table of more than 256 codes)", path);
-    if (magic[0] == 'P' && (magic[1] == '5' || magic[1] == '6') && pnm_numbers_ok(f) != 0)
+    rewind(f);
+    if (fread(magic, 1, 2, f) == 2 && magic[0] == 'P' && (magic[1] == '5' || magic[1] == '6') && pnm_numbers_ok(f) != 0)
         return ddpm_error(DDPM_EFORMAT, "%s: corrupt PGM/PPM (a header number over 2^24)", path);
     rewind(f);
     if (!stbi_info_from_file(f, &w, &h, &n)) {

@@ -400,6 +400,16 @@ static void test_fuzzer_findings_tiny_file_claiming_a_big_image_and_bad_jpeg_tab
     assert_int_equal(ddpm_image_probe(path, &w, &h, &c), DDPM_EFORMAT);
     assert_non_null(strstr(ddpm_last_error(), "Huffman table"));
     assert_int_equal(ddpm_image_load_u8(path, out, 4, 3), DDPM_EFORMAT);
+    /* the same file with a fill byte before its SOI marker (ff ff d8), which
+       stb_image accepts as a JPEG: refused too (a later fuzzer finding) */
+    uint8_t *filled = malloc(n + 1);
+    assert_non_null(filled);
+    filled[0] = 0xff;
+    memcpy(filled + 1, b, n);
+    assert_int_equal(tu_write_file(path, filled, n + 1), 0);
+    assert_int_equal(ddpm_image_probe(path, &w, &h, &c), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "Huffman table"));
+    free(filled);
     free(b);
     /* a PGM whose width overflows stb_image's int parser */
     snprintf(path, sizeof path, "%s", tu_path(tmpdir, "overflow.pgm"));
