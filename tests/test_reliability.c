@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+#include <dirent.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -392,6 +393,65 @@ static void test_resume_without_a_stop_condition_continues_to_the_runs_own(void 
     assert_log_holds_steps("stop-run/log.jsonl", 1, 40);
 }
 
+/* Whether process pid has a file under tmp/dir open (its /proc/PID/fd links). */
+static int has_open_file_under(pid_t pid, const char *dir)
+{
+    char fd_dir[64], link[600], target[1024], prefix[600];
+    snprintf(fd_dir, sizeof fd_dir, "/proc/%ld/fd", (long)pid);
+    snprintf(prefix, sizeof prefix, "%s/", in_tmp(dir));
+    DIR *d = opendir(fd_dir);
+    if (!d)
+        return 0;
+    int found = 0;
+    for (struct dirent *e; !found && (e = readdir(d));) {
+        snprintf(link, sizeof link, "%s/%s", fd_dir, e->d_name);
+        ssize_t n = readlink(link, target, sizeof target - 1);
+        if (n > 0) {
+            target[n] = '\0';
+            found = !strncmp(target, prefix, strlen(prefix));
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+/* The issue: SIGINT and SIGTERM must be honoured while the data loads, not only
+ * once training runs (the symlink-loop scan ignored SIGTERM and a first
+ * Ctrl-C). SIGTERM arrives while ddpm reads the files of a 3000-image folder:
+ * it stops there, exit 1 with one line saying so, and no checkpoint. Before
+ * the stop flag reached the loader, the run loaded everything, then stopped at
+ * its first step with a checkpoint and exit 0. */
+static void test_sigterm_while_loading_stops_the_load(void **state)
+{
+    (void)state;
+    mkdir(in_tmp("many"), 0777);
+    for (int k = 0; k < 3000; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "%05d.png", k);
+        write_gray_png("many", name, k);
+    }
+    pid_t pid = start_ddpm("train many --out load-run --steps 100000 --save-every 100000 " TINY);
+    int seen = 0;
+    for (int i = 0; i < 600000 && !seen; i++) { /* up to 60 s */
+        seen = has_open_file_under(pid, "many");
+        if (!seen)
+            usleep(100);
+    }
+    assert_true(seen);
+    kill(pid, SIGTERM);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    char *out = slurp("bg.txt");
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 1))
+        fprintf(stderr, "status %d, output: %s\n", st, out);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+    assert_non_null(strstr(out, "interrupted while"));
+    assert_int_equal(strchr(out, '\n')[1], '\0'); /* one line */
+    free(out);
+    struct stat sb;
+    assert_int_not_equal(stat(in_tmp("load-run/checkpoint.safetensors"), &sb), 0);
+}
+
 /* The bug report: --resume on another data folder quietly turned 32x32 RGB
  * images into the run's 16x16 gray. The checkpoint records the data's
  * fingerprint; other data is refused unless --allow-data-change. */
@@ -444,6 +504,7 @@ int main(void)
         cmocka_unit_test(test_a_run_folder_without_a_checkpoint_can_be_resumed_or_restarted),
         cmocka_unit_test(test_stale_temp_files_go_and_the_log_is_cut_back_to_the_checkpoint),
         cmocka_unit_test(test_resume_without_a_stop_condition_continues_to_the_runs_own),
+        cmocka_unit_test(test_sigterm_while_loading_stops_the_load),
         cmocka_unit_test(test_resume_on_other_data_is_refused_unless_allowed),
         cmocka_unit_test(test_bad_flag_values_exit_2_and_bad_outputs_are_refused_before_work),
     };
