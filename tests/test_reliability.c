@@ -452,6 +452,73 @@ static void test_sigterm_while_loading_stops_the_load(void **state)
     assert_int_not_equal(stat(in_tmp("load-run/checkpoint.safetensors"), &sb), 0);
 }
 
+/* The tensor bytes of a checkpoint in tmp (everything after the JSON header,
+ * which also holds the run's elapsed seconds); *n their count. */
+static unsigned char *checkpoint_tensors(const char *name, size_t *n)
+{
+    size_t len = 0;
+    unsigned char *b = tu_read_file(in_tmp(name), &len);
+    assert_non_null(b);
+    assert_true(len > 8);
+    uint64_t h = 0;
+    for (int i = 7; i >= 0; i--)
+        h = h << 8 | b[i];
+    assert_true(h <= len - 8);
+    *n = len - 8 - (size_t)h;
+    memmove(b, b + 8 + h, *n);
+    return b;
+}
+
+/* The issue: the same seed gives the same bytes whatever --threads is, for
+ * training and for sampling. The run takes the default model's code paths at
+ * a small width: 28x28 gray (Winograd F(4x4) at 28 and 7 px, F(2x2) at 14,
+ * attention at 14, dropout), an odd batch of 5, at 1, 2 and 3 threads. A lane
+ * or reduction split that followed the thread count failed this. */
+static void test_training_and_sampling_give_the_same_bytes_at_any_thread_count(void **state)
+{
+    (void)state;
+    mkdir(in_tmp("d28"), 0777);
+    uint8_t px[28 * 28];
+    for (int k = 0; k < 7; k++) {
+        for (int i = 0; i < 28 * 28; i++)
+            px[i] = (uint8_t)((i * (k + 5) * 13 + (i / 28) * k) & 255);
+        char path[600];
+        snprintf(path, sizeof path, "%s/d28/%d.png", tmp, k);
+        assert_int_equal(ddpm_png_write(path, px, 28, 28, 1), 0);
+    }
+    unsigned char *first = NULL, *grid0 = NULL;
+    size_t n_first = 0, n_grid0 = 0;
+    for (int threads = 1; threads <= 3; threads++) {
+        assert_int_equal(ddpm("train d28 --out thr%d --steps 3 --batch 5 --ch 8 --timesteps 100 "
+                              "--dropout 0.2 --preview-n 0 --quiet --threads %d",
+                              threads, threads),
+                         0);
+        char name[64];
+        snprintf(name, sizeof name, "thr%d/checkpoint.safetensors", threads);
+        size_t n = 0;
+        unsigned char *t = checkpoint_tensors(name, &n);
+        assert_int_equal(ddpm("sample thr1 --n 3 --steps 5 --seed 4 --out g%d.png --quiet --threads %d",
+                              threads, threads),
+                         0);
+        snprintf(name, sizeof name, "g%d.png", threads);
+        size_t ng = 0;
+        unsigned char *g = tu_read_file(in_tmp(name), &ng);
+        assert_non_null(g);
+        if (!first) {
+            first = t, n_first = n, grid0 = g, n_grid0 = ng;
+            continue;
+        }
+        assert_int_equal(n, n_first);
+        assert_memory_equal(t, first, n);
+        assert_int_equal(ng, n_grid0);
+        assert_memory_equal(g, grid0, ng);
+        free(t);
+        free(g);
+    }
+    free(first);
+    free(grid0);
+}
+
 /* The bug report: --resume on another data folder quietly turned 32x32 RGB
  * images into the run's 16x16 gray. The checkpoint records the data's
  * fingerprint; other data is refused unless --allow-data-change. */
@@ -505,6 +572,7 @@ int main(void)
         cmocka_unit_test(test_stale_temp_files_go_and_the_log_is_cut_back_to_the_checkpoint),
         cmocka_unit_test(test_resume_without_a_stop_condition_continues_to_the_runs_own),
         cmocka_unit_test(test_sigterm_while_loading_stops_the_load),
+        cmocka_unit_test(test_training_and_sampling_give_the_same_bytes_at_any_thread_count),
         cmocka_unit_test(test_resume_on_other_data_is_refused_unless_allowed),
         cmocka_unit_test(test_bad_flag_values_exit_2_and_bad_outputs_are_refused_before_work),
     };
