@@ -45,7 +45,7 @@ static uint8_t *slurp(const char *path, size_t *n)
 static ddpm_recipe example(void)
 {
     ddpm_recipe r;
-    memset(&r, 0, sizeof r);
+    ddpm_recipe_init(&r);
     snprintf(r.version, sizeof r.version, "9.8.7");
     memset(r.checkpoint_sha256, 'a', 64);
     r.checkpoint_sha256[7] = '3';
