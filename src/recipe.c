@@ -93,6 +93,15 @@ void ddpm_recipe_init(ddpm_recipe *r)
     r->guidance = 1;
 }
 
+void ddpm_recipe_float_text(char out[32], float v)
+{
+    for (int digits = 1; digits <= 9; digits++) { /* 9 significant digits round-trip every float */
+        snprintf(out, 32, "%.*g", digits, (double)v);
+        if (strtof(out, NULL) == v)
+            return;
+    }
+}
+
 int ddpm_recipe_to_text(const ddpm_recipe *r, ddpm_png_text *text, ddpm_recipe_storage *st, int *index_slot)
 {
     char(*b)[72] = st->buf;
@@ -119,7 +128,7 @@ int ddpm_recipe_to_text(const ddpm_recipe *r, ddpm_png_text *text, ddpm_recipe_s
     snprintf(b[F_PAD_VALUE], 72, "%d", r->pad_value);
     snprintf(b[F_CLASS], 72, "%d", r->class_index);
     snprintf(b[F_GRID_BY_CLASS], 72, "%d", r->grid_by_class);
-    snprintf(b[F_GUIDANCE], 72, "%.9g", (double)r->guidance);
+    ddpm_recipe_float_text(b[F_GUIDANCE], r->guidance);
     snprintf(b[F_SEEDS], 72, "%" PRIu64 ",%" PRIu64, r->seed, r->seed_b);
     snprintf(b[F_AT], 72, "%d", r->at);
     snprintf(b[F_IMAGE_A_SHA256], 72, "%.64s", r->image_sha256[0]);
@@ -369,8 +378,8 @@ static int check_recipe(const ddpm_recipe *r, uint32_t seen, const char *name)
                           r->count);
     int has_class = (seen & BIT(F_CLASS)) != 0, by_class = (seen & BIT(F_GRID_BY_CLASS)) != 0;
     if (has_class != ((seen & BIT(F_CLASS_NAME)) != 0))
-        return ddpm_error(DDPM_EFORMAT, "%s: the ddpm recipe has one of %s and %s without the other", name,
-                          keys[F_CLASS], keys[F_CLASS_NAME]);
+        return ddpm_error(DDPM_EFORMAT, "%s: the ddpm recipe has %s without %s", name,
+                          keys[has_class ? F_CLASS : F_CLASS_NAME], keys[has_class ? F_CLASS_NAME : F_CLASS]);
     if (has_class && by_class)
         return ddpm_error(DDPM_EFORMAT, "%s: the ddpm recipe has both %s and %s", name, keys[F_CLASS],
                           keys[F_GRID_BY_CLASS]);

@@ -8,8 +8,9 @@
  * ("Software" for the version). The checkpoint is named by the SHA-256 of its
  * file's bytes, and so are the two source images of an image interpolation:
  * re-creating a PNG from any other file is refused. Numbers are written so that
- * they read back exactly (eta and the guidance weight with 9 significant
- * digits, which round-trips every float).
+ * they read back exactly: eta with 9 significant digits (which round-trips
+ * every float), the guidance weight as the shortest text that reads back as
+ * the same float ("2.7", not "2.70000005").
  *
  * Fields of every kind: Software, checkpoint_sha256, checkpoint, step, weights,
  * sampler, steps, eta, var, clip, kind, count, pad, pad_value.
@@ -102,6 +103,10 @@ int ddpm_recipe_read_png(ddpm_recipe *r, const char *path);
  * checkpoint's name of that index, or a grid-by-class grid or trajectory does
  * not hold the count that n_classes rows give. 0 otherwise. */
 int ddpm_recipe_check_classes(const ddpm_recipe *r, int n_classes, const char *const *names, const char *name);
+
+/* v as the shortest decimal text that strtof reads back as v exactly (at most
+ * 9 significant digits), as the recipe writes the guidance weight. */
+void ddpm_recipe_float_text(char out[32], float v);
 
 /* The kind's name as written: "grid", "image", "trajectory",
  * "interpolation-seeds", "interpolation-images". */

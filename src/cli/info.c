@@ -134,10 +134,12 @@ static int info_png(const char *path, int json)
             printf("source image %d: %s\nsource image %d sha256: %s\n", k + 1, r.images[k], k + 1, r.image_sha256[k]);
     } else {
         printf("seed: %s\n", seed);
+        char guidance[32];
+        ddpm_recipe_float_text(guidance, r.guidance);
         if (r.class_index != DDPM_NO_CLASS)
-            printf("class: %d (%s), guidance %.9g\n", r.class_index, r.class_name, (double)r.guidance);
+            printf("class: %d (%s), guidance %s\n", r.class_index, r.class_name, guidance);
         else if (r.grid_by_class)
-            printf("class: one row per class, %d images each, guidance %.9g\n", r.grid_by_class, (double)r.guidance);
+            printf("class: one row per class, %d images each, guidance %s\n", r.grid_by_class, guidance);
         else
             printf("class: none (unconditional)\n");
         if (r.kind == DDPM_RECIPE_IMAGE)
