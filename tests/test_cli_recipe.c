@@ -205,19 +205,19 @@ static void test_from_refuses_a_class_the_checkpoint_does_not_have(void **state)
 {
     (void)state;
     assert_int_equal(cu_ddpm("sample crun --class owl --n 1 --steps 2 --out owl.png --quiet"), 0);
-    write_edited_recipe("owl.png", "bad_index.png", class_out_of_range);
-    assert_int_equal(cu_ddpm("sample --from bad_index.png --out x.png"), 1);
-    assert_true(cu_stderr_one_line("bad_index.png: recipe class 3 ('owl') is out of range: the checkpoint has 3 "
+    write_edited_recipe("owl.png", "bad_index1.png", class_out_of_range);
+    assert_int_equal(cu_ddpm("sample --from bad_index1.png --out x1.png"), 1);
+    assert_true(cu_stderr_one_line("bad_index1.png: recipe class 3 ('owl') is out of range: the checkpoint has 3 "
                                    "classes (0..2)"));
     write_edited_recipe("owl.png", "bad_name.png", class_misnamed);
-    assert_int_equal(cu_ddpm("sample --from bad_name.png --out x.png"), 1);
+    assert_int_equal(cu_ddpm("sample --from bad_name.png --out x1.png"), 1);
     assert_true(cu_stderr_one_line("recipe class 0 is 'owl', but the checkpoint's class 0 is 'cat'"));
     assert_int_equal(cu_ddpm("sample run --n 1 --steps 2 --out plain.png --quiet"), 0);
     write_edited_recipe("plain.png", "bad_class.png", class_on_unconditional);
-    assert_int_equal(cu_ddpm("sample --from bad_class.png --out x.png"), 1);
+    assert_int_equal(cu_ddpm("sample --from bad_class.png --out x1.png"), 1);
     assert_true(cu_stderr_one_line("bad_class.png: its recipe samples class 0 ('cat'), but the checkpoint is not "
                                    "class-conditional"));
-    assert_true(cu_absent("x.png"));
+    assert_true(cu_absent("x1.png"));
 }
 
 static void test_interpolate_from_recreates_both_kinds_of_strip_byte_for_byte(void **state)
@@ -256,7 +256,7 @@ static void test_interpolate_from_refuses_another_checkpoint_or_a_changed_source
 {
     (void)state;
     assert_int_equal(cu_ddpm("interpolate run --seeds 1,2 --n 2 --steps 2 --out s2.png --quiet"), 0);
-    assert_int_equal(cu_ddpm("interpolate --from s2.png --checkpoint other --out x.png"), 1);
+    assert_int_equal(cu_ddpm("interpolate --from s2.png --checkpoint other --out x2.png"), 1);
     assert_true(cu_stderr_one_line("is not the checkpoint s2.png was made from"));
     /* a source image changed after the strip was made */
     char cmd[1024];
@@ -270,24 +270,24 @@ static void test_interpolate_from_refuses_another_checkpoint_or_a_changed_source
     char path[512];
     snprintf(path, sizeof path, "%s/src2/01.png", cu_dir);
     assert_int_equal(ddpm_png_write(path, px, 8, 8, 1), 0);
-    assert_int_equal(cu_ddpm("interpolate --from i2.png --out x.png"), 1);
+    assert_int_equal(cu_ddpm("interpolate --from i2.png --out x2.png"), 1);
     assert_true(cu_stderr_one_line("src2/01.png: SHA-256"));
     assert_true(cu_stderr_one_line("is not the second source image i2.png was made from"));
-    assert_true(cu_absent("x.png"));
+    assert_true(cu_absent("x2.png"));
 }
 
 static void test_sample_and_interpolate_send_each_others_pngs_to_the_right_command(void **state)
 {
     (void)state;
     assert_int_equal(cu_ddpm("interpolate run --seeds 1,2 --n 2 --steps 2 --out s3.png --quiet"), 0);
-    assert_int_equal(cu_ddpm("sample --from s3.png --out x.png"), 1);
+    assert_int_equal(cu_ddpm("sample --from s3.png --out x3.png"), 1);
     assert_true(cu_stderr_one_line("s3.png: an interpolation strip; re-create it with `ddpm interpolate --from "
                                    "s3.png"));
     assert_int_equal(cu_ddpm("sample run --n 1 --steps 2 --out g3.png --quiet"), 0);
-    assert_int_equal(cu_ddpm("interpolate --from g3.png --out x.png"), 1);
+    assert_int_equal(cu_ddpm("interpolate --from g3.png --out x3.png"), 1);
     assert_true(cu_stderr_one_line("g3.png: a grid of ddpm sample, not an interpolation strip; re-create it with "
                                    "`ddpm sample --from g3.png"));
-    assert_true(cu_absent("x.png"));
+    assert_true(cu_absent("x3.png"));
 }
 
 int main(void)
