@@ -191,7 +191,8 @@ int ddpm_interpolate_png(const ddpm_unet *net, const float *params, const ddpm_s
     if (c->sources && !images)
         return ddpm_error(DDPM_EINVAL, "%s: the sources of a seed interpolation are not images", c->out);
     if (c->interp.n < 2 || c->interp.n > 100000)
-        return ddpm_error(DDPM_EINVAL, "%s: an interpolation has 2..100000 images, got %d", c->out, c->interp.n);
+        return ddpm_error(DDPM_EINVAL, "%s: an interpolation has 2..100000 images, got %d", c->out,
+                          c->interp.n);
     if (c->interp.batch < 1)
         return ddpm_error(DDPM_EINVAL, "%s: batch must be at least 1, got %d", c->out, c->interp.batch);
     int C = net->cfg.in_channels, S = net->cfg.image_size, n_cells = c->interp.n + (c->sources ? 2 : 0);
@@ -210,7 +211,8 @@ int ddpm_interpolate_png(const ddpm_unet *net, const float *params, const ddpm_s
     float *x = NULL, *x0_a = NULL, *x0_b = NULL;
     ddpm_unet_workspace *ws = NULL;
     if (!rc)
-        rc = ddpm_unet_workspace_create(&ws, net, c->interp.batch < c->interp.n ? c->interp.batch : c->interp.n, 0);
+        rc = ddpm_unet_workspace_create(&ws, net,
+                                        c->interp.batch < c->interp.n ? c->interp.batch : c->interp.n, 0);
     if (!rc && !(x = ddpm_malloc((size_t)n_cells * D, sizeof *x)))
         rc = DDPM_ENOMEM;
     if (!rc && images) {
@@ -223,8 +225,8 @@ int ddpm_interpolate_png(const ddpm_unet *net, const float *params, const ddpm_s
     /* the interpolation's sampler takes eps: convert the output of an x0, v or mu model */
     ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws, .to_eps = s};
     if (!rc)
-        rc = images ? ddpm_interpolate_images(x + (c->sources ? D : 0), D, x0_a, x0_b, c->t, c->seed, s, &c->interp,
-                                              ddpm_unet_eps, &ctx)
+        rc = images ? ddpm_interpolate_images(x + (c->sources ? D : 0), D, x0_a, x0_b, c->t, c->seed, s,
+                                              &c->interp, ddpm_unet_eps, &ctx)
                     : ddpm_interpolate_seeds(x, D, c->seed_a, c->seed_b, s, &c->interp, ddpm_unet_eps, &ctx);
     if (!rc && c->sources) {
         memcpy(x, x0_a, D * sizeof *x);

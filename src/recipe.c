@@ -44,27 +44,51 @@ enum {
     F_SOURCES,
     F_COUNT_FIELDS
 };
-_Static_assert(F_COUNT_FIELDS <= 32 && (int)F_COUNT_FIELDS <= (int)DDPM_RECIPE_MAX_TEXT, "one bit and one text entry a field");
+_Static_assert(F_COUNT_FIELDS <= 32 && (int)F_COUNT_FIELDS <= (int)DDPM_RECIPE_MAX_TEXT,
+               "one bit and one text entry a field");
 static const char *const keys[F_COUNT_FIELDS] = {
-    "Software",          "ddpm:checkpoint_sha256", "ddpm:checkpoint",    "ddpm:step",
-    "ddpm:weights",      "ddpm:sampler",           "ddpm:steps",         "ddpm:eta",
-    "ddpm:var",          "ddpm:clip",              "ddpm:seed",          "ddpm:kind",
-    "ddpm:index",        "ddpm:count",             "ddpm:nrow",          "ddpm:pad",
-    "ddpm:pad_value",    "ddpm:class",             "ddpm:class_name",    "ddpm:grid_by_class",
-    "ddpm:guidance",     "ddpm:seeds",             "ddpm:at",            "ddpm:image_a",
-    "ddpm:image_b",      "ddpm:image_a_sha256",    "ddpm:image_b_sha256", "ddpm:sources",
+    "Software",
+    "ddpm:checkpoint_sha256",
+    "ddpm:checkpoint",
+    "ddpm:step",
+    "ddpm:weights",
+    "ddpm:sampler",
+    "ddpm:steps",
+    "ddpm:eta",
+    "ddpm:var",
+    "ddpm:clip",
+    "ddpm:seed",
+    "ddpm:kind",
+    "ddpm:index",
+    "ddpm:count",
+    "ddpm:nrow",
+    "ddpm:pad",
+    "ddpm:pad_value",
+    "ddpm:class",
+    "ddpm:class_name",
+    "ddpm:grid_by_class",
+    "ddpm:guidance",
+    "ddpm:seeds",
+    "ddpm:at",
+    "ddpm:image_a",
+    "ddpm:image_b",
+    "ddpm:image_a_sha256",
+    "ddpm:image_b_sha256",
+    "ddpm:sources",
 };
 enum { N_KINDS = 5 };
 static const char *const kind_names[N_KINDS] = {"grid", "image", "trajectory", "interpolation-seeds",
-                                                 "interpolation-images"};
+                                                "interpolation-images"};
 
 #define BIT(f) (1u << (f))
 /* The fields every kind has, and what each kind adds (required, then optional). */
 static const uint32_t common_fields = BIT(F_SOFTWARE) | BIT(F_SHA256) | BIT(F_CHECKPOINT) | BIT(F_STEP) |
-                                      BIT(F_WEIGHTS) | BIT(F_SAMPLER) | BIT(F_STEPS) | BIT(F_ETA) | BIT(F_VAR) |
-                                      BIT(F_CLIP) | BIT(F_KIND) | BIT(F_COUNT) | BIT(F_PAD) | BIT(F_PAD_VALUE);
+                                      BIT(F_WEIGHTS) | BIT(F_SAMPLER) | BIT(F_STEPS) | BIT(F_ETA) |
+                                      BIT(F_VAR) | BIT(F_CLIP) | BIT(F_KIND) | BIT(F_COUNT) | BIT(F_PAD) |
+                                      BIT(F_PAD_VALUE);
 static const uint32_t sample_fields = BIT(F_SEED) | BIT(F_INDEX) | BIT(F_NROW);
-static const uint32_t class_fields = BIT(F_CLASS) | BIT(F_CLASS_NAME) | BIT(F_GRID_BY_CLASS) | BIT(F_GUIDANCE);
+static const uint32_t class_fields =
+    BIT(F_CLASS) | BIT(F_CLASS_NAME) | BIT(F_GRID_BY_CLASS) | BIT(F_GUIDANCE);
 static const uint32_t seeds_fields = BIT(F_SEEDS);
 static const uint32_t images_fields = BIT(F_AT) | BIT(F_SEED) | BIT(F_IMAGE_A) | BIT(F_IMAGE_B) |
                                       BIT(F_IMAGE_A_SHA256) | BIT(F_IMAGE_B_SHA256) | BIT(F_SOURCES);
@@ -353,19 +377,22 @@ static int check_recipe(const ddpm_recipe *r, uint32_t seen, const char *name)
         allowed |= class_fields;
     for (int f = 0; f < F_COUNT_FIELDS; f++) {
         if ((seen & BIT(f)) && !(allowed & BIT(f)))
-            return ddpm_error(DDPM_EFORMAT, "%s: recipe field %s does not belong to a %s recipe", name, keys[f],
-                              kind);
+            return ddpm_error(DDPM_EFORMAT, "%s: recipe field %s does not belong to a %s recipe", name,
+                              keys[f], kind);
         if ((required & BIT(f)) && !(seen & BIT(f)))
             return ddpm_error(DDPM_EFORMAT, "%s: the ddpm recipe lacks %s", name, keys[f]);
     }
     if (ddpm_recipe_is_strip(r->kind)) {
         if (r->sampler.kind != DDPM_SAMPLER_DDIM || r->sampler.eta != 0)
-            return ddpm_error(DDPM_EFORMAT, "%s: an interpolation strip is decoded with DDIM at eta 0; its recipe "
-                                            "says %s, eta %g", name,
-                              r->sampler.kind == DDPM_SAMPLER_DDIM ? "ddim" : "ddpm", (double)r->sampler.eta);
+            return ddpm_error(DDPM_EFORMAT,
+                              "%s: an interpolation strip is decoded with DDIM at eta 0; its recipe "
+                              "says %s, eta %g",
+                              name, r->sampler.kind == DDPM_SAMPLER_DDIM ? "ddim" : "ddpm",
+                              (double)r->sampler.eta);
         if (r->count < 2 || r->count > 100000)
-            return ddpm_error(DDPM_EFORMAT, "%s: an interpolation strip has 2..100000 images; its recipe says %d",
-                              name, r->count);
+            return ddpm_error(DDPM_EFORMAT,
+                              "%s: an interpolation strip has 2..100000 images; its recipe says %d", name,
+                              r->count);
         if (r->kind == DDPM_RECIPE_INTERP_IMAGES && r->sampler.steps > r->at)
             return ddpm_error(DDPM_EFORMAT, "%s: recipe steps %d are more than its step t %d", name,
                               r->sampler.steps, r->at);
@@ -374,8 +401,8 @@ static int check_recipe(const ddpm_recipe *r, uint32_t seen, const char *name)
     if (r->kind == DDPM_RECIPE_IMAGE && r->count != 1)
         return ddpm_error(DDPM_EFORMAT, "%s: the recipe of one image says count %d", name, r->count);
     if (r->first_index > 999999999 - r->count)
-        return ddpm_error(DDPM_EFORMAT, "%s: recipe index %d + count %d is out of range", name, r->first_index,
-                          r->count);
+        return ddpm_error(DDPM_EFORMAT, "%s: recipe index %d + count %d is out of range", name,
+                          r->first_index, r->count);
     int has_class = (seen & BIT(F_CLASS)) != 0, by_class = (seen & BIT(F_GRID_BY_CLASS)) != 0;
     if (has_class != ((seen & BIT(F_CLASS_NAME)) != 0))
         return ddpm_error(DDPM_EFORMAT, "%s: the ddpm recipe has %s without %s", name,
@@ -385,13 +412,15 @@ static int check_recipe(const ddpm_recipe *r, uint32_t seen, const char *name)
                           keys[F_GRID_BY_CLASS]);
     if ((has_class || by_class) != ((seen & BIT(F_GUIDANCE)) != 0))
         return ddpm_error(DDPM_EFORMAT, "%s: the ddpm recipe has %s", name,
-                          has_class || by_class ? "a class but no ddpm:guidance" : "ddpm:guidance but no class");
+                          has_class || by_class ? "a class but no ddpm:guidance"
+                                                : "ddpm:guidance but no class");
     if (by_class && r->kind == DDPM_RECIPE_IMAGE)
         return ddpm_error(DDPM_EFORMAT, "%s: the recipe of one image has %s (it names its class)", name,
                           keys[F_GRID_BY_CLASS]);
-    if (by_class && r->kind == DDPM_RECIPE_GRID && (r->nrow != r->grid_by_class || r->count % r->grid_by_class))
-        return ddpm_error(DDPM_EFORMAT, "%s: a grid of %d images in rows of %d is not %d images per class", name,
-                          r->count, r->nrow, r->grid_by_class);
+    if (by_class && r->kind == DDPM_RECIPE_GRID &&
+        (r->nrow != r->grid_by_class || r->count % r->grid_by_class))
+        return ddpm_error(DDPM_EFORMAT, "%s: a grid of %d images in rows of %d is not %d images per class",
+                          name, r->count, r->nrow, r->grid_by_class);
     return 1;
 }
 
@@ -413,26 +442,34 @@ int ddpm_recipe_check_classes(const ddpm_recipe *r, int n_classes, const char *c
         return DDPM_OK;
     if (n_classes <= 0) {
         if (r->class_index != DDPM_NO_CLASS)
-            return ddpm_error(DDPM_EFORMAT, "%s: its recipe samples class %d ('%s'), but the checkpoint is not "
-                                            "class-conditional", name, r->class_index, r->class_name);
-        return ddpm_error(DDPM_EFORMAT, "%s: its recipe samples one row per class, but the checkpoint is not "
-                                        "class-conditional", name);
+            return ddpm_error(DDPM_EFORMAT,
+                              "%s: its recipe samples class %d ('%s'), but the checkpoint is not "
+                              "class-conditional",
+                              name, r->class_index, r->class_name);
+        return ddpm_error(DDPM_EFORMAT,
+                          "%s: its recipe samples one row per class, but the checkpoint is not "
+                          "class-conditional",
+                          name);
     }
     if (r->class_index != DDPM_NO_CLASS && r->class_index >= n_classes)
-        return ddpm_error(DDPM_EFORMAT, "%s: recipe class %d ('%s') is out of range: the checkpoint has %d classes "
-                                        "(0..%d)", name, r->class_index, r->class_name, n_classes, n_classes - 1);
+        return ddpm_error(DDPM_EFORMAT,
+                          "%s: recipe class %d ('%s') is out of range: the checkpoint has %d classes "
+                          "(0..%d)",
+                          name, r->class_index, r->class_name, n_classes, n_classes - 1);
     if (r->class_index != DDPM_NO_CLASS && names && strcmp(names[r->class_index], r->class_name))
-        return ddpm_error(DDPM_EFORMAT, "%s: recipe class %d is '%s', but the checkpoint's class %d is '%s'", name,
-                          r->class_index, r->class_name, r->class_index, names[r->class_index]);
+        return ddpm_error(DDPM_EFORMAT, "%s: recipe class %d is '%s', but the checkpoint's class %d is '%s'",
+                          name, r->class_index, r->class_name, r->class_index, names[r->class_index]);
     if (r->grid_by_class) {
         long total = (long)r->grid_by_class * n_classes;
-        long want = r->kind == DDPM_RECIPE_TRAJECTORY && total > DDPM_TRAJECTORY_MAX_ROWS ? DDPM_TRAJECTORY_MAX_ROWS
-                                                                                          : total;
+        long want = r->kind == DDPM_RECIPE_TRAJECTORY && total > DDPM_TRAJECTORY_MAX_ROWS
+                        ? DDPM_TRAJECTORY_MAX_ROWS
+                        : total;
         if (r->count != want)
-            return ddpm_error(DDPM_EFORMAT, "%s: its recipe holds %d %s for %d images per class, but the "
-                                            "checkpoint's %d classes give %ld", name, r->count,
-                              r->kind == DDPM_RECIPE_TRAJECTORY ? "rows" : "images", r->grid_by_class, n_classes,
-                              want);
+            return ddpm_error(DDPM_EFORMAT,
+                              "%s: its recipe holds %d %s for %d images per class, but the "
+                              "checkpoint's %d classes give %ld",
+                              name, r->count, r->kind == DDPM_RECIPE_TRAJECTORY ? "rows" : "images",
+                              r->grid_by_class, n_classes, want);
     }
     return DDPM_OK;
 }

@@ -376,7 +376,8 @@ int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_sche
         rc = ddpm_image_save_grid_text(c->image_path, x, 1, C, S, 1, 0, 0, t->text, t->n);
     }
     if (!rc && c->trajectory_path) {
-        make_file_text(t, c, DDPM_RECIPE_TRAJECTORY, first, f.traj_rows, f.K, c->pad, c->pad_value, one_class);
+        make_file_text(t, c, DDPM_RECIPE_TRAJECTORY, first, f.traj_rows, f.K, c->pad, c->pad_value,
+                       one_class);
         rc = ddpm_image_save_grid_text(c->trajectory_path, f.traj, f.traj_rows * f.K, C, S, f.K, c->pad,
                                        c->pad_value, t->text, t->n);
     }

@@ -81,7 +81,8 @@ static inline int cu_stderr_one_line(const char *needle)
     const char *nl = err ? strchr(err, '\n') : NULL;
     int ok = err && !strncmp(err, "ddpm: ", 6) && strstr(err, needle) && nl && nl[1] == '\0';
     if (!ok)
-        fprintf(stderr, "stderr was: %s(wanted one line 'ddpm: ...' with '%s')\n", err ? err : "(none)", needle);
+        fprintf(stderr, "stderr was: %s(wanted one line 'ddpm: ...' with '%s')\n", err ? err : "(none)",
+                needle);
     free(err);
     return ok;
 }

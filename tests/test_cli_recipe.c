@@ -40,10 +40,12 @@ static int setup(void **state)
        that 8 steps already make the class and the guidance change the pixels */
     char path[512];
     snprintf(path, sizeof path, "%s/cdata", cu_dir);
-    if (mkdir(path, 0777) || cu_make_gray_folder("cdata/cat", 4, 3) || cu_make_gray_folder("cdata/dog", 4, 5) ||
-        cu_make_gray_folder("cdata/owl", 4, 11) || cu_make_gray_folder("src", 2, 13))
+    if (mkdir(path, 0777) || cu_make_gray_folder("cdata/cat", 4, 3) ||
+        cu_make_gray_folder("cdata/dog", 4, 5) || cu_make_gray_folder("cdata/owl", 4, 11) ||
+        cu_make_gray_folder("src", 2, 13))
         return -1;
-    if (cu_ddpm("train cdata --classes --out crun " TINY " --steps 8 --warmup 0 --lr 1e-2 --preview-n 0 --quiet"))
+    if (cu_ddpm("train cdata --classes --out crun " TINY
+                " --steps 8 --warmup 0 --lr 1e-2 --preview-n 0 --quiet"))
         return -1;
     return 0;
 }
@@ -104,7 +106,6 @@ static void test_info_prints_the_recipe_or_says_there_is_none(void **state)
     assert_int_equal(cu_ddpm("sample --from data/00.png --out x.png"), 1);
     assert_true(cu_stderr_has("carries no ddpm recipe"));
 }
-
 
 /* The decoded pixels of cu_dir/NAME (gray), *n of them. */
 static unsigned char *pixels(const char *name, int *n)
@@ -192,8 +193,14 @@ static void test_from_recreates_conditional_grids_images_and_trajectories_byte_f
     assert_true(cu_stderr_one_line("--class cannot be given with --from"));
 }
 
-static void class_out_of_range(ddpm_recipe *r) { r->class_index = 3; }
-static void class_misnamed(ddpm_recipe *r) { r->class_index = 0; }
+static void class_out_of_range(ddpm_recipe *r)
+{
+    r->class_index = 3;
+}
+static void class_misnamed(ddpm_recipe *r)
+{
+    r->class_index = 0;
+}
 static void class_on_unconditional(ddpm_recipe *r)
 {
     r->class_index = 0;
@@ -207,16 +214,18 @@ static void test_from_refuses_a_class_the_checkpoint_does_not_have(void **state)
     assert_int_equal(cu_ddpm("sample crun --class owl --n 1 --steps 2 --out owl.png --quiet"), 0);
     write_edited_recipe("owl.png", "bad_index1.png", class_out_of_range);
     assert_int_equal(cu_ddpm("sample --from bad_index1.png --out x1.png"), 1);
-    assert_true(cu_stderr_one_line("bad_index1.png: recipe class 3 ('owl') is out of range: the checkpoint has 3 "
-                                   "classes (0..2)"));
+    assert_true(
+        cu_stderr_one_line("bad_index1.png: recipe class 3 ('owl') is out of range: the checkpoint has 3 "
+                           "classes (0..2)"));
     write_edited_recipe("owl.png", "bad_name.png", class_misnamed);
     assert_int_equal(cu_ddpm("sample --from bad_name.png --out x1.png"), 1);
     assert_true(cu_stderr_one_line("recipe class 0 is 'owl', but the checkpoint's class 0 is 'cat'"));
     assert_int_equal(cu_ddpm("sample run --n 1 --steps 2 --out plain.png --quiet"), 0);
     write_edited_recipe("plain.png", "bad_class.png", class_on_unconditional);
     assert_int_equal(cu_ddpm("sample --from bad_class.png --out x1.png"), 1);
-    assert_true(cu_stderr_one_line("bad_class.png: its recipe samples class 0 ('cat'), but the checkpoint is not "
-                                   "class-conditional"));
+    assert_true(
+        cu_stderr_one_line("bad_class.png: its recipe samples class 0 ('cat'), but the checkpoint is not "
+                           "class-conditional"));
     assert_true(cu_absent("x1.png"));
 }
 
@@ -226,17 +235,18 @@ static void test_interpolate_from_recreates_both_kinds_of_strip_byte_for_byte(vo
     assert_int_equal(cu_ddpm("interpolate run --seeds 3,8 --n 4 --steps 3 --pad 1 --out ss.png --quiet"), 0);
     assert_int_equal(cu_ddpm("interpolate --from ss.png --out again.png --batch 3 --quiet"), 0);
     assert_true(cu_same_bytes("ss.png", "again.png"));
-    assert_int_equal(cu_ddpm("interpolate run --at 20 --images src/00.png,src/01.png --n 3 --steps 4 --seed 5 "
-                             "--sources --pad-value 7 --out is.png --quiet"),
-                     0);
+    assert_int_equal(
+        cu_ddpm("interpolate run --at 20 --images src/00.png,src/01.png --n 3 --steps 4 --seed 5 "
+                "--sources --pad-value 7 --out is.png --quiet"),
+        0);
     assert_int_equal(cu_ddpm("interpolate --from is.png --out again.png --batch 2 --quiet"), 0);
     assert_true(cu_same_bytes("is.png", "again.png"));
     /* sources that moved, named with --images: the same strip, names and all */
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "cd '%s' && mkdir moved && cp src/00.png src/01.png moved/", cu_dir);
     assert_int_equal(system(cmd), 0);
-    assert_int_equal(cu_ddpm("interpolate --from is.png --images moved/00.png,moved/01.png --out again.png --quiet"),
-                     0);
+    assert_int_equal(
+        cu_ddpm("interpolate --from is.png --images moved/00.png,moved/01.png --out again.png --quiet"), 0);
     assert_true(cu_same_bytes("is.png", "again.png"));
     assert_int_equal(cu_ddpm("info ss.png"), 0);
     char *out = cu_slurp("out.txt", NULL);
@@ -262,9 +272,10 @@ static void test_interpolate_from_refuses_another_checkpoint_or_a_changed_source
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "cd '%s' && mkdir src2 && cp src/00.png src/01.png src2/", cu_dir);
     assert_int_equal(system(cmd), 0);
-    assert_int_equal(cu_ddpm("interpolate run --at 10 --images src2/00.png,src2/01.png --n 2 --steps 2 --out i2.png "
-                             "--quiet"),
-                     0);
+    assert_int_equal(
+        cu_ddpm("interpolate run --at 10 --images src2/00.png,src2/01.png --n 2 --steps 2 --out i2.png "
+                "--quiet"),
+        0);
     uint8_t px[64];
     memset(px, 99, sizeof px);
     char path[512];
@@ -281,12 +292,14 @@ static void test_sample_and_interpolate_send_each_others_pngs_to_the_right_comma
     (void)state;
     assert_int_equal(cu_ddpm("interpolate run --seeds 1,2 --n 2 --steps 2 --out s3.png --quiet"), 0);
     assert_int_equal(cu_ddpm("sample --from s3.png --out x3.png"), 1);
-    assert_true(cu_stderr_one_line("s3.png: an interpolation strip; re-create it with `ddpm interpolate --from "
-                                   "s3.png"));
+    assert_true(
+        cu_stderr_one_line("s3.png: an interpolation strip; re-create it with `ddpm interpolate --from "
+                           "s3.png"));
     assert_int_equal(cu_ddpm("sample run --n 1 --steps 2 --out g3.png --quiet"), 0);
     assert_int_equal(cu_ddpm("interpolate --from g3.png --out x3.png"), 1);
-    assert_true(cu_stderr_one_line("g3.png: a grid of ddpm sample, not an interpolation strip; re-create it with "
-                                   "`ddpm sample --from g3.png"));
+    assert_true(
+        cu_stderr_one_line("g3.png: a grid of ddpm sample, not an interpolation strip; re-create it with "
+                           "`ddpm sample --from g3.png"));
     assert_true(cu_absent("x3.png"));
 }
 

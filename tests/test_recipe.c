@@ -172,7 +172,6 @@ static void test_broken_and_hostile_pngs_are_refused_naming_the_input(void **sta
     free(png);
 }
 
-
 /* A recipe written before the class fields existed (a grid from the commit
  * before them, kept in tests/data): it reads as unconditional, and writes back
  * the same 17 chunks in the same order, so re-creating it gives the same bytes. */
@@ -212,8 +211,18 @@ static void test_conditional_recipe_round_trips_class_and_guidance_exactly(void 
     (void)state;
     /* guidance weights that need 1 to 9 significant digits, and neighbours of a
        short one that must not collapse onto it */
-    const float weights[] = {0.0f, 1.0f, 2.7f, 0.1f, 1000.0f, 1e-7f, 3.14159274f, 7.5f, 999.999939f,
-                             nextafterf(2.7f, 3.0f), nextafterf(2.7f, 2.0f), 1.00000012f};
+    const float weights[] = {0.0f,
+                             1.0f,
+                             2.7f,
+                             0.1f,
+                             1000.0f,
+                             1e-7f,
+                             3.14159274f,
+                             7.5f,
+                             999.999939f,
+                             nextafterf(2.7f, 3.0f),
+                             nextafterf(2.7f, 2.0f),
+                             1.00000012f};
     for (size_t w = 0; w < sizeof weights / sizeof weights[0]; w++) {
         ddpm_recipe r = example(), back;
         r.kind = DDPM_RECIPE_IMAGE;
@@ -264,7 +273,7 @@ static void test_strip_recipes_round_trip_and_carry_only_their_fields(void **sta
     ddpm_png_text text[DDPM_RECIPE_MAX_TEXT];
     ddpm_recipe_storage st;
     int slot = 0, n_text = ddpm_recipe_to_text(&r, text, &st, &slot);
-    assert_int_equal(slot, -1); /* no per-image index */
+    assert_int_equal(slot, -1);      /* no per-image index */
     for (int i = 0; i < n_text; i++) /* no sample-only field */
         assert_true(strcmp(text[i].key, "ddpm:index") && strcmp(text[i].key, "ddpm:seed") &&
                     strcmp(text[i].key, "ddpm:nrow") && strcmp(text[i].key, "ddpm:class"));
@@ -301,7 +310,8 @@ static void test_strip_recipes_round_trip_and_carry_only_their_fields(void **sta
 
 /* Writes the text of r with entry `drop` left out (-1: none) and `extra` (key,
  * value; NULL: none) added, and parses it: returns the parser's result. */
-static int parse_edited(const ddpm_recipe *r, const char *drop, const char *extra_key, const char *extra_value)
+static int parse_edited(const ddpm_recipe *r, const char *drop, const char *extra_key,
+                        const char *extra_value)
 {
     char path[512];
     snprintf(path, sizeof path, "%s/e.png", dir);
@@ -341,11 +351,16 @@ static void test_new_fields_out_of_place_or_alone_are_refused(void **state)
     assert_int_equal(parse_edited(&c, NULL, NULL, NULL), 1);
     expect_refused(parse_edited(&c, "ddpm:class_name", NULL, NULL), "ddpm:class without");
     expect_refused(parse_edited(&c, "ddpm:guidance", NULL, NULL), "a class but no ddpm:guidance");
-    expect_refused(parse_edited(&c, NULL, "ddpm:grid_by_class", "4"), "both ddpm:class and ddpm:grid_by_class");
-    expect_refused(parse_edited(&c, NULL, "ddpm:seeds", "1,2"), "ddpm:seeds does not belong to a grid recipe");
-    expect_refused(parse_edited(&c, "ddpm:guidance", "ddpm:guidance", "nan"), "ddpm:guidance has a bad value");
-    expect_refused(parse_edited(&c, "ddpm:guidance", "ddpm:guidance", "1001"), "ddpm:guidance has a bad value");
-    expect_refused(parse_edited(&c, "ddpm:class_name", "ddpm:class_name", ""), "ddpm:class_name has a bad value");
+    expect_refused(parse_edited(&c, NULL, "ddpm:grid_by_class", "4"),
+                   "both ddpm:class and ddpm:grid_by_class");
+    expect_refused(parse_edited(&c, NULL, "ddpm:seeds", "1,2"),
+                   "ddpm:seeds does not belong to a grid recipe");
+    expect_refused(parse_edited(&c, "ddpm:guidance", "ddpm:guidance", "nan"),
+                   "ddpm:guidance has a bad value");
+    expect_refused(parse_edited(&c, "ddpm:guidance", "ddpm:guidance", "1001"),
+                   "ddpm:guidance has a bad value");
+    expect_refused(parse_edited(&c, "ddpm:class_name", "ddpm:class_name", ""),
+                   "ddpm:class_name has a bad value");
     ddpm_recipe u = example(); /* unconditional: guidance alone means nothing */
     expect_refused(parse_edited(&u, NULL, "ddpm:guidance", "2"), "ddpm:guidance but no class");
     ddpm_recipe s = example();
@@ -353,7 +368,8 @@ static void test_new_fields_out_of_place_or_alone_are_refused(void **state)
     s.sampler.eta = 0;
     s.count = 3;
     assert_int_equal(parse_edited(&s, NULL, NULL, NULL), 1);
-    expect_refused(parse_edited(&s, NULL, "ddpm:class", "1"), "does not belong to a interpolation-seeds recipe");
+    expect_refused(parse_edited(&s, NULL, "ddpm:class", "1"),
+                   "does not belong to a interpolation-seeds recipe");
     expect_refused(parse_edited(&s, "ddpm:seeds", NULL, NULL), "lacks ddpm:seeds");
     expect_refused(parse_edited(&s, "ddpm:seeds", "ddpm:seeds", "1,"), "ddpm:seeds has a bad value");
     expect_refused(parse_edited(&s, "ddpm:seeds", "ddpm:seeds", "1,-2"), "ddpm:seeds has a bad value");
@@ -385,11 +401,13 @@ static void test_recipe_classes_are_checked_against_the_checkpoint(void **state)
     snprintf(r.class_name, sizeof r.class_name, "owl");
     assert_int_equal(ddpm_recipe_check_classes(&r, 3, names, "x.png"), 0);
     assert_int_equal(ddpm_recipe_check_classes(&r, 0, NULL, "x.png"), DDPM_EFORMAT);
-    assert_non_null(strstr(ddpm_last_error(), "x.png: its recipe samples class 2 ('owl'), but the checkpoint is "
-                                              "not class-conditional"));
+    assert_non_null(strstr(ddpm_last_error(),
+                           "x.png: its recipe samples class 2 ('owl'), but the checkpoint is "
+                           "not class-conditional"));
     assert_int_equal(ddpm_recipe_check_classes(&r, 2, names, "x.png"), DDPM_EFORMAT);
-    assert_non_null(strstr(ddpm_last_error(), "x.png: recipe class 2 ('owl') is out of range: the checkpoint has 2 "
-                                              "classes (0..1)"));
+    assert_non_null(strstr(ddpm_last_error(),
+                           "x.png: recipe class 2 ('owl') is out of range: the checkpoint has 2 "
+                           "classes (0..1)"));
     snprintf(r.class_name, sizeof r.class_name, "bat");
     assert_int_equal(ddpm_recipe_check_classes(&r, 3, names, "x.png"), DDPM_EFORMAT);
     assert_non_null(strstr(ddpm_last_error(), "the checkpoint's class 2 is 'owl'"));

@@ -60,17 +60,17 @@ typedef struct ddpm_recipe {
     int nrow, pad, pad_value; /* grid and trajectory layout (trajectory: nrow =
                                  columns K); strips: pad and pad value, nrow 0 */
     /* class-conditional samples (grid, image, trajectory) */
-    int class_index;    /* the class of every image, DDPM_NO_CLASS: none */
+    int class_index;      /* the class of every image, DDPM_NO_CLASS: none */
     char class_name[256]; /* its name in the checkpoint ("" without a class) */
-    int grid_by_class;  /* 0, or the images per class of a --grid-by-class run
-                           (image k has class k / grid_by_class) */
-    float guidance;     /* classifier-free guidance weight W (1 without a class) */
+    int grid_by_class;    /* 0, or the images per class of a --grid-by-class run
+                             (image k has class k / grid_by_class) */
+    float guidance;       /* classifier-free guidance weight W (1 without a class) */
     /* interpolation strips */
-    uint64_t seed_b;             /* interpolation-seeds: seed B */
-    int at;                      /* interpolation-images: the step t of --at (1..) */
-    char images[2][1024];        /* interpolation-images: the two paths as given */
-    char image_sha256[2][65];    /* ... and the SHA-256 of each file's bytes */
-    int sources;                 /* interpolation-images: the two images at the ends */
+    uint64_t seed_b;          /* interpolation-seeds: seed B */
+    int at;                   /* interpolation-images: the step t of --at (1..) */
+    char images[2][1024];     /* interpolation-images: the two paths as given */
+    char image_sha256[2][65]; /* ... and the SHA-256 of each file's bytes */
+    int sources;              /* interpolation-images: the two images at the ends */
 } ddpm_recipe;
 
 /* An empty recipe: zero fields, no class (DDPM_NO_CLASS) and guidance 1. Start
@@ -102,7 +102,8 @@ int ddpm_recipe_read_png(ddpm_recipe *r, const char *path);
  * is unconditional, its class index is out of range, its class name is not the
  * checkpoint's name of that index, or a grid-by-class grid or trajectory does
  * not hold the count that n_classes rows give. 0 otherwise. */
-int ddpm_recipe_check_classes(const ddpm_recipe *r, int n_classes, const char *const *names, const char *name);
+int ddpm_recipe_check_classes(const ddpm_recipe *r, int n_classes, const char *const *names,
+                              const char *name);
 
 /* v as the shortest decimal text that strtof reads back as v exactly (at most
  * 9 significant digits), as the recipe writes the guidance weight. */

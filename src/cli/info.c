@@ -122,16 +122,17 @@ static int info_png(const char *path, int json)
         printf("sampler: ddpm, all steps, var %s, clip %s\n", var, r.sampler.clip_x0 ? "on" : "off");
     if (r.kind == DDPM_RECIPE_INTERP_SEEDS) {
         printf("seeds: %s, %s\n", seed, seed_b);
-        printf("contents: interpolation strip of %d images between the samples of seeds %s and %s (slerp of x_T), "
-               "pad %d of gray %d\n",
+        printf("contents: interpolation strip of %d images between the samples of seeds %s and %s "
+               "(slerp of x_T), pad %d of gray %d\n",
                r.count, seed, seed_b, r.pad, r.pad_value);
     } else if (r.kind == DDPM_RECIPE_INTERP_IMAGES) {
         printf("seed: %s\n", seed);
-        printf("contents: interpolation strip of %d images between two images noised to t = %d%s, pad %d of gray "
-               "%d\n",
+        printf("contents: interpolation strip of %d images between two images noised to t = %d%s, "
+               "pad %d of gray %d\n",
                r.count, r.at, r.sources ? ", the two images at the ends" : "", r.pad, r.pad_value);
         for (int k = 0; k < 2; k++)
-            printf("source image %d: %s\nsource image %d sha256: %s\n", k + 1, r.images[k], k + 1, r.image_sha256[k]);
+            printf("source image %d: %s\nsource image %d sha256: %s\n", k + 1, r.images[k], k + 1,
+                   r.image_sha256[k]);
     } else {
         printf("seed: %s\n", seed);
         char guidance[32];

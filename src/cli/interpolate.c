@@ -84,8 +84,8 @@ enum {
 /* The flags a recipe sets: refused with --from. */
 static int recipe_sets(int opt)
 {
-    return opt == O_SEEDS || opt == O_AT || opt == O_SEED || opt == O_N || opt == O_STEPS || opt == O_NO_CLIP ||
-           opt == O_PAD || opt == O_PAD_VALUE || opt == O_NO_EMA || opt == O_SOURCES;
+    return opt == O_SEEDS || opt == O_AT || opt == O_SEED || opt == O_N || opt == O_STEPS ||
+           opt == O_NO_CLIP || opt == O_PAD || opt == O_PAD_VALUE || opt == O_NO_EMA || opt == O_SOURCES;
 }
 
 /* "A,B" -> two seeds */
@@ -106,7 +106,8 @@ static int parse_seeds(const char *value, uint64_t *a, uint64_t *b)
 static int parse_images(const char *value, char *a, char *b, size_t size)
 {
     const char *comma = strchr(value, ',');
-    if (!comma || comma == value || !comma[1] || (size_t)(comma - value) >= size || strlen(comma + 1) >= size) {
+    if (!comma || comma == value || !comma[1] || (size_t)(comma - value) >= size ||
+        strlen(comma + 1) >= size) {
         cli_error("--images: '%s' is not two paths P1,P2", value);
         return -1;
     }
@@ -129,8 +130,8 @@ static int read_strip_recipe(ddpm_recipe *r, const char *from)
         return DDPM_EXIT_ERROR;
     }
     if (!ddpm_recipe_is_strip(r->kind)) {
-        cli_error("%s: a %s of ddpm sample, not an interpolation strip; re-create it with `ddpm sample --from %s "
-                  "--out FILE.png`",
+        cli_error("%s: a %s of ddpm sample, not an interpolation strip; re-create it with "
+                  "`ddpm sample --from %s --out FILE.png`",
                   from, ddpm_recipe_kind_name(r->kind), from);
         return DDPM_EXIT_ERROR;
     }
@@ -143,8 +144,8 @@ static int read_strip_recipe(ddpm_recipe *r, const char *from)
 
 /* The file at path has the SHA-256 `want` (what the recipe of `from` says of
  * `what`); else one line and the exit code. */
-static int check_sha256(const char *path, const char *want, const char *from, const char *what, const char *named,
-                        const char *hint)
+static int check_sha256(const char *path, const char *want, const char *from, const char *what,
+                        const char *named, const char *hint)
 {
     char have[65];
     if (ddpm_sha256_file(path, have)) {
@@ -152,8 +153,8 @@ static int check_sha256(const char *path, const char *want, const char *from, co
         return DDPM_EXIT_ERROR;
     }
     if (strcmp(have, want)) {
-        cli_error("%s: SHA-256 %.12s... is not the %s %s was made from (%.12s..., %s); %s", path, have, what, from,
-                  want, named, hint);
+        cli_error("%s: SHA-256 %.12s... is not the %s %s was made from (%.12s..., %s); %s", path, have, what,
+                  from, want, named, hint);
         return DDPM_EXIT_ERROR;
     }
     return 0;
@@ -229,7 +230,8 @@ int cmd_interpolate(int argc, char **argv)
     ddpm_recipe from_recipe;
     if (from) {
         if (recipe_flag) {
-            cli_error("interpolate: --%s cannot be given with --from (the recipe in %s sets it)", recipe_flag, from);
+            cli_error("interpolate: --%s cannot be given with --from (the recipe in %s sets it)", recipe_flag,
+                      from);
             return DDPM_EXIT_USAGE;
         }
         if (!out_given) {
@@ -240,7 +242,8 @@ int cmd_interpolate(int argc, char **argv)
         if (rc)
             return rc;
         if (images && from_recipe.kind != DDPM_RECIPE_INTERP_IMAGES) {
-            cli_error("interpolate: %s is a strip between seeds; --images goes with a strip between images", from);
+            cli_error("interpolate: %s is a strip between seeds; --images goes with a strip between images",
+                      from);
             return DDPM_EXIT_USAGE;
         }
         ckpt_arg = checkpoint_flag ? checkpoint_flag : ckpt_arg ? ckpt_arg : from_recipe.checkpoint;
@@ -306,8 +309,8 @@ int cmd_interpolate(int argc, char **argv)
             return out_rc;
         for (int k = 0; pc.image_a && k < 2; k++)
             if ((out_rc = check_sha256(k ? pc.image_b : pc.image_a, from_recipe.image_sha256[k], from,
-                                       k ? "second source image" : "first source image", from_recipe.images[k],
-                                       "pass the source images with --images P1,P2")))
+                                       k ? "second source image" : "first source image",
+                                       from_recipe.images[k], "pass the source images with --images P1,P2")))
                 return out_rc;
         memcpy(recipe.images, from_recipe.images, sizeof recipe.images);
     }
@@ -321,7 +324,8 @@ int cmd_interpolate(int argc, char **argv)
     int T = cfg.timesteps;
     long ck_step = ddpm_checkpoint_state(ck)->step;
     if (pc.t > T) {
-        cli_error("%s: %d is more than the model's %d timesteps", from ? "the recipe's step t" : "--at", pc.t, T);
+        cli_error("%s: %d is more than the model's %d timesteps", from ? "the recipe's step t" : "--at", pc.t,
+                  T);
         ddpm_checkpoint_close(ck);
         return DDPM_EXIT_USAGE;
     }
@@ -347,7 +351,8 @@ int cmd_interpolate(int argc, char **argv)
     if (!rc && !used_ema && !no_ema && !quiet)
         fprintf(stderr, "ddpm: %s has no EMA weights; using the raw weights\n", ckpt_path);
     snprintf(recipe.version, sizeof recipe.version, "%s", DDPM_VERSION);
-    snprintf(recipe.checkpoint, sizeof recipe.checkpoint, "%.1023s", from ? from_recipe.checkpoint : ckpt_path);
+    snprintf(recipe.checkpoint, sizeof recipe.checkpoint, "%.1023s",
+             from ? from_recipe.checkpoint : ckpt_path);
     recipe.step = ck_step;
     recipe.ema = used_ema;
     pc.recipe = &recipe;
@@ -357,10 +362,14 @@ int cmd_interpolate(int argc, char **argv)
         cli_error("%s", ddpm_last_error());
     else if (!quiet) {
         if (pc.image_a)
-            fprintf(stderr, "ddpm: %d images between %s and %s noised to t = %d, DDIM %d steps (eta 0), %s weights of step %ld\n",
+            fprintf(stderr,
+                    "ddpm: %d images between %s and %s noised to t = %d, DDIM %d steps (eta 0), "
+                    "%s weights of step %ld\n",
                     ic->n, pc.image_a, pc.image_b, pc.t, ic->steps, used_ema ? "EMA" : "raw", ck_step);
         else
-            fprintf(stderr, "ddpm: %d images between seeds %" PRIu64 " and %" PRIu64 ", DDIM %d steps (eta 0), %s weights of step %ld\n",
+            fprintf(stderr,
+                    "ddpm: %d images between seeds %" PRIu64 " and %" PRIu64
+                    ", DDIM %d steps (eta 0), %s weights of step %ld\n",
                     ic->n, pc.seed_a, pc.seed_b, ic->steps, used_ema ? "EMA" : "raw", ck_step);
         printf("%s\n", pc.out);
     }

@@ -289,7 +289,8 @@ int cmd_sample(int argc, char **argv)
         if (rc <= 0)
             return DDPM_EXIT_ERROR;
         if (ddpm_recipe_is_strip(from_recipe.kind)) {
-            cli_error("%s: an interpolation strip; re-create it with `ddpm interpolate --from %s --out FILE.png`",
+            cli_error("%s: an interpolation strip; re-create it with "
+                      "`ddpm interpolate --from %s --out FILE.png`",
                       from, from);
             return DDPM_EXIT_ERROR;
         }
