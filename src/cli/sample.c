@@ -28,7 +28,7 @@ static void usage(FILE *f)
 "Samples images from a trained model and writes them as a PNG grid (and/or one\n"
 "PNG per image). RUN_DIR is a `ddpm train --out` folder (its\n"
 "checkpoint.safetensors is used). The model, its schedule and T come from the\n"
-"checkpoint. Same checkpoint, seed, flags and --threads: identical PNG bytes.\n"
+"checkpoint. Same checkpoint, seed and flags: identical PNG bytes, any --threads.\n"
 "\n"
 "Every PNG carries its recipe in tEXt chunks (ddpm version, the checkpoint's\n"
 "SHA-256, path and step, EMA or raw, sampler, steps, eta, variance, clipping,\n"
