@@ -622,7 +622,9 @@ int ddpm_image_save_each(const char *dir, const float *x, int B, int C, int S, i
 int ddpm_image_save_each_text(const char *dir, const float *x, int B, int C, int S, int first_index,
                               const ddpm_png_text *text, int n_text, int index_slot)
 {
-    return ddpm_image_save_part_text(dir, x, B, C, S, first_index, first_index + B - 1, text, n_text, index_slot);
+    /* out of range: the check below refuses it (and the sum is not formed) */
+    int last = B > 0 && first_index >= 0 && first_index <= 999999999 - B ? first_index + B - 1 : first_index;
+    return ddpm_image_save_part_text(dir, x, B, C, S, first_index, last, text, n_text, index_slot);
 }
 
 int ddpm_image_save_part_text(const char *dir, const float *x, int B, int C, int S, int first_index,
@@ -631,7 +633,8 @@ int ddpm_image_save_part_text(const char *dir, const float *x, int B, int C, int
     int rc = check_batch(dir, B, C, S);
     if (rc)
         return rc;
-    if (first_index < 0 || first_index > 999999999 - B || last_index < first_index + B - 1 || last_index > 999999999)
+    if (first_index < 0 || first_index > 999999999 - B || last_index < first_index + B - 1 ||
+        last_index > 999999999)
         return ddpm_error(DDPM_EINVAL, "%s: bad first index %d (last %d)", dir, first_index, last_index);
     if (mkdir(dir, 0777) != 0 && errno != EEXIST)
         return ddpm_error(DDPM_EIO, "%s: cannot create folder: %s", dir, strerror(errno));
