@@ -622,18 +622,27 @@ int ddpm_image_save_each(const char *dir, const float *x, int B, int C, int S, i
 int ddpm_image_save_each_text(const char *dir, const float *x, int B, int C, int S, int first_index,
                               const ddpm_png_text *text, int n_text, int index_slot)
 {
+    /* out of range: the check below refuses it (and the sum is not formed) */
+    int last = B > 0 && first_index >= 0 && first_index <= 999999999 - B ? first_index + B - 1 : first_index;
+    return ddpm_image_save_part_text(dir, x, B, C, S, first_index, last, text, n_text, index_slot);
+}
+
+int ddpm_image_save_part_text(const char *dir, const float *x, int B, int C, int S, int first_index,
+                              int last_index, const ddpm_png_text *text, int n_text, int index_slot)
+{
     int rc = check_batch(dir, B, C, S);
     if (rc)
         return rc;
-    if (first_index < 0 || first_index > 999999999 - B)
-        return ddpm_error(DDPM_EINVAL, "%s: bad first index %d", dir, first_index);
+    if (first_index < 0 || first_index > 999999999 - B || last_index < first_index + B - 1 ||
+        last_index > 999999999)
+        return ddpm_error(DDPM_EINVAL, "%s: bad first index %d (last %d)", dir, first_index, last_index);
     if (mkdir(dir, 0777) != 0 && errno != EEXIST)
         return ddpm_error(DDPM_EIO, "%s: cannot create folder: %s", dir, strerror(errno));
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
         return ddpm_error(DDPM_EIO, "%s: not a folder", dir);
     int digits = 5;
-    for (long long limit = 100000; first_index + B - 1 >= limit; limit *= 10)
+    for (long long limit = 100000; last_index >= limit; limit *= 10)
         digits++;
     size_t len = strlen(dir) + 32;
     char *path = ddpm_malloc(len, 1);

@@ -1,11 +1,15 @@
 #include "ddpm/interpolate.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ddpm/error.h"
+#include "ddpm/imageio.h"
+#include "ddpm/recipe.h"
 #include "ddpm/rng.h"
+#include "ddpm/sha256.h"
 
 void ddpm_lerp(float *out, const float *a, const float *b, size_t D, double l)
 {
@@ -134,4 +138,107 @@ int ddpm_interpolate_images(float *x, size_t D, const float *x0_a, const float *
     for (int k = 1; k < c->n - 1; k++)
         ddpm_lerp(x + (size_t)k * D, a, b, D, (double)k / (c->n - 1));
     return decode(x, D, i, s, c, eps_fn, eps_ctx);
+}
+
+/* ---------------------------------------------------------------- to a file */
+
+void ddpm_interpolate_png_config_default(ddpm_interpolate_png_config *c)
+{
+    memset(c, 0, sizeof *c);
+    ddpm_interpolate_config_default(&c->interp);
+    c->out = "interpolation.png";
+    c->pad = 2;
+    c->pad_value = 255;
+}
+
+/* The strip's recipe from the template c->recipe and the config. */
+static int strip_recipe(ddpm_recipe *r, const ddpm_interpolate_png_config *c)
+{
+    *r = *c->recipe;
+    ddpm_interpolate_sampler(&r->sampler, &c->interp);
+    r->kind = c->image_a ? DDPM_RECIPE_INTERP_IMAGES : DDPM_RECIPE_INTERP_SEEDS;
+    r->first_index = 0;
+    r->count = c->interp.n;
+    r->nrow = 0;
+    r->pad = c->pad;
+    r->pad_value = c->pad_value;
+    r->class_index = DDPM_NO_CLASS;
+    r->class_name[0] = '\0';
+    r->grid_by_class = 0;
+    r->guidance = 1;
+    if (!c->image_a) {
+        r->seed = c->seed_a;
+        r->seed_b = c->seed_b;
+        return DDPM_OK;
+    }
+    r->seed = c->seed;
+    r->at = c->t;
+    r->sources = c->sources ? 1 : 0;
+    if (!c->recipe->images[0][0]) {
+        snprintf(r->images[0], sizeof r->images[0], "%.1023s", c->image_a);
+        snprintf(r->images[1], sizeof r->images[1], "%.1023s", c->image_b);
+    }
+    int rc = ddpm_sha256_file(c->image_a, r->image_sha256[0]);
+    return rc ? rc : ddpm_sha256_file(c->image_b, r->image_sha256[1]);
+}
+
+int ddpm_interpolate_png(const ddpm_unet *net, const float *params, const ddpm_schedule *s,
+                         const ddpm_interpolate_png_config *c)
+{
+    int images = c->image_a != NULL;
+    if (images != (c->image_b != NULL))
+        return ddpm_error(DDPM_EINVAL, "%s: an image interpolation needs two images", c->out);
+    if (c->sources && !images)
+        return ddpm_error(DDPM_EINVAL, "%s: the sources of a seed interpolation are not images", c->out);
+    if (c->interp.n < 2 || c->interp.n > 100000)
+        return ddpm_error(DDPM_EINVAL, "%s: an interpolation has 2..100000 images, got %d", c->out,
+                          c->interp.n);
+    if (c->interp.batch < 1)
+        return ddpm_error(DDPM_EINVAL, "%s: batch must be at least 1, got %d", c->out, c->interp.batch);
+    int C = net->cfg.in_channels, S = net->cfg.image_size, n_cells = c->interp.n + (c->sources ? 2 : 0);
+    size_t D = (size_t)C * S * S;
+    ddpm_recipe *recipe = NULL;
+    ddpm_png_text text[DDPM_RECIPE_MAX_TEXT];
+    ddpm_recipe_storage *storage = NULL;
+    int n_text = 0, rc = DDPM_OK;
+    if (c->recipe) {
+        recipe = ddpm_malloc(1, sizeof *recipe);
+        storage = ddpm_malloc(1, sizeof *storage);
+        rc = !recipe || !storage ? DDPM_ENOMEM : strip_recipe(recipe, c);
+        if (!rc)
+            n_text = ddpm_recipe_to_text(recipe, text, storage, NULL);
+    }
+    float *x = NULL, *x0_a = NULL, *x0_b = NULL;
+    ddpm_unet_workspace *ws = NULL;
+    if (!rc)
+        rc = ddpm_unet_workspace_create(&ws, net,
+                                        c->interp.batch < c->interp.n ? c->interp.batch : c->interp.n, 0);
+    if (!rc && !(x = ddpm_malloc((size_t)n_cells * D, sizeof *x)))
+        rc = DDPM_ENOMEM;
+    if (!rc && images) {
+        x0_a = ddpm_malloc(D, sizeof *x0_a);
+        x0_b = ddpm_malloc(D, sizeof *x0_b);
+        rc = !x0_a || !x0_b ? DDPM_ENOMEM : ddpm_image_load(c->image_a, x0_a, S, C);
+        if (!rc)
+            rc = ddpm_image_load(c->image_b, x0_b, S, C);
+    }
+    /* the interpolation's sampler takes eps: convert the output of an x0, v or mu model */
+    ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws, .to_eps = s};
+    if (!rc)
+        rc = images ? ddpm_interpolate_images(x + (c->sources ? D : 0), D, x0_a, x0_b, c->t, c->seed, s,
+                                              &c->interp, ddpm_unet_eps, &ctx)
+                    : ddpm_interpolate_seeds(x, D, c->seed_a, c->seed_b, s, &c->interp, ddpm_unet_eps, &ctx);
+    if (!rc && c->sources) {
+        memcpy(x, x0_a, D * sizeof *x);
+        memcpy(x + (size_t)(n_cells - 1) * D, x0_b, D * sizeof *x);
+    }
+    if (!rc)
+        rc = ddpm_image_save_grid_text(c->out, x, n_cells, C, S, n_cells, c->pad, c->pad_value, text, n_text);
+    free(x);
+    free(x0_a);
+    free(x0_b);
+    free(recipe);
+    free(storage);
+    ddpm_unet_workspace_free(ws);
+    return rc;
 }

@@ -424,7 +424,10 @@ int ddpm_plot_training_log(const char *log_path, const char *png_path, const ddp
         ddpm_train_log_free(&log);
         return rc;
     }
-    /* the panels: losses (log10), other eval_* numbers, images/s */
+    /* the panels: losses (log10: the training loss and every held-out loss,
+       "eval_l_simple" as `ddpm train --eval-dir` writes it), other eval_*
+       measures (the bound, eval_bpd), images/s. Standard errors and the
+       evaluation's settings (eval_n, eval_mc) are not curves. */
     ddpm_plot_series losses[8], evals[8], rate[1];
     int n_loss = 0, n_eval = 0, n_rate = 0;
     losses[n_loss++] = (ddpm_plot_series){"loss (train)", loss->x, loss->y, loss->n, {0}};
@@ -433,9 +436,14 @@ int ddpm_plot_training_log(const char *log_path, const char *png_path, const ddp
         const ddpm_log_series *se = &log.series[s];
         ddpm_plot_series ps = {se->name, se->x, se->y, se->n, {0}};
         int plotted = 1;
+        size_t len = strlen(se->name);
+        int stderr_field = len >= 7 && !strcmp(se->name + len - 7, "_stderr");
+        int setting = !strcmp(se->name, "eval_n") || !strcmp(se->name, "eval_mc");
         if (se == loss)
             ;
-        else if (strstr(se->name, "loss") && n_loss < 8)
+        else if (stderr_field || setting)
+            plotted = 0;
+        else if ((strstr(se->name, "loss") || strstr(se->name, "l_simple")) && n_loss < 8)
             losses[n_loss++] = ps;
         else if (!strncmp(se->name, "eval_", 5) && n_eval < 8)
             evals[n_eval++] = ps;

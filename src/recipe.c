@@ -29,29 +29,111 @@ enum {
     F_NROW,
     F_PAD,
     F_PAD_VALUE,
+    /* conditional samples */
+    F_CLASS,
+    F_CLASS_NAME,
+    F_GRID_BY_CLASS,
+    F_GUIDANCE,
+    /* interpolation strips */
+    F_SEEDS,
+    F_AT,
+    F_IMAGE_A,
+    F_IMAGE_B,
+    F_IMAGE_A_SHA256,
+    F_IMAGE_B_SHA256,
+    F_SOURCES,
     F_COUNT_FIELDS
 };
+_Static_assert(F_COUNT_FIELDS <= 32 && (int)F_COUNT_FIELDS <= (int)DDPM_RECIPE_MAX_TEXT,
+               "one bit and one text entry a field");
 static const char *const keys[F_COUNT_FIELDS] = {
-    "Software",        "ddpm:checkpoint_sha256",
-    "ddpm:checkpoint", "ddpm:step",
-    "ddpm:weights",    "ddpm:sampler",
-    "ddpm:steps",      "ddpm:eta",
-    "ddpm:var",        "ddpm:clip",
-    "ddpm:seed",       "ddpm:kind",
-    "ddpm:index",      "ddpm:count",
-    "ddpm:nrow",       "ddpm:pad",
+    "Software",
+    "ddpm:checkpoint_sha256",
+    "ddpm:checkpoint",
+    "ddpm:step",
+    "ddpm:weights",
+    "ddpm:sampler",
+    "ddpm:steps",
+    "ddpm:eta",
+    "ddpm:var",
+    "ddpm:clip",
+    "ddpm:seed",
+    "ddpm:kind",
+    "ddpm:index",
+    "ddpm:count",
+    "ddpm:nrow",
+    "ddpm:pad",
     "ddpm:pad_value",
+    "ddpm:class",
+    "ddpm:class_name",
+    "ddpm:grid_by_class",
+    "ddpm:guidance",
+    "ddpm:seeds",
+    "ddpm:at",
+    "ddpm:image_a",
+    "ddpm:image_b",
+    "ddpm:image_a_sha256",
+    "ddpm:image_b_sha256",
+    "ddpm:sources",
 };
-static const char *const kind_names[3] = {"grid", "image", "trajectory"};
+enum { N_KINDS = 5 };
+static const char *const kind_names[N_KINDS] = {"grid", "image", "trajectory", "interpolation-seeds",
+                                                "interpolation-images"};
+
+#define BIT(f) (1u << (f))
+/* The fields every kind has, and what each kind adds (required, then optional). */
+static const uint32_t common_fields = BIT(F_SOFTWARE) | BIT(F_SHA256) | BIT(F_CHECKPOINT) | BIT(F_STEP) |
+                                      BIT(F_WEIGHTS) | BIT(F_SAMPLER) | BIT(F_STEPS) | BIT(F_ETA) |
+                                      BIT(F_VAR) | BIT(F_CLIP) | BIT(F_KIND) | BIT(F_COUNT) | BIT(F_PAD) |
+                                      BIT(F_PAD_VALUE);
+static const uint32_t sample_fields = BIT(F_SEED) | BIT(F_INDEX) | BIT(F_NROW);
+static const uint32_t class_fields =
+    BIT(F_CLASS) | BIT(F_CLASS_NAME) | BIT(F_GRID_BY_CLASS) | BIT(F_GUIDANCE);
+static const uint32_t seeds_fields = BIT(F_SEEDS);
+static const uint32_t images_fields = BIT(F_AT) | BIT(F_SEED) | BIT(F_IMAGE_A) | BIT(F_IMAGE_B) |
+                                      BIT(F_IMAGE_A_SHA256) | BIT(F_IMAGE_B_SHA256) | BIT(F_SOURCES);
+
+static uint32_t required_fields(ddpm_recipe_kind k)
+{
+    return common_fields | (k == DDPM_RECIPE_INTERP_SEEDS    ? seeds_fields
+                            : k == DDPM_RECIPE_INTERP_IMAGES ? images_fields
+                                                             : sample_fields);
+}
+
+int ddpm_recipe_is_strip(ddpm_recipe_kind k)
+{
+    return k == DDPM_RECIPE_INTERP_SEEDS || k == DDPM_RECIPE_INTERP_IMAGES;
+}
 
 const char *ddpm_recipe_kind_name(ddpm_recipe_kind k)
 {
-    return k >= DDPM_RECIPE_GRID && k <= DDPM_RECIPE_TRAJECTORY ? kind_names[k] : "?";
+    return k >= DDPM_RECIPE_GRID && k <= DDPM_RECIPE_INTERP_IMAGES ? kind_names[k] : "?";
+}
+
+void ddpm_recipe_init(ddpm_recipe *r)
+{
+    memset(r, 0, sizeof *r);
+    r->class_index = DDPM_NO_CLASS;
+    r->guidance = 1;
+}
+
+void ddpm_recipe_float_text(char out[32], float v)
+{
+    for (int digits = 1; digits <= 9; digits++) { /* 9 significant digits round-trip every float */
+        snprintf(out, 32, "%.*g", digits, (double)v);
+        if (strtof(out, NULL) == v)
+            return;
+    }
 }
 
 int ddpm_recipe_to_text(const ddpm_recipe *r, ddpm_png_text *text, ddpm_recipe_storage *st, int *index_slot)
 {
     char(*b)[72] = st->buf;
+    uint32_t fields = required_fields(r->kind);
+    if (!ddpm_recipe_is_strip(r->kind) && r->class_index != DDPM_NO_CLASS)
+        fields |= BIT(F_CLASS) | BIT(F_CLASS_NAME) | BIT(F_GUIDANCE);
+    if (!ddpm_recipe_is_strip(r->kind) && r->grid_by_class > 0)
+        fields |= BIT(F_GRID_BY_CLASS) | BIT(F_GUIDANCE);
     snprintf(b[F_SOFTWARE], 72, "ddpm %s", r->version);
     snprintf(b[F_SHA256], 72, "%.64s", r->checkpoint_sha256);
     snprintf(b[F_STEP], 72, "%ld", r->step);
@@ -68,11 +150,30 @@ int ddpm_recipe_to_text(const ddpm_recipe *r, ddpm_png_text *text, ddpm_recipe_s
     snprintf(b[F_NROW], 72, "%d", r->nrow);
     snprintf(b[F_PAD], 72, "%d", r->pad);
     snprintf(b[F_PAD_VALUE], 72, "%d", r->pad_value);
-    for (int i = 0; i < F_COUNT_FIELDS; i++)
-        text[i] = (ddpm_png_text){keys[i], i == F_CHECKPOINT ? r->checkpoint : b[i]};
+    snprintf(b[F_CLASS], 72, "%d", r->class_index);
+    snprintf(b[F_GRID_BY_CLASS], 72, "%d", r->grid_by_class);
+    ddpm_recipe_float_text(b[F_GUIDANCE], r->guidance);
+    snprintf(b[F_SEEDS], 72, "%" PRIu64 ",%" PRIu64, r->seed, r->seed_b);
+    snprintf(b[F_AT], 72, "%d", r->at);
+    snprintf(b[F_IMAGE_A_SHA256], 72, "%.64s", r->image_sha256[0]);
+    snprintf(b[F_IMAGE_B_SHA256], 72, "%.64s", r->image_sha256[1]);
+    snprintf(b[F_SOURCES], 72, "%d", r->sources ? 1 : 0);
+    int n = 0;
     if (index_slot)
-        *index_slot = F_INDEX;
-    return F_COUNT_FIELDS;
+        *index_slot = -1;
+    for (int f = 0; f < F_COUNT_FIELDS; f++) {
+        if (!(fields & BIT(f)))
+            continue;
+        const char *value = f == F_CHECKPOINT   ? r->checkpoint
+                            : f == F_CLASS_NAME ? r->class_name
+                            : f == F_IMAGE_A    ? r->images[0]
+                            : f == F_IMAGE_B    ? r->images[1]
+                                                : b[f];
+        if (f == F_INDEX && index_slot)
+            *index_slot = n;
+        text[n++] = (ddpm_png_text){keys[f], value};
+    }
+    return n;
 }
 
 /* ---------------------------------------------------------------- reading */
@@ -80,7 +181,7 @@ int ddpm_recipe_to_text(const ddpm_recipe *r, ddpm_png_text *text, ddpm_recipe_s
 typedef struct {
     ddpm_recipe *r;
     const char *name;
-    unsigned seen;
+    uint32_t seen;
     int any; /* a ddpm chunk was met */
 } parse_state;
 
@@ -103,6 +204,55 @@ static int parse_long(const char *s, long long lo, long long hi, long long *out)
     return 0;
 }
 
+/* An unsigned 64-bit decimal, digits only, ending at `stop` (or at the NUL). */
+static int parse_u64(const char *s, char stop, uint64_t *out)
+{
+    if (!(*s >= '0' && *s <= '9'))
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end != stop || errno)
+        return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* A float written with %.9g, finite and in [lo, hi]. */
+static int parse_float(const char *s, float lo, float hi, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (end == s || *end || errno || !(v >= lo && v <= hi))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Exactly 64 lowercase hex digits (empty too when allow_empty). */
+static int parse_sha256(const char *s, int allow_empty, char out[65])
+{
+    size_t n = strlen(s);
+    if (!(n == 64 || (allow_empty && n == 0)))
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return -1;
+    memcpy(out, s, n + 1);
+    return 0;
+}
+
+/* A string of 1..size-1 bytes (0..size-1 when allow_empty). */
+static int parse_string(const char *s, int allow_empty, char *out, size_t size)
+{
+    size_t n = strlen(s);
+    if (n >= size || (!allow_empty && n == 0))
+        return -1;
+    memcpy(out, s, n + 1);
+    return 0;
+}
+
 static int pick(const char *s, const char *const *names, int n)
 {
     for (int i = 0; i < n; i++)
@@ -120,34 +270,18 @@ static int on_text(void *ctx, const char *key, const char *value)
     if (f == F_SOFTWARE && strncmp(value, "ddpm ", 5))
         return 0; /* another program's Software chunk */
     p->any = 1;
-    if (p->seen & (1u << f))
+    if (p->seen & BIT(f))
         return ddpm_error(DDPM_EFORMAT, "%s: recipe field %s appears twice", p->name, key);
-    p->seen |= 1u << f;
+    p->seen |= BIT(f);
     ddpm_recipe *r = p->r;
     long long v = 0;
     int bad = 0;
     static const char *const samplers[2] = {"ddpm", "ddim"}, *const vars[2] = {"beta", "beta-tilde"},
                              *const weights[2] = {"raw", "ema"};
     switch (f) {
-    case F_SOFTWARE:
-        bad = strlen(value + 5) >= sizeof r->version;
-        if (!bad)
-            snprintf(r->version, sizeof r->version, "%s", value + 5);
-        break;
-    case F_SHA256: {
-        size_t n = strlen(value);
-        bad = n != 0 && n != 64;
-        for (size_t i = 0; !bad && i < n; i++)
-            bad = !((value[i] >= '0' && value[i] <= '9') || (value[i] >= 'a' && value[i] <= 'f'));
-        if (!bad)
-            snprintf(r->checkpoint_sha256, sizeof r->checkpoint_sha256, "%s", value);
-        break;
-    }
-    case F_CHECKPOINT:
-        bad = strlen(value) >= sizeof r->checkpoint;
-        if (!bad)
-            snprintf(r->checkpoint, sizeof r->checkpoint, "%s", value);
-        break;
+    case F_SOFTWARE: bad = parse_string(value + 5, 1, r->version, sizeof r->version); break;
+    case F_SHA256: bad = parse_sha256(value, 1, r->checkpoint_sha256); break;
+    case F_CHECKPOINT: bad = parse_string(value, 1, r->checkpoint, sizeof r->checkpoint); break;
     case F_STEP:
         bad = parse_long(value, 0, 1000000000000000LL, &v);
         r->step = (long)v;
@@ -165,14 +299,7 @@ static int on_text(void *ctx, const char *key, const char *value)
         bad = parse_long(value, 1, 100000, &v);
         r->sampler.steps = (int)v;
         break;
-    case F_ETA: {
-        char *end;
-        errno = 0;
-        float eta = strtof(value, &end);
-        bad = end == value || *end || errno || !(eta >= 0 && eta <= 1);
-        r->sampler.eta = bad ? 0 : eta;
-        break;
-    }
+    case F_ETA: bad = parse_float(value, 0, 1, &r->sampler.eta); break;
     case F_VAR:
         v = pick(value, vars, 2);
         bad = v < 0;
@@ -182,18 +309,11 @@ static int on_text(void *ctx, const char *key, const char *value)
         bad = parse_long(value, 0, 1, &v);
         r->sampler.clip_x0 = (int)v;
         break;
-    case F_SEED: {
-        char *end;
-        errno = 0;
-        unsigned long long s = *value >= '0' && *value <= '9' ? strtoull(value, &end, 10) : 0;
-        bad = !(*value >= '0' && *value <= '9') || *end || errno;
-        r->seed = (uint64_t)s;
-        break;
-    }
+    case F_SEED: bad = parse_u64(value, '\0', &r->seed); break;
     case F_KIND:
-        v = pick(value, kind_names, 3);
+        v = pick(value, kind_names, N_KINDS);
         bad = v < 0;
-        r->kind = v == 2 ? DDPM_RECIPE_TRAJECTORY : v == 1 ? DDPM_RECIPE_IMAGE : DDPM_RECIPE_GRID;
+        r->kind = bad ? DDPM_RECIPE_GRID : (ddpm_recipe_kind)v;
         break;
     case F_INDEX:
         bad = parse_long(value, 0, 999999999, &v);
@@ -215,28 +335,143 @@ static int on_text(void *ctx, const char *key, const char *value)
         bad = parse_long(value, 0, 255, &v);
         r->pad_value = (int)v;
         break;
+    case F_CLASS:
+        bad = parse_long(value, 0, 1000000, &v);
+        r->class_index = bad ? DDPM_NO_CLASS : (int)v;
+        break;
+    case F_CLASS_NAME: bad = parse_string(value, 0, r->class_name, sizeof r->class_name); break;
+    case F_GRID_BY_CLASS:
+        bad = parse_long(value, 1, 1000000, &v);
+        r->grid_by_class = (int)v;
+        break;
+    case F_GUIDANCE: bad = parse_float(value, 0, 1000, &r->guidance); break;
+    case F_SEEDS: {
+        const char *comma = strchr(value, ',');
+        bad = !comma || parse_u64(value, ',', &r->seed) || parse_u64(comma + 1, '\0', &r->seed_b);
+        break;
+    }
+    case F_AT:
+        bad = parse_long(value, 1, 1000000, &v);
+        r->at = (int)v;
+        break;
+    case F_IMAGE_A:
+    case F_IMAGE_B: bad = parse_string(value, 0, r->images[f == F_IMAGE_B], sizeof r->images[0]); break;
+    case F_IMAGE_A_SHA256:
+    case F_IMAGE_B_SHA256: bad = parse_sha256(value, 0, r->image_sha256[f == F_IMAGE_B_SHA256]); break;
+    case F_SOURCES:
+        bad = parse_long(value, 0, 1, &v);
+        r->sources = (int)v;
+        break;
     }
     return bad ? bad_value(p, key, value) : 0;
 }
 
+/* What the fields say together, once all are read. */
+static int check_recipe(const ddpm_recipe *r, uint32_t seen, const char *name)
+{
+    const char *kind = ddpm_recipe_kind_name(r->kind);
+    if (!(seen & BIT(F_KIND)))
+        return ddpm_error(DDPM_EFORMAT, "%s: the ddpm recipe lacks %s", name, keys[F_KIND]);
+    uint32_t required = required_fields(r->kind), allowed = required;
+    if (!ddpm_recipe_is_strip(r->kind))
+        allowed |= class_fields;
+    for (int f = 0; f < F_COUNT_FIELDS; f++) {
+        if ((seen & BIT(f)) && !(allowed & BIT(f)))
+            return ddpm_error(DDPM_EFORMAT, "%s: recipe field %s does not belong to a %s recipe", name,
+                              keys[f], kind);
+        if ((required & BIT(f)) && !(seen & BIT(f)))
+            return ddpm_error(DDPM_EFORMAT, "%s: the ddpm recipe lacks %s", name, keys[f]);
+    }
+    if (ddpm_recipe_is_strip(r->kind)) {
+        if (r->sampler.kind != DDPM_SAMPLER_DDIM || r->sampler.eta != 0)
+            return ddpm_error(DDPM_EFORMAT,
+                              "%s: an interpolation strip is decoded with DDIM at eta 0; its recipe "
+                              "says %s, eta %g",
+                              name, r->sampler.kind == DDPM_SAMPLER_DDIM ? "ddim" : "ddpm",
+                              (double)r->sampler.eta);
+        if (r->count < 2 || r->count > 100000)
+            return ddpm_error(DDPM_EFORMAT,
+                              "%s: an interpolation strip has 2..100000 images; its recipe says %d", name,
+                              r->count);
+        if (r->kind == DDPM_RECIPE_INTERP_IMAGES && r->sampler.steps > r->at)
+            return ddpm_error(DDPM_EFORMAT, "%s: recipe steps %d are more than its step t %d", name,
+                              r->sampler.steps, r->at);
+        return 1;
+    }
+    if (r->kind == DDPM_RECIPE_IMAGE && r->count != 1)
+        return ddpm_error(DDPM_EFORMAT, "%s: the recipe of one image says count %d", name, r->count);
+    if (r->first_index > 999999999 - r->count)
+        return ddpm_error(DDPM_EFORMAT, "%s: recipe index %d + count %d is out of range", name,
+                          r->first_index, r->count);
+    int has_class = (seen & BIT(F_CLASS)) != 0, by_class = (seen & BIT(F_GRID_BY_CLASS)) != 0;
+    if (has_class != ((seen & BIT(F_CLASS_NAME)) != 0))
+        return ddpm_error(DDPM_EFORMAT, "%s: the ddpm recipe has %s without %s", name,
+                          keys[has_class ? F_CLASS : F_CLASS_NAME], keys[has_class ? F_CLASS_NAME : F_CLASS]);
+    if (has_class && by_class)
+        return ddpm_error(DDPM_EFORMAT, "%s: the ddpm recipe has both %s and %s", name, keys[F_CLASS],
+                          keys[F_GRID_BY_CLASS]);
+    if ((has_class || by_class) != ((seen & BIT(F_GUIDANCE)) != 0))
+        return ddpm_error(DDPM_EFORMAT, "%s: the ddpm recipe has %s", name,
+                          has_class || by_class ? "a class but no ddpm:guidance"
+                                                : "ddpm:guidance but no class");
+    if (by_class && r->kind == DDPM_RECIPE_IMAGE)
+        return ddpm_error(DDPM_EFORMAT, "%s: the recipe of one image has %s (it names its class)", name,
+                          keys[F_GRID_BY_CLASS]);
+    if (by_class && r->kind == DDPM_RECIPE_GRID &&
+        (r->nrow != r->grid_by_class || r->count % r->grid_by_class))
+        return ddpm_error(DDPM_EFORMAT, "%s: a grid of %d images in rows of %d is not %d images per class",
+                          name, r->count, r->nrow, r->grid_by_class);
+    return 1;
+}
+
 int ddpm_recipe_parse_png(ddpm_recipe *r, const uint8_t *bytes, size_t n, const char *name)
 {
-    memset(r, 0, sizeof *r);
+    ddpm_recipe_init(r); /* recipes without the class fields are unconditional */
     parse_state p = {r, name, 0, 0};
     int rc = ddpm_png_read_text(bytes, n, name, on_text, &p);
     if (rc)
         return rc;
     if (!p.any)
         return 0;
-    for (int f = 0; f < F_COUNT_FIELDS; f++)
-        if (!(p.seen & (1u << f)))
-            return ddpm_error(DDPM_EFORMAT, "%s: the ddpm recipe lacks %s", name, keys[f]);
-    if (r->kind == DDPM_RECIPE_IMAGE && r->count != 1)
-        return ddpm_error(DDPM_EFORMAT, "%s: the recipe of one image says count %d", name, r->count);
-    if (r->first_index > 999999999 - r->count)
-        return ddpm_error(DDPM_EFORMAT, "%s: recipe index %d + count %d is out of range", name,
-                          r->first_index, r->count);
-    return 1;
+    return check_recipe(r, p.seen, name);
+}
+
+int ddpm_recipe_check_classes(const ddpm_recipe *r, int n_classes, const char *const *names, const char *name)
+{
+    if (ddpm_recipe_is_strip(r->kind) || (r->class_index == DDPM_NO_CLASS && r->grid_by_class == 0))
+        return DDPM_OK;
+    if (n_classes <= 0) {
+        if (r->class_index != DDPM_NO_CLASS)
+            return ddpm_error(DDPM_EFORMAT,
+                              "%s: its recipe samples class %d ('%s'), but the checkpoint is not "
+                              "class-conditional",
+                              name, r->class_index, r->class_name);
+        return ddpm_error(DDPM_EFORMAT,
+                          "%s: its recipe samples one row per class, but the checkpoint is not "
+                          "class-conditional",
+                          name);
+    }
+    if (r->class_index != DDPM_NO_CLASS && r->class_index >= n_classes)
+        return ddpm_error(DDPM_EFORMAT,
+                          "%s: recipe class %d ('%s') is out of range: the checkpoint has %d classes "
+                          "(0..%d)",
+                          name, r->class_index, r->class_name, n_classes, n_classes - 1);
+    if (r->class_index != DDPM_NO_CLASS && names && strcmp(names[r->class_index], r->class_name))
+        return ddpm_error(DDPM_EFORMAT, "%s: recipe class %d is '%s', but the checkpoint's class %d is '%s'",
+                          name, r->class_index, r->class_name, r->class_index, names[r->class_index]);
+    if (r->grid_by_class) {
+        long total = (long)r->grid_by_class * n_classes;
+        long want = r->kind == DDPM_RECIPE_TRAJECTORY && total > DDPM_TRAJECTORY_MAX_ROWS
+                        ? DDPM_TRAJECTORY_MAX_ROWS
+                        : total;
+        if (r->count != want)
+            return ddpm_error(DDPM_EFORMAT,
+                              "%s: its recipe holds %d %s for %d images per class, but the "
+                              "checkpoint's %d classes give %ld",
+                              name, r->count, r->kind == DDPM_RECIPE_TRAJECTORY ? "rows" : "images",
+                              r->grid_by_class, n_classes, want);
+    }
+    return DDPM_OK;
 }
 
 int ddpm_recipe_read_png(ddpm_recipe *r, const char *path)

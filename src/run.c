@@ -470,9 +470,10 @@ static int session_preview(run_session *r, char *path, size_t size, int saved_no
     if (n_classes > 0 && n_classes <= o->preview_n) { /* one row per class, conditional (W = 1) */
         c.grid_by_class = 1;
         c.n = o->preview_n / n_classes;
+        c.class_names = (const char *const *)tr->class_names;
     }
     ddpm_recipe recipe;
-    memset(&recipe, 0, sizeof recipe);
+    ddpm_recipe_init(&recipe);
     snprintf(recipe.version, sizeof recipe.version, "%s", DDPM_VERSION);
     snprintf(recipe.checkpoint, sizeof recipe.checkpoint, "%.1023s", r->ckpt_path);
     recipe.step = tr->state.step;

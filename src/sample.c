@@ -1,6 +1,7 @@
 #include "ddpm/sample.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -262,8 +263,10 @@ typedef struct {
     int n, index_slot;
 } file_text;
 
+/* class_index: the class of the file's images (DDPM_NO_CLASS: none, or the
+ * rows by class of a grid-by-class grid or trajectory, when c->grid_by_class). */
 static void make_file_text(file_text *t, const ddpm_sample_files_config *c, ddpm_recipe_kind kind, int first,
-                           int count, int nrow, int pad, int pad_value)
+                           int count, int nrow, int pad, int pad_value, int class_index)
 {
     t->n = 0;
     t->index_slot = -1;
@@ -279,6 +282,16 @@ static void make_file_text(file_text *t, const ddpm_sample_files_config *c, ddpm
     r->nrow = nrow;
     r->pad = pad;
     r->pad_value = pad_value;
+    r->class_index = class_index;
+    r->class_name[0] = '\0';
+    r->grid_by_class = class_index == DDPM_NO_CLASS && c->grid_by_class ? c->n : 0;
+    r->guidance = class_index != DDPM_NO_CLASS || r->grid_by_class ? c->guidance : 1;
+    if (class_index != DDPM_NO_CLASS) {
+        if (c->class_names)
+            snprintf(r->class_name, sizeof r->class_name, "%s", c->class_names[class_index]);
+        else
+            snprintf(r->class_name, sizeof r->class_name, "%d", class_index);
+    }
     t->n = ddpm_recipe_to_text(r, t->text, &t->storage, &t->index_slot);
 }
 
@@ -344,18 +357,27 @@ int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_sche
     if (!rc && !t)
         rc = DDPM_ENOMEM;
     int nrow = c->grid_by_class ? per_class : c->nrow ? c->nrow : (int)ceil(sqrt((double)n)), first = c->first_index;
+    /* the class of every image, when they share one */
+    int one_class = conditional && !c->grid_by_class ? c->class_index : DDPM_NO_CLASS;
     if (!rc && c->grid_path) {
-        make_file_text(t, c, DDPM_RECIPE_GRID, first, n, nrow, c->pad, c->pad_value);
+        make_file_text(t, c, DDPM_RECIPE_GRID, first, n, nrow, c->pad, c->pad_value, one_class);
         rc = ddpm_image_save_grid_text(c->grid_path, x, n, C, S, nrow, c->pad, c->pad_value, t->text, t->n);
     }
-    if (!rc && (c->each_dir || c->image_path)) /* as a grid of one without padding: the same pixels */
-        make_file_text(t, c, DDPM_RECIPE_IMAGE, first, 1, 1, 0, 0);
-    if (!rc && c->each_dir)
-        rc = ddpm_image_save_each_text(c->each_dir, x, n, C, S, first, t->text, t->n, t->index_slot);
-    if (!rc && c->image_path)
+    /* one image: as a grid of one without padding (the same pixels); with rows
+       by class, each class's images carry that class in their recipe */
+    int blocks = c->grid_by_class ? n_classes : 1, block = n / blocks;
+    for (int k = 0; !rc && c->each_dir && k < blocks; k++) {
+        make_file_text(t, c, DDPM_RECIPE_IMAGE, first, 1, 1, 0, 0, c->grid_by_class ? k : one_class);
+        rc = ddpm_image_save_part_text(c->each_dir, x + (size_t)k * block * D, block, C, S, first + k * block,
+                                       first + n - 1, t->text, t->n, t->index_slot);
+    }
+    if (!rc && c->image_path) {
+        make_file_text(t, c, DDPM_RECIPE_IMAGE, first, 1, 1, 0, 0, c->grid_by_class ? 0 : one_class);
         rc = ddpm_image_save_grid_text(c->image_path, x, 1, C, S, 1, 0, 0, t->text, t->n);
+    }
     if (!rc && c->trajectory_path) {
-        make_file_text(t, c, DDPM_RECIPE_TRAJECTORY, first, f.traj_rows, f.K, c->pad, c->pad_value);
+        make_file_text(t, c, DDPM_RECIPE_TRAJECTORY, first, f.traj_rows, f.K, c->pad, c->pad_value,
+                       one_class);
         rc = ddpm_image_save_grid_text(c->trajectory_path, f.traj, f.traj_rows * f.K, C, S, f.K, c->pad,
                                        c->pad_value, t->text, t->n);
     }

@@ -73,4 +73,27 @@ static inline int cu_stderr_has(const char *needle)
     return ok;
 }
 
+/* err.txt is one line "ddpm: ..." that contains needle (printed when not);
+ * returns whether it is. */
+static inline int cu_stderr_one_line(const char *needle)
+{
+    char *err = cu_slurp("err.txt", NULL);
+    const char *nl = err ? strchr(err, '\n') : NULL;
+    int ok = err && !strncmp(err, "ddpm: ", 6) && strstr(err, needle) && nl && nl[1] == '\0';
+    if (!ok)
+        fprintf(stderr, "stderr was: %s(wanted one line 'ddpm: ...' with '%s')\n", err ? err : "(none)",
+                needle);
+    free(err);
+    return ok;
+}
+
+/* cu_dir/NAME does not exist. */
+static inline int cu_absent(const char *name)
+{
+    char path[512];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", cu_dir, name);
+    return stat(path, &st) != 0;
+}
+
 #endif

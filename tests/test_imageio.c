@@ -167,6 +167,29 @@ static void test_save_each_writes_numbered_pngs(void **state)
     }
 }
 
+/* A set written in parts (as a grid by class writes one part per class) is
+ * named by the whole set's last index: images 99999 and 100000 are 099999.png
+ * and 100000.png whether written at once or one at a time. */
+static void test_save_in_parts_names_files_as_the_whole_set(void **state)
+{
+    (void)state;
+    float x[2 * 4] = {0};
+    char dir[256], path[300];
+    snprintf(dir, sizeof dir, "%s/parts", tmpdir);
+    assert_int_equal(ddpm_image_save_part_text(dir, x, 1, 1, 2, 99999, 100000, NULL, 0, -1), 0);
+    assert_int_equal(ddpm_image_save_part_text(dir, x + 4, 1, 1, 2, 100000, 100000, NULL, 0, -1), 0);
+    snprintf(path, sizeof path, "%s/099999.png", dir);
+    assert_int_equal(access(path, F_OK), 0);
+    snprintf(path, sizeof path, "%s/100000.png", dir);
+    assert_int_equal(access(path, F_OK), 0);
+    snprintf(dir, sizeof dir, "%s/whole", tmpdir);
+    assert_int_equal(ddpm_image_save_each(dir, x, 2, 1, 2, 99999), 0);
+    snprintf(path, sizeof path, "%s/099999.png", dir);
+    assert_int_equal(access(path, F_OK), 0);
+    /* a last index before the part's end is refused */
+    assert_true(ddpm_image_save_part_text(dir, x, 2, 1, 2, 5, 5, NULL, 0, -1) < 0);
+}
+
 static void test_channel_conversion_luma_replication_and_alpha(void **state)
 {
     (void)state;
@@ -458,6 +481,7 @@ int main(void)
         cmocka_unit_test(test_grid_has_documented_geometry_padding_and_cells),
         cmocka_unit_test(test_grid_with_fewer_images_than_nrow_uses_one_short_row),
         cmocka_unit_test(test_save_each_writes_numbered_pngs),
+        cmocka_unit_test(test_save_in_parts_names_files_as_the_whole_set),
         cmocka_unit_test(test_channel_conversion_luma_replication_and_alpha),
         cmocka_unit_test(test_non_square_images_are_centre_cropped_then_resized),
         cmocka_unit_test(test_resize_of_a_gradient_keeps_its_direction),

@@ -211,6 +211,49 @@ static void test_chart_draws_heldout_loss_only_when_the_log_has_it(void **state)
     stbi_image_free(px);
 }
 
+/* The fields `ddpm train --eval-dir DIR --eval-mc K` writes: the held-out
+ * L_simple joins the training loss in the loss panel, the bound gets a panel of
+ * its own, and neither the standard errors nor the settings (eval_n, eval_mc)
+ * are drawn. The first version matched held-out losses by "loss" in the name,
+ * so eval_l_simple went into a panel with eval_n = 256 and was flat at 0. */
+static void test_chart_draws_the_fields_that_train_eval_dir_writes(void **state)
+{
+    (void)state;
+    const uint8_t loss_blue[3] = {31, 119, 180}, heldout_orange[3] = {255, 127, 14};
+    char log[2048] = "", line[256];
+    for (int step = 50; step <= 600; step += 50) {
+        snprintf(line, sizeof line, "{\"step\":%d,\"loss\":%g,\"lr\":0.001,\"images_per_sec\":60}\n", step,
+                 0.5 / step + 0.04);
+        strcat(log, line);
+        if (step % 200 == 0) {
+            snprintf(line, sizeof line,
+                     "{\"step\":%d,\"eval_n\":256,\"eval_l_simple\":%g,\"eval_l_simple_stderr\":0.005,"
+                     "\"eval_mc\":4,\"eval_bpd\":%g,\"eval_bpd_stderr\":0.4}\n",
+                     step, 0.6 / step + 0.035, 4.0 - step / 1000.0);
+            strcat(log, line);
+        }
+    }
+    write_file("eval.jsonl", log);
+    ddpm_plot_options o;
+    ddpm_plot_options_default(&o);
+    o.width = 500;
+    o.height = 400;
+    ddpm_plot_summary sum;
+    assert_int_equal(ddpm_plot_training_log(in_tmp("eval.jsonl"), in_tmp("eval.png"), &o, &sum), 0);
+    assert_int_equal(sum.n_series, 4); /* loss, eval_l_simple | eval_bpd | images/s */
+    assert_string_equal(sum.names[0], "loss");
+    assert_string_equal(sum.names[1], "eval_l_simple");
+    assert_string_equal(sum.names[2], "eval_bpd");
+    assert_string_equal(sum.names[3], "images_per_sec");
+    int w, h, ch;
+    unsigned char *px = stbi_load(in_tmp("eval.png"), &w, &h, &ch, 3);
+    assert_non_null(px);
+    /* both losses in the top panel (half the height) */
+    assert_true(count_color(px, w, 0, h / 2, loss_blue) > 20);
+    assert_true(count_color(px, w, 0, h / 2, heldout_orange) > 20);
+    stbi_image_free(px);
+}
+
 static void test_missing_empty_and_garbage_logs_are_errors_naming_the_file(void **state)
 {
     (void)state;
@@ -288,6 +331,7 @@ int main(void)
         cmocka_unit_test(test_log_reader_skips_malformed_lines_and_replays_resumed_steps),
         cmocka_unit_test(test_chart_draws_heldout_loss_only_when_the_log_has_it),
         cmocka_unit_test(test_missing_empty_and_garbage_logs_are_errors_naming_the_file),
+        cmocka_unit_test(test_chart_draws_the_fields_that_train_eval_dir_writes),
         cmocka_unit_test(test_binary_plots_a_run_dir_and_reports_bad_logs_in_one_line),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,7 +46,7 @@ static uint8_t *slurp(const char *path, size_t *n)
 static ddpm_recipe example(void)
 {
     ddpm_recipe r;
-    memset(&r, 0, sizeof r);
+    ddpm_recipe_init(&r);
     snprintf(r.version, sizeof r.version, "9.8.7");
     memset(r.checkpoint_sha256, 'a', 64);
     r.checkpoint_sha256[7] = '3';
@@ -171,12 +172,272 @@ static void test_broken_and_hostile_pngs_are_refused_naming_the_input(void **sta
     free(png);
 }
 
+/* A recipe written before the class fields existed (a grid from the commit
+ * before them, kept in tests/data): it reads as unconditional, and writes back
+ * the same 17 chunks in the same order, so re-creating it gives the same bytes. */
+static void test_recipe_without_class_fields_reads_as_unconditional(void **state)
+{
+    (void)state;
+    size_t n;
+    uint8_t *png = tu_read_file(DDPM_TEST_DATA "/recipe_before_classes.png", &n);
+    assert_non_null(png);
+    ddpm_recipe r;
+    assert_int_equal(ddpm_recipe_parse_png(&r, png, n, "old.png"), 1);
+    assert_int_equal(r.kind, DDPM_RECIPE_GRID);
+    assert_int_equal(r.class_index, DDPM_NO_CLASS);
+    assert_int_equal(r.grid_by_class, 0);
+    assert_true(r.guidance == 1.0f);
+    assert_string_equal(r.class_name, "");
+    ddpm_png_text text[DDPM_RECIPE_MAX_TEXT];
+    ddpm_recipe_storage st;
+    int slot, n_text = ddpm_recipe_to_text(&r, text, &st, &slot);
+    assert_int_equal(n_text, 17);
+    size_t at = 8;
+    for (int i = 0; i < n_text; i++) { /* each chunk of the file, in order: "<key>\0<value>" */
+        size_t key_at = find(png + at, n - at, text[i].key) + at;
+        assert_memory_equal(png + key_at - 4, "tEXt", 4);
+        uint32_t len = (uint32_t)png[key_at - 8] << 24 | (uint32_t)png[key_at - 7] << 16 |
+                       (uint32_t)png[key_at - 6] << 8 | png[key_at - 5];
+        size_t nk = strlen(text[i].key) + 1;
+        assert_int_equal(len, nk + strlen(text[i].value));
+        assert_memory_equal(png + key_at + nk, text[i].value, len - nk);
+        at = key_at + len + 4;
+    }
+    free(png);
+}
+
+static void test_conditional_recipe_round_trips_class_and_guidance_exactly(void **state)
+{
+    (void)state;
+    /* guidance weights that need 1 to 9 significant digits, and neighbours of a
+       short one that must not collapse onto it */
+    const float weights[] = {0.0f,
+                             1.0f,
+                             2.7f,
+                             0.1f,
+                             1000.0f,
+                             1e-7f,
+                             3.14159274f,
+                             7.5f,
+                             999.999939f,
+                             nextafterf(2.7f, 3.0f),
+                             nextafterf(2.7f, 2.0f),
+                             1.00000012f};
+    for (size_t w = 0; w < sizeof weights / sizeof weights[0]; w++) {
+        ddpm_recipe r = example(), back;
+        r.kind = DDPM_RECIPE_IMAGE;
+        r.count = 1;
+        r.class_index = 7;
+        snprintf(r.class_name, sizeof r.class_name, "ankle boot");
+        r.guidance = weights[w];
+        size_t n;
+        uint8_t *png = write_png("c.png", &r, &n);
+        assert_int_equal(ddpm_recipe_parse_png(&back, png, n, "c.png"), 1);
+        if (!(back.guidance == weights[w]))
+            fail_msg("guidance %.9g read back as %.9g", (double)weights[w], (double)back.guidance);
+        assert_int_equal(back.class_index, 7);
+        assert_string_equal(back.class_name, "ankle boot");
+        assert_int_equal(back.grid_by_class, 0);
+        free(png);
+    }
+    char text[32];
+    ddpm_recipe_float_text(text, 2.7f); /* the shortest text, not 2.70000005 */
+    assert_string_equal(text, "2.7");
+    ddpm_recipe_float_text(text, 1.0f);
+    assert_string_equal(text, "1");
+    /* rows by class: the images per class come back */
+    ddpm_recipe r = example(), back;
+    r.kind = DDPM_RECIPE_GRID;
+    r.count = 30;
+    r.nrow = 3;
+    r.grid_by_class = 3;
+    r.guidance = 0.5f;
+    size_t n;
+    uint8_t *png = write_png("g.png", &r, &n);
+    assert_int_equal(ddpm_recipe_parse_png(&back, png, n, "g.png"), 1);
+    assert_int_equal(back.grid_by_class, 3);
+    assert_int_equal(back.class_index, DDPM_NO_CLASS);
+    assert_true(back.guidance == 0.5f);
+    free(png);
+}
+
+static void test_strip_recipes_round_trip_and_carry_only_their_fields(void **state)
+{
+    (void)state;
+    ddpm_recipe r = example(), back;
+    r.kind = DDPM_RECIPE_INTERP_SEEDS;
+    r.sampler.eta = 0;
+    r.count = 9;
+    r.seed = UINT64_MAX;
+    r.seed_b = 12;
+    ddpm_png_text text[DDPM_RECIPE_MAX_TEXT];
+    ddpm_recipe_storage st;
+    int slot = 0, n_text = ddpm_recipe_to_text(&r, text, &st, &slot);
+    assert_int_equal(slot, -1);      /* no per-image index */
+    for (int i = 0; i < n_text; i++) /* no sample-only field */
+        assert_true(strcmp(text[i].key, "ddpm:index") && strcmp(text[i].key, "ddpm:seed") &&
+                    strcmp(text[i].key, "ddpm:nrow") && strcmp(text[i].key, "ddpm:class"));
+    size_t n;
+    uint8_t *png = write_png("s.png", &r, &n);
+    assert_int_equal(ddpm_recipe_parse_png(&back, png, n, "s.png"), 1);
+    assert_int_equal(back.kind, DDPM_RECIPE_INTERP_SEEDS);
+    assert_true(back.seed == UINT64_MAX && back.seed_b == 12 && back.count == 9);
+    assert_true(back.sampler.steps == 37 && back.sampler.clip_x0 == 0 && back.ema == 1);
+    assert_true(back.pad == 3 && back.pad_value == 17);
+    free(png);
+
+    r = example();
+    r.kind = DDPM_RECIPE_INTERP_IMAGES;
+    r.sampler.eta = 0;
+    r.count = 4;
+    r.at = 40;
+    r.seed = 5;
+    r.sources = 1;
+    snprintf(r.images[0], sizeof r.images[0], "data/a b.png");
+    snprintf(r.images[1], sizeof r.images[1], "../x/y.jpg");
+    memset(r.image_sha256[0], 'c', 64);
+    memset(r.image_sha256[1], '0', 64);
+    png = write_png("i.png", &r, &n);
+    assert_int_equal(ddpm_recipe_parse_png(&back, png, n, "i.png"), 1);
+    assert_int_equal(back.kind, DDPM_RECIPE_INTERP_IMAGES);
+    assert_true(back.at == 40 && back.seed == 5 && back.sources == 1 && back.count == 4);
+    assert_string_equal(back.images[0], "data/a b.png");
+    assert_string_equal(back.images[1], "../x/y.jpg");
+    assert_string_equal(back.image_sha256[0], r.image_sha256[0]);
+    assert_string_equal(back.image_sha256[1], r.image_sha256[1]);
+    free(png);
+}
+
+/* Writes the text of r with entry `drop` left out (-1: none) and `extra` (key,
+ * value; NULL: none) added, and parses it: returns the parser's result. */
+static int parse_edited(const ddpm_recipe *r, const char *drop, const char *extra_key,
+                        const char *extra_value)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/e.png", dir);
+    ddpm_png_text text[DDPM_RECIPE_MAX_TEXT + 1];
+    ddpm_recipe_storage st;
+    int slot, n_text = ddpm_recipe_to_text(r, text, &st, &slot), k = 0;
+    for (int i = 0; i < n_text; i++)
+        if (!drop || strcmp(text[i].key, drop))
+            text[k++] = text[i];
+    if (extra_key)
+        text[k++] = (ddpm_png_text){extra_key, extra_value};
+    uint8_t px[4] = {0};
+    assert_int_equal(ddpm_png_write_text(path, px, 2, 2, 1, text, k), 0);
+    size_t n;
+    uint8_t *png = slurp(path, &n);
+    ddpm_recipe back;
+    int rc = ddpm_recipe_parse_png(&back, png, n, "e.png");
+    free(png);
+    return rc;
+}
+
+static void expect_refused(int rc, const char *needle)
+{
+    assert_int_equal(rc, DDPM_EFORMAT);
+    if (!strstr(ddpm_last_error(), needle) || strncmp(ddpm_last_error(), "e.png: ", 7))
+        fail_msg("the error '%s' does not say '%s' after the file name", ddpm_last_error(), needle);
+}
+
+static void test_new_fields_out_of_place_or_alone_are_refused(void **state)
+{
+    (void)state;
+    ddpm_recipe c = example();
+    c.kind = DDPM_RECIPE_GRID;
+    c.class_index = 2;
+    snprintf(c.class_name, sizeof c.class_name, "owl");
+    c.guidance = 3;
+    assert_int_equal(parse_edited(&c, NULL, NULL, NULL), 1);
+    expect_refused(parse_edited(&c, "ddpm:class_name", NULL, NULL), "ddpm:class without");
+    expect_refused(parse_edited(&c, "ddpm:guidance", NULL, NULL), "a class but no ddpm:guidance");
+    expect_refused(parse_edited(&c, NULL, "ddpm:grid_by_class", "4"),
+                   "both ddpm:class and ddpm:grid_by_class");
+    expect_refused(parse_edited(&c, NULL, "ddpm:seeds", "1,2"),
+                   "ddpm:seeds does not belong to a grid recipe");
+    expect_refused(parse_edited(&c, "ddpm:guidance", "ddpm:guidance", "nan"),
+                   "ddpm:guidance has a bad value");
+    expect_refused(parse_edited(&c, "ddpm:guidance", "ddpm:guidance", "1001"),
+                   "ddpm:guidance has a bad value");
+    expect_refused(parse_edited(&c, "ddpm:class_name", "ddpm:class_name", ""),
+                   "ddpm:class_name has a bad value");
+    ddpm_recipe u = example(); /* unconditional: guidance alone means nothing */
+    expect_refused(parse_edited(&u, NULL, "ddpm:guidance", "2"), "ddpm:guidance but no class");
+    ddpm_recipe s = example();
+    s.kind = DDPM_RECIPE_INTERP_SEEDS;
+    s.sampler.eta = 0;
+    s.count = 3;
+    assert_int_equal(parse_edited(&s, NULL, NULL, NULL), 1);
+    expect_refused(parse_edited(&s, NULL, "ddpm:class", "1"),
+                   "does not belong to a interpolation-seeds recipe");
+    expect_refused(parse_edited(&s, "ddpm:seeds", NULL, NULL), "lacks ddpm:seeds");
+    expect_refused(parse_edited(&s, "ddpm:seeds", "ddpm:seeds", "1,"), "ddpm:seeds has a bad value");
+    expect_refused(parse_edited(&s, "ddpm:seeds", "ddpm:seeds", "1,-2"), "ddpm:seeds has a bad value");
+    expect_refused(parse_edited(&s, "ddpm:eta", "ddpm:eta", "0.5"), "DDIM at eta 0");
+    expect_refused(parse_edited(&s, "ddpm:count", "ddpm:count", "1"), "2..100000 images");
+    ddpm_recipe i = s;
+    i.kind = DDPM_RECIPE_INTERP_IMAGES;
+    i.at = 40;
+    snprintf(i.images[0], sizeof i.images[0], "a.png");
+    snprintf(i.images[1], sizeof i.images[1], "b.png");
+    memset(i.image_sha256[0], 'a', 64);
+    memset(i.image_sha256[1], 'b', 64);
+    assert_int_equal(parse_edited(&i, NULL, NULL, NULL), 1);
+    expect_refused(parse_edited(&i, "ddpm:image_b_sha256", NULL, NULL), "lacks ddpm:image_b_sha256");
+    expect_refused(parse_edited(&i, "ddpm:image_a_sha256", "ddpm:image_a_sha256", "abc"),
+                   "ddpm:image_a_sha256 has a bad value");
+    expect_refused(parse_edited(&i, "ddpm:at", "ddpm:at", "36"), "steps 37 are more than its step t 36");
+}
+
+static void test_recipe_classes_are_checked_against_the_checkpoint(void **state)
+{
+    (void)state;
+    const char *const names[3] = {"cat", "dog", "owl"};
+    ddpm_recipe r = example();
+    r.kind = DDPM_RECIPE_GRID;
+    assert_int_equal(ddpm_recipe_check_classes(&r, 0, NULL, "x.png"), 0); /* unconditional fits any */
+    assert_int_equal(ddpm_recipe_check_classes(&r, 3, names, "x.png"), 0);
+    r.class_index = 2;
+    snprintf(r.class_name, sizeof r.class_name, "owl");
+    assert_int_equal(ddpm_recipe_check_classes(&r, 3, names, "x.png"), 0);
+    assert_int_equal(ddpm_recipe_check_classes(&r, 0, NULL, "x.png"), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(),
+                           "x.png: its recipe samples class 2 ('owl'), but the checkpoint is "
+                           "not class-conditional"));
+    assert_int_equal(ddpm_recipe_check_classes(&r, 2, names, "x.png"), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(),
+                           "x.png: recipe class 2 ('owl') is out of range: the checkpoint has 2 "
+                           "classes (0..1)"));
+    snprintf(r.class_name, sizeof r.class_name, "bat");
+    assert_int_equal(ddpm_recipe_check_classes(&r, 3, names, "x.png"), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "the checkpoint's class 2 is 'owl'"));
+    /* rows by class: the grid holds per-class x classes images, a trajectory the first 16 rows */
+    r.class_index = DDPM_NO_CLASS;
+    r.grid_by_class = 4;
+    r.count = 12;
+    assert_int_equal(ddpm_recipe_check_classes(&r, 3, names, "x.png"), 0);
+    assert_int_equal(ddpm_recipe_check_classes(&r, 2, names, "x.png"), DDPM_EFORMAT);
+    assert_int_equal(ddpm_recipe_check_classes(&r, 0, NULL, "x.png"), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "one row per class"));
+    r.kind = DDPM_RECIPE_TRAJECTORY;
+    r.grid_by_class = 8;
+    r.count = 16;
+    assert_int_equal(ddpm_recipe_check_classes(&r, 3, names, "x.png"), 0);
+    r.count = 12;
+    assert_int_equal(ddpm_recipe_check_classes(&r, 3, names, "x.png"), DDPM_EFORMAT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_recipe_round_trips_every_field_through_png_text),
         cmocka_unit_test(test_png_without_recipe_reads_as_none),
         cmocka_unit_test(test_broken_and_hostile_pngs_are_refused_naming_the_input),
+        cmocka_unit_test(test_recipe_without_class_fields_reads_as_unconditional),
+        cmocka_unit_test(test_conditional_recipe_round_trips_class_and_guidance_exactly),
+        cmocka_unit_test(test_strip_recipes_round_trip_and_carry_only_their_fields),
+        cmocka_unit_test(test_new_fields_out_of_place_or_alone_are_refused),
+        cmocka_unit_test(test_recipe_classes_are_checked_against_the_checkpoint),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+#include <dirent.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -392,6 +393,132 @@ static void test_resume_without_a_stop_condition_continues_to_the_runs_own(void 
     assert_log_holds_steps("stop-run/log.jsonl", 1, 40);
 }
 
+/* Whether process pid has a file under tmp/dir open (its /proc/PID/fd links). */
+static int has_open_file_under(pid_t pid, const char *dir)
+{
+    char fd_dir[64], link[600], target[1024], prefix[600];
+    snprintf(fd_dir, sizeof fd_dir, "/proc/%ld/fd", (long)pid);
+    snprintf(prefix, sizeof prefix, "%s/", in_tmp(dir));
+    DIR *d = opendir(fd_dir);
+    if (!d)
+        return 0;
+    int found = 0;
+    for (struct dirent *e; !found && (e = readdir(d));) {
+        snprintf(link, sizeof link, "%s/%s", fd_dir, e->d_name);
+        ssize_t n = readlink(link, target, sizeof target - 1);
+        if (n > 0) {
+            target[n] = '\0';
+            found = !strncmp(target, prefix, strlen(prefix));
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+/* The issue: SIGINT and SIGTERM must be honoured while the data loads, not only
+ * once training runs (the symlink-loop scan ignored SIGTERM and a first
+ * Ctrl-C). SIGTERM arrives while ddpm reads the files of a 3000-image folder:
+ * it stops there, exit 1 with one line saying so, and no checkpoint. Before
+ * the stop flag reached the loader, the run loaded everything, then stopped at
+ * its first step with a checkpoint and exit 0. */
+static void test_sigterm_while_loading_stops_the_load(void **state)
+{
+    (void)state;
+    mkdir(in_tmp("many"), 0777);
+    for (int k = 0; k < 3000; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "%05d.png", k);
+        write_gray_png("many", name, k);
+    }
+    pid_t pid = start_ddpm("train many --out load-run --steps 100000 --save-every 100000 " TINY);
+    int seen = 0;
+    for (int i = 0; i < 600000 && !seen; i++) { /* up to 60 s */
+        seen = has_open_file_under(pid, "many");
+        if (!seen)
+            usleep(100);
+    }
+    assert_true(seen);
+    kill(pid, SIGTERM);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    char *out = slurp("bg.txt");
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 1))
+        fprintf(stderr, "status %d, output: %s\n", st, out);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+    assert_non_null(strstr(out, "interrupted while"));
+    assert_int_equal(strchr(out, '\n')[1], '\0'); /* one line */
+    free(out);
+    struct stat sb;
+    assert_int_not_equal(stat(in_tmp("load-run/checkpoint.safetensors"), &sb), 0);
+}
+
+/* The tensor bytes of a checkpoint in tmp (everything after the JSON header,
+ * which also holds the run's elapsed seconds); *n their count. */
+static unsigned char *checkpoint_tensors(const char *name, size_t *n)
+{
+    size_t len = 0;
+    unsigned char *b = tu_read_file(in_tmp(name), &len);
+    assert_non_null(b);
+    assert_true(len > 8);
+    uint64_t h = 0;
+    for (int i = 7; i >= 0; i--)
+        h = h << 8 | b[i];
+    assert_true(h <= len - 8);
+    *n = len - 8 - (size_t)h;
+    memmove(b, b + 8 + h, *n);
+    return b;
+}
+
+/* The issue: the same seed gives the same bytes whatever --threads is, for
+ * training and for sampling. The run takes the default model's code paths at
+ * a small width: 28x28 gray (Winograd F(4x4) at 28 and 7 px, F(2x2) at 14,
+ * attention at 14, dropout), an odd batch of 5, at 1, 2 and 3 threads. A lane
+ * or reduction split that followed the thread count failed this. */
+static void test_training_and_sampling_give_the_same_bytes_at_any_thread_count(void **state)
+{
+    (void)state;
+    mkdir(in_tmp("d28"), 0777);
+    uint8_t px[28 * 28];
+    for (int k = 0; k < 7; k++) {
+        for (int i = 0; i < 28 * 28; i++)
+            px[i] = (uint8_t)((i * (k + 5) * 13 + (i / 28) * k) & 255);
+        char path[600];
+        snprintf(path, sizeof path, "%s/d28/%d.png", tmp, k);
+        assert_int_equal(ddpm_png_write(path, px, 28, 28, 1), 0);
+    }
+    unsigned char *first = NULL, *grid0 = NULL;
+    size_t n_first = 0, n_grid0 = 0;
+    for (int threads = 1; threads <= 3; threads++) {
+        assert_int_equal(ddpm("train d28 --out thr%d --steps 3 --batch 5 --ch 8 --timesteps 100 "
+                              "--dropout 0.2 --preview-n 0 --quiet --threads %d",
+                              threads, threads),
+                         0);
+        char name[64];
+        snprintf(name, sizeof name, "thr%d/checkpoint.safetensors", threads);
+        size_t n = 0;
+        unsigned char *t = checkpoint_tensors(name, &n);
+        assert_int_equal(ddpm("sample thr1 --n 3 --steps 5 --seed 4 --out g%d.png --quiet --threads %d",
+                              threads, threads),
+                         0);
+        snprintf(name, sizeof name, "g%d.png", threads);
+        size_t ng = 0;
+        unsigned char *g = tu_read_file(in_tmp(name), &ng);
+        assert_non_null(g);
+        if (!first) {
+            first = t, n_first = n, grid0 = g, n_grid0 = ng;
+            continue;
+        }
+        assert_int_equal(n, n_first);
+        assert_memory_equal(t, first, n);
+        assert_int_equal(ng, n_grid0);
+        assert_memory_equal(g, grid0, ng);
+        free(t);
+        free(g);
+    }
+    free(first);
+    free(grid0);
+}
+
 /* The bug report: --resume on another data folder quietly turned 32x32 RGB
  * images into the run's 16x16 gray. The checkpoint records the data's
  * fingerprint; other data is refused unless --allow-data-change. */
@@ -444,6 +571,8 @@ int main(void)
         cmocka_unit_test(test_a_run_folder_without_a_checkpoint_can_be_resumed_or_restarted),
         cmocka_unit_test(test_stale_temp_files_go_and_the_log_is_cut_back_to_the_checkpoint),
         cmocka_unit_test(test_resume_without_a_stop_condition_continues_to_the_runs_own),
+        cmocka_unit_test(test_sigterm_while_loading_stops_the_load),
+        cmocka_unit_test(test_training_and_sampling_give_the_same_bytes_at_any_thread_count),
         cmocka_unit_test(test_resume_on_other_data_is_refused_unless_allowed),
         cmocka_unit_test(test_bad_flag_values_exit_2_and_bad_outputs_are_refused_before_work),
     };

@@ -103,5 +103,10 @@ int ddpm_image_save_each(const char *dir, const float *x, int B, int C, int S, i
  * replaced in each file by that image's index (the caller's array is not changed). */
 int ddpm_image_save_each_text(const char *dir, const float *x, int B, int C, int S, int first_index,
                               const ddpm_png_text *text, int n_text, int index_slot);
+/* The same for images first_index .. first_index + B - 1 of a set whose last
+ * index is last_index: the names have the set's width, so a set written in
+ * parts (each with its own text) is named as if it were written at once. */
+int ddpm_image_save_part_text(const char *dir, const float *x, int B, int C, int S, int first_index,
+                              int last_index, const ddpm_png_text *text, int n_text, int index_slot);
 
 #endif

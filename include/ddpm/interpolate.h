@@ -57,4 +57,36 @@ int ddpm_interpolate_images(float *x, size_t D, const float *x0_a, const float *
                             const ddpm_schedule *s, const ddpm_interpolate_config *c, ddpm_eps_fn eps_fn,
                             void *eps_ctx);
 
+/* ---------------------------------------------------------------- to a file */
+
+/* A strip into a PNG carrying its recipe (recipe.h): interp.n images in one row,
+ * between two seeds (ddpm_interpolate_seeds) or between two image files
+ * (ddpm_interpolate_images; loaded as ddpm train loads them, at the model's
+ * size and channels), `pad` pixels of gray `pad_value` between and around them. */
+typedef struct {
+    ddpm_interpolate_config interp; /* n, steps, clip, batch (defaults as above) */
+    const char *image_a, *image_b;  /* NULL: between seeds; else between these files */
+    uint64_t seed_a, seed_b;        /* between seeds */
+    int t;                          /* between images: the paper's step t, 1..T */
+    uint64_t seed;                  /* between images: the noise seed (default 0) */
+    int sources;                    /* between images: the two images as loaded at the
+                                       ends, so the strip has n + 2 cells (default 0) */
+    const char *out;                /* the PNG (default "interpolation.png") */
+    int pad, pad_value;             /* default 2, 255 */
+    /* NULL (the default): a PNG without a recipe. Else the version, checkpoint
+     * hash and path, step and weights come from here, and so do the source
+     * images' names when recipe->images[0] is not empty (a strip re-created from
+     * sources that moved keeps the names it was made with; empty: image_a and
+     * image_b); the rest, and the SHA-256 of each source file, from this config. */
+    const struct ddpm_recipe *recipe;
+} ddpm_interpolate_png_config;
+
+void ddpm_interpolate_png_config_default(ddpm_interpolate_png_config *c);
+
+/* Computes the strip c describes with the U-Net (net, params) and the schedule
+ * s, and writes c->out. An x0, v or mu model is decoded through the eps
+ * conversion (predict.h). */
+int ddpm_interpolate_png(const ddpm_unet *net, const float *params, const ddpm_schedule *s,
+                         const ddpm_interpolate_png_config *c);
+
 #endif

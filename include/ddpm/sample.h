@@ -141,7 +141,9 @@ typedef struct {
     const char *image_path;      /* n must be 1: that image alone, as each_dir
                                     would write it (default NULL: none) */
     /* The recipe every PNG carries (recipe.h): version, checkpoint hash and
-     * path, step and weights are taken from here, the rest from this config.
+     * path, step and weights are taken from here, the rest (sampler, seed,
+     * layout, and the class, its name and the guidance of a conditional
+     * sample) from this config.
      * NULL (the default): PNGs without a recipe. */
     const struct ddpm_recipe *recipe;
     /* class-conditional models (ignored by unconditional ones) */
@@ -149,6 +151,8 @@ typedef struct {
     float guidance;    /* classifier-free guidance weight W (default 1) */
     int grid_by_class; /* n images of every class, one grid row per class (image
                           k has class k / n; the grid has n_classes * n images) */
+    const char *const *class_names; /* the model's class names [n_classes], for the
+                                       recipe (default NULL: the indices "0", "1", ...) */
 } ddpm_sample_files_config;
 
 void ddpm_sample_files_config_default(ddpm_sample_files_config *c);

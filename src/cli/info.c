@@ -22,7 +22,8 @@ static void usage(FILE *f)
                "with importance sampling, how many steps' loss histories are full);\n"
                "--tensors adds every tensor's name and shape.\n"
                "An exported weights file (ddpm export) has no optimizer state.\n"
-               "For a PNG, prints the recipe ddpm wrote into it (see ddpm sample --help);\n"
+               "For a PNG, prints the recipe ddpm wrote into it (see ddpm sample --help\n"
+               "and ddpm interpolate --help) and the command that re-creates it;\n"
                "a PNG without one is an error (exit 1) that says so.\n"
                "  --json      one JSON object on stdout instead of text\n"
                "  --tensors   list the tensors\n");
@@ -57,10 +58,13 @@ static int info_png(const char *path, int json)
     }
     const char *sampler = r.sampler.kind == DDPM_SAMPLER_DDIM ? "ddim" : "ddpm";
     const char *var = r.sampler.var == DDPM_VAR_BETA_TILDE ? "beta-tilde" : "beta";
+    int strip = ddpm_recipe_is_strip(r.kind);
+    const char *recreate = strip ? "interpolate" : "sample";
+    char seed[32], seed_b[32];
+    snprintf(seed, sizeof seed, "%" PRIu64, r.seed);
+    snprintf(seed_b, sizeof seed_b, "%" PRIu64, r.seed_b);
     if (json) {
         cJSON *o = cJSON_CreateObject();
-        char seed[32];
-        snprintf(seed, sizeof seed, "%" PRIu64, r.seed);
         cJSON_AddStringToObject(o, "image", path);
         cJSON_AddStringToObject(o, "version", r.version);
         cJSON_AddStringToObject(o, "checkpoint", r.checkpoint);
@@ -72,13 +76,38 @@ static int info_png(const char *path, int json)
         cJSON_AddNumberToObject(o, "eta", r.sampler.eta);
         cJSON_AddStringToObject(o, "var", var);
         cJSON_AddBoolToObject(o, "clip", r.sampler.clip_x0);
-        cJSON_AddStringToObject(o, "seed", seed);
         cJSON_AddStringToObject(o, "kind", ddpm_recipe_kind_name(r.kind));
-        cJSON_AddNumberToObject(o, "index", r.first_index);
         cJSON_AddNumberToObject(o, "count", r.count);
-        cJSON_AddNumberToObject(o, "nrow", r.nrow);
         cJSON_AddNumberToObject(o, "pad", r.pad);
         cJSON_AddNumberToObject(o, "pad_value", r.pad_value);
+        if (!strip) {
+            cJSON_AddStringToObject(o, "seed", seed);
+            cJSON_AddNumberToObject(o, "index", r.first_index);
+            cJSON_AddNumberToObject(o, "nrow", r.nrow);
+            if (r.class_index != DDPM_NO_CLASS) {
+                cJSON_AddNumberToObject(o, "class", r.class_index);
+                cJSON_AddStringToObject(o, "class_name", r.class_name);
+            }
+            if (r.grid_by_class)
+                cJSON_AddNumberToObject(o, "grid_by_class", r.grid_by_class);
+            if (r.class_index != DDPM_NO_CLASS || r.grid_by_class)
+                cJSON_AddNumberToObject(o, "guidance", r.guidance);
+        } else if (r.kind == DDPM_RECIPE_INTERP_SEEDS) {
+            cJSON *seeds = cJSON_AddArrayToObject(o, "seeds");
+            cJSON_AddItemToArray(seeds, cJSON_CreateString(seed));
+            cJSON_AddItemToArray(seeds, cJSON_CreateString(seed_b));
+        } else {
+            cJSON_AddNumberToObject(o, "at", r.at);
+            cJSON_AddStringToObject(o, "seed", seed);
+            cJSON *images = cJSON_AddArrayToObject(o, "images");
+            for (int k = 0; k < 2; k++) {
+                cJSON *im = cJSON_CreateObject();
+                cJSON_AddStringToObject(im, "path", r.images[k]);
+                cJSON_AddStringToObject(im, "sha256", r.image_sha256[k]);
+                cJSON_AddItemToArray(images, im);
+            }
+            cJSON_AddBoolToObject(o, "sources", r.sources);
+        }
         char *text = cJSON_Print(o);
         printf("%s\n", text ? text : "{}");
         free(text);
@@ -93,16 +122,39 @@ static int info_png(const char *path, int json)
                r.sampler.clip_x0 ? "on" : "off");
     else
         printf("sampler: ddpm, all steps, var %s, clip %s\n", var, r.sampler.clip_x0 ? "on" : "off");
-    printf("seed: %" PRIu64 "\n", r.seed);
-    if (r.kind == DDPM_RECIPE_IMAGE)
-        printf("contents: image %d\n", r.first_index);
-    else if (r.kind == DDPM_RECIPE_GRID)
-        printf("contents: grid of images %d..%d, %d per row, pad %d of gray %d\n", r.first_index,
-               r.first_index + r.count - 1, r.nrow, r.pad, r.pad_value);
-    else
-        printf("contents: trajectory of images %d..%d, %d columns, pad %d of gray %d\n", r.first_index,
-               r.first_index + r.count - 1, r.nrow, r.pad, r.pad_value);
-    printf("re-create: ddpm sample --from %s --out copy.png\n", path);
+    if (r.kind == DDPM_RECIPE_INTERP_SEEDS) {
+        printf("seeds: %s, %s\n", seed, seed_b);
+        printf("contents: interpolation strip of %d images between the samples of seeds %s and %s "
+               "(slerp of x_T), pad %d of gray %d\n",
+               r.count, seed, seed_b, r.pad, r.pad_value);
+    } else if (r.kind == DDPM_RECIPE_INTERP_IMAGES) {
+        printf("seed: %s\n", seed);
+        printf("contents: interpolation strip of %d images between two images noised to t = %d%s, "
+               "pad %d of gray %d\n",
+               r.count, r.at, r.sources ? ", the two images at the ends" : "", r.pad, r.pad_value);
+        for (int k = 0; k < 2; k++)
+            printf("source image %d: %s\nsource image %d sha256: %s\n", k + 1, r.images[k], k + 1,
+                   r.image_sha256[k]);
+    } else {
+        printf("seed: %s\n", seed);
+        char guidance[32];
+        ddpm_recipe_float_text(guidance, r.guidance);
+        if (r.class_index != DDPM_NO_CLASS)
+            printf("class: %d (%s), guidance %s\n", r.class_index, r.class_name, guidance);
+        else if (r.grid_by_class)
+            printf("class: one row per class, %d images each, guidance %s\n", r.grid_by_class, guidance);
+        else
+            printf("class: none (unconditional)\n");
+        if (r.kind == DDPM_RECIPE_IMAGE)
+            printf("contents: image %d\n", r.first_index);
+        else if (r.kind == DDPM_RECIPE_GRID)
+            printf("contents: grid of images %d..%d, %d per row, pad %d of gray %d\n", r.first_index,
+                   r.first_index + r.count - 1, r.nrow, r.pad, r.pad_value);
+        else
+            printf("contents: trajectory of images %d..%d, %d columns, pad %d of gray %d\n", r.first_index,
+                   r.first_index + r.count - 1, r.nrow, r.pad, r.pad_value);
+    }
+    printf("re-create: ddpm %s --from %s --out copy.png\n", recreate, path);
     return DDPM_EXIT_OK;
 }
 

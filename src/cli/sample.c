@@ -28,21 +28,27 @@ static void usage(FILE *f)
 "Samples images from a trained model and writes them as a PNG grid (and/or one\n"
 "PNG per image). RUN_DIR is a `ddpm train --out` folder (its\n"
 "checkpoint.safetensors is used). The model, its schedule and T come from the\n"
-"checkpoint. Same checkpoint, seed, flags and --threads: identical PNG bytes.\n"
+"checkpoint. Same checkpoint, seed and flags: identical PNG bytes, any --threads.\n"
 "\n"
 "Every PNG carries its recipe in tEXt chunks (ddpm version, the checkpoint's\n"
 "SHA-256, path and step, EMA or raw, sampler, steps, eta, variance, clipping,\n"
-"seed, and the image's index or the grid's first index, count, nrow and pad);\n"
-"`ddpm info IMAGE.png` prints it.\n"
+"seed, the image's index or the grid's first index, count, nrow and pad, and\n"
+"for a class-conditional sample the class index and name or --grid-by-class,\n"
+"and --guidance); `ddpm info IMAGE.png` prints it.\n"
 "recipes:\n"
 "  --from IMAGE.png     re-create IMAGE.png (a grid, one image of --out-dir, or a\n"
-"                       trajectory) byte for byte from its recipe into --out,\n"
-"                       which is required. The checkpoint is --checkpoint, else\n"
-"                       RUN_DIR|CHECKPOINT, else the path in the recipe; one\n"
-"                       whose SHA-256 differs from the recipe's is refused. The\n"
-"                       flags that the recipe sets are refused with --from.\n"
+"                       trajectory, conditional or not) byte for byte from its\n"
+"                       recipe into --out, which is required. The checkpoint is\n"
+"                       --checkpoint, else RUN_DIR|CHECKPOINT, else the path in\n"
+"                       the recipe; one whose SHA-256 differs from the recipe's\n"
+"                       is refused, and so is a recipe whose class the\n"
+"                       checkpoint does not have. The flags that the recipe sets\n"
+"                       are refused with --from. A strip of ddpm interpolate is\n"
+"                       re-created by `ddpm interpolate --from`, not here.\n"
 "  --checkpoint PATH    the checkpoint for --from (a file or a RUN_DIR)\n"
 "\n"
+"samplers (each network evaluation costs one forward pass per image):\n");
+    fprintf(f, /* two strings: C99 compilers need only take 4095 characters in one */
 "samplers (each network evaluation costs one forward pass per image):\n"
 "  --sampler ddim       DDIM (Song et al. 2021) on S evenly spaced steps (default;\n"
 "                       S network evaluations). The predicted x0 is clipped to\n"
@@ -101,7 +107,8 @@ static int recipe_sets(int opt)
 {
     return opt == O_OUT_DIR || opt == O_NO_GRID || opt == O_N || opt == O_NROW || opt == O_PAD ||
            opt == O_PAD_VALUE || opt == O_SAMPLER || opt == O_STEPS || opt == O_ETA || opt == O_VAR ||
-           opt == O_NO_CLIP || opt == O_TRAJ || opt == O_TRAJ_K || opt == O_SEED || opt == O_NO_EMA;
+           opt == O_NO_CLIP || opt == O_TRAJ || opt == O_TRAJ_K || opt == O_SEED || opt == O_NO_EMA ||
+           opt == O_CLASS || opt == O_GUIDANCE || opt == O_GRID_BY_CLASS;
 }
 
 /* The sampling config that re-creates the file the recipe describes into out. */
@@ -112,6 +119,11 @@ static void config_from_recipe(ddpm_sample_files_config *fc, const ddpm_recipe *
     fc->first_index = r->first_index;
     fc->n = r->count;
     fc->grid_path = NULL;
+    fc->class_index = r->class_index;
+    fc->guidance = r->guidance;
+    fc->grid_by_class = r->grid_by_class > 0;
+    if (r->grid_by_class) /* the grid's rows (a trajectory's first rows) of grid_by_class images each */
+        fc->n = r->grid_by_class;
     switch (r->kind) {
     case DDPM_RECIPE_GRID:
         fc->grid_path = out;
@@ -126,7 +138,32 @@ static void config_from_recipe(ddpm_sample_files_config *fc, const ddpm_recipe *
         fc->pad = r->pad;
         fc->pad_value = r->pad_value;
         break;
+    case DDPM_RECIPE_INTERP_SEEDS:
+    case DDPM_RECIPE_INTERP_IMAGES: break; /* refused before: ddpm interpolate --from */
     }
+}
+
+/* A copy of the checkpoint's class names (NULL for an unconditional model), for
+ * the recipes written after the checkpoint is closed; free with free(). */
+static char **copy_class_names(const ddpm_checkpoint *ck, int n_classes)
+{
+    const char *const *names = ddpm_checkpoint_class_names(ck);
+    if (!names || n_classes <= 0)
+        return NULL;
+    size_t bytes = (size_t)n_classes * sizeof(char *);
+    for (int k = 0; k < n_classes; k++)
+        bytes += strlen(names[k]) + 1;
+    char **copy = ddpm_malloc(bytes, 1);
+    if (!copy)
+        return NULL;
+    char *at = (char *)(copy + n_classes);
+    for (int k = 0; k < n_classes; k++) {
+        size_t len = strlen(names[k]) + 1;
+        memcpy(at, names[k], len);
+        copy[k] = at;
+        at += len;
+    }
+    return copy;
 }
 
 typedef struct {
@@ -251,6 +288,12 @@ int cmd_sample(int argc, char **argv)
             cli_error("%s", ddpm_last_error());
         if (rc <= 0)
             return DDPM_EXIT_ERROR;
+        if (ddpm_recipe_is_strip(from_recipe.kind)) {
+            cli_error("%s: an interpolation strip; re-create it with "
+                      "`ddpm interpolate --from %s --out FILE.png`",
+                      from, from);
+            return DDPM_EXIT_ERROR;
+        }
         if (!from_recipe.checkpoint_sha256[0]) {
             cli_error("%s: made from the weights of step %ld, which were never saved as a checkpoint (a training "
                       "preview between checkpoints); it cannot be re-created",
@@ -264,6 +307,7 @@ int cmd_sample(int argc, char **argv)
         config_from_recipe(&fc, &from_recipe, out);
         no_ema = !from_recipe.ema;
         no_grid = fc.grid_path == NULL;
+        n_given = 1; /* the recipe's n, also with rows by class */
     }
     if (no_grid && !fc.each_dir && !from) {
         cli_error("sample: --no-grid needs --out-dir");
@@ -295,7 +339,7 @@ int cmd_sample(int argc, char **argv)
     cli_set_threads(threads);
 
     ddpm_recipe recipe;
-    memset(&recipe, 0, sizeof recipe);
+    ddpm_recipe_init(&recipe);
     if (ddpm_sha256_file(ckpt_path, recipe.checkpoint_sha256)) {
         cli_error("%s", ddpm_last_error());
         return DDPM_EXIT_ERROR;
@@ -320,6 +364,11 @@ int cmd_sample(int argc, char **argv)
         return DDPM_EXIT_USAGE;
     }
     int n_classes = cfg->model.n_classes;
+    if (from && ddpm_recipe_check_classes(&from_recipe, n_classes, ddpm_checkpoint_class_names(ck), from)) {
+        cli_error("%s", ddpm_last_error());
+        ddpm_checkpoint_close(ck);
+        return DDPM_EXIT_ERROR;
+    }
     if ((class_arg || fc.grid_by_class) && n_classes == 0) {
         cli_error("%s: the model is not class-conditional (trained without --classes)", ckpt_path);
         ddpm_checkpoint_close(ck);
@@ -348,10 +397,13 @@ int cmd_sample(int argc, char **argv)
     }
     if (fc.grid_by_class && !n_given)
         fc.n = 8;
+    char **class_names = copy_class_names(ck, n_classes);
     ddpm_unet *net = NULL;
     float *params = NULL;
     int used_ema = 0;
-    int rc = ddpm_checkpoint_load_model(ck, !no_ema, &net, &params, &used_ema);
+    int rc = n_classes > 0 && !class_names ? DDPM_ENOMEM : DDPM_OK;
+    if (!rc)
+        rc = ddpm_checkpoint_load_model(ck, !no_ema, &net, &params, &used_ema);
     long ck_step = ddpm_checkpoint_state(ck)->step;
     ddpm_schedule sched;
     memset(&sched, 0, sizeof sched);
@@ -362,6 +414,7 @@ int cmd_sample(int argc, char **argv)
         cli_error("%s", ddpm_last_error());
         free(params);
         ddpm_unet_free(net);
+        free(class_names);
         return DDPM_EXIT_ERROR;
     }
     if (!used_ema && !no_ema && !quiet)
@@ -373,6 +426,7 @@ int cmd_sample(int argc, char **argv)
     recipe.step = ck_step;
     recipe.ema = used_ema;
     fc.recipe = &recipe;
+    fc.class_names = (const char *const *)class_names;
     progress_ctx pc = {isatty(fileno(stderr)), ddpm_now_seconds()};
     rc = ddpm_sample_files(net, params, &sched, &fc, NULL, quiet ? NULL : on_progress, &pc);
     double seconds = ddpm_now_seconds() - pc.t_start;
@@ -411,5 +465,6 @@ int cmd_sample(int argc, char **argv)
     ddpm_schedule_free(&sched);
     free(params);
     ddpm_unet_free(net);
+    free(class_names);
     return rc ? DDPM_EXIT_ERROR : DDPM_EXIT_OK;
 }
