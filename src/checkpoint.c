@@ -77,6 +77,7 @@ char *ddpm_run_config_to_json(const ddpm_run_config *c)
     cJSON_AddNumberToObject(t, "snr_gamma", c->loss.snr_gamma);
     cJSON_AddNumberToObject(t, "vlb_weight", c->loss.vlb_weight);
     cJSON_AddNumberToObject(t, "cond_drop", c->cond_drop);
+    cJSON_AddStringToObject(t, "t_sampling", ddpm_t_sampling_name(c->t_sampling));
     cJSON_AddItemToObject(root, "model", m);
     cJSON_AddItemToObject(root, "schedule", s);
     cJSON_AddItemToObject(root, "train", t);
@@ -268,13 +269,18 @@ static int config_from_json(ddpm_run_config *c, const char *json, const char *wh
             c->loss.vlb_weight = (float)get_num(&p, t, "train", "vlb_weight", 0, 1e6);
         if (cJSON_GetObjectItemCaseSensitive(t, "cond_drop"))
             c->cond_drop = (float)get_num(&p, t, "train", "cond_drop", 0, 1);
+        /* added with importance sampling: absent means the uniform t of earlier runs */
+        const cJSON *ts = cJSON_GetObjectItemCaseSensitive(t, "t_sampling");
+        if (ts && !p.err && (!cJSON_IsString(ts) || ddpm_t_sampling_parse(ts->valuestring, &c->t_sampling)))
+            p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: train.t_sampling must be uniform or importance",
+                               what);
     }
     cJSON_Delete(root);
     if (p.err)
         return p.err;
     if (ddpm_unet_config_check(&c->model))
         return ddpm_error(DDPM_EFORMAT, "%s: checkpoint model config is invalid: %s", what, ddpm_last_error());
-    if (ddpm_loss_config_check(&c->loss, c->model.prediction))
+    if (ddpm_loss_config_check(&c->loss, c->model.prediction) || ddpm_t_sampling_check(c->t_sampling, c->loss.kind))
         return ddpm_error(DDPM_EFORMAT, "%s: checkpoint loss config is invalid: %s", what, ddpm_last_error());
     return DDPM_OK;
 }
@@ -328,16 +334,16 @@ int ddpm_train_state_from_json(ddpm_train_state *st, const char *json, const cha
 
 /* ---------------------------------------------------------------- files */
 
-/* The tensor sets of net that are not NULL, under their prefixes, with the
- * metadata entries given. */
-static int save_arenas(const char *path, const ddpm_unet *net, const float *const arenas[4], const ddpm_st_meta *meta,
-                       int n_meta)
+/* The tensor sets of net that are not NULL, under their prefixes, then the
+ * n_extra tensors of the run's state, with the metadata entries given. */
+static int save_arenas(const char *path, const ddpm_unet *net, const float *const arenas[4],
+                       const ddpm_st_tensor *extra, int n_extra, const ddpm_st_meta *meta, int n_meta)
 {
     const char *prefixes[4] = {"", "ema.", "adam_m.", "adam_v."};
     int n_sets = 0;
     for (int k = 0; k < 4; k++)
         n_sets += arenas[k] != NULL;
-    size_t n = (size_t)n_sets * net->n_tensors;
+    size_t n = (size_t)n_sets * net->n_tensors + (size_t)n_extra;
     ddpm_st_tensor *t = ddpm_calloc(n, sizeof *t);
     char *names = ddpm_calloc(n, DDPM_MAX_NAME + 8);
     int rc = DDPM_ENOMEM;
@@ -357,6 +363,8 @@ static int save_arenas(const char *path, const ddpm_unet *net, const float *cons
                     t[j].shape[d] = ti->shape[d];
             }
         }
+        for (int k = 0; k < n_extra; k++)
+            t[j++] = extra[k];
         rc = ddpm_safetensors_write(path, t, (int)n, meta, n_meta);
     } else {
         ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the checkpoint", path);
@@ -382,9 +390,25 @@ static char *class_names_to_json(const char *const *names, int n)
 
 int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddpm_train_state *st,
                          const ddpm_unet *net, const float *params, const float *ema,
-                         const float *adam_m, const float *adam_v, const char *const *class_names)
+                         const float *adam_m, const float *adam_v, const char *const *class_names,
+                         const ddpm_t_history *t_history)
 {
     const float *const arenas[4] = {params, ema, adam_m, adam_v};
+    /* the loss history as float32 tensors, so that they carry the file's CRC-32C;
+       counts 0..10 are exact in float */
+    float *counts = NULL;
+    ddpm_st_tensor extra[2];
+    int n_extra = 0;
+    if (t_history) {
+        if (!(counts = ddpm_malloc((size_t)t_history->T, sizeof *counts)))
+            return ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the checkpoint", path);
+        for (int i = 0; i < t_history->T; i++)
+            counts[i] = (float)t_history->count[i];
+        extra[0] = (ddpm_st_tensor){.name = DDPM_T_HISTORY_TENSOR, .data = t_history->loss, .ndim = 2,
+                                    .shape = {t_history->T, DDPM_T_HISTORY}};
+        extra[1] = (ddpm_st_tensor){.name = DDPM_T_COUNT_TENSOR, .data = counts, .ndim = 1, .shape = {t_history->T}};
+        n_extra = 2;
+    }
     char *config_json = ddpm_run_config_to_json(cfg), *state_json = ddpm_train_state_to_json(st);
     int n_classes = cfg->model.n_classes;
     char *classes_json = n_classes > 0 ? class_names_to_json(class_names, n_classes) : NULL;
@@ -394,10 +418,11 @@ int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddp
         snprintf(version, sizeof version, "%d", DDPM_CHECKPOINT_FORMAT_VERSION);
         ddpm_st_meta meta[5] = {{"format", "ddpm"}, {"format_version", version}, {"config", config_json},
                                 {"state", state_json}, {"classes", classes_json}};
-        rc = save_arenas(path, net, arenas, meta, n_classes > 0 ? 5 : 4);
+        rc = save_arenas(path, net, arenas, extra, n_extra, meta, n_classes > 0 ? 5 : 4);
     } else {
         rc = ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the checkpoint", path);
     }
+    free(counts);
     free(config_json);
     free(state_json);
     free(classes_json);
@@ -429,7 +454,7 @@ int ddpm_checkpoint_export(const ddpm_checkpoint *ck, const char *path, int raw,
         ddpm_st_meta meta[6] = {{"format", "ddpm"}, {"format_version", version}, {"config", config_json},
                                 {"state", state_json}, {"weights", ema ? "ema" : "raw"}, {"classes", classes_json}};
         const float *const arenas[4] = {params, NULL, NULL, NULL};
-        rc = save_arenas(path, net, arenas, meta, n_classes > 0 ? 6 : 5);
+        rc = save_arenas(path, net, arenas, NULL, 0, meta, n_classes > 0 ? 6 : 5);
     } else {
         rc = ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the export", path);
     }
@@ -646,5 +671,43 @@ int ddpm_checkpoint_load_model(const ddpm_checkpoint *ck, int prefer_ema, ddpm_u
         *params = NULL;
         *net = NULL;
     }
+    return rc;
+}
+
+int ddpm_checkpoint_read_t_history(const ddpm_checkpoint *ck, ddpm_t_history *h)
+{
+    const char *path = ddpm_checkpoint_path(ck);
+    int T = ck->config.timesteps;
+    const ddpm_st_info *loss = ddpm_safetensors_find(ck->file, DDPM_T_HISTORY_TENSOR),
+                       *count = ddpm_safetensors_find(ck->file, DDPM_T_COUNT_TENSOR);
+    if (h->T != T)
+        return ddpm_error(DDPM_EINVAL, "%s: a loss history of %d steps for a run of %d", path, h->T, T);
+    if (!loss && !count) { /* written before importance sampling: an empty history */
+        memset(h->loss, 0, (size_t)T * DDPM_T_HISTORY * sizeof *h->loss);
+        memset(h->count, 0, (size_t)T * sizeof *h->count);
+        return DDPM_OK;
+    }
+    if (!loss || !count || loss->ndim != 2 || loss->shape[0] != T || loss->shape[1] != DDPM_T_HISTORY ||
+        count->ndim != 1 || count->shape[0] != T)
+        return ddpm_error(DDPM_EFORMAT, "%s: the loss history (%s [%d, %d] and %s [%d]) is incomplete or of the wrong "
+                          "shape", path, DDPM_T_HISTORY_TENSOR, T, DDPM_T_HISTORY, DDPM_T_COUNT_TENSOR, T);
+    float *counts = ddpm_malloc((size_t)T, sizeof *counts);
+    if (!counts)
+        return DDPM_ENOMEM;
+    int rc = ddpm_safetensors_read_f32(ck->file, DDPM_T_HISTORY_TENSOR, h->loss, (size_t)T * DDPM_T_HISTORY);
+    if (!rc)
+        rc = ddpm_safetensors_read_f32(ck->file, DDPM_T_COUNT_TENSOR, counts, (size_t)T);
+    for (int i = 0; !rc && i < T; i++) {
+        if (!(counts[i] >= 0 && counts[i] <= DDPM_T_HISTORY && counts[i] == floorf(counts[i])))
+            rc = ddpm_error(DDPM_EFORMAT, "%s: %s[%d] is %g, not a count of 0..%d values", path, DDPM_T_COUNT_TENSOR, i,
+                            counts[i], DDPM_T_HISTORY);
+        else
+            h->count[i] = (int)counts[i];
+        for (int k = 0; !rc && k < DDPM_T_HISTORY; k++)
+            if (!isfinite(h->loss[(size_t)i * DDPM_T_HISTORY + k]))
+                rc = ddpm_error(DDPM_EFORMAT, "%s: %s holds a value that is not finite at step index %d", path,
+                                DDPM_T_HISTORY_TENSOR, i);
+    }
+    free(counts);
     return rc;
 }

@@ -19,6 +19,7 @@ void ddpm_run_config_default(ddpm_run_config *c)
     c->flip = 0;
     c->seed = 0;
     ddpm_loss_config_default(&c->loss);
+    c->t_sampling = DDPM_T_UNIFORM;
     c->cond_drop = 0.1f;
 }
 

@@ -130,21 +130,24 @@ double ddpm_vlb_term(float *d_out, double scale, const float *out, const float *
     return sum;
 }
 
-double ddpm_loss(float *d_out, float *target, const float *out, const float *x0, const float *eps,
-                 const float *x_t, const int *i, int B, int B_mean, size_t D, ddpm_prediction pred,
-                 const ddpm_loss_config *c, const ddpm_schedule *s)
+double ddpm_loss(float *d_out, float *target, double *term, const float *out, const float *x0, const float *eps,
+                 const float *x_t, const int *i, const double *weight, int B, int B_mean, size_t D,
+                 ddpm_prediction pred, const ddpm_loss_config *c, const ddpm_schedule *s)
 {
     size_t BD = (size_t)B * D, n_mean = (size_t)B_mean * D; /* the mean is over the whole batch */
     double loss = 0;
     memset(d_out, 0, BD * sizeof *d_out);
+    for (int b = 0; term && b < B; b++)
+        term[b] = 0;
     if (c->kind != DDPM_LOSS_VLB) {
         for (int b = 0; b < B; b++)
             ddpm_pred_target(target + (size_t)b * D, pred, x0 + (size_t)b * D, eps + (size_t)b * D,
                              x_t + (size_t)b * D, i[b], D, s);
-        if (c->snr_gamma > 0) {
+        if (c->snr_gamma > 0 || weight || term) {
             for (int b = 0; b < B; b++) {
                 const float *o = out + (size_t)b * D, *g = target + (size_t)b * D;
-                double w = snr_weight(pred, c->snr_gamma, s->abar[i[b]]);
+                double w_snr = c->snr_gamma > 0 ? snr_weight(pred, c->snr_gamma, s->abar[i[b]]) : 1.0;
+                double w = weight ? w_snr * weight[b] : w_snr;
                 double scale = 2.0 * w / (double)n_mean, sum = 0;
                 for (size_t d = 0; d < D; d++) {
                     double e = (double)o[d] - (double)g[d];
@@ -152,6 +155,8 @@ double ddpm_loss(float *d_out, float *target, const float *out, const float *x0,
                     d_out[(size_t)b * D + d] = (float)(scale * e);
                 }
                 loss += w * sum / (double)n_mean;
+                if (term)
+                    term[b] = w_snr * sum / (double)D;
             }
         } else {
             /* L_simple exactly as Algorithm 1 and the earlier trainer computed it */
@@ -164,7 +169,14 @@ double ddpm_loss(float *d_out, float *target, const float *out, const float *x0,
         double scale = lambda * s->T / (double)n_mean, vlb = 0;
         for (int b = 0; b < B; b++) {
             size_t o = (size_t)b * D;
-            vlb += ddpm_vlb_term(d_out + o, scale, out + o, x0 + o, x_t + o, i[b], D, pred, s);
+            double scale_b = weight ? scale * weight[b] : scale;
+            double v = ddpm_vlb_term(d_out + o, scale_b, out + o, x0 + o, x_t + o, i[b], D, pred, s);
+            if (weight)
+                loss += scale_b * v;
+            else
+                vlb += v;
+            if (term)
+                term[b] += lambda * s->T * v / (double)D;
         }
         loss += scale * vlb;
     }

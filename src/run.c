@@ -554,11 +554,13 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
             ddpm_trainer_accumulate_class(tr, r.x0, c->model.n_classes > 0 ? r.labels : NULL, share_first,
                                           share_count);
         else
-            memset(tr->grads, 0, (tr->net->n_params + DDPM_TRAIN_SCALARS) * sizeof(float));
+            memset(tr->grads, 0, ddpm_trainer_reduce_size(tr) * sizeof(float));
         votes[DDPM_TRAIN_FAILED] = rc != 0;
         votes[DDPM_TRAIN_STOP] = (float)stop;
         votes[DDPM_TRAIN_TIME_UP] = (float)time_up;
-        int rc_sum = ddpm_dist_sum(tr->grads, tr->net->n_params + DDPM_TRAIN_SCALARS);
+        /* gradients, the loss, the votes and (importance sampling) each image's
+           term in its own slot: one all-reduce */
+        int rc_sum = ddpm_dist_sum(tr->grads, ddpm_trainer_reduce_size(tr));
         if (rc || rc_sum) {
             rc = rc ? rc : rc_sum;
             break;

@@ -29,6 +29,11 @@ void ddpm_trainer_free(ddpm_trainer *tr)
     free(tr->t);
     free(tr->target);
     free(tr->labels);
+    free(tr->t_weight);
+    free(tr->t_term);
+    free(tr->t_prob);
+    free(tr->t_cdf);
+    ddpm_t_history_free(&tr->t_history);
     for (int k = 0; tr->class_names && k < tr->cfg.model.n_classes; k++)
         free(tr->class_names[k]);
     free(tr->class_names);
@@ -52,6 +57,8 @@ static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg, int mic
     tr->micro_batch = micro_batch > 0 && micro_batch < cfg->batch ? micro_batch : cfg->batch;
     if (!rc)
         rc = ddpm_loss_config_check(&cfg->loss, cfg->model.prediction);
+    if (!rc)
+        rc = ddpm_t_sampling_check(cfg->t_sampling, cfg->loss.kind);
     if (!rc && !(cfg->cond_drop >= 0 && cfg->cond_drop <= 1))
         rc = ddpm_error(DDPM_EINVAL, "cond-drop must be in [0, 1], got %g", cfg->cond_drop);
     if (!rc)
@@ -64,7 +71,7 @@ static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg, int mic
     size_t D = (size_t)cfg->model.in_channels * cfg->model.image_size * cfg->model.image_size;
     size_t BD = (size_t)tr->micro_batch * D;
     tr->params = ddpm_calloc(n, sizeof(float));
-    tr->grads = ddpm_calloc(n + DDPM_TRAIN_SCALARS, sizeof(float));
+    tr->grads = ddpm_calloc(ddpm_trainer_reduce_size(tr), sizeof(float));
     tr->adam_m = ddpm_calloc(n, sizeof(float));
     tr->adam_v = ddpm_calloc(n, sizeof(float));
     tr->ema = ddpm_calloc(n, sizeof(float));
@@ -75,13 +82,28 @@ static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg, int mic
     tr->t = ddpm_calloc((size_t)tr->micro_batch, sizeof(int));
     tr->target = ddpm_calloc(BD, sizeof(float));
     tr->labels = ddpm_calloc((size_t)tr->micro_batch, sizeof(int));
+    int importance = cfg->t_sampling == DDPM_T_IMPORTANCE;
+    if (importance) {
+        tr->t_weight = ddpm_calloc((size_t)tr->micro_batch, sizeof(double));
+        tr->t_term = ddpm_calloc((size_t)tr->micro_batch, sizeof(double));
+        tr->t_prob = ddpm_calloc((size_t)cfg->timesteps, sizeof(double));
+        tr->t_cdf = ddpm_calloc((size_t)cfg->timesteps, sizeof(double));
+    }
     if (!tr->params || !tr->grads || !tr->adam_m || !tr->adam_v || !tr->ema || !tr->x_t || !tr->eps ||
-        !tr->eps_pred || !tr->d_eps || !tr->t || !tr->target || !tr->labels) {
+        !tr->eps_pred || !tr->d_eps || !tr->t || !tr->target || !tr->labels ||
+        (importance && (!tr->t_weight || !tr->t_term || !tr->t_prob || !tr->t_cdf ||
+                        ddpm_t_history_init(&tr->t_history, cfg->timesteps)))) {
         ddpm_trainer_free(tr);
         return DDPM_ENOMEM;
     }
     *out = tr;
     return DDPM_OK;
+}
+
+size_t ddpm_trainer_reduce_size(const ddpm_trainer *tr)
+{
+    size_t terms = tr->cfg.t_sampling == DDPM_T_IMPORTANCE ? (size_t)tr->cfg.batch : 0;
+    return tr->net->n_params + DDPM_TRAIN_SCALARS + terms;
 }
 
 int ddpm_trainer_create(ddpm_trainer **out, const ddpm_run_config *cfg, int micro_batch)
@@ -120,6 +142,11 @@ int ddpm_trainer_from_checkpoint(ddpm_trainer **out, const ddpm_checkpoint *ck, 
         return rc;
     }
     tr->state = *ddpm_checkpoint_state(ck);
+    if (tr->cfg.t_sampling == DDPM_T_IMPORTANCE && (rc = ddpm_checkpoint_read_t_history(ck, &tr->t_history))) {
+        ddpm_trainer_free(tr);
+        *out = NULL;
+        return rc;
+    }
     if (tr->cfg.model.n_classes > 0 && (rc = ddpm_trainer_set_class_names(tr, ddpm_checkpoint_class_names(ck)))) {
         ddpm_trainer_free(tr);
         *out = NULL;
@@ -178,17 +205,22 @@ void ddpm_trainer_accumulate_class(ddpm_trainer *tr, const float *x0, const int 
     size_t D = (size_t)c->model.in_channels * c->model.image_size * c->model.image_size;
     size_t n = tr->net->n_params;
     uint64_t noise = tr->state.noise_counter, eps_per_image = (D + 3) / 4;
-    int n_classes = c->model.n_classes;
+    int n_classes = c->model.n_classes, importance = c->t_sampling == DDPM_T_IMPORTANCE;
+    int warm = importance ? ddpm_t_probabilities(tr->t_prob, tr->t_cdf, &tr->t_history) : 0;
+    float *terms = tr->grads + n + DDPM_TRAIN_SCALARS; /* [B], importance only */
     double loss_share = 0;
-    memset(tr->grads, 0, (n + DDPM_TRAIN_SCALARS) * sizeof(float));
+    memset(tr->grads, 0, ddpm_trainer_reduce_size(tr) * sizeof(float));
     for (int g0 = first; g0 < first + count; g0 += tr->micro_batch) {
         int b = first + count - g0 < tr->micro_batch ? first + count - g0 : tr->micro_batch;
-        /* Algorithm 1: t uniform in {1..T} (index t-1), eps ~ N(0, I), per image g
-           (the counter layout of train.h) */
+        /* Algorithm 1: t uniform in {1..T} (index t-1), or by importance
+           (timestep.h), eps ~ N(0, I), per image g (the counter layout of train.h) */
         for (int i = 0; i < b; i++) {
             uint64_t g = (uint64_t)(g0 + i);
             ddpm_rng r = stream_at(c->seed, DDPM_STREAM_NOISE, noise + g);
-            tr->t[i] = (int)ddpm_rng_below(&r, (uint64_t)c->timesteps);
+            if (importance)
+                tr->t[i] = ddpm_t_draw(&tr->t_weight[i], tr->t_prob, tr->t_cdf, c->timesteps, warm, &r);
+            else
+                tr->t[i] = (int)ddpm_rng_below(&r, (uint64_t)c->timesteps);
             r = stream_at(c->seed, DDPM_STREAM_NOISE, noise + (uint64_t)B + g * eps_per_image);
             ddpm_rng_normal_fill(&r, tr->eps + i * D, D);
             if (n_classes > 0) { /* classifier-free guidance: drop the label with probability cond_drop */
@@ -202,11 +234,33 @@ void ddpm_trainer_accumulate_class(ddpm_trainer *tr, const float *x0, const int 
         ddpm_unet_forward_class(tr->net, tr->params, tr->ws, tr->eps_pred, tr->x_t, tr->t,
                                 n_classes > 0 ? tr->labels : NULL, b, &drop);
         /* this micro-batch's part of the batch mean (L_simple: the MSE to the target) */
-        loss_share += ddpm_loss(tr->d_eps, tr->target, tr->eps_pred, x0 + (size_t)g0 * D, tr->eps, tr->x_t, tr->t, b,
+        loss_share += ddpm_loss(tr->d_eps, tr->target, importance ? tr->t_term : NULL, tr->eps_pred,
+                                x0 + (size_t)g0 * D, tr->eps, tr->x_t, tr->t, importance ? tr->t_weight : NULL, b,
                                 B, D, c->model.prediction, &c->loss, &tr->sched);
+        for (int i = 0; importance && i < b; i++)
+            terms[g0 + i] = (float)tr->t_term[i];
         ddpm_unet_backward(tr->net, tr->params, tr->grads, tr->ws, tr->d_eps, b);
     }
     tr->grads[n + DDPM_TRAIN_LOSS] = (float)loss_share;
+}
+
+/* Adds the terms of every image of the batch (the reduce buffer's, summed over
+ * the processes) to the loss history, in batch order. Each image's t is drawn
+ * again from its counter and the distribution its step used, which is the
+ * history's before this update: the same on every process. */
+static void update_t_history(ddpm_trainer *tr)
+{
+    const ddpm_run_config *c = &tr->cfg;
+    const float *terms = tr->grads + tr->net->n_params + DDPM_TRAIN_SCALARS;
+    int warm = ddpm_t_probabilities(tr->t_prob, tr->t_cdf, &tr->t_history);
+    for (int g = 0; g < c->batch; g++) {
+        ddpm_rng r = stream_at(c->seed, DDPM_STREAM_NOISE, tr->state.noise_counter + (uint64_t)g);
+        double weight;
+        int i = ddpm_t_draw(&weight, tr->t_prob, tr->t_cdf, c->timesteps, warm, &r);
+        /* p and cdf were computed before the first add: every draw reads the
+           distribution the step used */
+        ddpm_t_history_add(&tr->t_history, &i, &terms[g], 1);
+    }
 }
 
 int ddpm_trainer_apply(ddpm_trainer *tr, ddpm_step_stats *stats)
@@ -231,6 +285,8 @@ int ddpm_trainer_apply(ddpm_trainer *tr, ddpm_step_stats *stats)
         ddpm_ema_update(tr->ema, tr->params, n, ddpm_ema_decay_at(c->optim.ema_decay, tr->state.step));
     else
         memcpy(tr->ema, tr->params, n * sizeof(float));
+    if (c->t_sampling == DDPM_T_IMPORTANCE)
+        update_t_history(tr);
     tr->state.step = step;
     tr->state.noise_counter += (uint64_t)c->batch * noise_counters_per_image(tr);
     tr->state.dropout_counter += ddpm_unet_dropout_counters(tr->net, c->batch);
@@ -256,5 +312,6 @@ int ddpm_trainer_step_class(ddpm_trainer *tr, const float *x0, const int *labels
 int ddpm_trainer_save(const ddpm_trainer *tr, const char *path)
 {
     return ddpm_checkpoint_save(path, &tr->cfg, &tr->state, tr->net, tr->params, tr->ema, tr->adam_m,
-                                tr->adam_v, (const char *const *)tr->class_names);
+                                tr->adam_v, (const char *const *)tr->class_names,
+                                tr->cfg.t_sampling == DDPM_T_IMPORTANCE ? &tr->t_history : NULL);
 }

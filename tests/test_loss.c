@@ -1,8 +1,9 @@
 /* Tests of the objectives (loss.h): the bound's terms against their closed
  * forms, every gradient with respect to the network output against central
  * differences for every prediction type (KL terms and the discretized decoder,
- * including the open end bins), min-SNR weighting, and the bound's gradient
- * through the tiny U-Net against finite differences of its parameters. */
+ * including the open end bins), min-SNR weighting, importance sampling's
+ * per-image weights and terms, and the bound's gradient through the tiny U-Net
+ * against finite differences of its parameters. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -175,8 +176,8 @@ static void test_min_snr_weights_each_image(void **state)
         snr = plain;
         snr.snr_gamma = 5;
         assert_int_equal(ddpm_loss_config_check(&snr, p), 0);
-        ddpm_loss(d_plain, target, out, x0, eps, x_t, i, B, B, D, p, &plain, &sched);
-        double got = ddpm_loss(d_out, target, out, x0, eps, x_t, i, B, B, D, p, &snr, &sched);
+        ddpm_loss(d_plain, target, NULL, out, x0, eps, x_t, i, NULL, B, B, D, p, &plain, &sched);
+        double got = ddpm_loss(d_out, target, NULL, out, x0, eps, x_t, i, NULL, B, B, D, p, &snr, &sched);
         double want = 0;
         for (int b = 0; b < B; b++) {
             double abar = sched.abar[i[b]], r = abar / (1 - abar), m = r < 5 ? r : 5;
@@ -198,6 +199,61 @@ static void test_min_snr_weights_each_image(void **state)
     assert_true(ddpm_loss_config_check(&bad, DDPM_PRED_MU) < 0);
 }
 
+/* Importance sampling's weights (timestep.h): image b's term, reported
+ * unweighted in term[b] (its share of the batch mean times B), enters the value
+ * and the gradient times weight[b]; with every weight 1 the value is the
+ * unweighted one. vlb and hybrid with min-SNR, a micro-batch of 3 in a batch
+ * of 5, steps including the decoder term (i = 0). */
+static void test_weights_scale_each_images_term_and_gradient(void **state)
+{
+    (void)state;
+    enum { B = 3, B_MEAN = 5 };
+    float x0[B * D], eps[B * D], x_t[B * D], out[B * D], d_out[B * D], d_one[B * D], target[B * D];
+    for (int b = 0; b < B; b++)
+        grid_image(x0 + b * D, 20 + (uint64_t)b);
+    tu_fill_uniform(eps, B * D, 21, -2, 2);
+    tu_fill_uniform(out, B * D, 22, -1, 1);
+    int i[B] = {0, 37, 640};
+    ddpm_q_sample(x_t, x0, eps, i, B, D, &sched);
+    const double weight[B] = {0.25, 3.0, 40.0}, ones[B] = {1, 1, 1};
+    const ddpm_loss_kind kinds[2] = {DDPM_LOSS_VLB, DDPM_LOSS_HYBRID};
+    for (int k = 0; k < 2; k++) {
+        ddpm_loss_config c;
+        ddpm_loss_config_default(&c);
+        c.kind = kinds[k];
+        c.snr_gamma = kinds[k] == DDPM_LOSS_HYBRID ? 5 : 0;
+        c.vlb_weight = 0.01f;
+        double term[B], term_one[B];
+        double plain = ddpm_loss(d_one, target, NULL, out, x0, eps, x_t, i, NULL, B, B_MEAN, D, DDPM_PRED_EPS, &c,
+                                 &sched);
+        double one = ddpm_loss(d_out, target, term_one, out, x0, eps, x_t, i, ones, B, B_MEAN, D, DDPM_PRED_EPS, &c,
+                               &sched);
+        double got = ddpm_loss(d_out, target, term, out, x0, eps, x_t, i, weight, B, B_MEAN, D, DDPM_PRED_EPS, &c,
+                               &sched);
+        double want = 0, from_terms = 0;
+        for (int b = 0; b < B; b++) {
+            assert_true(term[b] == term_one[b]); /* the term is unweighted */
+            want += weight[b] * term[b] / B_MEAN;
+            from_terms += term[b] / B_MEAN;
+        }
+        fprintf(stderr, "  %s: terms %.6g %.6g %.6g, weighted %.9g, want %.9g\n", ddpm_loss_name(c.kind), term[0],
+                term[1], term[2], got, want);
+        /* sums of the same doubles in another order: 1e-12 relative */
+        assert_close(got, want, 1e-12 * fabs(want));
+        assert_close(one, plain, 1e-12 * fabs(plain));
+        assert_close(from_terms, plain, 1e-12 * fabs(plain));
+        /* the gradient of image b is weight[b] times the unweighted one: both are
+           rounded to float once, 2 ulp of float */
+        for (int b = 0; b < B; b++)
+            for (int d = 0; d < D; d++) {
+                double g = d_out[b * D + d], g1 = weight[b] * d_one[b * D + d];
+                if (fabs(g - g1) > 2.4e-7 * fabs(g1) + 1e-30)
+                    fail_msg("%s: d_out[%d, %d] = %.9g, weight %g times the unweighted %.9g = %.9g",
+                             ddpm_loss_name(c.kind), b, d, g, weight[b], (double)d_one[b * D + d], g1);
+            }
+    }
+}
+
 /* The bound through the tiny U-Net: d L_vlb / d params by ddpm_loss and
  * ddpm_unet_backward against central differences of the parameters. */
 typedef struct {
@@ -214,7 +270,7 @@ static double net_loss(void *opaque)
 {
     net_ctx *c = opaque;
     ddpm_unet_forward(c->net, c->params, c->ws, c->out, c->x_t, c->i, c->B, NULL);
-    return ddpm_loss(c->d_out, c->target, c->out, c->x0, c->eps, c->x_t, c->i, c->B, c->B, c->D, c->pred,
+    return ddpm_loss(c->d_out, c->target, NULL, c->out, c->x0, c->eps, c->x_t, c->i, NULL, c->B, c->B, c->D, c->pred,
                      &c->loss, &sched);
 }
 
@@ -281,6 +337,7 @@ int main(void)
         cmocka_unit_test(test_vlb_gradient_matches_finite_differences_for_every_prediction),
         cmocka_unit_test(test_decoder_term_is_the_discretized_gaussian),
         cmocka_unit_test(test_min_snr_weights_each_image),
+        cmocka_unit_test(test_weights_scale_each_images_term_and_gradient),
         cmocka_unit_test(test_vlb_gradient_through_the_tiny_network),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

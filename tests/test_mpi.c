@@ -1,7 +1,8 @@
 /* Tests of data-parallel training: `mpirun -np 2 ddpm train` against one
- * process, run to run, resumed across process counts, a killed process and
- * Ctrl-C on mpirun. Skipped, with a message, when ddpm was built without MPI
- * or mpirun is not on PATH (scripts/setup.sh installs Open MPI). */
+ * process, run to run, resumed across process counts, importance-sampled
+ * timesteps, a killed process and Ctrl-C on mpirun. Skipped, with a message,
+ * when ddpm was built without MPI or mpirun is not on PATH (scripts/setup.sh
+ * installs Open MPI). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -163,6 +164,63 @@ static void test_resume_under_two_processes_from_a_one_process_checkpoint(void *
     assert_non_null(b);
     assert_same_run(b, a, SUM_ORDER_TOL,
                     "1 process 10 steps + 2 processes 10 steps against 1 process 20 steps");
+    ddpm_trainer_free(a);
+    ddpm_trainer_free(b);
+}
+
+/* The loss history of tmp/RUN's checkpoint (importance sampling). */
+static void load_history(const char *run_name, ddpm_t_history *h)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s/checkpoint.safetensors", tmp, run_name);
+    ddpm_checkpoint *ck;
+    assert_int_equal(ddpm_checkpoint_open(&ck, path), 0);
+    assert_int_equal(ddpm_t_history_init(h, ddpm_checkpoint_config(ck)->timesteps), 0);
+    assert_int_equal(ddpm_checkpoint_read_t_history(ck, h), 0);
+    ddpm_checkpoint_close(ck);
+}
+
+/* Importance-sampled timesteps under two processes: every image's term reaches
+ * every process's loss history in batch order through the step's one all-reduce.
+ * Two runs of two processes give the same bytes, history included; against one
+ * process the weights differ by the float sums' order only (SUM_ORDER_TOL), the
+ * same steps got the same number of values, and the values agree to the same
+ * rounding (the network's outputs follow the weights). A process that kept only
+ * its own share's terms would hold other counts and values 1e-3 or more apart. */
+static void test_importance_sampling_under_two_processes(void **state)
+{
+    (void)state;
+    require_mpirun();
+#define IMPORTANCE TINY " --timesteps 10 --t-sampling importance --loss vlb --steps 40"
+    assert_int_equal(run(0, "train data --out imp_one " IMPORTANCE), 0);
+    assert_int_equal(run(2, "train data --out imp_twoA " IMPORTANCE), 0);
+    assert_int_equal(run(2, "train data --out imp_twoB " IMPORTANCE), 0);
+#undef IMPORTANCE
+    ddpm_trainer *one = load("imp_one"), *a = load("imp_twoA"), *b = load("imp_twoB");
+    assert_non_null(one);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_same_run(a, one, SUM_ORDER_TOL, "importance sampling, -np 2 against one process, 40 steps");
+    size_t bytes = a->net->n_params * sizeof(float);
+    assert_memory_equal(a->params, b->params, bytes);
+    assert_memory_equal(a->adam_v, b->adam_v, bytes);
+    ddpm_t_history h_one, h_a, h_b;
+    load_history("imp_one", &h_one);
+    load_history("imp_twoA", &h_a);
+    load_history("imp_twoB", &h_b);
+    size_t n = (size_t)h_one.T * DDPM_T_HISTORY;
+    assert_memory_equal(h_a.loss, h_b.loss, n * sizeof(float));
+    assert_memory_equal(h_a.count, h_one.count, (size_t)h_one.T * sizeof(int));
+    assert_true(ddpm_t_history_warm(&h_one));
+    double worst = 0;
+    for (size_t j = 0; j < n; j++)
+        worst = fmax(worst, fabs((double)h_a.loss[j] - h_one.loss[j]) / fmax(fabs((double)h_one.loss[j]), 1e-30));
+    fprintf(stderr, "  loss history, -np 2 against one process: max rel diff %.3g\n", worst);
+    assert_true(worst <= SUM_ORDER_TOL);
+    ddpm_t_history_free(&h_one);
+    ddpm_t_history_free(&h_a);
+    ddpm_t_history_free(&h_b);
+    ddpm_trainer_free(one);
     ddpm_trainer_free(a);
     ddpm_trainer_free(b);
 }
@@ -369,6 +427,7 @@ int main(void)
         cmocka_unit_test(test_two_processes_train_what_one_does),
         cmocka_unit_test(test_two_runs_of_two_processes_give_the_same_bytes),
         cmocka_unit_test(test_resume_under_two_processes_from_a_one_process_checkpoint),
+        cmocka_unit_test(test_importance_sampling_under_two_processes),
         cmocka_unit_test(test_a_process_that_cannot_load_its_data_stops_all_with_one_message),
         cmocka_unit_test(test_a_killed_process_ends_the_run_and_the_checkpoint_loads),
         cmocka_unit_test(test_ctrl_c_on_mpirun_saves_once),

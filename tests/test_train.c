@@ -1,6 +1,8 @@
 /* Tests of the trainer and its checkpoints: the loss falls, the same seed gives
  * the same bytes, checkpoints round-trip exactly, broken checkpoints are refused,
- * NaN stops cleanly. The run loop around it is tested in test_run.c. */
+ * NaN stops cleanly; importance-sampled timesteps: the loss history round-trips
+ * and resumes bit for bit, the warm-up is uniform, the history takes every
+ * image's term in batch order whatever the batch's split. The run loop around it is tested in test_run.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -594,6 +596,297 @@ static void test_micro_batches_with_labels_and_other_objectives_give_the_whole_b
     }
 }
 
+/* A tiny importance-sampled run of the bound: T 10, so the warm-up (10 values
+ * for each of the 10 steps, about 155 images) ends within 25 steps of batch 8. */
+static void importance_config(ddpm_run_config *c)
+{
+    tiny_run_config(c);
+    c->timesteps = 10;
+    c->batch = 8;
+    c->loss.kind = DDPM_LOSS_VLB;
+    c->t_sampling = DDPM_T_IMPORTANCE;
+}
+
+static void run_batches(ddpm_trainer *tr, long from, long to)
+{
+    float x0[8 * 64];
+    for (long step = from; step < to; step++) {
+        synthetic_batch(x0, tr->cfg.batch, 8, step);
+        assert_int_equal(ddpm_trainer_step(tr, x0, NULL), 0);
+    }
+}
+
+static void assert_same_history(const ddpm_trainer *a, const ddpm_trainer *b)
+{
+    int T = a->cfg.timesteps;
+    assert_int_equal(a->t_history.T, T);
+    assert_int_equal(b->t_history.T, T);
+    assert_memory_equal(a->t_history.count, b->t_history.count, (size_t)T * sizeof(int));
+    assert_memory_equal(a->t_history.loss, b->t_history.loss, (size_t)T * DDPM_T_HISTORY * sizeof(float));
+}
+
+static ddpm_trainer *reopen(const ddpm_trainer *tr, const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    assert_int_equal(ddpm_trainer_save(tr, path), 0);
+    ddpm_checkpoint *ck;
+    assert_int_equal(ddpm_checkpoint_open(&ck, path), 0);
+    ddpm_trainer *back = NULL;
+    if (ddpm_trainer_from_checkpoint(&back, ck, 0))
+        fail_msg("%s", ddpm_last_error());
+    ddpm_checkpoint_close(ck);
+    return back;
+}
+
+/* The history is run state: saved with the checkpoint (as CRC-checked tensors)
+ * and read back exactly, mid-warm-up and warmed up; a checkpoint written
+ * without it resumes with an empty history; a broken one is refused. */
+static void test_loss_history_round_trips_through_the_checkpoint(void **state)
+{
+    (void)state;
+    ddpm_run_config c;
+    importance_config(&c);
+    ddpm_trainer *tr;
+    assert_int_equal(ddpm_trainer_create(&tr, &c, 0), 0);
+    run_batches(tr, 0, 4);
+    assert_false(ddpm_t_history_warm(&tr->t_history));
+    ddpm_trainer *back = reopen(tr, "hist_a.safetensors");
+    assert_int_equal(back->cfg.t_sampling, DDPM_T_IMPORTANCE);
+    assert_same_history(tr, back);
+    ddpm_trainer_free(back);
+    run_batches(tr, 4, 40);
+    assert_true(ddpm_t_history_warm(&tr->t_history));
+    back = reopen(tr, "hist_b.safetensors");
+    assert_same_history(tr, back);
+    ddpm_trainer_free(back);
+    /* a checkpoint of the same run without the two tensors (as written before
+       importance sampling existed) resumes with an empty history */
+    char path[512];
+    snprintf(path, sizeof path, "%s/hist_old.safetensors", tmpdir);
+    assert_int_equal(ddpm_checkpoint_save(path, &tr->cfg, &tr->state, tr->net, tr->params, tr->ema, tr->adam_m,
+                                          tr->adam_v, NULL, NULL),
+                     0);
+    ddpm_checkpoint *ck;
+    assert_int_equal(ddpm_checkpoint_open(&ck, path), 0);
+    assert_int_equal(ddpm_trainer_from_checkpoint(&back, ck, 0), 0);
+    ddpm_checkpoint_close(ck);
+    for (int i = 0; i < c.timesteps; i++)
+        assert_int_equal(back->t_history.count[i], 0);
+    ddpm_trainer_free(back);
+    /* a count outside 0..10 is refused, naming the tensor */
+    tr->t_history.count[3] = 11;
+    assert_int_equal(ddpm_trainer_save(tr, path), 0);
+    assert_int_equal(ddpm_checkpoint_open(&ck, path), 0);
+    back = NULL;
+    assert_true(ddpm_trainer_from_checkpoint(&back, ck, 0) < 0);
+    assert_null(back);
+    assert_non_null(strstr(ddpm_last_error(), DDPM_T_COUNT_TENSOR));
+    ddpm_checkpoint_close(ck);
+    ddpm_trainer_free(tr);
+}
+
+/* Resumed from a checkpoint after the warm-up (importance weights in use), the
+ * run continues with the bytes of one never interrupted: weights, EMA, Adam,
+ * counters and the history. */
+static void test_importance_sampling_resumes_bit_for_bit(void **state)
+{
+    (void)state;
+    ddpm_run_config c;
+    importance_config(&c);
+    ddpm_trainer *whole, *first;
+    assert_int_equal(ddpm_trainer_create(&whole, &c, 0), 0);
+    assert_int_equal(ddpm_trainer_create(&first, &c, 0), 0);
+    run_batches(whole, 0, 45);
+    run_batches(first, 0, 30);
+    assert_true(ddpm_t_history_warm(&first->t_history));
+    ddpm_trainer *resumed = reopen(first, "resume_imp.safetensors");
+    ddpm_trainer_free(first);
+    run_batches(resumed, 30, 45);
+    size_t bytes = whole->net->n_params * sizeof(float);
+    assert_memory_equal(whole->params, resumed->params, bytes);
+    assert_memory_equal(whole->ema, resumed->ema, bytes);
+    assert_memory_equal(whole->adam_m, resumed->adam_m, bytes);
+    assert_memory_equal(whole->adam_v, resumed->adam_v, bytes);
+    assert_true(whole->state.noise_counter == resumed->state.noise_counter);
+    assert_same_history(whole, resumed);
+    /* and importance sampling changed the run: uniform t trains other bytes */
+    c.t_sampling = DDPM_T_UNIFORM;
+    ddpm_trainer *uniform;
+    assert_int_equal(ddpm_trainer_create(&uniform, &c, 0), 0);
+    run_batches(uniform, 0, 45);
+    assert_memory_not_equal(whole->params, uniform->params, bytes);
+    ddpm_trainer_free(uniform);
+    ddpm_trainer_free(whole);
+    ddpm_trainer_free(resumed);
+}
+
+/* During the warm-up t is drawn as uniform sampling draws it and every weight is
+ * exactly 1: with --loss vlb an importance run takes the same bytes as a uniform
+ * run until the history is full, and other bytes after. */
+static void test_importance_warm_up_trains_the_uniform_bytes(void **state)
+{
+    (void)state;
+    ddpm_run_config c;
+    importance_config(&c);
+    ddpm_trainer *imp, *uni;
+    assert_int_equal(ddpm_trainer_create(&imp, &c, 0), 0);
+    c.t_sampling = DDPM_T_UNIFORM;
+    assert_int_equal(ddpm_trainer_create(&uni, &c, 0), 0);
+    size_t bytes = imp->net->n_params * sizeof(float);
+    long step = 0;
+    for (; !ddpm_t_history_warm(&imp->t_history); step++) {
+        run_batches(imp, step, step + 1);
+        run_batches(uni, step, step + 1);
+        if (!ddpm_t_history_warm(&imp->t_history))
+            assert_memory_equal(imp->params, uni->params, bytes);
+    }
+    fprintf(stderr, "  warm-up over after %ld steps of 8 images (T = 10)\n", step);
+    assert_true(step > 5 && step < 60);
+    run_batches(imp, step, step + 3);
+    run_batches(uni, step, step + 3);
+    assert_memory_not_equal(imp->params, uni->params, bytes);
+    ddpm_trainer_free(imp);
+    ddpm_trainer_free(uni);
+}
+
+/* The first step's history by hand: image g's term (from the reduce buffer,
+ * whose mean is the step's loss, as every weight is 1 in the warm-up) added at
+ * image g's t (the uniform draw from its counter), in batch order. */
+static void expect_first_step_history(const ddpm_run_config *c, const float *x0)
+{
+    ddpm_trainer *tr;
+    assert_int_equal(ddpm_trainer_create(&tr, c, 0), 0);
+    size_t at = tr->net->n_params + DDPM_TRAIN_SCALARS;
+    ddpm_trainer_accumulate(tr, x0, 0, c->batch);
+    float terms[8];
+    int t[8];
+    double mean = 0;
+    for (int g = 0; g < c->batch; g++) {
+        terms[g] = tr->grads[at + g];
+        mean += terms[g] / c->batch;
+        ddpm_rng r;
+        ddpm_rng_init(&r, c->seed, DDPM_STREAM_NOISE);
+        r.counter = tr->state.noise_counter + (uint64_t)g;
+        t[g] = (int)ddpm_rng_below(&r, (uint64_t)c->timesteps);
+    }
+    assert_close(mean, tr->grads[at - DDPM_TRAIN_SCALARS + DDPM_TRAIN_LOSS], 1e-6 * mean);
+    ddpm_t_history want;
+    assert_int_equal(ddpm_t_history_init(&want, c->timesteps), 0);
+    ddpm_t_history_add(&want, t, terms, c->batch);
+    assert_int_equal(ddpm_trainer_apply(tr, NULL), 0);
+    assert_memory_equal(tr->t_history.count, want.count, (size_t)c->timesteps * sizeof(int));
+    assert_memory_equal(tr->t_history.loss, want.loss, (size_t)c->timesteps * DDPM_T_HISTORY * sizeof(float));
+    ddpm_t_history_free(&want);
+    ddpm_trainer_free(tr);
+}
+
+/* Each image's term reaches the history through its own slot of the reduce
+ * buffer (0 in every other process's buffer): two processes, each computing its
+ * share and applying the summed buffer as after the all-reduce, and
+ * micro-batches add every image's term of the batch in batch order, as the whole
+ * batch does. The terms themselves are the network's outputs, which can differ
+ * in their last bit with the split (sgemm's blocking follows the number of
+ * images: measured up to 1.2e-7 relative), as the gradients do; so the histories
+ * agree exactly in which steps got values and to float rounding in the values.
+ * A lost share, a process's own terms only, or another order moves a value by
+ * far more: two images' terms differ by 1e-3 or more. */
+static void test_loss_history_takes_every_images_term_in_batch_order_whatever_the_split(void **state)
+{
+    (void)state;
+    ddpm_run_config c;
+    importance_config(&c);
+    c.loss.kind = DDPM_LOSS_HYBRID;
+    c.loss.vlb_weight = 0.01f;
+    float x0[8 * 64];
+    synthetic_batch(x0, 8, 8, 0);
+    expect_first_step_history(&c, x0);
+    ddpm_trainer *whole, *proc0, *proc1, *micro;
+    assert_int_equal(ddpm_trainer_create(&whole, &c, 0), 0);
+    assert_int_equal(ddpm_trainer_create(&proc0, &c, 0), 0);
+    assert_int_equal(ddpm_trainer_create(&proc1, &c, 0), 0);
+    assert_int_equal(ddpm_trainer_create(&micro, &c, 3), 0);
+    size_t n = ddpm_trainer_reduce_size(whole), at = whole->net->n_params + DDPM_TRAIN_SCALARS;
+    assert_int_equal(n, at + 8);
+    int T = c.timesteps;
+    size_t hist = (size_t)T * DDPM_T_HISTORY;
+    float shares[8];
+    double worst = 0;
+    ddpm_trainer *const others[3] = {proc0, proc1, micro};
+    const char *const names[3] = {"process 0 of 2", "process 1 of 2", "micro-batches of 3"};
+    for (long step = 0; step < 30; step++) {
+        synthetic_batch(x0, 8, 8, step);
+        /* the same weights and history at the start of each step: only the
+           split differs */
+        for (int k = 0; k < 3; k++) {
+            memcpy(others[k]->params, whole->params, whole->net->n_params * sizeof(float));
+            memcpy(others[k]->t_history.loss, whole->t_history.loss, hist * sizeof(float));
+            memcpy(others[k]->t_history.count, whole->t_history.count, (size_t)T * sizeof(int));
+        }
+        ddpm_trainer_accumulate(proc0, x0, 0, 3);
+        ddpm_trainer_accumulate(proc1, x0, 3, 5);
+        memcpy(shares, proc0->grads + at, 3 * sizeof(float));
+        memcpy(shares + 3, proc1->grads + at + 3, 5 * sizeof(float));
+        for (size_t k = 0; k < n; k++) /* the all-reduce */
+            proc0->grads[k] = proc1->grads[k] = proc0->grads[k] + proc1->grads[k];
+        /* the sum holds each process's own terms, exactly */
+        assert_memory_equal(proc0->grads + at, shares, sizeof shares);
+        assert_int_equal(ddpm_trainer_apply(proc0, NULL), 0);
+        assert_int_equal(ddpm_trainer_apply(proc1, NULL), 0);
+        assert_int_equal(ddpm_trainer_step(micro, x0, NULL), 0);
+        assert_int_equal(ddpm_trainer_step(whole, x0, NULL), 0);
+        assert_memory_equal(proc0->t_history.loss, proc1->t_history.loss, hist * sizeof(float));
+        for (int k = 0; k < 3; k++) {
+            assert_memory_equal(others[k]->t_history.count, whole->t_history.count, (size_t)T * sizeof(int));
+            for (size_t j = 0; j < hist; j++) {
+                double a = whole->t_history.loss[j], b = others[k]->t_history.loss[j];
+                double d = fabs(a - b) / fmax(fabs(a), 1e-30);
+                worst = fmax(worst, d);
+                if (d > 1e-6)
+                    fail_msg("step %ld, %s: history value %zu is %.9g, the whole batch's %.9g", step, names[k], j, b,
+                             a);
+            }
+        }
+    }
+    fprintf(stderr, "  history against the whole batch's, 30 steps: max rel diff %.3g\n", worst);
+    assert_true(ddpm_t_history_warm(&whole->t_history));
+    ddpm_trainer_free(whole);
+    ddpm_trainer_free(proc0);
+    ddpm_trainer_free(proc1);
+    ddpm_trainer_free(micro);
+}
+
+static void test_importance_sampling_with_the_simple_loss_is_refused(void **state)
+{
+    (void)state;
+    ddpm_run_config c;
+    importance_config(&c);
+    c.loss.kind = DDPM_LOSS_SIMPLE;
+    ddpm_trainer *tr = NULL;
+    assert_true(ddpm_trainer_create(&tr, &c, 0) < 0);
+    assert_null(tr);
+    assert_non_null(strstr(ddpm_last_error(), "--loss vlb or hybrid"));
+    /* and a config that says so in a checkpoint is refused on open */
+    ddpm_run_config back;
+    char *json = ddpm_run_config_to_json(&c);
+    assert_non_null(strstr(json, "\"t_sampling\":\"importance\""));
+    assert_true(ddpm_run_config_from_json(&back, json, "x.safetensors") < 0);
+    free(json);
+    /* an older config without the key is uniform */
+    c.loss.kind = DDPM_LOSS_VLB;
+    json = ddpm_run_config_to_json(&c);
+    cJSON *root = cJSON_Parse(json);
+    cJSON_DeleteItemFromObject(cJSON_GetObjectItem(root, "train"), "t_sampling");
+    char *old = cJSON_PrintUnformatted(root);
+    assert_int_equal(ddpm_run_config_from_json(&back, old, "old.safetensors"), 0);
+    assert_int_equal(back.t_sampling, DDPM_T_UNIFORM);
+    assert_int_equal(ddpm_run_config_from_json(&back, json, "new.safetensors"), 0);
+    assert_int_equal(back.t_sampling, DDPM_T_IMPORTANCE);
+    free(old);
+    cJSON_Delete(root);
+    free(json);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -609,6 +902,11 @@ int main(void)
         cmocka_unit_test(test_old_configs_load_as_eps_and_unknown_prediction_is_refused),
         cmocka_unit_test(test_class_conditional_model_samples_the_requested_class),
         cmocka_unit_test(test_micro_batches_with_labels_and_other_objectives_give_the_whole_batch_gradient),
+        cmocka_unit_test(test_loss_history_round_trips_through_the_checkpoint),
+        cmocka_unit_test(test_importance_sampling_resumes_bit_for_bit),
+        cmocka_unit_test(test_importance_warm_up_trains_the_uniform_bytes),
+        cmocka_unit_test(test_loss_history_takes_every_images_term_in_batch_order_whatever_the_split),
+        cmocka_unit_test(test_importance_sampling_with_the_simple_loss_is_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -2,7 +2,9 @@
  *
  * Tensors: the model weights under their PyTorch names (unet.h), the EMA
  * weights under "ema.<name>", Adam's moments under "adam_m.<name>" and
- * "adam_v.<name>". "__metadata__" holds "format" = "ddpm", "format_version",
+ * "adam_v.<name>", and for a run with importance-sampled timesteps its loss
+ * history (timestep.h) as "t_sampling.loss_history" [T, 10] and
+ * "t_sampling.loss_count" [T] (float32 counts 0..10). "__metadata__" holds "format" = "ddpm", "format_version",
  * "config" (the run config as JSON: model, schedule, training) and "state"
  * (step, RNG counters, data position, elapsed time, as JSON), so that sampling
  * and a resumed run need no other file. Every file is treated as untrusted:
@@ -15,9 +17,12 @@
 #include <stdint.h>
 
 #include "ddpm/config.h"
+#include "ddpm/timestep.h"
 #include "ddpm/unet.h"
 
 #define DDPM_CHECKPOINT_FORMAT_VERSION 1
+#define DDPM_T_HISTORY_TENSOR "t_sampling.loss_history"
+#define DDPM_T_COUNT_TENSOR "t_sampling.loss_count"
 
 /* Where a run is: enough to continue it bit for bit. */
 typedef struct {
@@ -46,10 +51,12 @@ int ddpm_train_state_from_json(ddpm_train_state *s, const char *json, const char
 /* Writes the checkpoint atomically. ema, adam_m, adam_v may be NULL (not saved).
  * A class-conditional model (cfg->model.n_classes > 0) stores its class names
  * (class_names[n_classes], the data folder's subfolders) as the metadata key
- * "classes", a JSON list; NULL stores the indices "0", "1", ... */
+ * "classes", a JSON list; NULL stores the indices "0", "1", ...
+ * t_history, when not NULL, is saved as the two loss-history tensors. */
 int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddpm_train_state *st,
                          const ddpm_unet *net, const float *params, const float *ema,
-                         const float *adam_m, const float *adam_v, const char *const *class_names);
+                         const float *adam_m, const float *adam_v, const char *const *class_names,
+                         const ddpm_t_history *t_history);
 
 typedef struct ddpm_checkpoint ddpm_checkpoint;
 
@@ -75,6 +82,11 @@ int ddpm_checkpoint_has(const ddpm_checkpoint *ck, const ddpm_unet *net, const c
  * model (sample, eval, resume) goes through here. */
 int ddpm_checkpoint_read(const ddpm_checkpoint *ck, const ddpm_unet *net, const char *prefix,
                          float *dst);
+/* Reads the loss history into h (initialised for the config's T). A file
+ * without the two tensors (written before importance sampling, or by a uniform
+ * run) gives an empty history; counts outside 0..10, values that are not finite
+ * or wrong shapes are refused with DDPM_EFORMAT. */
+int ddpm_checkpoint_read_t_history(const ddpm_checkpoint *ck, ddpm_t_history *h);
 /* Builds the network of the checkpoint's config and reads its weights: the EMA
  * weights when prefer_ema and they exist (*used_ema = 1), else the raw ones.
  * Every tensor's presence and shape is checked before the weights are allocated.

@@ -13,6 +13,7 @@
 #include "ddpm/loss.h"
 #include "ddpm/optim.h"
 #include "ddpm/schedule.h"
+#include "ddpm/timestep.h"
 #include "ddpm/unet.h"
 
 /* Everything that defines a run: what a resumed run must not change. */
@@ -26,6 +27,7 @@ typedef struct {
     int flip; /* random horizontal flips of training images */
     uint64_t seed;
     ddpm_loss_config loss; /* the objective (loss.h; default L_simple) */
+    ddpm_t_sampling t_sampling; /* how t is drawn (timestep.h; default uniform) */
     float cond_drop;       /* class-conditional models: probability that an image's
                               label is replaced by "no class" (classifier-free
                               guidance, Ho & Salimans 2022); default 0.1 */
@@ -33,7 +35,8 @@ typedef struct {
 
 /* The defaults: model for 28x28 gray (unet.h; eps prediction, unconditional),
  * linear schedule 1e-4..0.02 over T = 1000, batch 64, no flips, seed 0, the
- * optimiser of optim.h, L_simple, label dropout 0.1 (used only with classes). */
+ * optimiser of optim.h, L_simple with uniform t, label dropout 0.1 (used only
+ * with classes). */
 void ddpm_run_config_default(ddpm_run_config *c);
 
 /* Data-driven model defaults. A model field may be left "auto" (ch, n_levels or

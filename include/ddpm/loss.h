@@ -48,10 +48,15 @@ int ddpm_loss_parse(const char *name, ddpm_loss_kind *kind);
 /* The objective of B images that are part of a batch of B_mean >= B (a
  * micro-batch): returns their share of the batch's mean and OVERWRITES d_out[B, D]
  * with its gradient with respect to out. x0, eps, x_t as drawn by the trainer at
- * step indices i[B]; target [B, D] is scratch. */
-double ddpm_loss(float *d_out, float *target, const float *out, const float *x0, const float *eps,
-                 const float *x_t, const int *i, int B, int B_mean, size_t D, ddpm_prediction pred,
-                 const ddpm_loss_config *c, const ddpm_schedule *s);
+ * step indices i[B]; target [B, D] is scratch.
+ * Image b's term, its share of the batch mean times B_mean (mse_b / D, min-SNR
+ * weighted, for simple; T L_{t-1} / D for vlb; their lambda-sum for hybrid), is
+ * multiplied by weight[b] in the value and the gradient (importance sampling's
+ * 1 / (T p_t), timestep.h); weight NULL: every weight 1, the code path of
+ * uniform t. term[B], when not NULL, receives each image's unweighted term. */
+double ddpm_loss(float *d_out, float *target, double *term, const float *out, const float *x0, const float *eps,
+                 const float *x_t, const int *i, const double *weight, int B, int B_mean, size_t D,
+                 ddpm_prediction pred, const ddpm_loss_config *c, const ddpm_schedule *s);
 
 /* The bound's term of one image at step index i in nats (summed over its D
  * values): L_{t-1} for i > 0, L_0 for i = 0. When d_out is not NULL,

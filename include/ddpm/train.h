@@ -1,11 +1,15 @@
 /* train.h: DDPM training (Ho et al. 2020, Algorithm 1; L_simple by default,
- * the other objectives of loss.h and prediction types of predict.h by config).
+ * the other objectives of loss.h, prediction types of predict.h and timestep
+ * sampling of timestep.h by config).
  *
  * ddpm_trainer holds one run in memory: the network, its parameter, gradient,
  * Adam and EMA arenas, the schedule, and the state (step, RNG counters).
  * ddpm_trainer_step takes one batch of clean images x0 in [-1, 1]:
  *   t ~ U{1..T}, eps ~ N(0, I), x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) eps,
  *   loss = mean (eps - eps_theta(x_t, t))^2, backward, clip, Adam, EMA.
+ * With cfg.t_sampling importance, t is drawn from p_t of the run's loss history
+ * and each image's term weighted by 1 / (T p_t) (timestep.h); the history is
+ * the trainer's, updated by ddpm_trainer_apply and saved with the run.
  * With another prediction type the MSE compares the output with that type's
  * target (ddpm_pred_target); with another objective, ddpm_loss computes it.
  * A class-conditional model takes a label per image; each label is replaced by
@@ -22,6 +26,8 @@
  * the step's counters and its index in the batch (Philox; docs/design.md, Threads
  * and determinism):
  *   t of image g:    ddpm_rng_below(T) on stream NOISE from counter noise + g
+ *                    (importance sampling past its warm-up: ddpm_t_draw's
+ *                    ddpm_rng_uniform from the same counter)
  *   eps of image g:  ddpm_rng_normal_fill on stream NOISE from counter
  *                    noise + batch + g * ceil(D / 4)
  *   dropout:         ddpm_dropout_draw (unet.h) from the dropout counter
@@ -33,6 +39,7 @@
 #include "ddpm/checkpoint.h"
 #include "ddpm/config.h"
 #include "ddpm/schedule.h"
+#include "ddpm/timestep.h"
 #include "ddpm/unet.h"
 
 typedef struct {
@@ -41,14 +48,23 @@ typedef struct {
     ddpm_schedule sched;
     /* arenas of net->n_params floats, one layout (the tensor table) */
     float *params, *grads, *adam_m, *adam_v, *ema;
-    /* grads is the reduce buffer: n_params gradients, then DDPM_TRAIN_SCALARS
-     * floats summed with them (enum below) */
+    /* grads is the reduce buffer of ddpm_trainer_reduce_size floats: n_params
+     * gradients, then DDPM_TRAIN_SCALARS floats summed with them (enum below),
+     * then with importance sampling one float per image of the batch: image g's
+     * unweighted term at n_params + DDPM_TRAIN_SCALARS + g, written by the process
+     * that computes it, 0 elsewhere, so that the sum gathers them exactly. */
     ddpm_unet_workspace *ws;             /* for micro_batch images */
     int micro_batch;                     /* images per forward/backward */
     float *x_t, *eps, *eps_pred, *d_eps; /* [micro_batch, C, S, S] */
     int *t;                              /* [micro_batch] step indices */
     float *target;                       /* [micro_batch, C, S, S] scratch of the loss */
     int *labels;                         /* [micro_batch] labels after the label dropout */
+    double *t_weight, *t_term;           /* [micro_batch] importance weights 1/(T p_t) and
+                                            unweighted terms (importance sampling only) */
+    double *t_prob, *t_cdf;              /* [T] p_t of the step being taken (importance only):
+                                            derived from t_history at each use */
+    ddpm_t_history t_history;            /* importance sampling's loss history: run state,
+                                            saved with the checkpoint (empty for uniform) */
     char **class_names;                  /* [cfg.model.n_classes], saved in the checkpoint */
     /* The one copy of where the run is. The step and the Philox counters of the
      * noise and dropout streams are the trainer's own (each step reads and
@@ -74,12 +90,16 @@ typedef struct {
     float lr;         /* the step's learning rate */
 } ddpm_step_stats;
 
+/* Floats in the reduce buffer tr->grads (what a data-parallel step sums). */
+size_t ddpm_trainer_reduce_size(const ddpm_trainer *tr);
+
 /* A fresh run: weights initialised from cfg->seed, EMA = weights, Adam zero.
  * micro_batch: images per forward/backward, which sizes the activation memory
  * (0 or more than cfg->batch: the whole batch). It is a resource choice, not part
  * of the run: a resumed run may change it. */
 int ddpm_trainer_create(ddpm_trainer **out, const ddpm_run_config *cfg, int micro_batch);
-/* A run continued from a checkpoint: its config, weights, EMA, Adam and state. */
+/* A run continued from a checkpoint: its config, weights, EMA, Adam and state
+ * (with importance sampling its loss history; empty if the file has none). */
 int ddpm_trainer_from_checkpoint(ddpm_trainer **out, const ddpm_checkpoint *ck, int micro_batch);
 void ddpm_trainer_free(ddpm_trainer *tr);
 /* One training step on x0 [cfg.batch, C, S, S]: accumulate all of it, apply.
@@ -97,9 +117,11 @@ void ddpm_trainer_accumulate(ddpm_trainer *tr, const float *x0, int first, int c
  * in 0..n_classes-1 (NULL: every image unlabelled). */
 void ddpm_trainer_accumulate_class(ddpm_trainer *tr, const float *x0, const int *labels, int first, int count);
 /* The step from the reduce buffer (gradients of the whole batch): clip, Adam,
- * EMA, advance the step and the counters. DDPM_ENAN as ddpm_trainer_step. */
+ * EMA, advance the step and the counters; with importance sampling, add the
+ * batch's terms to the loss history in batch order. DDPM_ENAN as
+ * ddpm_trainer_step. */
 int ddpm_trainer_apply(ddpm_trainer *tr, ddpm_step_stats *stats);
-/* Saves weights, EMA, Adam and state atomically. */
+/* Saves weights, EMA, Adam and state (with the loss history) atomically. */
 int ddpm_trainer_save(const ddpm_trainer *tr, const char *path);
 
 #endif

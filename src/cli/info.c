@@ -18,7 +18,9 @@ static void usage(FILE *f)
                "       ddpm info IMAGE.png [--json]\n\n"
                "Prints a checkpoint's format version, run config (model, schedule,\n"
                "training), state (step, RNG counters, data position, training time) and\n"
-               "the model's parameter count; --tensors adds every tensor's name and shape.\n"
+               "the model's parameter count, and how training draws t (train.t_sampling;\n"
+               "with importance sampling, how many steps' loss histories are full);\n"
+               "--tensors adds every tensor's name and shape.\n"
                "An exported weights file (ddpm export) has no optimizer state.\n"
                "For a PNG, prints the recipe ddpm wrote into it (see ddpm sample --help\n"
                "and ddpm interpolate --help) and the command that re-creates it;\n"
@@ -156,6 +158,26 @@ static int info_png(const char *path, int json)
     return DDPM_EXIT_OK;
 }
 
+/* How the run draws t; with importance sampling, how far its loss history is. */
+static void print_t_sampling(const ddpm_checkpoint *ck, const ddpm_run_config *cfg)
+{
+    printf("timestep sampling: %s", ddpm_t_sampling_name(cfg->t_sampling));
+    ddpm_t_history h;
+    if (cfg->t_sampling == DDPM_T_IMPORTANCE && !ddpm_t_history_init(&h, cfg->timesteps)) {
+        if (ddpm_checkpoint_read_t_history(ck, &h) == DDPM_OK) {
+            int full = 0;
+            for (int i = 0; i < h.T; i++)
+                full += h.count[i] == DDPM_T_HISTORY;
+            printf(" (loss history full for %d of %d steps: %s)", full, h.T,
+                   full == h.T ? "p_t from the history" : "still uniform, warming up");
+        } else {
+            printf(" (loss history unreadable: %s)", ddpm_last_error());
+        }
+        ddpm_t_history_free(&h);
+    }
+    printf("\n");
+}
+
 int cmd_info(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -254,6 +276,8 @@ int cmd_info(int argc, char **argv)
                    ddpm_checkpoint_has(ck, net, "adam_m.") ? "yes" : "no", n, cp ? cp : "?", sp ? sp : "?");
         printf("checksums: %s\n", ddpm_checkpoint_checksummed(ck) ? "crc32c of every tensor verified"
                                                                   : "none (an older file; its data is not verified)");
+        if (!exported)
+            print_t_sampling(ck, cfg);
         const char *const *names = ddpm_checkpoint_class_names(ck);
         for (int k = 0; names && k < net->cfg.n_classes; k++)
             printf(k ? ", %s" : "classes: %s", names[k]);

@@ -1,0 +1,257 @@
+/* `ddpm train --t-sampling` through the binary: uniform sampling trains the
+ * bytes it trained before the option existed; an importance-sampled run resumed
+ * mid-run (in the warm-up and after it) ends with the bytes of one never
+ * interrupted, and 1 and 2 threads give the same bytes; --loss simple is
+ * refused with one line and exit 2; ddpm info shows how t is drawn. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <cblas.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cliutil.h"
+#include "ddpm/checkpoint.h"
+#include "ddpm/error.h"
+#include "ddpm/sha256.h"
+#include "testutil.h"
+#include "trainutil.h"
+
+/* A tiny model (test_mpi.c's), one thread. */
+#define TINY                                                                                                 \
+    "--ch 8 --ch-mult 1,2 --res-blocks 1 --attn 4 --groups 4 --timesteps 50 --batch 5 --preview-n 0 "        \
+    "--quiet"
+
+/* The tensor bytes of cu_dir/RUN/checkpoint.safetensors: everything after the
+ * JSON header, which also holds the run's elapsed seconds and the config. */
+static unsigned char *checkpoint_tensors(const char *run, size_t *n)
+{
+    char path[512];
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/%s/checkpoint.safetensors", cu_dir, run);
+    unsigned char *b = tu_read_file(path, &len);
+    assert_non_null(b);
+    assert_true(len > 8);
+    uint64_t h = 0;
+    for (int i = 7; i >= 0; i--)
+        h = h << 8 | b[i];
+    assert_true(h <= len - 8);
+    *n = len - 8 - (size_t)h;
+    memmove(b, b + 8 + h, *n);
+    return b;
+}
+
+static void checkpoint_tensors_sha256(const char *run, char hex[65])
+{
+    size_t n = 0;
+    unsigned char *b = checkpoint_tensors(run, &n);
+    ddpm_sha256 s;
+    uint8_t digest[32];
+    ddpm_sha256_init(&s);
+    ddpm_sha256_update(&s, b, n);
+    ddpm_sha256_final(&s, digest);
+    ddpm_sha256_hex(hex, digest);
+    free(b);
+}
+
+/* cu_dir/NAME exists. */
+static int exists(const char *name)
+{
+    char path[512];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", cu_dir, name);
+    return stat(path, &st) == 0;
+}
+
+/* The two runs' checkpoints hold the same tensor bytes. */
+static void assert_same_tensors(const char *a, const char *b)
+{
+    size_t na = 0, nb = 0;
+    unsigned char *x = checkpoint_tensors(a, &na), *y = checkpoint_tensors(b, &nb);
+    assert_int_equal(na, nb);
+    assert_memory_equal(x, y, na);
+    free(x);
+    free(y);
+}
+
+/* Steps of cu_dir/RUN's checkpoint whose loss history holds 10 values. */
+static int full_history_steps(const char *run)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s/checkpoint.safetensors", cu_dir, run);
+    ddpm_checkpoint *ck;
+    assert_int_equal(ddpm_checkpoint_open(&ck, path), 0);
+    ddpm_t_history h;
+    assert_int_equal(ddpm_t_history_init(&h, ddpm_checkpoint_config(ck)->timesteps), 0);
+    if (ddpm_checkpoint_read_t_history(ck, &h))
+        fail_msg("%s", ddpm_last_error());
+    int full = 0;
+    for (int i = 0; i < h.T; i++)
+        full += h.count[i] == DDPM_T_HISTORY;
+    ddpm_t_history_free(&h);
+    ddpm_checkpoint_close(ck);
+    return full;
+}
+
+/* The tensors (weights, EMA, Adam moments) after 8 steps of each objective with
+ * uniform t, as the trainer wrote them before --t-sampling existed (commit
+ * 7611e3b, this test run on it). The bytes depend on the OpenBLAS kernels and on
+ * the instructions the compiler may use (-march=native, DDPM_NATIVE): the hashes
+ * hold for the OpenBLAS kernels this machine gets ("Prescott": Debian's
+ * dynamic-arch OpenBLAS does not recognise its virtual Xeon) and an AVX-512
+ * build, the machine they were recorded on; elsewhere the test says so and
+ * skips. */
+static const char *const pinned_core = "Prescott";
+static const struct {
+    const char *loss;
+    const char *sha256;
+} pinned[] = {
+    {"simple", "e44a8d90b9312cc49aec6f5881bf8a59662e1b63aa56c0b0b9200f474e1cb832"},
+    {"vlb", "8552419f39dc2f55a8a42b9549be9b3c324b221569321e1b748927747b3acc0c"},
+    {"hybrid", "49a3c37e960f9c1dc5f4c6546a8488ce851835b0b7984d67746df8d7ce116f66"},
+};
+
+static void test_uniform_sampling_trains_the_bytes_it_did_before_the_option(void **state)
+{
+    (void)state;
+    const char *core = openblas_get_corename();
+#ifdef __AVX512F__
+    int avx512 = 1;
+#else
+    int avx512 = 0;
+#endif
+    int pinned_here = core && !strcmp(core, pinned_core) && avx512;
+    for (size_t k = 0; k < sizeof pinned / sizeof pinned[0]; k++) {
+        char run[64], hex[65];
+        snprintf(run, sizeof run, "uniform_%s", pinned[k].loss);
+        assert_int_equal(cu_ddpm("train data --out %s " TINY " --threads 1 --steps 8 --loss %s", run, pinned[k].loss),
+                         0);
+        checkpoint_tensors_sha256(run, hex);
+        fprintf(stderr, "  --loss %s, 8 steps: tensors sha256 %s\n", pinned[k].loss, hex);
+        if (pinned_here)
+            assert_string_equal(hex, pinned[k].sha256);
+    }
+    if (!pinned_here) {
+        fprintf(stderr, "  SKIP: the hashes were recorded with OpenBLAS %s kernels and an AVX-512 build; "
+                        "this is %s%s\n", pinned_core, core ? core : "(unknown)", avx512 ? "" : " without AVX-512");
+        skip();
+    }
+}
+
+/* Saying --t-sampling uniform is the default, byte for byte (on any machine). */
+static void test_t_sampling_uniform_is_the_default(void **state)
+{
+    (void)state;
+    assert_int_equal(cu_ddpm("train data --out said_uniform " TINY " --threads 1 --steps 8 --loss hybrid "
+                             "--t-sampling uniform"),
+                     0);
+    if (!exists("uniform_hybrid"))
+        assert_int_equal(cu_ddpm("train data --out uniform_hybrid " TINY " --threads 1 --steps 8 --loss hybrid"), 0);
+    assert_same_tensors("said_uniform", "uniform_hybrid");
+}
+
+/* T 10 and batch 8: the warm-up (10 values for each step) ends after about 18
+ * steps, so a run of 40 steps uses importance weights for most of its steps. */
+#define IMPORTANCE TINY " --timesteps 10 --batch 8 --t-sampling importance"
+
+/* Interrupted at step 12 (in the warm-up) and at step 25 (after it), each time
+ * resumed from the checkpoint: the same tensors, the loss history included, as
+ * 40 steps in one go. */
+static void test_importance_run_resumed_mid_run_gives_the_bytes_of_an_uninterrupted_one(void **state)
+{
+    (void)state;
+    assert_int_equal(cu_ddpm("train data --out straight " IMPORTANCE " --loss vlb --threads 1 --steps 40"), 0);
+    assert_int_equal(cu_ddpm("train data --out resumed " IMPORTANCE " --loss vlb --threads 1 --steps 12"), 0);
+    int at12 = full_history_steps("resumed");
+    assert_int_equal(cu_ddpm("train data --out resumed --resume --threads 1 --quiet --preview-n 0 --steps 25"), 0);
+    int at25 = full_history_steps("resumed");
+    assert_int_equal(cu_ddpm("train data --out resumed --resume --threads 1 --quiet --preview-n 0 --steps 40"), 0);
+    fprintf(stderr, "  steps with a full history: %d of 10 at step 12, %d at step 25\n", at12, at25);
+    assert_true(at12 < 10);
+    assert_int_equal(at25, 10);
+    assert_same_tensors("resumed", "straight");
+    /* the run's config is its checkpoint's: --t-sampling cannot change on resume */
+    assert_int_equal(cu_ddpm("train data --out resumed --resume --t-sampling uniform --steps 45"), 2);
+}
+
+static void test_importance_sampling_gives_the_same_bytes_at_1_and_2_threads(void **state)
+{
+    (void)state;
+    assert_int_equal(cu_ddpm("train data --out thr1 " IMPORTANCE " --loss hybrid --threads 1 --steps 30"), 0);
+    assert_int_equal(cu_ddpm("train data --out thr2 " IMPORTANCE " --loss hybrid --threads 2 --steps 30"), 0);
+    assert_int_equal(full_history_steps("thr1"), 10);
+    assert_same_tensors("thr1", "thr2");
+}
+
+static void test_importance_sampling_with_the_simple_loss_is_refused_with_one_line(void **state)
+{
+    (void)state;
+    const char *const losses[2] = {"", "--loss simple"};
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(cu_ddpm("train data --out refused " IMPORTANCE " --steps 3 %s", losses[k]), 2);
+        char *err = cu_slurp("err.txt", NULL);
+        assert_non_null(err);
+        fprintf(stderr, "  %s", err);
+        assert_non_null(strstr(err, "--t-sampling importance needs --loss vlb or hybrid"));
+        assert_non_null(strchr(err, '\n'));
+        assert_string_equal(strchr(err, '\n'), "\n"); /* one line */
+        free(err);
+        assert_false(exists("refused"));
+    }
+    assert_int_equal(cu_ddpm("train data --out refused " TINY " --t-sampling loss-aware --steps 3"), 2);
+}
+
+static void test_info_shows_how_t_is_drawn(void **state)
+{
+    (void)state;
+    if (!exists("thr1"))
+        assert_int_equal(cu_ddpm("train data --out thr1 " IMPORTANCE " --loss hybrid --threads 1 --steps 30"), 0);
+    assert_int_equal(cu_ddpm("info thr1"), 0);
+    char *out = cu_slurp("out.txt", NULL);
+    assert_non_null(out);
+    assert_non_null(strstr(out, "\"t_sampling\":\t\"importance\"")); /* the config, as cJSON prints it */
+    assert_non_null(strstr(out, "timestep sampling: importance (loss history full for 10 of 10 steps"));
+    free(out);
+    assert_int_equal(cu_ddpm("info thr1 --json --tensors"), 0);
+    out = cu_slurp("out.txt", NULL);
+    assert_non_null(strstr(out, "\"t_sampling\":\t\"importance\""));
+    assert_non_null(strstr(out, DDPM_T_HISTORY_TENSOR));
+    free(out);
+    assert_int_equal(cu_ddpm("train data --out plain " TINY " --steps 1"), 0);
+    assert_int_equal(cu_ddpm("info plain"), 0);
+    out = cu_slurp("out.txt", NULL);
+    assert_non_null(strstr(out, "timestep sampling: uniform\n"));
+    free(out);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    if (tu_make_tmpdir(cu_dir, sizeof cu_dir, "cli_timestep"))
+        return -1;
+    char data[300];
+    snprintf(data, sizeof data, "%s/data", cu_dir);
+    return synthetic_png_folder(data, 12);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    return tu_remove_tree(cu_dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_uniform_sampling_trains_the_bytes_it_did_before_the_option),
+        cmocka_unit_test(test_t_sampling_uniform_is_the_default),
+        cmocka_unit_test(test_importance_run_resumed_mid_run_gives_the_bytes_of_an_uninterrupted_one),
+        cmocka_unit_test(test_importance_sampling_gives_the_same_bytes_at_1_and_2_threads),
+        cmocka_unit_test(test_importance_sampling_with_the_simple_loss_is_refused_with_one_line),
+        cmocka_unit_test(test_info_shows_how_t_is_drawn),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
