@@ -19,21 +19,8 @@ N=${1:-100}
 DDPM=$(realpath "${2:-build/ddpm}")
 STEPS=${STEPS:-60}
 command -v prlimit >/dev/null || { echo "write-fail-test: needs prlimit (util-linux)" >&2; exit 1; }
-work=$(mktemp -d /tmp/ddpm-write-fail-XXXXXX)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-
-{
-    printf '\x00\x00\x08\x03\x00\x00\x00\x08\x00\x00\x00\x08\x00\x00\x00\x08'
-    awk 'BEGIN { for (i = 0; i < 512; i++) printf "%c", (i * 37 + int(i / 64) * 91) % 256 }'
-} > images.idx
-LC_ALL=C "$DDPM" convert images.idx data --quiet
-model=(--ch 8 --ch-mult 1,2 --res-blocks 1 --attn '' --groups 4 --timesteps 50 --batch 2 --size 8)
-flags=(--threads 1 --save-every 1 --log-every 1 --preview-n 0 --steps "$STEPS" --quiet)
-
-fail() { echo "write-fail-test: FAIL: $*" >&2; exit 1; }
-numbers() { sed 's/,"images_per_sec".*//' "$1"; }
-ckpt_step() { "$DDPM" info "$1" --json | awk -F'[:,]' '/"step":/ { gsub(/[ \t]/, "", $2); print $2; exit }'; }
+TEST=write-fail-test
+. "$(dirname "$0")/tiny-run.sh"
 
 "$DDPM" train data --out reference "${model[@]}" "${flags[@]}"
 numbers reference/log.jsonl > reference.txt

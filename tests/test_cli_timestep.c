@@ -25,22 +25,13 @@
     "--ch 8 --ch-mult 1,2 --res-blocks 1 --attn 4 --groups 4 --timesteps 50 --batch 5 --preview-n 0 "        \
     "--quiet"
 
-/* The tensor bytes of cu_dir/RUN/checkpoint.safetensors: everything after the
- * JSON header, which also holds the run's elapsed seconds and the config. */
+/* The tensor bytes of cu_dir/RUN/checkpoint.safetensors (*n of them). */
 static unsigned char *checkpoint_tensors(const char *run, size_t *n)
 {
     char path[512];
-    size_t len = 0;
     snprintf(path, sizeof path, "%s/%s/checkpoint.safetensors", cu_dir, run);
-    unsigned char *b = tu_read_file(path, &len);
+    unsigned char *b = tu_checkpoint_tensors(path, n);
     assert_non_null(b);
-    assert_true(len > 8);
-    uint64_t h = 0;
-    for (int i = 7; i >= 0; i--)
-        h = h << 8 | b[i];
-    assert_true(h <= len - 8);
-    *n = len - 8 - (size_t)h;
-    memmove(b, b + 8 + h, *n);
     return b;
 }
 

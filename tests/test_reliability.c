@@ -452,20 +452,11 @@ static void test_sigterm_while_loading_stops_the_load(void **state)
     assert_int_not_equal(stat(in_tmp("load-run/checkpoint.safetensors"), &sb), 0);
 }
 
-/* The tensor bytes of a checkpoint in tmp (everything after the JSON header,
- * which also holds the run's elapsed seconds); *n their count. */
+/* The tensor bytes of a checkpoint in tmp (*n of them). */
 static unsigned char *checkpoint_tensors(const char *name, size_t *n)
 {
-    size_t len = 0;
-    unsigned char *b = tu_read_file(in_tmp(name), &len);
+    unsigned char *b = tu_checkpoint_tensors(in_tmp(name), n);
     assert_non_null(b);
-    assert_true(len > 8);
-    uint64_t h = 0;
-    for (int i = 7; i >= 0; i--)
-        h = h << 8 | b[i];
-    assert_true(h <= len - 8);
-    *n = len - 8 - (size_t)h;
-    memmove(b, b + 8 + h, *n);
     return b;
 }
 

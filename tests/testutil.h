@@ -135,6 +135,30 @@ static inline unsigned char *tu_read_file(const char *path, size_t *n)
     return b;
 }
 
+/* The tensor bytes of a safetensors file (everything after its JSON header,
+ * which a checkpoint also uses for the run's elapsed seconds and config), in a
+ * malloc'ed buffer of *n bytes; NULL if the file cannot be read or is not one. */
+static inline unsigned char *tu_checkpoint_tensors(const char *path, size_t *n)
+{
+    size_t len = 0;
+    unsigned char *b = tu_read_file(path, &len);
+    *n = 0;
+    if (!b || len < 8) {
+        free(b);
+        return NULL;
+    }
+    uint64_t h = 0;
+    for (int i = 7; i >= 0; i--)
+        h = h << 8 | b[i];
+    if (h > len - 8) {
+        free(b);
+        return NULL;
+    }
+    *n = len - 8 - (size_t)h;
+    memmove(b, b + 8 + h, *n);
+    return b;
+}
+
 /* Writes n bytes to path (created or truncated); 0 or -1. */
 static inline int tu_write_file(const char *path, const void *b, size_t n)
 {
