@@ -127,16 +127,18 @@ static void test_uniform_sampling_trains_the_bytes_it_did_before_the_option(void
     for (size_t k = 0; k < sizeof pinned / sizeof pinned[0]; k++) {
         char run[64], hex[65];
         snprintf(run, sizeof run, "uniform_%s", pinned[k].loss);
-        assert_int_equal(cu_ddpm("train data --out %s " TINY " --threads 1 --steps 8 --loss %s", run, pinned[k].loss),
-                         0);
+        assert_int_equal(
+            cu_ddpm("train data --out %s " TINY " --threads 1 --steps 8 --loss %s", run, pinned[k].loss), 0);
         checkpoint_tensors_sha256(run, hex);
         fprintf(stderr, "  --loss %s, 8 steps: tensors sha256 %s\n", pinned[k].loss, hex);
         if (pinned_here)
             assert_string_equal(hex, pinned[k].sha256);
     }
     if (!pinned_here) {
-        fprintf(stderr, "  SKIP: the hashes were recorded with OpenBLAS %s kernels and an AVX-512 build; "
-                        "this is %s%s\n", pinned_core, core ? core : "(unknown)", avx512 ? "" : " without AVX-512");
+        fprintf(stderr,
+                "  SKIP: the hashes were recorded with OpenBLAS %s kernels and an AVX-512 build; "
+                "this is %s%s\n",
+                pinned_core, core ? core : "(unknown)", avx512 ? "" : " without AVX-512");
         skip();
     }
 }
@@ -149,7 +151,8 @@ static void test_t_sampling_uniform_is_the_default(void **state)
                              "--t-sampling uniform"),
                      0);
     if (!exists("uniform_hybrid"))
-        assert_int_equal(cu_ddpm("train data --out uniform_hybrid " TINY " --threads 1 --steps 8 --loss hybrid"), 0);
+        assert_int_equal(
+            cu_ddpm("train data --out uniform_hybrid " TINY " --threads 1 --steps 8 --loss hybrid"), 0);
     assert_same_tensors("said_uniform", "uniform_hybrid");
 }
 
@@ -163,12 +166,15 @@ static void test_t_sampling_uniform_is_the_default(void **state)
 static void test_importance_run_resumed_mid_run_gives_the_bytes_of_an_uninterrupted_one(void **state)
 {
     (void)state;
-    assert_int_equal(cu_ddpm("train data --out straight " IMPORTANCE " --loss vlb --threads 1 --steps 40"), 0);
+    assert_int_equal(cu_ddpm("train data --out straight " IMPORTANCE " --loss vlb --threads 1 --steps 40"),
+                     0);
     assert_int_equal(cu_ddpm("train data --out resumed " IMPORTANCE " --loss vlb --threads 1 --steps 12"), 0);
     int at12 = full_history_steps("resumed");
-    assert_int_equal(cu_ddpm("train data --out resumed --resume --threads 1 --quiet --preview-n 0 --steps 25"), 0);
+    assert_int_equal(
+        cu_ddpm("train data --out resumed --resume --threads 1 --quiet --preview-n 0 --steps 25"), 0);
     int at25 = full_history_steps("resumed");
-    assert_int_equal(cu_ddpm("train data --out resumed --resume --threads 1 --quiet --preview-n 0 --steps 40"), 0);
+    assert_int_equal(
+        cu_ddpm("train data --out resumed --resume --threads 1 --quiet --preview-n 0 --steps 40"), 0);
     fprintf(stderr, "  steps with a full history: %d of 10 at step 12, %d at step 25\n", at12, at25);
     assert_true(at12 < 10);
     assert_int_equal(at25, 10);
@@ -208,7 +214,8 @@ static void test_info_shows_how_t_is_drawn(void **state)
 {
     (void)state;
     if (!exists("thr1"))
-        assert_int_equal(cu_ddpm("train data --out thr1 " IMPORTANCE " --loss hybrid --threads 1 --steps 30"), 0);
+        assert_int_equal(cu_ddpm("train data --out thr1 " IMPORTANCE " --loss hybrid --threads 1 --steps 30"),
+                         0);
     assert_int_equal(cu_ddpm("info thr1"), 0);
     char *out = cu_slurp("out.txt", NULL);
     assert_non_null(out);
