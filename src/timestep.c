@@ -30,8 +30,9 @@ int ddpm_t_sampling_check(ddpm_t_sampling s, ddpm_loss_kind loss)
     if ((unsigned)s > DDPM_T_IMPORTANCE)
         return ddpm_error(DDPM_EINVAL, "unknown timestep sampling %d", (int)s);
     if (s == DDPM_T_IMPORTANCE && loss != DDPM_LOSS_VLB && loss != DDPM_LOSS_HYBRID)
-        return ddpm_error(DDPM_EINVAL, "--t-sampling importance needs --loss vlb or hybrid (it samples t by the "
-                                       "bound's terms; L_simple is defined with uniform t)");
+        return ddpm_error(DDPM_EINVAL,
+                          "--t-sampling importance needs --loss vlb or hybrid (it samples t by the "
+                          "bound's terms; L_simple is defined with uniform t)");
     return DDPM_OK;
 }
 
