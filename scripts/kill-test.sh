@@ -50,8 +50,11 @@ while [ "$kills" -lt "$N" ]; do
         runs=$((runs + 1)) last=0
     fi
 done
-# the run in progress: finish it and check it too
-"$DDPM" train data --out run --resume "${flags[@]}"
+# the run in progress: finish it and check it too (the last kill may have come
+# before its first checkpoint, or before its folder existed: start it as the
+# loop does then)
+if [ -e run/checkpoint.safetensors ]; then resume=(--resume); else resume=("${model[@]}"); fi
+"$DDPM" train data --out run "${resume[@]}" "${flags[@]}" || fail "the last run does not finish"
 [ -z "$(find run -name '*.tmp.*')" ] || fail "temporary files left after the last run"
 numbers run/log.jsonl > run.txt
 cmp -s run.txt reference.txt || fail "the last run's log differs from the uninterrupted run"
