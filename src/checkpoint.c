@@ -55,6 +55,8 @@ char *ddpm_run_config_to_json(const ddpm_run_config *c)
     cJSON_AddNumberToObject(m, "dropout", u->dropout);
     cJSON_AddNumberToObject(m, "n_classes", u->n_classes);
     cJSON_AddStringToObject(m, "prediction", ddpm_prediction_name(u->prediction));
+    if (u->learn_sigma) /* absent: fixed variances, as every checkpoint before learned ones */
+        cJSON_AddBoolToObject(m, "learn_sigma", 1);
     cJSON_AddStringToObject(s, "kind", ddpm_schedule_name(c->schedule));
     cJSON_AddNumberToObject(s, "timesteps", c->timesteps);
     cJSON_AddNumberToObject(s, "beta_start", c->beta_start);
@@ -229,6 +231,12 @@ static int config_from_json(ddpm_run_config *c, const char *json, const char *wh
         /* optional, so that checkpoints from before class conditioning load */
         if (cJSON_GetObjectItemCaseSensitive(m, "n_classes"))
             u->n_classes = get_int(&p, m, "model", "n_classes", 0, DDPM_MAX_CLASSES);
+        const cJSON *ls = cJSON_GetObjectItemCaseSensitive(m, "learn_sigma");
+        u->learn_sigma = 0;
+        if (ls && !p.err && !cJSON_IsBool(ls))
+            p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: model.learn_sigma must be true or false", what);
+        else if (ls)
+            u->learn_sigma = cJSON_IsTrue(ls);
         const cJSON *kind = field(&p, s, "schedule", "kind");
         if (kind && !p.err && (!cJSON_IsString(kind) || ddpm_schedule_parse(kind->valuestring, &c->schedule)))
             p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: schedule.kind must be linear or cosine", what);
@@ -280,7 +288,7 @@ static int config_from_json(ddpm_run_config *c, const char *json, const char *wh
         return p.err;
     if (ddpm_unet_config_check(&c->model))
         return ddpm_error(DDPM_EFORMAT, "%s: checkpoint model config is invalid: %s", what, ddpm_last_error());
-    if (ddpm_loss_config_check(&c->loss, c->model.prediction) || ddpm_t_sampling_check(c->t_sampling, c->loss.kind))
+    if (ddpm_loss_config_check(&c->loss, c->model.prediction, c->model.learn_sigma) || ddpm_t_sampling_check(c->t_sampling, c->loss.kind))
         return ddpm_error(DDPM_EFORMAT, "%s: checkpoint loss config is invalid: %s", what, ddpm_last_error());
     return DDPM_OK;
 }

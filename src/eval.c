@@ -106,7 +106,15 @@ static inline double clamp1(double v)
 double ddpm_bound_term(const float *x0, const float *x_t, const float *eps_pred, int i, size_t D,
                        const ddpm_schedule *s, ddpm_var_kind var, int clip_x0)
 {
-    double var_model = ddpm_reverse_var(s, var, i);
+    return ddpm_bound_term_v(x0, x_t, eps_pred, NULL, i, D, s, var, clip_x0);
+}
+
+double ddpm_bound_term_v(const float *x0, const float *x_t, const float *eps_pred, const float *v, int i, size_t D,
+                         const ddpm_schedule *s, ddpm_var_kind var, int clip_x0)
+{
+    int learned = var == DDPM_VAR_LEARNED && v;
+    ddpm_logvar_coef lc = learned ? ddpm_learned_logvar_coef(i, s) : (ddpm_logvar_coef){0, 0};
+    double var_model = learned ? 1.0 : ddpm_reverse_var(s, var == DDPM_VAR_LEARNED ? DDPM_VAR_BETA : var, i);
     /* x0_pred = (x_t - sqrt(1-abar) eps) / sqrt(abar) (eq. 15); eps form of the mean (eq. 11) */
     double a0 = 1.0 / s->sqrt_abar[i], b0 = s->sqrt_one_minus_abar[i] / s->sqrt_abar[i];
     double ea = 1.0 / sqrt(s->alpha[i]), eb = ea * s->beta[i] / s->sqrt_one_minus_abar[i];
@@ -115,19 +123,28 @@ double ddpm_bound_term(const float *x0, const float *x_t, const float *eps_pred,
         double sigma = sqrt(var_model), nll = 0;
         for (size_t d = 0; d < D; d++) {
             double mean = clip_x0 ? clamp1(a0 * x_t[d] - b0 * eps_pred[d]) : ea * x_t[d] - eb * eps_pred[d];
+            if (learned)
+                sigma = exp(0.5 * (lc.lo + lc.half * ((double)v[d] + 1.0)));
             nll -= ddpm_discretized_gaussian_log_likelihood(x0[d], mean, sigma);
         }
         return nll;
     }
-    double c0 = s->posterior_coef_x0[i], ct = s->posterior_coef_xt[i], sum_sq = 0;
+    double c0 = s->posterior_coef_x0[i], ct = s->posterior_coef_xt[i], sum_sq = 0, kl = 0;
     for (size_t d = 0; d < D; d++) {
         double diff;
         if (clip_x0) /* mu~(x0, x_t) - mu~(clip(x0_pred), x_t): the x_t parts cancel exactly */
             diff = c0 * ((double)x0[d] - clamp1(a0 * x_t[d] - b0 * eps_pred[d]));
         else
             diff = (c0 * x0[d] + ct * x_t[d]) - (ea * x_t[d] - eb * eps_pred[d]);
+        if (learned) { /* each value's own variance */
+            double var_d = exp(lc.lo + lc.half * ((double)v[d] + 1.0));
+            kl += ddpm_normal_kl_var_part(s->posterior_var[i], var_d) + 0.5 * diff * diff / var_d;
+            continue;
+        }
         sum_sq += diff * diff;
     }
+    if (learned)
+        return kl;
     return (double)D * ddpm_normal_kl_var_part(s->posterior_var[i], var_model) + 0.5 * sum_sq / var_model;
 }
 
@@ -282,11 +299,15 @@ int ddpm_bound(ddpm_bound_result *r, const float *x0, int n, size_t D, const ddp
                           T);
     if (B < 1 || K < 0)
         return ddpm_error(DDPM_EINVAL, "bad bound config: batch %d, mc %d", B, K);
+    if ((unsigned)c->var >= DDPM_N_VARS || (c->var == DDPM_VAR_LEARNED && !c->learned_var))
+        return ddpm_error(DDPM_EINVAL, "the variance '%s' needs a model with learned variances",
+                          ddpm_var_name(c->var));
     long per_image = K > 0 ? K + 1 : T, total = (long)n * per_image;
+    size_t out_D = c->learned_var ? 2 * D : D;
     bound_buffers b = {0};
     b.x_t = ddpm_malloc((size_t)B * D, sizeof(float));
     b.eps = ddpm_malloc((size_t)B * D, sizeof(float));
-    b.eps_pred = ddpm_malloc((size_t)B * D, sizeof(float));
+    b.eps_pred = ddpm_malloc((size_t)B * out_D, sizeof(float));
     b.steps = ddpm_malloc((size_t)B, sizeof(int));
     b.image = ddpm_malloc((size_t)B, sizeof(long));
     b.per_image = ddpm_calloc(4 * (size_t)n, sizeof(double));
@@ -326,8 +347,9 @@ int ddpm_bound(ddpm_bound_result *r, const float *x0, int n, size_t D, const ddp
             long k = b.image[m];
             int i = b.steps[m];
             size_t o = (size_t)m * D;
-            double term =
-                ddpm_bound_term(x0 + (size_t)k * D, b.x_t + o, b.eps_pred + o, i, D, s, c->var, c->clip_x0);
+            const float *out = b.eps_pred + (size_t)m * out_D;
+            double term = ddpm_bound_term_v(x0 + (size_t)k * D, b.x_t + o, out, c->learned_var ? out + D : NULL, i, D,
+                                            s, c->var, c->clip_x0);
             if (!isfinite(term)) {
                 rc = ddpm_error(DDPM_ENAN, "the bound's term at t = %d of image %ld is not finite (%g)",
                                 i + 1, k, term);
@@ -373,14 +395,15 @@ int ddpm_bound(ddpm_bound_result *r, const float *x0, int n, size_t D, const ddp
 }
 
 int ddpm_eval_l_simple(ddpm_estimate *out, const float *x0, int n, size_t D, const ddpm_schedule *s,
-                       int batch, uint64_t seed, ddpm_eps_fn eps_fn, void *eps_ctx,
+                       int batch, uint64_t seed, int learned_var, ddpm_eps_fn eps_fn, void *eps_ctx,
                        ddpm_eval_progress_fn progress, void *progress_ctx)
 {
     if (n < 1 || D < 1 || batch < 1)
         return ddpm_error(DDPM_EINVAL, "L_simple needs at least one image and a batch >= 1");
     int B = batch < n ? batch : n;
     float *x_t = ddpm_malloc((size_t)B * D, sizeof(float)), *eps = ddpm_malloc((size_t)B * D, sizeof(float));
-    float *eps_pred = ddpm_malloc((size_t)B * D, sizeof(float));
+    size_t out_D = learned_var ? 2 * D : D;
+    float *eps_pred = ddpm_malloc((size_t)B * out_D, sizeof(float));
     int *steps = ddpm_malloc((size_t)B, sizeof(int));
     double *loss = ddpm_malloc((size_t)n, sizeof(double));
     int rc = DDPM_OK;
@@ -403,7 +426,7 @@ int ddpm_eval_l_simple(ddpm_estimate *out, const float *x0, int n, size_t D, con
         for (int m = 0; m < nb; m++) {
             double sum = 0;
             for (size_t d = 0; d < D; d++) {
-                double e = (double)eps[(size_t)m * D + d] - eps_pred[(size_t)m * D + d];
+                double e = (double)eps[(size_t)m * D + d] - eps_pred[(size_t)m * out_D + d];
                 sum += e * e;
             }
             loss[k0 + m] = sum / (double)D;

@@ -60,6 +60,7 @@ void ddpm_interpolate_sampler(ddpm_sampler_config *out, const ddpm_interpolate_c
     out->steps = c->steps;
     out->eta = 0.0f;
     out->clip_x0 = c->clip_x0;
+    out->learned_var = c->learned_var;
 }
 
 /* Decodes the latents x [n, D] at step index i_start in place, batch by batch. */
@@ -224,10 +225,12 @@ int ddpm_interpolate_png(const ddpm_unet *net, const float *params, const ddpm_s
     }
     /* the interpolation's sampler takes eps: convert the output of an x0, v or mu model */
     ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws, .to_eps = s};
+    ddpm_interpolate_config ic = c->interp;
+    ic.learned_var = net->cfg.learn_sigma; /* the output's layout (eta 0 uses no variance) */
     if (!rc)
-        rc = images ? ddpm_interpolate_images(x + (c->sources ? D : 0), D, x0_a, x0_b, c->t, c->seed, s,
-                                              &c->interp, ddpm_unet_eps, &ctx)
-                    : ddpm_interpolate_seeds(x, D, c->seed_a, c->seed_b, s, &c->interp, ddpm_unet_eps, &ctx);
+        rc = images ? ddpm_interpolate_images(x + (c->sources ? D : 0), D, x0_a, x0_b, c->t, c->seed, s, &ic,
+                                              ddpm_unet_eps, &ctx)
+                    : ddpm_interpolate_seeds(x, D, c->seed_a, c->seed_b, s, &ic, ddpm_unet_eps, &ctx);
     if (!rc && c->sources) {
         memcpy(x, x0_a, D * sizeof *x);
         memcpy(x + (size_t)(n_cells - 1) * D, x0_b, D * sizeof *x);

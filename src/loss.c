@@ -32,10 +32,12 @@ int ddpm_loss_parse(const char *name, ddpm_loss_kind *kind)
     return -1;
 }
 
-int ddpm_loss_config_check(const ddpm_loss_config *c, ddpm_prediction pred)
+int ddpm_loss_config_check(const ddpm_loss_config *c, ddpm_prediction pred, int learn_sigma)
 {
     if ((unsigned)c->kind > DDPM_LOSS_HYBRID)
         return ddpm_error(DDPM_EINVAL, "unknown loss kind %d", (int)c->kind);
+    if (learn_sigma && c->kind == DDPM_LOSS_SIMPLE)
+        return ddpm_error(DDPM_EINVAL, "learned variances need --loss vlb or hybrid: L_simple does not train them");
     if (!(c->snr_gamma >= 0 && c->snr_gamma <= 1e6))
         return ddpm_error(DDPM_EINVAL, "min-SNR gamma must be in [0, 1e6], got %g", c->snr_gamma);
     if (c->snr_gamma > 0 && pred == DDPM_PRED_MU)
@@ -130,10 +132,90 @@ double ddpm_vlb_term(float *d_out, double scale, const float *out, const float *
     return sum;
 }
 
+double ddpm_vlb_term_learned(float *d_out, float *d_v, double scale, int mean_grad, const float *out,
+                             const float *v, const float *x0, const float *x_t, int i, size_t D, ddpm_prediction pred,
+                             const ddpm_schedule *s)
+{
+    ddpm_pred_coef pc = ddpm_pred_coefs(pred, i, s);
+    ddpm_logvar_coef lc = ddpm_learned_logvar_coef(i, s);
+    double sum = 0;
+    if (i > 0) {
+        double c0 = s->posterior_coef_x0[i], c1 = s->posterior_coef_xt[i], log_pv = log(s->posterior_var[i]);
+        for (size_t d = 0; d < D; d++) {
+            double lv = lc.lo + lc.half * ((double)v[d] + 1.0), inv_var = exp(-lv);
+            double mu_q = c0 * x0[d] + c1 * x_t[d];
+            double mu_p = pc.mu_out * out[d] + pc.mu_xt * x_t[d];
+            double diff = mu_p - mu_q, log_r = log_pv - lv; /* r = beta~_t / sigma_d^2 */
+            /* KL = 0.5 (r - 1 - log r) + diff^2 / (2 sigma^2) */
+            sum += 0.5 * (expm1(log_r) - log_r) + 0.5 * diff * diff * inv_var;
+            if (d_out && mean_grad)
+                d_out[d] += (float)(scale * pc.mu_out * diff * inv_var);
+            if (d_v) /* d KL / d lv = 0.5 - 0.5 (beta~ + diff^2) / sigma^2 */
+                d_v[d] += (float)(scale * lc.half * (0.5 - 0.5 * (exp(log_r) + diff * diff * inv_var)));
+        }
+        return sum;
+    }
+    const double half_bin = 1.0 / 255.0;
+    for (size_t d = 0; d < D; d++) {
+        double lv = lc.lo + lc.half * ((double)v[d] + 1.0), sigma = exp(0.5 * lv);
+        double x = x0[d], mu = pc.mu_out * out[d] + pc.mu_xt * x_t[d];
+        double a = x < -0.999 ? -INFINITY : (x - half_bin - mu) / sigma;
+        double b = x > 0.999 ? INFINITY : (x + half_bin - mu) / sigma;
+        double log_p = log_ndtr_diff(a, b);
+        sum -= log_p;
+        double pb = b == INFINITY ? 0 : exp(log_phi(b) - log_p), pa = a == -INFINITY ? 0 : exp(log_phi(a) - log_p);
+        if (d_out && mean_grad)
+            d_out[d] += (float)(scale * pc.mu_out * (pb - pa) / sigma);
+        if (d_v) { /* d(-log P)/d lv = (b phi(b) - a phi(a)) / (2 P), 0 at an open end */
+            double bb = b == INFINITY ? 0 : b * pb, aa = a == -INFINITY ? 0 : a * pa;
+            d_v[d] += (float)(scale * lc.half * 0.5 * (bb - aa));
+        }
+    }
+    return sum;
+}
+
+/* ddpm_loss of a network with learned variances: out and d_out hold 2D values
+ * per image (the prediction, then v). vlb: the bound trains both; hybrid: the
+ * MSE trains the prediction and the bound, with the mean's gradient stopped,
+ * the variance (Nichol & Dhariwal 2021, section 3.1). */
+static double loss_learned(float *d_out, float *target, double *term, const float *out, const float *x0,
+                           const float *eps, const float *x_t, const int *i, const double *weight, int B, int B_mean,
+                           size_t D, ddpm_prediction pred, const ddpm_loss_config *c, const ddpm_schedule *s)
+{
+    double n_mean = (double)B_mean * D, loss = 0;
+    double lambda = c->kind == DDPM_LOSS_HYBRID ? c->vlb_weight : 1.0;
+    memset(d_out, 0, (size_t)B * 2 * D * sizeof *d_out);
+    for (int b = 0; b < B; b++) {
+        const float *o = out + (size_t)b * 2 * D, *xb = x0 + (size_t)b * D, *xt = x_t + (size_t)b * D;
+        float *g = d_out + (size_t)b * 2 * D;
+        double w = weight ? weight[b] : 1.0, mse = 0;
+        if (c->kind == DDPM_LOSS_HYBRID) {
+            float *tg = target + (size_t)b * D;
+            ddpm_pred_target(tg, pred, xb, eps + (size_t)b * D, xt, i[b], D, s);
+            double w_snr = c->snr_gamma > 0 ? snr_weight(pred, c->snr_gamma, s->abar[i[b]]) : 1.0;
+            for (size_t d = 0; d < D; d++) {
+                double e = (double)o[d] - (double)tg[d];
+                mse += e * e;
+                g[d] = (float)(2.0 * w * w_snr * e / n_mean);
+            }
+            mse *= w_snr;
+        }
+        double scale = w * lambda * s->T / n_mean;
+        double v = ddpm_vlb_term_learned(g, g + D, scale, c->kind == DDPM_LOSS_VLB, o, o + D, xb, xt, i[b], D, pred, s);
+        double t_b = mse / (double)D + lambda * s->T * v / (double)D; /* the image's term, as in ddpm_loss */
+        loss += w * t_b * (double)D / n_mean;
+        if (term)
+            term[b] = t_b;
+    }
+    return loss;
+}
+
 double ddpm_loss(float *d_out, float *target, double *term, const float *out, const float *x0, const float *eps,
                  const float *x_t, const int *i, const double *weight, int B, int B_mean, size_t D,
-                 ddpm_prediction pred, const ddpm_loss_config *c, const ddpm_schedule *s)
+                 ddpm_prediction pred, int learn_sigma, const ddpm_loss_config *c, const ddpm_schedule *s)
 {
+    if (learn_sigma)
+        return loss_learned(d_out, target, term, out, x0, eps, x_t, i, weight, B, B_mean, D, pred, c, s);
     size_t BD = (size_t)B * D, n_mean = (size_t)B_mean * D; /* the mean is over the whole batch */
     double loss = 0;
     memset(d_out, 0, BD * sizeof *d_out);

@@ -84,3 +84,10 @@ void ddpm_pred_target(float *target, ddpm_prediction kind, const float *x0, cons
         }
     }
 }
+
+ddpm_logvar_coef ddpm_learned_logvar_coef(int i, const ddpm_schedule *s)
+{
+    double lo = log(s->posterior_var[i > 0 ? i : (s->T > 1 ? 1 : 0)]), hi = log(s->beta[i]);
+    ddpm_logvar_coef c = {lo, 0.5 * (hi - lo)};
+    return c;
+}

@@ -420,7 +420,7 @@ static int session_eval(run_session *r)
     ddpm_unet_eps_ctx ctx = {.net = tr->net, .params = tr->ema, .ws = tr->ws, .to_eps = &tr->sched};
     ddpm_estimate ls;
     int rc = ddpm_eval_l_simple(&ls, r->eval_x0, r->eval_n, D, &tr->sched, tr->micro_batch, tr->cfg.seed,
-                                ddpm_unet_eps, &ctx, NULL, NULL);
+                                m->learn_sigma, ddpm_unet_eps, &ctx, NULL, NULL);
     char line[512];
     int n = rc ? 0
                : snprintf(line, sizeof line, "{\"step\":%ld,\"eval_n\":%d,\"eval_l_simple\":%.6g,"
@@ -432,6 +432,9 @@ static int session_eval(run_session *r)
         bc.mc = o->eval_mc;
         bc.batch = tr->micro_batch; /* the workspace's size */
         bc.seed = tr->cfg.seed;
+        bc.learned_var = m->learn_sigma; /* a learned-variance model's bound is with its variances */
+        if (m->learn_sigma)
+            bc.var = DDPM_VAR_LEARNED;
         ddpm_bound_result br;
         rc = ddpm_bound(&br, r->eval_x0, r->eval_n, D, &tr->sched, &bc, ddpm_unet_eps, &ctx, NULL, NULL);
         if (!rc)

@@ -17,6 +17,24 @@ void ddpm_sampler_config_default(ddpm_sampler_config *c)
     c->var = DDPM_VAR_BETA;
     c->clip_x0 = 1;
     c->prediction = DDPM_PRED_EPS;
+    c->learned_var = 0;
+}
+
+static const char *const var_names[DDPM_N_VARS] = {"beta", "beta-tilde", "learned"};
+
+const char *ddpm_var_name(ddpm_var_kind kind)
+{
+    return (unsigned)kind < DDPM_N_VARS ? var_names[kind] : "?";
+}
+
+int ddpm_var_parse(const char *name, ddpm_var_kind *kind)
+{
+    for (int k = 0; k < DDPM_N_VARS; k++)
+        if (!strcmp(name, var_names[k])) {
+            *kind = (ddpm_var_kind)k;
+            return 0;
+        }
+    return -1;
 }
 
 static inline float clampf(float v) { return v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v; }
@@ -25,8 +43,17 @@ void ddpm_ddpm_step(float *x_prev, float *x0_out, const float *x_t, ddpm_predict
                     const float *out, const float *z, int i, size_t D, const ddpm_schedule *s,
                     ddpm_var_kind var, int clip_x0)
 {
-    double sigma = i == 0 ? 0.0 : sqrt(var == DDPM_VAR_BETA ? s->beta[i] : s->posterior_var[i]);
+    ddpm_ddpm_step_v(x_prev, x0_out, x_t, pred, out, NULL, z, i, D, s, var, clip_x0);
+}
+
+void ddpm_ddpm_step_v(float *x_prev, float *x0_out, const float *x_t, ddpm_prediction pred, const float *out,
+                      const float *v, const float *z, int i, size_t D, const ddpm_schedule *s, ddpm_var_kind var,
+                      int clip_x0)
+{
+    int learned = var == DDPM_VAR_LEARNED && v;
+    double sigma = i == 0 || learned ? 0.0 : sqrt(var == DDPM_VAR_BETA ? s->beta[i] : s->posterior_var[i]);
     float sig = (float)sigma;
+    ddpm_logvar_coef lc = learned ? ddpm_learned_logvar_coef(i, s) : (ddpm_logvar_coef){0, 0};
     /* x0 of the output (for the clipped mean and the trajectory), and the
        unclipped mean: Algorithm 2's eps form for eps, eq. 7 of x0 otherwise */
     ddpm_pred_coef pc = ddpm_pred_coefs(pred, i, s);
@@ -43,6 +70,8 @@ void ddpm_ddpm_step(float *x_prev, float *x0_out, const float *x_t, ddpm_predict
         }
         if (x0_out)
             x0_out[d] = x0;
+        if (learned && i > 0)
+            sig = (float)exp(0.5 * (lc.lo + lc.half * ((double)v[d] + 1.0)));
         x_prev[d] = i == 0 ? mean : mean + sig * z[d];
     }
 }
@@ -139,6 +168,9 @@ int ddpm_sample_from(float *x, float *scratch, int B, size_t D, int first_image,
     int n = c->kind == DDPM_SAMPLER_DDIM ? c->steps : i_start + 1;
     if ((c->kind == DDPM_SAMPLER_DDPM || c->eta > 0) && !rng)
         return ddpm_error(DDPM_EINVAL, "a stochastic sampler needs a random stream");
+    if ((unsigned)c->var >= DDPM_N_VARS || (c->var == DDPM_VAR_LEARNED && !c->learned_var))
+        return ddpm_error(DDPM_EINVAL, "the variance '%s' needs a model with learned variances",
+                          ddpm_var_name(c->var));
     int *seq = ddpm_malloc((size_t)n, sizeof *seq);
     int *ivec = ddpm_malloc((size_t)B, sizeof *ivec);
     if (!seq || !ivec) {
@@ -151,8 +183,16 @@ int ddpm_sample_from(float *x, float *scratch, int B, size_t D, int first_image,
     else
         for (int k = 0; k < n; k++)
             seq[k] = k;
-    size_t BD = (size_t)B * D;
-    float *eps = scratch, *z = scratch + BD, *x0 = z + BD, *xn = x0 + BD;
+    size_t BD = (size_t)B * D, out_D = c->learned_var ? 2 * D : D;
+    float *z = scratch + BD, *x0 = z + BD, *xn = x0 + BD;
+    /* a learned-variance model writes 2D values per image: more than scratch's first slot */
+    float *own = c->learned_var ? ddpm_malloc((size_t)B * out_D, sizeof(float)) : NULL;
+    float *eps = own ? own : scratch;
+    if (c->learned_var && !own) {
+        free(seq);
+        free(ivec);
+        return DDPM_ENOMEM;
+    }
     for (int k = 0; k < n; k++) {
         int idx = n - 1 - k, i = seq[idx], i_prev = idx > 0 ? seq[idx - 1] : -1;
         for (int b = 0; b < B; b++)
@@ -161,12 +201,14 @@ int ddpm_sample_from(float *x, float *scratch, int B, size_t D, int first_image,
         int need_z = c->kind == DDPM_SAMPLER_DDPM ? i > 0 : (c->eta > 0 && i_prev >= 0);
         for (int b = 0; b < B; b++) {
             size_t o = (size_t)b * D;
+            const float *out = eps + (size_t)b * out_D;
             if (need_z)
                 image_noise(z + o, D, rng, first_image + b, k, n);
             if (c->kind == DDPM_SAMPLER_DDPM)
-                ddpm_ddpm_step(xn + o, x0 + o, x + o, c->prediction, eps + o, z + o, i, D, s, c->var, c->clip_x0);
+                ddpm_ddpm_step_v(xn + o, x0 + o, x + o, c->prediction, out, c->learned_var ? out + D : NULL, z + o,
+                                 i, D, s, c->var, c->clip_x0);
             else
-                ddpm_ddim_step(xn + o, x0 + o, x + o, c->prediction, eps + o, z + o, i, i_prev, c->eta, D, s, c->clip_x0);
+                ddpm_ddim_step(xn + o, x0 + o, x + o, c->prediction, out, z + o, i, i_prev, c->eta, D, s, c->clip_x0);
         }
         memcpy(x, xn, BD * sizeof *x);
         if (step_fn)
@@ -174,6 +216,7 @@ int ddpm_sample_from(float *x, float *scratch, int B, size_t D, int first_image,
     }
     free(seq);
     free(ivec);
+    free(own);
     return DDPM_OK;
 }
 
@@ -188,11 +231,15 @@ static void unet_output(ddpm_unet_eps_ctx *c, float *out, const float *x_t, cons
     ddpm_unet_forward_class(net, c->params, c->ws, out, x_t, i, c->labels, B, NULL);
     if (c->guidance == 1) /* the conditional model: one pass */
         return;
-    size_t n = (size_t)B * net->cfg.in_channels * net->cfg.image_size * net->cfg.image_size;
+    size_t D = (size_t)net->cfg.in_channels * net->cfg.image_size * net->cfg.image_size;
+    size_t out_D = net->cfg.learn_sigma ? 2 * D : D; /* guide the prediction; v stays the conditional one */
     ddpm_unet_forward_class(net, c->params, c->ws, c->uncond, x_t, i, NULL, B, NULL);
     float w = c->guidance;
-    for (size_t k = 0; k < n; k++)
-        out[k] = c->uncond[k] + w * (out[k] - c->uncond[k]);
+    for (int b = 0; b < B; b++)
+        for (size_t d = 0; d < D; d++) {
+            size_t k = (size_t)b * out_D + d;
+            out[k] = c->uncond[k] + w * (out[k] - c->uncond[k]);
+        }
 }
 
 void ddpm_unet_eps(void *opaque, float *eps, const float *x_t, const int *i, int B)
@@ -202,8 +249,9 @@ void ddpm_unet_eps(void *opaque, float *eps, const float *x_t, const int *i, int
     if (!c->to_eps || c->net->cfg.prediction == DDPM_PRED_EPS)
         return;
     size_t D = (size_t)c->net->cfg.in_channels * c->net->cfg.image_size * c->net->cfg.image_size;
+    size_t out_D = c->net->cfg.learn_sigma ? 2 * D : D;
     for (int b = 0; b < B; b++) /* in place: each element reads its output, then writes eps */
-        ddpm_pred_to_eps_x0(eps + (size_t)b * D, NULL, c->net->cfg.prediction, eps + (size_t)b * D,
+        ddpm_pred_to_eps_x0(eps + (size_t)b * out_D, NULL, c->net->cfg.prediction, eps + (size_t)b * out_D,
                             x_t + (size_t)b * D, i[b], D, c->to_eps);
 }
 
@@ -334,7 +382,8 @@ int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_sche
     /* labels of every image (conditional sampling), and the unconditional pass's output */
     int conditional = n_classes > 0 && (c->grid_by_class || c->class_index != DDPM_NO_CLASS);
     int *labels = conditional ? ddpm_malloc((size_t)n, sizeof *labels) : NULL;
-    float *uncond = conditional && c->guidance != 0 && c->guidance != 1 ? ddpm_malloc((size_t)B * D, sizeof(float))
+    size_t out_D = net->cfg.learn_sigma ? 2 * D : D;
+    float *uncond = conditional && c->guidance != 0 && c->guidance != 1 ? ddpm_malloc((size_t)B * out_D, sizeof(float))
                                                                           : NULL;
     if (!x || !scratch || (c->trajectory_path && !f.traj) || (conditional && !labels) ||
         (conditional && c->guidance != 0 && c->guidance != 1 && !uncond))
@@ -346,6 +395,7 @@ int ddpm_sample_files(const ddpm_unet *net, const float *params, const ddpm_sche
     ddpm_unet_eps_ctx eps_ctx = {net, params, ws ? ws : own_ws, NULL, c->guidance, uncond, NULL};
     ddpm_sampler_config sc = c->sampler;
     sc.prediction = net->cfg.prediction; /* what this network's output means */
+    sc.learned_var = net->cfg.learn_sigma;
     for (int first = 0; !rc && first < n; first += B) {
         f.p.first = first;
         f.p.B = n - first < B ? n - first : B;

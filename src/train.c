@@ -56,7 +56,9 @@ static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg, int mic
         rc = ddpm_error(DDPM_EINVAL, "micro-batch must be >= 0, got %d", micro_batch);
     tr->micro_batch = micro_batch > 0 && micro_batch < cfg->batch ? micro_batch : cfg->batch;
     if (!rc)
-        rc = ddpm_loss_config_check(&cfg->loss, cfg->model.prediction);
+        rc = ddpm_loss_config_check(&cfg->loss, cfg->model.prediction, cfg->model.learn_sigma);
+    if (!rc && cfg->model.learn_sigma && cfg->timesteps < 2)
+        rc = ddpm_error(DDPM_EINVAL, "learned variances need at least 2 timesteps (beta~_2), got %d", cfg->timesteps);
     if (!rc)
         rc = ddpm_t_sampling_check(cfg->t_sampling, cfg->loss.kind);
     if (!rc && !(cfg->cond_drop >= 0 && cfg->cond_drop <= 1))
@@ -69,7 +71,7 @@ static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg, int mic
     }
     size_t n = tr->net->n_params;
     size_t D = (size_t)cfg->model.in_channels * cfg->model.image_size * cfg->model.image_size;
-    size_t BD = (size_t)tr->micro_batch * D;
+    size_t BD = (size_t)tr->micro_batch * D, B_out = BD * (cfg->model.learn_sigma ? 2 : 1);
     tr->params = ddpm_calloc(n, sizeof(float));
     tr->grads = ddpm_calloc(ddpm_trainer_reduce_size(tr), sizeof(float));
     tr->adam_m = ddpm_calloc(n, sizeof(float));
@@ -77,8 +79,8 @@ static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg, int mic
     tr->ema = ddpm_calloc(n, sizeof(float));
     tr->x_t = ddpm_calloc(BD, sizeof(float));
     tr->eps = ddpm_calloc(BD, sizeof(float));
-    tr->eps_pred = ddpm_calloc(BD, sizeof(float));
-    tr->d_eps = ddpm_calloc(BD, sizeof(float));
+    tr->eps_pred = ddpm_calloc(B_out, sizeof(float));
+    tr->d_eps = ddpm_calloc(B_out, sizeof(float));
     tr->t = ddpm_calloc((size_t)tr->micro_batch, sizeof(int));
     tr->target = ddpm_calloc(BD, sizeof(float));
     tr->labels = ddpm_calloc((size_t)tr->micro_batch, sizeof(int));
@@ -236,7 +238,7 @@ void ddpm_trainer_accumulate_class(ddpm_trainer *tr, const float *x0, const int 
         /* this micro-batch's part of the batch mean (L_simple: the MSE to the target) */
         loss_share += ddpm_loss(tr->d_eps, tr->target, importance ? tr->t_term : NULL, tr->eps_pred,
                                 x0 + (size_t)g0 * D, tr->eps, tr->x_t, tr->t, importance ? tr->t_weight : NULL, b,
-                                B, D, c->model.prediction, &c->loss, &tr->sched);
+                                B, D, c->model.prediction, c->model.learn_sigma, &c->loss, &tr->sched);
         for (int i = 0; importance && i < b; i++)
             terms[g0 + i] = (float)tr->t_term[i];
         ddpm_unet_backward(tr->net, tr->params, tr->grads, tr->ws, tr->d_eps, b);

@@ -192,6 +192,8 @@ int ddpm_unet_config_check(const ddpm_unet_config *c)
         return ddpm_error(DDPM_EINVAL, "groups %d does not divide ch %d", c->groups, c->ch);
     if ((unsigned)c->prediction >= DDPM_N_PREDICTIONS)
         return ddpm_error(DDPM_EINVAL, "unknown prediction type %d", (int)c->prediction);
+    if (c->learn_sigma != 0 && c->learn_sigma != 1)
+        return ddpm_error(DDPM_EINVAL, "learn_sigma must be 0 or 1, got %d", c->learn_sigma);
     if (c->n_classes < 0 || c->n_classes > DDPM_MAX_CLASSES)
         return ddpm_error(DDPM_EINVAL, "classes must be in 0..%d, got %d", DDPM_MAX_CLASSES, c->n_classes);
     for (int i = 0; i < c->n_attn; i++) {
@@ -519,8 +521,8 @@ int ddpm_unet_create(ddpm_unet **out, const ddpm_unet_config *cfg)
     }
     p->p_norm_out_w = add_param(&b, "norm_out", "weight", 1, c->ch, 0, 0, 0, DDPM_INIT_ONE);
     p->p_norm_out_b = add_param(&b, "norm_out", "bias", 1, c->ch, 0, 0, 0, DDPM_INIT_ZERO);
-    p->p_conv_out_w = add_param(&b, "conv_out", "weight", 4, c->in_channels, c->ch, 3, 3, DDPM_INIT_ZERO);
-    p->p_conv_out_b = add_param(&b, "conv_out", "bias", 1, c->in_channels, 0, 0, 0, DDPM_INIT_ZERO);
+    p->p_conv_out_w = add_param(&b, "conv_out", "weight", 4, ddpm_unet_out_channels(c), c->ch, 3, 3, DDPM_INIT_ZERO);
+    p->p_conv_out_b = add_param(&b, "conv_out", "bias", 1, ddpm_unet_out_channels(c), 0, 0, 0, DDPM_INIT_ZERO);
     tmp_need(&b, round16(c->ch * (size_t)S * S) * 2);
     if (!b.err && sp == 0) {
         for (int i = 0; i < p->n_modules; i++) {
@@ -577,7 +579,7 @@ double ddpm_unet_forward_flops(const ddpm_unet *net)
     const ddpm_unet_config *c = &net->cfg;
     double S2 = (double)c->image_size * c->image_size, E = p->emb, f = 0;
     f += 2.0 * (c->ch * E + E * E);                      /* time MLP */
-    f += 2.0 * S2 * c->ch * c->in_channels * 9 * 2;      /* conv_in, conv_out */
+    f += 2.0 * S2 * c->ch * (c->in_channels + ddpm_unet_out_channels(c)) * 9; /* conv_in, conv_out */
     for (int i = 0; i < p->n_modules; i++) {
         const module *m = &p->modules[i];
         double HW = (double)m->H * m->W;
@@ -608,7 +610,7 @@ static size_t conv_scratch_need(const ddpm_unet *net, int B)
     const ddpm_unet_config *c = &net->cfg;
     int S = c->image_size;
     size_t need = ddpm_conv2d_scratch_floats(B, c->in_channels, S, S, c->ch, 3, 1, 1);
-    size_t n = ddpm_conv2d_scratch_floats(B, c->ch, S, S, c->in_channels, 3, 1, 1);
+    size_t n = ddpm_conv2d_scratch_floats(B, c->ch, S, S, ddpm_unet_out_channels(c), 3, 1, 1);
     need = n > need ? n : need;
     for (int i = 0; i < p->n_modules; i++) {
         const module *m = &p->modules[i];
@@ -1053,7 +1055,7 @@ void ddpm_unet_forward_class(const ddpm_unet *net, const float *params, ddpm_une
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->head.s, ws->head.a, (size_t)B * c->ch * HW));
     PROF(0, DDPM_PROF_CONV,
          ddpm_conv2d_forward(eps_pred, ws->conv_scratch, ws->head.s, PARAM(p->p_conv_out_w), PARAM(p->p_conv_out_b),
-                             B, c->ch, S, S, c->in_channels, 3, 1, 1));
+                             B, c->ch, S, S, ddpm_unet_out_channels(c), 3, 1, 1));
 }
 
 /* ---------------------------------------------------------------- backward */
@@ -1226,7 +1228,7 @@ void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->head.s, ws->head.a, n_head));
     PROF(1, DDPM_PROF_CONV,
          ddpm_conv2d_backward(ds, 0.0f, GRAD(p->p_conv_out_w), GRAD(p->p_conv_out_b), ws->conv_scratch, d_eps_pred,
-                              ws->head.s, PARAM(p->p_conv_out_w), B, c->ch, S, S, c->in_channels, 3, 1, 1));
+                              ws->head.s, PARAM(p->p_conv_out_w), B, c->ch, S, S, ddpm_unet_out_channels(c), 3, 1, 1));
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(da, 0.0f, ds, ws->head.a, n_head));
     PROF(1, DDPM_PROF_NORM,
          ddpm_groupnorm_backward(ws->dh[p->n_slots - 1], 1.0f, GRAD(p->p_norm_out_w), GRAD(p->p_norm_out_b), da,

@@ -389,7 +389,7 @@ static void test_held_out_l_simple_of_the_exact_eps_is_the_analytic_loss(void **
     float *x0 = gauss_data(N, 4);
     gauss_model g = {&sched, g_mu, g_s2, GD, 1.0};
     ddpm_estimate e;
-    assert_int_equal(ddpm_eval_l_simple(&e, x0, N, GD, &sched, 64, 0, gauss_model_eps, &g, NULL, NULL), 0);
+    assert_int_equal(ddpm_eval_l_simple(&e, x0, N, GD, &sched, 64, 0, 0, gauss_model_eps, &g, NULL, NULL), 0);
     /* E[(eps - E[eps|x_t])^2] = Var(eps|x_t) = abar s2 / (abar s2 + 1 - abar), averaged over t and d */
     double want = 0;
     for (int i = 0; i < 1000; i++)
@@ -481,8 +481,8 @@ static void test_bound_and_l_simple_do_not_depend_on_the_batch_split(void **stat
             ddpm_bound_result_free(&r[k]);
     }
     ddpm_estimate a, b;
-    assert_int_equal(ddpm_eval_l_simple(&a, x0, N, GD, &sched, 1, 9, gauss_model_eps, &g, NULL, NULL), 0);
-    assert_int_equal(ddpm_eval_l_simple(&b, x0, N, GD, &sched, 4, 9, gauss_model_eps, &g, NULL, NULL), 0);
+    assert_int_equal(ddpm_eval_l_simple(&a, x0, N, GD, &sched, 1, 9, 0, gauss_model_eps, &g, NULL, NULL), 0);
+    assert_int_equal(ddpm_eval_l_simple(&b, x0, N, GD, &sched, 4, 9, 0, gauss_model_eps, &g, NULL, NULL), 0);
     assert_memory_equal(&a, &b, sizeof a);
     free(x0);
 }
@@ -516,7 +516,7 @@ static void test_bad_settings_and_non_finite_models_are_refused(void **state)
     c.mc = 2;
     assert_int_equal(ddpm_bound(&r, x0, 1, GD, &sched, &c, nan_eps, NULL, NULL, NULL), DDPM_ENAN);
     ddpm_estimate e;
-    assert_int_equal(ddpm_eval_l_simple(&e, x0, 1, GD, &sched, 4, 0, nan_eps, NULL, NULL, NULL), DDPM_ENAN);
+    assert_int_equal(ddpm_eval_l_simple(&e, x0, 1, GD, &sched, 4, 0, 0, nan_eps, NULL, NULL, NULL), DDPM_ENAN);
 }
 
 static void test_pick_takes_a_prefix_of_one_seeded_permutation(void **state)

@@ -98,6 +98,11 @@ double ddpm_prior_kl(const float *x0, size_t D, const ddpm_schedule *s);
  * at that step and the network's eps_pred there. */
 double ddpm_bound_term(const float *x0, const float *x_t, const float *eps_pred, int i, size_t D,
                        const ddpm_schedule *s, ddpm_var_kind var, int clip_x0);
+/* The same with the variance output v[D] of a learned-variance model: with var
+ * DDPM_VAR_LEARNED sigma_d^2 follows v_d (predict.h; the decoder at t = 1 too),
+ * each value's KL with its own variance. v is ignored for the fixed ones. */
+double ddpm_bound_term_v(const float *x0, const float *x_t, const float *eps_pred, const float *v, int i, size_t D,
+                         const ddpm_schedule *s, ddpm_var_kind var, int clip_x0);
 
 /* ------------------------------------------------------------ the bound */
 
@@ -111,7 +116,9 @@ void ddpm_eval_noise(float *eps, uint64_t seed, long image, int i, int T, size_t
 typedef void (*ddpm_eval_progress_fn)(void *ctx, long done, long total);
 
 typedef struct {
-    ddpm_var_kind var;      /* sigma_t^2: beta_t (default) or beta~_t */
+    ddpm_var_kind var;      /* sigma_t^2: beta_t (default), beta~_t, or learned */
+    int learned_var;        /* eps_fn writes 2D values per image, eps then v (sample.h);
+                               needed by var learned, ignored by the others (default 0) */
     int clip_x0;            /* model mean from the clipped predicted x0 (default 1) */
     int mc;                 /* 0: the exact bound, all T terms (default); K > 0: K steps
                                drawn uniformly from t = 2..T per image, their mean scaled
@@ -153,9 +160,10 @@ void ddpm_bound_result_free(ddpm_bound_result *r);
 
 /* Held-out L_simple: for image k a step i and eps drawn from (seed, k), the mean
  * over D of (eps - eps_theta(x_t, i))^2; *out gets its mean and standard error
- * over the n images. One network evaluation per image, batch per call. */
+ * over the n images. One network evaluation per image, batch per call.
+ * learned_var: eps_fn writes 2D values per image, of which the first D are eps. */
 int ddpm_eval_l_simple(ddpm_estimate *out, const float *x0, int n, size_t D, const ddpm_schedule *s,
-                       int batch, uint64_t seed, ddpm_eps_fn eps_fn, void *eps_ctx,
+                       int batch, uint64_t seed, int learned_var, ddpm_eps_fn eps_fn, void *eps_ctx,
                        ddpm_eval_progress_fn progress, void *progress_ctx);
 
 #endif

@@ -37,6 +37,8 @@ typedef struct {
     int steps;   /* DDIM steps (default 100; at most T, or t for images) */
     int clip_x0; /* clip the predicted x0 as ddpm_sample does (default 1) */
     int batch;   /* images per network call (default 64) */
+    int learned_var; /* the model function writes 2D values per image (sample.h);
+                        the strip files take it from the network (default 0) */
 } ddpm_interpolate_config;
 
 void ddpm_interpolate_config_default(ddpm_interpolate_config *c);

@@ -16,7 +16,8 @@
  *           uniform, an unbiased estimate of sum_{t>=1} L_{t-1} in nats per
  *           dimension (the bound without the constant L_T).
  *   hybrid  simple + vlb_weight vlb (Nichol & Dhariwal 2021 eq. 16, lambda
- *           0.001; the bound here also trains the mean, as the variance is fixed).
+ *           0.001; with fixed variances the bound also trains the mean, with
+ *           learned ones only the variance, as in that paper).
  * mu_theta is affine in the output (predict.h, mu_out and mu_xt), so the
  * gradients are closed forms: d L_{t-1}/d out = mu_out (mu_theta - mu~) / beta_t
  * and d L_0 / d mu = (phi(u+) - phi(u-)) / (sigma P) with u+- the bin edges in
@@ -39,8 +40,9 @@ typedef struct {
 
 /* simple, unweighted, lambda 0.001. */
 void ddpm_loss_config_default(ddpm_loss_config *c);
-/* 0, or DDPM_EINVAL when the combination makes no sense (min-SNR with mu). */
-int ddpm_loss_config_check(const ddpm_loss_config *c, ddpm_prediction pred);
+/* 0, or DDPM_EINVAL when the combination makes no sense (min-SNR with mu;
+ * learned variances with L_simple, which does not train them). */
+int ddpm_loss_config_check(const ddpm_loss_config *c, ddpm_prediction pred, int learn_sigma);
 /* "simple" "vlb" "hybrid" <-> kind; parse returns -1 on an unknown name. */
 const char *ddpm_loss_name(ddpm_loss_kind kind);
 int ddpm_loss_parse(const char *name, ddpm_loss_kind *kind);
@@ -53,16 +55,29 @@ int ddpm_loss_parse(const char *name, ddpm_loss_kind *kind);
  * weighted, for simple; T L_{t-1} / D for vlb; their lambda-sum for hybrid), is
  * multiplied by weight[b] in the value and the gradient (importance sampling's
  * 1 / (T p_t), timestep.h); weight NULL: every weight 1, the code path of
- * uniform t. term[B], when not NULL, receives each image's unweighted term. */
+ * uniform t. term[B], when not NULL, receives each image's unweighted term.
+ * learn_sigma: out and d_out hold 2D values per image, the prediction's and
+ * v's (predict.h); vlb trains both through the bound with sigma_d^2 of v, and
+ * hybrid trains the prediction by the MSE and v by lambda times the bound,
+ * whose gradient to the prediction is stopped (Nichol & Dhariwal 2021, 3.1). */
 double ddpm_loss(float *d_out, float *target, double *term, const float *out, const float *x0, const float *eps,
                  const float *x_t, const int *i, const double *weight, int B, int B_mean, size_t D,
-                 ddpm_prediction pred, const ddpm_loss_config *c, const ddpm_schedule *s);
+                 ddpm_prediction pred, int learn_sigma, const ddpm_loss_config *c, const ddpm_schedule *s);
 
 /* The bound's term of one image at step index i in nats (summed over its D
  * values): L_{t-1} for i > 0, L_0 for i = 0. When d_out is not NULL,
  * d_out += scale * d term / d out. */
 double ddpm_vlb_term(float *d_out, double scale, const float *out, const float *x0, const float *x_t, int i,
                      size_t D, ddpm_prediction pred, const ddpm_schedule *s);
+
+/* The same term with learned variances: v[D] the network's variance output
+ * (predict.h). d_out += scale * d term / d out when d_out and mean_grad;
+ * d_v += scale * d term / d v when d_v is not NULL. For t > 1
+ * L_{t-1} = sum_d 0.5 (r_d - 1 - log r_d) + (mu~ - mu_theta)^2 / (2 sigma_d^2),
+ * r_d = beta~_t / sigma_d^2; L_0 is the decoder with sigma_d. */
+double ddpm_vlb_term_learned(float *d_out, float *d_v, double scale, int mean_grad, const float *out,
+                             const float *v, const float *x0, const float *x_t, int i, size_t D, ddpm_prediction pred,
+                             const ddpm_schedule *s);
 
 /* log Phi(z), the standard normal CDF, without underflow for any z. */
 double ddpm_log_ndtr(double z);

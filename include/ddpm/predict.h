@@ -45,4 +45,18 @@ void ddpm_pred_to_eps_x0(float *eps, float *x0, ddpm_prediction kind, const floa
 void ddpm_pred_target(float *target, ddpm_prediction kind, const float *x0, const float *eps,
                       const float *x_t, int i, size_t D, const ddpm_schedule *s);
 
+/* Learned variances (ddpm_unet_config.learn_sigma; Nichol & Dhariwal 2021,
+ * eq. 15): the network outputs, after the prediction's D values, D more values
+ * v, and the reverse process's variance of value d is
+ *     log sigma_d^2 = frac log beta_t + (1 - frac) log beta~_t,  frac = (v_d + 1) / 2,
+ * an interpolation between the two fixed choices of the DDPM paper in the log
+ * domain (v is not clamped: as in the paper's code, it may leave [-1, 1]).
+ * beta~_1 = 0, so t = 1 uses beta~_2, as the evaluator's decoder does.
+ * log sigma_d^2 = lo + half (v_d + 1). */
+typedef struct {
+    double lo;   /* log beta~_t (log beta~_2 at t = 1) */
+    double half; /* (log beta_t - lo) / 2 */
+} ddpm_logvar_coef;
+ddpm_logvar_coef ddpm_learned_logvar_coef(int i, const ddpm_schedule *s);
+
 #endif

@@ -13,16 +13,27 @@
 #include "ddpm/unet.h"
 
 typedef enum { DDPM_SAMPLER_DDPM = 0, DDPM_SAMPLER_DDIM = 1 } ddpm_sampler_kind;
-typedef enum { DDPM_VAR_BETA = 0, DDPM_VAR_BETA_TILDE = 1 } ddpm_var_kind;
+/* sigma_t^2 of the reverse process: beta_t, beta~_t, or learned per value by
+ * the network (ddpm_unet_config.learn_sigma; predict.h) */
+typedef enum { DDPM_VAR_BETA = 0, DDPM_VAR_BETA_TILDE = 1, DDPM_VAR_LEARNED = 2 } ddpm_var_kind;
+#define DDPM_N_VARS 3
+
+/* "beta" "beta-tilde" "learned" <-> kind; parse returns -1 on an unknown name. */
+const char *ddpm_var_name(ddpm_var_kind kind);
+int ddpm_var_parse(const char *name, ddpm_var_kind *kind);
 
 typedef struct {
     ddpm_sampler_kind kind;
     int steps;         /* DDIM: number of steps S (1..T); DDPM always runs all T */
     float eta;         /* DDIM: 0 deterministic, 1 ancestral-like */
-    ddpm_var_kind var; /* DDPM: sigma_t^2 = beta_t or beta~_t */
+    ddpm_var_kind var; /* DDPM: sigma_t^2 = beta_t, beta~_t or learned */
     int clip_x0;       /* clip the predicted x0 to [-1, 1] (see ddpm_ddpm_step) */
     ddpm_prediction prediction; /* what the model function returns (predict.h);
                                    ddpm_sample_files takes it from the network */
+    int learned_var;   /* 1: the model function writes 2 D values per image, its
+                          prediction and then v (predict.h); ddpm_sample_files
+                          takes it from the network (learn_sigma). var learned
+                          needs it; the other variances ignore v */
 } ddpm_sampler_config;
 
 /* DDPM, all T steps, sigma^2 = beta, clip on, eps prediction; for DDIM: 100
@@ -30,7 +41,9 @@ typedef struct {
 void ddpm_sampler_config_default(ddpm_sampler_config *c);
 
 /* The model's output at (x_t, i) for B images of D values; i[b] the 0-based step
- * index. Its meaning is the sampler config's prediction (eps_theta by default). */
+ * index. Its meaning is the sampler config's prediction (eps_theta by default);
+ * with learned_var each image's D values are followed by D values of v, so
+ * the output is [B, 2D]. */
 typedef void (*ddpm_eps_fn)(void *ctx, float *eps, const float *x_t, const int *i, int B);
 /* Called after every step: k counts steps from 0 to n_steps-1, i is the step just
  * taken, x the new sample, x0 the predicted x0 at that step. May be NULL. */
@@ -48,6 +61,12 @@ typedef void (*ddpm_step_fn)(void *ctx, int k, int n_steps, int i, const float *
 void ddpm_ddpm_step(float *x_prev, float *x0_out, const float *x_t, ddpm_prediction pred,
                     const float *out, const float *z, int i, size_t D, const ddpm_schedule *s,
                     ddpm_var_kind var, int clip_x0);
+/* The same with the variance output v[D] of a learn_sigma network: with var
+ * DDPM_VAR_LEARNED, sigma_d^2 of value d follows v_d (predict.h); v may be NULL
+ * for the fixed variances. */
+void ddpm_ddpm_step_v(float *x_prev, float *x0_out, const float *x_t, ddpm_prediction pred, const float *out,
+                      const float *v, const float *z, int i, size_t D, const ddpm_schedule *s, ddpm_var_kind var,
+                      int clip_x0);
 /* One DDIM step from index i to index i_prev (-1: to x_0, abar = 1):
  * x0 = (x_t - sqrt(1-abar) eps)/sqrt(abar) (clipped, then eps recomputed from it),
  * sigma = eta sqrt((1-abar_prev)/(1-abar) (1 - abar/abar_prev)),
@@ -95,7 +114,10 @@ int ddpm_sample_from(float *x, float *scratch, int B, size_t D, int first_image,
  * out_uncond is the output for "no class". W = 1 is the conditional model (one
  * forward pass), W = 0 the unconditional one (one pass), other W two passes.
  * The combination is applied to the network output: its weights sum to 1, so
- * it equals the combination of the eps (or x0, mu) it converts to (predict.h). */
+ * it equals the combination of the eps (or x0, mu) it converts to (predict.h).
+ * With learned variances only the prediction is guided; v is the conditional
+ * model's (as GLIDE does). The output is [B, 2D] for a learn_sigma network
+ * (sample.h's model function), with to_eps converting the first D of each. */
 typedef struct {
     const ddpm_unet *net;
     const float *params;

@@ -55,7 +55,8 @@ typedef struct {
      * that computes it, 0 elsewhere, so that the sum gathers them exactly. */
     ddpm_unet_workspace *ws;             /* for micro_batch images */
     int micro_batch;                     /* images per forward/backward */
-    float *x_t, *eps, *eps_pred, *d_eps; /* [micro_batch, C, S, S] */
+    float *x_t, *eps;                    /* [micro_batch, C, S, S] */
+    float *eps_pred, *d_eps;             /* the output and its gradient [micro_batch, out channels, S, S] */
     int *t;                              /* [micro_batch] step indices */
     float *target;                       /* [micro_batch, C, S, S] scratch of the loss */
     int *labels;                         /* [micro_batch] labels after the label dropout */

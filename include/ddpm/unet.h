@@ -35,7 +35,16 @@ typedef struct {
     int n_classes;      /* 0: unconditional; else a learned class embedding
                            class_emb.weight [n_classes + 1, 4 ch] (row n_classes:
                            "no class") added to the timestep embedding */
+    int learn_sigma;    /* 1: the output has 2 x in_channels channels, the
+                           prediction's then v, which sets the reverse variance
+                           per value (Nichol & Dhariwal 2021, eq. 15; predict.h) */
 } ddpm_unet_config;
+
+/* Channels of the network's output: in_channels, twice that with learn_sigma. */
+static inline int ddpm_unet_out_channels(const ddpm_unet_config *cfg)
+{
+    return cfg->in_channels * (cfg->learn_sigma ? 2 : 1);
+}
 
 /* docs/design.md defaults for 28x28 gray images: ch 32, ch_mult 1,2,2, 2 res blocks,
  * attention at 14, 8 groups, dropout 0.1. */

@@ -87,12 +87,8 @@ int cli_usage_error(const char *cmd)
 
 int arg_var(const char *value, ddpm_var_kind *out)
 {
-    if (!strcmp(value, "beta"))
-        *out = DDPM_VAR_BETA;
-    else if (!strcmp(value, "beta-tilde"))
-        *out = DDPM_VAR_BETA_TILDE;
-    else {
-        cli_error("--var: '%s' is not beta or beta-tilde", value);
+    if (ddpm_var_parse(value, out)) {
+        cli_error("--var: '%s' is not beta, beta-tilde or learned", value);
         return -1;
     }
     return 0;

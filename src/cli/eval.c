@@ -58,8 +58,10 @@ static void usage(FILE *f)
 "                       t drawn uniformly from 2..T per image, the mean of their\n"
 "                       L_{t-1} times T - 1, plus the exact L_T and L_0; its\n"
 "                       standard error includes the draws (default 0: exact)\n"
-"  --var beta|beta-tilde  sigma_t^2 = beta_t (default; the choice the paper reports\n"
-"                       its bound with) or beta~_t (the posterior variance)\n"
+"  --var beta|beta-tilde|learned  sigma_t^2 = beta_t (default; the choice the\n"
+"                       paper reports its bound with), beta~_t (the posterior\n"
+"                       variance), or the model's own (learned: the default\n"
+"                       for a model trained with --learn-sigma)\n"
 "  --no-clip            mean from eq. 11's eps form, 1/sqrt(alpha_t) (x_t -\n"
 "                       beta_t/sqrt(1-abar_t) eps), without clipping x0\n"
 "  --seed S             seed of the image subset, x_t noise, --mc steps and\n"
@@ -142,7 +144,7 @@ int cmd_eval(int argc, char **argv)
     };
     ddpm_bound_config bc;
     ddpm_bound_config_default(&bc);
-    int n = 0, threads = 0, no_ema = 0, json = 0, quiet = 0, opt, bad = 0;
+    int n = 0, threads = 0, no_ema = 0, json = 0, quiet = 0, opt, bad = 0, var_set = 0;
     const char *terms_path = NULL;
     opterr = 0;
     optind = 1;
@@ -152,7 +154,7 @@ int cmd_eval(int argc, char **argv)
         case O_HELP: usage(stdout); return DDPM_EXIT_OK;
         case O_N: bad |= arg_int("n", optarg, 1, 100000000, &n); break;
         case O_MC: bad |= arg_int("mc", optarg, 1, 1000000, &bc.mc); break;
-        case O_VAR: bad |= arg_var(optarg, &bc.var); break;
+        case O_VAR: bad |= arg_var(optarg, &bc.var), var_set = 1; break;
         case O_NO_CLIP: bc.clip_x0 = 0; break;
         case O_SEED: bad |= arg_u64("seed", optarg, &bc.seed); break;
         case O_BATCH: bad |= arg_int("batch", optarg, 1, 65536, &bc.batch); break;
@@ -223,6 +225,11 @@ int cmd_eval(int argc, char **argv)
 
     /* the bound and L_simple take eps_theta: an x0, v or mu model's output is converted (predict.h) */
     ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws, .to_eps = &sched};
+    if (!rc && net) {
+        bc.learned_var = net->cfg.learn_sigma; /* default: the model's own variances */
+        if (net->cfg.learn_sigma && !var_set)
+            bc.var = DDPM_VAR_LEARNED;
+    }
     long per_image = bc.mc > 0 ? bc.mc + 1 : sched.T;
     progress_ctx pc = {.quiet = quiet, .tty = isatty(fileno(stderr)), .what = "bound",
                        .grand_total = (long)n * per_image + n};
@@ -235,14 +242,15 @@ int cmd_eval(int argc, char **argv)
     if (!rc) {
         pc.what = "L_simple";
         pc.offset = (long)n * per_image;
-        rc = ddpm_eval_l_simple(&ls, x0, n, D, &sched, B, bc.seed, ddpm_unet_eps, &ctx, on_progress, &pc);
+        rc = ddpm_eval_l_simple(&ls, x0, n, D, &sched, B, bc.seed, bc.learned_var, ddpm_unet_eps, &ctx, on_progress,
+                                &pc);
     }
     double seconds = ddpm_now_seconds() - pc.t_start;
     if (pc.tty && !quiet)
         fputc('\n', stderr);
     if (!rc && terms_path)
         rc = ddpm_atomic_write(terms_path, write_terms_csv, &br);
-    const char *var_name = bc.var == DDPM_VAR_BETA ? "beta" : "beta-tilde";
+    const char *var_name = ddpm_var_name(bc.var);
     if (rc)
         cli_error("%s", ddpm_last_error());
     else if (json) {

@@ -57,7 +57,7 @@ static int info_png(const char *path, int json)
         return DDPM_EXIT_ERROR;
     }
     const char *sampler = r.sampler.kind == DDPM_SAMPLER_DDIM ? "ddim" : "ddpm";
-    const char *var = r.sampler.var == DDPM_VAR_BETA_TILDE ? "beta-tilde" : "beta";
+    const char *var = ddpm_var_name(r.sampler.var);
     int strip = ddpm_recipe_is_strip(r.kind);
     const char *recreate = strip ? "interpolate" : "sample";
     char seed[32], seed_b[32];

@@ -62,7 +62,8 @@ static void usage(FILE *f)
 "  --eta E              DDIM noise, 0 deterministic .. 1 ancestral (default 1:\n"
 "                       on briefly trained models eta 0 leaves many cells as\n"
 "                       textured blobs, eta 1 almost none; see README)\n"
-"  --var beta|beta-tilde  DDPM's sigma_t^2 (default beta)\n"
+"  --var beta|beta-tilde|learned  DDPM's sigma_t^2 (default beta; learned, the\n"
+"                       model's own, for a model trained with --learn-sigma)\n"
 "  --no-clip            do not clip the predicted x0\n"
 "class-conditional models (ddpm train --classes):\n"
 "  --class NAME|INDEX   sample this class (a name from the checkpoint, or its\n"
@@ -208,6 +209,7 @@ int cmd_sample(int argc, char **argv)
     ddpm_sample_files_config_default(&fc);
     const char *out = fc.grid_path;
     int threads = 0, no_ema = 0, quiet = 0, json = 0, no_grid = 0, steps_given = 0, out_given = 0, n_given = 0;
+    int var_given = 0;
     const char *from = NULL, *checkpoint_flag = NULL, *recipe_flag = NULL;
     const char *class_arg = NULL;
     ddpm_sampler_config *sc = &fc.sampler;
@@ -245,7 +247,7 @@ int cmd_sample(int argc, char **argv)
             break;
         case O_STEPS: bad |= arg_int("steps", optarg, 1, 100000, &sc->steps); steps_given = 1; break;
         case O_ETA: bad |= arg_float("eta", optarg, 0, 1, &sc->eta); break;
-        case O_VAR: bad |= arg_var(optarg, &sc->var); break;
+        case O_VAR: bad |= arg_var(optarg, &sc->var), var_given = 1; break;
         case O_NO_CLIP: sc->clip_x0 = 0; break;
         case O_TRAJ: fc.trajectory_path = optarg; break;
         case O_TRAJ_K: bad |= arg_int("trajectory-k", optarg, 1, 1000, &fc.trajectory_k); break;
@@ -360,6 +362,13 @@ int cmd_sample(int argc, char **argv)
     const ddpm_run_config *cfg = ddpm_checkpoint_config(ck);
     if (sc->kind == DDPM_SAMPLER_DDIM && sc->steps > cfg->timesteps) {
         cli_error("--steps: %d is more than the model's %d timesteps", sc->steps, cfg->timesteps);
+        ddpm_checkpoint_close(ck);
+        return DDPM_EXIT_USAGE;
+    }
+    if (!from && !var_given && cfg->model.learn_sigma) /* a learned-variance model samples with its own */
+        sc->var = DDPM_VAR_LEARNED;
+    if (sc->var == DDPM_VAR_LEARNED && !cfg->model.learn_sigma) {
+        cli_error("--var learned: %s has fixed variances (it was not trained with --learn-sigma)", ckpt_path);
         ddpm_checkpoint_close(ck);
         return DDPM_EXIT_USAGE;
     }

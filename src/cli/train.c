@@ -195,6 +195,13 @@ static void usage(FILE *f)
 "                       beta_t: KL terms and the discretized decoder, in nats\n"
 "                       per dimension, times T), or hybrid (simple + lambda vlb)\n"
 "  --vlb-weight L       lambda of --loss hybrid (default 0.001)\n"
+"  --learn-sigma        learn the reverse variances (Nichol & Dhariwal 2021): the\n"
+"                       network also outputs v, and sigma^2 = exp((1+v)/2 log\n"
+"                       beta_t + (1-v)/2 log beta~_t) per value; needs --loss vlb\n"
+"                       (the bound trains mean and variance: the DDPM paper's\n"
+"                       learned diagonal Sigma) or hybrid (L_simple trains the\n"
+"                       mean, lambda vlb only the variance). ddpm sample and\n"
+"                       ddpm eval use the learned variances by default\n"
 "  --snr-weighting min-snr:G  weight each image's MSE by min-SNR-gamma with\n"
 "                       gamma G (Hang et al. 2023; eps, x0 or v; default off)\n"
 "  --t-sampling KIND    how each image's t is drawn: uniform (default) or\n"
@@ -245,7 +252,7 @@ enum {
     /* flags that define the run: refused with --resume */
     O_FIRST_RUN_FLAG, O_MODEL = O_FIRST_RUN_FLAG, O_FLIP, O_SCHEDULE, O_BETA_START, O_BETA_END, O_BATCH, O_LR, O_WARMUP, O_CLIP,
     O_EMA, O_SEED, O_LR_SCHEDULE, O_LR_MIN, O_PREDICTION, O_LOSS, O_VLB_WEIGHT, O_SNR, O_CLASSES, O_COND_DROP,
-    O_T_SAMPLING,
+    O_T_SAMPLING, O_LEARN_SIGMA,
 };
 
 /* The default thread count of one of the processes of a run on this machine. */
@@ -295,7 +302,7 @@ static int train_main(int argc, char **argv)
         {"loss", required_argument, 0, O_LOSS}, {"vlb-weight", required_argument, 0, O_VLB_WEIGHT},
         {"snr-weighting", required_argument, 0, O_SNR}, {"classes", no_argument, 0, O_CLASSES},
         {"cond-drop", required_argument, 0, O_COND_DROP}, {"t-sampling", required_argument, 0, O_T_SAMPLING},
-        {0, 0, 0, 0},
+        {"learn-sigma", no_argument, 0, O_LEARN_SIGMA}, {0, 0, 0, 0},
     };
     ddpm_run_options o;
     ddpm_run_options_default(&o);
@@ -348,6 +355,7 @@ static int train_main(int argc, char **argv)
         case O_CLIP: bad |= arg_float("clip", optarg, 0, 1e30, &o.cfg.optim.clip); break;
         case O_EMA: bad |= arg_float("ema", optarg, 0, 0.999999, &o.cfg.optim.ema_decay); break;
         case O_SEED: bad |= arg_u64("seed", optarg, &o.cfg.seed); break;
+        case O_LEARN_SIGMA: o.cfg.model.learn_sigma = 1; break;
         case O_PREDICTION:
             if (ddpm_prediction_parse(optarg, &o.cfg.model.prediction)) {
                 cli_error("--prediction: '%s' is not eps, x0, v or mu", optarg);
@@ -402,7 +410,7 @@ static int train_main(int argc, char **argv)
         cli_error("train: --%s cannot be changed on --resume (the run's config is in its checkpoint)", run_flag_given);
         return DDPM_EXIT_USAGE;
     }
-    if (!o.resume && (ddpm_loss_config_check(&o.cfg.loss, o.cfg.model.prediction) ||
+    if (!o.resume && (ddpm_loss_config_check(&o.cfg.loss, o.cfg.model.prediction, o.cfg.model.learn_sigma) ||
                       ddpm_t_sampling_check(o.cfg.t_sampling, o.cfg.loss.kind))) {
         cli_error("train: %s", ddpm_last_error());
         return DDPM_EXIT_USAGE;

@@ -231,7 +231,8 @@ class UNet(nn.Module):
                 self.up.append(Upsample(c))
         assert not hs
         self.norm_out = nn.GroupNorm(G, ch, eps=GN_EPS)
-        self.conv_out = nn.Conv2d(ch, cfg["in_channels"], 3, padding=1)
+        # a learned-variance model (learn_sigma) outputs 2 x in_channels: the prediction, then v
+        self.conv_out = nn.Conv2d(ch, cfg.get("out_channels", cfg["in_channels"]), 3, padding=1)
 
     def forward(self, x, t, masks=None):
         cfg = self.cfg
