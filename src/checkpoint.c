@@ -288,7 +288,7 @@ static int config_from_json(ddpm_run_config *c, const char *json, const char *wh
         return p.err;
     if (ddpm_unet_config_check(&c->model))
         return ddpm_error(DDPM_EFORMAT, "%s: checkpoint model config is invalid: %s", what, ddpm_last_error());
-    if (ddpm_loss_config_check(&c->loss, c->model.prediction, c->model.learn_sigma) || ddpm_t_sampling_check(c->t_sampling, c->loss.kind))
+    if (ddpm_loss_config_check(&c->loss, c->model.prediction, need_train && c->model.learn_sigma) || ddpm_t_sampling_check(c->t_sampling, c->loss.kind))
         return ddpm_error(DDPM_EFORMAT, "%s: checkpoint loss config is invalid: %s", what, ddpm_last_error());
     return DDPM_OK;
 }

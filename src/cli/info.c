@@ -276,6 +276,9 @@ int cmd_info(int argc, char **argv)
                    ddpm_checkpoint_has(ck, net, "adam_m.") ? "yes" : "no", n, cp ? cp : "?", sp ? sp : "?");
         printf("checksums: %s\n", ddpm_checkpoint_checksummed(ck) ? "crc32c of every tensor verified"
                                                                   : "none (an older file; its data is not verified)");
+        printf("variances: %s\n", net->cfg.learn_sigma ? "learned (--learn-sigma: the network outputs v; sample and eval "
+                                                          "use them unless --var says otherwise)"
+                                                        : "fixed (sample and eval take --var beta or beta-tilde)");
         if (!exported)
             print_t_sampling(ck, cfg);
         const char *const *names = ddpm_checkpoint_class_names(ck);
