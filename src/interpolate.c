@@ -51,6 +51,7 @@ void ddpm_interpolate_config_default(ddpm_interpolate_config *c)
     c->steps = 100;
     c->clip_x0 = 1;
     c->batch = 64;
+    c->learned_var = 0;
 }
 
 void ddpm_interpolate_sampler(ddpm_sampler_config *out, const ddpm_interpolate_config *c)
