@@ -21,7 +21,7 @@
 # steps only, and says so.
 #
 # Usage: scripts/ablation.sh [--data DIR] [--steps N] [--out DIR] [--eval-n N]
-#                            [--mc K] [--extra] [--threads N] [-- TRAIN_FLAGS...]
+#                            [--mc K] [--extra] [--rows A,B] [--threads N] [-- TRAIN_FLAGS...]
 #   --data DIR    folder with train/ and test/ (default data/fashion-mnist,
 #                 scripts/fetch-fashion-mnist.sh writes it)
 #   --steps N     training steps per row (default 2000)
@@ -30,12 +30,17 @@
 #   --mc K        ddpm eval --mc K (an unbiased estimate of the bound from K
 #                 steps per image; default 50; 0: the exact bound over all T)
 #   --extra       also the x0, v, min-SNR and hybrid rows
+#   --rows A,B    only these rows (their names: the folders under --out)
 #   --threads N   threads of each ddpm call (default: all cores)
 #   TRAIN_FLAGS   passed to every `ddpm train` (e.g. a smaller model: --ch 16)
+# A row whose run folder already holds a checkpoint is not trained again, and
+# its evaluation is reused when eval.json is newer than the checkpoint and was
+# made with the same --eval-n and --mc; so an interrupted ablation continues,
+# and a second call with --extra adds rows to the same table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-data=data/fashion-mnist steps=2000 out=runs/ablation eval_n=500 mc=50 extra=0 threads=0
+data=data/fashion-mnist steps=2000 out=runs/ablation eval_n=500 mc=50 extra=0 threads=0 only=
 while [ $# -gt 0 ]; do
     case $1 in
         --data) data=$2; shift 2 ;;
@@ -44,6 +49,7 @@ while [ $# -gt 0 ]; do
         --eval-n) eval_n=$2; shift 2 ;;
         --mc) mc=$2; shift 2 ;;
         --extra) extra=1; shift ;;
+        --rows) only=",$2,"; shift 2 ;;
         --threads) threads=$2; shift 2 ;;
         --) shift; break ;;
         *) echo "ablation.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
@@ -105,6 +111,7 @@ t_start=$(date +%s)
 } > "$table"
 for row in "${rows[@]}"; do
     IFS=';' read -r name label flags <<< "$row"
+    [ -n "$only" ] && [[ "$only" != *",$name,"* ]] && continue
     run="$out/$name"
     if [ ! -f "$run/checkpoint.safetensors" ]; then
         echo "ablation.sh: training $name ($flags) for $steps steps" >&2
@@ -116,9 +123,15 @@ for row in "${rows[@]}"; do
     fi
     secs=$(cat "$run/train_seconds" 2>/dev/null || echo "?")
     if [ "$have_eval" = 1 ]; then
-        echo "ablation.sh: evaluating $name" >&2
-        ev=$("$bin" eval "$run" "$data/test" --n "$eval_n" "${mc_flag[@]}" --seed 0 --json --quiet "${thread_flag[@]}")
-        echo "$ev" > "$run/eval.json"
+        key="n $eval_n mc $mc"
+        if [ "$run/eval.json" -nt "$run/checkpoint.safetensors" ] && [ "$(cat "$run/eval.key" 2>/dev/null)" = "$key" ]; then
+            ev=$(cat "$run/eval.json")
+        else
+            echo "ablation.sh: evaluating $name" >&2
+            ev=$("$bin" eval "$run" "$data/test" --n "$eval_n" "${mc_flag[@]}" --seed 0 --json --quiet "${thread_flag[@]}")
+            echo "$ev" > "$run/eval.json"
+            echo "$key" > "$run/eval.key"
+        fi
         ls=$(json_field l_simple <<< "$ev") bpd=$(json_field bpd_total <<< "$ev") se=$(json_field bpd_stderr <<< "$ev")
         printf '| %s | `%s` | %.4f | %.3f +- %.3f | %s |\n' "$label" "$flags" "$ls" "$bpd" "$se" "$secs" >> "$table"
     else

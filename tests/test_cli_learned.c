@@ -12,7 +12,8 @@
 
 #include "cliutil.h"
 
-#define TINY "--ch 8 --ch-mult 1,2 --res-blocks 1 --attn 4 --groups 4 --timesteps 20 --batch 4 --preview-n 0 --quiet"
+#define TINY                                                                                                 \
+    "--ch 8 --ch-mult 1,2 --res-blocks 1 --attn 4 --groups 4 --timesteps 20 --batch 4 --preview-n 0 --quiet"
 
 static int setup(void **state)
 {
@@ -36,7 +37,8 @@ static void test_learned_sigma_needs_the_bound(void **state)
     assert_int_equal(cu_ddpm("train data --out bad " TINY " --steps 1 --learn-sigma"), 2);
     assert_true(cu_stderr_one_line("learned variances need --loss vlb or hybrid"));
     assert_true(cu_absent("bad/checkpoint.safetensors"));
-    assert_int_equal(cu_ddpm("train data --out vlb " TINY " --steps 2 --learn-sigma --loss vlb --prediction mu"), 0);
+    assert_int_equal(
+        cu_ddpm("train data --out vlb " TINY " --steps 2 --learn-sigma --loss vlb --prediction mu"), 0);
 }
 
 static void test_checkpoint_says_learned_and_resumes(void **state)
@@ -66,7 +68,8 @@ static void test_sample_uses_the_learned_variances_and_recreates(void **state)
     (void)state;
     const char *flags = "--n 4 --sampler ddpm --seed 3 --quiet";
     assert_int_equal(cu_ddpm("sample run/checkpoint.safetensors %s --out learned.png", flags), 0);
-    assert_int_equal(cu_ddpm("sample run/checkpoint.safetensors %s --var learned --out learned2.png", flags), 0);
+    assert_int_equal(cu_ddpm("sample run/checkpoint.safetensors %s --var learned --out learned2.png", flags),
+                     0);
     assert_true(cu_same_bytes("learned.png", "learned2.png"));
     assert_int_equal(cu_ddpm("sample run/checkpoint.safetensors %s --var beta --out beta.png", flags), 0);
     assert_false(cu_same_bytes("learned.png", "beta.png")); /* the variance is used */
@@ -78,9 +81,10 @@ static void test_sample_uses_the_learned_variances_and_recreates(void **state)
     assert_int_equal(cu_ddpm("sample --from learned.png --out again.png --quiet"), 0);
     assert_true(cu_same_bytes("learned.png", "again.png"));
     /* DDIM reads the two-part output too, and trajectories work */
-    assert_int_equal(cu_ddpm("sample run/checkpoint.safetensors --n 3 --steps 5 --trajectory traj.png --out ddim.png "
-                             "--quiet"),
-                     0);
+    assert_int_equal(
+        cu_ddpm("sample run/checkpoint.safetensors --n 3 --steps 5 --trajectory traj.png --out ddim.png "
+                "--quiet"),
+        0);
     /* the exported EMA weights sample as the run's EMA weights do */
     assert_int_equal(cu_ddpm("export run w.safetensors --quiet"), 0);
     assert_int_equal(cu_ddpm("sample w.safetensors %s --out w.png", flags), 0);

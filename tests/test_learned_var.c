@@ -86,7 +86,8 @@ static void test_learned_term_at_v_1_is_the_fixed_beta_term(void **state)
             ddpm_pred_target(out, p, x0, eps, x_t, i, D, &sched);
             tu_fill_uniform(eps, D, 3 + (uint64_t)s, -1, 1);
             for (int d = 0; d < D; d++) /* off the target by a fraction of sigma */
-                out[d] += 0.3f * eps[d] * (float)(sqrt(sched.beta[i]) / fabs(ddpm_pred_coefs(p, i, &sched).mu_out));
+                out[d] +=
+                    0.3f * eps[d] * (float)(sqrt(sched.beta[i]) / fabs(ddpm_pred_coefs(p, i, &sched).mu_out));
             double fixed = ddpm_vlb_term(NULL, 0, out, x0, x_t, i, D, p, &sched);
             double learned = ddpm_vlb_term_learned(NULL, NULL, 0, 1, out, v, x0, x_t, i, D, p, &sched);
             if (fabs(learned - fixed) > 1e-9 * fabs(fixed) + 1e-12)
@@ -142,7 +143,8 @@ static void test_learned_term_gradients_match_finite_differences(void **state)
                 term_ctx ctx = {out, v, x0, x_t, i, p};
                 char name[64];
                 snprintf(name, sizeof name, "%s i=%d far=%d out", ddpm_prediction_name(p), i, far);
-                assert_int_equal(tu_check_grad(name, out, g_out, D, term_value, &ctx, (float)h, 1e-6, 2e-3), 0);
+                assert_int_equal(tu_check_grad(name, out, g_out, D, term_value, &ctx, (float)h, 1e-6, 2e-3),
+                                 0);
                 snprintf(name, sizeof name, "%s i=%d far=%d v", ddpm_prediction_name(p), i, far);
                 assert_int_equal(tu_check_grad(name, v, g_v, D, term_value, &ctx, (float)hv, 1e-6, 2e-3), 0);
                 /* mean_grad 0 leaves d_out alone (hybrid's stopped gradient) */
@@ -172,8 +174,8 @@ enum { LB = 3, LB_MEAN = 4 };
 static double loss_value(void *opaque)
 {
     loss_ctx *c = opaque;
-    return ddpm_loss(c->d_out, c->target, NULL, c->out, c->x0, c->eps, c->x_t, c->i, c->w, LB, LB_MEAN, D, c->pred,
-                     1, &c->c, &sched);
+    return ddpm_loss(c->d_out, c->target, NULL, c->out, c->x0, c->eps, c->x_t, c->i, c->w, LB, LB_MEAN, D,
+                     c->pred, 1, &c->c, &sched);
 }
 
 static void test_learned_loss_gradients_and_stopped_mean(void **state)
@@ -213,11 +215,11 @@ static void test_learned_loss_gradients_and_stopped_mean(void **state)
             float h = (float)ldexp(1.0, (int)floor(log2(1e-3 * scale)));
             char name[64];
             snprintf(name, sizeof name, "vlb %s image %d out", ddpm_prediction_name(p), b);
-            assert_int_equal(tu_check_grad(name, out + b * 2 * D, d_out + b * 2 * D, D, loss_value, &c, h, 1e-7, 3e-3),
-                             0);
+            assert_int_equal(
+                tu_check_grad(name, out + b * 2 * D, d_out + b * 2 * D, D, loss_value, &c, h, 1e-7, 3e-3), 0);
             snprintf(name, sizeof name, "vlb %s image %d v", ddpm_prediction_name(p), b);
-            assert_int_equal(tu_check_grad(name, out + b * 2 * D + D, d_out + b * 2 * D + D, D, loss_value, &c,
-                                           1.0f / 4096, 1e-7, 3e-3),
+            assert_int_equal(tu_check_grad(name, out + b * 2 * D + D, d_out + b * 2 * D + D, D, loss_value,
+                                           &c, 1.0f / 4096, 1e-7, 3e-3),
                              0);
         }
         if (p == DDPM_PRED_MU)
@@ -226,28 +228,31 @@ static void test_learned_loss_gradients_and_stopped_mean(void **state)
         c.c.kind = DDPM_LOSS_HYBRID;
         c.c.vlb_weight = 0.01f;
         c.c.snr_gamma = 5;
-        double L = ddpm_loss(d_out, target, term, out, x0, eps, x_t, steps, w, LB, LB_MEAN, D, p, 1, &c.c, &sched);
+        double L =
+            ddpm_loss(d_out, target, term, out, x0, eps, x_t, steps, w, LB, LB_MEAN, D, p, 1, &c.c, &sched);
         ddpm_loss_config simple = c.c;
         simple.kind = DDPM_LOSS_SIMPLE;
         for (int b = 0; b < LB; b++)
             memcpy(mean_out + b * D, out + b * 2 * D, D * sizeof(float));
-        double mse = ddpm_loss(mse_grad, target, NULL, mean_out, x0, eps, x_t, steps, w, LB, LB_MEAN, D, p, 0, &simple,
-                               &sched);
+        double mse = ddpm_loss(mse_grad, target, NULL, mean_out, x0, eps, x_t, steps, w, LB, LB_MEAN, D, p, 0,
+                               &simple, &sched);
         double sum = 0;
         for (int b = 0; b < LB; b++) {
             for (int d = 0; d < D; d++)
                 if (d_out[b * 2 * D + d] != mse_grad[b * D + d])
-                    fail_msg("hybrid %s: d out[%d, %d] = %.9g, the MSE's alone is %.9g", ddpm_prediction_name(p), b,
-                             d, (double)d_out[b * 2 * D + d], (double)mse_grad[b * D + d]);
-            double vb = ddpm_vlb_term_learned(NULL, NULL, 0, 1, out + b * 2 * D, out + b * 2 * D + D, x0 + b * D,
-                                              x_t + b * D, steps[b], D, p, &sched);
+                    fail_msg("hybrid %s: d out[%d, %d] = %.9g, the MSE's alone is %.9g",
+                             ddpm_prediction_name(p), b, d, (double)d_out[b * 2 * D + d],
+                             (double)mse_grad[b * D + d]);
+            double vb = ddpm_vlb_term_learned(NULL, NULL, 0, 1, out + b * 2 * D, out + b * 2 * D + D,
+                                              x0 + b * D, x_t + b * D, steps[b], D, p, &sched);
             double mse_b = 0;
             ddpm_pred_target(target, p, x0 + b * D, eps + b * D, x_t + b * D, steps[b], D, &sched);
             for (int d = 0; d < D; d++)
                 mse_b += ((double)out[b * 2 * D + d] - target[d]) * ((double)out[b * 2 * D + d] - target[d]);
             double snr = sched.abar[steps[b]] / (1 - sched.abar[steps[b]]);
-            double w_snr = p == DDPM_PRED_X0 ? fmin(snr, 5) : p == DDPM_PRED_V ? fmin(snr, 5) / (snr + 1)
-                                                                                 : fmin(snr, 5) / snr;
+            double w_snr = p == DDPM_PRED_X0  ? fmin(snr, 5)
+                           : p == DDPM_PRED_V ? fmin(snr, 5) / (snr + 1)
+                                              : fmin(snr, 5) / snr;
             double want = w_snr * mse_b / D + (double)0.01f * sched.T * vb / D;
             assert_close(term[b], want, 1e-9 * fabs(want));
             sum += w[b] * want / LB_MEAN;
@@ -257,8 +262,8 @@ static void test_learned_loss_gradients_and_stopped_mean(void **state)
         for (int b = 0; b < LB; b++) {
             char name[64];
             snprintf(name, sizeof name, "hybrid %s image %d v", ddpm_prediction_name(p), b);
-            assert_int_equal(tu_check_grad(name, out + b * 2 * D + D, d_out + b * 2 * D + D, D, loss_value, &c,
-                                           1.0f / 4096, 1e-8, 3e-3),
+            assert_int_equal(tu_check_grad(name, out + b * 2 * D + D, d_out + b * 2 * D + D, D, loss_value,
+                                           &c, 1.0f / 4096, 1e-8, 3e-3),
                              0);
         }
     }
@@ -365,14 +370,17 @@ static void test_samplers_and_bound_read_the_two_part_output(void **state)
         ddpm_sampler_config_default(&c);
         c.kind = kind ? DDPM_SAMPLER_DDIM : DDPM_SAMPLER_DDPM;
         c.steps = 20;
-        assert_int_equal(ddpm_sample(xa, scratch, B, D, 0, &s50, &c, stub_model, &fixed, &rng, NULL, NULL), 0);
+        assert_int_equal(ddpm_sample(xa, scratch, B, D, 0, &s50, &c, stub_model, &fixed, &rng, NULL, NULL),
+                         0);
         c.learned_var = 1;
         c.var = kind ? DDPM_VAR_BETA : DDPM_VAR_LEARNED; /* v = 1: beta */
-        assert_int_equal(ddpm_sample(xb, scratch, B, D, 0, &s50, &c, stub_model, &learned, &rng, NULL, NULL), 0);
+        assert_int_equal(ddpm_sample(xb, scratch, B, D, 0, &s50, &c, stub_model, &learned, &rng, NULL, NULL),
+                         0);
         for (int k = 0; k < B * D; k++)
             assert_true(fabsf(xa[k] - xb[k]) <= 1e-5f * (1 + fabsf(xa[k])));
         learned.vv = -1.0f; /* beta~: another sample for DDPM, the same for DDIM */
-        assert_int_equal(ddpm_sample(xb, scratch, B, D, 0, &s50, &c, stub_model, &learned, &rng, NULL, NULL), 0);
+        assert_int_equal(ddpm_sample(xb, scratch, B, D, 0, &s50, &c, stub_model, &learned, &rng, NULL, NULL),
+                         0);
         size_t at;
         if (kind)
             assert_true(tu_max_abs_diff(xa, xb, B * D, &at) <= 1e-5);
@@ -443,7 +451,8 @@ static void test_guidance_guides_the_prediction_and_keeps_v(void **state)
     int i[B] = {10, 500, 999}, y[B] = {0, 2, 1};
     ddpm_unet_forward_class(net, params, ws, cond, x, i, y, B, NULL);
     ddpm_unet_forward_class(net, params, ws, none, x, i, NULL, B, NULL);
-    ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws, .labels = y, .guidance = 3, .uncond = scratch};
+    ddpm_unet_eps_ctx ctx = {
+        .net = net, .params = params, .ws = ws, .labels = y, .guidance = 3, .uncond = scratch};
     ddpm_unet_eps(&ctx, out, x, i, B);
     for (int b = 0; b < B; b++)
         for (int d = 0; d < N; d++) {
@@ -485,15 +494,15 @@ static double net_loss(void *opaque)
     net_ctx *c = opaque;
     ddpm_unet_forward(c->net, c->params, c->ws, c->out, c->x_t, c->i, c->B, NULL);
     if (!c->frozen)
-        return ddpm_loss(c->d_out, c->target, NULL, c->out, c->x0, c->eps, c->x_t, c->i, NULL, c->B, c->B, c->D,
-                         c->pred, 1, &c->loss, &sched);
+        return ddpm_loss(c->d_out, c->target, NULL, c->out, c->x0, c->eps, c->x_t, c->i, NULL, c->B, c->B,
+                         c->D, c->pred, 1, &c->loss, &sched);
     ddpm_loss_config simple = c->loss;
     simple.kind = DDPM_LOSS_SIMPLE;
     float *mean = tu_alloc((size_t)c->B * c->D), *g = tu_alloc((size_t)c->B * c->D);
     for (int b = 0; b < c->B; b++)
         memcpy(mean + b * c->D, c->out + b * 2 * c->D, c->D * sizeof(float));
-    double L = ddpm_loss(g, c->target, NULL, mean, c->x0, c->eps, c->x_t, c->i, NULL, c->B, c->B, c->D, c->pred, 0,
-                         &simple, &sched);
+    double L = ddpm_loss(g, c->target, NULL, mean, c->x0, c->eps, c->x_t, c->i, NULL, c->B, c->B, c->D,
+                         c->pred, 0, &simple, &sched);
     for (int b = 0; b < c->B; b++)
         L += c->loss.vlb_weight * sched.T / ((double)c->B * c->D) *
              ddpm_vlb_term_learned(NULL, NULL, 0, 1, c->frozen + b * c->D, c->out + b * 2 * c->D + c->D,
@@ -563,8 +572,8 @@ static void test_gradient_through_a_tiny_learn_sigma_network(void **state)
                 size_t at = j * (ti->n / 6 + 1) % ti->n;
                 if (t == 1)
                     at = j % ti->n;
-                n_bad += tu_check_grad(names[t], c.params + ti->offset + at, grads + ti->offset + at, 1, net_loss, &c,
-                                       1e-2f, 1e-4 * (1 + fabs(L)), 3e-2);
+                n_bad += tu_check_grad(names[t], c.params + ti->offset + at, grads + ti->offset + at, 1,
+                                       net_loss, &c, 1e-2f, 1e-4 * (1 + fabs(L)), 3e-2);
             }
         }
         assert_int_equal(n_bad, 0);
