@@ -25,7 +25,7 @@ static void test_defaults_are_the_documented_recipe(void **state)
     assert_int_equal(c.schedule, DDPM_SCHEDULE_LINEAR);
     assert_int_equal(c.timesteps, 1000);
     assert_true(c.beta_start == 1e-4 && c.beta_end == 0.02);
-    assert_int_equal(c.batch, 64);
+    assert_int_equal(c.batch, 32); /* docs/defaults.md, batch size */
     assert_int_equal(c.flip, 0);
     assert_true(c.seed == 0);
 }

@@ -216,7 +216,7 @@ static void usage(FILE *f)
 "                       and weighted. The history is saved in the checkpoint;\n"
 "                       the logged loss is the weighted estimate\n"
 "optimiser:\n"
-"  --batch N            images per step (default 64)\n"
+"  --batch N            images per step (default 32; docs/defaults.md)\n"
 "  --micro-batch N      images per forward/backward pass (default: the whole\n"
 "                       batch); gradients of the chunks are summed into one\n"
 "                       step, the same update up to float rounding, with\n"
