@@ -84,7 +84,7 @@ if [ "$extra" = 1 ]; then
         "v-simple;v prediction, MSE(v, v_theta) (not in the paper);--prediction v --loss simple"
         "eps-minsnr5;eps prediction, L_simple with min-SNR-5 (not in the paper);--prediction eps --snr-weighting min-snr:5"
         "eps-hybrid;eps prediction, L_simple + 0.001 L (not in the paper);--prediction eps --loss hybrid"
-        "eps-hybrid-learned;eps prediction, L_hybrid, learned diagonal Sigma (Nichol & Dhariwal; not in the paper);--prediction eps --loss hybrid --learn-sigma"
+        "eps-hybrid-learned;eps prediction, L_hybrid, learned diagonal Sigma (Nichol & Dhariwal, not in the paper);--prediction eps --loss hybrid --learn-sigma"
     )
 fi
 
