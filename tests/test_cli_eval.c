@@ -67,15 +67,6 @@ static int teardown(void **state)
     return tu_remove_tree(tmp);
 }
 
-/* The number after "key": in a JSON text (NAN if absent). */
-static double json_number(const char *text, const char *key)
-{
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = strstr(text, pat);
-    return p ? strtod(p + strlen(pat), NULL) : NAN;
-}
-
 static void test_eval_prints_the_bound_as_json_and_writes_terms_by_t(void **state)
 {
     (void)state;
@@ -84,12 +75,12 @@ static void test_eval_prints_the_bound_as_json_and_writes_terms_by_t(void **stat
     const char *keys[] = {"n_images", "bpd_total",   "bpd_stderr", "bpd_prior",
                           "bpd_vb",   "bpd_decoder", "l_simple"};
     for (size_t k = 0; k < sizeof keys / sizeof *keys; k++)
-        if (isnan(json_number(out, keys[k])))
+        if (isnan(tu_json_number(out, keys[k])))
             fail_msg("no \"%s\" in %s", keys[k], out);
-    assert_true(json_number(out, "n_images") == 4);
-    double total = json_number(out, "bpd_total");
+    assert_true(tu_json_number(out, "n_images") == 4);
+    double total = tu_json_number(out, "bpd_total");
     double parts =
-        json_number(out, "bpd_prior") + json_number(out, "bpd_vb") + json_number(out, "bpd_decoder");
+        tu_json_number(out, "bpd_prior") + tu_json_number(out, "bpd_vb") + tu_json_number(out, "bpd_decoder");
     assert_close(total, parts, 1e-9 * total);
     assert_non_null(strstr(out, "\"var\":\"beta\""));
     /* --terms: a header and one row per t = 1..T (T = 20) */
@@ -107,8 +98,8 @@ static void test_eval_prints_the_bound_as_json_and_writes_terms_by_t(void **stat
        moves the bound of 4 images by percents */
     assert_int_equal(tu_ddpm(tmp, "eval run/checkpoint.safetensors data --n 4 --json --quiet --seed 3 --batch 3"), 0);
     char *out2 = tu_slurp(tmp, "out.txt", NULL);
-    assert_close(json_number(out2, "bpd_total"), total, 1e-8 * total);
-    assert_close(json_number(out2, "l_simple"), json_number(out, "l_simple"), 1e-8);
+    assert_close(tu_json_number(out2, "bpd_total"), total, 1e-8 * total);
+    assert_close(tu_json_number(out2, "l_simple"), tu_json_number(out, "l_simple"), 1e-8);
     /* the fast estimate and the text report */
     assert_int_equal(tu_ddpm(tmp, "eval run data --mc 3 --var beta-tilde --no-clip --no-ema --quiet"), 0);
     char *text = tu_slurp(tmp, "out.txt", NULL);

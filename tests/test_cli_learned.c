@@ -109,14 +109,6 @@ static void test_fixed_model_refuses_var_learned(void **state)
     assert_true(cu_stderr_has("not beta, beta-tilde or learned"));
 }
 
-static double json_number(const char *text, const char *key)
-{
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = strstr(text, pat);
-    return p ? strtod(p + strlen(pat), NULL) : NAN;
-}
-
 static void test_eval_uses_the_learned_variances(void **state)
 {
     (void)state;
@@ -127,10 +119,10 @@ static void test_eval_uses_the_learned_variances(void **state)
     assert_int_equal(cu_ddpm("eval run data --n 3 --var beta --json --quiet"), 0);
     char *b = cu_slurp("out.txt", NULL);
     assert_non_null(strstr(b, "\"var\":\"beta\""));
-    double la = json_number(a, "bpd_total"), lb = json_number(b, "bpd_total");
+    double la = tu_json_number(a, "bpd_total"), lb = tu_json_number(b, "bpd_total");
     assert_true(isfinite(la) && isfinite(lb) && la != lb);
     /* L_simple does not depend on the variance */
-    assert_true(json_number(a, "l_simple") == json_number(b, "l_simple"));
+    assert_true(tu_json_number(a, "l_simple") == tu_json_number(b, "l_simple"));
     free(a);
     free(b);
     assert_int_equal(cu_ddpm("eval fixed data --n 2 --var learned --quiet"), 1);

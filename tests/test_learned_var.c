@@ -37,15 +37,6 @@ static int teardown(void **state)
 
 enum { D = 40 };
 
-/* x0 on the 256-level grid in [-1, 1], with both ends present */
-static void grid_image(float *x0, uint64_t seed)
-{
-    tu_fill_uniform(x0, D, seed, 0, 1);
-    for (int d = 0; d < D; d++)
-        x0[d] = (float)floor(x0[d] * 255.999) / 127.5f - 1.0f;
-    x0[0] = -1.0f, x0[1] = 1.0f;
-}
-
 static void fill(float *x, float value)
 {
     for (int d = 0; d < D; d++)
@@ -74,7 +65,7 @@ static void test_learned_term_at_v_1_is_the_fixed_beta_term(void **state)
 {
     (void)state;
     float x0[D], eps[D], x_t[D], out[D], v[D];
-    grid_image(x0, 1);
+    tu_grid_image(x0, D, 1);
     tu_fill_uniform(eps, D, 2, -2, 2);
     fill(v, 1.0f);
     const int steps[] = {0, 1, 37, 500, 999};
@@ -117,7 +108,7 @@ static void test_learned_term_gradients_match_finite_differences(void **state)
 {
     (void)state;
     float x0[D], eps[D], x_t[D], out[D], v[D], g_out[D], g_v[D], noise[D];
-    grid_image(x0, 4);
+    tu_grid_image(x0, D, 4);
     tu_fill_uniform(eps, D, 5, -2, 2);
     const int steps[] = {0, 1, 7, 300, 999};
     for (int k = 0; k < DDPM_N_PREDICTIONS; k++)
@@ -186,7 +177,7 @@ static void test_learned_loss_gradients_and_stopped_mean(void **state)
     int steps[LB] = {0, 9, 640};
     double w[LB] = {0.5, 2.0, 1.25}, term[LB];
     for (int b = 0; b < LB; b++)
-        grid_image(x0 + b * D, 10 + (uint64_t)b);
+        tu_grid_image(x0 + b * D, D, 10 + (uint64_t)b);
     tu_fill_uniform(eps, LB * D, 20, -2, 2);
     ddpm_q_sample(x_t, x0, eps, steps, LB, D, &sched);
     for (int k = 0; k < DDPM_N_PREDICTIONS; k++) {
@@ -275,7 +266,7 @@ static void test_evaluator_term_is_the_trainers_and_the_fixed_ones_at_the_ends(v
 {
     (void)state;
     float x0[D], eps[D], x_t[D], out[D], v[D];
-    grid_image(x0, 50);
+    tu_grid_image(x0, D, 50);
     const int steps[] = {0, 1, 100, 999};
     for (size_t s = 0; s < sizeof steps / sizeof steps[0]; s++) {
         int i = steps[s];
@@ -397,7 +388,7 @@ static void test_samplers_and_bound_read_the_two_part_output(void **state)
     /* the bound and L_simple: v = -1 with var learned is the beta~ bound, L_simple the same */
     float x0[B * D];
     for (int b = 0; b < B; b++)
-        grid_image(x0 + b * D, 70 + (uint64_t)b);
+        tu_grid_image(x0 + b * D, D, 70 + (uint64_t)b);
     ddpm_bound_config bc;
     ddpm_bound_config_default(&bc);
     bc.batch = 2;

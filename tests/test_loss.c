@@ -34,15 +34,6 @@ static int teardown(void **state)
 
 enum { D = 40 };
 
-/* x0 on the 256-level grid in [-1, 1], with both ends present */
-static void grid_image(float *x0, uint64_t seed)
-{
-    tu_fill_uniform(x0, D, seed, 0, 1);
-    for (int d = 0; d < D; d++)
-        x0[d] = (float)floor(x0[d] * 255.999) / 127.5f - 1.0f;
-    x0[0] = -1.0f, x0[1] = 1.0f;
-}
-
 typedef struct {
     float *out;
     const float *x0, *x_t;
@@ -77,7 +68,7 @@ static void test_kl_term_of_the_exact_mean_is_the_variance_part(void **state)
 {
     (void)state;
     float x0[D], eps[D], x_t[D], target[D];
-    grid_image(x0, 1);
+    tu_grid_image(x0, D, 1);
     tu_fill_uniform(eps, D, 2, -2, 2);
     for (int k = 0; k < DDPM_N_PREDICTIONS; k++) {
         int i = 500;
@@ -102,7 +93,7 @@ static void test_vlb_gradient_matches_finite_differences_for_every_prediction(vo
 {
     (void)state;
     float x0[D], eps[D], x_t[D], out[D], grad[D];
-    grid_image(x0, 3);
+    tu_grid_image(x0, D, 3);
     tu_fill_uniform(eps, D, 4, -2, 2);
     const int steps[] = {0, 1, 7, 300, 999};
     for (int k = 0; k < DDPM_N_PREDICTIONS; k++)
@@ -163,8 +154,8 @@ static void test_min_snr_weights_each_image(void **state)
     (void)state;
     enum { B = 2 };
     float x0[B * D], eps[B * D], x_t[B * D], out[B * D], d_out[B * D], target[B * D], d_plain[B * D];
-    grid_image(x0, 7);
-    grid_image(x0 + D, 8);
+    tu_grid_image(x0, D, 7);
+    tu_grid_image(x0 + D, D, 8);
     tu_fill_uniform(eps, B * D, 9, -2, 2);
     tu_fill_uniform(out, B * D, 10, -1, 1);
     int i[B] = {3, 800}; /* SNR about 2500 and 0.0025 */
@@ -210,7 +201,7 @@ static void test_weights_scale_each_images_term_and_gradient(void **state)
     enum { B = 3, B_MEAN = 5 };
     float x0[B * D], eps[B * D], x_t[B * D], out[B * D], d_out[B * D], d_one[B * D], target[B * D];
     for (int b = 0; b < B; b++)
-        grid_image(x0 + b * D, 20 + (uint64_t)b);
+        tu_grid_image(x0 + b * D, D, 20 + (uint64_t)b);
     tu_fill_uniform(eps, B * D, 21, -2, 2);
     tu_fill_uniform(out, B * D, 22, -1, 1);
     int i[B] = {0, 37, 640};

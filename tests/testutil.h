@@ -268,4 +268,22 @@ static inline void tu_expect_accumulated(const char *name, const float *got, con
 }
 #endif
 
+/* The number after "key": in a JSON text (NAN if absent). */
+static inline double tu_json_number(const char *text, const char *key)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(text, pat);
+    return p ? strtod(p + strlen(pat), NULL) : NAN;
+}
+
+/* x0[n] on the 256-level grid in [-1, 1] from seed, with both ends present. */
+static inline void tu_grid_image(float *x0, size_t n, uint64_t seed)
+{
+    tu_fill_uniform(x0, n, seed, 0, 1);
+    for (size_t d = 0; d < n; d++)
+        x0[d] = (float)floor(x0[d] * 255.999) / 127.5f - 1.0f;
+    x0[0] = -1.0f, x0[1] = 1.0f;
+}
+
 #endif
