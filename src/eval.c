@@ -124,7 +124,7 @@ double ddpm_bound_term_v(const float *x0, const float *x_t, const float *eps_pre
         for (size_t d = 0; d < D; d++) {
             double mean = clip_x0 ? clamp1(a0 * x_t[d] - b0 * eps_pred[d]) : ea * x_t[d] - eb * eps_pred[d];
             if (learned)
-                sigma = exp(0.5 * (lc.lo + lc.half * ((double)v[d] + 1.0)));
+                sigma = exp(0.5 * ddpm_learned_logvar(lc, v[d]));
             nll -= ddpm_discretized_gaussian_log_likelihood(x0[d], mean, sigma);
         }
         return nll;
@@ -137,7 +137,7 @@ double ddpm_bound_term_v(const float *x0, const float *x_t, const float *eps_pre
         else
             diff = (c0 * x0[d] + ct * x_t[d]) - (ea * x_t[d] - eb * eps_pred[d]);
         if (learned) { /* each value's own variance */
-            double var_d = exp(lc.lo + lc.half * ((double)v[d] + 1.0));
+            double var_d = exp(ddpm_learned_logvar(lc, v[d]));
             kl += ddpm_normal_kl_var_part(s->posterior_var[i], var_d) + 0.5 * diff * diff / var_d;
             continue;
         }

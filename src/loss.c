@@ -142,7 +142,7 @@ double ddpm_vlb_term_learned(float *d_out, float *d_v, double scale, int mean_gr
     if (i > 0) {
         double c0 = s->posterior_coef_x0[i], c1 = s->posterior_coef_xt[i], log_pv = log(s->posterior_var[i]);
         for (size_t d = 0; d < D; d++) {
-            double lv = lc.lo + lc.half * ((double)v[d] + 1.0), inv_var = exp(-lv);
+            double lv = ddpm_learned_logvar(lc, v[d]), inv_var = exp(-lv);
             double mu_q = c0 * x0[d] + c1 * x_t[d];
             double mu_p = pc.mu_out * out[d] + pc.mu_xt * x_t[d];
             double diff = mu_p - mu_q, log_r = log_pv - lv; /* r = beta~_t / sigma_d^2 */
@@ -157,7 +157,7 @@ double ddpm_vlb_term_learned(float *d_out, float *d_v, double scale, int mean_gr
     }
     const double half_bin = 1.0 / 255.0;
     for (size_t d = 0; d < D; d++) {
-        double lv = lc.lo + lc.half * ((double)v[d] + 1.0), sigma = exp(0.5 * lv);
+        double lv = ddpm_learned_logvar(lc, v[d]), sigma = exp(0.5 * lv);
         double x = x0[d], mu = pc.mu_out * out[d] + pc.mu_xt * x_t[d];
         double a = x < -0.999 ? -INFINITY : (x - half_bin - mu) / sigma;
         double b = x > 0.999 ? INFINITY : (x + half_bin - mu) / sigma;

@@ -141,8 +141,7 @@ int ddpm_recipe_to_text(const ddpm_recipe *r, ddpm_png_text *text, ddpm_recipe_s
     snprintf(b[F_SAMPLER], 72, "%s", r->sampler.kind == DDPM_SAMPLER_DDIM ? "ddim" : "ddpm");
     snprintf(b[F_STEPS], 72, "%d", r->sampler.steps);
     snprintf(b[F_ETA], 72, "%.9g", (double)r->sampler.eta);
-    snprintf(b[F_VAR], 72, "%s",
-             r->sampler.var == DDPM_VAR_BETA_TILDE ? "beta-tilde" : r->sampler.var == DDPM_VAR_LEARNED ? "learned" : "beta");
+    snprintf(b[F_VAR], 72, "%s", ddpm_var_name(r->sampler.var));
     snprintf(b[F_CLIP], 72, "%d", r->sampler.clip_x0 ? 1 : 0);
     snprintf(b[F_SEED], 72, "%" PRIu64, r->seed);
     snprintf(b[F_KIND], 72, "%s", ddpm_recipe_kind_name(r->kind));
@@ -277,8 +276,7 @@ static int on_text(void *ctx, const char *key, const char *value)
     ddpm_recipe *r = p->r;
     long long v = 0;
     int bad = 0;
-    static const char *const samplers[2] = {"ddpm", "ddim"}, *const vars[3] = {"beta", "beta-tilde", "learned"},
-                             *const weights[2] = {"raw", "ema"};
+    static const char *const samplers[2] = {"ddpm", "ddim"}, *const weights[2] = {"raw", "ema"};
     switch (f) {
     case F_SOFTWARE: bad = parse_string(value + 5, 1, r->version, sizeof r->version); break;
     case F_SHA256: bad = parse_sha256(value, 1, r->checkpoint_sha256); break;
@@ -302,9 +300,7 @@ static int on_text(void *ctx, const char *key, const char *value)
         break;
     case F_ETA: bad = parse_float(value, 0, 1, &r->sampler.eta); break;
     case F_VAR:
-        v = pick(value, vars, 3);
-        bad = v < 0;
-        r->sampler.var = v == 1 ? DDPM_VAR_BETA_TILDE : v == 2 ? DDPM_VAR_LEARNED : DDPM_VAR_BETA;
+        bad = ddpm_var_parse(value, &r->sampler.var) != 0;
         break;
     case F_CLIP:
         bad = parse_long(value, 0, 1, &v);

@@ -20,23 +20,6 @@ void ddpm_sampler_config_default(ddpm_sampler_config *c)
     c->learned_var = 0;
 }
 
-static const char *const var_names[DDPM_N_VARS] = {"beta", "beta-tilde", "learned"};
-
-const char *ddpm_var_name(ddpm_var_kind kind)
-{
-    return (unsigned)kind < DDPM_N_VARS ? var_names[kind] : "?";
-}
-
-int ddpm_var_parse(const char *name, ddpm_var_kind *kind)
-{
-    for (int k = 0; k < DDPM_N_VARS; k++)
-        if (!strcmp(name, var_names[k])) {
-            *kind = (ddpm_var_kind)k;
-            return 0;
-        }
-    return -1;
-}
-
 static inline float clampf(float v) { return v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v; }
 
 void ddpm_ddpm_step(float *x_prev, float *x0_out, const float *x_t, ddpm_prediction pred,
@@ -71,7 +54,7 @@ void ddpm_ddpm_step_v(float *x_prev, float *x0_out, const float *x_t, ddpm_predi
         if (x0_out)
             x0_out[d] = x0;
         if (learned && i > 0)
-            sig = (float)exp(0.5 * (lc.lo + lc.half * ((double)v[d] + 1.0)));
+            sig = (float)exp(0.5 * ddpm_learned_logvar(lc, v[d]));
         x_prev[d] = i == 0 ? mean : mean + sig * z[d];
     }
 }

@@ -58,5 +58,10 @@ typedef struct {
     double half; /* (log beta_t - lo) / 2 */
 } ddpm_logvar_coef;
 ddpm_logvar_coef ddpm_learned_logvar_coef(int i, const ddpm_schedule *s);
+/* log sigma^2 of one value v under the coefficients of its step. */
+static inline double ddpm_learned_logvar(ddpm_logvar_coef c, float v)
+{
+    return c.lo + c.half * ((double)v + 1.0);
+}
 
 #endif

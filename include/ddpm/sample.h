@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "ddpm/rng.h"
 #include "ddpm/schedule.h"
@@ -18,9 +19,23 @@ typedef enum { DDPM_SAMPLER_DDPM = 0, DDPM_SAMPLER_DDIM = 1 } ddpm_sampler_kind;
 typedef enum { DDPM_VAR_BETA = 0, DDPM_VAR_BETA_TILDE = 1, DDPM_VAR_LEARNED = 2 } ddpm_var_kind;
 #define DDPM_N_VARS 3
 
-/* "beta" "beta-tilde" "learned" <-> kind; parse returns -1 on an unknown name. */
-const char *ddpm_var_name(ddpm_var_kind kind);
-int ddpm_var_parse(const char *name, ddpm_var_kind *kind);
+/* "beta" "beta-tilde" "learned" <-> kind; parse returns -1 on an unknown name.
+ * Inline, so that the recipe reader (and its fuzzer) shares the names without
+ * linking the samplers. */
+static inline const char *ddpm_var_name(ddpm_var_kind kind)
+{
+    static const char *const names[DDPM_N_VARS] = {"beta", "beta-tilde", "learned"};
+    return (unsigned)kind < DDPM_N_VARS ? names[kind] : "?";
+}
+static inline int ddpm_var_parse(const char *name, ddpm_var_kind *kind)
+{
+    for (int k = 0; k < DDPM_N_VARS; k++)
+        if (!strcmp(name, ddpm_var_name((ddpm_var_kind)k))) {
+            *kind = (ddpm_var_kind)k;
+            return 0;
+        }
+    return -1;
+}
 
 typedef struct {
     ddpm_sampler_kind kind;
