@@ -424,9 +424,8 @@ static void test_guidance_guides_the_prediction_and_keeps_v(void **state)
 {
     (void)state;
     ddpm_unet_config mc;
-    ddpm_unet_config_default(&mc);
-    mc.in_channels = 1, mc.image_size = 8, mc.ch = 8, mc.n_levels = 2, mc.ch_mult[1] = 2;
-    mc.num_res_blocks = 1, mc.n_attn = 0, mc.groups = 4, mc.n_classes = 3, mc.learn_sigma = 1;
+    tu_tiny_unet_config(&mc);
+    mc.n_classes = 3, mc.learn_sigma = 1;
     assert_int_equal(ddpm_unet_out_channels(&mc), 2);
     ddpm_unet *net;
     assert_int_equal(ddpm_unet_create(&net, &mc), 0);
@@ -507,9 +506,8 @@ static void test_gradient_through_a_tiny_learn_sigma_network(void **state)
 {
     (void)state;
     ddpm_unet_config cfg;
-    ddpm_unet_config_default(&cfg);
-    cfg.in_channels = 1, cfg.image_size = 8, cfg.ch = 8, cfg.n_levels = 2, cfg.ch_mult[1] = 2;
-    cfg.num_res_blocks = 1, cfg.n_attn = 0, cfg.groups = 4, cfg.dropout = 0, cfg.learn_sigma = 1;
+    tu_tiny_unet_config(&cfg);
+    cfg.dropout = 0, cfg.learn_sigma = 1;
     net_ctx c = {.B = 3, .D = 64};
     int steps[3] = {0, 40, 700};
     c.i = steps;

@@ -269,9 +269,8 @@ static void test_vlb_gradient_through_the_tiny_network(void **state)
 {
     (void)state;
     ddpm_unet_config cfg;
-    ddpm_unet_config_default(&cfg);
-    cfg.in_channels = 1, cfg.image_size = 8, cfg.ch = 8, cfg.n_levels = 2, cfg.ch_mult[1] = 2;
-    cfg.num_res_blocks = 1, cfg.n_attn = 0, cfg.groups = 4, cfg.dropout = 0;
+    tu_tiny_unet_config(&cfg);
+    cfg.dropout = 0;
     net_ctx c = {.B = 3, .D = 64};
     int steps[3] = {0, 40, 700};
     c.i = steps;

@@ -312,9 +312,7 @@ static void test_sample_files_writes_grid_each_and_trajectory_independent_of_bat
     char dir[256];
     assert_int_equal(tu_make_tmpdir(dir, sizeof dir, "sample"), 0);
     ddpm_unet_config mc;
-    ddpm_unet_config_default(&mc);
-    mc.in_channels = 1, mc.image_size = 8, mc.ch = 8, mc.n_levels = 2, mc.ch_mult[1] = 2;
-    mc.num_res_blocks = 1, mc.n_attn = 0, mc.groups = 4;
+    tu_tiny_unet_config(&mc);
     ddpm_unet *net;
     assert_int_equal(ddpm_unet_create(&net, &mc), 0);
     float *params = tu_alloc(net->n_params);
@@ -392,9 +390,8 @@ static void test_guidance_1_is_the_conditional_model_0_the_unconditional(void **
 {
     (void)state;
     ddpm_unet_config mc;
-    ddpm_unet_config_default(&mc);
-    mc.in_channels = 1, mc.image_size = 8, mc.ch = 8, mc.n_levels = 2, mc.ch_mult[1] = 2;
-    mc.num_res_blocks = 1, mc.n_attn = 0, mc.groups = 4, mc.n_classes = 3;
+    tu_tiny_unet_config(&mc);
+    mc.n_classes = 3;
     ddpm_unet *net;
     assert_int_equal(ddpm_unet_create(&net, &mc), 0);
     enum { B = 3, D = 64 };
@@ -435,9 +432,8 @@ static void test_unet_eps_converts_a_v_network_to_eps_when_asked(void **state)
 {
     (void)state;
     ddpm_unet_config mc;
-    ddpm_unet_config_default(&mc);
-    mc.in_channels = 1, mc.image_size = 8, mc.ch = 8, mc.n_levels = 2, mc.ch_mult[1] = 2;
-    mc.num_res_blocks = 1, mc.n_attn = 0, mc.groups = 4, mc.prediction = DDPM_PRED_V;
+    tu_tiny_unet_config(&mc);
+    mc.prediction = DDPM_PRED_V;
     ddpm_unet *net;
     assert_int_equal(ddpm_unet_create(&net, &mc), 0);
     enum { B = 2, D = 64 };

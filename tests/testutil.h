@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "ddpm/rng.h"
+#include "ddpm/unet.h"
 
 static inline void tu_fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi)
 {
@@ -284,6 +285,15 @@ static inline void tu_grid_image(float *x0, size_t n, uint64_t seed)
     for (size_t d = 0; d < n; d++)
         x0[d] = (float)floor(x0[d] * 255.999) / 127.5f - 1.0f;
     x0[0] = -1.0f, x0[1] = 1.0f;
+}
+
+/* The tiny U-Net of the gradient and sampler tests: 8x8 gray, ch 8, ch_mult
+ * 1,2, one res block, no attention, 4 groups; the rest as the defaults. */
+static inline void tu_tiny_unet_config(ddpm_unet_config *c)
+{
+    ddpm_unet_config_default(c);
+    c->in_channels = 1, c->image_size = 8, c->ch = 8, c->n_levels = 2, c->ch_mult[1] = 2;
+    c->num_res_blocks = 1, c->n_attn = 0, c->groups = 4;
 }
 
 #endif
