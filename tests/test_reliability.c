@@ -24,6 +24,11 @@
 
 static char tmp[256];
 
+/* The OpenBLAS kernel set of the ddpm children: NULL leaves the environment as
+ * the test was given it; otherwise the child (only) gets OPENBLAS_CORETYPE set
+ * to it and OPENBLAS_L2_SIZE unset. */
+static const char *child_coretype;
+
 /* Runs `ddpm ARGS` in tmp through /bin/sh, stdout and stderr to out.txt and
  * err.txt, with RLIMIT_FSIZE = fsize bytes when fsize > 0. Returns the exit
  * code, or 128 + the signal that killed it (SIGALRM after 120 s: 142). */
@@ -42,6 +47,10 @@ static int run_limited(long fsize, const char *fmt, ...)
         if (fsize > 0) {
             struct rlimit rl = {(rlim_t)fsize, (rlim_t)fsize};
             setrlimit(RLIMIT_FSIZE, &rl);
+        }
+        if (child_coretype) {
+            setenv("OPENBLAS_CORETYPE", child_coretype, 1);
+            unsetenv("OPENBLAS_L2_SIZE");
         }
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
@@ -460,11 +469,40 @@ static unsigned char *checkpoint_tensors(const char *name, size_t *n)
     return b;
 }
 
+/* The OpenBLAS kernel sets the thread-count test runs under, with what the CPU
+ * must have to run them (OpenBLAS would stop on an illegal instruction). */
+static struct {
+    const char *core;
+    int runs_here;
+} kernel_sets[] = {
+    {"SkylakeX", 0}, /* runs_here filled in by the test from the CPU's flags */
+    {"Haswell", 0},
+    {"Sandybridge", 0},
+    {"Prescott", 0},
+};
+
+/* The kernel set a ddpm child reports under child_coretype (`ddpm --version`). */
+static void assert_child_kernels(const char *core)
+{
+    assert_int_equal(ddpm("--version"), 0);
+    char *out = slurp("out.txt");
+    char want[64];
+    snprintf(want, sizeof want, "openblas kernels: %s\n", core);
+    if (!strstr(out, want))
+        fprintf(stderr, "asked OpenBLAS for %s kernels; ddpm --version says:\n%s", core, out);
+    assert_non_null(strstr(out, want));
+    free(out);
+}
+
 /* The issue: the same seed gives the same bytes whatever --threads is, for
- * training and for sampling. The run takes the default model's code paths at
- * a small width: 28x28 gray (Winograd F(4x4) at 28 and 7 px, F(2x2) at 14,
- * attention at 14, dropout), an odd batch of 5, at 1, 2 and 3 threads. A lane
- * or reduction split that followed the thread count failed this. */
+ * training and for sampling, under every OpenBLAS kernel set this CPU can run
+ * (the variable set in the children's environment only). The run takes the
+ * default model's code paths at a small width: 28x28 gray (Winograd F(4x4) at
+ * 28 and 7 px, F(2x2) at 14, attention at 14, dropout, the time embedding's
+ * linear layers), an odd batch of 5, at 1, 2 and 3 threads. A lane or
+ * reduction split that followed the thread count failed this; so did a
+ * multi-threaded OpenBLAS call (the linear layers' sgemm split over the
+ * threads rounds differently with the Haswell kernels). */
 static void test_training_and_sampling_give_the_same_bytes_at_any_thread_count(void **state)
 {
     (void)state;
@@ -477,37 +515,59 @@ static void test_training_and_sampling_give_the_same_bytes_at_any_thread_count(v
         snprintf(path, sizeof path, "%s/d28/%d.png", tmp, k);
         assert_int_equal(ddpm_png_write(path, px, 28, 28, 1), 0);
     }
-    unsigned char *first = NULL, *grid0 = NULL;
-    size_t n_first = 0, n_grid0 = 0;
-    for (int threads = 1; threads <= 3; threads++) {
-        assert_int_equal(ddpm("train d28 --out thr%d --steps 3 --batch 5 --ch 8 --timesteps 100 "
-                              "--dropout 0.2 --preview-n 0 --quiet --threads %d",
-                              threads, threads),
-                         0);
-        char name[64];
-        snprintf(name, sizeof name, "thr%d/checkpoint.safetensors", threads);
-        size_t n = 0;
-        unsigned char *t = checkpoint_tensors(name, &n);
-        assert_int_equal(ddpm("sample thr1 --n 3 --steps 5 --seed 4 --out g%d.png --quiet --threads %d",
-                              threads, threads),
-                         0);
-        snprintf(name, sizeof name, "g%d.png", threads);
-        size_t ng = 0;
-        unsigned char *g = tu_read_file(in_tmp(name), &ng);
-        assert_non_null(g);
-        if (!first) {
-            first = t, n_first = n, grid0 = g, n_grid0 = ng;
+    __builtin_cpu_init();
+    kernel_sets[0].runs_here = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    kernel_sets[1].runs_here = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    kernel_sets[2].runs_here = __builtin_cpu_supports("avx");
+    kernel_sets[3].runs_here = 1;
+    int n_run = 0;
+    for (size_t s = 0; s < sizeof kernel_sets / sizeof kernel_sets[0]; s++) {
+        const char *core = kernel_sets[s].core;
+        if (!kernel_sets[s].runs_here) {
+            fprintf(stderr, "  this CPU cannot run OpenBLAS's %s kernels: not tested\n", core);
             continue;
         }
-        assert_int_equal(n, n_first);
-        assert_memory_equal(t, first, n);
-        assert_int_equal(ng, n_grid0);
-        assert_memory_equal(g, grid0, ng);
-        free(t);
-        free(g);
+        child_coretype = core;
+        assert_child_kernels(core);
+        unsigned char *first = NULL, *grid0 = NULL;
+        size_t n_first = 0, n_grid0 = 0;
+        for (int threads = 1; threads <= 3; threads++) {
+            assert_int_equal(ddpm("train d28 --out thr%s%d --steps 3 --batch 5 --ch 8 --timesteps 100 "
+                                  "--dropout 0.2 --preview-n 0 --quiet --threads %d",
+                                  core, threads, threads),
+                             0);
+            char name[64];
+            snprintf(name, sizeof name, "thr%s%d/checkpoint.safetensors", core, threads);
+            size_t n = 0;
+            unsigned char *t = checkpoint_tensors(name, &n);
+            assert_int_equal(ddpm("sample thr%s1 --n 3 --steps 5 --seed 4 --out g%s%d.png --quiet --threads %d",
+                                  core, core, threads, threads),
+                             0);
+            snprintf(name, sizeof name, "g%s%d.png", core, threads);
+            size_t ng = 0;
+            unsigned char *g = tu_read_file(in_tmp(name), &ng);
+            assert_non_null(g);
+            if (!first) {
+                first = t, n_first = n, grid0 = g, n_grid0 = ng;
+                continue;
+            }
+            if (n != n_first || memcmp(t, first, n) || ng != n_grid0 || memcmp(g, grid0, ng))
+                fprintf(stderr, "  OpenBLAS %s kernels: %d threads give other bytes than 1 thread (%s)\n", core,
+                        threads, n != n_first || memcmp(t, first, n) ? "training" : "sampling");
+            assert_int_equal(n, n_first);
+            assert_memory_equal(t, first, n);
+            assert_int_equal(ng, n_grid0);
+            assert_memory_equal(g, grid0, ng);
+            free(t);
+            free(g);
+        }
+        free(first);
+        free(grid0);
+        child_coretype = NULL;
+        n_run++;
     }
-    free(first);
-    free(grid0);
+    assert_true(n_run >= 1); /* Prescott runs anywhere */
 }
 
 /* The bug report: --resume on another data folder quietly turned 32x32 RGB

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "ddpm/platform.h"
 #include "ddpm/run.h"
 
 int arg_long(const char *flag, const char *value, long lo, long hi, long *out)
@@ -73,10 +74,7 @@ int arg_u64(const char *flag, const char *value, uint64_t *out)
 
 void cli_set_threads(int n)
 {
-    if (n <= 0)
-        return;
-    omp_set_num_threads(n);
-    openblas_set_num_threads(n);
+    ddpm_threads_set(n);
 }
 
 int cli_usage_error(const char *cmd)

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "ddpm/platform.h"
 
 static const struct {
     const char *name;
@@ -78,6 +79,7 @@ int main(int argc, char **argv)
      * process being killed by SIGXFSZ: the error path then removes the temporary
      * file, keeps the old checkpoint and says "File too large". */
     signal(SIGXFSZ, SIG_IGN);
+    ddpm_blas_single_thread();
     if (argc < 2) {
         usage(stderr);
         return DDPM_EXIT_USAGE;
@@ -88,7 +90,10 @@ int main(int argc, char **argv)
         return DDPM_EXIT_OK;
     }
     if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) {
-        printf("ddpm %s\n", DDPM_VERSION);
+        ddpm_platform pf;
+        ddpm_platform_get(&pf);
+        printf("ddpm %s\nbuild: %s, %s\nopenblas: %s\nopenblas kernels: %s\n", DDPM_VERSION, pf.compiler, pf.isa,
+               pf.openblas, pf.blas_core);
         return DDPM_EXIT_OK;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

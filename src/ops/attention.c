@@ -12,14 +12,15 @@
  * OpenMP threads, each calling sgemm from inside the parallel region (the OpenMP
  * build of OpenBLAS then runs it on the calling thread, STYLE.md) with its own
  * slice of the scratch. Each image's result is computed the same way for any
- * thread count. With a pthread OpenBLAS, or fewer lanes than threads, the lanes
- * run one after the other and sgemm uses its own threads. */
+ * thread count. OpenBLAS is kept at one thread (platform.h); with a pthread
+ * OpenBLAS the lanes run one after the other. */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stddef.h>
 
 #include "ddpm/ops.h"
+#include "ddpm/platform.h"
 
 #define LANES 8
 
@@ -30,7 +31,7 @@ static int n_lanes(int B)
 
 static int lanes_in_parallel(int lanes)
 {
-    return lanes > 1 && lanes >= omp_get_max_threads() && openblas_get_parallel() == 2 && !omp_in_parallel();
+    return lanes > 1 && openblas_get_parallel() == 2 && !omp_in_parallel();
 }
 
 /* row softmax in place, stable: subtract the row maximum before exp */
@@ -55,6 +56,7 @@ static void softmax_rows(float *w, int rows, int N)
 void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, const float *v,
                             int B, int C, int N)
 {
+    ddpm_blas_single_thread();
     const float scale = (float)(1.0 / sqrt((double)C));
     const size_t CN = (size_t)C * N, NN = (size_t)N * N;
     const int lanes = n_lanes(B);
@@ -82,6 +84,7 @@ void ddpm_attention_backward(float *dq, float *dk, float *dv, float beta, float 
                              const float *w, const float *q, const float *k, const float *v, int B, int C,
                              int N)
 {
+    ddpm_blas_single_thread();
     const float scale = (float)(1.0 / sqrt((double)C));
     const size_t CN = (size_t)C * N, NN = (size_t)N * N;
     const int lanes = n_lanes(B);

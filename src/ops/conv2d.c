@@ -19,9 +19,10 @@
  * sgemm on the calling thread only (STYLE.md), so the two cores work on two
  * lanes with no fork/join inside a unit and the unit's data stays in cache.
  * The weight gradient is summed per lane (units in order) and the lanes are
- * added in lane order, so the sum does not depend on the thread count. With
- * fewer lanes than threads, or a pthread OpenBLAS, the lanes run one after the
- * other from serial code and sgemm uses its own threads.
+ * added in lane order, so the sum does not depend on the thread count. OpenBLAS
+ * is kept at one thread (platform.h), so with a pthread OpenBLAS, whose sgemm
+ * may not be entered from several threads at once, the lanes run one after the
+ * other and compute the same bytes on one core.
  *
  * With AVX-512, 3x3 stride-1 pad-1 convs with >= 16 channels in and out go to
  * ddpm_conv3x3 (Winograd F(4x4,3x3) or F(2x2,3x3), src/ops/conv3x3.c) instead:
@@ -31,6 +32,7 @@
 #include <string.h>
 
 #include "ddpm/ops.h"
+#include "ddpm/platform.h"
 
 #define LANES 8
 #define UNIT_COLUMNS 256
@@ -208,8 +210,7 @@ size_t ddpm_conv2d_scratch_floats(int B, int Cin, int H, int W, int Cout, int K,
 /* Whether the lanes run on OpenMP threads (sgemm single-threaded inside each). */
 static int lanes_in_parallel(const geometry *g)
 {
-    return g->n_lanes > 1 && g->n_lanes >= omp_get_max_threads() && openblas_get_parallel() == 2 &&
-           !omp_in_parallel();
+    return g->n_lanes > 1 && openblas_get_parallel() == 2 && !omp_in_parallel();
 }
 
 static void unit_range(const geometry *g, int lane, int *u0, int *u1)
@@ -258,6 +259,7 @@ void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const floa
                          const float *bias, int B, int Cin, int H, int W, int Cout, int K,
                          int S, int P)
 {
+    ddpm_blas_single_thread();
     if (use_winograd(Cin, Cout, K, S, P)) {
         ddpm_conv3x3_forward(out, scratch, in, weight, bias, B, Cin, H, W, Cout);
         return;
@@ -326,6 +328,7 @@ void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, 
                           const float *dout, const float *in, const float *weight, int B, int Cin, int H,
                           int W, int Cout, int K, int S, int P)
 {
+    ddpm_blas_single_thread();
     if (use_winograd(Cin, Cout, K, S, P)) {
         ddpm_conv3x3_backward(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout);
         return;

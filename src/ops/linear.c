@@ -3,15 +3,19 @@
  *     din [B,In]   += dout [B,Out] x W [Out,In]
  *     dW  [Out,In] += dout^T [Out,B] x in [B,In]
  *     dbias [Out]  += column sums of dout
- * Called from serial code only (sgemm is never entered from an OpenMP region). */
+ * Called from serial code only (sgemm is never entered from an OpenMP region),
+ * with OpenBLAS at one thread (platform.h): its split of a product over
+ * threads would follow the thread count, and with it the rounding. */
 #include <cblas.h>
 #include <string.h>
 
 #include "ddpm/ops.h"
+#include "ddpm/platform.h"
 
 void ddpm_linear_forward(float *out, const float *in, const float *weight, const float *bias,
                          int B, int In, int Out)
 {
+    ddpm_blas_single_thread();
     float beta = 0.0f;
     if (bias) {
         /* start every row from the bias and let sgemm add the product (beta = 1) */
@@ -26,6 +30,7 @@ void ddpm_linear_forward(float *out, const float *in, const float *weight, const
 void ddpm_linear_backward(float *din, float *dweight, float *dbias, const float *dout,
                           const float *in, const float *weight, int B, int In, int Out)
 {
+    ddpm_blas_single_thread();
     if (din)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, In, Out, 1.0f, dout, Out,
                     weight, In, 1.0f, din, In);
