@@ -8,15 +8,25 @@
 
 void ddpm_threads_set(int n)
 {
-    if (n > 0)
-        omp_set_num_threads(n);
+    const int omp_n = n > 0 ? n : omp_get_max_threads();
+    /* The OpenMP build of OpenBLAS sets OpenMP's thread count along with its
+       own, so OpenMP's is set after it. OpenBLAS then stays at one thread: it
+       adopts OpenMP's count only while its own is above one. */
     openblas_set_num_threads(1);
+    omp_set_num_threads(omp_n);
 }
 
-void ddpm_blas_single_thread(void)
+void ddpm_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                const float *B, int ldb, float beta, float *C, int ldc)
 {
-    if (openblas_get_num_threads() != 1)
-        openblas_set_num_threads(1);
+    const enum CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans,
+                               tb = trans_b ? CblasTrans : CblasNoTrans;
+    const int held = omp_in_parallel() ? 0 : omp_get_max_threads();
+    if (held > 1)
+        omp_set_num_threads(1);
+    cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (held > 1)
+        omp_set_num_threads(held);
 }
 
 void ddpm_platform_get(ddpm_platform *p)

@@ -122,7 +122,9 @@ static int teardown(void **state)
     return tu_remove_tree(tmp);
 }
 
-#define TINY "--size 8 --ch 8 --ch-mult 1,2 --res-blocks 1 --attn '' --groups 4 --timesteps 50 --batch 2 --preview-n 0"
+#define TINY                                                                                                 \
+    "--size 8 --ch 8 --ch-mult 1,2 --res-blocks 1 --attn '' --groups 4 --timesteps 50 --batch 2 "            \
+    "--preview-n 0"
 
 /* A checkpoint of a fresh tiny run at `name`, with `value` in the first element
  * of tensor 3 of the EMA weights (ema) or of the raw weights. */
@@ -308,7 +310,8 @@ static void assert_log_holds_steps(const char *name, long first, long last)
 static void test_a_second_writer_is_refused_with_the_first_ones_pid(void **state)
 {
     (void)state;
-    pid_t first = start_ddpm("train data --out lock-run --steps 100000 --save-every 100000 --log-every 1 --quiet " TINY);
+    pid_t first = start_ddpm(
+        "train data --out lock-run --steps 100000 --save-every 100000 --log-every 1 --quiet " TINY);
     wait_for_lines("lock-run/log.jsonl", 1);
     char pid[32];
     snprintf(pid, sizeof pid, "pid %ld", (long)first);
@@ -534,16 +537,26 @@ static void test_training_and_sampling_give_the_same_bytes_at_any_thread_count(v
         size_t n_first = 0, n_grid0 = 0;
         for (int threads = 1; threads <= 3; threads++) {
             assert_int_equal(ddpm("train d28 --out thr%s%d --steps 3 --batch 5 --ch 8 --timesteps 100 "
-                                  "--dropout 0.2 --preview-n 0 --quiet --threads %d",
+                                  "--dropout 0.2 --preview-n 0 --threads %d",
                                   core, threads, threads),
                              0);
+            /* the run really used that many OpenMP threads (a thread count that
+               OpenBLAS reset to 1 made every count give 1 thread's bytes) */
+            char said[32];
+            snprintf(said, sizeof said, ", %d threads\n", threads);
+            char *err = slurp("err.txt");
+            if (!strstr(err, said))
+                fprintf(stderr, "ddpm train --threads %d said:\n%s", threads, err);
+            assert_non_null(strstr(err, said));
+            free(err);
             char name[64];
             snprintf(name, sizeof name, "thr%s%d/checkpoint.safetensors", core, threads);
             size_t n = 0;
             unsigned char *t = checkpoint_tensors(name, &n);
-            assert_int_equal(ddpm("sample thr%s1 --n 3 --steps 5 --seed 4 --out g%s%d.png --quiet --threads %d",
-                                  core, core, threads, threads),
-                             0);
+            assert_int_equal(
+                ddpm("sample thr%s1 --n 3 --steps 5 --seed 4 --out g%s%d.png --quiet --threads %d", core,
+                     core, threads, threads),
+                0);
             snprintf(name, sizeof name, "g%s%d.png", core, threads);
             size_t ng = 0;
             unsigned char *g = tu_read_file(in_tmp(name), &ng);
@@ -553,8 +566,8 @@ static void test_training_and_sampling_give_the_same_bytes_at_any_thread_count(v
                 continue;
             }
             if (n != n_first || memcmp(t, first, n) || ng != n_grid0 || memcmp(g, grid0, ng))
-                fprintf(stderr, "  OpenBLAS %s kernels: %d threads give other bytes than 1 thread (%s)\n", core,
-                        threads, n != n_first || memcmp(t, first, n) ? "training" : "sampling");
+                fprintf(stderr, "  OpenBLAS %s kernels: %d threads give other bytes than 1 thread (%s)\n",
+                        core, threads, n != n_first || memcmp(t, first, n) ? "training" : "sampling");
             assert_int_equal(n, n_first);
             assert_memory_equal(t, first, n);
             assert_int_equal(ng, n_grid0);
@@ -581,8 +594,10 @@ static void test_resume_on_other_data_is_refused_unless_allowed(void **state)
     write_gray_png("other", "x.png", 9);
     assert_int_equal(ddpm("train other --out data-run --resume --steps 2 --quiet --preview-n 0"), 1);
     assert_one_error_line("not the data this run was trained on", "--allow-data-change");
-    assert_int_equal(ddpm("train other --out data-run --resume --steps 2 --quiet --allow-data-change --preview-n 0"), 0);
-    assert_int_equal(ddpm("train data --out data-run --resume --steps 3 --quiet --allow-data-change --preview-n 0"), 0);
+    assert_int_equal(
+        ddpm("train other --out data-run --resume --steps 2 --quiet --allow-data-change --preview-n 0"), 0);
+    assert_int_equal(
+        ddpm("train data --out data-run --resume --steps 3 --quiet --allow-data-change --preview-n 0"), 0);
 }
 
 /* The bug report: --size 7, --attn 99 and --ch 3 exited 1, though README gives
@@ -593,7 +608,8 @@ static void test_bad_flag_values_exit_2_and_bad_outputs_are_refused_before_work(
     (void)state;
     const char *bad[] = {"--size 7", "--attn 99", "--ch 3"};
     for (int i = 0; i < 3; i++) {
-        assert_int_equal(ddpm("train data --out bad-run --steps 1 --quiet --ch 8 --ch-mult 1,2 --groups 4 %s", bad[i]), 2);
+        assert_int_equal(
+            ddpm("train data --out bad-run --steps 1 --quiet --ch 8 --ch-mult 1,2 --groups 4 %s", bad[i]), 2);
         assert_one_error_line("model", NULL);
     }
     assert_int_equal(access(in_tmp("bad-run"), F_OK), -1); /* refused before any file */

@@ -4,9 +4,9 @@
  * determinism). OpenBLAS splits one sgemm over its threads in ways that follow
  * the thread count and, with some kernel sets (Haswell, Sandybridge), change
  * the rounding of the product. So every sgemm in ddpm runs on the thread that
- * calls it: OpenBLAS is kept at one thread, and the parallelism comes from
- * ddpm's own fixed lanes (OpenMP threads over lanes whose number and contents
- * depend on the shapes only). */
+ * calls it (ddpm_sgemm), and the parallelism comes from ddpm's own fixed lanes
+ * (OpenMP threads over lanes whose number and contents depend on the shapes
+ * only). */
 #ifndef DDPM_PLATFORM_H
 #define DDPM_PLATFORM_H
 
@@ -16,10 +16,14 @@
  * thread. */
 void ddpm_threads_set(int n);
 
-/* Keeps OpenBLAS at one thread. The layers that call sgemm call this first, so
- * a program that never called ddpm_threads_set gets the same bytes. Cheap: one
- * query when the setting is already right. */
-void ddpm_blas_single_thread(void);
+/* cblas_sgemm (row-major) on the calling thread only: every product in ddpm
+ * goes through this. From serial code, OpenMP is held at one thread for the
+ * call, since the OpenMP build of OpenBLAS may raise its own thread count back
+ * to OpenMP's (seen with Debian's 0.3.21: a product at --threads 2 then ran on
+ * two threads and rounded differently with the Haswell kernels); inside a
+ * parallel region OpenBLAS runs on the calling thread by itself. */
+void ddpm_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                const float *B, int ldb, float beta, float *C, int ldc);
 
 /* What the bytes of a training run or a sample depend on besides the inputs:
  * the compiler, the instruction set the build may use, the OpenBLAS version and

@@ -79,7 +79,7 @@ int main(int argc, char **argv)
      * process being killed by SIGXFSZ: the error path then removes the temporary
      * file, keeps the old checkpoint and says "File too large". */
     signal(SIGXFSZ, SIG_IGN);
-    ddpm_blas_single_thread();
+    ddpm_threads_set(0);
     if (argc < 2) {
         usage(stderr);
         return DDPM_EXIT_USAGE;
@@ -92,8 +92,8 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) {
         ddpm_platform pf;
         ddpm_platform_get(&pf);
-        printf("ddpm %s\nbuild: %s, %s\nopenblas: %s\nopenblas kernels: %s\n", DDPM_VERSION, pf.compiler, pf.isa,
-               pf.openblas, pf.blas_core);
+        printf("ddpm %s\nbuild: %s, %s\nopenblas: %s\nopenblas kernels: %s\n", DDPM_VERSION, pf.compiler,
+               pf.isa, pf.openblas, pf.blas_core);
         return DDPM_EXIT_OK;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

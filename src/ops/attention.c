@@ -14,7 +14,7 @@
  * slice of the scratch. Each image's result is computed the same way for any
  * thread count. OpenBLAS is kept at one thread (platform.h); with a pthread
  * OpenBLAS the lanes run one after the other. */
-#include <cblas.h>
+#include <cblas.h> /* openblas_get_parallel */
 #include <math.h>
 #include <omp.h>
 #include <stddef.h>
@@ -53,10 +53,9 @@ static void softmax_rows(float *w, int rows, int N)
     }
 }
 
-void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, const float *v,
-                            int B, int C, int N)
+void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, const float *v, int B, int C,
+                            int N)
 {
-    ddpm_blas_single_thread();
     const float scale = (float)(1.0 / sqrt((double)C));
     const size_t CN = (size_t)C * N, NN = (size_t)N * N;
     const int lanes = n_lanes(B);
@@ -65,11 +64,9 @@ void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, 
         const int b0 = (int)((long)lane * B / lanes), b1 = (int)((long)(lane + 1) * B / lanes);
         for (int b = b0; b < b1; b++) {
             float *w_b = w + b * NN;
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, N, C, scale, q + b * CN, N, k + b * CN, N,
-                        0.0f, w_b, N);
+            ddpm_sgemm(1, 0, N, N, C, scale, q + b * CN, N, k + b * CN, N, 0.0f, w_b, N);
             softmax_rows(w_b, N, N);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, N, N, 1.0f, v + b * CN, N, w_b, N, 0.0f,
-                        h + b * CN, N);
+            ddpm_sgemm(0, 1, C, N, N, 1.0f, v + b * CN, N, w_b, N, 0.0f, h + b * CN, N);
         }
     }
 }
@@ -84,7 +81,6 @@ void ddpm_attention_backward(float *dq, float *dk, float *dv, float beta, float 
                              const float *w, const float *q, const float *k, const float *v, int B, int C,
                              int N)
 {
-    ddpm_blas_single_thread();
     const float scale = (float)(1.0 / sqrt((double)C));
     const size_t CN = (size_t)C * N, NN = (size_t)N * N;
     const int lanes = n_lanes(B);
@@ -95,13 +91,11 @@ void ddpm_attention_backward(float *dq, float *dk, float *dv, float beta, float 
         for (int b = b0; b < b1; b++) {
             const float *dh_b = dh + b * CN, *w_b = w + b * NN;
             if (dv)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, N, N, 1.0f, dh_b, N, w_b, N, beta,
-                            dv + b * CN, N);
+                ddpm_sgemm(0, 0, C, N, N, 1.0f, dh_b, N, w_b, N, beta, dv + b * CN, N);
             if (!dq && !dk)
                 continue;
             /* dW = dH^T V, into the lane's scratch */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, N, C, 1.0f, dh_b, N, v + b * CN, N, 0.0f, dS,
-                        N);
+            ddpm_sgemm(1, 0, N, N, C, 1.0f, dh_b, N, v + b * CN, N, 0.0f, dS, N);
             /* dS = w * (dW - sum_j w dW), row by row, in place */
             for (int i = 0; i < N; i++) {
                 const float *wi = w_b + (size_t)i * N;
@@ -114,11 +108,9 @@ void ddpm_attention_backward(float *dq, float *dk, float *dv, float beta, float 
                     di[j] = wi[j] * (di[j] - d);
             }
             if (dq)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, N, N, scale, k + b * CN, N, dS, N, beta,
-                            dq + b * CN, N);
+                ddpm_sgemm(0, 1, C, N, N, scale, k + b * CN, N, dS, N, beta, dq + b * CN, N);
             if (dk)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, N, N, scale, q + b * CN, N, dS, N, beta,
-                            dk + b * CN, N);
+                ddpm_sgemm(0, 0, C, N, N, scale, q + b * CN, N, dS, N, beta, dk + b * CN, N);
         }
     }
 }

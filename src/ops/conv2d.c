@@ -27,7 +27,7 @@
  * With AVX-512, 3x3 stride-1 pad-1 convs with >= 16 channels in and out go to
  * ddpm_conv3x3 (Winograd F(4x4,3x3) or F(2x2,3x3), src/ops/conv3x3.c) instead:
  * 2.25-4x fewer multiply-adds and no im2col; see use_winograd. */
-#include <cblas.h>
+#include <cblas.h> /* openblas_get_parallel */
 #include <omp.h>
 #include <string.h>
 
@@ -36,7 +36,6 @@
 
 #define LANES 8
 #define UNIT_COLUMNS 256
-
 
 static int conv_out_size(int n, int K, int S, int P)
 {
@@ -71,8 +70,8 @@ static void valid_range(int n, int n_out, int S, int P, int k, int *lo, int *hi)
 }
 
 /* col [Cin*K*K, nb*Ho*Wo] from in [nb, Cin, H, W]. Serial: called per unit. */
-static void im2col(float *col, const float *in, int nb, int Cin, int H, int W, int K, int S, int P,
-                   int Ho, int Wo)
+static void im2col(float *col, const float *in, int nb, int Cin, int H, int W, int K, int S, int P, int Ho,
+                   int Wo)
 {
     const size_t HoWo = (size_t)Ho * Wo;
     const size_t M = (size_t)nb * HoWo;
@@ -108,8 +107,8 @@ static void im2col(float *col, const float *in, int nb, int Cin, int H, int W, i
 }
 
 /* din [nb, Cin, H, W] += col2im(dcol [Cin*K*K, nb*Ho*Wo]). Serial: called per unit. */
-static void col2im_add(float *din, const float *dcol, int nb, int Cin, int H, int W, int K, int S,
-                       int P, int Ho, int Wo)
+static void col2im_add(float *din, const float *dcol, int nb, int Cin, int H, int W, int K, int S, int P,
+                       int Ho, int Wo)
 {
     const size_t HoWo = (size_t)Ho * Wo;
     const size_t M = (size_t)nb * HoWo;
@@ -237,13 +236,11 @@ static void forward_unit(const geometry *g, float *out, float *lane_scratch, con
             for (int co = 0; co < Cout; co++)
                 for (int i = 0; i < HoWo; i++)
                     y[(size_t)co * HoWo + i] = bias[co];
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cout, HoWo, g->CKK, 1.0f, weight, g->CKK,
-                    col, HoWo, bias ? 1.0f : 0.0f, y, HoWo);
+        ddpm_sgemm(0, 0, Cout, HoWo, g->CKK, 1.0f, weight, g->CKK, col, HoWo, bias ? 1.0f : 0.0f, y, HoWo);
         return;
     }
     float *prod = lane_scratch + g->col_floats;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cout, Mu, g->CKK, 1.0f, weight, g->CKK, col, Mu,
-                0.0f, prod, Mu);
+    ddpm_sgemm(0, 0, Cout, Mu, g->CKK, 1.0f, weight, g->CKK, col, Mu, 0.0f, prod, Mu);
     /* [Cout, nb*HoWo] -> [nb, Cout, HoWo], adding the bias on the way */
     for (int b = 0; b < nb; b++)
         for (int co = 0; co < Cout; co++) {
@@ -255,11 +252,9 @@ static void forward_unit(const geometry *g, float *out, float *lane_scratch, con
         }
 }
 
-void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const float *weight,
-                         const float *bias, int B, int Cin, int H, int W, int Cout, int K,
-                         int S, int P)
+void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const float *weight, const float *bias,
+                         int B, int Cin, int H, int W, int Cout, int K, int S, int P)
 {
-    ddpm_blas_single_thread();
     if (use_winograd(Cin, Cout, K, S, P)) {
         ddpm_conv3x3_forward(out, scratch, in, weight, bias, B, Cin, H, W, Cout);
         return;
@@ -301,15 +296,13 @@ static void backward_unit(const geometry *g, float *din, float beta, float *dw_l
             im2col(col, x, nb, g->Cin, g->H, g->W, g->K, g->S, g->P, g->Ho, g->Wo);
             c = col;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cout, CKK, Mu, 1.0f, dout_p, Mu, c, Mu,
-                    first ? 0.0f : 1.0f, dw_lane, CKK);
+        ddpm_sgemm(0, 1, Cout, CKK, Mu, 1.0f, dout_p, Mu, c, Mu, first ? 0.0f : 1.0f, dw_lane, CKK);
     }
     if (din) {
         float *dx = din + (size_t)b0 * in_image;
         if (!g->col_floats) {
             /* 1x1 (nb = 1): dx [Cin, HW] = beta dx + W^T dout_p, straight from sgemm */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, Mu, Cout, 1.0f, weight, CKK, dout_p, Mu, beta,
-                        dx, Mu);
+            ddpm_sgemm(1, 0, CKK, Mu, Cout, 1.0f, weight, CKK, dout_p, Mu, beta, dx, Mu);
             return;
         }
         const size_t n_dx = (size_t)nb * in_image;
@@ -318,8 +311,7 @@ static void backward_unit(const geometry *g, float *din, float beta, float *dw_l
         else if (beta != 1.0f)
             for (size_t i = 0; i < n_dx; i++)
                 dx[i] *= beta;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, Mu, Cout, 1.0f, weight, CKK, dout_p, Mu, 0.0f,
-                    col, Mu);
+        ddpm_sgemm(1, 0, CKK, Mu, Cout, 1.0f, weight, CKK, dout_p, Mu, 0.0f, col, Mu);
         col2im_add(dx, col, nb, g->Cin, g->H, g->W, g->K, g->S, g->P, g->Ho, g->Wo);
     }
 }
@@ -328,7 +320,6 @@ void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, 
                           const float *dout, const float *in, const float *weight, int B, int Cin, int H,
                           int W, int Cout, int K, int S, int P)
 {
-    ddpm_blas_single_thread();
     if (use_winograd(Cin, Cout, K, S, P)) {
         ddpm_conv3x3_backward(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout);
         return;

@@ -3,19 +3,17 @@
  *     din [B,In]   += dout [B,Out] x W [Out,In]
  *     dW  [Out,In] += dout^T [Out,B] x in [B,In]
  *     dbias [Out]  += column sums of dout
- * Called from serial code only (sgemm is never entered from an OpenMP region),
- * with OpenBLAS at one thread (platform.h): its split of a product over
- * threads would follow the thread count, and with it the rounding. */
-#include <cblas.h>
+ * Called from serial code; ddpm_sgemm runs each product on the calling thread
+ * (platform.h): OpenBLAS's split of a product over threads would follow the
+ * thread count, and with it the rounding. */
 #include <string.h>
 
 #include "ddpm/ops.h"
 #include "ddpm/platform.h"
 
-void ddpm_linear_forward(float *out, const float *in, const float *weight, const float *bias,
-                         int B, int In, int Out)
+void ddpm_linear_forward(float *out, const float *in, const float *weight, const float *bias, int B, int In,
+                         int Out)
 {
-    ddpm_blas_single_thread();
     float beta = 0.0f;
     if (bias) {
         /* start every row from the bias and let sgemm add the product (beta = 1) */
@@ -23,20 +21,16 @@ void ddpm_linear_forward(float *out, const float *in, const float *weight, const
             memcpy(out + (size_t)b * Out, bias, (size_t)Out * sizeof(float));
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, Out, In, 1.0f, in, In, weight, In,
-                beta, out, Out);
+    ddpm_sgemm(0, 1, B, Out, In, 1.0f, in, In, weight, In, beta, out, Out);
 }
 
-void ddpm_linear_backward(float *din, float *dweight, float *dbias, const float *dout,
-                          const float *in, const float *weight, int B, int In, int Out)
+void ddpm_linear_backward(float *din, float *dweight, float *dbias, const float *dout, const float *in,
+                          const float *weight, int B, int In, int Out)
 {
-    ddpm_blas_single_thread();
     if (din)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, In, Out, 1.0f, dout, Out,
-                    weight, In, 1.0f, din, In);
+        ddpm_sgemm(0, 0, B, In, Out, 1.0f, dout, Out, weight, In, 1.0f, din, In);
     if (dweight)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Out, In, B, 1.0f, dout, Out, in, In,
-                    1.0f, dweight, In);
+        ddpm_sgemm(1, 0, Out, In, B, 1.0f, dout, Out, in, In, 1.0f, dweight, In);
     if (dbias) {
         for (int o = 0; o < Out; o++) {
             double sum = 0.0;
