@@ -5,7 +5,7 @@
 # and a markdown table of the results.
 #
 # Rows (Ho et al. 2020, Table 2; learned diagonal Sigma is Nichol & Dhariwal's
-# interpolation between beta_t and beta~_t, README):
+# interpolation between beta_t and beta~_t, docs/experiments.md):
 #   mu~ prediction, L (true bound), learned diagonal Sigma: --prediction mu  --loss vlb --learn-sigma
 #   mu~ prediction, L (true bound), fixed isotropic Sigma:  --prediction mu  --loss vlb
 #   mu~ prediction, MSE to mu~:                             --prediction mu  --loss simple

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The figures of README "Training on several processes or machines (MPI)" and of
+# The figures of docs/speed.md on MPI scaling and on
 # --micro-batch, measured in one invocation with `ddpm train` on a data folder:
 #   1. training speed of one process with T threads against T processes with one
 #      thread each (mpirun --bind-to none, so the one process may use every core),

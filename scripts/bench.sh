@@ -7,7 +7,7 @@
 #
 # Both programs run with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from the
 # environment (env -u): a user's machine sets neither. ddpm then picks its OpenBLAS
-# kernels itself (SkylakeX on an AVX-512 CPU, see README "Speed"); PyTorch uses
+# kernels itself (SkylakeX on an AVX-512 CPU, see docs/speed.md); PyTorch uses
 # oneDNN for its convolutions.
 #
 # Usage: scripts/bench.sh [--rounds N] [--seconds S] [--threads N] [--models LIST]

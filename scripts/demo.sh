@@ -12,7 +12,7 @@ run=runs/demo
 
 scripts/setup.sh
 # Debian's OpenBLAS 0.3.21 picks its Haswell kernels on AVX-512 CPUs; its
-# SkylakeX kernels nearly double sgemm there (see README, Speed). ddpm selects
+# SkylakeX kernels nearly double sgemm there (see docs/speed.md). ddpm selects
 # them itself when OPENBLAS_CORETYPE is unset; the demo also overrides a preset.
 if grep -qw avx512f /proc/cpuinfo 2>/dev/null && [ "${OPENBLAS_CORETYPE:-}" != SkylakeX ]; then
     echo "demo: AVX-512 CPU: using OpenBLAS's SkylakeX kernels (OPENBLAS_CORETYPE was '${OPENBLAS_CORETYPE:-unset}')"

@@ -2,13 +2,13 @@
 # One default Fashion-MNIST run, trained in links by a step budget, keeping the
 # EMA weights at each link's end (runs/fm/ema-STEP.safetensors), with the
 # held-out loss and the fast bound in log.jsonl every 200 steps. Training is
-# deterministic whatever --threads is and across --resume (README,
-# Reliability), so a link's weights are the same whether the run was cut there
-# or not, and the budgets are steps, not minutes: a busy machine only delays it.
+# deterministic whatever --threads is and across --resume (docs/reliability.md),
+# so a link's weights are the same whether the run was cut there or not, and
+# the budgets are steps, not minutes: a busy machine only delays it.
 #
 #   scripts/long-run.sh [RUN_DIR] [STEP ...]     # default runs/fm 800 1600 4800
 #
-# The README's bits/dim rows (Evaluation) evaluate these files with ddpm eval.
+# The bits/dim rows of docs/experiments.md evaluate these files with ddpm eval.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run="${1:-runs/fm}"

@@ -10,7 +10,7 @@
  *     dQ += a K dS^T         dK += a Q dS
  * Every image is independent: the images are split into LANES fixed lanes run on
  * OpenMP threads, each calling sgemm from inside the parallel region (the OpenMP
- * build of OpenBLAS then runs it on the calling thread, STYLE.md) with its own
+ * build of OpenBLAS then runs it on the calling thread, docs/style.md) with its own
  * slice of the scratch. Each image's result is computed the same way for any
  * thread count. OpenBLAS is kept at one thread (platform.h); with a pthread
  * OpenBLAS the lanes run one after the other. */

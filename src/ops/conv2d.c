@@ -16,7 +16,7 @@
  * The units are split into LANES fixed lanes (contiguous runs of units); each
  * lane owns a slice of the scratch and is run by one thread, which calls sgemm
  * from inside the parallel region: the OpenMP build of OpenBLAS then runs that
- * sgemm on the calling thread only (STYLE.md), so the two cores work on two
+ * sgemm on the calling thread only (docs/style.md), so the two cores work on two
  * lanes with no fork/join inside a unit and the unit's data stays in cache.
  * The weight gradient is summed per lane (units in order) and the lanes are
  * added in lane order, so the sum does not depend on the thread count. OpenBLAS
