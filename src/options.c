@@ -144,7 +144,7 @@ const ddpm_option ddpm_run_config_options[] = {
      .flags = OPTIONAL},
     {.name = "snr-weighting", .metavar = "min-snr:G", .prefix = "min-snr:", .section = "train", .key = "snr_gamma",
      .type = DDPM_OPT_FLOAT, .offset = OFF(loss.snr_gamma), .def = 0, .min = 0, .max = 1e6,
-     .def_text = "off (G 0)", .group = "objective",
+     .def_text = "off", .group = "objective",
      .help = "weight each image's MSE by min-SNR-gamma with gamma G (Hang et al. 2023; eps, x0 or v prediction; "
              "simple or hybrid loss); G 0: unweighted",
      .flags = OPTIONAL},
