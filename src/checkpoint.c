@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "ddpm/error.h"
+#include "ddpm/options.h"
 #include "ddpm/safetensors.h"
 
 struct ddpm_checkpoint {
@@ -36,54 +37,39 @@ static void add_u64(cJSON *o, const char *key, uint64_t v)
     cJSON_AddStringToObject(o, key, buf);
 }
 
+/* One option's value as JSON (its row of the option table says how). */
+static cJSON *option_to_json(const ddpm_option *opt, const ddpm_run_config *c)
+{
+    const void *p = (const char *)c + opt->offset;
+    char buf[32];
+    switch (opt->type) {
+    case DDPM_OPT_LIST: return int_array(p, *(const int *)((const char *)c + opt->count_offset));
+    case DDPM_OPT_BOOL: return cJSON_CreateBool(*(const int *)p);
+    case DDPM_OPT_ENUM: return cJSON_CreateString(opt->name_of(*(const int *)p));
+    case DDPM_OPT_U64: /* JSON numbers are doubles: 64-bit counters and seeds travel as strings */
+        snprintf(buf, sizeof buf, "%" PRIu64, *(const uint64_t *)p);
+        return cJSON_CreateString(buf);
+    default: return cJSON_CreateNumber(ddpm_option_number(opt, c));
+    }
+}
+
 char *ddpm_run_config_to_json(const ddpm_run_config *c)
 {
-    cJSON *root = cJSON_CreateObject(), *m = cJSON_CreateObject(), *s = cJSON_CreateObject(),
-          *t = cJSON_CreateObject();
-    if (!root || !m || !s || !t) {
-        cJSON_Delete(root), cJSON_Delete(m), cJSON_Delete(s), cJSON_Delete(t);
-        return NULL;
+    static const char *const sections[3] = {"model", "schedule", "train"};
+    cJSON *root = cJSON_CreateObject();
+    for (int k = 0; root && k < 3; k++) {
+        cJSON *s = cJSON_AddObjectToObject(root, sections[k]);
+        if (!s)
+            break;
+        for (const ddpm_option *o = ddpm_run_config_options; o->type != DDPM_OPT_END; o++) {
+            if (!o->section || strcmp(o->section, sections[k]))
+                continue;
+            if ((o->flags & DDPM_OPT_OMIT_DEFAULT) && ddpm_option_number(o, c) == o->def)
+                continue;
+            cJSON_AddItemToObject(s, o->key, option_to_json(o, c));
+        }
     }
-    const ddpm_unet_config *u = &c->model;
-    cJSON_AddNumberToObject(m, "in_channels", u->in_channels);
-    cJSON_AddNumberToObject(m, "image_size", u->image_size);
-    cJSON_AddNumberToObject(m, "ch", u->ch);
-    cJSON_AddItemToObject(m, "ch_mult", int_array(u->ch_mult, u->n_levels));
-    cJSON_AddNumberToObject(m, "num_res_blocks", u->num_res_blocks);
-    cJSON_AddItemToObject(m, "attn_res", int_array(u->attn_res, u->n_attn));
-    cJSON_AddNumberToObject(m, "groups", u->groups);
-    cJSON_AddNumberToObject(m, "dropout", u->dropout);
-    cJSON_AddNumberToObject(m, "n_classes", u->n_classes);
-    cJSON_AddStringToObject(m, "prediction", ddpm_prediction_name(u->prediction));
-    if (u->learn_sigma) /* absent: fixed variances, as every checkpoint before learned ones */
-        cJSON_AddBoolToObject(m, "learn_sigma", 1);
-    cJSON_AddStringToObject(s, "kind", ddpm_schedule_name(c->schedule));
-    cJSON_AddNumberToObject(s, "timesteps", c->timesteps);
-    cJSON_AddNumberToObject(s, "beta_start", c->beta_start);
-    cJSON_AddNumberToObject(s, "beta_end", c->beta_end);
-    const ddpm_optim_config *o = &c->optim;
-    cJSON_AddNumberToObject(t, "batch", c->batch);
-    cJSON_AddNumberToObject(t, "lr", o->lr);
-    cJSON_AddNumberToObject(t, "warmup", o->warmup);
-    cJSON_AddStringToObject(t, "lr_schedule", ddpm_lr_schedule_name(o->lr_schedule));
-    cJSON_AddNumberToObject(t, "lr_min", o->lr_min);
-    cJSON_AddNumberToObject(t, "lr_final_step", (double)o->lr_final_step);
-    cJSON_AddNumberToObject(t, "beta1", o->beta1);
-    cJSON_AddNumberToObject(t, "beta2", o->beta2);
-    cJSON_AddNumberToObject(t, "adam_eps", o->eps);
-    cJSON_AddNumberToObject(t, "clip", o->clip);
-    cJSON_AddNumberToObject(t, "ema", o->ema_decay);
-    cJSON_AddBoolToObject(t, "flip", c->flip);
-    add_u64(t, "seed", c->seed);
-    cJSON_AddStringToObject(t, "loss", ddpm_loss_name(c->loss.kind));
-    cJSON_AddNumberToObject(t, "snr_gamma", c->loss.snr_gamma);
-    cJSON_AddNumberToObject(t, "vlb_weight", c->loss.vlb_weight);
-    cJSON_AddNumberToObject(t, "cond_drop", c->cond_drop);
-    cJSON_AddStringToObject(t, "t_sampling", ddpm_t_sampling_name(c->t_sampling));
-    cJSON_AddItemToObject(root, "model", m);
-    cJSON_AddItemToObject(root, "schedule", s);
-    cJSON_AddItemToObject(root, "train", t);
-    char *out = cJSON_PrintUnformatted(root);
+    char *out = root ? cJSON_PrintUnformatted(root) : NULL;
     cJSON_Delete(root);
     return out;
 }
@@ -163,38 +149,73 @@ static uint64_t get_u64(parse_ctx *p, const cJSON *obj, const char *section, con
     return (uint64_t)x;
 }
 
-static int get_list(parse_ctx *p, const cJSON *obj, const char *section, const char *key, int *out, int max,
-                    int min_n)
-{
-    const cJSON *a = field(p, obj, section, key);
-    if (!a)
-        return 0;
-    int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1;
-    if (n < min_n || n > max) {
-        if (!p->err)
-            p->err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: %s.%s must be a list of %d to %d integers",
-                                p->what, section, key, min_n, max);
-        return 0;
-    }
-    for (int i = 0; i < n; i++) {
-        const cJSON *v = cJSON_GetArrayItem(a, i);
-        if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 1e6 || v->valuedouble != floor(v->valuedouble)) {
-            if (!p->err)
-                p->err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: %s.%s[%d] is not a valid integer",
-                                    p->what, section, key, i);
-            return 0;
-        }
-        out[i] = (int)v->valuedouble;
-    }
-    return n;
-}
-
 static const cJSON *section(parse_ctx *p, const cJSON *root, const char *name)
 {
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, name);
     if (!cJSON_IsObject(s) && !p->err)
         p->err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: section '%s' is missing", p->what, name);
     return cJSON_IsObject(s) ? s : NULL;
+}
+
+/* Reads one option from its section (its row of the option table says the
+ * type, the bounds and whether an older file may lack it). */
+static int option_from_json(parse_ctx *p, const ddpm_option *opt, const cJSON *sec, ddpm_run_config *c)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(sec, opt->key);
+    const char *what = p->what, *s = opt->section, *key = opt->key;
+    if (!v) {
+        if (opt->flags & DDPM_OPT_OPTIONAL)
+            return DDPM_OK; /* added after the first files: the default */
+        return ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: %s.%s is missing", what, s, key);
+    }
+    char bounds[64], text[64];
+    ddpm_option_bounds(opt, bounds, sizeof bounds);
+    void *at = (char *)c + opt->offset;
+    switch (opt->type) {
+    case DDPM_OPT_BOOL:
+        if (!cJSON_IsBool(v))
+            return ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: %s.%s must be true or false", what, s, key);
+        *(int *)at = cJSON_IsTrue(v);
+        return DDPM_OK;
+    case DDPM_OPT_ENUM:
+    case DDPM_OPT_U64:
+        if (!cJSON_IsString(v) || ddpm_option_parse(opt, c, v->valuestring)) {
+            snprintf(text, sizeof text, "%s", cJSON_IsString(v) ? v->valuestring : "?");
+            if (opt->type == DDPM_OPT_U64)
+                return ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: %s.%s must be a decimal string", what, s,
+                                  key);
+            ddpm_option_parse(opt, c, text); /* for its message: "'x1' is not eps, x0, v or mu" */
+            return ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: %s.%s %s", what, s, key, ddpm_last_error());
+        }
+        return DDPM_OK;
+    case DDPM_OPT_LIST: {
+        int n = cJSON_IsArray(v) ? cJSON_GetArraySize(v) : -1;
+        if (n < opt->min_count || n > DDPM_MAX_LEVELS)
+            return ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: %s.%s must be a list of %d to %d integers",
+                              what, s, key, opt->min_count, DDPM_MAX_LEVELS);
+        for (int i = 0; i < n; i++) {
+            const cJSON *e = cJSON_GetArrayItem(v, i);
+            if (!cJSON_IsNumber(e) || !ddpm_option_in_bounds(opt, e->valuedouble))
+                return ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: %s.%s[%d] must be an integer in %s", what,
+                                  s, key, i, bounds);
+            ((int *)at)[i] = (int)e->valuedouble;
+        }
+        *(int *)((char *)c + opt->count_offset) = n;
+        return DDPM_OK;
+    }
+    default:
+        if (!cJSON_IsNumber(v) || !ddpm_option_in_bounds(opt, v->valuedouble))
+            return ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: %s.%s must be %s in %s", what, s, key,
+                              opt->type == DDPM_OPT_INT || opt->type == DDPM_OPT_LONG ? "an integer" : "a number",
+                              bounds);
+        switch (opt->type) {
+        case DDPM_OPT_INT: *(int *)at = (int)v->valuedouble; break;
+        case DDPM_OPT_LONG: *(long *)at = (long)v->valuedouble; break;
+        case DDPM_OPT_FLOAT: *(float *)at = (float)v->valuedouble; break;
+        default: *(double *)at = v->valuedouble; break;
+        }
+        return DDPM_OK;
+    }
 }
 
 /* need_train 0: an exported weights file, whose config has no train section
@@ -208,81 +229,13 @@ static int config_from_json(ddpm_run_config *c, const char *json, const char *wh
         cJSON_Delete(root);
         return ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: config is not a JSON object", what);
     }
-    const cJSON *m = section(&p, root, "model"), *s = section(&p, root, "schedule");
-    const cJSON *t = need_train ? section(&p, root, "train") : NULL;
-    if (!p.err) {
-        ddpm_unet_config *u = &c->model;
-        memset(u, 0, sizeof *u);
-        u->in_channels = get_int(&p, m, "model", "in_channels", 1, 3);
-        u->image_size = get_int(&p, m, "model", "image_size", 1, 4096);
-        u->ch = get_int(&p, m, "model", "ch", 2, 4096);
-        u->n_levels = get_list(&p, m, "model", "ch_mult", u->ch_mult, DDPM_MAX_LEVELS, 1);
-        u->num_res_blocks = get_int(&p, m, "model", "num_res_blocks", 1, 16);
-        u->n_attn = get_list(&p, m, "model", "attn_res", u->attn_res, DDPM_MAX_LEVELS, 0);
-        u->groups = get_int(&p, m, "model", "groups", 1, 4096);
-        u->dropout = (float)get_num(&p, m, "model", "dropout", 0, 0.999);
-        /* a checkpoint written before the prediction types holds "eps" or nothing */
-        const cJSON *pred = cJSON_GetObjectItemCaseSensitive(m, "prediction");
-        u->prediction = DDPM_PRED_EPS;
-        if (pred && !p.err && (!cJSON_IsString(pred) || ddpm_prediction_parse(pred->valuestring, &u->prediction)))
-            p.err = ddpm_error(DDPM_EFORMAT,
-                               "%s: checkpoint metadata: model.prediction '%s' is not supported (eps, x0, v, mu)", what,
-                               cJSON_IsString(pred) ? pred->valuestring : "?");
-        /* optional, so that checkpoints from before class conditioning load */
-        if (cJSON_GetObjectItemCaseSensitive(m, "n_classes"))
-            u->n_classes = get_int(&p, m, "model", "n_classes", 0, DDPM_MAX_CLASSES);
-        const cJSON *ls = cJSON_GetObjectItemCaseSensitive(m, "learn_sigma");
-        u->learn_sigma = 0;
-        if (ls && !p.err && !cJSON_IsBool(ls))
-            p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: model.learn_sigma must be true or false", what);
-        else if (ls)
-            u->learn_sigma = cJSON_IsTrue(ls);
-        const cJSON *kind = field(&p, s, "schedule", "kind");
-        if (kind && !p.err && (!cJSON_IsString(kind) || ddpm_schedule_parse(kind->valuestring, &c->schedule)))
-            p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: schedule.kind must be linear or cosine", what);
-        c->timesteps = get_int(&p, s, "schedule", "timesteps", 1, 100000);
-        c->beta_start = get_num(&p, s, "schedule", "beta_start", 0, 1);
-        c->beta_end = get_num(&p, s, "schedule", "beta_end", 0, 1);
-    }
-    if (!p.err && t) {
-        c->batch = get_int(&p, t, "train", "batch", 1, 65536);
-        c->optim.lr = (float)get_num(&p, t, "train", "lr", 0, 10);
-        c->optim.warmup = get_int(&p, t, "train", "warmup", 0, 1 << 30);
-        /* the learning-rate schedule came after format version 1's first files:
-           absent means the constant schedule those runs used */
-        const cJSON *lrs = cJSON_GetObjectItemCaseSensitive(t, "lr_schedule");
-        if (lrs && !p.err && (!cJSON_IsString(lrs) || ddpm_lr_schedule_parse(lrs->valuestring, &c->optim.lr_schedule)))
-            p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: train.lr_schedule must be constant or cosine",
-                               what);
-        if (cJSON_GetObjectItemCaseSensitive(t, "lr_min"))
-            c->optim.lr_min = (float)get_num(&p, t, "train", "lr_min", 0, 10);
-        if (cJSON_GetObjectItemCaseSensitive(t, "lr_final_step"))
-            c->optim.lr_final_step = (long)get_num(&p, t, "train", "lr_final_step", 0, 1e15);
-        c->optim.beta1 = (float)get_num(&p, t, "train", "beta1", 0, 1);
-        c->optim.beta2 = (float)get_num(&p, t, "train", "beta2", 0, 1);
-        c->optim.eps = (float)get_num(&p, t, "train", "adam_eps", 0, 1);
-        c->optim.clip = (float)get_num(&p, t, "train", "clip", 0, 1e30);
-        c->optim.ema_decay = (float)get_num(&p, t, "train", "ema", 0, 1);
-        const cJSON *flip = field(&p, t, "train", "flip");
-        c->flip = cJSON_IsTrue(flip);
-        c->seed = get_u64(&p, t, "train", "seed");
-        /* fields added with the objectives and the classes: optional, so that
-           earlier checkpoints (L_simple, unconditional) load */
-        const cJSON *loss = cJSON_GetObjectItemCaseSensitive(t, "loss");
-        if (loss && !p.err && (!cJSON_IsString(loss) || ddpm_loss_parse(loss->valuestring, &c->loss.kind)))
-            p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: train.loss must be simple, vlb or hybrid", what);
-        if (cJSON_GetObjectItemCaseSensitive(t, "snr_gamma"))
-            c->loss.snr_gamma = (float)get_num(&p, t, "train", "snr_gamma", 0, 1e6);
-        if (cJSON_GetObjectItemCaseSensitive(t, "vlb_weight"))
-            c->loss.vlb_weight = (float)get_num(&p, t, "train", "vlb_weight", 0, 1e6);
-        if (cJSON_GetObjectItemCaseSensitive(t, "cond_drop"))
-            c->cond_drop = (float)get_num(&p, t, "train", "cond_drop", 0, 1);
-        /* added with importance sampling: absent means the uniform t of earlier runs */
-        const cJSON *ts = cJSON_GetObjectItemCaseSensitive(t, "t_sampling");
-        if (ts && !p.err && (!cJSON_IsString(ts) || ddpm_t_sampling_parse(ts->valuestring, &c->t_sampling)))
-            p.err = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata: train.t_sampling must be uniform or importance",
-                               what);
-    }
+    const cJSON *sections[3] = {section(&p, root, "model"), section(&p, root, "schedule"),
+                                need_train ? section(&p, root, "train") : NULL};
+    static const char *const names[3] = {"model", "schedule", "train"};
+    for (const ddpm_option *o = ddpm_run_config_options; !p.err && o->type != DDPM_OPT_END; o++)
+        for (int k = 0; k < 3 && !p.err; k++)
+            if (o->section && sections[k] && !strcmp(o->section, names[k]))
+                p.err = option_from_json(&p, o, sections[k], c);
     cJSON_Delete(root);
     if (p.err)
         return p.err;

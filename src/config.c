@@ -5,22 +5,14 @@
 #include <string.h>
 
 #include "ddpm/error.h"
+#include "ddpm/options.h"
 
 void ddpm_run_config_default(ddpm_run_config *c)
 {
+    /* every field has a row in the option table (options.h), which holds its default */
     memset(c, 0, sizeof *c);
-    ddpm_unet_config_default(&c->model);
-    c->schedule = DDPM_SCHEDULE_LINEAR;
-    c->timesteps = 1000;
-    c->beta_start = 1e-4;
-    c->beta_end = 0.02;
-    ddpm_optim_config_default(&c->optim);
-    c->batch = 32; /* docs/defaults.md: at equal time, 32 beat 64 and 128 */
-    c->flip = 0;
-    c->seed = 0;
-    ddpm_loss_config_default(&c->loss);
-    c->t_sampling = DDPM_T_UNIFORM;
-    c->cond_drop = 0.1f;
+    for (const ddpm_option *o = ddpm_run_config_options; o->type != DDPM_OPT_END; o++)
+        ddpm_option_set_default(o, c);
 }
 
 void ddpm_unet_config_set_auto(ddpm_unet_config *m)

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "ddpm/config.h"
 #include "ddpm/error.h"
 #include "ddpm/ops.h"
 
@@ -12,9 +13,9 @@ static const char *const names[3] = {"simple", "vlb", "hybrid"};
 
 void ddpm_loss_config_default(ddpm_loss_config *c)
 {
-    c->kind = DDPM_LOSS_SIMPLE;
-    c->snr_gamma = 0;
-    c->vlb_weight = 0.001f;
+    ddpm_run_config r; /* the defaults are the option table's (options.h) */
+    ddpm_run_config_default(&r);
+    *c = r.loss;
 }
 
 const char *ddpm_loss_name(ddpm_loss_kind kind)
@@ -38,14 +39,10 @@ int ddpm_loss_config_check(const ddpm_loss_config *c, ddpm_prediction pred, int 
         return ddpm_error(DDPM_EINVAL, "unknown loss kind %d", (int)c->kind);
     if (learn_sigma && c->kind == DDPM_LOSS_SIMPLE)
         return ddpm_error(DDPM_EINVAL, "learned variances need --loss vlb or hybrid: L_simple does not train them");
-    if (!(c->snr_gamma >= 0 && c->snr_gamma <= 1e6))
-        return ddpm_error(DDPM_EINVAL, "min-SNR gamma must be in [0, 1e6], got %g", c->snr_gamma);
     if (c->snr_gamma > 0 && pred == DDPM_PRED_MU)
         return ddpm_error(DDPM_EINVAL, "min-SNR weighting is defined for eps, x0 and v prediction, not mu");
     if (c->snr_gamma > 0 && c->kind == DDPM_LOSS_VLB)
         return ddpm_error(DDPM_EINVAL, "min-SNR weighting applies to the simple (or hybrid) loss, not vlb");
-    if (!(c->vlb_weight >= 0 && c->vlb_weight <= 1e6))
-        return ddpm_error(DDPM_EINVAL, "vlb weight must be in [0, 1e6], got %g", c->vlb_weight);
     return DDPM_OK;
 }
 

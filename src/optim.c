@@ -3,18 +3,13 @@
 #include <math.h>
 #include <string.h>
 
+#include "ddpm/config.h"
+
 void ddpm_optim_config_default(ddpm_optim_config *c)
 {
-    c->lr = 1e-3f;
-    c->warmup = 100;
-    c->lr_schedule = DDPM_LR_CONSTANT;
-    c->lr_min = 0.0f;
-    c->lr_final_step = 0;
-    c->beta1 = 0.9f;
-    c->beta2 = 0.999f;
-    c->eps = 1e-8f;
-    c->clip = 1.0f;
-    c->ema_decay = 0.999f;
+    ddpm_run_config r; /* the defaults are the option table's (options.h) */
+    ddpm_run_config_default(&r);
+    *c = r.optim;
 }
 
 float ddpm_lr_at(const ddpm_optim_config *c, long step)

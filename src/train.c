@@ -8,6 +8,7 @@
 #include "ddpm/loss.h"
 #include "ddpm/ops.h"
 #include "ddpm/optim.h"
+#include "ddpm/options.h"
 #include "ddpm/rng.h"
 
 void ddpm_trainer_free(ddpm_trainer *tr)
@@ -50,8 +51,8 @@ static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg, int mic
     int rc = ddpm_unet_create(&tr->net, &cfg->model);
     if (!rc)
         rc = ddpm_schedule_init(&tr->sched, cfg->schedule, cfg->timesteps, cfg->beta_start, cfg->beta_end);
-    if (!rc && (cfg->batch < 1 || cfg->batch > 65536))
-        rc = ddpm_error(DDPM_EINVAL, "batch must be in 1..65536, got %d", cfg->batch);
+    if (!rc) /* every option within its bounds (options.h) */
+        rc = ddpm_run_config_check(cfg);
     if (!rc && micro_batch < 0)
         rc = ddpm_error(DDPM_EINVAL, "micro-batch must be >= 0, got %d", micro_batch);
     tr->micro_batch = micro_batch > 0 && micro_batch < cfg->batch ? micro_batch : cfg->batch;
@@ -61,8 +62,6 @@ static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg, int mic
         rc = ddpm_error(DDPM_EINVAL, "learned variances need at least 2 timesteps (beta~_2), got %d", cfg->timesteps);
     if (!rc)
         rc = ddpm_t_sampling_check(cfg->t_sampling, cfg->loss.kind);
-    if (!rc && !(cfg->cond_drop >= 0 && cfg->cond_drop <= 1))
-        rc = ddpm_error(DDPM_EINVAL, "cond-drop must be in [0, 1], got %g", cfg->cond_drop);
     if (!rc)
         rc = ddpm_unet_workspace_create(&tr->ws, tr->net, tr->micro_batch, 1);
     if (rc) {

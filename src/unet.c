@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ddpm/config.h"
 #include "ddpm/error.h"
 #include "ddpm/ops.h"
 
@@ -148,17 +149,9 @@ struct ddpm_unet_workspace {
 
 void ddpm_unet_config_default(ddpm_unet_config *cfg)
 {
-    memset(cfg, 0, sizeof *cfg);
-    cfg->in_channels = 1;
-    cfg->image_size = 28;
-    cfg->ch = 32;
-    cfg->n_levels = 3;
-    cfg->ch_mult[0] = 1, cfg->ch_mult[1] = 2, cfg->ch_mult[2] = 2;
-    cfg->num_res_blocks = 2;
-    cfg->n_attn = 1;
-    cfg->attn_res[0] = 14;
-    cfg->groups = 8;
-    cfg->dropout = 0.1f;
+    ddpm_run_config c; /* the defaults are the option table's (options.h) */
+    ddpm_run_config_default(&c);
+    *cfg = c.model;
 }
 
 int ddpm_unet_config_check(const ddpm_unet_config *c)

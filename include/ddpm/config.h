@@ -33,7 +33,7 @@ typedef struct {
                               guidance, Ho & Salimans 2022); default 0.1 */
 } ddpm_run_config;
 
-/* The defaults: model for 28x28 gray (unet.h; eps prediction, unconditional),
+/* The defaults, which are the option table's (options.h): model for 28x28 gray (unet.h; eps prediction, unconditional),
  * linear schedule 1e-4..0.02 over T = 1000, batch 32, no flips, seed 0, the
  * optimiser of optim.h, L_simple with uniform t, label dropout 0.1 (used only
  * with classes). */

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "ddpm/error.h"
 #include "ddpm/platform.h"
 #include "ddpm/run.h"
 
@@ -115,45 +116,73 @@ int cli_check_writable_parent(const char *path)
 
 int arg_model_flag(const char *name, const char *value, ddpm_run_config *cfg)
 {
-    ddpm_unet_config *m = &cfg->model;
-    if (!strcmp(name, "size"))
-        return arg_int(name, value, 1, 4096, &m->image_size);
-    if (!strcmp(name, "channels")) {
-        if (arg_int(name, value, 1, 3, &m->in_channels))
-            return -1;
-        if (m->in_channels == 2) {
-            cli_error("--channels: must be 1 or 3");
-            return -1;
-        }
-        return 0;
-    }
-    if (!strcmp(name, "ch"))
-        return arg_int(name, value, 2, 4096, &m->ch);
-    if (!strcmp(name, "ch-mult")) {
-        m->n_levels = ddpm_parse_int_list(value, m->ch_mult, DDPM_MAX_LEVELS);
-        if (m->n_levels < 1) {
-            cli_error("--ch-mult: '%s' is not a list of 1 to %d integers like 1,2,2", value, DDPM_MAX_LEVELS);
-            return -1;
-        }
-        return 0;
-    }
-    if (!strcmp(name, "res-blocks"))
-        return arg_int(name, value, 1, 16, &m->num_res_blocks);
-    if (!strcmp(name, "attn")) {
-        m->n_attn = ddpm_parse_int_list(value, m->attn_res, DDPM_MAX_LEVELS);
-        if (m->n_attn < 0) {
-            cli_error("--attn: '%s' is not a list of resolutions like 14 or 16,8", value);
-            return -1;
-        }
-        return 0;
-    }
-    if (!strcmp(name, "groups"))
-        return arg_int(name, value, 1, 4096, &m->groups);
-    if (!strcmp(name, "dropout"))
-        return arg_float(name, value, 0, 0.99, &m->dropout);
-    if (!strcmp(name, "timesteps"))
-        return arg_int(name, value, 1, 100000, &cfg->timesteps);
+    static const char *const model_flags[] = {"size", "channels", "ch", "ch-mult", "res-blocks",
+                                              "attn", "groups", "dropout", "timesteps"};
+    for (size_t k = 0; k < sizeof model_flags / sizeof model_flags[0]; k++)
+        if (!strcmp(name, model_flags[k]))
+            return cli_option_parse(ddpm_option_find(ddpm_run_config_options, name), cfg, value);
     return 1;
+}
+
+int cli_option_parse(const ddpm_option *opt, void *base, const char *value)
+{
+    if (ddpm_option_parse(opt, base, value)) {
+        cli_error("--%s: %s", opt->name, ddpm_last_error());
+        return -1;
+    }
+    return 0;
+}
+
+/* Writes `text` from column `col` on, wrapped at 79 columns with continuation
+ * lines indented to column `indent`. */
+static void print_wrapped(FILE *f, const char *text, int col, int indent)
+{
+    const char *p = text;
+    while (*p) {
+        while (*p == ' ')
+            p++;
+        int room = 79 - col, n = (int)strlen(p);
+        if (n > room) { /* break at the last space that fits (or the first after a long word) */
+            n = room;
+            while (n > 0 && p[n] != ' ')
+                n--;
+            if (n == 0)
+                n = (int)strcspn(p, " ");
+        }
+        fprintf(f, "%.*s\n", n, p);
+        p += n;
+        if (*p)
+            fprintf(f, "%*s", indent, "");
+        col = indent;
+    }
+}
+
+void cli_option_help(FILE *f, const ddpm_option *opt, const void *defaults)
+{
+    enum { HELP_COLUMN = 23 };
+    char flag[96], text[2048], value[256] = "";
+    int n = snprintf(flag, sizeof flag, "  --%s%s%s", opt->name, opt->metavar ? " " : "",
+                     opt->metavar ? opt->metavar : "");
+    if (opt->def_text)
+        snprintf(value, sizeof value, "%s", opt->def_text);
+    else if (opt->type != DDPM_OPT_BOOL) {
+        size_t used = strlen(opt->prefix ? opt->prefix : "");
+        snprintf(value, sizeof value, "%s", opt->prefix ? opt->prefix : "");
+        ddpm_option_format(opt, defaults, value + used, sizeof value - used);
+        if (opt->unit)
+            snprintf(value + strlen(value), sizeof value - strlen(value), " %s", opt->unit);
+    }
+    if (value[0])
+        snprintf(text, sizeof text, "%s (default %s)", opt->help, value);
+    else
+        snprintf(text, sizeof text, "%s", opt->help);
+    if (n + 2 > HELP_COLUMN) {
+        fprintf(f, "%s  ", flag);
+        print_wrapped(f, text, n + 2, HELP_COLUMN);
+    } else {
+        fprintf(f, "%-*s", HELP_COLUMN, flag);
+        print_wrapped(f, text, HELP_COLUMN, HELP_COLUMN);
+    }
 }
 
 void cli_checkpoint_path(char *out, size_t size, const char *arg)

@@ -5,8 +5,10 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "ddpm/config.h"
+#include "ddpm/options.h"
 #include "ddpm/sample.h"
 
 int arg_int(const char *flag, const char *value, long lo, long hi, int *out);
@@ -21,6 +23,13 @@ int arg_var(const char *value, ddpm_var_kind *out);
  * `value` of flag `name` into cfg. Returns 0, -1 after printing the problem, or
  * 1 when `name` is not one of these flags. */
 int arg_model_flag(const char *name, const char *value, ddpm_run_config *cfg);
+/* Parses `value` into option `opt` of `base` (options.h); 0, or -1 after
+ * printing "ddpm: --flag: <problem>". */
+int cli_option_parse(const ddpm_option *opt, void *base, const char *value);
+/* The --help entry of `opt`: "--flag METAVAR", its help line and its default
+ * (the row's def_text, or the value in `defaults`, the struct the row
+ * describes at its defaults; "" def_text: none), wrapped at 79 columns. */
+void cli_option_help(FILE *f, const ddpm_option *opt, const void *defaults);
 /* The getopt_long entries of those flags, each returning `val` (the caller then
  * passes longopts[longindex].name to arg_model_flag). */
 #define ARG_MODEL_LONGOPTS(val)                                                                       \
