@@ -53,16 +53,20 @@ static int dpmpp(const char *name, float *x, float *scratch, int B, size_t D, co
                 cm[0] = -q.alpha * phi1 * (1.0 + 0.5 / r0);
                 cm[1] = q.alpha * phi1 * 0.5 / r0;
             } else {
-                /* D1 = h times, D2 = h^2 times the slope and curvature of the
-                 * quadratic through the three predictions in lambda */
+                /* The quadratic through the three predictions in lambda,
+                 * m0 + c1 u + c2 u^2 (u = lambda - lambda_s), integrated
+                 * exactly against e^lambda: with D1 = h c1 and D2 = h^2 c2,
+                 *   D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1,
+                 *   D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0+r1),
+                 *   x_t = cx x - alpha phi1 m0 + alpha phi2 D1 - 2 alpha phi3 D2.
+                 * The reference implementations weigh D2 by alpha phi3, half
+                 * the integral of c2 u^2, which makes the step second order
+                 * (docs/samplers.md; test_solver's order test fails on it). */
                 double r0 = (lam[0] - lam[1]) / h, r1 = (lam[1] - lam[2]) / h;
-                /* D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1,
-                 * D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0+r1),
-                 * x_t = cx x - alpha phi1 m0 + alpha phi2 D1 - alpha phi3 D2 */
                 double a0 = 1.0 / r0, a1 = 1.0 / r1; /* D1_0 = a0 (m0 - m1), D1_1 = a1 (m1 - m2) */
                 double w = r0 / (r0 + r1), v = 1.0 / (r0 + r1);
                 /* D1 = (1 + w) D1_0 - w D1_1, D2 = v (D1_0 - D1_1) */
-                double c10 = q.alpha * (phi2 * (1.0 + w) - phi3 * v), c11 = q.alpha * (-phi2 * w + phi3 * v);
+                double c10 = q.alpha * (phi2 * (1.0 + w) - 2 * phi3 * v), c11 = q.alpha * (-phi2 * w + 2 * phi3 * v);
                 cm[0] = -q.alpha * phi1 + c10 * a0;
                 cm[1] = -c10 * a0 + c11 * a1;
                 cm[2] = -c11 * a1;
