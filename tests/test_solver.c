@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,6 +137,19 @@ static void stub_model(void *opaque, float *x0, float *eps, const float *x_t, co
             x0[b * HD + d] = (float)stub_x0(x_t[b * HD + d], t[b], d);
     c->calls++;
     c->last_t = t[0];
+}
+
+/* the same map on images large enough (70,000 values: 17,500 Philox blocks)
+ * for the noise fill to run on the OpenMP threads (rng.c) */
+#define WIDE_D 70000
+static void wide_stub_model(void *opaque, float *x0, float *eps, const float *x_t, const double *t, int B)
+{
+    stub_ctx *c = opaque;
+    (void)eps;
+    for (int b = 0; b < B; b++)
+        for (int d = 0; d < WIDE_D; d++)
+            x0[b * WIDE_D + d] = (float)stub_x0(x_t[b * WIDE_D + d], t[b], d % 3);
+    c->calls++;
 }
 
 static double stub_z(int image, int k, int d) { return 1.5 * sin(1.3 * image + 0.7 * k + 0.11 * d); }
@@ -579,6 +593,40 @@ static void test_stochastic_solvers_give_the_same_bytes_for_any_batch_split(void
     }
 }
 
+/* The noise fill is threaded for large images; the samples must not depend on
+ * the thread count. */
+static void test_stochastic_solvers_give_the_same_bytes_at_1_and_2_threads(void **state)
+{
+    (void)state;
+    enum { N = 2, D = WIDE_D, P = 4 };
+    const char *names[] = {"dpm++2m-sde", "euler-a"};
+    int saved = omp_get_max_threads();
+    float *one = tu_alloc(N * D), *two = tu_alloc(N * D), *scratch = tu_alloc(DDPM_SOLVER_SCRATCH * N * D);
+    for (int s = 0; s < 2; s++) {
+        const ddpm_solver_info *info = ddpm_solver_find(names[s]);
+        double t[P];
+        assert_int_equal(ddpm_solver_spacing(t, P, DDPM_SPACING_LOGSNR, &vp, 999, 0), 0);
+        ddpm_solver_philox noise;
+        ddpm_rng_init(&noise.rng, 8, DDPM_STREAM_SAMPLE);
+        noise.n_slots = P + 1;
+        stub_ctx sc = {0, 0};
+        ddpm_solver_env env = {.model = wide_stub_model, .model_ctx = &sc, .vp = &vp,
+                               .noise = ddpm_solver_philox_noise, .noise_ctx = &noise};
+        float *out[2] = {one, two};
+        for (int threads = 1; threads <= 2; threads++) {
+            omp_set_num_threads(threads);
+            for (int b = 0; b < N; b++)
+                ddpm_solver_initial_noise(out[threads - 1] + (size_t)b * D, b, D, &noise);
+            assert_int_equal(info->run(out[threads - 1], scratch, N, D, t, P, &env), 0);
+        }
+        assert_memory_equal(one, two, sizeof(float) * N * D);
+    }
+    omp_set_num_threads(saved);
+    free(one);
+    free(two);
+    free(scratch);
+}
+
 /* ------------------------------------------------------- the rest */
 
 static void clip_model(void *opaque, float *x0, float *eps, const float *x_t, const double *t, int B)
@@ -660,6 +708,7 @@ int main(void)
         cmocka_unit_test(test_third_order_solvers_converge_at_third_order_on_a_gaussian),
         cmocka_unit_test(test_stochastic_solvers_recover_a_gaussian),
         cmocka_unit_test(test_stochastic_solvers_give_the_same_bytes_for_any_batch_split),
+        cmocka_unit_test(test_stochastic_solvers_give_the_same_bytes_at_1_and_2_threads),
         cmocka_unit_test(test_clipping_bad_arguments_and_non_finite_outputs),
         cmocka_unit_test(test_solver_table_names_and_evaluation_counts),
     };
