@@ -96,6 +96,8 @@ void solver_finish(solver_run *r, float *x, const float *x0)
 const ddpm_solver_info ddpm_solvers[] = {
     {"dpm++2m", "DPM-Solver++(2M): second-order multistep ODE solver", 0, 1, ddpm_solve_dpmpp_2m},
     {"dpm++3m", "DPM-Solver++(3M): third-order multistep ODE solver", 0, 1, ddpm_solve_dpmpp_3m},
+    {"dpm++2s", "DPM-Solver++(2S): second-order singlestep ODE solver (2 evaluations per step)", 0, 2,
+     ddpm_solve_dpmpp_2s},
     {"dpm++2m-sde", "SDE-DPM-Solver++(2M): second-order multistep SDE solver (stochastic)", 1, 1,
      ddpm_solve_dpmpp_2m_sde},
     {"unipc", "UniPC-bh2, order 2: predictor-corrector ODE solver", 0, 1, ddpm_solve_unipc2},

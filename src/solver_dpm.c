@@ -1,6 +1,7 @@
 /* solver_dpm.c: DPM-Solver++ (Lu et al. 2022, "DPM-Solver++: Fast Solver for
  * Guided Sampling of Diffusion Probabilistic Models"), multistep, data
- * prediction: 2M (Algorithm 2), 3M, and the 2M solver of the reverse SDE.
+ * prediction: 2M (Algorithm 2), 3M, the 2M solver of the reverse SDE, and the
+ * singlestep 2S (Algorithm 1).
  * Formulas in docs/samplers.md. */
 #include <math.h>
 
@@ -118,4 +119,41 @@ int ddpm_solve_dpmpp_2m_sde(float *x, float *scratch, int B, size_t D, const dou
                             const ddpm_solver_env *env)
 {
     return dpmpp("dpm++2m-sde", x, scratch, B, D, t, n_points, env, 2, 1);
+}
+
+/* DPM-Solver++(2S), Algorithm 1 with r = 1/2: a first-order step to the
+ * midpoint in lambda, u = sigma_m/sigma_s x_s - alpha_m (e^-h/2 - 1) m_s, and the
+ * full step with the prediction there, x_t = sigma_t/sigma_s x_s - alpha_t (e^-h - 1) x0(u, t_m). */
+int ddpm_solve_dpmpp_2s(float *x, float *scratch, int B, size_t D, const double *t, int n_points,
+                        const ddpm_solver_env *env)
+{
+    solver_run r;
+    int rc = solver_begin(&r, "dpm++2s", x, scratch, B, D, t, n_points, env, 0, 2);
+    if (rc)
+        return rc;
+    size_t n = r.n;
+    float *m = scratch, *u = scratch + n, *m_mid = scratch + 2 * n;
+    for (int k = 0; k < n_points; k++) {
+        if ((rc = solver_denoise(&r, m, x, t[k])))
+            break;
+        if (k == n_points - 1) {
+            solver_finish(&r, x, m);
+            break;
+        }
+        solver_point s = solver_point_at(env->vp, t[k]), q = solver_point_at(env->vp, t[k + 1]);
+        double h = q.lambda - s.lambda;
+        solver_point mid = solver_point_at(env->vp, ddpm_vp_t_of_lambda(env->vp, s.lambda + 0.5 * h));
+        double hm = mid.lambda - s.lambda; /* h/2 up to the inversion's rounding */
+        double cu = mid.sigma / s.sigma, cmu = -mid.alpha * expm1(-hm);
+        for (size_t i = 0; i < n; i++)
+            u[i] = (float)(cu * x[i] + cmu * m[i]);
+        if ((rc = solver_denoise(&r, m_mid, u, mid.t)))
+            break;
+        double cx = q.sigma / s.sigma, cm = -q.alpha * expm1(-h);
+        for (size_t i = 0; i < n; i++)
+            x[i] = (float)(cx * x[i] + cm * m_mid[i]);
+        solver_report(&r, t[k + 1], x, m_mid);
+    }
+    solver_end(&r);
+    return rc;
 }

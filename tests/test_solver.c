@@ -267,6 +267,25 @@ static double hand_unipc2(double x, const double *t, int P, int d)
     return m0;
 }
 
+/* DPM-Solver++(2S), Algorithm 1, r1 = 1/2: s_mid = t(lambda_s + h/2),
+ * u = sigma_mid/sigma_s x - alpha_mid (e^(-h/2) - 1) m_s,
+ * D = (1 - 1/(2 r1)) m_s + 1/(2 r1) x0(u, s_mid) = x0(u, s_mid),
+ * x_t = sigma_t/sigma_s x - alpha_t (e^-h - 1) D. */
+static double hand_dpmpp_2s(double x, const double *t, int P, int d)
+{
+    for (int k = 0;; k++) {
+        double m = stub_x0(x, t[k], d);
+        if (k == P - 1)
+            return m;
+        pt s = point(t[k]), q = point(t[k + 1]);
+        double h = q.lambda - s.lambda, r1 = 0.5, t_mid = ddpm_vp_t_of_lambda(&vp, s.lambda + r1 * h);
+        pt mid = point(t_mid);
+        double u = mid.sigma / s.sigma * x - mid.alpha * (exp(-r1 * h) - 1) * m;
+        double D = (1 - 1 / (2 * r1)) * m + 1 / (2 * r1) * stub_x0(u, t_mid, d);
+        x = q.sigma / s.sigma * x - q.alpha * (exp(-h) - 1) * D;
+    }
+}
+
 /* Heun (Karras et al. 2022, Algorithm 1 without churn) in x~ = x/alpha,
  * sigma~ = sigma/alpha; an Euler step to sigma~ = 0 at the end. */
 static double hand_heun(double x, const double *t, int P, int d)
@@ -305,6 +324,8 @@ static double hand(const char *name, double x, const double *t, int P, int d, in
         return hand_dpmpp_2m(x, t, P, d, 1, image);
     if (!strcmp(name, "dpm++3m"))
         return hand_dpmpp_3m(x, t, P, d);
+    if (!strcmp(name, "dpm++2s"))
+        return hand_dpmpp_2s(x, t, P, d);
     if (!strcmp(name, "unipc"))
         return hand_unipc2(x, t, P, d);
     if (!strcmp(name, "heun"))
@@ -333,7 +354,7 @@ static void count_steps(void *opaque, int evals_done, int n_evals, double t, con
 static void test_every_solver_matches_its_steps_computed_by_hand(void **state)
 {
     (void)state;
-    const char *names[] = {"dpm++2m", "dpm++3m", "dpm++2m-sde", "unipc", "heun", "euler-a"};
+    const char *names[] = {"dpm++2m", "dpm++3m", "dpm++2s", "dpm++2m-sde", "unipc", "heun", "euler-a"};
     /* 1 to 4 points exercise the first and the lowered last orders, 16 the full
      * order (3M lowers its last step below 15 points); 16 points on a karras grid */
     const int Ps[] = {1, 2, 3, 4, 5, 16};
@@ -482,6 +503,8 @@ static void test_second_order_solvers_converge_at_second_order_on_a_gaussian(voi
     check_order("dpm++2m", DDPM_SPACING_LOGSNR, Ps, 2, 3.3);
     check_order("dpm++2m", DDPM_SPACING_KARRAS, Ps, 2, 3.3);
     check_order("dpm++2m", DDPM_SPACING_TIME, Ps_time, 2, 3.3);
+    check_order("dpm++2s", DDPM_SPACING_LOGSNR, Ps, 2, 3.3);
+    check_order("dpm++2s", DDPM_SPACING_KARRAS, Ps, 2, 3.3);
     check_order("heun", DDPM_SPACING_KARRAS, Ps, 2, 3.3);
     check_order("heun", DDPM_SPACING_LOGSNR, Ps, 2, 3.3);
     check_order("heun", DDPM_SPACING_TIME, Ps, 2, 3.3);
@@ -678,7 +701,7 @@ static void test_clipping_bad_arguments_and_non_finite_outputs(void **state)
 static void test_solver_table_names_and_evaluation_counts(void **state)
 {
     (void)state;
-    const char *names[] = {"dpm++2m", "dpm++3m", "dpm++2m-sde", "unipc", "unipc3", "heun", "euler-a"};
+    const char *names[] = {"dpm++2m", "dpm++3m", "dpm++2s", "dpm++2m-sde", "unipc", "unipc3", "heun", "euler-a"};
     for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
         const ddpm_solver_info *info = ddpm_solver_find(names[k]);
         assert_non_null(info);
@@ -690,6 +713,7 @@ static void test_solver_table_names_and_evaluation_counts(void **state)
             assert_true(ddpm_solver_n_evals(info, P) >= E - 1);
         }
     }
+    assert_int_equal(ddpm_solver_n_evals(ddpm_solver_find("dpm++2s"), 10), 19);
     const ddpm_solver_info *heun = ddpm_solver_find("heun");
     assert_int_equal(ddpm_solver_n_points(heun, 19), 10);
     assert_int_equal(ddpm_solver_n_evals(heun, 10), 19);

@@ -16,8 +16,9 @@
  * where every solver's update reduces to the data prediction there: the result
  * is the model's x0 at (x_{t[n_points-1]}, t[n_points-1]), as DDIM's last step
  * to abar = 1 and k-diffusion's last step to sigma = 0. So n_points is the
- * number of network evaluations, except for Heun, which evaluates twice on
- * every step but the last one: 2 n_points - 1 (ddpm_solver_n_evals).
+ * number of network evaluations, except for the singlestep solvers (Heun,
+ * DPM-Solver++(2S)), which evaluate twice on every step but the final one:
+ * 2 n_points - 1 (ddpm_solver_n_evals).
  *
  * The state x [B, D] holds x_t = alpha_t x_0 + sigma_t eps in the VP units the
  * network takes (x_T ~ N(0, I) at the start); it is overwritten by the sample. */
@@ -77,6 +78,11 @@ int ddpm_solve_dpmpp_2m(float *x, float *scratch, int B, size_t D, const double 
  * point when n_points < 15 (the reference's lower_order_final). */
 int ddpm_solve_dpmpp_3m(float *x, float *scratch, int B, size_t D, const double *t, int n_points,
                         const ddpm_solver_env *env);
+/* DPM-Solver++(2S) (Algorithm 1, r = 1/2): singlestep, one extra evaluation at
+ * the midpoint in lambda of every step but the final one: 2 n_points - 1
+ * evaluations, as Heun. */
+int ddpm_solve_dpmpp_2s(float *x, float *scratch, int B, size_t D, const double *t, int n_points,
+                        const ddpm_solver_env *env);
 /* SDE-DPM-Solver++(2M), midpoint form (eta 1): the 2M update of the reverse SDE
  * with fresh noise z on every step; stochastic (needs env->noise). */
 int ddpm_solve_dpmpp_2m_sde(float *x, float *scratch, int B, size_t D, const double *t, int n_points,
@@ -104,7 +110,7 @@ typedef struct {
     const char *name; /* "dpm++2m", ... as --sampler takes it */
     const char *help; /* one line */
     int stochastic;   /* draws noise on its steps (env->noise) */
-    int evals_per_point; /* 1, or 2 for Heun: 2 n_points - 1 evaluations */
+    int evals_per_point; /* 1, or 2 for Heun and 2S: 2 n_points - 1 evaluations */
     ddpm_solver_run_fn run;
 } ddpm_solver_info;
 
@@ -115,7 +121,8 @@ const ddpm_solver_info *ddpm_solver_find(const char *name);
 /* Network evaluations of a run on n_points times: n_points, or 2 n_points - 1. */
 int ddpm_solver_n_evals(const ddpm_solver_info *s, int n_points);
 /* The number of time points whose run costs at most n_evals evaluations (and
- * exactly n_evals when it can): n_evals, or (n_evals + 1) / 2 for Heun; >= 1. */
+ * exactly n_evals when it can): n_evals, or (n_evals + 1) / 2 for Heun and
+ * 2S; >= 1. */
 int ddpm_solver_n_points(const ddpm_solver_info *s, int n_evals);
 
 /* ---------------------------------------------------------- step spacing */
