@@ -102,7 +102,8 @@ const ddpm_solver_info ddpm_solvers[] = {
      ddpm_solve_dpmpp_2m_sde},
     {"unipc", "UniPC-bh2, order 2: predictor-corrector ODE solver", 0, 1, ddpm_solve_unipc2},
     {"unipc3", "UniPC-bh2, order 3: predictor-corrector ODE solver", 0, 1, ddpm_solve_unipc3},
-    {"heun", "Heun's second-order ODE solver of Karras et al. (2 evaluations per step)", 0, 2, ddpm_solve_heun},
+    {"heun", "Heun's second-order ODE solver of Karras et al. (2 evaluations per step)", 0, 2,
+     ddpm_solve_heun},
     {"euler-a", "Euler ancestral (stochastic)", 1, 1, ddpm_solve_euler_ancestral},
 };
 const int ddpm_n_solvers = (int)(sizeof(ddpm_solvers) / sizeof(ddpm_solvers[0]));
@@ -156,8 +157,8 @@ int ddpm_solver_spacing(double *t, int n_points, ddpm_spacing spacing, const ddp
     if (n_points == 1)
         return 0;
     if (!(t_start > t_end))
-        return ddpm_error(DDPM_EINVAL, "a step spacing runs from a later to an earlier time (%g to %g)", t_start,
-                          t_end);
+        return ddpm_error(DDPM_EINVAL, "a step spacing runs from a later to an earlier time (%g to %g)",
+                          t_start, t_end);
     double lam_start = ddpm_vp_lambda(vp, t_start), lam_end = ddpm_vp_lambda(vp, t_end);
     /* Karras et al. 2022, eq. 5, rho = 7, in sigma~ = exp(-lambda) */
     const double rho = 7.0;
@@ -165,9 +166,7 @@ int ddpm_solver_spacing(double *t, int n_points, ddpm_spacing spacing, const ddp
     for (int k = 1; k < n_points - 1; k++) {
         double u = (double)k / (n_points - 1);
         switch (spacing) {
-        case DDPM_SPACING_TIME:
-            t[k] = t_start + u * (t_end - t_start);
-            break;
+        case DDPM_SPACING_TIME: t[k] = t_start + u * (t_end - t_start); break;
         case DDPM_SPACING_LOGSNR:
             t[k] = ddpm_vp_t_of_lambda(vp, lam_start + u * (lam_end - lam_start));
             break;

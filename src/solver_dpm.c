@@ -42,9 +42,9 @@ static int dpmpp(const char *name, float *x, float *scratch, int B, size_t D, co
         /* x_t = cx x_s + sum_j cm[j] m[j] (+ cz z) */
         double cx, cm[3] = {0, 0, 0}, cz = 0;
         if (!sde) {
-            double phi1 = expm1(-h);         /* e^-h - 1 */
-            double phi2 = phi1 / h + 1.0;    /* (e^-h - 1 + h) / h */
-            double phi3 = phi2 / h - 0.5;    /* (e^-h - 1 + h) / h^2 - 1/2 */
+            double phi1 = expm1(-h);      /* e^-h - 1 */
+            double phi2 = phi1 / h + 1.0; /* (e^-h - 1 + h) / h */
+            double phi3 = phi2 / h - 0.5; /* (e^-h - 1 + h) / h^2 - 1/2 */
             cx = q.sigma / s.sigma;
             if (p == 1) {
                 cm[0] = -q.alpha * phi1;
@@ -67,7 +67,8 @@ static int dpmpp(const char *name, float *x, float *scratch, int B, size_t D, co
                 double a0 = 1.0 / r0, a1 = 1.0 / r1; /* D1_0 = a0 (m0 - m1), D1_1 = a1 (m1 - m2) */
                 double w = r0 / (r0 + r1), v = 1.0 / (r0 + r1);
                 /* D1 = (1 + w) D1_0 - w D1_1, D2 = v (D1_0 - D1_1) */
-                double c10 = q.alpha * (phi2 * (1.0 + w) - 2 * phi3 * v), c11 = q.alpha * (-phi2 * w + 2 * phi3 * v);
+                double c10 = q.alpha * (phi2 * (1.0 + w) - 2 * phi3 * v),
+                       c11 = q.alpha * (-phi2 * w + 2 * phi3 * v);
                 cm[0] = -q.alpha * phi1 + c10 * a0;
                 cm[1] = -c10 * a0 + c11 * a1;
                 cm[2] = -c11 * a1;

@@ -16,8 +16,8 @@ typedef struct {
 typedef struct {
     const ddpm_solver_env *env;
     int B;
-    size_t D, n;      /* n = B D */
-    double *t_batch;  /* [B]: the time of the current call, for every image */
+    size_t D, n;     /* n = B D */
+    double *t_batch; /* [B]: the time of the current call, for every image */
     int evals, n_evals;
 } solver_run;
 

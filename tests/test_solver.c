@@ -121,7 +121,10 @@ enum { HB = 2, HD = 3, HN = HB * HD };
 
 /* x0 = a(t) x + b(t) + 0.01 d per value: affine in x, varying in t, so that
  * every coefficient of every step shows in the result */
-static double stub_x0(double x, double t, int d) { return (0.6 + 2e-4 * t) * x + 0.05 - 1e-4 * t + 0.01 * d; }
+static double stub_x0(double x, double t, int d)
+{
+    return (0.6 + 2e-4 * t) * x + 0.05 - 1e-4 * t + 0.01 * d;
+}
 
 typedef struct {
     long calls;
@@ -152,7 +155,10 @@ static void wide_stub_model(void *opaque, float *x0, float *eps, const float *x_
     c->calls++;
 }
 
-static double stub_z(int image, int k, int d) { return 1.5 * sin(1.3 * image + 0.7 * k + 0.11 * d); }
+static double stub_z(int image, int k, int d)
+{
+    return 1.5 * sin(1.3 * image + 0.7 * k + 0.11 * d);
+}
 
 static void stub_noise(void *ctx, float *z, int image, int k, size_t D)
 {
@@ -341,7 +347,8 @@ typedef struct {
     double last_t;
 } steps_seen;
 
-static void count_steps(void *opaque, int evals_done, int n_evals, double t, const float *x, const float *x0, int B)
+static void count_steps(void *opaque, int evals_done, int n_evals, double t, const float *x, const float *x0,
+                        int B)
 {
     steps_seen *s = opaque;
     (void)x, (void)x0, (void)B;
@@ -364,15 +371,21 @@ static void test_every_solver_matches_its_steps_computed_by_hand(void **state)
         for (size_t pi = 0; pi < sizeof(Ps) / sizeof(Ps[0]); pi++) {
             int P = Ps[pi];
             double t[16];
-            assert_int_equal(ddpm_solver_spacing(t, P, P == 16 ? DDPM_SPACING_KARRAS : DDPM_SPACING_LOGSNR, &vp,
-                                                 999, 0), 0);
+            assert_int_equal(
+                ddpm_solver_spacing(t, P, P == 16 ? DDPM_SPACING_KARRAS : DDPM_SPACING_LOGSNR, &vp, 999, 0),
+                0);
             float x[HN], x_in[HN], scratch[DDPM_SOLVER_SCRATCH * HN];
             tu_fill_uniform(x_in, HN, 7 + P, -1.5f, 1.5f);
             memcpy(x, x_in, sizeof(x));
             stub_ctx sc = {0, 0};
             steps_seen seen = {0, 0, 0, 0};
-            ddpm_solver_env env = {.model = stub_model, .model_ctx = &sc, .vp = &vp, .first_image = 3,
-                                   .noise = stub_noise, .on_step = count_steps, .step_ctx = &seen};
+            ddpm_solver_env env = {.model = stub_model,
+                                   .model_ctx = &sc,
+                                   .vp = &vp,
+                                   .first_image = 3,
+                                   .noise = stub_noise,
+                                   .on_step = count_steps,
+                                   .step_ctx = &seen};
             assert_int_equal(info->run(x, scratch, HB, HD, t, P, &env), 0);
             /* evaluations: one per point (Heun 2 P - 1), reported on every step */
             assert_int_equal(sc.calls, ddpm_solver_n_evals(info, P));
@@ -545,7 +558,10 @@ static void check_gaussian_moments(const char *name, int P, ddpm_spacing spacing
     noise.n_slots = P + 1;
     for (int b = 0; b < N; b++)
         ddpm_solver_initial_noise(x + b, b, 1, &noise);
-    ddpm_solver_env env = {.model = gauss_model, .model_ctx = &g, .vp = &vp, .noise = ddpm_solver_philox_noise,
+    ddpm_solver_env env = {.model = gauss_model,
+                           .model_ctx = &g,
+                           .vp = &vp,
+                           .noise = ddpm_solver_philox_noise,
                            .noise_ctx = &noise};
     assert_int_equal(info->run(x, scratch, N, 1, t, P, &env), 0);
     double m = 0, v = 0;
@@ -600,8 +616,11 @@ static void test_stochastic_solvers_give_the_same_bytes_for_any_batch_split(void
             ddpm_solver_initial_noise(whole + b * D, b, D, &noise);
         memcpy(split, whole, sizeof(whole));
         memcpy(other, whole, sizeof(whole));
-        ddpm_solver_env env = {.model = gauss_model, .model_ctx = &g, .vp = &vp,
-                               .noise = ddpm_solver_philox_noise, .noise_ctx = &noise};
+        ddpm_solver_env env = {.model = gauss_model,
+                               .model_ctx = &g,
+                               .vp = &vp,
+                               .noise = ddpm_solver_philox_noise,
+                               .noise_ctx = &noise};
         assert_int_equal(info->run(whole, scratch, N, D, t, P, &env), 0);
         env.first_image = 0;
         assert_int_equal(info->run(split, scratch, 4, D, t, P, &env), 0);
@@ -633,8 +652,11 @@ static void test_stochastic_solvers_give_the_same_bytes_at_1_and_2_threads(void 
         ddpm_rng_init(&noise.rng, 8, DDPM_STREAM_SAMPLE);
         noise.n_slots = P + 1;
         stub_ctx sc = {0, 0};
-        ddpm_solver_env env = {.model = wide_stub_model, .model_ctx = &sc, .vp = &vp,
-                               .noise = ddpm_solver_philox_noise, .noise_ctx = &noise};
+        ddpm_solver_env env = {.model = wide_stub_model,
+                               .model_ctx = &sc,
+                               .vp = &vp,
+                               .noise = ddpm_solver_philox_noise,
+                               .noise_ctx = &noise};
         float *out[2] = {one, two};
         for (int threads = 1; threads <= 2; threads++) {
             omp_set_num_threads(threads);
@@ -701,7 +723,8 @@ static void test_clipping_bad_arguments_and_non_finite_outputs(void **state)
 static void test_solver_table_names_and_evaluation_counts(void **state)
 {
     (void)state;
-    const char *names[] = {"dpm++2m", "dpm++3m", "dpm++2s", "dpm++2m-sde", "unipc", "unipc3", "heun", "euler-a"};
+    const char *names[] = {"dpm++2m", "dpm++3m", "dpm++2s", "dpm++2m-sde",
+                           "unipc",   "unipc3",  "heun",    "euler-a"};
     for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
         const ddpm_solver_info *info = ddpm_solver_find(names[k]);
         assert_non_null(info);

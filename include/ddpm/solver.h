@@ -53,9 +53,9 @@ typedef struct {
     ddpm_denoise_fn model;
     void *model_ctx;
     const ddpm_vp *vp;
-    int clip_x0;              /* clip every data prediction to [-1, 1] before it is used */
-    int first_image;          /* the index of x's first image in the whole run */
-    ddpm_noise_fn noise;      /* stochastic solvers only (NULL for the others) */
+    int clip_x0;         /* clip every data prediction to [-1, 1] before it is used */
+    int first_image;     /* the index of x's first image in the whole run */
+    ddpm_noise_fn noise; /* stochastic solvers only (NULL for the others) */
     void *noise_ctx;
     ddpm_solver_step_fn on_step; /* may be NULL */
     void *step_ctx;
@@ -107,9 +107,9 @@ int ddpm_solve_euler_ancestral(float *x, float *scratch, int B, size_t D, const 
 /* ------------------------------------------------------------ the table */
 
 typedef struct {
-    const char *name; /* "dpm++2m", ... as --sampler takes it */
-    const char *help; /* one line */
-    int stochastic;   /* draws noise on its steps (env->noise) */
+    const char *name;    /* "dpm++2m", ... as --sampler takes it */
+    const char *help;    /* one line */
+    int stochastic;      /* draws noise on its steps (env->noise) */
     int evals_per_point; /* 1, or 2 for Heun and 2S: 2 n_points - 1 evaluations */
     ddpm_solver_run_fn run;
 } ddpm_solver_info;

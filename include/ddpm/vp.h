@@ -24,8 +24,14 @@ typedef struct ddpm_vp {
     double (*t_of_lambda)(const void *ctx, double lambda); /* the t with lambda_t = lambda */
 } ddpm_vp;
 
-static inline double ddpm_vp_log_alpha(const ddpm_vp *vp, double t) { return vp->log_alpha(vp->ctx, t); }
-static inline double ddpm_vp_alpha(const ddpm_vp *vp, double t) { return exp(ddpm_vp_log_alpha(vp, t)); }
+static inline double ddpm_vp_log_alpha(const ddpm_vp *vp, double t)
+{
+    return vp->log_alpha(vp->ctx, t);
+}
+static inline double ddpm_vp_alpha(const ddpm_vp *vp, double t)
+{
+    return exp(ddpm_vp_log_alpha(vp, t));
+}
 /* sigma_t = sqrt(1 - alpha_t^2), without cancellation when alpha_t is near 1 */
 static inline double ddpm_vp_sigma(const ddpm_vp *vp, double t)
 {
