@@ -69,6 +69,19 @@ static void test_vp_discrete_is_the_trained_schedule_at_integer_steps_and_linear
         double a = ddpm_vp_alpha(&vp, ts[k]), s = ddpm_vp_sigma(&vp, ts[k]);
         assert_close(a * a + s * s, 1.0, 1e-14);
     }
+    /* the cosine schedule (beta capped at 0.999, abar_T about 1e-8) inverts too */
+    ddpm_schedule cos;
+    ddpm_vp_discrete dc;
+    assert_int_equal(ddpm_schedule_init(&cos, DDPM_SCHEDULE_COSINE, 1000, 0, 0), 0);
+    assert_int_equal(ddpm_vp_discrete_init(&dc, &cos), 0);
+    ddpm_vp vc = ddpm_vp_discrete_view(&dc);
+    for (size_t k = 0; k < sizeof(ts) / sizeof(ts[0]); k++) {
+        double lam = ddpm_vp_lambda(&vc, ts[k]);
+        assert_true(isfinite(lam));
+        assert_close(ddpm_vp_t_of_lambda(&vc, lam), ts[k], 1e-7);
+    }
+    ddpm_vp_discrete_free(&dc);
+    ddpm_schedule_free(&cos);
     /* a schedule that does not decrease is refused */
     ddpm_schedule bad;
     assert_int_equal(ddpm_schedule_init(&bad, DDPM_SCHEDULE_LINEAR, 10, 1e-4, 0.02), 0);
