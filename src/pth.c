@@ -301,7 +301,7 @@ static int rebuild_tensor(machine *m, const pv *args)
 
 static int reduce(machine *m)
 {
-    int args, fn;
+    int args = 0, fn = 0;
     int rc = pop(m, &args);
     if (!rc)
         rc = pop(m, &fn);
@@ -332,7 +332,7 @@ static uint64_t le(const uint8_t *p, int n)
 
 static int memo_put(machine *m, uint64_t index)
 {
-    int v;
+    int v = 0;
     int rc = top(m, &v);
     if (rc)
         return rc;
@@ -368,8 +368,8 @@ static int run_pickle(machine *m, const uint8_t *p, const uint8_t *end, int *res
             return rc;
         uint8_t op = *p++;
         uint64_t n = 0;
-        size_t mark;
-        int a, b, c;
+        size_t mark = 0;
+        int a = 0, b = 0, c = 0;
         switch (op) {
         case 0x80: /* PROTO */
             if ((rc = need(p, end, 1, m)))
@@ -751,7 +751,7 @@ static int open_zip(ddpm_pth *f, machine *m)
         free(e);
         return BAD("%s: zip archive without <name>/data.pkl: not a torch.save file", f->name);
     }
-    int root = -1;
+    int root = 0;
     size_t used = 0;
     rc = run_pickle(m, pkl->data, pkl->data + pkl->size, &root, &used);
     if (!rc && used != pkl->size)
@@ -780,7 +780,7 @@ static int open_legacy(ddpm_pth *f, machine *m)
     static const uint8_t magic[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46,
                                     0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e};
     const uint8_t *p = f->bytes + sizeof magic, *end = f->bytes + f->n_bytes;
-    int v, root, keys;
+    int v = 0, root = 0, keys = 0;
     size_t used;
     int rc = run_pickle(m, p, end, &v, &used); /* protocol version 1001 */
     if (rc)
