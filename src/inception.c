@@ -656,8 +656,10 @@ int ddpm_inception_features(ddpm_inception *net, float *features, const ddpm_inc
             net->ws[k].cap = net->ws_floats;
         }
     int failed = 0;
-    int n_threads = n < net->n_ws ? n : net->n_ws;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads > 0 ? n_threads : 1)
+    /* Always the whole team, even for one image: inside a parallel region every
+     * sgemm and conv2d call runs on its calling thread alone, so an image's bytes
+     * are the same whatever else is in the call. */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(net->n_ws)
     for (int i = 0; i < n; i++) {
         workspace *ws = &net->ws[omp_get_thread_num()];
         float *x = ws->base + ws->cap;
