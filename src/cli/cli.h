@@ -20,6 +20,7 @@ int cmd_eval(int argc, char **argv);
 int cmd_interpolate(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_fid(int argc, char **argv);
 
 /* "ddpm: <msg>" on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

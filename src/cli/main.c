@@ -21,6 +21,7 @@ static const struct {
     {"plot", cmd_plot, "draw a run's loss and images/s from its log.jsonl into a PNG"},
     {"info", cmd_info, "print a checkpoint's metadata and tensor table"},
     {"eval", cmd_eval, "the variational bound in bits/dim and held-out loss on a folder"},
+    {"fid", cmd_fid, "FID (and KID) of two image folders with pytorch-fid's Inception"},
     {"export", cmd_export, "write a checkpoint's EMA (or raw) weights alone, to share"},
     {"convert", cmd_convert, "convert IDX files (MNIST, Fashion-MNIST, ...) to PNG folders"},
 };
