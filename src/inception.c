@@ -9,6 +9,7 @@
  * padding 0 or 1) go through ddpm_conv2d_forward; the others (5x5, 1x7, 7x1,
  * 1x3, 3x1) through the im2col + sgemm below. */
 #include "ddpm/inception.h"
+#include "ddpm/platform.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -85,7 +86,10 @@ static float *ws_alloc(workspace *ws, size_t n)
 
 /* ---- layers --------------------------------------------------------------- */
 
-static int out_size(int n, int k, int s, int p) { return (n + 2 * p - k) / s + 1; }
+static int out_size(int n, int k, int s, int p)
+{
+    return (n + 2 * p - k) / s + 1;
+}
 
 /* col [cin*kh*kw, Ho*Wo] of in [cin, H, W] (zero outside the image). */
 static void im2col(float *col, const float *in, const conv *c, int H, int W, int Ho, int Wo)
@@ -125,7 +129,8 @@ static void conv_relu(workspace *ws, const conv *c, float *out, const float *in,
     *Wo_out = Wo;
     size_t mark = ws->used, n_out = (size_t)c->cout * Ho * Wo;
     if (conv2d_supports(c)) {
-        float *scratch = ws_alloc(ws, ddpm_conv2d_scratch_floats(1, c->cin, H, W, c->cout, c->kh, c->sh, c->ph));
+        float *scratch =
+            ws_alloc(ws, ddpm_conv2d_scratch_floats(1, c->cin, H, W, c->cout, c->kh, c->sh, c->ph));
         if (!ws->measure)
             ddpm_conv2d_forward(out, scratch, in, c->weight, c->bias, 1, c->cin, H, W, c->cout, c->kh, c->sh,
                                 c->ph);
@@ -134,8 +139,7 @@ static void conv_relu(workspace *ws, const conv *c, float *out, const float *in,
         float *col = ws_alloc(ws, (size_t)K * Ho * Wo);
         if (!ws->measure) {
             im2col(col, in, c, H, W, Ho, Wo);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->cout, Ho * Wo, K, 1.0f, c->weight, K, col,
-                        Ho * Wo, 0.0f, out, Ho * Wo);
+            ddpm_sgemm(0, 0, c->cout, Ho * Wo, K, 1.0f, c->weight, K, col, Ho * Wo, 0.0f, out, Ho * Wo);
             for (int o = 0; o < c->cout; o++) {
                 float *r = out + (size_t)o * Ho * Wo;
                 for (int k = 0; k < Ho * Wo; k++)
@@ -413,14 +417,17 @@ static int load_conv(loader *L, conv *c, const char *prefix, int cin, int kh, in
     snprintf(name, sizeof name, "%s.conv.weight", prefix);
     const ddpm_pth_tensor *t = ddpm_pth_find(L->f, name);
     if (!t)
-        return ddpm_error(DDPM_EFORMAT, "%s: tensor '%s' is missing (not the FID Inception's weights)", file, name);
+        return ddpm_error(DDPM_EFORMAT, "%s: tensor '%s' is missing (not the FID Inception's weights)", file,
+                          name);
     if (t->ndim != 4 || t->shape[0] < 1 || t->shape[0] > 65536 || t->shape[1] != cin || t->shape[2] != kh ||
         t->shape[3] != kw)
-        return ddpm_error(DDPM_EFORMAT, "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [*, %d, %d, %d]",
-                          file, name, (long long)(t->ndim > 0 ? t->shape[0] : 0),
-                          (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)(t->ndim > 2 ? t->shape[2] : 0),
-                          (long long)(t->ndim > 3 ? t->shape[3] : 0), cin, kh, kw);
-    *c = (conv){.cin = cin, .cout = (int)t->shape[0], .kh = kh, .kw = kw, .sh = sh, .sw = sw, .ph = ph, .pw = pw};
+        return ddpm_error(
+            DDPM_EFORMAT, "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [*, %d, %d, %d]",
+            file, name, (long long)(t->ndim > 0 ? t->shape[0] : 0),
+            (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)(t->ndim > 2 ? t->shape[2] : 0),
+            (long long)(t->ndim > 3 ? t->shape[3] : 0), cin, kh, kw);
+    *c = (conv){
+        .cin = cin, .cout = (int)t->shape[0], .kh = kh, .kw = kw, .sh = sh, .sw = sw, .ph = ph, .pw = pw};
     size_t n_w = (size_t)c->cout * cin * kh * kw;
     if (L->counting) {
         L->net->n_params += n_w + (size_t)c->cout;
@@ -444,8 +451,8 @@ static int load_conv(loader *L, conv *c, const char *prefix, int cin, int kh, in
     for (int o = 0; o < c->cout && !rc; o++) {
         double gamma = bn[o], beta = bn[c->cout + o], mean = bn[2 * c->cout + o], var = bn[3 * c->cout + o];
         if (!(var >= 0.0) || !isfinite(gamma) || !isfinite(beta) || !isfinite(mean) || !isfinite(var)) {
-            rc = ddpm_error(DDPM_EFORMAT, "%s: %s.bn holds a negative variance or a value that is not finite", file,
-                            prefix);
+            rc = ddpm_error(DDPM_EFORMAT, "%s: %s.bn holds a negative variance or a value that is not finite",
+                            file, prefix);
             break;
         }
         double scale = gamma / sqrt(var + 0.001);
@@ -458,7 +465,7 @@ static int load_conv(loader *L, conv *c, const char *prefix, int cin, int kh, in
     return rc;
 }
 
-#define LOAD(c, name, cin, kh, kw, sh, sw, ph, pw)                                                            \
+#define LOAD(c, name, cin, kh, kw, sh, sw, ph, pw)                                                           \
     do {                                                                                                     \
         int rc_ = load_conv(L, c, name, cin, kh, kw, sh, sw, ph, pw);                                        \
         if (rc_)                                                                                             \
@@ -506,7 +513,8 @@ static int load_c(loader *L, block_c *b, const char *m, int cin)
     LOAD(&b->pool, P("branch_pool"), cin, 1, 1, 1, 1, 0, 0);
     if (b->b7_2.cout != b->b7_1.cout || b->dbl_1.cout != b->b7_1.cout || b->dbl_2.cout != b->b7_1.cout ||
         b->dbl_3.cout != b->b7_1.cout || b->dbl_4.cout != b->b7_1.cout)
-        return ddpm_error(DDPM_EFORMAT, "%s: %s's 7x7 branches have different widths", ddpm_pth_name(L->f), m);
+        return ddpm_error(DDPM_EFORMAT, "%s: %s's 7x7 branches have different widths", ddpm_pth_name(L->f),
+                          m);
     b->cout = b->b1x1.cout + b->b7_3.cout + b->dbl_5.cout + b->pool.cout;
     return 0;
 }
@@ -520,7 +528,8 @@ static int load_d(loader *L, block_d *b, const char *m, int cin)
     LOAD(&b->b7_2, P("branch7x7x3_2"), b->b7_1.cout, 1, 7, 1, 1, 0, 3);
     LOAD(&b->b7_3, P("branch7x7x3_3"), b->b7_2.cout, 7, 1, 1, 1, 3, 0);
     LOAD(&b->b7_4, P("branch7x7x3_4"), b->b7_3.cout, 3, 3, 2, 2, 0, 0);
-    if (b->b7_1.cout != b->b3_1.cout || b->b7_2.cout != b->b7_1.cout || b->b7_3.cout != b->b7_1.cout) /* t1, t2 */
+    if (b->b7_1.cout != b->b3_1.cout || b->b7_2.cout != b->b7_1.cout ||
+        b->b7_3.cout != b->b7_1.cout) /* t1, t2 */
         return ddpm_error(DDPM_EFORMAT, "%s: %s's branches have different widths", ddpm_pth_name(L->f), m);
     b->cout = b->b3_2.cout + b->b7_4.cout + cin;
     return 0;
@@ -553,10 +562,14 @@ static int load_all(loader *L)
     LOAD(&net->c3b, "Conv2d_3b_1x1", net->c2b.cout, 1, 1, 1, 1, 0, 0);
     LOAD(&net->c4a, "Conv2d_4a_3x3", net->c3b.cout, 3, 3, 1, 1, 0, 0);
     int rc;
-    if ((rc = load_a(L, &net->m5b, "Mixed_5b", net->c4a.cout)) || (rc = load_a(L, &net->m5c, "Mixed_5c", net->m5b.cout)) ||
-        (rc = load_a(L, &net->m5d, "Mixed_5d", net->m5c.cout)) || (rc = load_b(L, &net->m6a, "Mixed_6a", net->m5d.cout)) ||
-        (rc = load_c(L, &net->m6b, "Mixed_6b", net->m6a.cout)) || (rc = load_c(L, &net->m6c, "Mixed_6c", net->m6b.cout)) ||
-        (rc = load_c(L, &net->m6d, "Mixed_6d", net->m6c.cout)) || (rc = load_c(L, &net->m6e, "Mixed_6e", net->m6d.cout)) ||
+    if ((rc = load_a(L, &net->m5b, "Mixed_5b", net->c4a.cout)) ||
+        (rc = load_a(L, &net->m5c, "Mixed_5c", net->m5b.cout)) ||
+        (rc = load_a(L, &net->m5d, "Mixed_5d", net->m5c.cout)) ||
+        (rc = load_b(L, &net->m6a, "Mixed_6a", net->m5d.cout)) ||
+        (rc = load_c(L, &net->m6b, "Mixed_6b", net->m6a.cout)) ||
+        (rc = load_c(L, &net->m6c, "Mixed_6c", net->m6b.cout)) ||
+        (rc = load_c(L, &net->m6d, "Mixed_6d", net->m6c.cout)) ||
+        (rc = load_c(L, &net->m6e, "Mixed_6e", net->m6d.cout)) ||
         (rc = load_d(L, &net->m7a, "Mixed_7a", net->m6e.cout)) ||
         (rc = load_e(L, &net->m7b, "Mixed_7b", net->m7a.cout, 0)) ||
         (rc = load_e(L, &net->m7c, "Mixed_7c", net->m7b.cout, 1)))
@@ -618,8 +631,14 @@ int ddpm_inception_load(ddpm_inception **out, const char *path)
     return 0;
 }
 
-int ddpm_inception_n_features(const ddpm_inception *net) { return net->n_features; }
-const char *ddpm_inception_sha256(const ddpm_inception *net) { return net->sha256; }
+int ddpm_inception_n_features(const ddpm_inception *net)
+{
+    return net->n_features;
+}
+const char *ddpm_inception_sha256(const ddpm_inception *net)
+{
+    return net->sha256;
+}
 
 /* x [3, 299, 299] in [-1, 1] from an image, as pytorch-fid: u / 255, resize, 2x - 1. */
 static int prepare(float *x, const ddpm_inception_image *im)
@@ -644,8 +663,8 @@ int ddpm_inception_features(ddpm_inception *net, float *features, const ddpm_inc
         const ddpm_inception_image *im = &images[i];
         if ((im->channels != 1 && im->channels != 3) || im->height < 1 || im->width < 1 ||
             im->height > DDPM_IMAGE_MAX_SIDE || im->width > DDPM_IMAGE_MAX_SIDE)
-            return ddpm_error(DDPM_EINVAL, "image %d: %dx%d with %d channels (1 or 3, sides 1..%d)", i, im->width,
-                              im->height, im->channels, DDPM_IMAGE_MAX_SIDE);
+            return ddpm_error(DDPM_EINVAL, "image %d: %dx%d with %d channels (1 or 3, sides 1..%d)", i,
+                              im->width, im->height, im->channels, DDPM_IMAGE_MAX_SIDE);
     }
     size_t x_floats = (size_t)3 * DDPM_INCEPTION_SIZE * DDPM_INCEPTION_SIZE;
     for (int k = 0; k < net->n_ws; k++)
