@@ -284,10 +284,12 @@ int ddpm_fid_stats_load(ddpm_fid_stats *s, const char *path, const char *sha256)
         return ddpm_error(DDPM_EFORMAT, "%s: not a statistics file of ddpm fid --save-stats", path);
     }
     if (sha256 && strcmp(sha, sha256)) {
+        /* the message first: sha lives in the file's header, freed by close */
+        rc = ddpm_error(DDPM_EFORMAT,
+                        "%s: statistics made with other Inception weights (SHA-256 %.8s..., these are %.8s...)", path,
+                        sha, sha256);
         ddpm_safetensors_close(f);
-        return ddpm_error(DDPM_EFORMAT,
-                          "%s: statistics made with other Inception weights (SHA-256 %.8s..., these are %.8s...)", path,
-                          sha, sha256);
+        return rc;
     }
     if ((rc = stats_alloc(s, dim))) {
         ddpm_safetensors_close(f);
