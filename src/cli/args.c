@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "ddpm/error.h"
 #include "ddpm/run.h"
 
 int arg_long(const char *flag, const char *value, long lo, long hi, long *out)
@@ -165,4 +166,15 @@ void cli_checkpoint_path(char *out, size_t size, const char *arg)
         snprintf(out, size, "%s/%s", arg, DDPM_CHECKPOINT_FILE);
     else
         snprintf(out, size, "%s", arg);
+}
+
+int cli_open_model(ddpm_model *m, const char *arg, int no_ema, int quiet, const char *doing)
+{
+    if (ddpm_model_open(m, arg, no_ema ? DDPM_WEIGHTS_RAW : DDPM_WEIGHTS_EMA)) {
+        cli_error("%s", ddpm_last_error());
+        return DDPM_EXIT_ERROR;
+    }
+    if (m->ema_missing && !quiet)
+        fprintf(stderr, "ddpm: %s has no EMA weights; %s the raw weights\n", m->path, doing);
+    return 0;
 }

@@ -9,7 +9,7 @@
 
 #include "args.h"
 #include "cli.h"
-#include "ddpm/checkpoint.h"
+#include "ddpm/model.h"
 #include "ddpm/error.h"
 #include "ddpm/imageio.h"
 #include "ddpm/interpolate.h"
@@ -143,12 +143,15 @@ static int read_strip_recipe(ddpm_recipe *r, const char *from)
 }
 
 /* The file at path has the SHA-256 `want` (what the recipe of `from` says of
- * `what`); else one line and the exit code. */
-static int check_sha256(const char *path, const char *want, const char *from, const char *what,
+ * `what`; known: its SHA-256 when already computed, else NULL); else one
+ * line and the exit code. */
+static int check_sha256(const char *path, const char *known, const char *want, const char *from, const char *what,
                         const char *named, const char *hint)
 {
     char have[65];
-    if (ddpm_sha256_file(path, have)) {
+    if (known)
+        snprintf(have, sizeof have, "%s", known);
+    else if (ddpm_sha256_file(path, have)) {
         cli_error("%s", ddpm_last_error());
         return DDPM_EXIT_ERROR;
     }
@@ -289,92 +292,56 @@ int cmd_interpolate(int argc, char **argv)
     int out_rc = cli_check_writable_parent(pc.out);
     if (out_rc)
         return out_rc;
-    char ckpt_path[4096];
-    cli_checkpoint_path(ckpt_path, sizeof ckpt_path, ckpt_arg);
     cli_set_threads(threads);
-
+    ddpm_model m;
+    if ((out_rc = cli_open_model(&m, ckpt_arg, no_ema, quiet, "using")))
+        return out_rc;
     /* the recipe: the checkpoint by its hash; --from checks the files against it
        before any work, and writes the names the strip was made with */
     ddpm_recipe recipe;
-    ddpm_recipe_init(&recipe);
-    if (ddpm_sha256_file(ckpt_path, recipe.checkpoint_sha256)) {
-        cli_error("%s", ddpm_last_error());
-        return DDPM_EXIT_ERROR;
-    }
+    ddpm_model_recipe(&m, &recipe);
     if (from) {
         char named[1200];
         snprintf(named, sizeof named, "%.1023s at step %ld", from_recipe.checkpoint, from_recipe.step);
-        if ((out_rc = check_sha256(ckpt_path, from_recipe.checkpoint_sha256, from, "checkpoint", named,
-                                   "pass that one with --checkpoint")))
-            return out_rc;
-        for (int k = 0; pc.image_a && k < 2; k++)
-            if ((out_rc = check_sha256(k ? pc.image_b : pc.image_a, from_recipe.image_sha256[k], from,
-                                       k ? "second source image" : "first source image",
-                                       from_recipe.images[k], "pass the source images with --images P1,P2")))
-                return out_rc;
+        out_rc = check_sha256(m.path, m.sha256, from_recipe.checkpoint_sha256, from, "checkpoint", named,
+                              "pass that one with --checkpoint");
+        for (int k = 0; !out_rc && pc.image_a && k < 2; k++)
+            out_rc = check_sha256(k ? pc.image_b : pc.image_a, NULL, from_recipe.image_sha256[k], from,
+                                  k ? "second source image" : "first source image", from_recipe.images[k],
+                                  "pass the source images with --images P1,P2");
         memcpy(recipe.images, from_recipe.images, sizeof recipe.images);
+        snprintf(recipe.checkpoint, sizeof recipe.checkpoint, "%.1023s", from_recipe.checkpoint);
     }
-
-    ddpm_checkpoint *ck = NULL;
-    if (ddpm_checkpoint_open(&ck, ckpt_path)) {
-        cli_error("%s", ddpm_last_error());
-        return DDPM_EXIT_ERROR;
-    }
-    const ddpm_run_config cfg = *ddpm_checkpoint_config(ck);
-    int T = cfg.timesteps;
-    long ck_step = ddpm_checkpoint_state(ck)->step;
-    if (pc.t > T) {
-        cli_error("%s: %d is more than the model's %d timesteps", from ? "the recipe's step t" : "--at", pc.t,
-                  T);
-        ddpm_checkpoint_close(ck);
-        return DDPM_EXIT_USAGE;
+    int T = m.sched.T;
+    if (!out_rc && pc.t > T) {
+        cli_error("%s: %d is more than the model's %d timesteps", from ? "the recipe's step t" : "--at", pc.t, T);
+        out_rc = DDPM_EXIT_USAGE;
     }
     int max_steps = pc.t ? pc.t : T;
-    if (ic->steps > max_steps) {
-        if (steps_given) {
-            cli_error("%s: %d is more than %s %d", from ? "the recipe's steps" : "--steps", ic->steps,
-                      pc.t ? "the step t" : "the model's timesteps", max_steps);
-            ddpm_checkpoint_close(ck);
-            return DDPM_EXIT_USAGE;
-        }
-        ic->steps = max_steps;
+    if (!out_rc && ic->steps > max_steps && steps_given) {
+        cli_error("%s: %d is more than %s %d", from ? "the recipe's steps" : "--steps", ic->steps,
+                  pc.t ? "the step t" : "the model's timesteps", max_steps);
+        out_rc = DDPM_EXIT_USAGE;
     }
-    ddpm_unet *net = NULL;
-    float *params = NULL;
-    int used_ema = 0;
-    int rc = ddpm_checkpoint_load_model(ck, !no_ema, &net, &params, &used_ema);
-    ddpm_checkpoint_close(ck);
-    ddpm_schedule sched;
-    memset(&sched, 0, sizeof sched);
-    if (!rc)
-        rc = ddpm_schedule_init(&sched, cfg.schedule, T, cfg.beta_start, cfg.beta_end);
-    if (!rc && !used_ema && !no_ema && !quiet)
-        fprintf(stderr, "ddpm: %s has no EMA weights; using the raw weights\n", ckpt_path);
-    snprintf(recipe.version, sizeof recipe.version, "%s", DDPM_VERSION);
-    snprintf(recipe.checkpoint, sizeof recipe.checkpoint, "%.1023s",
-             from ? from_recipe.checkpoint : ckpt_path);
-    recipe.step = ck_step;
-    recipe.ema = used_ema;
+    if (ic->steps > max_steps)
+        ic->steps = max_steps;
     pc.recipe = &recipe;
-    if (!rc)
-        rc = ddpm_interpolate_png(net, params, &sched, &pc);
+    int rc = out_rc ? 0 : ddpm_interpolate_png(&m, &pc);
     if (rc)
         cli_error("%s", ddpm_last_error());
-    else if (!quiet) {
+    else if (!quiet && !out_rc) {
         if (pc.image_a)
             fprintf(stderr,
                     "ddpm: %d images between %s and %s noised to t = %d, DDIM %d steps (eta 0), "
                     "%s weights of step %ld\n",
-                    ic->n, pc.image_a, pc.image_b, pc.t, ic->steps, used_ema ? "EMA" : "raw", ck_step);
+                    ic->n, pc.image_a, pc.image_b, pc.t, ic->steps, m.ema ? "EMA" : "raw", m.step);
         else
             fprintf(stderr,
                     "ddpm: %d images between seeds %" PRIu64 " and %" PRIu64
                     ", DDIM %d steps (eta 0), %s weights of step %ld\n",
-                    ic->n, pc.seed_a, pc.seed_b, ic->steps, used_ema ? "EMA" : "raw", ck_step);
+                    ic->n, pc.seed_a, pc.seed_b, ic->steps, m.ema ? "EMA" : "raw", m.step);
         printf("%s\n", pc.out);
     }
-    ddpm_schedule_free(&sched);
-    free(params);
-    ddpm_unet_free(net);
-    return rc ? DDPM_EXIT_ERROR : DDPM_EXIT_OK;
+    ddpm_model_close(&m);
+    return out_rc ? out_rc : rc ? DDPM_EXIT_ERROR : DDPM_EXIT_OK;
 }
