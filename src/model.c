@@ -139,6 +139,7 @@ void ddpm_model_close(ddpm_model *m)
     ddpm_unet_workspace_free(m->own_ws);
     free(m->out);
     free(m->uncond);
+    free(m->steps);
     memset(m, 0, sizeof *m);
 }
 
@@ -190,9 +191,12 @@ static int reserve(ddpm_model *m, int B, int guided)
     if (m->buf_batch < B) {
         free(m->out);
         free(m->uncond);
+        free(m->steps);
         m->uncond = NULL;
         m->buf_batch = 0;
-        if (!(m->out = ddpm_malloc((size_t)B * out_D, sizeof(float))))
+        m->out = ddpm_malloc((size_t)B * out_D, sizeof(float));
+        m->steps = ddpm_malloc((size_t)B, sizeof(double));
+        if (!m->out || !m->steps)
             return DDPM_ENOMEM;
         m->buf_batch = B;
     }
@@ -250,11 +254,12 @@ void ddpm_model_eps(void *model, float *eps, const float *x_t, const int *i, int
 {
     ddpm_model *m = model;
     size_t D = ddpm_model_D(m), out_D = ddpm_model_out_size(m);
-    double t[B > 0 ? B : 1];
-    for (int b = 0; b < B; b++)
-        t[b] = i[b];
     /* the raw output in place, then each image's eps over its prediction (v stays) */
-    if (reserve(m, B, 0) || ddpm_model_output(m, eps, x_t, t, B, NULL)) {
+    int rc = reserve(m, B, 0);
+    double *t = m->steps;
+    for (int b = 0; !rc && b < B; b++)
+        t[b] = i[b];
+    if (rc || ddpm_model_output(m, eps, x_t, t, B, NULL)) {
         for (size_t k = 0; k < (size_t)B * out_D; k++) /* no memory: NaN, which the evaluator refuses */
             eps[k] = NAN;
         return;

@@ -57,6 +57,7 @@ typedef struct {
     ddpm_unet_workspace *ws, *own_ws;
     int ws_batch, buf_batch;
     float *out, *uncond; /* [buf_batch, output values] the raw and unconditional outputs */
+    double *steps;       /* [buf_batch] the integer steps of ddpm_model_eps as doubles */
 } ddpm_model;
 
 /* Opens a model from a training checkpoint or an exported weights file (a run
