@@ -498,6 +498,37 @@ static void test_model_converts_a_v_network_to_eps_and_x0(void **state)
     ddpm_unet_free(net);
 }
 
+/* The sampler table: every row's name parses back to its kind, an unknown
+ * name and kind are refused, and the costs follow the rows' flags. */
+static void test_sampler_table_names_round_trip_and_costs(void **state)
+{
+    (void)state;
+    assert_true(DDPM_N_SAMPLERS >= 2);
+    for (int k = 0; k < DDPM_N_SAMPLERS; k++) {
+        ddpm_sampler_kind back = DDPM_N_SAMPLERS;
+        const ddpm_sampler_info *r = ddpm_sampler_get((ddpm_sampler_kind)k);
+        assert_non_null(r);
+        assert_true(r->help[0] != '\0');
+        assert_int_equal(ddpm_sampler_parse(r->name, &back), 0);
+        assert_int_equal(back, k);
+    }
+    ddpm_sampler_kind kind;
+    assert_true(ddpm_sampler_parse("no-such-sampler", &kind) < 0);
+    assert_null(ddpm_sampler_get(DDPM_N_SAMPLERS));
+    assert_string_equal(ddpm_sampler_name(DDPM_N_SAMPLERS), "?");
+    /* ancestral sampling runs all T steps whatever S; DDIM S */
+    assert_int_equal(ddpm_sampler_evals(DDPM_SAMPLER_DDPM, 50, 1000), 1000);
+    assert_int_equal(ddpm_sampler_evals(DDPM_SAMPLER_DDIM, 50, 1000), 50);
+    ddpm_sampler_config c;
+    ddpm_sampler_config_default(&c);
+    c.steps = 50;
+    assert_int_equal(ddpm_sampler_n_steps(&c, &sched), 1000);
+    c.kind = DDPM_SAMPLER_DDIM;
+    assert_int_equal(ddpm_sampler_n_steps(&c, &sched), 50);
+    assert_true(ddpm_sampler_has(DDPM_SAMPLER_DDPM, DDPM_SAMPLER_STOCHASTIC));
+    assert_false(ddpm_sampler_has(DDPM_SAMPLER_DDIM, DDPM_SAMPLER_STOCHASTIC));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -513,6 +544,7 @@ int main(void)
         cmocka_unit_test(test_sample_files_writes_grid_each_and_trajectory_independent_of_batch),
         cmocka_unit_test(test_guidance_1_is_the_conditional_model_0_the_unconditional),
         cmocka_unit_test(test_model_converts_a_v_network_to_eps_and_x0),
+        cmocka_unit_test(test_sampler_table_names_round_trip_and_costs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -21,6 +21,8 @@
 
 static void usage(FILE *f)
 {
+    ddpm_sample_files_config defaults;
+    ddpm_sample_files_config_default(&defaults);
     fprintf(f,
 "usage: ddpm sample RUN_DIR|CHECKPOINT [options]\n"
 "       ddpm sample --from IMAGE.png --out FILE.png [--checkpoint PATH] [RUN_DIR|CHECKPOINT]\n"
@@ -48,7 +50,7 @@ static void usage(FILE *f)
 "  --checkpoint PATH    the checkpoint for --from (a file or a RUN_DIR)\n"
 "\n"
 "samplers (each network evaluation costs one forward pass per image):\n"
-"  --sampler NAME       one of (default ddim):\n");
+"  --sampler NAME       one of (default %s):\n", ddpm_sampler_name(defaults.sampler.kind));
     for (int k = 0; k < DDPM_N_SAMPLERS; k++) { /* the table of sampler.h */
         const ddpm_sampler_info *r = ddpm_sampler_get((ddpm_sampler_kind)k);
         char evals[64] = "T";
@@ -59,7 +61,7 @@ static void usage(FILE *f)
         if (r->flags & DDPM_SAMPLER_TAKES_STEPS && r->evals_extra)
             snprintf(evals + strlen(evals), sizeof evals - strlen(evals), " %c %d", r->evals_extra < 0 ? '-' : '+',
                      abs(r->evals_extra));
-        fprintf(f, "      %-15s%s\n%23s(%s evaluations%s%s%s)\n", r->name, r->help, "", evals,
+        fprintf(f, "      %-17s%s\n%23s(%s evaluations%s%s%s)\n", r->name, r->help, "", evals,
                 r->flags & DDPM_SAMPLER_TAKES_STEPS ? "; --steps" : "", r->flags & DDPM_SAMPLER_TAKES_ETA ? ", --eta" : "",
                 r->flags & DDPM_SAMPLER_TAKES_VAR ? "; --var" : "");
     }
