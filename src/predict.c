@@ -106,15 +106,9 @@ int ddpm_pred_convert(const ddpm_pred_out *o, const ddpm_head *h, const float *o
 void ddpm_pred_to_eps_x0(float *eps, float *x0, ddpm_prediction kind, const float *out, const float *x_t,
                          int i, size_t D, const ddpm_schedule *s)
 {
-    ddpm_pred_coef c = ddpm_pred_coefs(kind, i, s);
-    float eo = (float)c.eps_out, ex = (float)c.eps_xt, xo = (float)c.x0_out, xx = (float)c.x0_xt;
-    for (size_t d = 0; d < D; d++) {
-        float o = out[d], x = x_t[d];
-        if (eps)
-            eps[d] = kind == DDPM_PRED_EPS ? o : eo * o + ex * x;
-        if (x0)
-            x0[d] = kind == DDPM_PRED_X0 ? o : xo * o + xx * x;
-    }
+    ddpm_head h = {s, kind, 0, D};
+    ddpm_pred_out o = {eps, x0, NULL, NULL};
+    ddpm_pred_convert(&o, &h, out, x_t, i); /* a trained step and no mean: cannot fail */
 }
 
 void ddpm_pred_target(float *target, ddpm_prediction kind, const float *x0, const float *eps,

@@ -79,7 +79,7 @@ typedef struct {
 int ddpm_pred_convert(const ddpm_pred_out *o, const ddpm_head *h, const float *out, const float *x_t, double t);
 
 /* eps and x0 (either may be NULL) of one image's D values from the network
- * output at step index i. */
+ * output at step index i: ddpm_pred_convert at a trained step. */
 void ddpm_pred_to_eps_x0(float *eps, float *x0, ddpm_prediction kind, const float *out, const float *x_t,
                          int i, size_t D, const ddpm_schedule *s);
 /* What the network of this kind is trained to output for one image, given the
