@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,4 +208,52 @@ int ddpm_remove_stale_temps(const char *dir, int *n_removed)
     }
     closedir(d);
     return rc;
+}
+
+int ddpm_read_file(const char *path, unsigned char **bytes_out, size_t *size_out)
+{
+    *bytes_out = NULL;
+    *size_out = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return ddpm_error(DDPM_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return ddpm_error(DDPM_EIO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return ddpm_error(DDPM_EIO, "%s: not a regular file", path);
+    }
+    if ((uint64_t)st.st_size > (uint64_t)SIZE_MAX) {
+        close(fd);
+        return ddpm_error(DDPM_ENOMEM, "%s: file too large to read", path);
+    }
+    size_t size = (size_t)st.st_size;
+    unsigned char *bytes = malloc(size ? size : 1);
+    if (!bytes) {
+        close(fd);
+        return ddpm_error(DDPM_ENOMEM, "%s: out of memory reading %zu bytes", path, size);
+    }
+    size_t got = 0;
+    while (got < size) {
+        ssize_t r = read(fd, bytes + got, size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            int e = errno;
+            close(fd);
+            free(bytes);
+            if (r == 0)
+                return ddpm_error(DDPM_EIO, "%s: file shrank while being read (%zu of %zu bytes)", path, got, size);
+            return ddpm_error(DDPM_EIO, "%s: read failed: %s", path, strerror(e));
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    *bytes_out = bytes;
+    *size_out = size;
+    return DDPM_OK;
 }

@@ -51,7 +51,6 @@ void ddpm_interpolate_config_default(ddpm_interpolate_config *c)
     c->steps = 100;
     c->clip_x0 = 1;
     c->batch = 64;
-    c->learned_var = 0;
 }
 
 void ddpm_interpolate_sampler(ddpm_sampler_config *out, const ddpm_interpolate_config *c)
@@ -61,26 +60,18 @@ void ddpm_interpolate_sampler(ddpm_sampler_config *out, const ddpm_interpolate_c
     out->steps = c->steps;
     out->eta = 0.0f;
     out->clip_x0 = c->clip_x0;
-    out->learned_var = c->learned_var;
 }
 
 /* Decodes the latents x [n, D] at step index i_start in place, batch by batch. */
-static int decode(float *x, size_t D, int i_start, const ddpm_schedule *s, const ddpm_interpolate_config *c,
-                  ddpm_eps_fn eps_fn, void *eps_ctx)
+static int decode(ddpm_model *m, float *x, int i_start, const ddpm_interpolate_config *c)
 {
     ddpm_sampler_config sc;
     ddpm_interpolate_sampler(&sc, c);
-    int B = c->batch < c->n ? c->batch : c->n;
-    float *scratch = ddpm_malloc(4 * (size_t)B * D, sizeof(float));
-    if (!scratch)
-        return DDPM_ENOMEM;
-    int rc = DDPM_OK;
+    int B = c->batch < c->n ? c->batch : c->n, rc = DDPM_OK;
     for (int first = 0; !rc && first < c->n; first += B) {
         int nb = c->n - first < B ? c->n - first : B;
-        rc = ddpm_sample_from(x + (size_t)first * D, scratch, nb, D, first, i_start, s, &sc, eps_fn, eps_ctx,
-                              NULL, NULL, NULL);
+        rc = ddpm_sample_from(m, &sc, NULL, x + (size_t)first * ddpm_model_D(m), nb, first, i_start, NULL, NULL);
     }
-    free(scratch);
     return rc;
 }
 
@@ -95,9 +86,11 @@ static int check_config(const ddpm_interpolate_config *c, int max_steps, const c
     return DDPM_OK;
 }
 
-int ddpm_interpolate_seeds(float *x, size_t D, uint64_t seed_a, uint64_t seed_b, const ddpm_schedule *s,
-                           const ddpm_interpolate_config *c, ddpm_eps_fn eps_fn, void *eps_ctx)
+int ddpm_interpolate_seeds(ddpm_model *m, float *x, uint64_t seed_a, uint64_t seed_b,
+                           const ddpm_interpolate_config *c)
 {
+    const ddpm_schedule *s = &m->sched;
+    size_t D = ddpm_model_D(m);
     int rc = check_config(c, s->T, "the model's timesteps");
     if (rc)
         return rc;
@@ -111,13 +104,14 @@ int ddpm_interpolate_seeds(float *x, size_t D, uint64_t seed_a, uint64_t seed_b,
     ddpm_sample_initial_noise(b, D, 0, s, &sc, &rng);
     for (int k = 1; k < c->n - 1; k++)
         ddpm_slerp(x + (size_t)k * D, a, b, D, (double)k / (c->n - 1));
-    return decode(x, D, s->T - 1, s, c, eps_fn, eps_ctx);
+    return decode(m, x, s->T - 1, c);
 }
 
-int ddpm_interpolate_images(float *x, size_t D, const float *x0_a, const float *x0_b, int t, uint64_t seed,
-                            const ddpm_schedule *s, const ddpm_interpolate_config *c, ddpm_eps_fn eps_fn,
-                            void *eps_ctx)
+int ddpm_interpolate_images(ddpm_model *m, float *x, const float *x0_a, const float *x0_b, int t, uint64_t seed,
+                            const ddpm_interpolate_config *c)
 {
+    const ddpm_schedule *s = &m->sched;
+    size_t D = ddpm_model_D(m);
     if (t < 1 || t > s->T)
         return ddpm_error(DDPM_EINVAL, "the step t must be in 1..%d (the model's timesteps), got %d", s->T,
                           t);
@@ -139,7 +133,7 @@ int ddpm_interpolate_images(float *x, size_t D, const float *x0_a, const float *
     free(eps);
     for (int k = 1; k < c->n - 1; k++)
         ddpm_lerp(x + (size_t)k * D, a, b, D, (double)k / (c->n - 1));
-    return decode(x, D, i, s, c, eps_fn, eps_ctx);
+    return decode(m, x, i, c);
 }
 
 /* ---------------------------------------------------------------- to a file */
@@ -184,8 +178,7 @@ static int strip_recipe(ddpm_recipe *r, const ddpm_interpolate_png_config *c)
     return rc ? rc : ddpm_sha256_file(c->image_b, r->image_sha256[1]);
 }
 
-int ddpm_interpolate_png(const ddpm_unet *net, const float *params, const ddpm_schedule *s,
-                         const ddpm_interpolate_png_config *c)
+int ddpm_interpolate_png(ddpm_model *m, const ddpm_interpolate_png_config *c)
 {
     int images = c->image_a != NULL;
     if (images != (c->image_b != NULL))
@@ -197,7 +190,7 @@ int ddpm_interpolate_png(const ddpm_unet *net, const float *params, const ddpm_s
                           c->interp.n);
     if (c->interp.batch < 1)
         return ddpm_error(DDPM_EINVAL, "%s: batch must be at least 1, got %d", c->out, c->interp.batch);
-    int C = net->cfg.in_channels, S = net->cfg.image_size, n_cells = c->interp.n + (c->sources ? 2 : 0);
+    int C = m->cfg.in_channels, S = m->cfg.image_size, n_cells = c->interp.n + (c->sources ? 2 : 0);
     size_t D = (size_t)C * S * S;
     ddpm_recipe *recipe = NULL;
     ddpm_png_text text[DDPM_RECIPE_MAX_TEXT];
@@ -211,10 +204,6 @@ int ddpm_interpolate_png(const ddpm_unet *net, const float *params, const ddpm_s
             n_text = ddpm_recipe_to_text(recipe, text, storage, NULL);
     }
     float *x = NULL, *x0_a = NULL, *x0_b = NULL;
-    ddpm_unet_workspace *ws = NULL;
-    if (!rc)
-        rc = ddpm_unet_workspace_create(&ws, net,
-                                        c->interp.batch < c->interp.n ? c->interp.batch : c->interp.n, 0);
     if (!rc && !(x = ddpm_malloc((size_t)n_cells * D, sizeof *x)))
         rc = DDPM_ENOMEM;
     if (!rc && images) {
@@ -224,14 +213,9 @@ int ddpm_interpolate_png(const ddpm_unet *net, const float *params, const ddpm_s
         if (!rc)
             rc = ddpm_image_load(c->image_b, x0_b, S, C);
     }
-    /* the interpolation's sampler takes eps: convert the output of an x0, v or mu model */
-    ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws, .to_eps = s};
-    ddpm_interpolate_config ic = c->interp;
-    ic.learned_var = net->cfg.learn_sigma; /* the output's layout (eta 0 uses no variance) */
     if (!rc)
-        rc = images ? ddpm_interpolate_images(x + (c->sources ? D : 0), D, x0_a, x0_b, c->t, c->seed, s, &ic,
-                                              ddpm_unet_eps, &ctx)
-                    : ddpm_interpolate_seeds(x, D, c->seed_a, c->seed_b, s, &ic, ddpm_unet_eps, &ctx);
+        rc = images ? ddpm_interpolate_images(m, x + (c->sources ? D : 0), x0_a, x0_b, c->t, c->seed, &c->interp)
+                    : ddpm_interpolate_seeds(m, x, c->seed_a, c->seed_b, &c->interp);
     if (!rc && c->sources) {
         memcpy(x, x0_a, D * sizeof *x);
         memcpy(x + (size_t)(n_cells - 1) * D, x0_b, D * sizeof *x);
@@ -243,6 +227,5 @@ int ddpm_interpolate_png(const ddpm_unet *net, const float *params, const ddpm_s
     free(x0_b);
     free(recipe);
     free(storage);
-    ddpm_unet_workspace_free(ws);
     return rc;
 }

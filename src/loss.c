@@ -207,11 +207,17 @@ static double loss_learned(float *d_out, float *target, double *term, const floa
     return loss;
 }
 
-double ddpm_loss(float *d_out, float *target, double *term, const float *out, const float *x0, const float *eps,
-                 const float *x_t, const int *i, const double *weight, int B, int B_mean, size_t D,
-                 ddpm_prediction pred, int learn_sigma, const ddpm_loss_config *c, const ddpm_schedule *s)
+double ddpm_loss(float *d_out, float *target, double *term, const ddpm_loss_batch *batch, const ddpm_head *h,
+                 const ddpm_loss_config *c)
 {
-    if (learn_sigma)
+    const float *out = batch->out, *x0 = batch->x0, *eps = batch->eps, *x_t = batch->x_t;
+    const int *i = batch->i;
+    const double *weight = batch->weight;
+    int B = batch->B, B_mean = batch->B_mean;
+    size_t D = h->D;
+    ddpm_prediction pred = h->kind;
+    const ddpm_schedule *s = h->sched;
+    if (h->learn_sigma)
         return loss_learned(d_out, target, term, out, x0, eps, x_t, i, weight, B, B_mean, D, pred, c, s);
     size_t BD = (size_t)B * D, n_mean = (size_t)B_mean * D; /* the mean is over the whole batch */
     double loss = 0;

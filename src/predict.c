@@ -4,6 +4,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "ddpm/error.h"
+
 static const char *const names[DDPM_N_PREDICTIONS] = {"eps", "x0", "v", "mu"};
 
 const char *ddpm_prediction_name(ddpm_prediction kind)
@@ -55,18 +57,58 @@ ddpm_pred_coef ddpm_pred_coefs(ddpm_prediction kind, int i, const ddpm_schedule 
     return c;
 }
 
+ddpm_pred_coef ddpm_pred_coefs_t(ddpm_prediction kind, double t, const ddpm_schedule *s)
+{
+    if (t >= 0 && t <= s->T - 1 && t == floor(t))
+        return ddpm_pred_coefs(kind, (int)t, s);
+    double sa = ddpm_schedule_alpha(s, t), so = ddpm_schedule_sigma(s, t);
+    ddpm_pred_coef c = {NAN, NAN, NAN, NAN, NAN, NAN};
+    switch (kind) {
+    case DDPM_PRED_X0: c.x0_out = 1, c.x0_xt = 0, c.eps_out = -sa / so, c.eps_xt = 1 / so; break;
+    case DDPM_PRED_V: c.x0_out = -so, c.x0_xt = sa, c.eps_out = sa, c.eps_xt = so; break;
+    case DDPM_PRED_MU: break; /* the posterior exists at the trained steps only */
+    case DDPM_PRED_EPS:
+    default: c.eps_out = 1, c.eps_xt = 0, c.x0_out = -so / sa, c.x0_xt = 1 / sa; break;
+    }
+    return c;
+}
+
+int ddpm_pred_convert(const ddpm_pred_out *o, const ddpm_head *h, const float *out, const float *x_t, double t)
+{
+    const ddpm_schedule *s = h->sched;
+    int trained = t >= 0 && t <= s->T - 1 && t == floor(t);
+    if (!trained && (o->mean || o->logvar || h->kind == DDPM_PRED_MU))
+        return ddpm_error(DDPM_EINVAL, "step index %g: the %s is defined at the trained steps 0..%d only", t,
+                          h->kind == DDPM_PRED_MU ? "mu prediction" : "reverse mean and variance", s->T - 1);
+    if (o->logvar && !h->learn_sigma)
+        return ddpm_error(DDPM_EINVAL, "the model has fixed variances: it has no learned log-variance");
+    ddpm_pred_coef c = ddpm_pred_coefs_t(h->kind, t, s);
+    float eo = (float)c.eps_out, ex = (float)c.eps_xt, xo = (float)c.x0_out, xx = (float)c.x0_xt;
+    float mo = (float)c.mu_out, mx = (float)c.mu_xt;
+    ddpm_prediction kind = h->kind;
+    for (size_t d = 0; d < h->D; d++) {
+        float v = out[d], x = x_t[d];
+        if (o->eps)
+            o->eps[d] = kind == DDPM_PRED_EPS ? v : eo * v + ex * x;
+        if (o->x0)
+            o->x0[d] = kind == DDPM_PRED_X0 ? v : xo * v + xx * x;
+        if (o->mean)
+            o->mean[d] = mx * x + mo * v;
+    }
+    if (o->logvar) {
+        ddpm_logvar_coef lc = ddpm_learned_logvar_coef((int)t, s);
+        for (size_t d = 0; d < h->D; d++)
+            o->logvar[d] = ddpm_learned_logvar(lc, out[h->D + d]);
+    }
+    return DDPM_OK;
+}
+
 void ddpm_pred_to_eps_x0(float *eps, float *x0, ddpm_prediction kind, const float *out, const float *x_t,
                          int i, size_t D, const ddpm_schedule *s)
 {
-    ddpm_pred_coef c = ddpm_pred_coefs(kind, i, s);
-    float eo = (float)c.eps_out, ex = (float)c.eps_xt, xo = (float)c.x0_out, xx = (float)c.x0_xt;
-    for (size_t d = 0; d < D; d++) {
-        float o = out[d], x = x_t[d];
-        if (eps)
-            eps[d] = kind == DDPM_PRED_EPS ? o : eo * o + ex * x;
-        if (x0)
-            x0[d] = kind == DDPM_PRED_X0 ? o : xo * o + xx * x;
-    }
+    ddpm_head h = {s, kind, 0, D};
+    ddpm_pred_out o = {eps, x0, NULL, NULL};
+    ddpm_pred_convert(&o, &h, out, x_t, i); /* a trained step and no mean: cannot fail */
 }
 
 void ddpm_pred_target(float *target, ddpm_prediction kind, const float *x0, const float *eps,

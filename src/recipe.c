@@ -138,7 +138,7 @@ int ddpm_recipe_to_text(const ddpm_recipe *r, ddpm_png_text *text, ddpm_recipe_s
     snprintf(b[F_SHA256], 72, "%.64s", r->checkpoint_sha256);
     snprintf(b[F_STEP], 72, "%ld", r->step);
     snprintf(b[F_WEIGHTS], 72, "%s", r->ema ? "ema" : "raw");
-    snprintf(b[F_SAMPLER], 72, "%s", r->sampler.kind == DDPM_SAMPLER_DDIM ? "ddim" : "ddpm");
+    snprintf(b[F_SAMPLER], 72, "%s", ddpm_sampler_name(r->sampler.kind));
     snprintf(b[F_STEPS], 72, "%d", r->sampler.steps);
     snprintf(b[F_ETA], 72, "%.9g", (double)r->sampler.eta);
     snprintf(b[F_VAR], 72, "%s", ddpm_var_name(r->sampler.var));
@@ -276,7 +276,7 @@ static int on_text(void *ctx, const char *key, const char *value)
     ddpm_recipe *r = p->r;
     long long v = 0;
     int bad = 0;
-    static const char *const samplers[2] = {"ddpm", "ddim"}, *const weights[2] = {"raw", "ema"};
+    static const char *const weights[2] = {"raw", "ema"};
     switch (f) {
     case F_SOFTWARE: bad = parse_string(value + 5, 1, r->version, sizeof r->version); break;
     case F_SHA256: bad = parse_sha256(value, 1, r->checkpoint_sha256); break;
@@ -290,9 +290,7 @@ static int on_text(void *ctx, const char *key, const char *value)
         bad = r->ema < 0;
         break;
     case F_SAMPLER:
-        v = pick(value, samplers, 2);
-        bad = v < 0;
-        r->sampler.kind = v == 1 ? DDPM_SAMPLER_DDIM : DDPM_SAMPLER_DDPM;
+        bad = ddpm_sampler_parse(value, &r->sampler.kind) != 0;
         break;
     case F_STEPS:
         bad = parse_long(value, 1, 100000, &v);
@@ -384,8 +382,7 @@ static int check_recipe(const ddpm_recipe *r, uint32_t seen, const char *name)
             return ddpm_error(DDPM_EFORMAT,
                               "%s: an interpolation strip is decoded with DDIM at eta 0; its recipe "
                               "says %s, eta %g",
-                              name, r->sampler.kind == DDPM_SAMPLER_DDIM ? "ddim" : "ddpm",
-                              (double)r->sampler.eta);
+                              name, ddpm_sampler_name(r->sampler.kind), (double)r->sampler.eta);
         if (r->count < 2 || r->count > 100000)
             return ddpm_error(DDPM_EFORMAT,
                               "%s: an interpolation strip has 2..100000 images; its recipe says %d", name,

@@ -16,6 +16,7 @@
 #include "ddpm/fsutil.h"
 #include "ddpm/recipe.h"
 #include "ddpm/sha256.h"
+#include "ddpm/model.h"
 #include "ddpm/sample.h"
 #include "ddpm/train.h"
 
@@ -416,11 +417,12 @@ static int session_eval(run_session *r)
     ddpm_trainer *tr = r->tr;
     const ddpm_unet_config *m = &tr->cfg.model;
     size_t D = (size_t)m->in_channels * m->image_size * m->image_size;
-    /* the evaluator takes eps_theta: an x0, v or mu model's output is converted (predict.h) */
-    ddpm_unet_eps_ctx ctx = {.net = tr->net, .params = tr->ema, .ws = tr->ws, .to_eps = &tr->sched};
+    /* the evaluator takes eps_theta: the model converts an x0, v or mu output (predict.h) */
+    ddpm_model model;
+    ddpm_model_from_trainer(&model, tr, DDPM_WEIGHTS_EMA);
     ddpm_estimate ls;
     int rc = ddpm_eval_l_simple(&ls, r->eval_x0, r->eval_n, D, &tr->sched, tr->micro_batch, tr->cfg.seed,
-                                m->learn_sigma, ddpm_unet_eps, &ctx, NULL, NULL);
+                                m->learn_sigma, ddpm_model_eps, &model, NULL, NULL);
     char line[512];
     int n = rc ? 0
                : snprintf(line, sizeof line, "{\"step\":%ld,\"eval_n\":%d,\"eval_l_simple\":%.6g,"
@@ -436,12 +438,13 @@ static int session_eval(run_session *r)
         if (m->learn_sigma)
             bc.var = DDPM_VAR_LEARNED;
         ddpm_bound_result br;
-        rc = ddpm_bound(&br, r->eval_x0, r->eval_n, D, &tr->sched, &bc, ddpm_unet_eps, &ctx, NULL, NULL);
+        rc = ddpm_bound(&br, r->eval_x0, r->eval_n, D, &tr->sched, &bc, ddpm_model_eps, &model, NULL, NULL);
         if (!rc)
             n += snprintf(line + n, sizeof line - (size_t)n, ",\"eval_mc\":%d,\"eval_bpd\":%.6g,\"eval_bpd_stderr\":%.3g",
                           o->eval_mc, br.total.mean, br.total.se);
         ddpm_bound_result_free(&br);
     }
+    ddpm_model_close(&model);
     if (rc)
         return rc;
     n += snprintf(line + n, sizeof line - (size_t)n, "}\n");
@@ -473,7 +476,6 @@ static int session_preview(run_session *r, char *path, size_t size, int saved_no
     if (n_classes > 0 && n_classes <= o->preview_n) { /* one row per class, conditional (W = 1) */
         c.grid_by_class = 1;
         c.n = o->preview_n / n_classes;
-        c.class_names = (const char *const *)tr->class_names;
     }
     ddpm_recipe recipe;
     ddpm_recipe_init(&recipe);
@@ -483,7 +485,12 @@ static int session_preview(run_session *r, char *path, size_t size, int saved_no
     recipe.ema = 1;
     int rc = saved_now ? ddpm_sha256_file(r->ckpt_path, recipe.checkpoint_sha256) : DDPM_OK;
     c.recipe = &recipe;
-    return rc ? rc : ddpm_sample_files(tr->net, tr->ema, &tr->sched, &c, tr->ws, NULL, NULL);
+    ddpm_model model;
+    ddpm_model_from_trainer(&model, tr, DDPM_WEIGHTS_EMA);
+    if (!rc)
+        rc = ddpm_sample_files(&model, &c, NULL, NULL);
+    ddpm_model_close(&model);
+    return rc;
 }
 
 /* The images of every batch this process computes: an equal share of the

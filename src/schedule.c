@@ -51,8 +51,8 @@ int ddpm_schedule_init(ddpm_schedule *s, ddpm_schedule_kind kind, int T, double 
         return DDPM_ENOMEM;
     double **arrays[N_ARRAYS] = {&s->beta, &s->alpha, &s->abar, &s->abar_prev, &s->sqrt_abar,
                                  &s->sqrt_one_minus_abar, &s->posterior_var,
-                                 &s->posterior_coef_x0, &s->posterior_coef_xt, NULL};
-    for (int a = 0; a < N_ARRAYS - 1; a++)
+                                 &s->posterior_coef_x0, &s->posterior_coef_xt, &s->log_alpha};
+    for (int a = 0; a < N_ARRAYS; a++)
         *arrays[a] = block + (size_t)a * T;
     s->kind = kind;
     s->T = T;
@@ -79,6 +79,7 @@ int ddpm_schedule_init(ddpm_schedule *s, ddpm_schedule_kind kind, int T, double 
         s->posterior_var[i] = (1.0 - s->abar_prev[i]) / one_minus * s->beta[i];
         s->posterior_coef_x0[i] = sqrt(s->abar_prev[i]) * s->beta[i] / one_minus;
         s->posterior_coef_xt[i] = sqrt(s->alpha[i]) * (1.0 - s->abar_prev[i]) / one_minus;
+        s->log_alpha[i] = 0.5 * log(prod);
     }
     return DDPM_OK;
 }
@@ -120,4 +121,57 @@ void ddpm_eps_mean(float *mean, const float *x_t, const float *eps, int i, size_
     float b = (float)(inv_sqrt_alpha * s->beta[i] / s->sqrt_one_minus_abar[i]);
     for (size_t d = 0; d < D; d++)
         mean[d] = a * x_t[d] - b * eps[d];
+}
+
+/* ---------------------------------------------------------------- continuous t */
+
+/* t is an index 0..T-1 exactly: its stored values are used. */
+static int at_knot(const ddpm_schedule *s, double t)
+{
+    return t >= 0 && t <= s->T - 1 && t == floor(t);
+}
+
+double ddpm_schedule_log_alpha(const ddpm_schedule *s, double t)
+{
+    if (at_knot(s, t) || s->T == 1)
+        return s->log_alpha[s->T == 1 ? 0 : (int)t];
+    int k = t < 0 ? 0 : t > s->T - 2 ? s->T - 2 : (int)floor(t); /* the segment [k, k + 1] */
+    return s->log_alpha[k] + (t - k) * (s->log_alpha[k + 1] - s->log_alpha[k]);
+}
+
+double ddpm_schedule_alpha(const ddpm_schedule *s, double t)
+{
+    return at_knot(s, t) ? s->sqrt_abar[(int)t] : exp(ddpm_schedule_log_alpha(s, t));
+}
+
+double ddpm_schedule_sigma(const ddpm_schedule *s, double t)
+{
+    return at_knot(s, t) ? s->sqrt_one_minus_abar[(int)t] : sqrt(-expm1(2.0 * ddpm_schedule_log_alpha(s, t)));
+}
+
+double ddpm_schedule_lambda(const ddpm_schedule *s, double t)
+{
+    double la = ddpm_schedule_log_alpha(s, t);
+    return la - 0.5 * log(-expm1(2.0 * la));
+}
+
+double ddpm_schedule_t_of_lambda(const ddpm_schedule *s, double lambda)
+{
+    /* alpha^2 = e^(2 lambda) / (1 + e^(2 lambda)), in the form that does not overflow */
+    double la = lambda < 0 ? lambda - 0.5 * log1p(exp(2.0 * lambda)) : -0.5 * log1p(exp(-2.0 * lambda));
+    const double *k = s->log_alpha;
+    int T = s->T;
+    if (T == 1)
+        return 0.0;
+    /* log_alpha decreases with t: find the segment [lo, lo + 1] holding la
+       (the end segments for values outside the knots) */
+    int lo = 0, hi = T - 1;
+    while (hi - lo > 1) {
+        int mid = lo + (hi - lo) / 2;
+        if (k[mid] >= la)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo + (la - k[lo]) / (k[lo + 1] - k[lo]);
 }

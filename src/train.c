@@ -210,6 +210,7 @@ void ddpm_trainer_accumulate_class(ddpm_trainer *tr, const float *x0, const int 
     int warm = importance ? ddpm_t_probabilities(tr->t_prob, tr->t_cdf, &tr->t_history) : 0;
     float *terms = tr->grads + n + DDPM_TRAIN_SCALARS; /* [B], importance only */
     double loss_share = 0;
+    ddpm_head head = {&tr->sched, c->model.prediction, c->model.learn_sigma, D}; /* what the output means */
     memset(tr->grads, 0, ddpm_trainer_reduce_size(tr) * sizeof(float));
     for (int g0 = first; g0 < first + count; g0 += tr->micro_batch) {
         int b = first + count - g0 < tr->micro_batch ? first + count - g0 : tr->micro_batch;
@@ -235,9 +236,9 @@ void ddpm_trainer_accumulate_class(ddpm_trainer *tr, const float *x0, const int 
         ddpm_unet_forward_class(tr->net, tr->params, tr->ws, tr->eps_pred, tr->x_t, tr->t,
                                 n_classes > 0 ? tr->labels : NULL, b, &drop);
         /* this micro-batch's part of the batch mean (L_simple: the MSE to the target) */
-        loss_share += ddpm_loss(tr->d_eps, tr->target, importance ? tr->t_term : NULL, tr->eps_pred,
-                                x0 + (size_t)g0 * D, tr->eps, tr->x_t, tr->t, importance ? tr->t_weight : NULL, b,
-                                B, D, c->model.prediction, c->model.learn_sigma, &c->loss, &tr->sched);
+        ddpm_loss_batch lb = {tr->eps_pred, x0 + (size_t)g0 * D, tr->eps, tr->x_t, tr->t,
+                              importance ? tr->t_weight : NULL, b, B};
+        loss_share += ddpm_loss(tr->d_eps, tr->target, importance ? tr->t_term : NULL, &lb, &head, &c->loss);
         for (int i = 0; importance && i < b; i++)
             terms[g0 + i] = (float)tr->t_term[i];
         ddpm_unet_backward(tr->net, tr->params, tr->grads, tr->ws, tr->d_eps, b);

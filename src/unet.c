@@ -997,9 +997,27 @@ void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_work
     ddpm_unet_forward_class(net, params, ws, eps_pred, x_t, t, NULL, B, dropout);
 }
 
+static void forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws, float *eps_pred,
+                    const float *x_t, const int *t, const double *t_cont, const int *y, int B,
+                    const ddpm_dropout_draw *dropout);
+
 void ddpm_unet_forward_class(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
                              float *eps_pred, const float *x_t, const int *t, const int *y, int B,
                              const ddpm_dropout_draw *dropout)
+{
+    forward(net, params, ws, eps_pred, x_t, t, NULL, y, B, dropout);
+}
+
+void ddpm_unet_forward_t(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws, float *out,
+                         const float *x_t, const double *t, const int *y, int B)
+{
+    forward(net, params, ws, out, x_t, NULL, t, y, B, NULL);
+}
+
+/* t (integer step indices) or t_cont (continuous ones): one of the two. */
+static void forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws, float *eps_pred,
+                    const float *x_t, const int *t, const double *t_cont, const int *y, int B,
+                    const ddpm_dropout_draw *dropout)
 {
     const ddpm_unet_plan *p = net->plan;
     const ddpm_unet_config *c = &net->cfg;
@@ -1010,7 +1028,10 @@ void ddpm_unet_forward_class(const ddpm_unet *net, const float *params, ddpm_une
     uint64_t dropout_counter = dropout ? dropout->counter : 0;
 
     /* temb = Linear2(SiLU(Linear0(embedding(t)))); every ResBlock reads SiLU(temb) */
-    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_timestep_embedding(ws->time.emb, t, B, c->ch));
+    if (t_cont)
+        PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_timestep_embedding_t(ws->time.emb, t_cont, B, c->ch));
+    else
+        PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_timestep_embedding(ws->time.emb, t, B, c->ch));
     PROF(0, DDPM_PROF_LINEAR,
          ddpm_linear_forward(ws->time.t1, ws->time.emb, PARAM(p->p_temb0_w), PARAM(p->p_temb0_b), B, c->ch, E));
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->time.t1s, ws->time.t1, (size_t)B * E));

@@ -628,9 +628,8 @@ static void test_bound_of_the_reference_unet_matches_pytorch(void **state)
     assert_int_equal(ddpm_safetensors_read_f32(f, "noise", noise, (size_t)n * T * D), 0);
     ddpm_schedule s;
     assert_int_equal(ddpm_schedule_init(&s, DDPM_SCHEDULE_LINEAR, T, b0, b1), 0);
-    ddpm_unet_workspace *ws;
-    assert_int_equal(ddpm_unet_workspace_create(&ws, net, 7, 0), 0);
-    ddpm_unet_eps_ctx ectx = {.net = net, .params = params, .ws = ws};
+    ddpm_model model;
+    assert_int_equal(ddpm_model_from_net(&model, net, params, &s), 0);
     ref_noise_ctx nctx = {noise, 0, T};
     const double to_bpd = 1.0 / ((double)D * M_LN2);
     double worst_total = 0, worst_term = 0;
@@ -654,7 +653,7 @@ static void test_bound_of_the_reference_unet_matches_pytorch(void **state)
             /* all images at once: the four totals */
             nctx.first = 0;
             ddpm_bound_result r;
-            assert_int_equal(ddpm_bound(&r, x0, n, D, &s, &c, ddpm_unet_eps, &ectx, NULL, NULL), 0);
+            assert_int_equal(ddpm_bound(&r, x0, n, D, &s, &c, ddpm_model_eps, &model, NULL, NULL), 0);
             const char *names[4] = {"total", "prior", "vb", "decoder"};
             const double got[4] = {r.total.mean, r.prior.mean, r.vb.mean, r.decoder.mean};
             for (int q = 0; q < 4; q++) {
@@ -670,7 +669,7 @@ static void test_bound_of_the_reference_unet_matches_pytorch(void **state)
             for (int k = 0; k < n; k++) {
                 nctx.first = k;
                 assert_int_equal(
-                    ddpm_bound(&r, x0 + (size_t)k * D, 1, D, &s, &c, ddpm_unet_eps, &ectx, NULL, NULL), 0);
+                    ddpm_bound(&r, x0 + (size_t)k * D, 1, D, &s, &c, ddpm_model_eps, &model, NULL, NULL), 0);
                 for (int i = 0; i < T; i++) {
                     double want = terms[(size_t)k * T + i] * to_bpd, diff = fabs(r.term_mean[i] - want);
                     worst_term = fmax(worst_term, diff / (1e-4 + fabs(want)));
@@ -686,7 +685,7 @@ static void test_bound_of_the_reference_unet_matches_pytorch(void **state)
     assert_int_equal(n_bad, 0);
     cJSON_Delete(cfg);
     cJSON_Delete(expected);
-    ddpm_unet_workspace_free(ws);
+    ddpm_model_close(&model);
     ddpm_schedule_free(&s);
     ddpm_unet_free(net);
     free(params);

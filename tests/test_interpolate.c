@@ -60,8 +60,9 @@ static void test_slerp_and_lerp_keep_their_ends_and_slerp_the_norm(void **state)
 }
 
 /* A stand-in for the network: eps = 0.3 x_t + 0.01 i (any smooth map will do). */
-static void stub_eps(void *ctx, float *eps, const float *x_t, const int *i, int B)
+static void stub_eps(void *ctx, float *eps, const float *x_t, const double *i, const int *y, int B)
 {
+    (void)y;
     size_t D = *(size_t *)ctx;
     for (int b = 0; b < B; b++)
         for (size_t d = 0; d < D; d++)
@@ -79,8 +80,10 @@ static void test_seed_strip_ends_are_the_samples_of_the_two_seeds(void **state)
     ic.n = 6;
     ic.steps = 7;
     ic.batch = 4; /* the ends fall in batches of 4 and 2 */
-    float *strip = tu_alloc(ic.n * D), *one = tu_alloc(D), *scratch = tu_alloc(4 * D);
-    assert_int_equal(ddpm_interpolate_seeds(strip, D, 11, 12, &s, &ic, stub_eps, &D), 0);
+    float *strip = tu_alloc(ic.n * D), *one = tu_alloc(D);
+    ddpm_model m;
+    tu_stub_model(&m, 3, 5, DDPM_PRED_EPS, 0, &s, stub_eps, &D);
+    assert_int_equal(ddpm_interpolate_seeds(&m, strip, 11, 12, &ic), 0);
     ddpm_sampler_config sc;
     ddpm_interpolate_sampler(&sc, &ic);
     assert_true(sc.kind == DDPM_SAMPLER_DDIM && sc.eta == 0.0f && sc.steps == 7);
@@ -88,7 +91,7 @@ static void test_seed_strip_ends_are_the_samples_of_the_two_seeds(void **state)
     for (int e = 0; e < 2; e++) {
         ddpm_rng rng;
         ddpm_rng_init(&rng, seeds[e], DDPM_STREAM_SAMPLE);
-        assert_int_equal(ddpm_sample(one, scratch, 1, D, 0, &s, &sc, stub_eps, &D, &rng, NULL, NULL), 0);
+        assert_int_equal(ddpm_sample(&m, &sc, NULL, one, 1, 0, &rng, NULL), 0);
         assert_memory_equal(strip + (size_t)(e ? ic.n - 1 : 0) * D, one, D * sizeof(float));
     }
     /* the inside differs from both ends */
@@ -96,13 +99,13 @@ static void test_seed_strip_ends_are_the_samples_of_the_two_seeds(void **state)
     assert_true(memcmp(strip + D, strip + (size_t)(ic.n - 1) * D, D * sizeof(float)) != 0);
     /* bad configs are refused with a message */
     ic.steps = 41;
-    assert_true(ddpm_interpolate_seeds(strip, D, 11, 12, &s, &ic, stub_eps, &D) < 0);
+    assert_true(ddpm_interpolate_seeds(&m, strip, 11, 12, &ic) < 0);
     ic.steps = 7;
     ic.n = 1;
-    assert_true(ddpm_interpolate_seeds(strip, D, 11, 12, &s, &ic, stub_eps, &D) < 0);
+    assert_true(ddpm_interpolate_seeds(&m, strip, 11, 12, &ic) < 0);
     free(strip);
     free(one);
-    free(scratch);
+    ddpm_model_close(&m);
     ddpm_schedule_free(&s);
 }
 
@@ -116,14 +119,17 @@ typedef struct {
     int n, max_i;
 } oracle_ctx;
 
-static void oracle_eps(void *opaque, float *eps, const float *x_t, const int *i, int B)
+static void oracle_eps(void *opaque, float *eps, const float *x_t, const double *t, const int *y, int B)
 {
+    (void)y;
     oracle_ctx *o = opaque;
     assert_int_equal(B, o->n); /* one batch: position b is strip image b */
     for (int b = 0; b < B; b++) {
-        double l = (double)b / (o->n - 1), ra = o->s->sqrt_abar[i[b]], rb = o->s->sqrt_one_minus_abar[i[b]];
-        if (i[b] > o->max_i)
-            o->max_i = i[b];
+        int i = (int)t[b];
+        assert_true(i == t[b]); /* DDIM evaluates at trained steps */
+        double l = (double)b / (o->n - 1), ra = o->s->sqrt_abar[i], rb = o->s->sqrt_one_minus_abar[i];
+        if (i > o->max_i)
+            o->max_i = i;
         for (size_t d = 0; d < o->D; d++) {
             double x0 = (1 - l) * o->a[d] + l * o->b[d];
             eps[(size_t)b * o->D + d] = (float)((x_t[(size_t)b * o->D + d] - ra * x0) / rb);
@@ -146,8 +152,10 @@ static void test_image_strip_decodes_the_noised_pixel_blend_from_step_t(void **s
     ic.steps = 10;
     float *strip = tu_alloc(ic.n * D);
     oracle_ctx o = {&s, a, b, D, ic.n, -1};
+    ddpm_model m;
+    tu_stub_model(&m, 2, 6, DDPM_PRED_EPS, 0, &s, oracle_eps, &o);
     const int t = 60;
-    assert_int_equal(ddpm_interpolate_images(strip, D, a, b, t, 3, &s, &ic, oracle_eps, &o), 0);
+    assert_int_equal(ddpm_interpolate_images(&m, strip, a, b, t, 3, &ic), 0);
     assert_int_equal(o.max_i, t - 1); /* decoding starts at the paper's t, index t - 1 */
     /* the latents are the linear blend of two latents with the same noise, i.e. the
        noised pixel blend, so the oracle's decode returns the pixel blend; float
@@ -160,12 +168,13 @@ static void test_image_strip_decodes_the_noised_pixel_blend_from_step_t(void **s
             fprintf(stderr, "strip image %d is %.3g off the pixel blend\n", k, worst);
         assert_true(worst <= 1e-4);
     }
-    assert_true(ddpm_interpolate_images(strip, D, a, b, 101, 3, &s, &ic, oracle_eps, &o) < 0);
+    assert_true(ddpm_interpolate_images(&m, strip, a, b, 101, 3, &ic) < 0);
     ic.steps = 61; /* more DDIM steps than t */
-    assert_true(ddpm_interpolate_images(strip, D, a, b, t, 3, &s, &ic, oracle_eps, &o) < 0);
+    assert_true(ddpm_interpolate_images(&m, strip, a, b, t, 3, &ic) < 0);
     free(a);
     free(b);
     free(strip);
+    ddpm_model_close(&m);
     ddpm_schedule_free(&s);
 }
 

@@ -165,7 +165,7 @@ enum { LB = 3, LB_MEAN = 4 };
 static double loss_value(void *opaque)
 {
     loss_ctx *c = opaque;
-    return ddpm_loss(c->d_out, c->target, NULL, c->out, c->x0, c->eps, c->x_t, c->i, c->w, LB, LB_MEAN, D,
+    return tu_loss(c->d_out, c->target, NULL, c->out, c->x0, c->eps, c->x_t, c->i, c->w, LB, LB_MEAN, D,
                      c->pred, 1, &c->c, &sched);
 }
 
@@ -200,7 +200,7 @@ static void test_learned_loss_gradients_and_stopped_mean(void **state)
         /* vlb: every value of the output, by image (each its own step size) */
         c.c.kind = DDPM_LOSS_VLB;
         memset(d_out, 0, sizeof d_out);
-        ddpm_loss(d_out, target, NULL, out, x0, eps, x_t, steps, w, LB, LB_MEAN, D, p, 1, &c.c, &sched);
+        tu_loss(d_out, target, NULL, out, x0, eps, x_t, steps, w, LB, LB_MEAN, D, p, 1, &c.c, &sched);
         for (int b = 0; b < LB; b++) {
             double scale = sqrt(sched.beta[steps[b]]) / fabs(ddpm_pred_coefs(p, steps[b], &sched).mu_out);
             float h = (float)ldexp(1.0, (int)floor(log2(1e-3 * scale)));
@@ -220,12 +220,12 @@ static void test_learned_loss_gradients_and_stopped_mean(void **state)
         c.c.vlb_weight = 0.01f;
         c.c.snr_gamma = 5;
         double L =
-            ddpm_loss(d_out, target, term, out, x0, eps, x_t, steps, w, LB, LB_MEAN, D, p, 1, &c.c, &sched);
+            tu_loss(d_out, target, term, out, x0, eps, x_t, steps, w, LB, LB_MEAN, D, p, 1, &c.c, &sched);
         ddpm_loss_config simple = c.c;
         simple.kind = DDPM_LOSS_SIMPLE;
         for (int b = 0; b < LB; b++)
             memcpy(mean_out + b * D, out + b * 2 * D, D * sizeof(float));
-        double mse = ddpm_loss(mse_grad, target, NULL, mean_out, x0, eps, x_t, steps, w, LB, LB_MEAN, D, p, 0,
+        double mse = tu_loss(mse_grad, target, NULL, mean_out, x0, eps, x_t, steps, w, LB, LB_MEAN, D, p, 0,
                                &simple, &sched);
         double sum = 0;
         for (int b = 0; b < LB; b++) {
@@ -309,16 +309,15 @@ static void test_ancestral_step_uses_each_values_variance(void **state)
         int i = steps[s];
         for (int end = 0; end < 2; end++) {
             fill(v, end ? -1.0f : 1.0f);
-            ddpm_ddpm_step_v(a, NULL, x_t, DDPM_PRED_EPS, out, v, z, i, D, &sched, DDPM_VAR_LEARNED, 1);
-            ddpm_ddpm_step(b, NULL, x_t, DDPM_PRED_EPS, out, z, i, D, &sched,
-                           end ? DDPM_VAR_BETA_TILDE : DDPM_VAR_BETA, 1);
+            tu_sampler_step(a, NULL, x_t, DDPM_PRED_EPS, out, v, z, i, D, &sched, DDPM_VAR_LEARNED, 1, 0, 0, 0);
+            tu_sampler_step(b, NULL, x_t, DDPM_PRED_EPS, out, NULL, z, i, D, &sched, end ? DDPM_VAR_BETA_TILDE : DDPM_VAR_BETA, 1, 0, 0, 0);
             for (int d = 0; d < D; d++)
                 assert_true(fabsf(a[d] - b[d]) <= 2e-6f * (1 + fabsf(b[d])));
         }
         tu_fill_uniform(v, D, 63, -1.5f, 1.5f);
-        ddpm_ddpm_step_v(a, NULL, x_t, DDPM_PRED_EPS, out, v, z, i, D, &sched, DDPM_VAR_LEARNED, 1);
+        tu_sampler_step(a, NULL, x_t, DDPM_PRED_EPS, out, v, z, i, D, &sched, DDPM_VAR_LEARNED, 1, 0, 0, 0);
         float zero[D] = {0};
-        ddpm_ddpm_step_v(mean, NULL, x_t, DDPM_PRED_EPS, out, v, zero, i, D, &sched, DDPM_VAR_LEARNED, 1);
+        tu_sampler_step(mean, NULL, x_t, DDPM_PRED_EPS, out, v, zero, i, D, &sched, DDPM_VAR_LEARNED, 1, 0, 0, 0);
         ddpm_logvar_coef lc = ddpm_learned_logvar_coef(i, &sched);
         for (int d = 0; d < D; d++) {
             double sigma = i == 0 ? 0 : exp(0.5 * (lc.lo + lc.half * (v[d] + 1.0)));
@@ -334,16 +333,27 @@ typedef struct {
     float vv;
 } stub_ctx;
 
-static void stub_model(void *opaque, float *out, const float *x_t, const int *i, int B)
+static void stub_net(void *opaque, float *out, const float *x_t, const double *t, const int *y, int B)
 {
+    (void)y;
     stub_ctx *c = opaque;
     size_t out_D = c->learned ? 2 * D : D;
     for (int b = 0; b < B; b++)
         for (int d = 0; d < D; d++) {
-            out[b * out_D + d] = 0.1f * x_t[b * D + d] + 0.001f * (float)i[b] / 1000;
+            out[b * out_D + d] = 0.1f * x_t[b * D + d] + 0.001f * (float)t[b] / 1000;
             if (c->learned)
                 out[b * out_D + D + d] = c->vv;
         }
+}
+
+/* The same as the evaluator's eps function (integer steps). */
+static void stub_model(void *opaque, float *out, const float *x_t, const int *i, int B)
+{
+    double t[8];
+    assert_true(B <= 8);
+    for (int b = 0; b < B; b++)
+        t[b] = i[b];
+    stub_net(opaque, out, x_t, t, NULL, B);
 }
 
 static void test_samplers_and_bound_read_the_two_part_output(void **state)
@@ -354,23 +364,25 @@ static void test_samplers_and_bound_read_the_two_part_output(void **state)
     assert_int_equal(ddpm_schedule_init(&s50, DDPM_SCHEDULE_LINEAR, 50, 1e-4, 0.2), 0);
     ddpm_rng rng;
     ddpm_rng_init(&rng, 7, DDPM_STREAM_SAMPLE);
-    float xa[B * D], xb[B * D], scratch[4 * B * D];
+    float xa[B * D], xb[B * D];
     stub_ctx fixed = {0, 0}, learned = {1, 1.0f};
+    ddpm_model mf, ml; /* D = 40 values: 10 channels of 2 x 2 */
+    tu_stub_model(&mf, 10, 2, DDPM_PRED_EPS, 0, &s50, stub_net, &fixed);
+    tu_stub_model(&ml, 10, 2, DDPM_PRED_EPS, 1, &s50, stub_net, &learned);
     for (int kind = 0; kind < 2; kind++) {
         ddpm_sampler_config c;
         ddpm_sampler_config_default(&c);
         c.kind = kind ? DDPM_SAMPLER_DDIM : DDPM_SAMPLER_DDPM;
         c.steps = 20;
-        assert_int_equal(ddpm_sample(xa, scratch, B, D, 0, &s50, &c, stub_model, &fixed, &rng, NULL, NULL),
+        assert_int_equal(ddpm_sample(&mf, &c, NULL, xa, B, 0, &rng, NULL),
                          0);
-        c.learned_var = 1;
         c.var = kind ? DDPM_VAR_BETA : DDPM_VAR_LEARNED; /* v = 1: beta */
-        assert_int_equal(ddpm_sample(xb, scratch, B, D, 0, &s50, &c, stub_model, &learned, &rng, NULL, NULL),
+        assert_int_equal(ddpm_sample(&ml, &c, NULL, xb, B, 0, &rng, NULL),
                          0);
         for (int k = 0; k < B * D; k++)
             assert_true(fabsf(xa[k] - xb[k]) <= 1e-5f * (1 + fabsf(xa[k])));
         learned.vv = -1.0f; /* beta~: another sample for DDPM, the same for DDIM */
-        assert_int_equal(ddpm_sample(xb, scratch, B, D, 0, &s50, &c, stub_model, &learned, &rng, NULL, NULL),
+        assert_int_equal(ddpm_sample(&ml, &c, NULL, xb, B, 0, &rng, NULL),
                          0);
         size_t at;
         if (kind)
@@ -383,7 +395,7 @@ static void test_samplers_and_bound_read_the_two_part_output(void **state)
     ddpm_sampler_config c;
     ddpm_sampler_config_default(&c);
     c.var = DDPM_VAR_LEARNED;
-    assert_true(ddpm_sample(xa, scratch, B, D, 0, &s50, &c, stub_model, &fixed, &rng, NULL, NULL) < 0);
+    assert_true(ddpm_sample(&mf, &c, NULL, xa, B, 0, &rng, NULL) < 0);
 
     /* the bound and L_simple: v = -1 with var learned is the beta~ bound, L_simple the same */
     float x0[B * D];
@@ -414,12 +426,14 @@ static void test_samplers_and_bound_read_the_two_part_output(void **state)
     assert_true(ea.mean == eb.mean && ea.se == eb.se);
     ddpm_bound_result_free(&rf);
     ddpm_bound_result_free(&rl);
+    ddpm_model_close(&mf);
+    ddpm_model_close(&ml);
     ddpm_schedule_free(&s50);
 }
 
 /* A class-conditional learn_sigma U-Net with random weights: the output has 2C
  * channels; guidance W = 3 guides the prediction half and keeps the
- * conditional v; to_eps converts the first half only. */
+ * conditional v; the model's eps is the first half. */
 static void test_guidance_guides_the_prediction_and_keeps_v(void **state)
 {
     (void)state;
@@ -436,14 +450,16 @@ static void test_guidance_guides_the_prediction_and_keeps_v(void **state)
     tu_fill_uniform(params, net->n_params, 8, -0.2f, 0.2f);
     ddpm_unet_workspace *ws;
     assert_int_equal(ddpm_unet_workspace_create(&ws, net, B, 0), 0);
-    float x[B * N], cond[B * 2 * N], none[B * 2 * N], out[B * 2 * N], scratch[B * 2 * N];
+    float x[B * N], cond[B * 2 * N], none[B * 2 * N], out[B * 2 * N], eps[B * N];
     tu_fill_uniform(x, B * N, 9, -1, 1);
     int i[B] = {10, 500, 999}, y[B] = {0, 2, 1};
+    double t[B] = {10, 500, 999};
     ddpm_unet_forward_class(net, params, ws, cond, x, i, y, B, NULL);
     ddpm_unet_forward_class(net, params, ws, none, x, i, NULL, B, NULL);
-    ddpm_unet_eps_ctx ctx = {
-        .net = net, .params = params, .ws = ws, .labels = y, .guidance = 3, .uncond = scratch};
-    ddpm_unet_eps(&ctx, out, x, i, B);
+    ddpm_model m;
+    assert_int_equal(ddpm_model_from_net(&m, net, params, &sched), 0);
+    ddpm_guide g = {y, 3};
+    assert_int_equal(ddpm_model_output(&m, out, x, t, B, &g), 0);
     for (int b = 0; b < B; b++)
         for (int d = 0; d < N; d++) {
             int m = b * 2 * N + d;
@@ -452,10 +468,12 @@ static void test_guidance_guides_the_prediction_and_keeps_v(void **state)
         }
     size_t at;
     assert_true(tu_max_abs_diff(cond, none, B * 2 * N, &at) > 1e-3);
-    ctx.guidance = 1;
-    ctx.to_eps = &sched; /* eps prediction: the output itself */
-    ddpm_unet_eps(&ctx, out, x, i, B);
-    assert_memory_equal(out, cond, sizeof out);
+    g.guidance = 1;
+    ddpm_pred_out po = {.eps = eps}; /* eps prediction: the output's first half itself */
+    assert_int_equal(ddpm_model_predict(&m, &po, x, t, B, &g), 0);
+    for (int b = 0; b < B; b++)
+        assert_memory_equal(eps + b * N, cond + b * 2 * N, N * sizeof(float));
+    ddpm_model_close(&m);
     ddpm_unet_workspace_free(ws);
     free(params);
     ddpm_unet_free(net);
@@ -484,14 +502,14 @@ static double net_loss(void *opaque)
     net_ctx *c = opaque;
     ddpm_unet_forward(c->net, c->params, c->ws, c->out, c->x_t, c->i, c->B, NULL);
     if (!c->frozen)
-        return ddpm_loss(c->d_out, c->target, NULL, c->out, c->x0, c->eps, c->x_t, c->i, NULL, c->B, c->B,
+        return tu_loss(c->d_out, c->target, NULL, c->out, c->x0, c->eps, c->x_t, c->i, NULL, c->B, c->B,
                          c->D, c->pred, 1, &c->loss, &sched);
     ddpm_loss_config simple = c->loss;
     simple.kind = DDPM_LOSS_SIMPLE;
     float *mean = tu_alloc((size_t)c->B * c->D), *g = tu_alloc((size_t)c->B * c->D);
     for (int b = 0; b < c->B; b++)
         memcpy(mean + b * c->D, c->out + b * 2 * c->D, c->D * sizeof(float));
-    double L = ddpm_loss(g, c->target, NULL, mean, c->x0, c->eps, c->x_t, c->i, NULL, c->B, c->B, c->D,
+    double L = tu_loss(g, c->target, NULL, mean, c->x0, c->eps, c->x_t, c->i, NULL, c->B, c->B, c->D,
                          c->pred, 0, &simple, &sched);
     for (int b = 0; b < c->B; b++)
         L += c->loss.vlb_weight * sched.T / ((double)c->B * c->D) *

@@ -167,8 +167,8 @@ static void test_min_snr_weights_each_image(void **state)
         snr = plain;
         snr.snr_gamma = 5;
         assert_int_equal(ddpm_loss_config_check(&snr, p, 0), 0);
-        ddpm_loss(d_plain, target, NULL, out, x0, eps, x_t, i, NULL, B, B, D, p, 0, &plain, &sched);
-        double got = ddpm_loss(d_out, target, NULL, out, x0, eps, x_t, i, NULL, B, B, D, p, 0, &snr, &sched);
+        tu_loss(d_plain, target, NULL, out, x0, eps, x_t, i, NULL, B, B, D, p, 0, &plain, &sched);
+        double got = tu_loss(d_out, target, NULL, out, x0, eps, x_t, i, NULL, B, B, D, p, 0, &snr, &sched);
         double want = 0;
         for (int b = 0; b < B; b++) {
             double abar = sched.abar[i[b]], r = abar / (1 - abar), m = r < 5 ? r : 5;
@@ -215,11 +215,11 @@ static void test_weights_scale_each_images_term_and_gradient(void **state)
         c.snr_gamma = kinds[k] == DDPM_LOSS_HYBRID ? 5 : 0;
         c.vlb_weight = 0.01f;
         double term[B], term_one[B];
-        double plain = ddpm_loss(d_one, target, NULL, out, x0, eps, x_t, i, NULL, B, B_MEAN, D, DDPM_PRED_EPS, 0, &c,
+        double plain = tu_loss(d_one, target, NULL, out, x0, eps, x_t, i, NULL, B, B_MEAN, D, DDPM_PRED_EPS, 0, &c,
                                  &sched);
-        double one = ddpm_loss(d_out, target, term_one, out, x0, eps, x_t, i, ones, B, B_MEAN, D, DDPM_PRED_EPS, 0, &c,
+        double one = tu_loss(d_out, target, term_one, out, x0, eps, x_t, i, ones, B, B_MEAN, D, DDPM_PRED_EPS, 0, &c,
                                &sched);
-        double got = ddpm_loss(d_out, target, term, out, x0, eps, x_t, i, weight, B, B_MEAN, D, DDPM_PRED_EPS, 0, &c,
+        double got = tu_loss(d_out, target, term, out, x0, eps, x_t, i, weight, B, B_MEAN, D, DDPM_PRED_EPS, 0, &c,
                                &sched);
         double want = 0, from_terms = 0;
         for (int b = 0; b < B; b++) {
@@ -261,7 +261,7 @@ static double net_loss(void *opaque)
 {
     net_ctx *c = opaque;
     ddpm_unet_forward(c->net, c->params, c->ws, c->out, c->x_t, c->i, c->B, NULL);
-    return ddpm_loss(c->d_out, c->target, NULL, c->out, c->x0, c->eps, c->x_t, c->i, NULL, c->B, c->B, c->D, c->pred, 0,
+    return tu_loss(c->d_out, c->target, NULL, c->out, c->x0, c->eps, c->x_t, c->i, NULL, c->B, c->B, c->D, c->pred, 0,
                      &c->loss, &sched);
 }
 

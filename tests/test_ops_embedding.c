@@ -52,11 +52,33 @@ static void test_embedding_matches_formula_for_other_dims(void **state)
     check_embedding(128);
 }
 
+/* Continuous steps: an integer t gives the int version's bytes exactly (so a
+ * sampler on trained steps is unchanged), a fractional one the formula. */
+static void test_continuous_embedding_equals_integer_bytes_and_the_formula_between(void **state)
+{
+    (void)state;
+    enum { B = 5, DIM = 32, HALF = DIM / 2 };
+    const int t[B] = {0, 1, 17, 500, 999};
+    const double td[B] = {0, 1, 17, 500, 999}, frac[B] = {0.5, 1.25, 17.75, 499.5, 998.125};
+    float a[B * DIM], b[B * DIM];
+    ddpm_timestep_embedding(a, t, B, DIM);
+    ddpm_timestep_embedding_t(b, td, B, DIM);
+    assert_memory_equal(a, b, sizeof a);
+    ddpm_timestep_embedding_t(b, frac, B, DIM);
+    for (int q = 0; q < B; q++)
+        for (int i = 0; i < HALF; i++) {
+            double freq = exp(-log(10000.0) * i / (HALF - 1));
+            assert_true(fabs(b[q * DIM + i] - sin(frac[q] * freq)) <= 1e-6);
+            assert_true(fabs(b[q * DIM + HALF + i] - cos(frac[q] * freq)) <= 1e-6);
+        }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_embedding_matches_formula_for_default_dim),
         cmocka_unit_test(test_embedding_matches_formula_for_other_dims),
+        cmocka_unit_test(test_continuous_embedding_equals_integer_bytes_and_the_formula_between),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

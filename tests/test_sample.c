@@ -43,7 +43,7 @@ static void test_ddpm_step_matches_algorithm_2_by_hand(void **state)
         double beta = 1e-4 + (0.02 - 1e-4) * i / 999.0, abar = 1;
         for (int j = 0; j <= i; j++)
             abar *= 1 - (1e-4 + (0.02 - 1e-4) * j / 999.0);
-        ddpm_ddpm_step(out, x0, x_t, DDPM_PRED_EPS, eps, z, i, D, &sched, DDPM_VAR_BETA, 0);
+        tu_sampler_step(out, x0, x_t, DDPM_PRED_EPS, eps, NULL, z, i, D, &sched, DDPM_VAR_BETA, 0, 0, 0, 0);
         for (int d = 0; d < D; d++) {
             double expect = (x_t[d] - beta / sqrt(1 - abar) * eps[d]) / sqrt(1 - beta) + sqrt(beta) * z[d];
             assert_close(out[d], expect, 2e-6 * (1 + fabs(expect)));
@@ -51,7 +51,7 @@ static void test_ddpm_step_matches_algorithm_2_by_hand(void **state)
         }
     }
     /* at t = 1 no noise is added */
-    ddpm_ddpm_step(out, NULL, x_t, DDPM_PRED_EPS, eps, z, 0, D, &sched, DDPM_VAR_BETA, 0);
+    tu_sampler_step(out, NULL, x_t, DDPM_PRED_EPS, eps, NULL, z, 0, D, &sched, DDPM_VAR_BETA, 0, 0, 0, 0);
     for (int d = 0; d < D; d++)
         assert_close(out[d], (x_t[d] - 1e-4 / sqrt(1e-4) * eps[d]) / sqrt(1 - 1e-4), 1e-5);
 }
@@ -65,13 +65,13 @@ static void test_ddpm_clipped_mean_equals_eps_form_when_x0_is_inside(void **stat
     float z[D] = {0.5f, 0.5f, -0.5f, 1.0f}, a[D], b[D];
     for (int i = 1; i < 1000; i += 111) {
         ddpm_q_sample(x_t, x0, e, &i, 1, D, &sched);
-        ddpm_ddpm_step(a, NULL, x_t, DDPM_PRED_EPS, e, z, i, D, &sched, DDPM_VAR_BETA_TILDE, 0);
-        ddpm_ddpm_step(b, NULL, x_t, DDPM_PRED_EPS, e, z, i, D, &sched, DDPM_VAR_BETA_TILDE, 1);
+        tu_sampler_step(a, NULL, x_t, DDPM_PRED_EPS, e, NULL, z, i, D, &sched, DDPM_VAR_BETA_TILDE, 0, 0, 0, 0);
+        tu_sampler_step(b, NULL, x_t, DDPM_PRED_EPS, e, NULL, z, i, D, &sched, DDPM_VAR_BETA_TILDE, 1, 0, 0, 0);
         assert_true(tu_max_abs_diff(a, b, D, NULL) < 1e-5);
     }
     /* and clipping bounds the predicted x0 when it is outside */
     float big[D] = {5, -5, 5, -5}, x0c[D];
-    ddpm_ddpm_step(a, x0c, big, DDPM_PRED_EPS, e, z, 10, D, &sched, DDPM_VAR_BETA, 1);
+    tu_sampler_step(a, x0c, big, DDPM_PRED_EPS, e, NULL, z, 10, D, &sched, DDPM_VAR_BETA, 1, 0, 0, 0);
     for (int d = 0; d < D; d++)
         assert_true(fabsf(x0c[d]) <= 1.0f);
 }
@@ -85,7 +85,7 @@ static void test_ddim_step_eta0_and_eta1_by_hand(void **state)
     double a = sched.abar[i], ap = sched.abar[ip];
     for (int pass = 0; pass < 2; pass++) {
         float eta = pass ? 1.0f : 0.0f;
-        ddpm_ddim_step(out, NULL, x_t, DDPM_PRED_EPS, eps, z, i, ip, eta, D, &sched, 0);
+        tu_sampler_step(out, NULL, x_t, DDPM_PRED_EPS, eps, NULL, z, i, D, &sched, DDPM_VAR_BETA, 0, 1, ip, eta);
         double sigma = eta * sqrt((1 - ap) / (1 - a) * (1 - a / ap));
         for (int d = 0; d < D; d++) {
             double x0 = (x_t[d] - sqrt(1 - a) * eps[d]) / sqrt(a);
@@ -94,7 +94,7 @@ static void test_ddim_step_eta0_and_eta1_by_hand(void **state)
         }
     }
     /* the last DDIM step returns the predicted x0 */
-    ddpm_ddim_step(out, NULL, x_t, DDPM_PRED_EPS, eps, z, 0, -1, 1.0f, D, &sched, 0);
+    tu_sampler_step(out, NULL, x_t, DDPM_PRED_EPS, eps, NULL, z, 0, D, &sched, DDPM_VAR_BETA, 0, 1, -1, 1.0f);
     for (int d = 0; d < D; d++)
         assert_close(out[d], (x_t[d] - sched.sqrt_one_minus_abar[0] * eps[d]) / sched.sqrt_abar[0], 1e-5);
 }
@@ -108,8 +108,8 @@ static void test_ddim_all_steps_eta1_equals_ddpm_beta_tilde_step_by_step(void **
     tu_fill_uniform(eps, D, 2, -2, 2);
     tu_fill_uniform(z, D, 3, -2, 2);
     for (int i = 0; i < 1000; i++) {
-        ddpm_ddim_step(a, NULL, x_t, DDPM_PRED_EPS, eps, z, i, i - 1, 1.0f, D, &sched, 0);
-        ddpm_ddpm_step(b, NULL, x_t, DDPM_PRED_EPS, eps, z, i, D, &sched, DDPM_VAR_BETA_TILDE, 0);
+        tu_sampler_step(a, NULL, x_t, DDPM_PRED_EPS, eps, NULL, z, i, D, &sched, DDPM_VAR_BETA, 0, 1, i - 1, 1.0f);
+        tu_sampler_step(b, NULL, x_t, DDPM_PRED_EPS, eps, NULL, z, i, D, &sched, DDPM_VAR_BETA_TILDE, 0, 0, 0, 0);
         /* both are O(1) sums of a few float products */
         if (tu_max_abs_diff(a, b, D, NULL) > 2e-5)
             fprintf(stderr, "step %d differs by %g\n", i, tu_max_abs_diff(a, b, D, NULL));
@@ -144,13 +144,16 @@ typedef struct {
     ddpm_prediction pred; /* what the stub returns: the exact eps in this form */
 } gauss_ctx;
 
-static void gaussian_eps(void *opaque, float *eps, const float *x_t, const int *i, int B)
+static void gaussian_eps(void *opaque, float *eps, const float *x_t, const double *t, const int *y, int B)
 {
+    (void)y;
     gauss_ctx *g = opaque;
     for (int b = 0; b < B; b++) {
-        double abar = g->s->abar[i[b]];
+        int i = (int)t[b];
+        assert_true(i == t[b]); /* DDPM and DDIM evaluate at the trained steps */
+        double abar = g->s->abar[i];
         double scale = sqrt(1 - abar) / (abar * g->var + 1 - abar);
-        double abar_prev = i[b] > 0 ? g->s->abar[i[b] - 1] : 1.0, beta = g->s->beta[i[b]];
+        double abar_prev = i > 0 ? g->s->abar[i - 1] : 1.0, beta = g->s->beta[i];
         for (size_t d = 0; d < g->D; d++) {
             size_t k = (size_t)b * g->D + d;
             double e = scale * (x_t[k] - sqrt(abar) * g->mu);
@@ -165,28 +168,31 @@ static void gaussian_eps(void *opaque, float *eps, const float *x_t, const int *
     g->calls++;
 }
 
-static void check_gaussian_samples(const ddpm_sampler_config *c, double mean_tol, double var_rel_tol)
+static void check_gaussian_samples(const ddpm_sampler_config *c, ddpm_prediction pred, double mean_tol,
+                                   double var_rel_tol)
 {
     enum { N = 4000, D = 1 };
-    float *x = tu_alloc(N * D), *scratch = tu_alloc(4 * N * D);
-    gauss_ctx g = {.s = &sched, .mu = 0.3, .var = 0.04, .D = D, .pred = c->prediction};
+    float *x = tu_alloc(N * D);
+    gauss_ctx g = {.s = &sched, .mu = 0.3, .var = 0.04, .D = D, .pred = pred};
+    ddpm_model m;
+    tu_stub_model(&m, D, 1, pred, 0, &sched, gaussian_eps, &g);
     ddpm_rng rng;
     ddpm_rng_init(&rng, 2024, DDPM_STREAM_SAMPLE);
-    assert_int_equal(ddpm_sample(x, scratch, N, D, 0, &sched, c, gaussian_eps, &g, &rng, NULL, NULL), 0);
+    assert_int_equal(ddpm_sample(&m, c, NULL, x, N, 0, &rng, NULL), 0);
     assert_int_equal(g.calls, ddpm_sampler_n_steps(c, &sched));
-    double m = 0, v = 0;
+    double mean = 0, v = 0;
     for (int k = 0; k < N; k++)
-        m += x[k];
-    m /= N;
+        mean += x[k];
+    mean /= N;
     for (int k = 0; k < N; k++)
-        v += (x[k] - m) * (x[k] - m);
+        v += (x[k] - mean) * (x[k] - mean);
     v /= N - 1;
     fprintf(stderr, "  sampler %d (%s) steps %d eta %g: mean %.4f (want 0.3), var %.5f (want 0.04)\n", c->kind,
-            ddpm_prediction_name(c->prediction), ddpm_sampler_n_steps(c, &sched), c->eta, m, v);
-    assert_close(m, 0.3, mean_tol);
+            ddpm_prediction_name(pred), ddpm_sampler_n_steps(c, &sched), c->eta, mean, v);
+    assert_close(mean, 0.3, mean_tol);
     assert_close(v, 0.04, 0.04 * var_rel_tol);
     free(x);
-    free(scratch);
+    ddpm_model_close(&m);
 }
 
 static void test_samplers_recover_a_gaussian_from_its_exact_eps(void **state)
@@ -196,22 +202,22 @@ static void test_samplers_recover_a_gaussian_from_its_exact_eps(void **state)
     ddpm_sampler_config c;
     ddpm_sampler_config_default(&c);
     c.clip_x0 = 0;
-    check_gaussian_samples(&c, 0.015, 0.12);
+    check_gaussian_samples(&c, DDPM_PRED_EPS, 0.015, 0.12);
     c.var = DDPM_VAR_BETA_TILDE;
-    check_gaussian_samples(&c, 0.015, 0.12);
+    check_gaussian_samples(&c, DDPM_PRED_EPS, 0.015, 0.12);
     /* deterministic DDIM is an ODE solver: its variance error shrinks with S
        (measured 0.0094 at S = 10, 0.030 at 50, 0.037 at 200, 0.039 at 1000) */
     c.kind = DDPM_SAMPLER_DDIM;
     c.steps = 1000;
     c.eta = 0;
-    check_gaussian_samples(&c, 0.015, 0.12);
+    check_gaussian_samples(&c, DDPM_PRED_EPS, 0.015, 0.12);
     c.steps = 200;
-    check_gaussian_samples(&c, 0.015, 0.12);
+    check_gaussian_samples(&c, DDPM_PRED_EPS, 0.015, 0.12);
     /* eta = 1 on all steps is ancestral sampling with beta~ (tested step by step
        above); on a subsequence it loses variance like DDPM with few steps (0.034 at 200) */
     c.eta = 1;
     c.steps = 1000;
-    check_gaussian_samples(&c, 0.015, 0.12);
+    check_gaussian_samples(&c, DDPM_PRED_EPS, 0.015, 0.12);
 }
 
 /* The same exact model given as x0, v or mu: each sampler's one conversion of
@@ -223,18 +229,17 @@ static void test_samplers_recover_a_gaussian_from_every_prediction_type(void **s
     for (int k = 1; k < DDPM_N_PREDICTIONS; k++) {
         ddpm_sampler_config c;
         ddpm_sampler_config_default(&c);
-        c.prediction = (ddpm_prediction)k;
         c.clip_x0 = 0;
-        check_gaussian_samples(&c, 0.015, 0.12);
+        check_gaussian_samples(&c, (ddpm_prediction)k, 0.015, 0.12);
         c.clip_x0 = 1; /* the data lies inside [-1, 1]: clipping changes almost nothing */
-        check_gaussian_samples(&c, 0.015, 0.12);
+        check_gaussian_samples(&c, (ddpm_prediction)k, 0.015, 0.12);
         c.kind = DDPM_SAMPLER_DDIM;
         c.steps = 200;
         c.eta = 0;
-        check_gaussian_samples(&c, 0.015, 0.12);
+        check_gaussian_samples(&c, (ddpm_prediction)k, 0.015, 0.12);
         c.eta = 1;
         c.steps = 1000;
-        check_gaussian_samples(&c, 0.015, 0.12);
+        check_gaussian_samples(&c, (ddpm_prediction)k, 0.015, 0.12);
     }
 }
 
@@ -250,34 +255,43 @@ static void test_same_seed_same_images_for_any_batch_split(void **state)
     c.eta = 0.5f;
     ddpm_rng rng;
     ddpm_rng_init(&rng, 7, DDPM_STREAM_SAMPLE);
-    float whole[N * D], again[N * D], split[N * D], scratch[4 * N * D];
-    ddpm_sample(whole, scratch, N, D, 0, &sched, &c, gaussian_eps, &g, &rng, NULL, NULL);
-    ddpm_sample(again, scratch, N, D, 0, &sched, &c, gaussian_eps, &g, &rng, NULL, NULL);
+    float whole[N * D], again[N * D], split[N * D];
+    ddpm_model m;
+    tu_stub_model(&m, D, 1, DDPM_PRED_EPS, 0, &sched, gaussian_eps, &g);
+    assert_int_equal(ddpm_sample(&m, &c, NULL, whole, N, 0, &rng, NULL), 0);
+    assert_int_equal(ddpm_sample(&m, &c, NULL, again, N, 0, &rng, NULL), 0);
     assert_memory_equal(whole, again, sizeof whole);
-    ddpm_sample(split, scratch, 4, D, 0, &sched, &c, gaussian_eps, &g, &rng, NULL, NULL);
-    ddpm_sample(split + 4 * D, scratch, 2, D, 4, &sched, &c, gaussian_eps, &g, &rng, NULL, NULL);
+    assert_int_equal(ddpm_sample(&m, &c, NULL, split, 4, 0, &rng, NULL), 0);
+    assert_int_equal(ddpm_sample(&m, &c, NULL, split + 4 * D, 2, 4, &rng, NULL), 0);
     assert_memory_equal(whole, split, sizeof whole);
     ddpm_rng other;
     ddpm_rng_init(&other, 8, DDPM_STREAM_SAMPLE);
-    ddpm_sample(again, scratch, N, D, 0, &sched, &c, gaussian_eps, &g, &other, NULL, NULL);
+    assert_int_equal(ddpm_sample(&m, &c, NULL, again, N, 0, &other, NULL), 0);
     assert_memory_not_equal(whole, again, sizeof whole);
+    ddpm_model_close(&m);
 }
 
 static void test_bad_sampler_settings_are_refused(void **state)
 {
     (void)state;
-    float x[4], scratch[16];
+    float x[4];
     gauss_ctx g = {.s = &sched, .mu = 0, .var = 1, .D = 4};
+    ddpm_model m;
+    tu_stub_model(&m, 4, 1, DDPM_PRED_EPS, 0, &sched, gaussian_eps, &g);
     ddpm_sampler_config c;
     ddpm_sampler_config_default(&c);
     c.kind = DDPM_SAMPLER_DDIM;
     c.steps = 1001;
     ddpm_rng rng;
     ddpm_rng_init(&rng, 1, DDPM_STREAM_SAMPLE);
-    assert_true(ddpm_sample(x, scratch, 1, 4, 0, &sched, &c, gaussian_eps, &g, &rng, NULL, NULL) < 0);
+    assert_true(ddpm_sample(&m, &c, NULL, x, 1, 0, &rng, NULL) < 0);
     c.steps = 10;
     c.eta = 1.5f;
-    assert_true(ddpm_sample(x, scratch, 1, 4, 0, &sched, &c, gaussian_eps, &g, &rng, NULL, NULL) < 0);
+    assert_true(ddpm_sample(&m, &c, NULL, x, 1, 0, &rng, NULL) < 0);
+    c.eta = 1;
+    c.kind = DDPM_N_SAMPLERS; /* not a row of the table */
+    assert_true(ddpm_sample(&m, &c, NULL, x, 1, 0, &rng, NULL) < 0);
+    ddpm_model_close(&m);
 }
 
 /* The progress reports of one ddpm_sample_files call. */
@@ -336,7 +350,10 @@ static void test_sample_files_writes_grid_each_and_trajectory_independent_of_bat
         c.each_dir = each[k];
         c.trajectory_path = traj[k];
         c.trajectory_k = 4;
-        assert_int_equal(ddpm_sample_files(net, params, &s50, &c, NULL, log_progress, &logs[k]), 0);
+        ddpm_model m;
+        assert_int_equal(ddpm_model_from_net(&m, net, params, &s50), 0);
+        assert_int_equal(ddpm_sample_files(&m, &c, log_progress, &logs[k]), 0);
+        ddpm_model_close(&m);
     }
     /* every step of every batch reported, in order */
     assert_int_equal(logs[0].calls, 6);
@@ -384,8 +401,8 @@ static void test_sample_files_writes_grid_each_and_trajectory_independent_of_bat
 
 /* Classifier-free guidance on a conditional U-Net with random weights (the class
  * embedding too, so that classes differ): W = 1 is exactly the conditional model
- * and runs one forward pass (no unconditional scratch is given: a second pass
- * would write through NULL), W = 0 the "no class" model, W = 3 the formula. */
+ * and runs one forward pass (the model never makes the unconditional pass's
+ * buffer), W = 0 the "no class" model, W = 3 the formula. */
 static void test_guidance_1_is_the_conditional_model_0_the_unconditional(void **state)
 {
     (void)state;
@@ -399,36 +416,42 @@ static void test_guidance_1_is_the_conditional_model_0_the_unconditional(void **
     tu_fill_uniform(params, net->n_params, 5, -0.2f, 0.2f);
     ddpm_unet_workspace *ws;
     assert_int_equal(ddpm_unet_workspace_create(&ws, net, B, 0), 0);
-    float x[B * D], cond[B * D], none[B * D], out[B * D], scratch[B * D];
+    float x[B * D], cond[B * D], none[B * D], out[B * D];
     tu_fill_uniform(x, B * D, 6, -1, 1);
     int i[B] = {10, 500, 999}, y[B] = {0, 2, 1};
+    double t[B] = {10, 500, 999};
     ddpm_unet_forward_class(net, params, ws, cond, x, i, y, B, NULL);
     ddpm_unet_forward_class(net, params, ws, none, x, i, NULL, B, NULL);
     size_t at;
     assert_true(tu_max_abs_diff(cond, none, B * D, &at) > 1e-3); /* the classes matter */
-    ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws, .labels = y, .guidance = 1, .uncond = NULL};
-    ddpm_unet_eps(&ctx, out, x, i, B);
+    ddpm_model m;
+    assert_int_equal(ddpm_model_from_net(&m, net, params, &sched), 0);
+    ddpm_guide g = {y, 1};
+    assert_int_equal(ddpm_model_output(&m, out, x, t, B, &g), 0);
     assert_memory_equal(out, cond, sizeof out);
-    ctx.guidance = 0;
-    ddpm_unet_eps(&ctx, out, x, i, B);
+    g.guidance = 0;
+    assert_int_equal(ddpm_model_output(&m, out, x, t, B, &g), 0);
     assert_memory_equal(out, none, sizeof out);
-    ctx.labels = NULL; /* no labels: unconditional whatever W */
-    ctx.guidance = 3;
-    ddpm_unet_eps(&ctx, out, x, i, B);
+    assert_null(m.uncond); /* W = 1 and W = 0: one pass each */
+    g.labels = NULL; /* no labels: unconditional whatever W */
+    g.guidance = 3;
+    assert_int_equal(ddpm_model_output(&m, out, x, t, B, &g), 0);
     assert_memory_equal(out, none, sizeof out);
-    ctx.labels = y;
-    ctx.uncond = scratch;
-    ddpm_unet_eps(&ctx, out, x, i, B);
+    g.labels = y;
+    assert_int_equal(ddpm_model_output(&m, out, x, t, B, &g), 0);
     for (int k = 0; k < B * D; k++)
         assert_true(fabsf(out[k] - (none[k] + 3 * (cond[k] - none[k]))) <= 1e-5f * (1 + fabsf(out[k])));
+    ddpm_model_close(&m);
     ddpm_unet_workspace_free(ws);
     free(params);
     ddpm_unet_free(net);
 }
 
-/* For the evaluator: with to_eps set, ddpm_unet_eps returns eps_theta whatever
- * the network predicts (here v: eps = sqrt(1-abar) x_t + sqrt(abar) v). */
-static void test_unet_eps_converts_a_v_network_to_eps_when_asked(void **state)
+/* For the evaluator: ddpm_model_eps returns eps_theta whatever the network
+ * predicts (here v: eps = sqrt(1-abar) x_t + sqrt(abar) v), and the model's x0
+ * is x0 = sqrt(abar) x_t - sqrt(1-abar) v, at trained steps and between them
+ * (alpha and sigma of the continuous schedule). */
+static void test_model_converts_a_v_network_to_eps_and_x0(void **state)
 {
     (void)state;
     ddpm_unet_config mc;
@@ -439,23 +462,71 @@ static void test_unet_eps_converts_a_v_network_to_eps_when_asked(void **state)
     enum { B = 2, D = 64 };
     float *params = tu_alloc(net->n_params);
     tu_fill_uniform(params, net->n_params, 8, -0.2f, 0.2f);
-    ddpm_unet_workspace *ws;
-    assert_int_equal(ddpm_unet_workspace_create(&ws, net, B, 0), 0);
-    float x[B * D], raw[B * D], eps[B * D];
+    float x[B * D], raw[B * D], eps[B * D], x0[B * D];
     tu_fill_uniform(x, B * D, 9, -1, 1);
     int i[B] = {20, 900};
-    ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws};
-    ddpm_unet_eps(&ctx, raw, x, i, B);
-    ctx.to_eps = &sched;
-    ddpm_unet_eps(&ctx, eps, x, i, B);
-    for (int b = 0; b < B; b++)
-        for (int d = 0; d < D; d++) {
-            double want = sqrt(1 - sched.abar[i[b]]) * x[b * D + d] + sqrt(sched.abar[i[b]]) * raw[b * D + d];
-            assert_true(fabs(eps[b * D + d] - want) < 1e-6);
+    ddpm_model m;
+    assert_int_equal(ddpm_model_from_net(&m, net, params, &sched), 0);
+    const double steps[2][B] = {{20, 900}, {20.25, 899.5}};
+    for (int q = 0; q < 2; q++) {
+        assert_int_equal(ddpm_model_output(&m, raw, x, steps[q], B, NULL), 0);
+        if (q == 0)
+            ddpm_model_eps(&m, eps, x, i, B);
+        else {
+            ddpm_pred_out po = {.eps = eps};
+            assert_int_equal(ddpm_model_predict(&m, &po, x, steps[q], B, NULL), 0);
         }
-    ddpm_unet_workspace_free(ws);
+        ddpm_pred_out po = {.x0 = x0};
+        assert_int_equal(ddpm_model_predict(&m, &po, x, steps[q], B, NULL), 0);
+        for (int b = 0; b < B; b++) {
+            double a = ddpm_schedule_alpha(&sched, steps[q][b]), sg = ddpm_schedule_sigma(&sched, steps[q][b]);
+            for (int d = 0; d < D; d++) {
+                double want_eps = sg * x[b * D + d] + a * raw[b * D + d];
+                double want_x0 = a * x[b * D + d] - sg * raw[b * D + d];
+                assert_true(fabs(eps[b * D + d] - want_eps) < 1e-6);
+                assert_true(fabs(x0[b * D + d] - want_x0) < 1e-6);
+            }
+        }
+    }
+    /* the mean and the variance exist at the trained steps only */
+    float mean[B * D];
+    ddpm_pred_out pm = {.mean = mean};
+    assert_true(ddpm_model_predict(&m, &pm, x, steps[1], B, NULL) < 0);
+    assert_int_equal(ddpm_model_predict(&m, &pm, x, steps[0], B, NULL), 0);
+    ddpm_model_close(&m);
     free(params);
     ddpm_unet_free(net);
+}
+
+/* The sampler table: every row's name parses back to its kind, an unknown
+ * name and kind are refused, and the costs follow the rows' flags. */
+static void test_sampler_table_names_round_trip_and_costs(void **state)
+{
+    (void)state;
+    assert_true(DDPM_N_SAMPLERS >= 2);
+    for (int k = 0; k < DDPM_N_SAMPLERS; k++) {
+        ddpm_sampler_kind back = DDPM_N_SAMPLERS;
+        const ddpm_sampler_info *r = ddpm_sampler_get((ddpm_sampler_kind)k);
+        assert_non_null(r);
+        assert_true(r->help[0] != '\0');
+        assert_int_equal(ddpm_sampler_parse(r->name, &back), 0);
+        assert_int_equal(back, k);
+    }
+    ddpm_sampler_kind kind;
+    assert_true(ddpm_sampler_parse("no-such-sampler", &kind) < 0);
+    assert_null(ddpm_sampler_get(DDPM_N_SAMPLERS));
+    assert_string_equal(ddpm_sampler_name(DDPM_N_SAMPLERS), "?");
+    /* ancestral sampling runs all T steps whatever S; DDIM S */
+    assert_int_equal(ddpm_sampler_evals(DDPM_SAMPLER_DDPM, 50, 1000), 1000);
+    assert_int_equal(ddpm_sampler_evals(DDPM_SAMPLER_DDIM, 50, 1000), 50);
+    ddpm_sampler_config c;
+    ddpm_sampler_config_default(&c);
+    c.steps = 50;
+    assert_int_equal(ddpm_sampler_n_steps(&c, &sched), 1000);
+    c.kind = DDPM_SAMPLER_DDIM;
+    assert_int_equal(ddpm_sampler_n_steps(&c, &sched), 50);
+    assert_true(ddpm_sampler_has(DDPM_SAMPLER_DDPM, DDPM_SAMPLER_STOCHASTIC));
+    assert_false(ddpm_sampler_has(DDPM_SAMPLER_DDIM, DDPM_SAMPLER_STOCHASTIC));
 }
 
 int main(void)
@@ -472,7 +543,8 @@ int main(void)
         cmocka_unit_test(test_bad_sampler_settings_are_refused),
         cmocka_unit_test(test_sample_files_writes_grid_each_and_trajectory_independent_of_batch),
         cmocka_unit_test(test_guidance_1_is_the_conditional_model_0_the_unconditional),
-        cmocka_unit_test(test_unet_eps_converts_a_v_network_to_eps_when_asked),
+        cmocka_unit_test(test_model_converts_a_v_network_to_eps_and_x0),
+        cmocka_unit_test(test_sampler_table_names_round_trip_and_costs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -127,6 +127,46 @@ static void test_invalid_schedules_are_refused(void **state)
     assert_int_not_equal(ddpm_schedule_parse("quadratic", &k), 0);
 }
 
+/* The continuous schedule: at every trained index alpha and sigma are the
+ * stored values and lambda their half log-SNR; between two indices log alpha is
+ * the straight line between its two knots (checked at a quarter and a half);
+ * lambda decreases strictly; t(lambda) inverts lambda on and between the knots
+ * (DPM-Solver's discrete NoiseScheduleVP does the same). */
+static void test_continuous_schedule_knots_interpolation_and_inverse(void **state)
+{
+    (void)state;
+    for (int kind = 0; kind < 2; kind++) {
+        ddpm_schedule s;
+        assert_int_equal(ddpm_schedule_init(&s, (ddpm_schedule_kind)kind, 1000, 1e-4, 0.02), 0);
+        double prev = INFINITY;
+        for (int i = 0; i < 1000; i++) {
+            assert_true(ddpm_schedule_alpha(&s, i) == s.sqrt_abar[i]);
+            assert_true(ddpm_schedule_sigma(&s, i) == s.sqrt_one_minus_abar[i]);
+            double lambda = ddpm_schedule_lambda(&s, i);
+            assert_close(lambda, 0.5 * log(s.abar[i] / (1 - s.abar[i])), 1e-9 * fmax(1, fabs(lambda)));
+            assert_true(lambda < prev);
+            prev = lambda;
+            /* the inverse returns the knot */
+            assert_close(ddpm_schedule_t_of_lambda(&s, lambda), i, 1e-6);
+            if (i == 999)
+                break;
+            double la0 = 0.5 * log(s.abar[i]), la1 = 0.5 * log(s.abar[i + 1]);
+            for (int q = 1; q <= 2; q++) {
+                double f = 0.25 * q, t = i + f;
+                double la = ddpm_schedule_log_alpha(&s, t);
+                assert_close(la, la0 + f * (la1 - la0), 1e-12 * fmax(1, fabs(la)));
+                double a = ddpm_schedule_alpha(&s, t), sg = ddpm_schedule_sigma(&s, t);
+                assert_close(a * a + sg * sg, 1, 1e-12);
+                assert_true(a < s.sqrt_abar[i] && a > s.sqrt_abar[i + 1]);
+                double l = ddpm_schedule_lambda(&s, t);
+                assert_true(l < ddpm_schedule_lambda(&s, i) && l > ddpm_schedule_lambda(&s, i + 1));
+                assert_close(ddpm_schedule_t_of_lambda(&s, l), t, 1e-6);
+            }
+        }
+        ddpm_schedule_free(&s);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -137,6 +177,7 @@ int main(void)
         cmocka_unit_test(test_posterior_mean_from_x0_equals_eps_form_with_true_noise),
         cmocka_unit_test(test_q_sample_uses_each_images_own_step),
         cmocka_unit_test(test_invalid_schedules_are_refused),
+        cmocka_unit_test(test_continuous_schedule_knots_interpolation_and_inverse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

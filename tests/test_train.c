@@ -365,27 +365,24 @@ static void sample_and_check(const ddpm_unet *net, const float *params, const dd
 {
     enum { B = 4 };
     size_t D = (size_t)net->cfg.in_channels * net->cfg.image_size * net->cfg.image_size;
-    ddpm_unet_workspace *ws;
-    assert_int_equal(ddpm_unet_workspace_create(&ws, net, B, 0), 0);
-    float *x = malloc(B * D * sizeof(float)), *scratch = malloc(4 * B * D * sizeof(float));
+    float *x = malloc(B * D * sizeof(float));
     ddpm_sampler_config sc;
     ddpm_sampler_config_default(&sc);
     sc.kind = kind;
     sc.steps = 10;
     sc.clip_x0 = clip;
-    sc.prediction = net->cfg.prediction;
-    ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws};
+    ddpm_model m; /* the model converts its own prediction type */
+    assert_int_equal(ddpm_model_from_net(&m, net, params, s), 0);
     ddpm_rng rng;
     ddpm_rng_init(&rng, 3, DDPM_STREAM_SAMPLE);
-    assert_int_equal(ddpm_sample(x, scratch, B, D, 0, s, &sc, ddpm_unet_eps, &ctx, &rng, NULL, NULL), 0);
+    assert_int_equal(ddpm_sample(&m, &sc, NULL, x, B, 0, &rng, NULL), 0);
     for (size_t k = 0; k < B * D; k++) {
         if (!isfinite(x[k]) || (clip && fabsf(x[k]) > 1.0001f))
             fail_msg("%s, sampler %d, clip %d: sample value %zu is %g", ddpm_prediction_name(net->cfg.prediction),
                      kind, clip, k, x[k]);
     }
     free(x);
-    free(scratch);
-    ddpm_unet_workspace_free(ws);
+    ddpm_model_close(&m);
 }
 
 static void test_every_prediction_type_trains_round_trips_and_samples(void **state)
@@ -451,7 +448,10 @@ static double class_mean(const ddpm_trainer *tr, int cls, float guidance, const 
     fc.guidance = guidance;
     fc.grid_path = NULL;
     fc.each_dir = path;
-    assert_int_equal(ddpm_sample_files(tr->net, tr->ema, &tr->sched, &fc, NULL, NULL, NULL), 0);
+    ddpm_model m;
+    assert_int_equal(ddpm_model_from_trainer(&m, tr, DDPM_WEIGHTS_EMA), 0);
+    assert_int_equal(ddpm_sample_files(&m, &fc, NULL, NULL), 0);
+    ddpm_model_close(&m);
     double sum = 0;
     for (int k = 0; k < 8; k++) {
         char file[600];

@@ -11,8 +11,66 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ddpm/loss.h"
+#include "ddpm/model.h"
+#include "ddpm/sample.h"
 #include "ddpm/rng.h"
 #include "ddpm/unet.h"
+
+/* A model over a stub network function whose answer a test knows: images of
+ * C x S x S values, the output of kind pred (and v after it with learn_sigma). */
+static inline void tu_stub_model(ddpm_model *m, int C, int S, ddpm_prediction pred, int learn_sigma,
+                                 const ddpm_schedule *s, ddpm_net_fn fn, void *ctx)
+{
+    ddpm_unet_config cfg;
+    ddpm_unet_config_default(&cfg);
+    cfg.in_channels = C;
+    cfg.image_size = S;
+    cfg.prediction = pred;
+    cfg.learn_sigma = learn_sigma;
+    cfg.n_classes = 0;
+    ddpm_model_from_fn(m, &cfg, s, fn, ctx);
+}
+
+/* ddpm_loss with the batch and the output's meaning spelled out. */
+static inline double tu_loss(float *d_out, float *target, double *term, const float *out, const float *x0,
+                             const float *eps, const float *x_t, const int *i, const double *weight, int B,
+                             int B_mean, size_t D, ddpm_prediction pred, int learn_sigma, const ddpm_loss_config *c,
+                             const ddpm_schedule *s)
+{
+    ddpm_loss_batch b = {out, x0, eps, x_t, i, weight, B, B_mean};
+    ddpm_head h = {s, pred, learn_sigma, D};
+    return ddpm_loss(d_out, target, term, &b, &h, c);
+}
+
+/* One step of the ancestral sampler (DDIM: i_prev >= -1 and eta) from a raw
+ * output `out` of kind pred at step index i, with v (learned variances; may be
+ * NULL), converted by ddpm_pred_convert as the model converts it. */
+static inline void tu_sampler_step(float *x_prev, float *x0_out, const float *x_t, ddpm_prediction pred,
+                                   const float *out, const float *v, const float *z, int i, size_t D,
+                                   const ddpm_schedule *s, ddpm_var_kind var, int clip, int ddim, int i_prev,
+                                   float eta)
+{
+    float *o = (float *)malloc(2 * D * sizeof(float)), *x0 = (float *)malloc(D * sizeof(float));
+    float *mean = (float *)malloc(D * sizeof(float)), *eps = (float *)malloc(D * sizeof(float));
+    double *logvar = (double *)malloc(D * sizeof(double));
+    memcpy(o, out, D * sizeof(float));
+    if (v)
+        memcpy(o + D, v, D * sizeof(float));
+    ddpm_head h = {s, pred, v != NULL, D};
+    ddpm_pred_out po = {eps, x0, ddim ? NULL : mean, !ddim && v && var == DDPM_VAR_LEARNED ? logvar : NULL};
+    if (ddpm_pred_convert(&po, &h, o, x_t, i))
+        abort();
+    if (ddim)
+        ddpm_ddim_step(x_prev, x0_out, x_t, x0, eps, z, i, i_prev, eta, D, s, clip);
+    else
+        ddpm_ddpm_step(x_prev, x0_out, x_t, x0, mean, po.logvar, z, i, D, s, var, clip);
+    free(o);
+    free(x0);
+    free(mean);
+    free(eps);
+    free(logvar);
+}
 
 static inline void tu_fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi)
 {

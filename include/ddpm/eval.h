@@ -1,6 +1,6 @@
 /* eval.h: the variational bound of DDPM in bits/dim (Ho et al. 2020, eq. 5 and
  * Table 1's NLL column) and the held-out L_simple, over an abstract eps function
- * (sample.h) so that the arithmetic is tested on a stub and the same code drives
+ * (model.h's ddpm_eps_fn: a model through ddpm_model_eps, or a stub) so that the arithmetic is tested on a stub and the same code drives
  * the U-Net.
  *
  *   L = L_T + sum_{t>1} L_{t-1} + L_0
@@ -117,7 +117,7 @@ typedef void (*ddpm_eval_progress_fn)(void *ctx, long done, long total);
 
 typedef struct {
     ddpm_var_kind var;      /* sigma_t^2: beta_t (default), beta~_t, or learned */
-    int learned_var;        /* eps_fn writes 2D values per image, eps then v (sample.h);
+    int learned_var;        /* eps_fn writes 2D values per image, eps then v (model.h);
                                needed by var learned, ignored by the others (default 0) */
     int clip_x0;            /* model mean from the clipped predicted x0 (default 1) */
     int mc;                 /* 0: the exact bound, all T terms (default); K > 0: K steps

@@ -21,6 +21,10 @@ int ddpm_path_exists(const char *path);
 /* Seconds on the monotonic clock (for durations only). */
 double ddpm_now_seconds(void);
 
+/* The whole regular file at path into *bytes (malloc'ed; the caller frees it)
+ * and *size; DDPM_EIO / DDPM_ENOMEM with a message naming the file. */
+int ddpm_read_file(const char *path, unsigned char **bytes, size_t *size);
+
 /* Writes the contents of a file into f. Returns 0, or -1 when a write failed
  * (errno tells why), or a DDPM_E* code below -1 after setting its own message. */
 typedef int (*ddpm_write_fn)(void *ctx, FILE *f);

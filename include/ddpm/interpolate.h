@@ -37,8 +37,6 @@ typedef struct {
     int steps;   /* DDIM steps (default 100; at most T, or t for images) */
     int clip_x0; /* clip the predicted x0 as ddpm_sample does (default 1) */
     int batch;   /* images per network call (default 64) */
-    int learned_var; /* the model function writes 2D values per image (sample.h);
-                        the strip files take it from the network (default 0) */
 } ddpm_interpolate_config;
 
 void ddpm_interpolate_config_default(ddpm_interpolate_config *c);
@@ -47,17 +45,16 @@ void ddpm_interpolate_config_default(ddpm_interpolate_config *c);
  * `ddpm sample` with these flags gives the ends of a seed interpolation. */
 void ddpm_interpolate_sampler(ddpm_sampler_config *out, const ddpm_interpolate_config *c);
 
-/* x [c->n, D] receives the strip between the samples of seed_a and seed_b (the
- * DDPM_STREAM_SAMPLE stream of each seed, image 0). */
-int ddpm_interpolate_seeds(float *x, size_t D, uint64_t seed_a, uint64_t seed_b, const ddpm_schedule *s,
-                           const ddpm_interpolate_config *c, ddpm_eps_fn eps_fn, void *eps_ctx);
+/* x [c->n, D] receives the strip between the model's samples of seed_a and
+ * seed_b (the DDPM_STREAM_SAMPLE stream of each seed, image 0). */
+int ddpm_interpolate_seeds(ddpm_model *m, float *x, uint64_t seed_a, uint64_t seed_b,
+                           const ddpm_interpolate_config *c);
 
 /* x [c->n, D] receives the strip between the images x0_a and x0_b [D] (in
  * [-1, 1]) noised to the paper's step t (1..T, index t - 1) with eps = the x_T
  * that seed `seed` gives image 0. */
-int ddpm_interpolate_images(float *x, size_t D, const float *x0_a, const float *x0_b, int t, uint64_t seed,
-                            const ddpm_schedule *s, const ddpm_interpolate_config *c, ddpm_eps_fn eps_fn,
-                            void *eps_ctx);
+int ddpm_interpolate_images(ddpm_model *m, float *x, const float *x0_a, const float *x0_b, int t, uint64_t seed,
+                            const ddpm_interpolate_config *c);
 
 /* ---------------------------------------------------------------- to a file */
 
@@ -85,10 +82,7 @@ typedef struct {
 
 void ddpm_interpolate_png_config_default(ddpm_interpolate_png_config *c);
 
-/* Computes the strip c describes with the U-Net (net, params) and the schedule
- * s, and writes c->out. An x0, v or mu model is decoded through the eps
- * conversion (predict.h). */
-int ddpm_interpolate_png(const ddpm_unet *net, const float *params, const ddpm_schedule *s,
-                         const ddpm_interpolate_png_config *c);
+/* Computes the strip c describes with the model and writes c->out. */
+int ddpm_interpolate_png(ddpm_model *m, const ddpm_interpolate_png_config *c);
 
 #endif

@@ -47,22 +47,32 @@ int ddpm_loss_config_check(const ddpm_loss_config *c, ddpm_prediction pred, int 
 const char *ddpm_loss_name(ddpm_loss_kind kind);
 int ddpm_loss_parse(const char *name, ddpm_loss_kind *kind);
 
-/* The objective of B images that are part of a batch of B_mean >= B (a
- * micro-batch): returns their share of the batch's mean and OVERWRITES d_out[B, D]
- * with its gradient with respect to out. x0, eps, x_t as drawn by the trainer at
- * step indices i[B]; target [B, D] is scratch.
+/* A batch (or micro-batch) of images as the trainer drew it. */
+typedef struct {
+    const float *out;     /* [B, output values] the network output (h's layout) */
+    const float *x0;      /* [B, D] clean images */
+    const float *eps;     /* [B, D] the noise */
+    const float *x_t;     /* [B, D] q_sample(x0, eps, i) */
+    const int *i;         /* [B] step indices */
+    const double *weight; /* [B] per-image weights, NULL: every weight 1 */
+    int B, B_mean;        /* images here, and in the whole batch (B <= B_mean) */
+} ddpm_loss_batch;
+
+/* The objective of the B images of b that are part of a batch of B_mean >= B
+ * (a micro-batch) under the output meaning h (predict.h): returns their share
+ * of the batch's mean and OVERWRITES d_out[B, output values] with its gradient
+ * with respect to out. target [B, D] is scratch.
  * Image b's term, its share of the batch mean times B_mean (mse_b / D, min-SNR
  * weighted, for simple; T L_{t-1} / D for vlb; their lambda-sum for hybrid), is
  * multiplied by weight[b] in the value and the gradient (importance sampling's
- * 1 / (T p_t), timestep.h); weight NULL: every weight 1, the code path of
- * uniform t. term[B], when not NULL, receives each image's unweighted term.
+ * 1 / (T p_t), timestep.h); weight NULL is the code path of uniform t.
+ * term[B], when not NULL, receives each image's unweighted term.
  * learn_sigma: out and d_out hold 2D values per image, the prediction's and
  * v's (predict.h); vlb trains both through the bound with sigma_d^2 of v, and
  * hybrid trains the prediction by the MSE and v by lambda times the bound,
  * whose gradient to the prediction is stopped (Nichol & Dhariwal 2021, 3.1). */
-double ddpm_loss(float *d_out, float *target, double *term, const float *out, const float *x0, const float *eps,
-                 const float *x_t, const int *i, const double *weight, int B, int B_mean, size_t D,
-                 ddpm_prediction pred, int learn_sigma, const ddpm_loss_config *c, const ddpm_schedule *s);
+double ddpm_loss(float *d_out, float *target, double *term, const ddpm_loss_batch *b, const ddpm_head *h,
+                 const ddpm_loss_config *c);
 
 /* The bound's term of one image at step index i in nats (summed over its D
  * values): L_{t-1} for i > 0, L_0 for i = 0. When d_out is not NULL,

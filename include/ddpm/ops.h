@@ -122,6 +122,9 @@ void ddpm_dropout_backward(float *din, float beta, const float *dout, float p, s
  * out [B,dim], dim even, half = dim/2, freq_i = exp(-ln(10000) * i/(half-1)),
  * out[b] = [sin(t_b * freq), cos(t_b * freq)] with t the 0-based step index. */
 void ddpm_timestep_embedding(float *out, const int *t, int B, int dim);
+/* The same at continuous step indices t (index units, 0..T-1): an integer t
+ * gives exactly the bytes of the int version (samplers between trained steps). */
+void ddpm_timestep_embedding_t(float *out, const double *t, int B, int dim);
 
 /* ---- learned embedding rows (src/ops/embedding.c): the class embedding ------
  * out[b, :] += table[idx[b], :] for b < B (rows of dim floats), and its backward

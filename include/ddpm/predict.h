@@ -36,8 +36,50 @@ typedef struct {
 } ddpm_pred_coef;
 ddpm_pred_coef ddpm_pred_coefs(ddpm_prediction kind, int i, const ddpm_schedule *s);
 
+/* The maps of eps and x0 at a continuous step index t (schedule.h): from
+ * alpha(t) and sigma(t), and at an integer t exactly ddpm_pred_coefs. The mean
+ * is defined at the trained steps only: between them (and for an mu
+ * prediction's eps and x0, which need the posterior there) the maps that need
+ * it are NaN. */
+ddpm_pred_coef ddpm_pred_coefs_t(ddpm_prediction kind, double t, const ddpm_schedule *s);
+
+/* What a network's output means: the schedule it was trained with, what it
+ * predicts, whether D values of v follow the prediction's D (learned
+ * variances), and D, the values of one image. The model (model.h) has one;
+ * the loss and the conversion below take it. */
+typedef struct {
+    const ddpm_schedule *sched;
+    ddpm_prediction kind;
+    int learn_sigma;
+    size_t D;
+} ddpm_head;
+
+/* Values of one image's output: D, or 2 D with learned variances. */
+static inline size_t ddpm_head_out_size(const ddpm_head *h)
+{
+    return h->learn_sigma ? 2 * h->D : h->D;
+}
+
+/* What a sampler or the evaluator asks of one image's output; each pointer
+ * (D values) may be NULL when not wanted:
+ *   eps     eps_theta
+ *   x0      the predicted x0, not clipped
+ *   mean    the reverse-process mean mu_out out + mu_xt x_t (eq. 7 of the
+ *           unclipped x0; Algorithm 2's eps form for an eps network)
+ *   logvar  log sigma^2 of each value from v (learned variances only)
+ * mean and logvar exist at the trained steps only (integer t). */
+typedef struct {
+    float *eps, *x0, *mean;
+    double *logvar;
+} ddpm_pred_out;
+
+/* The one conversion of a network output: one image's `out` (the head's
+ * layout) at x_t and continuous step index t into what o asks for. Returns 0,
+ * or DDPM_EINVAL with a message when o asks for what t does not define. */
+int ddpm_pred_convert(const ddpm_pred_out *o, const ddpm_head *h, const float *out, const float *x_t, double t);
+
 /* eps and x0 (either may be NULL) of one image's D values from the network
- * output at step index i. */
+ * output at step index i: ddpm_pred_convert at a trained step. */
 void ddpm_pred_to_eps_x0(float *eps, float *x0, ddpm_prediction kind, const float *out, const float *x_t,
                          int i, size_t D, const ddpm_schedule *s);
 /* What the network of this kind is trained to output for one image, given the

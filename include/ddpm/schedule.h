@@ -24,6 +24,7 @@ typedef struct {
     double *posterior_var;       /* beta~_t = (1-abar_{t-1})/(1-abar_t) beta_t (0 at t = 1) */
     double *posterior_coef_x0;   /* sqrt(abar_{t-1}) beta_t / (1-abar_t) */
     double *posterior_coef_xt;   /* sqrt(alpha_t) (1-abar_{t-1}) / (1-abar_t) */
+    double *log_alpha;           /* log sqrt(abar_t): the knots of the continuous schedule */
 } ddpm_schedule;
 
 /* Builds the schedule; returns 0 or a negative DDPM_E* with a message.
@@ -36,6 +37,22 @@ void ddpm_schedule_free(ddpm_schedule *s);
 /* "linear" / "cosine" <-> kind; parse returns -1 on an unknown name. */
 const char *ddpm_schedule_name(ddpm_schedule_kind kind);
 int ddpm_schedule_parse(const char *name, ddpm_schedule_kind *kind);
+
+/* The continuous schedule over step indices t in index units (t = i at the
+ * trained step i; samplers that step between trained indices use it), as
+ * DPM-Solver's discrete NoiseScheduleVP: log alpha(t), alpha = sqrt(abar), is
+ * piecewise linear between the trained indices 0..T-1 (and continues the end
+ * segments linearly outside them); sigma(t) = sqrt(1 - alpha^2),
+ * lambda(t) = log(alpha / sigma), the half log-SNR, strictly decreasing in t.
+ * At an integer t in 0..T-1 alpha and sigma are the stored sqrt_abar[t] and
+ * sqrt_one_minus_abar[t] exactly. */
+double ddpm_schedule_log_alpha(const ddpm_schedule *s, double t);
+double ddpm_schedule_alpha(const ddpm_schedule *s, double t);
+double ddpm_schedule_sigma(const ddpm_schedule *s, double t);
+double ddpm_schedule_lambda(const ddpm_schedule *s, double t);
+/* The inverse of lambda(t): the t whose lambda is `lambda` (log alpha solved in
+ * closed form, then its segment by bisection over the knots). */
+double ddpm_schedule_t_of_lambda(const ddpm_schedule *s, double lambda);
 
 /* x_t = sqrt(abar) x0 + sqrt(1-abar) eps for each image b at step index i[b]
  * (q(x_t|x_0), eq. 4). Arrays [B, D]. */

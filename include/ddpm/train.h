@@ -42,7 +42,7 @@
 #include "ddpm/timestep.h"
 #include "ddpm/unet.h"
 
-typedef struct {
+typedef struct ddpm_trainer {
     ddpm_run_config cfg;
     ddpm_unet *net;
     ddpm_schedule sched;

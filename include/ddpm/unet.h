@@ -133,6 +133,11 @@ void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_work
 void ddpm_unet_forward_class(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
                              float *eps_pred, const float *x_t, const int *t, const int *y, int B,
                              const ddpm_dropout_draw *dropout);
+/* A forward without dropout at continuous step indices t[B] (index units,
+ * 0..T-1; the samplers between trained steps): an integer t gives exactly the
+ * bytes of ddpm_unet_forward_class. */
+void ddpm_unet_forward_t(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws, float *out,
+                         const float *x_t, const double *t, const int *y, int B);
 /* Backward of the last forward on this workspace (which must be a training one):
  * ACCUMULATES d loss / d params into grads[n_params] given d loss / d eps_pred. */
 void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,

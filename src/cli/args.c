@@ -193,3 +193,14 @@ void cli_checkpoint_path(char *out, size_t size, const char *arg)
     else
         snprintf(out, size, "%s", arg);
 }
+
+int cli_open_model(ddpm_model *m, const char *arg, int no_ema, int quiet, const char *doing)
+{
+    if (ddpm_model_open(m, arg, no_ema ? DDPM_WEIGHTS_RAW : DDPM_WEIGHTS_EMA)) {
+        cli_error("%s", ddpm_last_error());
+        return DDPM_EXIT_ERROR;
+    }
+    if (m->ema_missing && !quiet)
+        fprintf(stderr, "ddpm: %s has no EMA weights; %s the raw weights\n", m->path, doing);
+    return 0;
+}

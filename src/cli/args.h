@@ -8,6 +8,7 @@
 #include <stdio.h>
 
 #include "ddpm/config.h"
+#include "ddpm/model.h"
 #include "ddpm/options.h"
 #include "ddpm/sample.h"
 
@@ -53,6 +54,11 @@ void cli_checkpoint_path(char *out, size_t size, const char *arg);
  * folder) in a writable folder; else prints one line and returns the exit code
  * (DDPM_EXIT_USAGE for an empty name, DDPM_EXIT_ERROR otherwise). */
 int cli_check_writable_parent(const char *path);
+/* Opens the model of a RUN_DIR|CHECKPOINT argument (ddpm_model_open), EMA
+ * weights unless no_ema; on an error prints it and returns the exit code;
+ * unless quiet, warns "<path> has no EMA weights; <doing> the raw weights"
+ * when the file has none. 0 on success (close with ddpm_model_close). */
+int cli_open_model(ddpm_model *m, const char *arg, int no_ema, int quiet, const char *doing);
 /* Sets OpenMP's and OpenBLAS's thread counts (0: leave the defaults). */
 void cli_set_threads(int n);
 /* "'ddpm CMD --help' lists the options" after an unknown flag. */

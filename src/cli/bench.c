@@ -399,6 +399,107 @@ enum {
     O_BATCH = 256, O_THREADS, O_SECONDS, O_PROFILE, O_OPS, O_JSON, O_HELP, O_MODEL, O_MICRO_BATCH,
 };
 
+/* What one bench run measured. */
+typedef struct {
+    const ddpm_unet_config *m;
+    size_t n_params;
+    double flops;
+    int B, micro_batch, n_threads;
+    const char *cfgstr, *coretype;
+    double s_train, s_sample;
+    long n_train, n_sample;
+    double g_square, g_model;
+    int gm, gn, gk;
+    double rss_mb;
+    int do_profile;
+    const profile *ptrain, *psample;
+    int do_ops;
+    const op_result *ops;
+    double train_ips, sample_ips, train_gf, sample_gf;
+} bench_results;
+
+static void print_json(const bench_results *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON *mo = cJSON_AddObjectToObject(o, "model");
+    char list[128];
+    cJSON_AddNumberToObject(mo, "size", r->m->image_size);
+    cJSON_AddNumberToObject(mo, "channels", r->m->in_channels);
+    cJSON_AddNumberToObject(mo, "ch", r->m->ch);
+    ddpm_format_int_list(list, sizeof list, r->m->ch_mult, r->m->n_levels);
+    cJSON_AddStringToObject(mo, "ch_mult", list);
+    cJSON_AddNumberToObject(mo, "res_blocks", r->m->num_res_blocks);
+    ddpm_format_int_list(list, sizeof list, r->m->attn_res, r->m->n_attn);
+    cJSON_AddStringToObject(mo, "attn", list);
+    cJSON_AddNumberToObject(mo, "groups", r->m->groups);
+    cJSON_AddNumberToObject(mo, "dropout", r->m->dropout);
+    cJSON_AddNumberToObject(mo, "params", (double)r->n_params);
+    cJSON_AddNumberToObject(mo, "forward_gflop_per_image", r->flops * 1e-9);
+    cJSON_AddNumberToObject(o, "batch", r->B);
+    cJSON_AddNumberToObject(o, "micro_batch", r->micro_batch);
+    cJSON_AddNumberToObject(o, "threads", r->n_threads);
+    cJSON_AddStringToObject(o, "openblas", r->cfgstr ? r->cfgstr : "");
+    cJSON_AddStringToObject(o, "openblas_coretype", r->coretype ? r->coretype : "");
+    cJSON_AddStringToObject(o, "flop_convention", "train step = 3 x forward FLOPs");
+    cJSON *jt = cJSON_AddObjectToObject(o, "train");
+    cJSON_AddNumberToObject(jt, "ms_per_step", r->s_train * 1e3);
+    cJSON_AddNumberToObject(jt, "images_per_sec", r->train_ips);
+    cJSON_AddNumberToObject(jt, "gflops", r->train_gf);
+    cJSON_AddNumberToObject(jt, "steps_timed", (double)r->n_train);
+    cJSON *js = cJSON_AddObjectToObject(o, "sample_forward");
+    cJSON_AddNumberToObject(js, "ms_per_step", r->s_sample * 1e3);
+    cJSON_AddNumberToObject(js, "images_per_sec", r->sample_ips);
+    cJSON_AddNumberToObject(js, "gflops", r->sample_gf);
+    cJSON_AddNumberToObject(js, "steps_timed", (double)r->n_sample);
+    cJSON *jg = cJSON_AddObjectToObject(o, "sgemm");
+    cJSON_AddNumberToObject(jg, "gflops_1024", r->g_square);
+    snprintf(list, sizeof list, "%dx%dx%d", r->gm, r->gn, r->gk);
+    cJSON_AddStringToObject(jg, "model_shape", list);
+    cJSON_AddNumberToObject(jg, "gflops_model_shape", r->g_model);
+    cJSON_AddNumberToObject(o, "train_vs_sgemm", r->train_gf / r->g_square);
+    cJSON_AddNumberToObject(o, "sample_vs_sgemm", r->sample_gf / r->g_square);
+    cJSON_AddNumberToObject(o, "peak_rss_mb", r->rss_mb);
+    if (r->do_profile) {
+        cJSON_AddItemToObject(o, "profile_train", profile_json(r->ptrain, 1));
+        cJSON_AddItemToObject(o, "profile_sample", profile_json(r->psample, 0));
+    }
+    if (r->do_ops)
+        cJSON_AddItemToObject(o, "ops", ops_json(r->B, r->ops));
+    char *s = cJSON_PrintUnformatted(o);
+    if (s)
+        puts(s);
+    free(s);
+    cJSON_Delete(o);
+}
+
+static void print_text(const bench_results *r)
+{
+    printf("model     %dx%dx%d, ch %d, ch-mult ", r->m->image_size, r->m->image_size, r->m->in_channels, r->m->ch);
+    for (int i = 0; i < r->m->n_levels; i++)
+        printf(i ? ",%d" : "%d", r->m->ch_mult[i]);
+    printf(", %d res blocks, attn ", r->m->num_res_blocks);
+    for (int i = 0; i < r->m->n_attn; i++)
+        printf(i ? ",%d" : "%d", r->m->attn_res[i]);
+    printf("%s; %zu params, %.3f GFLOP/image forward\n", r->m->n_attn ? "" : "none", r->n_params,
+           r->flops * 1e-9);
+    printf("setup     batch %d (micro-batch %d), %d threads, %s%s%s\n", r->B, r->micro_batch, r->n_threads, r->cfgstr ? r->cfgstr : "OpenBLAS",
+           r->coretype ? ", OPENBLAS_CORETYPE=" : "", r->coretype ? r->coretype : "");
+    printf("train     %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (3 x forward FLOPs)\n", r->s_train * 1e3,
+           r->train_ips, r->train_gf);
+    printf("sample    %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (one forward, no dropout)\n",
+           r->s_sample * 1e3, r->sample_ips, r->sample_gf);
+    printf("sgemm     %7.1f GFLOP/s at 1024^3, %.1f GFLOP/s at %dx%dx%d (model shape)\n", r->g_square, r->g_model,
+           r->gm, r->gn, r->gk);
+    printf("ratio     train %.2f, sample %.2f of sgemm 1024^3\n", r->train_gf / r->g_square, r->sample_gf / r->g_square);
+    printf("peak RSS  %.1f MB\n", r->rss_mb);
+    if (r->do_profile) {
+        print_profile("training step", r->ptrain, 1);
+        print_profile("sampling forward", r->psample, 0);
+    }
+    if (r->do_ops)
+        print_ops(r->B, r->ops);
+}
+
 int cmd_bench(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -522,83 +623,13 @@ int cmd_bench(int argc, char **argv)
     const char *coretype = getenv("OPENBLAS_CORETYPE");
     char *cfgstr = openblas_get_config();
 
-    if (json) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON *mo = cJSON_AddObjectToObject(o, "model");
-        char list[128];
-        cJSON_AddNumberToObject(mo, "size", m->image_size);
-        cJSON_AddNumberToObject(mo, "channels", m->in_channels);
-        cJSON_AddNumberToObject(mo, "ch", m->ch);
-        ddpm_format_int_list(list, sizeof list, m->ch_mult, m->n_levels);
-        cJSON_AddStringToObject(mo, "ch_mult", list);
-        cJSON_AddNumberToObject(mo, "res_blocks", m->num_res_blocks);
-        ddpm_format_int_list(list, sizeof list, m->attn_res, m->n_attn);
-        cJSON_AddStringToObject(mo, "attn", list);
-        cJSON_AddNumberToObject(mo, "groups", m->groups);
-        cJSON_AddNumberToObject(mo, "dropout", m->dropout);
-        cJSON_AddNumberToObject(mo, "params", (double)tr->net->n_params);
-        cJSON_AddNumberToObject(mo, "forward_gflop_per_image", flops * 1e-9);
-        cJSON_AddNumberToObject(o, "batch", B);
-        cJSON_AddNumberToObject(o, "micro_batch", tr->micro_batch);
-        cJSON_AddNumberToObject(o, "threads", n_threads);
-        cJSON_AddStringToObject(o, "openblas", cfgstr ? cfgstr : "");
-        cJSON_AddStringToObject(o, "openblas_coretype", coretype ? coretype : "");
-        cJSON_AddStringToObject(o, "flop_convention", "train step = 3 x forward FLOPs");
-        cJSON *jt = cJSON_AddObjectToObject(o, "train");
-        cJSON_AddNumberToObject(jt, "ms_per_step", s_train * 1e3);
-        cJSON_AddNumberToObject(jt, "images_per_sec", train_ips);
-        cJSON_AddNumberToObject(jt, "gflops", train_gf);
-        cJSON_AddNumberToObject(jt, "steps_timed", (double)n_train);
-        cJSON *js = cJSON_AddObjectToObject(o, "sample_forward");
-        cJSON_AddNumberToObject(js, "ms_per_step", s_sample * 1e3);
-        cJSON_AddNumberToObject(js, "images_per_sec", sample_ips);
-        cJSON_AddNumberToObject(js, "gflops", sample_gf);
-        cJSON_AddNumberToObject(js, "steps_timed", (double)n_sample);
-        cJSON *jg = cJSON_AddObjectToObject(o, "sgemm");
-        cJSON_AddNumberToObject(jg, "gflops_1024", g_square);
-        snprintf(list, sizeof list, "%dx%dx%d", gm, gn, gk);
-        cJSON_AddStringToObject(jg, "model_shape", list);
-        cJSON_AddNumberToObject(jg, "gflops_model_shape", g_model);
-        cJSON_AddNumberToObject(o, "train_vs_sgemm", train_gf / g_square);
-        cJSON_AddNumberToObject(o, "sample_vs_sgemm", sample_gf / g_square);
-        cJSON_AddNumberToObject(o, "peak_rss_mb", rss_mb);
-        if (do_profile) {
-            cJSON_AddItemToObject(o, "profile_train", profile_json(&ptrain, 1));
-            cJSON_AddItemToObject(o, "profile_sample", profile_json(&psample, 0));
-        }
-        if (do_ops)
-            cJSON_AddItemToObject(o, "ops", ops_json(B, ops));
-        char *s = cJSON_PrintUnformatted(o);
-        if (s)
-            puts(s);
-        free(s);
-        cJSON_Delete(o);
-    } else {
-        printf("model     %dx%dx%d, ch %d, ch-mult ", m->image_size, m->image_size, m->in_channels, m->ch);
-        for (int i = 0; i < m->n_levels; i++)
-            printf(i ? ",%d" : "%d", m->ch_mult[i]);
-        printf(", %d res blocks, attn ", m->num_res_blocks);
-        for (int i = 0; i < m->n_attn; i++)
-            printf(i ? ",%d" : "%d", m->attn_res[i]);
-        printf("%s; %zu params, %.3f GFLOP/image forward\n", m->n_attn ? "" : "none", tr->net->n_params,
-               flops * 1e-9);
-        printf("setup     batch %d (micro-batch %d), %d threads, %s%s%s\n", B, tr->micro_batch, n_threads, cfgstr ? cfgstr : "OpenBLAS",
-               coretype ? ", OPENBLAS_CORETYPE=" : "", coretype ? coretype : "");
-        printf("train     %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (3 x forward FLOPs)\n", s_train * 1e3,
-               train_ips, train_gf);
-        printf("sample    %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (one forward, no dropout)\n",
-               s_sample * 1e3, sample_ips, sample_gf);
-        printf("sgemm     %7.1f GFLOP/s at 1024^3, %.1f GFLOP/s at %dx%dx%d (model shape)\n", g_square, g_model,
-               gm, gn, gk);
-        printf("ratio     train %.2f, sample %.2f of sgemm 1024^3\n", train_gf / g_square, sample_gf / g_square);
-        printf("peak RSS  %.1f MB\n", rss_mb);
-        if (do_profile) {
-            print_profile("training step", &ptrain, 1);
-            print_profile("sampling forward", &psample, 0);
-        }
-        if (do_ops)
-            print_ops(B, ops);
-    }
+    bench_results res = {m, tr->net->n_params, flops, B, tr->micro_batch, n_threads, cfgstr, coretype, s_train,
+                         s_sample, n_train, n_sample, g_square, g_model, gm, gn, gk, rss_mb, do_profile, &ptrain,
+                         &psample, do_ops, ops, train_ips, sample_ips, train_gf, sample_gf};
+    if (json)
+        print_json(&res);
+    else
+        print_text(&res);
 done:
     free(x0);
     free(xs);

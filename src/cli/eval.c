@@ -11,7 +11,7 @@
 
 #include "args.h"
 #include "cli.h"
-#include "ddpm/checkpoint.h"
+#include "ddpm/model.h"
 #include "ddpm/error.h"
 #include "ddpm/eval.h"
 #include "ddpm/fsutil.h"
@@ -176,73 +176,38 @@ int cmd_eval(int argc, char **argv)
         return cli_usage_error("eval");
     }
     const char *data_dir = argv[optind + 1];
-    char ckpt_path[4096];
-    cli_checkpoint_path(ckpt_path, sizeof ckpt_path, argv[optind]);
     int out_rc;
     if (terms_path && (out_rc = cli_check_writable_parent(terms_path)))
         return out_rc;
     cli_set_threads(threads);
-
-    ddpm_checkpoint *ck = NULL;
-    if (ddpm_checkpoint_open(&ck, ckpt_path)) {
-        cli_error("%s", ddpm_last_error());
-        return DDPM_EXIT_ERROR;
-    }
-    const ddpm_run_config *cfg = ddpm_checkpoint_config(ck);
-    int C = cfg->model.in_channels, S = cfg->model.image_size;
-    long ck_step = ddpm_checkpoint_state(ck)->step;
-    ddpm_unet *net = NULL;
-    float *params = NULL;
-    int used_ema = 0;
-    ddpm_schedule sched;
-    memset(&sched, 0, sizeof sched);
-    int rc = ddpm_checkpoint_load_model(ck, !no_ema, &net, &params, &used_ema);
-    if (!rc)
-        rc = ddpm_schedule_init(&sched, cfg->schedule, cfg->timesteps, cfg->beta_start, cfg->beta_end);
-    if (!rc && sched.T < 2)
-        rc = ddpm_error(DDPM_EINVAL, "%s: the bound needs T >= 2 timesteps, the model has %d", ckpt_path, sched.T);
-    ddpm_checkpoint_close(ck);
-
-    int count = 0;
+    ddpm_model m;
+    if ((out_rc = cli_open_model(&m, argv[optind], no_ema, quiet, "evaluating")))
+        return out_rc;
+    int C = m.cfg.in_channels, S = m.cfg.image_size, rc = DDPM_OK, count = 0, B = bc.batch;
+    const ddpm_schedule *sched = &m.sched;
+    if (sched->T < 2)
+        rc = ddpm_error(DDPM_EINVAL, "%s: the bound needs T >= 2 timesteps, the model has %d", m.path, sched->T);
     float *x0 = NULL;
     if (!rc)
         rc = ddpm_eval_load(&x0, &n, &count, data_dir, S, C, DEFAULT_N, bc.seed, quiet ? NULL : on_warning, NULL);
-    if (rc) {
-        cli_error("%s", ddpm_last_error());
-        ddpm_schedule_free(&sched);
-        free(params);
-        ddpm_unet_free(net);
-        return DDPM_EXIT_ERROR;
-    }
-    if (!used_ema && !no_ema && !quiet)
-        fprintf(stderr, "ddpm: %s has no EMA weights; evaluating the raw weights\n", ckpt_path);
-
-    size_t D = (size_t)C * S * S;
-    ddpm_unet_workspace *ws = NULL;
-    int B = bc.batch;
-    if (!rc)
-        rc = ddpm_unet_workspace_create(&ws, net, B, 0);
-
-    /* the bound and L_simple take eps_theta: an x0, v or mu model's output is converted (predict.h) */
-    ddpm_unet_eps_ctx ctx = {.net = net, .params = params, .ws = ws, .to_eps = &sched};
-    if (!rc && net) {
-        bc.learned_var = net->cfg.learn_sigma; /* default: the model's own variances */
-        if (net->cfg.learn_sigma && !var_set)
-            bc.var = DDPM_VAR_LEARNED;
-    }
-    long per_image = bc.mc > 0 ? bc.mc + 1 : sched.T;
+    size_t D = ddpm_model_D(&m);
+    bc.learned_var = m.cfg.learn_sigma; /* default: the model's own variances */
+    if (m.cfg.learn_sigma && !var_set)
+        bc.var = DDPM_VAR_LEARNED;
+    long per_image = bc.mc > 0 ? bc.mc + 1 : sched->T;
     progress_ctx pc = {.quiet = quiet, .tty = isatty(fileno(stderr)), .what = "bound",
                        .grand_total = (long)n * per_image + n};
     ddpm_bound_result br;
     memset(&br, 0, sizeof br);
     ddpm_estimate ls = {0, 0};
     pc.t_start = pc.last = ddpm_now_seconds();
+    /* the bound and L_simple take eps_theta: the model converts an x0, v or mu output (predict.h) */
     if (!rc)
-        rc = ddpm_bound(&br, x0, n, D, &sched, &bc, ddpm_unet_eps, &ctx, on_progress, &pc);
+        rc = ddpm_bound(&br, x0, n, D, sched, &bc, ddpm_model_eps, &m, on_progress, &pc);
     if (!rc) {
         pc.what = "L_simple";
         pc.offset = (long)n * per_image;
-        rc = ddpm_eval_l_simple(&ls, x0, n, D, &sched, B, bc.seed, bc.learned_var, ddpm_unet_eps, &ctx, on_progress,
+        rc = ddpm_eval_l_simple(&ls, x0, n, D, sched, B, bc.seed, bc.learned_var, ddpm_model_eps, &m, on_progress,
                                 &pc);
     }
     double seconds = ddpm_now_seconds() - pc.t_start;
@@ -255,13 +220,13 @@ int cmd_eval(int argc, char **argv)
         cli_error("%s", ddpm_last_error());
     else if (json) {
         cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "checkpoint", ckpt_path);
-        cJSON_AddNumberToObject(o, "step", (double)ck_step);
-        cJSON_AddBoolToObject(o, "ema", used_ema);
+        cJSON_AddStringToObject(o, "checkpoint", m.path);
+        cJSON_AddNumberToObject(o, "step", (double)m.step);
+        cJSON_AddBoolToObject(o, "ema", m.ema);
         cJSON_AddStringToObject(o, "data_dir", data_dir);
         cJSON_AddNumberToObject(o, "images_in_folder", count);
         cJSON_AddNumberToObject(o, "n_images", n);
-        cJSON_AddNumberToObject(o, "timesteps", sched.T);
+        cJSON_AddNumberToObject(o, "timesteps", sched->T);
         cJSON_AddStringToObject(o, "method", bc.mc > 0 ? "mc" : "exact");
         cJSON_AddNumberToObject(o, "mc", bc.mc);
         cJSON_AddStringToObject(o, "var", var_name);
@@ -288,13 +253,13 @@ int cmd_eval(int argc, char **argv)
         free(text);
         cJSON_Delete(o);
     } else {
-        printf("checkpoint %s (step %ld, %s weights), %d of %d images of %s\n", ckpt_path, ck_step,
-               used_ema ? "EMA" : "raw", n, count, data_dir);
+        printf("checkpoint %s (step %ld, %s weights), %d of %d images of %s\n", m.path, m.step,
+               m.ema ? "EMA" : "raw", n, count, data_dir);
         if (bc.mc > 0)
-            printf("Monte Carlo estimate: %d of %d steps per image, seed %llu\n", bc.mc, sched.T - 1,
+            printf("Monte Carlo estimate: %d of %d steps per image, seed %llu\n", bc.mc, sched->T - 1,
                    (unsigned long long)bc.seed);
         else
-            printf("exact bound: all %d terms per image, seed %llu\n", sched.T, (unsigned long long)bc.seed);
+            printf("exact bound: all %d terms per image, seed %llu\n", sched->T, (unsigned long long)bc.seed);
         printf("sigma_t^2 = %s, model mean from the %s\n", var_name,
                bc.clip_x0 ? "clipped predicted x0" : "eps form (no clipping)");
         printf("%-28s %10s %10s\n", "bits/dim", "mean", "stderr");
@@ -307,10 +272,7 @@ int cmd_eval(int argc, char **argv)
                (br.n_evals + n) / seconds);
     }
     ddpm_bound_result_free(&br);
-    ddpm_unet_workspace_free(ws);
     free(x0);
-    ddpm_schedule_free(&sched);
-    free(params);
-    ddpm_unet_free(net);
+    ddpm_model_close(&m);
     return rc ? DDPM_EXIT_ERROR : DDPM_EXIT_OK;
 }

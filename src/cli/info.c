@@ -56,7 +56,7 @@ static int info_png(const char *path, int json)
                   path);
         return DDPM_EXIT_ERROR;
     }
-    const char *sampler = r.sampler.kind == DDPM_SAMPLER_DDIM ? "ddim" : "ddpm";
+    const char *sampler = ddpm_sampler_name(r.sampler.kind);
     const char *var = ddpm_var_name(r.sampler.var);
     int strip = ddpm_recipe_is_strip(r.kind);
     const char *recreate = strip ? "interpolate" : "sample";
@@ -117,11 +117,16 @@ static int info_png(const char *path, int json)
     printf("image: %s\nmade by: ddpm %s\ncheckpoint: %s\ncheckpoint sha256: %s\nstep: %ld\nweights: %s\n", path,
            r.version, r.checkpoint, r.checkpoint_sha256[0] ? r.checkpoint_sha256 : "(none: weights between checkpoints)",
            r.step, r.ema ? "EMA" : "raw");
-    if (r.sampler.kind == DDPM_SAMPLER_DDIM)
-        printf("sampler: ddim, %d steps, eta %g, clip %s\n", r.sampler.steps, r.sampler.eta,
-               r.sampler.clip_x0 ? "on" : "off");
+    printf("sampler: %s", sampler); /* the options the sampler's row takes */
+    if (ddpm_sampler_has(r.sampler.kind, DDPM_SAMPLER_TAKES_STEPS))
+        printf(", %d steps", r.sampler.steps);
     else
-        printf("sampler: ddpm, all steps, var %s, clip %s\n", var, r.sampler.clip_x0 ? "on" : "off");
+        printf(", all steps");
+    if (ddpm_sampler_has(r.sampler.kind, DDPM_SAMPLER_TAKES_ETA))
+        printf(", eta %g", r.sampler.eta);
+    if (ddpm_sampler_has(r.sampler.kind, DDPM_SAMPLER_TAKES_VAR))
+        printf(", var %s", var);
+    printf(", clip %s\n", r.sampler.clip_x0 ? "on" : "off");
     if (r.kind == DDPM_RECIPE_INTERP_SEEDS) {
         printf("seeds: %s, %s\n", seed, seed_b);
         printf("contents: interpolation strip of %d images between the samples of seeds %s and %s "

@@ -9,7 +9,7 @@
 
 #include "args.h"
 #include "cli.h"
-#include "ddpm/checkpoint.h"
+#include "ddpm/model.h"
 #include "ddpm/error.h"
 #include "ddpm/imageio.h"
 #include "ddpm/interpolate.h"
@@ -143,12 +143,15 @@ static int read_strip_recipe(ddpm_recipe *r, const char *from)
 }
 
 /* The file at path has the SHA-256 `want` (what the recipe of `from` says of
- * `what`); else one line and the exit code. */
-static int check_sha256(const char *path, const char *want, const char *from, const char *what,
+ * `what`; known: its SHA-256 when already computed, else NULL); else one
+ * line and the exit code. */
+static int check_sha256(const char *path, const char *known, const char *want, const char *from, const char *what,
                         const char *named, const char *hint)
 {
     char have[65];
-    if (ddpm_sha256_file(path, have)) {
+    if (known)
+        snprintf(have, sizeof have, "%s", known);
+    else if (ddpm_sha256_file(path, have)) {
         cli_error("%s", ddpm_last_error());
         return DDPM_EXIT_ERROR;
     }
@@ -160,7 +163,17 @@ static int check_sha256(const char *path, const char *want, const char *from, co
     return 0;
 }
 
-int cmd_interpolate(int argc, char **argv)
+/* Everything the command line says. */
+typedef struct {
+    ddpm_interpolate_png_config pc;
+    const char *images, *from, *checkpoint_flag, *recipe_flag, *ckpt_arg;
+    int have_seeds, have_images, steps_given, out_given, threads, no_ema, quiet;
+    char path_a[4096], path_b[4096];
+    ddpm_recipe from_recipe;
+} interp_args;
+
+/* The flags into a; -1 to go on, else the exit code. */
+static int parse_flags(interp_args *a, int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"seeds", required_argument, 0, O_SEEDS}, {"at", required_argument, 0, O_AT},
@@ -174,38 +187,35 @@ int cmd_interpolate(int argc, char **argv)
         {"from", required_argument, 0, O_FROM}, {"checkpoint", required_argument, 0, O_CHECKPOINT},
         {0, 0, 0, 0},
     };
-    ddpm_interpolate_png_config pc;
-    ddpm_interpolate_png_config_default(&pc);
-    ddpm_interpolate_config *ic = &pc.interp;
-    const char *images = NULL, *from = NULL, *checkpoint_flag = NULL, *recipe_flag = NULL;
-    int have_seeds = 0, steps_given = 0, out_given = 0, threads = 0, no_ema = 0, quiet = 0;
+    ddpm_interpolate_png_config *pc = &a->pc;
+    ddpm_interpolate_config *ic = &pc->interp;
     int opt, bad = 0, longindex = -1;
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "h", longopts, &longindex)) != -1) {
-        if (recipe_sets(opt) && !recipe_flag && longindex >= 0)
-            recipe_flag = longopts[longindex].name;
+        if (recipe_sets(opt) && !a->recipe_flag && longindex >= 0)
+            a->recipe_flag = longopts[longindex].name;
         longindex = -1;
         switch (opt) {
         case 'h':
         case O_HELP: usage(stdout); return DDPM_EXIT_OK;
-        case O_SEEDS: bad |= parse_seeds(optarg, &pc.seed_a, &pc.seed_b); have_seeds = 1; break;
-        case O_AT: bad |= arg_int("at", optarg, 1, 1000000, &pc.t); break;
-        case O_IMAGES: images = optarg; break;
-        case O_SEED: bad |= arg_u64("seed", optarg, &pc.seed); break;
+        case O_SEEDS: bad |= parse_seeds(optarg, &pc->seed_a, &pc->seed_b); a->have_seeds = 1; break;
+        case O_AT: bad |= arg_int("at", optarg, 1, 1000000, &pc->t); break;
+        case O_IMAGES: a->images = optarg; break;
+        case O_SEED: bad |= arg_u64("seed", optarg, &pc->seed); break;
         case O_N: bad |= arg_int("n", optarg, 2, 100000, &ic->n); break;
-        case O_STEPS: bad |= arg_int("steps", optarg, 1, 100000, &ic->steps); steps_given = 1; break;
+        case O_STEPS: bad |= arg_int("steps", optarg, 1, 100000, &ic->steps); a->steps_given = 1; break;
         case O_NO_CLIP: ic->clip_x0 = 0; break;
-        case O_OUT: pc.out = optarg; out_given = 1; break;
-        case O_PAD: bad |= arg_int("pad", optarg, 0, 1000, &pc.pad); break;
-        case O_PAD_VALUE: bad |= arg_int("pad-value", optarg, 0, 255, &pc.pad_value); break;
+        case O_OUT: pc->out = optarg; a->out_given = 1; break;
+        case O_PAD: bad |= arg_int("pad", optarg, 0, 1000, &pc->pad); break;
+        case O_PAD_VALUE: bad |= arg_int("pad-value", optarg, 0, 255, &pc->pad_value); break;
         case O_BATCH: bad |= arg_int("batch", optarg, 1, 65536, &ic->batch); break;
-        case O_THREADS: bad |= arg_int("threads", optarg, 1, 1024, &threads); break;
-        case O_NO_EMA: no_ema = 1; break;
-        case O_QUIET: quiet = 1; break;
-        case O_SOURCES: pc.sources = 1; break;
-        case O_FROM: from = optarg; break;
-        case O_CHECKPOINT: checkpoint_flag = optarg; break;
+        case O_THREADS: bad |= arg_int("threads", optarg, 1, 1024, &a->threads); break;
+        case O_NO_EMA: a->no_ema = 1; break;
+        case O_QUIET: a->quiet = 1; break;
+        case O_SOURCES: pc->sources = 1; break;
+        case O_FROM: a->from = optarg; break;
+        case O_CHECKPOINT: a->checkpoint_flag = optarg; break;
         default:
             cli_error("interpolate: unknown or incomplete option '%s'", argv[optind - 1]);
             return cli_usage_error("interpolate");
@@ -213,168 +223,170 @@ int cmd_interpolate(int argc, char **argv)
         if (bad)
             return DDPM_EXIT_USAGE;
     }
-    const char *ckpt_arg = optind < argc ? argv[optind] : NULL;
-    if (optind < argc - 1 || (!from && optind != argc - 1)) {
+    a->ckpt_arg = optind < argc ? argv[optind] : NULL;
+    if (optind < argc - 1 || (!a->from && optind != argc - 1)) {
         cli_error(optind >= argc ? "interpolate: missing RUN_DIR or CHECKPOINT"
                                  : "interpolate: expected one checkpoint");
         return cli_usage_error("interpolate");
     }
-    if (checkpoint_flag && !from) {
+    if (a->checkpoint_flag && !a->from) {
         cli_error("interpolate: --checkpoint goes with --from (else name the checkpoint as the argument)");
         return DDPM_EXIT_USAGE;
     }
-    char path_a[4096], path_b[4096];
-    if (images && parse_images(images, path_a, path_b, sizeof path_a))
+    if (a->images && parse_images(a->images, a->path_a, a->path_b, sizeof a->path_a))
         return DDPM_EXIT_USAGE;
-    int have_images = images != NULL;
-    ddpm_recipe from_recipe;
-    if (from) {
-        if (recipe_flag) {
-            cli_error("interpolate: --%s cannot be given with --from (the recipe in %s sets it)", recipe_flag,
-                      from);
-            return DDPM_EXIT_USAGE;
-        }
-        if (!out_given) {
-            cli_error("interpolate: --from needs --out FILE.png for the re-created strip");
-            return DDPM_EXIT_USAGE;
-        }
-        int rc = read_strip_recipe(&from_recipe, from);
-        if (rc)
-            return rc;
-        if (images && from_recipe.kind != DDPM_RECIPE_INTERP_IMAGES) {
-            cli_error("interpolate: %s is a strip between seeds; --images goes with a strip between images",
-                      from);
-            return DDPM_EXIT_USAGE;
-        }
-        ckpt_arg = checkpoint_flag ? checkpoint_flag : ckpt_arg ? ckpt_arg : from_recipe.checkpoint;
-        ic->n = from_recipe.count;
-        ic->steps = from_recipe.sampler.steps;
-        ic->clip_x0 = from_recipe.sampler.clip_x0;
-        pc.pad = from_recipe.pad;
-        pc.pad_value = from_recipe.pad_value;
-        no_ema = !from_recipe.ema;
-        steps_given = 1;
-        if (from_recipe.kind == DDPM_RECIPE_INTERP_SEEDS) {
-            have_seeds = 1;
-            pc.seed_a = from_recipe.seed;
-            pc.seed_b = from_recipe.seed_b;
-        } else {
-            pc.t = from_recipe.at;
-            pc.seed = from_recipe.seed;
-            pc.sources = from_recipe.sources;
-            if (!have_images) {
-                snprintf(path_a, sizeof path_a, "%s", from_recipe.images[0]);
-                snprintf(path_b, sizeof path_b, "%s", from_recipe.images[1]);
-                have_images = 1;
-            }
-        }
-    } else {
-        if (have_seeds == (pc.t || images)) {
-            cli_error("interpolate: give either --seeds A,B or --at T --images P1,P2");
-            return cli_usage_error("interpolate");
-        }
-        if (pc.sources && !images) {
-            cli_error("interpolate: --sources goes with --at and --images");
-            return DDPM_EXIT_USAGE;
-        }
-        if (!have_seeds && (!pc.t || !images)) {
-            cli_error("interpolate: --at and --images go together");
-            return DDPM_EXIT_USAGE;
-        }
-    }
-    if (have_images) {
-        pc.image_a = path_a;
-        pc.image_b = path_b;
-    }
-    int out_rc = cli_check_writable_parent(pc.out);
-    if (out_rc)
-        return out_rc;
-    char ckpt_path[4096];
-    cli_checkpoint_path(ckpt_path, sizeof ckpt_path, ckpt_arg);
-    cli_set_threads(threads);
+    a->have_images = a->images != NULL;
+    return -1;
+}
 
+/* --from: the strip's recipe sets the config; -1 to go on, else the exit code. */
+static int apply_recipe(interp_args *a)
+{
+    ddpm_interpolate_png_config *pc = &a->pc;
+    ddpm_interpolate_config *ic = &pc->interp;
+    ddpm_recipe *r = &a->from_recipe;
+    if (a->recipe_flag) {
+        cli_error("interpolate: --%s cannot be given with --from (the recipe in %s sets it)", a->recipe_flag,
+                  a->from);
+        return DDPM_EXIT_USAGE;
+    }
+    if (!a->out_given) {
+        cli_error("interpolate: --from needs --out FILE.png for the re-created strip");
+        return DDPM_EXIT_USAGE;
+    }
+    int rc = read_strip_recipe(r, a->from);
+    if (rc)
+        return rc;
+    if (a->images && r->kind != DDPM_RECIPE_INTERP_IMAGES) {
+        cli_error("interpolate: %s is a strip between seeds; --images goes with a strip between images", a->from);
+        return DDPM_EXIT_USAGE;
+    }
+    a->ckpt_arg = a->checkpoint_flag ? a->checkpoint_flag : a->ckpt_arg ? a->ckpt_arg : r->checkpoint;
+    ic->n = r->count;
+    ic->steps = r->sampler.steps;
+    ic->clip_x0 = r->sampler.clip_x0;
+    pc->pad = r->pad;
+    pc->pad_value = r->pad_value;
+    a->no_ema = !r->ema;
+    a->steps_given = 1;
+    if (r->kind == DDPM_RECIPE_INTERP_SEEDS) {
+        a->have_seeds = 1;
+        pc->seed_a = r->seed;
+        pc->seed_b = r->seed_b;
+        return -1;
+    }
+    pc->t = r->at;
+    pc->seed = r->seed;
+    pc->sources = r->sources;
+    if (!a->have_images) {
+        snprintf(a->path_a, sizeof a->path_a, "%s", r->images[0]);
+        snprintf(a->path_b, sizeof a->path_b, "%s", r->images[1]);
+        a->have_images = 1;
+    }
+    return -1;
+}
+
+/* Seeds or images, not both: -1 to go on, else the exit code. */
+static int check_modes(const interp_args *a)
+{
+    const ddpm_interpolate_png_config *pc = &a->pc;
+    if (a->have_seeds == (pc->t || a->images)) {
+        cli_error("interpolate: give either --seeds A,B or --at T --images P1,P2");
+        return cli_usage_error("interpolate");
+    }
+    if (pc->sources && !a->images) {
+        cli_error("interpolate: --sources goes with --at and --images");
+        return DDPM_EXIT_USAGE;
+    }
+    if (!a->have_seeds && (!pc->t || !a->images)) {
+        cli_error("interpolate: --at and --images go together");
+        return DDPM_EXIT_USAGE;
+    }
+    return -1;
+}
+
+/* The files against the recipe (--from) and the steps against the model: 0 or
+ * the exit code. Fills the recipe the strip carries. */
+static int check_model(interp_args *a, const ddpm_model *m, ddpm_recipe *recipe)
+{
+    ddpm_interpolate_png_config *pc = &a->pc;
+    ddpm_interpolate_config *ic = &pc->interp;
+    const ddpm_recipe *r = &a->from_recipe;
+    const char *from = a->from;
+    int rc = 0;
     /* the recipe: the checkpoint by its hash; --from checks the files against it
        before any work, and writes the names the strip was made with */
-    ddpm_recipe recipe;
-    ddpm_recipe_init(&recipe);
-    if (ddpm_sha256_file(ckpt_path, recipe.checkpoint_sha256)) {
-        cli_error("%s", ddpm_last_error());
-        return DDPM_EXIT_ERROR;
-    }
+    ddpm_model_recipe(m, recipe);
     if (from) {
         char named[1200];
-        snprintf(named, sizeof named, "%.1023s at step %ld", from_recipe.checkpoint, from_recipe.step);
-        if ((out_rc = check_sha256(ckpt_path, from_recipe.checkpoint_sha256, from, "checkpoint", named,
-                                   "pass that one with --checkpoint")))
-            return out_rc;
-        for (int k = 0; pc.image_a && k < 2; k++)
-            if ((out_rc = check_sha256(k ? pc.image_b : pc.image_a, from_recipe.image_sha256[k], from,
-                                       k ? "second source image" : "first source image",
-                                       from_recipe.images[k], "pass the source images with --images P1,P2")))
-                return out_rc;
-        memcpy(recipe.images, from_recipe.images, sizeof recipe.images);
+        snprintf(named, sizeof named, "%.1023s at step %ld", r->checkpoint, r->step);
+        rc = check_sha256(m->path, m->sha256, r->checkpoint_sha256, from, "checkpoint", named,
+                          "pass that one with --checkpoint");
+        for (int k = 0; !rc && pc->image_a && k < 2; k++)
+            rc = check_sha256(k ? pc->image_b : pc->image_a, NULL, r->image_sha256[k], from,
+                              k ? "second source image" : "first source image", r->images[k],
+                              "pass the source images with --images P1,P2");
+        memcpy(recipe->images, r->images, sizeof recipe->images);
+        snprintf(recipe->checkpoint, sizeof recipe->checkpoint, "%.1023s", r->checkpoint);
     }
-
-    ddpm_checkpoint *ck = NULL;
-    if (ddpm_checkpoint_open(&ck, ckpt_path)) {
-        cli_error("%s", ddpm_last_error());
-        return DDPM_EXIT_ERROR;
-    }
-    const ddpm_run_config cfg = *ddpm_checkpoint_config(ck);
-    int T = cfg.timesteps;
-    long ck_step = ddpm_checkpoint_state(ck)->step;
-    if (pc.t > T) {
-        cli_error("%s: %d is more than the model's %d timesteps", from ? "the recipe's step t" : "--at", pc.t,
-                  T);
-        ddpm_checkpoint_close(ck);
+    int T = m->sched.T, max_steps = pc->t ? pc->t : T;
+    if (!rc && pc->t > T) {
+        cli_error("%s: %d is more than the model's %d timesteps", from ? "the recipe's step t" : "--at", pc->t, T);
         return DDPM_EXIT_USAGE;
     }
-    int max_steps = pc.t ? pc.t : T;
-    if (ic->steps > max_steps) {
-        if (steps_given) {
-            cli_error("%s: %d is more than %s %d", from ? "the recipe's steps" : "--steps", ic->steps,
-                      pc.t ? "the step t" : "the model's timesteps", max_steps);
-            ddpm_checkpoint_close(ck);
-            return DDPM_EXIT_USAGE;
-        }
-        ic->steps = max_steps;
+    if (!rc && ic->steps > max_steps && a->steps_given) {
+        cli_error("%s: %d is more than %s %d", from ? "the recipe's steps" : "--steps", ic->steps,
+                  pc->t ? "the step t" : "the model's timesteps", max_steps);
+        return DDPM_EXIT_USAGE;
     }
-    ddpm_unet *net = NULL;
-    float *params = NULL;
-    int used_ema = 0;
-    int rc = ddpm_checkpoint_load_model(ck, !no_ema, &net, &params, &used_ema);
-    ddpm_checkpoint_close(ck);
-    ddpm_schedule sched;
-    memset(&sched, 0, sizeof sched);
-    if (!rc)
-        rc = ddpm_schedule_init(&sched, cfg.schedule, T, cfg.beta_start, cfg.beta_end);
-    if (!rc && !used_ema && !no_ema && !quiet)
-        fprintf(stderr, "ddpm: %s has no EMA weights; using the raw weights\n", ckpt_path);
-    snprintf(recipe.version, sizeof recipe.version, "%s", DDPM_VERSION);
-    snprintf(recipe.checkpoint, sizeof recipe.checkpoint, "%.1023s",
-             from ? from_recipe.checkpoint : ckpt_path);
-    recipe.step = ck_step;
-    recipe.ema = used_ema;
-    pc.recipe = &recipe;
-    if (!rc)
-        rc = ddpm_interpolate_png(net, params, &sched, &pc);
-    if (rc)
+    if (ic->steps > max_steps)
+        ic->steps = max_steps;
+    return rc;
+}
+
+int cmd_interpolate(int argc, char **argv)
+{
+    interp_args a;
+    memset(&a, 0, sizeof a);
+    ddpm_interpolate_png_config_default(&a.pc);
+    ddpm_interpolate_png_config *pc = &a.pc;
+    int rc = parse_flags(&a, argc, argv);
+    if (rc < 0)
+        rc = a.from ? apply_recipe(&a) : check_modes(&a);
+    if (rc >= 0)
+        return rc;
+    if (a.have_images) {
+        pc->image_a = a.path_a;
+        pc->image_b = a.path_b;
+    }
+    if ((rc = cli_check_writable_parent(pc->out)))
+        return rc;
+    cli_set_threads(a.threads);
+    ddpm_model m;
+    if ((rc = cli_open_model(&m, a.ckpt_arg, a.no_ema, a.quiet, "using")))
+        return rc;
+    ddpm_recipe recipe;
+    if ((rc = check_model(&a, &m, &recipe))) {
+        ddpm_model_close(&m);
+        return rc;
+    }
+    pc->recipe = &recipe;
+    const ddpm_interpolate_config *ic = &pc->interp;
+    if ((rc = ddpm_interpolate_png(&m, pc)))
         cli_error("%s", ddpm_last_error());
-    else if (!quiet) {
-        if (pc.image_a)
+    else if (!a.quiet) {
+        if (pc->image_a)
             fprintf(stderr,
                     "ddpm: %d images between %s and %s noised to t = %d, DDIM %d steps (eta 0), "
                     "%s weights of step %ld\n",
-                    ic->n, pc.image_a, pc.image_b, pc.t, ic->steps, used_ema ? "EMA" : "raw", ck_step);
+                    ic->n, pc->image_a, pc->image_b, pc->t, ic->steps, m.ema ? "EMA" : "raw", m.step);
         else
             fprintf(stderr,
                     "ddpm: %d images between seeds %" PRIu64 " and %" PRIu64
                     ", DDIM %d steps (eta 0), %s weights of step %ld\n",
-                    ic->n, pc.seed_a, pc.seed_b, ic->steps, used_ema ? "EMA" : "raw", ck_step);
-        printf("%s\n", pc.out);
+                    ic->n, pc->seed_a, pc->seed_b, ic->steps, m.ema ? "EMA" : "raw", m.step);
+        printf("%s\n", pc->out);
     }
-    ddpm_schedule_free(&sched);
-    free(params);
-    ddpm_unet_free(net);
+    ddpm_model_close(&m);
     return rc ? DDPM_EXIT_ERROR : DDPM_EXIT_OK;
 }

@@ -1,5 +1,6 @@
 /* sample.c: `ddpm sample RUN_DIR|CKPT`: DDPM or DDIM sampling into PNG grids. */
 #include <cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
@@ -12,15 +13,16 @@
 
 #include "args.h"
 #include "cli.h"
-#include "ddpm/checkpoint.h"
+#include "ddpm/model.h"
 #include "ddpm/error.h"
 #include "ddpm/fsutil.h"
 #include "ddpm/recipe.h"
 #include "ddpm/sample.h"
-#include "ddpm/sha256.h"
 
 static void usage(FILE *f)
 {
+    ddpm_sample_files_config defaults;
+    ddpm_sample_files_config_default(&defaults);
     fprintf(f,
 "usage: ddpm sample RUN_DIR|CHECKPOINT [options]\n"
 "       ddpm sample --from IMAGE.png --out FILE.png [--checkpoint PATH] [RUN_DIR|CHECKPOINT]\n"
@@ -47,18 +49,29 @@ static void usage(FILE *f)
 "                       re-created by `ddpm interpolate --from`, not here.\n"
 "  --checkpoint PATH    the checkpoint for --from (a file or a RUN_DIR)\n"
 "\n"
-"samplers (each network evaluation costs one forward pass per image):\n");
-    fprintf(f, /* two strings: C99 compilers need only take 4095 characters in one */
 "samplers (each network evaluation costs one forward pass per image):\n"
-"  --sampler ddim       DDIM (Song et al. 2021) on S evenly spaced steps (default;\n"
-"                       S network evaluations). The predicted x0 is clipped to\n"
-"                       [-1, 1] and eps recomputed from it.\n"
-"  --sampler ddpm       ancestral sampling, Algorithm 2 of the DDPM paper: all T\n"
-"                       steps (T evaluations: 10x the default DDIM's cost). With\n"
-"                       clipping (default) the mean is the posterior mean of the\n"
-"                       clipped predicted x0; with --no-clip it is Algorithm 2's\n"
-"                       eps form exactly.\n"
-"  --steps S            DDIM steps, 1..T (default 100)\n"
+"  --sampler NAME       one of (default %s):\n", ddpm_sampler_name(defaults.sampler.kind));
+    for (int k = 0; k < DDPM_N_SAMPLERS; k++) { /* the table of sampler.h */
+        const ddpm_sampler_info *r = ddpm_sampler_get((ddpm_sampler_kind)k);
+        char evals[64] = "T";
+        if (r->flags & DDPM_SAMPLER_TAKES_STEPS && r->evals_per_step == 1)
+            snprintf(evals, sizeof evals, "S");
+        else if (r->flags & DDPM_SAMPLER_TAKES_STEPS)
+            snprintf(evals, sizeof evals, "%d S", r->evals_per_step);
+        if (r->flags & DDPM_SAMPLER_TAKES_STEPS && r->evals_extra)
+            snprintf(evals + strlen(evals), sizeof evals - strlen(evals), " %c %d", r->evals_extra < 0 ? '-' : '+',
+                     abs(r->evals_extra));
+        fprintf(f, "      %-17s%s\n%23s(%s evaluations%s%s%s)\n", r->name, r->help, "", evals,
+                r->flags & DDPM_SAMPLER_TAKES_STEPS ? "; --steps" : "", r->flags & DDPM_SAMPLER_TAKES_ETA ? ", --eta" : "",
+                r->flags & DDPM_SAMPLER_TAKES_VAR ? "; --var" : "");
+    }
+    fprintf(f,
+"                       The predicted x0 is clipped to [-1, 1] (default): DDIM\n"
+"                       recomputes eps from it, DDPM's mean is the posterior\n"
+"                       mean of the clipped x0; with --no-clip DDPM is\n"
+"                       Algorithm 2's eps form exactly. DDPM costs T\n"
+"                       evaluations: 10x the default DDIM's.\n"
+"  --steps S            steps of a sampler that takes them, 1..T (default 100)\n"
 "  --eta E              DDIM noise, 0 deterministic .. 1 ancestral (default 1:\n"
 "                       on briefly trained models eta 0 leaves many cells as\n"
 "                       textured blobs, eta 1 almost none; see README)\n"
@@ -144,29 +157,6 @@ static void config_from_recipe(ddpm_sample_files_config *fc, const ddpm_recipe *
     }
 }
 
-/* A copy of the checkpoint's class names (NULL for an unconditional model), for
- * the recipes written after the checkpoint is closed; free with free(). */
-static char **copy_class_names(const ddpm_checkpoint *ck, int n_classes)
-{
-    const char *const *names = ddpm_checkpoint_class_names(ck);
-    if (!names || n_classes <= 0)
-        return NULL;
-    size_t bytes = (size_t)n_classes * sizeof(char *);
-    for (int k = 0; k < n_classes; k++)
-        bytes += strlen(names[k]) + 1;
-    char **copy = ddpm_malloc(bytes, 1);
-    if (!copy)
-        return NULL;
-    char *at = (char *)(copy + n_classes);
-    for (int k = 0; k < n_classes; k++) {
-        size_t len = strlen(names[k]) + 1;
-        memcpy(at, names[k], len);
-        copy[k] = at;
-        at += len;
-    }
-    return copy;
-}
-
 typedef struct {
     int tty;
     double t_start;
@@ -188,7 +178,28 @@ static void on_progress(void *opaque, const ddpm_sample_progress *p)
     fflush(stderr);
 }
 
-int cmd_sample(int argc, char **argv)
+/* Everything the command line says. */
+typedef struct {
+    ddpm_sample_files_config fc;
+    const char *out, *from, *checkpoint_flag, *recipe_flag, *class_arg, *ckpt_arg;
+    int threads, no_ema, quiet, json, no_grid, steps_given, out_given, n_given, var_given;
+    ddpm_recipe from_recipe;
+} sample_args;
+
+static int parse_sampler(const char *name, ddpm_sampler_kind *kind)
+{
+    if (ddpm_sampler_parse(name, kind) == 0)
+        return 0;
+    char list[256] = "";
+    for (int k = 0; k < DDPM_N_SAMPLERS; k++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? ", " : "",
+                 ddpm_sampler_name((ddpm_sampler_kind)k));
+    cli_error("--sampler: '%s' is not one of %s", name, list);
+    return 1;
+}
+
+/* The flags into a; -1 to go on, else the exit code. */
+static int parse_flags(sample_args *a, int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"out", required_argument, 0, O_OUT}, {"out-dir", required_argument, 0, O_OUT_DIR},
@@ -205,58 +216,43 @@ int cmd_sample(int argc, char **argv)
         {"class", required_argument, 0, O_CLASS}, {"guidance", required_argument, 0, O_GUIDANCE},
         {"grid-by-class", no_argument, 0, O_GRID_BY_CLASS}, {0, 0, 0, 0},
     };
-    ddpm_sample_files_config fc;
-    ddpm_sample_files_config_default(&fc);
-    const char *out = fc.grid_path;
-    int threads = 0, no_ema = 0, quiet = 0, json = 0, no_grid = 0, steps_given = 0, out_given = 0, n_given = 0;
-    int var_given = 0;
-    const char *from = NULL, *checkpoint_flag = NULL, *recipe_flag = NULL;
-    const char *class_arg = NULL;
-    ddpm_sampler_config *sc = &fc.sampler;
+    ddpm_sample_files_config *fc = &a->fc;
+    ddpm_sampler_config *sc = &fc->sampler;
     int opt, bad = 0, longindex = -1;
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "h", longopts, &longindex)) != -1) {
-        if (recipe_sets(opt) && !recipe_flag && longindex >= 0)
-            recipe_flag = longopts[longindex].name;
+        if (recipe_sets(opt) && !a->recipe_flag && longindex >= 0)
+            a->recipe_flag = longopts[longindex].name;
         longindex = -1;
         switch (opt) {
-        case O_FROM: from = optarg; break;
-        case O_CHECKPOINT: checkpoint_flag = optarg; break;
+        case O_FROM: a->from = optarg; break;
+        case O_CHECKPOINT: a->checkpoint_flag = optarg; break;
         case 'h':
         case O_HELP: usage(stdout); return DDPM_EXIT_OK;
-        case O_OUT: out = optarg; out_given = 1; break;
-        case O_OUT_DIR: fc.each_dir = optarg; break;
-        case O_NO_GRID: no_grid = 1; break;
-        case O_N: bad |= arg_int("n", optarg, 1, 1000000, &fc.n); n_given = 1; break;
-        case O_CLASS: class_arg = optarg; break;
-        case O_GUIDANCE: bad |= arg_float("guidance", optarg, 0, 1000, &fc.guidance); break;
-        case O_GRID_BY_CLASS: fc.grid_by_class = 1; break;
-        case O_NROW: bad |= arg_int("nrow", optarg, 1, 100000, &fc.nrow); break;
-        case O_PAD: bad |= arg_int("pad", optarg, 0, 1000, &fc.pad); break;
-        case O_PAD_VALUE: bad |= arg_int("pad-value", optarg, 0, 255, &fc.pad_value); break;
-        case O_SAMPLER:
-            if (!strcmp(optarg, "ddpm"))
-                sc->kind = DDPM_SAMPLER_DDPM;
-            else if (!strcmp(optarg, "ddim"))
-                sc->kind = DDPM_SAMPLER_DDIM;
-            else {
-                cli_error("--sampler: '%s' is not ddpm or ddim", optarg);
-                bad = 1;
-            }
-            break;
-        case O_STEPS: bad |= arg_int("steps", optarg, 1, 100000, &sc->steps); steps_given = 1; break;
+        case O_OUT: a->out = optarg; a->out_given = 1; break;
+        case O_OUT_DIR: fc->each_dir = optarg; break;
+        case O_NO_GRID: a->no_grid = 1; break;
+        case O_N: bad |= arg_int("n", optarg, 1, 1000000, &fc->n); a->n_given = 1; break;
+        case O_CLASS: a->class_arg = optarg; break;
+        case O_GUIDANCE: bad |= arg_float("guidance", optarg, 0, 1000, &fc->guidance); break;
+        case O_GRID_BY_CLASS: fc->grid_by_class = 1; break;
+        case O_NROW: bad |= arg_int("nrow", optarg, 1, 100000, &fc->nrow); break;
+        case O_PAD: bad |= arg_int("pad", optarg, 0, 1000, &fc->pad); break;
+        case O_PAD_VALUE: bad |= arg_int("pad-value", optarg, 0, 255, &fc->pad_value); break;
+        case O_SAMPLER: bad |= parse_sampler(optarg, &sc->kind); break;
+        case O_STEPS: bad |= arg_int("steps", optarg, 1, 100000, &sc->steps); a->steps_given = 1; break;
         case O_ETA: bad |= arg_float("eta", optarg, 0, 1, &sc->eta); break;
-        case O_VAR: bad |= arg_var(optarg, &sc->var), var_given = 1; break;
+        case O_VAR: bad |= arg_var(optarg, &sc->var), a->var_given = 1; break;
         case O_NO_CLIP: sc->clip_x0 = 0; break;
-        case O_TRAJ: fc.trajectory_path = optarg; break;
-        case O_TRAJ_K: bad |= arg_int("trajectory-k", optarg, 1, 1000, &fc.trajectory_k); break;
-        case O_SEED: bad |= arg_u64("seed", optarg, &fc.seed); break;
-        case O_BATCH: bad |= arg_int("batch", optarg, 1, 65536, &fc.batch); break;
-        case O_THREADS: bad |= arg_int("threads", optarg, 1, 1024, &threads); break;
-        case O_NO_EMA: no_ema = 1; break;
-        case O_QUIET: quiet = 1; break;
-        case O_JSON: json = 1; break;
+        case O_TRAJ: fc->trajectory_path = optarg; break;
+        case O_TRAJ_K: bad |= arg_int("trajectory-k", optarg, 1, 1000, &fc->trajectory_k); break;
+        case O_SEED: bad |= arg_u64("seed", optarg, &fc->seed); break;
+        case O_BATCH: bad |= arg_int("batch", optarg, 1, 65536, &fc->batch); break;
+        case O_THREADS: bad |= arg_int("threads", optarg, 1, 1024, &a->threads); break;
+        case O_NO_EMA: a->no_ema = 1; break;
+        case O_QUIET: a->quiet = 1; break;
+        case O_JSON: a->json = 1; break;
         default:
             cli_error("sample: unknown or incomplete option '%s'", argv[optind - 1]);
             return cli_usage_error("sample");
@@ -264,216 +260,212 @@ int cmd_sample(int argc, char **argv)
         if (bad)
             return DDPM_EXIT_USAGE;
     }
-    ddpm_recipe from_recipe;
-    const char *ckpt_arg = optind < argc ? argv[optind] : NULL;
-    if (optind < argc - 1 || (!from && optind != argc - 1)) {
+    a->ckpt_arg = optind < argc ? argv[optind] : NULL;
+    if (optind < argc - 1 || (!a->from && optind != argc - 1)) {
         cli_error(optind >= argc ? "sample: missing RUN_DIR or CHECKPOINT" : "sample: expected one checkpoint");
         return cli_usage_error("sample");
     }
-    if (checkpoint_flag && !from) {
+    if (a->checkpoint_flag && !a->from) {
         cli_error("sample: --checkpoint goes with --from (else name the checkpoint as the argument)");
         return DDPM_EXIT_USAGE;
     }
-    if (from) {
-        if (recipe_flag) {
-            cli_error("sample: --%s cannot be given with --from (the recipe in %s sets it)", recipe_flag, from);
-            return DDPM_EXIT_USAGE;
-        }
-        if (!out_given) {
-            cli_error("sample: --from needs --out FILE.png for the re-created image");
-            return DDPM_EXIT_USAGE;
-        }
-        int rc = ddpm_recipe_read_png(&from_recipe, from);
-        if (rc == 0)
-            cli_error("%s: this PNG carries no ddpm recipe (no ddpm tEXt chunks); it cannot be re-created", from);
-        else if (rc < 0)
-            cli_error("%s", ddpm_last_error());
-        if (rc <= 0)
-            return DDPM_EXIT_ERROR;
-        if (ddpm_recipe_is_strip(from_recipe.kind)) {
-            cli_error("%s: an interpolation strip; re-create it with "
-                      "`ddpm interpolate --from %s --out FILE.png`",
-                      from, from);
-            return DDPM_EXIT_ERROR;
-        }
-        if (!from_recipe.checkpoint_sha256[0]) {
-            cli_error("%s: made from the weights of step %ld, which were never saved as a checkpoint (a training "
-                      "preview between checkpoints); it cannot be re-created",
-                      from, from_recipe.step);
-            return DDPM_EXIT_ERROR;
-        }
-        if (checkpoint_flag)
-            ckpt_arg = checkpoint_flag;
-        else if (!ckpt_arg)
-            ckpt_arg = from_recipe.checkpoint;
-        config_from_recipe(&fc, &from_recipe, out);
-        no_ema = !from_recipe.ema;
-        no_grid = fc.grid_path == NULL;
-        n_given = 1; /* the recipe's n, also with rows by class */
-    }
-    if (no_grid && !fc.each_dir && !from) {
-        cli_error("sample: --no-grid needs --out-dir");
+    return -1;
+}
+
+/* --from: the recipe of the PNG sets the config; -1 to go on, else the exit code. */
+static int apply_recipe(sample_args *a)
+{
+    const char *from = a->from;
+    ddpm_recipe *r = &a->from_recipe;
+    if (a->recipe_flag) {
+        cli_error("sample: --%s cannot be given with --from (the recipe in %s sets it)", a->recipe_flag, from);
         return DDPM_EXIT_USAGE;
     }
-    if (steps_given && sc->kind == DDPM_SAMPLER_DDPM) {
-        cli_error("sample: --steps applies to --sampler ddim (ddpm always runs all T steps)");
+    if (!a->out_given) {
+        cli_error("sample: --from needs --out FILE.png for the re-created image");
         return DDPM_EXIT_USAGE;
     }
-    char ckpt_path[4096];
+    int rc = ddpm_recipe_read_png(r, from);
+    if (rc == 0)
+        cli_error("%s: this PNG carries no ddpm recipe (no ddpm tEXt chunks); it cannot be re-created", from);
+    else if (rc < 0)
+        cli_error("%s", ddpm_last_error());
+    if (rc <= 0)
+        return DDPM_EXIT_ERROR;
+    if (ddpm_recipe_is_strip(r->kind)) {
+        cli_error("%s: an interpolation strip; re-create it with `ddpm interpolate --from %s --out FILE.png`", from,
+                  from);
+        return DDPM_EXIT_ERROR;
+    }
+    if (!r->checkpoint_sha256[0]) {
+        cli_error("%s: made from the weights of step %ld, which were never saved as a checkpoint (a training "
+                  "preview between checkpoints); it cannot be re-created",
+                  from, r->step);
+        return DDPM_EXIT_ERROR;
+    }
+    if (a->checkpoint_flag)
+        a->ckpt_arg = a->checkpoint_flag;
+    else if (!a->ckpt_arg)
+        a->ckpt_arg = r->checkpoint;
+    config_from_recipe(&a->fc, r, a->out);
+    a->no_ema = !r->ema;
+    a->no_grid = a->fc.grid_path == NULL;
+    a->n_given = 1; /* the recipe's n, also with rows by class */
+    return -1;
+}
+
+/* The output files can be written, before minutes of work: 0 or the exit code. */
+static int check_outputs(const sample_args *a)
+{
+    const ddpm_sample_files_config *fc = &a->fc;
     struct stat st;
-    cli_checkpoint_path(ckpt_path, sizeof ckpt_path, ckpt_arg);
-    int out_rc = 0;
-    if ((!no_grid && (out_rc = cli_check_writable_parent(out))) ||
-        (fc.trajectory_path && (out_rc = cli_check_writable_parent(fc.trajectory_path))))
-        return out_rc;
-    if (fc.each_dir && !fc.each_dir[0]) {
+    int rc = 0;
+    if ((!a->no_grid && (rc = cli_check_writable_parent(a->out))) ||
+        (fc->trajectory_path && (rc = cli_check_writable_parent(fc->trajectory_path))))
+        return rc;
+    if (fc->each_dir && !fc->each_dir[0]) {
         cli_error("--out-dir: the folder name is empty");
         return DDPM_EXIT_USAGE;
     }
-    if (fc.each_dir && stat(fc.each_dir, &st) == 0 && !S_ISDIR(st.st_mode)) {
-        cli_error("%s: is a file; --out-dir names a folder", fc.each_dir);
+    if (fc->each_dir && stat(fc->each_dir, &st) == 0 && !S_ISDIR(st.st_mode)) {
+        cli_error("%s: is a file; --out-dir names a folder", fc->each_dir);
         return DDPM_EXIT_ERROR;
     }
-    if (fc.each_dir && stat(fc.each_dir, &st) != 0 && (out_rc = cli_check_writable_parent(fc.each_dir)))
-        return out_rc;
-    if (from && (out_rc = cli_check_writable_parent(out)))
-        return out_rc;
-    cli_set_threads(threads);
+    if (fc->each_dir && stat(fc->each_dir, &st) != 0 && (rc = cli_check_writable_parent(fc->each_dir)))
+        return rc;
+    return a->from ? cli_check_writable_parent(a->out) : 0;
+}
 
-    ddpm_recipe recipe;
-    ddpm_recipe_init(&recipe);
-    if (ddpm_sha256_file(ckpt_path, recipe.checkpoint_sha256)) {
+/* The flags against the model (steps, variance, classes): 0 or the exit code. */
+static int check_model(sample_args *a, const ddpm_model *m)
+{
+    ddpm_sample_files_config *fc = &a->fc;
+    ddpm_sampler_config *sc = &fc->sampler;
+    if (ddpm_sampler_has(sc->kind, DDPM_SAMPLER_TAKES_STEPS) && sc->steps > m->sched.T) {
+        cli_error("--steps: %d is more than the model's %d timesteps", sc->steps, m->sched.T);
+        return DDPM_EXIT_USAGE;
+    }
+    if (!a->from && !a->var_given && m->cfg.learn_sigma) /* a learned-variance model samples with its own */
+        sc->var = DDPM_VAR_LEARNED;
+    if (sc->var == DDPM_VAR_LEARNED && !m->cfg.learn_sigma) {
+        cli_error("--var learned: %s has fixed variances (it was not trained with --learn-sigma)", m->path);
+        return DDPM_EXIT_USAGE;
+    }
+    if (a->from &&
+        ddpm_recipe_check_classes(&a->from_recipe, m->n_classes, (const char *const *)m->class_names, a->from)) {
         cli_error("%s", ddpm_last_error());
         return DDPM_EXIT_ERROR;
     }
-    if (from && strcmp(recipe.checkpoint_sha256, from_recipe.checkpoint_sha256)) {
+    if ((a->class_arg || fc->grid_by_class) && m->n_classes == 0) {
+        cli_error("%s: the model is not class-conditional (trained without --classes)", m->path);
+        return DDPM_EXIT_USAGE;
+    }
+    if (a->class_arg && fc->grid_by_class) {
+        cli_error("sample: --class and --grid-by-class exclude each other");
+        return DDPM_EXIT_USAGE;
+    }
+    if (a->class_arg && ddpm_model_class(m, a->class_arg, &fc->class_index)) {
+        cli_error("--class: %s", ddpm_last_error());
+        return DDPM_EXIT_USAGE;
+    }
+    if (fc->grid_by_class && !a->n_given)
+        fc->n = 8;
+    return 0;
+}
+
+/* The summary line and the --json object. */
+static void report(const sample_args *a, const ddpm_model *m, double seconds)
+{
+    const ddpm_sample_files_config *fc = &a->fc;
+    int n_steps = ddpm_sampler_n_steps(&fc->sampler, &m->sched), n = fc->grid_by_class ? fc->n * m->n_classes : fc->n;
+    const char *name = ddpm_sampler_name(fc->sampler.kind);
+    if (!a->quiet) {
+        char upper[32];
+        size_t k = 0;
+        for (; name[k] && k < sizeof upper - 1; k++)
+            upper[k] = (char)toupper((unsigned char)name[k]);
+        upper[k] = '\0';
+        fprintf(stderr, "ddpm: %d images, %s %d steps, %s weights of step %ld, %.1f s (%.0f image-steps/s)\n", n,
+                upper, n_steps, m->ema ? "EMA" : "raw", m->step, seconds, (double)n * n_steps / seconds);
+        if (!a->no_grid || a->from)
+            printf("%s\n", a->out);
+    }
+    if (!a->json)
+        return;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "checkpoint", m->path);
+    cJSON_AddNumberToObject(o, "step", (double)m->step);
+    cJSON_AddStringToObject(o, "sampler", name);
+    cJSON_AddNumberToObject(o, "steps", n_steps);
+    cJSON_AddNumberToObject(o, "n", n);
+    cJSON_AddBoolToObject(o, "ema", m->ema);
+    if (!a->no_grid)
+        cJSON_AddStringToObject(o, "grid", a->out);
+    if (fc->each_dir)
+        cJSON_AddStringToObject(o, "out_dir", fc->each_dir);
+    cJSON_AddNumberToObject(o, "seconds", seconds);
+    cJSON_AddNumberToObject(o, "image_steps_per_sec", (double)n * n_steps / seconds);
+    char *text = cJSON_PrintUnformatted(o);
+    if (text)
+        printf("%s\n", text);
+    free(text);
+    cJSON_Delete(o);
+}
+
+int cmd_sample(int argc, char **argv)
+{
+    sample_args a;
+    memset(&a, 0, sizeof a);
+    ddpm_sample_files_config_default(&a.fc);
+    a.out = a.fc.grid_path;
+    int rc = parse_flags(&a, argc, argv);
+    if (rc < 0 && a.from)
+        rc = apply_recipe(&a);
+    if (rc >= 0)
+        return rc;
+    if (a.no_grid && !a.fc.each_dir && !a.from) {
+        cli_error("sample: --no-grid needs --out-dir");
+        return DDPM_EXIT_USAGE;
+    }
+    if (a.steps_given && !ddpm_sampler_has(a.fc.sampler.kind, DDPM_SAMPLER_TAKES_STEPS)) {
+        cli_error("sample: --steps does not apply to --sampler %s (it runs all T steps)",
+                  ddpm_sampler_name(a.fc.sampler.kind));
+        return DDPM_EXIT_USAGE;
+    }
+    if ((rc = check_outputs(&a)))
+        return rc;
+    cli_set_threads(a.threads);
+    ddpm_model m;
+    if ((rc = cli_open_model(&m, a.ckpt_arg, a.no_ema, a.quiet, "sampling with")))
+        return rc;
+    if (a.from && strcmp(m.sha256, a.from_recipe.checkpoint_sha256)) {
         cli_error("%s: SHA-256 %.12s... is not the checkpoint %s was made from (%.12s..., %s at step %ld); pass "
                   "that one with --checkpoint",
-                  ckpt_path, recipe.checkpoint_sha256, from, from_recipe.checkpoint_sha256, from_recipe.checkpoint,
-                  from_recipe.step);
+                  m.path, m.sha256, a.from, a.from_recipe.checkpoint_sha256, a.from_recipe.checkpoint,
+                  a.from_recipe.step);
+        ddpm_model_close(&m);
         return DDPM_EXIT_ERROR;
     }
-
-    ddpm_checkpoint *ck = NULL;
-    if (ddpm_checkpoint_open(&ck, ckpt_path)) {
-        cli_error("%s", ddpm_last_error());
-        return DDPM_EXIT_ERROR;
+    if ((rc = check_model(&a, &m))) {
+        ddpm_model_close(&m);
+        return rc;
     }
-    const ddpm_run_config *cfg = ddpm_checkpoint_config(ck);
-    if (sc->kind == DDPM_SAMPLER_DDIM && sc->steps > cfg->timesteps) {
-        cli_error("--steps: %d is more than the model's %d timesteps", sc->steps, cfg->timesteps);
-        ddpm_checkpoint_close(ck);
-        return DDPM_EXIT_USAGE;
-    }
-    if (!from && !var_given && cfg->model.learn_sigma) /* a learned-variance model samples with its own */
-        sc->var = DDPM_VAR_LEARNED;
-    if (sc->var == DDPM_VAR_LEARNED && !cfg->model.learn_sigma) {
-        cli_error("--var learned: %s has fixed variances (it was not trained with --learn-sigma)", ckpt_path);
-        ddpm_checkpoint_close(ck);
-        return DDPM_EXIT_USAGE;
-    }
-    int n_classes = cfg->model.n_classes;
-    if (from && ddpm_recipe_check_classes(&from_recipe, n_classes, ddpm_checkpoint_class_names(ck), from)) {
-        cli_error("%s", ddpm_last_error());
-        ddpm_checkpoint_close(ck);
-        return DDPM_EXIT_ERROR;
-    }
-    if ((class_arg || fc.grid_by_class) && n_classes == 0) {
-        cli_error("%s: the model is not class-conditional (trained without --classes)", ckpt_path);
-        ddpm_checkpoint_close(ck);
-        return DDPM_EXIT_USAGE;
-    }
-    if (class_arg && fc.grid_by_class) {
-        cli_error("sample: --class and --grid-by-class exclude each other");
-        ddpm_checkpoint_close(ck);
-        return DDPM_EXIT_USAGE;
-    }
-    if (class_arg) { /* a name first, then an index */
-        const char *const *names = ddpm_checkpoint_class_names(ck);
-        for (int k = 0; k < n_classes && fc.class_index == DDPM_NO_CLASS; k++)
-            if (!strcmp(names[k], class_arg))
-                fc.class_index = k;
-        char *end;
-        long v = strtol(class_arg, &end, 10);
-        if (fc.class_index == DDPM_NO_CLASS && *class_arg && !*end && v >= 0 && v < n_classes)
-            fc.class_index = (int)v;
-        if (fc.class_index == DDPM_NO_CLASS) {
-            cli_error("--class: '%s' is not one of the model's %d classes (%s, ...) nor an index 0..%d", class_arg,
-                      n_classes, names[0], n_classes - 1);
-            ddpm_checkpoint_close(ck);
-            return DDPM_EXIT_USAGE;
-        }
-    }
-    if (fc.grid_by_class && !n_given)
-        fc.n = 8;
-    char **class_names = copy_class_names(ck, n_classes);
-    ddpm_unet *net = NULL;
-    float *params = NULL;
-    int used_ema = 0;
-    int rc = n_classes > 0 && !class_names ? DDPM_ENOMEM : DDPM_OK;
-    if (!rc)
-        rc = ddpm_checkpoint_load_model(ck, !no_ema, &net, &params, &used_ema);
-    long ck_step = ddpm_checkpoint_state(ck)->step;
-    ddpm_schedule sched;
-    memset(&sched, 0, sizeof sched);
-    if (!rc)
-        rc = ddpm_schedule_init(&sched, cfg->schedule, cfg->timesteps, cfg->beta_start, cfg->beta_end);
-    ddpm_checkpoint_close(ck);
-    if (rc) {
-        cli_error("%s", ddpm_last_error());
-        free(params);
-        ddpm_unet_free(net);
-        free(class_names);
-        return DDPM_EXIT_ERROR;
-    }
-    if (!used_ema && !no_ema && !quiet)
-        fprintf(stderr, "ddpm: %s has no EMA weights; sampling with the raw weights\n", ckpt_path);
-    if (!from)
-        fc.grid_path = no_grid ? NULL : out;
-    snprintf(recipe.version, sizeof recipe.version, "%s", DDPM_VERSION);
-    snprintf(recipe.checkpoint, sizeof recipe.checkpoint, "%.1023s", from ? from_recipe.checkpoint : ckpt_path);
-    recipe.step = ck_step;
-    recipe.ema = used_ema;
-    fc.recipe = &recipe;
-    fc.class_names = (const char *const *)class_names;
+    if (!a.from)
+        a.fc.grid_path = a.no_grid ? NULL : a.out;
+    ddpm_recipe recipe;
+    ddpm_model_recipe(&m, &recipe);
+    if (a.from) /* the name the image was made with */
+        snprintf(recipe.checkpoint, sizeof recipe.checkpoint, "%.1023s", a.from_recipe.checkpoint);
+    a.fc.recipe = &recipe;
     progress_ctx pc = {isatty(fileno(stderr)), ddpm_now_seconds()};
-    rc = ddpm_sample_files(net, params, &sched, &fc, NULL, quiet ? NULL : on_progress, &pc);
+    rc = ddpm_sample_files(&m, &a.fc, a.quiet ? NULL : on_progress, &pc);
     double seconds = ddpm_now_seconds() - pc.t_start;
-    if (pc.tty && !quiet)
+    if (pc.tty && !a.quiet)
         fputc('\n', stderr);
-    int n_steps = ddpm_sampler_n_steps(sc, &sched), n = fc.grid_by_class ? fc.n * n_classes : fc.n;
     if (rc)
         cli_error("%s", ddpm_last_error());
-    else if (!quiet) {
-        fprintf(stderr, "ddpm: %d images, %s %d steps, %s weights of step %ld, %.1f s (%.0f image-steps/s)\n", n,
-                sc->kind == DDPM_SAMPLER_DDIM ? "DDIM" : "DDPM", n_steps, used_ema ? "EMA" : "raw", ck_step, seconds,
-                (double)n * n_steps / seconds);
-        if (!no_grid || from)
-            printf("%s\n", out);
-    }
-    if (!rc && json) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "checkpoint", ckpt_path);
-        cJSON_AddNumberToObject(o, "step", (double)ck_step);
-        cJSON_AddStringToObject(o, "sampler", sc->kind == DDPM_SAMPLER_DDIM ? "ddim" : "ddpm");
-        cJSON_AddNumberToObject(o, "steps", n_steps);
-        cJSON_AddNumberToObject(o, "n", n);
-        cJSON_AddBoolToObject(o, "ema", used_ema);
-        if (!no_grid)
-            cJSON_AddStringToObject(o, "grid", out);
-        if (fc.each_dir)
-            cJSON_AddStringToObject(o, "out_dir", fc.each_dir);
-        cJSON_AddNumberToObject(o, "seconds", seconds);
-        cJSON_AddNumberToObject(o, "image_steps_per_sec", (double)n * n_steps / seconds);
-        char *text = cJSON_PrintUnformatted(o);
-        if (text)
-            printf("%s\n", text);
-        free(text);
-        cJSON_Delete(o);
-    }
-    ddpm_schedule_free(&sched);
-    free(params);
-    ddpm_unet_free(net);
-    free(class_names);
+    else
+        report(&a, &m, seconds);
+    ddpm_model_close(&m);
     return rc ? DDPM_EXIT_ERROR : DDPM_EXIT_OK;
 }

@@ -6,22 +6,32 @@
 
 #include <math.h>
 
-void ddpm_timestep_embedding(float *out, const int *t, int B, int dim)
+/* One image's embedding at the (possibly fractional) step index t. */
+static void embed_one(float *o, double t, int dim)
 {
     const int half = dim / 2;
     const double log_max_period = log(10000.0);
-    for (int b = 0; b < B; b++) {
-        float *o = out + (size_t)b * dim;
-        for (int i = 0; i < half; i++) {
-            /* half == 1 would divide by zero: its single frequency is then 1. */
-            const double frac = half > 1 ? (double)i / (double)(half - 1) : 0.0;
-            const double arg = (double)t[b] * exp(-log_max_period * frac);
-            o[i] = (float)sin(arg);
-            o[half + i] = (float)cos(arg);
-        }
-        if (dim % 2) /* dim must be even; an odd one gets a zero last element, not garbage */
-            o[dim - 1] = 0.0f;
+    for (int i = 0; i < half; i++) {
+        /* half == 1 would divide by zero: its single frequency is then 1. */
+        const double frac = half > 1 ? (double)i / (double)(half - 1) : 0.0;
+        const double arg = t * exp(-log_max_period * frac);
+        o[i] = (float)sin(arg);
+        o[half + i] = (float)cos(arg);
     }
+    if (dim % 2) /* dim must be even; an odd one gets a zero last element, not garbage */
+        o[dim - 1] = 0.0f;
+}
+
+void ddpm_timestep_embedding(float *out, const int *t, int B, int dim)
+{
+    for (int b = 0; b < B; b++)
+        embed_one(out + (size_t)b * dim, (double)t[b], dim);
+}
+
+void ddpm_timestep_embedding_t(float *out, const double *t, int B, int dim)
+{
+    for (int b = 0; b < B; b++)
+        embed_one(out + (size_t)b * dim, t[b], dim);
 }
 
 void ddpm_embedding_add_forward(float *out, const int *idx, const float *table, int B, int dim)

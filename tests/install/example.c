@@ -38,8 +38,11 @@ int main(int argc, char **argv)
     sc.n = 4;
     sc.sampler.steps = 10; /* DDIM */
     sc.grid_path = out;
-    if (!rc)
-        rc = ddpm_sample_files(tr->net, tr->ema, &tr->sched, &sc, NULL, NULL, NULL);
+    ddpm_model model; /* the EMA weights of the run, as a model */
+    if (!rc && !(rc = ddpm_model_from_trainer(&model, tr, DDPM_WEIGHTS_EMA))) {
+        rc = ddpm_sample_files(&model, &sc, NULL, NULL);
+        ddpm_model_close(&model);
+    }
     if (rc)
         fprintf(stderr, "example: %s\n", ddpm_last_error());
     ddpm_trainer_free(tr);
