@@ -16,8 +16,8 @@ and measures a folder of 28x28 samples with it:
                  share of the samples of class k that the classifier assigns to k,
                  per class and overall.
   rms            with --rms-ref DIR: the root mean square difference between each
-                 PNG and the same-named PNG of DIR, in [-1, 1] units (8-bit values
-                 v mapped to v / 127.5 - 1, as ddpm reads images).
+                 PNG of DIR and the same-named PNG of the folder, in [-1, 1] units
+                 (8-bit values v mapped to v / 127.5 - 1, as ddpm reads images).
 
 Images come from the Debian package dataset-fashion-mnist's IDX files
 (/usr/share/datasets/fashion-mnist), whose order is that of the PNGs that
@@ -226,7 +226,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     ev = np.linalg.eigvalsh((m + m.T) / 2)
     tr_covmean = np.sum(np.sqrt(np.clip(ev, 0, None)))
     d = mu1 - mu2
-    return float(d @ d + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+    # >= 0 in exact arithmetic; rounding can leave -1e-12 for two equal sets
+    return max(0.0, float(d @ d + np.trace(s1) + np.trace(s2) - 2 * tr_covmean))
 
 
 def gaussian_stats(features):
@@ -263,7 +264,7 @@ def make_net():
     import torch.nn as nn
 
     class Classifier(nn.Module):
-        """Three conv blocks (28 -> 14 -> 7 -> 3), then a 128-d linear layer whose output
+        """Three conv blocks of 16, 32 and 64 channels (28 -> 14 -> 7 -> 3), then a 128-d linear layer whose output
         (before its ReLU) is the feature vector, then the 10-way linear head."""
 
         def __init__(self):
@@ -273,8 +274,8 @@ def make_net():
                 return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
                         nn.MaxPool2d(2)]
 
-            self.conv = nn.Sequential(*block(1, 32), *block(32, 64), *block(64, 128), nn.Flatten())
-            self.fc = nn.Linear(128 * 3 * 3, FEATURES)
+            self.conv = nn.Sequential(*block(1, 16), *block(16, 32), *block(32, 64), nn.Flatten())
+            self.fc = nn.Linear(64 * 3 * 3, FEATURES)
             self.head = nn.Sequential(nn.ReLU(), nn.Dropout(0.3), nn.Linear(FEATURES, N_CLASSES))
 
         def features(self, x):
@@ -433,7 +434,8 @@ def print_text(res, info, folder, cache):
         print("  per class: " + "  ".join(f"{k} {CLASS_NAMES[k]}: {fmt_pct(a)}"
                                           for k, a in enumerate(res["accuracy_per_class"])))
     if "rms" in res:
-        print(f"RMS from {res['rms_ref']}: {res['rms']:.5f} (8-bit values in [-1, 1] units, {res['n']} images)")
+        print(f"RMS from {res['rms_ref']}: {res['rms']:.5f} ([-1, 1] units from 8-bit values, "
+              f"{res['rms_n']} images)")
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -581,16 +583,19 @@ def main(argv=None):
                     help="labels of DIR/*.png: an IDX label file (PNGs named by index), or text with one line "
                          "per image, `LABEL` in sorted name order or `NAME LABEL`")
     ap.add_argument("--rms-ref", metavar="DIR",
-                    help="also the RMS difference from the same-named PNGs of DIR ([-1, 1] units, 8-bit values)")
+                    help="also the RMS difference between each PNG of DIR and the same-named PNG of FOLDER "
+                         "([-1, 1] units, from 8-bit values); DIR may hold fewer images than FOLDER")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ap.add_argument("--classifier", default=DEFAULT_CACHE, metavar="PATH",
                     help="the cached classifier (default %(default)s); trained there if missing")
     ap.add_argument("--retrain", action="store_true", help="train the classifier again and replace the cache")
-    ap.add_argument("--epochs", type=int, default=8, help="classifier training epochs (default %(default)s)")
+    ap.add_argument("--epochs", type=int, default=10, help="classifier training epochs (default %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="classifier training seed (default %(default)s)")
     ap.add_argument("--idx-dir", default=DEFAULT_IDX_DIR,
                     help="Fashion-MNIST IDX files (default %(default)s)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (default %(default)s)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default %(default)s: on a busy 2-core machine two OpenMP threads "
+                         "ran a training step 2-5x slower than one)")
     ap.add_argument("--calibrate", action="store_true",
                     help="print the calibration table of docs/fmnist-fid.md (real, blurred, noised images)")
     ap.add_argument("--selftest", action="store_true",
@@ -633,14 +638,14 @@ def main(argv=None):
             return 0
         images, labels, names = load_folder(args.folder, args.labels)
         res = measure(net, mu, sigma, images, labels)
-        if args.rms_ref:
-            ref = []
-            for n in names:
-                p = os.path.join(args.rms_ref, n)
-                if not os.path.isfile(p):
-                    raise InputError(p, f"no reference image for {os.path.join(args.folder, n)}")
-                ref.append(read_png(p))
-            res["rms"] = rms_difference(images, np.stack(ref))
+        if args.rms_ref:  # the reference's images, each against the same-named one of FOLDER
+            ref_images, _, ref_names = load_folder(args.rms_ref)
+            at = {n: i for i, n in enumerate(names)}
+            missing = [n for n in ref_names if n not in at]
+            if missing:
+                raise InputError(os.path.join(args.folder, missing[0]), f"missing: {args.rms_ref} has this image")
+            res["rms"] = rms_difference(images[[at[n] for n in ref_names]], ref_images)
+            res["rms_n"] = len(ref_names)
             res["rms_ref"] = args.rms_ref
         if args.json:
             res["folder"] = args.folder
