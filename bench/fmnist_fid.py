@@ -30,7 +30,6 @@ python3-scipy python3-pil). Exit codes: 0 ok, 1 error (one line on stderr:
 
 import argparse
 import gzip
-import hashlib
 import json
 import math
 import os
@@ -361,24 +360,44 @@ def atomic_torch_save(obj, path):
 
 
 def get_classifier(path, idx_dir, epochs, seed, retrain, log):
-    """(net, info) from the cache at path, or trained, measured and cached there. The cache
-    also holds the test set's feature mean and covariance, so a measurement needs only the
-    samples' features."""
-    import torch
+    """(net, info, test feature mean, test feature covariance) from the cache at path, or
+    trained, measured and cached there first. Training holds path.lock, so a second process
+    (a second sampler_table.sh) waits for the first one's classifier instead of training
+    its own."""
+    import fcntl
     if os.path.exists(path) and not retrain:
+        return load_classifier(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "w") as lock:
         try:
-            blob = torch.load(path, map_location="cpu")
-            info = blob["info"]
-            ok = info.get("version") == CLASSIFIER_VERSION
-        except Exception as e:
-            raise InputError(path, f"not a classifier cache of this script ({e}); move it away or pass --retrain")
-        if not ok:
-            raise InputError(path, f"a classifier of version {info.get('version')}, this script makes version "
-                                   f"{CLASSIFIER_VERSION}; pass --retrain to replace it")
-        net = make_net()
-        net.load_state_dict(blob["state_dict"])
-        net.eval()
-        return net, info, blob["test_mu"], blob["test_sigma"]
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log(f"another process is training the classifier; waiting for {path}.lock")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(path) and not retrain:
+            return load_classifier(path)
+        return train_and_cache(path, idx_dir, epochs, seed, log)
+
+
+def load_classifier(path):
+    import torch
+    try:
+        blob = torch.load(path, map_location="cpu")
+        info = blob["info"]
+        version = info.get("version")
+    except Exception as e:
+        raise InputError(path, f"not a classifier cache of this script ({e}); move it away or pass --retrain")
+    if version != CLASSIFIER_VERSION:
+        raise InputError(path, f"a classifier of version {version}, this script makes version "
+                               f"{CLASSIFIER_VERSION}; pass --retrain to replace it")
+    net = make_net()
+    net.load_state_dict(blob["state_dict"])
+    net.eval()
+    return net, info, blob["test_mu"], blob["test_sigma"]
+
+
+def train_and_cache(path, idx_dir, epochs, seed, log):
+    import torch
     train_x, train_y = load_split(idx_dir, "train")
     test_x, test_y = load_split(idx_dir, "t10k")
     log(f"training the classifier ({epochs} epochs, seed {seed}, {torch.get_num_threads()} threads)")
@@ -596,6 +615,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default %(default)s: on a busy 2-core machine two OpenMP threads "
                          "ran a training step 2-5x slower than one)")
+    ap.add_argument("--prepare", action="store_true",
+                    help="only load (or train and cache) the classifier and print its test accuracy")
     ap.add_argument("--calibrate", action="store_true",
                     help="print the calibration table of docs/fmnist-fid.md (real, blurred, noised images)")
     ap.add_argument("--selftest", action="store_true",
@@ -604,10 +625,10 @@ def main(argv=None):
                     help="--selftest: the folder with the train/ and test/ PNGs (default %(default)s)")
     args = ap.parse_args(argv)
 
-    modes = sum([bool(args.folder), args.calibrate, args.selftest])
+    modes = sum([bool(args.folder), args.calibrate, args.selftest, args.prepare])
     if modes != 1:
         ap.print_usage(sys.stderr)
-        print("fmnist_fid: give one of FOLDER, --calibrate or --selftest", file=sys.stderr)
+        print("fmnist_fid: give one of FOLDER, --prepare, --calibrate or --selftest", file=sys.stderr)
         return 2
     if args.epochs < 1 or args.threads < 1:
         print("fmnist_fid: --epochs and --threads are at least 1", file=sys.stderr)
@@ -633,6 +654,13 @@ def main(argv=None):
         set_torch_threads(args.threads)
         net, info, mu, sigma = get_classifier(args.classifier, args.idx_dir, args.epochs, args.seed, args.retrain,
                                               log)
+        if args.prepare:
+            if args.json:
+                print(json.dumps({"classifier": args.classifier, **info}))
+            else:
+                print(f"classifier: {args.classifier} (test accuracy {100 * info['test_accuracy']:.2f}%, "
+                      f"{info['features']} features, {info['epochs']} epochs, seed {info['seed']})")
+            return 0
         if args.calibrate:
             calibrate(net, info, mu, sigma, args.idx_dir, args.seed, args.json)
             return 0

@@ -29,7 +29,10 @@
 #   --classifier PATH fmnist_fid.py's cached classifier (default: its own default)
 #   --threads N       `ddpm sample --threads` (default: ddpm's default)
 #   --keep DIR        keep the samples in DIR/<setting>/ (default: a temporary folder,
-#                     removed at exit)
+#                     removed at exit); a setting already sampled there with the same
+#                     checkpoint, n, seed, --per-class and --extra is not sampled again
+#                     (its time is the first run's), so an interrupted table resumes
+#   --sample-only     sample (into --keep) and time, but do not measure
 # Columns: the setting, network evaluations per image (ddpm's own count), ms per
 # image (ddpm sample's own time, checkpoint loading excluded), domain FID, class
 # entropy in bits, and RMS and accuracy when asked for. Exit status 1 if any setting
@@ -55,6 +58,7 @@ python=/usr/bin/python3
 classifier=""
 threads=""
 keep=""
+sample_only=0
 run=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -73,6 +77,7 @@ while [ $# -gt 0 ]; do
         --classifier) classifier="${2:?--classifier needs a path}"; shift ;;
         --threads) threads="${2:?--threads needs a number}"; shift ;;
         --keep) keep="${2:?--keep needs a folder}"; shift ;;
+        --sample-only) sample_only=1 ;;
         -h|--help) usage; exit 0 ;;
         -*) die "unknown option '$1' (see --help)" ;;
         *) [ -z "$run" ] || die "one RUN_DIR|CHECKPOINT, got '$run' and '$1'"; run="$1" ;;
@@ -81,12 +86,16 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$run" ] || die "missing RUN_DIR|CHECKPOINT (see --help)"
 [ -e "$run" ] || { echo "sampler_table: $run: no such file or folder" >&2; exit 1; }
+ckpt_file="$run"
+[ -d "$run" ] && ckpt_file="$run/checkpoint.safetensors"
+[ -f "$ckpt_file" ] || { echo "sampler_table: $ckpt_file: no such checkpoint" >&2; exit 1; }
 [ -x "$ddpm" ] || { echo "sampler_table: $ddpm: not an executable ddpm (pass --ddpm or set DDPM)" >&2; exit 1; }
 for v in "$n" "$seed" "$per_class" ${rms_n:+"$rms_n"} ${threads:+"$threads"}; do
     [[ "$v" =~ ^[0-9]+$ ]] || die "'$v' is not a whole number"
 done
 [ -n "$rms_n" ] || rms_n="$n"
 [ "$rms_n" -le "$n" ] || die "--rms-n $rms_n is more than --n $n"
+[ "$sample_only" = 0 ] || [ -n "$keep" ] || die "--sample-only needs --keep DIR (else the samples are thrown away)"
 
 if [ -n "$keep" ]; then
     mkdir -p "$keep"
@@ -116,11 +125,18 @@ spec_flags() {
 }
 
 # sample SETTING_DIR N FLAGS...: the images of one setting (per class with --per-class),
-# printing "seconds evaluations" from ddpm's --json; returns ddpm's status
+# printing "seconds evaluations" from ddpm's --json; returns ddpm's status. With --keep,
+# DIR.stamp records what was sampled and its time, and a matching stamp is reused.
 sample() {
-    local dir="$1" count="$2" out secs=0 evals="" k
+    local dir="$1" count="$2" out secs=0 evals="" k stamp
     shift 2
-    rm -rf "$dir"
+    stamp="checkpoint=$(cksum <"$ckpt_file") n=$count seed=$seed per_class=$per_class extra=$extra flags=$*"
+    if [ -n "$keep" ] && [ -f "$dir.stamp" ] && [ "$(head -n 1 "$dir.stamp")" = "$stamp" ]; then
+        echo "sampler_table: reusing $dir" >&2
+        tail -n 1 "$dir.stamp"
+        return 0
+    fi
+    rm -rf "$dir" "$dir.stamp"
     if [ "$per_class" -gt 0 ]; then
         mkdir -p "$dir"
         for ((k = 0; k < 10; k++)); do
@@ -133,6 +149,7 @@ sample() {
         out=$("$ddpm" sample "$run" "${common[@]}" "$@" --n "$count" --out-dir "$dir" "${extra_args[@]}") || return 1
         read -r secs evals < <(json_fields "$out" seconds steps) || return 1
     fi
+    [ -z "$keep" ] || printf '%s\n%s\n' "$stamp" "$secs $evals" >"$dir.stamp"
     echo "$secs $evals"
 }
 
@@ -149,6 +166,13 @@ IFS=',' read -r -a sampler_specs <<<"$samplers"
 for spec in "${sampler_specs[@]}" "$rms_ref"; do # a malformed spec stops here, before any sampling
     spec_flags "$spec" >/dev/null
 done
+
+classifier_note=""
+if [ "$sample_only" = 0 ]; then # the classifier before any sampling (trained here if not cached)
+    prep=$("$python" "$here/fmnist_fid.py" --prepare "${fid_args[@]}") || exit 1
+    read -r acc_test cls_path < <(json_fields "$prep" test_accuracy classifier)
+    classifier_note=", classifier $cls_path (test accuracy $("$python" -c "print(f'{100 * $acc_test:.2f}%')"))"
+fi
 
 ref_dir=""
 if [ "$rms" = 1 ]; then
@@ -170,7 +194,7 @@ rule="|---|---|---:|---:|---:|---:|---:|"
 [ "$per_class" -gt 0 ] && header+=" accuracy |" && rule+="---:|"
 images=$n
 [ "$per_class" -gt 0 ] && images=$((per_class * 10))
-echo "<!-- bench/sampler_table.sh $run: n $images, seed $seed, extra '${extra}', $(date -u +%Y-%m-%d) -->"
+echo "<!-- bench/sampler_table.sh $run: n $images, seed $seed, extra '${extra}'$classifier_note, $(date -u +%Y-%m-%d) -->"
 echo "$header"
 echo "$rule"
 failed=0
@@ -193,6 +217,10 @@ for spec in "${sampler_specs[@]}"; do
                 continue
             fi
             read -r secs evals <<<"$timing"
+            if [ "$sample_only" = 1 ]; then
+                echo "$row $evals | $("$python" -c "print(f'{1000 * $secs / $images:.1f}')") | - | - |"
+                continue
+            fi
             measure=("${fid_args[@]}")
             [ "$rms" = 1 ] && measure+=(--rms-ref "$ref_dir")
             if ! res=$("$python" "$here/fmnist_fid.py" "$dir" "${measure[@]}"); then
