@@ -459,8 +459,9 @@ def print_text(res, info, folder, cache):
 
 # ----------------------------------------------------------------------------- calibration
 
-def calibration_sets(train_x, train_y, seed):
-    """(name, images uint8, labels) rows of docs/fmnist-fid.md's calibration table."""
+def calibration_sets(train_x, train_y, seed, n_small):
+    """(name, images uint8, labels) rows of docs/fmnist-fid.md's calibration table; n_small:
+    also three disjoint sets of that many real images (the noise of a smaller sample)."""
     from scipy.ndimage import gaussian_filter
     rng = np.random.default_rng(seed)
     a = train_x[:1000]
@@ -487,20 +488,28 @@ def calibration_sets(train_x, train_y, seed):
     rows.append(("mix: 500 real + 500 blur 1 px", half, ya))
     keep = np.flatnonzero(train_y[:3000] < 5)[:1000]  # the first five classes only: mode dropping
     rows.append(("real, classes 0-4 only", train_x[keep], train_y[keep]))
+    if n_small and n_small != 1000:
+        for i in range(3):  # from 10,000 on, disjoint from the sets above
+            lo = 10000 + i * n_small
+            rows.append((f"real train {lo}-{lo + n_small - 1}", train_x[lo:lo + n_small], train_y[lo:lo + n_small]))
     return rows
 
 
-def calibrate(net, info, mu, sigma, idx_dir, seed, as_json):
+def calibrate(net, info, mu, sigma, idx_dir, seed, n_small, as_json):
     train_x, train_y = load_split(idx_dir, "train")
     test_x, test_y = load_split(idx_dir, "t10k")
     results = []
-    for name, x, y in calibration_sets(train_x, train_y, seed):
+    for name, x, y in calibration_sets(train_x, train_y, seed, n_small):
         r = measure(net, mu, sigma, x, y)
         r["set"] = name
         results.append(r)
     real = [r["fid"] for r in results[:3]]
     summary = {"real_1000_fid_median": float(np.median(real)), "real_1000_fid_min": min(real),
                "real_1000_fid_max": max(real)}
+    if len(results) > 11:
+        small = [r["fid"] for r in results[11:]]
+        summary.update({f"real_{n_small}_fid_median": float(np.median(small)), f"real_{n_small}_fid_min": min(small),
+                        f"real_{n_small}_fid_max": max(small)})
     t = measure(net, mu, sigma, test_x, test_y)
     summary["test_vs_itself_fid"] = t["fid"]
     summary["test_accuracy"] = t["accuracy"]
@@ -516,8 +525,10 @@ def calibrate(net, info, mu, sigma, idx_dir, seed, as_json):
     for r in results:
         print(f"| {r['set']} | {r['n']} | {r['fid']:.3f} | {r['class_entropy_bits']:.3f} | {fmt_pct(r['accuracy'])} |")
     print()
-    print(f"3 disjoint sets of 1,000 real images: FID median {summary['real_1000_fid_median']:.3f}, "
-          f"range {summary['real_1000_fid_min']:.3f} .. {summary['real_1000_fid_max']:.3f}")
+    for n in (1000, n_small):
+        if f"real_{n}_fid_median" in summary:
+            print(f"3 disjoint sets of {n} real images: FID median {summary[f'real_{n}_fid_median']:.3f}, "
+                  f"range {summary[f'real_{n}_fid_min']:.3f} .. {summary[f'real_{n}_fid_max']:.3f}")
 
 
 # ----------------------------------------------------------------------------- self-test
@@ -619,6 +630,8 @@ def main(argv=None):
                     help="only load (or train and cache) the classifier and print its test accuracy")
     ap.add_argument("--calibrate", action="store_true",
                     help="print the calibration table of docs/fmnist-fid.md (real, blurred, noised images)")
+    ap.add_argument("--calib-n", type=int, default=0, metavar="N",
+                    help="--calibrate: also three disjoint sets of N real images (the FID noise at n = N)")
     ap.add_argument("--selftest", action="store_true",
                     help="check the Frechet distance, entropy, accuracy and PNG order; exit 1 on a failure")
     ap.add_argument("--png-root", default="data/fashion-mnist",
@@ -662,7 +675,7 @@ def main(argv=None):
                       f"{info['features']} features, {info['epochs']} epochs, seed {info['seed']})")
             return 0
         if args.calibrate:
-            calibrate(net, info, mu, sigma, args.idx_dir, args.seed, args.json)
+            calibrate(net, info, mu, sigma, args.idx_dir, args.seed, args.calib_n, args.json)
             return 0
         images, labels, names = load_folder(args.folder, args.labels)
         res = measure(net, mu, sigma, images, labels)
