@@ -40,7 +40,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
-usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "sampler_table: $*" >&2; exit 2; }
 
 samplers="ddim@eta=1,ddim@eta=0"
