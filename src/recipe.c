@@ -42,6 +42,8 @@ enum {
     F_IMAGE_A_SHA256,
     F_IMAGE_B_SHA256,
     F_SOURCES,
+    /* a solver row's step spacing */
+    F_SPACING,
     F_COUNT_FIELDS
 };
 _Static_assert(F_COUNT_FIELDS <= 32 && (int)F_COUNT_FIELDS <= (int)DDPM_RECIPE_MAX_TEXT,
@@ -75,6 +77,7 @@ static const char *const keys[F_COUNT_FIELDS] = {
     "ddpm:image_a_sha256",
     "ddpm:image_b_sha256",
     "ddpm:sources",
+    "ddpm:spacing",
 };
 enum { N_KINDS = 5 };
 static const char *const kind_names[N_KINDS] = {"grid", "image", "trajectory", "interpolation-seeds",
@@ -134,6 +137,8 @@ int ddpm_recipe_to_text(const ddpm_recipe *r, ddpm_png_text *text, ddpm_recipe_s
         fields |= BIT(F_CLASS) | BIT(F_CLASS_NAME) | BIT(F_GUIDANCE);
     if (!ddpm_recipe_is_strip(r->kind) && r->grid_by_class > 0)
         fields |= BIT(F_GRID_BY_CLASS) | BIT(F_GUIDANCE);
+    if (ddpm_sampler_has(r->sampler.kind, DDPM_SAMPLER_TAKES_SPACING))
+        fields |= BIT(F_SPACING);
     snprintf(b[F_SOFTWARE], 72, "ddpm %s", r->version);
     snprintf(b[F_SHA256], 72, "%.64s", r->checkpoint_sha256);
     snprintf(b[F_STEP], 72, "%ld", r->step);
@@ -158,6 +163,7 @@ int ddpm_recipe_to_text(const ddpm_recipe *r, ddpm_png_text *text, ddpm_recipe_s
     snprintf(b[F_IMAGE_A_SHA256], 72, "%.64s", r->image_sha256[0]);
     snprintf(b[F_IMAGE_B_SHA256], 72, "%.64s", r->image_sha256[1]);
     snprintf(b[F_SOURCES], 72, "%d", r->sources ? 1 : 0);
+    snprintf(b[F_SPACING], 72, "%s", ddpm_spacing_name(r->sampler.spacing));
     int n = 0;
     if (index_slot)
         *index_slot = -1;
@@ -357,6 +363,7 @@ static int on_text(void *ctx, const char *key, const char *value)
         bad = parse_long(value, 0, 1, &v);
         r->sources = (int)v;
         break;
+    case F_SPACING: bad = ddpm_spacing_parse(value, &r->sampler.spacing) != 0; break;
     }
     return bad ? bad_value(p, key, value) : 0;
 }
@@ -370,6 +377,8 @@ static int check_recipe(const ddpm_recipe *r, uint32_t seen, const char *name)
     uint32_t required = required_fields(r->kind), allowed = required;
     if (!ddpm_recipe_is_strip(r->kind))
         allowed |= class_fields;
+    if ((seen & BIT(F_SAMPLER)) && ddpm_sampler_has(r->sampler.kind, DDPM_SAMPLER_TAKES_SPACING))
+        required |= BIT(F_SPACING), allowed |= BIT(F_SPACING);
     for (int f = 0; f < F_COUNT_FIELDS; f++) {
         if ((seen & BIT(f)) && !(allowed & BIT(f)))
             return ddpm_error(DDPM_EFORMAT, "%s: recipe field %s does not belong to a %s recipe", name,

@@ -16,6 +16,7 @@ void ddpm_sampler_config_default(ddpm_sampler_config *c)
     c->eta = 1.0f;
     c->var = DDPM_VAR_BETA;
     c->clip_x0 = 1;
+    c->spacing = DDPM_SPACING_LOGSNR;
 }
 
 static inline float clampf(float v) { return v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v; }
@@ -93,6 +94,11 @@ int ddpm_sampler_n_steps(const ddpm_sampler_config *c, const ddpm_schedule *s)
     return ddpm_sampler_steps_from(c->kind, c->steps, s->T - 1);
 }
 
+int ddpm_sampler_noise_steps(const ddpm_sampler_config *c, const ddpm_schedule *s)
+{
+    return ddpm_sampler_has(c->kind, DDPM_SAMPLER_TAKES_SPACING) ? s->T : ddpm_sampler_n_steps(c, s);
+}
+
 void ddpm_sample_noise(float *out, size_t D, const ddpm_rng *rng, long image, int k, int n_steps)
 {
     ddpm_rng r = *rng;
@@ -103,7 +109,7 @@ void ddpm_sample_noise(float *out, size_t D, const ddpm_rng *rng, long image, in
 void ddpm_sample_initial_noise(float *x_T, size_t D, int image, const ddpm_schedule *s,
                                const ddpm_sampler_config *c, const ddpm_rng *rng)
 {
-    int n = ddpm_sampler_n_steps(c, s);
+    int n = ddpm_sampler_noise_steps(c, s);
     ddpm_sample_noise(x_T, D, rng, image, n, n);
 }
 
@@ -138,6 +144,8 @@ int ddpm_sample_from(ddpm_model *m, const ddpm_sampler_config *c, const ddpm_gui
         return ddpm_error(DDPM_EINVAL, "eta must be in [0, 1], got %g", c->eta);
     if ((row->flags & DDPM_SAMPLER_STOCHASTIC || (takes_eta && c->eta > 0)) && !rng)
         return ddpm_error(DDPM_EINVAL, "a stochastic sampler needs a random stream");
+    if (row->flags & DDPM_SAMPLER_TAKES_SPACING && (unsigned)c->spacing >= DDPM_N_SPACINGS)
+        return ddpm_error(DDPM_EINVAL, "no step spacing %d", (int)c->spacing);
     if ((unsigned)c->var >= DDPM_N_VARS || (c->var == DDPM_VAR_LEARNED && !m->cfg.learn_sigma))
         return ddpm_error(DDPM_EINVAL, "the variance '%s' needs a model with learned variances",
                           ddpm_var_name(c->var));
@@ -278,6 +286,7 @@ typedef struct {
     void *fn_ctx;
     float *traj; /* [rows, K, D] */
     int traj_rows, K;
+    int last_k; /* the previous call's step (-1 before the first) */
     size_t D;
 } files_step_ctx;
 
@@ -288,9 +297,13 @@ static void files_on_step(void *opaque, int k, int n_steps, double t, const floa
     (void)x;
     files_step_ctx *f = opaque;
     int first = f->p.first;
+    /* k grows within a batch (by 1, or by 2 on a singlestep solver's steps): a
+       column is taken at the first step at or after its position */
+    int prev = k <= f->last_k ? -1 : f->last_k;
+    f->last_k = k;
     for (int col = 0; f->traj && first < f->traj_rows && col < f->K; col++) {
         int at = f->K == 1 ? n_steps - 1 : (int)floor((double)col * (n_steps - 1) / (f->K - 1) + 0.5);
-        if (at != k)
+        if (at > k || at <= prev)
             continue;
         for (int b = 0; b < B && first + b < f->traj_rows; b++)
             memcpy(f->traj + ((size_t)(first + b) * f->K + col) * f->D, x0 + (size_t)b * f->D,
@@ -368,7 +381,7 @@ int ddpm_sample_files(ddpm_model *m, const ddpm_sample_files_config *c, ddpm_sam
     int per_class = c->n, n = c->grid_by_class ? c->n * n_classes : c->n, B = c->batch < n ? c->batch : n;
     int C = m->cfg.in_channels, S = m->cfg.image_size, rc = DDPM_OK;
     size_t D = ddpm_model_D(m);
-    files_step_ctx f = {.p = {.n = n}, .fn = progress, .fn_ctx = progress_ctx, .K = c->trajectory_k, .D = D};
+    files_step_ctx f = {.p = {.n = n}, .fn = progress, .fn_ctx = progress_ctx, .K = c->trajectory_k, .last_k = -1, .D = D};
     float *x = ddpm_malloc((size_t)n * D, sizeof(float));
     if (c->trajectory_path) {
         f.traj_rows = n < DDPM_TRAJECTORY_MAX_ROWS ? n : DDPM_TRAJECTORY_MAX_ROWS;

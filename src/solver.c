@@ -129,23 +129,6 @@ int ddpm_solver_n_points(const ddpm_solver_info *s, int n_evals)
 
 /* -------------------------------------------------------------- spacing */
 
-static const char *const spacing_names[DDPM_N_SPACINGS] = {"time", "logsnr", "karras"};
-
-const char *ddpm_spacing_name(ddpm_spacing kind)
-{
-    return (unsigned)kind < DDPM_N_SPACINGS ? spacing_names[kind] : "?";
-}
-
-int ddpm_spacing_parse(const char *name, ddpm_spacing *kind)
-{
-    for (int k = 0; k < DDPM_N_SPACINGS; k++)
-        if (!strcmp(name, spacing_names[k])) {
-            *kind = (ddpm_spacing)k;
-            return 0;
-        }
-    return -1;
-}
-
 int ddpm_solver_spacing(double *t, int n_points, ddpm_spacing spacing, const ddpm_vp *vp, double t_start,
                         double t_end)
 {

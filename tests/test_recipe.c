@@ -53,7 +53,7 @@ static ddpm_recipe example(void)
     snprintf(r.checkpoint, sizeof r.checkpoint, "runs/x y/checkpoint.safetensors");
     r.step = 123456789012L;
     r.ema = 1;
-    r.sampler = (ddpm_sampler_config){DDPM_SAMPLER_DDIM, 37, 0.3f, DDPM_VAR_BETA_TILDE, 0};
+    r.sampler = (ddpm_sampler_config){DDPM_SAMPLER_DDIM, 37, 0.3f, DDPM_VAR_BETA_TILDE, 0, DDPM_SPACING_TIME};
     r.seed = UINT64_MAX - 5;
     r.kind = DDPM_RECIPE_TRAJECTORY;
     r.first_index = 40;

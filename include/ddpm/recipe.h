@@ -13,7 +13,9 @@
  * the same float ("2.7", not "2.70000005").
  *
  * Fields of every kind: Software, checkpoint_sha256, checkpoint, step, weights,
- * sampler, steps, eta, var, clip, kind, count, pad, pad_value.
+ * sampler, steps, eta, var, clip, kind, count, pad, pad_value; a sampler
+ * that takes a step spacing (sampler.h, DDPM_SAMPLER_TAKES_SPACING) adds
+ * spacing ("time", "logsnr" or "karras"), and only such a sampler has it.
  * grid, image, trajectory: + seed, index, nrow; a conditional sample adds
  *   class and class_name (one class) or grid_by_class (images per class, one
  *   row per class), and guidance. A recipe without them (every recipe written

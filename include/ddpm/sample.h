@@ -45,9 +45,11 @@ typedef struct {
     float eta;         /* DDIM: 0 deterministic, 1 ancestral-like */
     ddpm_var_kind var; /* DDPM: sigma_t^2 = beta_t, beta~_t or learned (a learn_sigma model) */
     int clip_x0;       /* clip the predicted x0 to [-1, 1] (see ddpm_ddpm_step) */
+    ddpm_spacing spacing; /* a solver row (DDPM_SAMPLER_TAKES_SPACING): where its points fall */
 } ddpm_sampler_config;
 
-/* DDPM, all T steps, sigma^2 = beta, clip on; for DDIM: 100 steps, eta 1. */
+/* DDPM, all T steps, sigma^2 = beta, clip on; for DDIM: 100 steps, eta 1; for
+ * the solvers: log-SNR spacing. */
 void ddpm_sampler_config_default(ddpm_sampler_config *c);
 
 /* Called after every step: k counts steps from 0 to n_steps-1, t is the step
@@ -86,8 +88,14 @@ int ddpm_ddim_timesteps(int *out, int S, int T);
  * round(k i_start/(S-1)), k = 0..S-1 (S = 1 gives {i_start}); S in 1..i_start+1. */
 int ddpm_ddim_timesteps_from(int *out, int S, int i_start);
 
-/* Number of steps the config takes from x_T (its noise layout, below). */
+/* Number of steps the config takes from x_T: S for a sampler that takes
+ * steps (for a solver row, S network evaluations), else T. */
 int ddpm_sampler_n_steps(const ddpm_sampler_config *c, const ddpm_schedule *s);
+/* The noise layout of a run from x_T (ddpm_sample_noise's n_steps): DDPM's T,
+ * DDIM's S; the solver rows take T whatever their S, so that every solver at
+ * any step count starts image k of a seed from the x_T of DDPM and of DDIM
+ * with T steps (the ODE reference of docs/samplers.md). */
+int ddpm_sampler_noise_steps(const ddpm_sampler_config *c, const ddpm_schedule *s);
 
 /* One sampler run (what a row's run function receives): x [B, D] holds x_t at
  * step index i_start and receives x_0; image b is image first_image + b of the

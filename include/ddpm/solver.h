@@ -29,6 +29,7 @@
 #include <stdint.h>
 
 #include "ddpm/rng.h"
+#include "ddpm/sampler.h"
 #include "ddpm/vp.h"
 
 /* The model at continuous times t[b] (index units) for B images of D values:
@@ -127,12 +128,7 @@ int ddpm_solver_n_points(const ddpm_solver_info *s, int n_evals);
 
 /* ---------------------------------------------------------- step spacing */
 
-typedef enum { DDPM_SPACING_TIME = 0, DDPM_SPACING_LOGSNR = 1, DDPM_SPACING_KARRAS = 2 } ddpm_spacing;
-#define DDPM_N_SPACINGS 3
-/* "time" "logsnr" "karras" <-> kind; parse returns -1 on an unknown name. */
-const char *ddpm_spacing_name(ddpm_spacing kind);
-int ddpm_spacing_parse(const char *name, ddpm_spacing *kind);
-
+/* ddpm_spacing, its names and ddpm_spacing_parse are in sampler.h. */
 /* n_points decreasing times from t_start to t_end (n_points = 1: {t_start}),
  * k = 0 .. n-1, u = k / (n - 1):
  *   time    t_k = t_start + u (t_end - t_start)

@@ -7,10 +7,11 @@
  * A schedule is two functions: log alpha_t, and t(lambda), the inverse of
  * lambda_t; alpha, sigma and lambda follow from log alpha (inline below).
  *
- * The discrete instance (ddpm_vp_discrete) makes log alpha_t piecewise linear in
- * t between the trained points log alpha_i = 0.5 log abar_i, as DPM-Solver's
- * discrete NoiseScheduleVP does (its t = (i + 1) / T is our t = i), with the
- * end segments extended linearly outside [0, T-1]. */
+ * The discrete instance (ddpm_vp_discrete) is a view of a trained schedule's
+ * continuous functions (schedule.h): log alpha_t piecewise linear in t between
+ * the trained points log alpha_i = 0.5 log abar_i, as DPM-Solver's discrete
+ * NoiseScheduleVP does (its t = (i + 1) / T is our t = i), with the end
+ * segments extended linearly outside [0, T-1]. */
 #ifndef DDPM_VP_H
 #define DDPM_VP_H
 
@@ -53,16 +54,18 @@ static inline double ddpm_vp_log_alpha_of_lambda(double lambda)
     return x > 0 ? -0.5 * (x + log1p(exp(-x))) : -0.5 * log1p(exp(x));
 }
 
-/* log alpha piecewise linear over the trained points of a schedule. */
+/* The continuous schedule of a trained one (schedule.h's ddpm_schedule_log_alpha
+ * and ddpm_schedule_t_of_lambda: the one implementation of the piecewise-linear
+ * log alpha), as a ddpm_vp. It borrows the schedule: s must outlive it. */
 typedef struct {
-    int T;
-    double *log_alpha; /* [T]: 0.5 log abar_i */
+    const ddpm_schedule *s;
 } ddpm_vp_discrete;
 
-/* Builds it from s (T >= 2); returns 0 or a negative DDPM_E* with a message. */
+/* Checks s (T >= 2, abar decreasing strictly inside (0, 1)) and borrows it;
+ * returns 0 or a negative DDPM_E* with a message. */
 int ddpm_vp_discrete_init(ddpm_vp_discrete *d, const ddpm_schedule *s);
 void ddpm_vp_discrete_free(ddpm_vp_discrete *d);
-/* The schedule as a ddpm_vp; d must outlive it. */
+/* The schedule as a ddpm_vp; d (and its schedule) must outlive it. */
 ddpm_vp ddpm_vp_discrete_view(const ddpm_vp_discrete *d);
 
 #endif

@@ -73,6 +73,10 @@ static int info_png(const char *path, int json)
         cJSON_AddStringToObject(o, "weights", r.ema ? "ema" : "raw");
         cJSON_AddStringToObject(o, "sampler", sampler);
         cJSON_AddNumberToObject(o, "steps", r.sampler.steps);
+        if (ddpm_sampler_has(r.sampler.kind, DDPM_SAMPLER_TAKES_SPACING)) {
+            cJSON_AddStringToObject(o, "spacing", ddpm_spacing_name(r.sampler.spacing));
+            cJSON_AddNumberToObject(o, "evaluations", (double)ddpm_sampler_evals(r.sampler.kind, r.sampler.steps, 0));
+        }
         cJSON_AddNumberToObject(o, "eta", r.sampler.eta);
         cJSON_AddStringToObject(o, "var", var);
         cJSON_AddBoolToObject(o, "clip", r.sampler.clip_x0);
@@ -118,7 +122,10 @@ static int info_png(const char *path, int json)
            r.version, r.checkpoint, r.checkpoint_sha256[0] ? r.checkpoint_sha256 : "(none: weights between checkpoints)",
            r.step, r.ema ? "EMA" : "raw");
     printf("sampler: %s", sampler); /* the options the sampler's row takes */
-    if (ddpm_sampler_has(r.sampler.kind, DDPM_SAMPLER_TAKES_STEPS))
+    if (ddpm_sampler_has(r.sampler.kind, DDPM_SAMPLER_TAKES_SPACING))
+        printf(", %ld network evaluations, %s spacing", ddpm_sampler_evals(r.sampler.kind, r.sampler.steps, 0),
+               ddpm_spacing_name(r.sampler.spacing));
+    else if (ddpm_sampler_has(r.sampler.kind, DDPM_SAMPLER_TAKES_STEPS))
         printf(", %d steps", r.sampler.steps);
     else
         printf(", all steps");

@@ -1,4 +1,5 @@
-/* sample.c: `ddpm sample RUN_DIR|CKPT`: DDPM or DDIM sampling into PNG grids. */
+/* sample.c: `ddpm sample RUN_DIR|CKPT`: sampling with any row of the sampler
+ * table into PNG grids. */
 #include <cJSON.h>
 #include <ctype.h>
 #include <errno.h>
@@ -54,24 +55,39 @@ static void usage(FILE *f)
     for (int k = 0; k < DDPM_N_SAMPLERS; k++) { /* the table of sampler.h */
         const ddpm_sampler_info *r = ddpm_sampler_get((ddpm_sampler_kind)k);
         char evals[64] = "T";
-        if (r->flags & DDPM_SAMPLER_TAKES_STEPS && r->evals_per_step == 1)
+        if (r->flags & DDPM_SAMPLER_SINGLESTEP)
+            snprintf(evals, sizeof evals, "S, or S - 1 for an even S,");
+        else if (r->flags & DDPM_SAMPLER_TAKES_STEPS && r->evals_per_step == 1)
             snprintf(evals, sizeof evals, "S");
         else if (r->flags & DDPM_SAMPLER_TAKES_STEPS)
             snprintf(evals, sizeof evals, "%d S", r->evals_per_step);
         if (r->flags & DDPM_SAMPLER_TAKES_STEPS && r->evals_extra)
             snprintf(evals + strlen(evals), sizeof evals - strlen(evals), " %c %d", r->evals_extra < 0 ? '-' : '+',
                      abs(r->evals_extra));
-        fprintf(f, "      %-17s%s\n%23s(%s evaluations%s%s%s)\n", r->name, r->help, "", evals,
+        fprintf(f, "      %-17s%s\n%23s(%s evaluations%s%s%s%s)\n", r->name, r->help, "", evals,
                 r->flags & DDPM_SAMPLER_TAKES_STEPS ? "; --steps" : "", r->flags & DDPM_SAMPLER_TAKES_ETA ? ", --eta" : "",
+                r->flags & DDPM_SAMPLER_TAKES_SPACING ? ", --spacing" : "",
                 r->flags & DDPM_SAMPLER_TAKES_VAR ? "; --var" : "");
     }
     fprintf(f,
 "                       The predicted x0 is clipped to [-1, 1] (default): DDIM\n"
 "                       recomputes eps from it, DDPM's mean is the posterior\n"
-"                       mean of the clipped x0; with --no-clip DDPM is\n"
-"                       Algorithm 2's eps form exactly. DDPM costs T\n"
-"                       evaluations: 10x the default DDIM's.\n"
-"  --steps S            steps of a sampler that takes them, 1..T (default 100)\n"
+"                       mean of the clipped x0, the solvers (dpm++*, unipc*,\n"
+"                       heun, euler-a) clip every data prediction they use;\n"
+"                       with --no-clip DDPM is Algorithm 2's eps form exactly.\n"
+"                       The solvers evaluate the network at continuous step\n"
+"                       indices and ignore learned variances; from one seed\n"
+"                       they all start from the x_T of DDPM and of DDIM with\n"
+"                       --steps T. DDPM costs T evaluations: 10x the default\n"
+"                       DDIM's.\n"
+"  --steps S            network evaluations of a sampler that takes steps, 1..T\n"
+"                       (default 100): DDIM's steps; a multistep solver's time\n"
+"                       points; heun and dpm++2s take (S + 1) / 2 points and\n"
+"                       2 evaluations on each but the last\n"
+"  --spacing time|logsnr|karras  where a solver's points fall between step T-1\n"
+"                       and 0: uniform in t, uniform in the log-SNR\n"
+"                       (default, DPM-Solver's choice), or Karras et al.'s\n"
+"                       rho = 7 in sigma; DDIM's steps are uniform in t\n"
 "  --eta E              DDIM noise, 0 deterministic .. 1 ancestral (default 1:\n"
 "                       on briefly trained models eta 0 leaves many cells as\n"
 "                       textured blobs, eta 1 almost none; see README)\n"
@@ -113,7 +129,7 @@ enum {
     O_OUT = 256, O_OUT_DIR, O_NO_GRID, O_N, O_NROW, O_PAD, O_PAD_VALUE, O_SAMPLER, O_STEPS, O_ETA, O_VAR,
     O_NO_CLIP, O_TRAJ, O_TRAJ_K, O_SEED, O_BATCH, O_THREADS, O_NO_EMA, O_QUIET, O_JSON, O_HELP, O_FROM,
     O_CHECKPOINT,
-    O_CLASS, O_GUIDANCE, O_GRID_BY_CLASS,
+    O_CLASS, O_GUIDANCE, O_GRID_BY_CLASS, O_SPACING,
 };
 
 /* The flags a recipe sets: refused with --from. */
@@ -122,7 +138,7 @@ static int recipe_sets(int opt)
     return opt == O_OUT_DIR || opt == O_NO_GRID || opt == O_N || opt == O_NROW || opt == O_PAD ||
            opt == O_PAD_VALUE || opt == O_SAMPLER || opt == O_STEPS || opt == O_ETA || opt == O_VAR ||
            opt == O_NO_CLIP || opt == O_TRAJ || opt == O_TRAJ_K || opt == O_SEED || opt == O_NO_EMA ||
-           opt == O_CLASS || opt == O_GUIDANCE || opt == O_GRID_BY_CLASS;
+           opt == O_CLASS || opt == O_GUIDANCE || opt == O_GRID_BY_CLASS || opt == O_SPACING;
 }
 
 /* The sampling config that re-creates the file the recipe describes into out. */
@@ -182,7 +198,7 @@ static void on_progress(void *opaque, const ddpm_sample_progress *p)
 typedef struct {
     ddpm_sample_files_config fc;
     const char *out, *from, *checkpoint_flag, *recipe_flag, *class_arg, *ckpt_arg;
-    int threads, no_ema, quiet, json, no_grid, steps_given, out_given, n_given, var_given;
+    int threads, no_ema, quiet, json, no_grid, steps_given, out_given, n_given, var_given, spacing_given;
     ddpm_recipe from_recipe;
 } sample_args;
 
@@ -214,7 +230,8 @@ static int parse_flags(sample_args *a, int argc, char **argv)
         {"quiet", no_argument, 0, O_QUIET}, {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
         {"from", required_argument, 0, O_FROM}, {"checkpoint", required_argument, 0, O_CHECKPOINT},
         {"class", required_argument, 0, O_CLASS}, {"guidance", required_argument, 0, O_GUIDANCE},
-        {"grid-by-class", no_argument, 0, O_GRID_BY_CLASS}, {0, 0, 0, 0},
+        {"grid-by-class", no_argument, 0, O_GRID_BY_CLASS}, {"spacing", required_argument, 0, O_SPACING},
+        {0, 0, 0, 0},
     };
     ddpm_sample_files_config *fc = &a->fc;
     ddpm_sampler_config *sc = &fc->sampler;
@@ -243,6 +260,13 @@ static int parse_flags(sample_args *a, int argc, char **argv)
         case O_SAMPLER: bad |= parse_sampler(optarg, &sc->kind); break;
         case O_STEPS: bad |= arg_int("steps", optarg, 1, 100000, &sc->steps); a->steps_given = 1; break;
         case O_ETA: bad |= arg_float("eta", optarg, 0, 1, &sc->eta); break;
+        case O_SPACING:
+            if (ddpm_spacing_parse(optarg, &sc->spacing)) {
+                cli_error("--spacing: '%s' is not one of time, logsnr, karras", optarg);
+                bad = 1;
+            }
+            a->spacing_given = 1;
+            break;
         case O_VAR: bad |= arg_var(optarg, &sc->var), a->var_given = 1; break;
         case O_NO_CLIP: sc->clip_x0 = 0; break;
         case O_TRAJ: fc->trajectory_path = optarg; break;
@@ -377,7 +401,9 @@ static int check_model(sample_args *a, const ddpm_model *m)
 static void report(const sample_args *a, const ddpm_model *m, double seconds)
 {
     const ddpm_sample_files_config *fc = &a->fc;
-    int n_steps = ddpm_sampler_n_steps(&fc->sampler, &m->sched), n = fc->grid_by_class ? fc->n * m->n_classes : fc->n;
+    int n_steps = (int)ddpm_sampler_evals(fc->sampler.kind, fc->sampler.steps, m->sched.T);
+    int n = fc->grid_by_class ? fc->n * m->n_classes : fc->n;
+    int spaced = ddpm_sampler_has(fc->sampler.kind, DDPM_SAMPLER_TAKES_SPACING);
     const char *name = ddpm_sampler_name(fc->sampler.kind);
     if (!a->quiet) {
         char upper[32];
@@ -385,8 +411,10 @@ static void report(const sample_args *a, const ddpm_model *m, double seconds)
         for (; name[k] && k < sizeof upper - 1; k++)
             upper[k] = (char)toupper((unsigned char)name[k]);
         upper[k] = '\0';
-        fprintf(stderr, "ddpm: %d images, %s %d steps, %s weights of step %ld, %.1f s (%.0f image-steps/s)\n", n,
-                upper, n_steps, m->ema ? "EMA" : "raw", m->step, seconds, (double)n * n_steps / seconds);
+        fprintf(stderr, "ddpm: %d images, %s %d %s%s%s, %s weights of step %ld, %.1f s (%.0f image-steps/s)\n", n,
+                upper, n_steps, spaced ? "evaluations" : "steps", spaced ? ", spacing " : "",
+                spaced ? ddpm_spacing_name(fc->sampler.spacing) : "", m->ema ? "EMA" : "raw", m->step, seconds,
+                (double)n * n_steps / seconds);
         if (!a->no_grid || a->from)
             printf("%s\n", a->out);
     }
@@ -396,7 +424,10 @@ static void report(const sample_args *a, const ddpm_model *m, double seconds)
     cJSON_AddStringToObject(o, "checkpoint", m->path);
     cJSON_AddNumberToObject(o, "step", (double)m->step);
     cJSON_AddStringToObject(o, "sampler", name);
-    cJSON_AddNumberToObject(o, "steps", n_steps);
+    cJSON_AddNumberToObject(o, "steps", n_steps); /* network evaluations per image */
+    cJSON_AddNumberToObject(o, "evaluations", n_steps);
+    if (spaced)
+        cJSON_AddStringToObject(o, "spacing", ddpm_spacing_name(fc->sampler.spacing));
     cJSON_AddNumberToObject(o, "n", n);
     cJSON_AddBoolToObject(o, "ema", m->ema);
     if (!a->no_grid)
@@ -430,6 +461,13 @@ int cmd_sample(int argc, char **argv)
     if (a.steps_given && !ddpm_sampler_has(a.fc.sampler.kind, DDPM_SAMPLER_TAKES_STEPS)) {
         cli_error("sample: --steps does not apply to --sampler %s (it runs all T steps)",
                   ddpm_sampler_name(a.fc.sampler.kind));
+        return DDPM_EXIT_USAGE;
+    }
+    if (a.spacing_given && !ddpm_sampler_has(a.fc.sampler.kind, DDPM_SAMPLER_TAKES_SPACING) &&
+        !(a.fc.sampler.kind == DDPM_SAMPLER_DDIM && a.fc.sampler.spacing == DDPM_SPACING_TIME)) {
+        cli_error("sample: --spacing %s does not apply to --sampler %s (%s)", ddpm_spacing_name(a.fc.sampler.spacing),
+                  ddpm_sampler_name(a.fc.sampler.kind),
+                  a.fc.sampler.kind == DDPM_SAMPLER_DDIM ? "its steps are uniform in t" : "it runs all T steps");
         return DDPM_EXIT_USAGE;
     }
     if ((rc = check_outputs(&a)))
