@@ -14,6 +14,8 @@
 #include <stb_image.h>
 
 #include "ddpm/sample.h"
+#include "ddpm/solver.h"
+#include "ddpm/vp.h"
 #include "testutil.h"
 
 static ddpm_schedule sched;
@@ -498,6 +500,96 @@ static void test_model_converts_a_v_network_to_eps_and_x0(void **state)
     ddpm_unet_free(net);
 }
 
+/* The exact eps of the Gaussian data set N(mu, var) at continuous t (the
+ * model's schedule between the trained steps): sigma (x - alpha mu) /
+ * (alpha^2 var + sigma^2). */
+static void gaussian_eps_continuous(void *opaque, float *eps, const float *x_t, const double *t, const int *y, int B)
+{
+    (void)y;
+    gauss_ctx *g = opaque;
+    for (int b = 0; b < B; b++) {
+        double a = ddpm_schedule_alpha(g->s, t[b]), sg = ddpm_schedule_sigma(g->s, t[b]);
+        for (size_t d = 0; d < g->D; d++) {
+            size_t k = (size_t)b * g->D + d;
+            eps[k] = (float)(sg * (x_t[k] - a * g->mu) / (a * a * g->var + sg * sg));
+        }
+    }
+    g->calls++;
+}
+
+/* The same data prediction in double, for the solvers called directly. */
+static void gaussian_x0_continuous(void *opaque, float *x0, float *eps, const float *x_t, const double *t, int B)
+{
+    (void)eps;
+    gauss_ctx *g = opaque;
+    for (int b = 0; b < B; b++) {
+        double a = ddpm_schedule_alpha(g->s, t[b]), sg = ddpm_schedule_sigma(g->s, t[b]);
+        for (size_t d = 0; d < g->D; d++) {
+            size_t k = (size_t)b * g->D + d;
+            double e = sg * (x_t[k] - a * g->mu) / (a * a * g->var + sg * sg);
+            x0[k] = (float)((x_t[k] - sg * e) / a);
+        }
+    }
+}
+
+/* Every solver row of the table, run by ddpm_sample on a model, is its solver
+ * of solver.h run by hand: x_T of image k is DDPM's (and DDIM's with T steps),
+ * the points are the row's spacing from T-1 to 0 with (S+1)/2 points for a
+ * singlestep solver, the noise of image k at step j is Philox slot j in the
+ * layout of T + 1 slots, the model is called at the continuous points and the
+ * network evaluations are the table's count. */
+static void test_solver_rows_run_their_solver_on_the_model_from_ddpms_x_T(void **state)
+{
+    (void)state;
+    enum { B = 3, D = 6, FIRST = 5, S = 9 };
+    gauss_ctx g = {.s = &sched, .mu = 0.3, .var = 0.04, .D = D, .pred = DDPM_PRED_EPS};
+    ddpm_model m;
+    tu_stub_model(&m, D, 1, DDPM_PRED_EPS, 0, &sched, gaussian_eps_continuous, &g);
+    ddpm_rng rng;
+    ddpm_rng_init(&rng, 77, DDPM_STREAM_SAMPLE);
+    ddpm_vp_discrete disc;
+    assert_int_equal(ddpm_vp_discrete_init(&disc, &sched), 0);
+    ddpm_vp vp = ddpm_vp_discrete_view(&disc);
+    int n_rows = 0;
+    for (int k = 0; k < DDPM_N_SAMPLERS; k++) {
+        ddpm_sampler_kind kind = (ddpm_sampler_kind)k;
+        if (!ddpm_sampler_has(kind, DDPM_SAMPLER_TAKES_SPACING))
+            continue;
+        n_rows++;
+        const ddpm_solver_info *solver = ddpm_solver_find(ddpm_sampler_name(kind));
+        assert_non_null(solver);
+        assert_int_equal(solver->stochastic, ddpm_sampler_has(kind, DDPM_SAMPLER_STOCHASTIC));
+        ddpm_sampler_config c, c_ddpm;
+        ddpm_sampler_config_default(&c_ddpm);
+        ddpm_sampler_config_default(&c);
+        c.kind = kind;
+        c.steps = S;
+        c.spacing = (ddpm_spacing)(k % DDPM_N_SPACINGS);
+        float x[B * D], want[B * D], scratch[DDPM_SOLVER_SCRATCH * B * D];
+        g.calls = 0;
+        assert_int_equal(ddpm_sample(&m, &c, NULL, x, B, FIRST, &rng, NULL), 0);
+        assert_int_equal(g.calls, ddpm_sampler_evals(kind, S, sched.T));
+        /* by hand */
+        for (int b = 0; b < B; b++)
+            ddpm_sample_initial_noise(want + b * D, D, FIRST + b, &sched, &c_ddpm, &rng);
+        int n_points = ddpm_sampler_points(kind, S);
+        assert_int_equal(ddpm_solver_n_evals(solver, n_points), ddpm_sampler_evals(kind, S, sched.T));
+        double t[S];
+        assert_int_equal(ddpm_solver_spacing(t, n_points, c.spacing, &vp, sched.T - 1, 0.0), 0);
+        ddpm_solver_philox noise = {rng, sched.T + 1};
+        ddpm_solver_env env = {.model = gaussian_x0_continuous, .model_ctx = &g, .vp = &vp, .clip_x0 = 1,
+                               .first_image = FIRST, .noise = ddpm_solver_philox_noise, .noise_ctx = &noise};
+        assert_int_equal(solver->run(want, scratch, B, D, t, n_points, &env), 0);
+        double diff = tu_max_abs_diff(x, want, B * D, NULL);
+        if (!(diff < 1e-4))
+            fail_msg("%s --spacing %s: the row and its solver by hand differ by %g", ddpm_sampler_name(kind),
+                     ddpm_spacing_name(c.spacing), diff);
+    }
+    assert_int_equal(n_rows, 8);
+    ddpm_vp_discrete_free(&disc);
+    ddpm_model_close(&m);
+}
+
 /* The sampler table: every row's name parses back to its kind, an unknown
  * name and kind are refused, and the costs follow the rows' flags. */
 static void test_sampler_table_names_round_trip_and_costs(void **state)
@@ -527,6 +619,19 @@ static void test_sampler_table_names_round_trip_and_costs(void **state)
     assert_int_equal(ddpm_sampler_n_steps(&c, &sched), 50);
     assert_true(ddpm_sampler_has(DDPM_SAMPLER_DDPM, DDPM_SAMPLER_STOCHASTIC));
     assert_false(ddpm_sampler_has(DDPM_SAMPLER_DDIM, DDPM_SAMPLER_STOCHASTIC));
+    /* --steps counts evaluations: a singlestep solver takes (S + 1) / 2 points,
+       2 points - 1 evaluations; the others S; every solver row's noise layout is T's */
+    assert_int_equal(ddpm_sampler_evals(DDPM_SAMPLER_HEUN, 20, 1000), 19);
+    assert_int_equal(ddpm_sampler_evals(DDPM_SAMPLER_HEUN, 21, 1000), 21);
+    assert_int_equal(ddpm_sampler_points(DDPM_SAMPLER_DPMPP_2S, 21), 11);
+    assert_int_equal(ddpm_sampler_evals(DDPM_SAMPLER_DPMPP_2M, 20, 1000), 20);
+    assert_int_equal(ddpm_sampler_points(DDPM_SAMPLER_UNIPC, 20), 20);
+    c.kind = DDPM_SAMPLER_DPMPP_3M;
+    assert_int_equal(ddpm_sampler_noise_steps(&c, &sched), 1000);
+    c.kind = DDPM_SAMPLER_DDIM;
+    assert_int_equal(ddpm_sampler_noise_steps(&c, &sched), 50);
+    assert_true(ddpm_sampler_has(DDPM_SAMPLER_EULER_A, DDPM_SAMPLER_STOCHASTIC));
+    assert_true(ddpm_sampler_has(DDPM_SAMPLER_DPMPP_2M_SDE, DDPM_SAMPLER_STOCHASTIC));
 }
 
 int main(void)
@@ -545,6 +650,7 @@ int main(void)
         cmocka_unit_test(test_guidance_1_is_the_conditional_model_0_the_unconditional),
         cmocka_unit_test(test_model_converts_a_v_network_to_eps_and_x0),
         cmocka_unit_test(test_sampler_table_names_round_trip_and_costs),
+        cmocka_unit_test(test_solver_rows_run_their_solver_on_the_model_from_ddpms_x_T),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
