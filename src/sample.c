@@ -146,6 +146,11 @@ int ddpm_sample_from(ddpm_model *m, const ddpm_sampler_config *c, const ddpm_gui
         return ddpm_error(DDPM_EINVAL, "a stochastic sampler needs a random stream");
     if (row->flags & DDPM_SAMPLER_TAKES_SPACING && (unsigned)c->spacing >= DDPM_N_SPACINGS)
         return ddpm_error(DDPM_EINVAL, "no step spacing %d", (int)c->spacing);
+    if (row->flags & DDPM_SAMPLER_TAKES_SPACING && m->cfg.prediction == DDPM_PRED_MU)
+        return ddpm_error(DDPM_EINVAL,
+                          "--sampler %s evaluates the model between trained steps, where a mu-prediction "
+                          "model's output is not defined: use ddim or ddpm",
+                          row->name);
     if ((unsigned)c->var >= DDPM_N_VARS || (c->var == DDPM_VAR_LEARNED && !m->cfg.learn_sigma))
         return ddpm_error(DDPM_EINVAL, "the variance '%s' needs a model with learned variances",
                           ddpm_var_name(c->var));

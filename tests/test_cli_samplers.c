@@ -5,7 +5,8 @@
  * one give the same bytes at --threads 1 and 2 and any --batch split; --steps
  * counts network evaluations (heun: S or S - 1) in --json and `ddpm info`;
  * class-conditional sampling with guidance and a learned-variance model work;
- * a wrong --sampler or --spacing is one line and exit 2. */
+ * a wrong --sampler or --spacing is one line and exit 2, a mu-prediction model
+ * one line and exit 1. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -202,6 +203,11 @@ static void test_a_wrong_sampler_or_spacing_is_one_line_and_exit_2(void **state)
     assert_int_equal(cu_ddpm("sample run --sampler heun --steps 3 --n 1 --out y.png --quiet"), 0);
     assert_int_equal(cu_ddpm("sample --from y.png --out z.png --spacing time"), 2);
     assert_true(cu_stderr_one_line("--spacing cannot be given with --from"));
+    /* a mu-prediction model's output is defined at the trained steps only */
+    assert_int_equal(cu_ddpm("train data --out murun " TINY " --steps 1 --prediction mu"), 0);
+    assert_int_equal(cu_ddpm("sample murun --sampler dpm++2m --steps 3 --out mu.png"), 1);
+    assert_true(cu_stderr_one_line("where a mu-prediction model's output is not defined: use ddim or ddpm"));
+    assert_true(cu_absent("mu.png"));
 }
 
 int main(void)
