@@ -28,8 +28,9 @@ double ddpm_sum_fixed(const float *x, size_t n);
  * when H*W >= 256), the units spread over OpenMP threads in 8 fixed lanes, so the
  * results do not depend on the thread count (see conv2d.c). scratch holds
  * ddpm_conv2d_scratch_floats(...) floats, enough for forward and for backward.
- * Forward overwrites out. When compiled with AVX-512, 3x3 stride-1 pad-1 convs
- * with >= 16 input and output channels run ddpm_conv3x3 (Winograd) instead. */
+ * Forward overwrites out. When compiled with AVX-512 or AVX2 + FMA, 3x3
+ * stride-1 pad-1 convs with >= 16 input and output channels run ddpm_conv3x3
+ * (Winograd) instead. */
 size_t ddpm_conv2d_scratch_floats(int B, int Cin, int H, int W, int Cout, int K, int S, int P);
 void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const float *weight,
                          const float *bias, int B, int Cin, int H, int W, int Cout, int K,
@@ -44,7 +45,7 @@ void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, 
  * by Winograd F(4x4,3x3) or F(2x2,3x3) (by shape: F(2x2) where 4x4 tiles would
  * compute more outputs, e.g. 14x14): 36 products per 4x4 output tile and channel
  * pair (16 per 2x2) instead of 144 (36) multiply-adds, vectorised with AVX-512
- * when compiled for it.
+ * or AVX2 + FMA when compiled for it (ddpm_conv3x3_isa says which).
  * Results differ from conv2d's by float rounding only (~1e-6 of the sum of
  * |terms|); they do not depend on the thread count. scratch holds
  * ddpm_conv3x3_scratch_floats(...) floats (forward and backward). Forward
@@ -61,6 +62,9 @@ void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias,
  * shape. Process-wide, for tests and benchmarks; set it while no call runs (the
  * scratch size depends on it). */
 void ddpm_conv3x3_force_tile(int m);
+/* The instruction set ddpm_conv3x3 was compiled for, chosen at compile time:
+ * "avx512" (__AVX512F__), "avx2" (__AVX2__ and __FMA__) or "generic" (plain C). */
+const char *ddpm_conv3x3_isa(void);
 
 /* Whether conv2d may hand shapes to ddpm_conv3x3 (default 1). 0 forces the
  * im2col path everywhere: for tests and `ddpm bench --ops`, which compare the
