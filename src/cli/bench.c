@@ -543,6 +543,7 @@ int cmd_bench(int argc, char **argv)
         cJSON_AddNumberToObject(o, "threads", n_threads);
         cJSON_AddStringToObject(o, "openblas", cfgstr ? cfgstr : "");
         cJSON_AddStringToObject(o, "openblas_coretype", coretype ? coretype : "");
+        cJSON_AddStringToObject(o, "kernels", ddpm_conv3x3_isa());
         cJSON_AddStringToObject(o, "flop_convention", "train step = 3 x forward FLOPs");
         cJSON *jt = cJSON_AddObjectToObject(o, "train");
         cJSON_AddNumberToObject(jt, "ms_per_step", s_train * 1e3);
@@ -582,8 +583,9 @@ int cmd_bench(int argc, char **argv)
             printf(i ? ",%d" : "%d", m->attn_res[i]);
         printf("%s; %zu params, %.3f GFLOP/image forward\n", m->n_attn ? "" : "none", tr->net->n_params,
                flops * 1e-9);
-        printf("setup     batch %d (micro-batch %d), %d threads, %s%s%s\n", B, tr->micro_batch, n_threads, cfgstr ? cfgstr : "OpenBLAS",
-               coretype ? ", OPENBLAS_CORETYPE=" : "", coretype ? coretype : "");
+        printf("setup     batch %d (micro-batch %d), %d threads, %s kernels, %s%s%s\n", B, tr->micro_batch, n_threads,
+               ddpm_conv3x3_isa(), cfgstr ? cfgstr : "OpenBLAS", coretype ? ", OPENBLAS_CORETYPE=" : "",
+               coretype ? coretype : "");
         printf("train     %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (3 x forward FLOPs)\n", s_train * 1e3,
                train_ips, train_gf);
         printf("sample    %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (one forward, no dropout)\n",
