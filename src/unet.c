@@ -910,7 +910,7 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
     const res_params *P = &m->p.res;
     res_acts *A = &ws->acts[i].res;
     const int G = net->cfg.groups, H = m->H, W = m->W, HW = H * W, cin = m->cin, cout = m->cout;
-    const size_t n_in = (size_t)B * cin * HW, n_out = (size_t)B * cout * HW;
+    const size_t n_out = (size_t)B * cout * HW;
     const float *x = ws->h[m->in_slot];
     float *out = ws->h[m->out_slot];
     if (A->xcat) {
@@ -918,10 +918,10 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
         PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_concat_forward(A->xcat, x, ws->h[m->skip_slot], B, Ca, cin - Ca, HW));
         x = A->xcat;
     }
+    /* GN's output itself is only needed in backward, which recomputes it */
     PROF(0, DDPM_PROF_NORM,
-         ddpm_groupnorm_forward(A->a1, A->mean1, A->rstd1, x, PARAM(P->norm1_w), PARAM(P->norm1_b), B, cin, HW, G,
-                                GN_EPS));
-    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s1, A->a1, n_in));
+         ddpm_groupnorm_silu_forward(A->s1, NULL, A->mean1, A->rstd1, x, PARAM(P->norm1_w), PARAM(P->norm1_b), B, cin,
+                                     HW, G, GN_EPS));
     PROF(0, DDPM_PROF_CONV,
          ddpm_conv2d_forward(A->h1, ws->conv_scratch, A->s1, PARAM(P->conv1_w), PARAM(P->conv1_b), B, cin, H, W,
                              cout, 3, 1, 1));
@@ -929,9 +929,8 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
          ddpm_linear_forward(A->tp, ws->time.temb_act, PARAM(P->temb_w), PARAM(P->temb_b), B, net->plan->emb, cout));
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_add_channel_forward(A->h1, A->tp, B, cout, HW));
     PROF(0, DDPM_PROF_NORM,
-         ddpm_groupnorm_forward(A->a2, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b), B, cout, HW,
-                                G, GN_EPS));
-    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s2, A->a2, n_out));
+         ddpm_groupnorm_silu_forward(A->s2, NULL, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b), B,
+                                     cout, HW, G, GN_EPS));
     if (ws->dropout_applied) {
         A->dropout_counter = *counter;
         PROF(0, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->s2, B, A->dropout_counter, 0));
@@ -1050,9 +1049,8 @@ void ddpm_unet_forward_class(const ddpm_unet *net, const float *params, ddpm_une
 
     /* eps_pred = conv_out(SiLU(GN(h))) */
     PROF(0, DDPM_PROF_NORM,
-         ddpm_groupnorm_forward(ws->head.a, ws->head.mean, ws->head.rstd, ws->h[p->n_slots - 1],
-                                PARAM(p->p_norm_out_w), PARAM(p->p_norm_out_b), B, c->ch, HW, c->groups, GN_EPS));
-    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->head.s, ws->head.a, (size_t)B * c->ch * HW));
+         ddpm_groupnorm_silu_forward(ws->head.s, NULL, ws->head.mean, ws->head.rstd, ws->h[p->n_slots - 1],
+                                     PARAM(p->p_norm_out_w), PARAM(p->p_norm_out_b), B, c->ch, HW, c->groups, GN_EPS));
     PROF(0, DDPM_PROF_CONV,
          ddpm_conv2d_forward(eps_pred, ws->conv_scratch, ws->head.s, PARAM(p->p_conv_out_w), PARAM(p->p_conv_out_b),
                              B, c->ch, S, S, ddpm_unet_out_channels(c), 3, 1, 1));
@@ -1094,9 +1092,8 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
         PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(dx, dx, dout, n_out));
     /* conv2's input again: Dropout(SiLU(GN2(h1))), the mask drawn from the same counter */
     PROF(1, DDPM_PROF_NORM,
-         ddpm_groupnorm_forward(A->a2, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b), B, cout, HW,
-                                G, GN_EPS));
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s2, A->a2, n_out));
+         ddpm_groupnorm_silu_forward(A->s2, A->a2, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b), B,
+                                     cout, HW, G, GN_EPS));
     if (ws->dropout_applied)
         PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->s2, B, A->dropout_counter, 0));
     PROF(1, DDPM_PROF_CONV,
@@ -1116,9 +1113,8 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
                               PARAM(P->temb_w), B, net->plan->emb, cout));
     /* conv1's input again: SiLU(GN1(x)) */
     PROF(1, DDPM_PROF_NORM,
-         ddpm_groupnorm_forward(A->a1, A->mean1, A->rstd1, x, PARAM(P->norm1_w), PARAM(P->norm1_b), B, cin, HW, G,
-                                GN_EPS));
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s1, A->a1, n_in));
+         ddpm_groupnorm_silu_forward(A->s1, A->a1, A->mean1, A->rstd1, x, PARAM(P->norm1_w), PARAM(P->norm1_b), B, cin,
+                                     HW, G, GN_EPS));
     PROF(1, DDPM_PROF_CONV,
          ddpm_conv2d_backward(ds1, 0.0f, GRAD(P->conv1_w), GRAD(P->conv1_b), ws->conv_scratch, dh1, A->s1,
                               PARAM(P->conv1_w), B, cin, H, W, cout, 3, 1, 1));
@@ -1223,9 +1219,8 @@ void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
     float *ds = carve(ws, &cursor, (size_t)c->ch * HW), *da = carve(ws, &cursor, (size_t)c->ch * HW);
     /* conv_out's input again: SiLU(GN(h)) */
     PROF(1, DDPM_PROF_NORM,
-         ddpm_groupnorm_forward(ws->head.a, ws->head.mean, ws->head.rstd, ws->h[p->n_slots - 1],
-                                PARAM(p->p_norm_out_w), PARAM(p->p_norm_out_b), B, c->ch, HW, c->groups, GN_EPS));
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->head.s, ws->head.a, n_head));
+         ddpm_groupnorm_silu_forward(ws->head.s, ws->head.a, ws->head.mean, ws->head.rstd, ws->h[p->n_slots - 1],
+                                     PARAM(p->p_norm_out_w), PARAM(p->p_norm_out_b), B, c->ch, HW, c->groups, GN_EPS));
     PROF(1, DDPM_PROF_CONV,
          ddpm_conv2d_backward(ds, 0.0f, GRAD(p->p_conv_out_w), GRAD(p->p_conv_out_b), ws->conv_scratch, d_eps_pred,
                               ws->head.s, PARAM(p->p_conv_out_w), B, c->ch, S, S, ddpm_unet_out_channels(c), 3, 1, 1));

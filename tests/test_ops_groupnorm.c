@@ -313,6 +313,53 @@ static void test_groupnorm_backward_beta0_overwrites_din_and_accumulates_paramet
     gn_free(&c);
 }
 
+/* The fused GroupNorm + SiLU gives exactly the bytes of ddpm_groupnorm_forward
+ * then ddpm_silu_forward (out, the saved norm, mean, rstd), with and without the
+ * norm output, at 1, 2 and 3 threads: odd HW, B > 1, one group, and the default
+ * model's 14x14 attention-level shape (large enough to run in parallel). gamma
+ * up to 3 sends SiLU's inputs to both tails of the sigmoid. Its backward is
+ * ddpm_silu_backward then ddpm_groupnorm_backward, each tested above and in
+ * test_ops_silu.c: equal forward bytes are what makes that composition exact. */
+static void test_groupnorm_silu_forward_gives_the_bytes_of_groupnorm_then_silu(void **state)
+{
+    (void)state;
+    const struct {
+        int B, C, HW, G;
+    } shapes[] = {{3, 6, 25, 3}, {2, 4, 7, 1}, {5, 64, 196, 8}};
+    const int saved = omp_get_max_threads();
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        gn_case c = gn_make(shapes[k].B, shapes[k].C, shapes[k].HW, shapes[k].G, 1e-5f, 70 + k);
+        fill_grid(c.gamma, c.C, 80 + k, -3.0f, 3.0f);
+        c.gamma[0] = 3.0f, c.gamma[c.C - 1] = -3.0f;
+        const size_t ng = (size_t)c.B * c.G;
+        float *ref = tu_alloc(c.n), *norm = tu_alloc(c.n), *out = tu_alloc(c.n);
+        float *mean = tu_alloc(ng), *rstd = tu_alloc(ng);
+        ddpm_groupnorm_forward(c.out, c.mean, c.rstd, c.x, c.gamma, c.beta, c.B, c.C, c.HW, c.G, c.eps);
+        ddpm_silu_forward(ref, c.out, c.n);
+        for (int t = 1; t <= 3; t++) {
+            omp_set_num_threads(t);
+            memset(norm, 0, c.n * sizeof(float));
+            ddpm_groupnorm_silu_forward(out, norm, mean, rstd, c.x, c.gamma, c.beta, c.B, c.C, c.HW, c.G, c.eps);
+            assert_memory_equal(out, ref, c.n * sizeof(float));
+            assert_memory_equal(norm, c.out, c.n * sizeof(float));
+            assert_memory_equal(mean, c.mean, ng * sizeof(float));
+            assert_memory_equal(rstd, c.rstd, ng * sizeof(float));
+            memset(out, 0, c.n * sizeof(float));
+            ddpm_groupnorm_silu_forward(out, NULL, mean, rstd, c.x, c.gamma, c.beta, c.B, c.C, c.HW, c.G, c.eps);
+            assert_memory_equal(out, ref, c.n * sizeof(float));
+        }
+        omp_set_num_threads(saved);
+        /* the GroupNorm outputs reach both sides of the sigmoid, beyond +-2 */
+        float lo = 0.0f, hi = 0.0f;
+        for (size_t i = 0; i < c.n; i++)
+            lo = c.out[i] < lo ? c.out[i] : lo, hi = c.out[i] > hi ? c.out[i] : hi;
+        if (!(lo < -2.0f && hi > 2.0f))
+            fail_msg("shape %zu: GroupNorm outputs in [%g, %g]", k, (double)lo, (double)hi);
+        free(ref), free(norm), free(out), free(mean), free(rstd);
+        gn_free(&c);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -323,6 +370,7 @@ int main(void)
         cmocka_unit_test(test_groupnorm_backward_accumulates_and_skips_null),
         cmocka_unit_test(test_groupnorm_is_identical_for_one_and_two_threads),
         cmocka_unit_test(test_groupnorm_backward_beta0_overwrites_din_and_accumulates_parameters),
+        cmocka_unit_test(test_groupnorm_silu_forward_gives_the_bytes_of_groupnorm_then_silu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

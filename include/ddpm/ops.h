@@ -93,6 +93,12 @@ void ddpm_groupnorm_forward(float *out, float *mean, float *rstd, const float *i
 void ddpm_groupnorm_backward(float *din, float beta, float *dgamma, float *dbeta, const float *dout,
                              const float *in, const float *mean, const float *rstd,
                              const float *gamma, int B, int C, int HW, int G);
+/* out = SiLU(GroupNorm(in)) in one pass over memory after the statistics, and
+ * norm = GroupNorm(in) (what ddpm_silu_backward needs) unless norm is NULL: the
+ * same bytes as ddpm_groupnorm_forward then ddpm_silu_forward. out must not
+ * alias in or norm. */
+void ddpm_groupnorm_silu_forward(float *out, float *norm, float *mean, float *rstd, const float *in,
+                                 const float *gamma, const float *beta, int B, int C, int HW, int G, float eps);
 
 /* ---- nearest 2x upsample (src/ops/upsample.c): in [B,C,H,W] -> out [B,C,2H,2W] */
 void ddpm_upsample_forward(float *out, const float *in, int B, int C, int H, int W);
