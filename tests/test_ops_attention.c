@@ -199,6 +199,7 @@ static void test_attention_forward_matches_naive_attention(void **state)
     check_forward(2, 5, 15, 1); /* 3x5 positions */
     check_forward(3, 6, 7, 2);
     check_forward(2, 3, 1, 3); /* one position: w = 1, h = v */
+    check_forward(2, 8, 196, 4); /* the default model's 14x14: rows of whole and partial 8-sums */
 }
 
 /* Scores of several hundred overflow expf without the row maximum subtracted. */

@@ -20,6 +20,7 @@
 #include <stddef.h>
 
 #include "ddpm/ops.h"
+#include "sigmoid.h"
 
 #define LANES 8
 
@@ -33,7 +34,15 @@ static int lanes_in_parallel(int lanes)
     return lanes > 1 && lanes >= omp_get_max_threads() && openblas_get_parallel() == 2 && !omp_in_parallel();
 }
 
-/* row softmax in place, stable: subtract the row maximum before exp */
+/* The row sums keep ACC partial sums in double, element j going to partial
+ * j % ACC, added in index order at the end: a fixed order (any thread count)
+ * whose independent chains vectorise, instead of one chain of dependent double
+ * additions at one add per FP latency. */
+#define ACC 8
+
+/* row softmax in place, stable: subtract the row maximum before exp, so that exp
+ * only sees t <= 0 (exp_nonpositive, which vectorises where libm's expf is a call
+ * per element) */
 static void softmax_rows(float *w, int rows, int N)
 {
     for (int row = 0; row < rows; row++) {
@@ -41,15 +50,39 @@ static void softmax_rows(float *w, int rows, int N)
         float m = s[0];
         for (int j = 1; j < N; j++)
             m = s[j] > m ? s[j] : m;
-        double sum = 0.0;
-        for (int j = 0; j < N; j++) {
-            s[j] = expf(s[j] - m);
-            sum += s[j];
-        }
-        const float inv = (float)(1.0 / sum); /* sum >= 1: the maximum contributes exp(0) */
+#pragma omp simd
         for (int j = 0; j < N; j++)
+            s[j] = exp_nonpositive(s[j] - m);
+        double acc[ACC] = {0};
+        int j = 0;
+        for (; j + ACC <= N; j += ACC)
+            for (int l = 0; l < ACC; l++)
+                acc[l] += s[j + l];
+        for (int l = 0; j < N; j++, l++)
+            acc[l] += s[j];
+        double sum = 0.0;
+        for (int l = 0; l < ACC; l++)
+            sum += acc[l];
+        const float inv = (float)(1.0 / sum); /* sum >= 1: the maximum contributes exp(0) */
+        for (j = 0; j < N; j++)
             s[j] *= inv;
     }
+}
+
+/* sum_j w[j] d[j] in double, in ACC fixed partials */
+static double dot_fixed(const float *w, const float *d, int N)
+{
+    double acc[ACC] = {0};
+    int j = 0;
+    for (; j + ACC <= N; j += ACC)
+        for (int l = 0; l < ACC; l++)
+            acc[l] += (double)w[j + l] * d[j + l];
+    for (int l = 0; j < N; j++, l++)
+        acc[l] += (double)w[j] * d[j];
+    double sum = 0.0;
+    for (int l = 0; l < ACC; l++)
+        sum += acc[l];
+    return sum;
 }
 
 void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, const float *v,
@@ -103,10 +136,7 @@ void ddpm_attention_backward(float *dq, float *dk, float *dv, float beta, float 
             for (int i = 0; i < N; i++) {
                 const float *wi = w_b + (size_t)i * N;
                 float *di = dS + (size_t)i * N;
-                double dot = 0.0;
-                for (int j = 0; j < N; j++)
-                    dot += (double)wi[j] * di[j];
-                const float d = (float)dot;
+                const float d = (float)dot_fixed(wi, di, N);
                 for (int j = 0; j < N; j++)
                     di[j] = wi[j] * (di[j] - d);
             }

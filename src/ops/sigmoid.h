@@ -1,5 +1,6 @@
-/* sigmoid.h: the numerically stable sigmoid that SiLU (silu.c) and the fused
- * GroupNorm + SiLU (groupnorm.c) share, so that both give the same bytes. */
+/* sigmoid.h: exp of a non-positive argument that vectorises (attention's softmax
+ * in attention.c), and the numerically stable sigmoid that SiLU (silu.c) and the
+ * fused GroupNorm + SiLU (groupnorm.c) share, so that both give the same bytes. */
 #ifndef DDPM_OPS_SIGMOID_H
 #define DDPM_OPS_SIGMOID_H
 
