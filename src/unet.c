@@ -80,8 +80,8 @@ struct ddpm_unet_plan {
  * the "kept" ones are the block's own memory, kept from forward to backward; the
  * "transient" ones live in a scratch region that every block reuses, written by
  * forward and written again by backward from what was kept: a GroupNorm output
- * from its input and statistics, SiLU from the GroupNorm output, the dropout mask
- * from its Philox counter, the concat and the upsample from their sources. In a
+ * from its input and statistics, SiLU from the GroupNorm output, the dropout
+ * output from the mask's bits, the concat and the upsample from their sources. In a
  * forward-only workspace every buffer of a block is in the scratch region, and
  * some alias (SiLU in place). */
 typedef struct {
@@ -91,6 +91,7 @@ typedef struct {
     float *h1;                /* conv1(s1) + tp [B,cout,HW] */
     float *mean2, *rstd2;     /* GN2's statistics */
     uint64_t dropout_counter; /* the first Philox counter of this block's dropout mask */
+    uint8_t *mask;            /* the dropout mask as bits, ddpm_dropout_mask_bytes(cout HW) per image */
     /* transient */
     float *xcat; /* concat(h, skip) [B,cin,HW]; NULL without a skip input */
     float *a1;   /* GN1(x) [B,cin,HW] */
@@ -721,6 +722,10 @@ static void lay_out(ddpm_unet_workspace *ws, const ddpm_unet *net, layout *K, la
             r->h1 = take(KT, cout * HW);
             r->mean2 = take(KT, groups);
             r->rstd2 = take(KT, groups);
+            /* kept from forward to backward, as bits: a 32nd of the dropout output */
+            r->mask = training && c->dropout > 0
+                          ? (uint8_t *)take(K, (ddpm_dropout_mask_bytes(cout * HW) + sizeof(float) - 1) / sizeof(float))
+                          : NULL;
             break;
         }
         case M_ATTN: {
@@ -879,24 +884,27 @@ uint64_t ddpm_unet_dropout_counters(const ddpm_unet *net, int batch)
     return n;
 }
 
-/* Dropout in place over the B images of a ResBlock's conv2 input x [B,cout,HW]
- * (backward: d = 0 * d + dL/dx, in place), the mask of image b drawn from
- * block + (first + b) * per_image (ddpm_dropout_draw): one call when every image
- * starts on a counter boundary, one per image otherwise. */
-static void res_dropout(const ddpm_unet *net, const ddpm_unet_workspace *ws, const module *m, float *x, int B,
-                        uint64_t block, int backward)
+/* Dropout in place over the B images of a ResBlock's conv2 input x [B,cout,HW]:
+ * forward draws the mask of image b from block + (first + b) * per_image
+ * (ddpm_dropout_draw) and saves its bits; apply (backward's recompute of the
+ * output, and the gradient, d = 0 * d + dL/dx) multiplies by the saved mask.
+ * One call when every image starts on a counter and a mask byte boundary, one
+ * per image otherwise. */
+static void res_dropout(const ddpm_unet *net, const ddpm_unet_workspace *ws, const module *m, uint8_t *mask,
+                        float *x, int B, uint64_t block, int apply)
 {
-    const size_t n_img = (size_t)m->cout * m->H * m->W;
+    const size_t n_img = (size_t)m->cout * m->H * m->W, mask_img = ddpm_dropout_mask_bytes(n_img);
     const uint64_t per_image = dropout_counters_per_image(m);
-    const int n_calls = n_img % 4 == 0 ? 1 : B;
+    const int n_calls = n_img % 8 == 0 ? 1 : B;
     const size_t n = n_calls == 1 ? (size_t)B * n_img : n_img;
     for (int b = 0; b < n_calls; b++) {
         float *xb = x + (size_t)b * n_img;
+        uint8_t *mb = mask + (size_t)b * mask_img;
         uint64_t counter = block + (uint64_t)(ws->dropout_first + b) * per_image;
-        if (backward)
-            ddpm_dropout_backward(xb, 0.0f, xb, net->cfg.dropout, n, ws->dropout_seed, counter);
+        if (apply)
+            ddpm_dropout_backward(xb, 0.0f, xb, mb, net->cfg.dropout, n);
         else
-            ddpm_dropout_forward(xb, xb, net->cfg.dropout, n, ws->dropout_seed, counter);
+            ddpm_dropout_forward(xb, mb, xb, net->cfg.dropout, n, ws->dropout_seed, counter);
     }
 }
 
@@ -933,7 +941,7 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
                                      cout, HW, G, GN_EPS));
     if (ws->dropout_applied) {
         A->dropout_counter = *counter;
-        PROF(0, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->s2, B, A->dropout_counter, 0));
+        PROF(0, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->mask, A->s2, B, A->dropout_counter, 0));
         *counter += (uint64_t)dropout->batch * dropout_counters_per_image(m);
     }
     PROF(0, DDPM_PROF_CONV,
@@ -1090,18 +1098,18 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
         PROF(1, DDPM_PROF_ELEMENTWISE, memcpy(dx, dout, n_out * sizeof *dx));
     else
         PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(dx, dx, dout, n_out));
-    /* conv2's input again: Dropout(SiLU(GN2(h1))), the mask drawn from the same counter */
+    /* conv2's input again: Dropout(SiLU(GN2(h1))), with forward's mask */
     PROF(1, DDPM_PROF_NORM,
          ddpm_groupnorm_silu_forward(A->s2, A->a2, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b), B,
                                      cout, HW, G, GN_EPS));
     if (ws->dropout_applied)
-        PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->s2, B, A->dropout_counter, 0));
+        PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->mask, A->s2, B, A->dropout_counter, 1));
     PROF(1, DDPM_PROF_CONV,
          ddpm_conv2d_backward(dd2, 0.0f, GRAD(P->conv2_w), GRAD(P->conv2_b), ws->conv_scratch, dout, A->s2,
                               PARAM(P->conv2_w), B, cout, H, W, cout, 3, 1, 1));
     /* dd2 -> ds2 -> da2, in place */
     if (ws->dropout_applied)
-        PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, dd2, B, A->dropout_counter, 1));
+        PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->mask, dd2, B, A->dropout_counter, 1));
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(dd2, 0.0f, dd2, A->a2, n_out));
     PROF(1, DDPM_PROF_NORM,
          ddpm_groupnorm_backward(dh1, 0.0f, GRAD(P->norm2_w), GRAD(P->norm2_b), dd2, A->h1, A->mean2, A->rstd2,

@@ -120,13 +120,16 @@ void ddpm_add_forward(float *out, const float *a, const float *b, size_t n);
 /* ---- dropout (src/ops/dropout.c) ---------------------------------------------
  * Inverted dropout: out = in * mask, mask[i] = 0 with probability p, else 1/(1-p).
  * The mask is a pure function of (seed, stream DDPM_STREAM_DROPOUT, counter, i), the
- * same for any thread count, and is never stored: backward draws it again from the
- * same (p, seed, counter). A call uses the counters [counter, counter + ceil(n/4)).
- * p == 0 is the identity. out may equal in, din may equal dout. */
-void ddpm_dropout_forward(float *out, const float *in, float p, size_t n, uint64_t seed,
+ * same for any thread count; forward saves it as bits in mask (bit i % 8 of byte
+ * i / 8 set when element i is kept; ddpm_dropout_mask_bytes(n) bytes; NULL: not
+ * saved), and backward (and a recompute of forward's output: backward with
+ * beta = 0 on forward's input) reads them. A call uses the counters
+ * [counter, counter + ceil(n/4)). p == 0 is the identity (mask all ones, and
+ * backward does not read it). out may equal in, din may equal dout. */
+size_t ddpm_dropout_mask_bytes(size_t n);
+void ddpm_dropout_forward(float *out, uint8_t *mask, const float *in, float p, size_t n, uint64_t seed,
                           uint64_t counter);
-void ddpm_dropout_backward(float *din, float beta, const float *dout, float p, size_t n,
-                           uint64_t seed, uint64_t counter);
+void ddpm_dropout_backward(float *din, float beta, const float *dout, const uint8_t *mask, float p, size_t n);
 
 /* ---- sinusoidal timestep embedding (src/ops/embedding.c), forward only -------
  * out [B,dim], dim even, half = dim/2, freq_i = exp(-ln(10000) * i/(half-1)),
