@@ -85,8 +85,8 @@ static double dot_fixed(const float *w, const float *d, int N)
     return sum;
 }
 
-void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, const float *v,
-                            int B, int C, int N)
+void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, const float *v, int B, int C,
+                            int N)
 {
     const float scale = (float)(1.0 / sqrt((double)C));
     const size_t CN = (size_t)C * N, NN = (size_t)N * N;
@@ -130,8 +130,8 @@ void ddpm_attention_backward(float *dq, float *dk, float *dv, float beta, float 
             if (!dq && !dk)
                 continue;
             /* dW = dH^T V, into the lane's scratch */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, N, C, 1.0f, dh_b, N, v + b * CN, N, 0.0f, dS,
-                        N);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, N, C, 1.0f, dh_b, N, v + b * CN, N, 0.0f,
+                        dS, N);
             /* dS = w * (dW - sum_j w dW), row by row, in place */
             for (int i = 0; i < N; i++) {
                 const float *wi = w_b + (size_t)i * N;
@@ -141,11 +141,11 @@ void ddpm_attention_backward(float *dq, float *dk, float *dv, float beta, float 
                     di[j] = wi[j] * (di[j] - d);
             }
             if (dq)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, N, N, scale, k + b * CN, N, dS, N, beta,
-                            dq + b * CN, N);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, N, N, scale, k + b * CN, N, dS, N,
+                            beta, dq + b * CN, N);
             if (dk)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, N, N, scale, q + b * CN, N, dS, N, beta,
-                            dk + b * CN, N);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, N, N, scale, q + b * CN, N, dS, N,
+                            beta, dk + b * CN, N);
         }
     }
 }

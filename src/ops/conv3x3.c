@@ -251,20 +251,21 @@ DEFINE_KERNELS(12)
 #undef DEFINE_KERNELS
 #undef DEFINE_KERNEL
 
-typedef void (*kernel_fn)(int, const float *, ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t, float *, ptrdiff_t,
-                          int);
+typedef void (*kernel_fn)(int, const float *, ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t, float *,
+                          ptrdiff_t, int);
 /* wide[mr]: 2 vectors (32 columns with 16-float vectors, 16 with 8-float ones);
  * tail[mr]: the 16-column remainder of a 32-column path. A row tail of mr < MR
  * rows gets its own register block. */
 #if VW == 16
-static const kernel_fn wide[MR_MAX + 1] = {NULL,        kernel_1x2,  kernel_2x2,  kernel_3x2, kernel_4x2,
-                                           kernel_5x2,  kernel_6x2,  kernel_7x2,  kernel_8x2, kernel_9x2,
+static const kernel_fn wide[MR_MAX + 1] = {NULL,        kernel_1x2,  kernel_2x2, kernel_3x2, kernel_4x2,
+                                           kernel_5x2,  kernel_6x2,  kernel_7x2, kernel_8x2, kernel_9x2,
                                            kernel_10x2, kernel_11x2, kernel_12x2};
-static const kernel_fn tail[MR_MAX + 1] = {NULL,        kernel_1x1,  kernel_2x1,  kernel_3x1, kernel_4x1,
-                                           kernel_5x1,  kernel_6x1,  kernel_7x1,  kernel_8x1, kernel_9x1,
+static const kernel_fn tail[MR_MAX + 1] = {NULL,        kernel_1x1,  kernel_2x1, kernel_3x1, kernel_4x1,
+                                           kernel_5x1,  kernel_6x1,  kernel_7x1, kernel_8x1, kernel_9x1,
                                            kernel_10x1, kernel_11x1, kernel_12x1};
 #else
-static const kernel_fn wide[7] = {NULL, kernel_1x2, kernel_2x2, kernel_3x2, kernel_4x2, kernel_5x2, kernel_6x2};
+static const kernel_fn wide[7] = {NULL,       kernel_1x2, kernel_2x2, kernel_3x2,
+                                  kernel_4x2, kernel_5x2, kernel_6x2};
 #endif
 
 /* C [M, N] (+)= A [M, K] x B [K, N] in blocks of MR rows and 2 VW columns,
@@ -576,7 +577,8 @@ static void pack_plane(float *P, const float *x, int C, int C_p, int H, int W, i
                     const __m256i m = first_n(n);
                     __m256 r[8];
                     for (int c = 0; c < 8; c++)
-                        r[c] = c < nc ? _mm256_maskload_ps(x + (size_t)(c0 + c) * HW + (size_t)y * W + x0, m) : zero;
+                        r[c] = c < nc ? _mm256_maskload_ps(x + (size_t)(c0 + c) * HW + (size_t)y * W + x0, m)
+                                      : zero;
                     transpose8(r);
                     for (int j = 0; j < n; j++)
                         _mm256_storeu_ps(row + (size_t)(x0 + 1 + j) * 16 + h, r[j]);
@@ -908,7 +910,6 @@ void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const flo
 }
 
 /* ---- backward ---------------------------------------------------------------------- */
-
 
 /* dU_lane (+)= sum over the unit's tiles of V^T M (first: overwrite). */
 static void weight_grad_unit(const geometry *g, const lane_buffers *lb, const float *x, const float *dy,

@@ -80,7 +80,8 @@ static void sum_d_dxhat(const float *d, const float *x, int n, double k, double 
  * statistics, element by element the same float operations as GroupNorm then
  * ddpm_silu_forward. */
 static inline void group_forward(float *out, float *norm, int silu, float *mean, float *rstd, const float *in,
-                                 const float *gamma, const float *beta, int C, int HW, int G, float eps, int bg)
+                                 const float *gamma, const float *beta, int C, int HW, int G, float eps,
+                                 int bg)
 {
     const int Cg = C / G, b = bg / G, g = bg % G;
     const size_t group_n = (size_t)Cg * (size_t)HW;
@@ -118,9 +119,8 @@ static inline void group_forward(float *out, float *norm, int silu, float *mean,
     }
 }
 
-void ddpm_groupnorm_forward(float *out, float *mean, float *rstd, const float *in,
-                            const float *gamma, const float *beta, int B, int C, int HW, int G,
-                            float eps)
+void ddpm_groupnorm_forward(float *out, float *mean, float *rstd, const float *in, const float *gamma,
+                            const float *beta, int B, int C, int HW, int G, float eps)
 {
     const size_t total = (size_t)B * C * HW;
 #pragma omp parallel for schedule(static) if (total > GN_PARALLEL_MIN)
@@ -129,7 +129,8 @@ void ddpm_groupnorm_forward(float *out, float *mean, float *rstd, const float *i
 }
 
 void ddpm_groupnorm_silu_forward(float *out, float *norm, float *mean, float *rstd, const float *in,
-                                 const float *gamma, const float *beta, int B, int C, int HW, int G, float eps)
+                                 const float *gamma, const float *beta, int B, int C, int HW, int G,
+                                 float eps)
 {
     const size_t total = (size_t)B * C * HW;
 #pragma omp parallel for schedule(static) if (total > GN_PARALLEL_MIN)
@@ -157,8 +158,8 @@ void ddpm_groupnorm_backward(float *din, float beta, float *dgamma, float *dbeta
             const double mu = mean[bg], rs = rstd[bg];
             double s1 = 0.0, s2 = 0.0;
             for (int c = 0; c < Cg; c++)
-                sum_d_dxhat(dout + base + (size_t)c * HW, in + base + (size_t)c * HW, HW, gamma[g * Cg + c], mu,
-                            rs, &s1, &s2);
+                sum_d_dxhat(dout + base + (size_t)c * HW, in + base + (size_t)c * HW, HW, gamma[g * Cg + c],
+                            mu, rs, &s1, &s2);
             const double m1 = s1 / (double)group_n, m2 = s2 / (double)group_n;
             for (int c = 0; c < Cg; c++) {
                 const double gm = gamma[g * Cg + c];
