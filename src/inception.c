@@ -247,7 +247,15 @@ static void conv_relu(workspace *ws, const conv *c, float *out, const float *in,
             x = col;
         }
         if (!ws->measure) {
-            ddpm_sgemm(0, 0, c->cout, (int)cols, K, 1.0f, c->weight, K, x, (int)cols, 0.0f, out, (int)cols);
+            /* One product per image, on its columns of the group (leading
+             * dimension G*Ho*Wo): OpenBLAS rounds a column differently by where
+             * it falls in a product (its edge kernels; with the Haswell kernels
+             * anywhere), so one product over the group would give an image
+             * other bytes in another slot or alone. */
+            int HWo = Ho * Wo;
+            for (int g = 0; g < G; g++)
+                ddpm_sgemm(0, 0, c->cout, HWo, K, 1.0f, c->weight, K, x + (size_t)g * HWo, (int)cols, 0.0f,
+                           out + (size_t)g * HWo, (int)cols);
             for (int o = 0; o < c->cout; o++) {
                 float *r = out + (size_t)o * cols, b = c->bias[o];
                 for (size_t k = 0; k < cols; k++) {
