@@ -5,25 +5,25 @@
  * already (up to 147x147 columns), and one image's stem temporaries are the
  * largest buffers of the network. From Mixed_5b on, a group's activations are
  * one tensor [C, GROUP, H, W]: channel-major with the group's images side by
- * side, so a 1x1 convolution is a single product W [Cout, Cin] x X
- * [Cin, GROUP*H*W] with no copy, any other one an im2col into
- * [Cin*kh*kw, GROUP*Ho*Wo] and one product, and the 17x17 and 8x8 blocks make
- * products of 2,312 and 512 columns instead of 289 and 64. A group always has
- * GROUP columns blocks (missing images of the last group are zero planes whose
- * features are dropped), so every product has the same shape whatever the
- * number of images in the call, and an image's columns are summed the same way
- * wherever it sits in the group: its features are the same bytes alone or in
- * any batch. Groups run in parallel over OpenMP threads, each group whole on one
- * thread with single-threaded sgemm calls, so the thread count does not change
- * them either.
+ * side. A 1x1 convolution multiplies the input itself, any other one goes
+ * through one im2col of the group into [Cin*kh*kw, GROUP*Ho*Wo]; the product
+ * is then one sgemm per image on its own columns (leading dimension
+ * GROUP*Ho*Wo), because OpenBLAS rounds a column by where it falls in a
+ * product. 3x3 stride-1 convolutions of 16 and more channels at 17x17 and up
+ * go to conv2d's Winograd as a batch of the group's images, so its weight
+ * transform is paid once per group. A group always has GROUP slots (missing
+ * images of the last group are zero planes whose features are dropped), so
+ * every product has the same shape whatever the number of images in the call:
+ * an image's features are the same bytes alone, in any slot, in any batch.
+ * Groups run in parallel over OpenMP threads, each group whole on one thread
+ * with single-threaded sgemm calls, so the thread count does not change them
+ * either.
  *
  * Each thread works in a workspace that is a stack of floats: a block takes its
  * output and temporaries from it and gives the temporaries back; its size is
  * found at load time by running the forward once in a measuring mode that only
  * counts. Branch outputs are written straight into their channel slice of the
- * block's output, so concatenation costs nothing. The stem's convolutions go
- * through ddpm_conv2d_forward (Winograd for Conv2d_2b), the blocks' through the
- * im2col + sgemm below. */
+ * block's output, so concatenation costs nothing. */
 #include "ddpm/inception.h"
 #include "ddpm/platform.h"
 
