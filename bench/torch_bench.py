@@ -40,6 +40,14 @@ def load_reference():
     return mod
 
 
+def cpu_capability():
+    """ATen's vector kernels in use (AVX512, AVX2, DEFAULT), as torch reports it."""
+    for line in torch.__config__.show().splitlines():
+        if "CPU capability usage:" in line:
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
 def time_phase(fn, rep_seconds):
     fn()  # warm-up (allocator, oneDNN primitive caches)
     t0 = time.perf_counter()
@@ -113,6 +121,9 @@ def main():
         "program": "pytorch",
         "torch_version": torch.__version__,
         "mkldnn": torch.backends.mkldnn.is_available(),
+        "cpu_capability": cpu_capability(),
+        "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY", ""),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
         "threads": torch.get_num_threads(),
         "batch": B,
         "n_params": n_params,

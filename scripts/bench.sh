@@ -5,13 +5,20 @@
 # machine's speed affects both. Prints one row per round and a summary of medians,
 # with the ratios taken round by round.
 #
-# Both programs run with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from the
-# environment (env -u): a user's machine sets neither. ddpm then picks its OpenBLAS
-# kernels itself (SkylakeX on an AVX-512 CPU, see docs/speed.md); PyTorch uses
-# oneDNN for its convolutions.
+# --isa native (the default) runs both programs as a user of this machine would:
+# ddpm built with -march=native, OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed
+# from the environment of both (env -u), so that OpenBLAS picks its kernels
+# itself (SkylakeX on an AVX-512 CPU) and PyTorch uses oneDNN at the CPU's best.
+# --isa avx2 runs both as on a CPU with AVX2 and FMA but no AVX-512 (Intel client
+# CPUs since 2021, AMD before Zen 4): ddpm built in build-bench-avx2 with
+# -DDDPM_NATIVE=OFF -DCMAKE_C_FLAGS=-march=haswell (checked to hold no zmm
+# instruction) and both programs with OPENBLAS_CORETYPE=Haswell; PyTorch with
+# ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2 (DNNL_MAX_CPU_ISA for
+# older oneDNN). The output states the setting.
 #
-# Usage: scripts/bench.sh [--rounds N] [--seconds S] [--threads N] [--models LIST]
-#                         [--no-torch]
+# Usage: scripts/bench.sh [--isa native|avx2] [--rounds N] [--seconds S]
+#                         [--threads N] [--models LIST] [--no-torch]
+#   --isa I        native (default) or avx2, as above
 #   --rounds N     ddpm/PyTorch pairs per model (default 3)
 #   --seconds S    timed seconds per phase in each program (default 5)
 #   --threads N    threads for both (default 2)
@@ -20,9 +27,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rounds=3 seconds=5 threads=2 models=default,rgb32,rgb64 torch=1
+rounds=3 seconds=5 threads=2 models=default,rgb32,rgb64 torch=1 isa=native
 while [ $# -gt 0 ]; do
     case $1 in
+        --isa) isa=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
         --seconds) seconds=$2; shift 2 ;;
         --threads) threads=$2; shift 2 ;;
@@ -32,9 +40,32 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build-bench -j "$(nproc)" --target ddpm >/dev/null
-bin=build-bench/ddpm
+case $isa in
+    native)
+        bdir=build-bench
+        cmake -S . -B $bdir -DCMAKE_BUILD_TYPE=Release -DDDPM_NATIVE=ON >/dev/null
+        # both programs: OpenBLAS and oneDNN pick their kernels for this CPU
+        run_ddpm() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$@"; }
+        run_torch() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$@"; }
+        setting="native: ddpm -march=native; OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for both programs (OpenBLAS and oneDNN choose for this CPU)" ;;
+    avx2)
+        bdir=build-bench-avx2
+        cmake -S . -B $bdir -DCMAKE_BUILD_TYPE=Release -DDDPM_NATIVE=OFF -DCMAKE_C_FLAGS=-march=haswell >/dev/null
+        run_ddpm() { env -u OPENBLAS_L2_SIZE OPENBLAS_CORETYPE=Haswell "$@"; }
+        run_torch() {
+            env -u OPENBLAS_L2_SIZE OPENBLAS_CORETYPE=Haswell ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+                DNNL_MAX_CPU_ISA=AVX2 "$@"
+        }
+        setting="avx2 (a CPU without AVX-512): ddpm -DDDPM_NATIVE=OFF -march=haswell, OPENBLAS_CORETYPE=Haswell; PyTorch ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell" ;;
+    *) echo "bench.sh: unknown --isa $isa (native, avx2)" >&2; exit 2 ;;
+esac
+cmake --build $bdir -j "$(nproc)" --target ddpm >/dev/null
+bin=$bdir/ddpm
+zmm=$(objdump -d "$bin" | grep -c '%zmm' || true)
+if [ "$isa" = avx2 ] && [ "$zmm" != 0 ]; then
+    echo "bench.sh: $bin holds $zmm AVX-512 instructions: not an AVX2 build" >&2
+    exit 1
+fi
 py=/usr/bin/python3
 if [ "$torch" = 1 ] && ! "$py" -c 'import torch' 2>/dev/null; then
     echo "bench.sh: PyTorch not found (apt-get install python3-torch): timing ddpm alone"
@@ -71,9 +102,8 @@ model_name() {
     esac
 }
 
-run_clean() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$@"; }
-
-echo "Same machine, same invocation; OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for both programs."
+echo "Same machine, same invocation; setting $setting."
+echo "ddpm binary: $zmm zmm (AVX-512) instructions; load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); threads $threads; $seconds s per phase; $rounds rounds (ddpm, PyTorch alternating)"
 [ "$torch" = 1 ] && echo "PyTorch $("$py" -c 'import torch; print(torch.__version__)')"
 echo
@@ -87,16 +117,18 @@ for m in "${mlist[@]}"; do
     echo "|---|---|---|---|---|---|---|"
     for r in $(seq 1 "$rounds"); do
         # shellcheck disable=SC2086
-        j=$(run_clean "$bin" bench $flags --threads "$threads" --seconds "$seconds" --json)
+        j=$(run_ddpm "$bin" bench $flags --threads "$threads" --seconds "$seconds" --json)
         dt=$(field train images_per_sec "$j"); ds=$(field sample_forward images_per_sec "$j")
         dm=$(field "" peak_rss_mb "$j"); core=$(j=${j#*\"openblas_coretype\":\"}; echo "${j%%\"*}")
+        kern=$(j=${j#*\"kernels\":\"}; echo "${j%%\"*}")
         echo "$dt" >>"$tmp/dt"; echo "$ds" >>"$tmp/ds"; echo "$dm" >>"$tmp/dm"
         pt=- ps=- pm=-
         if [ "$torch" = 1 ]; then
             # shellcheck disable=SC2086
-            p=$(run_clean "$py" bench/torch_bench.py $flags --threads "$threads" --seconds "$seconds")
+            p=$(run_torch "$py" bench/torch_bench.py $flags --threads "$threads" --seconds "$seconds")
             pt=$(field train images_per_sec "$p"); ps=$(field sample_forward images_per_sec "$p")
             pm=$(field "" peak_rss_mb "$p")
+            tcap=$(p=${p#*\"cpu_capability\":\"}; echo "${p%%\"*}")
             echo "$pt" >>"$tmp/pt"; echo "$ps" >>"$tmp/ps"; echo "$pm" >>"$tmp/pm"
             awk -v a="$dt" -v b="$pt" 'BEGIN {print a / b}' >>"$tmp/rt"
             awk -v a="$ds" -v b="$ps" 'BEGIN {print a / b}' >>"$tmp/rs"
@@ -120,4 +152,6 @@ echo "| model | batch | ddpm train img/s | PyTorch train img/s | train ratio | d
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${summary[@]}"
 echo
-echo "ddpm's OpenBLAS kernels: ${core:-(OpenBLAS default)}; command: scripts/bench.sh --rounds $rounds --seconds $seconds --threads $threads --models $models$([ "$torch" = 1 ] || echo ' --no-torch')"
+echo "load average after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
+[ "$torch" = 1 ] && echo "PyTorch's ATen CPU capability in use: ${tcap:-?}"
+echo "ddpm's conv kernels: ${kern:-?}; OpenBLAS kernels: ${core:-(OpenBLAS default)}; command: scripts/bench.sh --isa $isa --rounds $rounds --seconds $seconds --threads $threads --models $models$([ "$torch" = 1 ] || echo ' --no-torch')"

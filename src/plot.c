@@ -409,7 +409,7 @@ static const uint8_t PALETTE[][3] = {
     {31, 119, 180}, {255, 127, 14},  {214, 39, 40},  {148, 103, 189},
     {140, 86, 75},  {227, 119, 194}, {23, 190, 207},
 };
-static const uint8_t RATE_COLOR[3] = {44, 160, 44};
+static const uint8_t RATE_COLOR[3] = {44, 160, 44}, FID_COLOR[3] = {188, 189, 34};
 
 int ddpm_plot_training_log(const char *log_path, const char *png_path, const ddpm_plot_options *o,
                            ddpm_plot_summary *summary)
@@ -426,10 +426,11 @@ int ddpm_plot_training_log(const char *log_path, const char *png_path, const ddp
     }
     /* the panels: losses (log10: the training loss and every held-out loss,
        "eval_l_simple" as `ddpm train --eval-dir` writes it), other eval_*
-       measures (the bound, eval_bpd), images/s. Standard errors and the
-       evaluation's settings (eval_n, eval_mc) are not curves. */
-    ddpm_plot_series losses[8], evals[8], rate[1];
-    int n_loss = 0, n_eval = 0, n_rate = 0;
+       measures (the bound, eval_bpd), the FID of `--eval-fid` (its own
+       panel: tens to hundreds, not bits), images/s. Standard errors and the
+       evaluation's settings (eval_n, eval_mc, eval_fid_n) are not curves. */
+    ddpm_plot_series losses[8], evals[8], fid[1], rate[1];
+    int n_loss = 0, n_eval = 0, n_fid = 0, n_rate = 0;
     losses[n_loss++] = (ddpm_plot_series){"loss (train)", loss->x, loss->y, loss->n, {0}};
     double x_lo = DBL_MAX, x_hi = -DBL_MAX;
     for (int s = 0; s < log.n_series; s++) {
@@ -438,13 +439,15 @@ int ddpm_plot_training_log(const char *log_path, const char *png_path, const ddp
         int plotted = 1;
         size_t len = strlen(se->name);
         int stderr_field = len >= 7 && !strcmp(se->name + len - 7, "_stderr");
-        int setting = !strcmp(se->name, "eval_n") || !strcmp(se->name, "eval_mc");
+        int setting = !strcmp(se->name, "eval_n") || !strcmp(se->name, "eval_mc") || !strcmp(se->name, "eval_fid_n");
         if (se == loss)
             ;
         else if (stderr_field || setting)
             plotted = 0;
         else if ((strstr(se->name, "loss") || strstr(se->name, "l_simple")) && n_loss < 8)
             losses[n_loss++] = ps;
+        else if (!strcmp(se->name, "eval_fid"))
+            fid[n_fid++] = ps;
         else if (!strncmp(se->name, "eval_", 5) && n_eval < 8)
             evals[n_eval++] = ps;
         else if (!strcmp(se->name, "images_per_sec"))
@@ -459,15 +462,23 @@ int ddpm_plot_training_log(const char *log_path, const char *png_path, const ddp
         memcpy(losses[s].rgb, PALETTE[s % 7], 3);
     for (int s = 0; s < n_eval; s++)
         memcpy(evals[s].rgb, PALETTE[(s + 2) % 7], 3);
+    if (n_fid)
+        memcpy(fid[0].rgb, FID_COLOR, 3);
     if (n_rate)
         memcpy(rate[0].rgb, RATE_COLOR, 3);
     x_lo = fmin(x_lo, 0); /* steps from 0, and a little room after the last */
     x_hi = x_hi > x_lo ? x_hi + 0.02 * (x_hi - x_lo) : x_lo + 1;
-    ddpm_plot_panel panels[3];
+    ddpm_plot_panel panels[4];
     int n_panels = 0;
+    char fid_title[96] = "FID";
+    const ddpm_log_series *fid_n = ddpm_train_log_find(&log, "eval_fid_n");
+    if (fid_n && fid_n->n > 0) /* FID depends on the sample count: say it */
+        snprintf(fid_title, sizeof fid_title, "FID of %.0f EMA samples", fid_n->y[fid_n->n - 1]);
     panels[n_panels++] = (ddpm_plot_panel){"loss (log scale)", 1, losses, n_loss};
     if (n_eval)
         panels[n_panels++] = (ddpm_plot_panel){n_eval == 1 ? evals[0].name : "evaluation", 0, evals, n_eval};
+    if (n_fid)
+        panels[n_panels++] = (ddpm_plot_panel){fid_title, 0, fid, 1};
     if (n_rate)
         panels[n_panels++] = (ddpm_plot_panel){"training speed, images/s", 0, rate, 1};
 

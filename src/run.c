@@ -17,6 +17,7 @@
 #include "ddpm/recipe.h"
 #include "ddpm/sha256.h"
 #include "ddpm/model.h"
+#include "ddpm/model_fid.h"
 #include "ddpm/sample.h"
 #include "ddpm/train.h"
 
@@ -34,6 +35,7 @@ void ddpm_run_options_default(ddpm_run_options *o)
     o->eval_every = 500;
     o->eval_n = 0;
     o->eval_mc = 0;
+    o->eval_fid_n = 0;
 }
 
 /* One session of a run: what ddpm_run opens and closes. */
@@ -47,6 +49,9 @@ typedef struct {
     int *labels;         /* [batch] */
     float *eval_x0;      /* [eval_n, D] held-out images, NULL without eval_dir */
     int eval_n;
+    ddpm_inception *fid_net; /* rank 0 with eval_fid: the network and the reference statistics */
+    ddpm_fid_stats fid_ref;
+    long fid_step;           /* the step of the last FID (-1: none yet) */
     long stop_step;      /* 0: none */
     double stop_elapsed; /* total training seconds at which to stop; 0: none */
     int lock_fd;         /* the run folder's lock (process 0), held for the whole session */
@@ -63,6 +68,9 @@ static void session_close(run_session *r)
     free(r->x0);
     free(r->labels);
     free(r->eval_x0);
+    ddpm_inception_free(r->fid_net);
+    r->fid_net = NULL;
+    ddpm_fid_stats_free(&r->fid_ref);
     ddpm_trainer_free(r->tr);
     ddpm_dataset_close(r->ds);
 }
@@ -180,6 +188,24 @@ static long given_stop_step(const ddpm_run_options *o, int n_images, int batch)
     return stop_step;
 }
 
+/* The Inception network and the reference statistics of eval_fid, checked
+ * against each other before anything else: statistics of other weights, or
+ * weights that cannot be read, stop the run before its folder is touched. */
+static int fid_open(run_session *r)
+{
+    const ddpm_run_options *o = r->o;
+    if (!o->eval_fid)
+        return DDPM_OK;
+    if (!o->inception || !o->inception[0])
+        return ddpm_error(DDPM_EUSAGE, "--eval-fid: no Inception weights given");
+    if (o->eval_fid_n < 2)
+        return ddpm_error(DDPM_EUSAGE, "--eval-fid needs --eval-fid-n N (N >= 2 samples per evaluation)");
+    int rc = ddpm_inception_load(&r->fid_net, o->inception);
+    if (!rc)
+        rc = ddpm_fid_stats_load(&r->fid_ref, o->eval_fid, ddpm_inception_sha256(r->fid_net));
+    return rc;
+}
+
 /* Refuses to overwrite a run, loads the data and the trainer (fresh or from the
  * checkpoint), makes the run folder and opens the log. */
 static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_run_callbacks *cb)
@@ -200,14 +226,22 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     snprintf(r->log_path, sizeof r->log_path, "%s/%s", o->out_dir, DDPM_LOG_FILE);
     snprintf(r->samples_dir, sizeof r->samples_dir, "%s/%s", o->out_dir, DDPM_SAMPLES_DIR);
     r->lock_fd = -1;
+    r->fid_step = -1;
     if (!o->out_dir[0])
         return ddpm_error(DDPM_EUSAGE, "--out: the run folder's name is empty");
+    int rc = r->rank == 0 ? fid_open(r) : 0;
+    if (rc) {
+        session_close(r);
+        return rc;
+    }
     /* One writer per run folder (process 0), from here to session_close. A folder
      * that does not exist yet is made and locked in session_files, so that bad
      * data leaves no folder behind. */
-    int rc = r->rank == 0 && ddpm_path_exists(o->out_dir) ? lock_and_clean(r, cb) : 0;
-    if (rc)
+    rc = r->rank == 0 && ddpm_path_exists(o->out_dir) ? lock_and_clean(r, cb) : 0;
+    if (rc) {
+        session_close(r);
         return rc;
+    }
     ddpm_checkpoint *ck = NULL;
     ddpm_run_config cfg = o->cfg;
     int has_ckpt = ddpm_path_exists(r->ckpt_path);
@@ -453,6 +487,41 @@ static int session_eval(run_session *r)
     return DDPM_OK;
 }
 
+/* FID of o->eval_fid_n samples of the EMA weights against the reference
+ * statistics, as one log.jsonl line. The samples are `ddpm sample`'s with the
+ * run's seed: the same noise at every evaluation, and the images `ddpm sample
+ * --checkpoint RUN_DIR --seed SEED --n N` draws from a checkpoint of that step.
+ * Uses the training workspace and its own Philox stream: the training is the
+ * same with or without it. Rank 0 alone evaluates and writes. */
+static int session_fid(run_session *r, const ddpm_run_callbacks *cb)
+{
+    ddpm_trainer *tr = r->tr;
+    if (r->rank > 0 || !r->fid_net)
+        return DDPM_OK;
+    double t0 = ddpm_now_seconds();
+    ddpm_model model;
+    ddpm_model_from_trainer(&model, tr, DDPM_WEIGHTS_EMA);
+    ddpm_model_fid_config c;
+    ddpm_model_fid_config_default(&c, &model);
+    c.n = r->o->eval_fid_n;
+    c.batch = tr->micro_batch; /* the workspace's size */
+    c.seed = tr->cfg.seed;
+    double fid = 0;
+    int rc = ddpm_model_fid(&fid, &model, &c, r->fid_net, &r->fid_ref, NULL);
+    ddpm_model_close(&model);
+    if (rc)
+        return rc;
+    r->fid_step = tr->state.step;
+    char line[256];
+    int n = snprintf(line, sizeof line, "{\"step\":%ld,\"eval_fid_n\":%d,\"eval_fid\":%.10g}\n", tr->state.step,
+                     c.n, fid);
+    if (n < 0 || (size_t)n >= sizeof line || fwrite(line, 1, (size_t)n, r->log) != (size_t)n || fflush(r->log))
+        return ddpm_error(DDPM_EIO, "%s: cannot write: %s", r->log_path, strerror(errno));
+    if (cb->fid)
+        cb->fid(cb->ctx, tr->state.step, c.n, fid, ddpm_now_seconds() - t0);
+    return DDPM_OK;
+}
+
 /* A DDIM grid from the EMA weights, with the same noise every time so that
  * previews of one run are comparable. Uses the training workspace. Its recipe
  * names the checkpoint by hash when the checkpoint on disk holds these weights
@@ -626,6 +695,8 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
             rc = session_preview(&r, preview, sizeof preview, last_saved == step);
         if (!rc && r.eval_x0 && o->eval_every > 0 && step % o->eval_every == 0)
             rc = session_eval(&r);
+        if (!rc && o->eval_every > 0 && step % o->eval_every == 0)
+            rc = session_fid(&r, cb);
     }
     if (diverged) {
         char msg[1024];
@@ -639,6 +710,10 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
     } else if (!rc) {
         if (r.rank == 0 && (tr->state.step > last_saved || !ddpm_path_exists(r.ckpt_path)))
             rc = session_save(&r);
+        /* the FID of the final weights, unless the last step had one (not after
+           an interrupt: the user asked to stop) */
+        if (!rc && !interrupted && tr->state.step > start_step && r.fid_step != tr->state.step)
+            rc = session_fid(&r, cb);
         preview[0] = '\0';
         if (!rc && o->preview_n > 0 && tr->state.step > start_step)
             rc = session_preview(&r, preview, sizeof preview, 1);

@@ -81,8 +81,8 @@ struct ddpm_unet_plan {
  * the "kept" ones are the block's own memory, kept from forward to backward; the
  * "transient" ones live in a scratch region that every block reuses, written by
  * forward and written again by backward from what was kept: a GroupNorm output
- * from its input and statistics, SiLU from the GroupNorm output, the dropout mask
- * from its Philox counter, the concat and the upsample from their sources. In a
+ * from its input and statistics, SiLU from the GroupNorm output, the dropout
+ * output from the mask's bits, the concat and the upsample from their sources. In a
  * forward-only workspace every buffer of a block is in the scratch region, and
  * some alias (SiLU in place). */
 typedef struct {
@@ -92,6 +92,7 @@ typedef struct {
     float *h1;                /* conv1(s1) + tp [B,cout,HW] */
     float *mean2, *rstd2;     /* GN2's statistics */
     uint64_t dropout_counter; /* the first Philox counter of this block's dropout mask */
+    uint8_t *mask;            /* the dropout mask as bits, ddpm_dropout_mask_bytes(cout HW) per image */
     /* transient */
     float *xcat; /* concat(h, skip) [B,cin,HW]; NULL without a skip input */
     float *a1;   /* GN1(x) [B,cin,HW] */
@@ -714,6 +715,10 @@ static void lay_out(ddpm_unet_workspace *ws, const ddpm_unet *net, layout *K, la
             r->h1 = take(KT, cout * HW);
             r->mean2 = take(KT, groups);
             r->rstd2 = take(KT, groups);
+            /* kept from forward to backward, as bits: a 32nd of the dropout output */
+            r->mask = training && c->dropout > 0
+                          ? (uint8_t *)take(K, (ddpm_dropout_mask_bytes(cout * HW) + sizeof(float) - 1) / sizeof(float))
+                          : NULL;
             break;
         }
         case M_ATTN: {
@@ -872,24 +877,27 @@ uint64_t ddpm_unet_dropout_counters(const ddpm_unet *net, int batch)
     return n;
 }
 
-/* Dropout in place over the B images of a ResBlock's conv2 input x [B,cout,HW]
- * (backward: d = 0 * d + dL/dx, in place), the mask of image b drawn from
- * block + (first + b) * per_image (ddpm_dropout_draw): one call when every image
- * starts on a counter boundary, one per image otherwise. */
-static void res_dropout(const ddpm_unet *net, const ddpm_unet_workspace *ws, const module *m, float *x, int B,
-                        uint64_t block, int backward)
+/* Dropout in place over the B images of a ResBlock's conv2 input x [B,cout,HW]:
+ * forward draws the mask of image b from block + (first + b) * per_image
+ * (ddpm_dropout_draw) and saves its bits; apply (backward's recompute of the
+ * output, and the gradient, d = 0 * d + dL/dx) multiplies by the saved mask.
+ * One call when every image starts on a counter and a mask byte boundary, one
+ * per image otherwise. */
+static void res_dropout(const ddpm_unet *net, const ddpm_unet_workspace *ws, const module *m, uint8_t *mask,
+                        float *x, int B, uint64_t block, int apply)
 {
-    const size_t n_img = (size_t)m->cout * m->H * m->W;
+    const size_t n_img = (size_t)m->cout * m->H * m->W, mask_img = ddpm_dropout_mask_bytes(n_img);
     const uint64_t per_image = dropout_counters_per_image(m);
-    const int n_calls = n_img % 4 == 0 ? 1 : B;
+    const int n_calls = n_img % 8 == 0 ? 1 : B;
     const size_t n = n_calls == 1 ? (size_t)B * n_img : n_img;
     for (int b = 0; b < n_calls; b++) {
         float *xb = x + (size_t)b * n_img;
+        uint8_t *mb = mask + (size_t)b * mask_img;
         uint64_t counter = block + (uint64_t)(ws->dropout_first + b) * per_image;
-        if (backward)
-            ddpm_dropout_backward(xb, 0.0f, xb, net->cfg.dropout, n, ws->dropout_seed, counter);
+        if (apply)
+            ddpm_dropout_backward(xb, 0.0f, xb, mb, net->cfg.dropout, n);
         else
-            ddpm_dropout_forward(xb, xb, net->cfg.dropout, n, ws->dropout_seed, counter);
+            ddpm_dropout_forward(xb, mb, xb, net->cfg.dropout, n, ws->dropout_seed, counter);
     }
 }
 
@@ -903,7 +911,7 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
     const res_params *P = &m->p.res;
     res_acts *A = &ws->acts[i].res;
     const int G = net->cfg.groups, H = m->H, W = m->W, HW = H * W, cin = m->cin, cout = m->cout;
-    const size_t n_in = (size_t)B * cin * HW, n_out = (size_t)B * cout * HW;
+    const size_t n_out = (size_t)B * cout * HW;
     const float *x = ws->h[m->in_slot];
     float *out = ws->h[m->out_slot];
     if (A->xcat) {
@@ -911,10 +919,10 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
         PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_concat_forward(A->xcat, x, ws->h[m->skip_slot], B, Ca, cin - Ca, HW));
         x = A->xcat;
     }
+    /* GN's output itself is only needed in backward, which recomputes it */
     PROF(0, DDPM_PROF_NORM,
-         ddpm_groupnorm_forward(A->a1, A->mean1, A->rstd1, x, PARAM(P->norm1_w), PARAM(P->norm1_b), B, cin, HW, G,
-                                GN_EPS));
-    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s1, A->a1, n_in));
+         ddpm_groupnorm_silu_forward(A->s1, NULL, A->mean1, A->rstd1, x, PARAM(P->norm1_w), PARAM(P->norm1_b), B, cin,
+                                     HW, G, GN_EPS));
     PROF(0, DDPM_PROF_CONV,
          ddpm_conv2d_forward(A->h1, ws->conv_scratch, A->s1, PARAM(P->conv1_w), PARAM(P->conv1_b), B, cin, H, W,
                              cout, 3, 1, 1));
@@ -922,12 +930,11 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
          ddpm_linear_forward(A->tp, ws->time.temb_act, PARAM(P->temb_w), PARAM(P->temb_b), B, net->plan->emb, cout));
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_add_channel_forward(A->h1, A->tp, B, cout, HW));
     PROF(0, DDPM_PROF_NORM,
-         ddpm_groupnorm_forward(A->a2, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b), B, cout, HW,
-                                G, GN_EPS));
-    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s2, A->a2, n_out));
+         ddpm_groupnorm_silu_forward(A->s2, NULL, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b), B,
+                                     cout, HW, G, GN_EPS));
     if (ws->dropout_applied) {
         A->dropout_counter = *counter;
-        PROF(0, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->s2, B, A->dropout_counter, 0));
+        PROF(0, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->mask, A->s2, B, A->dropout_counter, 0));
         *counter += (uint64_t)dropout->batch * dropout_counters_per_image(m);
     }
     PROF(0, DDPM_PROF_CONV,
@@ -1064,9 +1071,8 @@ static void forward(const ddpm_unet *net, const float *params, ddpm_unet_workspa
 
     /* eps_pred = conv_out(SiLU(GN(h))) */
     PROF(0, DDPM_PROF_NORM,
-         ddpm_groupnorm_forward(ws->head.a, ws->head.mean, ws->head.rstd, ws->h[p->n_slots - 1],
-                                PARAM(p->p_norm_out_w), PARAM(p->p_norm_out_b), B, c->ch, HW, c->groups, GN_EPS));
-    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->head.s, ws->head.a, (size_t)B * c->ch * HW));
+         ddpm_groupnorm_silu_forward(ws->head.s, NULL, ws->head.mean, ws->head.rstd, ws->h[p->n_slots - 1],
+                                     PARAM(p->p_norm_out_w), PARAM(p->p_norm_out_b), B, c->ch, HW, c->groups, GN_EPS));
     PROF(0, DDPM_PROF_CONV,
          ddpm_conv2d_forward(eps_pred, ws->conv_scratch, ws->head.s, PARAM(p->p_conv_out_w), PARAM(p->p_conv_out_b),
                              B, c->ch, S, S, ddpm_unet_out_channels(c), 3, 1, 1));
@@ -1106,19 +1112,18 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
         PROF(1, DDPM_PROF_ELEMENTWISE, memcpy(dx, dout, n_out * sizeof *dx));
     else
         PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(dx, dx, dout, n_out));
-    /* conv2's input again: Dropout(SiLU(GN2(h1))), the mask drawn from the same counter */
+    /* conv2's input again: Dropout(SiLU(GN2(h1))), with forward's mask */
     PROF(1, DDPM_PROF_NORM,
-         ddpm_groupnorm_forward(A->a2, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b), B, cout, HW,
-                                G, GN_EPS));
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s2, A->a2, n_out));
+         ddpm_groupnorm_silu_forward(A->s2, A->a2, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b), B,
+                                     cout, HW, G, GN_EPS));
     if (ws->dropout_applied)
-        PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->s2, B, A->dropout_counter, 0));
+        PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->mask, A->s2, B, A->dropout_counter, 1));
     PROF(1, DDPM_PROF_CONV,
          ddpm_conv2d_backward(dd2, 0.0f, GRAD(P->conv2_w), GRAD(P->conv2_b), ws->conv_scratch, dout, A->s2,
                               PARAM(P->conv2_w), B, cout, H, W, cout, 3, 1, 1));
     /* dd2 -> ds2 -> da2, in place */
     if (ws->dropout_applied)
-        PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, dd2, B, A->dropout_counter, 1));
+        PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->mask, dd2, B, A->dropout_counter, 1));
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(dd2, 0.0f, dd2, A->a2, n_out));
     PROF(1, DDPM_PROF_NORM,
          ddpm_groupnorm_backward(dh1, 0.0f, GRAD(P->norm2_w), GRAD(P->norm2_b), dd2, A->h1, A->mean2, A->rstd2,
@@ -1130,9 +1135,8 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
                               PARAM(P->temb_w), B, net->plan->emb, cout));
     /* conv1's input again: SiLU(GN1(x)) */
     PROF(1, DDPM_PROF_NORM,
-         ddpm_groupnorm_forward(A->a1, A->mean1, A->rstd1, x, PARAM(P->norm1_w), PARAM(P->norm1_b), B, cin, HW, G,
-                                GN_EPS));
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(A->s1, A->a1, n_in));
+         ddpm_groupnorm_silu_forward(A->s1, A->a1, A->mean1, A->rstd1, x, PARAM(P->norm1_w), PARAM(P->norm1_b), B, cin,
+                                     HW, G, GN_EPS));
     PROF(1, DDPM_PROF_CONV,
          ddpm_conv2d_backward(ds1, 0.0f, GRAD(P->conv1_w), GRAD(P->conv1_b), ws->conv_scratch, dh1, A->s1,
                               PARAM(P->conv1_w), B, cin, H, W, cout, 3, 1, 1));
@@ -1237,9 +1241,8 @@ void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
     float *ds = carve(ws, &cursor, (size_t)c->ch * HW), *da = carve(ws, &cursor, (size_t)c->ch * HW);
     /* conv_out's input again: SiLU(GN(h)) */
     PROF(1, DDPM_PROF_NORM,
-         ddpm_groupnorm_forward(ws->head.a, ws->head.mean, ws->head.rstd, ws->h[p->n_slots - 1],
-                                PARAM(p->p_norm_out_w), PARAM(p->p_norm_out_b), B, c->ch, HW, c->groups, GN_EPS));
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_forward(ws->head.s, ws->head.a, n_head));
+         ddpm_groupnorm_silu_forward(ws->head.s, ws->head.a, ws->head.mean, ws->head.rstd, ws->h[p->n_slots - 1],
+                                     PARAM(p->p_norm_out_w), PARAM(p->p_norm_out_b), B, c->ch, HW, c->groups, GN_EPS));
     PROF(1, DDPM_PROF_CONV,
          ddpm_conv2d_backward(ds, 0.0f, GRAD(p->p_conv_out_w), GRAD(p->p_conv_out_b), ws->conv_scratch, d_eps_pred,
                               ws->head.s, PARAM(p->p_conv_out_w), B, c->ch, S, S, ddpm_unet_out_channels(c), 3, 1, 1));

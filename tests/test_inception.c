@@ -14,9 +14,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "ddpm/error.h"
 #include "ddpm/inception.h"
+#include "ddpm/platform.h"
 #include "ddpm/pth.h"
 #include "ddpm/safetensors.h"
 #include "testutil.h"
@@ -96,6 +99,86 @@ static void test_inception_features_match_pytorch_reference_on_every_image_size(
     free(got);
     ddpm_inception_free(net);
     ddpm_safetensors_close(ref);
+}
+
+/* Features of n images at `threads` threads (the network's workspaces are made
+ * for the thread count at load time). */
+static float *features_at(int threads, const ddpm_inception_image *ims, int n)
+{
+    ddpm_threads_set(threads);
+    ddpm_inception *net = NULL;
+    if (ddpm_inception_load(&net, DIR "inception_w16.pth"))
+        fail_msg("%s", ddpm_last_error());
+    int D = ddpm_inception_n_features(net);
+    float *f = tu_alloc((size_t)n * D);
+    if (ddpm_inception_features(net, f, ims, n))
+        fail_msg("%s", ddpm_last_error());
+    ddpm_inception_free(net);
+    return f;
+}
+
+enum { N_SPREAD = 11 }; /* a full group of 8 and a partial one of 3 */
+
+/* Returns the number of images whose features differ (as bytes) between one
+ * call of N_SPREAD images at 1 thread and: the same call at 2 threads, the
+ * images in reverse order (each image in another group slot and group), and
+ * each image alone (slot 0 of a group of zero planes). */
+static int count_feature_byte_differences(void)
+{
+    ddpm_st_file *ref = open_reference();
+    ddpm_inception_image ims[N_SPREAD], rev[N_SPREAD];
+    uint8_t *px[N_IMAGES];
+    for (int k = 0; k < N_IMAGES; k++)
+        px[k] = load_image(ref, k, &ims[k]);
+    for (int i = N_IMAGES; i < N_SPREAD; i++)
+        ims[i] = ims[(i * 5) % N_IMAGES];
+    for (int i = 0; i < N_SPREAD; i++)
+        rev[i] = ims[N_SPREAD - 1 - i];
+    const int D = 128;
+    float *one = features_at(1, ims, N_SPREAD), *two = features_at(2, ims, N_SPREAD);
+    float *back = features_at(2, rev, N_SPREAD);
+    int n_diff = 0;
+    for (int i = 0; i < N_SPREAD; i++) {
+        float *alone = features_at(2, &ims[i], 1);
+        const float *want = one + (size_t)i * D;
+        int threads = memcmp(two + (size_t)i * D, want, sizeof(float) * D) != 0;
+        int slot = memcmp(back + (size_t)(N_SPREAD - 1 - i) * D, want, sizeof(float) * D) != 0;
+        int batch = memcmp(alone, want, sizeof(float) * D) != 0;
+        int bad = threads || slot || batch;
+        if (bad)
+            fprintf(stderr, "image %d (%dx%d): features differ%s%s%s\n", i, ims[i].width, ims[i].height,
+                    threads ? " at 2 threads" : "", slot ? " in another slot" : "", batch ? " alone" : "");
+        n_diff += bad;
+        free(alone);
+    }
+    free(one);
+    free(two);
+    free(back);
+    for (int k = 0; k < N_IMAGES; k++)
+        free(px[k]);
+    ddpm_safetensors_close(ref);
+    return n_diff;
+}
+
+/* An image's features are the same bytes at 1 and 2 threads, in any slot of
+ * any group and alone: with the environment as it is, and in a child with
+ * OpenBLAS's Haswell kernels (OPENBLAS_CORETYPE is read when the library
+ * loads), whose rounding has depended on how a product was split. */
+static void test_inception_features_same_bytes_any_threads_slot_or_batch(void **state)
+{
+    (void)state;
+    assert_int_equal(count_feature_byte_differences(), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        setenv("OPENBLAS_CORETYPE", "Haswell", 1);
+        execl("/proc/self/exe", "test_inception", "--determinism-child", (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
 }
 
 /* Resizes to several sizes, up and down, square and not, against torch's
@@ -254,10 +337,13 @@ static void test_inception_refuses_missing_tensor(void **state)
     assert_non_null(strstr(ddpm_last_error(), "small_zip.pth: tensor 'Conv2d_1a_3x3.conv.weight' is missing"));
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc == 2 && !strcmp(argv[1], "--determinism-child")) /* see the test above */
+        return count_feature_byte_differences() ? 1 : 0;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_inception_features_match_pytorch_reference_on_every_image_size),
+        cmocka_unit_test(test_inception_features_same_bytes_any_threads_slot_or_batch),
         cmocka_unit_test(test_inception_resize_matches_torch_bilinear),
         cmocka_unit_test(test_pth_reads_zip_and_legacy_torch_save),
         cmocka_unit_test(test_pth_refuses_damaged_and_foreign_files),

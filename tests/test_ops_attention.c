@@ -110,14 +110,13 @@ static void assert_canary_intact(const attn_case *c)
     const size_t n = ddpm_attention_scratch_floats(c->N);
     for (int i = 0; i < CANARY; i++)
         if (!isnan(c->scratch[n + i]))
-            fail_msg("scratch overrun: float %d past ddpm_attention_scratch_floats was written",
-                     i);
+            fail_msg("scratch overrun: float %d past ddpm_attention_scratch_floats was written", i);
 }
 
 /* Naive attention in double, straight from the definition:
  * w[b,i,j] = softmax_j(sum_c q[b,c,i] k[b,c,j] / sqrt(C)), h[b,c,i] = sum_j w[b,i,j] v[b,c,j]. */
-static void attention_reference(double *h, double *w, const float *q, const float *k,
-                                const float *v, int B, int C, int N)
+static void attention_reference(double *h, double *w, const float *q, const float *k, const float *v, int B,
+                                int C, int N)
 {
     for (int b = 0; b < B; b++) {
         const float *qb = q + (size_t)b * C * N, *kb = k + (size_t)b * C * N;
@@ -167,18 +166,16 @@ static void forward(attn_case *c)
 static void backward(attn_case *c, float *dq, float *dk, float *dv)
 {
     /* dL/dh = r */
-    ddpm_attention_backward(dq, dk, dv, 1.0f, c->scratch, c->r, c->w, c->q, c->k, c->v, c->B, c->C,
-                            c->N);
+    ddpm_attention_backward(dq, dk, dv, 1.0f, c->scratch, c->r, c->w, c->q, c->k, c->v, c->B, c->C, c->N);
 }
 
-static void expect_close(const char *what, const float *got, const double *want, size_t n,
-                         double atol, double rtol)
+static void expect_close(const char *what, const float *got, const double *want, size_t n, double atol,
+                         double rtol)
 {
     for (size_t i = 0; i < n; i++) {
         const double diff = fabs((double)got[i] - want[i]);
         if (!(diff <= atol + rtol * fabs(want[i])))
-            fail_msg("%s[%zu] = %.8g, want %.8g (|diff| %.3g)", what, i, (double)got[i], want[i],
-                     diff);
+            fail_msg("%s[%zu] = %.8g, want %.8g (|diff| %.3g)", what, i, (double)got[i], want[i], diff);
     }
 }
 
@@ -198,7 +195,8 @@ static void test_attention_forward_matches_naive_attention(void **state)
     (void)state;
     check_forward(2, 5, 15, 1); /* 3x5 positions */
     check_forward(3, 6, 7, 2);
-    check_forward(2, 3, 1, 3); /* one position: w = 1, h = v */
+    check_forward(2, 3, 1, 3);   /* one position: w = 1, h = v */
+    check_forward(2, 8, 196, 4); /* the default model's 14x14: rows of whole and partial 8-sums */
 }
 
 /* Scores of several hundred overflow expf without the row maximum subtracted. */
@@ -241,12 +239,9 @@ static void check_backward_fd(int B, int C, int N, uint64_t seed)
     backward(&c, c.dq, c.dk, c.dv);
     assert_canary_intact(&c);
     int n_bad = 0;
-    n_bad += tu_check_grad("attention dq", c.q, c.dq, c.n_x, loss_reference, &c, FD_H, GRAD_ATOL,
-                           GRAD_RTOL);
-    n_bad += tu_check_grad("attention dk", c.k, c.dk, c.n_x, loss_reference, &c, FD_H, GRAD_ATOL,
-                           GRAD_RTOL);
-    n_bad += tu_check_grad("attention dv", c.v, c.dv, c.n_x, loss_reference, &c, FD_H, GRAD_ATOL,
-                           GRAD_RTOL);
+    n_bad += tu_check_grad("attention dq", c.q, c.dq, c.n_x, loss_reference, &c, FD_H, GRAD_ATOL, GRAD_RTOL);
+    n_bad += tu_check_grad("attention dk", c.k, c.dk, c.n_x, loss_reference, &c, FD_H, GRAD_ATOL, GRAD_RTOL);
+    n_bad += tu_check_grad("attention dv", c.v, c.dv, c.n_x, loss_reference, &c, FD_H, GRAD_ATOL, GRAD_RTOL);
     if (n_bad)
         fail_msg("attention backward B%d C%d N%d: %d gradient elements off", B, C, N, n_bad);
     case_free(&c);
@@ -347,7 +342,8 @@ static void test_attention_same_bytes_at_one_and_two_threads(void **state)
         h[t] = tu_alloc(c.n_x), w[t] = tu_alloc(c.n_w);
         dq[t] = tu_alloc(c.n_x), dk[t] = tu_alloc(c.n_x), dv[t] = tu_alloc(c.n_x);
         ddpm_attention_forward(h[t], w[t], c.q, c.k, c.v, c.B, c.C, c.N);
-        ddpm_attention_backward(dq[t], dk[t], dv[t], 0.0f, c.scratch, c.r, w[t], c.q, c.k, c.v, c.B, c.C, c.N);
+        ddpm_attention_backward(dq[t], dk[t], dv[t], 0.0f, c.scratch, c.r, w[t], c.q, c.k, c.v, c.B, c.C,
+                                c.N);
     }
     assert_memory_equal(h[0], h[1], c.n_x * sizeof(float));
     assert_memory_equal(w[0], w[1], c.n_w * sizeof(float));

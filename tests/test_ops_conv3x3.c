@@ -401,6 +401,22 @@ static void test_conv3x3_is_identical_for_one_two_and_three_threads(void **state
     for_both_tiles(test_conv3x3_is_identical_for_one_two_and_three_threads_tile);
 }
 
+/* The kernels are the ones this build asked for: an AVX2 build (-march=haswell,
+ * tests/haswell_ops.sh) that fell back to the plain-C path would pass every test
+ * above without testing the AVX2 code. */
+static void test_conv3x3_runs_the_instruction_set_it_was_compiled_for(void **state)
+{
+    (void)state;
+#if defined(__AVX512F__)
+    const char *expected = "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+    const char *expected = "avx2";
+#else
+    const char *expected = "generic";
+#endif
+    assert_string_equal(ddpm_conv3x3_isa(), expected);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -410,6 +426,7 @@ int main(void)
         cmocka_unit_test(test_conv3x3_backward_beta_accumulates_or_overwrites),
         cmocka_unit_test(test_conv3x3_backward_null_gradients_are_skipped),
         cmocka_unit_test(test_conv3x3_is_identical_for_one_two_and_three_threads),
+        cmocka_unit_test(test_conv3x3_runs_the_instruction_set_it_was_compiled_for),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

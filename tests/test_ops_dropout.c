@@ -1,5 +1,6 @@
-/* Tests of inverted dropout: the kept fraction and scale, the Philox lane layout,
- * reproducibility, independence of the thread count, p = 0, and the backward pass. */
+/* Tests of inverted dropout: the kept fraction and scale, the Philox lane layout
+ * and the saved mask bits, reproducibility, independence of the thread count,
+ * p = 0, and the backward pass from the saved bits. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,14 +16,26 @@
 
 enum { BIG = 1 << 20 };
 
-/* Forward, and the mask it applied (the forward of ones: the op stores no mask). */
-static void forward_with_mask(float *out, float *mask, const float *x, float p, size_t n, uint64_t seed,
-                              uint64_t counter)
+/* Forward, and the mask it applied as floats (the forward of ones, not saving its
+ * bits) and as the bits it saved (bits may be NULL). */
+static void forward_with_bits(float *out, float *mask, uint8_t *bits, const float *x, float p, size_t n,
+                              uint64_t seed, uint64_t counter)
 {
     for (size_t i = 0; i < n; i++)
         mask[i] = 1.0f;
-    ddpm_dropout_forward(mask, mask, p, n, seed, counter);
-    ddpm_dropout_forward(out, x, p, n, seed, counter);
+    ddpm_dropout_forward(mask, NULL, mask, p, n, seed, counter);
+    ddpm_dropout_forward(out, bits, x, p, n, seed, counter);
+}
+
+static void forward_with_mask(float *out, float *mask, const float *x, float p, size_t n, uint64_t seed,
+                              uint64_t counter)
+{
+    forward_with_bits(out, mask, NULL, x, p, n, seed, counter);
+}
+
+static int bit(const uint8_t *bits, size_t i)
+{
+    return (bits[i / 8] >> (i % 8)) & 1;
 }
 
 static void check_kept_fraction_and_scale(float p)
@@ -66,15 +79,20 @@ static void test_dropout_mask_is_philox_lane_i_mod_4_of_counter_plus_i_div_4(voi
     enum { N = 103 }; /* not a multiple of 4: the last block is partial */
     const float p = 0.3f;
     float x[N], out[N], mask[N];
+    uint8_t bits[(N + 7) / 8];
+    assert_int_equal(ddpm_dropout_mask_bytes(N), sizeof bits);
     for (int i = 0; i < N; i++)
         x[i] = 1.0f;
-    forward_with_mask(out, mask, x, p, N, 7, 55);
+    forward_with_bits(out, mask, bits, x, p, N, 7, 55);
     for (int i = 0; i < N; i++) {
         uint32_t w[4];
         ddpm_philox(w, 7, DDPM_STREAM_DROPOUT, 55 + (uint64_t)i / 4);
         float u = ((float)(w[i % 4] >> 8) + 0.5f) / 16777216.0f;
         assert_true((mask[i] == 0.0f) == (u < p));
+        assert_int_equal(bit(bits, i), !(u < p)); /* the saved bit: kept */
     }
+    /* the unused bits of the last byte (N % 8 = 7 used) are clear */
+    assert_int_equal(bits[N / 8] >> (N % 8), 0);
 }
 
 static void test_dropout_same_seed_and_counter_give_the_same_mask(void **state)
@@ -100,16 +118,20 @@ static void test_dropout_mask_does_not_depend_on_thread_count(void **state)
     /* BIG is above the size where the loop goes parallel */
     float *x = tu_alloc(BIG), *o1 = tu_alloc(BIG), *o2 = tu_alloc(BIG);
     float *m1 = tu_alloc(BIG), *m2 = tu_alloc(BIG);
+    uint8_t *b1 = malloc(BIG / 8), *b2 = malloc(BIG / 8);
+    assert_non_null(b1);
+    assert_non_null(b2);
     tu_fill_uniform(x, BIG, 3, -1.0f, 1.0f);
     int saved = omp_get_max_threads();
     omp_set_num_threads(1);
-    forward_with_mask(o1, m1, x, 0.1f, BIG, 11, 77);
+    forward_with_bits(o1, m1, b1, x, 0.1f, BIG, 11, 77);
     omp_set_num_threads(2);
-    forward_with_mask(o2, m2, x, 0.1f, BIG, 11, 77);
+    forward_with_bits(o2, m2, b2, x, 0.1f, BIG, 11, 77);
     omp_set_num_threads(saved);
     assert_memory_equal(m1, m2, BIG * sizeof(float));
     assert_memory_equal(o1, o2, BIG * sizeof(float));
-    free(x), free(o1), free(o2), free(m1), free(m2);
+    assert_memory_equal(b1, b2, BIG / 8);
+    free(x), free(o1), free(o2), free(m1), free(m2), free(b1), free(b2);
 }
 
 static void test_dropout_p_zero_is_identity_with_unit_mask_in_place(void **state)
@@ -140,12 +162,13 @@ static void test_dropout_in_place_equals_out_of_place(void **state)
 typedef struct {
     float *x, *out, *mask, *r;
     size_t n;
+    uint8_t *bits;
 } drop_case;
 
 static double drop_loss(void *ctx)
 {
     drop_case *c = ctx;
-    forward_with_mask(c->out, c->mask, c->x, 0.25f, c->n, 13, 31);
+    forward_with_bits(c->out, c->mask, c->bits, c->x, 0.25f, c->n, 13, 31);
     double L = 0;
     for (size_t i = 0; i < c->n; i++)
         L += (double)c->r[i] * c->out[i];
@@ -156,43 +179,51 @@ static void test_dropout_backward_matches_finite_differences_and_accumulates(voi
 {
     (void)state;
     enum { N = 2 * 6 * 35 };
-    drop_case c = {tu_alloc(N), tu_alloc(N), tu_alloc(N), tu_alloc(N), N};
+    uint8_t bits[(N + 7) / 8];
+    drop_case c = {tu_alloc(N), tu_alloc(N), tu_alloc(N), tu_alloc(N), N, bits};
     float *din = tu_alloc(N), *din2 = tu_alloc(N);
     tu_fill_uniform(c.x, N, 7, -1.0f, 1.0f);
     tu_fill_uniform(c.r, N, 8, -1.0f, 1.0f);
     drop_loss(&c);
-    ddpm_dropout_backward(din, 1.0f, c.r, 0.25f, N, 13, 31);
+    ddpm_dropout_backward(din, 1.0f, c.r, bits, 0.25f, N);
     /* out = x * 4/3 (float): linear, so only rounding remains: x +- h and x * scale
      * each rounded (rel 6e-8, |out| < 1.4) give <~ 4e-7 / 2h = 1.3e-5 with h = 2^-6.
      * abs 3e-5 + rel 1e-5; a wrong mask or index is off by O(1). */
     assert_int_equal(tu_check_grad("dropout din", c.x, din, N, drop_loss, &c, 1.0f / 64, 3e-5, 1e-5), 0);
     for (size_t i = 0; i < N; i++)
         din2[i] = 1.0f - (float)(i % 3);
-    ddpm_dropout_backward(din2, 1.0f, c.r, 0.25f, N, 13, 31);
+    ddpm_dropout_backward(din2, 1.0f, c.r, bits, 0.25f, N);
     for (size_t i = 0; i < N; i++) {
         float want = (1.0f - (float)(i % 3)) + din[i];
         assert_true(fabsf(din2[i] - want) <= 1e-6f * (1.0f + fabsf(want)));
     }
-    ddpm_dropout_backward(NULL, 1.0f, c.r, 0.25f, N, 13, 31);
+    ddpm_dropout_backward(NULL, 1.0f, c.r, bits, 0.25f, N);
     free(c.x), free(c.out), free(c.mask), free(c.r), free(din), free(din2);
 }
 
-/* Backward draws the forward's mask again: beta = 0 gives exactly dout * mask (and
- * never reads din), beta = 1 adds it; with p = 0 the mask is all ones. */
-static void test_dropout_backward_redraws_the_forward_mask_beta0_overwrites(void **state)
+/* Backward applies the forward's saved mask: beta = 0 gives exactly dout * mask
+ * (and never reads din), beta = 1 adds it; beta = 0 on forward's input gives
+ * forward's output to the bit (the network's recompute of it); with p = 0 the
+ * mask is all ones and is not read. */
+static void test_dropout_backward_applies_the_saved_mask_beta0_overwrites(void **state)
 {
     (void)state;
     enum { N = 301 };
     float x[N], out[N], mask[N], d[N], want[N] = {0}, got[N];
+    uint8_t bits[(N + 7) / 8];
+    tu_fill_uniform(x, N, 12, -1.0f, 1.0f);
     for (int i = 0; i < N; i++)
-        x[i] = 1.0f, d[i] = (float)(i % 13) - 6.5f, got[i] = NAN;
-    forward_with_mask(out, mask, x, 0.4f, N, 5, 3);
-    ddpm_dropout_backward(want, 1.0f, d, 0.4f, N, 5, 3);
-    ddpm_dropout_backward(got, 0.0f, d, 0.4f, N, 5, 3);
+        d[i] = (float)(i % 13) - 6.5f, got[i] = NAN;
+    forward_with_bits(out, mask, bits, x, 0.4f, N, 5, 3);
+    ddpm_dropout_backward(want, 1.0f, d, bits, 0.4f, N);
+    ddpm_dropout_backward(got, 0.0f, d, bits, 0.4f, N);
     for (int i = 0; i < N; i++)
         if (got[i] != want[i] || got[i] != d[i] * mask[i])
             fail_msg("din[%d] = %g and %g, want %g", i, (double)got[i], (double)want[i], (double)(d[i] * mask[i]));
-    ddpm_dropout_backward(got, 0.0f, d, 0.0f, N, 5, 3);
+    memcpy(got, x, sizeof got);
+    ddpm_dropout_backward(got, 0.0f, got, bits, 0.4f, N);
+    assert_memory_equal(got, out, sizeof got);
+    ddpm_dropout_backward(got, 0.0f, d, NULL, 0.0f, N);
     assert_memory_equal(got, d, sizeof got);
 }
 
@@ -206,7 +237,7 @@ int main(void)
         cmocka_unit_test(test_dropout_p_zero_is_identity_with_unit_mask_in_place),
         cmocka_unit_test(test_dropout_in_place_equals_out_of_place),
         cmocka_unit_test(test_dropout_backward_matches_finite_differences_and_accumulates),
-        cmocka_unit_test(test_dropout_backward_redraws_the_forward_mask_beta0_overwrites),
+        cmocka_unit_test(test_dropout_backward_applies_the_saved_mask_beta0_overwrites),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -29,8 +29,8 @@ typedef struct {
     int B, C, HW, G;
     float eps;
     size_t n;
-    float *x, *gamma, *beta, *r;   /* inputs, parameters, projection of L = sum r * out */
-    float *out, *mean, *rstd;      /* the op's outputs */
+    float *x, *gamma, *beta, *r; /* inputs, parameters, projection of L = sum r * out */
+    float *out, *mean, *rstd;    /* the op's outputs */
     double *ref_out, *ref_mean, *ref_rstd;
 } gn_case;
 
@@ -95,8 +95,8 @@ static void gn_reference(gn_case *c)
 static double gn_loss(void *ctx)
 {
     gn_case *c = ctx;
-    ddpm_groupnorm_forward(c->out, c->mean, c->rstd, c->x, c->gamma, c->beta, c->B, c->C, c->HW,
-                           c->G, c->eps);
+    ddpm_groupnorm_forward(c->out, c->mean, c->rstd, c->x, c->gamma, c->beta, c->B, c->C, c->HW, c->G,
+                           c->eps);
     double L = 0;
     for (size_t i = 0; i < c->n; i++)
         L += (double)c->r[i] * c->out[i];
@@ -197,21 +197,20 @@ static void check_groupnorm_gradients(float eps)
          * abs 1e-3 + rel 1e-2: still catches a wrong index or a missing term, whose error
          * is O(|gradient|) ~ 0.1 .. 1. The tight check is (2). */
         bad += tu_check_grad("groupnorm din (float fd)", c.x, din, c.n, gn_loss, &c, FD_H, 1e-3, 1e-2);
-        bad += tu_check_grad("groupnorm dgamma (float fd)", c.gamma, dgamma, c.C, gn_loss, &c, FD_H,
-                             1e-3, 1e-2);
-        bad += tu_check_grad("groupnorm dbeta (float fd)", c.beta, dbeta, c.C, gn_loss, &c, FD_H,
-                             1e-3, 1e-2);
+        bad +=
+            tu_check_grad("groupnorm dgamma (float fd)", c.gamma, dgamma, c.C, gn_loss, &c, FD_H, 1e-3, 1e-2);
+        bad += tu_check_grad("groupnorm dbeta (float fd)", c.beta, dbeta, c.C, gn_loss, &c, FD_H, 1e-3, 1e-2);
         /* (2) Differences of the double reference with the same exact perturbation: no
          * rounding noise (1e-16 * |L| / h ~ 1e-13), only the truncation h^2/6 |L'''|, and
          * the float analytic gradient's own rounding (~1e-7 relative). Measured worst
          * difference: below 1e-7 (and ~8e-5 for (1)). abs 2e-6 + rel 2e-5 leaves a 20x
          * margin and is 500x tighter than (1): a 0.1% error in dgamma fails it. */
-        bad += tu_check_grad("groupnorm din (double fd)", c.x, din, c.n, gn_loss_reference, &c, FD_H,
-                             2e-6, 2e-5);
-        bad += tu_check_grad("groupnorm dgamma (double fd)", c.gamma, dgamma, c.C, gn_loss_reference,
-                             &c, FD_H, 2e-6, 2e-5);
-        bad += tu_check_grad("groupnorm dbeta (double fd)", c.beta, dbeta, c.C, gn_loss_reference, &c,
+        bad += tu_check_grad("groupnorm din (double fd)", c.x, din, c.n, gn_loss_reference, &c, FD_H, 2e-6,
+                             2e-5);
+        bad += tu_check_grad("groupnorm dgamma (double fd)", c.gamma, dgamma, c.C, gn_loss_reference, &c,
                              FD_H, 2e-6, 2e-5);
+        bad += tu_check_grad("groupnorm dbeta (double fd)", c.beta, dbeta, c.C, gn_loss_reference, &c, FD_H,
+                             2e-6, 2e-5);
         if (bad)
             fprintf(stderr, "shape B %d C %d HW %d G %d eps %g\n", c.B, c.C, c.HW, c.G, (double)eps);
         assert_int_equal(bad, 0);
@@ -260,7 +259,8 @@ static void test_groupnorm_backward_accumulates_and_skips_null(void **state)
     ddpm_groupnorm_backward(din2, 1.0f, NULL, NULL, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW, c.G);
     assert_memory_equal(din2, din, c.n * sizeof(float));
     memset(dgamma2, 0, c.C * sizeof(float));
-    ddpm_groupnorm_backward(NULL, 1.0f, dgamma2, NULL, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW, c.G);
+    ddpm_groupnorm_backward(NULL, 1.0f, dgamma2, NULL, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW,
+                            c.G);
     assert_memory_equal(dgamma2, dgamma, c.C * sizeof(float));
     free(din), free(dgamma), free(dbeta), free(din2), free(dgamma2), free(dbeta2);
     gn_free(&c);
@@ -301,7 +301,8 @@ static void test_groupnorm_backward_beta0_overwrites_din_and_accumulates_paramet
         din2[i] = NAN;
     for (int i = 0; i < c.C; i++)
         dgamma2[i] = 1.5f + i, dbeta2[i] = -2.25f + i;
-    ddpm_groupnorm_backward(din2, 0.0f, dgamma2, dbeta2, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW, c.G);
+    ddpm_groupnorm_backward(din2, 0.0f, dgamma2, dbeta2, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW,
+                            c.G);
     for (size_t i = 0; i < c.n; i++)
         if (din2[i] != din[i])
             fail_msg("din[%zu] = %g, want %g", i, (double)din2[i], (double)din[i]);
@@ -311,6 +312,55 @@ static void test_groupnorm_backward_beta0_overwrites_din_and_accumulates_paramet
     }
     free(din), free(dgamma), free(dbeta), free(din2), free(dgamma2), free(dbeta2);
     gn_free(&c);
+}
+
+/* The fused GroupNorm + SiLU gives exactly the bytes of ddpm_groupnorm_forward
+ * then ddpm_silu_forward (out, the saved norm, mean, rstd), with and without the
+ * norm output, at 1, 2 and 3 threads: odd HW, B > 1, one group, and the default
+ * model's 14x14 attention-level shape (large enough to run in parallel). gamma
+ * up to 3 sends SiLU's inputs to both tails of the sigmoid. Its backward is
+ * ddpm_silu_backward then ddpm_groupnorm_backward, each tested above and in
+ * test_ops_silu.c: equal forward bytes are what makes that composition exact. */
+static void test_groupnorm_silu_forward_gives_the_bytes_of_groupnorm_then_silu(void **state)
+{
+    (void)state;
+    const struct {
+        int B, C, HW, G;
+    } shapes[] = {{3, 6, 25, 3}, {2, 4, 7, 1}, {5, 64, 196, 8}};
+    const int saved = omp_get_max_threads();
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        gn_case c = gn_make(shapes[k].B, shapes[k].C, shapes[k].HW, shapes[k].G, 1e-5f, 70 + k);
+        fill_grid(c.gamma, c.C, 80 + k, -3.0f, 3.0f);
+        c.gamma[0] = 3.0f, c.gamma[c.C - 1] = -3.0f;
+        const size_t ng = (size_t)c.B * c.G;
+        float *ref = tu_alloc(c.n), *norm = tu_alloc(c.n), *out = tu_alloc(c.n);
+        float *mean = tu_alloc(ng), *rstd = tu_alloc(ng);
+        ddpm_groupnorm_forward(c.out, c.mean, c.rstd, c.x, c.gamma, c.beta, c.B, c.C, c.HW, c.G, c.eps);
+        ddpm_silu_forward(ref, c.out, c.n);
+        for (int t = 1; t <= 3; t++) {
+            omp_set_num_threads(t);
+            memset(norm, 0, c.n * sizeof(float));
+            ddpm_groupnorm_silu_forward(out, norm, mean, rstd, c.x, c.gamma, c.beta, c.B, c.C, c.HW, c.G,
+                                        c.eps);
+            assert_memory_equal(out, ref, c.n * sizeof(float));
+            assert_memory_equal(norm, c.out, c.n * sizeof(float));
+            assert_memory_equal(mean, c.mean, ng * sizeof(float));
+            assert_memory_equal(rstd, c.rstd, ng * sizeof(float));
+            memset(out, 0, c.n * sizeof(float));
+            ddpm_groupnorm_silu_forward(out, NULL, mean, rstd, c.x, c.gamma, c.beta, c.B, c.C, c.HW, c.G,
+                                        c.eps);
+            assert_memory_equal(out, ref, c.n * sizeof(float));
+        }
+        omp_set_num_threads(saved);
+        /* the GroupNorm outputs reach both sides of the sigmoid, beyond +-2 */
+        float lo = 0.0f, hi = 0.0f;
+        for (size_t i = 0; i < c.n; i++)
+            lo = c.out[i] < lo ? c.out[i] : lo, hi = c.out[i] > hi ? c.out[i] : hi;
+        if (!(lo < -2.0f && hi > 2.0f))
+            fail_msg("shape %zu: GroupNorm outputs in [%g, %g]", k, (double)lo, (double)hi);
+        free(ref), free(norm), free(out), free(mean), free(rstd);
+        gn_free(&c);
+    }
 }
 
 int main(void)
@@ -323,6 +373,7 @@ int main(void)
         cmocka_unit_test(test_groupnorm_backward_accumulates_and_skips_null),
         cmocka_unit_test(test_groupnorm_is_identical_for_one_and_two_threads),
         cmocka_unit_test(test_groupnorm_backward_beta0_overwrites_din_and_accumulates_parameters),
+        cmocka_unit_test(test_groupnorm_silu_forward_gives_the_bytes_of_groupnorm_then_silu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

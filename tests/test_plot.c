@@ -254,6 +254,48 @@ static void test_chart_draws_the_fields_that_train_eval_dir_writes(void **state)
     stbi_image_free(px);
 }
 
+/* The fields `ddpm train --eval-fid STATS --eval-fid-n N` writes: the FID in a
+ * panel of its own in its colour (with the bound present, between the bound's
+ * panel and images/s: merged into the bound's panel it would take the bound
+ * panel's palette colour, and its scale), eval_fid_n not drawn. */
+static void test_chart_draws_eval_fid_in_a_panel_of_its_own(void **state)
+{
+    (void)state;
+    const uint8_t fid_olive[3] = {188, 189, 34};
+    char log[4096] = "", line[256];
+    for (int step = 50; step <= 600; step += 50) {
+        snprintf(line, sizeof line, "{\"step\":%d,\"loss\":%g,\"lr\":0.001,\"images_per_sec\":60}\n", step,
+                 0.5 / step + 0.04);
+        strcat(log, line);
+        if (step % 200 == 0) {
+            snprintf(line, sizeof line,
+                     "{\"step\":%d,\"eval_n\":256,\"eval_l_simple\":%g,\"eval_mc\":4,\"eval_bpd\":%g}\n"
+                     "{\"step\":%d,\"eval_fid_n\":1000,\"eval_fid\":%g}\n",
+                     step, 0.6 / step + 0.035, 4.0 - step / 1000.0, step, 200.0 - step / 5.0);
+            strcat(log, line);
+        }
+    }
+    write_file("fid.jsonl", log);
+    ddpm_plot_options o;
+    ddpm_plot_options_default(&o);
+    o.width = 500;
+    o.height = 400;
+    ddpm_plot_summary sum;
+    assert_int_equal(ddpm_plot_training_log(in_tmp("fid.jsonl"), in_tmp("fid.png"), &o, &sum), 0);
+    assert_int_equal(sum.n_series, 5); /* loss, eval_l_simple | eval_bpd | eval_fid | images/s */
+    assert_string_equal(sum.names[2], "eval_bpd");
+    assert_string_equal(sum.names[3], "eval_fid");
+    assert_string_equal(sum.names[4], "images_per_sec");
+    int w, h, ch;
+    unsigned char *px = stbi_load(in_tmp("fid.png"), &w, &h, &ch, 3);
+    assert_non_null(px);
+    /* 400 px, 4 panels: loss 36..100, bound 148..180, FID 228..260, speed 308..340 */
+    assert_true(count_color(px, w, 200, 280, fid_olive) > 20);
+    assert_int_equal(count_color(px, w, 0, 200, fid_olive), 0);
+    assert_int_equal(count_color(px, w, 280, h, fid_olive), 0);
+    stbi_image_free(px);
+}
+
 static void test_missing_empty_and_garbage_logs_are_errors_naming_the_file(void **state)
 {
     (void)state;
@@ -332,6 +374,7 @@ int main(void)
         cmocka_unit_test(test_chart_draws_heldout_loss_only_when_the_log_has_it),
         cmocka_unit_test(test_missing_empty_and_garbage_logs_are_errors_naming_the_file),
         cmocka_unit_test(test_chart_draws_the_fields_that_train_eval_dir_writes),
+        cmocka_unit_test(test_chart_draws_eval_fid_in_a_panel_of_its_own),
         cmocka_unit_test(test_binary_plots_a_run_dir_and_reports_bad_logs_in_one_line),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -254,7 +254,7 @@ static void test_run_reports_through_callbacks_and_writes_nothing_to_the_termina
     run_options(&o, data, out, 5);
     o.log_every = 2;
     record r = {0};
-    ddpm_run_callbacks cb = {&r, on_started, on_progress, on_warning};
+    ddpm_run_callbacks cb = {&r, on_started, on_progress, on_warning, NULL};
     ddpm_run_summary s;
     long terminal_bytes = -1;
     assert_int_equal(run_capturing_terminal(&o, &cb, &s, &terminal_bytes), 0);
@@ -302,7 +302,7 @@ static void test_stop_flag_saves_a_checkpoint_and_says_interrupted(void **state)
     o.preview_n = 0;
     o.stop = &stop;
     record r = {.stop = &stop, .stop_at = 3};
-    ddpm_run_callbacks cb = {&r, NULL, on_progress, NULL};
+    ddpm_run_callbacks cb = {&r, NULL, on_progress, NULL, NULL};
     ddpm_run_summary s;
     assert_int_equal(ddpm_run(&o, &cb, &s), 0);
     assert_true(s.interrupted);

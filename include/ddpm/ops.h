@@ -28,8 +28,9 @@ double ddpm_sum_fixed(const float *x, size_t n);
  * when H*W >= 256), the units spread over OpenMP threads in 8 fixed lanes, so the
  * results do not depend on the thread count (see conv2d.c). scratch holds
  * ddpm_conv2d_scratch_floats(...) floats, enough for forward and for backward.
- * Forward overwrites out. When compiled with AVX-512, 3x3 stride-1 pad-1 convs
- * with >= 16 input and output channels run ddpm_conv3x3 (Winograd) instead. */
+ * Forward overwrites out. When compiled with AVX-512 or AVX2 + FMA, 3x3
+ * stride-1 pad-1 convs with >= 16 input and output channels run ddpm_conv3x3
+ * (Winograd) instead. */
 size_t ddpm_conv2d_scratch_floats(int B, int Cin, int H, int W, int Cout, int K, int S, int P);
 void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const float *weight,
                          const float *bias, int B, int Cin, int H, int W, int Cout, int K,
@@ -44,7 +45,7 @@ void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, 
  * by Winograd F(4x4,3x3) or F(2x2,3x3) (by shape: F(2x2) where 4x4 tiles would
  * compute more outputs, e.g. 14x14): 36 products per 4x4 output tile and channel
  * pair (16 per 2x2) instead of 144 (36) multiply-adds, vectorised with AVX-512
- * when compiled for it.
+ * or AVX2 + FMA when compiled for it (ddpm_conv3x3_isa says which).
  * Results differ from conv2d's by float rounding only (~1e-6 of the sum of
  * |terms|); they do not depend on the thread count. scratch holds
  * ddpm_conv3x3_scratch_floats(...) floats (forward and backward). Forward
@@ -61,6 +62,9 @@ void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias,
  * shape. Process-wide, for tests and benchmarks; set it while no call runs (the
  * scratch size depends on it). */
 void ddpm_conv3x3_force_tile(int m);
+/* The instruction set ddpm_conv3x3 was compiled for, chosen at compile time:
+ * "avx512" (__AVX512F__), "avx2" (__AVX2__ and __FMA__) or "generic" (plain C). */
+const char *ddpm_conv3x3_isa(void);
 
 /* Whether conv2d may hand shapes to ddpm_conv3x3 (default 1). 0 forces the
  * im2col path everywhere: for tests and `ddpm bench --ops`, which compare the
@@ -89,6 +93,12 @@ void ddpm_groupnorm_forward(float *out, float *mean, float *rstd, const float *i
 void ddpm_groupnorm_backward(float *din, float beta, float *dgamma, float *dbeta, const float *dout,
                              const float *in, const float *mean, const float *rstd,
                              const float *gamma, int B, int C, int HW, int G);
+/* out = SiLU(GroupNorm(in)) in one pass over memory after the statistics, and
+ * norm = GroupNorm(in) (what ddpm_silu_backward needs) unless norm is NULL: the
+ * same bytes as ddpm_groupnorm_forward then ddpm_silu_forward. out must not
+ * alias in or norm. */
+void ddpm_groupnorm_silu_forward(float *out, float *norm, float *mean, float *rstd, const float *in,
+                                 const float *gamma, const float *beta, int B, int C, int HW, int G, float eps);
 
 /* ---- nearest 2x upsample (src/ops/upsample.c): in [B,C,H,W] -> out [B,C,2H,2W] */
 void ddpm_upsample_forward(float *out, const float *in, int B, int C, int H, int W);
@@ -110,13 +120,16 @@ void ddpm_add_forward(float *out, const float *a, const float *b, size_t n);
 /* ---- dropout (src/ops/dropout.c) ---------------------------------------------
  * Inverted dropout: out = in * mask, mask[i] = 0 with probability p, else 1/(1-p).
  * The mask is a pure function of (seed, stream DDPM_STREAM_DROPOUT, counter, i), the
- * same for any thread count, and is never stored: backward draws it again from the
- * same (p, seed, counter). A call uses the counters [counter, counter + ceil(n/4)).
- * p == 0 is the identity. out may equal in, din may equal dout. */
-void ddpm_dropout_forward(float *out, const float *in, float p, size_t n, uint64_t seed,
+ * same for any thread count; forward saves it as bits in mask (bit i % 8 of byte
+ * i / 8 set when element i is kept; ddpm_dropout_mask_bytes(n) bytes; NULL: not
+ * saved), and backward (and a recompute of forward's output: backward with
+ * beta = 0 on forward's input) reads them. A call uses the counters
+ * [counter, counter + ceil(n/4)). p == 0 is the identity (mask all ones, and
+ * backward does not read it). out may equal in, din may equal dout. */
+size_t ddpm_dropout_mask_bytes(size_t n);
+void ddpm_dropout_forward(float *out, uint8_t *mask, const float *in, float p, size_t n, uint64_t seed,
                           uint64_t counter);
-void ddpm_dropout_backward(float *din, float beta, const float *dout, float p, size_t n,
-                           uint64_t seed, uint64_t counter);
+void ddpm_dropout_backward(float *din, float beta, const float *dout, const uint8_t *mask, float p, size_t n);
 
 /* ---- sinusoidal timestep embedding (src/ops/embedding.c), forward only -------
  * out [B,dim], dim even, half = dim/2, freq_i = exp(-ln(10000) * i/(half-1)),

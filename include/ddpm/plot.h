@@ -4,8 +4,8 @@
  * stb_easy_font's segment font), chart panels with "nice" ticks on a linear or
  * log10 axis, a reader for a run's log.jsonl, and the chart `ddpm plot` writes:
  * one panel of the training loss (log scale) with every held-out loss of the log,
- * one of other eval_* numbers when the log has any, one of images/s, all against
- * the step. Pictures are written with the project's PNG writer (imageio.h). */
+ * one of other eval_* numbers when the log has any, one of the FID of `ddpm train
+ * --eval-fid` when it has one, one of images/s, all against the step. Pictures are written with the project's PNG writer (imageio.h). */
 #ifndef DDPM_PLOT_H
 #define DDPM_PLOT_H
 
@@ -109,7 +109,8 @@ typedef struct {
 
 /* Reads log_path and writes the chart to png_path: "loss" and every other numeric
  * field whose name contains "loss" (heldout_loss, eval_loss, ...) on a log10
- * axis; other "eval_*" fields on a linear one; "images_per_sec" on a linear one
+ * axis; other "eval_*" fields on a linear one; "eval_fid" on a linear one of its
+ * own, titled with the last "eval_fid_n"; "images_per_sec" on a linear one
  * from 0. A log without "loss" values is refused. summary may be NULL. */
 int ddpm_plot_training_log(const char *log_path, const char *png_path, const ddpm_plot_options *o,
                            ddpm_plot_summary *summary);

@@ -57,6 +57,15 @@ typedef struct {
     long eval_every;             /* (default 500) */
     int eval_n;                  /* images (default 256, or all if the folder has fewer) */
     int eval_mc;                 /* Monte Carlo steps of the bound (default 0: no bound) */
+    const char *eval_fid;        /* FID statistics (fid.h) of reference images (NULL: no FID):
+                                    every eval_every steps and at the session's last step, the
+                                    FID of eval_fid_n samples of the EMA weights against them
+                                    (model_fid.h: `ddpm sample`'s default sampler, the run's
+                                    seed, so each evaluation sees the same noise) goes to
+                                    log.jsonl as {"step", "eval_fid_n", "eval_fid"} */
+    const char *inception;       /* the Inception weights the statistics name (their SHA-256);
+                                    both are checked before step 1 */
+    int eval_fid_n;              /* samples per FID (>= 2; required with eval_fid) */
     int allow_data_change;       /* resume on a data folder other than the run's (see below) */
     int micro_batch;             /* images per forward/backward (0: the whole batch); a
                                     memory choice, same update; may change on resume */
@@ -99,6 +108,8 @@ typedef struct {
     void (*progress)(void *ctx, const ddpm_run_progress *p);
     /* A line about the data (a skipped file, how many were skipped), no newline. */
     void (*warning)(void *ctx, const char *line);
+    /* After each FID evaluation (eval_fid): the step, the samples, the FID, its seconds. */
+    void (*fid)(void *ctx, long step, int n, double fid, double seconds);
 } ddpm_run_callbacks;
 
 typedef struct {

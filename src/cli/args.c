@@ -204,3 +204,23 @@ int cli_open_model(ddpm_model *m, const char *arg, int no_ema, int quiet, const 
         fprintf(stderr, "ddpm: %s has no EMA weights; %s the raw weights\n", m->path, doing);
     return 0;
 }
+
+int cli_find_inception(char *out, size_t size, const char *flag)
+{
+    if (flag) {
+        snprintf(out, size, "%s", flag);
+        return 0;
+    }
+    const char *env = getenv("DDPM_INCEPTION");
+    if (env && *env) {
+        snprintf(out, size, "%s", env);
+        return 0;
+    }
+    const char *home = getenv("HOME");
+    snprintf(out, size, "%s/.cache/ddpm/" CLI_INCEPTION_NAME, home ? home : ".");
+    struct stat st;
+    if (stat(out, &st) == 0 && S_ISREG(st.st_mode))
+        return 0;
+    cli_error("%s: no Inception weights: download " CLI_INCEPTION_URL " there, or pass --inception FILE", out);
+    return -1;
+}

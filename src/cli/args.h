@@ -59,6 +59,13 @@ int cli_check_writable_parent(const char *path);
  * unless quiet, warns "<path> has no EMA weights; <doing> the raw weights"
  * when the file has none. 0 on success (close with ddpm_model_close). */
 int cli_open_model(ddpm_model *m, const char *arg, int no_ema, int quiet, const char *doing);
+/* The FID Inception weights pytorch-fid publishes, and where to get them. */
+#define CLI_INCEPTION_NAME "pt_inception-2015-12-05-6726825d.pth"
+#define CLI_INCEPTION_URL "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" CLI_INCEPTION_NAME
+/* The Inception weights of `ddpm fid` and `ddpm train --eval-fid`: the flag's
+ * value, else $DDPM_INCEPTION, else ~/.cache/ddpm/CLI_INCEPTION_NAME when it
+ * exists. 0, or -1 after printing one line saying what to download and where. */
+int cli_find_inception(char *out, size_t size, const char *flag);
 /* Sets OpenMP's and OpenBLAS's thread counts (0: leave the defaults). */
 void cli_set_threads(int n);
 /* "'ddpm CMD --help' lists the options" after an unknown flag. */

@@ -440,6 +440,7 @@ static void print_json(const bench_results *r)
     cJSON_AddNumberToObject(o, "threads", r->n_threads);
     cJSON_AddStringToObject(o, "openblas", r->cfgstr ? r->cfgstr : "");
     cJSON_AddStringToObject(o, "openblas_coretype", r->coretype ? r->coretype : "");
+    cJSON_AddStringToObject(o, "kernels", ddpm_conv3x3_isa());
     cJSON_AddStringToObject(o, "flop_convention", "train step = 3 x forward FLOPs");
     cJSON *jt = cJSON_AddObjectToObject(o, "train");
     cJSON_AddNumberToObject(jt, "ms_per_step", r->s_train * 1e3);
@@ -482,7 +483,8 @@ static void print_text(const bench_results *r)
         printf(i ? ",%d" : "%d", r->m->attn_res[i]);
     printf("%s; %zu params, %.3f GFLOP/image forward\n", r->m->n_attn ? "" : "none", r->n_params,
            r->flops * 1e-9);
-    printf("setup     batch %d (micro-batch %d), %d threads, %s%s%s\n", r->B, r->micro_batch, r->n_threads, r->cfgstr ? r->cfgstr : "OpenBLAS",
+    printf("setup     batch %d (micro-batch %d), %d threads, %s kernels, %s%s%s\n", r->B, r->micro_batch, r->n_threads,
+           ddpm_conv3x3_isa(), r->cfgstr ? r->cfgstr : "OpenBLAS",
            r->coretype ? ", OPENBLAS_CORETYPE=" : "", r->coretype ? r->coretype : "");
     printf("train     %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (3 x forward FLOPs)\n", r->s_train * 1e3,
            r->train_ips, r->train_gf);

@@ -14,9 +14,6 @@
 #include "ddpm/fsutil.h"
 #include "ddpm/inception.h"
 
-#define WEIGHTS_NAME "pt_inception-2015-12-05-6726825d.pth"
-#define WEIGHTS_URL "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" WEIGHTS_NAME
-
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -27,9 +24,9 @@ static void usage(FILE *f)
             "image (any size; gray repeated to RGB) resized to 299x299 bilinearly.\n"
             "A and B are image folders (searched recursively) or statistics files written\n"
             "by --save-stats (made with the same weights).\n"
-            "  --inception FILE   the weights, " WEIGHTS_NAME "\n"
-            "                     (default: $DDPM_INCEPTION, else ~/.cache/ddpm/" WEIGHTS_NAME ")\n"
-            "                     download once: " WEIGHTS_URL "\n"
+            "  --inception FILE   the weights, " CLI_INCEPTION_NAME "\n"
+            "                     (default: $DDPM_INCEPTION, else ~/.cache/ddpm/" CLI_INCEPTION_NAME ")\n"
+            "                     download once: " CLI_INCEPTION_URL "\n"
             "  --n N              use the first N images of each folder, in path order (default all)\n"
             "  --kid              also the Kernel Inception Distance, mean and std over 100\n"
             "                     subsets of 1000 images (fewer when a folder has fewer);\n"
@@ -62,26 +59,6 @@ static int is_regular_file(const char *path)
 {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-/* The weights: --inception, $DDPM_INCEPTION, ~/.cache/ddpm/<name>. */
-static int find_weights(char *out, size_t size, const char *flag)
-{
-    if (flag) {
-        snprintf(out, size, "%s", flag);
-        return 0;
-    }
-    const char *env = getenv("DDPM_INCEPTION");
-    if (env && *env) {
-        snprintf(out, size, "%s", env);
-        return 0;
-    }
-    const char *home = getenv("HOME");
-    snprintf(out, size, "%s/.cache/ddpm/" WEIGHTS_NAME, home ? home : ".");
-    if (is_regular_file(out))
-        return 0;
-    cli_error("%s: no Inception weights: download " WEIGHTS_URL " there, or pass --inception FILE", out);
-    return -1;
 }
 
 /* Features of the first max_n images of dir (all when max_n is 0). */
@@ -173,7 +150,7 @@ int cmd_fid(int argc, char **argv)
     ddpm_inception *net = NULL;
     int need_net = save || !is_stats[0] || !is_stats[1];
     if (need_net) {
-        if (find_weights(weights, sizeof weights, inception))
+        if (cli_find_inception(weights, sizeof weights, inception))
             return DDPM_EXIT_ERROR;
         if (ddpm_inception_load(&net, weights)) {
             cli_error("%s", ddpm_last_error());

@@ -86,6 +86,14 @@ static void on_warning(void *ctx, const char *line)
     fprintf(stderr, "ddpm: warning: %s\n", line);
 }
 
+static void on_fid(void *ctx, long step, int n, double fid, double seconds)
+{
+    progress_ctx *p = ctx;
+    fprintf(stderr, "%sddpm: step %ld: FID %.4f of %d samples of the EMA weights (%.1f s)\n", p->line_open ? "\n" : "",
+            step, fid, n, seconds);
+    p->line_open = 0;
+}
+
 static void print_summary(const ddpm_run_summary *s)
 {
     cJSON *o = cJSON_CreateObject();
@@ -156,6 +164,20 @@ static const ddpm_option session_options[] = {
      .group = "run",
      .help = "also the bound in bits/dim by `ddpm eval --mc K` (eval_bpd, eval_bpd_stderr); costs (K+1) N passes; "
              "0: off"},
+    {.name = "eval-fid", .metavar = "STATS", .type = DDPM_OPT_STRING, .offset = SOFF(o.eval_fid),
+     .def_text = "no FID", .group = "run",
+     .help = "statistics of reference images (`ddpm fid --save-stats STATS DIR`): every --eval-every steps and at "
+             "the end, a log.jsonl line {step, eval_fid_n, eval_fid} with the FID of --eval-fid-n samples of the EMA "
+             "weights, drawn as `ddpm sample` does by default (DDIM, at most 100 steps, eta 1) with the run's --seed, "
+             "so every evaluation sees the same noise. Statistics made with other Inception weights than --inception "
+             "are refused before step 1"},
+    {.name = "eval-fid-n", .metavar = "N", .type = DDPM_OPT_INT, .offset = SOFF(o.eval_fid_n), .min = 2,
+     .max = 1e7, .unit = "samples", .def_text = "none: required with --eval-fid", .group = "run",
+     .help = "samples per FID; costs N samples and N Inception passes (about 1 s each for the full network on 2 "
+             "cores, docs/fid.md). FID grows as N shrinks: compare values of the same N only"},
+    {.name = "inception", .metavar = "FILE", .type = DDPM_OPT_STRING, .offset = SOFF(o.inception),
+     .def_text = "$DDPM_INCEPTION, else ~/.cache/ddpm/" CLI_INCEPTION_NAME, .group = "run",
+     .help = "the Inception weights of --eval-fid (as `ddpm fid --inception`)"},
     {.name = "threads", .metavar = "N", .type = DDPM_OPT_INT, .offset = SOFF(threads), .min = 1, .max = 1024,
      .def_text = "all cores, divided among the processes on this machine", .group = "run",
      .help = "threads for OpenMP and OpenBLAS, per process"},
@@ -295,6 +317,14 @@ static int check_flags(const ddpm_run_options *o, const char *fixed_given, int l
         cli_error("train: %s", ddpm_last_error());
         return DDPM_EXIT_USAGE;
     }
+    if (!o->eval_fid && (o->eval_fid_n || o->inception)) {
+        cli_error("train: --%s applies to --eval-fid", o->eval_fid_n ? "eval-fid-n" : "inception");
+        return DDPM_EXIT_USAGE;
+    }
+    if (o->eval_fid && !o->eval_fid_n) {
+        cli_error("train: --eval-fid needs --eval-fid-n N, the samples per evaluation");
+        return DDPM_EXIT_USAGE;
+    }
     if (lr_min_given && o->cfg.optim.lr_schedule != DDPM_LR_COSINE) {
         cli_error("train: --lr-min applies to --lr-schedule cosine");
         return DDPM_EXIT_USAGE;
@@ -355,6 +385,12 @@ static int train_main(int argc, char **argv)
         return code;
     ddpm_run_options o = a.o;
     int quiet = a.quiet, json = a.json, threads = a.threads;
+    char weights[4096];
+    if (o.eval_fid) { /* with several processes, process 0's load says what is missing */
+        if (cli_find_inception(weights, sizeof weights, o.inception) && ddpm_dist_size() == 1)
+            return DDPM_EXIT_ERROR;
+        o.inception = weights;
+    }
     cli_set_threads(threads ? threads : default_threads());
     int rank = ddpm_dist_rank();
     stop_requested = 0;
@@ -366,9 +402,9 @@ static int train_main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL); /* mpirun forwards it to every process */
     progress_ctx pc = {&o, isatty(fileno(stderr)), 0};
-    ddpm_run_callbacks cb = {&pc, NULL, NULL, NULL};
+    ddpm_run_callbacks cb = {&pc, NULL, NULL, NULL, NULL};
     if (!quiet && rank == 0) /* one voice for a run of several processes */
-        cb = (ddpm_run_callbacks){&pc, on_started, on_progress, on_warning};
+        cb = (ddpm_run_callbacks){&pc, on_started, on_progress, on_warning, on_fid};
     ddpm_run_summary summary;
     int rc = ddpm_run(&o, &cb, &summary);
     signal(SIGINT, SIG_DFL);

@@ -9,10 +9,9 @@
  *     dS = w * (dW - rowsum(w * dW))  (softmax Jacobian, per row)
  *     dQ += a K dS^T         dK += a Q dS
  * Every image is independent: the images are split into LANES fixed lanes run on
- * OpenMP threads, each calling sgemm from inside the parallel region (the OpenMP
- * build of OpenBLAS then runs it on the calling thread, docs/style.md) with its own
- * slice of the scratch. Each image's result is computed the same way for any
- * thread count. OpenBLAS is kept at one thread (platform.h); with a pthread
+ * OpenMP threads, each calling sgemm (ddpm_sgemm, on the calling thread;
+ * platform.h, docs/style.md) with its own slice of the scratch. Each image's
+ * result is computed the same way for any thread count. With a pthread
  * OpenBLAS the lanes run one after the other. */
 #include <cblas.h> /* openblas_get_parallel */
 #include <math.h>
@@ -21,6 +20,7 @@
 
 #include "ddpm/ops.h"
 #include "ddpm/platform.h"
+#include "sigmoid.h"
 
 #define LANES 8
 
@@ -34,7 +34,15 @@ static int lanes_in_parallel(int lanes)
     return lanes > 1 && openblas_get_parallel() == 2 && !omp_in_parallel();
 }
 
-/* row softmax in place, stable: subtract the row maximum before exp */
+/* The row sums keep ACC partial sums in double, element j going to partial
+ * j % ACC, added in index order at the end: a fixed order (any thread count)
+ * whose independent chains vectorise, instead of one chain of dependent double
+ * additions at one add per FP latency. */
+#define ACC 8
+
+/* row softmax in place, stable: subtract the row maximum before exp, so that exp
+ * only sees t <= 0 (exp_nonpositive, which vectorises where libm's expf is a call
+ * per element) */
 static void softmax_rows(float *w, int rows, int N)
 {
     for (int row = 0; row < rows; row++) {
@@ -42,15 +50,39 @@ static void softmax_rows(float *w, int rows, int N)
         float m = s[0];
         for (int j = 1; j < N; j++)
             m = s[j] > m ? s[j] : m;
-        double sum = 0.0;
-        for (int j = 0; j < N; j++) {
-            s[j] = expf(s[j] - m);
-            sum += s[j];
-        }
-        const float inv = (float)(1.0 / sum); /* sum >= 1: the maximum contributes exp(0) */
+#pragma omp simd
         for (int j = 0; j < N; j++)
+            s[j] = exp_nonpositive(s[j] - m);
+        double acc[ACC] = {0};
+        int j = 0;
+        for (; j + ACC <= N; j += ACC)
+            for (int l = 0; l < ACC; l++)
+                acc[l] += s[j + l];
+        for (int l = 0; j < N; j++, l++)
+            acc[l] += s[j];
+        double sum = 0.0;
+        for (int l = 0; l < ACC; l++)
+            sum += acc[l];
+        const float inv = (float)(1.0 / sum); /* sum >= 1: the maximum contributes exp(0) */
+        for (j = 0; j < N; j++)
             s[j] *= inv;
     }
+}
+
+/* sum_j w[j] d[j] in double, in ACC fixed partials */
+static double dot_fixed(const float *w, const float *d, int N)
+{
+    double acc[ACC] = {0};
+    int j = 0;
+    for (; j + ACC <= N; j += ACC)
+        for (int l = 0; l < ACC; l++)
+            acc[l] += (double)w[j + l] * d[j + l];
+    for (int l = 0; j < N; j++, l++)
+        acc[l] += (double)w[j] * d[j];
+    double sum = 0.0;
+    for (int l = 0; l < ACC; l++)
+        sum += acc[l];
+    return sum;
 }
 
 void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, const float *v, int B, int C,
@@ -64,9 +96,11 @@ void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, 
         const int b0 = (int)((long)lane * B / lanes), b1 = (int)((long)(lane + 1) * B / lanes);
         for (int b = b0; b < b1; b++) {
             float *w_b = w + b * NN;
-            ddpm_sgemm(1, 0, N, N, C, scale, q + b * CN, N, k + b * CN, N, 0.0f, w_b, N);
+            ddpm_sgemm(1, 0, N, N, C, scale, q + b * CN, N, k + b * CN, N,
+                        0.0f, w_b, N);
             softmax_rows(w_b, N, N);
-            ddpm_sgemm(0, 1, C, N, N, 1.0f, v + b * CN, N, w_b, N, 0.0f, h + b * CN, N);
+            ddpm_sgemm(0, 1, C, N, N, 1.0f, v + b * CN, N, w_b, N, 0.0f,
+                        h + b * CN, N);
         }
     }
 }
@@ -91,26 +125,27 @@ void ddpm_attention_backward(float *dq, float *dk, float *dv, float beta, float 
         for (int b = b0; b < b1; b++) {
             const float *dh_b = dh + b * CN, *w_b = w + b * NN;
             if (dv)
-                ddpm_sgemm(0, 0, C, N, N, 1.0f, dh_b, N, w_b, N, beta, dv + b * CN, N);
+                ddpm_sgemm(0, 0, C, N, N, 1.0f, dh_b, N, w_b, N, beta,
+                            dv + b * CN, N);
             if (!dq && !dk)
                 continue;
             /* dW = dH^T V, into the lane's scratch */
-            ddpm_sgemm(1, 0, N, N, C, 1.0f, dh_b, N, v + b * CN, N, 0.0f, dS, N);
+            ddpm_sgemm(1, 0, N, N, C, 1.0f, dh_b, N, v + b * CN, N, 0.0f,
+                        dS, N);
             /* dS = w * (dW - sum_j w dW), row by row, in place */
             for (int i = 0; i < N; i++) {
                 const float *wi = w_b + (size_t)i * N;
                 float *di = dS + (size_t)i * N;
-                double dot = 0.0;
-                for (int j = 0; j < N; j++)
-                    dot += (double)wi[j] * di[j];
-                const float d = (float)dot;
+                const float d = (float)dot_fixed(wi, di, N);
                 for (int j = 0; j < N; j++)
                     di[j] = wi[j] * (di[j] - d);
             }
             if (dq)
-                ddpm_sgemm(0, 1, C, N, N, scale, k + b * CN, N, dS, N, beta, dq + b * CN, N);
+                ddpm_sgemm(0, 1, C, N, N, scale, k + b * CN, N, dS, N,
+                            beta, dq + b * CN, N);
             if (dk)
-                ddpm_sgemm(0, 0, C, N, N, scale, q + b * CN, N, dS, N, beta, dk + b * CN, N);
+                ddpm_sgemm(0, 0, C, N, N, scale, q + b * CN, N, dS, N,
+                            beta, dk + b * CN, N);
         }
     }
 }

@@ -168,7 +168,7 @@ static geometry conv_geometry(int B, int Cin, int H, int W, int Cout, int K, int
 }
 
 /* Whether this shape goes to ddpm_conv3x3 (Winograd, src/ops/conv3x3.c):
- * 3x3 stride 1 pad 1 with AVX-512, and at least 16 channels on both sides (below
+ * 3x3 stride 1 pad 1 when conv3x3 is vectorised (AVX-512 or AVX2), and at least 16 channels on both sides (below
  * that the channel padding to 16 wastes most of its products; the model's first
  * and last convs, 1 -> 32 and 32 -> 1 channels, stay on im2col). */
 static int winograd_enabled = 1;
@@ -180,12 +180,8 @@ void ddpm_conv2d_enable_winograd(int enabled)
 
 static int winograd_shape(int Cin, int Cout, int K, int S, int P)
 {
-#if defined(__AVX512F__)
-    return K == 3 && S == 1 && P == 1 && Cin >= 16 && Cout >= 16;
-#else
-    (void)Cin, (void)Cout, (void)K, (void)S, (void)P;
-    return 0;
-#endif
+    /* the plain-C Winograd path (no AVX2) is slower than im2col + sgemm */
+    return strcmp(ddpm_conv3x3_isa(), "generic") != 0 && K == 3 && S == 1 && P == 1 && Cin >= 16 && Cout >= 16;
 }
 
 static int use_winograd(int Cin, int Cout, int K, int S, int P)

@@ -13,8 +13,8 @@
  * at_1d and G4 below. Per transform point xi (alpha^2 of them) the sum over input
  * channels is a product
  *     Y[xi] [tiles, Cout] = V[xi] [tiles, Cin] x U[xi] [Cin, Cout],
- * done by a register-blocked kernel below (AVX-512 when compiled for it, plain C
- * over 16-float structs otherwise). Channels are padded to multiples of 16 with
+ * done by a register-blocked kernel below (AVX-512 or AVX2 + FMA when compiled
+ * for it, plain C over 16-float structs otherwise). Channels are padded to multiples of 16 with
  * zeros inside the transforms. Backward:
  *     din = the same forward applied to dout with the weights rotated by 180
  *           degrees and Cin/Cout swapped (a full correlation is a padded one here);
@@ -38,70 +38,117 @@
 
 #include "ddpm/ops.h"
 
+/* The vector type vf of VW floats the transforms and products are written in:
+ * AVX-512 (16), AVX2 with FMA (8), or plain C over 16-float structs. The
+ * channel-blocked layouts stay 16 channels wide on every path; an 8-float path
+ * runs each block as two halves. Every path does the same float operations in
+ * the same order (the products accumulate over k by one fused multiply-add per
+ * term); the tests hold each build to the same references. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
-typedef __m512 v16;
-static inline v16 v_load(const float *p)
+#define VW 16
+#define ISA_NAME "avx512"
+typedef __m512 vf;
+static inline vf v_load(const float *p)
 {
     return _mm512_loadu_ps(p);
 }
-static inline void v_store(float *p, v16 a)
+static inline void v_store(float *p, vf a)
 {
     _mm512_storeu_ps(p, a);
 }
-static inline v16 v_set1(float x)
+static inline vf v_set1(float x)
 {
     return _mm512_set1_ps(x);
 }
-static inline v16 v_zero(void)
+static inline vf v_zero(void)
 {
     return _mm512_setzero_ps();
 }
-static inline v16 v_add(v16 a, v16 b)
+static inline vf v_add(vf a, vf b)
 {
     return _mm512_add_ps(a, b);
 }
-static inline v16 v_sub(v16 a, v16 b)
+static inline vf v_sub(vf a, vf b)
 {
     return _mm512_sub_ps(a, b);
 }
-static inline v16 v_mul(v16 a, v16 b)
+static inline vf v_mul(vf a, vf b)
 {
     return _mm512_mul_ps(a, b);
 }
-static inline v16 v_fmadd(v16 a, v16 b, v16 c)
+static inline vf v_fmadd(vf a, vf b, vf c)
 {
     return _mm512_fmadd_ps(a, b, c);
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define VW 8
+#define ISA_NAME "avx2"
+typedef __m256 vf;
+static inline vf v_load(const float *p)
+{
+    return _mm256_loadu_ps(p);
+}
+static inline void v_store(float *p, vf a)
+{
+    _mm256_storeu_ps(p, a);
+}
+static inline vf v_set1(float x)
+{
+    return _mm256_set1_ps(x);
+}
+static inline vf v_zero(void)
+{
+    return _mm256_setzero_ps();
+}
+static inline vf v_add(vf a, vf b)
+{
+    return _mm256_add_ps(a, b);
+}
+static inline vf v_sub(vf a, vf b)
+{
+    return _mm256_sub_ps(a, b);
+}
+static inline vf v_mul(vf a, vf b)
+{
+    return _mm256_mul_ps(a, b);
+}
+static inline vf v_fmadd(vf a, vf b, vf c)
+{
+    return _mm256_fmadd_ps(a, b, c);
+}
 #else
+#define VW 16
+#define ISA_NAME "generic"
 typedef struct {
     float f[16];
-} v16;
-static inline v16 v_load(const float *p)
+} vf;
+static inline vf v_load(const float *p)
 {
-    v16 r;
+    vf r;
     memcpy(r.f, p, sizeof(r.f));
     return r;
 }
-static inline void v_store(float *p, v16 a)
+static inline void v_store(float *p, vf a)
 {
     memcpy(p, a.f, sizeof(a.f));
 }
-static inline v16 v_set1(float x)
+static inline vf v_set1(float x)
 {
-    v16 r;
+    vf r;
     for (int i = 0; i < 16; i++)
         r.f[i] = x;
     return r;
 }
-static inline v16 v_zero(void)
+static inline vf v_zero(void)
 {
     return v_set1(0.0f);
 }
 #define V_BINARY(name, expr)                                                                                 \
-    static inline v16 name(v16 a, v16 b)                                                                     \
+    static inline vf name(vf a, vf b)                                                                        \
     {                                                                                                        \
-        v16 r;                                                                                               \
+        vf r;                                                                                                \
         for (int i = 0; i < 16; i++)                                                                         \
             r.f[i] = expr;                                                                                   \
         return r;                                                                                            \
@@ -110,52 +157,69 @@ V_BINARY(v_add, a.f[i] + b.f[i])
 V_BINARY(v_sub, a.f[i] - b.f[i])
 V_BINARY(v_mul, a.f[i] * b.f[i])
 #undef V_BINARY
-static inline v16 v_fmadd(v16 a, v16 b, v16 c)
+static inline vf v_fmadd(vf a, vf b, vf c)
 {
-    v16 r;
+    vf r;
     for (int i = 0; i < 16; i++)
         r.f[i] = fmaf(a.f[i], b.f[i], c.f[i]);
     return r;
 }
 #endif
 
+const char *ddpm_conv3x3_isa(void)
+{
+    return ISA_NAME;
+}
+
 #define LANES 8
 #define UNIT_TILES 48 /* a unit holds at least this many tiles (or the whole batch) */
-#define MR_FWD 12     /* rows (tiles) per kernel call in the forward products */
-#define MR_DW 8       /* rows (input channels) per kernel call in the dU products */
-#define MAX_ALPHA 6   /* tile side of F(4x4,3x3); F(2x2,3x3) has 4 */
+/* rows per kernel call in the forward products (tiles) and in the dU products
+ * (input channels): MR rows x 2 vectors of accumulators fill the register file
+ * without spilling (AVX2: 12 of 16 ymm; AVX-512: 24 of 32 zmm) */
+#if VW == 8
+#define MR_FWD 6
+#define MR_DW 6
+#else
+#define MR_FWD 12
+#define MR_DW 8
+#endif
+#define MR_MAX 12
+#define MAX_ALPHA 6 /* tile side of F(4x4,3x3); F(2x2,3x3) has 4 */
 
 /* ---- the product kernel ------------------------------------------------------
- * C[r][16v..16v+15] (+)= sum_k A(r, k) * B[k][16v..16v+15] for r < MR, v < NV,
- * A(r, k) = a[r*a_rs + k*a_ks]. The MR x NV accumulators stay in registers. */
+ * C[r][VW v..VW v + VW - 1] (+)= sum_k A(r, k) * B[k][VW v..] for r < MR, v < NV
+ * vectors, A(r, k) = a[r*a_rs + k*a_ks]. The MR x NV accumulators stay in
+ * registers. */
 #if defined(__GNUC__)
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #else
 #define ALWAYS_INLINE inline
 #endif
 
+#define NV_MAX 2 /* vectors per kernel row: 32 columns (AVX-512, C), 16 (AVX2) */
+
 static ALWAYS_INLINE void kernel_body(const int MR, const int NV, int K, const float *a, ptrdiff_t a_rs,
                                       ptrdiff_t a_ks, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
                                       int accumulate)
 {
-    v16 acc[MR_FWD][2];
+    vf acc[MR_MAX][NV_MAX];
     for (int r = 0; r < MR; r++)
         for (int v = 0; v < NV; v++)
-            acc[r][v] = accumulate ? v_load(c + r * ldc + 16 * v) : v_zero();
+            acc[r][v] = accumulate ? v_load(c + r * ldc + VW * v) : v_zero();
     for (int k = 0; k < K; k++) {
-        v16 bv[2];
+        vf bv[NV_MAX];
         for (int v = 0; v < NV; v++)
-            bv[v] = v_load(b + k * ldb + 16 * v);
+            bv[v] = v_load(b + k * ldb + VW * v);
         const float *ak = a + k * a_ks;
         for (int r = 0; r < MR; r++) {
-            const v16 ar = v_set1(ak[r * a_rs]);
+            const vf ar = v_set1(ak[r * a_rs]);
             for (int v = 0; v < NV; v++)
                 acc[r][v] = v_fmadd(ar, bv[v], acc[r][v]);
         }
     }
     for (int r = 0; r < MR; r++)
         for (int v = 0; v < NV; v++)
-            v_store(c + r * ldc + 16 * v, acc[r][v]);
+            v_store(c + r * ldc + VW * v, acc[r][v]);
 }
 
 #define DEFINE_KERNEL(MR, NV)                                                                                \
@@ -164,24 +228,47 @@ static ALWAYS_INLINE void kernel_body(const int MR, const int NV, int K, const f
     {                                                                                                        \
         kernel_body(MR, NV, K, a, a_rs, a_ks, b, ldb, c, ldc, accumulate);                                   \
     }
+/* the 1-vector kernels run the 16-column tail of a 32-column path */
+#if VW == 16
 #define DEFINE_KERNELS(MR) DEFINE_KERNEL(MR, 1) DEFINE_KERNEL(MR, 2)
+#else
+#define DEFINE_KERNELS(MR) DEFINE_KERNEL(MR, 2)
+#endif
 DEFINE_KERNELS(1)
-DEFINE_KERNELS(2) DEFINE_KERNELS(3) DEFINE_KERNELS(4) DEFINE_KERNELS(5) DEFINE_KERNELS(6) DEFINE_KERNELS(7)
-    DEFINE_KERNELS(8) DEFINE_KERNELS(9) DEFINE_KERNELS(10) DEFINE_KERNELS(11) DEFINE_KERNELS(12)
+DEFINE_KERNELS(2)
+DEFINE_KERNELS(3)
+DEFINE_KERNELS(4)
+DEFINE_KERNELS(5)
+DEFINE_KERNELS(6)
+#if MR_FWD > 6 || MR_DW > 6
+DEFINE_KERNELS(7)
+DEFINE_KERNELS(8)
+DEFINE_KERNELS(9)
+DEFINE_KERNELS(10)
+DEFINE_KERNELS(11)
+DEFINE_KERNELS(12)
+#endif
 #undef DEFINE_KERNELS
 #undef DEFINE_KERNEL
 
-        typedef void (*kernel_fn)(int, const float *, ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t, float *,
-                                  ptrdiff_t, int);
-/* kernels[nv - 1][mr]: a row tail of mr < MR rows gets its own register block */
-static const kernel_fn kernels[2][MR_FWD + 1] = {
-    {NULL, kernel_1x1, kernel_2x1, kernel_3x1, kernel_4x1, kernel_5x1, kernel_6x1, kernel_7x1, kernel_8x1,
-     kernel_9x1, kernel_10x1, kernel_11x1, kernel_12x1},
-    {NULL, kernel_1x2, kernel_2x2, kernel_3x2, kernel_4x2, kernel_5x2, kernel_6x2, kernel_7x2, kernel_8x2,
-     kernel_9x2, kernel_10x2, kernel_11x2, kernel_12x2},
-};
+typedef void (*kernel_fn)(int, const float *, ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t, float *,
+                          ptrdiff_t, int);
+/* wide[mr]: 2 vectors (32 columns with 16-float vectors, 16 with 8-float ones);
+ * tail[mr]: the 16-column remainder of a 32-column path. A row tail of mr < MR
+ * rows gets its own register block. */
+#if VW == 16
+static const kernel_fn wide[MR_MAX + 1] = {NULL,        kernel_1x2,  kernel_2x2, kernel_3x2, kernel_4x2,
+                                           kernel_5x2,  kernel_6x2,  kernel_7x2, kernel_8x2, kernel_9x2,
+                                           kernel_10x2, kernel_11x2, kernel_12x2};
+static const kernel_fn tail[MR_MAX + 1] = {NULL,        kernel_1x1,  kernel_2x1, kernel_3x1, kernel_4x1,
+                                           kernel_5x1,  kernel_6x1,  kernel_7x1, kernel_8x1, kernel_9x1,
+                                           kernel_10x1, kernel_11x1, kernel_12x1};
+#else
+static const kernel_fn wide[7] = {NULL,       kernel_1x2, kernel_2x2, kernel_3x2,
+                                  kernel_4x2, kernel_5x2, kernel_6x2};
+#endif
 
-/* C [M, N] (+)= A [M, K] x B [K, N] in blocks of MR (<= 12) rows and 32 columns,
+/* C [M, N] (+)= A [M, K] x B [K, N] in blocks of MR rows and 2 VW columns,
  * N a multiple of 16, A(r, k) = a[r*a_rs + k*a_ks], B and C row-major with ldb,
  * ldc. */
 static void product(int MR, int M, int N, int K, const float *a, ptrdiff_t a_rs, ptrdiff_t a_ks,
@@ -192,10 +279,12 @@ static void product(int MR, int M, int N, int K, const float *a, ptrdiff_t a_rs,
         const float *ar = a + r0 * a_rs;
         float *cr = c + r0 * ldc;
         int n0 = 0;
-        for (; n0 + 32 <= N; n0 += 32)
-            kernels[1][mr](K, ar, a_rs, a_ks, b + n0, ldb, cr + n0, ldc, accumulate);
+        for (; n0 + 2 * VW <= N; n0 += 2 * VW)
+            wide[mr](K, ar, a_rs, a_ks, b + n0, ldb, cr + n0, ldc, accumulate);
+#if VW == 16
         if (n0 < N)
-            kernels[0][mr](K, ar, a_rs, a_ks, b + n0, ldb, cr + n0, ldc, accumulate);
+            tail[mr](K, ar, a_rs, a_ks, b + n0, ldb, cr + n0, ldc, accumulate);
+#endif
     }
 }
 
@@ -438,6 +527,66 @@ static void pack_plane(float *P, const float *x, int C, int C_p, int H, int W, i
         }
     }
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+/* r[i] (row i, 8 columns) becomes column i: 8x8 transpose (32-bit pairs, 64-bit
+ * pairs within 128-bit lanes, then the lanes). */
+static inline void transpose8(__m256 r[8])
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    /* u[4i + k], 128-bit lane L: rows 4i..4i+3 of column 4L + k */
+    for (int i = 0; i < 2; i++) {
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
+    }
+    for (int k = 0; k < 4; k++) {
+        r[k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x20);
+        r[4 + k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
+    }
+}
+
+/* the mask of the first n (0..8) of 8 lanes, for maskload/maskstore */
+static inline __m256i first_n(int n)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static void pack_plane(float *P, const float *x, int C, int C_p, int H, int W, int Hp, int Wp)
+{
+    const size_t HW = (size_t)H * W;
+    const __m256 zero = _mm256_setzero_ps();
+    for (int cb = 0; cb < C_p / 16; cb++) {
+        float *Pc = P + (size_t)cb * Hp * Wp * 16;
+        /* the border: row 0, rows past H, column 0 and columns past W */
+        memset(Pc, 0, (size_t)Wp * 16 * sizeof(float));
+        memset(Pc + (size_t)(H + 1) * Wp * 16, 0, (size_t)(Hp - H - 1) * Wp * 16 * sizeof(float));
+        for (int y = 0; y < H; y++) {
+            float *row = Pc + (size_t)(y + 1) * Wp * 16;
+            memset(row, 0, 16 * sizeof(float));
+            memset(row + (size_t)(W + 1) * 16, 0, (size_t)(Wp - W - 1) * 16 * sizeof(float));
+            for (int h = 0; h < 16; h += 8) {
+                const int c0 = cb * 16 + h;
+                const int nc = C - c0 < 0 ? 0 : C - c0 < 8 ? C - c0 : 8;
+                for (int x0 = 0; x0 < W; x0 += 8) {
+                    const int n = W - x0 < 8 ? W - x0 : 8;
+                    const __m256i m = first_n(n);
+                    __m256 r[8];
+                    for (int c = 0; c < 8; c++)
+                        r[c] = c < nc ? _mm256_maskload_ps(x + (size_t)(c0 + c) * HW + (size_t)y * W + x0, m)
+                                      : zero;
+                    transpose8(r);
+                    for (int j = 0; j < n; j++)
+                        _mm256_storeu_ps(row + (size_t)(x0 + 1 + j) * 16 + h, r[j]);
+                }
+            }
+        }
+    }
+}
 #else
 static void pack_plane(float *P, const float *x, int C, int C_p, int H, int W, int Hp, int Wp)
 {
@@ -457,7 +606,7 @@ static void pack_plane(float *P, const float *x, int C, int C_p, int H, int W, i
 
 /* 1-D transforms of F(m x m, 3x3) on vectors of 16 channels:
  * B^T d (alpha -> alpha), A^T m (alpha -> m), A y (m -> alpha). */
-static ALWAYS_INLINE void bt_1d(const int m, const v16 *d, v16 *r)
+static ALWAYS_INLINE void bt_1d(const int m, const vf *d, vf *r)
 {
     if (m == 2) {
         r[0] = v_sub(d[0], d[2]);
@@ -467,11 +616,11 @@ static ALWAYS_INLINE void bt_1d(const int m, const v16 *d, v16 *r)
     } else {
         /* B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0;
          *        0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1] */
-        const v16 four = v_set1(4.0f), five = v_set1(5.0f), two = v_set1(2.0f);
-        const v16 a = v_sub(d[4], v_mul(four, d[2])); /* d4 - 4 d2 */
-        const v16 b = v_sub(d[3], v_mul(four, d[1])); /* d3 - 4 d1 */
-        const v16 c = v_sub(d[4], d[2]);              /* d4 - d2 */
-        const v16 e = v_mul(two, v_sub(d[3], d[1]));  /* 2 (d3 - d1) */
+        const vf four = v_set1(4.0f), five = v_set1(5.0f), two = v_set1(2.0f);
+        const vf a = v_sub(d[4], v_mul(four, d[2])); /* d4 - 4 d2 */
+        const vf b = v_sub(d[3], v_mul(four, d[1])); /* d3 - 4 d1 */
+        const vf c = v_sub(d[4], d[2]);              /* d4 - d2 */
+        const vf e = v_mul(two, v_sub(d[3], d[1]));  /* 2 (d3 - d1) */
         r[0] = v_add(v_sub(v_mul(four, d[0]), v_mul(five, d[2])), d[4]);
         r[1] = v_add(a, b);
         r[2] = v_sub(a, b);
@@ -481,15 +630,15 @@ static ALWAYS_INLINE void bt_1d(const int m, const v16 *d, v16 *r)
     }
 }
 
-static ALWAYS_INLINE void at_1d(const int m, const v16 *t, v16 *o)
+static ALWAYS_INLINE void at_1d(const int m, const vf *t, vf *o)
 {
     if (m == 2) {
         o[0] = v_add(v_add(t[0], t[1]), t[2]);
         o[1] = v_sub(v_sub(t[1], t[2]), t[3]);
     } else {
         /* A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1] */
-        const v16 s12 = v_add(t[1], t[2]), d12 = v_sub(t[1], t[2]);
-        const v16 s34 = v_add(t[3], t[4]), d34 = v_sub(t[3], t[4]);
+        const vf s12 = v_add(t[1], t[2]), d12 = v_sub(t[1], t[2]);
+        const vf s34 = v_add(t[3], t[4]), d34 = v_sub(t[3], t[4]);
         o[0] = v_add(v_add(t[0], s12), s34);
         o[1] = v_fmadd(v_set1(2.0f), d34, d12);
         o[2] = v_fmadd(v_set1(4.0f), s34, s12);
@@ -497,7 +646,7 @@ static ALWAYS_INLINE void at_1d(const int m, const v16 *t, v16 *o)
     }
 }
 
-static ALWAYS_INLINE void a_1d(const int m, const v16 *y, v16 *r)
+static ALWAYS_INLINE void a_1d(const int m, const vf *y, vf *r)
 {
     if (m == 2) {
         r[0] = y[0];
@@ -506,8 +655,8 @@ static ALWAYS_INLINE void a_1d(const int m, const v16 *y, v16 *r)
         r[3] = v_sub(v_zero(), y[1]);
     } else {
         /* A = (A^T)^T: rows [1 0 0 0; 1 1 1 1; 1 -1 1 -1; 1 2 4 8; 1 -2 4 -8; 0 0 0 1] */
-        const v16 e = v_add(y[0], y[2]), o = v_add(y[1], y[3]);
-        const v16 e4 = v_fmadd(v_set1(4.0f), y[2], y[0]), o8 = v_fmadd(v_set1(4.0f), y[3], y[1]);
+        const vf e = v_add(y[0], y[2]), o = v_add(y[1], y[3]);
+        const vf e4 = v_fmadd(v_set1(4.0f), y[2], y[0]), o8 = v_fmadd(v_set1(4.0f), y[3], y[1]);
         r[0] = y[0];
         r[1] = v_add(e, o);
         r[2] = v_sub(e, o);
@@ -517,18 +666,18 @@ static ALWAYS_INLINE void a_1d(const int m, const v16 *y, v16 *r)
     }
 }
 
-/* V[xi][t0 + t][cb*16..] = B^T d B for every tile t of one packed image. */
+/* V[xi][t0 + t][c0..c0 + VW - 1] = B^T d B for every tile t of one packed image. */
 static ALWAYS_INLINE void input_transform_m(const int m, float *V, const float *P, const geometry *g, int C_p,
                                             int t0)
 {
     const int a = m + 2;
     const size_t xi_stride = (size_t)g->Tp * C_p;
-    for (int cb = 0; cb < C_p / 16; cb++) {
-        const float *Pc = P + (size_t)cb * g->Hp * g->Wp * 16;
+    for (int c0 = 0; c0 < C_p; c0 += VW) {
+        const float *Pc = P + (size_t)(c0 / 16) * g->Hp * g->Wp * 16 + c0 % 16;
         for (int ty = 0; ty < g->TH; ty++)
             for (int tx = 0; tx < g->TW; tx++) {
                 const float *p = Pc + ((size_t)(m * ty) * g->Wp + m * tx) * 16;
-                v16 t[MAX_ALPHA][MAX_ALPHA], d[MAX_ALPHA], r[MAX_ALPHA];
+                vf t[MAX_ALPHA][MAX_ALPHA], d[MAX_ALPHA], r[MAX_ALPHA];
                 for (int j = 0; j < a; j++) {
                     for (int i = 0; i < a; i++)
                         d[i] = v_load(p + ((size_t)i * g->Wp + j) * 16);
@@ -536,7 +685,7 @@ static ALWAYS_INLINE void input_transform_m(const int m, float *V, const float *
                     for (int i = 0; i < a; i++)
                         t[i][j] = r[i];
                 }
-                float *out = V + (size_t)(t0 + ty * g->TW + tx) * C_p + cb * 16;
+                float *out = V + (size_t)(t0 + ty * g->TW + tx) * C_p + c0;
                 for (int i = 0; i < a; i++) {
                     bt_1d(m, t[i], r);
                     for (int j = 0; j < a; j++)
@@ -554,19 +703,19 @@ static void input_transform(float *V, const float *P, const geometry *g, int C_p
         input_transform_m(4, V, P, g, C_p, t0);
 }
 
-/* M[xi][t0 + t][cb*16..] = A dy A^T for the m x m output-gradient tile dy of every
+/* M[xi][t0 + t][c0..] = A dy A^T for the m x m output-gradient tile dy of every
  * tile t of one packed image (dy at P offset (1, 1)). */
 static ALWAYS_INLINE void grad_transform_m(const int m, float *M, const float *P, const geometry *g, int C_p,
                                            int t0)
 {
     const int a = m + 2;
     const size_t xi_stride = (size_t)g->Tp * C_p;
-    for (int cb = 0; cb < C_p / 16; cb++) {
-        const float *Pc = P + (size_t)cb * g->Hp * g->Wp * 16;
+    for (int c0 = 0; c0 < C_p; c0 += VW) {
+        const float *Pc = P + (size_t)(c0 / 16) * g->Hp * g->Wp * 16 + c0 % 16;
         for (int ty = 0; ty < g->TH; ty++)
             for (int tx = 0; tx < g->TW; tx++) {
                 const float *p = Pc + ((size_t)(m * ty + 1) * g->Wp + m * tx + 1) * 16;
-                v16 t[MAX_ALPHA][4], y[4], r[MAX_ALPHA];
+                vf t[MAX_ALPHA][4], y[4], r[MAX_ALPHA];
                 for (int j = 0; j < m; j++) {
                     for (int i = 0; i < m; i++)
                         y[i] = v_load(p + ((size_t)i * g->Wp + j) * 16);
@@ -574,7 +723,7 @@ static ALWAYS_INLINE void grad_transform_m(const int m, float *M, const float *P
                     for (int i = 0; i < a; i++)
                         t[i][j] = r[i];
                 }
-                float *out = M + (size_t)(t0 + ty * g->TW + tx) * C_p + cb * 16;
+                float *out = M + (size_t)(t0 + ty * g->TW + tx) * C_p + c0;
                 for (int i = 0; i < a; i++) {
                     a_1d(m, t[i], r);
                     for (int j = 0; j < a; j++)
@@ -599,12 +748,12 @@ static ALWAYS_INLINE void output_transform_m(const int m, float *O, const float 
     const int a = m + 2;
     const size_t xi_stride = (size_t)g->Tp * C_p;
     const int OW = m * g->TW;
-    for (int cb = 0; cb < C_p / 16; cb++) {
-        float *Oc = O + (size_t)cb * (m * g->TH) * OW * 16;
+    for (int c0 = 0; c0 < C_p; c0 += VW) {
+        float *Oc = O + (size_t)(c0 / 16) * (m * g->TH) * OW * 16 + c0 % 16;
         for (int ty = 0; ty < g->TH; ty++)
             for (int tx = 0; tx < g->TW; tx++) {
-                const float *y = Y + (size_t)(t0 + ty * g->TW + tx) * C_p + cb * 16;
-                v16 t[4][MAX_ALPHA], col[MAX_ALPHA], r[4];
+                const float *y = Y + (size_t)(t0 + ty * g->TW + tx) * C_p + c0;
+                vf t[4][MAX_ALPHA], col[MAX_ALPHA], r[4];
                 for (int j = 0; j < a; j++) {
                     for (int i = 0; i < a; i++)
                         col[i] = v_load(y + (size_t)(a * i + j) * xi_stride);
@@ -659,6 +808,37 @@ static void unpack_plane(float *y, const float *O, const float *bias, float beta
                         v = _mm512_fmadd_ps(vbeta, _mm512_maskz_loadu_ps(m, d), v);
                     }
                     _mm512_mask_storeu_ps(d, m, v);
+                }
+            }
+    }
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+static void unpack_plane(float *y, const float *O, const float *bias, float beta, int C, int H, int W, int OH,
+                         int OW)
+{
+    const size_t HW = (size_t)H * W;
+    const __m256 vbeta = _mm256_set1_ps(beta), zero = _mm256_setzero_ps();
+    for (int c0 = 0; c0 < C; c0 += 8) {
+        const float *Oc = O + (size_t)(c0 / 16) * OH * OW * 16 + c0 % 16;
+        const int nc = C - c0 < 8 ? C - c0 : 8;
+        for (int yy = 0; yy < H; yy++)
+            for (int x0 = 0; x0 < W; x0 += 8) {
+                const int n = W - x0 < 8 ? W - x0 : 8;
+                const __m256i m = first_n(n);
+                __m256 r[8];
+                for (int j = 0; j < 8; j++)
+                    r[j] = j < n ? _mm256_loadu_ps(Oc + ((size_t)yy * OW + x0 + j) * 16) : zero;
+                transpose8(r);
+                for (int c = 0; c < nc; c++) {
+                    float *d = y + (size_t)(c0 + c) * HW + (size_t)yy * W + x0;
+                    __m256 v = r[c];
+                    if (beta == 0.0f) {
+                        if (bias)
+                            v = _mm256_add_ps(v, _mm256_set1_ps(bias[c0 + c]));
+                    } else {
+                        v = _mm256_fmadd_ps(vbeta, _mm256_maskload_ps(d, m), v);
+                    }
+                    _mm256_maskstore_ps(d, m, v);
                 }
             }
     }
@@ -730,7 +910,6 @@ void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const flo
 }
 
 /* ---- backward ---------------------------------------------------------------------- */
-
 
 /* dU_lane (+)= sum over the unit's tiles of V^T M (first: overwrite). */
 static void weight_grad_unit(const geometry *g, const lane_buffers *lb, const float *x, const float *dy,

@@ -4,6 +4,7 @@
  * Every reduction runs over one (batch, group) or one channel in a fixed order, so
  * the result is the same for any OpenMP thread count. */
 #include "ddpm/ops.h"
+#include "sigmoid.h"
 
 #include <math.h>
 
@@ -73,34 +74,68 @@ static void sum_d_dxhat(const float *d, const float *x, int n, double k, double 
     *sdx += sum_partials(a2);
 }
 
-void ddpm_groupnorm_forward(float *out, float *mean, float *rstd, const float *in,
-                            const float *gamma, const float *beta, int B, int C, int HW, int G,
-                            float eps)
+/* The statistics of group (b, g) (one contiguous run of Cg HW values), and the
+ * normalised group, SiLU'd or not: norm = GN(x) when norm is not NULL, out =
+ * SiLU(GN(x)) when silu (else out = GN(x)). One pass over the group after its
+ * statistics, element by element the same float operations as GroupNorm then
+ * ddpm_silu_forward. */
+static inline void group_forward(float *out, float *norm, int silu, float *mean, float *rstd, const float *in,
+                                 const float *gamma, const float *beta, int C, int HW, int G, float eps,
+                                 int bg)
 {
-    const int Cg = C / G;
+    const int Cg = C / G, b = bg / G, g = bg % G;
     const size_t group_n = (size_t)Cg * (size_t)HW;
-    const int n_groups = B * G;
-#pragma omp parallel for schedule(static) if ((size_t)n_groups * group_n > GN_PARALLEL_MIN)
-    for (int bg = 0; bg < n_groups; bg++) {
-        const int b = bg / G, g = bg % G;
-        /* The channels of one group are consecutive, so the group is one contiguous run. */
-        const size_t base = ((size_t)b * C + (size_t)g * Cg) * (size_t)HW;
-        const float *x = in + base;
-        const double mu = ddpm_sum_fixed(x, group_n) / (double)group_n;
-        const double sq = sum_sq_centred(x, group_n, mu);
-        const double var = sq / (double)group_n; /* biased, as PyTorch's GroupNorm */
-        const double rs = 1.0 / sqrt(var + (double)eps);
-        mean[bg] = (float)mu;
-        rstd[bg] = (float)rs;
-        for (int c = 0; c < Cg; c++) {
-            const int ch = g * Cg + c;
-            const double scale = rs * (double)gamma[ch], shift = (double)beta[ch];
-            const float *xc = x + (size_t)c * HW;
-            float *oc = out + base + (size_t)c * HW;
+    const size_t base = ((size_t)b * C + (size_t)g * Cg) * (size_t)HW;
+    const float *x = in + base;
+    const double mu = ddpm_sum_fixed(x, group_n) / (double)group_n;
+    const double sq = sum_sq_centred(x, group_n, mu);
+    const double var = sq / (double)group_n; /* biased, as PyTorch's GroupNorm */
+    const double rs = 1.0 / sqrt(var + (double)eps);
+    mean[bg] = (float)mu;
+    rstd[bg] = (float)rs;
+    for (int c = 0; c < Cg; c++) {
+        const int ch = g * Cg + c;
+        const double scale = rs * (double)gamma[ch], shift = (double)beta[ch];
+        const float *xc = x + (size_t)c * HW;
+        float *oc = out + base + (size_t)c * HW;
+        if (!silu) {
             for (int i = 0; i < HW; i++)
                 oc[i] = (float)(((double)xc[i] - mu) * scale + shift);
+        } else if (norm) {
+            float *nc = norm + base + (size_t)c * HW;
+#pragma omp simd
+            for (int i = 0; i < HW; i++) {
+                const float a = (float)(((double)xc[i] - mu) * scale + shift);
+                nc[i] = a;
+                oc[i] = a * sigmoid_stable(a);
+            }
+        } else {
+#pragma omp simd
+            for (int i = 0; i < HW; i++) {
+                const float a = (float)(((double)xc[i] - mu) * scale + shift);
+                oc[i] = a * sigmoid_stable(a);
+            }
         }
     }
+}
+
+void ddpm_groupnorm_forward(float *out, float *mean, float *rstd, const float *in, const float *gamma,
+                            const float *beta, int B, int C, int HW, int G, float eps)
+{
+    const size_t total = (size_t)B * C * HW;
+#pragma omp parallel for schedule(static) if (total > GN_PARALLEL_MIN)
+    for (int bg = 0; bg < B * G; bg++)
+        group_forward(out, NULL, 0, mean, rstd, in, gamma, beta, C, HW, G, eps, bg);
+}
+
+void ddpm_groupnorm_silu_forward(float *out, float *norm, float *mean, float *rstd, const float *in,
+                                 const float *gamma, const float *beta, int B, int C, int HW, int G,
+                                 float eps)
+{
+    const size_t total = (size_t)B * C * HW;
+#pragma omp parallel for schedule(static) if (total > GN_PARALLEL_MIN)
+    for (int bg = 0; bg < B * G; bg++)
+        group_forward(out, norm, 1, mean, rstd, in, gamma, beta, C, HW, G, eps, bg);
 }
 
 void ddpm_groupnorm_backward(float *din, float beta, float *dgamma, float *dbeta, const float *dout,
@@ -123,8 +158,8 @@ void ddpm_groupnorm_backward(float *din, float beta, float *dgamma, float *dbeta
             const double mu = mean[bg], rs = rstd[bg];
             double s1 = 0.0, s2 = 0.0;
             for (int c = 0; c < Cg; c++)
-                sum_d_dxhat(dout + base + (size_t)c * HW, in + base + (size_t)c * HW, HW, gamma[g * Cg + c], mu,
-                            rs, &s1, &s2);
+                sum_d_dxhat(dout + base + (size_t)c * HW, in + base + (size_t)c * HW, HW, gamma[g * Cg + c],
+                            mu, rs, &s1, &s2);
             const double m1 = s1 / (double)group_n, m2 = s2 / (double)group_n;
             for (int c = 0; c < Cg; c++) {
                 const double gm = gamma[g * Cg + c];
