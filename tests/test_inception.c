@@ -337,6 +337,16 @@ static void test_inception_refuses_missing_tensor(void **state)
     assert_non_null(strstr(ddpm_last_error(), "small_zip.pth: tensor 'Conv2d_1a_3x3.conv.weight' is missing"));
 }
 
+/* A tensor of the wrong shape is refused with its name and both shapes. */
+static void test_inception_refuses_misshaped_tensor(void **state)
+{
+    (void)state;
+    ddpm_inception *net = NULL;
+    assert_int_equal(ddpm_inception_load(&net, DIR "misshaped.pth"), DDPM_EFORMAT);
+    assert_null(net);
+    assert_non_null(strstr(ddpm_last_error(), "misshaped.pth: tensor 'Conv2d_1a_3x3.conv.weight' has shape [8, 2, 3, 3]"));
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 2 && !strcmp(argv[1], "--determinism-child")) /* see the test above */
@@ -348,6 +358,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_pth_reads_zip_and_legacy_torch_save),
         cmocka_unit_test(test_pth_refuses_damaged_and_foreign_files),
         cmocka_unit_test(test_inception_refuses_missing_tensor),
+        cmocka_unit_test(test_inception_refuses_misshaped_tensor),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

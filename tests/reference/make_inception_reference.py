@@ -19,6 +19,7 @@ Outputs (in tests/data/inception/, or the folder given as the first argument):
                            with torchvision's names (Conv2d_1a_3x3.conv.weight,
                            ...bn.running_var, ...bn.num_batches_tracked as int64,
                            fc.weight and fc.bias: ignored by ddpm)
+  misshaped.pth            Conv2d_1a_3x3.conv.weight of shape [8, 2, 3, 3] alone
   small_zip.pth, small_legacy.pth   a three-tensor state_dict in the zip and in
                            the legacy (pre-1.6, _use_new_zipfile_serialization
                            False) format, for the reader's own tests
@@ -41,6 +42,7 @@ Run with Debian's PyTorch (CI does not; it runs the C tests on these files):
     /usr/bin/python3 tests/reference/make_inception_reference.py
 """
 
+import collections
 import json
 import struct
 import sys
@@ -332,6 +334,10 @@ def main():
     small["c.view"] = torch.arange(12, dtype=torch.float32)[4:10].reshape(3, 2)  # offset into its storage
     torch.save(small, out / "small_zip.pth")
     torch.save(small, out / "small_legacy.pth", _use_new_zipfile_serialization=False)
+    # the first tensor the loader reads, with 2 input channels where RGB has 3
+    misshaped = collections.OrderedDict()
+    misshaped["Conv2d_1a_3x3.conv.weight"] = torch.zeros(8, 2, 3, 3)
+    torch.save(misshaped, out / "misshaped.pth")
 
     images = test_images(rng)
     tensors = OrderedDict()
