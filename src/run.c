@@ -31,7 +31,7 @@ void ddpm_run_options_default(ddpm_run_options *o)
     o->sample_every = 0;
     o->log_every = 50;
     o->preview_n = 64;
-    o->preview_steps = 50;
+    o->preview_steps = 20; /* the default sampler's evaluations (sample.c) */
     o->eval_every = 500;
     o->eval_n = 0;
     o->eval_mc = 0;

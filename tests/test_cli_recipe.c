@@ -93,7 +93,7 @@ static void test_from_refuses_a_checkpoint_with_another_hash(void **state)
 static void test_info_prints_the_recipe_or_says_there_is_none(void **state)
 {
     (void)state;
-    assert_int_equal(cu_ddpm("sample run --n 2 --steps 3 --seed 11 --out g.png --quiet"), 0);
+    assert_int_equal(cu_ddpm("sample run --sampler ddim --n 2 --steps 3 --seed 11 --out g.png --quiet"), 0);
     assert_int_equal(cu_ddpm("info g.png"), 0);
     char *out = cu_slurp("out.txt", NULL);
     assert_non_null(out);

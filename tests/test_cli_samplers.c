@@ -152,7 +152,7 @@ static void test_dpmpp2m_with_20_steps_reports_20_evaluations_and_heun_an_odd_co
     assert_int_equal(cu_ddpm("sample run --sampler heun --steps 21 --n 2 --out h.png --json --quiet"), 0);
     assert_true(stdout_has("\"steps\":21,\"evaluations\":21"));
     /* DDIM's summary is as it was: its steps, no spacing */
-    assert_int_equal(cu_ddpm("sample run --steps 4 --n 2 --out d.png --json --quiet"), 0);
+    assert_int_equal(cu_ddpm("sample run --sampler ddim --steps 4 --n 2 --out d.png --json --quiet"), 0);
     assert_true(stdout_has("\"sampler\":\"ddim\",\"steps\":4,\"evaluations\":4,\"n\""));
     /* the help lists every row and the flag */
     assert_int_equal(cu_ddpm("sample --help"), 0);

@@ -219,8 +219,8 @@ static void test_binary_strip_ends_equal_plain_samples_byte_for_byte(void **stat
         assert_int_equal(ddpm_png_write(path, px, 8, 8, 1), 0);
     }
     assert_int_equal(ddpm("train data --out run " TINY " --steps 6 --preview-n 0 --quiet"), 0);
-    assert_int_equal(ddpm("sample run --seed 3 --n 1 --eta 0 --steps 5 --pad 0 --out a.png --quiet"), 0);
-    assert_int_equal(ddpm("sample run --seed 8 --n 1 --eta 0 --steps 5 --pad 0 --out b.png --quiet"), 0);
+    assert_int_equal(ddpm("sample run --sampler ddim --seed 3 --n 1 --eta 0 --steps 5 --pad 0 --out a.png --quiet"), 0);
+    assert_int_equal(ddpm("sample run --sampler ddim --seed 8 --n 1 --eta 0 --steps 5 --pad 0 --out b.png --quiet"), 0);
     /* --batch 2: the two ends are decoded in batches of different sizes */
     assert_int_equal(
         ddpm("interpolate run --seeds 3,8 --n 5 --steps 5 --pad 0 --batch 2 --out strip.png --quiet"), 0);

@@ -101,7 +101,7 @@ static void test_train_eval_fid_logs_the_fid_ddpm_fid_gives_for_the_same_samples
     assert_int_equal(ddpm_fid_stats_load(&ref, path, ddpm_inception_sha256(net)), 0);
     ddpm_model_fid_config c;
     ddpm_model_fid_config_default(&c, &m);
-    assert_int_equal(c.sampler.kind, DDPM_SAMPLER_DDIM);
+    assert_int_equal(c.sampler.kind, DDPM_SAMPLER_DPMPP_2M_SDE);
     assert_int_equal(c.sampler.steps, 20);
     c.n = 7;
     c.seed = 3;

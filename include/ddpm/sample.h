@@ -162,7 +162,7 @@ typedef struct {
     int n;                       /* images (default 64) */
     int batch;                   /* images per network call; bounds memory (default 64) */
     uint64_t seed;               /* noise seed, stream DDPM_STREAM_SAMPLE (default 0) */
-    ddpm_sampler_config sampler; /* default DDIM, 100 steps (<= T), eta 1, clipped */
+    ddpm_sampler_config sampler; /* default dpm++2m-sde, 20 evaluations (<= T), clipped */
     const char *grid_path;       /* the grid PNG (default "samples.png"; NULL: none) */
     int nrow;                    /* images per grid row (default 0: ceil(sqrt(n))) */
     int pad, pad_value;          /* pixels between cells and their gray level (default 2, 255) */

@@ -147,7 +147,7 @@ static const ddpm_option session_options[] = {
     {.name = "preview-n", .metavar = "N", .type = DDPM_OPT_INT, .offset = SOFF(o.preview_n), .min = 0, .max = 4096,
      .unit = "images", .group = "run", .help = "images in a preview grid; 0: no previews"},
     {.name = "preview-steps", .metavar = "S", .type = DDPM_OPT_INT, .offset = SOFF(o.preview_steps), .min = 1,
-     .max = 100000, .group = "run", .help = "DDIM steps (eta 1) of a preview, from the EMA weights"},
+     .max = 100000, .group = "run", .help = "network evaluations of a preview (the default sampler of `ddpm sample`), from the EMA weights"},
     {.name = "log-every", .metavar = "N", .type = DDPM_OPT_LONG, .offset = SOFF(o.log_every), .min = 1, .max = 1e9,
      .unit = "steps", .group = "run", .help = "log.jsonl line and progress line every N steps"},
     {.name = "eval-dir", .metavar = "DIR", .type = DDPM_OPT_STRING, .offset = SOFF(o.eval_dir),
@@ -168,7 +168,7 @@ static const ddpm_option session_options[] = {
      .def_text = "no FID", .group = "run",
      .help = "statistics of reference images (`ddpm fid --save-stats STATS DIR`): every --eval-every steps and at "
              "the end, a log.jsonl line {step, eval_fid_n, eval_fid} with the FID of --eval-fid-n samples of the EMA "
-             "weights, drawn as `ddpm sample` does by default (DDIM, at most 100 steps, eta 1) with the run's --seed, "
+             "weights, drawn as `ddpm sample` does by default (dpm++2m-sde, at most 20 evaluations) with the run's --seed, "
              "so every evaluation sees the same noise. Statistics made with other Inception weights than --inception "
              "are refused before step 1"},
     {.name = "eval-fid-n", .metavar = "N", .type = DDPM_OPT_INT, .offset = SOFF(o.eval_fid_n), .min = 2,
@@ -426,7 +426,7 @@ static int train_main(int argc, char **argv)
         return DDPM_EXIT_OK;
     if (!quiet) {
         if (summary.preview[0])
-            fprintf(stderr, "ddpm: preview grid (EMA weights, DDIM %d steps, eta 1): %s\n", o.preview_steps,
+            fprintf(stderr, "ddpm: preview grid (EMA weights, dpm++2m-sde, %d evaluations): %s\n", o.preview_steps,
                     summary.preview);
         if (summary.interrupted)
             fprintf(stderr,
