@@ -32,6 +32,8 @@ void ddpm_run_options_default(ddpm_run_options *o)
     o->log_every = 50;
     o->preview_n = 64;
     o->preview_steps = 50;
+    o->preview_sampler = DDPM_SAMPLER_DDIM;
+    o->preview_spacing = DDPM_SPACING_LOGSNR;
     o->eval_every = 500;
     o->eval_n = 0;
     o->eval_mc = 0;
@@ -522,7 +524,7 @@ static int session_fid(run_session *r, const ddpm_run_callbacks *cb)
     return DDPM_OK;
 }
 
-/* A DDIM grid from the EMA weights, with the same noise every time so that
+/* A grid from the EMA weights (DDIM at eta 1, or the preview sampler), with the same noise every time so that
  * previews of one run are comparable. Uses the training workspace. Its recipe
  * names the checkpoint by hash when the checkpoint on disk holds these weights
  * (saved_now), else by path alone (the weights of a step between checkpoints). */
@@ -540,6 +542,8 @@ static int session_preview(run_session *r, char *path, size_t size, int saved_no
     c.seed = tr->cfg.seed;
     c.sampler.steps = o->preview_steps < tr->cfg.timesteps ? o->preview_steps : tr->cfg.timesteps;
     c.sampler.eta = 1; /* see ddpm sample --help: cleaner than eta 0 early in training */
+    c.sampler.kind = o->preview_sampler;
+    c.sampler.spacing = o->preview_spacing;
     c.grid_path = path;
     int n_classes = tr->cfg.model.n_classes;
     if (n_classes > 0 && n_classes <= o->preview_n) { /* one row per class, conditional (W = 1) */
