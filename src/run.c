@@ -221,9 +221,11 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     if (strlen(o->out_dir) > 3000)
         return ddpm_error(DDPM_EINVAL, "--out: path too long");
     if (o->log_every < 1 || o->save_every < 0 || o->sample_every < 0 || o->preview_n < 0 ||
-        (o->preview_n > 0 && o->preview_steps < 1))
+        (o->preview_n > 0 && o->preview_steps < 1) || !ddpm_sampler_get(o->preview_sampler) ||
+        (unsigned)o->preview_spacing >= DDPM_N_SPACINGS)
         return ddpm_error(DDPM_EINVAL, "run options: log_every must be >= 1, save_every, sample_every and "
-                                       "preview_n >= 0, preview_steps >= 1");
+                                       "preview_n >= 0, preview_steps >= 1, preview_sampler a row of the "
+                                       "sampler table and preview_spacing time, logsnr or karras");
     snprintf(r->ckpt_path, sizeof r->ckpt_path, "%s/%s", o->out_dir, DDPM_CHECKPOINT_FILE);
     snprintf(r->log_path, sizeof r->log_path, "%s/%s", o->out_dir, DDPM_LOG_FILE);
     snprintf(r->samples_dir, sizeof r->samples_dir, "%s/%s", o->out_dir, DDPM_SAMPLES_DIR);
