@@ -51,15 +51,18 @@ void ddpm_interpolate_config_default(ddpm_interpolate_config *c)
     c->steps = 100;
     c->clip_x0 = 1;
     c->batch = 64;
+    c->sampler = DDPM_SAMPLER_DDIM;
+    c->spacing = DDPM_SPACING_LOGSNR;
 }
 
 void ddpm_interpolate_sampler(ddpm_sampler_config *out, const ddpm_interpolate_config *c)
 {
     ddpm_sampler_config_default(out);
-    out->kind = DDPM_SAMPLER_DDIM;
+    out->kind = c->sampler;
     out->steps = c->steps;
     out->eta = 0.0f;
     out->clip_x0 = c->clip_x0;
+    out->spacing = c->spacing;
 }
 
 /* Decodes the latents x [n, D] at step index i_start in place, batch by batch. */
@@ -81,8 +84,12 @@ static int check_config(const ddpm_interpolate_config *c, int max_steps, const c
         return ddpm_error(DDPM_EINVAL, "an interpolation needs at least 2 images, got %d", c->n);
     if (c->batch < 1)
         return ddpm_error(DDPM_EINVAL, "batch must be at least 1, got %d", c->batch);
+    if (!ddpm_sampler_deterministic(c->sampler, 0.0f))
+        return ddpm_error(DDPM_EINVAL, "an interpolation needs a deterministic sampler that takes steps, not %s",
+                          ddpm_sampler_name(c->sampler));
     if (c->steps < 1 || c->steps > max_steps)
-        return ddpm_error(DDPM_EINVAL, "DDIM steps must be in 1..%d (%s), got %d", max_steps, what, c->steps);
+        return ddpm_error(DDPM_EINVAL, "%s steps must be in 1..%d (%s), got %d", ddpm_sampler_name(c->sampler),
+                          max_steps, what, c->steps);
     return DDPM_OK;
 }
 

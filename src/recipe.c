@@ -387,10 +387,10 @@ static int check_recipe(const ddpm_recipe *r, uint32_t seen, const char *name)
             return ddpm_error(DDPM_EFORMAT, "%s: the ddpm recipe lacks %s", name, keys[f]);
     }
     if (ddpm_recipe_is_strip(r->kind)) {
-        if (r->sampler.kind != DDPM_SAMPLER_DDIM || r->sampler.eta != 0)
+        if (!ddpm_sampler_deterministic(r->sampler.kind, r->sampler.eta))
             return ddpm_error(DDPM_EFORMAT,
-                              "%s: an interpolation strip is decoded with DDIM at eta 0; its recipe "
-                              "says %s, eta %g",
+                              "%s: an interpolation strip is decoded with a deterministic sampler (DDIM at "
+                              "eta 0 or an ODE solver); its recipe says %s, eta %g",
                               name, ddpm_sampler_name(r->sampler.kind), (double)r->sampler.eta);
         if (r->count < 2 || r->count > 100000)
             return ddpm_error(DDPM_EFORMAT,

@@ -31,7 +31,10 @@ void ddpm_run_options_default(ddpm_run_options *o)
     o->sample_every = 0;
     o->log_every = 50;
     o->preview_n = 64;
-    o->preview_steps = 20; /* the default sampler's evaluations (sample.c) */
+    /* ddpm sample's default sampler and evaluations (sample.c) */
+    o->preview_steps = 20;
+    o->preview_sampler = DDPM_SAMPLER_DPMPP_2M_SDE;
+    o->preview_spacing = DDPM_SPACING_LOGSNR;
     o->eval_every = 500;
     o->eval_n = 0;
     o->eval_mc = 0;
@@ -219,9 +222,11 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     if (strlen(o->out_dir) > 3000)
         return ddpm_error(DDPM_EINVAL, "--out: path too long");
     if (o->log_every < 1 || o->save_every < 0 || o->sample_every < 0 || o->preview_n < 0 ||
-        (o->preview_n > 0 && o->preview_steps < 1))
+        (o->preview_n > 0 && o->preview_steps < 1) || !ddpm_sampler_get(o->preview_sampler) ||
+        (unsigned)o->preview_spacing >= DDPM_N_SPACINGS)
         return ddpm_error(DDPM_EINVAL, "run options: log_every must be >= 1, save_every, sample_every and "
-                                       "preview_n >= 0, preview_steps >= 1");
+                                       "preview_n >= 0, preview_steps >= 1, preview_sampler a row of the "
+                                       "sampler table and preview_spacing time, logsnr or karras");
     snprintf(r->ckpt_path, sizeof r->ckpt_path, "%s/%s", o->out_dir, DDPM_CHECKPOINT_FILE);
     snprintf(r->log_path, sizeof r->log_path, "%s/%s", o->out_dir, DDPM_LOG_FILE);
     snprintf(r->samples_dir, sizeof r->samples_dir, "%s/%s", o->out_dir, DDPM_SAMPLES_DIR);
@@ -522,7 +527,7 @@ static int session_fid(run_session *r, const ddpm_run_callbacks *cb)
     return DDPM_OK;
 }
 
-/* A DDIM grid from the EMA weights, with the same noise every time so that
+/* A grid from the EMA weights (DDIM at eta 1, or the preview sampler), with the same noise every time so that
  * previews of one run are comparable. Uses the training workspace. Its recipe
  * names the checkpoint by hash when the checkpoint on disk holds these weights
  * (saved_now), else by path alone (the weights of a step between checkpoints). */
@@ -540,6 +545,8 @@ static int session_preview(run_session *r, char *path, size_t size, int saved_no
     c.seed = tr->cfg.seed;
     c.sampler.steps = o->preview_steps < tr->cfg.timesteps ? o->preview_steps : tr->cfg.timesteps;
     c.sampler.eta = 1; /* see ddpm sample --help: cleaner than eta 0 early in training */
+    c.sampler.kind = o->preview_sampler;
+    c.sampler.spacing = o->preview_spacing;
     c.grid_path = path;
     int n_classes = tr->cfg.model.n_classes;
     if (n_classes > 0 && n_classes <= o->preview_n) { /* one row per class, conditional (W = 1) */

@@ -131,6 +131,48 @@ static int pixels_differ(const char *a, const char *b)
     return differ;
 }
 
+/* A training preview drawn with a solver (--preview-sampler) is `ddpm sample`
+ * of the same checkpoint, seed and settings, and its recipe re-creates it; the
+ * flags a row does not take are refused. */
+static void test_preview_with_a_solver_equals_ddpm_sample_and_its_recipe_recreates_it(void **state)
+{
+    (void)state;
+    assert_int_equal(cu_ddpm("train data --out prun " TINY " --steps 4 --seed 6 --preview-n 4 --preview-sampler "
+                             "dpm++2m --preview-steps 3 --preview-spacing karras --quiet"),
+                     0);
+    const char *preview = "prun/samples/step_0000004.png";
+    ddpm_recipe r;
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", cu_dir, preview);
+    assert_int_equal(ddpm_recipe_read_png(&r, path), 1);
+    assert_int_equal(r.sampler.kind, DDPM_SAMPLER_DPMPP_2M);
+    assert_int_equal(r.sampler.spacing, DDPM_SPACING_KARRAS);
+    assert_int_equal(r.sampler.steps, 3);
+    assert_int_equal(cu_ddpm("sample --from %s --out again.png --batch 3 --quiet", preview), 0);
+    assert_true(cu_same_bytes(preview, "again.png"));
+    assert_int_equal(cu_ddpm("sample prun --n 4 --seed 6 --sampler dpm++2m --steps 3 --spacing karras "
+                             "--out ps.png --quiet"),
+                     0);
+    int na, nb;
+    unsigned char *x = pixels(preview, &na), *y = pixels("ps.png", &nb);
+    assert_int_equal(na, nb);
+    assert_memory_equal(x, y, (size_t)na);
+    stbi_image_free(x);
+    stbi_image_free(y);
+    /* another spacing gives other pixels: the preview used the one asked for */
+    assert_int_equal(cu_ddpm("sample prun --n 4 --seed 6 --sampler dpm++2m --steps 3 --spacing time "
+                             "--out pt.png --quiet"),
+                     0);
+    assert_true(pixels_differ(preview, "pt.png"));
+    assert_int_equal(cu_ddpm("train data --out prun2 " TINY " --steps 1 --preview-spacing karras"), 2);
+    assert_true(cu_stderr_one_line("--preview-spacing does not apply to --preview-sampler ddim"));
+    assert_int_equal(cu_ddpm("train data --out prun2 " TINY " --steps 1 --preview-sampler ddpm --preview-steps 5"),
+                     2);
+    assert_true(cu_stderr_one_line("--preview-steps does not apply to --preview-sampler ddpm"));
+    assert_int_equal(cu_ddpm("train data --out prun2 " TINY " --steps 1 --preview-sampler nope"), 2);
+    assert_true(cu_absent("prun2"));
+}
+
 /* Re-writes the recipe of cu_dir/FROM, changed by `edit`, into cu_dir/TO (a
  * 2x2 image: --from reads the recipe only). */
 static void write_edited_recipe(const char *from, const char *to, void (*edit)(ddpm_recipe *))
@@ -262,6 +304,60 @@ static void test_interpolate_from_recreates_both_kinds_of_strip_byte_for_byte(vo
     assert_true(cu_stderr_one_line("--seed cannot be given with --from"));
 }
 
+static void strip_to_euler_a(ddpm_recipe *r)
+{
+    r->sampler.kind = DDPM_SAMPLER_EULER_A;
+}
+
+/* Strips decoded with a solver record the sampler and its spacing and are
+ * re-created byte for byte; a DDIM strip's recipe has no spacing (its bytes are
+ * those of the strips before solvers); a recipe with a stochastic sampler is
+ * refused. */
+static void test_interpolate_from_recreates_solver_strips_byte_for_byte(void **state)
+{
+    (void)state;
+    assert_int_equal(cu_ddpm("interpolate run --seeds 3,8 --n 4 --sampler unipc --steps 5 --spacing time "
+                             "--out us.png --quiet"),
+                     0);
+    assert_int_equal(cu_ddpm("interpolate --from us.png --out again.png --batch 3 --quiet"), 0);
+    assert_true(cu_same_bytes("us.png", "again.png"));
+    assert_int_equal(cu_ddpm("interpolate run --at 30 --images src/00.png,src/01.png --n 3 --sampler dpm++2s "
+                             "--steps 5 --spacing karras --seed 2 --out ds.png --quiet"),
+                     0);
+    assert_int_equal(cu_ddpm("interpolate --from ds.png --out again.png --batch 2 --quiet"), 0);
+    assert_true(cu_same_bytes("ds.png", "again.png"));
+    char path[512];
+    ddpm_recipe r;
+    snprintf(path, sizeof path, "%s/ds.png", cu_dir);
+    assert_int_equal(ddpm_recipe_read_png(&r, path), 1);
+    assert_int_equal(r.sampler.kind, DDPM_SAMPLER_DPMPP_2S);
+    assert_int_equal(r.sampler.spacing, DDPM_SPACING_KARRAS);
+    assert_int_equal(r.sampler.steps, 5);
+    /* the same strip with another spacing differs: the recipe's spacing is used */
+    assert_int_equal(cu_ddpm("interpolate run --at 30 --images src/00.png,src/01.png --n 3 --sampler dpm++2s "
+                             "--steps 5 --spacing logsnr --seed 2 --out dl.png --quiet"),
+                     0);
+    assert_false(cu_same_bytes("ds.png", "dl.png"));
+    assert_int_equal(cu_ddpm("interpolate --from ds.png --out x.png --sampler heun"), 2);
+    assert_true(cu_stderr_one_line("--sampler cannot be given with --from"));
+    /* DDIM, named or not: the same bytes, and no spacing in the recipe */
+    assert_int_equal(cu_ddpm("interpolate run --seeds 3,8 --n 4 --steps 3 --out dd1.png --quiet"), 0);
+    assert_int_equal(cu_ddpm("interpolate run --seeds 3,8 --n 4 --steps 3 --sampler ddim --out dd2.png --quiet"),
+                     0);
+    assert_true(cu_same_bytes("dd1.png", "dd2.png"));
+    long len = 0;
+    char *bytes = cu_slurp("dd1.png", &len);
+    assert_null(memmem(bytes, (size_t)len, "ddpm:spacing", 12));
+    free(bytes);
+    bytes = cu_slurp("us.png", &len);
+    assert_non_null(memmem(bytes, (size_t)len, "ddpm:spacing", 12));
+    free(bytes);
+    write_edited_recipe("us.png", "noisy.png", strip_to_euler_a);
+    assert_int_equal(cu_ddpm("interpolate --from noisy.png --out x.png"), 1);
+    assert_true(cu_stderr_one_line("noisy.png: an interpolation strip is decoded with a deterministic sampler"));
+    assert_true(cu_absent("x.png"));
+}
+
 static void test_interpolate_from_refuses_another_checkpoint_or_a_changed_source(void **state)
 {
     (void)state;
@@ -308,10 +404,12 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_from_recreates_grid_image_trajectory_and_preview_byte_for_byte),
         cmocka_unit_test(test_from_refuses_a_checkpoint_with_another_hash),
+        cmocka_unit_test(test_preview_with_a_solver_equals_ddpm_sample_and_its_recipe_recreates_it),
         cmocka_unit_test(test_info_prints_the_recipe_or_says_there_is_none),
         cmocka_unit_test(test_from_recreates_conditional_grids_images_and_trajectories_byte_for_byte),
         cmocka_unit_test(test_from_refuses_a_class_the_checkpoint_does_not_have),
         cmocka_unit_test(test_interpolate_from_recreates_both_kinds_of_strip_byte_for_byte),
+        cmocka_unit_test(test_interpolate_from_recreates_solver_strips_byte_for_byte),
         cmocka_unit_test(test_interpolate_from_refuses_another_checkpoint_or_a_changed_source),
         cmocka_unit_test(test_sample_and_interpolate_send_each_others_pngs_to_the_right_command),
     };

@@ -14,6 +14,7 @@
 
 #include <stb_image.h>
 
+#include "ddpm/error.h"
 #include "ddpm/imageio.h"
 #include "ddpm/interpolate.h"
 #include "ddpm/rng.h"
@@ -178,6 +179,122 @@ static void test_image_strip_decodes_the_noised_pixel_blend_from_step_t(void **s
     ddpm_schedule_free(&s);
 }
 
+/* The same strip decoded with a deterministic solver of the sampler table: the
+ * ends are ddpm_sample with that solver (steps are evaluations; the singlestep
+ * heun too), and a stochastic row is refused. */
+static void test_solver_strip_ends_are_the_solver_samples_and_stochastic_rows_are_refused(void **state)
+{
+    (void)state;
+    size_t D = 2 * 4 * 4;
+    ddpm_schedule s;
+    assert_int_equal(ddpm_schedule_init(&s, DDPM_SCHEDULE_LINEAR, 40, 1e-4, 0.02), 0);
+    ddpm_model m;
+    tu_stub_model(&m, 2, 4, DDPM_PRED_EPS, 0, &s, stub_eps, &D);
+    const ddpm_sampler_kind kinds[2] = {DDPM_SAMPLER_DPMPP_2M, DDPM_SAMPLER_HEUN};
+    float *strip = tu_alloc(5 * D), *one = tu_alloc(D), *ddim = tu_alloc(5 * D);
+    ddpm_interpolate_config ic;
+    ddpm_interpolate_config_default(&ic);
+    ic.n = 5;
+    ic.steps = 6;
+    ic.batch = 3;
+    assert_int_equal(ddpm_interpolate_seeds(&m, ddim, 4, 9, &ic), 0);
+    for (int k = 0; k < 2; k++) {
+        ic.sampler = kinds[k];
+        ic.spacing = k ? DDPM_SPACING_KARRAS : DDPM_SPACING_LOGSNR;
+        assert_int_equal(ddpm_interpolate_seeds(&m, strip, 4, 9, &ic), 0);
+        ddpm_sampler_config sc;
+        ddpm_interpolate_sampler(&sc, &ic);
+        assert_true(sc.kind == kinds[k] && sc.steps == 6 && sc.spacing == ic.spacing);
+        const uint64_t seeds[2] = {4, 9};
+        for (int e = 0; e < 2; e++) {
+            ddpm_rng rng;
+            ddpm_rng_init(&rng, seeds[e], DDPM_STREAM_SAMPLE);
+            assert_int_equal(ddpm_sample(&m, &sc, NULL, one, 1, 0, &rng, NULL), 0);
+            assert_memory_equal(strip + (size_t)(e ? ic.n - 1 : 0) * D, one, D * sizeof(float));
+        }
+        /* the solver, not DDIM, decoded it */
+        assert_true(memcmp(strip, ddim, D * sizeof(float)) != 0);
+    }
+    const ddpm_sampler_kind noisy[3] = {DDPM_SAMPLER_DDPM, DDPM_SAMPLER_DPMPP_2M_SDE, DDPM_SAMPLER_EULER_A};
+    for (int k = 0; k < 3; k++) {
+        ic.sampler = noisy[k];
+        assert_int_equal(ddpm_interpolate_seeds(&m, strip, 4, 9, &ic), DDPM_EINVAL);
+        assert_non_null(strstr(ddpm_last_error(), "deterministic"));
+    }
+    free(strip);
+    free(one);
+    free(ddim);
+    ddpm_model_close(&m);
+    ddpm_schedule_free(&s);
+}
+
+/* An oracle at continuous t (the solvers evaluate between trained steps):
+ * eps = (x_t - alpha(t) x0) / sigma(t) for the pixel blend x0 of the position. */
+typedef struct {
+    const ddpm_schedule *s;
+    const float *a, *b;
+    size_t D;
+    int n;
+    double max_t;
+} oracle_cont_ctx;
+
+static void oracle_cont_eps(void *opaque, float *eps, const float *x_t, const double *t, const int *y, int B)
+{
+    (void)y;
+    oracle_cont_ctx *o = opaque;
+    assert_int_equal(B, o->n);
+    for (int b = 0; b < B; b++) {
+        double l = (double)b / (o->n - 1), al = ddpm_schedule_alpha(o->s, t[b]), sg = ddpm_schedule_sigma(o->s, t[b]);
+        if (t[b] > o->max_t)
+            o->max_t = t[b];
+        for (size_t d = 0; d < o->D; d++) {
+            double x0 = (1 - l) * o->a[d] + l * o->b[d];
+            eps[(size_t)b * o->D + d] = (float)((x_t[(size_t)b * o->D + d] - al * x0) / sg);
+        }
+    }
+}
+
+/* --at t with a solver: it starts at continuous t = the step index t - 1, and
+ * with an oracle that knows x0 it returns the pixel blend (a data-prediction
+ * solver is exact for a constant x0). */
+static void test_solver_image_strip_starts_at_step_t_and_decodes_the_blend(void **state)
+{
+    (void)state;
+    size_t D = 2 * 6 * 6;
+    ddpm_schedule s;
+    assert_int_equal(ddpm_schedule_init(&s, DDPM_SCHEDULE_LINEAR, 100, 1e-4, 0.02), 0);
+    float *a = tu_alloc(D), *b = tu_alloc(D);
+    tu_fill_uniform(a, D, 1, -0.9f, 0.9f);
+    tu_fill_uniform(b, D, 2, -0.9f, 0.9f);
+    ddpm_interpolate_config ic;
+    ddpm_interpolate_config_default(&ic);
+    ic.n = 4;
+    ic.steps = 8;
+    ic.sampler = DDPM_SAMPLER_DPMPP_3M;
+    float *strip = tu_alloc(ic.n * D);
+    oracle_cont_ctx o = {&s, a, b, D, ic.n, -1};
+    ddpm_model m;
+    tu_stub_model(&m, 2, 6, DDPM_PRED_EPS, 0, &s, oracle_cont_eps, &o);
+    const int t = 45;
+    assert_int_equal(ddpm_interpolate_images(&m, strip, a, b, t, 3, &ic), 0);
+    assert_true(fabs(o.max_t - (t - 1)) < 1e-9);
+    for (int k = 0; k < ic.n; k++) {
+        double l = (double)k / (ic.n - 1), worst = 0;
+        for (size_t d = 0; d < D; d++)
+            worst = fmax(worst, fabs(strip[(size_t)k * D + d] - ((1 - l) * a[d] + l * b[d])));
+        if (worst > 1e-4)
+            fprintf(stderr, "strip image %d is %.3g off the pixel blend\n", k, worst);
+        assert_true(worst <= 1e-4);
+    }
+    ic.steps = 46; /* more evaluations than t */
+    assert_true(ddpm_interpolate_images(&m, strip, a, b, t, 3, &ic) < 0);
+    free(a);
+    free(b);
+    free(strip);
+    ddpm_model_close(&m);
+    ddpm_schedule_free(&s);
+}
+
 /* ---------------------------------------------------------------- the binary */
 
 static char tmp[256];
@@ -276,6 +393,37 @@ static void test_binary_strip_ends_equal_plain_samples_byte_for_byte(void **stat
     assert_non_null(strstr(line, "ddpm: "));
     assert_non_null(strstr(line, "nope.png"));
     assert_int_equal(ddpm("interpolate --help"), 0);
+    /* a solver: the ends are `ddpm sample` with the same sampler and spacing */
+    assert_int_equal(ddpm("sample run --seed 3 --n 1 --sampler dpm++2m --steps 5 --spacing karras --pad 0 "
+                          "--out sa.png --quiet"),
+                     0);
+    assert_int_equal(ddpm("interpolate run --seeds 3,8 --n 3 --sampler dpm++2m --steps 5 --spacing karras "
+                          "--pad 0 --out solver.png --quiet"),
+                     0);
+    a = load_png("sa.png", &wa, &ha);
+    s = load_png("solver.png", &ws, &hs);
+    assert_int_equal(ws, 3 * 8);
+    for (int r = 0; r < 8; r++)
+        assert_memory_equal(s + r * ws, a + r * 8, 8);
+    stbi_image_free(a);
+    stbi_image_free(s);
+    assert_int_equal(ddpm("interpolate run --at 20 --images data/00.png,data/05.png --n 3 --sampler heun "
+                          "--steps 7 --out heun.png --quiet"),
+                     0);
+    /* stochastic samplers and a spacing DDIM does not take: one line, exit 2 */
+    assert_int_equal(ddpm("interpolate run --seeds 3,8 --sampler euler-a --out z.png"), 2);
+    f = fopen(in_tmp("err.txt"), "r");
+    assert_non_null(f);
+    assert_non_null(fgets(line, sizeof line, f));
+    assert_null(fgets(line + 256, 256, f));
+    fclose(f);
+    assert_non_null(strstr(line, "--sampler euler-a draws noise at every step"));
+    assert_int_equal(ddpm("interpolate run --seeds 3,8 --sampler dpm++2m-sde --out z.png"), 2);
+    assert_int_equal(ddpm("interpolate run --seeds 3,8 --sampler ddpm --out z.png"), 2);
+    assert_int_equal(ddpm("interpolate run --seeds 3,8 --spacing karras --out z.png"), 2);
+    assert_int_equal(ddpm("interpolate run --seeds 3,8 --sampler nope --out z.png"), 2);
+    f = fopen(in_tmp("z.png"), "r");
+    assert_null(f);
     assert_int_equal(tu_remove_tree(tmp), 0);
 }
 
@@ -285,6 +433,8 @@ int main(void)
         cmocka_unit_test(test_slerp_and_lerp_keep_their_ends_and_slerp_the_norm),
         cmocka_unit_test(test_seed_strip_ends_are_the_samples_of_the_two_seeds),
         cmocka_unit_test(test_image_strip_decodes_the_noised_pixel_blend_from_step_t),
+        cmocka_unit_test(test_solver_strip_ends_are_the_solver_samples_and_stochastic_rows_are_refused),
+        cmocka_unit_test(test_solver_image_strip_starts_at_step_t_and_decodes_the_blend),
         cmocka_unit_test(test_binary_strip_ends_equal_plain_samples_byte_for_byte),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

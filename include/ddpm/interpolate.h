@@ -4,14 +4,16 @@
  * drawn exactly as ddpm_sample draws image 0 of each, are joined by spherical
  * interpolation (slerp: Gaussian noise of dimension D lies near a sphere of
  * radius sqrt(D), which a straight line would leave through its middle) and each
- * point is decoded with deterministic DDIM (eta 0). The first and last images are
+ * point is decoded with a deterministic sampler (DDIM at eta 0 by default, or an
+ * ODE solver of the sampler table). The first and last images are
  * the plain samples of the two seeds.
  *
  * Between images (DDPM paper, section 4.3 and Figure 8): two images x0, x0' are
  * noised to step t with the same eps, x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) eps,
  * the latents are interpolated linearly as in the paper,
  * (1 - lambda) x_t + lambda x_t', and each point is decoded from step t with
- * deterministic DDIM. With a shared eps the linear blend is the noised pixel
+ * the same deterministic sampler (a solver runs from continuous t = that step
+ * index down to 0). With a shared eps the linear blend is the noised pixel
  * blend, and the reverse process turns it into an image of the data; with a small
  * t the ends reconstruct the two images, with a large one they drift away.
  *
@@ -34,15 +36,21 @@ void ddpm_lerp(float *out, const float *a, const float *b, size_t D, double l);
 
 typedef struct {
     int n;       /* images, both ends included, >= 2 (default 10) */
-    int steps;   /* DDIM steps (default 100; at most T, or t for images) */
+    int steps;   /* the sampler's steps, network evaluations for a solver row
+                    (default 100; at most T, or t for images) */
     int clip_x0; /* clip the predicted x0 as ddpm_sample does (default 1) */
     int batch;   /* images per network call (default 64) */
+    ddpm_sampler_kind sampler; /* a deterministic row of sampler.h: ddim (at eta 0,
+                                  the default) or a solver without
+                                  DDPM_SAMPLER_STOCHASTIC */
+    ddpm_spacing spacing;      /* a solver row's spacing (default logsnr, as ddpm sample) */
 } ddpm_interpolate_config;
 
 void ddpm_interpolate_config_default(ddpm_interpolate_config *c);
 
-/* The DDIM config these functions decode with: DDIM, c->steps, eta 0, c->clip_x0.
- * `ddpm sample` with these flags gives the ends of a seed interpolation. */
+/* The sampler config these functions decode with: c->sampler, c->steps, eta 0,
+ * c->clip_x0, c->spacing. `ddpm sample` with these flags gives the ends of a
+ * seed interpolation. */
 void ddpm_interpolate_sampler(ddpm_sampler_config *out, const ddpm_interpolate_config *c);
 
 /* x [c->n, D] receives the strip between the model's samples of seed_a and

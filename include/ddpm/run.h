@@ -24,6 +24,7 @@
 #include <stddef.h>
 
 #include "ddpm/config.h"
+#include "ddpm/sampler.h"
 
 /* Names of the files in a run folder. */
 #define DDPM_CHECKPOINT_FILE "checkpoint.safetensors"
@@ -46,7 +47,10 @@ typedef struct {
     long sample_every;           /* preview grid every N steps (0: only at the end) */
     long log_every;              /* log.jsonl line and progress callback every N steps */
     int preview_n;               /* images in a preview grid (0: no previews) */
-    int preview_steps;           /* DDIM steps (eta 1, EMA weights) of a preview */
+    int preview_steps;           /* the preview sampler's steps, network evaluations for a
+                                    solver (EMA weights; at most T) */
+    ddpm_sampler_kind preview_sampler; /* a row of sampler.h (default ddim, at eta 1) */
+    ddpm_spacing preview_spacing;      /* a solver row's spacing (default logsnr) */
     int strict;                  /* non-image files in the data folder are an error */
     int classes;                 /* class-conditional: one subfolder of data_dir per class
                                     (dataset.h); the model gets n_classes from the data */

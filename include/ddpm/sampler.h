@@ -93,6 +93,14 @@ static inline int ddpm_sampler_has(ddpm_sampler_kind kind, int flag)
     return r && (r->flags & flag);
 }
 
+/* A row that draws no noise with this eta (DDIM at eta 0, every solver without
+ * DDPM_SAMPLER_STOCHASTIC) and takes --steps: what an interpolation decodes with. */
+static inline int ddpm_sampler_deterministic(ddpm_sampler_kind kind, float eta)
+{
+    return ddpm_sampler_has(kind, DDPM_SAMPLER_TAKES_STEPS) && !ddpm_sampler_has(kind, DDPM_SAMPLER_STOCHASTIC) &&
+           (!ddpm_sampler_has(kind, DDPM_SAMPLER_TAKES_ETA) || eta == 0);
+}
+
 /* Steps the sampler takes from step index i_start down to x_0 (S, or all
  * i_start + 1), and the network evaluations they cost. */
 static inline int ddpm_sampler_steps_from(ddpm_sampler_kind kind, int steps, int i_start)

@@ -93,6 +93,27 @@ int arg_var(const char *value, ddpm_var_kind *out)
     return 0;
 }
 
+int arg_sampler(const char *flag, const char *value, ddpm_sampler_kind *out)
+{
+    if (ddpm_sampler_parse(value, out) == 0)
+        return 0;
+    char list[256] = "";
+    for (int k = 0; k < DDPM_N_SAMPLERS; k++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? ", " : "",
+                 ddpm_sampler_name((ddpm_sampler_kind)k));
+    cli_error("--%s: '%s' is not one of %s", flag, value, list);
+    return -1;
+}
+
+int arg_spacing(const char *flag, const char *value, ddpm_spacing *out)
+{
+    if (ddpm_spacing_parse(value, out)) {
+        cli_error("--%s: '%s' is not one of time, logsnr, karras", flag, value);
+        return -1;
+    }
+    return 0;
+}
+
 int cli_check_writable_parent(const char *path)
 {
     char buf[4096];

@@ -19,6 +19,10 @@ int arg_float(const char *flag, const char *value, double lo, double hi, float *
 int arg_u64(const char *flag, const char *value, uint64_t *out);
 /* --var beta|beta-tilde (sample and eval). */
 int arg_var(const char *value, ddpm_var_kind *out);
+/* --FLAG NAME of a sampler-table row (the message lists the rows), and
+ * --FLAG time|logsnr|karras. */
+int arg_sampler(const char *flag, const char *value, ddpm_sampler_kind *out);
+int arg_spacing(const char *flag, const char *value, ddpm_spacing *out);
 /* The model and diffusion flags shared by train and bench (--size --channels
  * --ch --ch-mult --res-blocks --attn --groups --dropout --timesteps): parses
  * `value` of flag `name` into cfg. Returns 0, -1 after printing the problem, or

@@ -1,5 +1,6 @@
 /* interpolate.c: `ddpm interpolate RUN_DIR|CKPT`: a strip of images between two
- * seeds (slerp of x_T) or two noised real images (--at t), decoded with DDIM eta 0;
+ * seeds (slerp of x_T) or two noised real images (--at t), decoded with a
+ * deterministic sampler of the table (DDIM eta 0 by default);
  * `ddpm interpolate --from STRIP.png` re-creates a strip from its recipe. */
 #include <getopt.h>
 #include <inttypes.h>
@@ -25,19 +26,23 @@ static void usage(FILE *f)
 "                        [--images P1,P2] [RUN_DIR|CHECKPOINT]\n"
 "\n"
 "Writes a strip of --n images (one row) that moves from one image to another\n"
-"through the model's latents. Every image is decoded with deterministic DDIM\n"
-"(eta 0, predicted x0 clipped to [-1, 1] as in ddpm sample).\n"
+"through the model's latents. Every image is decoded with a deterministic\n"
+"sampler (default DDIM at eta 0; predicted x0 clipped to [-1, 1] as in ddpm\n"
+"sample).\n"
 "\n"
 "  --seeds A,B          between the samples of seeds A and B: the x_T of each is\n"
 "                       drawn exactly as `ddpm sample --seed A` draws image 0's,\n"
 "                       and the x_T in between by spherical interpolation (slerp).\n"
 "                       The ends equal `ddpm sample --seed A --n 1 --eta 0` (same\n"
-"                       --steps, --no-ema and --no-clip) byte for byte\n"
+"                       --sampler, --steps, --spacing, --no-ema and --no-clip;\n"
+"                       --eta 0 only for ddim) byte for byte\n"
 "  --at T --images P1,P2  between two real images, as in the DDPM paper's\n"
 "                       Figure 8: both are noised to step T (1..T of the model)\n"
 "                       with the same noise (image 0's x_T of --seed), the two\n"
 "                       latents are blended linearly (the paper's choice) and\n"
-"                       each blend is decoded from step T. The images are loaded\n"
+"                       each blend is decoded from step T (a solver runs from\n"
+"                       continuous t = T - 1, the step's index, to 0). The\n"
+"                       images are loaded\n"
 "                       as ddpm train loads them (center crop, resize to the\n"
 "                       model's size and channels). The paper uses T = 500 of\n"
 "                       1000; small T reconstructs the two images, large T\n"
@@ -46,12 +51,21 @@ static void usage(FILE *f)
 "  --sources            with --at: put the two images (as loaded) at the ends,\n"
 "                       so the strip is --n + 2 images wide\n"
 "  --n N                images in the strip, both ends included (default 10)\n"
-"  --steps S            DDIM steps (default 100, or the model's T or --at's T\n"
-"                       when smaller; at most that T)\n"
-"  --no-clip            do not clip the predicted x0\n"
+"  --sampler NAME       a deterministic sampler: ddim (eta 0; the default) or\n"
+"                       one of the ODE solvers dpm++2m, dpm++3m, dpm++2s, unipc,\n"
+"                       unipc3, heun (see ddpm sample --help); the stochastic\n"
+"                       ones (ddpm, dpm++2m-sde, euler-a) are refused\n"
+"  --steps S            the sampler's steps, network evaluations for a solver\n"
+"                       (default 100, or the model's T or --at's T when\n"
+"                       smaller; at most that T)\n"
+"  --spacing time|logsnr|karras  where a solver's points fall (default logsnr;\n"
+"                       as ddpm sample --spacing)\n"
+"  --no-clip            do not clip the predicted x0\n");
+    fprintf(f,
 "recipes:\n"
 "  The strip carries its recipe in PNG tEXt chunks (ddpm version, the\n"
-"  checkpoint's SHA-256, path and step, EMA or raw, DDIM steps, clipping, --n,\n"
+"  checkpoint's SHA-256, path and step, EMA or raw, the sampler, its steps and\n"
+"  (for a solver) spacing, clipping, --n,\n"
 "  --seeds, or --at, --seed, the two image paths with the SHA-256 of each file\n"
 "  and --sources, --pad and --pad-value); `ddpm info STRIP.png` prints it.\n"
 "  --from STRIP.png     re-create STRIP.png byte for byte from its recipe into\n"
@@ -78,14 +92,15 @@ static void usage(FILE *f)
 
 enum {
     O_SEEDS = 256, O_AT, O_IMAGES, O_SEED, O_N, O_STEPS, O_NO_CLIP, O_OUT, O_PAD, O_PAD_VALUE, O_BATCH, O_THREADS,
-    O_NO_EMA, O_QUIET, O_HELP, O_SOURCES, O_FROM, O_CHECKPOINT,
+    O_NO_EMA, O_QUIET, O_HELP, O_SOURCES, O_FROM, O_CHECKPOINT, O_SAMPLER, O_SPACING,
 };
 
 /* The flags a recipe sets: refused with --from. */
 static int recipe_sets(int opt)
 {
     return opt == O_SEEDS || opt == O_AT || opt == O_SEED || opt == O_N || opt == O_STEPS ||
-           opt == O_NO_CLIP || opt == O_PAD || opt == O_PAD_VALUE || opt == O_NO_EMA || opt == O_SOURCES;
+           opt == O_NO_CLIP || opt == O_PAD || opt == O_PAD_VALUE || opt == O_NO_EMA || opt == O_SOURCES ||
+           opt == O_SAMPLER || opt == O_SPACING;
 }
 
 /* "A,B" -> two seeds */
@@ -167,7 +182,7 @@ static int check_sha256(const char *path, const char *known, const char *want, c
 typedef struct {
     ddpm_interpolate_png_config pc;
     const char *images, *from, *checkpoint_flag, *recipe_flag, *ckpt_arg;
-    int have_seeds, have_images, steps_given, out_given, threads, no_ema, quiet;
+    int have_seeds, have_images, steps_given, out_given, threads, no_ema, quiet, spacing_given;
     char path_a[4096], path_b[4096];
     ddpm_recipe from_recipe;
 } interp_args;
@@ -185,6 +200,7 @@ static int parse_flags(interp_args *a, int argc, char **argv)
         {"no-ema", no_argument, 0, O_NO_EMA}, {"quiet", no_argument, 0, O_QUIET},
         {"help", no_argument, 0, O_HELP}, {"sources", no_argument, 0, O_SOURCES},
         {"from", required_argument, 0, O_FROM}, {"checkpoint", required_argument, 0, O_CHECKPOINT},
+        {"sampler", required_argument, 0, O_SAMPLER}, {"spacing", required_argument, 0, O_SPACING},
         {0, 0, 0, 0},
     };
     ddpm_interpolate_png_config *pc = &a->pc;
@@ -216,6 +232,8 @@ static int parse_flags(interp_args *a, int argc, char **argv)
         case O_SOURCES: pc->sources = 1; break;
         case O_FROM: a->from = optarg; break;
         case O_CHECKPOINT: a->checkpoint_flag = optarg; break;
+        case O_SAMPLER: bad |= arg_sampler("sampler", optarg, &ic->sampler); break;
+        case O_SPACING: bad |= arg_spacing("spacing", optarg, &ic->spacing); a->spacing_given = 1; break;
         default:
             cli_error("interpolate: unknown or incomplete option '%s'", argv[optind - 1]);
             return cli_usage_error("interpolate");
@@ -231,6 +249,18 @@ static int parse_flags(interp_args *a, int argc, char **argv)
     }
     if (a->checkpoint_flag && !a->from) {
         cli_error("interpolate: --checkpoint goes with --from (else name the checkpoint as the argument)");
+        return DDPM_EXIT_USAGE;
+    }
+    if (!ddpm_sampler_deterministic(ic->sampler, 0.0f)) {
+        cli_error("interpolate: --sampler %s draws noise at every step; an interpolation needs a deterministic "
+                  "one (ddim, dpm++2m, dpm++3m, dpm++2s, unipc, unipc3, heun)",
+                  ddpm_sampler_name(ic->sampler));
+        return DDPM_EXIT_USAGE;
+    }
+    if (a->spacing_given && !ddpm_sampler_has(ic->sampler, DDPM_SAMPLER_TAKES_SPACING) &&
+        !(ic->sampler == DDPM_SAMPLER_DDIM && ic->spacing == DDPM_SPACING_TIME)) {
+        cli_error("interpolate: --spacing %s does not apply to --sampler %s (its steps are uniform in t)",
+                  ddpm_spacing_name(ic->spacing), ddpm_sampler_name(ic->sampler));
         return DDPM_EXIT_USAGE;
     }
     if (a->images && parse_images(a->images, a->path_a, a->path_b, sizeof a->path_a))
@@ -263,7 +293,9 @@ static int apply_recipe(interp_args *a)
     }
     a->ckpt_arg = a->checkpoint_flag ? a->checkpoint_flag : a->ckpt_arg ? a->ckpt_arg : r->checkpoint;
     ic->n = r->count;
+    ic->sampler = r->sampler.kind;
     ic->steps = r->sampler.steps;
+    ic->spacing = r->sampler.spacing;
     ic->clip_x0 = r->sampler.clip_x0;
     pc->pad = r->pad;
     pc->pad_value = r->pad_value;
@@ -375,16 +407,21 @@ int cmd_interpolate(int argc, char **argv)
     if ((rc = ddpm_interpolate_png(&m, pc)))
         cli_error("%s", ddpm_last_error());
     else if (!a.quiet) {
+        char how[128];
+        if (ic->sampler == DDPM_SAMPLER_DDIM)
+            snprintf(how, sizeof how, "DDIM %d steps (eta 0)", ic->steps);
+        else
+            snprintf(how, sizeof how, "%s %d evaluations, spacing %s", ddpm_sampler_name(ic->sampler), ic->steps,
+                     ddpm_spacing_name(ic->spacing));
         if (pc->image_a)
             fprintf(stderr,
-                    "ddpm: %d images between %s and %s noised to t = %d, DDIM %d steps (eta 0), "
-                    "%s weights of step %ld\n",
-                    ic->n, pc->image_a, pc->image_b, pc->t, ic->steps, m.ema ? "EMA" : "raw", m.step);
+                    "ddpm: %d images between %s and %s noised to t = %d, %s, %s weights of step %ld\n",
+                    ic->n, pc->image_a, pc->image_b, pc->t, how, m.ema ? "EMA" : "raw", m.step);
         else
             fprintf(stderr,
                     "ddpm: %d images between seeds %" PRIu64 " and %" PRIu64
-                    ", DDIM %d steps (eta 0), %s weights of step %ld\n",
-                    ic->n, pc->seed_a, pc->seed_b, ic->steps, m.ema ? "EMA" : "raw", m.step);
+                    ", %s, %s weights of step %ld\n",
+                    ic->n, pc->seed_a, pc->seed_b, how, m.ema ? "EMA" : "raw", m.step);
         printf("%s\n", pc->out);
     }
     ddpm_model_close(&m);

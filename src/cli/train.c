@@ -121,6 +121,9 @@ typedef struct {
 #define SOFF(field) offsetof(train_args, field)
 #define NO_DEFAULT "" /* def_text of a flag whose absence means "not given" */
 
+static const char *sampler_name(int k) { return ddpm_sampler_name((ddpm_sampler_kind)k); }
+static const char *spacing_name(int k) { return ddpm_spacing_name((ddpm_spacing)k); }
+
 /* The flags of one session of a run: not in the checkpoint, so they may change
  * on --resume (except --classes, which decides the model). Their defaults are
  * ddpm_run_options_default's (--help reads them from it). */
@@ -147,7 +150,15 @@ static const ddpm_option session_options[] = {
     {.name = "preview-n", .metavar = "N", .type = DDPM_OPT_INT, .offset = SOFF(o.preview_n), .min = 0, .max = 4096,
      .unit = "images", .group = "run", .help = "images in a preview grid; 0: no previews"},
     {.name = "preview-steps", .metavar = "S", .type = DDPM_OPT_INT, .offset = SOFF(o.preview_steps), .min = 1,
-     .max = 100000, .group = "run", .help = "network evaluations of a preview (the default sampler of `ddpm sample`), from the EMA weights"},
+     .max = 100000, .group = "run",
+     .help = "steps of a preview (network evaluations for a solver; at most T), from the EMA weights"},
+    {.name = "preview-sampler", .metavar = "NAME", .type = DDPM_OPT_ENUM, .offset = SOFF(o.preview_sampler),
+     .def = DDPM_SAMPLER_DPMPP_2M_SDE, .name_of = sampler_name, .n_values = DDPM_N_SAMPLERS, .group = "run",
+     .help = "the sampler of a preview, any row of `ddpm sample --sampler` (ddim at eta 1), by default `ddpm sample`'s: the same grid as "
+             "`ddpm sample RUN_DIR --sampler NAME --steps S --seed SEED`, SEED the run's --seed)"},
+    {.name = "preview-spacing", .metavar = "NAME", .type = DDPM_OPT_ENUM, .offset = SOFF(o.preview_spacing),
+     .def = DDPM_SPACING_LOGSNR, .name_of = spacing_name, .n_values = DDPM_N_SPACINGS, .group = "run",
+     .help = "time, logsnr or karras: where a solver's points fall (as `ddpm sample --spacing`)"},
     {.name = "log-every", .metavar = "N", .type = DDPM_OPT_LONG, .offset = SOFF(o.log_every), .min = 1, .max = 1e9,
      .unit = "steps", .group = "run", .help = "log.jsonl line and progress line every N steps"},
     {.name = "eval-dir", .metavar = "DIR", .type = DDPM_OPT_STRING, .offset = SOFF(o.eval_dir),
@@ -304,8 +315,18 @@ static void flag_set_init(flag_set *fs)
 }
 
 /* What one flag cannot check alone. Returns -1 to go on, else the exit code. */
-static int check_flags(const ddpm_run_options *o, const char *fixed_given, int lr_min_given)
+static int check_flags(const ddpm_run_options *o, const char *fixed_given, int lr_min_given, int preview_given)
 {
+    if ((preview_given & 1) && !ddpm_sampler_has(o->preview_sampler, DDPM_SAMPLER_TAKES_STEPS)) {
+        cli_error("train: --preview-steps does not apply to --preview-sampler %s (it runs all T steps)",
+                  ddpm_sampler_name(o->preview_sampler));
+        return DDPM_EXIT_USAGE;
+    }
+    if ((preview_given & 2) && !ddpm_sampler_has(o->preview_sampler, DDPM_SAMPLER_TAKES_SPACING)) {
+        cli_error("train: --preview-spacing does not apply to --preview-sampler %s",
+                  ddpm_sampler_name(o->preview_sampler));
+        return DDPM_EXIT_USAGE;
+    }
     char ckpt[4200];
     snprintf(ckpt, sizeof ckpt, "%s/%s", o->out_dir, DDPM_CHECKPOINT_FILE);
     if (o->resume && fixed_given && access(ckpt, F_OK) == 0) { /* without a checkpoint, the flags start it */
@@ -345,7 +366,7 @@ static int parse_flags(int argc, char **argv, train_args *a)
     memset(a, 0, sizeof *a);
     ddpm_run_options_default(&a->o);
     const char *fixed_given = NULL; /* the first flag given that defines the run */
-    int opt, lr_min_given = 0;
+    int opt, lr_min_given = 0, preview_given = 0;
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "h", fs.longopts, NULL)) != -1) {
@@ -367,6 +388,7 @@ static int parse_flags(int argc, char **argv, train_args *a)
         if ((r->flags & DDPM_OPT_FIXED) && !fixed_given)
             fixed_given = r->name;
         lr_min_given |= !strcmp(r->name, "lr-min");
+        preview_given |= (!strcmp(r->name, "preview-steps") ? 1 : 0) | (!strcmp(r->name, "preview-spacing") ? 2 : 0);
     }
     if (optind != argc - 1) {
         cli_error(optind >= argc ? "train: missing DATA_DIR" : "train: expected one DATA_DIR, got '%s' too",
@@ -374,7 +396,7 @@ static int parse_flags(int argc, char **argv, train_args *a)
         return cli_usage_error("train");
     }
     a->o.data_dir = argv[optind];
-    return check_flags(&a->o, fixed_given, lr_min_given);
+    return check_flags(&a->o, fixed_given, lr_min_given, preview_given);
 }
 
 static int train_main(int argc, char **argv)
@@ -425,8 +447,17 @@ static int train_main(int argc, char **argv)
     if (rank > 0)
         return DDPM_EXIT_OK;
     if (!quiet) {
-        if (summary.preview[0])
-            fprintf(stderr, "ddpm: preview grid (EMA weights, dpm++2m-sde, %d evaluations): %s\n", o.preview_steps,
+        if (summary.preview[0] && o.preview_sampler == DDPM_SAMPLER_DDIM)
+            fprintf(stderr, "ddpm: preview grid (EMA weights, DDIM %d steps, eta 1): %s\n", o.preview_steps,
+                    summary.preview);
+        else if (summary.preview[0])
+            fprintf(stderr, "ddpm: preview grid (EMA weights, %s, %d %s%s%s): %s\n",
+                    ddpm_sampler_name(o.preview_sampler), o.preview_steps,
+                    ddpm_sampler_has(o.preview_sampler, DDPM_SAMPLER_TAKES_SPACING) ? "evaluations" : "steps",
+                    ddpm_sampler_has(o.preview_sampler, DDPM_SAMPLER_TAKES_SPACING) ? ", spacing " : "",
+                    ddpm_sampler_has(o.preview_sampler, DDPM_SAMPLER_TAKES_SPACING)
+                        ? ddpm_spacing_name(o.preview_spacing)
+                        : "",
                     summary.preview);
         if (summary.interrupted)
             fprintf(stderr,
