@@ -164,7 +164,7 @@ static void test_preview_with_a_solver_equals_ddpm_sample_and_its_recipe_recreat
                              "--out pt.png --quiet"),
                      0);
     assert_true(pixels_differ(preview, "pt.png"));
-    assert_int_equal(cu_ddpm("train data --out prun2 " TINY " --steps 1 --preview-spacing karras"), 2);
+    assert_int_equal(cu_ddpm("train data --out prun2 " TINY " --steps 1 --preview-sampler ddim --preview-spacing karras"), 2);
     assert_true(cu_stderr_one_line("--preview-spacing does not apply to --preview-sampler ddim"));
     assert_int_equal(cu_ddpm("train data --out prun2 " TINY " --steps 1 --preview-sampler ddpm --preview-steps 5"),
                      2);
