@@ -137,7 +137,8 @@ static int pixels_differ(const char *a, const char *b)
 static void test_preview_with_a_solver_equals_ddpm_sample_and_its_recipe_recreates_it(void **state)
 {
     (void)state;
-    assert_int_equal(cu_ddpm("train data --out prun " TINY " --steps 4 --seed 6 --preview-n 4 --preview-sampler "
+    assert_int_equal(cu_ddpm("train data --out prun " TINY
+                             " --steps 4 --seed 6 --preview-n 4 --preview-sampler "
                              "dpm++2m --preview-steps 3 --preview-spacing karras --quiet"),
                      0);
     const char *preview = "prun/samples/step_0000004.png";
@@ -164,10 +165,12 @@ static void test_preview_with_a_solver_equals_ddpm_sample_and_its_recipe_recreat
                              "--out pt.png --quiet"),
                      0);
     assert_true(pixels_differ(preview, "pt.png"));
-    assert_int_equal(cu_ddpm("train data --out prun2 " TINY " --steps 1 --preview-sampler ddim --preview-spacing karras"), 2);
+    assert_int_equal(
+        cu_ddpm("train data --out prun2 " TINY " --steps 1 --preview-sampler ddim --preview-spacing karras"),
+        2);
     assert_true(cu_stderr_one_line("--preview-spacing does not apply to --preview-sampler ddim"));
-    assert_int_equal(cu_ddpm("train data --out prun2 " TINY " --steps 1 --preview-sampler ddpm --preview-steps 5"),
-                     2);
+    assert_int_equal(
+        cu_ddpm("train data --out prun2 " TINY " --steps 1 --preview-sampler ddpm --preview-steps 5"), 2);
     assert_true(cu_stderr_one_line("--preview-steps does not apply to --preview-sampler ddpm"));
     assert_int_equal(cu_ddpm("train data --out prun2 " TINY " --steps 1 --preview-sampler nope"), 2);
     assert_true(cu_absent("prun2"));
@@ -342,8 +345,8 @@ static void test_interpolate_from_recreates_solver_strips_byte_for_byte(void **s
     assert_true(cu_stderr_one_line("--sampler cannot be given with --from"));
     /* DDIM, named or not: the same bytes, and no spacing in the recipe */
     assert_int_equal(cu_ddpm("interpolate run --seeds 3,8 --n 4 --steps 3 --out dd1.png --quiet"), 0);
-    assert_int_equal(cu_ddpm("interpolate run --seeds 3,8 --n 4 --steps 3 --sampler ddim --out dd2.png --quiet"),
-                     0);
+    assert_int_equal(
+        cu_ddpm("interpolate run --seeds 3,8 --n 4 --steps 3 --sampler ddim --out dd2.png --quiet"), 0);
     assert_true(cu_same_bytes("dd1.png", "dd2.png"));
     long len = 0;
     char *bytes = cu_slurp("dd1.png", &len);
@@ -354,7 +357,8 @@ static void test_interpolate_from_recreates_solver_strips_byte_for_byte(void **s
     free(bytes);
     write_edited_recipe("us.png", "noisy.png", strip_to_euler_a);
     assert_int_equal(cu_ddpm("interpolate --from noisy.png --out x.png"), 1);
-    assert_true(cu_stderr_one_line("noisy.png: an interpolation strip is decoded with a deterministic sampler"));
+    assert_true(
+        cu_stderr_one_line("noisy.png: an interpolation strip is decoded with a deterministic sampler"));
     assert_true(cu_absent("x.png"));
 }
 

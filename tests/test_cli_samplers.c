@@ -36,7 +36,8 @@ static int setup(void **state)
         return -1;
     char path[512];
     snprintf(path, sizeof path, "%s/cdata", cu_dir);
-    if (mkdir(path, 0777) || cu_make_gray_folder("cdata/cat", 4, 3) || cu_make_gray_folder("cdata/dog", 4, 11))
+    if (mkdir(path, 0777) || cu_make_gray_folder("cdata/cat", 4, 3) ||
+        cu_make_gray_folder("cdata/dog", 4, 11))
         return -1;
     if (cu_ddpm("train data --out run " TINY " --steps 8") ||
         cu_ddpm("train cdata --classes --out crun " TINY " --steps 8") ||
@@ -101,12 +102,14 @@ static void test_every_solver_row_samples_and_its_recipe_recreates_the_grid_byte
         for (int f = 0; f < 2; f++) {
             assert_int_equal(cu_ddpm("sample --from %s --out again.png --batch 2 --quiet", files[f]), 0);
             if (!cu_same_bytes(files[f], "again.png"))
-                fail_msg("%s --spacing %s: --from %s did not re-create it byte for byte", name, spacing, files[f]);
+                fail_msg("%s --spacing %s: --from %s did not re-create it byte for byte", name, spacing,
+                         files[f]);
         }
         /* the spacing reaches the pixels, so a recipe that lost it would differ */
         const char *other = strcmp(spacing, "logsnr") ? "logsnr" : "karras";
         assert_int_equal(
-            cu_ddpm("sample run --sampler %s --steps 7 --spacing %s --n 5 --seed 3 --out o.png --quiet", name, other),
+            cu_ddpm("sample run --sampler %s --steps 7 --spacing %s --n 5 --seed 3 --out o.png --quiet", name,
+                    other),
             0);
         if (!pixels_differ("g.png", "o.png"))
             fail_msg("%s: --spacing %s and %s gave the same pixels", name, spacing, other);
@@ -138,7 +141,8 @@ static void test_solvers_give_the_same_bytes_at_any_thread_count_and_batch_split
             fail_msg("--sampler %s: --threads 1 --batch 5 and --threads 2 --batch 2 differ", names[k]);
     }
     /* the comparison has power: another seed gives other pixels */
-    assert_int_equal(cu_ddpm("sample run --sampler euler-a --steps 6 --n 5 --seed 12 --out c.png --quiet"), 0);
+    assert_int_equal(cu_ddpm("sample run --sampler euler-a --steps 6 --n 5 --seed 12 --out c.png --quiet"),
+                     0);
     assert_true(pixels_differ("b.png", "c.png"));
 }
 
@@ -174,8 +178,8 @@ static void test_solvers_sample_a_class_with_guidance_and_a_learned_variance_mod
                              "--out cc.png --quiet"),
                      0);
     assert_true(pixels_differ("cg.png", "cc.png"));
-    assert_int_equal(cu_ddpm("sample crun --sampler unipc --steps 6 --class dog --n 3 --seed 2 --out c1.png --quiet"),
-                     0);
+    assert_int_equal(
+        cu_ddpm("sample crun --sampler unipc --steps 6 --class dog --n 3 --seed 2 --out c1.png --quiet"), 0);
     assert_true(pixels_differ("cg.png", "c1.png"));
     assert_int_equal(cu_ddpm("sample --from cg.png --out again.png --batch 1 --quiet"), 0);
     assert_true(cu_same_bytes("cg.png", "again.png"));
@@ -198,7 +202,8 @@ static void test_a_wrong_sampler_or_spacing_is_one_line_and_exit_2(void **state)
     assert_true(cu_stderr_one_line("--spacing time does not apply to --sampler ddpm"));
     assert_true(cu_absent("x.png"));
     /* DDIM takes its own spacing by name */
-    assert_int_equal(cu_ddpm("sample run --sampler ddim --spacing time --steps 3 --n 1 --out x.png --quiet"), 0);
+    assert_int_equal(cu_ddpm("sample run --sampler ddim --spacing time --steps 3 --n 1 --out x.png --quiet"),
+                     0);
     /* the recipe sets the spacing */
     assert_int_equal(cu_ddpm("sample run --sampler heun --steps 3 --n 1 --out y.png --quiet"), 0);
     assert_int_equal(cu_ddpm("sample --from y.png --out z.png --spacing time"), 2);

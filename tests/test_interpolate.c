@@ -244,7 +244,8 @@ static void oracle_cont_eps(void *opaque, float *eps, const float *x_t, const do
     oracle_cont_ctx *o = opaque;
     assert_int_equal(B, o->n);
     for (int b = 0; b < B; b++) {
-        double l = (double)b / (o->n - 1), al = ddpm_schedule_alpha(o->s, t[b]), sg = ddpm_schedule_sigma(o->s, t[b]);
+        double l = (double)b / (o->n - 1), al = ddpm_schedule_alpha(o->s, t[b]),
+               sg = ddpm_schedule_sigma(o->s, t[b]);
         if (t[b] > o->max_t)
             o->max_t = t[b];
         for (size_t d = 0; d < o->D; d++) {
@@ -336,8 +337,10 @@ static void test_binary_strip_ends_equal_plain_samples_byte_for_byte(void **stat
         assert_int_equal(ddpm_png_write(path, px, 8, 8, 1), 0);
     }
     assert_int_equal(ddpm("train data --out run " TINY " --steps 6 --preview-n 0 --quiet"), 0);
-    assert_int_equal(ddpm("sample run --sampler ddim --seed 3 --n 1 --eta 0 --steps 5 --pad 0 --out a.png --quiet"), 0);
-    assert_int_equal(ddpm("sample run --sampler ddim --seed 8 --n 1 --eta 0 --steps 5 --pad 0 --out b.png --quiet"), 0);
+    assert_int_equal(
+        ddpm("sample run --sampler ddim --seed 3 --n 1 --eta 0 --steps 5 --pad 0 --out a.png --quiet"), 0);
+    assert_int_equal(
+        ddpm("sample run --sampler ddim --seed 8 --n 1 --eta 0 --steps 5 --pad 0 --out b.png --quiet"), 0);
     /* --batch 2: the two ends are decoded in batches of different sizes */
     assert_int_equal(
         ddpm("interpolate run --seeds 3,8 --n 5 --steps 5 --pad 0 --batch 2 --out strip.png --quiet"), 0);

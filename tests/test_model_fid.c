@@ -79,7 +79,8 @@ static void test_train_eval_fid_logs_the_fid_ddpm_fid_gives_for_the_same_samples
     }
 
     /* the same images through the files: sample (DDIM, the default, at T steps), then ddpm fid */
-    assert_int_equal(cu_ddpm("sample run --n 7 --steps 20 --seed 3 --batch 3 --out-dir samples --no-grid --quiet"), 0);
+    assert_int_equal(
+        cu_ddpm("sample run --n 7 --steps 20 --seed 3 --batch 3 --out-dir samples --no-grid --quiet"), 0);
     assert_int_equal(cu_ddpm("fid samples ref.safetensors --inception '%s' --json --quiet", W16), 0);
     char *out = cu_slurp("out.txt", NULL);
     assert_non_null(out);
@@ -138,21 +139,23 @@ static void test_train_eval_fid_refuses_bad_weights_and_statistics_before_step_1
     ddpm_fid_stats_free(&s);
     assert_int_equal(cu_ddpm("fid --save-stats own.safetensors ref --inception '%s' --quiet", W16), 0);
 
-    assert_int_equal(cu_ddpm("train data --out bad1 " TINY " --steps 2 --quiet --eval-fid foreign.safetensors "
+    assert_int_equal(cu_ddpm("train data --out bad1 " TINY
+                             " --steps 2 --quiet --eval-fid foreign.safetensors "
                              "--eval-fid-n 4 --inception '%s'",
                              W16),
                      1);
     assert_true(cu_stderr_one_line("foreign.safetensors: statistics made with other Inception weights"));
     assert_true(cu_absent("bad1"));
 
-    assert_int_equal(
-        cu_ddpm("train data --out bad2 " TINY " --steps 2 --quiet --eval-fid own.safetensors --eval-fid-n 4 "
-                "--inception missing.pth"),
-        1);
+    assert_int_equal(cu_ddpm("train data --out bad2 " TINY
+                             " --steps 2 --quiet --eval-fid own.safetensors --eval-fid-n 4 "
+                             "--inception missing.pth"),
+                     1);
     assert_true(cu_stderr_one_line("missing.pth"));
     assert_true(cu_absent("bad2"));
 
-    assert_int_equal(cu_ddpm("train data --out bad3 " TINY " --steps 2 --quiet --eval-fid nothing.safetensors "
+    assert_int_equal(cu_ddpm("train data --out bad3 " TINY
+                             " --steps 2 --quiet --eval-fid nothing.safetensors "
                              "--eval-fid-n 4 --inception '%s'",
                              W16),
                      1);
