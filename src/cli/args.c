@@ -13,7 +13,6 @@
 
 #include "cli.h"
 #include "ddpm/error.h"
-#include "ddpm/platform.h"
 #include "ddpm/run.h"
 
 int arg_long(const char *flag, const char *value, long lo, long hi, long *out)
@@ -71,11 +70,6 @@ int arg_u64(const char *flag, const char *value, uint64_t *out)
     }
     *out = (uint64_t)v;
     return 0;
-}
-
-void cli_set_threads(int n)
-{
-    ddpm_threads_set(n);
 }
 
 int cli_usage_error(const char *cmd)

@@ -10,6 +10,7 @@
 #include "ddpm/config.h"
 #include "ddpm/model.h"
 #include "ddpm/options.h"
+#include "ddpm/platform.h"
 #include "ddpm/sample.h"
 
 int arg_int(const char *flag, const char *value, long lo, long hi, int *out);
@@ -70,8 +71,6 @@ int cli_open_model(ddpm_model *m, const char *arg, int no_ema, int quiet, const 
  * value, else $DDPM_INCEPTION, else ~/.cache/ddpm/CLI_INCEPTION_NAME when it
  * exists. 0, or -1 after printing one line saying what to download and where. */
 int cli_find_inception(char *out, size_t size, const char *flag);
-/* Sets OpenMP's and OpenBLAS's thread counts (0: leave the defaults). */
-void cli_set_threads(int n);
 /* "'ddpm CMD --help' lists the options" after an unknown flag. */
 int cli_usage_error(const char *cmd);
 

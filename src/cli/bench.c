@@ -543,7 +543,7 @@ int cmd_bench(int argc, char **argv)
         cli_error("bench: unexpected argument '%s'", argv[optind]);
         return cli_usage_error("bench");
     }
-    cli_set_threads(threads);
+    ddpm_threads_set(threads);
     int n_threads = omp_get_max_threads(), B = cfg.batch;
 
     ddpm_trainer *tr = NULL;

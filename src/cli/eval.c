@@ -179,7 +179,7 @@ int cmd_eval(int argc, char **argv)
     int out_rc;
     if (terms_path && (out_rc = cli_check_writable_parent(terms_path)))
         return out_rc;
-    cli_set_threads(threads);
+    ddpm_threads_set(threads);
     ddpm_model m;
     if ((out_rc = cli_open_model(&m, argv[optind], no_ema, quiet, "evaluating")))
         return out_rc;

@@ -130,7 +130,7 @@ int cmd_fid(int argc, char **argv)
         cli_error(save ? "fid: --save-stats takes one folder" : "fid: expected two folders or statistics files");
         return cli_usage_error("fid");
     }
-    cli_set_threads(threads);
+    ddpm_threads_set(threads);
     const char *in[2] = {argv[optind], n_inputs == 2 ? argv[optind + 1] : NULL};
     int is_stats[2] = {in[0] && is_regular_file(in[0]), in[1] && is_regular_file(in[1])};
     if (save && is_stats[0]) {

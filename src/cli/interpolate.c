@@ -393,7 +393,7 @@ int cmd_interpolate(int argc, char **argv)
     }
     if ((rc = cli_check_writable_parent(pc->out)))
         return rc;
-    cli_set_threads(a.threads);
+    ddpm_threads_set(a.threads);
     ddpm_model m;
     if ((rc = cli_open_model(&m, a.ckpt_arg, a.no_ema, a.quiet, "using")))
         return rc;

@@ -472,7 +472,7 @@ int cmd_sample(int argc, char **argv)
     }
     if ((rc = check_outputs(&a)))
         return rc;
-    cli_set_threads(a.threads);
+    ddpm_threads_set(a.threads);
     ddpm_model m;
     if ((rc = cli_open_model(&m, a.ckpt_arg, a.no_ema, a.quiet, "sampling with")))
         return rc;

@@ -413,7 +413,7 @@ static int train_main(int argc, char **argv)
             return DDPM_EXIT_ERROR;
         o.inception = weights;
     }
-    cli_set_threads(threads ? threads : default_threads());
+    ddpm_threads_set(threads ? threads : default_threads());
     int rank = ddpm_dist_rank();
     stop_requested = 0;
     o.stop = &stop_requested;
