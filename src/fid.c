@@ -14,12 +14,13 @@
 
 #include "ddpm/error.h"
 #include "ddpm/imageio.h"
+#include "ddpm/platform.h"
 #include "ddpm/rng.h"
 #include "ddpm/safetensors.h"
 
 /* LAPACK from OpenBLAS (Fortran calling convention; no LAPACKE header here). */
-void dsyevd_(const char *jobz, const char *uplo, const int *n, double *a, const int *lda, double *w, double *work,
-             const int *lwork, int *iwork, const int *liwork, int *info);
+void dsyevd_(const char *jobz, const char *uplo, const int *n, double *a, const int *lda, double *w,
+             double *work, const int *lwork, int *iwork, const int *liwork, int *info);
 
 enum { STREAM_KID = 24 }; /* Philox stream of the KID subsets */
 
@@ -44,7 +45,7 @@ static int stats_alloc(ddpm_fid_stats *s, int dim)
     return 0;
 }
 
-int ddpm_fid_stats_compute(ddpm_fid_stats *s, const float *features, int64_t n, int dim)
+static int fid_stats_compute(ddpm_fid_stats *s, const float *features, int64_t n, int dim)
 {
     memset(s, 0, sizeof *s);
     if (n < 2 || dim < 1)
@@ -107,7 +108,7 @@ static int eigen(double *a, double *w, int n, int vectors)
     return 0;
 }
 
-int ddpm_fid_distance(const ddpm_fid_stats *a, const ddpm_fid_stats *b, double *fid)
+static int fid_distance(const ddpm_fid_stats *a, const ddpm_fid_stats *b, double *fid)
 {
     if (a->dim != b->dim)
         return ddpm_error(DDPM_EINVAL, "statistics of %d and %d features cannot be compared", a->dim, b->dim);
@@ -133,7 +134,8 @@ int ddpm_fid_distance(const ddpm_fid_stats *a, const ddpm_fid_stats *b, double *
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0, t, d, r, d, 0.0, v, d);
         for (int i = 0; i < d; i++)
             for (int j = i + 1; j < d; j++)
-                v[(size_t)i * d + j] = v[(size_t)j * d + i] = 0.5 * (v[(size_t)i * d + j] + v[(size_t)j * d + i]);
+                v[(size_t)i * d + j] = v[(size_t)j * d + i] =
+                    0.5 * (v[(size_t)i * d + j] + v[(size_t)j * d + i]);
         rc = eigen(v, w, d, 0);
     }
     if (!rc) {
@@ -181,8 +183,8 @@ static double kernel_sum(const double *g, int m, int d, int skip_diagonal)
     return s;
 }
 
-int ddpm_fid_kid(const float *fa, int64_t na, const float *fb, int64_t nb, int dim, int n_subsets,
-                 int subset_size, uint64_t seed, double *mean, double *std)
+static int fid_kid(const float *fa, int64_t na, const float *fb, int64_t nb, int dim, int n_subsets,
+                   int subset_size, uint64_t seed, double *mean, double *std)
 {
     int64_t m64 = subset_size;
     if (na < m64)
@@ -192,8 +194,10 @@ int ddpm_fid_kid(const float *fa, int64_t na, const float *fb, int64_t nb, int d
     if (m64 < 2 || n_subsets < 1)
         return ddpm_error(DDPM_EINVAL, "KID needs at least 2 images in each set and one subset");
     int m = (int)m64;
-    double *x = ddpm_malloc((size_t)m * dim, sizeof(double)), *y = ddpm_malloc((size_t)m * dim, sizeof(double));
-    double *g = ddpm_malloc((size_t)m * m, sizeof(double)), *vals = ddpm_malloc((size_t)n_subsets, sizeof(double));
+    double *x = ddpm_malloc((size_t)m * dim, sizeof(double)),
+           *y = ddpm_malloc((size_t)m * dim, sizeof(double));
+    double *g = ddpm_malloc((size_t)m * m, sizeof(double)),
+           *vals = ddpm_malloc((size_t)n_subsets, sizeof(double));
     int *pa = ddpm_malloc((size_t)na, sizeof(int)), *pb = ddpm_malloc((size_t)nb, sizeof(int));
     int rc = !x || !y || !g || !vals || !pa || !pb ? DDPM_ENOMEM : 0;
     ddpm_rng rng;
@@ -233,6 +237,33 @@ int ddpm_fid_kid(const float *fa, int64_t na, const float *fb, int64_t nb, int d
 }
 
 /* ---- statistics files --------------------------------------------------------- */
+
+/* The public entry points hold OpenMP at one thread around their BLAS and
+ * LAPACK calls (platform.h), so the numbers do not depend on --threads. */
+int ddpm_fid_stats_compute(ddpm_fid_stats *s, const float *features, int64_t n, int dim)
+{
+    const int held = ddpm_blas_hold();
+    const int rc = fid_stats_compute(s, features, n, dim);
+    ddpm_blas_release(held);
+    return rc;
+}
+
+int ddpm_fid_distance(const ddpm_fid_stats *a, const ddpm_fid_stats *b, double *fid)
+{
+    const int held = ddpm_blas_hold();
+    const int rc = fid_distance(a, b, fid);
+    ddpm_blas_release(held);
+    return rc;
+}
+
+int ddpm_fid_kid(const float *fa, int64_t na, const float *fb, int64_t nb, int dim, int n_subsets,
+                 int subset_size, uint64_t seed, double *mean, double *std)
+{
+    const int held = ddpm_blas_hold();
+    const int rc = fid_kid(fa, na, fb, nb, dim, n_subsets, subset_size, seed, mean, std);
+    ddpm_blas_release(held);
+    return rc;
+}
 
 int ddpm_fid_stats_save(const char *path, const ddpm_fid_stats *s)
 {
@@ -285,9 +316,10 @@ int ddpm_fid_stats_load(ddpm_fid_stats *s, const char *path, const char *sha256)
     }
     if (sha256 && strcmp(sha, sha256)) {
         /* the message first: sha lives in the file's header, freed by close */
-        rc = ddpm_error(DDPM_EFORMAT,
-                        "%s: statistics made with other Inception weights (SHA-256 %.8s..., these are %.8s...)", path,
-                        sha, sha256);
+        rc = ddpm_error(
+            DDPM_EFORMAT,
+            "%s: statistics made with other Inception weights (SHA-256 %.8s..., these are %.8s...)", path,
+            sha, sha256);
         ddpm_safetensors_close(f);
         return rc;
     }
@@ -330,7 +362,10 @@ typedef struct {
     int n, cap;
 } path_list;
 
-static int cmp_paths(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_paths(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
 static int scan(path_list *list, const char *dir, int depth)
 {

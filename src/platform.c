@@ -21,10 +21,21 @@ void ddpm_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, cons
 {
     const enum CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans,
                                tb = trans_b ? CblasTrans : CblasNoTrans;
+    const int held = ddpm_blas_hold();
+    cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    ddpm_blas_release(held);
+}
+
+int ddpm_blas_hold(void)
+{
     const int held = omp_in_parallel() ? 0 : omp_get_max_threads();
     if (held > 1)
         omp_set_num_threads(1);
-    cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return held;
+}
+
+void ddpm_blas_release(int held)
+{
     if (held > 1)
         omp_set_num_threads(held);
 }

@@ -25,6 +25,13 @@ void ddpm_threads_set(int n);
 void ddpm_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                 const float *B, int ldb, float beta, float *C, int ldc);
 
+/* The mechanism of ddpm_sgemm, for other BLAS and LAPACK work made from serial
+ * code (the FID's dgemm, dsyrk and dsyevd): ddpm_blas_hold holds OpenMP at one
+ * thread (in a parallel region it does nothing) and returns what
+ * ddpm_blas_release takes to restore it. */
+int ddpm_blas_hold(void);
+void ddpm_blas_release(int held);
+
 /* What the bytes of a training run or a sample depend on besides the inputs:
  * the compiler, the instruction set the build may use, the OpenBLAS version and
  * the kernel set it runs. */
