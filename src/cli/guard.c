@@ -49,6 +49,27 @@ static int refuse(const char *flag, const char *out, const char *what, const cha
     return DDPM_EXIT_USAGE;
 }
 
+/* When `file` is a run folder's checkpoint.safetensors or log.jsonl: whether
+ * out is that folder or one of its files (checkpoint, log, lock). */
+static int refuse_run_folder(const char *flag, const char *out, const char *file)
+{
+    char dir[4096], other[4200];
+    const char *base = strrchr(file, '/');
+    base = base ? base + 1 : file;
+    if (strcmp(base, DDPM_CHECKPOINT_FILE) && strcmp(base, DDPM_LOG_FILE))
+        return 0;
+    parent_of(dir, sizeof dir, file);
+    if (same_file(out, dir))
+        return refuse(flag, out, "the run folder", dir);
+    static const char *const run_files[] = {DDPM_CHECKPOINT_FILE, DDPM_LOG_FILE, DDPM_LOCK_FILE};
+    for (size_t f = 0; f < sizeof run_files / sizeof run_files[0]; f++) {
+        snprintf(other, sizeof other, "%s/%s", dir, run_files[f]);
+        if (same_file(out, other))
+            return refuse(flag, out, "a file of the run folder", dir);
+    }
+    return 0;
+}
+
 int cli_check_output(const char *flag, const char *out, int out_is_folder, const cli_input *inputs, int n)
 {
     struct stat st;
@@ -62,24 +83,16 @@ int cli_check_output(const char *flag, const char *out, int out_is_folder, const
         case CLI_IN_FILE:
             if (same_file(out, in))
                 return refuse(flag, out, "the file", in);
+            if (refuse_run_folder(flag, out, in))
+                return DDPM_EXIT_USAGE;
             break;
         case CLI_IN_CHECKPOINT: {
-            char ckpt[4096], dir[4096], other[4200];
+            char ckpt[4096];
             cli_checkpoint_path(ckpt, sizeof ckpt, in);
             if (same_file(out, ckpt))
                 return refuse(flag, out, "the checkpoint", ckpt);
-            const char *base = strrchr(ckpt, '/');
-            if (strcmp(base ? base + 1 : ckpt, DDPM_CHECKPOINT_FILE))
-                break;
-            parent_of(dir, sizeof dir, ckpt);
-            if (same_file(out, dir))
-                return refuse(flag, out, "the run folder", dir);
-            static const char *const run_files[] = {DDPM_LOG_FILE, DDPM_LOCK_FILE};
-            for (size_t f = 0; f < sizeof run_files / sizeof run_files[0]; f++) {
-                snprintf(other, sizeof other, "%s/%s", dir, run_files[f]);
-                if (same_file(out, other))
-                    return refuse(flag, out, "a file of the run folder", dir);
-            }
+            if (refuse_run_folder(flag, out, ckpt))
+                return DDPM_EXIT_USAGE;
             break;
         }
         case CLI_IN_FOLDER:
@@ -101,7 +114,7 @@ int cli_check_input_file(const char *path, cli_input_kind kind, const char *what
         return 0;
     if (!path[0]) {
         cli_error("%s: the path is empty", what);
-        return DDPM_EXIT_ERROR;
+        return DDPM_EXIT_USAGE;
     }
     if (kind == CLI_IN_CHECKPOINT)
         cli_checkpoint_path(resolved, sizeof resolved, path);

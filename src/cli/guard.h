@@ -6,7 +6,8 @@
 #define DDPM_CLI_GUARD_H
 
 typedef enum {
-    CLI_IN_FILE,       /* a file the command reads (a PNG, a log, a stats file, weights) */
+    CLI_IN_FILE,       /* a file the command reads (a PNG, a log, a stats file, weights);
+                          a run folder's log.jsonl brings its folder's files along */
     CLI_IN_CHECKPOINT, /* a RUN_DIR|CHECKPOINT argument: the checkpoint it names and,
                           when that is a run folder's checkpoint.safetensors, the
                           run's log.jsonl and lock beside it */
@@ -28,8 +29,9 @@ typedef struct {
 int cli_check_output(const char *flag, const char *out, int out_is_folder, const cli_input *inputs, int n);
 
 /* An input that must be a file: 0 when `path` is a regular file or does not
- * exist (the reader then says so); else prints "ddpm: <path>: <what> is not a
- * regular file (...)" and returns DDPM_EXIT_ERROR. CLI_IN_CHECKPOINT paths
+ * exist (the reader then says so); else prints "ddpm: <path>: <what> is a
+ * FIFO (a device, a folder, ...), not a regular file" and returns
+ * DDPM_EXIT_ERROR (an empty path: "<what>: the path is empty", DDPM_EXIT_USAGE). CLI_IN_CHECKPOINT paths
  * are resolved first (a RUN_DIR names its checkpoint). */
 int cli_check_input_file(const char *path, cli_input_kind kind, const char *what);
 

@@ -297,6 +297,10 @@ static int apply_recipe(interp_args *a)
         return DDPM_EXIT_USAGE;
     }
     a->ckpt_arg = a->checkpoint_flag ? a->checkpoint_flag : a->ckpt_arg ? a->ckpt_arg : r->checkpoint;
+    if (!a->ckpt_arg[0] && a->checkpoint_flag) {
+        cli_error("--checkpoint: the path is empty");
+        return DDPM_EXIT_USAGE;
+    }
     if (!a->ckpt_arg[0]) {
         cli_error("%s: its recipe names no checkpoint path; pass the checkpoint with --checkpoint PATH", a->from);
         return DDPM_EXIT_ERROR;
