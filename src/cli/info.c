@@ -185,7 +185,7 @@ static void print_t_sampling(const ddpm_checkpoint *ck, const ddpm_run_config *c
             printf(" (loss history full for %d of %d steps: %s)", full, h.T,
                    full == h.T ? "p_t from the history" : "still uniform, warming up");
         } else {
-            printf(" (loss history unreadable: %s)", ddpm_last_error());
+            printf(" (loss history unreadable: %s)", cli_q(ddpm_last_error()));
         }
         ddpm_t_history_free(&h);
     }
