@@ -335,9 +335,12 @@ static void test_control_bytes_in_names_are_escaped_in_every_message(void **stat
     char *out = slurp("out.txt");
     assert_non_null(strstr(out, "checkpoint: c\\x1b[31mk"));
     free(out);
-    /* valid UTF-8 is left alone */
+    /* valid UTF-8 is left alone; a stray byte and the C1 control CSI (U+009B,
+       which some terminals obey like ESC [) are escaped */
     assert_int_equal(ddpm("plot 'données.jsonl' --out p.png"), 1);
     assert_one_error_line("données.jsonl: cannot open");
+    assert_int_equal(ddpm("plot 'a\377b\302\2332J.jsonl' --out p.png"), 1);
+    assert_one_error_line("a\\xffb\\xc2\\x9b2J.jsonl: cannot open");
 }
 
 /* Issue 26, item 12: the smaller messages. */
