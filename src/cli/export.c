@@ -21,8 +21,8 @@ static void usage(FILE *f)
                "ddpm sample, info and eval read it; it loads into the PyTorch reference\n"
                "U-Net (tests/reference/) with strict names; training cannot resume from it.\n"
                "  --raw       the raw weights instead of the EMA weights\n"
-               "  --quiet     do not print what was written\n"
-               CLI_HELP_NO_WARNINGS
+               "  --quiet     do not print what was written (warnings stay)\n"
+               "  --no-warnings  do not print warnings\n"
                "exit codes: 0 ok, 1 error (bad checkpoint, unwritable output), 2 usage\n");
 }
 
