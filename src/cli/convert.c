@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "guard.h"
 #include "ddpm/error.h"
 #include "ddpm/fsutil.h"
 #include "ddpm/idx.h"
@@ -34,6 +35,7 @@ static void usage(FILE *f)
             "  --force        write into an OUT_DIR that already holds files, replacing PNGs of\n"
             "                 the same names. Default: off (refuse)\n"
             "  --quiet        no progress and no summary line. Default: off\n"
+            "  --no-warnings  do not print warnings (--quiet keeps them)\n"
             "  --help         this text\n\n"
             "exit codes: 0 ok, 1 bad input or a file problem, 2 usage error\n");
 }
@@ -161,7 +163,7 @@ static int run(const convert_config *cfg)
         fputc('\n', stderr);
     if (!rc && !cfg->quiet)
         fprintf(stderr, "convert: wrote %ld images (%d x %d gray) from %s to %s%s\n", n, cols,
-                rows, images_name, cfg->out_dir,
+                rows, cli_q(images_name), cli_q(cfg->out_dir),
                 cfg->labels_path ? "/<label>/" : "/");
     ddpm_idx_free(&images);
     ddpm_idx_free(&labels);
@@ -225,6 +227,10 @@ int cmd_convert(int argc, char **argv)
         cli_error("convert: empty file or folder name");
         return DDPM_EXIT_USAGE;
     }
+    const cli_input in[2] = {{cfg.images_path, CLI_IN_FILE}, {cfg.labels_path, CLI_IN_FILE}};
+    int out_rc = cli_check_output("OUT_DIR", cfg.out_dir, 1, in, 2);
+    if (out_rc)
+        return out_rc;
     if (run(&cfg) != 0) {
         cli_error("%s", ddpm_last_error());
         return DDPM_EXIT_ERROR;
