@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "ddpm/checkpoint.h"
+#include "ddpm/fsutil.h"
 #include "ddpm/imageio.h"
 #include "ddpm/train.h"
 #include "testutil.h"
@@ -152,7 +153,7 @@ static void test_train_on_a_folder_with_symlink_loops_counts_one_image_and_warns
     write_gray_png("loops", "only.png", 1);
     assert_int_equal(symlink(".", in_tmp("loops/self")), 0);
     assert_int_equal(symlink("../loops", in_tmp("loops/up")), 0);
-    int rc = ddpm("train loops --out loops-run --steps 1 --batch 1 " TINY);
+    int rc = ddpm("train loops --out loops-run --steps 1 " TINY " --batch 1 --allow-small-data");
     assert_int_equal(rc, 0);
     char *err = slurp("err.txt");
     if (!strstr(err, " 1 images"))
@@ -243,7 +244,7 @@ static void test_a_huge_png_in_the_data_is_skipped_as_too_large(void **state)
     assert_int_equal(fseek(f, 16, SEEK_SET), 0);
     assert_int_equal(fwrite(dims, 1, 8, f), 8);
     assert_int_equal(fclose(f), 0);
-    assert_int_equal(ddpm("train bomb --out bomb-run --steps 1 --batch 1 " TINY), 0);
+    assert_int_equal(ddpm("train bomb --out bomb-run --steps 1 " TINY " --batch 1 --allow-small-data"), 0);
     char *err = slurp("err.txt");
     assert_non_null(strstr(err, "huge.png: image is 60000 x 60000: too large"));
     free(err);
@@ -339,8 +340,8 @@ static void test_a_failing_log_write_is_an_error(void **state)
 /* The bug report: a run killed before its first checkpoint left a folder that
  * neither --resume ("no checkpoint") nor a fresh run ("already holds a
  * log.jsonl") would take. Now both start it from step 0 with a warning, and the
- * old log lines are dropped (a fresh run also saves step 0 before training, so
- * the window is only the first moments of a run). */
+ * new log holds the new run's steps only (the old one is kept aside: see
+ * test_a_log_without_a_checkpoint_is_kept_aside_not_cut). */
 static void test_a_run_folder_without_a_checkpoint_can_be_resumed_or_restarted(void **state)
 {
     (void)state;
@@ -364,7 +365,8 @@ static void test_a_run_folder_without_a_checkpoint_can_be_resumed_or_restarted(v
 /* The bug report: SIGKILL left checkpoint.safetensors.tmp.<pid> files (17 after
  * 65 kills) that nothing removed, and log.jsonl, written before the save, held
  * steps past the checkpoint that the resumed run logged again (11 duplicates in
- * 35 kills). Now both are cleaned at the start of the next run. */
+ * 35 kills). Now both are cleaned at the start of the next run (the temporary
+ * files under the names ddpm_temp_name makes). */
 static void test_stale_temp_files_go_and_the_log_is_cut_back_to_the_checkpoint(void **state)
 {
     (void)state;
@@ -374,13 +376,13 @@ static void test_stale_temp_files_go_and_the_log_is_cut_back_to_the_checkpoint(v
     assert_non_null(f);
     fputs("{\"step\":5,\"loss\":0.5}\n{\"step\":6,\"loss\":0.5}\n{\"step\":7,\"lo", f);
     fclose(f);
-    const char *stale = "cut-run/checkpoint.safetensors.tmp.4194303.0"; /* above pid_max: dead */
+    const char *stale = "cut-run/.checkpoint.safetensors" DDPM_TEMP_MARKER "4194303.0"; /* above pid_max: dead */
     assert_int_equal(tu_write_file(in_tmp(stale), "x", 1), 0);
     assert_int_equal(ddpm("train data --out cut-run --resume --steps 8 --log-every 1 --preview-n 0"), 0);
-    assert_int_equal(tu_count_entries_containing(in_tmp("cut-run"), ".tmp."), 0);
+    assert_int_equal(tu_count_entries_containing(in_tmp("cut-run"), DDPM_TEMP_MARKER), 0);
     assert_log_holds_steps("cut-run/log.jsonl", 1, 8);
     char *err = slurp("err.txt");
-    assert_non_null(strstr(err, "removed 1 temporary files"));
+    assert_non_null(strstr(err, "removed 1 temporary file left"));
     assert_non_null(strstr(err, "removed 3 lines past the checkpoint's step 4"));
     free(err);
 }
@@ -592,6 +594,7 @@ static void test_resume_on_other_data_is_refused_unless_allowed(void **state)
     assert_int_equal(ddpm("train data --out data-run --steps 1 --quiet " TINY), 0);
     mkdir(in_tmp("other"), 0777);
     write_gray_png("other", "x.png", 9);
+    write_gray_png("other", "y.png", 10); /* a batch's worth: fewer is refused as too small */
     assert_int_equal(ddpm("train other --out data-run --resume --steps 2 --quiet --preview-n 0"), 1);
     assert_one_error_line("not the data this run was trained on", "--allow-data-change");
     assert_int_equal(

@@ -31,6 +31,10 @@
 #define DDPM_LOG_FILE "log.jsonl"
 #define DDPM_SAMPLES_DIR "samples"
 #define DDPM_LOCK_FILE "lock" /* flock'ed by the run writing the folder; holds its pid */
+#define DDPM_DATA_INDEX_FILE "data-index.txt" /* the data's files (dataset.h), to name a changed one */
+#define DDPM_LOG_ASIDE_STEM "log.orphan" /* log.orphan.jsonl, log.orphan.2.jsonl, ...: a log kept aside */
+/* The smallest image side a run accepts without allow_small_data. */
+#define DDPM_RUN_MIN_SIDE 8
 
 typedef struct {
     ddpm_run_config cfg; /* model fields left auto (the default here, see
@@ -71,6 +75,8 @@ typedef struct {
                                     both are checked before step 1 */
     int eval_fid_n;              /* samples per FID (>= 2; required with eval_fid) */
     int allow_data_change;       /* resume on a data folder other than the run's (see below) */
+    int allow_small_data;        /* train on fewer images than a batch, or on images (or a
+                                    model) smaller than DDPM_RUN_MIN_SIDE px: refused without */
     int micro_batch;             /* images per forward/backward (0: the whole batch); a
                                     memory choice, same update; may change on resume */
     volatile sig_atomic_t *stop; /* may be NULL; when it becomes nonzero (a signal
