@@ -625,6 +625,7 @@ static void test_fingerprint_covers_contents_and_the_index_names_the_changed_fil
     assert_int_equal(ddpm_dataset_open(&ds, dir, NULL), 0);
     assert_int_equal(ddpm_dataset_first_change(ds, index, why, sizeof why), 0);
     assert_non_null(strstr(why, "/0.pgm: gone since the run began"));
+    assert_int_equal(ddpm_dataset_write_index(ds, index), 0);
     ddpm_dataset_close(ds);
     write_gray(dir, "00.png", 3, S, S);
     assert_int_equal(ddpm_dataset_open(&ds, dir, NULL), 0);
