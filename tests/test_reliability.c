@@ -827,6 +827,28 @@ static void test_implausibly_small_data_is_refused_unless_allowed(void **state)
     assert_int_equal(ddpm("train data --out few-run --steps 1 --quiet " TINY " --batch 8 --allow-small-data"), 0);
 }
 
+/* Issue 26, item 8: an interrupted `ddpm convert` left complete PNGs under
+ * temporary names that train counted as images. Its temporary names are now
+ * hidden (train never reads them), and the next convert into the folder
+ * removes the ones whose writer is gone. */
+static void test_convert_removes_what_an_interrupted_convert_left(void **state)
+{
+    (void)state;
+    uint8_t idx[16 + 3 * 64] = {0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 8, 0, 0, 0, 8};
+    for (int i = 0; i < 3 * 64; i++)
+        idx[16 + i] = (uint8_t)(i * 5);
+    assert_int_equal(tu_write_file(in_tmp("three.idx"), idx, sizeof idx), 0);
+    mkdir(in_tmp("conv"), 0777);
+    const char *left = "conv/.00002.png" DDPM_TEMP_MARKER "4194303.0"; /* a complete PNG, never renamed */
+    write_gray_png("conv", ".00002.png" DDPM_TEMP_MARKER "4194303.0", 1);
+    assert_int_equal(ddpm("convert three.idx conv --force --quiet"), 0);
+    assert_int_equal(access(in_tmp(left), F_OK), -1);
+    char *err = slurp("err.txt");
+    assert_non_null(strstr(err, "removed 1 temporary file left by an interrupted convert"));
+    free(err);
+    assert_int_equal(tu_count_entries_containing(in_tmp("conv"), ".png"), 3);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -851,6 +873,7 @@ int main(void)
         cmocka_unit_test(test_an_old_fingerprint_without_contents_still_resumes),
         cmocka_unit_test(test_a_run_folder_inside_its_data_folder_is_refused),
         cmocka_unit_test(test_implausibly_small_data_is_refused_unless_allowed),
+        cmocka_unit_test(test_convert_removes_what_an_interrupted_convert_left),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
