@@ -240,27 +240,25 @@ static char *resolve_path(const char *path)
     char *head = strdup(path);
     if (!head)
         return NULL;
-    const char *rest = "";
-    char *real = NULL;
+    size_t cut = strlen(path); /* head is path[0, cut) */
+    char *real;
     for (;;) {
-        real = realpath(head[0] ? head : ".", NULL);
-        if (real)
+        head[cut] = '\0';
+        real = realpath(cut ? head : ".", NULL);
+        if (real || cut == 0)
             break;
-        char *slash = strrchr(head, '/');
-        if (!slash && !head[0]) {
-            free(head);
-            return NULL;
-        }
-        /* drop the last component: it moves to the rest */
-        rest = path + (slash ? (size_t)(slash - head) + 1 : 0);
-        if (slash == head)
-            slash[1] = '\0'; /* "/x" -> "/" */
-        else if (slash)
-            *slash = '\0';
-        else
-            head[0] = '\0';
-        if (slash == head && !head[1] && (real = realpath("/", NULL)))
+        size_t before = cut;
+        while (cut > 0 && path[cut - 1] != '/') /* drop the last component */
+            cut--;
+        while (cut > 1 && path[cut - 1] == '/') /* and the slashes before it, "/" stays */
+            cut--;
+        if (cut == before) /* "/" itself did not resolve */
             break;
+    }
+    const char *rest = path + cut;
+    if (!real) {
+        free(head);
+        return NULL;
     }
     free(head);
     size_t cap = strlen(real) + strlen(rest) + 2;
