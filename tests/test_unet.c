@@ -429,6 +429,25 @@ static void test_scale_shift_norm_starts_as_the_plain_groupnorm(void **state)
     ddpm_unet_free(ss);
 }
 
+/* The default model with AdaGN: every ResBlock's temb_proj doubles, 4ch x cout
+ * + cout more parameters per block (5 blocks of 32 channels, 12 of 64): 1,623,169
+ * + 5 x 4,128 + 12 x 8,256 = 1,742,881, the figure docs/usage.md gives. */
+static void test_scale_shift_norm_default_model_has_1742881_parameters(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    ddpm_unet_config_default(&cfg);
+    cfg.scale_shift_norm = 1;
+    ddpm_unet *net;
+    assert_int_equal(ddpm_unet_create(&net, &cfg), 0);
+    assert_int_equal(net->n_params, 1742881);
+    int k = ddpm_unet_find_tensor(net, "up.13.temb_proj.weight");
+    assert_true(k >= 0);
+    assert_int_equal(net->tensors[k].shape[0], 64);
+    assert_int_equal(net->tensors[k].shape[1], 128);
+    ddpm_unet_free(net);
+}
+
 /* --class-emb-init normal: class_emb.weight is N(0, 1) by its moments (101 x 128
  * = 12,928 values: the mean within 4 standard errors, 4/sqrt(n) = 0.035, the
  * variance within 4 x sqrt(2/n) = 0.05, the kurtosis within 0.2 of 3 (its standard
@@ -739,6 +758,7 @@ int main(void)
         cmocka_unit_test(test_scale_shift_norm_backward_matches_finite_differences),
         cmocka_unit_test(test_scale_shift_norm_backward_matches_finite_differences_odd_sizes),
         cmocka_unit_test(test_scale_shift_norm_starts_as_the_plain_groupnorm),
+        cmocka_unit_test(test_scale_shift_norm_default_model_has_1742881_parameters),
         cmocka_unit_test(test_class_embedding_normal_init_is_standard_normal_and_seeded),
         cmocka_unit_test(test_forward_only_workspace_is_planned_from_lifetimes),
     };
