@@ -320,7 +320,8 @@ static int build_res(builder *b, const char *prefix, int in_slot, int skip_slot,
     P->conv1_b = add_param(b, prefix, "conv1.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
     /* AdaGN: [scale, shift], zero so that a new block's GN2 is the plain GroupNorm */
     const int ss = b->net->cfg.scale_shift_norm, n_tp = ss ? 2 * cout : cout;
-    P->temb_w = add_param(b, prefix, "temb_proj.weight", 2, n_tp, p->emb, 0, 0, ss ? DDPM_INIT_ZERO : DDPM_INIT_XAVIER);
+    P->temb_w =
+        add_param(b, prefix, "temb_proj.weight", 2, n_tp, p->emb, 0, 0, ss ? DDPM_INIT_ZERO : DDPM_INIT_XAVIER);
     P->temb_b = add_param(b, prefix, "temb_proj.bias", 1, n_tp, 0, 0, 0, DDPM_INIT_ZERO);
     P->norm2_w = add_param(b, prefix, "norm2.weight", 1, cout, 0, 0, 0, DDPM_INIT_ONE);
     P->norm2_b = add_param(b, prefix, "norm2.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
@@ -922,8 +923,9 @@ static void res_dropout(const ddpm_unet *net, const ddpm_unet_workspace *ws, con
 
 /* h = conv1(SiLU(GN1(x))) + temb_proj(SiLU(temb)); out = skip(x) + conv2(Dropout(SiLU(GN2(h)))),
  * x = concat(in, skip input) on the up path. With AdaGN: h = conv1(SiLU(GN1(x))),
- * [scale, shift] = temb_proj(SiLU(temb)), GN2(h) (1 + scale) + shift in place of GN2(h). counter: the block's first dropout
- * counter for the step's batch, advanced past it. */
+ * [scale, shift] = temb_proj(SiLU(temb)), and GN2(h) (1 + scale) + shift in place of
+ * GN2(h). counter: the block's first dropout counter for the step's batch, advanced
+ * past it. */
 static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws, int i, int B,
                         const ddpm_dropout_draw *dropout, uint64_t *counter)
 {
@@ -949,12 +951,12 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
     const int n_tp = A->affine ? 2 * cout : cout;
     PROF(0, DDPM_PROF_LINEAR,
          ddpm_linear_forward(A->tp, ws->time.temb_act, PARAM(P->temb_w), PARAM(P->temb_b), B, net->plan->emb, n_tp));
-    if (A->affine) /* AdaGN: GN2(h1) (1 + scale) + shift */
+    if (A->affine) { /* AdaGN: GN2(h1) (1 + scale) + shift */
         PROF(0, DDPM_PROF_NORM,
              ddpm_groupnorm_silu_scale_shift_forward(A->s2, NULL, A->mean2, A->rstd2, A->affine, A->h1,
                                                      PARAM(P->norm2_w), PARAM(P->norm2_b), A->tp, B, cout, HW, G,
                                                      GN_EPS));
-    else {
+    } else {
         PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_add_channel_forward(A->h1, A->tp, B, cout, HW));
         PROF(0, DDPM_PROF_NORM,
              ddpm_groupnorm_silu_forward(A->s2, NULL, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b),
@@ -1143,15 +1145,16 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
     else
         PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(dx, dx, dout, n_out));
     /* conv2's input again: Dropout(SiLU(GN2(h1))), with forward's mask */
-    if (A->affine)
+    if (A->affine) {
         PROF(1, DDPM_PROF_NORM,
              ddpm_groupnorm_silu_scale_shift_forward(A->s2, A->a2, A->mean2, A->rstd2, A->affine, A->h1,
                                                      PARAM(P->norm2_w), PARAM(P->norm2_b), A->tp, B, cout, HW, G,
                                                      GN_EPS));
-    else
+    } else {
         PROF(1, DDPM_PROF_NORM,
              ddpm_groupnorm_silu_forward(A->s2, A->a2, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b),
                                          B, cout, HW, G, GN_EPS));
+    }
     if (ws->dropout_applied)
         PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->mask, A->s2, B, A->dropout_counter, 1));
     PROF(1, DDPM_PROF_CONV,
