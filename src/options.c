@@ -24,6 +24,7 @@ static const char *schedule_name(int v) { return ddpm_schedule_name((ddpm_schedu
 static const char *lr_schedule_name(int v) { return ddpm_lr_schedule_name((ddpm_lr_schedule)v); }
 static const char *loss_name(int v) { return ddpm_loss_name((ddpm_loss_kind)v); }
 static const char *t_sampling_name(int v) { return ddpm_t_sampling_name((ddpm_t_sampling)v); }
+static const char *class_emb_init_name(int v) { return ddpm_class_emb_init_name((ddpm_class_emb_init)v); }
 
 #define OFF(field) offsetof(ddpm_run_config, field)
 #define FIXED DDPM_OPT_FIXED
@@ -82,6 +83,18 @@ const ddpm_option ddpm_run_config_options[] = {
              "exp((1+v)/2 log beta_t + (1-v)/2 log beta~_t) per value; needs --loss vlb (the bound trains mean and "
              "variance: the DDPM paper's learned diagonal Sigma) or hybrid (L_simple trains the mean, lambda vlb "
              "only the variance). ddpm sample and ddpm eval use the learned variances by default",
+     .flags = OPTIONAL | DDPM_OPT_OMIT_DEFAULT},
+    {.name = "scale-shift-norm", .section = "model", .key = "scale_shift_norm", .type = DDPM_OPT_BOOL,
+     .offset = OFF(model.scale_shift_norm), .def = 0, .def_text = "off", .group = "model",
+     .help = "AdaGN (guided-diffusion's use_scale_shift_norm): each ResBlock's second GroupNorm becomes "
+             "GN(h) (1 + scale) + shift, with scale and shift a linear map of SiLU(temb) (timestep and class), "
+             "zero at the start, in place of adding that map's output to h",
+     .flags = OPTIONAL | DDPM_OPT_OMIT_DEFAULT},
+    {.name = "class-emb-init", .metavar = "KIND", .section = "model", .key = "class_emb_init",
+     .type = DDPM_OPT_ENUM, .offset = OFF(model.class_emb_init), .def = DDPM_CLASS_EMB_ZERO,
+     .name_of = class_emb_init_name, .n_values = DDPM_N_CLASS_EMB_INITS, .group = "model",
+     .help = "with --classes: the class embedding's initialisation, zero (a new model starts unconditional) or "
+             "normal (N(0, 1) per element, as PyTorch's nn.Embedding)",
      .flags = OPTIONAL | DDPM_OPT_OMIT_DEFAULT},
     /* schedule */
     {.name = "schedule", .metavar = "NAME", .section = "schedule", .key = "kind", .type = DDPM_OPT_ENUM,

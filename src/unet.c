@@ -88,8 +88,9 @@ struct ddpm_unet_plan {
 typedef struct {
     /* kept */
     float *mean1, *rstd1;     /* GN1's statistics [B,G] */
-    float *tp;                /* temb_proj(SiLU(temb)) [B,cout] */
-    float *h1;                /* conv1(s1) + tp [B,cout,HW] */
+    float *tp;                /* temb_proj(SiLU(temb)) [B,cout]; with scale_shift_norm
+                                 [B,2 cout], AdaGN's scale then shift */
+    float *h1;                /* conv1(s1) + tp [B,cout,HW]; conv1(s1) with AdaGN */
     float *mean2, *rstd2;     /* GN2's statistics */
     uint64_t dropout_counter; /* the first Philox counter of this block's dropout mask */
     uint8_t *mask;            /* the dropout mask as bits, ddpm_dropout_mask_bytes(cout HW) per image */
@@ -99,6 +100,7 @@ typedef struct {
     float *s1;   /* SiLU(a1): conv1's input */
     float *a2;   /* GN2(h1) [B,cout,HW] */
     float *s2;   /* Dropout(SiLU(a2)): conv2's input; then the skip conv's output */
+    float *affine; /* AdaGN: GN2's per-image affine [B,2 cout]; NULL without */
 } res_acts;
 
 typedef struct {
@@ -148,6 +150,12 @@ struct ddpm_unet_workspace {
 
 /* ---------------------------------------------------------------- config */
 
+const char *ddpm_class_emb_init_name(ddpm_class_emb_init kind)
+{
+    static const char *names[DDPM_N_CLASS_EMB_INITS] = {"zero", "normal"};
+    return (unsigned)kind < DDPM_N_CLASS_EMB_INITS ? names[kind] : "?";
+}
+
 void ddpm_unet_config_default(ddpm_unet_config *cfg)
 {
     ddpm_run_config c; /* the defaults are the option table's (options.h) */
@@ -188,6 +196,10 @@ int ddpm_unet_config_check(const ddpm_unet_config *c)
         return ddpm_error(DDPM_EINVAL, "unknown prediction type %d", (int)c->prediction);
     if (c->learn_sigma != 0 && c->learn_sigma != 1)
         return ddpm_error(DDPM_EINVAL, "learn_sigma must be 0 or 1, got %d", c->learn_sigma);
+    if (c->scale_shift_norm != 0 && c->scale_shift_norm != 1)
+        return ddpm_error(DDPM_EINVAL, "scale_shift_norm must be 0 or 1, got %d", c->scale_shift_norm);
+    if ((unsigned)c->class_emb_init >= DDPM_N_CLASS_EMB_INITS)
+        return ddpm_error(DDPM_EINVAL, "unknown class embedding init %d", c->class_emb_init);
     if (c->n_classes < 0 || c->n_classes > DDPM_MAX_CLASSES)
         return ddpm_error(DDPM_EINVAL, "classes must be in 0..%d, got %d", DDPM_MAX_CLASSES, c->n_classes);
     for (int i = 0; i < c->n_attn; i++) {
@@ -306,8 +318,11 @@ static int build_res(builder *b, const char *prefix, int in_slot, int skip_slot,
     P->norm1_b = add_param(b, prefix, "norm1.bias", 1, cin, 0, 0, 0, DDPM_INIT_ZERO);
     P->conv1_w = add_param(b, prefix, "conv1.weight", 4, cout, cin, 3, 3, DDPM_INIT_XAVIER);
     P->conv1_b = add_param(b, prefix, "conv1.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
-    P->temb_w = add_param(b, prefix, "temb_proj.weight", 2, cout, p->emb, 0, 0, DDPM_INIT_XAVIER);
-    P->temb_b = add_param(b, prefix, "temb_proj.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
+    /* AdaGN: [scale, shift], zero so that a new block's GN2 is the plain GroupNorm */
+    const int ss = b->net->cfg.scale_shift_norm, n_tp = ss ? 2 * cout : cout;
+    P->temb_w =
+        add_param(b, prefix, "temb_proj.weight", 2, n_tp, p->emb, 0, 0, ss ? DDPM_INIT_ZERO : DDPM_INIT_XAVIER);
+    P->temb_b = add_param(b, prefix, "temb_proj.bias", 1, n_tp, 0, 0, 0, DDPM_INIT_ZERO);
     P->norm2_w = add_param(b, prefix, "norm2.weight", 1, cout, 0, 0, 0, DDPM_INIT_ONE);
     P->norm2_b = add_param(b, prefix, "norm2.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
     P->conv2_w = add_param(b, prefix, "conv2.weight", 4, cout, cout, 3, 3, DDPM_INIT_ZERO);
@@ -316,8 +331,9 @@ static int build_res(builder *b, const char *prefix, int in_slot, int skip_slot,
         P->skip_w = add_param(b, prefix, "skip.weight", 4, cout, cin, 1, 1, DDPM_INIT_XAVIER);
         P->skip_b = add_param(b, prefix, "skip.bias", 1, cout, 0, 0, 0, DDPM_INIT_ZERO);
     }
-    /* backward temporaries: dxcat, dd2 (then ds2, da2 in place), dh1, ds1 (then da1), dtp */
-    tmp_need(b, round16(cin * HW) * 2 + round16(cout * HW) * 2 + round16((size_t)cout));
+    /* backward temporaries: dxcat, dd2 (then ds2, da2 in place), dh1, ds1 (then da1), dtp,
+       and AdaGN's d_affine */
+    tmp_need(b, round16(cin * HW) * 2 + round16(cout * HW) * 2 + round16((size_t)n_tp) * (ss ? 2 : 1));
     m->out_slot = add_slot(b, cout, H, W);
     return m->out_slot;
 }
@@ -466,7 +482,8 @@ int ddpm_unet_create(ddpm_unet **out, const ddpm_unet_config *cfg)
     p->p_temb2_w = add_param(&b, "temb.2", "weight", 2, E, E, 0, 0, DDPM_INIT_XAVIER);
     p->p_temb2_b = add_param(&b, "temb.2", "bias", 1, E, 0, 0, 0, DDPM_INIT_ZERO);
     if (c->n_classes > 0) /* zero init: a fresh conditional model is the unconditional one */
-        p->p_class_emb = add_param(&b, "class_emb", "weight", 2, c->n_classes + 1, E, 0, 0, DDPM_INIT_ZERO);
+        p->p_class_emb = add_param(&b, "class_emb", "weight", 2, c->n_classes + 1, E, 0, 0,
+                                   c->class_emb_init == DDPM_CLASS_EMB_NORMAL ? DDPM_INIT_NORMAL : DDPM_INIT_ZERO);
     p->p_conv_in_w = add_param(&b, "conv_in", "weight", 4, c->ch, c->in_channels, 3, 3, DDPM_INIT_XAVIER);
     p->p_conv_in_b = add_param(&b, "conv_in", "bias", 1, c->ch, 0, 0, 0, DDPM_INIT_ZERO);
     tmp_need(&b, round16((size_t)E) * 3);
@@ -559,6 +576,8 @@ void ddpm_unet_init_params(const ddpm_unet *net, float *params, uint64_t seed)
             ddpm_rng_uniform_fill(&rng, w, t->n);
             for (size_t j = 0; j < t->n; j++)
                 w[j] = bound * (2.0f * w[j] - 1.0f);
+        } else if (t->init == DDPM_INIT_NORMAL) {
+            ddpm_rng_normal_fill(&rng, w, t->n);
         } else {
             float v = t->init == DDPM_INIT_ONE ? 1.0f : 0.0f;
             for (size_t j = 0; j < t->n; j++)
@@ -580,7 +599,7 @@ double ddpm_unet_forward_flops(const ddpm_unet *net)
         switch (m->kind) {
         case M_RES:
             f += 2.0 * HW * m->cout * (m->cin * 9.0 + m->cout * 9.0 + (m->has_skip_conv ? m->cin : 0));
-            f += 2.0 * E * m->cout;
+            f += 2.0 * E * m->cout * (c->scale_shift_norm ? 2 : 1);
             break;
         case M_ATTN:
             f += 2.0 * HW * m->cin * m->cin * 4 + 2.0 * 2.0 * HW * HW * m->cin;
@@ -711,7 +730,8 @@ static void lay_out(ddpm_unet_workspace *ws, const ddpm_unet *net, layout *K, la
             r->s2 = r->s1;
             r->mean1 = take(KT, groups);
             r->rstd1 = take(KT, groups);
-            r->tp = take(KT, cout);
+            r->tp = take(KT, c->scale_shift_norm ? 2 * cout : cout);
+            r->affine = c->scale_shift_norm ? take(T, 2 * cout) : NULL;
             r->h1 = take(KT, cout * HW);
             r->mean2 = take(KT, groups);
             r->rstd2 = take(KT, groups);
@@ -902,8 +922,10 @@ static void res_dropout(const ddpm_unet *net, const ddpm_unet_workspace *ws, con
 }
 
 /* h = conv1(SiLU(GN1(x))) + temb_proj(SiLU(temb)); out = skip(x) + conv2(Dropout(SiLU(GN2(h)))),
- * x = concat(in, skip input) on the up path. counter: the block's first dropout
- * counter for the step's batch, advanced past it. */
+ * x = concat(in, skip input) on the up path. With AdaGN: h = conv1(SiLU(GN1(x))),
+ * [scale, shift] = temb_proj(SiLU(temb)), and GN2(h) (1 + scale) + shift in place of
+ * GN2(h). counter: the block's first dropout counter for the step's batch, advanced
+ * past it. */
 static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws, int i, int B,
                         const ddpm_dropout_draw *dropout, uint64_t *counter)
 {
@@ -926,12 +948,20 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
     PROF(0, DDPM_PROF_CONV,
          ddpm_conv2d_forward(A->h1, ws->conv_scratch, A->s1, PARAM(P->conv1_w), PARAM(P->conv1_b), B, cin, H, W,
                              cout, 3, 1, 1));
+    const int n_tp = A->affine ? 2 * cout : cout;
     PROF(0, DDPM_PROF_LINEAR,
-         ddpm_linear_forward(A->tp, ws->time.temb_act, PARAM(P->temb_w), PARAM(P->temb_b), B, net->plan->emb, cout));
-    PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_add_channel_forward(A->h1, A->tp, B, cout, HW));
-    PROF(0, DDPM_PROF_NORM,
-         ddpm_groupnorm_silu_forward(A->s2, NULL, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b), B,
-                                     cout, HW, G, GN_EPS));
+         ddpm_linear_forward(A->tp, ws->time.temb_act, PARAM(P->temb_w), PARAM(P->temb_b), B, net->plan->emb, n_tp));
+    if (A->affine) { /* AdaGN: GN2(h1) (1 + scale) + shift */
+        PROF(0, DDPM_PROF_NORM,
+             ddpm_groupnorm_silu_scale_shift_forward(A->s2, NULL, A->mean2, A->rstd2, A->affine, A->h1,
+                                                     PARAM(P->norm2_w), PARAM(P->norm2_b), A->tp, B, cout, HW, G,
+                                                     GN_EPS));
+    } else {
+        PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_add_channel_forward(A->h1, A->tp, B, cout, HW));
+        PROF(0, DDPM_PROF_NORM,
+             ddpm_groupnorm_silu_forward(A->s2, NULL, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b),
+                                         B, cout, HW, G, GN_EPS));
+    }
     if (ws->dropout_applied) {
         A->dropout_counter = *counter;
         PROF(0, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->mask, A->s2, B, A->dropout_counter, 0));
@@ -1091,7 +1121,9 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
     float *cursor = ws->tmp;
     float *d_xcat = carve(ws, &cursor, (size_t)cin * HW), *dd2 = carve(ws, &cursor, (size_t)cout * HW);
     float *dh1 = carve(ws, &cursor, (size_t)cout * HW), *ds1 = carve(ws, &cursor, (size_t)cin * HW);
-    float *dtp = carve(ws, &cursor, (size_t)cout);
+    const int n_tp = A->affine ? 2 * cout : cout;
+    float *dtp = carve(ws, &cursor, (size_t)n_tp);
+    float *d_affine = A->affine ? carve(ws, &cursor, (size_t)n_tp) : NULL;
 
     const float *dout = ws->dh[m->out_slot];
     const float *x = ws->h[m->in_slot];
@@ -1113,9 +1145,16 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
     else
         PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(dx, dx, dout, n_out));
     /* conv2's input again: Dropout(SiLU(GN2(h1))), with forward's mask */
-    PROF(1, DDPM_PROF_NORM,
-         ddpm_groupnorm_silu_forward(A->s2, A->a2, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b), B,
-                                     cout, HW, G, GN_EPS));
+    if (A->affine) {
+        PROF(1, DDPM_PROF_NORM,
+             ddpm_groupnorm_silu_scale_shift_forward(A->s2, A->a2, A->mean2, A->rstd2, A->affine, A->h1,
+                                                     PARAM(P->norm2_w), PARAM(P->norm2_b), A->tp, B, cout, HW, G,
+                                                     GN_EPS));
+    } else {
+        PROF(1, DDPM_PROF_NORM,
+             ddpm_groupnorm_silu_forward(A->s2, A->a2, A->mean2, A->rstd2, A->h1, PARAM(P->norm2_w), PARAM(P->norm2_b),
+                                         B, cout, HW, G, GN_EPS));
+    }
     if (ws->dropout_applied)
         PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->mask, A->s2, B, A->dropout_counter, 1));
     PROF(1, DDPM_PROF_CONV,
@@ -1125,14 +1164,21 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
     if (ws->dropout_applied)
         PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->mask, dd2, B, A->dropout_counter, 1));
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(dd2, 0.0f, dd2, A->a2, n_out));
-    PROF(1, DDPM_PROF_NORM,
-         ddpm_groupnorm_backward(dh1, 0.0f, GRAD(P->norm2_w), GRAD(P->norm2_b), dd2, A->h1, A->mean2, A->rstd2,
-                                 PARAM(P->norm2_w), B, cout, HW, G));
-    zero(ws, dtp, (size_t)B * cout);
-    PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_channel_backward(dtp, dh1, B, cout, HW));
+    zero(ws, dtp, (size_t)B * n_tp);
+    if (A->affine) {
+        PROF(1, DDPM_PROF_NORM,
+             ddpm_groupnorm_scale_shift_backward(dh1, 0.0f, GRAD(P->norm2_w), GRAD(P->norm2_b), dtp, d_affine, dd2,
+                                                 A->h1, A->mean2, A->rstd2, A->affine, PARAM(P->norm2_w),
+                                                 PARAM(P->norm2_b), A->tp, B, cout, HW, G));
+    } else {
+        PROF(1, DDPM_PROF_NORM,
+             ddpm_groupnorm_backward(dh1, 0.0f, GRAD(P->norm2_w), GRAD(P->norm2_b), dd2, A->h1, A->mean2, A->rstd2,
+                                     PARAM(P->norm2_w), B, cout, HW, G));
+        PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_channel_backward(dtp, dh1, B, cout, HW));
+    }
     PROF(1, DDPM_PROF_LINEAR,
          ddpm_linear_backward(ws->time.d_temb_act, GRAD(P->temb_w), GRAD(P->temb_b), dtp, ws->time.temb_act,
-                              PARAM(P->temb_w), B, net->plan->emb, cout));
+                              PARAM(P->temb_w), B, net->plan->emb, n_tp));
     /* conv1's input again: SiLU(GN1(x)) */
     PROF(1, DDPM_PROF_NORM,
          ddpm_groupnorm_silu_forward(A->s1, A->a1, A->mean1, A->rstd1, x, PARAM(P->norm1_w), PARAM(P->norm1_b), B, cin,

@@ -402,6 +402,206 @@ static void test_groupnorm_silu_forward_gives_the_bytes_of_the_scalar_silu(void 
     }
 }
 
+/* ---- AdaGN: y = GN(x) (1 + scale) + shift, scale and shift per image and channel */
+
+typedef struct {
+    gn_case g;
+    float *ss;              /* [B, 2C]: scale, then shift */
+    float *affine, *norm;   /* the op's per-image affine and y (SiLU's input) */
+    double *ref_y;
+} ss_case;
+
+static ss_case ss_make(int B, int C, int HW, int G, uint64_t seed)
+{
+    ss_case c = {.g = gn_make(B, C, HW, G, 1e-5f, seed)};
+    c.ss = tu_alloc((size_t)B * 2 * C);
+    c.affine = tu_alloc((size_t)B * 2 * C);
+    c.norm = tu_alloc(c.g.n);
+    c.ref_y = calloc(c.g.n, sizeof(double));
+    assert_non_null(c.ref_y);
+    fill_grid(c.ss, (size_t)B * 2 * C, seed + 5, -0.75f, 0.75f);
+    return c;
+}
+
+static void ss_free(ss_case *c)
+{
+    free(c->ss), free(c->affine), free(c->norm), free(c->ref_y);
+    gn_free(&c->g);
+}
+
+/* The naive definition in double: ((x - m) rstd gamma + beta) (1 + scale) + shift. */
+static void ss_reference(ss_case *c)
+{
+    gn_case *g = &c->g;
+    gn_reference(g);
+    for (int b = 0; b < g->B; b++)
+        for (int ch = 0; ch < g->C; ch++) {
+            const double s1 = 1.0 + c->ss[(size_t)b * 2 * g->C + ch], sh = c->ss[(size_t)b * 2 * g->C + g->C + ch];
+            for (int i = 0; i < g->HW; i++) {
+                size_t k = ((size_t)b * g->C + ch) * g->HW + i;
+                c->ref_y[k] = g->ref_out[k] * s1 + sh;
+            }
+        }
+}
+
+static double ss_loss(void *ctx)
+{
+    ss_case *c = ctx;
+    gn_case *g = &c->g;
+    ddpm_groupnorm_silu_scale_shift_forward(g->out, c->norm, g->mean, g->rstd, c->affine, g->x, g->gamma, g->beta,
+                                            c->ss, g->B, g->C, g->HW, g->G, g->eps);
+    double L = 0;
+    for (size_t i = 0; i < g->n; i++)
+        L += (double)g->r[i] * c->norm[i];
+    return L;
+}
+
+static double ss_loss_reference(void *ctx)
+{
+    ss_case *c = ctx;
+    ss_reference(c);
+    double L = 0;
+    for (size_t i = 0; i < c->g.n; i++)
+        L += (double)c->g.r[i] * c->ref_y[i];
+    return L;
+}
+
+static const int ss_shapes[][4] = {
+    /* B, C, HW, G: odd 5 x 7 and 3 x 3, B > 1, one group, one channel per group */
+    {3, 6, 35, 3},
+    {2, 10, 9, 5},
+    {2, 4, 35, 1},
+    {3, 6, 35, 6},
+};
+enum { N_SS_SHAPES = sizeof ss_shapes / sizeof ss_shapes[0] };
+
+/* Forward: y and SiLU(y) against the double definition. y is O(5) here; folding
+ * the scale into gamma rounds gamma (1 + scale) and beta (1 + scale) + shift to
+ * float once more than GN then the affine would (2 ulp of y, ~1e-6), so 2e-6 + 1e-6
+ * relative; a missing (1 + scale), scale and shift swapped, or another image's
+ * row move y by O(0.1..1). Zero scale and shift give the plain kernel's bytes. */
+static void test_groupnorm_scale_shift_forward_matches_double_reference(void **state)
+{
+    (void)state;
+    for (int s = 0; s < N_SS_SHAPES; s++) {
+        ss_case c = ss_make(ss_shapes[s][0], ss_shapes[s][1], ss_shapes[s][2], ss_shapes[s][3], 300 + s);
+        gn_case *g = &c.g;
+        ss_loss(&c);
+        ss_reference(&c);
+        double worst = 0, worst_silu = 0;
+        for (size_t i = 0; i < g->n; i++) {
+            const double y = c.ref_y[i];
+            worst = fmax(worst, fabs(c.norm[i] - y) / (2e-6 + 1e-6 * fabs(y)));
+            worst_silu = fmax(worst_silu, fabs(g->out[i] - y / (1.0 + exp(-y))) / (2e-6 + 1e-6 * fabs(y)));
+        }
+        if (worst > 1 || worst_silu > 1)
+            fail_msg("shape %d: |y - ref| %g, |SiLU(y) - ref| %g of the tolerance", s, worst, worst_silu);
+        for (int k = 0; k < g->B * g->G; k++)
+            assert_true(fabs(g->rstd[k] - g->ref_rstd[k]) <= 1e-6 * g->ref_rstd[k]);
+        /* zero scale and shift: exactly ddpm_groupnorm_silu_forward */
+        const size_t nss = (size_t)g->B * 2 * g->C;
+        memset(c.ss, 0, nss * sizeof(float));
+        ss_loss(&c);
+        float *plain = tu_alloc(g->n), *plain_norm = tu_alloc(g->n);
+        ddpm_groupnorm_silu_forward(plain, plain_norm, g->mean, g->rstd, g->x, g->gamma, g->beta, g->B, g->C, g->HW,
+                                    g->G, g->eps);
+        assert_memory_equal(plain, g->out, g->n * sizeof(float));
+        assert_memory_equal(plain_norm, c.norm, g->n * sizeof(float));
+        free(plain), free(plain_norm);
+        ss_free(&c);
+    }
+}
+
+/* Backward against central differences of the float op and of the double
+ * definition, for x, gamma, beta, scale and shift: the tolerances and their
+ * reasons are those of check_groupnorm_gradients, (1) and (2), with y up to
+ * 1.75x GroupNorm's output (so (2)'s 2e-6 + 2e-5 is kept at 4e-6 + 4e-5). Then
+ * accumulation: din_beta 1 adds to din, the parameter and scale-shift gradients
+ * add to what they held. */
+static void test_groupnorm_scale_shift_backward_matches_finite_differences(void **state)
+{
+    (void)state;
+    for (int s = 0; s < N_SS_SHAPES; s++) {
+        ss_case c = ss_make(ss_shapes[s][0], ss_shapes[s][1], ss_shapes[s][2], ss_shapes[s][3], 400 + s);
+        gn_case *g = &c.g;
+        const size_t nss = (size_t)g->B * 2 * g->C;
+        float *din = tu_alloc(g->n), *dgamma = tu_alloc(g->C), *dbeta = tu_alloc(g->C), *dss = tu_alloc(nss);
+        float *d_affine = tu_alloc(nss);
+        ss_loss(&c);
+        ddpm_groupnorm_scale_shift_backward(din, 0.0f, dgamma, dbeta, dss, d_affine, g->r, g->x, g->mean, g->rstd,
+                                            c.affine, g->gamma, g->beta, c.ss, g->B, g->C, g->HW, g->G);
+        int bad = 0;
+        bad += tu_check_grad("adagn din (float fd)", g->x, din, g->n, ss_loss, &c, FD_H, 1e-3, 1e-2);
+        bad += tu_check_grad("adagn dgamma (float fd)", g->gamma, dgamma, g->C, ss_loss, &c, FD_H, 1e-3, 1e-2);
+        bad += tu_check_grad("adagn dbeta (float fd)", g->beta, dbeta, g->C, ss_loss, &c, FD_H, 1e-3, 1e-2);
+        bad += tu_check_grad("adagn dscale_shift (float fd)", c.ss, dss, nss, ss_loss, &c, FD_H, 1e-3, 1e-2);
+        bad += tu_check_grad("adagn din (double fd)", g->x, din, g->n, ss_loss_reference, &c, FD_H, 4e-6, 4e-5);
+        bad += tu_check_grad("adagn dgamma (double fd)", g->gamma, dgamma, g->C, ss_loss_reference, &c, FD_H, 4e-6,
+                             4e-5);
+        bad += tu_check_grad("adagn dbeta (double fd)", g->beta, dbeta, g->C, ss_loss_reference, &c, FD_H, 4e-6,
+                             4e-5);
+        bad += tu_check_grad("adagn dscale_shift (double fd)", c.ss, dss, nss, ss_loss_reference, &c, FD_H, 4e-6,
+                             4e-5);
+        if (bad)
+            fprintf(stderr, "shape B %d C %d HW %d G %d\n", g->B, g->C, g->HW, g->G);
+        assert_int_equal(bad, 0);
+
+        /* accumulation into prefilled gradients */
+        float *din2 = tu_alloc(g->n), *dgamma2 = tu_alloc(g->C), *dbeta2 = tu_alloc(g->C), *dss2 = tu_alloc(nss);
+        for (size_t i = 0; i < g->n; i++)
+            din2[i] = 0.5f;
+        for (int i = 0; i < g->C; i++)
+            dgamma2[i] = 1.5f, dbeta2[i] = -2.0f;
+        for (size_t i = 0; i < nss; i++)
+            dss2[i] = 0.25f;
+        ss_loss(&c);
+        ddpm_groupnorm_scale_shift_backward(din2, 1.0f, dgamma2, dbeta2, dss2, d_affine, g->r, g->x, g->mean,
+                                            g->rstd, c.affine, g->gamma, g->beta, c.ss, g->B, g->C, g->HW, g->G);
+        for (size_t i = 0; i < g->n; i++)
+            assert_true(fabsf(din2[i] - (0.5f + din[i])) <= 1e-6f * (1.0f + fabsf(din[i])));
+        for (int i = 0; i < g->C; i++) {
+            assert_true(fabsf(dgamma2[i] - (1.5f + dgamma[i])) <= 1e-5f * (1.0f + fabsf(dgamma[i])));
+            assert_true(fabsf(dbeta2[i] - (-2.0f + dbeta[i])) <= 1e-5f * (1.0f + fabsf(dbeta[i])));
+        }
+        for (size_t i = 0; i < nss; i++)
+            assert_true(fabsf(dss2[i] - (0.25f + dss[i])) <= 1e-5f * (1.0f + fabsf(dss[i])));
+        free(din2), free(dgamma2), free(dbeta2), free(dss2);
+        free(din), free(dgamma), free(dbeta), free(dss), free(d_affine);
+        ss_free(&c);
+    }
+}
+
+/* The AdaGN forward and backward give the same bytes at 1 and 2 threads, at a
+ * size where GroupNorm's loops run in parallel (the default model's 28x28 level). */
+static void test_groupnorm_scale_shift_is_identical_for_one_and_two_threads(void **state)
+{
+    (void)state;
+    ss_case c = ss_make(3, 32, 784, 8, 500);
+    gn_case *g = &c.g;
+    const size_t nss = (size_t)g->B * 2 * g->C;
+    float *out[2], *din[2], *dg[2], *db[2], *dss[2], *d_affine = tu_alloc(nss);
+    const int saved = omp_get_max_threads();
+    for (int k = 0; k < 2; k++) {
+        omp_set_num_threads(k + 1);
+        out[k] = tu_alloc(g->n), din[k] = tu_alloc(g->n), dg[k] = tu_alloc(g->C), db[k] = tu_alloc(g->C);
+        dss[k] = tu_alloc(nss);
+        ss_loss(&c);
+        memcpy(out[k], g->out, g->n * sizeof(float));
+        ddpm_groupnorm_scale_shift_backward(din[k], 0.0f, dg[k], db[k], dss[k], d_affine, g->r, g->x, g->mean,
+                                            g->rstd, c.affine, g->gamma, g->beta, c.ss, g->B, g->C, g->HW, g->G);
+    }
+    omp_set_num_threads(saved);
+    assert_memory_equal(out[0], out[1], g->n * sizeof(float));
+    assert_memory_equal(din[0], din[1], g->n * sizeof(float));
+    assert_memory_equal(dg[0], dg[1], g->C * sizeof(float));
+    assert_memory_equal(db[0], db[1], g->C * sizeof(float));
+    assert_memory_equal(dss[0], dss[1], nss * sizeof(float));
+    for (int k = 0; k < 2; k++)
+        free(out[k]), free(din[k]), free(dg[k]), free(db[k]), free(dss[k]);
+    free(d_affine);
+    ss_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -414,6 +614,9 @@ int main(void)
         cmocka_unit_test(test_groupnorm_backward_beta0_overwrites_din_and_accumulates_parameters),
         cmocka_unit_test(test_groupnorm_silu_forward_gives_the_bytes_of_groupnorm_then_silu),
         cmocka_unit_test(test_groupnorm_silu_forward_gives_the_bytes_of_the_scalar_silu),
+        cmocka_unit_test(test_groupnorm_scale_shift_forward_matches_double_reference),
+        cmocka_unit_test(test_groupnorm_scale_shift_backward_matches_finite_differences),
+        cmocka_unit_test(test_groupnorm_scale_shift_is_identical_for_one_and_two_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

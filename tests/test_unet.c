@@ -272,6 +272,237 @@ static void test_class_embedding_backward_matches_finite_differences(void **stat
     ddpm_unet_free(c.net);
 }
 
+/* Every tensor's gradient (up to 12 elements each: first, last and evenly
+ * spaced between) against central differences of L = sum r * eps_pred, with the
+ * tolerances of test_unet_backward_matches_finite_differences. The attention key
+ * biases' exact gradient is zero (a shift shared by a whole row of logits, which
+ * softmax ignores), so their float differences are pure rounding noise (measured
+ * up to 5e-3 here): they must be zero to float noise instead, |g| <= 1e-5 (the
+ * other gradients are O(0.1..10)). Returns the number of elements outside. */
+static int check_every_tensor(ctx *c, const float *grads)
+{
+    int n_bad = 0;
+    for (int i = 0; i < c->net->n_tensors; i++) {
+        const ddpm_tensor_info *ti = &c->net->tensors[i];
+        const size_t len = strlen(ti->name);
+        if (len > 7 && !strcmp(ti->name + len - 7, ".k.bias")) {
+            for (size_t j = 0; j < ti->n; j++)
+                if (!(fabsf(grads[ti->offset + j]) <= 1e-5f)) {
+                    fprintf(stderr, "%s[%zu]: gradient %g, not 0\n", ti->name, j, (double)grads[ti->offset + j]);
+                    n_bad++;
+                }
+            continue;
+        }
+        size_t n_check = ti->n < 12 ? ti->n : 12;
+        for (size_t s = 0; s < n_check; s++) {
+            size_t j = n_check == 1 ? 0 : s * (ti->n - 1) / (n_check - 1);
+            char name[96];
+            snprintf(name, sizeof name, "%s[%zu]", ti->name, j);
+            n_bad += tu_check_grad(name, c->params + ti->offset + j, grads + ti->offset + j, 1, projected_output, c,
+                                   1e-2f, 4e-3, 2e-2);
+        }
+    }
+    return n_bad;
+}
+
+/* AdaGN (--scale-shift-norm) through the whole network, class-conditional, with
+ * dropout: every tensor against central differences, at batch 3 with two
+ * configs: the tiny one (8x8 RGB, two levels) and an odd one (6x6 then 3x3
+ * gray, attention at 3x3, 3 groups of 2 and 4 channels). temb_proj has 2 cout
+ * outputs (scale, then shift) and every element of its first and last rows is
+ * checked, so a scale and shift swapped, or a gradient that reaches only one
+ * half, fails. */
+static void check_scale_shift_norm_gradients(const ddpm_unet_config *cfg, uint64_t seed)
+{
+    int y[3] = {1, DDPM_NO_CLASS, 2}, t[3] = {3, 500, 917};
+    ctx c = {.B = 3, .y = y, .t = t,
+             .D = (size_t)cfg->in_channels * cfg->image_size * cfg->image_size};
+    assert_int_equal(ddpm_unet_create(&c.net, cfg), 0);
+    assert_int_equal(ddpm_unet_workspace_create(&c.ws, c.net, c.B, 1), 0);
+    c.params = random_params(c.net, seed);
+    c.x = tu_alloc(c.B * c.D);
+    c.eps_pred = tu_alloc(c.B * c.D);
+    c.r = tu_alloc(c.B * c.D);
+    tu_fill_uniform(c.x, c.B * c.D, seed + 1, -1, 1);
+    tu_fill_uniform(c.r, c.B * c.D, seed + 2, -1, 1);
+    float *grads = tu_alloc(c.net->n_params);
+    projected_output(&c);
+    ddpm_unet_backward(c.net, c.params, grads, c.ws, c.r, c.B);
+    int n_bad = check_every_tensor(&c, grads);
+    /* the first ResBlock's projection: all of row 0 (a scale) and of the last row (a shift) */
+    int k = ddpm_unet_find_tensor(c.net, "down.0.temb_proj.weight");
+    assert_true(k >= 0);
+    const ddpm_tensor_info *ti = &c.net->tensors[k];
+    const int cout = ti->shape[0] / 2, E = ti->shape[1];
+    assert_int_equal(cout, cfg->ch);
+    assert_int_equal(E, 4 * cfg->ch);
+    n_bad += tu_check_grad("down.0.temb_proj.weight row 0 (scale)", c.params + ti->offset, grads + ti->offset, E,
+                           projected_output, &c, 1e-2f, 4e-3, 2e-2);
+    n_bad += tu_check_grad("down.0.temb_proj.weight last row (shift)", c.params + ti->offset + (ti->n - E),
+                           grads + ti->offset + (ti->n - E), E, projected_output, &c, 1e-2f, 4e-3, 2e-2);
+    assert_int_equal(n_bad, 0);
+    free(grads);
+    free(c.x);
+    free(c.eps_pred);
+    free(c.r);
+    free(c.params);
+    ddpm_unet_workspace_free(c.ws);
+    ddpm_unet_free(c.net);
+}
+
+static void test_scale_shift_norm_backward_matches_finite_differences(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    tiny_config(&cfg);
+    cfg.scale_shift_norm = 1;
+    cfg.n_classes = 3;
+    check_scale_shift_norm_gradients(&cfg, 41);
+}
+
+static void test_scale_shift_norm_backward_matches_finite_differences_odd_sizes(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    tiny_config(&cfg);
+    cfg.in_channels = 1, cfg.image_size = 6, cfg.ch = 6, cfg.groups = 3;
+    cfg.attn_res[0] = 3;
+    cfg.scale_shift_norm = 1;
+    cfg.n_classes = 3;
+    check_scale_shift_norm_gradients(&cfg, 51);
+}
+
+/* A new AdaGN model starts as the plain GroupNorm: temb_proj is [2 cout, 4 ch]
+ * and zero after init, and a network whose other weights are random gives the
+ * bytes of the plain network with the same weights and a zero temb_proj (which
+ * adds nothing). A non-zero scale then changes the output: the embedding
+ * reaches GN2. */
+static void test_scale_shift_norm_starts_as_the_plain_groupnorm(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg, cfg_ss;
+    tiny_config(&cfg);
+    cfg.dropout = 0;
+    cfg_ss = cfg;
+    cfg_ss.scale_shift_norm = 1;
+    ddpm_unet *plain, *ss;
+    assert_int_equal(ddpm_unet_create(&plain, &cfg), 0);
+    assert_int_equal(ddpm_unet_create(&ss, &cfg_ss), 0);
+    assert_int_equal(plain->n_tensors, ss->n_tensors);
+    float *pp = random_params(plain, 61), *ps = tu_alloc(ss->n_params);
+    ddpm_unet_init_params(ss, ps, 7);
+    int n_proj = 0;
+    for (int i = 0; i < ss->n_tensors; i++) {
+        const ddpm_tensor_info *a = &plain->tensors[i], *b = &ss->tensors[i];
+        assert_string_equal(a->name, b->name);
+        if (strstr(a->name, "temb_proj")) { /* zero after init, twice as many outputs */
+            n_proj++;
+            assert_int_equal(b->shape[0], 2 * a->shape[0]);
+            for (size_t j = 0; j < b->n; j++)
+                assert_true(ps[b->offset + j] == 0.0f);
+            memset(pp + a->offset, 0, a->n * sizeof(float));
+        } else {
+            assert_int_equal(a->n, b->n);
+            memcpy(ps + b->offset, pp + a->offset, a->n * sizeof(float));
+        }
+    }
+    assert_int_equal(n_proj, 16); /* weight and bias of the tiny net's 8 ResBlocks: 2 down, 2 middle, 4 up */
+    enum { B = 2 };
+    const size_t D = 3 * 8 * 8;
+    ddpm_unet_workspace *wp, *wss;
+    assert_int_equal(ddpm_unet_workspace_create(&wp, plain, B, 0), 0);
+    assert_int_equal(ddpm_unet_workspace_create(&wss, ss, B, 0), 0);
+    float *x = tu_alloc(B * D), *op = tu_alloc(B * D), *os = tu_alloc(B * D);
+    tu_fill_uniform(x, B * D, 62, -1, 1);
+    int t[B] = {10, 700};
+    ddpm_unet_forward(plain, pp, wp, op, x, t, B, NULL);
+    ddpm_unet_forward(ss, ps, wss, os, x, t, B, NULL);
+    assert_memory_equal(op, os, B * D * sizeof(float));
+    int k = ddpm_unet_find_tensor(ss, "mid.0.temb_proj.bias");
+    ps[ss->tensors[k].offset] = 0.5f; /* channel 0's scale */
+    ddpm_unet_forward(ss, ps, wss, os, x, t, B, NULL);
+    assert_true(tu_max_abs_diff(op, os, B * D, NULL) > 1e-3);
+    free(pp), free(ps), free(x), free(op), free(os);
+    ddpm_unet_workspace_free(wp);
+    ddpm_unet_workspace_free(wss);
+    ddpm_unet_free(plain);
+    ddpm_unet_free(ss);
+}
+
+/* The default model with AdaGN: every ResBlock's temb_proj doubles, 4ch x cout
+ * + cout more parameters per block (5 blocks of 32 channels, 12 of 64): 1,623,169
+ * + 5 x 4,128 + 12 x 8,256 = 1,742,881, the figure docs/usage.md gives. */
+static void test_scale_shift_norm_default_model_has_1742881_parameters(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    ddpm_unet_config_default(&cfg);
+    cfg.scale_shift_norm = 1;
+    ddpm_unet *net;
+    assert_int_equal(ddpm_unet_create(&net, &cfg), 0);
+    assert_int_equal(net->n_params, 1742881);
+    int k = ddpm_unet_find_tensor(net, "up.13.temb_proj.weight");
+    assert_true(k >= 0);
+    assert_int_equal(net->tensors[k].shape[0], 64);
+    assert_int_equal(net->tensors[k].shape[1], 128);
+    ddpm_unet_free(net);
+}
+
+/* --class-emb-init normal: class_emb.weight is N(0, 1) by its moments (101 x 128
+ * = 12,928 values: the mean within 4 standard errors, 4/sqrt(n) = 0.035, the
+ * variance within 4 x sqrt(2/n) = 0.05, the kurtosis within 0.2 of 3 (its standard
+ * error is sqrt(24/n) = 0.043) and the share within one sigma within 0.02 of
+ * 0.6827), a function of the seed (same seed, same bytes; another seed, other
+ * values), and zero by default. */
+static void test_class_embedding_normal_init_is_standard_normal_and_seeded(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    ddpm_unet_config_default(&cfg);
+    cfg.n_classes = 100;
+    ddpm_unet *zero_net, *net;
+    assert_int_equal(ddpm_unet_create(&zero_net, &cfg), 0);
+    cfg.class_emb_init = DDPM_CLASS_EMB_NORMAL;
+    assert_int_equal(ddpm_unet_create(&net, &cfg), 0);
+    int k = ddpm_unet_find_tensor(net, "class_emb.weight");
+    assert_true(k >= 0);
+    const ddpm_tensor_info *ti = &net->tensors[k];
+    const size_t n = ti->n;
+    assert_int_equal(n, 101 * 128);
+    float *p = tu_alloc(net->n_params), *q = tu_alloc(net->n_params);
+    ddpm_unet_init_params(net, p, 5);
+    const float *w = p + ti->offset;
+    double m = 0, m2 = 0, m4 = 0;
+    size_t within = 0;
+    for (size_t j = 0; j < n; j++)
+        m += w[j];
+    m /= (double)n;
+    for (size_t j = 0; j < n; j++) {
+        double d = w[j] - m;
+        m2 += d * d, m4 += d * d * d * d;
+        within += fabsf(w[j]) < 1.0f;
+    }
+    m2 /= (double)n, m4 /= (double)n;
+    const double kurt = m4 / (m2 * m2), share = (double)within / (double)n;
+    if (!(fabs(m) < 0.035 && fabs(m2 - 1) < 0.05 && fabs(kurt - 3) < 0.2 && fabs(share - 0.6827) < 0.02))
+        fail_msg("class_emb: mean %g variance %g kurtosis %g share within 1 sigma %g", m, m2, kurt, share);
+    ddpm_unet_init_params(net, q, 5);
+    assert_memory_equal(p, q, net->n_params * sizeof(float));
+    ddpm_unet_init_params(net, q, 6);
+    size_t same = 0;
+    for (size_t j = 0; j < n; j++)
+        same += q[ti->offset + j] == w[j];
+    assert_true(same < n / 100);
+    /* the default: zero */
+    k = ddpm_unet_find_tensor(zero_net, "class_emb.weight");
+    ddpm_unet_init_params(zero_net, q, 5);
+    for (size_t j = 0; j < zero_net->tensors[k].n; j++)
+        assert_true(q[zero_net->tensors[k].offset + j] == 0.0f);
+    free(p), free(q);
+    ddpm_unet_free(zero_net);
+    ddpm_unet_free(net);
+}
+
 static void test_each_image_is_independent_of_the_rest_of_the_batch(void **state)
 {
     (void)state;
@@ -372,16 +603,13 @@ static void test_dropout_masks_follow_the_image_index_in_the_batch(void **state)
  * the default model at batch 9 gives the same bytes at 1 and 2 threads: the loss,
  * eps_pred and every parameter gradient (README: results do not depend on the thread
  * count). Batch 9 puts more units than lanes in the 28x28 convs. */
-static void test_default_model_step_same_bytes_at_one_and_two_threads(void **state)
+static void check_step_same_bytes_at_one_and_two_threads(const ddpm_unet_config *cfg)
 {
-    (void)state;
-    ddpm_unet_config cfg;
-    ddpm_unet_config_default(&cfg);
     ddpm_unet *net;
     ddpm_unet_workspace *ws;
     enum { B = 9 };
     const size_t D = 28 * 28;
-    assert_int_equal(ddpm_unet_create(&net, &cfg), 0);
+    assert_int_equal(ddpm_unet_create(&net, cfg), 0);
     assert_int_equal(ddpm_unet_workspace_create(&ws, net, B, 1), 0);
     float *p = tu_alloc(net->n_params);
     tu_fill_uniform(p, net->n_params, 21, -0.1f, 0.1f); /* no zero layers: every gradient flows */
@@ -411,19 +639,34 @@ static void test_default_model_step_same_bytes_at_one_and_two_threads(void **sta
     ddpm_unet_free(net);
 }
 
+static void test_default_model_step_same_bytes_at_one_and_two_threads(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    ddpm_unet_config_default(&cfg);
+    check_step_same_bytes_at_one_and_two_threads(&cfg);
+}
+
+/* The same with AdaGN in every ResBlock (--scale-shift-norm). */
+static void test_default_model_with_scale_shift_norm_same_bytes_at_one_and_two_threads(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    ddpm_unet_config_default(&cfg);
+    cfg.scale_shift_norm = 1;
+    check_step_same_bytes_at_one_and_two_threads(&cfg);
+}
+
 /* The workspace kinds and batch sizes compute the same network: a forward-only
  * workspace (module outputs sharing buffers by lifetime, each block's activations
  * in one reused region) gives the training workspace's eps_pred bytes, and a
  * batch of 3 in a training workspace for 5 (a micro-batch) gives the bytes and
  * gradients of a workspace for exactly 3. The default model, so that the skip stack
  * and the 28x28, 14x14 and 7x7 paths are all there. */
-static void test_forward_only_and_micro_batch_workspaces_give_the_same_bytes(void **state)
+static void check_workspaces_give_the_same_bytes(const ddpm_unet_config *cfg)
 {
-    (void)state;
-    ddpm_unet_config cfg;
-    ddpm_unet_config_default(&cfg);
     ddpm_unet *net;
-    assert_int_equal(ddpm_unet_create(&net, &cfg), 0);
+    assert_int_equal(ddpm_unet_create(&net, cfg), 0);
     enum { B = 3 };
     const size_t D = 28 * 28;
     ddpm_unet_workspace *fwd, *tr3, *tr5;
@@ -454,6 +697,24 @@ static void test_forward_only_and_micro_batch_workspaces_give_the_same_bytes(voi
     ddpm_unet_workspace_free(tr3);
     ddpm_unet_workspace_free(tr5);
     ddpm_unet_free(net);
+}
+
+static void test_forward_only_and_micro_batch_workspaces_give_the_same_bytes(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    ddpm_unet_config_default(&cfg);
+    check_workspaces_give_the_same_bytes(&cfg);
+}
+
+/* With AdaGN, whose per-image affine lives in each block's reused region. */
+static void test_forward_only_and_micro_batch_workspaces_give_the_same_bytes_scale_shift_norm(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    ddpm_unet_config_default(&cfg);
+    cfg.scale_shift_norm = 1;
+    check_workspaces_give_the_same_bytes(&cfg);
 }
 
 /* A forward-only workspace holds the skip stack and a few live buffers, not the
@@ -491,7 +752,14 @@ int main(void)
         cmocka_unit_test(test_each_image_is_independent_of_the_rest_of_the_batch),
         cmocka_unit_test(test_dropout_masks_follow_the_image_index_in_the_batch),
         cmocka_unit_test(test_default_model_step_same_bytes_at_one_and_two_threads),
+        cmocka_unit_test(test_default_model_with_scale_shift_norm_same_bytes_at_one_and_two_threads),
         cmocka_unit_test(test_forward_only_and_micro_batch_workspaces_give_the_same_bytes),
+        cmocka_unit_test(test_forward_only_and_micro_batch_workspaces_give_the_same_bytes_scale_shift_norm),
+        cmocka_unit_test(test_scale_shift_norm_backward_matches_finite_differences),
+        cmocka_unit_test(test_scale_shift_norm_backward_matches_finite_differences_odd_sizes),
+        cmocka_unit_test(test_scale_shift_norm_starts_as_the_plain_groupnorm),
+        cmocka_unit_test(test_scale_shift_norm_default_model_has_1742881_parameters),
+        cmocka_unit_test(test_class_embedding_normal_init_is_standard_normal_and_seeded),
         cmocka_unit_test(test_forward_only_workspace_is_planned_from_lifetimes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

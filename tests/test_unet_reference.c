@@ -16,7 +16,9 @@
  *   loss [1], every parameter by its docs/design.md name, and grad.<name> for each;
  *   with dropout on, then "dropout" [1] (p) and "dropout_seed" int32 [1]: the
  *   reference applied the masks that ddpm's dropout draws from a dropout RNG with
- *   that seed and counter 0 (the script reimplements the Philox draw).
+ *   that seed and counter 0 (the script reimplements the Philox draw); with AdaGN
+ *   (scale_shift_norm), then "scale_shift_norm" int32 [1]; class-conditional,
+ *   then "n_classes" int32 [1] and "y" int32 [B] (-1: "no class").
  * The reference eps_pred, loss and gradients were computed in float64 from the
  * float32 inputs and parameters (uniform(-0.3, 0.3) everywhere, GroupNorm
  * weights 1 + that, so no gradient is trivially zero) and rounded to float32.
@@ -403,6 +405,21 @@ static void check_case(const char *case_name)
         drop_draw = (ddpm_dropout_draw){.seed = (uint64_t)seed->i[0], .counter = 0, .first = 0, .batch = rc->B};
         drop = &drop_draw;
     }
+    /* AdaGN and classes: the labels of the batch */
+    const ref_tensor *ss = ref_find(rc, "scale_shift_norm"), *n_classes = ref_find(rc, "n_classes");
+    const int *y = NULL;
+    if (ss) {
+        assert_true(ss->dtype == 1 && ss->n == 1 && ss->i[0] == 1);
+        cfg_case.scale_shift_norm = 1;
+    }
+    if (n_classes) {
+        assert_true(n_classes->dtype == 1 && n_classes->n == 1);
+        cfg_case.n_classes = n_classes->i[0];
+        const ref_tensor *labels = ref_get(rc, "y", 1, 1, &rc->B);
+        for (int b = 0; b < rc->B; b++)
+            assert_true(labels->i[b] >= -1 && labels->i[b] < cfg_case.n_classes);
+        y = labels->i; /* -1 is DDPM_NO_CLASS */
+    }
     ddpm_unet *net;
     if (ddpm_unet_create(&net, &cfg_case))
         fail_msg("%s: case %s: the C network refuses its config", REF_PATH, rc->name);
@@ -417,7 +434,7 @@ static void check_case(const char *case_name)
     const ref_tensor *loss_ref = ref_get(rc, "loss", 0, 1, &one);
 
     /* the file holds exactly the C network's tensors, each with its gradient */
-    assert_int_equal(rc->n_tensors, 5 + 2 * net->n_tensors + (drop ? 2 : 0));
+    assert_int_equal(rc->n_tensors, 5 + 2 * net->n_tensors + (drop ? 2 : 0) + (ss ? 1 : 0) + (n_classes ? 2 : 0));
     float *params = tu_alloc(net->n_params), *grads = tu_alloc(net->n_params);
     for (int i = 0; i < net->n_tensors; i++) {
         const ddpm_tensor_info *ti = &net->tensors[i];
@@ -432,7 +449,7 @@ static void check_case(const char *case_name)
     float *eps_pred = tu_alloc(n), *d_eps_pred = tu_alloc(n);
     ddpm_unet_workspace *ws;
     assert_int_equal(ddpm_unet_workspace_create(&ws, net, B, 1), 0);
-    ddpm_unet_forward(net, params, ws, eps_pred, x_t->f, steps, B, drop);
+    ddpm_unet_forward_class(net, params, ws, eps_pred, x_t->f, steps, y, B, drop);
 
     summary s_eps = {0}, s_grad = {0};
     int n_bad = compare("eps_pred", "eps_pred", eps_pred, eps_pred_ref->f, n, max_abs(eps_pred_ref->f, n),
@@ -474,7 +491,7 @@ static void check_case(const char *case_name)
         assert_int_equal(net_drop->n_params, net->n_params);
         assert_int_equal(ddpm_unet_workspace_create(&ws_fwd, net_drop, B, 0), 0);
         float *eps_pred2 = tu_alloc(n);
-        ddpm_unet_forward(net_drop, params, ws_fwd, eps_pred2, x_t->f, steps, B, NULL);
+        ddpm_unet_forward_class(net_drop, params, ws_fwd, eps_pred2, x_t->f, steps, y, B, NULL);
         summary s_eps2 = {0};
         n_bad += compare("eps_pred (forward-only workspace, dropout 0.1, no RNG)", "eps_pred", eps_pred2,
                          eps_pred_ref->f, n, max_abs(eps_pred_ref->f, n), EPS_ATOL, EPS_RTOL, &s_eps2);
@@ -524,6 +541,15 @@ static void test_unet_matches_pytorch_reference_with_dropout(void **state)
 {
     (void)state;
     check_case("rgb8_ch8_mult1-2_res1_attn4_g2_dropout0.2");
+}
+
+/* Case 1's network with AdaGN (--scale-shift-norm) in every ResBlock and three
+ * classes, labels 2, "no class" and 0: temb_proj's 2 cout outputs as scale then
+ * shift, the class embedding's row per image, and the "no class" row. */
+static void test_unet_matches_pytorch_reference_scale_shift_norm_with_classes(void **state)
+{
+    (void)state;
+    check_case("rgb8_ch8_mult1-2_res1_attn4_g2_adagn_classes3");
 }
 
 /* The parser refuses damaged files with a message instead of crashing. */
@@ -587,6 +613,7 @@ int main(void)
         cmocka_unit_test(test_unet_matches_pytorch_reference_rgb_two_levels),
         cmocka_unit_test(test_unet_matches_pytorch_reference_gray_three_levels),
         cmocka_unit_test(test_unet_matches_pytorch_reference_with_dropout),
+        cmocka_unit_test(test_unet_matches_pytorch_reference_scale_shift_norm_with_classes),
         cmocka_unit_test(test_reference_parser_refuses_damaged_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

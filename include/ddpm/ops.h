@@ -99,6 +99,24 @@ void ddpm_groupnorm_backward(float *din, float beta, float *dgamma, float *dbeta
  * alias in or norm. */
 void ddpm_groupnorm_silu_forward(float *out, float *norm, float *mean, float *rstd, const float *in,
                                  const float *gamma, const float *beta, int B, int C, int HW, int G, float eps);
+/* AdaGN (Dhariwal & Nichol 2021, use_scale_shift_norm): out = SiLU(GN(in) (1 + scale)
+ * + shift) with scale_shift [B, 2C] per image (scale in [b, 0..C), shift in
+ * [b, C..2C)), and norm = the scaled and shifted GroupNorm, SiLU's input, unless
+ * norm is NULL. affine [B, 2C] receives each image's affine, gamma (1 + scale) then
+ * beta (1 + scale) + shift: the per-image scale and shift fold into GroupNorm's
+ * per-channel affine, so this runs the GN+SiLU kernel. */
+void ddpm_groupnorm_silu_scale_shift_forward(float *out, float *norm, float *mean, float *rstd, float *affine,
+                                             const float *in, const float *gamma, const float *beta,
+                                             const float *scale_shift, int B, int C, int HW, int G, float eps);
+/* The backward of y = GN(in) (1 + scale) + shift given dout = dL/dy, with the
+ * statistics and the affine the forward saved: din = din_beta din + dL/din (din
+ * may be NULL); dgamma, dbeta [C] and dscale_shift [B, 2C] accumulate. d_affine
+ * [B, 2C] is scratch (the gradient of each image's affine). */
+void ddpm_groupnorm_scale_shift_backward(float *din, float din_beta, float *dgamma, float *dbeta,
+                                         float *dscale_shift, float *d_affine, const float *dout, const float *in,
+                                         const float *mean, const float *rstd, const float *affine,
+                                         const float *gamma, const float *beta, const float *scale_shift, int B,
+                                         int C, int HW, int G);
 
 /* ---- nearest 2x upsample (src/ops/upsample.c): in [B,C,H,W] -> out [B,C,2H,2W] */
 void ddpm_upsample_forward(float *out, const float *in, int B, int C, int H, int W);

@@ -38,7 +38,20 @@ typedef struct {
     int learn_sigma;    /* 1: the output has 2 x in_channels channels, the
                            prediction's then v, which sets the reverse variance
                            per value (Nichol & Dhariwal 2021, eq. 15; predict.h) */
+    int scale_shift_norm; /* 1: AdaGN in every ResBlock (guided-diffusion's
+                             use_scale_shift_norm): the second GroupNorm becomes
+                             GN(h) (1 + scale) + shift with [scale, shift] =
+                             temb_proj(SiLU(temb)) [2 cout], zero-initialised, in
+                             place of adding temb_proj's output to h */
+    int class_emb_init;   /* ddpm_class_emb_init: how class_emb.weight starts */
 } ddpm_unet_config;
+
+/* The class embedding's initialisation: zero (a new conditional model is the
+ * unconditional one) or N(0, 1) per element (PyTorch's nn.Embedding, as in
+ * guided-diffusion), drawn from the init stream. */
+typedef enum { DDPM_CLASS_EMB_ZERO, DDPM_CLASS_EMB_NORMAL, DDPM_N_CLASS_EMB_INITS } ddpm_class_emb_init;
+/* "zero", "normal"; "?" out of range. */
+const char *ddpm_class_emb_init_name(ddpm_class_emb_init kind);
 
 /* Channels of the network's output: in_channels, twice that with learn_sigma. */
 static inline int ddpm_unet_out_channels(const ddpm_unet_config *cfg)
@@ -52,7 +65,7 @@ void ddpm_unet_config_default(ddpm_unet_config *cfg);
 /* 0, or DDPM_EINVAL with a message saying what is impossible. */
 int ddpm_unet_config_check(const ddpm_unet_config *cfg);
 
-typedef enum { DDPM_INIT_XAVIER, DDPM_INIT_ZERO, DDPM_INIT_ONE } ddpm_init_kind;
+typedef enum { DDPM_INIT_XAVIER, DDPM_INIT_ZERO, DDPM_INIT_ONE, DDPM_INIT_NORMAL } ddpm_init_kind;
 
 /* One row of the tensor table: PyTorch names and shapes. */
 typedef struct {
@@ -79,7 +92,9 @@ void ddpm_unet_free(ddpm_unet *net);
 /* Index of a tensor by name, or -1. */
 int ddpm_unet_find_tensor(const ddpm_unet *net, const char *name);
 /* The docs/design.md init into params[n_params]: Glorot/Xavier uniform weights, zero
- * biases, GroupNorm gamma 1, and zero for ResBlock conv2, AttnBlock proj, conv_out. */
+ * biases, GroupNorm gamma 1, and zero for ResBlock conv2, AttnBlock proj, conv_out
+ * (and for temb_proj with scale_shift_norm; class_emb per class_emb_init). The
+ * tensors draw from one init stream in table order. */
 void ddpm_unet_init_params(const ddpm_unet *net, float *params, uint64_t seed);
 /* Multiply-adds x 2 of one forward pass for one image (convs, linears, attention). */
 double ddpm_unet_forward_flops(const ddpm_unet *net);

@@ -50,6 +50,8 @@ def main():
     cfg = {k: model[k] for k in ("in_channels", "image_size", "ch", "ch_mult", "num_res_blocks", "attn_res",
                                   "groups", "dropout")}
     cfg["out_channels"] = cfg["in_channels"] * (2 if model.get("learn_sigma") else 1)
+    cfg["scale_shift_norm"] = bool(model.get("scale_shift_norm", False))
+    cfg["n_classes"] = model.get("n_classes", 0)
     torch.manual_seed(0)
     net = UNet(cfg)
     net.load_state_dict(tensors, strict=True)  # every name and shape, nothing extra

@@ -48,7 +48,9 @@ File format (all integers little-endian; floats IEEE-754 binary32 little-endian)
 Tensors of a case, in this order: "x_t" [B,C,S,S], "t" int32 [B], "eps"
 [B,C,S,S], "eps_pred" [B,C,S,S], "loss" [1], every parameter under its docs/design.md
 name in module order, then "grad.<name>" for each; a case with dropout on then
-has "dropout" [1] (p) and "dropout_seed" int32 [1]. Its masks are ddpm's: the
+has "dropout" [1] (p) and "dropout_seed" int32 [1]; an AdaGN case then
+"scale_shift_norm" int32 [1] (1); a class-conditional case then "n_classes"
+int32 [1] and "y" int32 [B] (the labels, -1 for "no class"). Its masks are ddpm's: the
 ResBlocks in forward order each take the next ceil(n/4) Philox-4x32-10 counters
 of (seed, stream 3), counter 0 first, n = B*C*H*W their dropout input's size,
 element i from word i % 4 of counter i / 4 (src/ops/dropout.c; reimplemented
@@ -126,13 +128,17 @@ def timestep_embedding(t, dim):
 
 class ResBlock(nn.Module):
     """h = conv3x3(SiLU(GN(x))); h += Linear(SiLU(temb)) over H, W;
-    h = conv3x3(Dropout(SiLU(GN(h)))); out = skip(x) + h."""
+    h = conv3x3(Dropout(SiLU(GN(h)))); out = skip(x) + h.
+    With scale_shift_norm (AdaGN, docs/design.md): Linear(SiLU(temb)) has 2 cout
+    outputs, [scale, shift], nothing is added to h, and the second GN(h) is
+    GN(h) * (1 + scale) + shift."""
 
-    def __init__(self, cin, cout, emb, groups, dropout):
+    def __init__(self, cin, cout, emb, groups, dropout, scale_shift_norm=False):
         super().__init__()
+        self.scale_shift_norm = scale_shift_norm
         self.norm1 = nn.GroupNorm(groups, cin, eps=GN_EPS)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.temb_proj = nn.Linear(emb, cout)
+        self.temb_proj = nn.Linear(emb, 2 * cout if scale_shift_norm else cout)
         self.norm2 = nn.GroupNorm(groups, cout, eps=GN_EPS)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.dropout = dropout
@@ -143,8 +149,12 @@ class ResBlock(nn.Module):
 
     def forward(self, x, temb, masks=None):
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
-        h = F.silu(self.norm2(h))
+        proj = self.temb_proj(F.silu(temb))[:, :, None, None]
+        if self.scale_shift_norm:
+            scale, shift = proj.chunk(2, dim=1)
+            h = F.silu(self.norm2(h) * (1 + scale) + shift)
+        else:
+            h = F.silu(self.norm2(h + proj))
         if masks is not None:  # dropout with ddpm's masks
             h = h * masks.next(tuple(h.shape)).to(h.dtype)
         h = self.conv2(h)
@@ -200,7 +210,11 @@ class UNet(nn.Module):
         ch, mult, nrb = cfg["ch"], cfg["ch_mult"], cfg["num_res_blocks"]
         G, S, p = cfg["groups"], cfg["image_size"], cfg["dropout"]
         E = 4 * ch
+        ss = bool(cfg.get("scale_shift_norm", False))
+        self.n_classes = cfg.get("n_classes", 0)
         self.temb = nn.Sequential(nn.Linear(ch, E), nn.SiLU(), nn.Linear(E, E))
+        if self.n_classes > 0:  # row n_classes: "no class"; added to the timestep embedding
+            self.class_emb = nn.Embedding(self.n_classes + 1, E)
         self.conv_in = nn.Conv2d(cfg["in_channels"], ch, 3, padding=1)
         # The modules are created by the same walk as forward() (docs/design.md's
         # loop), tracking channels through the skip stack, and numbered in order.
@@ -210,7 +224,7 @@ class UNet(nn.Module):
         for i in range(len(mult)):
             res = S >> i
             for _ in range(nrb):
-                self.down.append(ResBlock(c, ch * mult[i], E, G, p))
+                self.down.append(ResBlock(c, ch * mult[i], E, G, p, ss))
                 c = ch * mult[i]
                 if res in cfg["attn_res"]:
                     self.down.append(AttnBlock(c, G))
@@ -218,12 +232,12 @@ class UNet(nn.Module):
             if i != len(mult) - 1:
                 self.down.append(Downsample(c))
                 hs.append(c)
-        self.mid = nn.ModuleList([ResBlock(c, c, E, G, p), AttnBlock(c, G), ResBlock(c, c, E, G, p)])
+        self.mid = nn.ModuleList([ResBlock(c, c, E, G, p, ss), AttnBlock(c, G), ResBlock(c, c, E, G, p, ss)])
         self.up = nn.ModuleList()
         for i in reversed(range(len(mult))):
             res = S >> i
             for _ in range(nrb + 1):
-                self.up.append(ResBlock(c + hs.pop(), ch * mult[i], E, G, p))
+                self.up.append(ResBlock(c + hs.pop(), ch * mult[i], E, G, p, ss))
                 c = ch * mult[i]
                 if res in cfg["attn_res"]:
                     self.up.append(AttnBlock(c, G))
@@ -234,11 +248,17 @@ class UNet(nn.Module):
         # a learned-variance model (learn_sigma) outputs 2 x in_channels: the prediction, then v
         self.conv_out = nn.Conv2d(ch, cfg.get("out_channels", cfg["in_channels"]), 3, padding=1)
 
-    def forward(self, x, t, masks=None):
+    def forward(self, x, t, masks=None, y=None):
+        """y: class labels in 0..n_classes-1, or -1 (or y None) for "no class"."""
         cfg = self.cfg
         mult, nrb, S = cfg["ch_mult"], cfg["num_res_blocks"], cfg["image_size"]
         emb = timestep_embedding(t, cfg["ch"]).to(x.dtype)
         temb = self.temb(emb)
+        if self.n_classes > 0:
+            labels = torch.full((x.shape[0],), self.n_classes, dtype=torch.int64)
+            if y is not None:
+                labels = torch.where(y >= 0, y, labels)
+            temb = temb + self.class_emb(labels)
         down, up = iter(self.down), iter(self.up)
         h = self.conv_in(x)
         hs = [h]
@@ -424,6 +444,26 @@ CASES = [
          expected=EXPECTED_CASE1),
 ]
 
+
+def adagn_classes(expected, n_classes):
+    """Case 1's list for an AdaGN class-conditional network: class_emb.weight
+    [n_classes + 1, 4 ch] after temb.2, and every temb_proj with 2 cout outputs."""
+    r = []
+    for n, shape in expected:
+        if ".temb_proj." in n:
+            shape = (2 * shape[0],) + tuple(shape[1:])
+        r.append((n, shape))
+        if n == "temb.2.bias":
+            r.append(("class_emb.weight", (n_classes + 1, expected[2][1][0])))
+    return r
+
+
+# case 1's network with AdaGN in every ResBlock and 3 classes, labels 2, "no class", 0
+CASES.append(dict(name="rgb8_ch8_mult1-2_res1_attn4_g2_adagn_classes3", in_channels=3, image_size=8, ch=8,
+                  ch_mult=[1, 2], num_res_blocks=1, attn_res=[4], groups=2, dropout=0.0, seed=20240604,
+                  scale_shift_norm=True, n_classes=3, y=[2, -1, 0],
+                  expected=adagn_classes(EXPECTED_CASE1, 3)))
+
 T_STEPS = [0, 417, 999]  # 0-based indices: the first and last steps and one between
 
 
@@ -440,12 +480,12 @@ def randomize(net, gen):
             p.copy_(u)
 
 
-def run(net, x_t, t, eps, dtype):
+def run(net, x_t, t, eps, dtype, y=None):
     net = net.to(dtype)
     net.zero_grad(set_to_none=True)
     p = net.cfg["dropout"]
     masks = PhiloxDropout(p, net.cfg["dropout_seed"]) if p > 0 else None
-    eps_pred = net(x_t.to(dtype), t, masks)
+    eps_pred = net(x_t.to(dtype), t, masks, y)
     loss = torch.mean((eps.to(dtype) - eps_pred) ** 2)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in net.named_parameters()}
@@ -476,9 +516,10 @@ def make_case(case):
     eps = torch.randn((B, C, S, S), generator=gen, dtype=torch.float32)
     params = {n: p.detach().clone() for n, p in net.named_parameters()}
 
+    y = torch.tensor(case["y"], dtype=torch.int64) if "y" in case else None
     net.eval()  # dropout, when on, is applied by PhiloxDropout, not by the training flag
-    ep64, loss64, g64 = run(net, x_t, t, eps, torch.float64)
-    ep32, loss32, g32 = run(net, x_t, t, eps, torch.float32)
+    ep64, loss64, g64 = run(net, x_t, t, eps, torch.float64, y)
+    ep32, loss32, g32 = run(net, x_t, t, eps, torch.float32, y)
 
     # The float32 noise floor, measured as tests/test_unet_reference.c measures
     # the C code: eps_pred's worst |f32 - f64| over its largest |value|; each
@@ -508,6 +549,11 @@ def make_case(case):
     if case["dropout"] > 0:
         tensors += [pack_tensor("dropout", torch.tensor([case["dropout"]], dtype=torch.float32), 0),
                     pack_tensor("dropout_seed", torch.tensor([case["dropout_seed"]], dtype=torch.int32), 1)]
+    if case.get("scale_shift_norm"):
+        tensors += [pack_tensor("scale_shift_norm", torch.tensor([1], dtype=torch.int32), 1)]
+    if case.get("n_classes", 0) > 0:
+        tensors += [pack_tensor("n_classes", torch.tensor([case["n_classes"]], dtype=torch.int32), 1),
+                    pack_tensor("y", y, 1)]
     nb = case["name"].encode("ascii")
     out = struct.pack("<I", len(nb)) + nb + struct.pack("<24i", *cfg) + struct.pack("<I", len(tensors))
     return out + b"".join(tensors)

@@ -1,0 +1,110 @@
+/* AdaGN and the class embedding's initialisation as a user drives them:
+ * `ddpm train --classes --scale-shift-norm --class-emb-init normal`, a
+ * checkpoint whose config says so (and a plain run's that says nothing of
+ * either, so older files keep their bytes), `ddpm info` showing it, a resume,
+ * the exported weights sampling as the run does, and a bad value refused. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "cliutil.h"
+#include "ddpm/imageio.h"
+
+#define TINY                                                                                                 \
+    "--ch 8 --ch-mult 1,2 --res-blocks 1 --attn 4 --groups 4 --timesteps 20 --batch 4 --preview-n 0 --quiet"
+
+static int setup(void **state)
+{
+    (void)state;
+    char path[512];
+    if (tu_make_tmpdir(cu_dir, sizeof cu_dir, "cli-adagn"))
+        return -1;
+    snprintf(path, sizeof path, "%s/cdata", cu_dir);
+    if (mkdir(path, 0777) || cu_make_gray_folder("cdata/dark", 4, 3) || cu_make_gray_folder("cdata/light", 4, 5))
+        return -1;
+    if (cu_ddpm("train cdata --classes --out ada " TINY
+                " --steps 6 --warmup 0 --lr 1e-2 --scale-shift-norm --class-emb-init normal"))
+        return -1;
+    return cu_ddpm("train cdata --classes --out plain " TINY " --steps 2");
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    return tu_remove_tree(cu_dir);
+}
+
+static void test_info_shows_scale_shift_norm_and_the_class_embedding_init(void **state)
+{
+    (void)state;
+    assert_int_equal(cu_ddpm("info ada"), 0);
+    char *out = cu_slurp("out.txt", NULL);
+    assert_non_null(out);
+    assert_non_null(strstr(out, "\"scale_shift_norm\":\ttrue"));
+    assert_non_null(strstr(out, "\"class_emb_init\":\t\"normal\""));
+    free(out);
+    /* the defaults are not written: a plain run's config has the keys of older files */
+    assert_int_equal(cu_ddpm("info plain"), 0);
+    out = cu_slurp("out.txt", NULL);
+    assert_non_null(out);
+    assert_null(strstr(out, "scale_shift_norm"));
+    assert_null(strstr(out, "class_emb_init"));
+    free(out);
+    /* the projection has 2 x cout outputs: 2 x 8 in the first ResBlock */
+    assert_int_equal(cu_ddpm("info ada --json --tensors"), 0);
+    out = cu_slurp("out.txt", NULL);
+    assert_non_null(out);
+    const char *t = strstr(out, "\"down.0.temb_proj.weight\"");
+    assert_non_null(t);
+    assert_non_null(strstr(t, "16, 32"));
+    free(out);
+}
+
+static void test_resume_keeps_scale_shift_norm(void **state)
+{
+    (void)state;
+    assert_int_equal(cu_ddpm("train cdata --out ada --resume --steps 8 --quiet"), 0);
+    assert_int_equal(cu_ddpm("info ada"), 0);
+    char *out = cu_slurp("out.txt", NULL);
+    assert_non_null(out);
+    assert_non_null(strstr(out, "\"scale_shift_norm\":\ttrue"));
+    assert_non_null(strstr(out, "step: 8"));
+    free(out);
+}
+
+static void test_exported_weights_sample_as_the_run_does(void **state)
+{
+    (void)state;
+    const char *flags = "--n 4 --class light --guidance 3 --seed 3 --quiet";
+    assert_int_equal(cu_ddpm("export ada w.safetensors --quiet"), 0);
+    assert_int_equal(cu_ddpm("sample w.safetensors %s --out w.png", flags), 0);
+    assert_int_equal(cu_ddpm("sample ada/checkpoint.safetensors %s --out run.png", flags), 0);
+    /* different recipes (the file names differ), the same pixels: 2 x 2 cells of 8 px, pad 2 */
+    uint8_t a[22 * 22], b[22 * 22];
+    char path[600];
+    snprintf(path, sizeof path, "%s/w.png", cu_dir);
+    assert_int_equal(ddpm_image_load_u8(path, a, 22, 1), 0);
+    snprintf(path, sizeof path, "%s/run.png", cu_dir);
+    assert_int_equal(ddpm_image_load_u8(path, b, 22, 1), 0);
+    assert_memory_equal(a, b, sizeof a);
+}
+
+static void test_an_unknown_class_emb_init_is_refused(void **state)
+{
+    (void)state;
+    assert_int_equal(cu_ddpm("train cdata --classes --out bad " TINY " --steps 1 --class-emb-init uniform"), 2);
+    assert_true(cu_stderr_one_line("class-emb-init"));
+    assert_true(cu_absent("bad/checkpoint.safetensors"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_info_shows_scale_shift_norm_and_the_class_embedding_init),
+        cmocka_unit_test(test_resume_keeps_scale_shift_norm),
+        cmocka_unit_test(test_exported_weights_sample_as_the_run_does),
+        cmocka_unit_test(test_an_unknown_class_emb_init_is_refused),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
