@@ -475,9 +475,19 @@ static int checkpoint_from_file(ddpm_checkpoint **out, ddpm_st_file *file)
         rc = ddpm_error(DDPM_EFORMAT, "%s: metadata 'weights' must be ema or raw", path);
     else if (!format || strcmp(format, "ddpm"))
         rc = ddpm_error(DDPM_EFORMAT, "%s: not a ddpm checkpoint (a safetensors file without ddpm metadata)", path);
-    else if (!version || strcmp(version, "1") != 0)
-        rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint format version %.20s is not supported (this ddpm reads %d)", path,
-                        version ? version : "(missing)", DDPM_CHECKPOINT_FORMAT_VERSION);
+    else if (!version || (strcmp(version, "1") && strcmp(version, "2")))
+        rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint format version %.20s is not supported (this ddpm reads 1 to %d)",
+                        path, version ? version : "(missing)", DDPM_CHECKPOINT_FORMAT_VERSION);
+    /* Version 2 carries checksums of its header and of every tensor: without
+       them it is damaged (a flipped bit in the key "header_crc32c" or "crc32c"),
+       not an older file. Only version 1, written before header checksums, may
+       lack them. */
+    else if (strcmp(version, "1") && !ddpm_safetensors_header_checksummed(file))
+        rc = ddpm_error(DDPM_EFORMAT, "%s: a format version %s checkpoint without its header checksum: the header is "
+                        "damaged", path, version);
+    else if (strcmp(version, "1") && !ddpm_safetensors_checksummed(file))
+        rc = ddpm_error(DDPM_EFORMAT, "%s: a format version %s checkpoint without its tensor checksums: the header is "
+                        "damaged", path, version);
     else if (!config || !state)
         rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata lacks %s", path, config ? "state" : "config");
     else if (!(rc = config_from_json(&ck->config, config, path, !ck->weights)))
@@ -509,6 +519,10 @@ int ddpm_checkpoint_open_memory(ddpm_checkpoint **out, const void *bytes, size_t
 }
 
 int ddpm_checkpoint_checksummed(const ddpm_checkpoint *ck) { return ddpm_safetensors_checksummed(ck->file); }
+int ddpm_checkpoint_header_checksummed(const ddpm_checkpoint *ck)
+{
+    return ddpm_safetensors_header_checksummed(ck->file);
+}
 
 void ddpm_checkpoint_close(ddpm_checkpoint *ck)
 {
@@ -587,11 +601,20 @@ int ddpm_checkpoint_read(const ddpm_checkpoint *ck, const ddpm_unet *net, const 
         if ((rc = ddpm_safetensors_read_f32(ck->file, name, x, ti->n)))
             return rc;
         /* Poisoned weights (NaN or infinite) are refused: sampling with them gives
-         * black images, and training from them carries the poison on. */
-        for (size_t k = 0; k < ti->n; k++)
+         * black images, and training from them carries the poison on. So are
+         * weights no training makes (|w| > DDPM_MAX_ABS_WEIGHT: a 3e38 saturates
+         * every pixel); Adam's moments need only be finite. */
+        int is_weight = !strcmp(prefix, "") || !strcmp(prefix, "ema.");
+        for (size_t k = 0; k < ti->n; k++) {
             if (!isfinite(x[k]))
                 return ddpm_error(DDPM_EFORMAT, "%s: tensor %s holds %s at element %zu: the weights are unusable", path,
                                   name, isnan(x[k]) ? "NaN" : "an infinity", k);
+            if (is_weight && fabsf(x[k]) > DDPM_MAX_ABS_WEIGHT)
+                return ddpm_error(DDPM_EFORMAT,
+                                  "%s: tensor %s holds %g at element %zu, beyond the %g no trained weight reaches: the "
+                                  "weights are unusable",
+                                  path, name, (double)x[k], k, DDPM_MAX_ABS_WEIGHT);
+        }
     }
     return DDPM_OK;
 }

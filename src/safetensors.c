@@ -31,6 +31,11 @@
 static const char METADATA_KEY[] = "__metadata__";
 /* The metadata key holding every tensor's CRC-32C (see safetensors.h). */
 static const char CHECKSUM_KEY[] = "crc32c";
+/* The metadata key holding the header's CRC-32C, and the bytes every header
+ * with it begins with: its 8 hex digits follow, then a quote. */
+static const char HEADER_CHECKSUM_KEY[] = "header_crc32c";
+static const char HEADER_CHECKSUM_PREFIX[] = "{\"__metadata__\":{\"header_crc32c\":\"";
+#define HEADER_CHECKSUM_AT (sizeof HEADER_CHECKSUM_PREFIX - 1)
 
 struct ddpm_st_file {
     char *path;
@@ -46,6 +51,7 @@ struct ddpm_st_file {
     ddpm_st_meta *meta_by_key;
     int n_meta;
     int checksummed; /* every tensor's CRC-32C was in the metadata and matched */
+    int header_checksummed; /* the header's CRC-32C was in its place and matched */
 };
 
 static int host_is_little_endian(void)
@@ -221,9 +227,9 @@ static int check_write_args(const char *path, const ddpm_st_tensor *tensors, int
         if (len > DDPM_ST_MAX_NAME)
             return ddpm_error(DDPM_EINVAL, "%s: metadata key '%.*s...' is %zu bytes, over the %d-byte limit",
                               path, MSG_NAME, meta[i].key, len, DDPM_ST_MAX_NAME);
-        if (strcmp(meta[i].key, CHECKSUM_KEY) == 0)
-            return ddpm_error(DDPM_EINVAL, "%s: metadata key '%s' is reserved for the tensor checksums", path,
-                              CHECKSUM_KEY);
+        if (strcmp(meta[i].key, CHECKSUM_KEY) == 0 || strcmp(meta[i].key, HEADER_CHECKSUM_KEY) == 0)
+            return ddpm_error(DDPM_EINVAL, "%s: metadata key '%s' is reserved for the checksums", path,
+                              meta[i].key);
     }
     int n_names = n_tensors > n_meta ? n_tensors : n_meta;
     const char **names = ddpm_malloc(n_names ? (size_t)n_names : 1, sizeof *names);
@@ -346,6 +352,17 @@ static int build_checksums(strbuf *sb, const char *path, const ddpm_st_tensor *t
     return 0;
 }
 
+/* The CRC-32C of the length field and the header (header_len bytes at header),
+ * its own 8 hex digits (at HEADER_CHECKSUM_AT) taken as "00000000". */
+static uint32_t header_crc(const unsigned char *header, uint64_t header_len)
+{
+    unsigned char len_field[8];
+    write_le64(len_field, header_len);
+    uint32_t crc = ddpm_crc32c(0, len_field, 8);
+    crc = ddpm_crc32c(crc, header, HEADER_CHECKSUM_AT);
+    crc = ddpm_crc32c(crc, "00000000", 8);
+    return ddpm_crc32c(crc, header + HEADER_CHECKSUM_AT + 8, (size_t)header_len - HEADER_CHECKSUM_AT - 8);
+}
 
 typedef struct {
     const strbuf *header;
@@ -380,22 +397,29 @@ int ddpm_safetensors_write(const char *path, const ddpm_st_tensor *tensors, int 
     if (rc)
         return rc;
 
-    /* The caller's metadata and the checksums, which go in the header before the data. */
+    /* The header checksum's place first, the caller's metadata, the tensor
+       checksums: all in the header before the data. */
     strbuf sums = {0}, header = {0};
-    ddpm_st_meta *all_meta = ddpm_malloc((size_t)n_meta + 1, sizeof *all_meta);
+    ddpm_st_meta *all_meta = ddpm_malloc((size_t)n_meta + 2, sizeof *all_meta);
     rc = all_meta ? build_checksums(&sums, path, tensors, n_tensors) : DDPM_ENOMEM;
     if (!rc) {
+        all_meta[0] = (ddpm_st_meta){HEADER_CHECKSUM_KEY, "00000000"};
         if (n_meta)
-            memcpy(all_meta, meta, (size_t)n_meta * sizeof *meta);
-        all_meta[n_meta] = (ddpm_st_meta){CHECKSUM_KEY, sums.p};
-        rc = build_header(&header, path, tensors, n_tensors, all_meta, n_meta + 1);
+            memcpy(all_meta + 1, meta, (size_t)n_meta * sizeof *meta);
+        all_meta[n_meta + 1] = (ddpm_st_meta){CHECKSUM_KEY, sums.p};
+        rc = build_header(&header, path, tensors, n_tensors, all_meta, n_meta + 2);
     }
     free(all_meta);
     free(sums.p);
+    if (!rc && (header.len < HEADER_CHECKSUM_AT + 9 || memcmp(header.p, HEADER_CHECKSUM_PREFIX, HEADER_CHECKSUM_AT)))
+        rc = ddpm_error(DDPM_EINVAL, "%s: internal error: the header does not begin with its checksum", path);
     if (rc) {
         free(header.p);
         return rc;
     }
+    char hex[9];
+    snprintf(hex, sizeof hex, "%08" PRIx32, header_crc((const unsigned char *)header.p, header.len));
+    memcpy(header.p + HEADER_CHECKSUM_AT, hex, 8);
     const size_t chunk_len = (size_t)1 << 16;
     float *chunk = host_is_little_endian() ? NULL : malloc(chunk_len * sizeof(float));
     if (!host_is_little_endian() && !chunk) {
@@ -595,6 +619,33 @@ static int parse_tensor(ddpm_st_file *f, const cJSON *entry, ddpm_st_info *info)
     return 0;
 }
 
+/* A header that begins with the header checksum's place must match it; one that
+ * does not has no header checksum (f->header_checksummed stays 0). Checked
+ * before the JSON is parsed, so a damaged header never reaches the parser. */
+static int verify_header_checksum(ddpm_st_file *f, const unsigned char *header, uint64_t header_len)
+{
+    if (header_len < HEADER_CHECKSUM_AT + 9 || memcmp(header, HEADER_CHECKSUM_PREFIX, HEADER_CHECKSUM_AT) != 0)
+        return 0;
+    const unsigned char *hex = header + HEADER_CHECKSUM_AT;
+    int is_hex = hex[8] == '"';
+    for (int k = 0; is_hex && k < 8; k++)
+        is_hex = isxdigit(hex[k]) != 0;
+    if (!is_hex)
+        return ddpm_error(DDPM_EFORMAT, "%s: the header's checksum (metadata '%s') is not 8 hex digits: the file is corrupt",
+                          f->path, HEADER_CHECKSUM_KEY);
+    char stored_hex[9];
+    memcpy(stored_hex, hex, 8);
+    stored_hex[8] = '\0';
+    uint32_t stored = (uint32_t)strtoul(stored_hex, NULL, 16), crc = header_crc(header, header_len);
+    if (crc != stored)
+        return ddpm_error(DDPM_EFORMAT,
+                          "%s: the header (metadata and tensor table) fails its checksum (stored crc32c %08" PRIx32
+                          ", header %08" PRIx32 "): the file is corrupt",
+                          f->path, stored, crc);
+    f->header_checksummed = 1;
+    return 0;
+}
+
 /* Validates f->bytes and fills in the rest of f. */
 static int parse(ddpm_st_file *f)
 {
@@ -619,6 +670,12 @@ static int parse(ddpm_st_file *f)
     const char *header = (const char *)f->bytes + 8;
     f->data = f->bytes + 8 + header_len;
     f->data_len = rest - header_len;
+    if (f->data_len > DDPM_ST_MAX_DATA)
+        return ddpm_error(DDPM_EFORMAT, "%s: %" PRIu64 " bytes of tensor data, over the %" PRIu64 "-byte limit", p,
+                          f->data_len, DDPM_ST_MAX_DATA);
+    int rc = verify_header_checksum(f, (const unsigned char *)header, header_len);
+    if (rc)
+        return rc;
 
     if (count_json_values(header, (size_t)header_len) > MAX_JSON_VALUES)
         return ddpm_error(DDPM_EFORMAT, "%s: header holds more than %zu JSON values", p, MAX_JSON_VALUES);
@@ -647,11 +704,12 @@ static int parse(ddpm_st_file *f)
             return ddpm_error(DDPM_EFORMAT, "%s: header lists more than %d tensors", p, DDPM_ST_MAX_TENSORS);
         }
     }
-    if (metadata) {
-        int rc = parse_metadata(f, metadata);
-        if (rc)
-            return rc;
-    }
+    if (metadata && (rc = parse_metadata(f, metadata)))
+        return rc;
+    /* the entry is only ever where the writer puts it, where it was checked */
+    if (ddpm_safetensors_meta(f, HEADER_CHECKSUM_KEY) && !f->header_checksummed)
+        return ddpm_error(DDPM_EFORMAT, "%s: metadata '%s' is not at the start of the header, where its writer puts it",
+                          p, HEADER_CHECKSUM_KEY);
 
     f->infos = ddpm_calloc(n_entries ? (size_t)n_entries : 1, sizeof *f->infos);
     f->by_name = ddpm_malloc(n_entries ? (size_t)n_entries : 1, sizeof *f->by_name);
@@ -661,8 +719,7 @@ static int parse(ddpm_st_file *f)
     for (const cJSON *e = f->root->child; e; e = e->next) {
         if (e == metadata)
             continue;
-        int rc = parse_tensor(f, e, &f->infos[i]);
-        if (rc)
+        if ((rc = parse_tensor(f, e, &f->infos[i])))
             return rc;
         f->by_name[i] = &f->infos[i];
         i++;
@@ -781,7 +838,7 @@ int ddpm_safetensors_open(ddpm_st_file **out, const char *path)
     *out = NULL;
     unsigned char *bytes = NULL;
     size_t size = 0;
-    int rc = ddpm_read_file(path, &bytes, &size);
+    int rc = ddpm_read_file(path, DDPM_ST_MAX_READ, &bytes, &size);
     return rc ? rc : open_owned(out, bytes, size, path);
 }
 
@@ -859,3 +916,5 @@ int ddpm_safetensors_meta_at(const ddpm_st_file *f, int i, const char **key, con
 const char *ddpm_safetensors_path(const ddpm_st_file *f) { return f ? f->path : NULL; }
 
 int ddpm_safetensors_checksummed(const ddpm_st_file *f) { return f ? f->checksummed : 0; }
+
+int ddpm_safetensors_header_checksummed(const ddpm_st_file *f) { return f ? f->header_checksummed : 0; }
