@@ -17,6 +17,7 @@ struct ddpm_checkpoint {
     ddpm_train_state state;
     const char *weights; /* exported weights: "ema" or "raw"; NULL for a training checkpoint */
     char **class_names;  /* [config.model.n_classes] */
+    int format_version;  /* the file's: 1 or 2 */
 };
 
 /* ---------------------------------------------------------------- to JSON */
@@ -494,6 +495,8 @@ static int checkpoint_from_file(ddpm_checkpoint **out, ddpm_st_file *file)
         rc = state_from_json(&ck->state, state, path, ck->weights != NULL);
     if (!rc && ck->config.model.n_classes > 0)
         rc = read_class_names(ck, path);
+    if (!rc)
+        ck->format_version = version[0] - '0';
     if (rc) {
         ddpm_checkpoint_close(ck);
         return rc;
@@ -519,6 +522,7 @@ int ddpm_checkpoint_open_memory(ddpm_checkpoint **out, const void *bytes, size_t
 }
 
 int ddpm_checkpoint_checksummed(const ddpm_checkpoint *ck) { return ddpm_safetensors_checksummed(ck->file); }
+int ddpm_checkpoint_format_version(const ddpm_checkpoint *ck) { return ck->format_version; }
 int ddpm_checkpoint_header_checksummed(const ddpm_checkpoint *ck)
 {
     return ddpm_safetensors_header_checksummed(ck->file);

@@ -626,12 +626,14 @@ static int verify_header_checksum(ddpm_st_file *f, const unsigned char *header, 
 {
     if (header_len < HEADER_CHECKSUM_AT + 9 || memcmp(header, HEADER_CHECKSUM_PREFIX, HEADER_CHECKSUM_AT) != 0)
         return 0;
+    /* lower-case only, as written: a flipped bit 5 makes 'b' a 'B' of the same value */
     const unsigned char *hex = header + HEADER_CHECKSUM_AT;
     int is_hex = hex[8] == '"';
     for (int k = 0; is_hex && k < 8; k++)
-        is_hex = isxdigit(hex[k]) != 0;
+        is_hex = (hex[k] >= '0' && hex[k] <= '9') || (hex[k] >= 'a' && hex[k] <= 'f');
     if (!is_hex)
-        return ddpm_error(DDPM_EFORMAT, "%s: the header's checksum (metadata '%s') is not 8 hex digits: the file is corrupt",
+        return ddpm_error(DDPM_EFORMAT,
+                          "%s: the header's checksum (metadata '%s') is not 8 lower-case hex digits: the file is corrupt",
                           f->path, HEADER_CHECKSUM_KEY);
     char stored_hex[9];
     memcpy(stored_hex, hex, 8);

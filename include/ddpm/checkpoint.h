@@ -77,6 +77,8 @@ int ddpm_checkpoint_open_memory(ddpm_checkpoint **out, const void *bytes, size_t
 /* 1 if every tensor was checked against its stored CRC-32C on open; 0 for a
  * checkpoint written before checksums (loaded, but nothing vouches for its data). */
 int ddpm_checkpoint_checksummed(const ddpm_checkpoint *ck);
+/* The file's format version (1 or 2; DDPM_CHECKPOINT_FORMAT_VERSION is what is written). */
+int ddpm_checkpoint_format_version(const ddpm_checkpoint *ck);
 /* 1 if the header (metadata, format version, tensor table and checksums) was
  * checked against its stored CRC-32C on open; 0 for a format version 1 file. */
 int ddpm_checkpoint_header_checksummed(const ddpm_checkpoint *ck);
