@@ -4,7 +4,8 @@
  * model load (every tensor's presence, shape and finiteness, allocation bounded
  * by the file). Any bytes must be refused with a message naming the input, or
  * accepted with: a header whose CRC-32C, recomputed here, matches the one it
- * stores (or a format version 1 file, which predates header checksums), a
+ * stores (or a format version 1 file, which predates header checksums) and
+ * that is refused once its stored checksum is changed by one bit alone, a
  * config that survives a JSON round trip, and a model whose weights are all
  * finite and within +-DDPM_MAX_ABS_WEIGHT. Build and run: see README.md in
  * this folder. */
@@ -44,10 +45,23 @@ static void check_header_checksum(const uint8_t *data, size_t size)
     memcpy(copy, data, 8 + (size_t)h);
     memcpy(copy + at, "00000000", 8);
     char hex[9];
-    snprintf(hex, sizeof hex, "%08x", (unsigned)ddpm_crc32c(0, copy, 8 + (size_t)h));
+    uint32_t crc = ddpm_crc32c(0, copy, 8 + (size_t)h);
+    snprintf(hex, sizeof hex, "%08x", (unsigned)crc);
     free(copy);
     if (memcmp(data + at, hex, 8) != 0)
         abort();
+    /* The same input with a stored checksum one bit off (still 8 lower-case
+       digits, the JSON unchanged): the checksum alone must refuse it. */
+    copy = malloc(size);
+    if (!copy)
+        abort();
+    memcpy(copy, data, size);
+    snprintf(hex, sizeof hex, "%08x", (unsigned)(crc ^ 1u));
+    memcpy(copy + at, hex, 8);
+    ddpm_checkpoint *ck = NULL;
+    if (ddpm_checkpoint_open_memory(&ck, copy, size, "fuzz") == 0 || !strstr(ddpm_last_error(), "checksum"))
+        abort();
+    free(copy);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
