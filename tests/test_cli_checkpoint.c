@@ -226,12 +226,35 @@ static void test_sample_refuses_weights_of_3e38_in_one_line(void **state)
     assert_false(exists("huge.png"));
 }
 
+/* `ddpm info` printed the format version this ddpm writes, whatever the
+ * file's. It says the file's, and what its checksums covered: a format
+ * version 1 file (today's fixture of the older format) has no header
+ * checksum; a new run's checkpoint has both. */
+static void test_info_says_the_files_format_version_and_what_was_verified(void **state)
+{
+    (void)state;
+    assert_int_equal(ddpm("info '%s/checkpoint_v1_classes.safetensors'", DDPM_TEST_DATA), 0);
+    char *out = tu_slurp(tmp, "out.txt", NULL);
+    assert_non_null(out);
+    assert_non_null(strstr(out, "format version: 1\n"));
+    assert_non_null(strstr(out, "crc32c of every tensor verified (format version 1: no header checksum)"));
+    free(out);
+    assert_int_equal(ddpm("train data --out fresh --steps 1 --quiet " TINY), 0);
+    assert_int_equal(ddpm("info fresh"), 0);
+    out = tu_slurp(tmp, "out.txt", NULL);
+    assert_non_null(out);
+    assert_non_null(strstr(out, "format version: 2\n"));
+    assert_non_null(strstr(out, "checksums: crc32c of the header and of every tensor verified\n"));
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_fifo_or_device_as_checkpoint_is_one_line_without_a_hang),
         cmocka_unit_test(test_a_header_edit_is_refused_by_info_sample_and_resume_which_writes_nothing),
         cmocka_unit_test(test_sample_refuses_weights_of_3e38_in_one_line),
+        cmocka_unit_test(test_info_says_the_files_format_version_and_what_was_verified),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
