@@ -8,7 +8,7 @@
 # 1 byte and 1.2 checkpoints, checkpointing and logging every step, so a
 # checkpoint or a log line hits the limit (a full disk looks the same to ddpm:
 # a short write or an error). Every attempt must end with exit 1 and exactly
-# one line on stderr naming the file and "File too large" (or exit 0 when the
+# one error line on stderr (warnings off) naming the file and "File too large" (or exit 0 when the
 # limit let it finish); after it the checkpoint must load, never hold fewer
 # steps than before, and no temporary file may remain. When the run reaches
 # STEPS (default 60), its log.jsonl must hold every step exactly once with the
@@ -32,7 +32,7 @@ failures=0 finished=0 runs=1 last=0 RANDOM=1
 while [ "$failures" -lt "$N" ]; do
     limit=$(( (RANDOM * 32768 + RANDOM) % (ckpt_bytes * 6 / 5) + 1 ))
     rc=0
-    prlimit --fsize="$limit" "$DDPM" train data --out run --resume "${flags[@]}" 2> err.txt || rc=$?
+    prlimit --fsize="$limit" "$DDPM" train data --out run --resume "${flags[@]}" --no-warnings 2> err.txt || rc=$?
     if [ "$rc" = 1 ]; then
         failures=$((failures + 1))
         [ "$(wc -l < err.txt)" = 1 ] || fail "limit $limit: stderr is not one line: $(cat err.txt)"

@@ -3,6 +3,7 @@
 #include "ddpm/dataset.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <errno.h>
 #include <search.h>
 #include <stdarg.h>
@@ -10,10 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "ddpm/crc32c.h"
 #include "ddpm/error.h"
+#include "ddpm/fsutil.h"
 #include "ddpm/imageio.h"
+#include "ddpm/sha256.h"
 
 #define EPOCH_SHIFT 40
 #define FLIP_OFFSET (UINT64_C(1) << 39)
@@ -24,6 +28,11 @@ struct ddpm_dataset {
     int n_found, n_skipped;
     long long total_bytes; /* of the image files loaded */
     uint32_t names_crc;    /* CRC-32C of their paths relative to the folder, in order */
+    char contents[17];     /* SHA-256 (16 hex digits) of every (path, bytes, CRC-32C of the file) */
+    uint32_t *crcs;        /* [n] CRC-32C of each file's bytes, as decoded */
+    long long *file_bytes; /* [n] */
+    size_t root_len;       /* paths[i] + root_len: the path relative to the folder */
+    int smallest_side, smallest; /* the shorter side of the smallest source image, and its index */
     size_t item_len; /* C * S * S */
     uint8_t *pixels; /* [n, C, S, S] */
     char **paths;    /* [n] */
@@ -44,6 +53,7 @@ typedef struct {
     char *reason; /* why it is skipped (a whole message naming the file), or NULL */
     int width, height, channels;
     long long bytes; /* file size */
+    uint32_t crc;    /* CRC-32C of the bytes decoded */
 } entry;
 
 typedef struct {
@@ -61,7 +71,7 @@ static int entry_push(entry_list *list, char *path, char *reason)
         list->items = items;
         list->cap = cap;
     }
-    list->items[list->n++] = (entry){path, reason, 0, 0, 0, 0};
+    list->items[list->n++] = (entry){path, reason, 0, 0, 0, 0, 0};
     return 0;
 }
 
@@ -462,6 +472,117 @@ static void collapse_if_gray(ddpm_dataset *ds)
         ds->pixels = p;
 }
 
+/* The folder's files (scanned, sorted by path) with each one's header probed:
+ * a file that is not a readable image carries its reason. */
+static int list_and_probe(const char *dir, const struct stat *st, const ddpm_dataset_options *opt,
+                          entry_list *list_out, entry_list *links_out)
+{
+    scan_state sc = {.stop = opt->stop};
+    int rc = scan(&sc, dir, st, 0);
+    tdestroy(sc.folders, free_folder);
+    entry_list list = sc.files, links = sc.links;
+    if (rc == DDPM_EINTR)
+        rc = ddpm_error(DDPM_EINTR, "%s: interrupted while listing files (%zu found so far)", dir, list.n);
+    else if (sc.too_many)
+        rc = ddpm_error(DDPM_EINVAL, "%s: more than %d files; point ddpm at a smaller folder", dir,
+                        DDPM_DATASET_MAX_FILES);
+    if (rc) {
+        entry_list_free(&list);
+        entry_list_free(&links);
+        return rc;
+    }
+    if (list.n > 1)
+        qsort(list.items, list.n, sizeof *list.items, compare_entries);
+    long n_files = (long)list.n;
+
+    /* Probe every file's header. Each thread's error message is its own. */
+    volatile sig_atomic_t *stop = opt->stop; /* only read in the loops: no data race */
+#pragma omp parallel for schedule(dynamic, 64)
+    for (long i = 0; i < n_files; i++) {
+        entry *e = &list.items[i];
+        if (e->reason || (stop && *stop))
+            continue;
+        if (ddpm_image_probe(e->path, &e->width, &e->height, &e->channels) != 0)
+            set_reason_from_error(e);
+    }
+    if (stop && *stop) {
+        entry_list_free(&list);
+        entry_list_free(&links);
+        return ddpm_error(DDPM_EINTR, "%s: interrupted while reading image headers (%ld files)", dir,
+                          n_files);
+    }
+    *list_out = list;
+    *links_out = links;
+    return 0;
+}
+
+/* Reads e's file once (a regular file of at most DDPM_DATASET_MAX_FILE_BYTES),
+ * hashes those bytes and decodes them: the fingerprint covers exactly the bytes
+ * trained on, at no second read. */
+static int load_entry(entry *e, uint8_t *out, int size, int channels)
+{
+    int fd = open(e->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return ddpm_error(DDPM_EIO, "%s: cannot open: %s", e->path, strerror(errno));
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) != 0)
+        rc = ddpm_error(DDPM_EIO, "%s: cannot stat: %s", e->path, strerror(errno));
+    else if (!S_ISREG(st.st_mode))
+        rc = ddpm_error(DDPM_EIO, "%s: not a regular file", e->path);
+    else if (st.st_size > DDPM_DATASET_MAX_FILE_BYTES)
+        rc = ddpm_error(DDPM_EFORMAT, "%s: too large (%lld bytes; an image file may have %lld)", e->path,
+                        (long long)st.st_size, (long long)DDPM_DATASET_MAX_FILE_BYTES);
+    size_t len = rc ? 0 : (size_t)st.st_size, got = 0;
+    uint8_t *bytes = rc ? NULL : ddpm_malloc(len ? len : 1, 1);
+    if (!rc && !bytes)
+        rc = DDPM_ENOMEM;
+    while (!rc && got < len) { /* at most the size fstat gave */
+        ssize_t r = read(fd, bytes + got, len - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            rc = ddpm_error(DDPM_EIO, "%s: read failed: %s", e->path, strerror(errno));
+        else if (r == 0)
+            rc = ddpm_error(DDPM_EIO, "%s: shrank while being read", e->path);
+        else
+            got += (size_t)r;
+    }
+    close(fd);
+    if (!rc)
+        rc = ddpm_image_decode_u8(e->path, bytes, len, out, size, channels);
+    if (!rc) {
+        e->crc = ddpm_crc32c(0, bytes, len);
+        e->bytes = (long long)len;
+    }
+    free(bytes);
+    return rc;
+}
+
+/* The contents hash: SHA-256 over each image's relative path (with its NUL),
+ * its size (8 bytes, little-endian) and its CRC-32C (4 bytes, little-endian). */
+static void hash_contents(ddpm_dataset *ds)
+{
+    ddpm_sha256 h;
+    ddpm_sha256_init(&h);
+    for (int i = 0; i < ds->n; i++) {
+        const char *rel = ds->paths[i] + ds->root_len;
+        uint8_t num[12];
+        for (int k = 0; k < 8; k++)
+            num[k] = (uint8_t)((unsigned long long)ds->file_bytes[i] >> (8 * k));
+        for (int k = 0; k < 4; k++)
+            num[8 + k] = (uint8_t)(ds->crcs[i] >> (8 * k));
+        ddpm_sha256_update(&h, rel, strlen(rel) + 1);
+        ddpm_sha256_update(&h, num, sizeof num);
+    }
+    uint8_t digest[32];
+    char hex[65];
+    ddpm_sha256_final(&h, digest);
+    ddpm_sha256_hex(hex, digest);
+    memcpy(ds->contents, hex, 16);
+    ds->contents[16] = '\0';
+}
+
 int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_options *opt_in)
 {
     *out = NULL;
@@ -485,40 +606,12 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
     while (root_len > 1 && dir[root_len - 1] == '/')
         root_len--;
     root_len += !(root_len == 1 && dir[0] == '/');
-    scan_state sc = {.stop = opt.stop};
-    int rc = scan(&sc, dir, &st, 0);
-    tdestroy(sc.folders, free_folder);
-    entry_list list = sc.files, links = sc.links;
-    if (rc == DDPM_EINTR)
-        rc = ddpm_error(DDPM_EINTR, "%s: interrupted while listing files (%zu found so far)", dir, list.n);
-    else if (sc.too_many)
-        rc = ddpm_error(DDPM_EINVAL, "%s: more than %d files; point ddpm at a smaller folder", dir,
-                        DDPM_DATASET_MAX_FILES);
-    if (rc) {
-        entry_list_free(&list);
-        entry_list_free(&links);
+    entry_list list, links;
+    int rc = list_and_probe(dir, &st, &opt, &list, &links);
+    if (rc)
         return rc;
-    }
-    if (list.n > 1)
-        qsort(list.items, list.n, sizeof *list.items, compare_entries);
     long n_files = (long)list.n;
-
-    /* Probe every file's header. Each thread's error message is its own. */
     volatile sig_atomic_t *stop = opt.stop; /* only read in the loops: no data race */
-#pragma omp parallel for schedule(dynamic, 64)
-    for (long i = 0; i < n_files; i++) {
-        entry *e = &list.items[i];
-        if (e->reason || (stop && *stop))
-            continue;
-        if (ddpm_image_probe(e->path, &e->width, &e->height, &e->channels) != 0)
-            set_reason_from_error(e);
-    }
-    if (stop && *stop) {
-        entry_list_free(&list);
-        entry_list_free(&links);
-        return ddpm_error(DDPM_EINTR, "%s: interrupted while reading image headers (%ld files)", dir,
-                          n_files);
-    }
     int n_ok = 0, all_gray = 1;
     for (size_t i = 0; i < list.n; i++) {
         if (list.items[i].reason)
@@ -540,6 +633,7 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
         entry_list_free(&links);
         return ddpm_error(DDPM_ENOMEM, "out of memory opening %s", dir);
     }
+    ds->root_len = root_len;
     if (n_ok > 0) {
         ds->size = opt.size ? opt.size : most_common_side(&list);
         ds->channels = opt.channels ? opt.channels : (all_gray ? 1 : 3);
@@ -550,7 +644,9 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
         ds->item_len = (size_t)ds->channels * ds->size * ds->size;
         ds->pixels = ddpm_malloc((size_t)n_ok, ds->item_len);
         ds->paths = ddpm_calloc((size_t)n_ok, sizeof *ds->paths);
-        if (!ds->pixels || !ds->paths) {
+        ds->crcs = ddpm_malloc((size_t)n_ok, sizeof *ds->crcs);
+        ds->file_bytes = ddpm_malloc((size_t)n_ok, sizeof *ds->file_bytes);
+        if (!ds->pixels || !ds->paths || !ds->crcs || !ds->file_bytes) {
             rc = ddpm_error(DDPM_ENOMEM, "%s: out of memory for %d images of %zu bytes", dir, n_ok,
                             ds->item_len);
             goto fail;
@@ -571,7 +667,7 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
             if (slot[i] < 0 || (stop && *stop))
                 continue;
             entry *e = &list.items[i];
-            if (ddpm_image_load_u8(e->path, pixels + (size_t)slot[i] * item_len, size, channels))
+            if (load_entry(e, pixels + (size_t)slot[i] * item_len, size, channels))
                 set_reason_from_error(e);
         }
         if (stop && *stop) {
@@ -587,6 +683,14 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
             if (slot[i] != k)
                 memmove(pixels + (size_t)k * item_len, pixels + (size_t)slot[i] * item_len,
                         item_len);
+            const entry *e = &list.items[i];
+            int side = e->width < e->height ? e->width : e->height;
+            if (k == 0 || side < ds->smallest_side) {
+                ds->smallest_side = side;
+                ds->smallest = k;
+            }
+            ds->crcs[k] = e->crc;
+            ds->file_bytes[k] = e->bytes;
             ds->paths[k++] = list.items[i].path;
             ds->total_bytes += list.items[i].bytes;
             const char *rel = list.items[i].path + root_len;
@@ -595,6 +699,7 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
         }
         free(slot);
         ds->n = k;
+        hash_contents(ds);
     }
     ds->n_found = (int)list.n;
     ds->n_skipped = (int)list.n - ds->n;
@@ -651,6 +756,8 @@ void ddpm_dataset_close(ddpm_dataset *ds)
     free(ds->labels);
     free(ds->pixels);
     free(ds->perm);
+    free(ds->crcs);
+    free(ds->file_bytes);
     free(ds);
 }
 
@@ -658,7 +765,178 @@ int ddpm_dataset_count(const ddpm_dataset *ds) { return ds->n; }
 
 void ddpm_dataset_fingerprint(const ddpm_dataset *ds, char *out, size_t size)
 {
-    snprintf(out, size, "%d images, %lld bytes, names %08x", ds->n, ds->total_bytes, (unsigned)ds->names_crc);
+    snprintf(out, size, "%d images, %lld bytes, names %08x, contents %s", ds->n, ds->total_bytes,
+             (unsigned)ds->names_crc, ds->contents);
+}
+
+int ddpm_dataset_fingerprint_matches(const ddpm_dataset *ds, const char *recorded)
+{
+    char now[160];
+    ddpm_dataset_fingerprint(ds, now, sizeof now);
+    if (strstr(recorded, ", contents "))
+        return strcmp(now, recorded) == 0;
+    /* the form without contents: what it holds must match */
+    snprintf(now, sizeof now, "%d images, %lld bytes, names %08x", ds->n, ds->total_bytes,
+             (unsigned)ds->names_crc);
+    return strcmp(now, recorded) == 0;
+}
+
+/* One byte of a path in the index: control bytes, DEL and '\\' as \xNN. */
+static void put_escaped(FILE *f, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if (*p < 0x20 || *p == 0x7f || *p == '\\')
+            fprintf(f, "\\x%02x", *p);
+        else
+            fputc(*p, f);
+}
+
+static int write_index(void *ctx, FILE *f)
+{
+    const ddpm_dataset *ds = ctx;
+    fputs(DDPM_DATASET_INDEX_HEADER "\n", f);
+    for (int i = 0; i < ds->n; i++) {
+        fprintf(f, "%08x %lld ", (unsigned)ds->crcs[i], ds->file_bytes[i]);
+        put_escaped(f, ds->paths[i] + ds->root_len);
+        fputc('\n', f);
+    }
+    return ferror(f) ? -1 : 0;
+}
+
+int ddpm_dataset_write_index(const ddpm_dataset *ds, const char *path)
+{
+    return ddpm_atomic_write(path, write_index, (void *)ds);
+}
+
+/* Decodes \xNN in place; 0 on success. */
+static int unescape(char *s)
+{
+    char *w = s;
+    for (char *r = s; *r;) {
+        if (*r == '\\') {
+            unsigned v;
+            if (r[1] != 'x' || sscanf(r + 2, "%2x", &v) != 1 || !r[2] || !r[3] || v == 0)
+                return -1;
+            *w++ = (char)v;
+            r += 4;
+        } else {
+            *w++ = *r++;
+        }
+    }
+    *w = '\0';
+    return 0;
+}
+
+int ddpm_dataset_first_change(const ddpm_dataset *ds, const char *index_path, char *why, size_t size)
+{
+    why[0] = '\0';
+    struct stat st;
+    if (stat(index_path, &st) != 0)
+        return ddpm_error(DDPM_EIO, "%s: cannot open: %s", index_path, strerror(errno));
+    if (!S_ISREG(st.st_mode) || st.st_size > DDPM_DATASET_MAX_INDEX_BYTES)
+        return ddpm_error(DDPM_EFORMAT, "%s: not a data index ddpm wrote", index_path);
+    FILE *f = fopen(index_path, "rb");
+    if (!f)
+        return ddpm_error(DDPM_EIO, "%s: cannot open: %s", index_path, strerror(errno));
+    size_t len = (size_t)st.st_size;
+    char *text = ddpm_malloc(len + 1, 1);
+    size_t got = text ? fread(text, 1, len, f) : 0;
+    fclose(f);
+    if (!text)
+        return DDPM_ENOMEM;
+    text[got] = '\0';
+    size_t header = strlen(DDPM_DATASET_INDEX_HEADER);
+    if (got < header + 1 || memcmp(text, DDPM_DATASET_INDEX_HEADER "\n", header + 1) != 0) {
+        free(text);
+        return ddpm_error(DDPM_EFORMAT, "%s: not a data index ddpm wrote", index_path);
+    }
+    const char *root = ds->n ? ds->paths[0] : "";
+    int root_len = (int)ds->root_len;
+    int i = 0, rc = 1;
+    char *line = text + header + 1;
+    while (rc == 1) {
+        char *nl = line && *line ? strchr(line, '\n') : NULL;
+        char *rel = NULL;
+        unsigned crc = 0;
+        long long bytes = 0;
+        if (nl) {
+            *nl = '\0';
+            int used = 0;
+            if (sscanf(line, "%8x %lld%n", &crc, &bytes, &used) != 2 || line[used] != ' ' ||
+                unescape(line + used + 1)) {
+                rc = ddpm_error(DDPM_EFORMAT, "%s: not a data index ddpm wrote", index_path);
+                break;
+            }
+            rel = line + used + 1;
+        }
+        if (!rel && i == ds->n)
+            break; /* no difference */
+        int cmp = !rel ? -1 : i == ds->n ? 1 : strcmp(ds->paths[i] + root_len, rel);
+        if (cmp < 0) {
+            snprintf(why, size, "%s: new since the run began", ds->paths[i]);
+            rc = 0;
+        } else if (cmp > 0) {
+            snprintf(why, size, "%.*s%s: gone since the run began", root_len, root, rel);
+            rc = 0;
+        } else if (ds->file_bytes[i] != bytes || ds->crcs[i] != crc) {
+            snprintf(why, size, "%s: its contents changed since the run began (%lld bytes, CRC-32C %08x; "
+                                "then %lld bytes, %08x)",
+                     ds->paths[i], ds->file_bytes[i], (unsigned)ds->crcs[i], bytes, crc);
+            rc = 0;
+        } else {
+            i++;
+            line = nl + 1;
+        }
+    }
+    free(text);
+    return rc;
+}
+
+int ddpm_dataset_smallest_side(const ddpm_dataset *ds, int *index)
+{
+    if (index)
+        *index = ds->smallest;
+    return ds->smallest_side;
+}
+
+int ddpm_dataset_list_images(const char *dir, const ddpm_dataset_options *opt_in, char ***paths_out, int *n_out)
+{
+    *paths_out = NULL;
+    *n_out = 0;
+    ddpm_dataset_options opt = {0};
+    if (opt_in)
+        opt = *opt_in;
+    struct stat st;
+    if (stat(dir, &st) != 0)
+        return ddpm_error(DDPM_EIO, "%s: cannot open folder: %s", dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return ddpm_error(DDPM_EIO, "%s: not a folder", dir);
+    entry_list list, links;
+    int rc = list_and_probe(dir, &st, &opt, &list, &links);
+    if (rc)
+        return rc;
+    int n_ok = 0;
+    for (size_t i = 0; i < list.n; i++)
+        n_ok += !list.items[i].reason;
+    if (opt.strict && n_ok < (int)list.n)
+        rc = first_skipped_error(&list);
+    char **paths = rc ? NULL : ddpm_calloc((size_t)(n_ok ? n_ok : 1), sizeof *paths);
+    if (!rc && !paths)
+        rc = DDPM_ENOMEM;
+    if (!rc) {
+        emit_warnings(&opt, &links, &list, (int)list.n - n_ok);
+        int k = 0;
+        for (size_t i = 0; i < list.n; i++)
+            if (!list.items[i].reason) {
+                paths[k++] = list.items[i].path;
+                list.items[i].path = NULL;
+            }
+        *paths_out = paths;
+        *n_out = n_ok;
+    }
+    entry_list_free(&list);
+    entry_list_free(&links);
+    return rc;
 }
 int ddpm_dataset_n_classes(const ddpm_dataset *ds) { return ds->n_classes; }
 const char *ddpm_dataset_class_name(const ddpm_dataset *ds, int k)

@@ -3,7 +3,6 @@
 #include "ddpm/fid.h"
 
 #include <cblas.h>
-#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +11,7 @@
 
 #include <stb_image.h>
 
+#include "ddpm/dataset.h"
 #include "ddpm/error.h"
 #include "ddpm/imageio.h"
 #include "ddpm/platform.h"
@@ -357,67 +357,6 @@ int ddpm_fid_stats_load(ddpm_fid_stats *s, const char *path, const char *sha256)
 
 /* ---- folders ---------------------------------------------------------------------- */
 
-typedef struct {
-    char **paths;
-    int n, cap;
-} path_list;
-
-static int cmp_paths(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static int scan(path_list *list, const char *dir, int depth)
-{
-    if (depth > 64)
-        return 0;
-    DIR *d = opendir(dir);
-    if (!d)
-        return ddpm_error(DDPM_EIO, "%s: cannot open the folder", dir);
-    int rc = 0;
-    struct dirent *e;
-    while (!rc && (e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue;
-        size_t len = strlen(dir) + strlen(e->d_name) + 2;
-        char *p = malloc(len);
-        if (!p) {
-            rc = ddpm_error(DDPM_ENOMEM, "out of memory");
-            break;
-        }
-        snprintf(p, len, "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (stat(p, &st)) {
-            free(p);
-            continue;
-        }
-        if (S_ISDIR(st.st_mode)) {
-            rc = scan(list, p, depth + 1);
-            free(p);
-            continue;
-        }
-        int w, h, c;
-        if (!S_ISREG(st.st_mode) || !stbi_info(p, &w, &h, &c)) {
-            free(p);
-            continue;
-        }
-        if (list->n == list->cap) {
-            int cap = list->cap ? 2 * list->cap : 256;
-            char **q = realloc(list->paths, sizeof(char *) * (size_t)cap);
-            if (!q) {
-                free(p);
-                rc = ddpm_error(DDPM_ENOMEM, "out of memory");
-                break;
-            }
-            list->paths = q;
-            list->cap = cap;
-        }
-        list->paths[list->n++] = p;
-    }
-    closedir(d);
-    return rc;
-}
-
 void ddpm_fid_free_paths(char **paths, int n)
 {
     for (int k = 0; k < n; k++)
@@ -427,17 +366,8 @@ void ddpm_fid_free_paths(char **paths, int n)
 
 int ddpm_fid_list_images(const char *dir, char ***paths, int *n)
 {
-    path_list list = {0};
-    int rc = scan(&list, dir, 0);
-    if (rc) {
-        ddpm_fid_free_paths(list.paths, list.n);
-        return rc;
-    }
-    if (list.n)
-        qsort(list.paths, (size_t)list.n, sizeof(char *), cmp_paths);
-    *paths = list.paths;
-    *n = list.n;
-    return 0;
+    /* dataset.c's scan: each real folder once (symlink loops), the depth and count bounds */
+    return ddpm_dataset_list_images(dir, NULL, paths, n);
 }
 
 /* An image's pixels at its own size: gray files as 1 channel, others as RGB

@@ -10,7 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -85,15 +87,51 @@ static int sync_parent_dir(const char *path)
 
 static atomic_uint tmp_counter; /* two threads writing one path get two temp names */
 
+char *ddpm_temp_name(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    size_t dir_len = slash ? (size_t)(slash - path) + 1 : 0;
+    size_t len = strlen(path) + sizeof DDPM_TEMP_MARKER + 48;
+    char *tmp = ddpm_malloc(len, 1);
+    if (!tmp)
+        return NULL;
+    /* "<dir>/.<name>.ddpm-tmp.<pid>.<n>": hidden, so that a folder scan skips it */
+    snprintf(tmp, len, "%.*s.%s" DDPM_TEMP_MARKER "%ld.%u", (int)dir_len, path, path + dir_len, (long)getpid(),
+             atomic_fetch_add(&tmp_counter, 1));
+    return tmp;
+}
+
+/* The pid of a name made by ddpm_temp_name (".<name>.ddpm-tmp.<pid>.<n>", both
+ * numbers decimal and nothing after them), or -1 for any other name. */
+static long temp_name_pid(const char *name)
+{
+    if (name[0] != '.')
+        return -1;
+    const char *tag = NULL;
+    for (const char *p = strstr(name + 1, DDPM_TEMP_MARKER); p; p = strstr(p + 1, DDPM_TEMP_MARKER))
+        tag = p; /* the last one: a user's name may hold the marker too */
+    if (!tag || tag == name + 1)
+        return -1;
+    const char *digits = tag + strlen(DDPM_TEMP_MARKER), *end = digits;
+    while (*end >= '0' && *end <= '9')
+        end++;
+    if (end == digits || end - digits > 18 || *end != '.')
+        return -1;
+    const char *n = end + 1, *n_end = n;
+    while (*n_end >= '0' && *n_end <= '9')
+        n_end++;
+    if (n_end == n || n_end - n > 10 || *n_end != '\0')
+        return -1;
+    return strtol(digits, NULL, 10);
+}
+
 int ddpm_atomic_write(const char *path, ddpm_write_fn write, void *ctx)
 {
     if (!path || !path[0])
         return ddpm_error(DDPM_EINVAL, "no output path given");
-    size_t len = strlen(path) + 48;
-    char *tmp = ddpm_malloc(len, 1);
+    char *tmp = ddpm_temp_name(path);
     if (!tmp)
         return DDPM_ENOMEM;
-    snprintf(tmp, len, "%s.tmp.%ld.%u", path, (long)getpid(), atomic_fetch_add(&tmp_counter, 1));
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
     if (!f) {
@@ -188,19 +226,18 @@ int ddpm_remove_stale_temps(const char *dir, int *n_removed)
     struct dirent *de;
     int rc = 0;
     while ((de = readdir(d)) != NULL) {
-        const char *tag = strstr(de->d_name, ".tmp.");
-        if (!tag)
-            continue;
-        char *end;
-        long pid = strtol(tag + 5, &end, 10);
-        if (end == tag + 5 || (*end != '.' && *end != '\0'))
-            continue; /* not one of ddpm_atomic_write's names */
+        long pid = temp_name_pid(de->d_name);
+        if (pid < 0)
+            continue; /* not one of ddpm_temp_name's names: never ours to remove */
         /* A writer that is still alive (not us: our own writes are finished when
          * this runs) keeps its file; pid 0 or a dead pid means nobody will finish it. */
         if (pid > 0 && pid != (long)getpid() && (kill((pid_t)pid, 0) == 0 || errno == EPERM))
             continue;
         char path[4400];
         snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        struct stat st;
+        if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode))
+            continue; /* ddpm_atomic_write makes regular files only */
         if (unlink(path) == 0)
             ++*n_removed;
         else if (errno != ENOENT && !rc)
@@ -208,6 +245,99 @@ int ddpm_remove_stale_temps(const char *dir, int *n_removed)
     }
     closedir(d);
     return rc;
+}
+
+/* Writes n bytes at fd, retrying short writes. */
+static int write_all(int fd, const char *bytes, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, bytes, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            if (w == 0)
+                errno = ENOSPC;
+            return -1;
+        }
+        bytes += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+int ddpm_probe_folder(const char *dir, unsigned long long need_bytes)
+{
+    size_t len = strlen(dir) + 16;
+    char *base = ddpm_malloc(len, 1);
+    if (!base)
+        return DDPM_ENOMEM;
+    snprintf(base, len, "%s/write-probe", dir);
+    char *a = ddpm_temp_name(base), *b = ddpm_temp_name(base);
+    free(base);
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return DDPM_ENOMEM;
+    }
+    /* create, write, fsync, rename, sync the folder, remove: every step a save takes */
+    char block[DDPM_PROBE_BYTES];
+    memset(block, 'p', sizeof block);
+    const char *step = "creating";
+    int ok = 0, created = 0, renamed = 0, e = 0;
+    int fd = open(a, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0) {
+        created = 1;
+        step = "writing";
+        if (write_all(fd, block, sizeof block) == 0) {
+            step = "syncing";
+            if (fsync(fd) == 0)
+                ok = 1;
+        }
+        e = errno;
+        if (close(fd) != 0 && ok) {
+            ok = 0;
+            step = "closing";
+            e = errno;
+        }
+    } else {
+        e = errno;
+    }
+    if (ok) {
+        step = "renaming";
+        ok = rename(a, b) == 0;
+        e = errno;
+        renamed = ok;
+    }
+    int rc = 0;
+    if (!ok)
+        rc = ddpm_error(DDPM_EIO, "%s: cannot save in this folder: %s a test file failed: %s", dir, step,
+                        strerror(e));
+    if (!rc)
+        rc = sync_parent_dir(b);
+    if (created && unlink(renamed ? b : a) != 0 && !rc)
+        rc = ddpm_error(DDPM_EIO, "%s: cannot save in this folder: removing a test file failed: %s", dir,
+                        strerror(errno));
+    free(a);
+    free(b);
+    if (rc)
+        return rc;
+    /* room for one more file of need_bytes: a save writes the new file beside the old one */
+    struct statvfs vfs;
+    if (statvfs(dir, &vfs) == 0) {
+        unsigned long long avail = (unsigned long long)vfs.f_bavail * vfs.f_frsize;
+        if (avail < need_bytes)
+            return ddpm_error(DDPM_EIO, "%s: %s: %llu bytes free, a checkpoint needs %llu", dir, strerror(ENOSPC),
+                              avail, need_bytes);
+        if (vfs.f_files > 0 && vfs.f_favail < 2) /* f_files 0: the file system does not count inodes */
+            return ddpm_error(DDPM_EIO, "%s: %s: no free inodes (%llu left) for the next checkpoint", dir,
+                              strerror(ENOSPC), (unsigned long long)vfs.f_favail);
+    }
+    struct rlimit lim;
+    if (getrlimit(RLIMIT_FSIZE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY &&
+        (unsigned long long)lim.rlim_cur < need_bytes)
+        return ddpm_error(DDPM_EIO, "%s: %s: the file-size limit (ulimit -f) is %llu bytes, a checkpoint needs %llu",
+                          dir, strerror(EFBIG), (unsigned long long)lim.rlim_cur, need_bytes);
+    return DDPM_OK;
 }
 
 /* What a path that is not a regular file is, for the message. */

@@ -186,7 +186,8 @@ static int is_jpeg(FILE *f)
     return c == 0xd8;
 }
 
-static int read_header(FILE *f, const char *path, int *width, int *height, int *channels)
+/* file_size: the bytes of the file behind f (-1: unknown, then asked of fstat) */
+static int read_header(FILE *f, long long file_size, const char *path, int *width, int *height, int *channels)
 {
     int w = 0, h = 0, n = 0;
     uint8_t magic[2] = {0, 0};
@@ -209,9 +210,11 @@ static int read_header(FILE *f, const char *path, int *width, int *height, int *
     if (too_large(w, h))
         return too_large_error(path, w, h);
     struct stat st;
-    if (fstat(fileno(f), &st) == 0 && (long long)w * h > (long long)MAX_PIXELS_PER_BYTE * st.st_size)
+    if (file_size < 0 && fstat(fileno(f), &st) == 0)
+        file_size = (long long)st.st_size;
+    if (file_size >= 0 && (long long)w * h > (long long)MAX_PIXELS_PER_BYTE * file_size)
         return ddpm_error(DDPM_EFORMAT, "%s: a %d x %d image cannot fit in %lld bytes (truncated or corrupt)",
-                          path, w, h, (long long)st.st_size);
+                          path, w, h, file_size);
     *width = w;
     *height = h;
     *channels = n;
@@ -223,7 +226,7 @@ int ddpm_image_probe(const char *path, int *width, int *height, int *channels)
     FILE *f = fopen(path, "rb");
     if (!f)
         return ddpm_error(DDPM_EIO, "%s: cannot open: %s", path, strerror(errno));
-    int rc = read_header(f, path, width, height, channels);
+    int rc = read_header(f, -1, path, width, height, channels);
     fclose(f);
     return rc;
 }
@@ -326,25 +329,25 @@ int ddpm_image_convert_u8(uint8_t *out, const uint8_t *src, int width, int heigh
     return rc;
 }
 
-int ddpm_image_load_u8(const char *path, uint8_t *out, int size, int channels)
+static int check_load_args(const char *path, int size, int channels)
 {
     if (channels != 1 && channels != 3)
         return ddpm_error(DDPM_EINVAL, "%s: channel count %d (must be 1 or 3)", path, channels);
     if (size <= 0 || size > DDPM_IMAGE_MAX_SIDE)
         return ddpm_error(DDPM_EINVAL, "%s: target size %d out of range (1..%d)", path, size,
                           DDPM_IMAGE_MAX_SIDE);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return ddpm_error(DDPM_EIO, "%s: cannot open: %s", path, strerror(errno));
+    return 0;
+}
+
+/* Decodes the image f holds (its file has file_size bytes, -1: ask fstat) into out. */
+static int load_stream(FILE *f, long long file_size, const char *path, uint8_t *out, int size, int channels)
+{
     int w = 0, h = 0, n = 0;
     /* The header is checked before decoding, so a huge image cannot exhaust memory. */
-    int rc = read_header(f, path, &w, &h, &n);
-    if (rc) {
-        fclose(f);
+    int rc = read_header(f, file_size, path, &w, &h, &n);
+    if (rc)
         return rc;
-    }
     uint8_t *pixels = stbi_load_from_file(f, &w, &h, &n, 0);
-    fclose(f);
     if (!pixels) {
         const char *why = stbi_failure_reason();
         return ddpm_error(DDPM_EFORMAT, "%s: cannot decode (%s)", path, why ? why : "unknown error");
@@ -357,6 +360,35 @@ int ddpm_image_load_u8(const char *path, uint8_t *out, int size, int channels)
         return ddpm_error(rc, "%s: %s", path, why);
     }
     return 0;
+}
+
+int ddpm_image_load_u8(const char *path, uint8_t *out, int size, int channels)
+{
+    int rc = check_load_args(path, size, channels);
+    if (rc)
+        return rc;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return ddpm_error(DDPM_EIO, "%s: cannot open: %s", path, strerror(errno));
+    rc = load_stream(f, -1, path, out, size, channels);
+    fclose(f);
+    return rc;
+}
+
+int ddpm_image_decode_u8(const char *name, const uint8_t *bytes, size_t n_bytes, uint8_t *out, int size,
+                         int channels)
+{
+    int rc = check_load_args(name, size, channels);
+    if (rc)
+        return rc;
+    if (n_bytes == 0)
+        return ddpm_error(DDPM_EFORMAT, "%s: empty file", name);
+    FILE *f = fmemopen((void *)bytes, n_bytes, "rb"); /* read only: "rb" never writes the buffer */
+    if (!f)
+        return ddpm_error(DDPM_ENOMEM, "%s: cannot read from memory: %s", name, strerror(errno));
+    rc = load_stream(f, (long long)n_bytes, name, out, size, channels);
+    fclose(f);
+    return rc;
 }
 
 int ddpm_image_load(const char *path, float *out, int size, int channels)

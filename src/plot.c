@@ -2,11 +2,14 @@
 
 #include <cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "ddpm/error.h"
 #include "ddpm/imageio.h"
@@ -350,14 +353,37 @@ static int log_add(ddpm_train_log *log, const char *name, double step, double va
 int ddpm_train_log_read(ddpm_train_log *log, const char *path)
 {
     memset(log, 0, sizeof *log);
-    FILE *f = fopen(path, "r");
-    if (!f)
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then says
+       what it is. A regular file ignores the flag. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
         return ddpm_error(DDPM_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return ddpm_error(DDPM_EIO, "%s: not a regular file (a log.jsonl is one)", path);
+    }
+    if (st.st_size > DDPM_LOG_MAX_BYTES) {
+        close(fd);
+        return ddpm_error(DDPM_EIO, "%s: %lld bytes is larger than a training log can be (%ld)", path,
+                          (long long)st.st_size, (long)DDPM_LOG_MAX_BYTES);
+    }
+    FILE *f = fdopen(fd, "r");
+    if (!f) {
+        close(fd);
+        return ddpm_error(DDPM_EIO, "%s: cannot open: %s", path, strerror(errno));
+    }
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
+    long total = 0;
     int line_no = 0, rc = DDPM_OK;
     while (!rc && (len = getline(&line, &cap, f)) >= 0) {
+        total += (long)len;
+        if (total > DDPM_LOG_MAX_BYTES) { /* it grew while read */
+            rc = ddpm_error(DDPM_EIO, "%s: grew past %ld bytes while read", path, (long)DDPM_LOG_MAX_BYTES);
+            break;
+        }
         line_no++;
         const char *p = line;
         while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')

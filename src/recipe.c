@@ -2,11 +2,13 @@
 #include "ddpm/recipe.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "ddpm/error.h"
 
@@ -479,12 +481,16 @@ int ddpm_recipe_check_classes(const ddpm_recipe *r, int n_classes, const char *c
 
 int ddpm_recipe_read_png(ddpm_recipe *r, const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    if (!path[0])
+        return ddpm_error(DDPM_EIO, "the PNG's path is empty");
+    /* O_NONBLOCK: a FIFO is refused by fstat below instead of blocking the open */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
         return ddpm_error(DDPM_EIO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (1LL << 30)) {
-        fclose(f);
+    FILE *f = NULL;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (1LL << 30) || !(f = fdopen(fd, "rb"))) {
+        close(fd);
         return ddpm_error(DDPM_EIO, "%s: not a regular file of at most 1 GiB", path);
     }
     size_t n = (size_t)st.st_size;

@@ -158,6 +158,46 @@ static int cut_log(const char *path, long max_step, int *n_cut)
     return rc;
 }
 
+/* Moves a log.jsonl that has no checkpoint beside it to the first free name of
+ * log.orphan.jsonl, log.orphan.2.jsonl, ... in its folder; aside receives that
+ * name ("" when there was nothing to move: no log, an empty one, or not a
+ * regular file). The run folder's lock makes the free-name test safe. */
+static int set_log_aside(const char *log_path, char *aside, size_t size)
+{
+    aside[0] = '\0';
+    struct stat st;
+    if (lstat(log_path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0)
+        return DDPM_OK;
+    size_t dir_len = strlen(log_path) - strlen(DDPM_LOG_FILE);
+    for (int k = 1; k < 1000; k++) {
+        char name[64];
+        if (k == 1)
+            snprintf(name, sizeof name, DDPM_LOG_ASIDE_STEM ".jsonl");
+        else
+            snprintf(name, sizeof name, DDPM_LOG_ASIDE_STEM ".%d.jsonl", k);
+        snprintf(aside, size, "%.*s%s", (int)dir_len, log_path, name);
+        if (lstat(aside, &st) == 0)
+            continue;
+        if (errno != ENOENT)
+            break;
+        if (rename(log_path, aside) != 0)
+            return ddpm_error(DDPM_EIO, "%s: cannot keep it as %s: %s", log_path, aside, strerror(errno));
+        return DDPM_OK;
+    }
+    int rc = ddpm_error(DDPM_EIO, "%s: has no checkpoint beside it and no free name to keep it under (%s...)",
+                        log_path, DDPM_LOG_ASIDE_STEM);
+    aside[0] = '\0';
+    return rc;
+}
+
+/* What a checkpoint of tr holds at least: four arenas (weights, EMA, Adam's two
+ * moments) of float32 (design.md, Files); the header and an importance-sampling
+ * history add a little. */
+static unsigned long long checkpoint_bytes(const ddpm_trainer *tr)
+{
+    return 4ull * sizeof(float) * (unsigned long long)tr->net->n_params;
+}
+
 /* Makes the run folder, takes its lock and removes what killed writers left. */
 static int lock_and_clean(run_session *r, const ddpm_run_callbacks *cb)
 {
@@ -169,7 +209,8 @@ static int lock_and_clean(run_session *r, const ddpm_run_callbacks *cb)
     if (!rc && !(rc = ddpm_remove_stale_temps(dir, &n_stale)))
         rc = ddpm_remove_stale_temps(r->samples_dir, &n_stale_samples);
     if (!rc && n_stale + n_stale_samples)
-        warn(cb, "%s: removed %d temporary files left by a stopped run", dir, n_stale + n_stale_samples);
+        warn(cb, "%s: removed %d temporary file%s left by a stopped run", dir, n_stale + n_stale_samples,
+             n_stale + n_stale_samples == 1 ? "" : "s");
     if (rc) {
         ddpm_unlock_folder(r->lock_fd);
         r->lock_fd = -1;
@@ -191,6 +232,97 @@ static long given_stop_step(const ddpm_run_options *o, int n_images, int batch)
     return stop_step;
 }
 
+/* The absolute path `path` names, through links and "..": the real path of its
+ * longest existing prefix, then the rest (which does not exist, so holds no
+ * link) with "." and ".." applied. malloc'ed; NULL when nothing resolves. */
+static char *resolve_path(const char *path)
+{
+    char *head = strdup(path);
+    if (!head)
+        return NULL;
+    size_t cut = strlen(path); /* head is path[0, cut) */
+    char *real;
+    for (;;) {
+        head[cut] = '\0';
+        real = realpath(cut ? head : ".", NULL);
+        if (real || cut == 0)
+            break;
+        size_t before = cut;
+        while (cut > 0 && path[cut - 1] != '/') /* drop the last component */
+            cut--;
+        while (cut > 1 && path[cut - 1] == '/') /* and the slashes before it, "/" stays */
+            cut--;
+        if (cut == before) /* "/" itself did not resolve */
+            break;
+    }
+    const char *rest = path + cut;
+    if (!real) {
+        free(head);
+        return NULL;
+    }
+    free(head);
+    size_t cap = strlen(real) + strlen(rest) + 2;
+    char *out = malloc(cap);
+    if (!out) {
+        free(real);
+        return NULL;
+    }
+    snprintf(out, cap, "%s", real);
+    free(real);
+    for (const char *c = rest; *c;) {
+        size_t len = strcspn(c, "/");
+        if (len == 2 && c[0] == '.' && c[1] == '.') {
+            char *slash = strrchr(out, '/');
+            if (slash && slash != out)
+                *slash = '\0';
+            else
+                snprintf(out, cap, "/");
+        } else if (len && !(len == 1 && c[0] == '.')) {
+            size_t n = strlen(out);
+            snprintf(out + n, cap - n, "%s%.*s", n > 1 ? "/" : "", (int)len, c);
+        }
+        c += len;
+        while (*c == '/')
+            c++;
+    }
+    return out;
+}
+
+/* Whether `inner` is `outer` or a folder below it (both resolved). */
+static int path_within(const char *inner, const char *outer)
+{
+    size_t n = strlen(outer);
+    if (n == 1 && outer[0] == '/')
+        return 1;
+    return strncmp(inner, outer, n) == 0 && (inner[n] == '\0' || inner[n] == '/');
+}
+
+/* A run folder inside a folder the run reads images from would read its own
+ * previews as data (and the data inside the run folder its previews): refused
+ * before anything is read or written. */
+static int check_nesting(const char *out_dir, const char *data_dir, const char *flag)
+{
+    if (!data_dir)
+        return DDPM_OK;
+    char *out = resolve_path(out_dir), *data = resolve_path(data_dir);
+    int rc = DDPM_OK;
+    if (!out || !data)
+        rc = DDPM_OK; /* a path that cannot be resolved is reported by what opens it */
+    else if (path_within(out, data))
+        rc = ddpm_error(DDPM_EUSAGE,
+                        "%s: the run folder is inside the %s folder %s (its previews would be read as images); "
+                        "choose an --out outside it",
+                        out_dir, flag, data_dir);
+    else if (path_within(data, out))
+        rc = ddpm_error(DDPM_EUSAGE,
+                        "%s: the %s folder is inside the run folder %s (the run's previews would be read as "
+                        "images); move it out",
+                        data_dir, flag, out_dir);
+    free(out);
+    free(data);
+    return rc;
+}
+
 /* The Inception network and the reference statistics of eval_fid, checked
  * against each other before anything else: statistics of other weights, or
  * weights that cannot be read, stop the run before its folder is touched. */
@@ -207,6 +339,28 @@ static int fid_open(run_session *r)
     if (!rc)
         rc = ddpm_fid_stats_load(&r->fid_ref, o->eval_fid, ddpm_inception_sha256(r->fid_net));
     return rc;
+}
+
+/* Data too small to learn from is a mistake more often than a wish: fewer images
+ * than one batch (each batch would repeat images), or images smaller than
+ * DDPM_RUN_MIN_SIDE pixels (a 1x1 model). allow_small_data skips this. */
+static int check_plausible(const run_session *r)
+{
+    int n = ddpm_dataset_count(r->ds), batch = r->tr->cfg.batch, size = r->tr->cfg.model.image_size;
+    int first = 0, side = ddpm_dataset_smallest_side(r->ds, &first);
+    if (n < batch)
+        return ddpm_error(DDPM_EINVAL,
+                          "%s: %d image%s, fewer than one batch of %d; pass --allow-small-data if you mean it",
+                          r->o->data_dir, n, n == 1 ? "" : "s", batch);
+    if (side < DDPM_RUN_MIN_SIDE)
+        return ddpm_error(DDPM_EINVAL, "%s: %d px on its shorter side, smaller than %d px; pass --allow-small-data if "
+                                       "you mean it",
+                          ddpm_dataset_path(r->ds, first), side, DDPM_RUN_MIN_SIDE);
+    if (size < DDPM_RUN_MIN_SIDE)
+        return ddpm_error(DDPM_EINVAL, "%s: a model of %d x %d px, smaller than %d px; pass --allow-small-data if "
+                                       "you mean it",
+                          r->o->data_dir, size, size, DDPM_RUN_MIN_SIDE);
+    return DDPM_OK;
 }
 
 /* Refuses to overwrite a run, loads the data and the trainer (fresh or from the
@@ -234,7 +388,12 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
     r->fid_step = -1;
     if (!o->out_dir[0])
         return ddpm_error(DDPM_EUSAGE, "--out: the run folder's name is empty");
-    int rc = r->rank == 0 ? fid_open(r) : 0;
+    int rc = check_nesting(o->out_dir, o->data_dir, "data");
+    if (!rc)
+        rc = check_nesting(o->out_dir, o->eval_dir, "--eval-dir");
+    if (rc)
+        return rc;
+    rc = r->rank == 0 ? fid_open(r) : 0;
     if (rc) {
         session_close(r);
         return rc;
@@ -270,9 +429,6 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
             "%s: the run folder already holds a checkpoint; continue it with --resume or choose "
             "another --out",
             o->out_dir);
-    } else if (ddpm_path_exists(r->log_path)) {
-        warn(cb, "%s: holds a %s but no checkpoint (a run stopped before its first save): starting afresh",
-             o->out_dir, DDPM_LOG_FILE);
     }
 
     /* the data: its size and channels define the model unless given; a size given
@@ -328,15 +484,20 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
                             o->data_dir, cfg.model.n_classes, o->out_dir);
     ddpm_checkpoint_close(ck);
     ddpm_train_state *state = r->tr ? &r->tr->state : NULL;
-    if (!rc && r->resume && state->data_fingerprint[0] && strcmp(state->data_fingerprint, fingerprint) != 0) {
+    if (!rc && r->resume && state->data_fingerprint[0] && !ddpm_dataset_fingerprint_matches(r->ds, state->data_fingerprint)) {
+        /* which file: the run folder's data index names it (a run of an older ddpm has none) */
+        char why[1200], index_path[3100];
+        snprintf(index_path, sizeof index_path, "%s/%s", o->out_dir, DDPM_DATA_INDEX_FILE);
+        if (ddpm_dataset_first_change(r->ds, index_path, why, sizeof why) != 0)
+            snprintf(why, sizeof why, "%s: other images (now %s; the run's: %s)", o->data_dir, fingerprint,
+                     state->data_fingerprint);
         if (!o->allow_data_change)
             rc = ddpm_error(DDPM_EINVAL,
-                            "%s: not the data this run was trained on (now %s; the run's: %s); pass "
-                            "--allow-data-change to continue with it anyway",
-                            o->data_dir, fingerprint, state->data_fingerprint);
+                            "%s; not the data this run was trained on: pass --allow-data-change to continue with "
+                            "it anyway",
+                            why);
         else if (r->rank == 0)
-            warn(cb, "%s: the data changed (now %s; the run's: %s): continuing with it", o->data_dir, fingerprint,
-                 state->data_fingerprint);
+            warn(cb, "%s; continuing with the data as it is now (--allow-data-change)", why);
     }
     if (!rc && r->resume && state->data_position >= ddpm_dataset_count(r->ds))
         state->data_position = 0; /* fewer images than before (--allow-data-change): next epoch's start */
@@ -352,6 +513,8 @@ static int session_open(run_session *r, const ddpm_run_options *o, const ddpm_ru
         if (!r->x0 || !r->labels)
             rc = DDPM_ENOMEM;
     }
+    if (!rc && !o->allow_small_data)
+        rc = check_plausible(r);
     if (!rc && o->eval_dir) { /* the same images every time (the run's seed), checked against the model */
         const ddpm_unet_config *m = &r->tr->cfg.model;
         r->eval_n = o->eval_n;
@@ -388,11 +551,33 @@ static int session_files(run_session *r, const ddpm_run_callbacks *cb)
     int rc = 0;
     if (r->lock_fd < 0 && !(rc = lock_and_clean(r, cb)) && !r->resume && ddpm_path_exists(r->ckpt_path))
         rc = ddpm_error(DDPM_EINVAL, "%s: another run saved a checkpoint here meanwhile", o->out_dir);
-    /* The log holds no step past the checkpoint (none at all for a fresh run). */
-    long step = r->resume ? r->tr->state.step : 0;
-    int n_cut = 0;
-    if (!rc && !(rc = cut_log(r->log_path, step, &n_cut)) && n_cut)
-        warn(cb, "%s: removed %d lines past the checkpoint's step %ld", r->log_path, n_cut, step);
+    /* Before anything is written: the folder takes a save (a test file through
+     * every step of one) and has room for the next checkpoint beside the one on
+     * disk; a fresh run also for the step-0 checkpoint it saves now. */
+    if (!rc) {
+        struct stat st;
+        unsigned long long need = r->resume && stat(r->ckpt_path, &st) == 0
+                                      ? (unsigned long long)st.st_size
+                                      : 2 * checkpoint_bytes(r->tr);
+        rc = ddpm_probe_folder(o->out_dir, need);
+    }
+    if (r->resume) {
+        /* The log holds no step past the checkpoint: a run killed between a log
+           line and its next save wrote lines that the resumed run writes again. */
+        long step = r->tr->state.step;
+        int n_cut = 0;
+        if (!rc && !(rc = cut_log(r->log_path, step, &n_cut)) && n_cut)
+            warn(cb, "%s: removed %d line%s past the checkpoint's step %ld", r->log_path, n_cut, n_cut == 1 ? "" : "s",
+                 step);
+    } else if (!rc) {
+        /* A log without a checkpoint (a run stopped before its first save) is kept
+           under another name, never cut: the new run starts a new log. */
+        char aside[3100];
+        if (!(rc = set_log_aside(r->log_path, aside, sizeof aside)) && aside[0])
+            warn(cb, "%s: had no checkpoint beside it (a run stopped before its first save): kept as %s; starting "
+                     "afresh",
+                 r->log_path, aside);
+    }
     if (!rc && o->preview_n > 0)
         rc = ddpm_mkdir_p(r->samples_dir);
     if (!rc && !(r->log = fopen(r->log_path, "a")))
@@ -400,6 +585,12 @@ static int session_files(run_session *r, const ddpm_run_callbacks *cb)
     /* A fresh run saves its step 0 at once, so that the folder can always be resumed. */
     if (!rc && !r->resume)
         rc = ddpm_trainer_save(r->tr, r->ckpt_path);
+    /* the files of the data as this session reads them, to name a changed one later */
+    if (!rc) {
+        char index_path[3100];
+        snprintf(index_path, sizeof index_path, "%s/%s", o->out_dir, DDPM_DATA_INDEX_FILE);
+        rc = ddpm_dataset_write_index(r->ds, index_path);
+    }
     return rc;
 }
 

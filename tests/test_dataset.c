@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "ddpm/dataset.h"
+#include "ddpm/fsutil.h"
 #include "testutil.h"
 #include "ddpm/error.h"
 #include "ddpm/imageio.h"
@@ -524,6 +525,115 @@ static void test_class_folders_give_sorted_names_and_labels(void **state)
     assert_non_null(strstr(ddpm_last_error(), "loose.png"));
 }
 
+typedef struct {
+    const char *dir;
+    int count;
+} count_while_writing;
+
+/* A writer for ddpm_atomic_write that writes a whole PNG into its temporary
+ * file and, before the rename, opens the folder as a data set. */
+static int write_png_then_scan(void *ctx, FILE *f)
+{
+    count_while_writing *c = ctx;
+    char path[256];
+    path_in(path, sizeof path, c->dir, "first.png");
+    size_t n = 0;
+    unsigned char *png = tu_read_file(path, &n);
+    if (!png || fwrite(png, 1, n, f) != n || fflush(f) != 0) {
+        free(png);
+        return -1;
+    }
+    free(png);
+    ddpm_dataset *ds = NULL;
+    if (ddpm_dataset_open(&ds, c->dir, NULL) == 0)
+        c->count = ddpm_dataset_count(ds);
+    ddpm_dataset_close(ds);
+    return 0;
+}
+
+/* Issue 26, item 8: an interrupted `ddpm convert` left whole PNGs under
+ * "x.png.tmp.PID.N", and train counted them (20,002 images from 20,000). A file
+ * being written (complete but not yet renamed) now has a hidden name that the
+ * scan never reads. */
+static void test_a_file_being_written_is_not_read_as_data(void **state)
+{
+    (void)state;
+    char dir[256], path[300];
+    make_dir(dir, sizeof dir, scratch, "writing");
+    write_gray(dir, "first.png", 1, S, S);
+    write_gray(dir, "second.png", 2, S, S);
+    count_while_writing c = {dir, -1};
+    snprintf(path, sizeof path, "%s/third.png", dir);
+    assert_int_equal(ddpm_atomic_write(path, write_png_then_scan, &c), 0);
+    assert_int_equal(c.count, 2);
+    ddpm_dataset *ds = NULL;
+    assert_int_equal(ddpm_dataset_open(&ds, dir, NULL), 0);
+    assert_int_equal(ddpm_dataset_count(ds), 3); /* renamed into place: now it is data */
+    ddpm_dataset_close(ds);
+}
+
+/* Issue 26, item 7: the fingerprint covers the files' contents (read once, as
+ * they are decoded): other pixels under the same names and sizes give another
+ * fingerprint, and the data index names the changed file; a fingerprint of the
+ * older form (no contents) still matches the same data. */
+static void test_fingerprint_covers_contents_and_the_index_names_the_changed_file(void **state)
+{
+    (void)state;
+    char dir[256], index[300], before[160], after[160], why[600];
+    make_dir(dir, sizeof dir, scratch, "contents");
+    for (int k = 0; k < 3; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "%d.pgm", k);
+        char path[300], text[80];
+        path_in(path, sizeof path, dir, name);
+        int h = snprintf(text, sizeof text, "P5\n8 8\n255\n");
+        memset(text + h, 10 * k, 64);
+        assert_int_equal(tu_write_file(path, text, (size_t)h + 64), 0);
+    }
+    ddpm_dataset *ds = NULL;
+    assert_int_equal(ddpm_dataset_open(&ds, dir, NULL), 0);
+    ddpm_dataset_fingerprint(ds, before, sizeof before);
+    assert_non_null(strstr(before, "3 images, 225 bytes, names "));
+    assert_non_null(strstr(before, ", contents "));
+    assert_true(ddpm_dataset_fingerprint_matches(ds, before));
+    char old_form[160];
+    snprintf(old_form, sizeof old_form, "%.*s", (int)(strstr(before, ", contents ") - before), before);
+    assert_true(ddpm_dataset_fingerprint_matches(ds, old_form));
+    snprintf(index, sizeof index, "%s/index.txt", scratch);
+    assert_int_equal(ddpm_dataset_write_index(ds, index), 0);
+    assert_int_equal(ddpm_dataset_first_change(ds, index, why, sizeof why), 1); /* the same data */
+    ddpm_dataset_close(ds);
+    /* one pixel of 1.pgm */
+    char path[300];
+    path_in(path, sizeof path, dir, "1.pgm");
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 11 + 30, SEEK_SET), 0);
+    fputc(99, f);
+    fclose(f);
+    assert_int_equal(ddpm_dataset_open(&ds, dir, NULL), 0);
+    ddpm_dataset_fingerprint(ds, after, sizeof after);
+    assert_string_not_equal(before, after);
+    assert_false(ddpm_dataset_fingerprint_matches(ds, before));
+    assert_true(ddpm_dataset_fingerprint_matches(ds, old_form)); /* the older form cannot see contents */
+    assert_int_equal(ddpm_dataset_first_change(ds, index, why, sizeof why), 0);
+    assert_non_null(strstr(why, "/1.pgm: its contents changed"));
+    ddpm_dataset_close(ds);
+    /* a file gone, then a file added, are named as such */
+    path_in(path, sizeof path, dir, "0.pgm");
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(ddpm_dataset_open(&ds, dir, NULL), 0);
+    assert_int_equal(ddpm_dataset_first_change(ds, index, why, sizeof why), 0);
+    assert_non_null(strstr(why, "/0.pgm: gone since the run began"));
+    assert_int_equal(ddpm_dataset_write_index(ds, index), 0);
+    ddpm_dataset_close(ds);
+    write_gray(dir, "00.png", 3, S, S);
+    assert_int_equal(ddpm_dataset_open(&ds, dir, NULL), 0);
+    assert_int_equal(ddpm_dataset_first_change(ds, index, why, sizeof why), 0);
+    assert_non_null(strstr(why, "/00.png: new since the run began"));
+    ddpm_dataset_close(ds);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -542,6 +652,8 @@ int main(void)
         cmocka_unit_test(test_second_link_to_a_folder_and_too_deep_folders_are_skipped_with_a_warning),
         cmocka_unit_test(test_stop_request_interrupts_loading_with_a_clear_error),
         cmocka_unit_test(test_class_folders_give_sorted_names_and_labels),
+        cmocka_unit_test(test_a_file_being_written_is_not_read_as_data),
+        cmocka_unit_test(test_fingerprint_covers_contents_and_the_index_names_the_changed_file),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -10,9 +10,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ddpm/error.h"
 #include "ddpm/fid.h"
+#include "ddpm/imageio.h"
 #include "ddpm/safetensors.h"
 #include "testutil.h"
 
@@ -130,12 +132,40 @@ static void test_fid_stats_file_round_trip_and_refusals(void **state)
     tu_remove_tree(dir);
 }
 
+/* src/fid.c had its own folder scan without dataset.c's loop check: a
+ * `self -> .` link listed each image once per level down to depth 64. It now
+ * lists through dataset.c's scan: each image once, sorted, non-images left out. */
+static void test_fid_listing_counts_each_image_once_through_a_symlink_loop(void **state)
+{
+    (void)state;
+    char dir[128], path[256];
+    assert_int_equal(tu_make_tmpdir(dir, sizeof dir, "fidlist"), 0);
+    const uint8_t px[64] = {1, 2, 3};
+    snprintf(path, sizeof path, "%s/b.png", dir);
+    assert_int_equal(ddpm_png_write(path, px, 8, 8, 1), 0);
+    snprintf(path, sizeof path, "%s/a.png", dir);
+    assert_int_equal(ddpm_png_write(path, px, 8, 8, 1), 0);
+    snprintf(path, sizeof path, "%s/notes.txt", dir);
+    assert_int_equal(tu_write_file(path, "text", 4), 0);
+    snprintf(path, sizeof path, "%s/self", dir);
+    assert_int_equal(symlink(".", path), 0);
+    char **paths = NULL;
+    int n = 0;
+    assert_int_equal(ddpm_fid_list_images(dir, &paths, &n), 0);
+    assert_int_equal(n, 2);
+    assert_non_null(strstr(paths[0], "/a.png"));
+    assert_non_null(strstr(paths[1], "/b.png"));
+    ddpm_fid_free_paths(paths, n);
+    tu_remove_tree(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fid_matches_scipy_sqrtm_and_eigen_reference),
         cmocka_unit_test(test_kid_matches_reference_unbiased_mmd),
         cmocka_unit_test(test_fid_stats_file_round_trip_and_refusals),
+        cmocka_unit_test(test_fid_listing_counts_each_image_once_through_a_symlink_loop),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

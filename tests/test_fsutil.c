@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -183,6 +185,83 @@ static void test_clock_does_not_go_back(void **state)
     assert_true(a > 0);
 }
 
+/* Issue 26, item 2: the cleanup deleted any file named like x.tmp.99999 (a dead
+ * pid). It now removes only regular files of exactly the form ddpm_temp_name
+ * makes, of a writer that is gone; the user's files stay, whatever their names. */
+static void test_stale_cleanup_removes_only_ddpm_temporary_names(void **state)
+{
+    (void)state;
+    char dir[400], path[600];
+    snprintf(dir, sizeof dir, "%s/stale", tmpdir);
+    assert_int_equal(ddpm_mkdir_p(dir), 0);
+    const char *users[] = {"x.tmp.99999", "log.jsonl.tmp.4194303.0", ".x.tmp.4194303.0",
+                           ".x" DDPM_TEMP_MARKER "4194303.0.old", ".x" DDPM_TEMP_MARKER "4194303",
+                           DDPM_TEMP_MARKER "4194303.0", "x" DDPM_TEMP_MARKER "4194303.0"};
+    enum { N_USERS = sizeof users / sizeof *users };
+    for (int i = 0; i < N_USERS; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, users[i]);
+        assert_int_equal(tu_write_file(path, "mine", 4), 0);
+    }
+    snprintf(path, sizeof path, "%s/.ckpt" DDPM_TEMP_MARKER "4194303.7", dir); /* pid above pid_max: dead */
+    assert_int_equal(tu_write_file(path, "x", 1), 0);
+    char live[600]; /* our own pid's name of a write that is not finished is ours too */
+    char *name = ddpm_temp_name("folder-of-its-own/y.png");
+    assert_non_null(name);
+    assert_non_null(strstr(name, "folder-of-its-own/.y.png" DDPM_TEMP_MARKER));
+    free(name);
+    snprintf(live, sizeof live, "%s/.held" DDPM_TEMP_MARKER "1.0", dir); /* pid 1 is alive */
+    assert_int_equal(tu_write_file(live, "x", 1), 0);
+    int n = -1;
+    assert_int_equal(ddpm_remove_stale_temps(dir, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(access(path, F_OK), -1);
+    assert_int_equal(access(live, F_OK), 0);
+    for (int i = 0; i < N_USERS; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, users[i]);
+        if (access(path, F_OK) != 0)
+            fprintf(stderr, "removed a user's file: %s\n", users[i]);
+        assert_int_equal(access(path, F_OK), 0);
+    }
+}
+
+/* The start-of-run probe: a folder that takes files passes, and a file-size
+ * limit below the size asked for (set in a child, as `ulimit -f` would) is
+ * refused naming the folder and the limit; a limit below the test file makes
+ * the test write itself fail. Neither leaves a file behind. */
+static void test_probe_folder_refuses_a_file_size_limit_and_leaves_nothing(void **state)
+{
+    (void)state;
+    char dir[400];
+    snprintf(dir, sizeof dir, "%s/probe", tmpdir);
+    assert_int_equal(ddpm_mkdir_p(dir), 0);
+    assert_int_equal(ddpm_probe_folder(dir, 1000), 0);
+    snprintf(dir, sizeof dir, "%s/probe/missing", tmpdir);
+    assert_int_equal(ddpm_probe_folder(dir, 1000), DDPM_EIO);
+    assert_non_null(strstr(ddpm_last_error(), "creating a test file failed"));
+    snprintf(dir, sizeof dir, "%s/probe", tmpdir);
+    const long limits[2] = {100000, 100};
+    const char *why[2] = {"file-size limit", "writing a test file failed"};
+    for (int k = 0; k < 2; k++) {
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            signal(SIGXFSZ, SIG_IGN); /* as the CLI does: a failed write, not a killed process */
+            struct rlimit rl = {(rlim_t)limits[k], (rlim_t)limits[k]};
+            setrlimit(RLIMIT_FSIZE, &rl);
+            int rc = ddpm_probe_folder(dir, 1000000);
+            _exit(rc == DDPM_EIO && strstr(ddpm_last_error(), why[k]) && strstr(ddpm_last_error(), dir) &&
+                          strstr(ddpm_last_error(), strerror(EFBIG))
+                      ? 0
+                      : 1);
+        }
+        int st;
+        assert_int_equal(waitpid(pid, &st, 0), pid);
+        assert_true(WIFEXITED(st));
+        assert_int_equal(WEXITSTATUS(st), 0);
+    }
+    assert_int_equal(tu_count_entries_containing(dir, DDPM_TEMP_MARKER), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -190,6 +269,8 @@ int main(void)
         cmocka_unit_test(test_atomic_write_replaces_whole_or_keeps_the_old_file),
         cmocka_unit_test(test_read_file_refuses_special_and_oversized_files_without_blocking),
         cmocka_unit_test(test_clock_does_not_go_back),
+        cmocka_unit_test(test_stale_cleanup_removes_only_ddpm_temporary_names),
+        cmocka_unit_test(test_probe_folder_refuses_a_file_size_limit_and_leaves_nothing),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

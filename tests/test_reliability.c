@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "ddpm/checkpoint.h"
+#include "ddpm/fsutil.h"
 #include "ddpm/imageio.h"
 #include "ddpm/train.h"
 #include "testutil.h"
@@ -152,7 +153,7 @@ static void test_train_on_a_folder_with_symlink_loops_counts_one_image_and_warns
     write_gray_png("loops", "only.png", 1);
     assert_int_equal(symlink(".", in_tmp("loops/self")), 0);
     assert_int_equal(symlink("../loops", in_tmp("loops/up")), 0);
-    int rc = ddpm("train loops --out loops-run --steps 1 --batch 1 " TINY);
+    int rc = ddpm("train loops --out loops-run --steps 1 " TINY " --batch 1 --allow-small-data");
     assert_int_equal(rc, 0);
     char *err = slurp("err.txt");
     if (!strstr(err, " 1 images"))
@@ -243,7 +244,7 @@ static void test_a_huge_png_in_the_data_is_skipped_as_too_large(void **state)
     assert_int_equal(fseek(f, 16, SEEK_SET), 0);
     assert_int_equal(fwrite(dims, 1, 8, f), 8);
     assert_int_equal(fclose(f), 0);
-    assert_int_equal(ddpm("train bomb --out bomb-run --steps 1 --batch 1 " TINY), 0);
+    assert_int_equal(ddpm("train bomb --out bomb-run --steps 1 " TINY " --batch 1 --allow-small-data"), 0);
     char *err = slurp("err.txt");
     assert_non_null(strstr(err, "huge.png: image is 60000 x 60000: too large"));
     free(err);
@@ -332,15 +333,15 @@ static void test_a_failing_log_write_is_an_error(void **state)
     (void)state;
     mkdir(in_tmp("full-run"), 0777);
     assert_int_equal(symlink("/dev/full", in_tmp("full-run/log.jsonl")), 0);
-    assert_int_equal(ddpm("train data --out full-run --steps 3 --log-every 1 --quiet " TINY), 1);
+    assert_int_equal(ddpm("train data --out full-run --steps 3 --log-every 1 --quiet --no-warnings " TINY), 1);
     assert_one_error_line("log.jsonl", "No space left on device");
 }
 
 /* The bug report: a run killed before its first checkpoint left a folder that
  * neither --resume ("no checkpoint") nor a fresh run ("already holds a
  * log.jsonl") would take. Now both start it from step 0 with a warning, and the
- * old log lines are dropped (a fresh run also saves step 0 before training, so
- * the window is only the first moments of a run). */
+ * new log holds the new run's steps only (the old one is kept aside: see
+ * test_a_log_without_a_checkpoint_is_kept_aside_not_cut). */
 static void test_a_run_folder_without_a_checkpoint_can_be_resumed_or_restarted(void **state)
 {
     (void)state;
@@ -364,7 +365,8 @@ static void test_a_run_folder_without_a_checkpoint_can_be_resumed_or_restarted(v
 /* The bug report: SIGKILL left checkpoint.safetensors.tmp.<pid> files (17 after
  * 65 kills) that nothing removed, and log.jsonl, written before the save, held
  * steps past the checkpoint that the resumed run logged again (11 duplicates in
- * 35 kills). Now both are cleaned at the start of the next run. */
+ * 35 kills). Now both are cleaned at the start of the next run (the temporary
+ * files under the names ddpm_temp_name makes). */
 static void test_stale_temp_files_go_and_the_log_is_cut_back_to_the_checkpoint(void **state)
 {
     (void)state;
@@ -374,13 +376,13 @@ static void test_stale_temp_files_go_and_the_log_is_cut_back_to_the_checkpoint(v
     assert_non_null(f);
     fputs("{\"step\":5,\"loss\":0.5}\n{\"step\":6,\"loss\":0.5}\n{\"step\":7,\"lo", f);
     fclose(f);
-    const char *stale = "cut-run/checkpoint.safetensors.tmp.4194303.0"; /* above pid_max: dead */
+    const char *stale = "cut-run/.checkpoint.safetensors" DDPM_TEMP_MARKER "4194303.0"; /* above pid_max: dead */
     assert_int_equal(tu_write_file(in_tmp(stale), "x", 1), 0);
     assert_int_equal(ddpm("train data --out cut-run --resume --steps 8 --log-every 1 --preview-n 0"), 0);
-    assert_int_equal(tu_count_entries_containing(in_tmp("cut-run"), ".tmp."), 0);
+    assert_int_equal(tu_count_entries_containing(in_tmp("cut-run"), DDPM_TEMP_MARKER), 0);
     assert_log_holds_steps("cut-run/log.jsonl", 1, 8);
     char *err = slurp("err.txt");
-    assert_non_null(strstr(err, "removed 1 temporary files"));
+    assert_non_null(strstr(err, "removed 1 temporary file left"));
     assert_non_null(strstr(err, "removed 3 lines past the checkpoint's step 4"));
     free(err);
 }
@@ -592,6 +594,7 @@ static void test_resume_on_other_data_is_refused_unless_allowed(void **state)
     assert_int_equal(ddpm("train data --out data-run --steps 1 --quiet " TINY), 0);
     mkdir(in_tmp("other"), 0777);
     write_gray_png("other", "x.png", 9);
+    write_gray_png("other", "y.png", 10); /* a batch's worth: fewer is refused as too small */
     assert_int_equal(ddpm("train other --out data-run --resume --steps 2 --quiet --preview-n 0"), 1);
     assert_one_error_line("not the data this run was trained on", "--allow-data-change");
     assert_int_equal(
@@ -625,6 +628,227 @@ static void test_bad_flag_values_exit_2_and_bad_outputs_are_refused_before_work(
     assert_one_error_line("--out: the file name is empty", NULL);
 }
 
+/* Counts the lines of a file in tmp (0 when it is missing). */
+static int count_lines(const char *name)
+{
+    size_t n = 0;
+    unsigned char *b = tu_read_file(in_tmp(name), &n);
+    int lines = 0;
+    for (size_t i = 0; b && i < n; i++)
+        lines += b[i] == '\n';
+    free(b);
+    return lines;
+}
+
+/* Issue 26, item 3: a resumed run learned that it could not write only at its
+ * first save, losing every step before it. Under a file-size limit below the
+ * probe's test file (100 bytes) and one between it and the checkpoint, the
+ * resume now stops before step 1: exit 1, one line, the log untouched (before,
+ * it logged steps 2..30 and then failed). */
+static void test_a_resume_that_cannot_save_is_refused_before_step_1(void **state)
+{
+    (void)state;
+    assert_int_equal(ddpm("train data --out probe-run --steps 1 --log-every 1 --quiet " TINY), 0);
+    size_t n = 0;
+    unsigned char *ckpt = tu_read_file(in_tmp("probe-run/checkpoint.safetensors"), &n);
+    assert_non_null(ckpt);
+    free(ckpt);
+    assert_true(n > 2 * DDPM_PROBE_BYTES);
+    const long limits[2] = {100, (long)n / 2};
+    for (int k = 0; k < 2; k++) {
+        int rc = run_limited(limits[k], "train data --out probe-run --resume --steps 30 --save-every 0 "
+                                        "--log-every 1 --quiet --preview-n 0");
+        assert_int_equal(rc, 1);
+        assert_one_error_line("probe-run", "File too large");
+        assert_int_equal(count_lines("probe-run/log.jsonl"), 1);
+        assert_int_equal(tu_count_entries_containing(in_tmp("probe-run"), DDPM_TEMP_MARKER), 0);
+    }
+    assert_int_equal(ddpm("train data --out probe-run --resume --steps 3 --quiet --preview-n 0"), 0);
+}
+
+/* Issue 26, item 2: a run folder that had lost its checkpoint had its log.jsonl
+ * cut to nothing. Now the old log is kept whole as log.orphan.jsonl (then
+ * log.orphan.2.jsonl) and the warning says so. */
+static void test_a_log_without_a_checkpoint_is_kept_aside_not_cut(void **state)
+{
+    (void)state;
+    const char *old_log = "{\"step\":1,\"loss\":1}\n{\"step\":2,\"loss\":1}\n";
+    mkdir(in_tmp("aside-run"), 0777);
+    assert_int_equal(tu_write_file(in_tmp("aside-run/log.jsonl"), old_log, strlen(old_log)), 0);
+    assert_int_equal(ddpm("train data --out aside-run --steps 2 --log-every 1 " TINY), 0);
+    char *kept = slurp("aside-run/log.orphan.jsonl");
+    assert_string_equal(kept, old_log);
+    free(kept);
+    char *err = slurp("err.txt");
+    assert_non_null(strstr(err, "kept as"));
+    assert_non_null(strstr(err, "log.orphan.jsonl"));
+    free(err);
+    /* a second time: the first kept log stays, the next goes beside it */
+    assert_int_equal(unlink(in_tmp("aside-run/checkpoint.safetensors")), 0);
+    assert_int_equal(ddpm("train data --out aside-run --steps 2 --log-every 1 --quiet " TINY), 0);
+    kept = slurp("aside-run/log.orphan.jsonl");
+    assert_string_equal(kept, old_log);
+    free(kept);
+    assert_int_equal(count_lines("aside-run/log.orphan.2.jsonl"), 2);
+    assert_int_equal(count_lines("aside-run/log.jsonl"), 2);
+}
+
+/* Issue 26, item 2: the stale-temporary cleanup deleted any file named like
+ * x.tmp.99999 (a dead pid) in the run folder or samples/. Files of the user's,
+ * whatever their names, now stay; only ddpm's own hidden temporary names of a
+ * dead writer go. */
+static void test_cleanup_keeps_user_files_named_like_temporaries(void **state)
+{
+    (void)state;
+    assert_int_equal(ddpm("train data --out keep-run --steps 1 --quiet " TINY), 0);
+    mkdir(in_tmp("keep-run/samples"), 0777);
+    const char *users[] = {"keep-run/notes.tmp.4194303", "keep-run/checkpoint.safetensors.tmp.4194303.0",
+                           "keep-run/samples/mine.png.tmp.4194303.1", "keep-run/.x.ddpm.tmp.4194303.0.bak"};
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(tu_write_file(in_tmp(users[i]), "mine", 4), 0);
+    const char *ours = "keep-run/samples/.step_0000001.png" DDPM_TEMP_MARKER "4194303.0";
+    assert_int_equal(tu_write_file(in_tmp(ours), "x", 1), 0);
+    assert_int_equal(ddpm("train data --out keep-run --resume --steps 2 --quiet --preview-n 0"), 0);
+    for (int i = 0; i < 4; i++) {
+        if (access(in_tmp(users[i]), F_OK) != 0)
+            fprintf(stderr, "%s was removed\n", users[i]);
+        assert_int_equal(access(in_tmp(users[i]), F_OK), 0);
+    }
+    assert_int_equal(access(in_tmp(ours), F_OK), -1);
+}
+
+/* A P5 PGM of 8 x 8 pixels: the same size in bytes whatever its pixels. */
+static void write_pgm(const char *dir, const char *name, int k)
+{
+    char path[600], text[80];
+    snprintf(path, sizeof path, "%s/%s/%s", tmp, dir, name);
+    int h = snprintf(text, sizeof text, "P5\n8 8\n255\n");
+    for (int i = 0; i < 64; i++)
+        text[h + i] = (char)((i * (k + 3) * 5) & 255);
+    assert_int_equal(tu_write_file(path, text, (size_t)h + 64), 0);
+}
+
+/* Issue 26, item 7: the data fingerprint was names, count and bytes, so a run
+ * resumed on other images of the same names and sizes went on with exit 0.
+ * Now the contents are hashed as they are loaded, and the refusal names the
+ * first changed file. */
+static void test_resume_on_changed_image_contents_is_refused_naming_the_file(void **state)
+{
+    (void)state;
+    mkdir(in_tmp("cdata"), 0777);
+    const char *names[4] = {"a.pgm", "b.pgm", "c.pgm", "d.pgm"};
+    for (int k = 0; k < 4; k++)
+        write_pgm("cdata", names[k], k);
+    assert_int_equal(ddpm("train cdata --out cdata-run --steps 1 --quiet " TINY), 0);
+    write_pgm("cdata", "c.pgm", 11); /* other pixels, same name, same size */
+    assert_int_equal(ddpm("train cdata --out cdata-run --resume --steps 2 --quiet --preview-n 0"), 1);
+    assert_one_error_line("cdata/c.pgm: its contents changed", "--allow-data-change");
+    assert_int_equal(
+        ddpm("train cdata --out cdata-run --resume --steps 2 --allow-data-change --preview-n 0"), 0);
+    char *err = slurp("err.txt");
+    assert_non_null(strstr(err, "cdata/c.pgm: its contents changed"));
+    free(err);
+    /* the run now knows the new contents: a plain resume is accepted */
+    assert_int_equal(ddpm("train cdata --out cdata-run --resume --steps 3 --quiet --preview-n 0"), 0);
+}
+
+/* A checkpoint of an older ddpm records the fingerprint without contents
+ * ("N images, B bytes, names X"): it still resumes on the same data, and is
+ * still refused on data of other names. */
+static void test_an_old_fingerprint_without_contents_still_resumes(void **state)
+{
+    (void)state;
+    assert_int_equal(ddpm("train data --out oldfp-run --steps 1 --quiet " TINY), 0);
+    ddpm_checkpoint *ck = NULL;
+    assert_int_equal(ddpm_checkpoint_open(&ck, in_tmp("oldfp-run/checkpoint.safetensors")), 0);
+    ddpm_trainer *tr = NULL;
+    assert_int_equal(ddpm_trainer_from_checkpoint(&tr, ck, 0), 0);
+    ddpm_checkpoint_close(ck);
+    char *cut = strstr(tr->state.data_fingerprint, ", contents ");
+    assert_non_null(cut);
+    *cut = '\0';
+    assert_int_equal(ddpm_trainer_save(tr, in_tmp("oldfp-run/checkpoint.safetensors")), 0);
+    ddpm_trainer_free(tr);
+    assert_int_equal(ddpm("train data --out oldfp-run --resume --steps 2 --quiet --preview-n 0"), 0);
+    mkdir(in_tmp("oldfp-other"), 0777);
+    write_gray_png("oldfp-other", "p.png", 4);
+    write_gray_png("oldfp-other", "q.png", 5);
+    assert_int_equal(ddpm("train oldfp-other --out oldfp-run --resume --steps 3 --quiet --preview-n 0"), 1);
+    assert_one_error_line("not the data this run was trained on", NULL);
+}
+
+/* Issue 26, item 8: `--out data/run` trained, and its previews joined the data
+ * (the resume was then refused, and --allow-data-change trained on them). A run
+ * folder inside its data folder, by any spelling (.., a link), is refused with
+ * exit 2 before anything is made. */
+static void test_a_run_folder_inside_its_data_folder_is_refused(void **state)
+{
+    (void)state;
+    mkdir(in_tmp("ndata"), 0777);
+    for (int k = 0; k < 2; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "%d.png", k);
+        write_gray_png("ndata", name, k);
+    }
+    assert_int_equal(symlink("ndata", in_tmp("ndata-link")), 0);
+    const char *outs[] = {"ndata/run", "ndata/new/../run", "ndata-link/run", "ndata", "./ndata/"};
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(ddpm("train ndata --out %s --steps 1 --quiet " TINY, outs[i]), 2);
+        assert_one_error_line("inside", "data folder");
+    }
+    assert_int_equal(access(in_tmp("ndata/run"), F_OK), -1);
+    assert_int_equal(access(in_tmp("ndata/new"), F_OK), -1);
+    /* and the data inside the run folder (its samples) */
+    assert_int_equal(ddpm("train data --out nest-run --steps 1 --quiet " TINY), 0);
+    mkdir(in_tmp("nest-run/samples"), 0777);
+    write_gray_png("nest-run/samples", "s.png", 1);
+    write_gray_png("nest-run/samples", "t.png", 2);
+    assert_int_equal(ddpm("train nest-run/samples --out nest-run --resume --allow-data-change --quiet"), 2);
+    assert_one_error_line("inside the run folder", NULL);
+}
+
+/* Issue 26, item 9: one 1x1 image trained a 1x1 model, exit 0. Fewer images
+ * than a batch, or images under 8 px, are refused with the reason unless
+ * --allow-small-data. */
+static void test_implausibly_small_data_is_refused_unless_allowed(void **state)
+{
+    (void)state;
+    mkdir(in_tmp("dot"), 0777);
+    const uint8_t px = 200;
+    char path[600];
+    snprintf(path, sizeof path, "%s/dot/dot.png", tmp);
+    assert_int_equal(ddpm_png_write(path, &px, 1, 1, 1), 0);
+    assert_int_equal(ddpm("train dot --out dot-run --steps 1 --quiet --batch 1 --preview-n 0"), 1);
+    assert_one_error_line("dot/dot.png: 1 px", "--allow-small-data");
+    assert_int_equal(access(in_tmp("dot-run"), F_OK), -1);
+    /* 6 images of 8 x 8 and a batch of 8 */
+    assert_int_equal(ddpm("train data --out few-run --steps 1 --quiet " TINY " --batch 8"), 1);
+    assert_one_error_line("6 images, fewer than one batch of 8", "--allow-small-data");
+    assert_int_equal(ddpm("train data --out few-run --steps 1 --quiet " TINY " --batch 8 --allow-small-data"), 0);
+}
+
+/* Issue 26, item 8: an interrupted `ddpm convert` left complete PNGs under
+ * temporary names that train counted as images. Its temporary names are now
+ * hidden (train never reads them), and the next convert into the folder
+ * removes the ones whose writer is gone. */
+static void test_convert_removes_what_an_interrupted_convert_left(void **state)
+{
+    (void)state;
+    uint8_t idx[16 + 3 * 64] = {0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 8, 0, 0, 0, 8};
+    for (int i = 0; i < 3 * 64; i++)
+        idx[16 + i] = (uint8_t)(i * 5);
+    assert_int_equal(tu_write_file(in_tmp("three.idx"), idx, sizeof idx), 0);
+    mkdir(in_tmp("conv"), 0777);
+    const char *left = "conv/.00002.png" DDPM_TEMP_MARKER "4194303.0"; /* a complete PNG, never renamed */
+    write_gray_png("conv", ".00002.png" DDPM_TEMP_MARKER "4194303.0", 1);
+    assert_int_equal(ddpm("convert three.idx conv --force --quiet"), 0);
+    assert_int_equal(access(in_tmp(left), F_OK), -1);
+    char *err = slurp("err.txt");
+    assert_non_null(strstr(err, "removed 1 temporary file left by an interrupted convert"));
+    free(err);
+    assert_int_equal(tu_count_entries_containing(in_tmp("conv"), ".png"), 3);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -642,6 +866,14 @@ int main(void)
         cmocka_unit_test(test_training_and_sampling_give_the_same_bytes_at_any_thread_count),
         cmocka_unit_test(test_resume_on_other_data_is_refused_unless_allowed),
         cmocka_unit_test(test_bad_flag_values_exit_2_and_bad_outputs_are_refused_before_work),
+        cmocka_unit_test(test_a_resume_that_cannot_save_is_refused_before_step_1),
+        cmocka_unit_test(test_a_log_without_a_checkpoint_is_kept_aside_not_cut),
+        cmocka_unit_test(test_cleanup_keeps_user_files_named_like_temporaries),
+        cmocka_unit_test(test_resume_on_changed_image_contents_is_refused_naming_the_file),
+        cmocka_unit_test(test_an_old_fingerprint_without_contents_still_resumes),
+        cmocka_unit_test(test_a_run_folder_inside_its_data_folder_is_refused),
+        cmocka_unit_test(test_implausibly_small_data_is_refused_unless_allowed),
+        cmocka_unit_test(test_convert_removes_what_an_interrupted_convert_left),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -36,6 +36,8 @@ typedef struct ddpm_dataset ddpm_dataset;
 
 /* Bounds of the folder scan (see above). */
 enum { DDPM_DATASET_MAX_DEPTH = 64, DDPM_DATASET_MAX_FILES = 10000000 };
+/* Largest image file (each is read whole into memory once, hashed and decoded). */
+#define DDPM_DATASET_MAX_FILE_BYTES (1LL << 30)
 #define DDPM_DATASET_MAX_CLASSES 10000
 
 /* Receives each warning line (no trailing newline). */
@@ -77,10 +79,43 @@ int ddpm_dataset_count(const ddpm_dataset *ds);    /* images loaded */
 int ddpm_dataset_size(const ddpm_dataset *ds);     /* S */
 int ddpm_dataset_channels(const ddpm_dataset *ds); /* C */
 /* What identifies the data: the number of images loaded, their total size in
- * bytes and a CRC-32C of their paths relative to the folder, as one line such as
- * "60000 images, 17890234 bytes, names 1a2b3c4d". A resumed run compares it with
- * the one its checkpoint recorded. */
+ * bytes, a CRC-32C of their paths relative to the folder and a hash of their
+ * contents (16 hex digits of the SHA-256 of every image's relative path, size
+ * and CRC-32C of its bytes, computed from the bytes as they are decoded, so it
+ * costs no second read), as one line such as
+ * "60000 images, 17890234 bytes, names 1a2b3c4d, contents 0123456789abcdef".
+ * A resumed run compares it with the one its checkpoint recorded. */
 void ddpm_dataset_fingerprint(const ddpm_dataset *ds, char *out, size_t size);
+/* Whether `recorded` (a checkpoint's fingerprint) names this data. A fingerprint
+ * of the older form without ", contents ..." (count, bytes and names only) is
+ * compared on what it holds: such a run resumes on the same names and sizes. */
+int ddpm_dataset_fingerprint_matches(const ddpm_dataset *ds, const char *recorded);
+
+/* The data index: one line per image, "<CRC-32C, 8 hex> <bytes> <path relative
+ * to the folder>" (control bytes, DEL and '\' of the path as \xNN), after the
+ * header line below; written atomically. A run keeps one in its folder so that
+ * a resume on changed data can name the first file that changed. */
+#define DDPM_DATASET_INDEX_HEADER "ddpm data index 1: crc32c bytes path"
+#define DDPM_DATASET_MAX_INDEX_BYTES (1LL << 31)
+int ddpm_dataset_write_index(const ddpm_dataset *ds, const char *path);
+/* The first difference, in path order, between the data and an index written
+ * by ddpm_dataset_write_index, as one line in why ("<file>: its contents
+ * changed since the run began (...)", "... new since ...", "... gone since
+ * ..."): returns 0 when one was found, 1 when the index lists this data
+ * exactly, a negative DDPM_E* (message set) when the index cannot be read. */
+int ddpm_dataset_first_change(const ddpm_dataset *ds, const char *index_path, char *why, size_t size);
+
+/* The shorter side, in pixels, of the smallest source image (before the
+ * resize), and in *index (may be NULL) which image it is. */
+int ddpm_dataset_smallest_side(const ddpm_dataset *ds, int *index);
+
+/* The folder's image files as the scan above finds them (each real folder
+ * once, depth and count bounds, sorted by path), each checked to be an image
+ * stb_image reads by its header, without decoding: *paths (n of them, each
+ * malloc'ed, the array too; free both) for callers that read the images
+ * themselves (fid.c). Only opt's strict, warn and stop are used; opt may be NULL. */
+int ddpm_dataset_list_images(const char *dir, const ddpm_dataset_options *opt, char ***paths, int *n);
+
 /* Files found in the folder and files skipped (count + skipped = found). */
 int ddpm_dataset_files_found(const ddpm_dataset *ds);
 int ddpm_dataset_skipped(const ddpm_dataset *ds);

@@ -54,9 +54,11 @@ int ddpm_fid_kid(const float *fa, int64_t na, const float *fb, int64_t nb, int d
 int ddpm_fid_stats_save(const char *path, const ddpm_fid_stats *s);
 int ddpm_fid_stats_load(ddpm_fid_stats *s, const char *path, const char *sha256);
 
-/* The image files under dir (recursively, sorted bytewise, names starting with
- * '.' skipped, only files stb_image can read by their header). *paths is an
- * array of *n strings; free with ddpm_fid_free_paths. */
+/* The image files under dir, as the training data's scan finds them
+ * (ddpm_dataset_list_images: recursively, each real folder once whatever links
+ * lead to it, at most DDPM_DATASET_MAX_DEPTH deep, sorted bytewise, names
+ * starting with '.' skipped, only files stb_image can read by their header).
+ * *paths is an array of *n strings; free with ddpm_fid_free_paths. */
 int ddpm_fid_list_images(const char *dir, char ***paths, int *n);
 void ddpm_fid_free_paths(char **paths, int n);
 

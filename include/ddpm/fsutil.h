@@ -2,7 +2,8 @@
  *
  * ddpm_atomic_write is how the library writes every file (checkpoints, PNGs):
  * the bytes go to a temporary file in the destination folder
- * ("<path>.tmp.<pid>.<n>"), which is flushed, fsync'ed and renamed over `path`,
+ * ("<dir>/.<name>.ddpm.tmp.<pid>.<n>", ddpm_temp_name: hidden, so the folder
+ * scans of dataset.h skip it), which is flushed, fsync'ed and renamed over `path`,
  * and the folder is fsync'ed so the rename itself is durable. A failed or
  * interrupted write never leaves a truncated file under the final name and never
  * destroys the file that was there. */
@@ -10,6 +11,22 @@
 #define DDPM_FSUTIL_H
 
 #include <stdio.h>
+
+/* The marker of ddpm's temporary names; DDPM_PROBE_BYTES: the test file of ddpm_probe_folder. */
+#define DDPM_TEMP_MARKER ".ddpm.tmp."
+enum { DDPM_PROBE_BYTES = 4096 };
+
+/* A new temporary name beside path, "<dir>/.<name>.ddpm.tmp.<pid>.<n>" (n counts
+ * the calls of this process), malloc'ed; NULL when out of memory (message set). */
+char *ddpm_temp_name(const char *path);
+
+/* Proves before a run's first step that its folder can take a save: creates a
+ * temporary file, writes DDPM_PROBE_BYTES into it, fsyncs it, renames it, syncs
+ * the folder and removes it; then checks that the file system has need_bytes
+ * free (statvfs f_bavail) and two free inodes (where it counts them), and that
+ * the file-size limit (RLIMIT_FSIZE) allows a file of need_bytes. DDPM_EIO with
+ * a message naming dir and the step or the figure that failed. */
+int ddpm_probe_folder(const char *dir, unsigned long long need_bytes);
 
 /* mkdir -p: creates `path` and any missing parents. An existing folder is fine;
  * an existing file of that name is DDPM_EIO. */
@@ -45,9 +62,11 @@ int ddpm_atomic_write(const char *path, ddpm_write_fn write, void *ctx);
 int ddpm_lock_folder(const char *dir, const char *name, int *fd_out);
 void ddpm_unlock_folder(int fd);
 
-/* Removes the temporary files of ddpm_atomic_write ("*.tmp.<pid>.<n>") in dir
- * whose writer is no longer running: what a killed writer leaves. Meant for a
- * folder whose lock we hold. *n_removed counts them. */
+/* Removes the temporary files of ddpm_atomic_write in dir whose writer is no
+ * longer running: what a killed writer leaves. Only regular files whose whole
+ * name has the form ddpm_temp_name makes (".<name>.ddpm.tmp.<pid>.<n>") are
+ * removed; any other file, whatever its name, is left alone. Meant for a folder
+ * whose lock we hold. *n_removed counts them. */
 int ddpm_remove_stale_temps(const char *dir, int *n_removed);
 
 #endif

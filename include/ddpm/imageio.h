@@ -44,6 +44,11 @@ int ddpm_image_probe(const char *path, int *width, int *height, int *channels);
  * channels and cropping/resizing as described above. channels is 1 or 3. */
 int ddpm_image_load_u8(const char *path, uint8_t *out, int size, int channels);
 
+/* ddpm_image_load_u8 of a file's bytes already in memory (bytes[n_bytes]);
+ * `name` is the file's name for the messages. */
+int ddpm_image_decode_u8(const char *name, const uint8_t *bytes, size_t n_bytes, uint8_t *out, int size,
+                         int channels);
+
 /* The same into floats in [-1, 1]. */
 int ddpm_image_load(const char *path, float *out, int size, int channels);
 

@@ -86,8 +86,12 @@ typedef struct {
     int first_skipped; /* 1-based line number of the first malformed line (0: none) */
 } ddpm_train_log;
 
-/* Returns DDPM_EIO when the file cannot be read, DDPM_EFORMAT (message naming the
- * file) when it has no line or no valid line. */
+/* The largest log read: about four million lines of a training run. */
+#define DDPM_LOG_MAX_BYTES (1L << 30)
+/* Returns DDPM_EIO when the file cannot be read or is not a regular file (a
+ * FIFO is refused without blocking, /dev/zero without reading) or is larger
+ * than DDPM_LOG_MAX_BYTES (no more is ever read, also from a growing file),
+ * DDPM_EFORMAT (message naming the file) when it has no line or no valid line. */
 int ddpm_train_log_read(ddpm_train_log *log, const char *path);
 void ddpm_train_log_free(ddpm_train_log *log);
 /* The series of field `name`, or NULL. */

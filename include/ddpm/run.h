@@ -9,14 +9,21 @@
  * Surviving crashes: one process writes a run folder at a time (an advisory lock
  * on RUN_DIR/lock, held for the whole run; a second run is refused with the
  * first one's pid; the kernel drops the lock of a killed run). At the start, the
- * temporary files that killed writers left are removed, and log.jsonl is cut back
- * to the checkpoint's step, so that the log never holds a step twice. A fresh run
- * saves its step 0 before training, so the folder can always be resumed; a folder
- * without a checkpoint (a run killed before that save) is started from step 0,
- * with or without --resume, with a warning. The checkpoint records the stop
- * condition and a fingerprint of the data folder (ddpm_dataset_fingerprint): a
- * resume without a stop condition continues to the run's own, and a resume on
- * other data is refused unless allow_data_change. */
+ * temporary files that killed writers left are removed (ddpm's own names only,
+ * fsutil.h), and on resume log.jsonl is cut back to the checkpoint's step, so
+ * that the log never holds a step twice. Before step 1 the folder is proved to
+ * take a save (ddpm_probe_folder: a test file created, written, fsync'ed,
+ * renamed and removed; free space and the file-size limit against the
+ * checkpoint's size). A fresh run saves its step 0 before training, so the
+ * folder can always be resumed; a folder without a checkpoint (a run killed
+ * before that save) is started from step 0, with or without --resume, with a
+ * warning, and its log.jsonl is kept whole as log.orphan[.N].jsonl. A run
+ * folder that is, or is inside, the data folder or eval_dir (or holds one) is
+ * refused before anything is read. The checkpoint records the stop condition
+ * and a fingerprint of the data's contents (ddpm_dataset_fingerprint): a resume
+ * without a stop condition continues to the run's own, and a resume on other
+ * data is refused unless allow_data_change, naming the first changed file from
+ * the folder's data-index.txt. */
 #ifndef DDPM_RUN_H
 #define DDPM_RUN_H
 
@@ -31,6 +38,10 @@
 #define DDPM_LOG_FILE "log.jsonl"
 #define DDPM_SAMPLES_DIR "samples"
 #define DDPM_LOCK_FILE "lock" /* flock'ed by the run writing the folder; holds its pid */
+#define DDPM_DATA_INDEX_FILE "data-index.txt" /* the data's files (dataset.h), to name a changed one */
+#define DDPM_LOG_ASIDE_STEM "log.orphan" /* log.orphan.jsonl, log.orphan.2.jsonl, ...: a log kept aside */
+/* The smallest image side a run accepts without allow_small_data. */
+#define DDPM_RUN_MIN_SIDE 8
 
 typedef struct {
     ddpm_run_config cfg; /* model fields left auto (the default here, see
@@ -71,6 +82,8 @@ typedef struct {
                                     both are checked before step 1 */
     int eval_fid_n;              /* samples per FID (>= 2; required with eval_fid) */
     int allow_data_change;       /* resume on a data folder other than the run's (see below) */
+    int allow_small_data;        /* train on fewer images than a batch, or on images (or a
+                                    model) smaller than DDPM_RUN_MIN_SIDE px: refused without */
     int micro_batch;             /* images per forward/backward (0: the whole batch); a
                                     memory choice, same update; may change on resume */
     volatile sig_atomic_t *stop; /* may be NULL; when it becomes nonzero (a signal

@@ -110,14 +110,19 @@ int arg_spacing(const char *flag, const char *value, ddpm_spacing *out)
 
 int cli_check_writable_parent(const char *path)
 {
+    return cli_check_writable_file("--out", path, "samples.png");
+}
+
+int cli_check_writable_file(const char *flag, const char *path, const char *example)
+{
     char buf[4096];
     struct stat st;
     if (!path[0]) {
-        cli_error("--out: the file name is empty");
+        cli_error("%s: the file name is empty", flag);
         return DDPM_EXIT_USAGE;
     }
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
-        cli_error("%s: is a folder; name the file to write (like %s/samples.png)", path, path);
+        cli_error("%s: is a folder; name the file to write (like %s/%s)", path, path, example);
         return DDPM_EXIT_ERROR;
     }
     snprintf(buf, sizeof buf, "%s", path);
@@ -209,14 +214,14 @@ void cli_checkpoint_path(char *out, size_t size, const char *arg)
         snprintf(out, size, "%s", arg);
 }
 
-int cli_open_model(ddpm_model *m, const char *arg, int no_ema, int quiet, const char *doing)
+int cli_open_model(ddpm_model *m, const char *arg, int no_ema, const char *doing)
 {
     if (ddpm_model_open(m, arg, no_ema ? DDPM_WEIGHTS_RAW : DDPM_WEIGHTS_EMA)) {
         cli_error("%s", ddpm_last_error());
         return DDPM_EXIT_ERROR;
     }
-    if (m->ema_missing && !quiet)
-        fprintf(stderr, "ddpm: %s has no EMA weights; %s the raw weights\n", m->path, doing);
+    if (m->ema_missing)
+        cli_warn("%s has no EMA weights; %s the raw weights", m->path, doing);
     return 0;
 }
 

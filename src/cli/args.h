@@ -59,11 +59,14 @@ void cli_checkpoint_path(char *out, size_t size, const char *arg);
  * folder) in a writable folder; else prints one line and returns the exit code
  * (DDPM_EXIT_USAGE for an empty name, DDPM_EXIT_ERROR otherwise). */
 int cli_check_writable_parent(const char *path);
+/* The same for the output of `flag` ("--out", "OUT"), whose folder hint names
+ * `example` ("model.safetensors"). */
+int cli_check_writable_file(const char *flag, const char *path, const char *example);
 /* Opens the model of a RUN_DIR|CHECKPOINT argument (ddpm_model_open), EMA
  * weights unless no_ema; on an error prints it and returns the exit code;
- * unless quiet, warns "<path> has no EMA weights; <doing> the raw weights"
- * when the file has none. 0 on success (close with ddpm_model_close). */
-int cli_open_model(ddpm_model *m, const char *arg, int no_ema, int quiet, const char *doing);
+ * warns (cli_warn) "<path> has no EMA weights; <doing> the raw weights" when
+ * the file has none. 0 on success (close with ddpm_model_close). */
+int cli_open_model(ddpm_model *m, const char *arg, int no_ema, const char *doing);
 /* The FID Inception weights pytorch-fid publishes, and where to get them. */
 #define CLI_INCEPTION_NAME "pt_inception-2015-12-05-6726825d.pth"
 #define CLI_INCEPTION_URL "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" CLI_INCEPTION_NAME

@@ -62,6 +62,7 @@ static void usage(FILE *f)
 "                       ddpm_conv3x3_forward/_backward alone (Winograd);\n"
 "                       medians of %d repetitions of about --seconds/100 s each\n"
 "  --json               print one JSON object on stdout instead of text\n"
+CLI_HELP_NO_WARNINGS
 "model (as ddpm train; docs/design.md, The network):\n"
 "  --size S             image side in pixels (default 28)\n"
 "  --channels C         1 or 3 (default 1)\n"

@@ -22,7 +22,9 @@ int cmd_plot(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_fid(int argc, char **argv);
 
-/* "ddpm: <msg>" on stderr. */
+/* "ddpm: <msg>" on stderr, the whole line escaped (term.h). */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#include "term.h"
 
 #endif

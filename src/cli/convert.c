@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "guard.h"
 #include "ddpm/error.h"
 #include "ddpm/fsutil.h"
 #include "ddpm/idx.h"
@@ -25,7 +26,9 @@ static void usage(FILE *f)
             "gzipped files must be decompressed first:\n"
             "    gunzip -c train-images-idx3-ubyte.gz | ddpm convert - data/train\n"
             "OUT_DIR and its parents are created; it must be new or empty unless --force.\n"
-            "Each PNG is written to a temporary name and renamed into place.\n\n"
+            "Each PNG is written to a hidden temporary name (.NNNNN.png.ddpm.tmp.PID.N, which\n"
+            "`ddpm train` never reads) and renamed into place; the temporary files an\n"
+            "interrupted convert left in OUT_DIR are removed at the start of the next one.\n\n"
             "options:\n"
             "  --labels FILE  IDX label file (magic 0x00000801, [n]) of the same length: write\n"
             "                 OUT_DIR/<label>/NNNNN.png instead (NNNNN stays the index in the\n"
@@ -34,6 +37,7 @@ static void usage(FILE *f)
             "  --force        write into an OUT_DIR that already holds files, replacing PNGs of\n"
             "                 the same names. Default: off (refuse)\n"
             "  --quiet        no progress and no summary line. Default: off\n"
+            "  --no-warnings  do not print warnings (--quiet keeps them)\n"
             "  --help         this text\n\n"
             "exit codes: 0 ok, 1 bad input or a file problem, 2 usage error\n");
 }
@@ -52,6 +56,28 @@ static int folder_is_empty(const char *path, int *empty)
         }
     closedir(d);
     return 0;
+}
+
+/* What an interrupted convert left: its temporary files (ddpm_temp_name's
+ * hidden names, which `ddpm train` never reads) in OUT_DIR and in the label
+ * folders 0..255 below it, when the process that wrote them is gone. */
+static int remove_own_leftovers(const char *out_dir, int *n_removed)
+{
+    int rc = ddpm_remove_stale_temps(out_dir, n_removed);
+    size_t len = strlen(out_dir) + 8;
+    char *sub = malloc(len);
+    if (!sub)
+        return rc ? rc : ddpm_error(DDPM_ENOMEM, "out of memory");
+    for (int l = 0; l < 256 && !rc; l++) {
+        int n = 0;
+        snprintf(sub, len, "%s/%d", out_dir, l);
+        struct stat st;
+        if (stat(sub, &st) == 0 && S_ISDIR(st.st_mode))
+            rc = ddpm_remove_stale_temps(sub, &n);
+        *n_removed += n;
+    }
+    free(sub);
+    return rc;
 }
 
 typedef struct {
@@ -85,9 +111,14 @@ static int run(const convert_config *cfg)
     if (n == 0)
         rc = ddpm_error(DDPM_EFORMAT, "%s: holds no images", images_name);
 
-    int empty = 1;
+    int empty = 1, n_stale = 0;
     if (!rc)
         rc = ddpm_mkdir_p(cfg->out_dir);
+    if (!rc)
+        rc = remove_own_leftovers(cfg->out_dir, &n_stale);
+    if (!rc && n_stale)
+        fprintf(stderr, "ddpm: warning: %s: removed %d temporary file%s left by an interrupted convert\n",
+                cfg->out_dir, n_stale, n_stale == 1 ? "" : "s");
     if (!rc)
         rc = folder_is_empty(cfg->out_dir, &empty);
     if (!rc && !empty && !cfg->force)
@@ -161,7 +192,7 @@ static int run(const convert_config *cfg)
         fputc('\n', stderr);
     if (!rc && !cfg->quiet)
         fprintf(stderr, "convert: wrote %ld images (%d x %d gray) from %s to %s%s\n", n, cols,
-                rows, images_name, cfg->out_dir,
+                rows, cli_q(images_name), cli_q(cfg->out_dir),
                 cfg->labels_path ? "/<label>/" : "/");
     ddpm_idx_free(&images);
     ddpm_idx_free(&labels);
@@ -225,6 +256,10 @@ int cmd_convert(int argc, char **argv)
         cli_error("convert: empty file or folder name");
         return DDPM_EXIT_USAGE;
     }
+    const cli_input in[2] = {{cfg.images_path, CLI_IN_FILE}, {cfg.labels_path, CLI_IN_FILE}};
+    int out_rc = cli_check_output("OUT_DIR", cfg.out_dir, 1, in, 2);
+    if (out_rc)
+        return out_rc;
     if (run(&cfg) != 0) {
         cli_error("%s", ddpm_last_error());
         return DDPM_EXIT_ERROR;

@@ -11,6 +11,7 @@
 
 #include "args.h"
 #include "cli.h"
+#include "guard.h"
 #include "ddpm/model.h"
 #include "ddpm/error.h"
 #include "ddpm/eval.h"
@@ -77,7 +78,8 @@ static void usage(FILE *f)
 "  --json               print one JSON object on stdout (n_images, bpd_total,\n"
 "                       bpd_stderr, bpd_prior, bpd_vb, bpd_decoder and their\n"
 "                       stderrs, l_simple, l_simple_stderr, and the options)\n"
-"  --quiet              no progress output\n"
+"  --quiet              no progress output (warnings stay)\n"
+CLI_HELP_NO_WARNINGS
 "exit codes: 0 ok, 1 error (bad checkpoint or images, --n larger than DATA_DIR),\n"
 "            2 usage\n");
 }
@@ -129,7 +131,7 @@ static int write_terms_csv(void *ctx, FILE *f)
 static void on_warning(void *ctx, const char *line)
 {
     (void)ctx;
-    fprintf(stderr, "ddpm: warning: %s\n", line);
+    cli_warn("%s", line);
 }
 
 int cmd_eval(int argc, char **argv)
@@ -177,11 +179,14 @@ int cmd_eval(int argc, char **argv)
     }
     const char *data_dir = argv[optind + 1];
     int out_rc;
-    if (terms_path && (out_rc = cli_check_writable_parent(terms_path)))
+    const cli_input in[2] = {{argv[optind], CLI_IN_CHECKPOINT}, {data_dir, CLI_IN_FOLDER}};
+    if ((out_rc = cli_check_input_file(argv[optind], CLI_IN_CHECKPOINT, "the checkpoint")) ||
+        (terms_path && (out_rc = cli_check_output("--terms", terms_path, 0, in, 2))) ||
+        (terms_path && (out_rc = cli_check_writable_parent(terms_path))))
         return out_rc;
     ddpm_threads_set(threads);
     ddpm_model m;
-    if ((out_rc = cli_open_model(&m, argv[optind], no_ema, quiet, "evaluating")))
+    if ((out_rc = cli_open_model(&m, argv[optind], no_ema, "evaluating")))
         return out_rc;
     int C = m.cfg.in_channels, S = m.cfg.image_size, rc = DDPM_OK, count = 0, B = bc.batch;
     const ddpm_schedule *sched = &m.sched;
@@ -189,7 +194,7 @@ int cmd_eval(int argc, char **argv)
         rc = ddpm_error(DDPM_EINVAL, "%s: the bound needs T >= 2 timesteps, the model has %d", m.path, sched->T);
     float *x0 = NULL;
     if (!rc)
-        rc = ddpm_eval_load(&x0, &n, &count, data_dir, S, C, DEFAULT_N, bc.seed, quiet ? NULL : on_warning, NULL);
+        rc = ddpm_eval_load(&x0, &n, &count, data_dir, S, C, DEFAULT_N, bc.seed, on_warning, NULL);
     size_t D = ddpm_model_D(&m);
     bc.learned_var = m.cfg.learn_sigma; /* default: the model's own variances */
     if (m.cfg.learn_sigma && !var_set)
@@ -253,8 +258,8 @@ int cmd_eval(int argc, char **argv)
         free(text);
         cJSON_Delete(o);
     } else {
-        printf("checkpoint %s (step %ld, %s weights), %d of %d images of %s\n", m.path, m.step,
-               m.ema ? "EMA" : "raw", n, count, data_dir);
+        printf("checkpoint %s (step %ld, %s weights), %d of %d images of %s\n", cli_q(m.path), m.step,
+               m.ema ? "EMA" : "raw", n, count, cli_q(data_dir));
         if (bc.mc > 0)
             printf("Monte Carlo estimate: %d of %d steps per image, seed %llu\n", bc.mc, sched->T - 1,
                    (unsigned long long)bc.seed);

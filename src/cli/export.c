@@ -6,6 +6,7 @@
 
 #include "args.h"
 #include "cli.h"
+#include "guard.h"
 #include "ddpm/checkpoint.h"
 #include "ddpm/error.h"
 
@@ -20,7 +21,8 @@ static void usage(FILE *f)
                "ddpm sample, info and eval read it; it loads into the PyTorch reference\n"
                "U-Net (tests/reference/) with strict names; training cannot resume from it.\n"
                "  --raw       the raw weights instead of the EMA weights\n"
-               "  --quiet     do not print what was written\n"
+               "  --quiet     do not print what was written (warnings stay)\n"
+               "  --no-warnings  do not print warnings\n"
                "exit codes: 0 ok, 1 error (bad checkpoint, unwritable output), 2 usage\n");
 }
 
@@ -48,9 +50,17 @@ int cmd_export(int argc, char **argv)
     char path[4096];
     cli_checkpoint_path(path, sizeof path, argv[optind]);
     const char *out = argv[optind + 1];
+    const cli_input in[1] = {{argv[optind], CLI_IN_CHECKPOINT}};
+    int rc = cli_check_input_file(argv[optind], CLI_IN_CHECKPOINT, "the checkpoint");
+    if (!rc)
+        rc = cli_check_output("OUT", out, 0, in, 1);
+    if (!rc)
+        rc = cli_check_writable_file("OUT", out, "model.safetensors");
+    if (rc)
+        return rc;
     ddpm_checkpoint *ck = NULL;
     int used_ema = 0;
-    int rc = ddpm_checkpoint_open(&ck, path);
+    rc = ddpm_checkpoint_open(&ck, path);
     if (!rc)
         rc = ddpm_checkpoint_export(ck, out, raw, &used_ema);
     if (rc) {
@@ -58,13 +68,13 @@ int cmd_export(int argc, char **argv)
         ddpm_checkpoint_close(ck);
         return DDPM_EXIT_ERROR;
     }
+    if (!raw && !used_ema)
+        cli_warn("%s has no EMA weights; exported the raw ones", path);
     if (!quiet) {
         struct stat a, b;
         double in_mb = stat(path, &a) == 0 ? a.st_size / 1e6 : 0,
                out_mb = stat(out, &b) == 0 ? b.st_size / 1e6 : 0;
-        if (!raw && !used_ema)
-            fprintf(stderr, "ddpm: %s has no EMA weights; exported the raw ones\n", path);
-        fprintf(stderr, "ddpm: %s weights of step %ld: %s (%.1f MB, from %.1f MB)\n",
+        cli_note("%s weights of step %ld: %s (%.1f MB, from %.1f MB)",
                 used_ema ? "EMA" : "raw", ddpm_checkpoint_state(ck)->step, out, out_mb, in_mb);
     }
     ddpm_checkpoint_close(ck);

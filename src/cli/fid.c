@@ -1,5 +1,6 @@
 /* fid.c: `ddpm fid A B` (FID, optionally KID, of two image folders or saved
  * statistics) and `ddpm fid --save-stats OUT DIR`. */
+#include <cJSON.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 
 #include "args.h"
 #include "cli.h"
+#include "guard.h"
 #include "ddpm/error.h"
 #include "ddpm/fid.h"
 #include "ddpm/fsutil.h"
@@ -35,7 +37,8 @@ static void usage(FILE *f)
             "  --threads N        threads (default: all cores)\n"
             "  --json             one JSON object on stdout instead of text\n"
             "  --save-stats OUT   write mu and Sigma of DIR's features to OUT and stop\n"
-            "  --quiet            no progress on stderr\n"
+            "  --quiet            no progress on stderr (warnings stay)\n"
+            "  --no-warnings      do not print warnings\n"
             "Prints FID (and KID), the image counts, the time and the features per second;\n"
             "progress goes to stderr.\n"
             "exit codes: 0 ok, 1 error (missing weights, bad file, fewer than 2 images), 2 usage\n");
@@ -50,7 +53,7 @@ static void progress(void *user, int done, int total)
 {
     const progress_ctx *p = user;
     if (!p->quiet)
-        fprintf(stderr, "\rddpm fid: %s: %d/%d images", p->label, done, total);
+        fprintf(stderr, "\rddpm fid: %s: %d/%d images", cli_q(p->label), done, total);
     if (!p->quiet && done == total)
         fputc('\n', stderr);
 }
@@ -141,17 +144,23 @@ int cmd_fid(int argc, char **argv)
         cli_error("%s: --kid needs the images' features, not statistics", is_stats[0] ? in[0] : in[1]);
         return DDPM_EXIT_ERROR;
     }
-    if (save) {
-        int rc = cli_check_writable_parent(save);
-        if (rc)
-            return rc;
-    }
     char weights[4096];
     ddpm_inception *net = NULL;
     int need_net = save || !is_stats[0] || !is_stats[1];
+    if (need_net && cli_find_inception(weights, sizeof weights, inception))
+        return DDPM_EXIT_ERROR;
+    if (save) {
+        const cli_input inputs[2] = {{in[0], CLI_IN_FOLDER}, {weights, CLI_IN_FILE}};
+        int rc = cli_check_output("--save-stats", save, 0, inputs, 2);
+        if (!rc)
+            rc = cli_check_writable_file("--save-stats", save, "stats.safetensors");
+        if (rc)
+            return rc;
+    }
     if (need_net) {
-        if (cli_find_inception(weights, sizeof weights, inception))
-            return DDPM_EXIT_ERROR;
+        int rc = cli_check_input_file(weights, CLI_IN_FILE, "the Inception weights");
+        if (rc)
+            return rc;
         if (ddpm_inception_load(&net, weights)) {
             cli_error("%s", ddpm_last_error());
             return DDPM_EXIT_ERROR;
@@ -200,12 +209,16 @@ int cmd_fid(int argc, char **argv)
     double seconds = ddpm_now_seconds() - t0;
     double per_sec = seconds > 0 ? n_featurised / seconds : 0.0;
     if (!failed) {
-        if (save && json)
-            printf("{\"stats\": \"%s\", \"n\": %d, \"dims\": %d, \"seconds\": %.3f, \"features_per_sec\": %.2f}\n",
-                   save, n_img[0], st[0].dim, seconds, per_sec);
-        else if (save)
-            printf("wrote %s: mu and Sigma of %d images (%d features), %.1f s, %.1f images/s\n", save, n_img[0],
-                   st[0].dim, seconds, per_sec);
+        if (save && json) {
+            cJSON *name = cJSON_CreateString(save); /* a path with quotes or control bytes stays JSON */
+            char *quoted = name ? cJSON_PrintUnformatted(name) : NULL;
+            printf("{\"stats\": %s, \"n\": %d, \"dims\": %d, \"seconds\": %.3f, \"features_per_sec\": %.2f}\n",
+                   quoted ? quoted : "null", n_img[0], st[0].dim, seconds, per_sec);
+            free(quoted);
+            cJSON_Delete(name);
+        } else if (save)
+            printf("wrote %s: mu and Sigma of %d images (%d features), %.1f s, %.1f images/s\n", cli_q(save),
+                   n_img[0], st[0].dim, seconds, per_sec);
         else if (json) {
             printf("{\"fid\": %.10g", fid);
             if (kid)
@@ -216,8 +229,8 @@ int cmd_fid(int argc, char **argv)
             printf("FID %.4f\n", fid);
             if (kid)
                 printf("KID %.6f +- %.6f (%d subsets)\n", kid_mean, kid_std, DDPM_KID_SUBSETS);
-            printf("images: %d in %s, %d in %s; %d features; %.1f s, %.1f images/s\n", n_img[0], in[0], n_img[1],
-                   in[1], st[0].dim, seconds, per_sec);
+            printf("images: %d in %s, %d in %s; %d features; %.1f s, %.1f images/s\n", n_img[0], cli_q(in[0]),
+                   n_img[1], cli_q(in[1]), st[0].dim, seconds, per_sec);
         }
     }
     for (int k = 0; k < 2; k++) {

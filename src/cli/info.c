@@ -8,6 +8,7 @@
 
 #include "args.h"
 #include "cli.h"
+#include "guard.h"
 #include "ddpm/checkpoint.h"
 #include "ddpm/error.h"
 #include "ddpm/recipe.h"
@@ -26,6 +27,7 @@ static void usage(FILE *f)
                "and ddpm interpolate --help) and the command that re-creates it;\n"
                "a PNG without one is an error (exit 1) that says so.\n"
                "  --json      one JSON object on stdout instead of text\n"
+               "  --no-warnings  do not print warnings\n"
                "  --tensors   list the tensors\n");
 }
 
@@ -118,8 +120,8 @@ static int info_png(const char *path, int json)
         cJSON_Delete(o);
         return DDPM_EXIT_OK;
     }
-    printf("image: %s\nmade by: ddpm %s\ncheckpoint: %s\ncheckpoint sha256: %s\nstep: %ld\nweights: %s\n", path,
-           r.version, r.checkpoint, r.checkpoint_sha256[0] ? r.checkpoint_sha256 : "(none: weights between checkpoints)",
+    printf("image: %s\nmade by: ddpm %s\ncheckpoint: %s\ncheckpoint sha256: %s\nstep: %ld\nweights: %s\n", cli_q(path),
+           cli_q(r.version), cli_q(r.checkpoint), r.checkpoint_sha256[0] ? r.checkpoint_sha256 : "(none: weights between checkpoints)",
            r.step, r.ema ? "EMA" : "raw");
     printf("sampler: %s", sampler); /* the options the sampler's row takes */
     if (ddpm_sampler_has(r.sampler.kind, DDPM_SAMPLER_TAKES_SPACING))
@@ -145,14 +147,14 @@ static int info_png(const char *path, int json)
                "pad %d of gray %d\n",
                r.count, r.at, r.sources ? ", the two images at the ends" : "", r.pad, r.pad_value);
         for (int k = 0; k < 2; k++)
-            printf("source image %d: %s\nsource image %d sha256: %s\n", k + 1, r.images[k], k + 1,
+            printf("source image %d: %s\nsource image %d sha256: %s\n", k + 1, cli_q(r.images[k]), k + 1,
                    r.image_sha256[k]);
     } else {
         printf("seed: %s\n", seed);
         char guidance[32];
         ddpm_recipe_float_text(guidance, r.guidance);
         if (r.class_index != DDPM_NO_CLASS)
-            printf("class: %d (%s), guidance %s\n", r.class_index, r.class_name, guidance);
+            printf("class: %d (%s), guidance %s\n", r.class_index, cli_q(r.class_name), guidance);
         else if (r.grid_by_class)
             printf("class: one row per class, %d images each, guidance %s\n", r.grid_by_class, guidance);
         else
@@ -166,7 +168,7 @@ static int info_png(const char *path, int json)
             printf("contents: trajectory of images %d..%d, %d columns, pad %d of gray %d\n", r.first_index,
                    r.first_index + r.count - 1, r.nrow, r.pad, r.pad_value);
     }
-    printf("re-create: ddpm %s --from %s --out copy.png\n", recreate, path);
+    printf("re-create: ddpm %s --from %s --out copy.png\n", recreate, cli_q(path));
     return DDPM_EXIT_OK;
 }
 
@@ -183,7 +185,7 @@ static void print_t_sampling(const ddpm_checkpoint *ck, const ddpm_run_config *c
             printf(" (loss history full for %d of %d steps: %s)", full, h.T,
                    full == h.T ? "p_t from the history" : "still uniform, warming up");
         } else {
-            printf(" (loss history unreadable: %s)", ddpm_last_error());
+            printf(" (loss history unreadable: %s)", cli_q(ddpm_last_error()));
         }
         ddpm_t_history_free(&h);
     }
@@ -211,6 +213,9 @@ int cmd_info(int argc, char **argv)
         cli_error("info: expected one RUN_DIR or CHECKPOINT");
         return cli_usage_error("info");
     }
+    int in_rc = cli_check_input_file(argv[optind], CLI_IN_CHECKPOINT, "the file");
+    if (in_rc)
+        return in_rc;
     if (is_png(argv[optind]))
         return info_png(argv[optind], json);
     char path[4096];
@@ -279,12 +284,12 @@ int cmd_info(int argc, char **argv)
         if (exported)
             printf("exported weights: %s\nformat version: %d\nparameters: %zu\nstep: %ld\n"
                    "weights: %s (no optimizer state)\ntensors in file: %d\nconfig: %s\n",
-                   path, ddpm_checkpoint_format_version(ck), net->n_params, s->step,
+                   cli_q(path), ddpm_checkpoint_format_version(ck), net->n_params, s->step,
                    strcmp(exported, "ema") ? "raw" : "EMA", n, cp ? cp : "?");
         else
             printf("checkpoint: %s\nformat version: %d\nparameters: %zu\nstep: %ld\ntraining time: %.1f s\n"
                    "EMA weights: %s\noptimizer state: %s\ntensors in file: %d\nconfig: %s\nstate: %s\n",
-                   path, ddpm_checkpoint_format_version(ck), net->n_params, s->step, s->elapsed_seconds,
+                   cli_q(path), ddpm_checkpoint_format_version(ck), net->n_params, s->step, s->elapsed_seconds,
                    ddpm_checkpoint_has(ck, net, "ema.") ? "yes" : "no",
                    ddpm_checkpoint_has(ck, net, "adam_m.") ? "yes" : "no", n, cp ? cp : "?", sp ? sp : "?");
         printf("checksums: %s\n", ddpm_checkpoint_header_checksummed(ck) ? "crc32c of the header and of every tensor verified"
@@ -298,7 +303,7 @@ int cmd_info(int argc, char **argv)
             print_t_sampling(ck, cfg);
         const char *const *names = ddpm_checkpoint_class_names(ck);
         for (int k = 0; names && k < net->cfg.n_classes; k++)
-            printf(k ? ", %s" : "classes: %s", names[k]);
+            printf(k ? ", %s" : "classes: %s", cli_q(names[k]));
         if (names)
             printf("\n");
         free(cp);
@@ -310,7 +315,7 @@ int cmd_info(int argc, char **argv)
                 int ndim;
                 int64_t shape[8];
                 const char *name = ddpm_checkpoint_tensor(ck, i, &ndim, shape);
-                printf("  %-40s [", name);
+                printf("  %-40s [", cli_q(name));
                 for (int d = 0; d < ndim; d++)
                     printf(d ? ", %" PRId64 : "%" PRId64, shape[d]);
                 printf("]\n");

@@ -10,6 +10,7 @@
 
 #include "args.h"
 #include "cli.h"
+#include "guard.h"
 #include "ddpm/model.h"
 #include "ddpm/error.h"
 #include "ddpm/imageio.h"
@@ -85,7 +86,8 @@ static void usage(FILE *f)
 "  --batch N            images per network call; bounds memory (default 64)\n"
 "  --threads N          threads for OpenMP and OpenBLAS (default: all cores)\n"
 "  --no-ema             use the raw weights, not the EMA weights\n"
-"  --quiet              no summary line\n"
+"  --quiet              no summary line (warnings stay)\n"
+CLI_HELP_NO_WARNINGS
 "exit codes: 0 ok, 1 error (bad checkpoint or image, unwritable output, a\n"
 "checkpoint or source image that is not the recipe's), 2 usage\n");
 }
@@ -135,7 +137,10 @@ static int parse_images(const char *value, char *a, char *b, size_t size)
 /* Reads the recipe of --from and checks that it is a strip; exit code or 0. */
 static int read_strip_recipe(ddpm_recipe *r, const char *from)
 {
-    int rc = ddpm_recipe_read_png(r, from);
+    int rc = cli_check_input_file(from, CLI_IN_FILE, "--from");
+    if (rc)
+        return rc;
+    rc = ddpm_recipe_read_png(r, from);
     if (rc < 0) {
         cli_error("%s", ddpm_last_error());
         return DDPM_EXIT_ERROR;
@@ -292,6 +297,14 @@ static int apply_recipe(interp_args *a)
         return DDPM_EXIT_USAGE;
     }
     a->ckpt_arg = a->checkpoint_flag ? a->checkpoint_flag : a->ckpt_arg ? a->ckpt_arg : r->checkpoint;
+    if (!a->ckpt_arg[0] && a->checkpoint_flag) {
+        cli_error("--checkpoint: the path is empty");
+        return DDPM_EXIT_USAGE;
+    }
+    if (!a->ckpt_arg[0]) {
+        cli_error("%s: its recipe names no checkpoint path; pass the checkpoint with --checkpoint PATH", a->from);
+        return DDPM_EXIT_ERROR;
+    }
     ic->n = r->count;
     ic->sampler = r->sampler.kind;
     ic->steps = r->sampler.steps;
@@ -391,11 +404,18 @@ int cmd_interpolate(int argc, char **argv)
         pc->image_a = a.path_a;
         pc->image_b = a.path_b;
     }
-    if ((rc = cli_check_writable_parent(pc->out)))
+    const cli_input in[4] = {{a.ckpt_arg, CLI_IN_CHECKPOINT},
+                             {a.from, CLI_IN_FILE},
+                             {pc->image_a, CLI_IN_FILE},
+                             {pc->image_b, CLI_IN_FILE}};
+    if ((rc = cli_check_input_file(a.ckpt_arg, CLI_IN_CHECKPOINT, "the checkpoint")) ||
+        (rc = cli_check_input_file(pc->image_a, CLI_IN_FILE, "the first source image")) ||
+        (rc = cli_check_input_file(pc->image_b, CLI_IN_FILE, "the second source image")) ||
+        (rc = cli_check_output("--out", pc->out, 0, in, 4)) || (rc = cli_check_writable_parent(pc->out)))
         return rc;
     ddpm_threads_set(a.threads);
     ddpm_model m;
-    if ((rc = cli_open_model(&m, a.ckpt_arg, a.no_ema, a.quiet, "using")))
+    if ((rc = cli_open_model(&m, a.ckpt_arg, a.no_ema, "using")))
         return rc;
     ddpm_recipe recipe;
     if ((rc = check_model(&a, &m, &recipe))) {
@@ -416,13 +436,13 @@ int cmd_interpolate(int argc, char **argv)
         if (pc->image_a)
             fprintf(stderr,
                     "ddpm: %d images between %s and %s noised to t = %d, %s, %s weights of step %ld\n",
-                    ic->n, pc->image_a, pc->image_b, pc->t, how, m.ema ? "EMA" : "raw", m.step);
+                    ic->n, cli_q(pc->image_a), cli_q(pc->image_b), pc->t, how, m.ema ? "EMA" : "raw", m.step);
         else
             fprintf(stderr,
                     "ddpm: %d images between seeds %" PRIu64 " and %" PRIu64
                     ", %s, %s weights of step %ld\n",
                     ic->n, pc->seed_a, pc->seed_b, how, m.ema ? "EMA" : "raw", m.step);
-        printf("%s\n", pc->out);
+        printf("%s\n", cli_q(pc->out));
     }
     ddpm_model_close(&m);
     return rc ? DDPM_EXIT_ERROR : DDPM_EXIT_OK;

@@ -1,12 +1,12 @@
 /* main.c: the ddpm binary: subcommand dispatch, --help, --version. */
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "term.h"
 #include "ddpm/platform.h"
 
 static const struct {
@@ -26,14 +26,23 @@ static const struct {
     {"convert", cmd_convert, "convert IDX files (MNIST, Fashion-MNIST, ...) to PNG folders"},
 };
 
-void cli_error(const char *fmt, ...)
+/* Removes every --no-warnings before a "--" from argv (setting
+ * cli_warnings_off), so that each command takes it without a row of its own;
+ * returns the new argc. */
+static int take_no_warnings(int argc, char **argv)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("ddpm: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
+    int n = 0, options = 1;
+    for (int k = 0; k < argc; k++) {
+        if (options && !strcmp(argv[k], "--"))
+            options = 0;
+        if (options && k > 0 && !strcmp(argv[k], "--no-warnings")) {
+            cli_warnings_off = 1;
+            continue;
+        }
+        argv[n++] = argv[k];
+    }
+    argv[n] = NULL;
+    return n;
 }
 
 static void usage(FILE *f)
@@ -44,7 +53,7 @@ static void usage(FILE *f)
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\n'ddpm <command> --help' lists a command's options.\n"
-               "options: --help, --version\n"
+               "options: --help, --version; every command takes --no-warnings\n"
                "exit codes: 0 ok, 1 error (bad input, file problem), 2 usage error,\n"
                "            3 training diverged (NaN or infinite loss)\n");
 }
@@ -81,6 +90,11 @@ int main(int argc, char **argv)
      * file, keeps the old checkpoint and says "File too large". */
     signal(SIGXFSZ, SIG_IGN);
     ddpm_threads_set(0);
+    if (argc < 2) {
+        usage(stderr);
+        return DDPM_EXIT_USAGE;
+    }
+    argc = take_no_warnings(argc, argv);
     if (argc < 2) {
         usage(stderr);
         return DDPM_EXIT_USAGE;

@@ -6,6 +6,7 @@
 
 #include "args.h"
 #include "cli.h"
+#include "guard.h"
 #include "ddpm/error.h"
 #include "ddpm/plot.h"
 #include "ddpm/run.h"
@@ -30,7 +31,8 @@ static void usage(FILE *f)
 "  --out FILE.png       the picture (default loss.png)\n"
 "  --width W            pixels (default 960)\n"
 "  --height H           pixels (default 640)\n"
-"  --quiet              no summary line\n"
+"  --quiet              no summary line (warnings stay)\n"
+CLI_HELP_NO_WARNINGS
 "exit codes: 0 ok, 1 error (missing, empty or unreadable log, unwritable\n"
 "            output), 2 usage\n");
 }
@@ -76,20 +78,26 @@ int cmd_plot(int argc, char **argv)
         snprintf(log_path, sizeof log_path, "%s/%s", arg, DDPM_LOG_FILE);
     else
         snprintf(log_path, sizeof log_path, "%s", arg);
+    int is_run = stat(arg, &st) == 0 && S_ISDIR(st.st_mode);
+    const cli_input in[2] = {{log_path, CLI_IN_FILE}, {is_run ? arg : NULL, CLI_IN_CHECKPOINT}};
+    int rc;
+    if ((rc = cli_check_input_file(log_path, CLI_IN_FILE, "the log")) ||
+        (rc = cli_check_output("--out", out, 0, in, 2)) || (rc = cli_check_writable_parent(out)))
+        return rc;
     ddpm_plot_summary sum;
     if (ddpm_plot_training_log(log_path, out, &po, &sum)) {
         cli_error("%s", ddpm_last_error());
         return DDPM_EXIT_ERROR;
     }
     if (sum.n_skipped)
-        fprintf(stderr, "ddpm: warning: %s: skipped %d malformed line%s of %d (the first is line %d)\n", log_path,
-                sum.n_skipped, sum.n_skipped == 1 ? "" : "s", sum.n_lines, sum.first_skipped);
+        cli_warn("%s: skipped %d malformed line%s of %d (the first is line %d)", log_path, sum.n_skipped,
+                 sum.n_skipped == 1 ? "" : "s", sum.n_lines, sum.first_skipped);
     if (!quiet) {
-        fprintf(stderr, "ddpm: %d log lines of %s:", sum.n_lines - sum.n_skipped, log_path);
+        char names[1024] = "";
         for (int s = 0; s < sum.n_series && s < 8; s++)
-            fprintf(stderr, "%s %s", s ? "," : "", sum.names[s]);
-        fprintf(stderr, "\n");
-        printf("%s\n", out);
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s %s", s ? "," : "", sum.names[s]);
+        cli_note("%d log lines of %s:%s", sum.n_lines - sum.n_skipped, log_path, names);
+        printf("%s\n", cli_q(out));
     }
     return DDPM_EXIT_OK;
 }

@@ -14,6 +14,7 @@
 
 #include "args.h"
 #include "cli.h"
+#include "guard.h"
 #include "ddpm/model.h"
 #include "ddpm/error.h"
 #include "ddpm/fsutil.h"
@@ -120,7 +121,8 @@ static void usage(FILE *f)
 "  --batch N            images per network call; bounds memory (default 64)\n"
 "  --threads N          threads for OpenMP and OpenBLAS (default: all cores)\n"
 "  --no-ema             use the raw weights, not the EMA weights\n"
-"  --quiet              no progress output\n"
+"  --quiet              no progress output (warnings stay)\n"
+CLI_HELP_NO_WARNINGS
 "  --json               print a JSON summary on stdout\n"
 "exit codes: 0 ok, 1 error (bad checkpoint, unwritable output), 2 usage\n");
 }
@@ -309,7 +311,10 @@ static int apply_recipe(sample_args *a)
         cli_error("sample: --from needs --out FILE.png for the re-created image");
         return DDPM_EXIT_USAGE;
     }
-    int rc = ddpm_recipe_read_png(r, from);
+    int rc = cli_check_input_file(from, CLI_IN_FILE, "--from");
+    if (rc)
+        return rc;
+    rc = ddpm_recipe_read_png(r, from);
     if (rc == 0)
         cli_error("%s: this PNG carries no ddpm recipe (no ddpm tEXt chunks); it cannot be re-created", from);
     else if (rc < 0)
@@ -331,6 +336,14 @@ static int apply_recipe(sample_args *a)
         a->ckpt_arg = a->checkpoint_flag;
     else if (!a->ckpt_arg)
         a->ckpt_arg = r->checkpoint;
+    if (!a->ckpt_arg[0] && a->checkpoint_flag) {
+        cli_error("--checkpoint: the path is empty");
+        return DDPM_EXIT_USAGE;
+    }
+    if (!a->ckpt_arg[0]) {
+        cli_error("%s: its recipe names no checkpoint path; pass the checkpoint with --checkpoint PATH", from);
+        return DDPM_EXIT_ERROR;
+    }
     config_from_recipe(&a->fc, r, a->out);
     a->no_ema = !r->ema;
     a->no_grid = a->fc.grid_path == NULL;
@@ -338,12 +351,20 @@ static int apply_recipe(sample_args *a)
     return -1;
 }
 
-/* The output files can be written, before minutes of work: 0 or the exit code. */
+/* The inputs are files and the output files can be written without
+ * overwriting them, before minutes of work: 0 or the exit code. */
 static int check_outputs(const sample_args *a)
 {
     const ddpm_sample_files_config *fc = &a->fc;
     struct stat st;
     int rc = 0;
+    const cli_input in[2] = {{a->ckpt_arg, CLI_IN_CHECKPOINT}, {a->from, CLI_IN_FILE}};
+    if ((rc = cli_check_input_file(a->ckpt_arg, CLI_IN_CHECKPOINT, "the checkpoint")))
+        return rc;
+    if ((!a->no_grid || a->from) && (rc = cli_check_output("--out", a->out, 0, in, 2)))
+        return rc;
+    if (fc->trajectory_path && (rc = cli_check_output("--trajectory", fc->trajectory_path, 0, in, 2)))
+        return rc;
     if ((!a->no_grid && (rc = cli_check_writable_parent(a->out))) ||
         (fc->trajectory_path && (rc = cli_check_writable_parent(fc->trajectory_path))))
         return rc;
@@ -416,7 +437,7 @@ static void report(const sample_args *a, const ddpm_model *m, double seconds)
                 spaced ? ddpm_spacing_name(fc->sampler.spacing) : "", m->ema ? "EMA" : "raw", m->step, seconds,
                 (double)n * n_steps / seconds);
         if (!a->no_grid || a->from)
-            printf("%s\n", a->out);
+            printf("%s\n", cli_q(a->out));
     }
     if (!a->json)
         return;
@@ -474,7 +495,7 @@ int cmd_sample(int argc, char **argv)
         return rc;
     ddpm_threads_set(a.threads);
     ddpm_model m;
-    if ((rc = cli_open_model(&m, a.ckpt_arg, a.no_ema, a.quiet, "sampling with")))
+    if ((rc = cli_open_model(&m, a.ckpt_arg, a.no_ema, "sampling with")))
         return rc;
     if (a.from && strcmp(m.sha256, a.from_recipe.checkpoint_sha256)) {
         cli_error("%s: SHA-256 %.12s... is not the checkpoint %s was made from (%.12s..., %s at step %ld); pass "

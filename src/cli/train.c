@@ -12,6 +12,7 @@
 
 #include "args.h"
 #include "cli.h"
+#include "guard.h"
 #include "ddpm/dist.h"
 #include "ddpm/error.h"
 #include "ddpm/run.h"
@@ -30,6 +31,9 @@ typedef struct {
     const ddpm_run_options *o;
     int tty;
     int line_open; /* a progress line without its newline is on the terminal */
+    int quiet;     /* no start lines, no progress (warnings still) */
+    int resumed;   /* from on_started: the run continued from its checkpoint ... */
+    long start_step; /* ... at this step */
 } progress_ctx;
 
 static void format_duration(char *buf, size_t size, double seconds)
@@ -47,14 +51,18 @@ static void format_duration(char *buf, size_t size, double seconds)
 
 static void on_started(void *ctx, const ddpm_run_start *s)
 {
-    const progress_ctx *p = ctx;
+    progress_ctx *p = ctx;
+    p->resumed = s->resumed;
+    p->start_step = s->start_step;
+    if (p->quiet)
+        return;
     char procs[64] = "", micro[64] = "";
     if (s->n_processes > 1)
         snprintf(procs, sizeof procs, "%d processes x ", s->n_processes);
     if (s->micro_batch < s->batch)
         snprintf(micro, sizeof micro, " (micro-batch %d)", s->micro_batch);
     fprintf(stderr, "ddpm: %s%s: %d images %dx%dx%d, model %zu parameters, batch %d%s, %s%d threads\n",
-            s->resumed ? "resuming " : "training on ", p->o->data_dir, s->n_images, s->channels, s->image_size,
+            s->resumed ? "resuming " : "training on ", cli_q(p->o->data_dir), s->n_images, s->channels, s->image_size,
             s->image_size, s->n_params, s->batch, micro, procs, omp_get_max_threads());
     char mult[64], attn[64];
     ddpm_format_int_list(mult, sizeof mult, s->model->ch_mult, s->model->n_levels);
@@ -82,8 +90,11 @@ static void on_progress(void *ctx, const ddpm_run_progress *r)
 
 static void on_warning(void *ctx, const char *line)
 {
-    (void)ctx;
-    fprintf(stderr, "ddpm: warning: %s\n", line);
+    progress_ctx *p = ctx;
+    if (p->line_open && !cli_warnings_off) /* a progress line is open on the terminal */
+        fputc('\n', stderr);
+    p->line_open = 0;
+    cli_warn("%s", line);
 }
 
 static void on_fid(void *ctx, long step, int n, double fid, double seconds)
@@ -116,6 +127,7 @@ static void print_summary(const ddpm_run_summary *s)
 typedef struct {
     ddpm_run_options o;
     int threads, quiet, json, help;
+    int no_warnings; /* main() takes --no-warnings out of argv (term.h); the row is for --help */
 } train_args;
 
 #define SOFF(field) offsetof(train_args, field)
@@ -143,6 +155,9 @@ static const ddpm_option session_options[] = {
     {.name = "allow-data-change", .type = DDPM_OPT_BOOL, .offset = SOFF(o.allow_data_change), .group = "run",
      .def_text = "refused: files, sizes and names differ",
      .help = "with --resume: continue on a DATA_DIR other than the run's"},
+    {.name = "allow-small-data", .type = DDPM_OPT_BOOL, .offset = SOFF(o.allow_small_data), .group = "run",
+     .def_text = "refused: fewer images than --batch, or images under 8 px",
+     .help = "train on fewer images than one batch or on images smaller than 8 px on a side"},
     {.name = "save-every", .metavar = "N", .type = DDPM_OPT_LONG, .offset = SOFF(o.save_every), .min = 0,
      .max = 1e9, .unit = "steps", .group = "run", .help = "checkpoint every N steps; 0: at the end only"},
     {.name = "sample-every", .metavar = "N", .type = DDPM_OPT_LONG, .offset = SOFF(o.sample_every), .min = 0,
@@ -194,7 +209,9 @@ static const ddpm_option session_options[] = {
      .help = "threads for OpenMP and OpenBLAS, per process"},
     {.name = "strict", .type = DDPM_OPT_BOOL, .offset = SOFF(o.strict), .def_text = "skipped with a warning",
      .group = "run", .help = "a file under DATA_DIR that is not an image is an error"},
-    {.name = "quiet", .type = DDPM_OPT_BOOL, .offset = SOFF(quiet), .group = "run", .help = "no progress output"},
+    {.name = "quiet", .type = DDPM_OPT_BOOL, .offset = SOFF(quiet), .group = "run", .help = "no progress output (warnings stay)"},
+    {.name = "no-warnings", .type = DDPM_OPT_BOOL, .offset = SOFF(no_warnings), .group = "run",
+     .help = "do not print warnings (a skipped file, log lines removed, ...)"},
     {.name = "json", .type = DDPM_OPT_BOOL, .offset = SOFF(json), .group = "run",
      .help = "print a JSON summary on stdout at the end"},
     {.name = "help", .type = DDPM_OPT_BOOL, .offset = SOFF(help), .group = "run", .help = "this text"},
@@ -354,6 +371,16 @@ static int check_flags(const ddpm_run_options *o, const char *fixed_given, int l
         cli_error("train: --lr-min %g is above --lr %g", o->cfg.optim.lr_min, o->cfg.optim.lr);
         return DDPM_EXIT_USAGE;
     }
+    if (o->cfg.beta_end < o->cfg.beta_start) {
+        cli_error("train: --beta-end %g is below --beta-start %g", o->cfg.beta_end, o->cfg.beta_start);
+        return DDPM_EXIT_USAGE;
+    }
+    /* the run folder may not be the data folder (or the held-out one): its
+       checkpoint, log and previews would be written among the images */
+    const cli_input in[2] = {{o->data_dir, CLI_IN_FOLDER}, {o->eval_dir, CLI_IN_FOLDER}};
+    int out_rc = cli_check_output("--out", o->out_dir, 1, in, 2);
+    if (out_rc)
+        return out_rc;
     return -1;
 }
 
@@ -423,10 +450,10 @@ static int train_main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL); /* mpirun forwards it to every process */
-    progress_ctx pc = {&o, isatty(fileno(stderr)), 0};
+    progress_ctx pc = {&o, isatty(fileno(stderr)), 0, quiet, 0, 0};
     ddpm_run_callbacks cb = {&pc, NULL, NULL, NULL, NULL};
-    if (!quiet && rank == 0) /* one voice for a run of several processes */
-        cb = (ddpm_run_callbacks){&pc, on_started, on_progress, on_warning, on_fid};
+    if (rank == 0) /* one voice for a run of several processes; --quiet keeps the warnings */
+        cb = (ddpm_run_callbacks){&pc, on_started, quiet ? NULL : on_progress, on_warning, quiet ? NULL : on_fid};
     ddpm_run_summary summary;
     int rc = ddpm_run(&o, &cb, &summary);
     signal(SIGINT, SIG_DFL);
@@ -446,10 +473,18 @@ static int train_main(int argc, char **argv)
     }
     if (rank > 0)
         return DDPM_EXIT_OK;
+    if (pc.resumed && summary.step <= pc.start_step && !summary.interrupted) {
+        char asked[64] = "";
+        if (o.steps > 0)
+            snprintf(asked, sizeof asked, " (--steps %ld)", o.steps);
+        cli_warn("nothing trained: the run was already at step %ld, at or past the stop asked for%s; --steps and "
+                 "--epochs count from the run's start, not from this session",
+                 summary.step, asked);
+    }
     if (!quiet) {
         if (summary.preview[0] && o.preview_sampler == DDPM_SAMPLER_DDIM)
             fprintf(stderr, "ddpm: preview grid (EMA weights, DDIM %d steps, eta 1): %s\n", o.preview_steps,
-                    summary.preview);
+                    cli_q(summary.preview));
         else if (summary.preview[0])
             fprintf(stderr, "ddpm: preview grid (EMA weights, %s, %d %s%s%s): %s\n",
                     ddpm_sampler_name(o.preview_sampler), o.preview_steps,
@@ -458,13 +493,13 @@ static int train_main(int argc, char **argv)
                     ddpm_sampler_has(o.preview_sampler, DDPM_SAMPLER_TAKES_SPACING)
                         ? ddpm_spacing_name(o.preview_spacing)
                         : "",
-                    summary.preview);
+                    cli_q(summary.preview));
         if (summary.interrupted)
             fprintf(stderr,
                     "ddpm: interrupted at step %ld; checkpoint saved. Continue with: ddpm train %s --out %s --resume\n",
-                    summary.step, o.data_dir, o.out_dir);
+                    summary.step, cli_q(o.data_dir), cli_q(o.out_dir));
         else
-            fprintf(stderr, "ddpm: done at step %ld; checkpoint: %s\n", summary.step, summary.checkpoint);
+            fprintf(stderr, "ddpm: done at step %ld; checkpoint: %s\n", summary.step, cli_q(summary.checkpoint));
     }
     if (json)
         print_summary(&summary);
