@@ -196,7 +196,7 @@ static void test_an_output_that_is_an_input_is_refused_with_exit_2_and_nothing_c
         {"fid --inception weights.pth --save-stats weights.pth data", "--save-stats would overwrite"},
         {"fid --inception weights.pth --save-stats data/../data/02.png data", "a file in the folder data"},
         {"convert weights.pth weights.pth", "OUT_DIR would overwrite"},
-        {"train data --out data/. " TINY " --steps 1", "--out would overwrite files in the folder data"},
+        {"train data --out data/. " TINY " --steps 1", "the run folder is inside the data folder"},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         int rc = ddpm("%s", cases[k].args);

@@ -12,7 +12,10 @@
 #include <cmocka.h>
 
 #include "ddpm/ops.h"
+#include "ddpm/platform.h"
 #include "testutil.h"
+
+#include "../src/ops/sigmoid.h"
 
 /* Forward (full-precision q, k in [-2, 2], v in [-1, 1]): scores are float sums
  * of C <= 6 products (a few ulps of |S| <= ~10), the softmax is exact to a few
@@ -231,6 +234,72 @@ static void test_attention_softmax_is_stable_for_large_scores(void **state)
     case_free(&c);
 }
 
+__attribute__((noinline)) static float exp_scalar(float t)
+{
+    return exp_nonpositive(t);
+}
+
+/* The softmax of attention.c one element per call (scalar instructions in any
+ * build): row maximum, exp of the difference, the sum in 8 double partials
+ * (element j to partial j % 8, added in order), one reciprocal. */
+static void softmax_scalar(float *s, int N)
+{
+    float m = s[0];
+    for (int j = 1; j < N; j++)
+        m = s[j] > m ? s[j] : m;
+    double acc[8] = {0};
+    for (int j = 0; j < N; j++) {
+        s[j] = exp_scalar(s[j] - m);
+        acc[j % 8] += s[j];
+    }
+    double sum = 0.0;
+    for (int l = 0; l < 8; l++)
+        sum += acc[l];
+    const float inv = (float)(1.0 / sum);
+    for (int j = 0; j < N; j++)
+        s[j] *= inv;
+}
+
+/* The vectorised softmax (AVX-512 masks or AVX2 blends) gives the weights of the
+ * scalar one byte for byte, the scores made by the same sgemm call; large scores
+ * send exp below its clamp at -104 (weights of 0). B > 1, odd N, 196 positions. */
+static void test_attention_weights_are_the_bytes_of_the_scalar_softmax(void **state)
+{
+    (void)state;
+    const struct {
+        int B, C, N;
+    } shapes[] = {{3, 5, 15}, {2, 8, 196}, {2, 6, 49}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        const int B = shapes[k].B, C = shapes[k].C, N = shapes[k].N;
+        attn_case c;
+        case_init(&c, B, C, N, 40 + k, 0);
+        for (size_t i = 0; i < c.n_x; i++)
+            c.q[i] *= 8.0f * (float)k + 1.0f, c.k[i] *= 4.0f;
+        forward(&c);
+        const float scale = (float)(1.0 / sqrt((double)C));
+        float *S = tu_alloc((size_t)N * N);
+        size_t bad = 0, tiny = 0;
+        for (int b = 0; b < B; b++) {
+            const size_t CN = (size_t)C * N, NN = (size_t)N * N;
+            ddpm_sgemm(1, 0, N, N, C, scale, c.q + b * CN, N, c.k + b * CN, N, 0.0f, S, N);
+            for (int i = 0; i < N; i++)
+                softmax_scalar(S + (size_t)i * N, N);
+            for (size_t i = 0; i < NN; i++) {
+                if (memcmp(&S[i], &c.w[b * NN + i], sizeof(float)) != 0 && bad++ < 5)
+                    fprintf(stderr, "shape %zu image %d: w[%zu] = %a, scalar %a\n", k, b, i,
+                            (double)c.w[b * NN + i], (double)S[i]);
+                tiny += S[i] == 0.0f; /* exp below -104, or underflowed */
+            }
+        }
+        if (bad)
+            fail_msg("shape %zu: %zu weights differ from the scalar softmax", k, bad);
+        if (k > 0)
+            assert_true(tiny > 0);
+        free(S);
+        case_free(&c);
+    }
+}
+
 static void check_backward_fd(int B, int C, int N, uint64_t seed)
 {
     attn_case c;
@@ -360,6 +429,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attention_forward_matches_naive_attention),
         cmocka_unit_test(test_attention_softmax_is_stable_for_large_scores),
+        cmocka_unit_test(test_attention_weights_are_the_bytes_of_the_scalar_softmax),
         cmocka_unit_test(test_attention_backward_matches_finite_differences),
         cmocka_unit_test(test_attention_backward_accumulates_into_gradients),
         cmocka_unit_test(test_attention_backward_null_gradients_are_skipped),

@@ -227,6 +227,44 @@ static void test_dropout_backward_applies_the_saved_mask_beta0_overwrites(void *
     assert_memory_equal(got, d, sizeof got);
 }
 
+/* The backward, vectorised per mask byte, gives the bytes of the element-by-element
+ * formula din = beta din + dout * (bit i of the mask ? 1/(1-p) : 0): n with and
+ * without a partial last byte, large enough to run in parallel, beta 0 (din not
+ * read: NaN there stays unseen) and 1.5, p = 0 (the bits are not read), p = 1,
+ * and in place (din = dout). */
+static void test_dropout_backward_gives_the_bytes_of_the_element_formula(void **state)
+{
+    (void)state;
+    const size_t sizes[] = {1, 7, 8, 301, BIG + 5};
+    const float ps[] = {0.3f, 0.0f, 1.0f};
+    for (size_t a = 0; a < sizeof sizes / sizeof sizes[0]; a++)
+        for (size_t b = 0; b < sizeof ps / sizeof ps[0]; b++)
+            for (int k = 0; k < 3; k++) {
+                const size_t n = sizes[a];
+                const float p = ps[b], beta = k == 1 ? 1.5f : 0.0f;
+                const int in_place = k == 2;
+                const float keep = !(p > 0.0f) ? 1.0f : p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+                float *d = tu_alloc(n), *din = tu_alloc(n), *want = tu_alloc(n), *x = tu_alloc(n);
+                uint8_t *bits = malloc(ddpm_dropout_mask_bytes(n));
+                assert_non_null(bits);
+                tu_fill_uniform(x, n, 30 + a, -1.0f, 1.0f);
+                tu_fill_uniform(d, n, 40 + a, -2.0f, 2.0f);
+                ddpm_dropout_forward(din, bits, x, p > 0.0f ? p : 0.5f, n, 9, 77);
+                for (size_t i = 0; i < n; i++) {
+                    const float m = !(p > 0.0f) ? 1.0f : bit(bits, i) ? keep : 0.0f;
+                    const float old = beta == 0.0f ? NAN : (float)(i % 5) - 2.0f;
+                    want[i] = beta == 0.0f ? d[i] * m : beta * old + d[i] * m;
+                    din[i] = in_place ? d[i] : old;
+                }
+                ddpm_dropout_backward(din, beta, in_place ? din : d, p > 0.0f ? bits : NULL, p, n);
+                for (size_t i = 0; i < n; i++)
+                    if (memcmp(&din[i], &want[i], sizeof(float)) != 0)
+                        fail_msg("n %zu p %g beta %g%s: din[%zu] = %a, want %a", n, (double)p, (double)beta,
+                                 in_place ? " in place" : "", i, (double)din[i], (double)want[i]);
+                free(d), free(din), free(want), free(x), free(bits);
+            }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -238,6 +276,7 @@ int main(void)
         cmocka_unit_test(test_dropout_in_place_equals_out_of_place),
         cmocka_unit_test(test_dropout_backward_matches_finite_differences_and_accumulates),
         cmocka_unit_test(test_dropout_backward_applies_the_saved_mask_beta0_overwrites),
+        cmocka_unit_test(test_dropout_backward_gives_the_bytes_of_the_element_formula),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

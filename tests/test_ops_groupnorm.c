@@ -13,6 +13,8 @@
 #include "ddpm/ops.h"
 #include "testutil.h"
 
+#include "../src/ops/sigmoid.h"
+
 /* Inputs and parameters lie on a grid of 2^-14, so that x +- h for h = 2^-8 is exact
  * in float: the finite differences then see exactly the perturbation they divide by. */
 #define GRID_BITS 14
@@ -363,6 +365,43 @@ static void test_groupnorm_silu_forward_gives_the_bytes_of_groupnorm_then_silu(v
     }
 }
 
+/* The library's sigmoid, one element per call: scalar instructions in any build. */
+__attribute__((noinline)) static float silu_scalar(float x)
+{
+    return x * sigmoid_stable(x);
+}
+
+/* The fused loop's SiLU, vectorised (AVX-512 masks or AVX2 blends), gives the
+ * bytes of the scalar SiLU of the GroupNorm output it writes beside it, at odd
+ * HW, B > 1, one group and the 14x14 x 64 shape, inputs reaching both tails. */
+static void test_groupnorm_silu_forward_gives_the_bytes_of_the_scalar_silu(void **state)
+{
+    (void)state;
+    const struct {
+        int B, C, HW, G;
+    } shapes[] = {{3, 6, 25, 3}, {2, 4, 7, 1}, {5, 64, 196, 8}, {2, 32, 784, 8}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        gn_case c = gn_make(shapes[k].B, shapes[k].C, shapes[k].HW, shapes[k].G, 1e-5f, 90 + k);
+        fill_grid(c.gamma, c.C, 95 + k, -40.0f, 40.0f);
+        float *norm = tu_alloc(c.n);
+        ddpm_groupnorm_silu_forward(c.out, norm, c.mean, c.rstd, c.x, c.gamma, c.beta, c.B, c.C, c.HW, c.G,
+                                    c.eps);
+        size_t bad = 0, tails = 0;
+        for (size_t i = 0; i < c.n; i++) {
+            const float want = silu_scalar(norm[i]);
+            if (memcmp(&want, &c.out[i], sizeof want) != 0 && bad++ < 5)
+                fprintf(stderr, "shape %zu: silu(%a) = %a, scalar %a\n", k, (double)norm[i], (double)c.out[i],
+                        (double)want);
+            tails += fabsf(norm[i]) > 20.0f;
+        }
+        if (bad)
+            fail_msg("shape %zu: %zu of %zu elements differ from the scalar SiLU", k, bad, c.n);
+        assert_true(tails > 0);
+        free(norm);
+        gn_free(&c);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -374,6 +413,7 @@ int main(void)
         cmocka_unit_test(test_groupnorm_is_identical_for_one_and_two_threads),
         cmocka_unit_test(test_groupnorm_backward_beta0_overwrites_din_and_accumulates_parameters),
         cmocka_unit_test(test_groupnorm_silu_forward_gives_the_bytes_of_groupnorm_then_silu),
+        cmocka_unit_test(test_groupnorm_silu_forward_gives_the_bytes_of_the_scalar_silu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

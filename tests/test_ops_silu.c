@@ -11,6 +11,8 @@
 #include "ddpm/ops.h"
 #include "testutil.h"
 
+#include "../src/ops/sigmoid.h"
+
 /* Inputs on a 2^-14 grid: x +- h, h = 2^-8, is exact in float. */
 #define GRID_BITS 14
 #define FD_H (1.0f / 256.0f)
@@ -153,6 +155,60 @@ static void test_silu_backward_beta0_overwrites(void **state)
     free(x), free(d), free(want), free(got);
 }
 
+/* The library's sigmoid, one element per call: scalar instructions in any build,
+ * the reference for the vectorised loops of ddpm_silu_forward and _backward. */
+__attribute__((noinline)) static float silu_scalar(float x)
+{
+    return x * sigmoid_stable(x);
+}
+
+__attribute__((noinline)) static float silu_grad_scalar(float dout, float x)
+{
+    const float s = sigmoid_stable(x);
+    return dout * s * (1.0f + x * (1.0f - s));
+}
+
+static int same_float(float a, float b)
+{
+    return memcmp(&a, &b, sizeof a) == 0 || (isnan(a) && isnan(b));
+}
+
+/* Every 251st float bit pattern (17 million inputs: every exponent, both signs,
+ * denormals, the clamp of exp at -104, infinities and NaNs): the vectorised loops
+ * (AVX-512 or AVX2 blends, whichever this build compiled) give the bytes of the
+ * scalar sigmoid, forward and backward, with beta 0 and 1, in parallel calls. */
+static void test_silu_gives_the_bytes_of_the_scalar_sigmoid_over_the_float_range(void **state)
+{
+    (void)state;
+    const uint64_t stride = 251;
+    const size_t n = (size_t)((UINT64_C(1) << 32) / stride) + 1;
+    float *x = tu_alloc(n), *out = tu_alloc(n), *dout = tu_alloc(n), *din = tu_alloc(n);
+    for (size_t i = 0; i < n; i++) {
+        const uint32_t u = (uint32_t)(i * stride);
+        memcpy(&x[i], &u, sizeof u);
+        dout[i] = (float)(i % 7) * 0.25f - 0.75f;
+    }
+    size_t bad = 0;
+    ddpm_silu_forward(out, x, n);
+    for (size_t i = 0; i < n; i++)
+        if (!same_float(out[i], silu_scalar(x[i])) && bad++ < 5)
+            fprintf(stderr, "silu(%a) = %a, scalar %a\n", (double)x[i], (double)out[i], (double)silu_scalar(x[i]));
+    ddpm_silu_backward(din, 0.0f, dout, x, n);
+    for (size_t i = 0; i < n; i++)
+        if (!same_float(din[i], silu_grad_scalar(dout[i], x[i])) && bad++ < 10)
+            fprintf(stderr, "silu'(%a) dout %g = %a, scalar %a\n", (double)x[i], (double)dout[i], (double)din[i],
+                    (double)silu_grad_scalar(dout[i], x[i]));
+    for (size_t i = 0; i < n; i++)
+        din[i] = (float)(i % 3);
+    ddpm_silu_backward(din, 1.0f, dout, x, n);
+    for (size_t i = 0; i < n; i++)
+        if (!same_float(din[i], 1.0f * (float)(i % 3) + silu_grad_scalar(dout[i], x[i])) && bad++ < 15)
+            fprintf(stderr, "accumulated silu'(%a) = %a\n", (double)x[i], (double)din[i]);
+    if (bad)
+        fail_msg("%zu of %zu elements differ from the scalar sigmoid", bad, 3 * n);
+    free(x), free(out), free(dout), free(din);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -162,6 +218,7 @@ int main(void)
         cmocka_unit_test(test_silu_backward_is_finite_and_exact_at_large_x),
         cmocka_unit_test(test_silu_backward_accumulates),
         cmocka_unit_test(test_silu_backward_beta0_overwrites),
+        cmocka_unit_test(test_silu_gives_the_bytes_of_the_scalar_sigmoid_over_the_float_range),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

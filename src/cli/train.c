@@ -12,7 +12,6 @@
 
 #include "args.h"
 #include "cli.h"
-#include "guard.h"
 #include "ddpm/dist.h"
 #include "ddpm/error.h"
 #include "ddpm/run.h"
@@ -375,12 +374,8 @@ static int check_flags(const ddpm_run_options *o, const char *fixed_given, int l
         cli_error("train: --beta-end %g is below --beta-start %g", o->cfg.beta_end, o->cfg.beta_start);
         return DDPM_EXIT_USAGE;
     }
-    /* the run folder may not be the data folder (or the held-out one): its
-       checkpoint, log and previews would be written among the images */
-    const cli_input in[2] = {{o->data_dir, CLI_IN_FOLDER}, {o->eval_dir, CLI_IN_FOLDER}};
-    int out_rc = cli_check_output("--out", o->out_dir, 1, in, 2);
-    if (out_rc)
-        return out_rc;
+    /* a run folder that is, or is inside, the data folder or the held-out
+       one is refused by ddpm_run_start (run.c), before anything is read */
     return -1;
 }
 

@@ -67,18 +67,51 @@ void ddpm_dropout_forward(float *out, uint8_t *mask, const float *in, float p, s
     }
 }
 
+/* The 8 elements of one mask byte, m its 8 mask values: di = d m, or beta di + d m
+ * when accumulate. The products go through t, so that all of d is read before di
+ * is written (di may be d: the recompute runs in place) and the 8 are one vector
+ * operation. */
+static inline void backward8(float *di, const float *d, const float *m, int accumulate, float beta)
+{
+    float t[8];
+    for (int l = 0; l < 8; l++)
+        t[l] = d[l] * m[l];
+    if (accumulate)
+        for (int l = 0; l < 8; l++)
+            di[l] = beta * di[l] + t[l];
+    else
+        for (int l = 0; l < 8; l++)
+            di[l] = t[l];
+}
+
 /* din = beta din + dout * mask, the mask read from forward's bits: the same
  * product as forward's, so beta = 0 on forward's input gives forward's output.
- * With beta = 0 din is never read. */
+ * With beta = 0 din is never read.
+ * The bits are expanded through a table of the 256 bytes' 8 mask values, so that
+ * each byte's 8 elements are one vector product; the mask[i / 8] >> i % 8 of
+ * each element is a gather and a branch, which gcc does not vectorise. */
 void ddpm_dropout_backward(float *din, float beta, const float *dout, const uint8_t *mask, float p, size_t n)
 {
     if (!din)
         return;
-    const float keep_scale = keep_scale_of(p);
-#pragma omp parallel for simd schedule(static) if (n > DROPOUT_PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) {
-        const float m = !(p > 0.0f) ? 1.0f : (mask[i / 8] >> (i % 8)) & 1u ? keep_scale : 0.0f;
-        const float d = dout[i] * m;
-        din[i] = beta == 0.0f ? d : beta * din[i] + d;
+    /* p == 0 (sampling): the mask is 1 everywhere, and no bits are read */
+    const int all = !(p > 0.0f);
+    const float keep_scale = all ? 1.0f : keep_scale_of(p);
+    float table[256][8];
+    for (int b = 0; b < 256; b++)
+        for (int l = 0; l < 8; l++)
+            table[b][l] = (b >> l) & 1 ? keep_scale : 0.0f;
+    const size_t n_bytes = ddpm_dropout_mask_bytes(n);
+#pragma omp parallel for schedule(static) if (n > DROPOUT_PARALLEL_MIN)
+    for (size_t byte = 0; byte < n_bytes; byte++) {
+        const float *m = table[all ? 0xff : mask[byte]];
+        float *di = din + 8 * byte;
+        const float *d = dout + 8 * byte;
+        if (8 * byte + 8 <= n) {
+            backward8(di, d, m, beta != 0.0f, beta);
+        } else {
+            for (size_t l = 0; 8 * byte + l < n; l++)
+                di[l] = beta == 0.0f ? d[l] * m[l] : beta * di[l] + d[l] * m[l];
+        }
     }
 }
