@@ -299,7 +299,8 @@ int ddpm_train_state_from_json(ddpm_train_state *st, const char *json, const cha
 /* The tensor sets of net that are not NULL, under their prefixes, then the
  * n_extra tensors of the run's state, with the metadata entries given. */
 static int save_arenas(const char *path, const ddpm_unet *net, const float *const arenas[4],
-                       const ddpm_st_tensor *extra, int n_extra, const ddpm_st_meta *meta, int n_meta)
+                       const ddpm_st_tensor *extra, int n_extra, const ddpm_st_meta *meta, int n_meta,
+                       char *sha256)
 {
     const char *prefixes[4] = {"", "ema.", "adam_m.", "adam_v."};
     int n_sets = 0;
@@ -327,7 +328,7 @@ static int save_arenas(const char *path, const ddpm_unet *net, const float *cons
         }
         for (int k = 0; k < n_extra; k++)
             t[j++] = extra[k];
-        rc = ddpm_safetensors_write(path, t, (int)n, meta, n_meta);
+        rc = ddpm_safetensors_write_sha256(path, t, (int)n, meta, n_meta, sha256);
     } else {
         ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the checkpoint", path);
     }
@@ -353,7 +354,7 @@ static char *class_names_to_json(const char *const *names, int n)
 int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddpm_train_state *st,
                          const ddpm_unet *net, const float *params, const float *ema,
                          const float *adam_m, const float *adam_v, const char *const *class_names,
-                         const ddpm_t_history *t_history)
+                         const ddpm_t_history *t_history, char *sha256)
 {
     const float *const arenas[4] = {params, ema, adam_m, adam_v};
     /* the loss history as float32 tensors, so that they carry the file's CRC-32C;
@@ -380,7 +381,7 @@ int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddp
         snprintf(version, sizeof version, "%d", DDPM_CHECKPOINT_FORMAT_VERSION);
         ddpm_st_meta meta[5] = {{"format", "ddpm"}, {"format_version", version}, {"config", config_json},
                                 {"state", state_json}, {"classes", classes_json}};
-        rc = save_arenas(path, net, arenas, extra, n_extra, meta, n_classes > 0 ? 5 : 4);
+        rc = save_arenas(path, net, arenas, extra, n_extra, meta, n_classes > 0 ? 5 : 4, sha256);
     } else {
         rc = ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the checkpoint", path);
     }
@@ -416,7 +417,7 @@ int ddpm_checkpoint_export(const ddpm_checkpoint *ck, const char *path, int raw,
         ddpm_st_meta meta[6] = {{"format", "ddpm"}, {"format_version", version}, {"config", config_json},
                                 {"state", state_json}, {"weights", ema ? "ema" : "raw"}, {"classes", classes_json}};
         const float *const arenas[4] = {params, NULL, NULL, NULL};
-        rc = save_arenas(path, net, arenas, NULL, 0, meta, n_classes > 0 ? 6 : 5);
+        rc = save_arenas(path, net, arenas, NULL, 0, meta, n_classes > 0 ? 6 : 5, NULL);
     } else {
         rc = ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the export", path);
     }

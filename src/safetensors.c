@@ -17,6 +17,7 @@
 #include "ddpm/crc32c.h"
 #include "ddpm/error.h"
 #include "ddpm/fsutil.h"
+#include "ddpm/sha256.h"
 
 /* Integers in the header are parsed by cJSON as doubles: only values below 2^53
  * are represented exactly, so larger ones are refused rather than rounded. */
@@ -296,8 +297,9 @@ static int build_header(strbuf *sb, const char *path, const ddpm_st_tensor *tens
 }
 
 /* Writes n floats as little-endian: straight through on a little-endian host, in
- * byte-swapped chunks otherwise. Returns 0 or -1 with errno set. */
-static int write_f32_le(FILE *fp, const float *x, size_t n, float *chunk, size_t chunk_len)
+ * byte-swapped chunks otherwise; sha (may be NULL) hashes the bytes written.
+ * Returns 0 or -1 with errno set. */
+static int write_f32_le(FILE *fp, const float *x, size_t n, float *chunk, size_t chunk_len, ddpm_sha256 *sha)
 {
     if (host_is_little_endian()) {
         const size_t step = (size_t)1 << 24; /* 64 MB per fwrite call */
@@ -305,6 +307,8 @@ static int write_f32_le(FILE *fp, const float *x, size_t n, float *chunk, size_t
             size_t m = n - i < step ? n - i : step;
             if (fwrite(x + i, sizeof(float), m, fp) != m)
                 return -1;
+            if (sha)
+                ddpm_sha256_update(sha, x + i, m * sizeof(float));
         }
         return 0;
     }
@@ -314,6 +318,8 @@ static int write_f32_le(FILE *fp, const float *x, size_t n, float *chunk, size_t
         swap_bytes_f32(chunk, m);
         if (fwrite(chunk, sizeof(float), m, fp) != m)
             return -1;
+        if (sha)
+            ddpm_sha256_update(sha, chunk, m * sizeof(float));
     }
     return 0;
 }
@@ -370,6 +376,7 @@ typedef struct {
     int n_tensors;
     float *chunk;
     size_t chunk_len;
+    ddpm_sha256 *sha; /* NULL, or hashes every byte written */
 } st_writer;
 
 static int write_file(void *ctx, FILE *fp)
@@ -379,10 +386,15 @@ static int write_file(void *ctx, FILE *fp)
     write_le64(len_field, (uint64_t)w->header->len);
     if (fwrite(len_field, 1, 8, fp) != 8 || fwrite(w->header->p, 1, w->header->len, fp) != w->header->len)
         return -1;
+    if (w->sha) { /* started here: a retried write hashes from the start */
+        ddpm_sha256_init(w->sha);
+        ddpm_sha256_update(w->sha, len_field, 8);
+        ddpm_sha256_update(w->sha, w->header->p, w->header->len);
+    }
     for (int i = 0; i < w->n_tensors; i++) {
         int64_t n = 0;
         element_count(w->tensors[i].shape, w->tensors[i].ndim, &n);
-        if (write_f32_le(fp, w->tensors[i].data, (size_t)n, w->chunk, w->chunk_len))
+        if (write_f32_le(fp, w->tensors[i].data, (size_t)n, w->chunk, w->chunk_len, w->sha))
             return -1;
     }
     return 0;
@@ -390,6 +402,12 @@ static int write_file(void *ctx, FILE *fp)
 
 int ddpm_safetensors_write(const char *path, const ddpm_st_tensor *tensors, int n_tensors,
                            const ddpm_st_meta *meta, int n_meta)
+{
+    return ddpm_safetensors_write_sha256(path, tensors, n_tensors, meta, n_meta, NULL);
+}
+
+int ddpm_safetensors_write_sha256(const char *path, const ddpm_st_tensor *tensors, int n_tensors,
+                                  const ddpm_st_meta *meta, int n_meta, char sha256[65])
 {
     if (!path || !path[0])
         return ddpm_error(DDPM_EINVAL, "safetensors: no output path given");
@@ -426,8 +444,16 @@ int ddpm_safetensors_write(const char *path, const ddpm_st_tensor *tensors, int 
         free(header.p);
         return ddpm_error(DDPM_ENOMEM, "%s: out of memory", path);
     }
-    st_writer w = {&header, tensors, n_tensors, chunk, chunk_len};
+    ddpm_sha256 sha;
+    st_writer w = {&header, tensors, n_tensors, chunk, chunk_len, sha256 ? &sha : NULL};
     rc = ddpm_atomic_write(path, write_file, &w);
+    if (sha256 && rc == 0) {
+        uint8_t digest[32];
+        ddpm_sha256_final(&sha, digest);
+        ddpm_sha256_hex(sha256, digest);
+    } else if (sha256) {
+        sha256[0] = '\0';
+    }
     free(header.p);
     free(chunk);
     return rc;

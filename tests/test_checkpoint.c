@@ -19,6 +19,7 @@
 #include "ddpm/model.h"
 #include "ddpm/error.h"
 #include "ddpm/safetensors.h"
+#include "ddpm/sha256.h"
 #include "ddpm/train.h"
 #include "testutil.h"
 
@@ -497,6 +498,23 @@ static void test_weights_beyond_1e6_are_refused_naming_the_file_and_the_tensor(v
     ddpm_trainer_free(tr);
 }
 
+/* ddpm_trainer_save_sha256 hashes the bytes as it writes them: the SHA-256 it
+ * gives is the file's. */
+static void test_save_gives_the_sha256_of_the_bytes_it_wrote(void **state)
+{
+    (void)state;
+    ddpm_run_config c;
+    smallest_config(&c);
+    ddpm_trainer *tr = NULL;
+    assert_int_equal(ddpm_trainer_create(&tr, &c, 0), 0);
+    char p[256], written[65], file[65];
+    snprintf(p, sizeof p, "%s", tu_path(tmpdir, "hashed.safetensors"));
+    assert_int_equal(ddpm_trainer_save_sha256(tr, p, written), 0);
+    assert_int_equal(ddpm_sha256_file(p, file), 0);
+    assert_string_equal(written, file);
+    ddpm_trainer_free(tr);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -508,6 +526,7 @@ int main(void)
         cmocka_unit_test(test_the_header_edits_of_issue_26_are_refused_naming_the_file),
         cmocka_unit_test(test_format_version_1_files_load_unchanged),
         cmocka_unit_test(test_weights_beyond_1e6_are_refused_naming_the_file_and_the_tensor),
+        cmocka_unit_test(test_save_gives_the_sha256_of_the_bytes_it_wrote),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

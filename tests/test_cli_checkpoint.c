@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "ddpm/imageio.h"
+#include "ddpm/sha256.h"
 #include "ddpm/train.h"
 #include "testutil.h"
 
@@ -248,6 +249,38 @@ static void test_info_says_the_files_format_version_and_what_was_verified(void *
     free(out);
 }
 
+/* A preview grid's recipe names the checkpoint saved at its step by the
+ * SHA-256 of the bytes the save wrote, hashed while writing (the file is not
+ * read back): it is the SHA-256 of the file on disk, at a save in the loop and
+ * at the end of the run. */
+static void test_a_previews_recipe_names_the_checkpoint_by_the_bytes_written(void **state)
+{
+    (void)state;
+    assert_int_equal(ddpm("train data --out prev --steps 3 --save-every 2 --sample-every 2 --preview-n 2 "
+                          "--preview-steps 2 --quiet --size 8 --ch 8 --ch-mult 1,2 --res-blocks 1 --attn '' "
+                          "--groups 4 --timesteps 50 --batch 2 --threads 1"),
+                     0);
+    char file_sha[65];
+    assert_int_equal(ddpm_sha256_file(in_tmp("prev/checkpoint.safetensors"), file_sha), 0);
+    /* step 3, the end: saved and previewed with the final weights */
+    assert_int_equal(ddpm("info prev/samples/step_0000003.png"), 0);
+    char *out = tu_slurp(tmp, "out.txt", NULL), want[128];
+    assert_non_null(out);
+    snprintf(want, sizeof want, "checkpoint sha256: %s\n", file_sha);
+    if (!strstr(out, want))
+        fail_msg("info says:\n%s\nwanted '%s'", out, want);
+    free(out);
+    /* step 2: saved in the loop, then replaced by step 3's; its recipe names
+       the step 2 file, which is not the one on disk any more */
+    assert_int_equal(ddpm("info prev/samples/step_0000002.png"), 0);
+    out = tu_slurp(tmp, "out.txt", NULL);
+    assert_non_null(out);
+    assert_non_null(strstr(out, "checkpoint sha256: "));
+    assert_null(strstr(out, want));
+    assert_null(strstr(out, "(none"));
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -255,6 +288,7 @@ int main(void)
         cmocka_unit_test(test_a_header_edit_is_refused_by_info_sample_and_resume_which_writes_nothing),
         cmocka_unit_test(test_sample_refuses_weights_of_3e38_in_one_line),
         cmocka_unit_test(test_info_says_the_files_format_version_and_what_was_verified),
+        cmocka_unit_test(test_a_previews_recipe_names_the_checkpoint_by_the_bytes_written),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

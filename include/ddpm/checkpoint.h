@@ -58,11 +58,14 @@ int ddpm_train_state_from_json(ddpm_train_state *s, const char *json, const char
  * A class-conditional model (cfg->model.n_classes > 0) stores its class names
  * (class_names[n_classes], the data folder's subfolders) as the metadata key
  * "classes", a JSON list; NULL stores the indices "0", "1", ...
- * t_history, when not NULL, is saved as the two loss-history tensors. */
+ * t_history, when not NULL, is saved as the two loss-history tensors.
+ * sha256, when not NULL (65 bytes), receives the SHA-256 of the bytes written,
+ * hashed as they are written (ddpm_safetensors_write_sha256): a preview's recipe
+ * names the checkpoint by it without reading the file back. */
 int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddpm_train_state *st,
                          const ddpm_unet *net, const float *params, const float *ema,
                          const float *adam_m, const float *adam_v, const char *const *class_names,
-                         const ddpm_t_history *t_history);
+                         const ddpm_t_history *t_history, char *sha256);
 
 typedef struct ddpm_checkpoint ddpm_checkpoint;
 

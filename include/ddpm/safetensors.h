@@ -93,6 +93,12 @@ typedef struct ddpm_st_file ddpm_st_file;
 int ddpm_safetensors_write(const char *path, const ddpm_st_tensor *tensors, int n_tensors,
                            const ddpm_st_meta *meta, int n_meta);
 
+/* The same, and sha256 (65 bytes: 64 hex digits and a NUL) receives the SHA-256
+ * of the bytes written, hashed as they are written: what names the file in a
+ * recipe, without reading it back. */
+int ddpm_safetensors_write_sha256(const char *path, const ddpm_st_tensor *tensors, int n_tensors,
+                                  const ddpm_st_meta *meta, int n_meta, char sha256[65]);
+
 /* Reads (ddpm_read_file: a regular file of at most DDPM_ST_MAX_FILE bytes, one
  * open) and validates the whole file. On success *out owns a copy of the file
  * and must be closed; on failure *out is NULL and DDPM_EIO (cannot read),
