@@ -17,6 +17,7 @@ struct ddpm_checkpoint {
     ddpm_train_state state;
     const char *weights; /* exported weights: "ema" or "raw"; NULL for a training checkpoint */
     char **class_names;  /* [config.model.n_classes] */
+    int format_version;  /* the file's: 1 or 2 */
 };
 
 /* ---------------------------------------------------------------- to JSON */
@@ -298,7 +299,8 @@ int ddpm_train_state_from_json(ddpm_train_state *st, const char *json, const cha
 /* The tensor sets of net that are not NULL, under their prefixes, then the
  * n_extra tensors of the run's state, with the metadata entries given. */
 static int save_arenas(const char *path, const ddpm_unet *net, const float *const arenas[4],
-                       const ddpm_st_tensor *extra, int n_extra, const ddpm_st_meta *meta, int n_meta)
+                       const ddpm_st_tensor *extra, int n_extra, const ddpm_st_meta *meta, int n_meta,
+                       char *sha256)
 {
     const char *prefixes[4] = {"", "ema.", "adam_m.", "adam_v."};
     int n_sets = 0;
@@ -326,7 +328,7 @@ static int save_arenas(const char *path, const ddpm_unet *net, const float *cons
         }
         for (int k = 0; k < n_extra; k++)
             t[j++] = extra[k];
-        rc = ddpm_safetensors_write(path, t, (int)n, meta, n_meta);
+        rc = ddpm_safetensors_write_sha256(path, t, (int)n, meta, n_meta, sha256);
     } else {
         ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the checkpoint", path);
     }
@@ -352,7 +354,7 @@ static char *class_names_to_json(const char *const *names, int n)
 int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddpm_train_state *st,
                          const ddpm_unet *net, const float *params, const float *ema,
                          const float *adam_m, const float *adam_v, const char *const *class_names,
-                         const ddpm_t_history *t_history)
+                         const ddpm_t_history *t_history, char *sha256)
 {
     const float *const arenas[4] = {params, ema, adam_m, adam_v};
     /* the loss history as float32 tensors, so that they carry the file's CRC-32C;
@@ -379,7 +381,7 @@ int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddp
         snprintf(version, sizeof version, "%d", DDPM_CHECKPOINT_FORMAT_VERSION);
         ddpm_st_meta meta[5] = {{"format", "ddpm"}, {"format_version", version}, {"config", config_json},
                                 {"state", state_json}, {"classes", classes_json}};
-        rc = save_arenas(path, net, arenas, extra, n_extra, meta, n_classes > 0 ? 5 : 4);
+        rc = save_arenas(path, net, arenas, extra, n_extra, meta, n_classes > 0 ? 5 : 4, sha256);
     } else {
         rc = ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the checkpoint", path);
     }
@@ -415,7 +417,7 @@ int ddpm_checkpoint_export(const ddpm_checkpoint *ck, const char *path, int raw,
         ddpm_st_meta meta[6] = {{"format", "ddpm"}, {"format_version", version}, {"config", config_json},
                                 {"state", state_json}, {"weights", ema ? "ema" : "raw"}, {"classes", classes_json}};
         const float *const arenas[4] = {params, NULL, NULL, NULL};
-        rc = save_arenas(path, net, arenas, NULL, 0, meta, n_classes > 0 ? 6 : 5);
+        rc = save_arenas(path, net, arenas, NULL, 0, meta, n_classes > 0 ? 6 : 5, NULL);
     } else {
         rc = ddpm_error(DDPM_ENOMEM, "%s: out of memory preparing the export", path);
     }
@@ -475,15 +477,27 @@ static int checkpoint_from_file(ddpm_checkpoint **out, ddpm_st_file *file)
         rc = ddpm_error(DDPM_EFORMAT, "%s: metadata 'weights' must be ema or raw", path);
     else if (!format || strcmp(format, "ddpm"))
         rc = ddpm_error(DDPM_EFORMAT, "%s: not a ddpm checkpoint (a safetensors file without ddpm metadata)", path);
-    else if (!version || strcmp(version, "1") != 0)
-        rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint format version %.20s is not supported (this ddpm reads %d)", path,
-                        version ? version : "(missing)", DDPM_CHECKPOINT_FORMAT_VERSION);
+    else if (!version || (strcmp(version, "1") && strcmp(version, "2")))
+        rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint format version %.20s is not supported (this ddpm reads 1 to %d)",
+                        path, version ? version : "(missing)", DDPM_CHECKPOINT_FORMAT_VERSION);
+    /* Version 2 carries checksums of its header and of every tensor: without
+       them it is damaged (a flipped bit in the key "header_crc32c" or "crc32c"),
+       not an older file. Only version 1, written before header checksums, may
+       lack them. */
+    else if (strcmp(version, "1") && !ddpm_safetensors_header_checksummed(file))
+        rc = ddpm_error(DDPM_EFORMAT, "%s: a format version %s checkpoint without its header checksum: the header is "
+                        "damaged", path, version);
+    else if (strcmp(version, "1") && !ddpm_safetensors_checksummed(file))
+        rc = ddpm_error(DDPM_EFORMAT, "%s: a format version %s checkpoint without its tensor checksums: the header is "
+                        "damaged", path, version);
     else if (!config || !state)
         rc = ddpm_error(DDPM_EFORMAT, "%s: checkpoint metadata lacks %s", path, config ? "state" : "config");
     else if (!(rc = config_from_json(&ck->config, config, path, !ck->weights)))
         rc = state_from_json(&ck->state, state, path, ck->weights != NULL);
     if (!rc && ck->config.model.n_classes > 0)
         rc = read_class_names(ck, path);
+    if (!rc)
+        ck->format_version = version[0] - '0';
     if (rc) {
         ddpm_checkpoint_close(ck);
         return rc;
@@ -509,6 +523,11 @@ int ddpm_checkpoint_open_memory(ddpm_checkpoint **out, const void *bytes, size_t
 }
 
 int ddpm_checkpoint_checksummed(const ddpm_checkpoint *ck) { return ddpm_safetensors_checksummed(ck->file); }
+int ddpm_checkpoint_format_version(const ddpm_checkpoint *ck) { return ck->format_version; }
+int ddpm_checkpoint_header_checksummed(const ddpm_checkpoint *ck)
+{
+    return ddpm_safetensors_header_checksummed(ck->file);
+}
 
 void ddpm_checkpoint_close(ddpm_checkpoint *ck)
 {
@@ -587,11 +606,20 @@ int ddpm_checkpoint_read(const ddpm_checkpoint *ck, const ddpm_unet *net, const 
         if ((rc = ddpm_safetensors_read_f32(ck->file, name, x, ti->n)))
             return rc;
         /* Poisoned weights (NaN or infinite) are refused: sampling with them gives
-         * black images, and training from them carries the poison on. */
-        for (size_t k = 0; k < ti->n; k++)
+         * black images, and training from them carries the poison on. So are
+         * weights no training makes (|w| > DDPM_MAX_ABS_WEIGHT: a 3e38 saturates
+         * every pixel); Adam's moments need only be finite. */
+        int is_weight = !strcmp(prefix, "") || !strcmp(prefix, "ema.");
+        for (size_t k = 0; k < ti->n; k++) {
             if (!isfinite(x[k]))
                 return ddpm_error(DDPM_EFORMAT, "%s: tensor %s holds %s at element %zu: the weights are unusable", path,
                                   name, isnan(x[k]) ? "NaN" : "an infinity", k);
+            if (is_weight && fabsf(x[k]) > DDPM_MAX_ABS_WEIGHT)
+                return ddpm_error(DDPM_EFORMAT,
+                                  "%s: tensor %s holds %g at element %zu, beyond the %g no trained weight reaches: the "
+                                  "weights are unusable",
+                                  path, name, (double)x[k], k, DDPM_MAX_ABS_WEIGHT);
+        }
     }
     return DDPM_OK;
 }

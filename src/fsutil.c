@@ -340,14 +340,30 @@ int ddpm_probe_folder(const char *dir, unsigned long long need_bytes)
     return DDPM_OK;
 }
 
-int ddpm_read_file(const char *path, unsigned char **bytes_out, size_t *size_out)
+/* What a path that is not a regular file is, for the message. */
+static const char *file_kind(mode_t mode)
+{
+    return S_ISDIR(mode)    ? "a folder"
+           : S_ISFIFO(mode) ? "a FIFO (named pipe)"
+           : S_ISCHR(mode)  ? "a character device"
+           : S_ISBLK(mode)  ? "a block device"
+           : S_ISSOCK(mode) ? "a socket"
+                            : "not a regular file";
+}
+
+int ddpm_read_file(const char *path, size_t max_size, unsigned char **bytes_out, size_t *size_out)
 {
     *bytes_out = NULL;
     *size_out = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* A FIFO blocks open() until a writer comes and a device reads without end:
+       both are refused before they are opened, and the open itself does not
+       block (O_NONBLOCK) in case the path changed in between; fstat decides. */
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return ddpm_error(DDPM_EIO, "%s: is %s, not a regular file", path, file_kind(st.st_mode));
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (fd < 0)
         return ddpm_error(DDPM_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;
         close(fd);
@@ -355,11 +371,12 @@ int ddpm_read_file(const char *path, unsigned char **bytes_out, size_t *size_out
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return ddpm_error(DDPM_EIO, "%s: not a regular file", path);
+        return ddpm_error(DDPM_EIO, "%s: is %s, not a regular file", path, file_kind(st.st_mode));
     }
-    if ((uint64_t)st.st_size > (uint64_t)SIZE_MAX) {
+    if ((uint64_t)st.st_size > (uint64_t)max_size) {
         close(fd);
-        return ddpm_error(DDPM_ENOMEM, "%s: file too large to read", path);
+        return ddpm_error(DDPM_EFORMAT, "%s: is %jd bytes, more than the %ju its format allows", path,
+                          (intmax_t)st.st_size, (uintmax_t)max_size);
     }
     size_t size = (size_t)st.st_size;
     unsigned char *bytes = malloc(size ? size : 1);
@@ -367,19 +384,33 @@ int ddpm_read_file(const char *path, unsigned char **bytes_out, size_t *size_out
         close(fd);
         return ddpm_error(DDPM_ENOMEM, "%s: out of memory reading %zu bytes", path, size);
     }
+    /* size + 1 bytes asked: a file that grew after fstat is seen, and never read
+       past the size it had */
     size_t got = 0;
-    while (got < size) {
-        ssize_t r = read(fd, bytes + got, size - got);
+    unsigned char extra;
+    for (;;) {
+        ssize_t r = got < size ? read(fd, bytes + got, size - got) : read(fd, &extra, 1);
         if (r < 0 && errno == EINTR)
             continue;
-        if (r <= 0) {
+        if (r < 0) {
             int e = errno;
             close(fd);
             free(bytes);
-            if (r == 0)
-                return ddpm_error(DDPM_EIO, "%s: file shrank while being read (%zu of %zu bytes)", path, got, size);
             return ddpm_error(DDPM_EIO, "%s: read failed: %s", path, strerror(e));
         }
+        if (r == 0 && got < size) {
+            close(fd);
+            free(bytes);
+            return ddpm_error(DDPM_EIO, "%s: file shrank while being read (%zu of %zu bytes)", path, got, size);
+        }
+        if (r > 0 && got == size) {
+            close(fd);
+            free(bytes);
+            return ddpm_error(DDPM_EIO, "%s: file grew while being read (past its %zu bytes): is something writing it?",
+                              path, size);
+        }
+        if (r == 0)
+            break;
         got += (size_t)r;
     }
     close(fd);

@@ -13,6 +13,7 @@
 #include "ddpm/fsutil.h"
 #include "ddpm/recipe.h"
 #include "ddpm/run.h"
+#include "ddpm/safetensors.h"
 #include "ddpm/sha256.h"
 #include "ddpm/train.h"
 
@@ -55,7 +56,7 @@ int ddpm_model_open(ddpm_model *m, const char *path, ddpm_weights_kind weights)
     /* read once: the bytes hashed are the bytes parsed */
     unsigned char *bytes = NULL;
     size_t size = 0;
-    int rc = ddpm_read_file(m->path, &bytes, &size);
+    int rc = ddpm_read_file(m->path, DDPM_ST_MAX_READ, &bytes, &size);
     if (rc)
         return rc;
     ddpm_sha256 h;

@@ -45,6 +45,7 @@ void ddpm_run_options_default(ddpm_run_options *o)
 typedef struct {
     const ddpm_run_options *o;
     char ckpt_path[3072], log_path[3072], samples_dir[3072]; /* out_dir is at most 3000 bytes */
+    char ckpt_sha256[65]; /* of the bytes session_save last wrote (with previews on), for their recipes */
     ddpm_dataset *ds;
     ddpm_trainer *tr;
     FILE *log;
@@ -614,7 +615,8 @@ static int session_save(run_session *r)
         return DDPM_OK;
     r->tr->state.data_epoch = ddpm_dataset_epoch(r->ds);
     r->tr->state.data_position = ddpm_dataset_position(r->ds);
-    return ddpm_trainer_save(r->tr, r->ckpt_path);
+    /* hashed as written when a preview may name it: the file is not read back */
+    return ddpm_trainer_save_sha256(r->tr, r->ckpt_path, r->o->preview_n > 0 ? r->ckpt_sha256 : NULL);
 }
 
 /* One log.jsonl line (the file's format: docs/design.md, Files on disk). The
@@ -750,7 +752,9 @@ static int session_preview(run_session *r, char *path, size_t size, int saved_no
     snprintf(recipe.checkpoint, sizeof recipe.checkpoint, "%.1023s", r->ckpt_path);
     recipe.step = tr->state.step;
     recipe.ema = 1;
-    int rc = saved_now ? ddpm_sha256_file(r->ckpt_path, recipe.checkpoint_sha256) : DDPM_OK;
+    if (saved_now) /* the bytes session_save wrote at this step */
+        snprintf(recipe.checkpoint_sha256, sizeof recipe.checkpoint_sha256, "%s", r->ckpt_sha256);
+    int rc = DDPM_OK;
     c.recipe = &recipe;
     ddpm_model model;
     ddpm_model_from_trainer(&model, tr, DDPM_WEIGHTS_EMA);

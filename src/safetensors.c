@@ -17,6 +17,7 @@
 #include "ddpm/crc32c.h"
 #include "ddpm/error.h"
 #include "ddpm/fsutil.h"
+#include "ddpm/sha256.h"
 
 /* Integers in the header are parsed by cJSON as doubles: only values below 2^53
  * are represented exactly, so larger ones are refused rather than rounded. */
@@ -31,6 +32,11 @@
 static const char METADATA_KEY[] = "__metadata__";
 /* The metadata key holding every tensor's CRC-32C (see safetensors.h). */
 static const char CHECKSUM_KEY[] = "crc32c";
+/* The metadata key holding the header's CRC-32C, and the bytes every header
+ * with it begins with: its 8 hex digits follow, then a quote. */
+static const char HEADER_CHECKSUM_KEY[] = "header_crc32c";
+static const char HEADER_CHECKSUM_PREFIX[] = "{\"__metadata__\":{\"header_crc32c\":\"";
+#define HEADER_CHECKSUM_AT (sizeof HEADER_CHECKSUM_PREFIX - 1)
 
 struct ddpm_st_file {
     char *path;
@@ -46,6 +52,7 @@ struct ddpm_st_file {
     ddpm_st_meta *meta_by_key;
     int n_meta;
     int checksummed; /* every tensor's CRC-32C was in the metadata and matched */
+    int header_checksummed; /* the header's CRC-32C was in its place and matched */
 };
 
 static int host_is_little_endian(void)
@@ -221,9 +228,9 @@ static int check_write_args(const char *path, const ddpm_st_tensor *tensors, int
         if (len > DDPM_ST_MAX_NAME)
             return ddpm_error(DDPM_EINVAL, "%s: metadata key '%.*s...' is %zu bytes, over the %d-byte limit",
                               path, MSG_NAME, meta[i].key, len, DDPM_ST_MAX_NAME);
-        if (strcmp(meta[i].key, CHECKSUM_KEY) == 0)
-            return ddpm_error(DDPM_EINVAL, "%s: metadata key '%s' is reserved for the tensor checksums", path,
-                              CHECKSUM_KEY);
+        if (strcmp(meta[i].key, CHECKSUM_KEY) == 0 || strcmp(meta[i].key, HEADER_CHECKSUM_KEY) == 0)
+            return ddpm_error(DDPM_EINVAL, "%s: metadata key '%s' is reserved for the checksums", path,
+                              meta[i].key);
     }
     int n_names = n_tensors > n_meta ? n_tensors : n_meta;
     const char **names = ddpm_malloc(n_names ? (size_t)n_names : 1, sizeof *names);
@@ -290,8 +297,9 @@ static int build_header(strbuf *sb, const char *path, const ddpm_st_tensor *tens
 }
 
 /* Writes n floats as little-endian: straight through on a little-endian host, in
- * byte-swapped chunks otherwise. Returns 0 or -1 with errno set. */
-static int write_f32_le(FILE *fp, const float *x, size_t n, float *chunk, size_t chunk_len)
+ * byte-swapped chunks otherwise; sha (may be NULL) hashes the bytes written.
+ * Returns 0 or -1 with errno set. */
+static int write_f32_le(FILE *fp, const float *x, size_t n, float *chunk, size_t chunk_len, ddpm_sha256 *sha)
 {
     if (host_is_little_endian()) {
         const size_t step = (size_t)1 << 24; /* 64 MB per fwrite call */
@@ -299,6 +307,8 @@ static int write_f32_le(FILE *fp, const float *x, size_t n, float *chunk, size_t
             size_t m = n - i < step ? n - i : step;
             if (fwrite(x + i, sizeof(float), m, fp) != m)
                 return -1;
+            if (sha)
+                ddpm_sha256_update(sha, x + i, m * sizeof(float));
         }
         return 0;
     }
@@ -308,6 +318,8 @@ static int write_f32_le(FILE *fp, const float *x, size_t n, float *chunk, size_t
         swap_bytes_f32(chunk, m);
         if (fwrite(chunk, sizeof(float), m, fp) != m)
             return -1;
+        if (sha)
+            ddpm_sha256_update(sha, chunk, m * sizeof(float));
     }
     return 0;
 }
@@ -346,6 +358,17 @@ static int build_checksums(strbuf *sb, const char *path, const ddpm_st_tensor *t
     return 0;
 }
 
+/* The CRC-32C of the length field and the header (header_len bytes at header),
+ * its own 8 hex digits (at HEADER_CHECKSUM_AT) taken as "00000000". */
+static uint32_t header_crc(const unsigned char *header, uint64_t header_len)
+{
+    unsigned char len_field[8];
+    write_le64(len_field, header_len);
+    uint32_t crc = ddpm_crc32c(0, len_field, 8);
+    crc = ddpm_crc32c(crc, header, HEADER_CHECKSUM_AT);
+    crc = ddpm_crc32c(crc, "00000000", 8);
+    return ddpm_crc32c(crc, header + HEADER_CHECKSUM_AT + 8, (size_t)header_len - HEADER_CHECKSUM_AT - 8);
+}
 
 typedef struct {
     const strbuf *header;
@@ -353,6 +376,7 @@ typedef struct {
     int n_tensors;
     float *chunk;
     size_t chunk_len;
+    ddpm_sha256 *sha; /* NULL, or hashes every byte written */
 } st_writer;
 
 static int write_file(void *ctx, FILE *fp)
@@ -362,10 +386,15 @@ static int write_file(void *ctx, FILE *fp)
     write_le64(len_field, (uint64_t)w->header->len);
     if (fwrite(len_field, 1, 8, fp) != 8 || fwrite(w->header->p, 1, w->header->len, fp) != w->header->len)
         return -1;
+    if (w->sha) { /* started here: a retried write hashes from the start */
+        ddpm_sha256_init(w->sha);
+        ddpm_sha256_update(w->sha, len_field, 8);
+        ddpm_sha256_update(w->sha, w->header->p, w->header->len);
+    }
     for (int i = 0; i < w->n_tensors; i++) {
         int64_t n = 0;
         element_count(w->tensors[i].shape, w->tensors[i].ndim, &n);
-        if (write_f32_le(fp, w->tensors[i].data, (size_t)n, w->chunk, w->chunk_len))
+        if (write_f32_le(fp, w->tensors[i].data, (size_t)n, w->chunk, w->chunk_len, w->sha))
             return -1;
     }
     return 0;
@@ -374,36 +403,57 @@ static int write_file(void *ctx, FILE *fp)
 int ddpm_safetensors_write(const char *path, const ddpm_st_tensor *tensors, int n_tensors,
                            const ddpm_st_meta *meta, int n_meta)
 {
+    return ddpm_safetensors_write_sha256(path, tensors, n_tensors, meta, n_meta, NULL);
+}
+
+int ddpm_safetensors_write_sha256(const char *path, const ddpm_st_tensor *tensors, int n_tensors,
+                                  const ddpm_st_meta *meta, int n_meta, char sha256[65])
+{
     if (!path || !path[0])
         return ddpm_error(DDPM_EINVAL, "safetensors: no output path given");
     int rc = check_write_args(path, tensors, n_tensors, meta, n_meta);
     if (rc)
         return rc;
 
-    /* The caller's metadata and the checksums, which go in the header before the data. */
+    /* The header checksum's place first, the caller's metadata, the tensor
+       checksums: all in the header before the data. */
     strbuf sums = {0}, header = {0};
-    ddpm_st_meta *all_meta = ddpm_malloc((size_t)n_meta + 1, sizeof *all_meta);
+    ddpm_st_meta *all_meta = ddpm_malloc((size_t)n_meta + 2, sizeof *all_meta);
     rc = all_meta ? build_checksums(&sums, path, tensors, n_tensors) : DDPM_ENOMEM;
     if (!rc) {
+        all_meta[0] = (ddpm_st_meta){HEADER_CHECKSUM_KEY, "00000000"};
         if (n_meta)
-            memcpy(all_meta, meta, (size_t)n_meta * sizeof *meta);
-        all_meta[n_meta] = (ddpm_st_meta){CHECKSUM_KEY, sums.p};
-        rc = build_header(&header, path, tensors, n_tensors, all_meta, n_meta + 1);
+            memcpy(all_meta + 1, meta, (size_t)n_meta * sizeof *meta);
+        all_meta[n_meta + 1] = (ddpm_st_meta){CHECKSUM_KEY, sums.p};
+        rc = build_header(&header, path, tensors, n_tensors, all_meta, n_meta + 2);
     }
     free(all_meta);
     free(sums.p);
+    if (!rc && (header.len < HEADER_CHECKSUM_AT + 9 || memcmp(header.p, HEADER_CHECKSUM_PREFIX, HEADER_CHECKSUM_AT)))
+        rc = ddpm_error(DDPM_EINVAL, "%s: internal error: the header does not begin with its checksum", path);
     if (rc) {
         free(header.p);
         return rc;
     }
+    char hex[9];
+    snprintf(hex, sizeof hex, "%08" PRIx32, header_crc((const unsigned char *)header.p, header.len));
+    memcpy(header.p + HEADER_CHECKSUM_AT, hex, 8);
     const size_t chunk_len = (size_t)1 << 16;
     float *chunk = host_is_little_endian() ? NULL : malloc(chunk_len * sizeof(float));
     if (!host_is_little_endian() && !chunk) {
         free(header.p);
         return ddpm_error(DDPM_ENOMEM, "%s: out of memory", path);
     }
-    st_writer w = {&header, tensors, n_tensors, chunk, chunk_len};
+    ddpm_sha256 sha;
+    st_writer w = {&header, tensors, n_tensors, chunk, chunk_len, sha256 ? &sha : NULL};
     rc = ddpm_atomic_write(path, write_file, &w);
+    if (sha256 && rc == 0) {
+        uint8_t digest[32];
+        ddpm_sha256_final(&sha, digest);
+        ddpm_sha256_hex(sha256, digest);
+    } else if (sha256) {
+        sha256[0] = '\0';
+    }
     free(header.p);
     free(chunk);
     return rc;
@@ -595,6 +645,35 @@ static int parse_tensor(ddpm_st_file *f, const cJSON *entry, ddpm_st_info *info)
     return 0;
 }
 
+/* A header that begins with the header checksum's place must match it; one that
+ * does not has no header checksum (f->header_checksummed stays 0). Checked
+ * before the JSON is parsed, so a damaged header never reaches the parser. */
+static int verify_header_checksum(ddpm_st_file *f, const unsigned char *header, uint64_t header_len)
+{
+    if (header_len < HEADER_CHECKSUM_AT + 9 || memcmp(header, HEADER_CHECKSUM_PREFIX, HEADER_CHECKSUM_AT) != 0)
+        return 0;
+    /* lower-case only, as written: a flipped bit 5 makes 'b' a 'B' of the same value */
+    const unsigned char *hex = header + HEADER_CHECKSUM_AT;
+    int is_hex = hex[8] == '"';
+    for (int k = 0; is_hex && k < 8; k++)
+        is_hex = (hex[k] >= '0' && hex[k] <= '9') || (hex[k] >= 'a' && hex[k] <= 'f');
+    if (!is_hex)
+        return ddpm_error(DDPM_EFORMAT,
+                          "%s: the header's checksum (metadata '%s') is not 8 lower-case hex digits: the file is corrupt",
+                          f->path, HEADER_CHECKSUM_KEY);
+    char stored_hex[9];
+    memcpy(stored_hex, hex, 8);
+    stored_hex[8] = '\0';
+    uint32_t stored = (uint32_t)strtoul(stored_hex, NULL, 16), crc = header_crc(header, header_len);
+    if (crc != stored)
+        return ddpm_error(DDPM_EFORMAT,
+                          "%s: the header (metadata and tensor table) fails its checksum (stored crc32c %08" PRIx32
+                          ", header %08" PRIx32 "): the file is corrupt",
+                          f->path, stored, crc);
+    f->header_checksummed = 1;
+    return 0;
+}
+
 /* Validates f->bytes and fills in the rest of f. */
 static int parse(ddpm_st_file *f)
 {
@@ -619,6 +698,12 @@ static int parse(ddpm_st_file *f)
     const char *header = (const char *)f->bytes + 8;
     f->data = f->bytes + 8 + header_len;
     f->data_len = rest - header_len;
+    if (f->data_len > DDPM_ST_MAX_DATA)
+        return ddpm_error(DDPM_EFORMAT, "%s: %" PRIu64 " bytes of tensor data, over the %" PRIu64 "-byte limit", p,
+                          f->data_len, DDPM_ST_MAX_DATA);
+    int rc = verify_header_checksum(f, (const unsigned char *)header, header_len);
+    if (rc)
+        return rc;
 
     if (count_json_values(header, (size_t)header_len) > MAX_JSON_VALUES)
         return ddpm_error(DDPM_EFORMAT, "%s: header holds more than %zu JSON values", p, MAX_JSON_VALUES);
@@ -647,11 +732,12 @@ static int parse(ddpm_st_file *f)
             return ddpm_error(DDPM_EFORMAT, "%s: header lists more than %d tensors", p, DDPM_ST_MAX_TENSORS);
         }
     }
-    if (metadata) {
-        int rc = parse_metadata(f, metadata);
-        if (rc)
-            return rc;
-    }
+    if (metadata && (rc = parse_metadata(f, metadata)))
+        return rc;
+    /* the entry is only ever where the writer puts it, where it was checked */
+    if (ddpm_safetensors_meta(f, HEADER_CHECKSUM_KEY) && !f->header_checksummed)
+        return ddpm_error(DDPM_EFORMAT, "%s: metadata '%s' is not at the start of the header, where its writer puts it",
+                          p, HEADER_CHECKSUM_KEY);
 
     f->infos = ddpm_calloc(n_entries ? (size_t)n_entries : 1, sizeof *f->infos);
     f->by_name = ddpm_malloc(n_entries ? (size_t)n_entries : 1, sizeof *f->by_name);
@@ -661,8 +747,7 @@ static int parse(ddpm_st_file *f)
     for (const cJSON *e = f->root->child; e; e = e->next) {
         if (e == metadata)
             continue;
-        int rc = parse_tensor(f, e, &f->infos[i]);
-        if (rc)
+        if ((rc = parse_tensor(f, e, &f->infos[i])))
             return rc;
         f->by_name[i] = &f->infos[i];
         i++;
@@ -781,7 +866,7 @@ int ddpm_safetensors_open(ddpm_st_file **out, const char *path)
     *out = NULL;
     unsigned char *bytes = NULL;
     size_t size = 0;
-    int rc = ddpm_read_file(path, &bytes, &size);
+    int rc = ddpm_read_file(path, DDPM_ST_MAX_READ, &bytes, &size);
     return rc ? rc : open_owned(out, bytes, size, path);
 }
 
@@ -859,3 +944,5 @@ int ddpm_safetensors_meta_at(const ddpm_st_file *f, int i, const char **key, con
 const char *ddpm_safetensors_path(const ddpm_st_file *f) { return f ? f->path : NULL; }
 
 int ddpm_safetensors_checksummed(const ddpm_st_file *f) { return f ? f->checksummed : 0; }
+
+int ddpm_safetensors_header_checksummed(const ddpm_st_file *f) { return f ? f->header_checksummed : 0; }

@@ -311,9 +311,11 @@ int ddpm_trainer_step_class(ddpm_trainer *tr, const float *x0, const int *labels
     return ddpm_trainer_apply(tr, stats);
 }
 
-int ddpm_trainer_save(const ddpm_trainer *tr, const char *path)
+int ddpm_trainer_save(const ddpm_trainer *tr, const char *path) { return ddpm_trainer_save_sha256(tr, path, NULL); }
+
+int ddpm_trainer_save_sha256(const ddpm_trainer *tr, const char *path, char *sha256)
 {
     return ddpm_checkpoint_save(path, &tr->cfg, &tr->state, tr->net, tr->params, tr->ema, tr->adam_m,
                                 tr->adam_v, (const char *const *)tr->class_names,
-                                tr->cfg.t_sampling == DDPM_T_IMPORTANCE ? &tr->t_history : NULL);
+                                tr->cfg.t_sampling == DDPM_T_IMPORTANCE ? &tr->t_history : NULL, sha256);
 }

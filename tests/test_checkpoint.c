@@ -1,7 +1,9 @@
 /* Tests of checkpoint integrity on load: a flipped bit in any tensor is refused
- * naming the tensor (CRC-32C), poisoned (NaN or infinite) weights are refused
- * naming the tensor on every model-loading path, older files without checksums
- * still load, and a config claiming a model its tensors do not hold is refused. */
+ * naming the tensor (CRC-32C), a flipped bit anywhere in the header is refused
+ * (its own CRC-32C, format version 2), poisoned (NaN, infinite or absurd)
+ * weights are refused naming the tensor on every model-loading path, older
+ * files (format version 1, with or without tensor checksums) still load, and
+ * a config claiming a model its tensors do not hold is refused. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,8 +15,11 @@
 #include <string.h>
 
 #include "ddpm/checkpoint.h"
+#include "ddpm/crc32c.h"
+#include "ddpm/model.h"
 #include "ddpm/error.h"
 #include "ddpm/safetensors.h"
+#include "ddpm/sha256.h"
 #include "ddpm/train.h"
 #include "testutil.h"
 
@@ -180,7 +185,11 @@ static void test_a_checkpoint_without_checksums_still_loads_and_says_so(void **s
         header = (header << 8) | b[i];
     cJSON *root = cJSON_ParseWithLength((const char *)b + 8, (size_t)header);
     assert_non_null(root);
-    cJSON_DeleteItemFromObjectCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "__metadata__"), "crc32c");
+    /* as a version 1 file written before checksums: no "crc32c", no "header_crc32c" */
+    cJSON *meta = cJSON_GetObjectItemCaseSensitive(root, "__metadata__");
+    cJSON_DeleteItemFromObjectCaseSensitive(meta, "crc32c");
+    cJSON_DeleteItemFromObjectCaseSensitive(meta, "header_crc32c");
+    cJSON_ReplaceItemInObjectCaseSensitive(meta, "format_version", cJSON_CreateString("1"));
     char *text = cJSON_PrintUnformatted(root);
     size_t len = strlen(text), padded = (len + 7) / 8 * 8, data = size - 8 - (size_t)header;
     unsigned char *old = malloc(8 + padded + data);
@@ -238,6 +247,274 @@ static void test_a_config_larger_than_the_file_is_refused_naming_a_tensor(void *
     free(sj);
 }
 
+/* The smallest model: 4x4 gray, ch 2, one level, no attention (777 weights), so
+ * that a test can flip every bit of its header. */
+static void smallest_config(ddpm_run_config *c)
+{
+    tiny_config(c);
+    c->model.image_size = 4;
+    c->model.ch = 2;
+    c->model.n_levels = 1;
+    c->model.ch_mult[0] = 1;
+    c->model.groups = 1;
+    c->timesteps = 20;
+}
+
+/* The length of the header of the file b. */
+static size_t header_len(const unsigned char *b)
+{
+    uint64_t h = 0;
+    for (int i = 7; i >= 0; i--)
+        h = (h << 8) | b[i];
+    return (size_t)h;
+}
+
+/* Replaces the first `from` in the header of b with `to` (not longer), the
+ * header keeping its length: what follows moves left and the header ends in
+ * more padding. Fails the test when `from` is not in the header. */
+static void edit_header(unsigned char *b, const char *from, const char *to)
+{
+    size_t h = header_len(b), nf = strlen(from), nt = strlen(to);
+    assert_true(nt <= nf);
+    unsigned char *at = NULL;
+    for (size_t i = 8; i + nf <= 8 + h && !at; i++)
+        if (!memcmp(b + i, from, nf))
+            at = b + i;
+    if (!at)
+        fail_msg("'%s' is not in the header", from);
+    memcpy(at, to, nt);
+    memmove(at + nt, at + nf, (size_t)(b + 8 + h - (at + nf)));
+    memset(b + 8 + h - (nf - nt), ' ', nf - nt);
+}
+
+/* The bug report (issue 26, item 5): the CRC-32Cs covered the tensors only, so
+ * one-bit edits of the metadata loaded with exit 0 (timesteps 1000 -> 1001,
+ * the step, beta_end, the schedule, the prediction), and a flipped bit in the
+ * key "crc32c" made the file an old one without checksums. Now every single
+ * bit flip of the header of a format version 2 checkpoint (length field
+ * included) is refused, naming the file. */
+static void test_every_single_bit_flip_of_the_header_is_refused_naming_the_file(void **state)
+{
+    (void)state;
+    ddpm_run_config c;
+    smallest_config(&c);
+    ddpm_trainer *tr = NULL;
+    assert_int_equal(ddpm_trainer_create(&tr, &c, 0), 0);
+    char p[256];
+    snprintf(p, sizeof p, "%s", tu_path(tmpdir, "bits.safetensors"));
+    assert_int_equal(ddpm_trainer_save(tr, p), 0);
+    ddpm_trainer_free(tr);
+    size_t size = 0;
+    unsigned char *b = tu_read_file(p, &size);
+    assert_non_null(b);
+    ddpm_checkpoint *ck = NULL;
+    assert_int_equal(ddpm_checkpoint_open_memory(&ck, b, size, "flipped.safetensors"), 0);
+    assert_int_equal(ddpm_checkpoint_header_checksummed(ck), 1);
+    ddpm_checkpoint_close(ck);
+    size_t end = 8 + header_len(b), accepted = 0;
+    for (size_t i = 0; i < end; i++)
+        for (int bit = 0; bit < 8; bit++) {
+            b[i] ^= (unsigned char)(1u << bit);
+            int rc = ddpm_checkpoint_open_memory(&ck, b, size, "flipped.safetensors");
+            b[i] ^= (unsigned char)(1u << bit);
+            if (rc == 0) {
+                if (accepted++ < 5)
+                    fprintf(stderr, "accepted: bit %d of byte %zu ('%c')\n", bit, i, b[i]);
+                ddpm_checkpoint_close(ck);
+            } else if (!strstr(ddpm_last_error(), "flipped.safetensors")) {
+                fail_msg("byte %zu bit %d: '%s' does not name the file", i, bit, ddpm_last_error());
+            }
+        }
+    fprintf(stderr, "  %zu header bits flipped one at a time, %zu accepted\n", 8 * end, accepted);
+    assert_int_equal(accepted, 0);
+    free(b);
+}
+
+/* The reproductions of issue 26, item 5, on a training checkpoint: each edit
+ * of the metadata is refused naming the file; so is a version 2 file whose
+ * header checksum entry is gone (a flip in its key) or whose tensor checksum
+ * table is gone with the header re-sealed over it (a forged file: version 2
+ * promises both). */
+static void test_the_header_edits_of_issue_26_are_refused_naming_the_file(void **state)
+{
+    (void)state;
+    char p[256];
+    snprintf(p, sizeof p, "%s", tu_path(tmpdir, "edits.safetensors"));
+    ddpm_trainer_free(save_with(p, 0, -1, 0));
+    size_t size = 0;
+    unsigned char *good = tu_read_file(p, &size);
+    assert_non_null(good);
+    static const char *const edits[][2] = {
+        {"\\\"timesteps\\\":50", "\\\"timesteps\\\":51"}, /* one bit each, but the last two */
+        {"\"step\\\":0", "\"step\\\":1"},
+        {"\\\"beta_end\\\":0.02", "\\\"beta_end\\\":0.03"},
+        {"\"linear\\\"", "\"cosine\\\""},
+        {"\\\"eps\\\"", "\\\"x0\\\""},
+        {",\"crc32c\":", ",\"crc32s\":"},
+        {"\"header_crc32c\"", "\"header_crc32s\""},
+        {"\"format_version\":\"2\"", "\"format_version\":\"1\""},
+    };
+    unsigned char *b = malloc(size);
+    assert_non_null(b);
+    for (size_t k = 0; k < sizeof edits / sizeof edits[0]; k++) {
+        memcpy(b, good, size);
+        edit_header(b, edits[k][0], edits[k][1]);
+        ddpm_checkpoint *ck = NULL;
+        int rc = ddpm_checkpoint_open_memory(&ck, b, size, "edited.safetensors");
+        if (rc == 0)
+            fail_msg("%s -> %s was accepted", edits[k][0], edits[k][1]);
+        assert_int_equal(rc, DDPM_EFORMAT);
+        assert_non_null(strstr(ddpm_last_error(), "edited.safetensors"));
+    }
+    /* without the tensor checksums, the header re-sealed: refused as damaged */
+    memcpy(b, good, size);
+    edit_header(b, ",\"crc32c\":", ",\"crc32s\":");
+    assert_int_equal(tu_reseal_header(b, size), 0);
+    ddpm_checkpoint *ck = NULL;
+    expect_error(ddpm_checkpoint_open_memory(&ck, b, size, "forged.safetensors"), DDPM_EFORMAT, "forged.safetensors",
+                 "without its tensor checksums");
+    /* the same edit re-sealed where it is harmless (the step) opens: the
+       refusals above are the checksum's */
+    memcpy(b, good, size);
+    edit_header(b, "\"step\\\":0", "\"step\\\":1");
+    assert_int_equal(tu_reseal_header(b, size), 0);
+    assert_int_equal(ddpm_checkpoint_open_memory(&ck, b, size, "forged.safetensors"), 0);
+    assert_int_equal(ddpm_checkpoint_state(ck)->step, 1);
+    ddpm_checkpoint_close(ck);
+    free(b);
+    free(good);
+}
+
+/* The loaded weights of file `path` under prefix are its tensors' bytes. */
+static void assert_loads_its_bytes(const char *path, int prefer_ema, const char *prefix)
+{
+    ddpm_checkpoint *ck = NULL;
+    if (ddpm_checkpoint_open(&ck, path))
+        fail_msg("%s", ddpm_last_error());
+    ddpm_unet *net = NULL;
+    float *params = NULL;
+    int used_ema = -1;
+    if (ddpm_checkpoint_load_model(ck, prefer_ema, &net, &params, &used_ema))
+        fail_msg("%s", ddpm_last_error());
+    size_t size = 0;
+    unsigned char *b = tu_read_file(path, &size);
+    assert_non_null(b);
+    for (int i = 0; i < net->n_tensors; i++) {
+        char name[256];
+        snprintf(name, sizeof name, "%s%s", prefix, net->tensors[i].name);
+        size_t at = data_offset(b, size, name);
+        assert_memory_equal(params + net->tensors[i].offset, b + at, net->tensors[i].n * sizeof(float));
+    }
+    free(b);
+    free(params);
+    ddpm_unet_free(net);
+    ddpm_checkpoint_close(ck);
+}
+
+/* Format version 2 must keep version 1 loading unchanged: today's training
+ * checkpoint (class-conditional, EMA and Adam, written by f4352b4), its
+ * export, and the older seeds of the fuzz corpus open with their tensor
+ * checksums verified and no header checksum, say so, and load their weights
+ * byte for byte. */
+static void test_format_version_1_files_load_unchanged(void **state)
+{
+    (void)state;
+    const char *ckpt = DDPM_TEST_DATA "/checkpoint_v1_classes.safetensors",
+               *exported = DDPM_TEST_DATA "/export_v1.safetensors";
+    ddpm_checkpoint *ck = NULL;
+    if (ddpm_checkpoint_open(&ck, ckpt))
+        fail_msg("%s", ddpm_last_error());
+    assert_int_equal(ddpm_checkpoint_checksummed(ck), 1);
+    assert_int_equal(ddpm_checkpoint_header_checksummed(ck), 0);
+    assert_int_equal(ddpm_checkpoint_state(ck)->step, 2);
+    assert_int_equal(ddpm_checkpoint_config(ck)->timesteps, 20);
+    assert_int_equal(ddpm_checkpoint_config(ck)->model.n_classes, 2);
+    assert_string_equal(ddpm_checkpoint_class_names(ck)[0], "a");
+    assert_string_equal(ddpm_checkpoint_class_names(ck)[1], "b");
+    ddpm_trainer *tr = NULL; /* a resume reads the whole run */
+    if (ddpm_trainer_from_checkpoint(&tr, ck, 0))
+        fail_msg("%s", ddpm_last_error());
+    assert_int_equal(tr->state.step, 2);
+    ddpm_trainer_free(tr);
+    ddpm_checkpoint_close(ck);
+    assert_loads_its_bytes(ckpt, 1, "ema.");
+    assert_loads_its_bytes(ckpt, 0, "");
+    assert_loads_its_bytes(exported, 1, "");
+    assert_loads_its_bytes(DDPM_TEST_DATA "/../fuzz/corpus/checkpoint/two_levels_attn", 1, "ema.");
+    assert_loads_its_bytes(DDPM_TEST_DATA "/../fuzz/corpus/checkpoint/weights_only", 1, "");
+    ddpm_model m;
+    if (ddpm_model_open(&m, exported, DDPM_WEIGHTS_EMA))
+        fail_msg("%s", ddpm_last_error());
+    assert_int_equal(m.step, 2);
+    assert_int_equal(m.ema, 1);
+    ddpm_model_close(&m);
+}
+
+/* The bug report (issue 26, item 9): weights of 3e38, checksums fixed up,
+ * sampled an all-0/255 grid with exit 0. Weights beyond +-1e6 are refused on
+ * every load path like NaN, naming the file and the tensor; 1e6 itself loads,
+ * and Adam's moments may be large (a resume reads them). */
+static void test_weights_beyond_1e6_are_refused_naming_the_file_and_the_tensor(void **state)
+{
+    (void)state;
+    char p[256];
+    snprintf(p, sizeof p, "%s", tu_path(tmpdir, "huge.safetensors"));
+    ddpm_trainer *tr = save_with(p, 1, 4, 3e38f);
+    char ema_name[128];
+    snprintf(ema_name, sizeof ema_name, "ema.%s", tr->net->tensors[4].name);
+    ddpm_checkpoint *ck = NULL;
+    assert_int_equal(ddpm_checkpoint_open(&ck, p), 0);
+    ddpm_unet *net = NULL;
+    float *params = NULL;
+    int used_ema = -1;
+    expect_error(ddpm_checkpoint_load_model(ck, 1, &net, &params, &used_ema), DDPM_EFORMAT, p, ema_name);
+    assert_non_null(strstr(ddpm_last_error(), "3e+38"));
+    assert_null(params);
+    ddpm_trainer *resumed = NULL;
+    expect_error(ddpm_trainer_from_checkpoint(&resumed, ck, 0), DDPM_EFORMAT, p, ema_name);
+    ddpm_checkpoint_close(ck);
+    ddpm_model m;
+    expect_error(ddpm_model_open(&m, p, DDPM_WEIGHTS_EMA), DDPM_EFORMAT, p, ema_name);
+    ddpm_trainer_free(tr);
+
+    tr = save_with(p, 0, 2, -2e6f); /* the raw weights, negative */
+    assert_int_equal(ddpm_checkpoint_open(&ck, p), 0);
+    expect_error(ddpm_checkpoint_load_model(ck, 0, &net, &params, &used_ema), DDPM_EFORMAT, p,
+                 tr->net->tensors[2].name);
+    ddpm_checkpoint_close(ck);
+    ddpm_trainer_free(tr);
+
+    tr = save_with(p, 0, 2, 1e6f); /* the bound itself */
+    tr->adam_v[tr->net->tensors[2].offset] = 1e12f; /* a squared gradient of 1e6 */
+    assert_int_equal(ddpm_trainer_save(tr, p), 0);
+    assert_int_equal(ddpm_checkpoint_open(&ck, p), 0);
+    assert_int_equal(ddpm_checkpoint_load_model(ck, 0, &net, &params, &used_ema), 0);
+    free(params);
+    ddpm_unet_free(net);
+    if (ddpm_trainer_from_checkpoint(&resumed, ck, 0))
+        fail_msg("%s", ddpm_last_error());
+    ddpm_trainer_free(resumed);
+    ddpm_checkpoint_close(ck);
+    ddpm_trainer_free(tr);
+}
+
+/* ddpm_trainer_save_sha256 hashes the bytes as it writes them: the SHA-256 it
+ * gives is the file's. */
+static void test_save_gives_the_sha256_of_the_bytes_it_wrote(void **state)
+{
+    (void)state;
+    ddpm_run_config c;
+    smallest_config(&c);
+    ddpm_trainer *tr = NULL;
+    assert_int_equal(ddpm_trainer_create(&tr, &c, 0), 0);
+    char p[256], written[65], file[65];
+    snprintf(p, sizeof p, "%s", tu_path(tmpdir, "hashed.safetensors"));
+    assert_int_equal(ddpm_trainer_save_sha256(tr, p, written), 0);
+    assert_int_equal(ddpm_sha256_file(p, file), 0);
+    assert_string_equal(written, file);
+    ddpm_trainer_free(tr);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -245,6 +522,11 @@ int main(void)
         cmocka_unit_test(test_non_finite_weights_are_refused_on_every_load_path_naming_the_tensor),
         cmocka_unit_test(test_a_checkpoint_without_checksums_still_loads_and_says_so),
         cmocka_unit_test(test_a_config_larger_than_the_file_is_refused_naming_a_tensor),
+        cmocka_unit_test(test_every_single_bit_flip_of_the_header_is_refused_naming_the_file),
+        cmocka_unit_test(test_the_header_edits_of_issue_26_are_refused_naming_the_file),
+        cmocka_unit_test(test_format_version_1_files_load_unchanged),
+        cmocka_unit_test(test_weights_beyond_1e6_are_refused_naming_the_file_and_the_tensor),
+        cmocka_unit_test(test_save_gives_the_sha256_of_the_bytes_it_wrote),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,5 +1,6 @@
 /* Tests of the shared file helpers: mkdir -p, the atomic write (a failed write
- * keeps the old file and leaves no temporary file), the monotonic clock. */
+ * keeps the old file and leaves no temporary file), reading a whole file (only
+ * a regular file, within a size), the monotonic clock. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -119,6 +120,59 @@ static void test_atomic_write_replaces_whole_or_keeps_the_old_file(void **state)
     assert_non_null(strstr(ddpm_last_error(), path));
 }
 
+/* In a child that SIGALRM ends after 20 s: ddpm_read_file(path) is refused
+ * with `code` and a message holding path and `kind`. Returns the child's exit
+ * code: 0 when so, 1 when not, 128 + 14 when the read blocked or ran on. */
+static int read_refused_in_child(const char *path, int code, const char *kind)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        alarm(20);
+        unsigned char *b = NULL;
+        size_t n = 0;
+        int rc = ddpm_read_file(path, 1 << 20, &b, &n);
+        int ok = rc == code && !b && strstr(ddpm_last_error(), path) && strstr(ddpm_last_error(), kind);
+        if (!ok)
+            fprintf(stderr, "%s: rc %d, '%s'\n", path, rc, ddpm_last_error());
+        _exit(ok ? 0 : 1);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* The bug report (issue 26, item 4): a FIFO named as a checkpoint blocked its
+ * open for ever, and /dev/zero could be read without end. ddpm_read_file, which
+ * reads every checkpoint, refuses both before reading a byte, and a folder;
+ * a file over the size its format allows is refused before any allocation,
+ * and one at the limit is read whole. */
+static void test_read_file_refuses_special_and_oversized_files_without_blocking(void **state)
+{
+    (void)state;
+    char fifo[400], file[400];
+    snprintf(fifo, sizeof fifo, "%s/fifo", tmpdir);
+    snprintf(file, sizeof file, "%s/hundred.bin", tmpdir);
+    assert_int_equal(mkfifo(fifo, 0666), 0);
+    assert_int_equal(read_refused_in_child(fifo, DDPM_EIO, "FIFO"), 0);
+    assert_int_equal(read_refused_in_child("/dev/zero", DDPM_EIO, "character device"), 0);
+    assert_int_equal(read_refused_in_child(tmpdir, DDPM_EIO, "folder"), 0);
+    unsigned char hundred[100];
+    for (int i = 0; i < 100; i++)
+        hundred[i] = (unsigned char)(i * 7);
+    assert_int_equal(tu_write_file(file, hundred, 100), 0);
+    unsigned char *b = NULL;
+    size_t n = 0;
+    assert_int_equal(ddpm_read_file(file, 99, &b, &n), DDPM_EFORMAT);
+    assert_null(b);
+    assert_non_null(strstr(ddpm_last_error(), file));
+    assert_non_null(strstr(ddpm_last_error(), "more than the 99"));
+    assert_int_equal(ddpm_read_file(file, 100, &b, &n), 0);
+    assert_int_equal(n, 100);
+    assert_memory_equal(b, hundred, 100);
+    free(b);
+}
+
 static void test_clock_does_not_go_back(void **state)
 {
     (void)state;
@@ -213,6 +267,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mkdir_p_makes_parents_and_refuses_a_file_in_the_way),
         cmocka_unit_test(test_atomic_write_replaces_whole_or_keeps_the_old_file),
+        cmocka_unit_test(test_read_file_refuses_special_and_oversized_files_without_blocking),
         cmocka_unit_test(test_clock_does_not_go_back),
         cmocka_unit_test(test_stale_cleanup_removes_only_ddpm_temporary_names),
         cmocka_unit_test(test_probe_folder_refuses_a_file_size_limit_and_leaves_nothing),

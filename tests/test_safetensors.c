@@ -138,20 +138,24 @@ static void test_round_trip_preserves_every_byte_shape_name_and_metadata(void **
     assert_null(ddpm_safetensors_at(f, -1));
     assert_null(ddpm_safetensors_find(f, "absent"));
 
-    assert_int_equal(ddpm_safetensors_meta_count(f), 5); /* the 4 given + the writer's "crc32c" */
+    /* the writer's "header_crc32c" first, the 4 given, the writer's "crc32c" */
+    assert_int_equal(ddpm_safetensors_meta_count(f), 6);
+    const char *k;
+    assert_int_equal(ddpm_safetensors_meta_at(f, 0, &k, NULL), 0);
+    assert_string_equal(k, "header_crc32c");
     for (int i = 0; i < 4; i++) {
         assert_string_equal(ddpm_safetensors_meta(f, fx.m[i].key), fx.m[i].value);
-        const char *k, *v;
-        assert_int_equal(ddpm_safetensors_meta_at(f, i, &k, &v), 0);
+        const char *v;
+        assert_int_equal(ddpm_safetensors_meta_at(f, i + 1, &k, &v), 0);
         assert_string_equal(k, fx.m[i].key);
         assert_string_equal(v, fx.m[i].value);
     }
-    const char *k;
-    assert_int_equal(ddpm_safetensors_meta_at(f, 4, &k, NULL), 0);
+    assert_int_equal(ddpm_safetensors_meta_at(f, 5, &k, NULL), 0);
     assert_string_equal(k, "crc32c");
     assert_int_equal(ddpm_safetensors_checksummed(f), 1);
+    assert_int_equal(ddpm_safetensors_header_checksummed(f), 1);
     assert_null(ddpm_safetensors_meta(f, "absent"));
-    assert_int_not_equal(ddpm_safetensors_meta_at(f, 5, NULL, NULL), 0);
+    assert_int_not_equal(ddpm_safetensors_meta_at(f, 6, NULL, NULL), 0);
     ddpm_safetensors_close(f);
     assert_int_equal(tu_count_entries_containing(tmpdir, ".tmp."), 0);
 }
@@ -165,7 +169,7 @@ static void test_read_f32_refuses_wrong_count_and_unknown_name_naming_file(void 
     assert_int_equal(ddpm_safetensors_write(path, fx.t, 6, NULL, 0), 0);
     ddpm_st_file *f = NULL;
     assert_int_equal(ddpm_safetensors_open(&f, path), 0);
-    assert_int_equal(ddpm_safetensors_meta_count(f), 1); /* "crc32c" alone */
+    assert_int_equal(ddpm_safetensors_meta_count(f), 2); /* "header_crc32c" and "crc32c" alone */
     assert_null(ddpm_safetensors_meta(f, "format"));
     float buf[16];
     assert_int_equal(ddpm_safetensors_read_f32(f, "a", buf, 14), DDPM_EFORMAT);
@@ -202,7 +206,7 @@ static void test_header_is_valid_safetensors_json_padded_with_contiguous_offsets
 
     cJSON *meta = cJSON_GetObjectItemCaseSensitive(root, "__metadata__");
     assert_true(cJSON_IsObject(meta));
-    assert_int_equal(cJSON_GetArraySize(meta), 5); /* 4 + "crc32c" */
+    assert_int_equal(cJSON_GetArraySize(meta), 6); /* "header_crc32c" + 4 + "crc32c" */
     for (int i = 0; i < 4; i++) {
         cJSON *v = cJSON_GetObjectItemCaseSensitive(meta, fx.m[i].key);
         assert_true(cJSON_IsString(v));

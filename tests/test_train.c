@@ -665,7 +665,7 @@ static void test_loss_history_round_trips_through_the_checkpoint(void **state)
     char path[512];
     snprintf(path, sizeof path, "%s/hist_old.safetensors", tmpdir);
     assert_int_equal(ddpm_checkpoint_save(path, &tr->cfg, &tr->state, tr->net, tr->params, tr->ema, tr->adam_m,
-                                          tr->adam_v, NULL, NULL),
+                                          tr->adam_v, NULL, NULL, NULL),
                      0);
     ddpm_checkpoint *ck;
     assert_int_equal(ddpm_checkpoint_open(&ck, path), 0);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ddpm/crc32c.h"
 #include "ddpm/loss.h"
 #include "ddpm/model.h"
 #include "ddpm/sample.h"
@@ -216,6 +217,31 @@ static inline unsigned char *tu_checkpoint_tensors(const char *path, size_t *n)
     *n = len - 8 - (size_t)h;
     memmove(b, b + 8 + h, *n);
     return b;
+}
+
+/* A forged file: after a test edits the header of a .safetensors file in
+ * memory (b[0..size)), its header checksum (safetensors.h: the 8 hex digits
+ * after the header's first bytes, the CRC-32C of length field and header with
+ * those digits as "00000000") is made to match again. A header without one
+ * is left as it is. Returns 0, or -1 when b is not such a file. */
+static inline int tu_reseal_header(unsigned char *b, size_t size)
+{
+    static const char prefix[] = "{\"__metadata__\":{\"header_crc32c\":\"";
+    const size_t at = 8 + sizeof prefix - 1;
+    if (size < 8)
+        return -1;
+    uint64_t h = 0;
+    for (int i = 7; i >= 0; i--)
+        h = h << 8 | b[i];
+    if (h > size - 8)
+        return -1;
+    if (h < sizeof prefix + 8 || memcmp(b + 8, prefix, sizeof prefix - 1))
+        return 0;
+    memcpy(b + at, "00000000", 8);
+    char hex[9];
+    snprintf(hex, sizeof hex, "%08x", (unsigned)ddpm_crc32c(0, b, 8 + (size_t)h));
+    memcpy(b + at, hex, 8);
+    return 0;
 }
 
 /* Writes n bytes to path (created or truncated); 0 or -1. */

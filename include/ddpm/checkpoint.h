@@ -20,7 +20,13 @@
 #include "ddpm/timestep.h"
 #include "ddpm/unet.h"
 
-#define DDPM_CHECKPOINT_FORMAT_VERSION 1
+/* The version written. 2: the header carries its own checksum (safetensors.h),
+ * and a file without it or without the tensor checksums is refused. 1 (read
+ * still): no header checksum; the tensor checksums when present are checked. */
+#define DDPM_CHECKPOINT_FORMAT_VERSION 2
+/* Largest |weight| a model loads: trained weights are O(1); a larger one is a
+ * damaged or forged file. */
+#define DDPM_MAX_ABS_WEIGHT 1e6
 #define DDPM_T_HISTORY_TENSOR "t_sampling.loss_history"
 #define DDPM_T_COUNT_TENSOR "t_sampling.loss_count"
 
@@ -52,22 +58,33 @@ int ddpm_train_state_from_json(ddpm_train_state *s, const char *json, const char
  * A class-conditional model (cfg->model.n_classes > 0) stores its class names
  * (class_names[n_classes], the data folder's subfolders) as the metadata key
  * "classes", a JSON list; NULL stores the indices "0", "1", ...
- * t_history, when not NULL, is saved as the two loss-history tensors. */
+ * t_history, when not NULL, is saved as the two loss-history tensors.
+ * sha256, when not NULL (65 bytes), receives the SHA-256 of the bytes written,
+ * hashed as they are written (ddpm_safetensors_write_sha256): a preview's recipe
+ * names the checkpoint by it without reading the file back. */
 int ddpm_checkpoint_save(const char *path, const ddpm_run_config *cfg, const ddpm_train_state *st,
                          const ddpm_unet *net, const float *params, const float *ema,
                          const float *adam_m, const float *adam_v, const char *const *class_names,
-                         const ddpm_t_history *t_history);
+                         const ddpm_t_history *t_history, char *sha256);
 
 typedef struct ddpm_checkpoint ddpm_checkpoint;
 
-/* Opens and validates a checkpoint: container, every tensor's checksum (when the
- * file has them: see ddpm_checkpoint_checksummed), format, config, state. */
+/* Opens and validates a checkpoint: container, the header's checksum and every
+ * tensor's (required from format version 2; a version 1 file has no header
+ * checksum and may lack the tensor ones: see ddpm_checkpoint_checksummed),
+ * format, config, state. The file is read once (ddpm_read_file: a regular
+ * file within DDPM_ST_MAX_FILE bytes); a run folder is not a path here. */
 int ddpm_checkpoint_open(ddpm_checkpoint **out, const char *path);
 /* The same over bytes in memory (copied); `name` stands for the path in messages. */
 int ddpm_checkpoint_open_memory(ddpm_checkpoint **out, const void *bytes, size_t n_bytes, const char *name);
 /* 1 if every tensor was checked against its stored CRC-32C on open; 0 for a
  * checkpoint written before checksums (loaded, but nothing vouches for its data). */
 int ddpm_checkpoint_checksummed(const ddpm_checkpoint *ck);
+/* The file's format version (1 or 2; DDPM_CHECKPOINT_FORMAT_VERSION is what is written). */
+int ddpm_checkpoint_format_version(const ddpm_checkpoint *ck);
+/* 1 if the header (metadata, format version, tensor table and checksums) was
+ * checked against its stored CRC-32C on open; 0 for a format version 1 file. */
+int ddpm_checkpoint_header_checksummed(const ddpm_checkpoint *ck);
 void ddpm_checkpoint_close(ddpm_checkpoint *ck);
 const ddpm_run_config *ddpm_checkpoint_config(const ddpm_checkpoint *ck);
 const ddpm_train_state *ddpm_checkpoint_state(const ddpm_checkpoint *ck);
@@ -77,9 +94,10 @@ const char *const *ddpm_checkpoint_class_names(const ddpm_checkpoint *ck);
 /* Whether every tensor of net exists under prefix ("" for the weights, "ema.", ...). */
 int ddpm_checkpoint_has(const ddpm_checkpoint *ck, const ddpm_unet *net, const char *prefix);
 /* Reads every tensor of net's table under prefix into dst[n_params], checking
- * each shape against the table. Weights that are NaN or infinite are refused
- * with DDPM_EFORMAT and a message naming the tensor: every path that loads a
- * model (sample, eval, resume) goes through here. */
+ * each shape against the table. Values that are NaN or infinite, and weights
+ * (prefix "" or "ema.") beyond +-DDPM_MAX_ABS_WEIGHT, are refused with
+ * DDPM_EFORMAT and a message naming the file and the tensor: every path that
+ * loads a model (sample, eval, resume) goes through here. */
 int ddpm_checkpoint_read(const ddpm_checkpoint *ck, const ddpm_unet *net, const char *prefix,
                          float *dst);
 /* Reads the loss history into h (initialised for the config's T). A file

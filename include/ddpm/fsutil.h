@@ -39,8 +39,13 @@ int ddpm_path_exists(const char *path);
 double ddpm_now_seconds(void);
 
 /* The whole regular file at path into *bytes (malloc'ed; the caller frees it)
- * and *size; DDPM_EIO / DDPM_ENOMEM with a message naming the file. */
-int ddpm_read_file(const char *path, unsigned char **bytes, size_t *size);
+ * and *size, read through one open. A path that is not a regular file (a
+ * folder, FIFO, device or socket) is refused before it is opened, so that a
+ * FIFO cannot block and /dev/zero cannot be read without end (DDPM_EIO); a
+ * file over max_size bytes (what its format allows) is refused before any
+ * allocation (DDPM_EFORMAT). Also DDPM_EIO when the file shrinks or grows
+ * while being read, DDPM_ENOMEM; every message names the file. */
+int ddpm_read_file(const char *path, size_t max_size, unsigned char **bytes, size_t *size);
 
 /* Writes the contents of a file into f. Returns 0, or -1 when a write failed
  * (errno tells why), or a DDPM_E* code below -1 after setting its own message. */

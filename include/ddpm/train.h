@@ -124,5 +124,8 @@ void ddpm_trainer_accumulate_class(ddpm_trainer *tr, const float *x0, const int 
 int ddpm_trainer_apply(ddpm_trainer *tr, ddpm_step_stats *stats);
 /* Saves weights, EMA, Adam and state (with the loss history) atomically. */
 int ddpm_trainer_save(const ddpm_trainer *tr, const char *path);
+/* The same, and sha256 (65 bytes, may be NULL) receives the SHA-256 of the
+ * bytes written (ddpm_checkpoint_save). */
+int ddpm_trainer_save_sha256(const ddpm_trainer *tr, const char *path, char *sha256);
 
 #endif

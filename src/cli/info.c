@@ -250,7 +250,7 @@ int cmd_info(int argc, char **argv)
     if (json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "checkpoint", path);
-        cJSON_AddNumberToObject(o, "format_version", DDPM_CHECKPOINT_FORMAT_VERSION);
+        cJSON_AddNumberToObject(o, "format_version", ddpm_checkpoint_format_version(ck));
         cJSON_AddItemToObject(o, "config", cJSON_Parse(config_json));
         cJSON_AddItemToObject(o, "state", cJSON_Parse(state_json));
         cJSON_AddNumberToObject(o, "parameters", (double)net->n_params);
@@ -258,6 +258,7 @@ int cmd_info(int argc, char **argv)
         cJSON_AddBoolToObject(o, "has_ema", ddpm_checkpoint_has(ck, net, "ema."));
         cJSON_AddBoolToObject(o, "has_optimizer", ddpm_checkpoint_has(ck, net, "adam_m."));
         cJSON_AddBoolToObject(o, "checksums_verified", ddpm_checkpoint_checksummed(ck));
+        cJSON_AddBoolToObject(o, "header_checksum_verified", ddpm_checkpoint_header_checksummed(ck));
         if (exported)
             cJSON_AddStringToObject(o, "exported_weights", exported);
         if (tensors) {
@@ -283,16 +284,18 @@ int cmd_info(int argc, char **argv)
         if (exported)
             printf("exported weights: %s\nformat version: %d\nparameters: %zu\nstep: %ld\n"
                    "weights: %s (no optimizer state)\ntensors in file: %d\nconfig: %s\n",
-                   cli_q(path), DDPM_CHECKPOINT_FORMAT_VERSION, net->n_params, s->step,
+                   cli_q(path), ddpm_checkpoint_format_version(ck), net->n_params, s->step,
                    strcmp(exported, "ema") ? "raw" : "EMA", n, cp ? cp : "?");
         else
             printf("checkpoint: %s\nformat version: %d\nparameters: %zu\nstep: %ld\ntraining time: %.1f s\n"
                    "EMA weights: %s\noptimizer state: %s\ntensors in file: %d\nconfig: %s\nstate: %s\n",
-                   cli_q(path), DDPM_CHECKPOINT_FORMAT_VERSION, net->n_params, s->step, s->elapsed_seconds,
+                   cli_q(path), ddpm_checkpoint_format_version(ck), net->n_params, s->step, s->elapsed_seconds,
                    ddpm_checkpoint_has(ck, net, "ema.") ? "yes" : "no",
                    ddpm_checkpoint_has(ck, net, "adam_m.") ? "yes" : "no", n, cp ? cp : "?", sp ? sp : "?");
-        printf("checksums: %s\n", ddpm_checkpoint_checksummed(ck) ? "crc32c of every tensor verified"
-                                                                  : "none (an older file; its data is not verified)");
+        printf("checksums: %s\n", ddpm_checkpoint_header_checksummed(ck) ? "crc32c of the header and of every tensor verified"
+                                   : ddpm_checkpoint_checksummed(ck)
+                                       ? "crc32c of every tensor verified (format version 1: no header checksum)"
+                                       : "none (an older file; its data is not verified)");
         printf("variances: %s\n", net->cfg.learn_sigma ? "learned (--learn-sigma: the network outputs v; sample and eval "
                                                           "use them unless --var says otherwise)"
                                                         : "fixed (sample and eval take --var beta or beta-tilde)");
