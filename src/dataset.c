@@ -709,7 +709,12 @@ int ddpm_dataset_open(ddpm_dataset **out, const char *dir, const ddpm_dataset_op
     }
     emit_warnings(&opt, &links, &list, ds->n_skipped);
     if (ds->n == 0) {
-        if (list.n == 0)
+        if (list.n == 0 && links.n)
+            rc = ddpm_error(DDPM_EINVAL,
+                            "%s: no files found: %zu folder%s not entered (nested too deep, or links to "
+                            "folders already seen; see the warnings)",
+                            dir, links.n, links.n == 1 ? "" : "s");
+        else if (list.n == 0)
             rc = ddpm_error(DDPM_EINVAL, "%s: no files in the folder", dir);
         else
             rc = ddpm_error(DDPM_EINVAL, "%s: no images found (%zu files, none readable by stb_image)",

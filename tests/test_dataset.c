@@ -452,6 +452,30 @@ static void test_second_link_to_a_folder_and_too_deep_folders_are_skipped_with_a
     ddpm_dataset_close(ds);
 }
 
+/* Issue 26, item 12: a folder whose only images are nested too deep said "no
+ * files in the folder" after the warning that it skipped them; the error now
+ * says that folders were not entered. */
+static void test_a_folder_with_only_too_deep_images_says_folders_were_not_entered(void **state)
+{
+    (void)state;
+    char dir[256], deep[4096];
+    make_dir(dir, sizeof dir, scratch, "only-deep");
+    snprintf(deep, sizeof deep, "%s", dir);
+    for (int d = 0; d < DDPM_DATASET_MAX_DEPTH + 2; d++) {
+        strcat(deep, "/d");
+        assert_int_equal(mkdir(deep, 0777), 0);
+    }
+    write_gray(deep, "deep.png", 9, S, S);
+    warnings w = {.n = 0};
+    ddpm_dataset_options opt = {.warn = collect, .warn_user = &w};
+    ddpm_dataset *ds = NULL;
+    assert_int_equal(ddpm_dataset_open(&ds, dir, &opt), DDPM_EINVAL);
+    assert_null(ds);
+    const char *err = ddpm_last_error();
+    assert_non_null(strstr(err, "1 folder not entered"));
+    assert_null(strstr(err, "no files in the folder"));
+}
+
 /* A stop request (what the CLI's SIGINT/SIGTERM handler sets) makes the open
  * fail with DDPM_EINTR and a message saying so, instead of loading on. */
 static void test_stop_request_interrupts_loading_with_a_clear_error(void **state)
@@ -650,6 +674,7 @@ int main(void)
         cmocka_unit_test(test_empty_missing_and_imageless_folders_are_errors_naming_them),
         cmocka_unit_test(test_symlink_loops_end_fast_count_each_image_once_and_warn_once_each),
         cmocka_unit_test(test_second_link_to_a_folder_and_too_deep_folders_are_skipped_with_a_warning),
+        cmocka_unit_test(test_a_folder_with_only_too_deep_images_says_folders_were_not_entered),
         cmocka_unit_test(test_stop_request_interrupts_loading_with_a_clear_error),
         cmocka_unit_test(test_class_folders_give_sorted_names_and_labels),
         cmocka_unit_test(test_a_file_being_written_is_not_read_as_data),
