@@ -19,7 +19,7 @@ N=${N:-32}
 SEED=${SEED:-0}
 TINY="--ch 8 --ch-mult 1,2 --res-blocks 1 --attn '' --groups 4 --batch 16 --preview-n 0 --threads 1 --quiet"
 # name and the flags that differ
-CONFIGS=${CONFIGS:-"zero: normal:--class-emb-init=normal adagn-zero:--scale-shift-norm adagn-normal:--scale-shift-norm,--class-emb-init=normal"}
+CONFIGS=${CONFIGS:-"zero:--class-emb-init=zero normal:--class-emb-init=normal adagn-zero:--scale-shift-norm,--class-emb-init=zero adagn-normal:--scale-shift-norm,--class-emb-init=normal"}
 
 mkdir -p "$OUT"
 PY=/usr/bin/python3

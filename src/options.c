@@ -94,7 +94,8 @@ const ddpm_option ddpm_run_config_options[] = {
      .type = DDPM_OPT_ENUM, .offset = OFF(model.class_emb_init), .def = DDPM_CLASS_EMB_ZERO,
      .name_of = class_emb_init_name, .n_values = DDPM_N_CLASS_EMB_INITS, .group = "model",
      .help = "with --classes: the class embedding's initialisation, zero (a new model starts unconditional) or "
-             "normal (N(0, 1) per element, as PyTorch's nn.Embedding)",
+             "normal (N(0, 1) per element, as PyTorch's nn.Embedding); ddpm train --classes uses normal unless "
+             "given, a config without the key means zero",
      .flags = OPTIONAL | DDPM_OPT_OMIT_DEFAULT},
     /* schedule */
     {.name = "schedule", .metavar = "NAME", .section = "schedule", .key = "kind", .type = DDPM_OPT_ENUM,

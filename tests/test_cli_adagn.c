@@ -26,7 +26,9 @@ static int setup(void **state)
     if (cu_ddpm("train cdata --classes --out ada " TINY
                 " --steps 6 --warmup 0 --lr 1e-2 --scale-shift-norm --class-emb-init normal"))
         return -1;
-    return cu_ddpm("train cdata --classes --out plain " TINY " --steps 2");
+    if (cu_ddpm("train cdata --classes --out plain " TINY " --steps 2 --class-emb-init zero"))
+        return -1;
+    return cu_ddpm("train cdata --classes --out auto " TINY " --steps 1");
 }
 
 static int teardown(void **state)
@@ -50,6 +52,13 @@ static void test_info_shows_scale_shift_norm_and_the_class_embedding_init(void *
     assert_non_null(out);
     assert_null(strstr(out, "scale_shift_norm"));
     assert_null(strstr(out, "class_emb_init"));
+    free(out);
+    /* --classes without --class-emb-init starts the embedding at N(0, 1) and says so */
+    assert_int_equal(cu_ddpm("info auto"), 0);
+    out = cu_slurp("out.txt", NULL);
+    assert_non_null(out);
+    assert_non_null(strstr(out, "\"class_emb_init\":\t\"normal\""));
+    assert_null(strstr(out, "scale_shift_norm"));
     free(out);
     /* the projection has 2 x cout outputs: 2 x 8 in the first ResBlock */
     assert_int_equal(cu_ddpm("info ada --json --tensors"), 0);

@@ -388,7 +388,7 @@ static int parse_flags(int argc, char **argv, train_args *a)
     memset(a, 0, sizeof *a);
     ddpm_run_options_default(&a->o);
     const char *fixed_given = NULL; /* the first flag given that defines the run */
-    int opt, lr_min_given = 0, preview_given = 0;
+    int opt, lr_min_given = 0, preview_given = 0, class_emb_init_given = 0;
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "h", fs.longopts, NULL)) != -1) {
@@ -410,6 +410,7 @@ static int parse_flags(int argc, char **argv, train_args *a)
         if ((r->flags & DDPM_OPT_FIXED) && !fixed_given)
             fixed_given = r->name;
         lr_min_given |= !strcmp(r->name, "lr-min");
+        class_emb_init_given |= !strcmp(r->name, "class-emb-init");
         preview_given |= (!strcmp(r->name, "preview-steps") ? 1 : 0) | (!strcmp(r->name, "preview-spacing") ? 2 : 0);
     }
     if (optind != argc - 1) {
@@ -418,6 +419,12 @@ static int parse_flags(int argc, char **argv, train_args *a)
         return cli_usage_error("train");
     }
     a->o.data_dir = argv[optind];
+    /* a new class-conditional model starts its class embedding at N(0, 1)
+       unless told otherwise: its samples follow their label far sooner than
+       from zero (docs/defaults.md, Class conditioning); the option table's
+       default stays zero, what a config without the key (an older file) means */
+    if (a->o.classes && !class_emb_init_given)
+        a->o.cfg.model.class_emb_init = DDPM_CLASS_EMB_NORMAL;
     return check_flags(&a->o, fixed_given, lr_min_given, preview_given);
 }
 
