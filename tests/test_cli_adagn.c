@@ -37,33 +37,34 @@ static int teardown(void **state)
     return tu_remove_tree(cu_dir);
 }
 
+/* `ddpm info ARGS`, which must succeed, and what it printed (the caller frees). */
+static char *info_of(const char *args)
+{
+    assert_int_equal(cu_ddpm("info %s", args), 0);
+    char *out = cu_slurp("out.txt", NULL);
+    assert_non_null(out);
+    return out;
+}
+
 static void test_info_shows_scale_shift_norm_and_the_class_embedding_init(void **state)
 {
     (void)state;
-    assert_int_equal(cu_ddpm("info ada"), 0);
-    char *out = cu_slurp("out.txt", NULL);
-    assert_non_null(out);
+    char *out = info_of("ada");
     assert_non_null(strstr(out, "\"scale_shift_norm\":\ttrue"));
     assert_non_null(strstr(out, "\"class_emb_init\":\t\"normal\""));
     free(out);
     /* the defaults are not written: a plain run's config has the keys of older files */
-    assert_int_equal(cu_ddpm("info plain"), 0);
-    out = cu_slurp("out.txt", NULL);
-    assert_non_null(out);
+    out = info_of("plain");
     assert_null(strstr(out, "scale_shift_norm"));
     assert_null(strstr(out, "class_emb_init"));
     free(out);
     /* --classes without --class-emb-init starts the embedding at N(0, 1) and says so */
-    assert_int_equal(cu_ddpm("info auto"), 0);
-    out = cu_slurp("out.txt", NULL);
-    assert_non_null(out);
+    out = info_of("auto");
     assert_non_null(strstr(out, "\"class_emb_init\":\t\"normal\""));
     assert_null(strstr(out, "scale_shift_norm"));
     free(out);
     /* the projection has 2 x cout outputs: 2 x 8 in the first ResBlock */
-    assert_int_equal(cu_ddpm("info ada --json --tensors"), 0);
-    out = cu_slurp("out.txt", NULL);
-    assert_non_null(out);
+    out = info_of("ada --json --tensors");
     const char *t = strstr(out, "\"down.0.temb_proj.weight\"");
     assert_non_null(t);
     assert_non_null(strstr(t, "16, 32"));
@@ -74,9 +75,7 @@ static void test_resume_keeps_scale_shift_norm(void **state)
 {
     (void)state;
     assert_int_equal(cu_ddpm("train cdata --out ada --resume --steps 8 --quiet"), 0);
-    assert_int_equal(cu_ddpm("info ada"), 0);
-    char *out = cu_slurp("out.txt", NULL);
-    assert_non_null(out);
+    char *out = info_of("ada");
     assert_non_null(strstr(out, "\"scale_shift_norm\":\ttrue"));
     assert_non_null(strstr(out, "step: 8"));
     free(out);
