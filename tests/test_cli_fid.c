@@ -11,7 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "cliutil.h"
+#include "fidutil.h"
 #include "ddpm/fid.h"
 
 #define W16 DDPM_TEST_DATA "/inception/inception_w16.pth"
@@ -82,14 +82,7 @@ static void test_cli_fid_refuses_wrong_or_missing_weights_and_foreign_stats(void
     assert_true(cu_stderr_has(".cache/ddpm/"));
     assert_true(cu_stderr_has("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"));
 
-    float feat[3 * 4] = {1, 2, 3, 4, 2, 1, 0, 1, 5, 5, 1, 2};
-    ddpm_fid_stats s;
-    assert_int_equal(ddpm_fid_stats_compute(&s, feat, 3, 4), 0);
-    snprintf(s.sha256, sizeof s.sha256, "%s", "0123456789abcdef");
-    char path[512];
-    snprintf(path, sizeof path, "%s/other.safetensors", cu_dir);
-    assert_int_equal(ddpm_fid_stats_save(path, &s), 0);
-    ddpm_fid_stats_free(&s);
+    cu_write_foreign_stats("other.safetensors", 4);
     assert_int_equal(cu_ddpm("fid other.safetensors b --inception '%s' --quiet", W16), 1);
     assert_true(cu_stderr_one_line("other.safetensors: statistics made with other Inception weights"));
 }

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "cliutil.h"
+#include "fidutil.h"
 #include "ddpm/fid.h"
 #include "ddpm/inception.h"
 #include "ddpm/model.h"
@@ -127,16 +127,7 @@ static void test_train_eval_fid_logs_the_fid_ddpm_fid_gives_for_the_same_samples
 static void test_train_eval_fid_refuses_bad_weights_and_statistics_before_step_1(void **state)
 {
     (void)state;
-    float feat[3 * 128];
-    for (int i = 0; i < 3 * 128; i++)
-        feat[i] = (float)((i * 37) % 11);
-    ddpm_fid_stats s;
-    assert_int_equal(ddpm_fid_stats_compute(&s, feat, 3, 128), 0);
-    snprintf(s.sha256, sizeof s.sha256, "%s", "0123456789abcdef");
-    char path[512];
-    snprintf(path, sizeof path, "%s/foreign.safetensors", cu_dir);
-    assert_int_equal(ddpm_fid_stats_save(path, &s), 0);
-    ddpm_fid_stats_free(&s);
+    cu_write_foreign_stats("foreign.safetensors", 128);
     assert_int_equal(cu_ddpm("fid --save-stats own.safetensors ref --inception '%s' --quiet", W16), 0);
 
     assert_int_equal(cu_ddpm("train data --out bad1 " TINY
