@@ -133,6 +133,32 @@ static int jpeg_tables_ok(FILE *f)
     return ok;
 }
 
+/* The chunks of the PNG file f (file_size bytes), each inside the file, and no
+ * empty IDAT. stb_image grows its buffer for the compressed data to the next
+ * power of two above the lengths the IDAT chunks claim before it reads them, so a
+ * 60-byte file claiming a 2 GB chunk made it allocate 2 GB (libFuzzer's
+ * out-of-memory report, found by tests/fuzz/fuzz_image.c); an empty IDAT before
+ * any data makes it add 0 to a null pointer (UBSan). Walks chunk by chunk to IEND
+ * or the end of the file. Returns 0, or -1 for a chunk that cannot be. */
+static int png_chunks_ok(FILE *f, long long file_size)
+{
+    if (fseek(f, 8, SEEK_SET) != 0)
+        return 0;
+    long long at = 8;
+    int ok = 0;
+    uint8_t head[8];
+    while (!ok && fread(head, 1, 8, f) == 8) {
+        long long len = (long long)be32(head);
+        if (len > file_size - at - 12 || (len == 0 && !memcmp(head + 4, "IDAT", 4)))
+            ok = -1;
+        else if (!memcmp(head + 4, "IEND", 4) || fseek(f, (long)len + 4, SEEK_CUR) != 0)
+            break;
+        at += 12 + len;
+    }
+    rewind(f);
+    return ok;
+}
+
 /* The three header numbers of a binary PGM/PPM file (P5, P6) f, each at most
  * 2^24. stb_image parses them into an int without an overflow check (UBSan:
  * "322222222 * 10 cannot be represented in type 'int'", found by
@@ -196,6 +222,14 @@ static int read_header(FILE *f, long long file_size, const char *path, int *widt
     rewind(f);
     if (fread(magic, 1, 2, f) == 2 && magic[0] == 'P' && (magic[1] == '5' || magic[1] == '6') && pnm_numbers_ok(f) != 0)
         return ddpm_error(DDPM_EFORMAT, "%s: corrupt PGM/PPM (a header number over 2^24)", path);
+    struct stat st;
+    if (file_size < 0 && fstat(fileno(f), &st) == 0)
+        file_size = (long long)st.st_size;
+    rewind(f);
+    static const uint8_t png_magic[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    uint8_t sig[8];
+    if (file_size >= 0 && fread(sig, 1, 8, f) == 8 && !memcmp(sig, png_magic, 8) && png_chunks_ok(f, file_size) != 0)
+        return ddpm_error(DDPM_EFORMAT, "%s: corrupt PNG (a chunk longer than the file, or an empty IDAT)", path);
     rewind(f);
     if (!stbi_info_from_file(f, &w, &h, &n)) {
         const char *why = stbi_failure_reason();
@@ -209,9 +243,6 @@ static int read_header(FILE *f, long long file_size, const char *path, int *widt
         return ddpm_error(DDPM_EFORMAT, "%s: bad image header (%d x %d, %d channels)", path, w, h, n);
     if (too_large(w, h))
         return too_large_error(path, w, h);
-    struct stat st;
-    if (file_size < 0 && fstat(fileno(f), &st) == 0)
-        file_size = (long long)st.st_size;
     if (file_size >= 0 && (long long)w * h > (long long)MAX_PIXELS_PER_BYTE * file_size)
         return ddpm_error(DDPM_EFORMAT, "%s: a %d x %d image cannot fit in %lld bytes (truncated or corrupt)",
                           path, w, h, file_size);

@@ -446,6 +446,70 @@ static void test_fuzzer_findings_tiny_file_claiming_a_big_image_and_bad_jpeg_tab
     assert_non_null(strstr(ddpm_last_error(), "Huffman table"));
 }
 
+/* Fuzzer findings in PNG files (tests/fuzz/fuzz_image.c): stb_image grows its
+ * buffer for the compressed data to the power of two above what the IDAT chunks
+ * claim before reading them, so a short file whose second IDAT claims 2 GB made
+ * it allocate 2 GB; an empty first IDAT made it add 0 to a null pointer (UBSan).
+ * Both are refused before stb_image reads the file; the same PNG as written, and
+ * with its chunks intact, still loads. */
+static uint8_t *png_with_idat(const uint8_t *png, size_t n, size_t *out_n, uint32_t claimed, size_t data)
+{
+    /* the chunks of png up to its first IDAT, then an IDAT of `data` zero
+       bytes whose length field says `claimed`, then the rest of png */
+    size_t at = 8;
+    while (at + 8 <= n && memcmp(png + at + 4, "IDAT", 4) != 0)
+        at += 12 + ((size_t)png[at] << 24 | (size_t)png[at + 1] << 16 | (size_t)png[at + 2] << 8 | png[at + 3]);
+    assert_true(at + 8 <= n);
+    uint8_t *b = calloc(n + 12 + data, 1);
+    assert_non_null(b);
+    memcpy(b, png, at);
+    const uint8_t head[8] = {claimed >> 24, claimed >> 16 & 255, claimed >> 8 & 255, claimed & 255, 'I', 'D', 'A', 'T'};
+    memcpy(b + at, head, 8);
+    memcpy(b + at + 12 + data, png + at, n - at);
+    *out_n = n + 12 + data;
+    return b;
+}
+
+static void test_fuzzer_findings_png_chunk_longer_than_the_file_or_empty_idat_is_refused(void **state)
+{
+    (void)state;
+    uint8_t px[8 * 8];
+    for (size_t i = 0; i < sizeof px; i++)
+        px[i] = (uint8_t)(i * 37);
+    char path[256];
+    snprintf(path, sizeof path, "%s", tu_path(tmpdir, "chunks.png"));
+    assert_true(stbi_write_png(path, 8, 8, 1, px, 8) != 0);
+    int w, h, c;
+    uint8_t out[8 * 8];
+    assert_int_equal(ddpm_image_load_u8(path, out, 8, 1), 0);
+    assert_memory_equal(out, px, sizeof px);
+    size_t n = 0, m = 0;
+    uint8_t *png = tu_read_file(path, &n);
+    assert_non_null(png);
+
+    uint8_t *big = png_with_idat(png, n, &m, 0x7ffff001u, 0); /* claims 2 GB, holds nothing */
+    assert_int_equal(tu_write_file(path, big, m), 0);
+    assert_int_equal(ddpm_image_probe(path, &w, &h, &c), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "corrupt PNG"));
+    assert_int_equal(strncmp(ddpm_last_error(), path, strlen(path)), 0);
+    assert_int_equal(ddpm_image_load_u8(path, out, 8, 1), DDPM_EFORMAT);
+    free(big);
+
+    uint8_t *empty = png_with_idat(png, n, &m, 0, 0); /* an empty IDAT before the data */
+    assert_int_equal(tu_write_file(path, empty, m), 0);
+    assert_int_equal(ddpm_image_load_u8(path, out, 8, 1), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "corrupt PNG"));
+    free(empty);
+
+    uint8_t *cut = malloc(n);
+    assert_non_null(cut);
+    memcpy(cut, png, n);
+    assert_int_equal(tu_write_file(path, cut, n - 13), 0); /* IEND and one byte of the IDAT's CRC gone */
+    assert_int_equal(ddpm_image_load_u8(path, out, 8, 1), DDPM_EFORMAT);
+    free(cut);
+    free(png);
+}
+
 /* The crop and channel conversion run in place on a copy of the pixels: the
  * source is left as it was, a gray image asked for as RGB is the gray result in
  * every channel, and RGBA gives what RGB gives (alpha dropped), through a resize. */
@@ -490,6 +554,7 @@ int main(void)
         cmocka_unit_test(test_images_over_the_pixel_limit_are_refused_as_too_large_before_decoding),
         cmocka_unit_test(test_conversion_in_place_keeps_the_source_and_matches_per_channel_results),
         cmocka_unit_test(test_fuzzer_findings_tiny_file_claiming_a_big_image_and_bad_jpeg_tables_are_refused),
+        cmocka_unit_test(test_fuzzer_findings_png_chunk_longer_than_the_file_or_empty_idat_is_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
