@@ -145,7 +145,8 @@ const ddpm_option ddpm_run_config_options[] = {
      .help = "max global gradient norm; 0: off", .flags = FIXED},
     {.name = "ema", .metavar = "D", .section = "train", .key = "ema", .type = DDPM_OPT_FLOAT,
      .offset = OFF(optim.ema_decay), .def = 0.999, .min = 0, .max = 1, .group = "optimiser",
-     .help = "EMA decay, warmed up as min(D, (1+n)/(10+n)); 0: EMA = raw weights", .flags = FIXED},
+     .help = "EMA decay, warmed up as min(D, (1+n)/(10+n)) after n updates, so D "
+             "takes over after (10D-1)/(1-D) updates (8,990 for 0.999); 0: EMA = raw weights", .flags = FIXED},
     {.name = "flip", .section = "train", .key = "flip", .type = DDPM_OPT_BOOL, .offset = OFF(flip), .def = 0,
      .def_text = "off", .group = "data", .help = "random horizontal flips", .flags = FIXED},
     {.name = "seed", .metavar = "N", .section = "train", .key = "seed", .type = DDPM_OPT_U64, .offset = OFF(seed),

@@ -98,6 +98,40 @@ static void test_exported_weights_sample_as_the_run_does(void **state)
     assert_memory_equal(a, b, sizeof a);
 }
 
+/* The "params" number of `ddpm bench --json ARGS` (which must succeed). */
+static long bench_params(const char *args)
+{
+    assert_int_equal(cu_ddpm("bench --json --seconds 0.02 --batch 2 --threads 1 --size 8 --channels 1 "
+                             "--ch 8 --ch-mult 1,2 --res-blocks 1 --attn 4 --groups 4 --timesteps 20 %s",
+                             args),
+                     0);
+    char *out = cu_slurp("out.txt", NULL);
+    assert_non_null(out);
+    const char *p = strstr(out, "\"params\":");
+    assert_non_null(p);
+    long n = strtol(p + strlen("\"params\":"), NULL, 10);
+    free(out);
+    return n;
+}
+
+/* `ddpm bench --scale-shift-norm` times the AdaGN network a run trains: the
+ * same parameter count as an unconditional AdaGN run of that shape, more than
+ * the network without it. */
+static void test_bench_times_the_adagn_network_a_run_trains(void **state)
+{
+    (void)state;
+    assert_int_equal(cu_ddpm("train cdata/dark --out uada " TINY " --steps 1 --scale-shift-norm"), 0);
+    char *out = info_of("uada");
+    const char *p = strstr(out, "parameters: ");
+    assert_non_null(p);
+    long trained = strtol(p + strlen("parameters: "), NULL, 10);
+    free(out);
+    long ada = bench_params("--scale-shift-norm"), plain = bench_params("");
+    assert_true(trained > 0);
+    assert_int_equal(ada, trained);
+    assert_true(plain < ada);
+}
+
 static void test_an_unknown_class_emb_init_is_refused(void **state)
 {
     (void)state;
@@ -112,6 +146,7 @@ int main(void)
         cmocka_unit_test(test_info_shows_scale_shift_norm_and_the_class_embedding_init),
         cmocka_unit_test(test_resume_keeps_scale_shift_norm),
         cmocka_unit_test(test_exported_weights_sample_as_the_run_does),
+        cmocka_unit_test(test_bench_times_the_adagn_network_a_run_trains),
         cmocka_unit_test(test_an_unknown_class_emb_init_is_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

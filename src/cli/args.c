@@ -137,7 +137,7 @@ int cli_check_writable_file(const char *flag, const char *path, const char *exam
 int arg_model_flag(const char *name, const char *value, ddpm_run_config *cfg)
 {
     static const char *const model_flags[] = {"size", "channels", "ch", "ch-mult", "res-blocks",
-                                              "attn", "groups", "dropout", "timesteps"};
+                                              "attn", "groups", "dropout", "timesteps", "scale-shift-norm"};
     for (size_t k = 0; k < sizeof model_flags / sizeof model_flags[0]; k++)
         if (!strcmp(name, model_flags[k]))
             return cli_option_parse(ddpm_option_find(ddpm_run_config_options, name), cfg, value);

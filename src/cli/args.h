@@ -43,7 +43,7 @@ void cli_option_help(FILE *f, const ddpm_option *opt, const void *defaults);
         {"ch", required_argument, 0, (val)}, {"ch-mult", required_argument, 0, (val)},                \
         {"res-blocks", required_argument, 0, (val)}, {"attn", required_argument, 0, (val)},           \
         {"groups", required_argument, 0, (val)}, {"dropout", required_argument, 0, (val)},            \
-        {"timesteps", required_argument, 0, (val)}
+        {"timesteps", required_argument, 0, (val)}, {"scale-shift-norm", no_argument, 0, (val)}
 /* --help lines of the network flags (the defaults of unet.h). */
 #define ARG_MODEL_HELP                                                                                \
     "  --ch N               base channels (default 32)\n" \
@@ -51,7 +51,9 @@ void cli_option_help(FILE *f, const ddpm_option *opt, const void *defaults);
     "  --res-blocks N       ResBlocks per level (default 2)\n" \
     "  --attn LIST          resolutions with self-attention (default 14; '' for none)\n" \
     "  --groups N           GroupNorm groups (default 8)\n" \
-    "  --dropout P          dropout in ResBlocks (default 0.1)\n"
+    "  --dropout P          dropout in ResBlocks (default 0.1)\n" \
+    "  --scale-shift-norm   AdaGN: the embedding scales and shifts each ResBlock's\n" \
+    "                       second GroupNorm\n"
 /* The checkpoint a RUN_DIR|CHECKPOINT argument names: RUN_DIR/checkpoint.safetensors
  * when arg is a folder, else arg itself. */
 void cli_checkpoint_path(char *out, size_t size, const char *arg);

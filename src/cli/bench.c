@@ -434,6 +434,7 @@ static void print_json(const bench_results *r)
     cJSON_AddStringToObject(mo, "attn", list);
     cJSON_AddNumberToObject(mo, "groups", r->m->groups);
     cJSON_AddNumberToObject(mo, "dropout", r->m->dropout);
+    cJSON_AddBoolToObject(mo, "scale_shift_norm", r->m->scale_shift_norm);
     cJSON_AddNumberToObject(mo, "params", (double)r->n_params);
     cJSON_AddNumberToObject(mo, "forward_gflop_per_image", r->flops * 1e-9);
     cJSON_AddNumberToObject(o, "batch", r->B);
