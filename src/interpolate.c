@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "ddpm/error.h"
+#include "ddpm/fsutil.h"
 #include "ddpm/imageio.h"
 #include "ddpm/recipe.h"
 #include "ddpm/rng.h"
@@ -154,8 +155,35 @@ void ddpm_interpolate_png_config_default(ddpm_interpolate_png_config *c)
     c->pad_value = 255;
 }
 
-/* The strip's recipe from the template c->recipe and the config. */
-static int strip_recipe(ddpm_recipe *r, const ddpm_interpolate_png_config *c)
+/* The source image at path, read through one open: its pixels into x0 (C x S x
+ * S in [-1, 1]) and the SHA-256 of the same bytes into hex, so that the recipe
+ * names the file the pixels came from even if it is replaced meanwhile. */
+static int load_source(const char *path, float *x0, int S, int C, char hex[65])
+{
+    unsigned char *bytes = NULL;
+    size_t n = 0;
+    size_t D = (size_t)C * S * S;
+    uint8_t *u8 = ddpm_malloc(D, 1);
+    int rc = u8 ? ddpm_read_file(path, DDPM_IMAGE_MAX_FILE_BYTES, &bytes, &n) : DDPM_ENOMEM;
+    if (!rc)
+        rc = ddpm_image_decode_u8(path, bytes, n, u8, S, C);
+    if (!rc) {
+        ddpm_sha256 h;
+        uint8_t digest[32];
+        ddpm_sha256_init(&h);
+        ddpm_sha256_update(&h, bytes, n);
+        ddpm_sha256_final(&h, digest);
+        ddpm_sha256_hex(hex, digest);
+        ddpm_image_u8_to_float(x0, u8, D);
+    }
+    free(bytes);
+    free(u8);
+    return rc;
+}
+
+/* The strip's recipe from the template c->recipe, the config and the hashes
+ * of the source images (NULL for a seed interpolation). */
+static void strip_recipe(ddpm_recipe *r, const ddpm_interpolate_png_config *c, char hex[2][65])
 {
     *r = *c->recipe;
     ddpm_interpolate_sampler(&r->sampler, &c->interp);
@@ -172,7 +200,7 @@ static int strip_recipe(ddpm_recipe *r, const ddpm_interpolate_png_config *c)
     if (!c->image_a) {
         r->seed = c->seed_a;
         r->seed_b = c->seed_b;
-        return DDPM_OK;
+        return;
     }
     r->seed = c->seed;
     r->at = c->t;
@@ -181,8 +209,8 @@ static int strip_recipe(ddpm_recipe *r, const ddpm_interpolate_png_config *c)
         snprintf(r->images[0], sizeof r->images[0], "%.1023s", c->image_a);
         snprintf(r->images[1], sizeof r->images[1], "%.1023s", c->image_b);
     }
-    int rc = ddpm_sha256_file(c->image_a, r->image_sha256[0]);
-    return rc ? rc : ddpm_sha256_file(c->image_b, r->image_sha256[1]);
+    memcpy(r->image_sha256[0], hex[0], 65);
+    memcpy(r->image_sha256[1], hex[1], 65);
 }
 
 int ddpm_interpolate_png(ddpm_model *m, const ddpm_interpolate_png_config *c)
@@ -203,22 +231,26 @@ int ddpm_interpolate_png(ddpm_model *m, const ddpm_interpolate_png_config *c)
     ddpm_png_text text[DDPM_RECIPE_MAX_TEXT];
     ddpm_recipe_storage *storage = NULL;
     int n_text = 0, rc = DDPM_OK;
-    if (c->recipe) {
-        recipe = ddpm_malloc(1, sizeof *recipe);
-        storage = ddpm_malloc(1, sizeof *storage);
-        rc = !recipe || !storage ? DDPM_ENOMEM : strip_recipe(recipe, c);
-        if (!rc)
-            n_text = ddpm_recipe_to_text(recipe, text, storage, NULL);
-    }
     float *x = NULL, *x0_a = NULL, *x0_b = NULL;
-    if (!rc && !(x = ddpm_malloc((size_t)n_cells * D, sizeof *x)))
+    char hex[2][65] = {"", ""};
+    if (!(x = ddpm_malloc((size_t)n_cells * D, sizeof *x)))
         rc = DDPM_ENOMEM;
     if (!rc && images) {
         x0_a = ddpm_malloc(D, sizeof *x0_a);
         x0_b = ddpm_malloc(D, sizeof *x0_b);
-        rc = !x0_a || !x0_b ? DDPM_ENOMEM : ddpm_image_load(c->image_a, x0_a, S, C);
+        rc = !x0_a || !x0_b ? DDPM_ENOMEM : load_source(c->image_a, x0_a, S, C, hex[0]);
         if (!rc)
-            rc = ddpm_image_load(c->image_b, x0_b, S, C);
+            rc = load_source(c->image_b, x0_b, S, C, hex[1]);
+    }
+    if (!rc && c->recipe) {
+        recipe = ddpm_malloc(1, sizeof *recipe);
+        storage = ddpm_malloc(1, sizeof *storage);
+        if (!recipe || !storage)
+            rc = DDPM_ENOMEM;
+        else {
+            strip_recipe(recipe, c, hex);
+            n_text = ddpm_recipe_to_text(recipe, text, storage, NULL);
+        }
     }
     if (!rc)
         rc = images ? ddpm_interpolate_images(m, x + (c->sources ? D : 0), x0_a, x0_b, c->t, c->seed, &c->interp)

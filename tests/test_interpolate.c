@@ -17,7 +17,9 @@
 #include "ddpm/error.h"
 #include "ddpm/imageio.h"
 #include "ddpm/interpolate.h"
+#include "ddpm/recipe.h"
 #include "ddpm/rng.h"
+#include "ddpm/sha256.h"
 #include "testutil.h"
 
 static void test_slerp_and_lerp_keep_their_ends_and_slerp_the_norm(void **state)
@@ -367,6 +369,16 @@ static void test_binary_strip_ends_equal_plain_samples_byte_for_byte(void **stat
         0);
     s = load_png("at.png", &ws, &hs);
     assert_int_equal(ws, 4 * 8);
+    /* its recipe names each source image by the SHA-256 of the bytes it decoded */
+    ddpm_recipe *rec = malloc(sizeof *rec);
+    assert_non_null(rec);
+    assert_int_equal(ddpm_recipe_read_png(rec, in_tmp("at.png")), 1); /* 1: a complete recipe */
+    char want[65];
+    assert_int_equal(ddpm_sha256_file(in_tmp("data/00.png"), want), 0);
+    assert_string_equal(rec->image_sha256[0], want);
+    assert_int_equal(ddpm_sha256_file(in_tmp("data/05.png"), want), 0);
+    assert_string_equal(rec->image_sha256[1], want);
+    free(rec);
     /* --sources frames it with the two images as loaded */
     assert_int_equal(ddpm("interpolate run --at 20 --images data/00.png,data/05.png --n 4 --pad 0 --sources "
                           "--out at2.png --quiet"),

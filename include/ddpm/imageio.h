@@ -31,6 +31,10 @@
  * much again) and the file itself. The crop and channel conversion then work in
  * place in the decoded pixels, and only the S x S result is allocated besides. */
 enum { DDPM_IMAGE_MAX_SIDE = 1 << 15, DDPM_IMAGE_MAX_PIXELS = 1 << 25 };
+/* The largest image file read into memory whole (ddpm interpolate's source
+ * images, hashed and decoded from the same bytes): 2^25 pixels of 16-bit RGBA
+ * uncompressed are 256 MB, so no image within the pixel limit is refused. */
+#define DDPM_IMAGE_MAX_FILE_BYTES ((size_t)1 << 30)
 
 /* Width, height and channel count (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) of an
  * image file, read from its header without decoding the pixels (stbi_info).
