@@ -168,12 +168,7 @@ static int load_source(const char *path, float *x0, int S, int C, char hex[65])
     if (!rc)
         rc = ddpm_image_decode_u8(path, bytes, n, u8, S, C);
     if (!rc) {
-        ddpm_sha256 h;
-        uint8_t digest[32];
-        ddpm_sha256_init(&h);
-        ddpm_sha256_update(&h, bytes, n);
-        ddpm_sha256_final(&h, digest);
-        ddpm_sha256_hex(hex, digest);
+        ddpm_sha256_bytes_hex(bytes, n, hex);
         ddpm_image_u8_to_float(x0, u8, D);
     }
     free(bytes);

@@ -59,12 +59,7 @@ int ddpm_model_open(ddpm_model *m, const char *path, ddpm_weights_kind weights)
     int rc = ddpm_read_file(m->path, DDPM_ST_MAX_READ, &bytes, &size);
     if (rc)
         return rc;
-    ddpm_sha256 h;
-    uint8_t digest[32];
-    ddpm_sha256_init(&h);
-    ddpm_sha256_update(&h, bytes, size);
-    ddpm_sha256_final(&h, digest);
-    ddpm_sha256_hex(m->sha256, digest);
+    ddpm_sha256_bytes_hex(bytes, size, m->sha256);
     ddpm_checkpoint *ck = NULL;
     rc = ddpm_checkpoint_open_memory(&ck, bytes, size, m->path);
     free(bytes);

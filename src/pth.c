@@ -885,12 +885,7 @@ static int open_owned(ddpm_pth **out, uint8_t *bytes, size_t n_bytes, const char
         ddpm_pth_close(f);
         return rc;
     }
-    ddpm_sha256 h;
-    uint8_t digest[32];
-    ddpm_sha256_init(&h);
-    ddpm_sha256_update(&h, bytes, n_bytes);
-    ddpm_sha256_final(&h, digest);
-    ddpm_sha256_hex(f->sha256, digest);
+    ddpm_sha256_bytes_hex(bytes, n_bytes, f->sha256);
     *out = f;
     return 0;
 }

@@ -90,6 +90,16 @@ void ddpm_sha256_hex(char hex[65], const uint8_t digest[32])
     hex[64] = '\0';
 }
 
+void ddpm_sha256_bytes_hex(const void *data, size_t n, char hex[65])
+{
+    ddpm_sha256 s;
+    uint8_t digest[32];
+    ddpm_sha256_init(&s);
+    ddpm_sha256_update(&s, data, n);
+    ddpm_sha256_final(&s, digest);
+    ddpm_sha256_hex(hex, digest);
+}
+
 int ddpm_sha256_file(const char *path, char hex[65])
 {
     FILE *f = fopen(path, "rb");

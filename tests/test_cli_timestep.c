@@ -39,12 +39,7 @@ static void checkpoint_tensors_sha256(const char *run, char hex[65])
 {
     size_t n = 0;
     unsigned char *b = checkpoint_tensors(run, &n);
-    ddpm_sha256 s;
-    uint8_t digest[32];
-    ddpm_sha256_init(&s);
-    ddpm_sha256_update(&s, b, n);
-    ddpm_sha256_final(&s, digest);
-    ddpm_sha256_hex(hex, digest);
+    ddpm_sha256_bytes_hex(b, n, hex);
     free(b);
 }
 

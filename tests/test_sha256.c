@@ -41,6 +41,10 @@ static void test_sha256_known_answers_in_any_split(void **state)
             hash_text(hex, cases[i][0], chunk);
             assert_string_equal(hex, cases[i][1]);
         }
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) { /* in one call */
+        ddpm_sha256_bytes_hex(cases[i][0], strlen(cases[i][0]), hex);
+        assert_string_equal(hex, cases[i][1]);
+    }
 }
 
 static void test_sha256_of_a_million_a_and_of_a_file(void **state)
