@@ -43,6 +43,22 @@ static inline int cu_same_bytes(const char *a, const char *b)
     return same;
 }
 
+/* cu_dir/A and cu_dir/B decode to the same gray pixels at size x size (their
+ * bytes, and so their recipes, may differ). */
+static inline int cu_same_pixels(const char *a, const char *b, int size)
+{
+    char path[512];
+    size_t n = (size_t)size * size;
+    uint8_t *pa = malloc(n), *pb = malloc(n);
+    snprintf(path, sizeof path, "%s/%s", cu_dir, a);
+    int same = pa && pb && ddpm_image_load_u8(path, pa, size, 1) == 0;
+    snprintf(path, sizeof path, "%s/%s", cu_dir, b);
+    same = same && ddpm_image_load_u8(path, pb, size, 1) == 0 && !memcmp(pa, pb, n);
+    free(pa);
+    free(pb);
+    return same;
+}
+
 /* cu_dir/NAME with n 8x8 gray PNGs of a pattern that depends on k and mult;
  * returns 0 or -1. */
 static inline int cu_make_gray_folder(const char *name, int n, int mult)
