@@ -407,6 +407,40 @@ static void load_G(const geometry *g, double G[MAX_ALPHA][3])
             G[i][j] = g->m == 2 ? G2[i][j] : G4[i][j];
 }
 
+/* The weight transforms run WT_LANES filters side by side (consecutive columns
+ * of U, or consecutive output channels of dweight), one array element per
+ * filter, so that the compiler turns each double operation into vector code;
+ * every filter sees the same double operations in the same order as a loop
+ * over one filter would do (the build does not contract a * b + c into an
+ * FMA: -std=c11 implies -ffp-contract=off in gcc). */
+#define WT_LANES 16
+
+/* U[xi][r][c0 + l] for l < n (n <= WT_LANES) from filters f(r, c) = weight + r*rs
+ * + c*cs (3x3 row-major, read rotated by 180 degrees when rot): U = G f G^T in
+ * double, rounded once. */
+static ALWAYS_INLINE void weight_transform_block(const int a, double G[MAX_ALPHA][3], float *U,
+                                                 const float *weight, int r, int c0, int n, int rows_p,
+                                                 int cols_p, ptrdiff_t rs, ptrdiff_t cs, int rot)
+{
+    double f[9][WT_LANES], t[MAX_ALPHA][3][WT_LANES];
+    for (int l = 0; l < WT_LANES; l++) {
+        const float *w = weight + r * rs + (ptrdiff_t)(c0 + (l < n ? l : 0)) * cs;
+        for (int i = 0; i < 9; i++)
+            f[i][l] = rot ? w[8 - i] : w[i];
+    }
+    for (int i = 0; i < a; i++)
+        for (int j = 0; j < 3; j++)
+            for (int l = 0; l < WT_LANES; l++)
+                t[i][j][l] = G[i][0] * f[j][l] + G[i][1] * f[3 + j][l] + G[i][2] * f[6 + j][l];
+    for (int i = 0; i < a; i++)
+        for (int j = 0; j < a; j++) {
+            float u[WT_LANES];
+            for (int l = 0; l < WT_LANES; l++)
+                u[l] = (float)(t[i][0][l] * G[j][0] + t[i][1][l] * G[j][1] + t[i][2][l] * G[j][2]);
+            memcpy(U + ((size_t)(i * a + j) * rows_p + r) * cols_p + c0, u, (size_t)n * sizeof(float));
+        }
+}
+
 /* U [n_xi][rows_p][cols_p] from filters f(row, col) = weight + row*rs + col*cs
  * (3x3 row-major, read rotated by 180 degrees when rot), zero for padded
  * rows/cols: U = G f G^T, in double, rounded once. */
@@ -416,45 +450,68 @@ static void weight_transform(const geometry *g, float *U, const float *weight, i
     const int a = g->alpha;
     double G[MAX_ALPHA][3];
     load_G(g, G);
-    memset(U, 0, (size_t)g->n_xi * rows_p * cols_p * sizeof(float));
+    if (rows < rows_p || cols < cols_p)
+        memset(U, 0, (size_t)g->n_xi * rows_p * cols_p * sizeof(float));
 #pragma omp parallel for schedule(static) if ((size_t)rows * cols > 1024 && !omp_in_parallel())
     for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++) {
-            const float *w = weight + r * rs + c * cs;
-            double f[3][3], t[MAX_ALPHA][3];
-            for (int i = 0; i < 9; i++)
-                f[i / 3][i % 3] = rot ? w[8 - i] : w[i];
-            for (int i = 0; i < a; i++)
-                for (int j = 0; j < 3; j++)
-                    t[i][j] = G[i][0] * f[0][j] + G[i][1] * f[1][j] + G[i][2] * f[2][j];
-            for (int i = 0; i < a; i++)
-                for (int j = 0; j < a; j++) {
-                    const double u = t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2];
-                    U[((size_t)(i * a + j) * rows_p + r) * cols_p + c] = (float)u;
-                }
+        for (int c0 = 0; c0 < cols; c0 += WT_LANES) {
+            const int n = cols - c0 < WT_LANES ? cols - c0 : WT_LANES;
+            if (a == 4)
+                weight_transform_block(4, G, U, weight, r, c0, n, rows_p, cols_p, rs, cs, rot);
+            else
+                weight_transform_block(6, G, U, weight, r, c0, n, rows_p, cols_p, rs, cs, rot);
         }
 }
 
-/* dweight[co][ci] (+)= G^T dU G for one summed dU [alpha][alpha], in double. */
-static void weight_grad_transform(const geometry *g, double G[MAX_ALPHA][3], float *dweight, const double *dU,
-                                  int ci, int co)
+/* dweight[co0 + l][ci] += G^T dU G for l < n (n <= WT_LANES), dU[xi][ci][co0 + l]
+ * the lanes' summed weight gradient (row stride ldu floats per xi), in double. */
+static ALWAYS_INLINE void weight_grad_transform_block(const int a, const geometry *g, double G[MAX_ALPHA][3],
+                                                      float *dweight, const float *dU, size_t ldu, int ci,
+                                                      int co0, int n)
 {
-    const int a = g->alpha;
-    double t[3][MAX_ALPHA];
+    double m[MAX_ALPHA * MAX_ALPHA][WT_LANES], t[3][MAX_ALPHA][WT_LANES];
+    for (int xi = 0; xi < a * a; xi++) {
+        const float *src = dU + (size_t)xi * ldu + co0;
+        for (int l = 0; l < WT_LANES; l++)
+            m[xi][l] = l < n ? (double)src[l] : 0.0;
+    }
     for (int i = 0; i < 3; i++)
-        for (int j = 0; j < a; j++) {
-            double s = 0.0;
-            for (int k = 0; k < a; k++)
-                s += G[k][i] * dU[k * a + j];
-            t[i][j] = s;
-        }
-    float *dw = dweight + ((size_t)co * g->Cin + ci) * 9;
+        for (int j = 0; j < a; j++)
+            for (int l = 0; l < WT_LANES; l++) {
+                double s = 0.0;
+                for (int k = 0; k < a; k++)
+                    s += G[k][i] * m[k * a + j][l];
+                t[i][j][l] = s;
+            }
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 3; j++) {
-            double s = 0.0;
-            for (int k = 0; k < a; k++)
-                s += t[i][k] * G[k][j];
-            dw[i * 3 + j] += (float)s;
+            float dw[WT_LANES];
+            for (int l = 0; l < WT_LANES; l++) {
+                double s = 0.0;
+                for (int k = 0; k < a; k++)
+                    s += t[i][k][l] * G[k][j];
+                dw[l] = (float)s;
+            }
+            for (int l = 0; l < n; l++)
+                dweight[((size_t)(co0 + l) * g->Cin + ci) * 9 + i * 3 + j] += dw[l];
+        }
+}
+
+/* dweight[co][ci] += G^T dU[.][ci][co] G for every filter, dU [n_xi][Cin_p][Cout_p]. */
+static void weight_grad_transform(const geometry *g, float *dweight, const float *dU)
+{
+    double G[MAX_ALPHA][3];
+    load_G(g, G);
+    const size_t ldu = (size_t)g->Cin_p * g->Cout_p;
+#pragma omp parallel for schedule(static) if ((size_t)g->Cout * g->Cin > 256)
+    for (int ci = 0; ci < g->Cin; ci++)
+        for (int co0 = 0; co0 < g->Cout; co0 += WT_LANES) {
+            const int n = g->Cout - co0 < WT_LANES ? g->Cout - co0 : WT_LANES;
+            const float *dUc = dU + (size_t)ci * g->Cout_p;
+            if (g->alpha == 4)
+                weight_grad_transform_block(4, g, G, dweight, dUc, ldu, ci, co0, n);
+            else
+                weight_grad_transform_block(6, g, G, dweight, dUc, ldu, ci, co0, n);
         }
 }
 
@@ -981,15 +1038,6 @@ void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias,
                 s += dU0[(size_t)lane * g.lane_floats + i];
             dU0[i] = s;
         }
-        double G[MAX_ALPHA][3];
-        load_G(&g, G);
-#pragma omp parallel for schedule(static) if ((size_t)Cout * Cin > 256)
-        for (int ci = 0; ci < Cin; ci++)
-            for (int co = 0; co < Cout; co++) {
-                double m[MAX_ALPHA * MAX_ALPHA];
-                for (int xi = 0; xi < g.n_xi; xi++)
-                    m[xi] = dU0[((size_t)xi * g.Cin_p + ci) * g.Cout_p + co];
-                weight_grad_transform(&g, G, dweight, m, ci, co);
-            }
+        weight_grad_transform(&g, dweight, dU0);
     }
 }
