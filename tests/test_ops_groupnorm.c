@@ -268,26 +268,191 @@ static void test_groupnorm_backward_accumulates_and_skips_null(void **state)
     gn_free(&c);
 }
 
-static void test_groupnorm_is_identical_for_one_and_two_threads(void **state)
+/* The same bytes of out, din, dgamma and dbeta at 1, 2 and 3 threads: above the size
+ * where the loops go parallel (16,384 elements), HW a multiple of 8 and odd (13 x 15:
+ * the partials' tail), a batch larger than the backward's chunk of images (512
+ * channels: 8 images a chunk, so 9 is two chunks), and a layer too wide for the
+ * chunk (3,000 channels: the three-pass route). */
+static void test_groupnorm_is_identical_for_one_two_and_three_threads(void **state)
 {
     (void)state;
-    /* 4*64*256 = 65536 elements: above the size where the loops go parallel */
-    gn_case c = gn_make(4, 64, 256, 8, 1e-6f, 41);
-    float *out1 = tu_alloc(c.n), *din1 = tu_alloc(c.n), *dg1 = tu_alloc(c.C), *db1 = tu_alloc(c.C);
-    float *din2 = tu_alloc(c.n), *dg2 = tu_alloc(c.C), *db2 = tu_alloc(c.C);
-    int saved = omp_get_max_threads();
-    omp_set_num_threads(1);
-    gn_analytic(&c, din1, dg1, db1);
-    memcpy(out1, c.out, c.n * sizeof(float));
-    omp_set_num_threads(2);
-    gn_analytic(&c, din2, dg2, db2);
-    omp_set_num_threads(saved);
-    assert_memory_equal(out1, c.out, c.n * sizeof(float));
-    assert_memory_equal(din1, din2, c.n * sizeof(float));
-    assert_memory_equal(dg1, dg2, c.C * sizeof(float));
-    assert_memory_equal(db1, db2, c.C * sizeof(float));
-    free(out1), free(din1), free(dg1), free(db1), free(din2), free(dg2), free(db2);
-    gn_free(&c);
+    static const int sh[][4] = {{4, 64, 256, 8}, {3, 64, 195, 8}, {9, 512, 5, 4}, {2, 3000, 3, 3}};
+    const int saved = omp_get_max_threads();
+    for (int s = 0; s < (int)(sizeof sh / sizeof sh[0]); s++) {
+        gn_case c = gn_make(sh[s][0], sh[s][1], sh[s][2], sh[s][3], 1e-6f, 41 + s);
+        float *out1 = tu_alloc(c.n), *din1 = tu_alloc(c.n), *dg1 = tu_alloc(c.C), *db1 = tu_alloc(c.C);
+        float *din2 = tu_alloc(c.n), *dg2 = tu_alloc(c.C), *db2 = tu_alloc(c.C);
+        omp_set_num_threads(1);
+        gn_analytic(&c, din1, dg1, db1);
+        memcpy(out1, c.out, c.n * sizeof(float));
+        for (int threads = 2; threads <= 3; threads++) {
+            memset(din2, 0, c.n * sizeof(float));
+            memset(dg2, 0, c.C * sizeof(float));
+            memset(db2, 0, c.C * sizeof(float));
+            omp_set_num_threads(threads);
+            gn_analytic(&c, din2, dg2, db2);
+            if (memcmp(out1, c.out, c.n * sizeof(float)) || memcmp(din1, din2, c.n * sizeof(float)) ||
+                memcmp(dg1, dg2, c.C * sizeof(float)) || memcmp(db1, db2, c.C * sizeof(float)))
+                fail_msg("B %d C %d HW %d G %d: %d threads differ from 1", c.B, c.C, c.HW, c.G, threads);
+        }
+        omp_set_num_threads(saved);
+        free(out1), free(din1), free(dg1), free(db1), free(din2), free(dg2), free(db2);
+        gn_free(&c);
+    }
+}
+
+/* dL/din, dL/dgamma, dL/dbeta of L = sum r * out in double, from the double
+ * statistics: xhat = (x - m) rs, dxhat = r gamma, din = rs (dxhat - mean(dxhat)
+ * - xhat mean(dxhat xhat)), dgamma = sum r xhat, dbeta = sum r. */
+static void gn_backward_reference(gn_case *c, double *din, double *dgamma, double *dbeta)
+{
+    const int Cg = c->C / c->G;
+    const double N = (double)Cg * c->HW;
+    gn_reference(c);
+    for (int ch = 0; ch < c->C; ch++)
+        dgamma[ch] = dbeta[ch] = 0.0;
+    for (int b = 0; b < c->B; b++)
+        for (int g = 0; g < c->G; g++) {
+            const double m = c->ref_mean[b * c->G + g], rs = c->ref_rstd[b * c->G + g];
+            double s1 = 0, s2 = 0;
+            for (int ch = g * Cg; ch < (g + 1) * Cg; ch++)
+                for (int i = 0; i < c->HW; i++) {
+                    const size_t k = ((size_t)b * c->C + ch) * c->HW + i;
+                    const double xhat = (c->x[k] - m) * rs, dxhat = (double)c->r[k] * c->gamma[ch];
+                    s1 += dxhat, s2 += dxhat * xhat;
+                    dgamma[ch] += (double)c->r[k] * xhat;
+                    dbeta[ch] += c->r[k];
+                }
+            for (int ch = g * Cg; ch < (g + 1) * Cg; ch++)
+                for (int i = 0; i < c->HW; i++) {
+                    const size_t k = ((size_t)b * c->C + ch) * c->HW + i;
+                    const double xhat = (c->x[k] - m) * rs, dxhat = (double)c->r[k] * c->gamma[ch];
+                    din[k] = rs * (dxhat - s1 / N - xhat * s2 / N);
+                }
+        }
+}
+
+static int check_close(const char *name, const float *got, const double *want, size_t n, double abs_tol,
+                       double rel_tol)
+{
+    double worst = 0;
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double e = fabs(got[i] - want[i]) / (abs_tol + rel_tol * fabs(want[i]));
+        if (!(e <= worst))
+            worst = e, at = i;
+    }
+    if (worst > 1.0) {
+        fprintf(stderr,
+                "%s: worst at %zu: %.9g, want %.9g (error %.3g of the tolerance); first values:", name, at,
+                (double)got[at], want[at], worst);
+        for (size_t i = 0; i < n && i < 4; i++)
+            fprintf(stderr, " %.9g/%.9g", (double)got[i], want[i]);
+        fprintf(stderr, "\n");
+    }
+    return worst > 1.0;
+}
+
+/* The analytic gradients against the double formulas, on the three routes of the
+ * backward: one chunk of images, several chunks (512 channels), and the three-pass
+ * route (3,000 channels), with odd HW and one group. The float op normalises with
+ * the float mean and rstd (relative rounding 6e-8) and rounds din to float (6e-8
+ * relative, din O(1)): abs 2e-7 + rel 2e-6 is a few times that; dgamma sums
+ * B HW <= 105 terms r xhat of size <= 3, each off by ~1e-7 relative: abs 1e-6 +
+ * rel 1e-6. Measured worst: a quarter of either tolerance. A dropped or doubled
+ * image, channel or chunk is off by O(0.1 .. 1). */
+static void test_groupnorm_backward_matches_double_formulas_on_every_route(void **state)
+{
+    (void)state;
+    static const int sh[][4] = {
+        {3, 10, 35, 5}, {3, 6, 35, 1}, {9, 512, 5, 4}, {2, 3000, 3, 3}, {5, 3000, 7, 1000}};
+    for (int s = 0; s < (int)(sizeof sh / sizeof sh[0]); s++) {
+        gn_case c = gn_make(sh[s][0], sh[s][1], sh[s][2], sh[s][3], 1e-5f, 60 + s);
+        float *din = tu_alloc(c.n), *dgamma = tu_alloc(c.C), *dbeta = tu_alloc(c.C);
+        double *rdin = calloc(c.n, sizeof(double)), *rdg = calloc(c.C, sizeof(double));
+        double *rdb = calloc(c.C, sizeof(double));
+        assert_non_null(rdin);
+        assert_non_null(rdg);
+        assert_non_null(rdb);
+        gn_analytic(&c, din, dgamma, dbeta);
+        gn_backward_reference(&c, rdin, rdg, rdb);
+        int bad = check_close("din", din, rdin, c.n, 2e-7, 2e-6);
+        bad += check_close("dgamma", dgamma, rdg, c.C, 1e-6, 1e-6);
+        bad += check_close("dbeta", dbeta, rdb, c.C, 1e-6, 1e-6);
+        if (bad)
+            fail_msg("B %d C %d HW %d G %d", c.B, c.C, c.HW, c.G);
+        free(din), free(dgamma), free(dbeta), free(rdin), free(rdg), free(rdb);
+        gn_free(&c);
+    }
+}
+
+/* Groups are independent: the backward of a layer gives, byte for byte, what it
+ * gives for each group's channels as a layer of their own (C = C/G, one group).
+ * The whole layer and its slices take different routes: 512 channels in chunks of
+ * 8 images against 128 channels in one chunk; 3,000 channels by three passes
+ * against 1,000 in chunks of 3 images. The parameter gradients add each channel's
+ * double sums over the images in order on every route. */
+static void test_groupnorm_backward_gives_each_groups_bytes_alone(void **state)
+{
+    (void)state;
+    static const int sh[][4] = {{9, 512, 5, 4}, {5, 3000, 3, 3}};
+    for (int s = 0; s < (int)(sizeof sh / sizeof sh[0]); s++) {
+        gn_case c = gn_make(sh[s][0], sh[s][1], sh[s][2], sh[s][3], 1e-5f, 80 + s);
+        const int Cg = c.C / c.G;
+        const size_t slab = (size_t)Cg * c.HW, part = (size_t)c.B * slab;
+        float *din = tu_alloc(c.n), *dgamma = tu_alloc(c.C), *dbeta = tu_alloc(c.C);
+        float *x = tu_alloc(part), *r = tu_alloc(part), *pdin = tu_alloc(part);
+        float *mean = tu_alloc(c.B), *rstd = tu_alloc(c.B), *pdg = tu_alloc(Cg), *pdb = tu_alloc(Cg);
+        gn_analytic(&c, din, dgamma, dbeta);
+        for (int g = 0; g < c.G; g++) {
+            for (int b = 0; b < c.B; b++) {
+                const size_t from = ((size_t)b * c.C + (size_t)g * Cg) * c.HW;
+                memcpy(x + b * slab, c.x + from, slab * sizeof(float));
+                memcpy(r + b * slab, c.r + from, slab * sizeof(float));
+                mean[b] = c.mean[b * c.G + g], rstd[b] = c.rstd[b * c.G + g];
+            }
+            memset(pdg, 0, Cg * sizeof(float));
+            memset(pdb, 0, Cg * sizeof(float));
+            ddpm_groupnorm_backward(pdin, 0.0f, pdg, pdb, r, x, mean, rstd, c.gamma + g * Cg, c.B, Cg, c.HW,
+                                    1);
+            for (int b = 0; b < c.B; b++)
+                if (memcmp(pdin + b * slab, din + ((size_t)b * c.C + (size_t)g * Cg) * c.HW,
+                           slab * sizeof(float)))
+                    fail_msg("C %d: din of image %d, group %d differs from the group alone", c.C, b, g);
+            if (memcmp(pdg, dgamma + g * Cg, Cg * sizeof(float)) ||
+                memcmp(pdb, dbeta + g * Cg, Cg * sizeof(float)))
+                fail_msg("C %d: dgamma or dbeta of group %d differs from the group alone", c.C, g);
+        }
+        free(din), free(dgamma), free(dbeta), free(x), free(r), free(pdin), free(mean), free(rstd), free(pdg),
+            free(pdb);
+        gn_free(&c);
+    }
+}
+
+/* din = beta din + dL/din in float, element by element: with beta 0.75 the result
+ * is exactly 0.75 * prefill + (what beta 0 writes), in the vector body and the
+ * tail (HW = 35 = 4 x 8 + 3), on both routes. */
+static void test_groupnorm_backward_beta_scales_din_exactly(void **state)
+{
+    (void)state;
+    static const int sh[][4] = {{3, 8, 35, 4}, {2, 3000, 3, 3}};
+    for (int s = 0; s < (int)(sizeof sh / sizeof sh[0]); s++) {
+        gn_case c = gn_make(sh[s][0], sh[s][1], sh[s][2], sh[s][3], 1e-5f, 90 + s);
+        float *din0 = tu_alloc(c.n), *din = tu_alloc(c.n), *dg = tu_alloc(c.C), *db = tu_alloc(c.C);
+        gn_loss(&c);
+        ddpm_groupnorm_backward(din0, 0.0f, dg, db, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW, c.G);
+        for (size_t i = 0; i < c.n; i++)
+            din[i] = 0.375f - (float)(i % 7);
+        ddpm_groupnorm_backward(din, 0.75f, NULL, NULL, c.r, c.x, c.mean, c.rstd, c.gamma, c.B, c.C, c.HW,
+                                c.G);
+        for (size_t i = 0; i < c.n; i++) {
+            const float want = 0.75f * (0.375f - (float)(i % 7)) + din0[i];
+            if (din[i] != want)
+                fail_msg("C %d: din[%zu] = %.9g, want %.9g", c.C, i, (double)din[i], (double)want);
+        }
+        free(din0), free(din), free(dg), free(db);
+        gn_free(&c);
+    }
 }
 
 /* beta = 0 overwrites din with exactly what _backward adds to zeros, and
@@ -610,7 +775,10 @@ int main(void)
         cmocka_unit_test(test_groupnorm_backward_matches_finite_differences),
         cmocka_unit_test(test_groupnorm_backward_matches_finite_differences_large_eps),
         cmocka_unit_test(test_groupnorm_backward_accumulates_and_skips_null),
-        cmocka_unit_test(test_groupnorm_is_identical_for_one_and_two_threads),
+        cmocka_unit_test(test_groupnorm_is_identical_for_one_two_and_three_threads),
+        cmocka_unit_test(test_groupnorm_backward_matches_double_formulas_on_every_route),
+        cmocka_unit_test(test_groupnorm_backward_gives_each_groups_bytes_alone),
+        cmocka_unit_test(test_groupnorm_backward_beta_scales_din_exactly),
         cmocka_unit_test(test_groupnorm_backward_beta0_overwrites_din_and_accumulates_parameters),
         cmocka_unit_test(test_groupnorm_silu_forward_gives_the_bytes_of_groupnorm_then_silu),
         cmocka_unit_test(test_groupnorm_silu_forward_gives_the_bytes_of_the_scalar_silu),
