@@ -168,6 +168,22 @@ void ddpm_model_recipe(const ddpm_model *m, ddpm_recipe *r)
     snprintf(r->checkpoint_sha256, sizeof r->checkpoint_sha256, "%s", m->sha256);
     r->step = m->step;
     r->ema = m->ema;
+    r->precision = m->precision;
+}
+
+int ddpm_model_set_precision(ddpm_model *m, ddpm_precision precision)
+{
+    if (precision == DDPM_PRECISION_BF16 && !ddpm_bf16_available())
+        return ddpm_error(DDPM_EINVAL, "bf16 needs AVX512_BF16, which this build or CPU does not have");
+    if (m->ws && m->ws != m->own_ws && precision != DDPM_PRECISION_FP32)
+        return ddpm_error(DDPM_EINVAL, "a model over a trainer's workspace computes in float32");
+    if (m->own_ws) {
+        int rc = ddpm_unet_workspace_set_precision(m->own_ws, precision);
+        if (rc)
+            return rc;
+    }
+    m->precision = precision;
+    return DDPM_OK;
 }
 
 /* The workspace and the output buffers for B images. */
@@ -179,6 +195,8 @@ static int reserve(ddpm_model *m, int B, int guided)
         m->own_ws = NULL;
         m->ws = NULL;
         int rc = ddpm_unet_workspace_create(&m->own_ws, m->net, B, 0);
+        if (!rc)
+            rc = ddpm_unet_workspace_set_precision(m->own_ws, m->precision);
         if (rc)
             return rc;
         m->ws = m->own_ws;

@@ -46,6 +46,8 @@ enum {
     F_SOURCES,
     /* a solver row's step spacing */
     F_SPACING,
+    /* a forward in bf16 (absent: float32) */
+    F_PRECISION,
     F_COUNT_FIELDS
 };
 _Static_assert(F_COUNT_FIELDS <= 32 && (int)F_COUNT_FIELDS <= (int)DDPM_RECIPE_MAX_TEXT,
@@ -80,7 +82,9 @@ static const char *const keys[F_COUNT_FIELDS] = {
     "ddpm:image_b_sha256",
     "ddpm:sources",
     "ddpm:spacing",
+    "ddpm:precision",
 };
+static const char *const precision_names[2] = {"fp32", "bf16"};
 enum { N_KINDS = 5 };
 static const char *const kind_names[N_KINDS] = {"grid", "image", "trajectory", "interpolation-seeds",
                                                 "interpolation-images"};
@@ -141,6 +145,8 @@ int ddpm_recipe_to_text(const ddpm_recipe *r, ddpm_png_text *text, ddpm_recipe_s
         fields |= BIT(F_GRID_BY_CLASS) | BIT(F_GUIDANCE);
     if (ddpm_sampler_has(r->sampler.kind, DDPM_SAMPLER_TAKES_SPACING))
         fields |= BIT(F_SPACING);
+    if (r->precision == DDPM_PRECISION_BF16) /* float32 recipes keep the bytes they always had */
+        fields |= BIT(F_PRECISION);
     snprintf(b[F_SOFTWARE], 72, "ddpm %s", r->version);
     snprintf(b[F_SHA256], 72, "%.64s", r->checkpoint_sha256);
     snprintf(b[F_STEP], 72, "%ld", r->step);
@@ -166,6 +172,7 @@ int ddpm_recipe_to_text(const ddpm_recipe *r, ddpm_png_text *text, ddpm_recipe_s
     snprintf(b[F_IMAGE_B_SHA256], 72, "%.64s", r->image_sha256[1]);
     snprintf(b[F_SOURCES], 72, "%d", r->sources ? 1 : 0);
     snprintf(b[F_SPACING], 72, "%s", ddpm_spacing_name(r->sampler.spacing));
+    snprintf(b[F_PRECISION], 72, "%s", precision_names[r->precision == DDPM_PRECISION_BF16]);
     int n = 0;
     if (index_slot)
         *index_slot = -1;
@@ -366,6 +373,11 @@ static int on_text(void *ctx, const char *key, const char *value)
         r->sources = (int)v;
         break;
     case F_SPACING: bad = ddpm_spacing_parse(value, &r->sampler.spacing) != 0; break;
+    case F_PRECISION:
+        v = pick(value, precision_names, 2);
+        bad = v < 0;
+        r->precision = v == 1 ? DDPM_PRECISION_BF16 : DDPM_PRECISION_FP32;
+        break;
     }
     return bad ? bad_value(p, key, value) : 0;
 }
@@ -376,7 +388,7 @@ static int check_recipe(const ddpm_recipe *r, uint32_t seen, const char *name)
     const char *kind = ddpm_recipe_kind_name(r->kind);
     if (!(seen & BIT(F_KIND)))
         return ddpm_error(DDPM_EFORMAT, "%s: the ddpm recipe lacks %s", name, keys[F_KIND]);
-    uint32_t required = required_fields(r->kind), allowed = required;
+    uint32_t required = required_fields(r->kind), allowed = required | BIT(F_PRECISION);
     if (!ddpm_recipe_is_strip(r->kind))
         allowed |= class_fields;
     if ((seen & BIT(F_SAMPLER)) && ddpm_sampler_has(r->sampler.kind, DDPM_SAMPLER_TAKES_SPACING))

@@ -123,6 +123,7 @@ typedef union {
 
 struct ddpm_unet_workspace {
     int max_batch, training, dropout_applied;
+    ddpm_precision precision; /* of the 3x3 convs' products; float32 in a training workspace */
     int *labels; /* [max_batch] class-embedding rows of the last forward */
     uint64_t dropout_seed;
     int dropout_first; /* ddpm_dropout_draw.first of the last forward */
@@ -828,6 +829,23 @@ int ddpm_unet_workspace_create(ddpm_unet_workspace **out, const ddpm_unet *net, 
 
 size_t ddpm_unet_workspace_bytes(const ddpm_unet_workspace *ws) { return ws->bytes; }
 
+int ddpm_unet_workspace_set_precision(ddpm_unet_workspace *ws, ddpm_precision precision)
+{
+    if (precision == DDPM_PRECISION_FP32) {
+        ws->precision = precision;
+        return DDPM_OK;
+    }
+    if (precision != DDPM_PRECISION_BF16)
+        return ddpm_error(DDPM_EINVAL, "unknown precision %d", (int)precision);
+    if (ws->training)
+        return ddpm_error(DDPM_EINVAL, "a training workspace computes in float32 (bf16 is for sampling and "
+                                       "evaluation)");
+    if (!ddpm_bf16_available())
+        return ddpm_error(DDPM_EINVAL, "bf16 needs AVX512_BF16, which this build or CPU does not have");
+    ws->precision = precision;
+    return DDPM_OK;
+}
+
 void ddpm_unet_profile_enable(ddpm_unet_workspace *ws, int on)
 {
     ws->profile = on;
@@ -946,8 +964,8 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
          ddpm_groupnorm_silu_forward(A->s1, NULL, A->mean1, A->rstd1, x, PARAM(P->norm1_w), PARAM(P->norm1_b), B, cin,
                                      HW, G, GN_EPS));
     PROF(0, DDPM_PROF_CONV,
-         ddpm_conv2d_forward(A->h1, ws->conv_scratch, A->s1, PARAM(P->conv1_w), PARAM(P->conv1_b), B, cin, H, W,
-                             cout, 3, 1, 1));
+         ddpm_conv2d_forward_precision(A->h1, ws->conv_scratch, A->s1, PARAM(P->conv1_w), PARAM(P->conv1_b), B, cin,
+                                       H, W, cout, 3, 1, 1, ws->precision));
     const int n_tp = A->affine ? 2 * cout : cout;
     PROF(0, DDPM_PROF_LINEAR,
          ddpm_linear_forward(A->tp, ws->time.temb_act, PARAM(P->temb_w), PARAM(P->temb_b), B, net->plan->emb, n_tp));
@@ -968,8 +986,8 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
         *counter += (uint64_t)dropout->batch * dropout_counters_per_image(m);
     }
     PROF(0, DDPM_PROF_CONV,
-         ddpm_conv2d_forward(out, ws->conv_scratch, A->s2, PARAM(P->conv2_w), PARAM(P->conv2_b), B, cout, H, W, cout,
-                             3, 1, 1));
+         ddpm_conv2d_forward_precision(out, ws->conv_scratch, A->s2, PARAM(P->conv2_w), PARAM(P->conv2_b), B, cout, H,
+                                       W, cout, 3, 1, 1, ws->precision));
     if (m->has_skip_conv) {
         float *sk = A->s2; /* conv2 has read it */
         PROF(0, DDPM_PROF_CONV,
@@ -1023,8 +1041,9 @@ static void up_forward(const ddpm_unet *net, const float *params, ddpm_unet_work
     up_acts *A = &ws->acts[i].up;
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_upsample_forward(A->u, ws->h[m->in_slot], B, m->cin, m->H, m->W));
     PROF(0, DDPM_PROF_CONV,
-         ddpm_conv2d_forward(ws->h[m->out_slot], ws->conv_scratch, A->u, PARAM(m->p.resample.conv_w),
-                             PARAM(m->p.resample.conv_b), B, m->cin, 2 * m->H, 2 * m->W, m->cin, 3, 1, 1));
+         ddpm_conv2d_forward_precision(ws->h[m->out_slot], ws->conv_scratch, A->u, PARAM(m->p.resample.conv_w),
+                                       PARAM(m->p.resample.conv_b), B, m->cin, 2 * m->H, 2 * m->W, m->cin, 3, 1, 1,
+                                       ws->precision));
 }
 
 void ddpm_unet_forward(const ddpm_unet *net, const float *params, ddpm_unet_workspace *ws,
@@ -1088,8 +1107,8 @@ static void forward(const ddpm_unet *net, const float *params, ddpm_unet_workspa
         x = ws->time.x;
     }
     PROF(0, DDPM_PROF_CONV,
-         ddpm_conv2d_forward(ws->h[0], ws->conv_scratch, x, PARAM(p->p_conv_in_w), PARAM(p->p_conv_in_b), B,
-                             c->in_channels, S, S, c->ch, 3, 1, 1));
+         ddpm_conv2d_forward_precision(ws->h[0], ws->conv_scratch, x, PARAM(p->p_conv_in_w), PARAM(p->p_conv_in_b),
+                                       B, c->in_channels, S, S, c->ch, 3, 1, 1, ws->precision));
     for (int i = 0; i < p->n_modules; i++) {
         switch (p->modules[i].kind) {
         case M_RES: res_forward(net, params, ws, i, B, dropout, &dropout_counter); break;
@@ -1104,8 +1123,9 @@ static void forward(const ddpm_unet *net, const float *params, ddpm_unet_workspa
          ddpm_groupnorm_silu_forward(ws->head.s, NULL, ws->head.mean, ws->head.rstd, ws->h[p->n_slots - 1],
                                      PARAM(p->p_norm_out_w), PARAM(p->p_norm_out_b), B, c->ch, HW, c->groups, GN_EPS));
     PROF(0, DDPM_PROF_CONV,
-         ddpm_conv2d_forward(eps_pred, ws->conv_scratch, ws->head.s, PARAM(p->p_conv_out_w), PARAM(p->p_conv_out_b),
-                             B, c->ch, S, S, ddpm_unet_out_channels(c), 3, 1, 1));
+         ddpm_conv2d_forward_precision(eps_pred, ws->conv_scratch, ws->head.s, PARAM(p->p_conv_out_w),
+                                       PARAM(p->p_conv_out_b), B, c->ch, S, S, ddpm_unet_out_channels(c), 3, 1, 1,
+                                       ws->precision));
 }
 
 /* ---------------------------------------------------------------- backward */

@@ -417,6 +417,224 @@ static void test_conv3x3_runs_the_instruction_set_it_was_compiled_for(void **sta
     assert_string_equal(ddpm_conv3x3_isa(), expected);
 }
 
+/* ---- the bf16 forward ------------------------------------------------------------
+ * ddpm_conv3x3_forward_precision(..., DDPM_PRECISION_BF16) rounds the transformed
+ * input V and weights U to bf16 before the products. Its error bound, derived
+ * per output: each product U V of the transform domain becomes U~ V~ with
+ * |U~ V~ - U V| <= (2u + u^2) |U| |V|, u = 2^-8 (bf16 has 8 significant bits,
+ * round to nearest even); the float32 sum over Cin of those exact products adds
+ * at most (Cin + 2) 2^-24 of the sum of |U| |V|; the output transform A^T . A
+ * carries these errors with |A^T| . |A|. So
+ *     |bf16 - fp32 Winograd| <= e |A^T| (sum_ci |U| |V|) |A|,  e = 2u + u^2 + (Cin + 2) 2^-24,
+ * computed here in double from the same G, B^T, A^T (the test's own Winograd of
+ * magnitudes), plus the float32 path's own tolerance (REL_TOL, ABS_TOL above)
+ * against the double reference. Measured worst |bf16 - double reference| /
+ * (e x bound) over these shapes, both tiles (2026-12-07): 0.34 for Cin 3, 0.06 to
+ * 0.15 for 16 to 64 channels (the errors of a sum partly cancel). Crossing the
+ * channels k and k + 1 of U's pairs fails it. */
+#define BF16_U 0.00390625 /* 2^-8 */
+
+static const double BT2[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+static const double AT2[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+static const double G2t[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+static const double BT4[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                                 {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+static const double AT4[4][6] = {
+    {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+static const double G4t[6][3] = {{1.0 / 4, 0, 0},
+                                 {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                 {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                 {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                 {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                 {0, 0, 1}};
+
+/* bound[o] = |A^T| (sum_ci |U| |V|) |A| for every output o of the case, with the
+ * F(m x m, 3x3) tiles of ddpm_conv3x3 (tile (ty, tx) reads rows m ty - 1 ..). */
+static double *bf16_bound(const case3 *c, int m)
+{
+    const shape3 s = c->s;
+    const int a = m + 2, TH = (s.H + m - 1) / m, TW = (s.W + m - 1) / m;
+    double BT[6][6], AT[4][6], G[6][3];
+    for (int i = 0; i < a; i++) {
+        for (int j = 0; j < a; j++)
+            BT[i][j] = m == 2 ? BT2[i][j] : BT4[i][j];
+        for (int j = 0; j < 3; j++)
+            G[i][j] = m == 2 ? G2t[i][j] : G4t[i][j];
+    }
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < a; j++)
+            AT[i][j] = fabs(m == 2 ? AT2[i][j] : AT4[i][j]);
+    double *Umag = dalloc((size_t)s.Cout * s.Cin * 36), *Vmag = dalloc((size_t)s.Cin * 36);
+    double *bound = dalloc(c->n_out);
+    for (int co = 0; co < s.Cout; co++)
+        for (int ci = 0; ci < s.Cin; ci++) {
+            const float *w = c->w + ((size_t)co * s.Cin + ci) * 9;
+            double t[6][3];
+            for (int i = 0; i < a; i++)
+                for (int j = 0; j < 3; j++)
+                    t[i][j] = G[i][0] * w[j] + G[i][1] * w[3 + j] + G[i][2] * w[6 + j];
+            for (int i = 0; i < a; i++)
+                for (int j = 0; j < a; j++)
+                    Umag[((size_t)co * s.Cin + ci) * 36 + i * a + j] =
+                        fabs(t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2]);
+        }
+    for (int b = 0; b < s.B; b++)
+        for (int ty = 0; ty < TH; ty++)
+            for (int tx = 0; tx < TW; tx++) {
+                for (int ci = 0; ci < s.Cin; ci++) {
+                    double d[6][6], t[6][6];
+                    for (int i = 0; i < a; i++)
+                        for (int j = 0; j < a; j++) {
+                            const int y = m * ty - 1 + i, x = m * tx - 1 + j;
+                            d[i][j] = y < 0 || y >= s.H || x < 0 || x >= s.W
+                                          ? 0.0
+                                          : c->in[(((size_t)b * s.Cin + ci) * s.H + y) * s.W + x];
+                        }
+                    for (int i = 0; i < a; i++)
+                        for (int j = 0; j < a; j++) {
+                            double sum = 0.0;
+                            for (int k = 0; k < a; k++)
+                                sum += BT[i][k] * d[k][j];
+                            t[i][j] = sum;
+                        }
+                    for (int i = 0; i < a; i++)
+                        for (int j = 0; j < a; j++) {
+                            double sum = 0.0;
+                            for (int k = 0; k < a; k++)
+                                sum += t[i][k] * BT[j][k];
+                            Vmag[(size_t)ci * 36 + i * a + j] = fabs(sum);
+                        }
+                }
+                for (int co = 0; co < s.Cout; co++) {
+                    double M[36] = {0};
+                    for (int ci = 0; ci < s.Cin; ci++)
+                        for (int xi = 0; xi < a * a; xi++)
+                            M[xi] += Umag[((size_t)co * s.Cin + ci) * 36 + xi] * Vmag[(size_t)ci * 36 + xi];
+                    for (int i = 0; i < m; i++)
+                        for (int j = 0; j < m; j++) {
+                            const int y = m * ty + i, x = m * tx + j;
+                            if (y >= s.H || x >= s.W)
+                                continue;
+                            double sum = 0.0;
+                            for (int p = 0; p < a; p++)
+                                for (int q = 0; q < a; q++)
+                                    sum += AT[i][p] * M[p * a + q] * AT[j][q];
+                            bound[(((size_t)b * s.Cout + co) * s.H + y) * s.W + x] = sum;
+                        }
+                }
+            }
+    free(Umag), free(Vmag);
+    return bound;
+}
+
+static void forward3_bf16(case3 *c, float *out)
+{
+    const shape3 s = c->s;
+    ddpm_conv3x3_forward_precision(out, c->scratch, c->in, c->w, c->bias, s.B, s.Cin, s.H, s.W, s.Cout,
+                                   DDPM_PRECISION_BF16);
+}
+
+static int bf16_tile; /* the tile forced for the _tile bodies below */
+
+static void for_both_tiles_bf16(void (*body)(void))
+{
+    for (int m = 2; m <= 4; m += 2) {
+        bf16_tile = m;
+        ddpm_conv3x3_force_tile(m);
+        body();
+    }
+    ddpm_conv3x3_force_tile(0);
+}
+
+/* Within the bf16 bound (see above) of the double reference and of the float32
+ * forward, on every shape (odd sizes, B > 1, channels not multiples of 16), and
+ * not the float32 bytes. Where the build or CPU has no AVX512_BF16 the call is
+ * documented to be the float32 forward: then its bytes are exactly those. */
+static void test_conv3x3_bf16_forward_is_within_bf16_rounding_tile(void)
+{
+    for (size_t k = 0; k < N_SHAPES; k++) {
+        case3 c;
+        case_init(&c, shapes[k], 700 + 10 * k);
+        float *out = tu_alloc(c.n_out), *out32 = tu_alloc(c.n_out);
+        for (size_t i = 0; i < c.n_out; i++)
+            out[i] = 1e30f; /* forward overwrites */
+        forward3(&c, out32);
+        forward3_bf16(&c, out);
+        assert_canary_intact(&c);
+        if (!ddpm_bf16_available()) {
+            assert_memory_equal(out, out32, c.n_out * sizeof(float));
+            free(out), free(out32);
+            case_free(&c);
+            continue;
+        }
+        case_reference(&c);
+        double *bound = bf16_bound(&c, bf16_tile);
+        const double e = 2 * BF16_U + BF16_U * BF16_U + (c.s.Cin + 2) * ldexp(1.0, -24);
+        /* against the double reference: the float32 tolerance on the sum of |terms|, plus e x bound */
+        double *mag = dalloc(c.n_out), *ref32 = dalloc(c.n_out), *mag32 = dalloc(c.n_out);
+        for (size_t i = 0; i < c.n_out; i++) {
+            /* expect_close allows ABS_TOL + REL_TOL * mag: fold e x bound into mag */
+            mag[i] = c.out_mag[i] + e * bound[i] / REL_TOL;
+            ref32[i] = out32[i];
+            mag32[i] = 2 * c.out_mag[i] + e * bound[i] / REL_TOL + ABS_TOL / REL_TOL;
+        }
+        expect_close("bf16 forward", &c.s, out, NULL, c.out_ref, mag, c.n_out);
+        expect_close("bf16 forward vs fp32", &c.s, out, NULL, ref32, mag32, c.n_out);
+        if (c.s.Cin > 1 && !memcmp(out, out32, c.n_out * sizeof(float)))
+            fail_msg("the bf16 forward gave the float32 bytes (B %d Cin %d %dx%d Cout %d)", c.s.B, c.s.Cin,
+                     c.s.H, c.s.W, c.s.Cout);
+        free(bound), free(mag), free(ref32), free(mag32), free(out), free(out32);
+        case_free(&c);
+    }
+}
+
+static void test_conv3x3_bf16_forward_is_within_bf16_rounding(void **state)
+{
+    (void)state;
+    for_both_tiles_bf16(test_conv3x3_bf16_forward_is_within_bf16_rounding_tile);
+}
+
+/* The bf16 forward gives the same bytes for 1, 2 and 3 threads. */
+static void test_conv3x3_bf16_forward_is_identical_for_one_two_and_three_threads_tile(void)
+{
+    const size_t picks[] = {1, 3, 5};
+    const int saved = omp_get_max_threads();
+    for (size_t p = 0; p < 3; p++) {
+        case3 c;
+        case_init(&c, shapes[picks[p]], 800 + p);
+        float *out[3];
+        for (int t = 0; t < 3; t++) {
+            omp_set_num_threads(t + 1);
+            out[t] = tu_alloc(c.n_out);
+            forward3_bf16(&c, out[t]);
+        }
+        omp_set_num_threads(saved);
+        for (int t = 1; t < 3; t++)
+            assert_memory_equal(out[0], out[t], c.n_out * sizeof(float));
+        for (int t = 0; t < 3; t++)
+            free(out[t]);
+        case_free(&c);
+    }
+}
+
+static void test_conv3x3_bf16_forward_is_identical_for_one_two_and_three_threads(void **state)
+{
+    (void)state;
+    for_both_tiles_bf16(test_conv3x3_bf16_forward_is_identical_for_one_two_and_three_threads_tile);
+}
+
+/* ddpm_bf16_available says what the build has: 0 without __AVX512BF16__ (the
+ * -march=haswell build of tests/haswell_ops.sh), else what the CPU says. */
+static void test_bf16_available_matches_the_build(void **state)
+{
+    (void)state;
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+    assert_int_equal(ddpm_bf16_available(), __builtin_cpu_supports("avx512bf16") != 0);
+#else
+    assert_int_equal(ddpm_bf16_available(), 0);
+#endif
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -427,6 +645,9 @@ int main(void)
         cmocka_unit_test(test_conv3x3_backward_null_gradients_are_skipped),
         cmocka_unit_test(test_conv3x3_is_identical_for_one_two_and_three_threads),
         cmocka_unit_test(test_conv3x3_runs_the_instruction_set_it_was_compiled_for),
+        cmocka_unit_test(test_conv3x3_bf16_forward_is_within_bf16_rounding),
+        cmocka_unit_test(test_conv3x3_bf16_forward_is_identical_for_one_two_and_three_threads),
+        cmocka_unit_test(test_bf16_available_matches_the_build),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -105,6 +105,58 @@ static void test_recipe_round_trips_every_field_through_png_text(void **state)
     free(png);
 }
 
+/* precision: a bf16 recipe (of any kind) carries ddpm:precision bf16 and reads
+ * back as bf16; a float32 one carries no such chunk (its bytes are those of a
+ * recipe written before the field existed); a bad value is refused. */
+static void test_precision_is_written_only_for_bf16_and_round_trips(void **state)
+{
+    (void)state;
+    ddpm_recipe r = example(), back;
+    ddpm_png_text text[DDPM_RECIPE_MAX_TEXT];
+    ddpm_recipe_storage st;
+    int slot, n32 = ddpm_recipe_to_text(&r, text, &st, &slot);
+    for (int i = 0; i < n32; i++)
+        assert_string_not_equal(text[i].key, "ddpm:precision");
+    r.precision = DDPM_PRECISION_BF16;
+    int n16 = ddpm_recipe_to_text(&r, text, &st, &slot);
+    assert_int_equal(n16, n32 + 1);
+    assert_string_equal(text[n16 - 1].key, "ddpm:precision");
+    assert_string_equal(text[n16 - 1].value, "bf16");
+    for (int kind = DDPM_RECIPE_GRID; kind <= DDPM_RECIPE_INTERP_IMAGES; kind++) {
+        r.kind = (ddpm_recipe_kind)kind;
+        r.count = kind == DDPM_RECIPE_IMAGE ? 1 : 16;
+        if (ddpm_recipe_is_strip(r.kind)) /* a strip is DDIM at eta 0 with steps <= at */
+            r.sampler.eta = 0, r.at = 100, r.count = 5;
+        snprintf(r.images[0], sizeof r.images[0], "a.png");
+        snprintf(r.images[1], sizeof r.images[1], "b.png");
+        memset(r.image_sha256, 'b', sizeof r.image_sha256[0] - 1);
+        memset(r.image_sha256[1], 'c', sizeof r.image_sha256[1] - 1);
+        size_t n;
+        uint8_t *png = write_png("p.png", &r, &n);
+        if (ddpm_recipe_parse_png(&back, png, n, "p.png") != 1)
+            fail_msg("kind %d: %s", kind, ddpm_last_error());
+        assert_int_equal(back.precision, DDPM_PRECISION_BF16);
+        free(png);
+    }
+    r = example();
+    size_t n;
+    uint8_t *png = write_png("p32.png", &r, &n);
+    assert_int_equal(ddpm_recipe_parse_png(&back, png, n, "p32.png"), 1);
+    assert_int_equal(back.precision, DDPM_PRECISION_FP32);
+    free(png);
+    /* an unknown value */
+    int n_text = ddpm_recipe_to_text(&r, text, &st, &slot);
+    text[n_text++] = (ddpm_png_text){"ddpm:precision", "fp8"};
+    char path[512];
+    snprintf(path, sizeof path, "%s/bad.png", dir);
+    uint8_t px[16] = {0};
+    assert_int_equal(ddpm_png_write_text(path, px, 4, 4, 1, text, n_text), 0);
+    png = slurp(path, &n);
+    assert_int_equal(ddpm_recipe_parse_png(&back, png, n, "bad.png"), DDPM_EFORMAT);
+    assert_non_null(strstr(ddpm_last_error(), "ddpm:precision"));
+    free(png);
+}
+
 static void test_png_without_recipe_reads_as_none(void **state)
 {
     (void)state;
@@ -438,6 +490,7 @@ int main(void)
         cmocka_unit_test(test_strip_recipes_round_trip_and_carry_only_their_fields),
         cmocka_unit_test(test_new_fields_out_of_place_or_alone_are_refused),
         cmocka_unit_test(test_recipe_classes_are_checked_against_the_checkpoint),
+        cmocka_unit_test(test_precision_is_written_only_for_bf16_and_round_trips),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -741,10 +741,66 @@ static void test_forward_only_workspace_is_planned_from_lifetimes(void **state)
     ddpm_unet_free(net);
 }
 
+/* --precision bf16 at the network level: only a forward-only workspace takes it
+ * (a training workspace refuses and stays float32, its forward the float32
+ * bytes); where AVX512_BF16 is missing it is refused and nothing changes. The
+ * bf16 forward of the default model is not the float32 bytes and stays within
+ * 2% of the output's largest magnitude (each Winograd product rounds V and U to
+ * 8 bits, 2^-8 relative; measured 2026-12-07: 0.7%). */
+static void test_bf16_precision_is_for_forward_only_workspaces(void **state)
+{
+    (void)state;
+    ddpm_unet_config cfg;
+    ddpm_unet_config_default(&cfg);
+    cfg.dropout = 0;
+    ddpm_unet *net;
+    assert_int_equal(ddpm_unet_create(&net, &cfg), 0);
+    const int B = 2;
+    ddpm_unet_workspace *f32, *f16, *tr;
+    assert_int_equal(ddpm_unet_workspace_create(&f32, net, B, 0), 0);
+    assert_int_equal(ddpm_unet_workspace_create(&f16, net, B, 0), 0);
+    assert_int_equal(ddpm_unet_workspace_create(&tr, net, B, 1), 0);
+    assert_int_equal(ddpm_unet_workspace_set_precision(tr, DDPM_PRECISION_BF16), DDPM_EINVAL);
+    const int avail = ddpm_bf16_available();
+    assert_int_equal(ddpm_unet_workspace_set_precision(f16, DDPM_PRECISION_BF16), avail ? 0 : DDPM_EINVAL);
+    float *p = tu_alloc(net->n_params);
+    tu_fill_uniform(p, net->n_params, 11, -0.1f, 0.1f);
+    const size_t D = 28 * 28;
+    float *x = tu_alloc(B * D), *o32 = tu_alloc(B * D), *o16 = tu_alloc(B * D), *otr = tu_alloc(B * D);
+    tu_fill_uniform(x, B * D, 12, -1, 1);
+    int t[2] = {10, 700};
+    ddpm_unet_forward(net, p, f32, o32, x, t, B, NULL);
+    ddpm_unet_forward(net, p, f16, o16, x, t, B, NULL);
+    ddpm_unet_forward(net, p, tr, otr, x, t, B, NULL);
+    assert_memory_equal(o32, otr, B * D * sizeof(float));
+    if (!avail) {
+        assert_memory_equal(o32, o16, B * D * sizeof(float));
+    } else {
+        double big = 0;
+        for (size_t i = 0; i < B * D; i++)
+            big = fabs(o32[i]) > big ? fabs(o32[i]) : big;
+        size_t at;
+        const double diff = tu_max_abs_diff(o16, o32, B * D, &at);
+        if (!(diff > 0 && diff <= 0.02 * big))
+            fail_msg("bf16 forward: max |bf16 - fp32| %.3g at %zu (fp32 %.6g, bf16 %.6g), max |fp32| %.3g", diff,
+                     at, (double)o32[at], (double)o16[at], big);
+    }
+    /* back to float32: the float32 bytes */
+    assert_int_equal(ddpm_unet_workspace_set_precision(f16, DDPM_PRECISION_FP32), 0);
+    ddpm_unet_forward(net, p, f16, o16, x, t, B, NULL);
+    assert_memory_equal(o32, o16, B * D * sizeof(float));
+    free(p), free(x), free(o32), free(o16), free(otr);
+    ddpm_unet_workspace_free(f32);
+    ddpm_unet_workspace_free(f16);
+    ddpm_unet_workspace_free(tr);
+    ddpm_unet_free(net);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_default_config_has_1623169_parameters),
+        cmocka_unit_test(test_bf16_precision_is_for_forward_only_workspaces),
         cmocka_unit_test(test_impossible_configs_are_refused),
         cmocka_unit_test(test_init_zeroes_residual_outputs_and_bounds_xavier),
         cmocka_unit_test(test_unet_backward_matches_finite_differences),

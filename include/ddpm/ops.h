@@ -32,6 +32,15 @@ double ddpm_sum_fixed(const float *x, size_t n);
  * stride-1 pad-1 convs with >= 16 input and output channels run ddpm_conv3x3
  * (Winograd) instead, and 1x1 stride-1 convs ddpm_conv1x1. */
 size_t ddpm_conv2d_scratch_floats(int B, int Cin, int H, int W, int Cout, int K, int S, int P);
+/* The arithmetic of a forward-only convolution's products: float32 (every
+ * training and backward pass), or bf16 inputs with float32 accumulation (the
+ * Winograd forward only; see ddpm_conv3x3_forward_precision). */
+typedef enum { DDPM_PRECISION_FP32 = 0, DDPM_PRECISION_BF16 = 1 } ddpm_precision;
+/* ddpm_conv2d_forward with the products of 3x3 stride-1 convs that run on
+ * ddpm_conv3x3 in `precision`; every other conv (1x1, im2col + sgemm) stays float32. */
+void ddpm_conv2d_forward_precision(float *out, float *scratch, const float *in, const float *weight,
+                                   const float *bias, int B, int Cin, int H, int W, int Cout, int K,
+                                   int S, int P, ddpm_precision precision);
 void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const float *weight,
                          const float *bias, int B, int Cin, int H, int W, int Cout, int K,
                          int S, int P);
@@ -58,6 +67,17 @@ void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const flo
 void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
                            const float *dout, const float *in, const float *weight, int B,
                            int Cin, int H, int W, int Cout);
+/* ddpm_conv3x3_forward, with DDPM_PRECISION_BF16: the transform-domain products
+ * take V and U rounded to bf16 (nearest even, relative error <= 2^-8 each) and
+ * accumulate in float32 (AVX512_BF16's vdpbf16ps); transforms and output stay
+ * float32. Where ddpm_bf16_available() is 0 it is the float32 forward. Same
+ * scratch; results do not depend on the thread count. */
+void ddpm_conv3x3_forward_precision(float *out, float *scratch, const float *in, const float *weight,
+                                    const float *bias, int B, int Cin, int H, int W, int Cout,
+                                    ddpm_precision precision);
+/* 1 when this build has the bf16 forward (compiled with __AVX512BF16__) and the
+ * CPU running it has AVX512_BF16, else 0. */
+int ddpm_bf16_available(void);
 /* The output tile m of F(m x m, 3x3): 2 or 4 forces it, 0 (default) chooses by
  * shape. Process-wide, for tests and benchmarks; set it while no call runs (the
  * scratch size depends on it). */

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ddpm/ops.h"
 #include "ddpm/predict.h"
 #include "ddpm/rng.h"
 
@@ -116,6 +117,12 @@ int ddpm_unet_workspace_create(ddpm_unet_workspace **out, const ddpm_unet *net, 
 void ddpm_unet_workspace_free(ddpm_unet_workspace *ws);
 /* Bytes the workspace allocates (activations, gradients, scratch). */
 size_t ddpm_unet_workspace_bytes(const ddpm_unet_workspace *ws);
+/* The arithmetic of the forward's 3x3 stride-1 convolutions that run Winograd
+ * (ddpm_conv2d_forward_precision): DDPM_PRECISION_FP32 (the default) or
+ * DDPM_PRECISION_BF16 (bf16 products, float32 accumulation; every other layer
+ * stays float32). Only a forward-only workspace takes bf16, and only where
+ * ddpm_bf16_available(): else DDPM_EINVAL with a message, the precision unchanged. */
+int ddpm_unet_workspace_set_precision(ddpm_unet_workspace *ws, ddpm_precision precision);
 
 /* The dropout masks of one training forward. A step's masks are a pure function
  * of (seed, counter, the image's index in the step's batch): ResBlock k of image g

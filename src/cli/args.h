@@ -20,6 +20,15 @@ int arg_float(const char *flag, const char *value, double lo, double hi, float *
 int arg_u64(const char *flag, const char *value, uint64_t *out);
 /* --var beta|beta-tilde (sample and eval). */
 int arg_var(const char *value, ddpm_var_kind *out);
+/* --precision fp32|bf16 (sample, interpolate, eval, bench): bf16 is refused
+ * where ddpm_bf16_available() is 0, or when DDPM_NO_BF16 is set (the tests'
+ * way to take the path of a CPU without AVX512_BF16). */
+int arg_precision(const char *value, ddpm_precision *out);
+#define CLI_HELP_PRECISION                                                                            \
+    "  --precision fp32|bf16  arithmetic of the network's Winograd 3x3 convolutions\n"               \
+    "                       (default fp32); bf16: their products take bf16 inputs\n"               \
+    "                       and accumulate in float32 (AVX512_BF16 CPUs only; other\n"             \
+    "                       layers stay float32)\n"
 /* --FLAG NAME of a sampler-table row (the message lists the rows), and
  * --FLAG time|logsnr|karras. */
 int arg_sampler(const char *flag, const char *value, ddpm_sampler_kind *out);

@@ -62,6 +62,10 @@ static void usage(FILE *f)
 "                       ddpm_conv3x3_forward/_backward alone (Winograd);\n"
 "                       medians of %d repetitions of about --seconds/100 s each\n"
 "  --json               print one JSON object on stdout instead of text\n"
+"  --precision fp32|bf16  arithmetic of the sampling phase's Winograd 3x3\n"
+"                       convolutions (default fp32); the training phase always\n"
+"                       runs in float32. bf16: products of bf16 inputs with\n"
+"                       float32 accumulation (AVX512_BF16 CPUs only)\n"
 CLI_HELP_NO_WARNINGS
 "model (as ddpm train; docs/design.md, The network):\n"
 "  --size S             image side in pixels (default 28)\n"
@@ -397,7 +401,7 @@ static cJSON *profile_json(const profile *pr, int with_backward)
 }
 
 enum {
-    O_BATCH = 256, O_THREADS, O_SECONDS, O_PROFILE, O_OPS, O_JSON, O_HELP, O_MODEL, O_MICRO_BATCH,
+    O_BATCH = 256, O_THREADS, O_SECONDS, O_PROFILE, O_OPS, O_JSON, O_HELP, O_MODEL, O_MICRO_BATCH, O_PRECISION,
 };
 
 /* What one bench run measured. */
@@ -417,6 +421,7 @@ typedef struct {
     int do_ops;
     const op_result *ops;
     double train_ips, sample_ips, train_gf, sample_gf;
+    ddpm_precision precision; /* the sampling phase's; training is always float32 */
 } bench_results;
 
 static void print_json(const bench_results *r)
@@ -454,6 +459,8 @@ static void print_json(const bench_results *r)
     cJSON_AddNumberToObject(js, "images_per_sec", r->sample_ips);
     cJSON_AddNumberToObject(js, "gflops", r->sample_gf);
     cJSON_AddNumberToObject(js, "steps_timed", (double)r->n_sample);
+    cJSON_AddStringToObject(js, "precision", r->precision == DDPM_PRECISION_BF16 ? "bf16" : "fp32");
+    cJSON_AddStringToObject(jt, "precision", "fp32");
     cJSON *jg = cJSON_AddObjectToObject(o, "sgemm");
     cJSON_AddNumberToObject(jg, "gflops_1024", r->g_square);
     snprintf(list, sizeof list, "%dx%dx%d", r->gm, r->gn, r->gk);
@@ -490,8 +497,9 @@ static void print_text(const bench_results *r)
            r->coretype ? ", OPENBLAS_CORETYPE=" : "", r->coretype ? r->coretype : "");
     printf("train     %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (3 x forward FLOPs)\n", r->s_train * 1e3,
            r->train_ips, r->train_gf);
-    printf("sample    %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (one forward, no dropout)\n",
-           r->s_sample * 1e3, r->sample_ips, r->sample_gf);
+    printf("sample    %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (one forward, no dropout%s)\n",
+           r->s_sample * 1e3, r->sample_ips, r->sample_gf,
+           r->precision == DDPM_PRECISION_BF16 ? "; Winograd convs in bf16, training stays fp32" : "");
     printf("sgemm     %7.1f GFLOP/s at 1024^3, %.1f GFLOP/s at %dx%dx%d (model shape)\n", r->g_square, r->g_model,
            r->gm, r->gn, r->gk);
     printf("ratio     train %.2f, sample %.2f of sgemm 1024^3\n", r->train_gf / r->g_square, r->sample_gf / r->g_square);
@@ -511,12 +519,13 @@ int cmd_bench(int argc, char **argv)
         {"seconds", required_argument, 0, O_SECONDS}, {"profile", no_argument, 0, O_PROFILE},
         {"ops", no_argument, 0, O_OPS}, {"micro-batch", required_argument, 0, O_MICRO_BATCH},
         {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
-        ARG_MODEL_LONGOPTS(O_MODEL), {0, 0, 0, 0},
+        {"precision", required_argument, 0, O_PRECISION}, ARG_MODEL_LONGOPTS(O_MODEL), {0, 0, 0, 0},
     };
     ddpm_run_config cfg;
     ddpm_run_config_default(&cfg);
     cfg.batch = 64;
     int threads = 0, micro_batch = 0, opt, bad = 0, do_profile = 0, do_ops = 0, json = 0, longindex = 0;
+    ddpm_precision precision = DDPM_PRECISION_FP32;
     double seconds = 10;
     opterr = 0;
     optind = 1;
@@ -531,6 +540,7 @@ int cmd_bench(int argc, char **argv)
         case O_PROFILE: do_profile = 1; break;
         case O_OPS: do_ops = 1; break;
         case O_JSON: json = 1; break;
+        case O_PRECISION: bad |= arg_precision(optarg, &precision); break;
         case O_MODEL:
             bad |= arg_model_flag(longopts[longindex].name, optarg, &cfg) != 0;
             break;
@@ -557,6 +567,8 @@ int cmd_bench(int argc, char **argv)
     size_t D = (size_t)m->in_channels * m->image_size * m->image_size;
     if (!rc)
         rc = ddpm_unet_workspace_create(&fws, tr->net, B, 0);
+    if (!rc)
+        rc = ddpm_unet_workspace_set_precision(fws, precision);
     if (!rc) {
         x0 = ddpm_malloc((size_t)B * D, sizeof(float));
         xs = ddpm_malloc((size_t)B * D, sizeof(float));
@@ -629,7 +641,7 @@ int cmd_bench(int argc, char **argv)
 
     bench_results res = {m, tr->net->n_params, flops, B, tr->micro_batch, n_threads, cfgstr, coretype, s_train,
                          s_sample, n_train, n_sample, g_square, g_model, gm, gn, gk, rss_mb, do_profile, &ptrain,
-                         &psample, do_ops, ops, train_ips, sample_ips, train_gf, sample_gf};
+                         &psample, do_ops, ops, train_ips, sample_ips, train_gf, sample_gf, precision};
     if (json)
         print_json(&res);
     else

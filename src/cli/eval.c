@@ -78,7 +78,8 @@ static void usage(FILE *f)
 "  --json               print one JSON object on stdout (n_images, bpd_total,\n"
 "                       bpd_stderr, bpd_prior, bpd_vb, bpd_decoder and their\n"
 "                       stderrs, l_simple, l_simple_stderr, and the options)\n"
-"  --quiet              no progress output (warnings stay)\n"
+"  --quiet              no progress output (warnings stay)\n");
+    fprintf(f, CLI_HELP_PRECISION
 CLI_HELP_NO_WARNINGS
 "exit codes: 0 ok, 1 error (bad checkpoint or images, --n larger than DATA_DIR),\n"
 "            2 usage\n");
@@ -86,6 +87,7 @@ CLI_HELP_NO_WARNINGS
 
 enum {
     O_N = 256, O_MC, O_VAR, O_NO_CLIP, O_SEED, O_BATCH, O_NO_EMA, O_TERMS, O_THREADS, O_JSON, O_QUIET, O_HELP,
+    O_PRECISION,
 };
 
 typedef struct {
@@ -142,11 +144,13 @@ int cmd_eval(int argc, char **argv)
         {"seed", required_argument, 0, O_SEED}, {"batch", required_argument, 0, O_BATCH},
         {"no-ema", no_argument, 0, O_NO_EMA}, {"terms", required_argument, 0, O_TERMS},
         {"threads", required_argument, 0, O_THREADS}, {"json", no_argument, 0, O_JSON},
-        {"quiet", no_argument, 0, O_QUIET}, {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0},
+        {"quiet", no_argument, 0, O_QUIET}, {"help", no_argument, 0, O_HELP},
+        {"precision", required_argument, 0, O_PRECISION}, {0, 0, 0, 0},
     };
     ddpm_bound_config bc;
     ddpm_bound_config_default(&bc);
     int n = 0, threads = 0, no_ema = 0, json = 0, quiet = 0, opt, bad = 0, var_set = 0;
+    ddpm_precision precision = DDPM_PRECISION_FP32;
     const char *terms_path = NULL;
     opterr = 0;
     optind = 1;
@@ -165,6 +169,7 @@ int cmd_eval(int argc, char **argv)
         case O_THREADS: bad |= arg_int("threads", optarg, 1, 1024, &threads); break;
         case O_JSON: json = 1; break;
         case O_QUIET: quiet = 1; break;
+        case O_PRECISION: bad |= arg_precision(optarg, &precision); break;
         default:
             cli_error("eval: unknown or incomplete option '%s'", argv[optind - 1]);
             return cli_usage_error("eval");
@@ -190,7 +195,9 @@ int cmd_eval(int argc, char **argv)
         return out_rc;
     int C = m.cfg.in_channels, S = m.cfg.image_size, rc = DDPM_OK, count = 0, B = bc.batch;
     const ddpm_schedule *sched = &m.sched;
-    if (sched->T < 2)
+    if (ddpm_model_set_precision(&m, precision))
+        rc = DDPM_EINVAL;
+    else if (sched->T < 2)
         rc = ddpm_error(DDPM_EINVAL, "%s: the bound needs T >= 2 timesteps, the model has %d", m.path, sched->T);
     float *x0 = NULL;
     if (!rc)
@@ -228,6 +235,8 @@ int cmd_eval(int argc, char **argv)
         cJSON_AddStringToObject(o, "checkpoint", m.path);
         cJSON_AddNumberToObject(o, "step", (double)m.step);
         cJSON_AddBoolToObject(o, "ema", m.ema);
+        if (precision == DDPM_PRECISION_BF16)
+            cJSON_AddStringToObject(o, "precision", "bf16");
         cJSON_AddStringToObject(o, "data_dir", data_dir);
         cJSON_AddNumberToObject(o, "images_in_folder", count);
         cJSON_AddNumberToObject(o, "n_images", n);
@@ -267,6 +276,8 @@ int cmd_eval(int argc, char **argv)
             printf("exact bound: all %d terms per image, seed %llu\n", sched->T, (unsigned long long)bc.seed);
         printf("sigma_t^2 = %s, model mean from the %s\n", var_name,
                bc.clip_x0 ? "clipped predicted x0" : "eps form (no clipping)");
+        if (precision == DDPM_PRECISION_BF16)
+            printf("network: Winograd 3x3 convolutions in bf16 (--precision bf16)\n");
         printf("%-28s %10s %10s\n", "bits/dim", "mean", "stderr");
         printf("%-28s %10.4f %10.4f\n", "total (L)", br.total.mean, br.total.se);
         printf("%-28s %10.4f %10.4f\n", "  L_T (prior)", br.prior.mean, br.prior.se);

@@ -83,6 +83,8 @@ static int info_png(const char *path, int json)
         cJSON_AddStringToObject(o, "var", var);
         cJSON_AddBoolToObject(o, "clip", r.sampler.clip_x0);
         cJSON_AddStringToObject(o, "kind", ddpm_recipe_kind_name(r.kind));
+        if (r.precision == DDPM_PRECISION_BF16)
+            cJSON_AddStringToObject(o, "precision", "bf16");
         cJSON_AddNumberToObject(o, "count", r.count);
         cJSON_AddNumberToObject(o, "pad", r.pad);
         cJSON_AddNumberToObject(o, "pad_value", r.pad_value);
@@ -136,6 +138,8 @@ static int info_png(const char *path, int json)
     if (ddpm_sampler_has(r.sampler.kind, DDPM_SAMPLER_TAKES_VAR))
         printf(", var %s", var);
     printf(", clip %s\n", r.sampler.clip_x0 ? "on" : "off");
+    if (r.precision == DDPM_PRECISION_BF16)
+        printf("precision: bf16 (the network's Winograd 3x3 convolutions)\n");
     if (r.kind == DDPM_RECIPE_INTERP_SEEDS) {
         printf("seeds: %s, %s\n", seed, seed_b);
         printf("contents: interpolation strip of %d images between the samples of seeds %s and %s "

@@ -87,6 +87,7 @@ static void usage(FILE *f)
 "  --threads N          threads for OpenMP and OpenBLAS (default: all cores)\n"
 "  --no-ema             use the raw weights, not the EMA weights\n"
 "  --quiet              no summary line (warnings stay)\n"
+CLI_HELP_PRECISION
 CLI_HELP_NO_WARNINGS
 "exit codes: 0 ok, 1 error (bad checkpoint or image, unwritable output, a\n"
 "checkpoint or source image that is not the recipe's), 2 usage\n");
@@ -94,7 +95,7 @@ CLI_HELP_NO_WARNINGS
 
 enum {
     O_SEEDS = 256, O_AT, O_IMAGES, O_SEED, O_N, O_STEPS, O_NO_CLIP, O_OUT, O_PAD, O_PAD_VALUE, O_BATCH, O_THREADS,
-    O_NO_EMA, O_QUIET, O_HELP, O_SOURCES, O_FROM, O_CHECKPOINT, O_SAMPLER, O_SPACING,
+    O_NO_EMA, O_QUIET, O_HELP, O_SOURCES, O_FROM, O_CHECKPOINT, O_SAMPLER, O_SPACING, O_PRECISION,
 };
 
 /* The flags a recipe sets: refused with --from. */
@@ -102,7 +103,7 @@ static int recipe_sets(int opt)
 {
     return opt == O_SEEDS || opt == O_AT || opt == O_SEED || opt == O_N || opt == O_STEPS ||
            opt == O_NO_CLIP || opt == O_PAD || opt == O_PAD_VALUE || opt == O_NO_EMA || opt == O_SOURCES ||
-           opt == O_SAMPLER || opt == O_SPACING;
+           opt == O_SAMPLER || opt == O_SPACING || opt == O_PRECISION;
 }
 
 /* "A,B" -> two seeds */
@@ -188,6 +189,7 @@ typedef struct {
     ddpm_interpolate_png_config pc;
     const char *images, *from, *checkpoint_flag, *recipe_flag, *ckpt_arg;
     int have_seeds, have_images, steps_given, out_given, threads, no_ema, quiet, spacing_given;
+    ddpm_precision precision;
     char path_a[4096], path_b[4096];
     ddpm_recipe from_recipe;
 } interp_args;
@@ -206,7 +208,7 @@ static int parse_flags(interp_args *a, int argc, char **argv)
         {"help", no_argument, 0, O_HELP}, {"sources", no_argument, 0, O_SOURCES},
         {"from", required_argument, 0, O_FROM}, {"checkpoint", required_argument, 0, O_CHECKPOINT},
         {"sampler", required_argument, 0, O_SAMPLER}, {"spacing", required_argument, 0, O_SPACING},
-        {0, 0, 0, 0},
+        {"precision", required_argument, 0, O_PRECISION}, {0, 0, 0, 0},
     };
     ddpm_interpolate_png_config *pc = &a->pc;
     ddpm_interpolate_config *ic = &pc->interp;
@@ -239,6 +241,7 @@ static int parse_flags(interp_args *a, int argc, char **argv)
         case O_CHECKPOINT: a->checkpoint_flag = optarg; break;
         case O_SAMPLER: bad |= arg_sampler("sampler", optarg, &ic->sampler); break;
         case O_SPACING: bad |= arg_spacing("spacing", optarg, &ic->spacing); a->spacing_given = 1; break;
+        case O_PRECISION: bad |= arg_precision(optarg, &a->precision); break;
         default:
             cli_error("interpolate: unknown or incomplete option '%s'", argv[optind - 1]);
             return cli_usage_error("interpolate");
@@ -305,6 +308,11 @@ static int apply_recipe(interp_args *a)
         cli_error("%s: its recipe names no checkpoint path; pass the checkpoint with --checkpoint PATH", a->from);
         return DDPM_EXIT_ERROR;
     }
+    if (r->precision == DDPM_PRECISION_BF16 && !ddpm_bf16_available()) {
+        cli_error("%s: made with --precision bf16, which this build or CPU cannot run (no AVX512_BF16)", a->from);
+        return DDPM_EXIT_ERROR;
+    }
+    a->precision = r->precision;
     ic->n = r->count;
     ic->sampler = r->sampler.kind;
     ic->steps = r->sampler.steps;
@@ -418,6 +426,11 @@ int cmd_interpolate(int argc, char **argv)
     if ((rc = cli_open_model(&m, a.ckpt_arg, a.no_ema, "using")))
         return rc;
     ddpm_recipe recipe;
+    if (ddpm_model_set_precision(&m, a.precision)) {
+        cli_error("%s", ddpm_last_error());
+        ddpm_model_close(&m);
+        return DDPM_EXIT_ERROR;
+    }
     if ((rc = check_model(&a, &m, &recipe))) {
         ddpm_model_close(&m);
         return rc;

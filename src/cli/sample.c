@@ -38,7 +38,8 @@ static void usage(FILE *f)
 "SHA-256, path and step, EMA or raw, sampler, steps, eta, variance, clipping,\n"
 "seed, the image's index or the grid's first index, count, nrow and pad, and\n"
 "for a class-conditional sample the class index and name or --grid-by-class,\n"
-"and --guidance); `ddpm info IMAGE.png` prints it.\n"
+"and --guidance, and precision bf16 when given); `ddpm info IMAGE.png` prints\n"
+"it.\n"
 "recipes:\n"
 "  --from IMAGE.png     re-create IMAGE.png (a grid, one image of --out-dir, or a\n"
 "                       trajectory, conditional or not) byte for byte from its\n"
@@ -122,6 +123,7 @@ static void usage(FILE *f)
 "  --threads N          threads for OpenMP and OpenBLAS (default: all cores)\n"
 "  --no-ema             use the raw weights, not the EMA weights\n"
 "  --quiet              no progress output (warnings stay)\n"
+CLI_HELP_PRECISION
 CLI_HELP_NO_WARNINGS
 "  --json               print a JSON summary on stdout\n"
 "exit codes: 0 ok, 1 error (bad checkpoint, unwritable output), 2 usage\n");
@@ -131,7 +133,7 @@ enum {
     O_OUT = 256, O_OUT_DIR, O_NO_GRID, O_N, O_NROW, O_PAD, O_PAD_VALUE, O_SAMPLER, O_STEPS, O_ETA, O_VAR,
     O_NO_CLIP, O_TRAJ, O_TRAJ_K, O_SEED, O_BATCH, O_THREADS, O_NO_EMA, O_QUIET, O_JSON, O_HELP, O_FROM,
     O_CHECKPOINT,
-    O_CLASS, O_GUIDANCE, O_GRID_BY_CLASS, O_SPACING,
+    O_CLASS, O_GUIDANCE, O_GRID_BY_CLASS, O_SPACING, O_PRECISION,
 };
 
 /* The flags a recipe sets: refused with --from. */
@@ -140,7 +142,8 @@ static int recipe_sets(int opt)
     return opt == O_OUT_DIR || opt == O_NO_GRID || opt == O_N || opt == O_NROW || opt == O_PAD ||
            opt == O_PAD_VALUE || opt == O_SAMPLER || opt == O_STEPS || opt == O_ETA || opt == O_VAR ||
            opt == O_NO_CLIP || opt == O_TRAJ || opt == O_TRAJ_K || opt == O_SEED || opt == O_NO_EMA ||
-           opt == O_CLASS || opt == O_GUIDANCE || opt == O_GRID_BY_CLASS || opt == O_SPACING;
+           opt == O_CLASS || opt == O_GUIDANCE || opt == O_GRID_BY_CLASS || opt == O_SPACING ||
+           opt == O_PRECISION;
 }
 
 /* The sampling config that re-creates the file the recipe describes into out. */
@@ -201,6 +204,7 @@ typedef struct {
     ddpm_sample_files_config fc;
     const char *out, *from, *checkpoint_flag, *recipe_flag, *class_arg, *ckpt_arg;
     int threads, no_ema, quiet, json, no_grid, steps_given, out_given, n_given, var_given, spacing_given;
+    ddpm_precision precision;
     ddpm_recipe from_recipe;
 } sample_args;
 
@@ -233,7 +237,7 @@ static int parse_flags(sample_args *a, int argc, char **argv)
         {"from", required_argument, 0, O_FROM}, {"checkpoint", required_argument, 0, O_CHECKPOINT},
         {"class", required_argument, 0, O_CLASS}, {"guidance", required_argument, 0, O_GUIDANCE},
         {"grid-by-class", no_argument, 0, O_GRID_BY_CLASS}, {"spacing", required_argument, 0, O_SPACING},
-        {0, 0, 0, 0},
+        {"precision", required_argument, 0, O_PRECISION}, {0, 0, 0, 0},
     };
     ddpm_sample_files_config *fc = &a->fc;
     ddpm_sampler_config *sc = &fc->sampler;
@@ -279,6 +283,7 @@ static int parse_flags(sample_args *a, int argc, char **argv)
         case O_NO_EMA: a->no_ema = 1; break;
         case O_QUIET: a->quiet = 1; break;
         case O_JSON: a->json = 1; break;
+        case O_PRECISION: bad |= arg_precision(optarg, &a->precision); break;
         default:
             cli_error("sample: unknown or incomplete option '%s'", argv[optind - 1]);
             return cli_usage_error("sample");
@@ -344,7 +349,12 @@ static int apply_recipe(sample_args *a)
         cli_error("%s: its recipe names no checkpoint path; pass the checkpoint with --checkpoint PATH", from);
         return DDPM_EXIT_ERROR;
     }
+    if (r->precision == DDPM_PRECISION_BF16 && !ddpm_bf16_available()) {
+        cli_error("%s: made with --precision bf16, which this build or CPU cannot run (no AVX512_BF16)", from);
+        return DDPM_EXIT_ERROR;
+    }
     config_from_recipe(&a->fc, r, a->out);
+    a->precision = r->precision;
     a->no_ema = !r->ema;
     a->no_grid = a->fc.grid_path == NULL;
     a->n_given = 1; /* the recipe's n, also with rows by class */
@@ -451,6 +461,8 @@ static void report(const sample_args *a, const ddpm_model *m, double seconds)
         cJSON_AddStringToObject(o, "spacing", ddpm_spacing_name(fc->sampler.spacing));
     cJSON_AddNumberToObject(o, "n", n);
     cJSON_AddBoolToObject(o, "ema", m->ema);
+    if (m->precision == DDPM_PRECISION_BF16)
+        cJSON_AddStringToObject(o, "precision", "bf16");
     if (!a->no_grid)
         cJSON_AddStringToObject(o, "grid", a->out);
     if (fc->each_dir)
@@ -505,9 +517,11 @@ int cmd_sample(int argc, char **argv)
         ddpm_model_close(&m);
         return DDPM_EXIT_ERROR;
     }
-    if ((rc = check_model(&a, &m))) {
+    if ((rc = check_model(&a, &m)) || (rc = ddpm_model_set_precision(&m, a.precision))) {
+        if (rc < 0)
+            cli_error("%s", ddpm_last_error());
         ddpm_model_close(&m);
-        return rc;
+        return rc < 0 ? DDPM_EXIT_ERROR : rc;
     }
     if (!a.from)
         a.fc.grid_path = a.no_grid ? NULL : a.out;

@@ -268,6 +268,17 @@ static void forward_unit(const geometry *g, float *out, float *lane_scratch, con
         }
 }
 
+void ddpm_conv2d_forward_precision(float *out, float *scratch, const float *in, const float *weight,
+                                   const float *bias, int B, int Cin, int H, int W, int Cout, int K, int S, int P,
+                                   ddpm_precision precision)
+{
+    if (precision != DDPM_PRECISION_FP32 && use_winograd(Cin, Cout, K, S, P)) {
+        ddpm_conv3x3_forward_precision(out, scratch, in, weight, bias, B, Cin, H, W, Cout, precision);
+        return;
+    }
+    ddpm_conv2d_forward(out, scratch, in, weight, bias, B, Cin, H, W, Cout, K, S, P);
+}
+
 void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const float *weight, const float *bias,
                          int B, int Cin, int H, int W, int Cout, int K, int S, int P)
 {

@@ -34,6 +34,7 @@
 #include <math.h>
 #include <omp.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "ddpm/ops.h"
@@ -43,6 +44,23 @@
 const char *ddpm_conv3x3_isa(void)
 {
     return SIMD_ISA_NAME;
+}
+
+/* The bf16 forward (ddpm_conv3x3_forward_precision) needs AVX512_BF16 at compile
+ * time (the products use _mm512_dpbf16_ps) and on the CPU that runs it. */
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#define HAVE_BF16 1
+#else
+#define HAVE_BF16 0
+#endif
+
+int ddpm_bf16_available(void)
+{
+#if HAVE_BF16
+    return __builtin_cpu_supports("avx512bf16") != 0;
+#else
+    return 0;
+#endif
 }
 
 #define LANES 8
@@ -119,7 +137,8 @@ static geometry make_geometry(int B, int Cin, int H, int W, int Cout)
 size_t ddpm_conv3x3_scratch_floats(int B, int Cin, int H, int W, int Cout)
 {
     const geometry g = make_geometry(B, Cin, H, W, Cout);
-    return g.u_floats + (size_t)g.n_lanes * g.lane_floats;
+    /* + the bf16 forward's pair-interleaved weights after the lanes (bf16_weights) */
+    return g.u_floats + (size_t)g.n_lanes * g.lane_floats + (HAVE_BF16 ? g.u_floats / 2 : 0);
 }
 
 typedef struct {
@@ -484,10 +503,14 @@ static ALWAYS_INLINE void a_1d(const int m, const vf *y, vf *r)
     }
 }
 
-/* V[xi][t0 + t][c0..c0 + VW - 1] = B^T d B for every tile t of one packed image. */
-static ALWAYS_INLINE void input_transform_m(const int m, float *V, const float *P, const geometry *g, int C_p,
-                                            int t0)
+/* V[xi][t0 + t][c0..c0 + VW - 1] = B^T d B for every tile t of one packed image.
+ * bf16 (the bf16 forward only): V is uint16_t [xi][Tp][C_p], each value rounded
+ * to bf16 (nearest even), so the channels (k, k + 1) of a row form one 32-bit
+ * pair. */
+static ALWAYS_INLINE void input_transform_m(const int m, const int bf16, void *V, const float *P,
+                                            const geometry *g, int C_p, int t0)
 {
+    (void)bf16;
     const int a = m + 2;
     const size_t xi_stride = (size_t)g->Tp * C_p;
     for (int c0 = 0; c0 < C_p; c0 += VW) {
@@ -503,11 +526,20 @@ static ALWAYS_INLINE void input_transform_m(const int m, float *V, const float *
                     for (int i = 0; i < a; i++)
                         t[i][j] = r[i];
                 }
-                float *out = V + (size_t)(t0 + ty * g->TW + tx) * C_p + c0;
+                const size_t out = (size_t)(t0 + ty * g->TW + tx) * C_p + c0;
                 for (int i = 0; i < a; i++) {
                     bt_1d(m, t[i], r);
-                    for (int j = 0; j < a; j++)
-                        v_store(out + (size_t)(a * i + j) * xi_stride, r[j]);
+                    for (int j = 0; j < a; j++) {
+                        const size_t o = out + (size_t)(a * i + j) * xi_stride;
+#if HAVE_BF16
+                        if (bf16) {
+                            _mm256_storeu_si256((__m256i *)((uint16_t *)V + o),
+                                                (__m256i)_mm512_cvtneps_pbh(r[j]));
+                            continue;
+                        }
+#endif
+                        v_store((float *)V + o, r[j]);
+                    }
                 }
             }
     }
@@ -516,9 +548,9 @@ static ALWAYS_INLINE void input_transform_m(const int m, float *V, const float *
 static void input_transform(float *V, const float *P, const geometry *g, int C_p, int t0)
 {
     if (g->m == 2)
-        input_transform_m(2, V, P, g, C_p, t0);
+        input_transform_m(2, 0, V, P, g, C_p, t0);
     else
-        input_transform_m(4, V, P, g, C_p, t0);
+        input_transform_m(4, 0, V, P, g, C_p, t0);
 }
 
 /* M[xi][t0 + t][c0..] = A dy A^T for the m x m output-gradient tile dy of every
@@ -725,6 +757,197 @@ void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const flo
                          Cin, Cout, nb);
         }
     }
+}
+
+/* ---- the bf16 forward (sampling and evaluation only) ------------------------------
+ * The same chain as the float32 forward, but the products Y[xi] = V[xi] U[xi]
+ * take V and U rounded to bf16 (nearest even) and accumulate in float32 with
+ * _mm512_dpbf16_ps, which multiplies a pair of bf16 values of channels (k, k + 1)
+ * by the matching pair and adds both products to a float32 lane: twice the
+ * multiply-adds per instruction of a float32 FMA. V is written as bf16 by the
+ * input transform ([xi][Tp][Cin_p], a row's (k, k + 1) one 32-bit word to
+ * broadcast); U is converted once per call to [xi][Cin_p/2][Cout_p][2] (the
+ * pairs of one column side by side). The transforms, the accumulation and the
+ * output stay float32. */
+#if HAVE_BF16
+static ALWAYS_INLINE void kernel_bf16_body(const int MR, const int NV, int KP, const uint16_t *a,
+                                           ptrdiff_t lda, const uint16_t *b, ptrdiff_t ldb, float *c,
+                                           ptrdiff_t ldc)
+{
+    __m512 acc[MR_MAX][NV_MAX];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            acc[r][v] = _mm512_setzero_ps();
+    for (int kp = 0; kp < KP; kp++) {
+        __m512bh bv[NV_MAX];
+        for (int v = 0; v < NV; v++)
+            bv[v] = (__m512bh)_mm512_loadu_si512(b + kp * ldb + 32 * v);
+        for (int r = 0; r < MR; r++) {
+            uint32_t pair; /* channels 2 kp, 2 kp + 1 of row r */
+            memcpy(&pair, a + r * lda + 2 * kp, sizeof pair);
+            const __m512bh ar = (__m512bh)_mm512_set1_epi32((int)pair);
+            for (int v = 0; v < NV; v++)
+                acc[r][v] = _mm512_dpbf16_ps(acc[r][v], ar, bv[v]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
+}
+
+#define DEFINE_KERNEL_BF16(MR, NV)                                                                           \
+    static void kernel_bf16_##MR##x##NV(int KP, const uint16_t *a, ptrdiff_t lda, const uint16_t *b,         \
+                                        ptrdiff_t ldb, float *c, ptrdiff_t ldc)                              \
+    {                                                                                                        \
+        kernel_bf16_body(MR, NV, KP, a, lda, b, ldb, c, ldc);                                                \
+    }
+#define DEFINE_KERNELS_BF16(MR) DEFINE_KERNEL_BF16(MR, 1) DEFINE_KERNEL_BF16(MR, 2)
+DEFINE_KERNELS_BF16(1)
+DEFINE_KERNELS_BF16(2)
+DEFINE_KERNELS_BF16(3)
+DEFINE_KERNELS_BF16(4)
+DEFINE_KERNELS_BF16(5)
+DEFINE_KERNELS_BF16(6)
+DEFINE_KERNELS_BF16(7)
+DEFINE_KERNELS_BF16(8)
+DEFINE_KERNELS_BF16(9)
+DEFINE_KERNELS_BF16(10)
+DEFINE_KERNELS_BF16(11)
+DEFINE_KERNELS_BF16(12)
+#undef DEFINE_KERNELS_BF16
+#undef DEFINE_KERNEL_BF16
+
+typedef void (*kernel_bf16_fn)(int, const uint16_t *, ptrdiff_t, const uint16_t *, ptrdiff_t, float *,
+                               ptrdiff_t);
+static const kernel_bf16_fn wide_bf16[MR_FWD + 1] = {NULL,
+                                                     kernel_bf16_1x2,
+                                                     kernel_bf16_2x2,
+                                                     kernel_bf16_3x2,
+                                                     kernel_bf16_4x2,
+                                                     kernel_bf16_5x2,
+                                                     kernel_bf16_6x2,
+                                                     kernel_bf16_7x2,
+                                                     kernel_bf16_8x2,
+                                                     kernel_bf16_9x2,
+                                                     kernel_bf16_10x2,
+                                                     kernel_bf16_11x2,
+                                                     kernel_bf16_12x2};
+static const kernel_bf16_fn tail_bf16[MR_FWD + 1] = {NULL,
+                                                     kernel_bf16_1x1,
+                                                     kernel_bf16_2x1,
+                                                     kernel_bf16_3x1,
+                                                     kernel_bf16_4x1,
+                                                     kernel_bf16_5x1,
+                                                     kernel_bf16_6x1,
+                                                     kernel_bf16_7x1,
+                                                     kernel_bf16_8x1,
+                                                     kernel_bf16_9x1,
+                                                     kernel_bf16_10x1,
+                                                     kernel_bf16_11x1,
+                                                     kernel_bf16_12x1};
+
+/* C [M, N] = A [M, 2 KP] x B, A bf16 rows of lda values, B bf16 [KP][N][2],
+ * N a multiple of 16, C row-major with ldc. */
+static void product_bf16(int M, int N, int KP, const uint16_t *a, ptrdiff_t lda, const uint16_t *b, float *c,
+                         ptrdiff_t ldc)
+{
+    for (int r0 = 0; r0 < M; r0 += MR_FWD) {
+        const int mr = M - r0 < MR_FWD ? M - r0 : MR_FWD;
+        const uint16_t *ar = a + r0 * lda;
+        float *cr = c + r0 * ldc;
+        int n0 = 0;
+        for (; n0 + 32 <= N; n0 += 32)
+            wide_bf16[mr](KP, ar, lda, b + 2 * n0, 2 * (ptrdiff_t)N, cr + n0, ldc);
+        if (n0 < N)
+            tail_bf16[mr](KP, ar, lda, b + 2 * n0, 2 * (ptrdiff_t)N, cr + n0, ldc);
+    }
+}
+
+/* Where the pair-interleaved weights live: after the lanes. */
+static uint16_t *bf16_weights(const geometry *g, float *scratch)
+{
+    return (uint16_t *)(scratch + g->u_floats + (size_t)g->n_lanes * g->lane_floats);
+}
+
+/* Ub [n_xi][Cin_p/2][Cout_p][2] = U [n_xi][Cin_p][Cout_p] rounded to bf16 (nearest
+ * even): Ub[xi][kp][co] holds (U[xi][2 kp][co], U[xi][2 kp + 1][co]), low half
+ * first, as _mm512_dpbf16_ps pairs them with a broadcast (V[2 kp], V[2 kp + 1]). */
+static void weights_to_bf16(uint16_t *Ub, const float *U, const geometry *g)
+{
+    const long n_pairs = (long)g->n_xi * (g->Cin_p / 2);
+    const int Co_p = g->Cout_p;
+#pragma omp parallel for schedule(static) if (n_pairs * Co_p > 32768 && !omp_in_parallel())
+    for (long row = 0; row < n_pairs; row++) {
+        const float *u0 = U + (size_t)(2 * row) * Co_p, *u1 = u0 + Co_p;
+        uint16_t *d = Ub + (size_t)row * Co_p * 2;
+        for (int co = 0; co < Co_p; co += 16) {
+            const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(u0 + co)));
+            const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(u1 + co)));
+            _mm512_storeu_si512(d + 2 * co, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+    }
+}
+
+/* y [nb, Cout, H, W] = conv(x [nb, Cin, H, W]) + bias with the bf16 products. */
+static void forward_unit_bf16(const geometry *g, const lane_buffers *lb, float *y, const float *x,
+                              const uint16_t *Ub, const float *bias, int nb)
+{
+    const int Ci_p = g->Cin_p, Co_p = g->Cout_p;
+    const int nt = nb * g->tiles;
+    const size_t HW = (size_t)g->H * g->W;
+    uint16_t *Vb = (uint16_t *)lb->V; /* half of V's floats */
+    for (int b = 0; b < nb; b++) {
+        pack_plane(lb->P, x + (size_t)b * g->Cin * HW, g->Cin, Ci_p, g->H, g->W, g->Hp, g->Wp);
+        if (g->m == 2)
+            input_transform_m(2, 1, Vb, lb->P, g, Ci_p, b * g->tiles);
+        else
+            input_transform_m(4, 1, Vb, lb->P, g, Ci_p, b * g->tiles);
+    }
+    for (int xi = 0; xi < g->n_xi; xi++)
+        product_bf16(nt, Co_p, Ci_p / 2, Vb + (size_t)xi * g->Tp * Ci_p, Ci_p, Ub + (size_t)xi * Ci_p * Co_p,
+                     lb->Y + (size_t)xi * g->Tp * Co_p, Co_p);
+    for (int b = 0; b < nb; b++) {
+        output_transform(lb->P, lb->Y, g, Co_p, b * g->tiles);
+        unpack_plane(y + (size_t)b * g->Cout * HW, lb->P, bias, 0.0f, g->Cout, g->H, g->W, g->m * g->TH,
+                     g->m * g->TW);
+    }
+}
+
+static void forward_bf16(float *out, float *scratch, const float *in, const float *weight, const float *bias,
+                         int B, int Cin, int H, int W, int Cout)
+{
+    const geometry g = make_geometry(B, Cin, H, W, Cout);
+    float *U = scratch;
+    weight_transform(&g, U, weight, Cin, Cout, g.Cin_p, g.Cout_p, 9, (ptrdiff_t)Cin * 9, 0);
+    uint16_t *Ub = bf16_weights(&g, scratch);
+    weights_to_bf16(Ub, U, &g);
+    const size_t in_image = (size_t)Cin * H * W, out_image = (size_t)Cout * H * W;
+#pragma omp parallel for schedule(static, 1) if (lanes_in_parallel(&g))
+    for (int lane = 0; lane < g.n_lanes; lane++) {
+        const lane_buffers lb = lane_at(&g, scratch, lane);
+        int u0, u1;
+        unit_range(&g, lane, &u0, &u1);
+        for (int u = u0; u < u1; u++) {
+            const int b0 = u * g.nb, nb = B - b0 < g.nb ? B - b0 : g.nb;
+            forward_unit_bf16(&g, &lb, out + (size_t)b0 * out_image, in + (size_t)b0 * in_image, Ub, bias,
+                              nb);
+        }
+    }
+}
+#endif
+
+void ddpm_conv3x3_forward_precision(float *out, float *scratch, const float *in, const float *weight,
+                                    const float *bias, int B, int Cin, int H, int W, int Cout,
+                                    ddpm_precision precision)
+{
+#if HAVE_BF16
+    if (precision == DDPM_PRECISION_BF16 && ddpm_bf16_available()) {
+        forward_bf16(out, scratch, in, weight, bias, B, Cin, H, W, Cout);
+        return;
+    }
+#endif
+    (void)precision;
+    ddpm_conv3x3_forward(out, scratch, in, weight, bias, B, Cin, H, W, Cout);
 }
 
 /* ---- backward ---------------------------------------------------------------------- */

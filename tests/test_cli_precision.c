@@ -1,0 +1,142 @@
+/* --precision fp32|bf16 as a user meets it: `ddpm sample --precision bf16` on a
+ * tiny model whose 3x3 convolutions run Winograd (16 and 32 channels) writes a
+ * PNG whose recipe says bf16, `ddpm info` prints it and `ddpm sample --from`
+ * re-creates it byte for byte; `--precision fp32` gives the bytes of no option;
+ * interpolate and eval take the option too; a build or CPU without AVX512_BF16
+ * (or DDPM_NO_BF16, which makes ddpm act as one) refuses bf16 on every command
+ * with one line and exit code 2 before doing any work. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cliutil.h"
+#include "ddpm/error.h"
+#include "ddpm/ops.h"
+#include "ddpm/recipe.h"
+#include "testutil.h"
+
+/* 16 and 32 channels: the ResBlocks' convs go to ddpm_conv3x3 (>= 16 in and out) */
+#define TINY "--ch 16 --ch-mult 1,2 --res-blocks 1 --attn 4 --groups 4 --timesteps 50 --batch 4"
+#define SAMPLE "sample run --n 4 --steps 3 --quiet"
+
+static int setup(void **state)
+{
+    (void)state;
+    if (tu_make_tmpdir(cu_dir, sizeof cu_dir, "cli_precision"))
+        return -1;
+    if (cu_make_gray_folder("data", 8, 7))
+        return -1;
+    /* lr 1e-2 without warm-up: 6 steps move the zero-initialised convs off zero */
+    return cu_ddpm("train data --out run " TINY " --steps 6 --warmup 0 --lr 1e-2 --preview-n 0 --quiet");
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    return tu_remove_tree(cu_dir);
+}
+
+static ddpm_precision recipe_precision(const char *name)
+{
+    char path[512];
+    ddpm_recipe r;
+    snprintf(path, sizeof path, "%s/%s", cu_dir, name);
+    if (ddpm_recipe_read_png(&r, path) != 1)
+        fail_msg("%s: no recipe: %s", name, ddpm_last_error());
+    return r.precision;
+}
+
+/* The refusal: exit 2, one line naming AVX512_BF16, no output written. */
+static void expect_refused(const char *args, const char *out)
+{
+    int rc = cu_ddpm("%s", args);
+    if (rc != 2)
+        fail_msg("ddpm %s: exit %d, wanted 2", args, rc);
+    assert_true(cu_stderr_one_line("AVX512_BF16"));
+    if (out)
+        assert_true(cu_absent(out));
+}
+
+static void test_sample_bf16_writes_its_precision_into_the_recipe_and_fp32_is_the_default(void **state)
+{
+    (void)state;
+    assert_int_equal(cu_ddpm(SAMPLE " --out none.png"), 0);
+    assert_int_equal(cu_ddpm(SAMPLE " --out f32.png --precision fp32"), 0);
+    assert_true(cu_same_bytes("none.png", "f32.png"));
+    assert_int_equal(recipe_precision("f32.png"), DDPM_PRECISION_FP32);
+    if (!ddpm_bf16_available()) {
+        expect_refused(SAMPLE " --out b.png --precision bf16", "b.png");
+        return;
+    }
+    assert_int_equal(cu_ddpm(SAMPLE " --out b.png --precision bf16"), 0);
+    assert_int_equal(recipe_precision("b.png"), DDPM_PRECISION_BF16);
+    /* the bf16 products ran: the 22x22 grid's pixels are not the float32 ones */
+    assert_false(cu_same_pixels("b.png", "f32.png", 22));
+    assert_int_equal(cu_ddpm("info b.png"), 0);
+    char *out = cu_slurp("out.txt", NULL);
+    assert_non_null(out);
+    assert_non_null(strstr(out, "precision: bf16"));
+    free(out);
+    /* the recipe re-creates it (in bf16), and the recipe's precision is not a flag to give with --from */
+    assert_int_equal(cu_ddpm("sample --from b.png --out b2.png --quiet"), 0);
+    assert_true(cu_same_bytes("b.png", "b2.png"));
+    assert_int_equal(cu_ddpm("sample --from b.png --out b3.png --precision fp32"), 2);
+    assert_true(cu_stderr_one_line("--precision cannot be given with --from"));
+    /* an image of --out-dir carries it too */
+    assert_int_equal(cu_ddpm(SAMPLE " --no-grid --out-dir each --precision bf16"), 0);
+    assert_int_equal(recipe_precision("each/00000.png"), DDPM_PRECISION_BF16);
+}
+
+static void test_interpolate_and_eval_take_the_precision(void **state)
+{
+    (void)state;
+    if (!ddpm_bf16_available()) {
+        expect_refused("interpolate run --seeds 1,2 --n 3 --steps 3 --out s.png --precision bf16", "s.png");
+        expect_refused("eval run data --n 4 --mc 1 --precision bf16", NULL);
+        return;
+    }
+    assert_int_equal(
+        cu_ddpm("interpolate run --seeds 1,2 --n 3 --steps 3 --out s.png --precision bf16 --quiet"), 0);
+    assert_int_equal(recipe_precision("s.png"), DDPM_PRECISION_BF16);
+    assert_int_equal(cu_ddpm("interpolate --from s.png --out s2.png --quiet"), 0);
+    assert_true(cu_same_bytes("s.png", "s2.png"));
+    assert_int_equal(cu_ddpm("eval run data --n 4 --mc 1 --precision bf16 --json --quiet"), 0);
+    char *out = cu_slurp("out.txt", NULL);
+    assert_non_null(out);
+    assert_non_null(strstr(out, "\"precision\":\"bf16\""));
+    free(out);
+}
+
+/* DDPM_NO_BF16 takes the path of a CPU without AVX512_BF16 on this machine. */
+static void test_bf16_is_refused_without_avx512_bf16_before_any_work(void **state)
+{
+    (void)state;
+    assert_int_equal(setenv("DDPM_NO_BF16", "1", 1), 0);
+    expect_refused(SAMPLE " --out r.png --precision bf16", "r.png");
+    expect_refused("interpolate run --seeds 1,2 --n 3 --out r.png --precision bf16", "r.png");
+    expect_refused("eval run data --n 4 --mc 1 --precision bf16", NULL);
+    expect_refused("bench --seconds 0.1 " TINY " --precision bf16", NULL);
+    /* fp32 stays available */
+    assert_int_equal(cu_ddpm(SAMPLE " --out r32.png --precision fp32"), 0);
+    assert_true(cu_same_bytes("none.png", "r32.png"));
+    assert_int_equal(unsetenv("DDPM_NO_BF16"), 0);
+    /* and a value that is neither */
+    assert_int_equal(cu_ddpm(SAMPLE " --out r.png --precision fp16"), 2);
+    assert_true(cu_stderr_one_line("'fp16' is not fp32 or bf16"));
+    assert_true(cu_absent("r.png"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sample_bf16_writes_its_precision_into_the_recipe_and_fp32_is_the_default),
+        cmocka_unit_test(test_interpolate_and_eval_take_the_precision),
+        cmocka_unit_test(test_bf16_is_refused_without_avx512_bf16_before_any_work),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
