@@ -85,9 +85,8 @@ static int full_history_steps(const char *run)
 /* The tensors (weights, EMA, Adam moments) after 8 steps of each objective with
  * uniform t, as the trainer wrote them before --t-sampling existed (commit
  * 7611e3b, this test run on it), re-recorded when attention's softmax changed
- * its rounding (its exp and its row sums, src/ops/attention.c) and again when 1x1
- * convs moved from sgemm to src/ops/conv1x1.c (with that routing turned off the
- * old hashes still came out), and nothing else. The bytes depend on the compiler, the
+ * its rounding (its exp and its row sums, src/ops/attention.c) and nothing
+ * else. The bytes depend on the compiler, the
  * instructions the build may use and the OpenBLAS build and kernel set, so
  * these are recorded beside the hashes, as `ddpm --version` reports them; the
  * hashes are checked where a ddpm child, run with the OpenBLAS variables unset
@@ -102,9 +101,9 @@ static const struct {
     const char *loss;
     const char *sha256;
 } pinned[] = {
-    {"simple", "dd05d2410a7c752d1ce5bf754de0713ca7f2c0a66af8533528e5e57a429112ff"},
-    {"vlb", "789a0e97eac1f0002171a7f09fe05dcca2968c3aa785f3a0b2a372ed110f4831"},
-    {"hybrid", "537c0951d87aeb71abec36f50bfa79205a4aab9ca82cffda725f8edaf17196cf"},
+    {"simple", "a9072ef3f045046a15276700b0f4c23e7ffb65ef4f445ba62ee5722f573f909b"},
+    {"vlb", "fd743cbb2f82ea31a1bc1836bff97ef7662e3b8f5c54e4b945ccac948caf72a9"},
+    {"hybrid", "5002303e59fe0754cf3264e68875fb4aab176a8e9e817642b1064534bc7f67d5"},
 };
 #define CHILD_ENV "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
 

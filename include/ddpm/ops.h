@@ -30,14 +30,14 @@ double ddpm_sum_fixed(const float *x, size_t n);
  * ddpm_conv2d_scratch_floats(...) floats, enough for forward and for backward.
  * Forward overwrites out. When compiled with AVX-512 or AVX2 + FMA, 3x3
  * stride-1 pad-1 convs with >= 16 input and output channels run ddpm_conv3x3
- * (Winograd) instead, and 1x1 stride-1 convs ddpm_conv1x1. */
+ * (Winograd) instead. */
 size_t ddpm_conv2d_scratch_floats(int B, int Cin, int H, int W, int Cout, int K, int S, int P);
 /* The arithmetic of a forward-only convolution's products: float32 (every
  * training and backward pass), or bf16 inputs with float32 accumulation (the
  * Winograd forward only; see ddpm_conv3x3_forward_precision). */
 typedef enum { DDPM_PRECISION_FP32 = 0, DDPM_PRECISION_BF16 = 1 } ddpm_precision;
 /* ddpm_conv2d_forward with the products of 3x3 stride-1 convs that run on
- * ddpm_conv3x3 in `precision`; every other conv (1x1, im2col + sgemm) stays float32. */
+ * ddpm_conv3x3 in `precision`; every other conv (im2col + sgemm) stays float32. */
 void ddpm_conv2d_forward_precision(float *out, float *scratch, const float *in, const float *weight,
                                    const float *bias, int B, int Cin, int H, int W, int Cout, int K,
                                    int S, int P, ddpm_precision precision);
@@ -86,24 +86,9 @@ void ddpm_conv3x3_force_tile(int m);
  * "avx512" (__AVX512F__), "avx2" (__AVX2__ and __FMA__) or "generic" (plain C). */
 const char *ddpm_conv3x3_isa(void);
 
-/* ---- 1x1 convolution, stride 1, no padding (src/ops/conv1x1.c) -------------
- * The same op as ddpm_conv2d with K = 1, S = 1, P = 0 on HW = H * W positions,
- * computed image by image with the register-blocked product kernel of the 3x3
- * Winograd products (AVX-512, AVX2 + FMA or plain C) instead of sgemm. Results
- * differ from conv2d's im2col path by float rounding only; they do not depend
- * on the thread count. scratch holds ddpm_conv1x1_scratch_floats(...) floats.
- * Forward overwrites out; backward sets din = beta * din + dL/din and
- * accumulates into dweight and dbias; any of the three may be NULL. */
-size_t ddpm_conv1x1_scratch_floats(int B, int Cin, int HW, int Cout);
-void ddpm_conv1x1_forward(float *out, float *scratch, const float *in, const float *weight,
-                          const float *bias, int B, int Cin, int HW, int Cout);
-void ddpm_conv1x1_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
-                           const float *dout, const float *in, const float *weight, int B,
-                           int Cin, int HW, int Cout);
-
-/* Whether conv2d may hand shapes to ddpm_conv3x3 and ddpm_conv1x1 (default 1).
- * 0 forces the im2col + sgemm path everywhere: for tests and `ddpm bench --ops`,
- * which compare the two. Process-wide; set it while no conv2d call is running. */
+/* Whether conv2d may hand shapes to ddpm_conv3x3 (default 1). 0 forces the
+ * im2col path everywhere: for tests and `ddpm bench --ops`, which compare the
+ * two. Process-wide; set it while no conv2d call is running. */
 void ddpm_conv2d_enable_winograd(int enabled);
 
 /* ---- linear (src/ops/linear.c) --------------------------------------------

@@ -27,9 +27,7 @@
  * With vector kernels (AVX-512 or AVX2 + FMA), 3x3 stride-1 pad-1 convs with
  * >= 16 channels in and out go to ddpm_conv3x3 (Winograd F(4x4,3x3) or
  * F(2x2,3x3), src/ops/conv3x3.c) instead: 2.25-4x fewer multiply-adds and no
- * im2col; see use_winograd. 1x1 stride-1 convs go to ddpm_conv1x1
- * (src/ops/conv1x1.c), which multiplies image by image with the same product
- * kernel: faster than sgemm on these small products; see use_pointwise. */
+ * im2col; see use_winograd. */
 #include <cblas.h> /* openblas_get_parallel */
 #include <omp.h>
 #include <string.h>
@@ -192,19 +190,6 @@ static int use_winograd(int Cin, int Cout, int K, int S, int P)
     return winograd_enabled && winograd_shape(Cin, Cout, K, S, P);
 }
 
-/* Whether this shape goes to ddpm_conv1x1 (src/ops/conv1x1.c): a pointwise conv
- * when the product kernel is vectorised (AVX-512 or AVX2); the plain-C kernel is
- * slower than sgemm. */
-static int pointwise_shape(int K, int S, int P)
-{
-    return strcmp(ddpm_conv3x3_isa(), "generic") != 0 && is_pointwise(K, S, P);
-}
-
-static int use_pointwise(int K, int S, int P)
-{
-    return winograd_enabled && pointwise_shape(K, S, P);
-}
-
 /* Room for either path, so that the scratch size does not depend on
  * ddpm_conv2d_enable_winograd. */
 size_t ddpm_conv2d_scratch_floats(int B, int Cin, int H, int W, int Cout, int K, int S, int P)
@@ -213,10 +198,6 @@ size_t ddpm_conv2d_scratch_floats(int B, int Cin, int H, int W, int Cout, int K,
     size_t n = g.lane_floats * (size_t)g.n_lanes;
     if (winograd_shape(Cin, Cout, K, S, P)) {
         const size_t w = ddpm_conv3x3_scratch_floats(B, Cin, H, W, Cout);
-        n = w > n ? w : n;
-    }
-    if (pointwise_shape(K, S, P)) {
-        const size_t w = ddpm_conv1x1_scratch_floats(B, Cin, H * W, Cout);
         n = w > n ? w : n;
     }
     return n;
@@ -286,10 +267,6 @@ void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const floa
         ddpm_conv3x3_forward(out, scratch, in, weight, bias, B, Cin, H, W, Cout);
         return;
     }
-    if (use_pointwise(K, S, P)) {
-        ddpm_conv1x1_forward(out, scratch, in, weight, bias, B, Cin, H * W, Cout);
-        return;
-    }
     const geometry g = conv_geometry(B, Cin, H, W, Cout, K, S, P);
 #pragma omp parallel for schedule(static, 1) if (lanes_in_parallel(&g))
     for (int lane = 0; lane < g.n_lanes; lane++) {
@@ -353,10 +330,6 @@ void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, 
 {
     if (use_winograd(Cin, Cout, K, S, P)) {
         ddpm_conv3x3_backward(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout);
-        return;
-    }
-    if (use_pointwise(K, S, P)) {
-        ddpm_conv1x1_backward(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H * W, Cout);
         return;
     }
     const geometry g = conv_geometry(B, Cin, H, W, Cout, K, S, P);

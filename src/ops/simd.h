@@ -1,5 +1,5 @@
 /* simd.h: the vector type and the register-blocked product kernel that the
- * convolution kernels share (conv3x3.c, conv1x1.c). Internal to src/ops.
+ * Winograd convolution (conv3x3.c) multiplies with. Internal to src/ops.
  *
  * vf is a vector of VW floats: AVX-512 (16), AVX2 with FMA (8), or plain C over
  * 16-float structs, chosen at compile time from the target macros
