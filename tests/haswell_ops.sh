@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The op tests on the AVX2 + FMA kernels, as a CPU without AVX-512 runs them:
 # configures a second build tree with -march=haswell (-DDDPM_NATIVE=OFF), builds
-# the test_ops_* programs only, checks that none of them holds an AVX-512
-# instruction (a zmm register), and runs each. test_ops_conv3x3 also checks that
+# the test_ops_* programs and test_rng (the vector Philox) only, checks that none
+# of them holds an AVX-512 instruction (a zmm register), and runs each. test_ops_conv3x3 also checks that
 # the AVX2 path, not the plain-C one, was compiled; with gcc, the loops of the
 # sigmoid (SiLU, GroupNorm + SiLU, the softmax's exp) are checked to be vector
 # code: they compile to scalar code with branches when gcc cannot if-convert them
@@ -12,7 +12,7 @@ set -euo pipefail
 src=$1 bin=$2
 cmake -S "$src" -B "$bin" -DCMAKE_BUILD_TYPE=Release -DDDPM_NATIVE=OFF -DCMAKE_C_FLAGS=-march=haswell \
     -DDDPM_FUZZ=OFF -DDDPM_MPI=OFF -DDDPM_HASWELL_TEST=OFF >/dev/null
-targets=$(cd "$src/tests" && ls test_ops_*.c | sed 's/\.c$//')
+targets="$(cd "$src/tests" && ls test_ops_*.c | sed 's/\.c$//') test_rng"
 # shellcheck disable=SC2086
 cmake --build "$bin" -j 2 --target $targets >/dev/null
 # vector_loop BINARY FUNCTION INSTRUCTION: FUNCTION's body holds INSTRUCTION on a

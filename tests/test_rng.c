@@ -133,6 +133,38 @@ static void test_streams_are_independent(void **state)
     assert_int_equal(a[3], 0x9b00dbd8u);
 }
 
+/* The 16-counter vector Philox gives ddpm_philox's words for each counter: key
+ * and stream words with their high halves set, counters whose low word wraps
+ * inside the block (the high word then differs between lanes), and the
+ * known-answer vector. */
+static void test_philox_block_gives_the_words_of_ddpm_philox(void **state)
+{
+    (void)state;
+    const uint64_t seeds[] = {0, 1, 0x9e3779b97f4a7c15ull, 0xffffffffffffffffull};
+    const uint64_t streams[] = {0, DDPM_STREAM_DROPOUT, 0x123456789abcdef0ull};
+    const uint64_t counters[] = {0, 5, 0xfffffff8ull, 0x00000001fffffffbull, 0xfffffffffffffff9ull};
+    for (size_t a = 0; a < sizeof seeds / sizeof seeds[0]; a++)
+        for (size_t b = 0; b < sizeof streams / sizeof streams[0]; b++)
+            for (size_t c = 0; c < sizeof counters / sizeof counters[0]; c++) {
+                uint32_t block[4 * DDPM_PHILOX_BLOCK];
+                ddpm_philox_block(block, seeds[a], streams[b], counters[c]);
+                for (int i = 0; i < DDPM_PHILOX_BLOCK; i++) {
+                    uint32_t w[4];
+                    ddpm_philox(w, seeds[a], streams[b], counters[c] + (uint64_t)i);
+                    if (memcmp(w, block + 4 * i, sizeof w))
+                        fail_msg("seed %llx stream %llx counter %llx + %d: block %08x %08x %08x %08x, "
+                                 "ddpm_philox %08x %08x %08x %08x",
+                                 (unsigned long long)seeds[a], (unsigned long long)streams[b],
+                                 (unsigned long long)counters[c], i, block[4 * i], block[4 * i + 1],
+                                 block[4 * i + 2], block[4 * i + 3], w[0], w[1], w[2], w[3]);
+                }
+            }
+    uint32_t block[4 * DDPM_PHILOX_BLOCK];
+    ddpm_philox_block(block, 0, 0, 0);
+    assert_int_equal(block[0], 0x6627e8d5u);
+    assert_int_equal(block[3], 0x9b00dbd8u);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -142,6 +174,7 @@ int main(void)
         cmocka_unit_test(test_fill_is_the_same_for_any_thread_count),
         cmocka_unit_test(test_below_is_uniform_and_shuffle_is_a_permutation),
         cmocka_unit_test(test_streams_are_independent),
+        cmocka_unit_test(test_philox_block_gives_the_words_of_ddpm_philox),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

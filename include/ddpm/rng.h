@@ -32,6 +32,10 @@ void ddpm_rng_init(ddpm_rng *rng, uint64_t seed, uint64_t stream);
 
 /* Philox4x32-10 of (key = seed, counter = {counter, stream}): a pure function. */
 void ddpm_philox(uint32_t out[4], uint64_t seed, uint64_t stream, uint64_t counter);
+/* ddpm_philox of the 16 counters counter, counter + 1, ..., counter + 15 at once
+ * (vector code): out[4 i + l] is word l of counter + i, the same bits. */
+#define DDPM_PHILOX_BLOCK 16
+void ddpm_philox_block(uint32_t out[4 * DDPM_PHILOX_BLOCK], uint64_t seed, uint64_t stream, uint64_t counter);
 
 uint32_t ddpm_rng_u32(ddpm_rng *rng);
 /* Uniform in the open interval (0, 1). */

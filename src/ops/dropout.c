@@ -15,19 +15,6 @@
 
 #define DROPOUT_PARALLEL_MIN 16384
 
-/* The mask of elements [4 blk, 4 blk + 4) of (seed, counter): 0 with probability p,
- * else keep_scale. 24 random bits centred in their bin: u in (0, 1), P(u < p) = p
- * to 2^-24. */
-static inline void mask_block(float m[4], float p, float keep_scale, uint64_t seed, uint64_t counter)
-{
-    uint32_t w[4];
-    ddpm_philox(w, seed, DDPM_STREAM_DROPOUT, counter);
-    for (int l = 0; l < 4; l++) {
-        const float u = ((float)(w[l] >> 8) + 0.5f) * (1.0f / 16777216.0f);
-        m[l] = u < p ? 0.0f : keep_scale;
-    }
-}
-
 /* p >= 1 drops everything; guarded so that 1/(1-p) is never evaluated. */
 static inline float keep_scale_of(float p) { return p < 1.0f ? 1.0f / (1.0f - p) : 0.0f; }
 
@@ -49,21 +36,35 @@ void ddpm_dropout_forward(float *out, uint8_t *mask, const float *in, float p, s
         return;
     }
     const float keep_scale = keep_scale_of(p);
-    const size_t n_blocks = (n + 3) / 4;
-    /* a byte of the mask is two blocks of four: no two threads write one byte */
+    /* chunks of DDPM_PHILOX_BLOCK blocks of four (64 elements, 8 mask bytes): the
+     * counters of a chunk are drawn at once as vector code, and no two threads
+     * write one byte of the mask */
+    enum { CHUNK = 4 * DDPM_PHILOX_BLOCK };
+    const size_t n_chunks = (n + CHUNK - 1) / CHUNK;
 #pragma omp parallel for schedule(static) if (n > DROPOUT_PARALLEL_MIN)
-    for (size_t byte = 0; byte < n_bytes; byte++) {
-        float m[8] = {0}; /* m[4..7] unused past the last block */
-        mask_block(m, p, keep_scale, seed, counter + 2 * byte);
-        if (2 * byte + 1 < n_blocks)
-            mask_block(m + 4, p, keep_scale, seed, counter + 2 * byte + 1);
-        unsigned bits = 0;
-        for (size_t l = 0; l < 8 && 8 * byte + l < n; l++) {
-            out[8 * byte + l] = in[8 * byte + l] * m[l];
-            bits |= (unsigned)(m[l] != 0.0f) << l;
+    for (size_t c = 0; c < n_chunks; c++) {
+        uint32_t w[CHUNK];
+        float m[CHUNK];
+        ddpm_philox_block(w, seed, DDPM_STREAM_DROPOUT, counter + c * DDPM_PHILOX_BLOCK);
+        for (int l = 0; l < CHUNK; l++) {
+            /* 24 random bits centred in their bin: u in (0, 1), P(u < p) = p to 2^-24 */
+            const float u = ((float)(w[l] >> 8) + 0.5f) * (1.0f / 16777216.0f);
+            m[l] = u < p ? 0.0f : keep_scale;
         }
+        const size_t i0 = c * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
+        if (len == CHUNK)
+            for (int l = 0; l < CHUNK; l++)
+                out[i0 + l] = in[i0 + l] * m[l];
+        else
+            for (size_t l = 0; l < len; l++)
+                out[i0 + l] = in[i0 + l] * m[l];
         if (mask)
-            mask[byte] = (uint8_t)bits;
+            for (size_t byte = 0; byte < (len + 7) / 8; byte++) {
+                unsigned bits = 0;
+                for (size_t l = 0; l < 8 && 8 * byte + l < len; l++)
+                    bits |= (unsigned)(m[8 * byte + l] != 0.0f) << l;
+                mask[i0 / 8 + byte] = (uint8_t)bits;
+            }
     }
 }
 
