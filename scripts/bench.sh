@@ -16,9 +16,12 @@
 # ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2 (DNNL_MAX_CPU_ISA for
 # older oneDNN). The output states the setting.
 #
-# Usage: scripts/bench.sh [--isa native|avx2] [--rounds N] [--seconds S]
-#                         [--threads N] [--models LIST] [--no-torch]
+# Usage: scripts/bench.sh [--isa native|avx2] [--precision fp32|bf16] [--rounds N]
+#                         [--seconds S] [--threads N] [--models LIST] [--no-torch]
 #   --isa I        native (default) or avx2, as above
+#   --precision P  fp32 (default) or bf16: ddpm's sampling phase with bf16 Winograd
+#                  products (ddpm bench --precision bf16; needs AVX512_BF16);
+#                  its training phase and PyTorch stay float32
 #   --rounds N     ddpm/PyTorch pairs per model (default 3)
 #   --seconds S    timed seconds per phase in each program (default 5)
 #   --threads N    threads for both (default 2)
@@ -27,10 +30,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rounds=3 seconds=5 threads=2 models=default,rgb32,rgb64 torch=1 isa=native
+rounds=3 seconds=5 threads=2 models=default,rgb32,rgb64 torch=1 isa=native precision=fp32
 while [ $# -gt 0 ]; do
     case $1 in
         --isa) isa=$2; shift 2 ;;
+        --precision) precision=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
         --seconds) seconds=$2; shift 2 ;;
         --threads) threads=$2; shift 2 ;;
@@ -58,6 +62,10 @@ case $isa in
         }
         setting="avx2 (a CPU without AVX-512): ddpm -DDDPM_NATIVE=OFF -march=haswell, OPENBLAS_CORETYPE=Haswell; PyTorch ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell" ;;
     *) echo "bench.sh: unknown --isa $isa (native, avx2)" >&2; exit 2 ;;
+esac
+case $precision in
+    fp32|bf16) ;;
+    *) echo "bench.sh: unknown --precision $precision (fp32, bf16)" >&2; exit 2 ;;
 esac
 cmake --build $bdir -j "$(nproc)" --target ddpm >/dev/null
 bin=$bdir/ddpm
@@ -103,6 +111,7 @@ model_name() {
 }
 
 echo "Same machine, same invocation; setting $setting."
+[ "$precision" = bf16 ] && echo "ddpm's sampling phase: bf16 Winograd products (--precision bf16); its training phase and PyTorch: float32"
 echo "ddpm binary: $zmm zmm (AVX-512) instructions; load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); threads $threads; $seconds s per phase; $rounds rounds (ddpm, PyTorch alternating)"
 [ "$torch" = 1 ] && echo "PyTorch $("$py" -c 'import torch; print(torch.__version__)')"
@@ -117,7 +126,7 @@ for m in "${mlist[@]}"; do
     echo "|---|---|---|---|---|---|---|"
     for r in $(seq 1 "$rounds"); do
         # shellcheck disable=SC2086
-        j=$(run_ddpm "$bin" bench $flags --threads "$threads" --seconds "$seconds" --json)
+        j=$(run_ddpm "$bin" bench $flags --precision "$precision" --threads "$threads" --seconds "$seconds" --json)
         dt=$(field train images_per_sec "$j"); ds=$(field sample_forward images_per_sec "$j")
         dm=$(field "" peak_rss_mb "$j"); core=$(j=${j#*\"openblas_coretype\":\"}; echo "${j%%\"*}")
         kern=$(j=${j#*\"kernels\":\"}; echo "${j%%\"*}")
@@ -154,4 +163,4 @@ printf '%s\n' "${summary[@]}"
 echo
 echo "load average after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 [ "$torch" = 1 ] && echo "PyTorch's ATen CPU capability in use: ${tcap:-?}"
-echo "ddpm's conv kernels: ${kern:-?}; OpenBLAS kernels: ${core:-(OpenBLAS default)}; command: scripts/bench.sh --isa $isa --rounds $rounds --seconds $seconds --threads $threads --models $models$([ "$torch" = 1 ] || echo ' --no-torch')"
+echo "ddpm's conv kernels: ${kern:-?}; OpenBLAS kernels: ${core:-(OpenBLAS default)}; command: scripts/bench.sh --isa $isa --precision $precision --rounds $rounds --seconds $seconds --threads $threads --models $models$([ "$torch" = 1 ] || echo ' --no-torch')"
