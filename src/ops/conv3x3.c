@@ -217,7 +217,14 @@ static ALWAYS_INLINE void weight_transform_block(const int a, double G[MAX_ALPHA
             float u[WT_LANES];
             for (int l = 0; l < WT_LANES; l++)
                 u[l] = (float)(t[i][0][l] * G[j][0] + t[i][1][l] * G[j][1] + t[i][2][l] * G[j][2]);
-            memcpy(U + ((size_t)(i * a + j) * rows_p + r) * cols_p + c0, u, (size_t)n * sizeof(float));
+            float *dst = U + ((size_t)(i * a + j) * rows_p + r) * cols_p + c0;
+            /* a whole block is one vector store; a memcpy of n floats was a
+             * `rep movs`, most of this function's time */
+            if (n == WT_LANES)
+                memcpy(dst, u, sizeof u);
+            else
+                for (int l = 0; l < n; l++)
+                    dst[l] = u[l];
         }
 }
 
