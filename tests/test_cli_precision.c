@@ -87,6 +87,11 @@ static void test_sample_bf16_writes_its_precision_into_the_recipe_and_fp32_is_th
     assert_true(cu_same_bytes("b.png", "b2.png"));
     assert_int_equal(cu_ddpm("sample --from b.png --out b3.png --precision fp32"), 2);
     assert_true(cu_stderr_one_line("--precision cannot be given with --from"));
+    /* the same pixels at any thread count (the bf16 lanes are fixed, as float32's) */
+    assert_int_equal(cu_ddpm(SAMPLE " --out t1.png --precision bf16 --threads 1"), 0);
+    assert_int_equal(cu_ddpm(SAMPLE " --out t3.png --precision bf16 --threads 3"), 0);
+    assert_true(cu_same_pixels("t1.png", "t3.png", 22));
+    assert_true(cu_same_pixels("t1.png", "b.png", 22));
     /* an image of --out-dir carries it too */
     assert_int_equal(cu_ddpm(SAMPLE " --no-grid --out-dir each --precision bf16"), 0);
     assert_int_equal(recipe_precision("each/00000.png"), DDPM_PRECISION_BF16);
