@@ -363,6 +363,23 @@ static void group_din(float *restrict din, float beta, const float *restrict dou
     }
 }
 
+/* One group's backward pass over dout and in: channel_sums for each of its Cg
+ * channels into s + c * s_stride (s_stride 4 keeps every channel's sums for
+ * dgamma and dbeta, 0 reuses one set), the group's din sums over the channels
+ * in order, then din when it is wanted. */
+static void group_backward(float *din, float beta, const float *dout, const float *in, const float *gamma,
+                           int Cg, int HW, double mu, double rs, double *s, size_t s_stride)
+{
+    double s1 = 0.0, s2 = 0.0;
+    for (int c = 0; c < Cg; c++) {
+        double *sc = s + (size_t)c * s_stride;
+        channel_sums(dout + (size_t)c * HW, in + (size_t)c * HW, HW, mu, rs, gamma[c], sc);
+        s1 += sc[2], s2 += sc[3];
+    }
+    if (din)
+        group_din(din, beta, dout, in, gamma, Cg, HW, mu, rs, s1, s2);
+}
+
 /* The backward keeps per-(image, channel) sums in double until dgamma and dbeta add
  * them over the images in order: GN_SUMS doubles on the stack (no allocation in a
  * layer) hold the running totals of every channel and the four sums of each channel
@@ -397,16 +414,8 @@ void ddpm_groupnorm_backward(float *din, float beta, float *dgamma, float *dbeta
             for (int u = 0; u < nb * G; u++) {
                 const int bg = b0 * G + u, g = bg % G;
                 const size_t base = ((size_t)bg * Cg) * (size_t)HW; /* (b C + g Cg) HW */
-                const double mu = mean[bg], rs = rstd[bg];
-                double *s = sums + 4 * (size_t)u * Cg, s1 = 0.0, s2 = 0.0;
-                for (int c = 0; c < Cg; c++) {
-                    const size_t off = base + (size_t)c * HW;
-                    channel_sums(dout + off, in + off, HW, mu, rs, gamma[g * Cg + c], s + 4 * c);
-                    s1 += s[4 * c + 2], s2 += s[4 * c + 3]; /* over the channels in order */
-                }
-                if (din)
-                    group_din(din + base, beta, dout + base, in + base, gamma + g * Cg, Cg, HW, mu, rs, s1,
-                              s2);
+                group_backward(din ? din + base : NULL, beta, dout + base, in + base, gamma + g * Cg, Cg, HW,
+                               mean[bg], rstd[bg], sums + 4 * (size_t)u * Cg, 4);
             }
             if (want_params)
                 for (int b = 0; b < nb; b++)
@@ -429,14 +438,9 @@ void ddpm_groupnorm_backward(float *din, float beta, float *dgamma, float *dbeta
         for (int bg = 0; bg < B * G; bg++) {
             const int g = bg % G;
             const size_t base = ((size_t)bg * Cg) * (size_t)HW;
-            const double mu = mean[bg], rs = rstd[bg];
-            double s[4], s1 = 0.0, s2 = 0.0;
-            for (int c = 0; c < Cg; c++) {
-                const size_t off = base + (size_t)c * HW;
-                channel_sums(dout + off, in + off, HW, mu, rs, gamma[g * Cg + c], s);
-                s1 += s[2], s2 += s[3];
-            }
-            group_din(din + base, beta, dout + base, in + base, gamma + g * Cg, Cg, HW, mu, rs, s1, s2);
+            double s[4];
+            group_backward(din + base, beta, dout + base, in + base, gamma + g * Cg, Cg, HW, mean[bg], rstd[bg],
+                           s, 0);
         }
     }
     if (want_params) {
