@@ -52,12 +52,8 @@ void ddpm_dropout_forward(float *out, uint8_t *mask, const float *in, float p, s
             m[l] = u < p ? 0.0f : keep_scale;
         }
         const size_t i0 = c * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
-        if (len == CHUNK)
-            for (int l = 0; l < CHUNK; l++)
-                out[i0 + l] = in[i0 + l] * m[l];
-        else
-            for (size_t l = 0; l < len; l++)
-                out[i0 + l] = in[i0 + l] * m[l];
+        for (size_t l = 0; l < len; l++)
+            out[i0 + l] = in[i0 + l] * m[l];
         if (mask)
             for (size_t byte = 0; byte < (len + 7) / 8; byte++) {
                 unsigned bits = 0;
