@@ -19,9 +19,11 @@
 # Usage: scripts/bench.sh [--isa native|avx2] [--precision fp32|bf16] [--rounds N]
 #                         [--seconds S] [--threads N] [--models LIST] [--no-torch]
 #   --isa I        native (default) or avx2, as above
-#   --precision P  fp32 (default) or bf16: ddpm's sampling phase with bf16 Winograd
+#   --precision P  fp32 (default) or bf16: ddpm's training and sampling with bf16 Winograd
 #                  products (ddpm bench --precision bf16; needs AVX512_BF16);
-#                  its training phase and PyTorch stay float32
+#                  PyTorch stays float32 (Debian's PyTorch 1.13 under
+#                  torch.autocast("cpu", bfloat16) stops in this network's
+#                  GroupNorm: "expected scalar type BFloat16 but found Float")
 #   --rounds N     ddpm/PyTorch pairs per model (default 3)
 #   --seconds S    timed seconds per phase in each program (default 5)
 #   --threads N    threads for both (default 2)
@@ -111,7 +113,7 @@ model_name() {
 }
 
 echo "Same machine, same invocation; setting $setting."
-[ "$precision" = bf16 ] && echo "ddpm's sampling phase: bf16 Winograd products (--precision bf16); its training phase and PyTorch: float32"
+[ "$precision" = bf16 ] && echo "ddpm: bf16 Winograd products in training and sampling (--precision bf16); PyTorch: float32"
 echo "ddpm binary: $zmm zmm (AVX-512) instructions; load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); threads $threads; $seconds s per phase; $rounds rounds (ddpm, PyTorch alternating)"
 [ "$torch" = 1 ] && echo "PyTorch $("$py" -c 'import torch; print(torch.__version__)')"

@@ -17,6 +17,7 @@ _Static_assert(sizeof(ddpm_schedule_kind) == sizeof(int), "enum size");
 _Static_assert(sizeof(ddpm_lr_schedule) == sizeof(int), "enum size");
 _Static_assert(sizeof(ddpm_loss_kind) == sizeof(int), "enum size");
 _Static_assert(sizeof(ddpm_t_sampling) == sizeof(int), "enum size");
+_Static_assert(sizeof(ddpm_precision) == sizeof(int), "enum size");
 
 /* The modules own their names; these adapt their functions to an int. */
 static const char *prediction_name(int v) { return ddpm_prediction_name((ddpm_prediction)v); }
@@ -25,6 +26,7 @@ static const char *lr_schedule_name(int v) { return ddpm_lr_schedule_name((ddpm_
 static const char *loss_name(int v) { return ddpm_loss_name((ddpm_loss_kind)v); }
 static const char *t_sampling_name(int v) { return ddpm_t_sampling_name((ddpm_t_sampling)v); }
 static const char *class_emb_init_name(int v) { return ddpm_class_emb_init_name((ddpm_class_emb_init)v); }
+static const char *precision_name(int v) { return ddpm_precision_name((ddpm_precision)v); }
 
 #define OFF(field) offsetof(ddpm_run_config, field)
 #define FIXED DDPM_OPT_FIXED
@@ -180,6 +182,13 @@ const ddpm_option ddpm_run_config_options[] = {
              "T 1000: 360 steps of batch 64). With hybrid the whole term (MSE + lambda vlb) is sampled and weighted. "
              "The history is saved in the checkpoint; the logged loss is the weighted estimate",
      .flags = OPTIONAL},
+    {.name = "precision", .metavar = "P", .section = "train", .key = "precision", .type = DDPM_OPT_ENUM,
+     .offset = OFF(precision), .def = DDPM_PRECISION_FP32, .name_of = precision_name, .n_values = 2,
+     .group = "optimiser",
+     .help = "arithmetic of the 3x3 convolutions' products, forward and backward: fp32, or bf16 (products of "
+             "bf16-rounded inputs accumulated in float32, AVX512_BF16 CPUs only; weights, gradients, Adam and "
+             "every other layer stay float32). A resumed run keeps its precision",
+     .flags = FIXED | OPTIONAL | DDPM_OPT_OMIT_DEFAULT},
     {.type = DDPM_OPT_END},
 };
 

@@ -798,7 +798,7 @@ int ddpm_run(const ddpm_run_options *o, const ddpm_run_callbacks *cb, ddpm_run_s
     if (cb->started) {
         ddpm_run_start s = {count,     c->model.in_channels, c->model.image_size, tr->net->n_params, B,
                             r.resume, tr->state.step,       r.stop_step,         r.n_ranks,
-                            tr->micro_batch, &c->model};
+                            tr->micro_batch, &c->model,  c->precision};
         cb->started(cb->ctx, &s);
     }
     ddpm_rng data_rng;

@@ -64,6 +64,10 @@ static int trainer_alloc(ddpm_trainer **out, const ddpm_run_config *cfg, int mic
         rc = ddpm_t_sampling_check(cfg->t_sampling, cfg->loss.kind);
     if (!rc)
         rc = ddpm_unet_workspace_create(&tr->ws, tr->net, tr->micro_batch, 1);
+    if (!rc && ddpm_unet_workspace_set_precision(tr->ws, cfg->precision))
+        rc = ddpm_error(DDPM_EINVAL, "the run trains with precision %s (--precision, kept on --resume), which needs "
+                                     "AVX512_BF16: this build or CPU has none",
+                        ddpm_precision_name(cfg->precision));
     if (rc) {
         ddpm_trainer_free(tr);
         return rc;

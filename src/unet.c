@@ -123,7 +123,7 @@ typedef union {
 
 struct ddpm_unet_workspace {
     int max_batch, training, dropout_applied;
-    ddpm_precision precision; /* of the 3x3 convs' products; float32 in a training workspace */
+    ddpm_precision precision; /* of the Winograd 3x3 convs' products, forward and backward */
     int *labels; /* [max_batch] class-embedding rows of the last forward */
     uint64_t dropout_seed;
     int dropout_first; /* ddpm_dropout_draw.first of the last forward */
@@ -837,9 +837,6 @@ int ddpm_unet_workspace_set_precision(ddpm_unet_workspace *ws, ddpm_precision pr
     }
     if (precision != DDPM_PRECISION_BF16)
         return ddpm_error(DDPM_EINVAL, "unknown precision %d", (int)precision);
-    if (ws->training)
-        return ddpm_error(DDPM_EINVAL, "a training workspace computes in float32 (bf16 is for sampling and "
-                                       "evaluation)");
     if (!ddpm_bf16_available())
         return ddpm_error(DDPM_EINVAL, "bf16 needs AVX512_BF16, which this build or CPU does not have");
     ws->precision = precision;
@@ -1178,8 +1175,8 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
     if (ws->dropout_applied)
         PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->mask, A->s2, B, A->dropout_counter, 1));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(dd2, 0.0f, GRAD(P->conv2_w), GRAD(P->conv2_b), ws->conv_scratch, dout, A->s2,
-                              PARAM(P->conv2_w), B, cout, H, W, cout, 3, 1, 1));
+         ddpm_conv2d_backward_precision(dd2, 0.0f, GRAD(P->conv2_w), GRAD(P->conv2_b), ws->conv_scratch, dout, A->s2,
+                              PARAM(P->conv2_w), B, cout, H, W, cout, 3, 1, 1, ws->precision));
     /* dd2 -> ds2 -> da2, in place */
     if (ws->dropout_applied)
         PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->mask, dd2, B, A->dropout_counter, 1));
@@ -1204,8 +1201,8 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
          ddpm_groupnorm_silu_forward(A->s1, A->a1, A->mean1, A->rstd1, x, PARAM(P->norm1_w), PARAM(P->norm1_b), B, cin,
                                      HW, G, GN_EPS));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(ds1, 0.0f, GRAD(P->conv1_w), GRAD(P->conv1_b), ws->conv_scratch, dh1, A->s1,
-                              PARAM(P->conv1_w), B, cin, H, W, cout, 3, 1, 1));
+         ddpm_conv2d_backward_precision(ds1, 0.0f, GRAD(P->conv1_w), GRAD(P->conv1_b), ws->conv_scratch, dh1, A->s1,
+                              PARAM(P->conv1_w), B, cin, H, W, cout, 3, 1, 1, ws->precision));
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(ds1, 0.0f, ds1, A->a1, n_in)); /* ds1 -> da1 */
     PROF(1, DDPM_PROF_NORM,
          ddpm_groupnorm_backward(dx, 1.0f, GRAD(P->norm1_w), GRAD(P->norm1_b), ds1, x, A->mean1, A->rstd1,
@@ -1274,8 +1271,8 @@ static void up_backward(const ddpm_unet *net, const float *params, float *grads,
     /* the conv's input again: the upsample of the kept input slot */
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_upsample_forward(u, ws->h[m->in_slot], B, m->cin, m->H, m->W));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(du, 0.0f, GRAD(P->conv_w), GRAD(P->conv_b), ws->conv_scratch, ws->dh[m->out_slot], u,
-                              PARAM(P->conv_w), B, m->cin, 2 * m->H, 2 * m->W, m->cin, 3, 1, 1));
+         ddpm_conv2d_backward_precision(du, 0.0f, GRAD(P->conv_w), GRAD(P->conv_b), ws->conv_scratch, ws->dh[m->out_slot], u,
+                              PARAM(P->conv_w), B, m->cin, 2 * m->H, 2 * m->W, m->cin, 3, 1, 1, ws->precision));
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_upsample_backward(ws->dh[m->in_slot], du, B, m->cin, m->H, m->W));
 }
 
@@ -1310,8 +1307,8 @@ void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
          ddpm_groupnorm_silu_forward(ws->head.s, ws->head.a, ws->head.mean, ws->head.rstd, ws->h[p->n_slots - 1],
                                      PARAM(p->p_norm_out_w), PARAM(p->p_norm_out_b), B, c->ch, HW, c->groups, GN_EPS));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(ds, 0.0f, GRAD(p->p_conv_out_w), GRAD(p->p_conv_out_b), ws->conv_scratch, d_eps_pred,
-                              ws->head.s, PARAM(p->p_conv_out_w), B, c->ch, S, S, ddpm_unet_out_channels(c), 3, 1, 1));
+         ddpm_conv2d_backward_precision(ds, 0.0f, GRAD(p->p_conv_out_w), GRAD(p->p_conv_out_b), ws->conv_scratch, d_eps_pred,
+                              ws->head.s, PARAM(p->p_conv_out_w), B, c->ch, S, S, ddpm_unet_out_channels(c), 3, 1, 1, ws->precision));
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(da, 0.0f, ds, ws->head.a, n_head));
     PROF(1, DDPM_PROF_NORM,
          ddpm_groupnorm_backward(ws->dh[p->n_slots - 1], 1.0f, GRAD(p->p_norm_out_w), GRAD(p->p_norm_out_b), da,
@@ -1328,8 +1325,8 @@ void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
     }
     /* conv_in: no gradient for the input image */
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(NULL, 0.0f, GRAD(p->p_conv_in_w), GRAD(p->p_conv_in_b), ws->conv_scratch, ws->dh[0],
-                              ws->time.x, PARAM(p->p_conv_in_w), B, c->in_channels, S, S, c->ch, 3, 1, 1));
+         ddpm_conv2d_backward_precision(NULL, 0.0f, GRAD(p->p_conv_in_w), GRAD(p->p_conv_in_b), ws->conv_scratch, ws->dh[0],
+                              ws->time.x, PARAM(p->p_conv_in_w), B, c->in_channels, S, S, c->ch, 3, 1, 1, ws->precision));
     /* time MLP: temb_act = SiLU(Linear2(SiLU(Linear0(emb)))) */
     const size_t nE = (size_t)B * E;
     cursor = ws->tmp;

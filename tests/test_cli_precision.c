@@ -2,9 +2,11 @@
  * tiny model whose 3x3 convolutions run Winograd (16 and 32 channels) writes a
  * PNG whose recipe says bf16, `ddpm info` prints it and `ddpm sample --from`
  * re-creates it byte for byte; `--precision fp32` gives the bytes of no option;
- * interpolate and eval take the option too; a build or CPU without AVX512_BF16
- * (or DDPM_NO_BF16, which makes ddpm act as one) refuses bf16 on every command
- * with one line and exit code 2 before doing any work. */
+ * interpolate and eval take the option too; `ddpm train --precision bf16` is a
+ * setting of the run (in its checkpoint's config, kept on --resume, the same
+ * bytes at any thread count); a build or CPU without AVX512_BF16 (or
+ * DDPM_NO_BF16, which makes ddpm act as one) refuses bf16 on every command with
+ * one line and exit code 2 before doing any work. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -117,6 +119,61 @@ static void test_interpolate_and_eval_take_the_precision(void **state)
     free(out);
 }
 
+#define TRAIN "train data " TINY " --warmup 0 --lr 1e-2 --preview-n 0 --quiet"
+
+static char *info_of(const char *run)
+{
+    if (cu_ddpm("info %s --json", run) != 0)
+        fail_msg("ddpm info %s failed", run);
+    char *out = cu_slurp("out.txt", NULL);
+    assert_non_null(out);
+    return out;
+}
+
+/* The checkpoints' tensor bytes (weights, EMA, Adam) are the same; the
+ * header, which records the elapsed time, may differ. */
+static int same_tensors(const char *run_a, const char *run_b)
+{
+    char a[600], b[600];
+    snprintf(a, sizeof a, "%s/%s/checkpoint.safetensors", cu_dir, run_a);
+    snprintf(b, sizeof b, "%s/%s/checkpoint.safetensors", cu_dir, run_b);
+    size_t na = 0, nb = 0;
+    unsigned char *ta = tu_checkpoint_tensors(a, &na), *tb = tu_checkpoint_tensors(b, &nb);
+    assert_non_null(ta);
+    assert_non_null(tb);
+    const int same = na == nb && !memcmp(ta, tb, na);
+    free(ta), free(tb);
+    return same;
+}
+
+static void test_train_bf16_is_a_setting_of_the_run(void **state)
+{
+    (void)state;
+    if (!ddpm_bf16_available()) {
+        expect_refused(TRAIN " --out tb --steps 2 --precision bf16", "tb");
+        return;
+    }
+    assert_int_equal(cu_ddpm(TRAIN " --out tb1 --steps 4 --precision bf16 --threads 1"), 0);
+    assert_int_equal(cu_ddpm(TRAIN " --out tb3 --steps 4 --precision bf16 --threads 3"), 0);
+    assert_int_equal(cu_ddpm(TRAIN " --out tf --steps 4 --threads 1"), 0);
+    /* the same tensors at any thread count; not the float32 run's */
+    assert_true(same_tensors("tb1", "tb3"));
+    assert_false(same_tensors("tb1", "tf"));
+    /* the config says bf16; a float32 run's says nothing (older files keep their bytes) */
+    char *out = info_of("tb1");
+    assert_non_null(strstr(out, "\"precision\":\t\"bf16\""));
+    free(out);
+    out = info_of("tf");
+    assert_null(strstr(out, "precision"));
+    free(out);
+    /* --resume keeps it: 2 + 2 steps give the 4-step run's bytes; it cannot be changed */
+    assert_int_equal(cu_ddpm(TRAIN " --out tb2 --steps 2 --precision bf16 --threads 2"), 0);
+    assert_int_equal(cu_ddpm("train data --out tb2 --resume --steps 4 --quiet --threads 2"), 0);
+    assert_true(same_tensors("tb1", "tb2"));
+    assert_int_equal(cu_ddpm("train data --out tb2 --resume --steps 6 --precision fp32 --quiet"), 2);
+    assert_true(cu_stderr_one_line("--precision cannot be changed on --resume"));
+}
+
 /* DDPM_NO_BF16 takes the path of a CPU without AVX512_BF16 on this machine. */
 static void test_bf16_is_refused_without_avx512_bf16_before_any_work(void **state)
 {
@@ -127,9 +184,11 @@ static void test_bf16_is_refused_without_avx512_bf16_before_any_work(void **stat
     expect_refused("eval run data --n 4 --mc 1 --precision bf16", NULL);
     expect_refused("bench --seconds 0.1 " TINY " --precision bf16", NULL);
     /* fp32 stays available */
+    expect_refused("train data --out rt " TINY " --steps 2 --preview-n 0 --quiet --precision bf16", "rt");
     assert_int_equal(cu_ddpm(SAMPLE " --out r32.png --precision fp32"), 0);
-    assert_true(cu_same_bytes("none.png", "r32.png"));
     assert_int_equal(unsetenv("DDPM_NO_BF16"), 0);
+    assert_int_equal(cu_ddpm(SAMPLE " --out rnone.png"), 0);
+    assert_true(cu_same_bytes("rnone.png", "r32.png"));
     /* and a value that is neither */
     assert_int_equal(cu_ddpm(SAMPLE " --out r.png --precision fp16"), 2);
     assert_true(cu_stderr_one_line("'fp16' is not fp32 or bf16"));
@@ -141,6 +200,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sample_bf16_writes_its_precision_into_the_recipe_and_fp32_is_the_default),
         cmocka_unit_test(test_interpolate_and_eval_take_the_precision),
+        cmocka_unit_test(test_train_bf16_is_a_setting_of_the_run),
         cmocka_unit_test(test_bf16_is_refused_without_avx512_bf16_before_any_work),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -176,16 +176,29 @@ static void for_both_tiles(void (*body)(void))
     ddpm_conv3x3_force_tile(0);
 }
 
+/* The precision forward3 and backward3 run in: float32 but while a bf16
+ * wrapper below runs the beta, NULL-gradient and thread-count tests again. */
+static ddpm_precision precision3 = DDPM_PRECISION_FP32;
+
 static void forward3(case3 *c, float *out)
 {
     const shape3 s = c->s;
-    ddpm_conv3x3_forward(out, c->scratch, c->in, c->w, c->bias, s.B, s.Cin, s.H, s.W, s.Cout);
+    if (precision3 == DDPM_PRECISION_FP32)
+        ddpm_conv3x3_forward(out, c->scratch, c->in, c->w, c->bias, s.B, s.Cin, s.H, s.W, s.Cout);
+    else
+        ddpm_conv3x3_forward_precision(out, c->scratch, c->in, c->w, c->bias, s.B, s.Cin, s.H, s.W, s.Cout,
+                                       precision3);
 }
 
 static void backward3(case3 *c, float *din, float beta, float *dw, float *db)
 {
     const shape3 s = c->s;
-    ddpm_conv3x3_backward(din, beta, dw, db, c->scratch, c->dout, c->in, c->w, s.B, s.Cin, s.H, s.W, s.Cout);
+    if (precision3 == DDPM_PRECISION_FP32)
+        ddpm_conv3x3_backward(din, beta, dw, db, c->scratch, c->dout, c->in, c->w, s.B, s.Cin, s.H, s.W,
+                              s.Cout);
+    else
+        ddpm_conv3x3_backward_precision(din, beta, dw, db, c->scratch, c->dout, c->in, c->w, s.B, s.Cin, s.H,
+                                        s.W, s.Cout, precision3);
 }
 
 static void test_conv3x3_forward_matches_direct_convolution_tile(void)
@@ -448,6 +461,38 @@ static const double G4t[6][3] = {{1.0 / 4, 0, 0},
                                  {1.0 / 24, -1.0 / 12, 1.0 / 6},
                                  {0, 0, 1}};
 
+/* Vmag[ci][xi] = |B^T d B| of input tile (ty, tx) of image b, every channel, in
+ * double (BT the tile's B^T, alpha = m + 2). */
+static void input_tile_magnitudes(const case3 *c, int m, double BT[6][6], int b, int ty, int tx, double *Vmag)
+{
+    const shape3 s = c->s;
+    const int a = m + 2;
+    for (int ci = 0; ci < s.Cin; ci++) {
+        double d[6][6], t[6][6];
+        for (int i = 0; i < a; i++)
+            for (int j = 0; j < a; j++) {
+                const int y = m * ty - 1 + i, x = m * tx - 1 + j;
+                d[i][j] = y < 0 || y >= s.H || x < 0 || x >= s.W
+                              ? 0.0
+                              : c->in[(((size_t)b * s.Cin + ci) * s.H + y) * s.W + x];
+            }
+        for (int i = 0; i < a; i++)
+            for (int j = 0; j < a; j++) {
+                double sum = 0.0;
+                for (int k = 0; k < a; k++)
+                    sum += BT[i][k] * d[k][j];
+                t[i][j] = sum;
+            }
+        for (int i = 0; i < a; i++)
+            for (int j = 0; j < a; j++) {
+                double sum = 0.0;
+                for (int k = 0; k < a; k++)
+                    sum += t[i][k] * BT[j][k];
+                Vmag[(size_t)ci * 36 + i * a + j] = fabs(sum);
+            }
+    }
+}
+
 /* bound[o] = |A^T| (sum_ci |U| |V|) |A| for every output o of the case, with the
  * F(m x m, 3x3) tiles of ddpm_conv3x3 (tile (ty, tx) reads rows m ty - 1 ..). */
 static double *bf16_bound(const case3 *c, int m)
@@ -481,30 +526,7 @@ static double *bf16_bound(const case3 *c, int m)
     for (int b = 0; b < s.B; b++)
         for (int ty = 0; ty < TH; ty++)
             for (int tx = 0; tx < TW; tx++) {
-                for (int ci = 0; ci < s.Cin; ci++) {
-                    double d[6][6], t[6][6];
-                    for (int i = 0; i < a; i++)
-                        for (int j = 0; j < a; j++) {
-                            const int y = m * ty - 1 + i, x = m * tx - 1 + j;
-                            d[i][j] = y < 0 || y >= s.H || x < 0 || x >= s.W
-                                          ? 0.0
-                                          : c->in[(((size_t)b * s.Cin + ci) * s.H + y) * s.W + x];
-                        }
-                    for (int i = 0; i < a; i++)
-                        for (int j = 0; j < a; j++) {
-                            double sum = 0.0;
-                            for (int k = 0; k < a; k++)
-                                sum += BT[i][k] * d[k][j];
-                            t[i][j] = sum;
-                        }
-                    for (int i = 0; i < a; i++)
-                        for (int j = 0; j < a; j++) {
-                            double sum = 0.0;
-                            for (int k = 0; k < a; k++)
-                                sum += t[i][k] * BT[j][k];
-                            Vmag[(size_t)ci * 36 + i * a + j] = fabs(sum);
-                        }
-                }
+                input_tile_magnitudes(c, m, BT, b, ty, tx, Vmag);
                 for (int co = 0; co < s.Cout; co++) {
                     double M[36] = {0};
                     for (int ci = 0; ci < s.Cin; ci++)
@@ -623,6 +645,187 @@ static void test_conv3x3_bf16_forward_is_identical_for_one_two_and_three_threads
     for_both_tiles_bf16(test_conv3x3_bf16_forward_is_identical_for_one_two_and_three_threads_tile);
 }
 
+/* ---- the bf16 backward -----------------------------------------------------------
+ * ddpm_conv3x3_backward_precision(..., DDPM_PRECISION_BF16). din is the bf16
+ * forward's chain run on dout with the filters rotated by 180 degrees and Cin,
+ * Cout swapped, so its bound is bf16_bound of that forward (a case whose input
+ * is dout and whose weights are the rotated ones). dweight = G^T dU G with
+ * dU[xi][ci][co] = sum over tiles of V[xi][ci] M[xi][co], whose inputs are
+ * rounded to bf16: each product is off by at most (2u + u^2) |V| |M| and the
+ * float32 sum over the tiles (nt per unit) adds (nt + 2) 2^-24 of sum |V| |M|,
+ * carried to dweight by |G^T| . |G|:
+ *     |bf16 - fp32| <= e sum_xi |G[i][kh]| |G[j][kw]| sum_t |V_t[xi][ci]| |M_t[xi][co]|,
+ * with M = A^T-transpose dy A^T of each output tile (the transpose of the
+ * forward's output transform), in double here. Measured worst |bf16 - double
+ * reference| / (e x bound) over these shapes, both tiles (2026-12-07): din 0.06
+ * to 0.31, dweight 0.04 to 0.24. Pairing tile t of V with tile t + 1 of M, or
+ * dropping an odd unit's last tile, fails it. */
+
+/* the weights of din's forward: w'[ci][co][kh][kw] = w[co][ci][2 - kh][2 - kw] */
+static float *rotated_weights(const case3 *c)
+{
+    const shape3 s = c->s;
+    float *r = tu_alloc(c->n_w);
+    for (int co = 0; co < s.Cout; co++)
+        for (int ci = 0; ci < s.Cin; ci++)
+            for (int k = 0; k < 9; k++)
+                r[((size_t)ci * s.Cout + co) * 9 + k] = c->w[((size_t)co * s.Cin + ci) * 9 + 8 - k];
+    return r;
+}
+
+/* bound[(co ci kh kw)] = sum_xi |G[i][kh]| |G[j][kw]| sum_t |V_t[xi][ci]| |M_t[xi][co]|
+ * (see above) for the F(m x m, 3x3) tiles of ddpm_conv3x3. */
+static double *bf16_dw_bound(const case3 *c, int m)
+{
+    const shape3 s = c->s;
+    const int a = m + 2, TH = (s.H + m - 1) / m, TW = (s.W + m - 1) / m;
+    double BT[6][6], AT[4][6], G[6][3];
+    for (int i = 0; i < a; i++) {
+        for (int j = 0; j < a; j++)
+            BT[i][j] = m == 2 ? BT2[i][j] : BT4[i][j];
+        for (int j = 0; j < 3; j++)
+            G[i][j] = fabs(m == 2 ? G2t[i][j] : G4t[i][j]);
+    }
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < a; j++)
+            AT[i][j] = m == 2 ? AT2[i][j] : AT4[i][j];
+    double *S = dalloc((size_t)s.Cout * s.Cin * 36);
+    double *Vmag = dalloc((size_t)s.Cin * 36), *Mmag = dalloc((size_t)s.Cout * 36);
+    for (int b = 0; b < s.B; b++)
+        for (int ty = 0; ty < TH; ty++)
+            for (int tx = 0; tx < TW; tx++) {
+                input_tile_magnitudes(c, m, BT, b, ty, tx, Vmag);
+                for (int co = 0; co < s.Cout; co++) {
+                    double dy[4][4];
+                    for (int i = 0; i < m; i++)
+                        for (int j = 0; j < m; j++) {
+                            const int y = m * ty + i, x = m * tx + j;
+                            dy[i][j] = y >= s.H || x >= s.W
+                                           ? 0.0
+                                           : c->dout[(((size_t)b * s.Cout + co) * s.H + y) * s.W + x];
+                        }
+                    for (int p = 0; p < a; p++)
+                        for (int q = 0; q < a; q++) {
+                            double sum = 0.0;
+                            for (int i = 0; i < m; i++)
+                                for (int j = 0; j < m; j++)
+                                    sum += AT[i][p] * dy[i][j] * AT[j][q];
+                            Mmag[(size_t)co * 36 + p * a + q] = fabs(sum);
+                        }
+                }
+                for (int co = 0; co < s.Cout; co++)
+                    for (int ci = 0; ci < s.Cin; ci++)
+                        for (int xi = 0; xi < a * a; xi++)
+                            S[((size_t)co * s.Cin + ci) * 36 + xi] +=
+                                Vmag[(size_t)ci * 36 + xi] * Mmag[(size_t)co * 36 + xi];
+            }
+    double *bound = dalloc(c->n_w);
+    for (int co = 0; co < s.Cout; co++)
+        for (int ci = 0; ci < s.Cin; ci++)
+            for (int kh = 0; kh < 3; kh++)
+                for (int kw = 0; kw < 3; kw++) {
+                    double sum = 0.0;
+                    for (int i = 0; i < a; i++)
+                        for (int j = 0; j < a; j++)
+                            sum += G[i][kh] * G[j][kw] * S[((size_t)co * s.Cin + ci) * 36 + i * a + j];
+                    bound[((size_t)co * s.Cin + ci) * 9 + kh * 3 + kw] = sum;
+                }
+    free(S), free(Vmag), free(Mmag);
+    return bound;
+}
+
+static void backward3_bf16(case3 *c, float *din, float beta, float *dw, float *db)
+{
+    const shape3 s = c->s;
+    ddpm_conv3x3_backward_precision(din, beta, dw, db, c->scratch, c->dout, c->in, c->w, s.B, s.Cin, s.H, s.W,
+                                    s.Cout, DDPM_PRECISION_BF16);
+}
+
+/* din (beta 0 over garbage; beta 1 onto a prefill for one shape), dweight and
+ * dbias (onto a prefill) within the bounds above of the double reference, and
+ * not the float32 bytes; the float32 backward's bytes where bf16 is not
+ * available. */
+static void test_conv3x3_bf16_backward_is_within_bf16_rounding_tile(void)
+{
+    for (size_t k = 0; k < N_SHAPES; k++) {
+        case3 c;
+        case_init(&c, shapes[k], 900 + 10 * k);
+        const shape3 s = c.s;
+        const float beta = k == 1 ? 1.0f : 0.0f;
+        float *din = tu_alloc(c.n_in), *dw = tu_alloc(c.n_w), *db = tu_alloc((size_t)s.Cout);
+        float *din0 = tu_alloc(c.n_in), *dw0 = tu_alloc(c.n_w), *db0 = tu_alloc((size_t)s.Cout);
+        float *din32 = tu_alloc(c.n_in), *dw32 = tu_alloc(c.n_w), *db32 = tu_alloc((size_t)s.Cout);
+        if (beta == 0.0f)
+            for (size_t i = 0; i < c.n_in; i++)
+                din0[i] = 1e30f;
+        else
+            tu_fill_uniform(din0, c.n_in, 5, -1.0f, 1.0f);
+        tu_fill_uniform(dw0, c.n_w, 7, -1.0f, 1.0f);
+        tu_fill_uniform(db0, (size_t)s.Cout, 8, -1.0f, 1.0f);
+        memcpy(din, din0, c.n_in * sizeof(float)), memcpy(din32, din0, c.n_in * sizeof(float));
+        memcpy(dw, dw0, c.n_w * sizeof(float)), memcpy(dw32, dw0, c.n_w * sizeof(float));
+        memcpy(db, db0, (size_t)s.Cout * sizeof(float)), memcpy(db32, db0, (size_t)s.Cout * sizeof(float));
+        backward3(&c, din32, beta, dw32, db32);
+        backward3_bf16(&c, din, beta, dw, db);
+        assert_canary_intact(&c);
+        if (!ddpm_bf16_available()) {
+            assert_memory_equal(din, din32, c.n_in * sizeof(float));
+            assert_memory_equal(dw, dw32, c.n_w * sizeof(float));
+            assert_memory_equal(db, db32, (size_t)s.Cout * sizeof(float));
+        } else {
+            case_reference(&c);
+            /* din: the bound of its forward, on dout with the rotated weights */
+            case3 t = c;
+            t.s = (shape3){s.B, s.Cout, s.H, s.W, s.Cin};
+            t.in = c.dout;
+            t.w = rotated_weights(&c);
+            t.n_out = c.n_in;
+            double *bound = bf16_bound(&t, bf16_tile);
+            const double e_in = 2 * BF16_U + BF16_U * BF16_U + (s.Cout + 2) * ldexp(1.0, -24);
+            for (size_t i = 0; i < c.n_in; i++)
+                c.din_mag[i] += e_in * bound[i] / REL_TOL + (beta != 0.0f ? 1.0 : 0.0);
+            expect_close("bf16 din", &s, din, beta != 0.0f ? din0 : NULL, c.din_ref, c.din_mag, c.n_in);
+            free(bound), free(t.w);
+            /* dweight: e x the bound above, the prefill's rounding as the float32 test */
+            bound = bf16_dw_bound(&c, bf16_tile);
+            const long tiles =
+                (long)((s.H + bf16_tile - 1) / bf16_tile) * ((s.W + bf16_tile - 1) / bf16_tile);
+            const double e_w = 2 * BF16_U + BF16_U * BF16_U + (s.B * tiles + 2) * ldexp(1.0, -24);
+            for (size_t i = 0; i < c.n_w; i++)
+                c.dw_mag[i] += 1.0 + e_w * bound[i] / REL_TOL;
+            expect_close("bf16 dweight", &s, dw, dw0, c.dw_ref, c.dw_mag, c.n_w);
+            free(bound);
+            /* dbias sums dout in float32 on both paths */
+            assert_memory_equal(db, db32, (size_t)s.Cout * sizeof(float));
+            if (s.Cin > 1 && s.Cout > 1 &&
+                (!memcmp(din, din32, c.n_in * sizeof(float)) || !memcmp(dw, dw32, c.n_w * sizeof(float))))
+                fail_msg("the bf16 backward gave the float32 bytes (B %d Cin %d %dx%d Cout %d)", s.B, s.Cin,
+                         s.H, s.W, s.Cout);
+        }
+        free(din), free(dw), free(db), free(din0), free(dw0), free(db0), free(din32), free(dw32), free(db32);
+        case_free(&c);
+    }
+}
+
+static void test_conv3x3_bf16_backward_is_within_bf16_rounding(void **state)
+{
+    (void)state;
+    for_both_tiles_bf16(test_conv3x3_bf16_backward_is_within_bf16_rounding_tile);
+}
+
+/* The beta, NULL-gradient and thread-count tests above, with the bf16
+ * products (forward and backward): accumulate or overwrite, each gradient alone
+ * the bytes of all together, the same bytes for 1, 2 and 3 threads. */
+static void test_conv3x3_bf16_beta_null_gradients_and_threads(void **state)
+{
+    (void)state;
+    precision3 = DDPM_PRECISION_BF16;
+    for_both_tiles(test_conv3x3_backward_beta_accumulates_or_overwrites_tile);
+    for_both_tiles(test_conv3x3_backward_null_gradients_are_skipped_tile);
+    for_both_tiles(test_conv3x3_is_identical_for_one_two_and_three_threads_tile);
+    precision3 = DDPM_PRECISION_FP32;
+}
+
 /* ddpm_bf16_available says what the build has: 0 without __AVX512BF16__ (the
  * -march=haswell build of tests/haswell_ops.sh), else what the CPU says. */
 static void test_bf16_available_matches_the_build(void **state)
@@ -647,6 +850,8 @@ int main(void)
         cmocka_unit_test(test_conv3x3_runs_the_instruction_set_it_was_compiled_for),
         cmocka_unit_test(test_conv3x3_bf16_forward_is_within_bf16_rounding),
         cmocka_unit_test(test_conv3x3_bf16_forward_is_identical_for_one_two_and_three_threads),
+        cmocka_unit_test(test_conv3x3_bf16_backward_is_within_bf16_rounding),
+        cmocka_unit_test(test_conv3x3_bf16_beta_null_gradients_and_threads),
         cmocka_unit_test(test_bf16_available_matches_the_build),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

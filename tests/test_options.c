@@ -127,7 +127,7 @@ static void test_every_option_round_trips_through_the_checkpoint_config(void **s
     c.optim.eps = 1e-7f, c.optim.clip = 2.5f, c.optim.ema_decay = 0.99f, c.flip = 1;
     c.seed = 9223372036854775813ull; /* above 2^53: a double would round it */
     c.loss.kind = DDPM_LOSS_HYBRID, c.loss.snr_gamma = 5, c.loss.vlb_weight = 0.01f, c.cond_drop = 0.25f;
-    c.t_sampling = DDPM_T_IMPORTANCE;
+    c.t_sampling = DDPM_T_IMPORTANCE, c.precision = DDPM_PRECISION_BF16;
     assert_int_equal(ddpm_run_config_check(&c), 0);
     for (const ddpm_option *o = ddpm_run_config_options; o->type != DDPM_OPT_END; o++)
         if (same_value(o, &c, &d))

@@ -32,10 +32,12 @@ double ddpm_sum_fixed(const float *x, size_t n);
  * stride-1 pad-1 convs with >= 16 input and output channels run ddpm_conv3x3
  * (Winograd) instead. */
 size_t ddpm_conv2d_scratch_floats(int B, int Cin, int H, int W, int Cout, int K, int S, int P);
-/* The arithmetic of a forward-only convolution's products: float32 (every
- * training and backward pass), or bf16 inputs with float32 accumulation (the
- * Winograd forward only; see ddpm_conv3x3_forward_precision). */
+/* The arithmetic of the Winograd convolutions' products: float32, or bf16
+ * inputs with float32 accumulation (ddpm_conv3x3_forward_precision,
+ * ddpm_conv3x3_backward_precision). */
 typedef enum { DDPM_PRECISION_FP32 = 0, DDPM_PRECISION_BF16 = 1 } ddpm_precision;
+/* "fp32", "bf16"; NULL for any other value. */
+const char *ddpm_precision_name(ddpm_precision p);
 /* ddpm_conv2d_forward with the products of 3x3 stride-1 convs that run on
  * ddpm_conv3x3 in `precision`; every other conv (im2col + sgemm) stays float32. */
 void ddpm_conv2d_forward_precision(float *out, float *scratch, const float *in, const float *weight,
@@ -48,6 +50,12 @@ void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const floa
 void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
                           const float *dout, const float *in, const float *weight, int B,
                           int Cin, int H, int W, int Cout, int K, int S, int P);
+/* ddpm_conv2d_backward with the products of the convs that run on ddpm_conv3x3
+ * in `precision` (ddpm_conv3x3_backward_precision); the others stay float32. */
+void ddpm_conv2d_backward_precision(float *din, float beta, float *dweight, float *dbias, float *scratch,
+                                    const float *dout, const float *in, const float *weight, int B,
+                                    int Cin, int H, int W, int Cout, int K, int S, int P,
+                                    ddpm_precision precision);
 
 /* ---- 3x3 convolution, stride 1, padding 1 (src/ops/conv3x3.c) ---------------
  * The same op as ddpm_conv2d with K = 3, S = 1, P = 1 (Ho = H, Wo = W), computed
@@ -75,7 +83,17 @@ void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias,
 void ddpm_conv3x3_forward_precision(float *out, float *scratch, const float *in, const float *weight,
                                     const float *bias, int B, int Cin, int H, int W, int Cout,
                                     ddpm_precision precision);
-/* 1 when this build has the bf16 forward (compiled with __AVX512BF16__) and the
+/* ddpm_conv3x3_backward, with DDPM_PRECISION_BF16: both of its products in
+ * bf16 with float32 accumulation: din's (the forward's chain on dout, as
+ * ddpm_conv3x3_forward_precision) and dU = V^T M's, whose V and M are rounded
+ * to bf16 in pairs of tiles (the sum over tiles runs two tiles per
+ * instruction). The lane sums, the weight-gradient transform and the bias
+ * gradient stay float32. Where ddpm_bf16_available() is 0 it is the float32
+ * backward. Same scratch; results do not depend on the thread count. */
+void ddpm_conv3x3_backward_precision(float *din, float beta, float *dweight, float *dbias, float *scratch,
+                                     const float *dout, const float *in, const float *weight, int B,
+                                     int Cin, int H, int W, int Cout, ddpm_precision precision);
+/* 1 when this build has the bf16 products (compiled with __AVX512BF16__) and the
  * CPU running it has AVX512_BF16, else 0. */
 int ddpm_bf16_available(void);
 /* The output tile m of F(m x m, 3x3): 2 or 4 forces it, 0 (default) chooses by

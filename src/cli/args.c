@@ -97,14 +97,20 @@ int arg_precision(const char *value, ddpm_precision *out)
         cli_error("--precision: '%s' is not fp32 or bf16", value);
         return -1;
     }
-    /* DDPM_NO_BF16 (any value): act as on a CPU without AVX512_BF16, for the tests */
-    if (!ddpm_bf16_available() || getenv("DDPM_NO_BF16")) {
-        cli_error("--precision bf16: this %s has no AVX512_BF16 (bf16 dot products); use --precision fp32",
-                  ddpm_bf16_available() ? "CPU" : "build or CPU");
+    if (arg_bf16_refused())
         return -1;
-    }
     *out = DDPM_PRECISION_BF16;
     return 0;
+}
+
+int arg_bf16_refused(void)
+{
+    /* DDPM_NO_BF16 (any value): act as on a CPU without AVX512_BF16, for the tests */
+    if (ddpm_bf16_available() && !getenv("DDPM_NO_BF16"))
+        return 0;
+    cli_error("--precision bf16: this %s has no AVX512_BF16 (bf16 dot products); use --precision fp32",
+              ddpm_bf16_available() ? "CPU" : "build or CPU");
+    return -1;
 }
 
 int arg_sampler(const char *flag, const char *value, ddpm_sampler_kind *out)

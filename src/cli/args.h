@@ -24,6 +24,9 @@ int arg_var(const char *value, ddpm_var_kind *out);
  * where ddpm_bf16_available() is 0, or when DDPM_NO_BF16 is set (the tests'
  * way to take the path of a CPU without AVX512_BF16). */
 int arg_precision(const char *value, ddpm_precision *out);
+/* 0 where bf16 runs; else -1 after the line arg_precision prints (ddpm train
+ * --precision bf16, parsed by the option table, asks this). */
+int arg_bf16_refused(void);
 #define CLI_HELP_PRECISION                                                                            \
     "  --precision fp32|bf16  arithmetic of the network's Winograd 3x3 convolutions\n"               \
     "                       (default fp32); bf16: their products take bf16 inputs\n"               \

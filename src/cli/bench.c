@@ -62,10 +62,11 @@ static void usage(FILE *f)
 "                       ddpm_conv3x3_forward/_backward alone (Winograd);\n"
 "                       medians of %d repetitions of about --seconds/100 s each\n"
 "  --json               print one JSON object on stdout instead of text\n"
-"  --precision fp32|bf16  arithmetic of the sampling phase's Winograd 3x3\n"
-"                       convolutions (default fp32); the training phase always\n"
-"                       runs in float32. bf16: products of bf16 inputs with\n"
-"                       float32 accumulation (AVX512_BF16 CPUs only)\n"
+"  --precision fp32|bf16  arithmetic of the Winograd 3x3 convolutions' products\n"
+"                       in both phases (as ddpm train --precision and ddpm\n"
+"                       sample --precision; default fp32). bf16: products of\n"
+"                       bf16 inputs with float32 accumulation (AVX512_BF16\n"
+"                       CPUs only)\n"
 CLI_HELP_NO_WARNINGS
 "model (as ddpm train; docs/design.md, The network):\n"
 "  --size S             image side in pixels (default 28)\n"
@@ -421,7 +422,7 @@ typedef struct {
     int do_ops;
     const op_result *ops;
     double train_ips, sample_ips, train_gf, sample_gf;
-    ddpm_precision precision; /* the sampling phase's; training is always float32 */
+    ddpm_precision precision; /* the Winograd convs' products, both phases */
 } bench_results;
 
 static void print_json(const bench_results *r)
@@ -460,7 +461,7 @@ static void print_json(const bench_results *r)
     cJSON_AddNumberToObject(js, "gflops", r->sample_gf);
     cJSON_AddNumberToObject(js, "steps_timed", (double)r->n_sample);
     cJSON_AddStringToObject(js, "precision", r->precision == DDPM_PRECISION_BF16 ? "bf16" : "fp32");
-    cJSON_AddStringToObject(jt, "precision", "fp32");
+    cJSON_AddStringToObject(jt, "precision", r->precision == DDPM_PRECISION_BF16 ? "bf16" : "fp32");
     cJSON *jg = cJSON_AddObjectToObject(o, "sgemm");
     cJSON_AddNumberToObject(jg, "gflops_1024", r->g_square);
     snprintf(list, sizeof list, "%dx%dx%d", r->gm, r->gn, r->gk);
@@ -495,11 +496,11 @@ static void print_text(const bench_results *r)
     printf("setup     batch %d (micro-batch %d), %d threads, %s kernels, %s%s%s\n", r->B, r->micro_batch, r->n_threads,
            ddpm_conv3x3_isa(), r->cfgstr ? r->cfgstr : "OpenBLAS",
            r->coretype ? ", OPENBLAS_CORETYPE=" : "", r->coretype ? r->coretype : "");
-    printf("train     %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (3 x forward FLOPs)\n", r->s_train * 1e3,
-           r->train_ips, r->train_gf);
+    printf("train     %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (3 x forward FLOPs%s)\n", r->s_train * 1e3,
+           r->train_ips, r->train_gf, r->precision == DDPM_PRECISION_BF16 ? "; Winograd convs in bf16" : "");
     printf("sample    %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (one forward, no dropout%s)\n",
            r->s_sample * 1e3, r->sample_ips, r->sample_gf,
-           r->precision == DDPM_PRECISION_BF16 ? "; Winograd convs in bf16, training stays fp32" : "");
+           r->precision == DDPM_PRECISION_BF16 ? "; Winograd convs in bf16" : "");
     printf("sgemm     %7.1f GFLOP/s at 1024^3, %.1f GFLOP/s at %dx%dx%d (model shape)\n", r->g_square, r->g_model,
            r->gm, r->gn, r->gk);
     printf("ratio     train %.2f, sample %.2f of sgemm 1024^3\n", r->train_gf / r->g_square, r->sample_gf / r->g_square);
@@ -525,7 +526,6 @@ int cmd_bench(int argc, char **argv)
     ddpm_run_config_default(&cfg);
     cfg.batch = 64;
     int threads = 0, micro_batch = 0, opt, bad = 0, do_profile = 0, do_ops = 0, json = 0, longindex = 0;
-    ddpm_precision precision = DDPM_PRECISION_FP32;
     double seconds = 10;
     opterr = 0;
     optind = 1;
@@ -540,7 +540,7 @@ int cmd_bench(int argc, char **argv)
         case O_PROFILE: do_profile = 1; break;
         case O_OPS: do_ops = 1; break;
         case O_JSON: json = 1; break;
-        case O_PRECISION: bad |= arg_precision(optarg, &precision); break;
+        case O_PRECISION: bad |= arg_precision(optarg, &cfg.precision); break;
         case O_MODEL:
             bad |= arg_model_flag(longopts[longindex].name, optarg, &cfg) != 0;
             break;
@@ -568,7 +568,7 @@ int cmd_bench(int argc, char **argv)
     if (!rc)
         rc = ddpm_unet_workspace_create(&fws, tr->net, B, 0);
     if (!rc)
-        rc = ddpm_unet_workspace_set_precision(fws, precision);
+        rc = ddpm_unet_workspace_set_precision(fws, cfg.precision);
     if (!rc) {
         x0 = ddpm_malloc((size_t)B * D, sizeof(float));
         xs = ddpm_malloc((size_t)B * D, sizeof(float));
@@ -641,7 +641,7 @@ int cmd_bench(int argc, char **argv)
 
     bench_results res = {m, tr->net->n_params, flops, B, tr->micro_batch, n_threads, cfgstr, coretype, s_train,
                          s_sample, n_train, n_sample, g_square, g_model, gm, gn, gk, rss_mb, do_profile, &ptrain,
-                         &psample, do_ops, ops, train_ips, sample_ips, train_gf, sample_gf, precision};
+                         &psample, do_ops, ops, train_ips, sample_ips, train_gf, sample_gf, cfg.precision};
     if (json)
         print_json(&res);
     else

@@ -66,8 +66,9 @@ static void on_started(void *ctx, const ddpm_run_start *s)
     char mult[64], attn[64];
     ddpm_format_int_list(mult, sizeof mult, s->model->ch_mult, s->model->n_levels);
     ddpm_format_int_list(attn, sizeof attn, s->model->attn_res, s->model->n_attn);
-    fprintf(stderr, "ddpm: model --ch %d --ch-mult %s --attn '%s' --groups %d --res-blocks %d --dropout %g\n",
-            s->model->ch, mult, attn, s->model->groups, s->model->num_res_blocks, s->model->dropout);
+    fprintf(stderr, "ddpm: model --ch %d --ch-mult %s --attn '%s' --groups %d --res-blocks %d --dropout %g%s\n",
+            s->model->ch, mult, attn, s->model->groups, s->model->num_res_blocks, s->model->dropout,
+            s->precision == DDPM_PRECISION_BF16 ? " --precision bf16" : "");
     if (s->resumed)
         fprintf(stderr, "ddpm: continuing from step %ld\n", s->start_step);
 }
@@ -349,6 +350,8 @@ static int check_flags(const ddpm_run_options *o, const char *fixed_given, int l
         cli_error("train: --%s cannot be changed on --resume (the run's config is in its checkpoint)", fixed_given);
         return DDPM_EXIT_USAGE;
     }
+    if (!o->resume && o->cfg.precision == DDPM_PRECISION_BF16 && arg_bf16_refused())
+        return DDPM_EXIT_USAGE;
     if (!o->resume && (ddpm_loss_config_check(&o->cfg.loss, o->cfg.model.prediction, o->cfg.model.learn_sigma) ||
                        ddpm_t_sampling_check(o->cfg.t_sampling, o->cfg.loss.kind))) {
         cli_error("train: %s", ddpm_last_error());

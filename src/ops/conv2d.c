@@ -324,6 +324,18 @@ static void backward_unit(const geometry *g, float *din, float beta, float *dw_l
     }
 }
 
+void ddpm_conv2d_backward_precision(float *din, float beta, float *dweight, float *dbias, float *scratch,
+                                    const float *dout, const float *in, const float *weight, int B, int Cin,
+                                    int H, int W, int Cout, int K, int S, int P, ddpm_precision precision)
+{
+    if (precision != DDPM_PRECISION_FP32 && use_winograd(Cin, Cout, K, S, P)) {
+        ddpm_conv3x3_backward_precision(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout,
+                                        precision);
+        return;
+    }
+    ddpm_conv2d_backward(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout, K, S, P);
+}
+
 void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
                           const float *dout, const float *in, const float *weight, int B, int Cin, int H,
                           int W, int Cout, int K, int S, int P)

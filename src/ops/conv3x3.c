@@ -297,6 +297,11 @@ static void product(int MR, int M, int N, int K, const float *a, ptrdiff_t a_rs,
 #define HAVE_BF16 0
 #endif
 
+const char *ddpm_precision_name(ddpm_precision p)
+{
+    return p == DDPM_PRECISION_FP32 ? "fp32" : p == DDPM_PRECISION_BF16 ? "bf16" : NULL;
+}
+
 int ddpm_bf16_available(void)
 {
 #if HAVE_BF16
@@ -1017,20 +1022,21 @@ void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const flo
  * output stay float32. */
 #if HAVE_BF16
 static ALWAYS_INLINE void kernel_bf16_body(const int MR, const int NV, int KP, const uint16_t *a,
-                                           ptrdiff_t lda, const uint16_t *b, ptrdiff_t ldb, float *c,
-                                           ptrdiff_t ldc)
+                                           ptrdiff_t a_rs, ptrdiff_t a_ks, const uint16_t *b, ptrdiff_t ldb,
+                                           float *c, ptrdiff_t ldc, int accumulate)
 {
     __m512 acc[MR_MAX][NV_MAX];
     for (int r = 0; r < MR; r++)
         for (int v = 0; v < NV; v++)
-            acc[r][v] = _mm512_setzero_ps();
+            acc[r][v] = accumulate ? _mm512_loadu_ps(c + r * ldc + 16 * v) : _mm512_setzero_ps();
     for (int kp = 0; kp < KP; kp++) {
         __m512bh bv[NV_MAX];
         for (int v = 0; v < NV; v++)
             bv[v] = (__m512bh)_mm512_loadu_si512(b + kp * ldb + 32 * v);
+        const uint16_t *ak = a + kp * a_ks;
         for (int r = 0; r < MR; r++) {
-            uint32_t pair; /* channels 2 kp, 2 kp + 1 of row r */
-            memcpy(&pair, a + r * lda + 2 * kp, sizeof pair);
+            uint32_t pair; /* the pair (k, k + 1) = (2 kp, 2 kp + 1) of row r */
+            memcpy(&pair, ak + r * a_rs, sizeof pair);
             const __m512bh ar = (__m512bh)_mm512_set1_epi32((int)pair);
             for (int v = 0; v < NV; v++)
                 acc[r][v] = _mm512_dpbf16_ps(acc[r][v], ar, bv[v]);
@@ -1042,10 +1048,11 @@ static ALWAYS_INLINE void kernel_bf16_body(const int MR, const int NV, int KP, c
 }
 
 #define DEFINE_KERNEL_BF16(MR, NV)                                                                           \
-    static void kernel_bf16_##MR##x##NV(int KP, const uint16_t *a, ptrdiff_t lda, const uint16_t *b,         \
-                                        ptrdiff_t ldb, float *c, ptrdiff_t ldc)                              \
+    static void kernel_bf16_##MR##x##NV(int KP, const uint16_t *a, ptrdiff_t a_rs, ptrdiff_t a_ks,           \
+                                        const uint16_t *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,           \
+                                        int accumulate)                                                      \
     {                                                                                                        \
-        kernel_bf16_body(MR, NV, KP, a, lda, b, ldb, c, ldc);                                                \
+        kernel_bf16_body(MR, NV, KP, a, a_rs, a_ks, b, ldb, c, ldc, accumulate);                             \
     }
 #define DEFINE_KERNELS_BF16(MR) DEFINE_KERNEL_BF16(MR, 1) DEFINE_KERNEL_BF16(MR, 2)
 DEFINE_KERNELS_BF16(1)
@@ -1063,8 +1070,8 @@ DEFINE_KERNELS_BF16(12)
 #undef DEFINE_KERNELS_BF16
 #undef DEFINE_KERNEL_BF16
 
-typedef void (*kernel_bf16_fn)(int, const uint16_t *, ptrdiff_t, const uint16_t *, ptrdiff_t, float *,
-                               ptrdiff_t);
+typedef void (*kernel_bf16_fn)(int, const uint16_t *, ptrdiff_t, ptrdiff_t, const uint16_t *, ptrdiff_t,
+                               float *, ptrdiff_t, int);
 static const kernel_bf16_fn wide_bf16[MR_FWD + 1] = {NULL,
                                                      kernel_bf16_1x2,
                                                      kernel_bf16_2x2,
@@ -1092,20 +1099,21 @@ static const kernel_bf16_fn tail_bf16[MR_FWD + 1] = {NULL,
                                                      kernel_bf16_11x1,
                                                      kernel_bf16_12x1};
 
-/* C [M, N] = A [M, 2 KP] x B, A bf16 rows of lda values, B bf16 [KP][N][2],
- * N a multiple of 16, C row-major with ldc. */
-static void product_bf16(int M, int N, int KP, const uint16_t *a, ptrdiff_t lda, const uint16_t *b, float *c,
-                         ptrdiff_t ldc)
+/* C [M, N] (+)= A [M, 2 KP] x B: the pair (A(r, 2 kp), A(r, 2 kp + 1)) is the
+ * 32-bit word at a + r*a_rs + kp*a_ks (uint16_t units), B bf16 [KP][N][2], N a
+ * multiple of 16, C row-major with ldc. */
+static void product_bf16(int M, int N, int KP, const uint16_t *a, ptrdiff_t a_rs, ptrdiff_t a_ks,
+                         const uint16_t *b, float *c, ptrdiff_t ldc, int accumulate)
 {
     for (int r0 = 0; r0 < M; r0 += MR_FWD) {
         const int mr = M - r0 < MR_FWD ? M - r0 : MR_FWD;
-        const uint16_t *ar = a + r0 * lda;
+        const uint16_t *ar = a + r0 * a_rs;
         float *cr = c + r0 * ldc;
         int n0 = 0;
         for (; n0 + 32 <= N; n0 += 32)
-            wide_bf16[mr](KP, ar, lda, b + 2 * n0, 2 * (ptrdiff_t)N, cr + n0, ldc);
+            wide_bf16[mr](KP, ar, a_rs, a_ks, b + 2 * n0, 2 * (ptrdiff_t)N, cr + n0, ldc, accumulate);
         if (n0 < N)
-            tail_bf16[mr](KP, ar, lda, b + 2 * n0, 2 * (ptrdiff_t)N, cr + n0, ldc);
+            tail_bf16[mr](KP, ar, a_rs, a_ks, b + 2 * n0, 2 * (ptrdiff_t)N, cr + n0, ldc, accumulate);
     }
 }
 
@@ -1115,47 +1123,59 @@ static uint16_t *bf16_weights(const geometry *g, float *scratch)
     return (uint16_t *)(scratch + g->u_floats + (size_t)g->n_lanes * g->lane_floats);
 }
 
-/* Ub [n_xi][Cin_p/2][Cout_p][2] = U [n_xi][Cin_p][Cout_p] rounded to bf16 (nearest
- * even): Ub[xi][kp][co] holds (U[xi][2 kp][co], U[xi][2 kp + 1][co]), low half
- * first, as _mm512_dpbf16_ps pairs them with a broadcast (V[2 kp], V[2 kp + 1]). */
-static void weights_to_bf16(uint16_t *Ub, const float *U, const geometry *g)
+/* Pairs of rows rounded to bf16 (nearest even): d [ceil(n/2)][C][2] from s [n][C]
+ * (C a multiple of 16), d[kp][c] = (s[2 kp][c], s[2 kp + 1][c]), low half first,
+ * as _mm512_dpbf16_ps pairs them; an odd n's last pair has a zero high half. d
+ * may be s itself: pair kp is written over s's row kp, which pairs < kp have
+ * already read. */
+static void pair_rows(uint16_t *d, const float *s, long n, int C)
 {
-    const long n_pairs = (long)g->n_xi * (g->Cin_p / 2);
-    const int Co_p = g->Cout_p;
-#pragma omp parallel for schedule(static) if (n_pairs * Co_p > 32768 && !omp_in_parallel())
-    for (long row = 0; row < n_pairs; row++) {
-        const float *u0 = U + (size_t)(2 * row) * Co_p, *u1 = u0 + Co_p;
-        uint16_t *d = Ub + (size_t)row * Co_p * 2;
-        for (int co = 0; co < Co_p; co += 16) {
-            const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(u0 + co)));
-            const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(u1 + co)));
-            _mm512_storeu_si512(d + 2 * co, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    for (long kp = 0; kp < (n + 1) / 2; kp++) {
+        const float *s0 = s + (size_t)(2 * kp) * C, *s1 = s0 + C;
+        uint16_t *dk = d + (size_t)kp * C * 2;
+        for (int c = 0; c < C; c += 16) {
+            const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s0 + c)));
+            const __m512i hi =
+                2 * kp + 1 < n ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s1 + c)))
+                               : _mm512_setzero_si512();
+            _mm512_storeu_si512(dk + 2 * c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
         }
     }
 }
 
-/* y [nb, Cout, H, W] = conv(x [nb, Cin, H, W]) + bias with the bf16 products. */
-static void forward_unit_bf16(const geometry *g, const lane_buffers *lb, float *y, const float *x,
-                              const uint16_t *Ub, const float *bias, int nb)
+/* Ub [n_xi][rows_p/2][cols_p][2] = U [n_xi][rows_p][cols_p] in pairs of rows
+ * (pair_rows): Ub[xi][kp][col] holds (U[xi][2 kp][col], U[xi][2 kp + 1][col]),
+ * as the products pair them with a broadcast (V[2 kp], V[2 kp + 1]). */
+static void weights_to_bf16(uint16_t *Ub, const float *U, const geometry *g, int rows_p, int cols_p)
 {
-    const int Ci_p = g->Cin_p, Co_p = g->Cout_p;
+    const long n_pairs = (long)g->n_xi * (rows_p / 2);
+#pragma omp parallel for schedule(static) if (n_pairs * cols_p > 32768 && !omp_in_parallel())
+    for (long row = 0; row < n_pairs; row++)
+        pair_rows(Ub + (size_t)row * cols_p * 2, U + (size_t)(2 * row) * cols_p, 2, cols_p);
+}
+
+/* forward_unit with the bf16 products: y [nb, Co, H, W] (beta, bias as
+ * unpack_plane) = conv(x [nb, Ci, H, W]) with the pair-interleaved weights Ub. */
+static void forward_unit_bf16(const geometry *g, const lane_buffers *lb, float *y, float beta, const float *x,
+                              const uint16_t *Ub, const float *bias, int Ci, int Co, int nb)
+{
+    const int Ci_p = round_up(Ci, 16), Co_p = round_up(Co, 16);
     const int nt = nb * g->tiles;
     const size_t HW = (size_t)g->H * g->W;
     uint16_t *Vb = (uint16_t *)lb->V; /* half of V's floats */
     for (int b = 0; b < nb; b++) {
-        pack_plane(lb->P, x + (size_t)b * g->Cin * HW, g->Cin, Ci_p, g->H, g->W, g->Hp, g->Wp);
+        pack_plane(lb->P, x + (size_t)b * Ci * HW, Ci, Ci_p, g->H, g->W, g->Hp, g->Wp);
         if (g->m == 2)
             input_transform_m(2, 1, Vb, lb->P, g, Ci_p, b * g->tiles);
         else
             input_transform_m(4, 1, Vb, lb->P, g, Ci_p, b * g->tiles);
     }
     for (int xi = 0; xi < g->n_xi; xi++)
-        product_bf16(nt, Co_p, Ci_p / 2, Vb + (size_t)xi * g->Tp * Ci_p, Ci_p, Ub + (size_t)xi * Ci_p * Co_p,
-                     lb->Y + (size_t)xi * g->Tp * Co_p, Co_p);
+        product_bf16(nt, Co_p, Ci_p / 2, Vb + (size_t)xi * g->Tp * Ci_p, Ci_p, 2,
+                     Ub + (size_t)xi * Ci_p * Co_p, lb->Y + (size_t)xi * g->Tp * Co_p, Co_p, 0);
     for (int b = 0; b < nb; b++) {
         output_transform(lb->P, lb->Y, g, Co_p, b * g->tiles);
-        unpack_plane(y + (size_t)b * g->Cout * HW, lb->P, bias, 0.0f, g->Cout, g->H, g->W, g->m * g->TH,
-                     g->m * g->TW);
+        unpack_plane(y + (size_t)b * Co * HW, lb->P, bias, beta, Co, g->H, g->W, g->m * g->TH, g->m * g->TW);
     }
 }
 
@@ -1166,7 +1186,7 @@ static void forward_bf16(float *out, float *scratch, const float *in, const floa
     float *U = scratch;
     weight_transform(&g, U, weight, Cin, Cout, g.Cin_p, g.Cout_p, 9, (ptrdiff_t)Cin * 9, 0);
     uint16_t *Ub = bf16_weights(&g, scratch);
-    weights_to_bf16(Ub, U, &g);
+    weights_to_bf16(Ub, U, &g, g.Cin_p, g.Cout_p);
     const size_t in_image = (size_t)Cin * H * W, out_image = (size_t)Cout * H * W;
 #pragma omp parallel for schedule(static, 1) if (lanes_in_parallel(&g))
     for (int lane = 0; lane < g.n_lanes; lane++) {
@@ -1175,8 +1195,8 @@ static void forward_bf16(float *out, float *scratch, const float *in, const floa
         unit_range(&g, lane, &u0, &u1);
         for (int u = u0; u < u1; u++) {
             const int b0 = u * g.nb, nb = B - b0 < g.nb ? B - b0 : g.nb;
-            forward_unit_bf16(&g, &lb, out + (size_t)b0 * out_image, in + (size_t)b0 * in_image, Ub, bias,
-                              nb);
+            forward_unit_bf16(&g, &lb, out + (size_t)b0 * out_image, 0.0f, in + (size_t)b0 * in_image, Ub,
+                              bias, Cin, Cout, nb);
         }
     }
 }
@@ -1198,30 +1218,63 @@ void ddpm_conv3x3_forward_precision(float *out, float *scratch, const float *in,
 
 /* ---- backward ---------------------------------------------------------------------- */
 
-/* dU_lane (+)= sum over the unit's tiles of V^T M (first: overwrite). */
-static void weight_grad_unit(const geometry *g, const lane_buffers *lb, const float *x, const float *dy,
-                             int nb, int first)
+/* V [xi][Tp][Cin_p] and M [xi][Tp][Cout_p] of a unit: the transformed input and
+ * output gradient. */
+static void weight_grad_transforms(const geometry *g, const lane_buffers *lb, const float *x, const float *dy,
+                                   int nb)
 {
     const size_t HW = (size_t)g->H * g->W;
-    const int nt = nb * g->tiles;
     for (int b = 0; b < nb; b++) {
         pack_plane(lb->P, x + (size_t)b * g->Cin * HW, g->Cin, g->Cin_p, g->H, g->W, g->Hp, g->Wp);
         input_transform(lb->V, lb->P, g, g->Cin_p, b * g->tiles);
         pack_plane(lb->P, dy + (size_t)b * g->Cout * HW, g->Cout, g->Cout_p, g->H, g->W, g->Hp, g->Wp);
         grad_transform(lb->M, lb->P, g, g->Cout_p, b * g->tiles);
     }
+}
+
+/* dU_lane (+)= sum over the unit's tiles of V^T M (first: overwrite). */
+static void weight_grad_unit(const geometry *g, const lane_buffers *lb, const float *x, const float *dy,
+                             int nb, int first)
+{
+    const int nt = nb * g->tiles;
+    weight_grad_transforms(g, lb, x, dy, nb);
     for (int xi = 0; xi < g->n_xi; xi++)
         product(MR_DW, g->Cin_p, g->Cout_p, nt, lb->V + (size_t)xi * g->Tp * g->Cin_p, 1, g->Cin_p,
                 lb->M + (size_t)xi * g->Tp * g->Cout_p, g->Cout_p, lb->dU + (size_t)xi * g->Cin_p * g->Cout_p,
                 g->Cout_p, !first);
 }
 
-void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
-                           const float *dout, const float *in, const float *weight, int B, int Cin, int H,
-                           int W, int Cout)
+#if HAVE_BF16
+/* weight_grad_unit with the bf16 products: V and M are rounded to bf16 in pairs
+ * of tiles, in place ([xi][Tp/2][C_p][2], pair_rows), and dU[xi] (+)= V^T M
+ * takes the pair (t, t + 1) of an input channel as one broadcast word. */
+static void weight_grad_unit_bf16(const geometry *g, const lane_buffers *lb, const float *x, const float *dy,
+                                  int nb, int first)
+{
+    const int nt = nb * g->tiles, kp = (nt + 1) / 2;
+    weight_grad_transforms(g, lb, x, dy, nb);
+    for (int xi = 0; xi < g->n_xi; xi++) {
+        float *V = lb->V + (size_t)xi * g->Tp * g->Cin_p, *M = lb->M + (size_t)xi * g->Tp * g->Cout_p;
+        pair_rows((uint16_t *)V, V, nt, g->Cin_p);
+        pair_rows((uint16_t *)M, M, nt, g->Cout_p);
+        product_bf16(g->Cin_p, g->Cout_p, kp, (const uint16_t *)V, 2, 2 * (ptrdiff_t)g->Cin_p,
+                     (const uint16_t *)M, lb->dU + (size_t)xi * g->Cin_p * g->Cout_p, g->Cout_p, !first);
+    }
+}
+#endif
+
+void ddpm_conv3x3_backward_precision(float *din, float beta, float *dweight, float *dbias, float *scratch,
+                                     const float *dout, const float *in, const float *weight, int B, int Cin,
+                                     int H, int W, int Cout, ddpm_precision precision)
 {
     const geometry g = make_geometry(B, Cin, H, W, Cout);
     const size_t HW = (size_t)H * W;
+#if HAVE_BF16
+    const int bf16 = precision == DDPM_PRECISION_BF16 && ddpm_bf16_available();
+#else
+    const int bf16 = 0;
+    (void)precision;
+#endif
 
     if (dbias) {
 #pragma omp parallel for schedule(static) if ((size_t)Cout * HW * B > 32768)
@@ -1240,6 +1293,11 @@ void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias,
      * rows co, columns ci */
     if (din)
         weight_transform(&g, U, weight, Cout, Cin, g.Cout_p, g.Cin_p, (ptrdiff_t)Cin * 9, 9, 1);
+#if HAVE_BF16
+    uint16_t *Ub = bf16_weights(&g, scratch);
+    if (din && bf16)
+        weights_to_bf16(Ub, U, &g, g.Cout_p, g.Cin_p);
+#endif
 
 #pragma omp parallel for schedule(static, 1) if (lanes_in_parallel(&g))
     for (int lane = 0; lane < g.n_lanes; lane++) {
@@ -1248,11 +1306,21 @@ void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias,
         unit_range(&g, lane, &u0, &u1);
         for (int u = u0; u < u1; u++) {
             const int b0 = u * g.nb, nb = B - b0 < g.nb ? B - b0 : g.nb;
-            const float *dy = dout + (size_t)b0 * Cout * HW;
+            const float *dy = dout + (size_t)b0 * Cout * HW, *x = in + (size_t)b0 * Cin * HW;
+            float *dx = din ? din + (size_t)b0 * Cin * HW : NULL;
+#if HAVE_BF16
+            if (bf16) {
+                if (dweight)
+                    weight_grad_unit_bf16(&g, &lb, x, dy, nb, u == u0);
+                if (din)
+                    forward_unit_bf16(&g, &lb, dx, beta, dy, Ub, NULL, Cout, Cin, nb);
+                continue;
+            }
+#endif
             if (dweight)
-                weight_grad_unit(&g, &lb, in + (size_t)b0 * Cin * HW, dy, nb, u == u0);
+                weight_grad_unit(&g, &lb, x, dy, nb, u == u0);
             if (din)
-                forward_unit(&g, &lb, din + (size_t)b0 * Cin * HW, beta, dy, U, NULL, Cout, Cin, nb);
+                forward_unit(&g, &lb, dx, beta, dy, U, NULL, Cout, Cin, nb);
         }
     }
 
@@ -1270,4 +1338,12 @@ void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias,
         }
         weight_grad_transform(&g, dweight, dU0);
     }
+}
+
+void ddpm_conv3x3_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
+                           const float *dout, const float *in, const float *weight, int B, int Cin, int H,
+                           int W, int Cout)
+{
+    ddpm_conv3x3_backward_precision(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout,
+                                    DDPM_PRECISION_FP32);
 }
