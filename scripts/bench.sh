@@ -19,7 +19,7 @@
 # Usage: scripts/bench.sh [--isa native|avx2] [--precision fp32|bf16] [--rounds N]
 #                         [--seconds S] [--threads N] [--models LIST] [--no-torch]
 #   --isa I        native (default) or avx2, as above
-#   --precision P  fp32 (default) or bf16: ddpm's training and sampling with bf16 Winograd
+#   --precision P  fp32 (default) or bf16: ddpm's training and sampling with bf16
 #                  products (ddpm bench --precision bf16; needs AVX512_BF16);
 #                  PyTorch stays float32 (Debian's PyTorch 1.13 under
 #                  torch.autocast("cpu", bfloat16) stops in this network's
@@ -113,7 +113,7 @@ model_name() {
 }
 
 echo "Same machine, same invocation; setting $setting."
-[ "$precision" = bf16 ] && echo "ddpm: bf16 Winograd products in training and sampling (--precision bf16); PyTorch: float32"
+[ "$precision" = bf16 ] && echo "ddpm: bf16 products in training and sampling (--precision bf16); PyTorch: float32"
 echo "ddpm binary: $zmm zmm (AVX-512) instructions; load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); threads $threads; $seconds s per phase; $rounds rounds (ddpm, PyTorch alternating)"
 [ "$torch" = 1 ] && echo "PyTorch $("$py" -c 'import torch; print(torch.__version__)')"

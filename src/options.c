@@ -185,9 +185,9 @@ const ddpm_option ddpm_run_config_options[] = {
     {.name = "precision", .metavar = "P", .section = "train", .key = "precision", .type = DDPM_OPT_ENUM,
      .offset = OFF(precision), .def = DDPM_PRECISION_FP32, .name_of = precision_name, .n_values = 2,
      .group = "optimiser",
-     .help = "arithmetic of the 3x3 convolutions' products, forward and backward: fp32, or bf16 (products of "
-             "bf16-rounded inputs accumulated in float32, AVX512_BF16 CPUs only; weights, gradients, Adam and "
-             "every other layer stay float32). A resumed run keeps its precision",
+     .help = "arithmetic of the convolutions' and attention's products, forward and backward: fp32, or bf16 "
+             "(products of bf16-rounded inputs accumulated in float32, AVX512_BF16 CPUs only; weights, gradients, "
+             "Adam, GroupNorm, SiLU, softmax and the linears stay float32). A resumed run keeps its precision",
      .flags = FIXED | OPTIONAL | DDPM_OPT_OMIT_DEFAULT},
     {.type = DDPM_OPT_END},
 };

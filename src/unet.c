@@ -123,7 +123,7 @@ typedef union {
 
 struct ddpm_unet_workspace {
     int max_batch, training, dropout_applied;
-    ddpm_precision precision; /* of the Winograd 3x3 convs' products, forward and backward */
+    ddpm_precision precision; /* of the convs' and attention's products, forward and backward */
     int *labels; /* [max_batch] class-embedding rows of the last forward */
     uint64_t dropout_seed;
     int dropout_first; /* ddpm_dropout_draw.first of the last forward */
@@ -988,8 +988,8 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
     if (m->has_skip_conv) {
         float *sk = A->s2; /* conv2 has read it */
         PROF(0, DDPM_PROF_CONV,
-             ddpm_conv2d_forward(sk, ws->conv_scratch, x, PARAM(P->skip_w), PARAM(P->skip_b), B, cin, H, W, cout, 1,
-                                 1, 0));
+             ddpm_conv2d_forward_precision(sk, ws->conv_scratch, x, PARAM(P->skip_w), PARAM(P->skip_b), B, cin, H, W, cout, 1,
+                                 1, 0, ws->precision));
         PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(out, out, sk, n_out));
     } else {
         PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(out, out, x, n_out));
@@ -999,7 +999,7 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
 static void conv1x1_forward(ddpm_unet_workspace *ws, float *out, const float *in, const float *w,
                             const float *b, int B, int C, int H, int W)
 {
-    PROF(0, DDPM_PROF_CONV, ddpm_conv2d_forward(out, ws->conv_scratch, in, w, b, B, C, H, W, C, 1, 1, 0));
+    PROF(0, DDPM_PROF_CONV, ddpm_conv2d_forward_precision(out, ws->conv_scratch, in, w, b, B, C, H, W, C, 1, 1, 0, ws->precision));
 }
 
 /* a = GN(x); q, k, v = 1x1 convs of a; h = attention(q, k, v); out = x + proj(h). */
@@ -1017,7 +1017,7 @@ static void attn_forward(const ddpm_unet *net, const float *params, ddpm_unet_wo
     conv1x1_forward(ws, A->q, A->a, PARAM(P->q_w), PARAM(P->q_b), B, C, H, W);
     conv1x1_forward(ws, A->k, A->a, PARAM(P->k_w), PARAM(P->k_b), B, C, H, W);
     conv1x1_forward(ws, A->v, A->a, PARAM(P->v_w), PARAM(P->v_b), B, C, H, W);
-    PROF(0, DDPM_PROF_ATTN, ddpm_attention_forward(A->h, A->w, A->q, A->k, A->v, B, C, N));
+    PROF(0, DDPM_PROF_ATTN, ddpm_attention_forward_precision(A->h, A->w, A->q, A->k, A->v, B, C, N, ws->precision));
     conv1x1_forward(ws, out, A->h, PARAM(P->proj_w), PARAM(P->proj_b), B, C, H, W);
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(out, out, x, (size_t)B * C * N));
 }
@@ -1027,8 +1027,8 @@ static void down_forward(const ddpm_unet *net, const float *params, ddpm_unet_wo
 {
     const module *m = &net->plan->modules[i];
     PROF(0, DDPM_PROF_CONV,
-         ddpm_conv2d_forward(ws->h[m->out_slot], ws->conv_scratch, ws->h[m->in_slot], PARAM(m->p.resample.conv_w),
-                             PARAM(m->p.resample.conv_b), B, m->cin, m->H, m->W, m->cin, 3, 2, 1));
+         ddpm_conv2d_forward_precision(ws->h[m->out_slot], ws->conv_scratch, ws->h[m->in_slot], PARAM(m->p.resample.conv_w),
+                             PARAM(m->p.resample.conv_b), B, m->cin, m->H, m->W, m->cin, 3, 2, 1, ws->precision));
 }
 
 /* u = nearest 2x upsample (x); out = conv3x3 (u) */
@@ -1155,8 +1155,8 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
     /* out = skip(x) + conv2(...) */
     if (m->has_skip_conv)
         PROF(1, DDPM_PROF_CONV,
-             ddpm_conv2d_backward(dx, dx_beta, GRAD(P->skip_w), GRAD(P->skip_b), ws->conv_scratch, dout, x,
-                                  PARAM(P->skip_w), B, cin, H, W, cout, 1, 1, 0));
+             ddpm_conv2d_backward_precision(dx, dx_beta, GRAD(P->skip_w), GRAD(P->skip_b), ws->conv_scratch, dout, x,
+                                  PARAM(P->skip_w), B, cin, H, W, cout, 1, 1, 0, ws->precision));
     else if (A->xcat)
         PROF(1, DDPM_PROF_ELEMENTWISE, memcpy(dx, dout, n_out * sizeof *dx));
     else
@@ -1229,23 +1229,23 @@ static void attn_backward(const ddpm_unet *net, const float *params, float *grad
     float *dx = ws->dh[m->in_slot];
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(dx, dx, dout, (size_t)B * C * N));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(dh, 0.0f, GRAD(P->proj_w), GRAD(P->proj_b), ws->conv_scratch, dout, A->h,
-                              PARAM(P->proj_w), B, C, H, W, C, 1, 1, 0));
+         ddpm_conv2d_backward_precision(dh, 0.0f, GRAD(P->proj_w), GRAD(P->proj_b), ws->conv_scratch, dout, A->h,
+                              PARAM(P->proj_w), B, C, H, W, C, 1, 1, 0, ws->precision));
     PROF(1, DDPM_PROF_ATTN,
-         ddpm_attention_backward(dq, dk, dv, 0.0f, ws->attn_scratch, dh, A->w, A->q, A->k, A->v, B, C, N));
+         ddpm_attention_backward_precision(dq, dk, dv, 0.0f, ws->attn_scratch, dh, A->w, A->q, A->k, A->v, B, C, N, ws->precision));
     /* the 1x1 convs' input again: GN(x); the q conv writes da, k and v add to it */
     PROF(1, DDPM_PROF_NORM,
          ddpm_groupnorm_forward(A->a, A->mean, A->rstd, ws->h[m->in_slot], PARAM(P->norm_w), PARAM(P->norm_b), B, C, N,
                                 net->cfg.groups, GN_EPS));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(da, 0.0f, GRAD(P->q_w), GRAD(P->q_b), ws->conv_scratch, dq, A->a, PARAM(P->q_w), B, C,
-                              H, W, C, 1, 1, 0));
+         ddpm_conv2d_backward_precision(da, 0.0f, GRAD(P->q_w), GRAD(P->q_b), ws->conv_scratch, dq, A->a, PARAM(P->q_w), B, C,
+                              H, W, C, 1, 1, 0, ws->precision));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(da, 1.0f, GRAD(P->k_w), GRAD(P->k_b), ws->conv_scratch, dk, A->a, PARAM(P->k_w), B, C,
-                              H, W, C, 1, 1, 0));
+         ddpm_conv2d_backward_precision(da, 1.0f, GRAD(P->k_w), GRAD(P->k_b), ws->conv_scratch, dk, A->a, PARAM(P->k_w), B, C,
+                              H, W, C, 1, 1, 0, ws->precision));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(da, 1.0f, GRAD(P->v_w), GRAD(P->v_b), ws->conv_scratch, dv, A->a, PARAM(P->v_w), B, C,
-                              H, W, C, 1, 1, 0));
+         ddpm_conv2d_backward_precision(da, 1.0f, GRAD(P->v_w), GRAD(P->v_b), ws->conv_scratch, dv, A->a, PARAM(P->v_w), B, C,
+                              H, W, C, 1, 1, 0, ws->precision));
     PROF(1, DDPM_PROF_NORM,
          ddpm_groupnorm_backward(dx, 1.0f, GRAD(P->norm_w), GRAD(P->norm_b), da, ws->h[m->in_slot], A->mean, A->rstd,
                                  PARAM(P->norm_w), B, C, N, net->cfg.groups));
@@ -1257,9 +1257,9 @@ static void down_backward(const ddpm_unet *net, const float *params, float *grad
     const module *m = &net->plan->modules[i];
     const resample_params *P = &m->p.resample;
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward(ws->dh[m->in_slot], 1.0f, GRAD(P->conv_w), GRAD(P->conv_b), ws->conv_scratch,
+         ddpm_conv2d_backward_precision(ws->dh[m->in_slot], 1.0f, GRAD(P->conv_w), GRAD(P->conv_b), ws->conv_scratch,
                               ws->dh[m->out_slot], ws->h[m->in_slot], PARAM(P->conv_w), B, m->cin, m->H, m->W, m->cin,
-                              3, 2, 1));
+                              3, 2, 1, ws->precision));
 }
 
 static void up_backward(const ddpm_unet *net, const float *params, float *grads, ddpm_unet_workspace *ws, int i,

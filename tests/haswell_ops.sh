@@ -30,7 +30,7 @@ if grep -q 'CMAKE_C_COMPILER_ID "GNU"' "$bin"/CMakeFiles/*/CMakeCCompiler.cmake;
     vector_loop test_ops_silu ddpm_silu_backward._omp_fn.0 vdivps
     vector_loop test_ops_silu ddpm_silu_backward._omp_fn.1 vdivps
     vector_loop test_ops_groupnorm ddpm_groupnorm_silu_forward._omp_fn.0 vdivps
-    vector_loop test_ops_attention ddpm_attention_forward._omp_fn.0 vcvttps2dq
+    vector_loop test_ops_attention ddpm_attention_forward_precision._omp_fn.0 vcvttps2dq
 fi
 for t in $targets; do
     # (grep -c reads to the end: grep -q would stop objdump with SIGPIPE, and

@@ -31,8 +31,8 @@ typedef struct {
     float cond_drop;       /* class-conditional models: probability that an image's
                               label is replaced by "no class" (classifier-free
                               guidance, Ho & Salimans 2022); default 0.1 */
-    ddpm_precision precision; /* the Winograd 3x3 convolutions' products, forward and
-                                 backward (ops.h): fp32 (default) or bf16 */
+    ddpm_precision precision; /* the products of the convolutions and attention,
+                                 forward and backward (ops.h): fp32 (default) or bf16 */
 } ddpm_run_config;
 
 /* The defaults, which are the option table's (options.h): model for 28x28 gray (unet.h; eps prediction, unconditional),

@@ -45,7 +45,7 @@ typedef struct {
     long step;             /* training steps the weights have seen */
     int ema;               /* 1: the EMA weights, 0: the raw ones */
     int ema_missing;       /* EMA asked for, but the file has none: raw weights */
-    ddpm_precision precision; /* the forward's 3x3 convs (ddpm_model_set_precision); FP32 by default */
+    ddpm_precision precision; /* the forward's products (ddpm_model_set_precision); FP32 by default */
     /* the network (NULL for a stub) and its weights */
     const ddpm_unet *net;
     const float *params;
@@ -85,7 +85,7 @@ void ddpm_model_close(ddpm_model *m);
 static inline size_t ddpm_model_D(const ddpm_model *m) { return m->head.D; }
 static inline size_t ddpm_model_out_size(const ddpm_model *m) { return ddpm_head_out_size(&m->head); }
 
-/* Runs the network's Winograd 3x3 convolutions in `precision` from now on
+/* Runs the network's convolutions and attention products in `precision` from now on
  * (ddpm_unet_workspace_set_precision): 0, or DDPM_EINVAL with a message when
  * bf16 is asked of a build or CPU without AVX512_BF16 or of a model that borrows
  * a trainer's workspace. The recipe records a bf16 model's precision. */

@@ -32,14 +32,14 @@ double ddpm_sum_fixed(const float *x, size_t n);
  * stride-1 pad-1 convs with >= 16 input and output channels run ddpm_conv3x3
  * (Winograd) instead. */
 size_t ddpm_conv2d_scratch_floats(int B, int Cin, int H, int W, int Cout, int K, int S, int P);
-/* The arithmetic of the Winograd convolutions' products: float32, or bf16
- * inputs with float32 accumulation (ddpm_conv3x3_forward_precision,
+/* The arithmetic of a layer's products: float32, or bf16 inputs with float32
+ * accumulation (ddpm_gemm, ddpm_conv3x3_forward_precision,
  * ddpm_conv3x3_backward_precision). */
 typedef enum { DDPM_PRECISION_FP32 = 0, DDPM_PRECISION_BF16 = 1 } ddpm_precision;
 /* "fp32", "bf16"; NULL for any other value. */
 const char *ddpm_precision_name(ddpm_precision p);
-/* ddpm_conv2d_forward with the products of 3x3 stride-1 convs that run on
- * ddpm_conv3x3 in `precision`; every other conv (im2col + sgemm) stays float32. */
+/* ddpm_conv2d_forward with its products in `precision`: ddpm_conv3x3's
+ * (ddpm_conv3x3_forward_precision) or im2col's (ddpm_gemm). */
 void ddpm_conv2d_forward_precision(float *out, float *scratch, const float *in, const float *weight,
                                    const float *bias, int B, int Cin, int H, int W, int Cout, int K,
                                    int S, int P, ddpm_precision precision);
@@ -50,8 +50,8 @@ void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const floa
 void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
                           const float *dout, const float *in, const float *weight, int B,
                           int Cin, int H, int W, int Cout, int K, int S, int P);
-/* ddpm_conv2d_backward with the products of the convs that run on ddpm_conv3x3
- * in `precision` (ddpm_conv3x3_backward_precision); the others stay float32. */
+/* ddpm_conv2d_backward with its products in `precision`
+ * (ddpm_conv3x3_backward_precision, or ddpm_gemm). */
 void ddpm_conv2d_backward_precision(float *din, float beta, float *dweight, float *dbias, float *scratch,
                                     const float *dout, const float *in, const float *weight, int B,
                                     int Cin, int H, int W, int Cout, int K, int S, int P,
@@ -93,6 +93,15 @@ void ddpm_conv3x3_forward_precision(float *out, float *scratch, const float *in,
 void ddpm_conv3x3_backward_precision(float *din, float beta, float *dweight, float *dbias, float *scratch,
                                      const float *dout, const float *in, const float *weight, int B,
                                      int Cin, int H, int W, int Cout, ddpm_precision precision);
+/* C [M, N] = alpha op(A) op(B) + beta C, row-major (op(X) = X or X^T by trans_X),
+ * as ddpm_sgemm (platform.h) in float32; with DDPM_PRECISION_BF16 where
+ * ddpm_bf16_available(), op(A) and op(B) are rounded to bf16 (nearest even) and
+ * their products summed in float32 by pairs of k with vdpbf16ps (src/ops/bf16.c):
+ * |C - exact| <= (2u + u^2 + (K + 2) 2^-24) |alpha| sum_k |A| |B| + float32's
+ * rounding of alpha and beta, u = 2^-8. On the calling thread; beta 0 does not
+ * read C. */
+void ddpm_gemm(ddpm_precision precision, int trans_a, int trans_b, int M, int N, int K, float alpha,
+               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 /* 1 when this build has the bf16 products (compiled with __AVX512BF16__) and the
  * CPU running it has AVX512_BF16, else 0. */
 int ddpm_bf16_available(void);
@@ -214,6 +223,14 @@ size_t ddpm_attention_scratch_floats(int N);
 void ddpm_attention_backward(float *dq, float *dk, float *dv, float beta, float *scratch,
                              const float *dh, const float *w, const float *q, const float *k,
                              const float *v, int B, int C, int N);
+/* The same with the five products per image in `precision` (ddpm_gemm): bf16
+ * rounds q, k, v, the softmax weights and the gradients to bf16 before each
+ * product; the softmax and its backward stay float32. */
+void ddpm_attention_forward_precision(float *h, float *w, const float *q, const float *k, const float *v,
+                                      int B, int C, int N, ddpm_precision precision);
+void ddpm_attention_backward_precision(float *dq, float *dk, float *dv, float beta, float *scratch,
+                                       const float *dh, const float *w, const float *q, const float *k,
+                                       const float *v, int B, int C, int N, ddpm_precision precision);
 
 /* ---- mean squared error (src/ops/mse.c) -----------------------------------
  * loss = mean_i (pred_i - target_i)^2, summed in double. Backward: these n

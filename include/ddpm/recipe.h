@@ -23,7 +23,7 @@
  * interpolation-seeds: + seeds ("A,B").
  * interpolation-images: + at, seed, image_a, image_b, image_a_sha256,
  *   image_b_sha256, sources.
- * Any kind: precision ("bf16") when the network's 3x3 convolutions ran in bf16
+ * Any kind: precision ("bf16") when the network's products ran in bf16
  *   (--precision bf16); absent, as in every recipe before it, for float32.
  * A field that does not belong to the recipe's kind is refused. */
 #ifndef DDPM_RECIPE_H
@@ -76,7 +76,7 @@ typedef struct ddpm_recipe {
     char images[2][1024];     /* interpolation-images: the two paths as given */
     char image_sha256[2][65]; /* ... and the SHA-256 of each file's bytes */
     int sources;              /* interpolation-images: the two images at the ends */
-    ddpm_precision precision; /* the forward's 3x3 convolutions (bf16 written, fp32 not) */
+    ddpm_precision precision; /* the forward's products (bf16 written, fp32 not) */
 } ddpm_recipe;
 
 /* An empty recipe: zero fields, no class (DDPM_NO_CLASS) and guidance 1. Start

@@ -105,7 +105,7 @@ typedef struct {
     int n_processes; /* of a data-parallel run (dist.h); 1 alone */
     int micro_batch; /* images per forward/backward */
     const ddpm_unet_config *model; /* the model trained (data-driven defaults filled) */
-    ddpm_precision precision;      /* of the Winograd 3x3 convolutions' products */
+    ddpm_precision precision;      /* of the convolutions' and attention's products */
 } ddpm_run_start;
 
 /* Every log_every steps and at the last step: the same numbers as the log.jsonl line. */

@@ -117,12 +117,13 @@ int ddpm_unet_workspace_create(ddpm_unet_workspace **out, const ddpm_unet *net, 
 void ddpm_unet_workspace_free(ddpm_unet_workspace *ws);
 /* Bytes the workspace allocates (activations, gradients, scratch). */
 size_t ddpm_unet_workspace_bytes(const ddpm_unet_workspace *ws);
-/* The arithmetic of the 3x3 stride-1 convolutions that run Winograd, forward
+/* The arithmetic of the products of every convolution and of attention, forward
  * and (training workspace) backward (ddpm_conv2d_forward_precision,
- * ddpm_conv2d_backward_precision): DDPM_PRECISION_FP32 (the default) or
- * DDPM_PRECISION_BF16 (bf16 products, float32 accumulation; every other layer,
- * the gradients and the weights stay float32). bf16 only where
- * ddpm_bf16_available(): else DDPM_EINVAL with a message, the precision unchanged. */
+ * ddpm_conv2d_backward_precision, ddpm_attention_forward_precision, ...):
+ * DDPM_PRECISION_FP32 (the default) or DDPM_PRECISION_BF16 (bf16 inputs, float32
+ * accumulation; GroupNorm, SiLU, softmax, the time embedding's linears, the
+ * gradients and the weights stay float32). bf16 only where ddpm_bf16_available():
+ * else DDPM_EINVAL with a message, the precision unchanged. */
 int ddpm_unet_workspace_set_precision(ddpm_unet_workspace *ws, ddpm_precision precision);
 
 /* The dropout masks of one training forward. A step's masks are a pure function

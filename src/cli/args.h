@@ -28,10 +28,10 @@ int arg_precision(const char *value, ddpm_precision *out);
  * --precision bf16, parsed by the option table, asks this). */
 int arg_bf16_refused(void);
 #define CLI_HELP_PRECISION                                                                            \
-    "  --precision fp32|bf16  arithmetic of the network's Winograd 3x3 convolutions\n"               \
-    "                       (default fp32); bf16: their products take bf16 inputs\n"               \
-    "                       and accumulate in float32 (AVX512_BF16 CPUs only; other\n"             \
-    "                       layers stay float32)\n"
+    "  --precision fp32|bf16  arithmetic of the network's convolutions and attention\n"           \
+    "                       products (default fp32); bf16: their products take bf16\n"           \
+    "                       inputs and accumulate in float32 (AVX512_BF16 CPUs\n"                 \
+    "                       only; normalisation, activations and linears stay float32)\n"
 /* --FLAG NAME of a sampler-table row (the message lists the rows), and
  * --FLAG time|logsnr|karras. */
 int arg_sampler(const char *flag, const char *value, ddpm_sampler_kind *out);

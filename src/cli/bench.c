@@ -62,7 +62,7 @@ static void usage(FILE *f)
 "                       ddpm_conv3x3_forward/_backward alone (Winograd);\n"
 "                       medians of %d repetitions of about --seconds/100 s each\n"
 "  --json               print one JSON object on stdout instead of text\n"
-"  --precision fp32|bf16  arithmetic of the Winograd 3x3 convolutions' products\n"
+"  --precision fp32|bf16  arithmetic of the convolutions' and attention's products\n"
 "                       in both phases (as ddpm train --precision and ddpm\n"
 "                       sample --precision; default fp32). bf16: products of\n"
 "                       bf16 inputs with float32 accumulation (AVX512_BF16\n"
@@ -422,7 +422,7 @@ typedef struct {
     int do_ops;
     const op_result *ops;
     double train_ips, sample_ips, train_gf, sample_gf;
-    ddpm_precision precision; /* the Winograd convs' products, both phases */
+    ddpm_precision precision; /* the convs' and attention's products, both phases */
 } bench_results;
 
 static void print_json(const bench_results *r)
@@ -497,10 +497,10 @@ static void print_text(const bench_results *r)
            ddpm_conv3x3_isa(), r->cfgstr ? r->cfgstr : "OpenBLAS",
            r->coretype ? ", OPENBLAS_CORETYPE=" : "", r->coretype ? r->coretype : "");
     printf("train     %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (3 x forward FLOPs%s)\n", r->s_train * 1e3,
-           r->train_ips, r->train_gf, r->precision == DDPM_PRECISION_BF16 ? "; Winograd convs in bf16" : "");
+           r->train_ips, r->train_gf, r->precision == DDPM_PRECISION_BF16 ? "; products in bf16" : "");
     printf("sample    %8.2f ms/step  %8.1f images/s  %7.1f GFLOP/s  (one forward, no dropout%s)\n",
            r->s_sample * 1e3, r->sample_ips, r->sample_gf,
-           r->precision == DDPM_PRECISION_BF16 ? "; Winograd convs in bf16" : "");
+           r->precision == DDPM_PRECISION_BF16 ? "; products in bf16" : "");
     printf("sgemm     %7.1f GFLOP/s at 1024^3, %.1f GFLOP/s at %dx%dx%d (model shape)\n", r->g_square, r->g_model,
            r->gm, r->gn, r->gk);
     printf("ratio     train %.2f, sample %.2f of sgemm 1024^3\n", r->train_gf / r->g_square, r->sample_gf / r->g_square);

@@ -277,7 +277,7 @@ int cmd_eval(int argc, char **argv)
         printf("sigma_t^2 = %s, model mean from the %s\n", var_name,
                bc.clip_x0 ? "clipped predicted x0" : "eps form (no clipping)");
         if (precision == DDPM_PRECISION_BF16)
-            printf("network: Winograd 3x3 convolutions in bf16 (--precision bf16)\n");
+            printf("network: convolutions and attention products in bf16 (--precision bf16)\n");
         printf("%-28s %10s %10s\n", "bits/dim", "mean", "stderr");
         printf("%-28s %10.4f %10.4f\n", "total (L)", br.total.mean, br.total.se);
         printf("%-28s %10.4f %10.4f\n", "  L_T (prior)", br.prior.mean, br.prior.se);

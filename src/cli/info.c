@@ -139,7 +139,7 @@ static int info_png(const char *path, int json)
         printf(", var %s", var);
     printf(", clip %s\n", r.sampler.clip_x0 ? "on" : "off");
     if (r.precision == DDPM_PRECISION_BF16)
-        printf("precision: bf16 (the network's Winograd 3x3 convolutions)\n");
+        printf("precision: bf16 (the network's convolutions and attention products)\n");
     if (r.kind == DDPM_RECIPE_INTERP_SEEDS) {
         printf("seeds: %s, %s\n", seed, seed_b);
         printf("contents: interpolation strip of %d images between the samples of seeds %s and %s "

@@ -9,8 +9,9 @@
  *     dS = w * (dW - rowsum(w * dW))  (softmax Jacobian, per row)
  *     dQ += a K dS^T         dK += a Q dS
  * Every image is independent: the images are split into LANES fixed lanes run on
- * OpenMP threads, each calling sgemm (ddpm_sgemm, on the calling thread;
- * platform.h, docs/style.md) with its own slice of the scratch. Each image's
+ * OpenMP threads, each calling its products (ddpm_gemm: OpenBLAS's sgemm on
+ * the calling thread, platform.h, docs/style.md; or the bf16 product) with its
+ * own slice of the scratch. Each image's
  * result is computed the same way for any thread count. With a pthread
  * OpenBLAS the lanes run one after the other. */
 #include <cblas.h> /* openblas_get_parallel */
@@ -88,6 +89,12 @@ static double dot_fixed(const float *w, const float *d, int N)
 void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, const float *v, int B, int C,
                             int N)
 {
+    ddpm_attention_forward_precision(h, w, q, k, v, B, C, N, DDPM_PRECISION_FP32);
+}
+
+void ddpm_attention_forward_precision(float *h, float *w, const float *q, const float *k, const float *v,
+                                      int B, int C, int N, ddpm_precision precision)
+{
     const float scale = (float)(1.0 / sqrt((double)C));
     const size_t CN = (size_t)C * N, NN = (size_t)N * N;
     const int lanes = n_lanes(B);
@@ -96,11 +103,9 @@ void ddpm_attention_forward(float *h, float *w, const float *q, const float *k, 
         const int b0 = (int)((long)lane * B / lanes), b1 = (int)((long)(lane + 1) * B / lanes);
         for (int b = b0; b < b1; b++) {
             float *w_b = w + b * NN;
-            ddpm_sgemm(1, 0, N, N, C, scale, q + b * CN, N, k + b * CN, N,
-                        0.0f, w_b, N);
+            ddpm_gemm(precision, 1, 0, N, N, C, scale, q + b * CN, N, k + b * CN, N, 0.0f, w_b, N);
             softmax_rows(w_b, N, N);
-            ddpm_sgemm(0, 1, C, N, N, 1.0f, v + b * CN, N, w_b, N, 0.0f,
-                        h + b * CN, N);
+            ddpm_gemm(precision, 0, 1, C, N, N, 1.0f, v + b * CN, N, w_b, N, 0.0f, h + b * CN, N);
         }
     }
 }
@@ -115,6 +120,14 @@ void ddpm_attention_backward(float *dq, float *dk, float *dv, float beta, float 
                              const float *w, const float *q, const float *k, const float *v, int B, int C,
                              int N)
 {
+    ddpm_attention_backward_precision(dq, dk, dv, beta, scratch, dh, w, q, k, v, B, C, N,
+                                      DDPM_PRECISION_FP32);
+}
+
+void ddpm_attention_backward_precision(float *dq, float *dk, float *dv, float beta, float *scratch,
+                                       const float *dh, const float *w, const float *q, const float *k,
+                                       const float *v, int B, int C, int N, ddpm_precision precision)
+{
     const float scale = (float)(1.0 / sqrt((double)C));
     const size_t CN = (size_t)C * N, NN = (size_t)N * N;
     const int lanes = n_lanes(B);
@@ -125,13 +138,11 @@ void ddpm_attention_backward(float *dq, float *dk, float *dv, float beta, float 
         for (int b = b0; b < b1; b++) {
             const float *dh_b = dh + b * CN, *w_b = w + b * NN;
             if (dv)
-                ddpm_sgemm(0, 0, C, N, N, 1.0f, dh_b, N, w_b, N, beta,
-                            dv + b * CN, N);
+                ddpm_gemm(precision, 0, 0, C, N, N, 1.0f, dh_b, N, w_b, N, beta, dv + b * CN, N);
             if (!dq && !dk)
                 continue;
             /* dW = dH^T V, into the lane's scratch */
-            ddpm_sgemm(1, 0, N, N, C, 1.0f, dh_b, N, v + b * CN, N, 0.0f,
-                        dS, N);
+            ddpm_gemm(precision, 1, 0, N, N, C, 1.0f, dh_b, N, v + b * CN, N, 0.0f, dS, N);
             /* dS = w * (dW - sum_j w dW), row by row, in place */
             for (int i = 0; i < N; i++) {
                 const float *wi = w_b + (size_t)i * N;
@@ -141,11 +152,9 @@ void ddpm_attention_backward(float *dq, float *dk, float *dv, float beta, float 
                     di[j] = wi[j] * (di[j] - d);
             }
             if (dq)
-                ddpm_sgemm(0, 1, C, N, N, scale, k + b * CN, N, dS, N,
-                            beta, dq + b * CN, N);
+                ddpm_gemm(precision, 0, 1, C, N, N, scale, k + b * CN, N, dS, N, beta, dq + b * CN, N);
             if (dk)
-                ddpm_sgemm(0, 0, C, N, N, scale, q + b * CN, N, dS, N,
-                            beta, dk + b * CN, N);
+                ddpm_gemm(precision, 0, 0, C, N, N, scale, q + b * CN, N, dS, N, beta, dk + b * CN, N);
         }
     }
 }

@@ -145,11 +145,13 @@ static void col2im_add(float *din, const float *dcol, int nb, int Cin, int H, in
 typedef struct {
     int B, Cin, H, W, Cout, K, S, P, Ho, Wo, HoWo, CKK, nb, n_units, n_lanes;
     size_t lane_floats, col_floats, prod_floats;
+    ddpm_precision precision; /* of the products (ddpm_gemm) */
 } geometry;
 
 static geometry conv_geometry(int B, int Cin, int H, int W, int Cout, int K, int S, int P)
 {
     geometry g;
+    g.precision = DDPM_PRECISION_FP32;
     g.B = B, g.Cin = Cin, g.H = H, g.W = W, g.Cout = Cout, g.K = K, g.S = S, g.P = P;
     g.Ho = conv_out_size(H, K, S, P), g.Wo = conv_out_size(W, K, S, P);
     g.HoWo = g.Ho * g.Wo;
@@ -169,9 +171,9 @@ static geometry conv_geometry(int B, int Cin, int H, int W, int Cout, int K, int
 }
 
 /* Whether this shape goes to ddpm_conv3x3 (Winograd, src/ops/conv3x3.c):
- * 3x3 stride 1 pad 1 when conv3x3 is vectorised (AVX-512 or AVX2), and at least 16 channels on both sides (below
- * that the channel padding to 16 wastes most of its products; the model's first
- * and last convs, 1 -> 32 and 32 -> 1 channels, stay on im2col). */
+ * 3x3 stride 1 pad 1 when conv3x3 is vectorised (AVX-512 or AVX2), and at least 16 channels on both sides
+ * (below that the channel padding to 16 wastes most of its products; the model's first and last convs, 1 ->
+ * 32 and 32 -> 1 channels, stay on im2col). */
 static int winograd_enabled = 1;
 
 void ddpm_conv2d_enable_winograd(int enabled)
@@ -182,7 +184,8 @@ void ddpm_conv2d_enable_winograd(int enabled)
 static int winograd_shape(int Cin, int Cout, int K, int S, int P)
 {
     /* the plain-C Winograd path (no AVX2) is slower than im2col + sgemm */
-    return strcmp(ddpm_conv3x3_isa(), "generic") != 0 && K == 3 && S == 1 && P == 1 && Cin >= 16 && Cout >= 16;
+    return strcmp(ddpm_conv3x3_isa(), "generic") != 0 && K == 3 && S == 1 && P == 1 && Cin >= 16 &&
+           Cout >= 16;
 }
 
 static int use_winograd(int Cin, int Cout, int K, int S, int P)
@@ -233,11 +236,12 @@ static void forward_unit(const geometry *g, float *out, float *lane_scratch, con
             for (int co = 0; co < Cout; co++)
                 for (int i = 0; i < HoWo; i++)
                     y[(size_t)co * HoWo + i] = bias[co];
-        ddpm_sgemm(0, 0, Cout, HoWo, g->CKK, 1.0f, weight, g->CKK, col, HoWo, bias ? 1.0f : 0.0f, y, HoWo);
+        ddpm_gemm(g->precision, 0, 0, Cout, HoWo, g->CKK, 1.0f, weight, g->CKK, col, HoWo, bias ? 1.0f : 0.0f,
+                  y, HoWo);
         return;
     }
     float *prod = lane_scratch + g->col_floats;
-    ddpm_sgemm(0, 0, Cout, Mu, g->CKK, 1.0f, weight, g->CKK, col, Mu, 0.0f, prod, Mu);
+    ddpm_gemm(g->precision, 0, 0, Cout, Mu, g->CKK, 1.0f, weight, g->CKK, col, Mu, 0.0f, prod, Mu);
     /* [Cout, nb*HoWo] -> [nb, Cout, HoWo], adding the bias on the way */
     for (int b = 0; b < nb; b++)
         for (int co = 0; co < Cout; co++) {
@@ -249,25 +253,16 @@ static void forward_unit(const geometry *g, float *out, float *lane_scratch, con
         }
 }
 
-void ddpm_conv2d_forward_precision(float *out, float *scratch, const float *in, const float *weight,
-                                   const float *bias, int B, int Cin, int H, int W, int Cout, int K, int S, int P,
-                                   ddpm_precision precision)
+static void conv2d_forward(float *out, float *scratch, const float *in, const float *weight,
+                           const float *bias, int B, int Cin, int H, int W, int Cout, int K, int S, int P,
+                           ddpm_precision precision)
 {
-    if (precision != DDPM_PRECISION_FP32 && use_winograd(Cin, Cout, K, S, P)) {
+    if (use_winograd(Cin, Cout, K, S, P)) {
         ddpm_conv3x3_forward_precision(out, scratch, in, weight, bias, B, Cin, H, W, Cout, precision);
         return;
     }
-    ddpm_conv2d_forward(out, scratch, in, weight, bias, B, Cin, H, W, Cout, K, S, P);
-}
-
-void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const float *weight, const float *bias,
-                         int B, int Cin, int H, int W, int Cout, int K, int S, int P)
-{
-    if (use_winograd(Cin, Cout, K, S, P)) {
-        ddpm_conv3x3_forward(out, scratch, in, weight, bias, B, Cin, H, W, Cout);
-        return;
-    }
-    const geometry g = conv_geometry(B, Cin, H, W, Cout, K, S, P);
+    geometry g = conv_geometry(B, Cin, H, W, Cout, K, S, P);
+    g.precision = precision;
 #pragma omp parallel for schedule(static, 1) if (lanes_in_parallel(&g))
     for (int lane = 0; lane < g.n_lanes; lane++) {
         int u0, u1;
@@ -275,6 +270,19 @@ void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const floa
         for (int u = u0; u < u1; u++)
             forward_unit(&g, out, scratch + (size_t)lane * g.lane_floats, in, weight, bias, u);
     }
+}
+
+void ddpm_conv2d_forward_precision(float *out, float *scratch, const float *in, const float *weight,
+                                   const float *bias, int B, int Cin, int H, int W, int Cout, int K, int S,
+                                   int P, ddpm_precision precision)
+{
+    conv2d_forward(out, scratch, in, weight, bias, B, Cin, H, W, Cout, K, S, P, precision);
+}
+
+void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const float *weight, const float *bias,
+                         int B, int Cin, int H, int W, int Cout, int K, int S, int P)
+{
+    conv2d_forward(out, scratch, in, weight, bias, B, Cin, H, W, Cout, K, S, P, DDPM_PRECISION_FP32);
 }
 
 /* One unit of the backward: dW_lane (+)= dout_p col^T (beta 0 on the lane's first
@@ -304,13 +312,14 @@ static void backward_unit(const geometry *g, float *din, float beta, float *dw_l
             im2col(col, x, nb, g->Cin, g->H, g->W, g->K, g->S, g->P, g->Ho, g->Wo);
             c = col;
         }
-        ddpm_sgemm(0, 1, Cout, CKK, Mu, 1.0f, dout_p, Mu, c, Mu, first ? 0.0f : 1.0f, dw_lane, CKK);
+        ddpm_gemm(g->precision, 0, 1, Cout, CKK, Mu, 1.0f, dout_p, Mu, c, Mu, first ? 0.0f : 1.0f, dw_lane,
+                  CKK);
     }
     if (din) {
         float *dx = din + (size_t)b0 * in_image;
         if (!g->col_floats) {
             /* 1x1 (nb = 1): dx [Cin, HW] = beta dx + W^T dout_p, straight from sgemm */
-            ddpm_sgemm(1, 0, CKK, Mu, Cout, 1.0f, weight, CKK, dout_p, Mu, beta, dx, Mu);
+            ddpm_gemm(g->precision, 1, 0, CKK, Mu, Cout, 1.0f, weight, CKK, dout_p, Mu, beta, dx, Mu);
             return;
         }
         const size_t n_dx = (size_t)nb * in_image;
@@ -319,32 +328,22 @@ static void backward_unit(const geometry *g, float *din, float beta, float *dw_l
         else if (beta != 1.0f)
             for (size_t i = 0; i < n_dx; i++)
                 dx[i] *= beta;
-        ddpm_sgemm(1, 0, CKK, Mu, Cout, 1.0f, weight, CKK, dout_p, Mu, 0.0f, col, Mu);
+        ddpm_gemm(g->precision, 1, 0, CKK, Mu, Cout, 1.0f, weight, CKK, dout_p, Mu, 0.0f, col, Mu);
         col2im_add(dx, col, nb, g->Cin, g->H, g->W, g->K, g->S, g->P, g->Ho, g->Wo);
     }
 }
 
-void ddpm_conv2d_backward_precision(float *din, float beta, float *dweight, float *dbias, float *scratch,
-                                    const float *dout, const float *in, const float *weight, int B, int Cin,
-                                    int H, int W, int Cout, int K, int S, int P, ddpm_precision precision)
-{
-    if (precision != DDPM_PRECISION_FP32 && use_winograd(Cin, Cout, K, S, P)) {
-        ddpm_conv3x3_backward_precision(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout,
-                                        precision);
-        return;
-    }
-    ddpm_conv2d_backward(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout, K, S, P);
-}
-
-void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
-                          const float *dout, const float *in, const float *weight, int B, int Cin, int H,
-                          int W, int Cout, int K, int S, int P)
+static void conv2d_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
+                            const float *dout, const float *in, const float *weight, int B, int Cin, int H,
+                            int W, int Cout, int K, int S, int P, ddpm_precision precision)
 {
     if (use_winograd(Cin, Cout, K, S, P)) {
-        ddpm_conv3x3_backward(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout);
+        ddpm_conv3x3_backward_precision(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W,
+                                        Cout, precision);
         return;
     }
-    const geometry g = conv_geometry(B, Cin, H, W, Cout, K, S, P);
+    geometry g = conv_geometry(B, Cin, H, W, Cout, K, S, P);
+    g.precision = precision;
     const size_t HoWo = (size_t)g.HoWo;
     const size_t dw_offset = g.col_floats + g.prod_floats;
 
@@ -381,4 +380,20 @@ void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, 
             dweight[i] += s;
         }
     }
+}
+
+void ddpm_conv2d_backward_precision(float *din, float beta, float *dweight, float *dbias, float *scratch,
+                                    const float *dout, const float *in, const float *weight, int B, int Cin,
+                                    int H, int W, int Cout, int K, int S, int P, ddpm_precision precision)
+{
+    conv2d_backward(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout, K, S, P,
+                    precision);
+}
+
+void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
+                          const float *dout, const float *in, const float *weight, int B, int Cin, int H,
+                          int W, int Cout, int K, int S, int P)
+{
+    conv2d_backward(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout, K, S, P,
+                    DDPM_PRECISION_FP32);
 }

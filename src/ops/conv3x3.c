@@ -37,6 +37,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "bf16.h"
 #include "ddpm/ops.h"
 
 /* The vector type vf of VW floats the transforms and products are written in:
@@ -289,13 +290,9 @@ static void product(int MR, int M, int N, int K, const float *a, ptrdiff_t a_rs,
     }
 }
 
-/* The bf16 forward (ddpm_conv3x3_forward_precision) needs AVX512_BF16 at compile
- * time (the products use _mm512_dpbf16_ps) and on the CPU that runs it. */
-#if defined(__AVX512F__) && defined(__AVX512BF16__)
-#define HAVE_BF16 1
-#else
-#define HAVE_BF16 0
-#endif
+/* The bf16 products (ddpm_conv3x3_forward_precision, _backward_precision; bf16.h)
+ * need AVX512_BF16 at compile time and on the CPU that runs them. */
+#define HAVE_BF16 DDPM_HAVE_BF16
 
 const char *ddpm_precision_name(ddpm_precision p)
 {
@@ -1021,137 +1018,21 @@ void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const flo
  * pairs of one column side by side). The transforms, the accumulation and the
  * output stay float32. */
 #if HAVE_BF16
-static ALWAYS_INLINE void kernel_bf16_body(const int MR, const int NV, int KP, const uint16_t *a,
-                                           ptrdiff_t a_rs, ptrdiff_t a_ks, const uint16_t *b, ptrdiff_t ldb,
-                                           float *c, ptrdiff_t ldc, int accumulate)
-{
-    __m512 acc[MR_MAX][NV_MAX];
-    for (int r = 0; r < MR; r++)
-        for (int v = 0; v < NV; v++)
-            acc[r][v] = accumulate ? _mm512_loadu_ps(c + r * ldc + 16 * v) : _mm512_setzero_ps();
-    for (int kp = 0; kp < KP; kp++) {
-        __m512bh bv[NV_MAX];
-        for (int v = 0; v < NV; v++)
-            bv[v] = (__m512bh)_mm512_loadu_si512(b + kp * ldb + 32 * v);
-        const uint16_t *ak = a + kp * a_ks;
-        for (int r = 0; r < MR; r++) {
-            uint32_t pair; /* the pair (k, k + 1) = (2 kp, 2 kp + 1) of row r */
-            memcpy(&pair, ak + r * a_rs, sizeof pair);
-            const __m512bh ar = (__m512bh)_mm512_set1_epi32((int)pair);
-            for (int v = 0; v < NV; v++)
-                acc[r][v] = _mm512_dpbf16_ps(acc[r][v], ar, bv[v]);
-        }
-    }
-    for (int r = 0; r < MR; r++)
-        for (int v = 0; v < NV; v++)
-            _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
-}
-
-#define DEFINE_KERNEL_BF16(MR, NV)                                                                           \
-    static void kernel_bf16_##MR##x##NV(int KP, const uint16_t *a, ptrdiff_t a_rs, ptrdiff_t a_ks,           \
-                                        const uint16_t *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,           \
-                                        int accumulate)                                                      \
-    {                                                                                                        \
-        kernel_bf16_body(MR, NV, KP, a, a_rs, a_ks, b, ldb, c, ldc, accumulate);                             \
-    }
-#define DEFINE_KERNELS_BF16(MR) DEFINE_KERNEL_BF16(MR, 1) DEFINE_KERNEL_BF16(MR, 2)
-DEFINE_KERNELS_BF16(1)
-DEFINE_KERNELS_BF16(2)
-DEFINE_KERNELS_BF16(3)
-DEFINE_KERNELS_BF16(4)
-DEFINE_KERNELS_BF16(5)
-DEFINE_KERNELS_BF16(6)
-DEFINE_KERNELS_BF16(7)
-DEFINE_KERNELS_BF16(8)
-DEFINE_KERNELS_BF16(9)
-DEFINE_KERNELS_BF16(10)
-DEFINE_KERNELS_BF16(11)
-DEFINE_KERNELS_BF16(12)
-#undef DEFINE_KERNELS_BF16
-#undef DEFINE_KERNEL_BF16
-
-typedef void (*kernel_bf16_fn)(int, const uint16_t *, ptrdiff_t, ptrdiff_t, const uint16_t *, ptrdiff_t,
-                               float *, ptrdiff_t, int);
-static const kernel_bf16_fn wide_bf16[MR_FWD + 1] = {NULL,
-                                                     kernel_bf16_1x2,
-                                                     kernel_bf16_2x2,
-                                                     kernel_bf16_3x2,
-                                                     kernel_bf16_4x2,
-                                                     kernel_bf16_5x2,
-                                                     kernel_bf16_6x2,
-                                                     kernel_bf16_7x2,
-                                                     kernel_bf16_8x2,
-                                                     kernel_bf16_9x2,
-                                                     kernel_bf16_10x2,
-                                                     kernel_bf16_11x2,
-                                                     kernel_bf16_12x2};
-static const kernel_bf16_fn tail_bf16[MR_FWD + 1] = {NULL,
-                                                     kernel_bf16_1x1,
-                                                     kernel_bf16_2x1,
-                                                     kernel_bf16_3x1,
-                                                     kernel_bf16_4x1,
-                                                     kernel_bf16_5x1,
-                                                     kernel_bf16_6x1,
-                                                     kernel_bf16_7x1,
-                                                     kernel_bf16_8x1,
-                                                     kernel_bf16_9x1,
-                                                     kernel_bf16_10x1,
-                                                     kernel_bf16_11x1,
-                                                     kernel_bf16_12x1};
-
-/* C [M, N] (+)= A [M, 2 KP] x B: the pair (A(r, 2 kp), A(r, 2 kp + 1)) is the
- * 32-bit word at a + r*a_rs + kp*a_ks (uint16_t units), B bf16 [KP][N][2], N a
- * multiple of 16, C row-major with ldc. */
-static void product_bf16(int M, int N, int KP, const uint16_t *a, ptrdiff_t a_rs, ptrdiff_t a_ks,
-                         const uint16_t *b, float *c, ptrdiff_t ldc, int accumulate)
-{
-    for (int r0 = 0; r0 < M; r0 += MR_FWD) {
-        const int mr = M - r0 < MR_FWD ? M - r0 : MR_FWD;
-        const uint16_t *ar = a + r0 * a_rs;
-        float *cr = c + r0 * ldc;
-        int n0 = 0;
-        for (; n0 + 32 <= N; n0 += 32)
-            wide_bf16[mr](KP, ar, a_rs, a_ks, b + 2 * n0, 2 * (ptrdiff_t)N, cr + n0, ldc, accumulate);
-        if (n0 < N)
-            tail_bf16[mr](KP, ar, a_rs, a_ks, b + 2 * n0, 2 * (ptrdiff_t)N, cr + n0, ldc, accumulate);
-    }
-}
-
 /* Where the pair-interleaved weights live: after the lanes. */
 static uint16_t *bf16_weights(const geometry *g, float *scratch)
 {
     return (uint16_t *)(scratch + g->u_floats + (size_t)g->n_lanes * g->lane_floats);
 }
 
-/* Pairs of rows rounded to bf16 (nearest even): d [ceil(n/2)][C][2] from s [n][C]
- * (C a multiple of 16), d[kp][c] = (s[2 kp][c], s[2 kp + 1][c]), low half first,
- * as _mm512_dpbf16_ps pairs them; an odd n's last pair has a zero high half. d
- * may be s itself: pair kp is written over s's row kp, which pairs < kp have
- * already read. */
-static void pair_rows(uint16_t *d, const float *s, long n, int C)
-{
-    for (long kp = 0; kp < (n + 1) / 2; kp++) {
-        const float *s0 = s + (size_t)(2 * kp) * C, *s1 = s0 + C;
-        uint16_t *dk = d + (size_t)kp * C * 2;
-        for (int c = 0; c < C; c += 16) {
-            const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s0 + c)));
-            const __m512i hi =
-                2 * kp + 1 < n ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s1 + c)))
-                               : _mm512_setzero_si512();
-            _mm512_storeu_si512(dk + 2 * c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
-        }
-    }
-}
-
 /* Ub [n_xi][rows_p/2][cols_p][2] = U [n_xi][rows_p][cols_p] in pairs of rows
- * (pair_rows): Ub[xi][kp][col] holds (U[xi][2 kp][col], U[xi][2 kp + 1][col]),
+ * (ddpm_bf16_pair_rows): Ub[xi][kp][col] holds (U[xi][2 kp][col], U[xi][2 kp + 1][col]),
  * as the products pair them with a broadcast (V[2 kp], V[2 kp + 1]). */
 static void weights_to_bf16(uint16_t *Ub, const float *U, const geometry *g, int rows_p, int cols_p)
 {
     const long n_pairs = (long)g->n_xi * (rows_p / 2);
 #pragma omp parallel for schedule(static) if (n_pairs * cols_p > 32768 && !omp_in_parallel())
     for (long row = 0; row < n_pairs; row++)
-        pair_rows(Ub + (size_t)row * cols_p * 2, U + (size_t)(2 * row) * cols_p, 2, cols_p);
+        ddpm_bf16_pair_rows(Ub + (size_t)row * cols_p * 2, U + (size_t)(2 * row) * cols_p, 2, cols_p);
 }
 
 /* forward_unit with the bf16 products: y [nb, Co, H, W] (beta, bias as
@@ -1171,8 +1052,8 @@ static void forward_unit_bf16(const geometry *g, const lane_buffers *lb, float *
             input_transform_m(4, 1, Vb, lb->P, g, Ci_p, b * g->tiles);
     }
     for (int xi = 0; xi < g->n_xi; xi++)
-        product_bf16(nt, Co_p, Ci_p / 2, Vb + (size_t)xi * g->Tp * Ci_p, Ci_p, 2,
-                     Ub + (size_t)xi * Ci_p * Co_p, lb->Y + (size_t)xi * g->Tp * Co_p, Co_p, 0);
+        ddpm_bf16_product(nt, Co_p, Ci_p / 2, Vb + (size_t)xi * g->Tp * Ci_p, Ci_p, 2,
+                          Ub + (size_t)xi * Ci_p * Co_p, lb->Y + (size_t)xi * g->Tp * Co_p, Co_p, 0);
     for (int b = 0; b < nb; b++) {
         output_transform(lb->P, lb->Y, g, Co_p, b * g->tiles);
         unpack_plane(y + (size_t)b * Co * HW, lb->P, bias, beta, Co, g->H, g->W, g->m * g->TH, g->m * g->TW);
@@ -1246,7 +1127,7 @@ static void weight_grad_unit(const geometry *g, const lane_buffers *lb, const fl
 
 #if HAVE_BF16
 /* weight_grad_unit with the bf16 products: V and M are rounded to bf16 in pairs
- * of tiles, in place ([xi][Tp/2][C_p][2], pair_rows), and dU[xi] (+)= V^T M
+ * of tiles, in place ([xi][Tp/2][C_p][2], ddpm_bf16_pair_rows), and dU[xi] (+)= V^T M
  * takes the pair (t, t + 1) of an input channel as one broadcast word. */
 static void weight_grad_unit_bf16(const geometry *g, const lane_buffers *lb, const float *x, const float *dy,
                                   int nb, int first)
@@ -1255,10 +1136,10 @@ static void weight_grad_unit_bf16(const geometry *g, const lane_buffers *lb, con
     weight_grad_transforms(g, lb, x, dy, nb);
     for (int xi = 0; xi < g->n_xi; xi++) {
         float *V = lb->V + (size_t)xi * g->Tp * g->Cin_p, *M = lb->M + (size_t)xi * g->Tp * g->Cout_p;
-        pair_rows((uint16_t *)V, V, nt, g->Cin_p);
-        pair_rows((uint16_t *)M, M, nt, g->Cout_p);
-        product_bf16(g->Cin_p, g->Cout_p, kp, (const uint16_t *)V, 2, 2 * (ptrdiff_t)g->Cin_p,
-                     (const uint16_t *)M, lb->dU + (size_t)xi * g->Cin_p * g->Cout_p, g->Cout_p, !first);
+        ddpm_bf16_pair_rows((uint16_t *)V, V, nt, g->Cin_p);
+        ddpm_bf16_pair_rows((uint16_t *)M, M, nt, g->Cout_p);
+        ddpm_bf16_product(g->Cin_p, g->Cout_p, kp, (const uint16_t *)V, 2, 2 * (ptrdiff_t)g->Cin_p,
+                          (const uint16_t *)M, lb->dU + (size_t)xi * g->Cin_p * g->Cout_p, g->Cout_p, !first);
     }
 }
 #endif
