@@ -988,8 +988,8 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
     if (m->has_skip_conv) {
         float *sk = A->s2; /* conv2 has read it */
         PROF(0, DDPM_PROF_CONV,
-             ddpm_conv2d_forward_precision(sk, ws->conv_scratch, x, PARAM(P->skip_w), PARAM(P->skip_b), B, cin, H, W, cout, 1,
-                                 1, 0, ws->precision));
+             ddpm_conv2d_forward_precision(sk, ws->conv_scratch, x, PARAM(P->skip_w), PARAM(P->skip_b), B,
+                                           cin, H, W, cout, 1, 1, 0, ws->precision));
         PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(out, out, sk, n_out));
     } else {
         PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(out, out, x, n_out));
@@ -999,7 +999,9 @@ static void res_forward(const ddpm_unet *net, const float *params, ddpm_unet_wor
 static void conv1x1_forward(ddpm_unet_workspace *ws, float *out, const float *in, const float *w,
                             const float *b, int B, int C, int H, int W)
 {
-    PROF(0, DDPM_PROF_CONV, ddpm_conv2d_forward_precision(out, ws->conv_scratch, in, w, b, B, C, H, W, C, 1, 1, 0, ws->precision));
+    PROF(0, DDPM_PROF_CONV,
+         ddpm_conv2d_forward_precision(out, ws->conv_scratch, in, w, b, B, C, H, W, C, 1, 1, 0,
+                                       ws->precision));
 }
 
 /* a = GN(x); q, k, v = 1x1 convs of a; h = attention(q, k, v); out = x + proj(h). */
@@ -1017,7 +1019,8 @@ static void attn_forward(const ddpm_unet *net, const float *params, ddpm_unet_wo
     conv1x1_forward(ws, A->q, A->a, PARAM(P->q_w), PARAM(P->q_b), B, C, H, W);
     conv1x1_forward(ws, A->k, A->a, PARAM(P->k_w), PARAM(P->k_b), B, C, H, W);
     conv1x1_forward(ws, A->v, A->a, PARAM(P->v_w), PARAM(P->v_b), B, C, H, W);
-    PROF(0, DDPM_PROF_ATTN, ddpm_attention_forward_precision(A->h, A->w, A->q, A->k, A->v, B, C, N, ws->precision));
+    PROF(0, DDPM_PROF_ATTN,
+         ddpm_attention_forward_precision(A->h, A->w, A->q, A->k, A->v, B, C, N, ws->precision));
     conv1x1_forward(ws, out, A->h, PARAM(P->proj_w), PARAM(P->proj_b), B, C, H, W);
     PROF(0, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(out, out, x, (size_t)B * C * N));
 }
@@ -1027,8 +1030,9 @@ static void down_forward(const ddpm_unet *net, const float *params, ddpm_unet_wo
 {
     const module *m = &net->plan->modules[i];
     PROF(0, DDPM_PROF_CONV,
-         ddpm_conv2d_forward_precision(ws->h[m->out_slot], ws->conv_scratch, ws->h[m->in_slot], PARAM(m->p.resample.conv_w),
-                             PARAM(m->p.resample.conv_b), B, m->cin, m->H, m->W, m->cin, 3, 2, 1, ws->precision));
+         ddpm_conv2d_forward_precision(ws->h[m->out_slot], ws->conv_scratch, ws->h[m->in_slot],
+                                       PARAM(m->p.resample.conv_w), PARAM(m->p.resample.conv_b), B, m->cin,
+                                       m->H, m->W, m->cin, 3, 2, 1, ws->precision));
 }
 
 /* u = nearest 2x upsample (x); out = conv3x3 (u) */
@@ -1155,8 +1159,9 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
     /* out = skip(x) + conv2(...) */
     if (m->has_skip_conv)
         PROF(1, DDPM_PROF_CONV,
-             ddpm_conv2d_backward_precision(dx, dx_beta, GRAD(P->skip_w), GRAD(P->skip_b), ws->conv_scratch, dout, x,
-                                  PARAM(P->skip_w), B, cin, H, W, cout, 1, 1, 0, ws->precision));
+             ddpm_conv2d_backward_precision(dx, dx_beta, GRAD(P->skip_w), GRAD(P->skip_b), ws->conv_scratch,
+                                            dout, x, PARAM(P->skip_w), B, cin, H, W, cout, 1, 1, 0,
+                                            ws->precision));
     else if (A->xcat)
         PROF(1, DDPM_PROF_ELEMENTWISE, memcpy(dx, dout, n_out * sizeof *dx));
     else
@@ -1175,8 +1180,9 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
     if (ws->dropout_applied)
         PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->mask, A->s2, B, A->dropout_counter, 1));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward_precision(dd2, 0.0f, GRAD(P->conv2_w), GRAD(P->conv2_b), ws->conv_scratch, dout, A->s2,
-                              PARAM(P->conv2_w), B, cout, H, W, cout, 3, 1, 1, ws->precision));
+         ddpm_conv2d_backward_precision(dd2, 0.0f, GRAD(P->conv2_w), GRAD(P->conv2_b), ws->conv_scratch, dout,
+                                        A->s2, PARAM(P->conv2_w), B, cout, H, W, cout, 3, 1, 1,
+                                        ws->precision));
     /* dd2 -> ds2 -> da2, in place */
     if (ws->dropout_applied)
         PROF(1, DDPM_PROF_ELEMENTWISE, res_dropout(net, ws, m, A->mask, dd2, B, A->dropout_counter, 1));
@@ -1201,8 +1207,9 @@ static void res_backward(const ddpm_unet *net, const float *params, float *grads
          ddpm_groupnorm_silu_forward(A->s1, A->a1, A->mean1, A->rstd1, x, PARAM(P->norm1_w), PARAM(P->norm1_b), B, cin,
                                      HW, G, GN_EPS));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward_precision(ds1, 0.0f, GRAD(P->conv1_w), GRAD(P->conv1_b), ws->conv_scratch, dh1, A->s1,
-                              PARAM(P->conv1_w), B, cin, H, W, cout, 3, 1, 1, ws->precision));
+         ddpm_conv2d_backward_precision(ds1, 0.0f, GRAD(P->conv1_w), GRAD(P->conv1_b), ws->conv_scratch, dh1,
+                                        A->s1, PARAM(P->conv1_w), B, cin, H, W, cout, 3, 1, 1,
+                                        ws->precision));
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(ds1, 0.0f, ds1, A->a1, n_in)); /* ds1 -> da1 */
     PROF(1, DDPM_PROF_NORM,
          ddpm_groupnorm_backward(dx, 1.0f, GRAD(P->norm1_w), GRAD(P->norm1_b), ds1, x, A->mean1, A->rstd1,
@@ -1229,23 +1236,24 @@ static void attn_backward(const ddpm_unet *net, const float *params, float *grad
     float *dx = ws->dh[m->in_slot];
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_add_forward(dx, dx, dout, (size_t)B * C * N));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward_precision(dh, 0.0f, GRAD(P->proj_w), GRAD(P->proj_b), ws->conv_scratch, dout, A->h,
-                              PARAM(P->proj_w), B, C, H, W, C, 1, 1, 0, ws->precision));
+         ddpm_conv2d_backward_precision(dh, 0.0f, GRAD(P->proj_w), GRAD(P->proj_b), ws->conv_scratch, dout,
+                                        A->h, PARAM(P->proj_w), B, C, H, W, C, 1, 1, 0, ws->precision));
     PROF(1, DDPM_PROF_ATTN,
-         ddpm_attention_backward_precision(dq, dk, dv, 0.0f, ws->attn_scratch, dh, A->w, A->q, A->k, A->v, B, C, N, ws->precision));
+         ddpm_attention_backward_precision(dq, dk, dv, 0.0f, ws->attn_scratch, dh, A->w, A->q, A->k, A->v, B,
+                                           C, N, ws->precision));
     /* the 1x1 convs' input again: GN(x); the q conv writes da, k and v add to it */
     PROF(1, DDPM_PROF_NORM,
          ddpm_groupnorm_forward(A->a, A->mean, A->rstd, ws->h[m->in_slot], PARAM(P->norm_w), PARAM(P->norm_b), B, C, N,
                                 net->cfg.groups, GN_EPS));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward_precision(da, 0.0f, GRAD(P->q_w), GRAD(P->q_b), ws->conv_scratch, dq, A->a, PARAM(P->q_w), B, C,
-                              H, W, C, 1, 1, 0, ws->precision));
+         ddpm_conv2d_backward_precision(da, 0.0f, GRAD(P->q_w), GRAD(P->q_b), ws->conv_scratch, dq, A->a,
+                                        PARAM(P->q_w), B, C, H, W, C, 1, 1, 0, ws->precision));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward_precision(da, 1.0f, GRAD(P->k_w), GRAD(P->k_b), ws->conv_scratch, dk, A->a, PARAM(P->k_w), B, C,
-                              H, W, C, 1, 1, 0, ws->precision));
+         ddpm_conv2d_backward_precision(da, 1.0f, GRAD(P->k_w), GRAD(P->k_b), ws->conv_scratch, dk, A->a,
+                                        PARAM(P->k_w), B, C, H, W, C, 1, 1, 0, ws->precision));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward_precision(da, 1.0f, GRAD(P->v_w), GRAD(P->v_b), ws->conv_scratch, dv, A->a, PARAM(P->v_w), B, C,
-                              H, W, C, 1, 1, 0, ws->precision));
+         ddpm_conv2d_backward_precision(da, 1.0f, GRAD(P->v_w), GRAD(P->v_b), ws->conv_scratch, dv, A->a,
+                                        PARAM(P->v_w), B, C, H, W, C, 1, 1, 0, ws->precision));
     PROF(1, DDPM_PROF_NORM,
          ddpm_groupnorm_backward(dx, 1.0f, GRAD(P->norm_w), GRAD(P->norm_b), da, ws->h[m->in_slot], A->mean, A->rstd,
                                  PARAM(P->norm_w), B, C, N, net->cfg.groups));
@@ -1257,9 +1265,10 @@ static void down_backward(const ddpm_unet *net, const float *params, float *grad
     const module *m = &net->plan->modules[i];
     const resample_params *P = &m->p.resample;
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward_precision(ws->dh[m->in_slot], 1.0f, GRAD(P->conv_w), GRAD(P->conv_b), ws->conv_scratch,
-                              ws->dh[m->out_slot], ws->h[m->in_slot], PARAM(P->conv_w), B, m->cin, m->H, m->W, m->cin,
-                              3, 2, 1, ws->precision));
+         ddpm_conv2d_backward_precision(ws->dh[m->in_slot], 1.0f, GRAD(P->conv_w), GRAD(P->conv_b),
+                                        ws->conv_scratch, ws->dh[m->out_slot], ws->h[m->in_slot],
+                                        PARAM(P->conv_w), B, m->cin, m->H, m->W, m->cin, 3, 2, 1,
+                                        ws->precision));
 }
 
 static void up_backward(const ddpm_unet *net, const float *params, float *grads, ddpm_unet_workspace *ws, int i,
@@ -1271,8 +1280,9 @@ static void up_backward(const ddpm_unet *net, const float *params, float *grads,
     /* the conv's input again: the upsample of the kept input slot */
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_upsample_forward(u, ws->h[m->in_slot], B, m->cin, m->H, m->W));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward_precision(du, 0.0f, GRAD(P->conv_w), GRAD(P->conv_b), ws->conv_scratch, ws->dh[m->out_slot], u,
-                              PARAM(P->conv_w), B, m->cin, 2 * m->H, 2 * m->W, m->cin, 3, 1, 1, ws->precision));
+         ddpm_conv2d_backward_precision(du, 0.0f, GRAD(P->conv_w), GRAD(P->conv_b), ws->conv_scratch,
+                                        ws->dh[m->out_slot], u, PARAM(P->conv_w), B, m->cin, 2 * m->H,
+                                        2 * m->W, m->cin, 3, 1, 1, ws->precision));
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_upsample_backward(ws->dh[m->in_slot], du, B, m->cin, m->H, m->W));
 }
 
@@ -1307,8 +1317,9 @@ void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
          ddpm_groupnorm_silu_forward(ws->head.s, ws->head.a, ws->head.mean, ws->head.rstd, ws->h[p->n_slots - 1],
                                      PARAM(p->p_norm_out_w), PARAM(p->p_norm_out_b), B, c->ch, HW, c->groups, GN_EPS));
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward_precision(ds, 0.0f, GRAD(p->p_conv_out_w), GRAD(p->p_conv_out_b), ws->conv_scratch, d_eps_pred,
-                              ws->head.s, PARAM(p->p_conv_out_w), B, c->ch, S, S, ddpm_unet_out_channels(c), 3, 1, 1, ws->precision));
+         ddpm_conv2d_backward_precision(ds, 0.0f, GRAD(p->p_conv_out_w), GRAD(p->p_conv_out_b),
+                                        ws->conv_scratch, d_eps_pred, ws->head.s, PARAM(p->p_conv_out_w), B,
+                                        c->ch, S, S, ddpm_unet_out_channels(c), 3, 1, 1, ws->precision));
     PROF(1, DDPM_PROF_ELEMENTWISE, ddpm_silu_backward(da, 0.0f, ds, ws->head.a, n_head));
     PROF(1, DDPM_PROF_NORM,
          ddpm_groupnorm_backward(ws->dh[p->n_slots - 1], 1.0f, GRAD(p->p_norm_out_w), GRAD(p->p_norm_out_b), da,
@@ -1325,8 +1336,9 @@ void ddpm_unet_backward(const ddpm_unet *net, const float *params, float *grads,
     }
     /* conv_in: no gradient for the input image */
     PROF(1, DDPM_PROF_CONV,
-         ddpm_conv2d_backward_precision(NULL, 0.0f, GRAD(p->p_conv_in_w), GRAD(p->p_conv_in_b), ws->conv_scratch, ws->dh[0],
-                              ws->time.x, PARAM(p->p_conv_in_w), B, c->in_channels, S, S, c->ch, 3, 1, 1, ws->precision));
+         ddpm_conv2d_backward_precision(NULL, 0.0f, GRAD(p->p_conv_in_w), GRAD(p->p_conv_in_b),
+                                        ws->conv_scratch, ws->dh[0], ws->time.x, PARAM(p->p_conv_in_w), B,
+                                        c->in_channels, S, S, c->ch, 3, 1, 1, ws->precision));
     /* time MLP: temb_act = SiLU(Linear2(SiLU(Linear0(emb)))) */
     const size_t nE = (size_t)B * E;
     cursor = ws->tmp;

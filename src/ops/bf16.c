@@ -14,6 +14,21 @@
 #include "ddpm/ops.h"
 #include "ddpm/platform.h"
 
+const char *ddpm_precision_name(ddpm_precision p)
+{
+    return p == DDPM_PRECISION_FP32 ? "fp32" : p == DDPM_PRECISION_BF16 ? "bf16" : NULL;
+}
+
+/* The bf16 products need AVX512_BF16 at compile time and on the CPU that runs them. */
+int ddpm_bf16_available(void)
+{
+#if DDPM_HAVE_BF16
+    return __builtin_cpu_supports("avx512bf16") != 0;
+#else
+    return 0;
+#endif
+}
+
 #if DDPM_HAVE_BF16
 #include <immintrin.h>
 
@@ -120,21 +135,6 @@ void ddpm_bf16_product(int M, int N, int KP, const uint16_t *a, ptrdiff_t a_rs, 
     }
 }
 
-void ddpm_bf16_pair_rows(uint16_t *d, const float *s, long n, int C)
-{
-    for (long kp = 0; kp < (n + 1) / 2; kp++) {
-        const float *s0 = s + (size_t)(2 * kp) * C, *s1 = s0 + C;
-        uint16_t *dk = d + (size_t)kp * C * 2;
-        for (int c = 0; c < C; c += 16) {
-            const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s0 + c)));
-            const __m512i hi =
-                2 * kp + 1 < n ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s1 + c)))
-                               : _mm512_setzero_si512();
-            _mm512_storeu_si512(dk + 2 * c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
-        }
-    }
-}
-
 /* ---- ddpm_gemm_bf16 ---------------------------------------------------------------- */
 
 static int round_up(int n, int m)
@@ -154,10 +154,7 @@ static inline __m512i bf16_lanes(const float *s, int n)
     return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(first16(n), s)));
 }
 
-/* d [ceil(K/2)][C_p][2] from the K rows of s (row k at s + k*lds, C values, C_p
- * = C rounded up to 16, zeros beyond): pairs across rows, as ddpm_bf16_pair_rows
- * with a row stride and a ragged width. */
-static void pack_row_pairs(uint16_t *d, int C_p, const float *s, ptrdiff_t lds, int K, int C)
+void ddpm_bf16_pair_rows(uint16_t *d, int C_p, const float *s, ptrdiff_t lds, int K, int C)
 {
     for (int kp = 0; kp < (K + 1) / 2; kp++) {
         const float *s0 = s + (ptrdiff_t)(2 * kp) * lds, *s1 = s0 + lds;
@@ -262,13 +259,13 @@ static int gemm_bf16(int trans_a, int trans_b, int M, int N, int K, float alpha,
     uint16_t *bp = ap + a_n;
     if (K > 0) {
         if (trans_a)
-            pack_row_pairs(ap, M_p, A, lda, K, M); /* A is [K][M] */
+            ddpm_bf16_pair_rows(ap, M_p, A, lda, K, M); /* A is [K][M] */
         else
             pack_rows(ap, K_p, A, lda, M, K);
         if (trans_b)
             pack_transposed_pairs(bp, N_p, B, ldb, N, K); /* B is [N][K] */
         else
-            pack_row_pairs(bp, N_p, B, ldb, K, N);
+            ddpm_bf16_pair_rows(bp, N_p, B, ldb, K, N);
     } else {
         memset(ap, 0, (a_n + b_n) * sizeof(uint16_t));
     }

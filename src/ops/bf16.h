@@ -22,11 +22,13 @@
 void ddpm_bf16_product(int M, int N, int KP, const uint16_t *a, ptrdiff_t a_rs, ptrdiff_t a_ks,
                        const uint16_t *b, float *c, ptrdiff_t ldc, int accumulate);
 
-/* Pairs of rows rounded to bf16 (nearest even): d [ceil(n/2)][C][2] from s [n][C]
- * (C a multiple of 16), d[kp][c] = (s[2 kp][c], s[2 kp + 1][c]), low half first;
- * an odd n's last pair has a zero high half. d may be s itself: pair kp is
- * written over s's row kp, which pairs < kp have already read. */
-void ddpm_bf16_pair_rows(uint16_t *d, const float *s, long n, int C);
+/* Pairs of rows rounded to bf16 (nearest even): d [ceil(K/2)][C_p][2] from the K
+ * rows of s (row k at s + k*lds, C values; C_p = C rounded up to 16, zeros
+ * beyond C), d[kp][c] = (s[2 kp][c], s[2 kp + 1][c]), low half first, as
+ * _mm512_dpbf16_ps pairs them; an odd K's last pair has a zero high half. With
+ * lds = C_p = C, d may be s itself: pair kp is written over s's row kp, which
+ * pairs < kp have already read. */
+void ddpm_bf16_pair_rows(uint16_t *d, int C_p, const float *s, ptrdiff_t lds, int K, int C);
 #endif
 
 #endif

@@ -253,9 +253,9 @@ static void forward_unit(const geometry *g, float *out, float *lane_scratch, con
         }
 }
 
-static void conv2d_forward(float *out, float *scratch, const float *in, const float *weight,
-                           const float *bias, int B, int Cin, int H, int W, int Cout, int K, int S, int P,
-                           ddpm_precision precision)
+void ddpm_conv2d_forward_precision(float *out, float *scratch, const float *in, const float *weight,
+                                   const float *bias, int B, int Cin, int H, int W, int Cout, int K, int S,
+                                   int P, ddpm_precision precision)
 {
     if (use_winograd(Cin, Cout, K, S, P)) {
         ddpm_conv3x3_forward_precision(out, scratch, in, weight, bias, B, Cin, H, W, Cout, precision);
@@ -272,17 +272,11 @@ static void conv2d_forward(float *out, float *scratch, const float *in, const fl
     }
 }
 
-void ddpm_conv2d_forward_precision(float *out, float *scratch, const float *in, const float *weight,
-                                   const float *bias, int B, int Cin, int H, int W, int Cout, int K, int S,
-                                   int P, ddpm_precision precision)
-{
-    conv2d_forward(out, scratch, in, weight, bias, B, Cin, H, W, Cout, K, S, P, precision);
-}
-
 void ddpm_conv2d_forward(float *out, float *scratch, const float *in, const float *weight, const float *bias,
                          int B, int Cin, int H, int W, int Cout, int K, int S, int P)
 {
-    conv2d_forward(out, scratch, in, weight, bias, B, Cin, H, W, Cout, K, S, P, DDPM_PRECISION_FP32);
+    ddpm_conv2d_forward_precision(out, scratch, in, weight, bias, B, Cin, H, W, Cout, K, S, P,
+                                  DDPM_PRECISION_FP32);
 }
 
 /* One unit of the backward: dW_lane (+)= dout_p col^T (beta 0 on the lane's first
@@ -333,9 +327,9 @@ static void backward_unit(const geometry *g, float *din, float beta, float *dw_l
     }
 }
 
-static void conv2d_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
-                            const float *dout, const float *in, const float *weight, int B, int Cin, int H,
-                            int W, int Cout, int K, int S, int P, ddpm_precision precision)
+void ddpm_conv2d_backward_precision(float *din, float beta, float *dweight, float *dbias, float *scratch,
+                                    const float *dout, const float *in, const float *weight, int B, int Cin,
+                                    int H, int W, int Cout, int K, int S, int P, ddpm_precision precision)
 {
     if (use_winograd(Cin, Cout, K, S, P)) {
         ddpm_conv3x3_backward_precision(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W,
@@ -382,18 +376,10 @@ static void conv2d_backward(float *din, float beta, float *dweight, float *dbias
     }
 }
 
-void ddpm_conv2d_backward_precision(float *din, float beta, float *dweight, float *dbias, float *scratch,
-                                    const float *dout, const float *in, const float *weight, int B, int Cin,
-                                    int H, int W, int Cout, int K, int S, int P, ddpm_precision precision)
-{
-    conv2d_backward(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout, K, S, P,
-                    precision);
-}
-
 void ddpm_conv2d_backward(float *din, float beta, float *dweight, float *dbias, float *scratch,
                           const float *dout, const float *in, const float *weight, int B, int Cin, int H,
                           int W, int Cout, int K, int S, int P)
 {
-    conv2d_backward(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout, K, S, P,
-                    DDPM_PRECISION_FP32);
+    ddpm_conv2d_backward_precision(din, beta, dweight, dbias, scratch, dout, in, weight, B, Cin, H, W, Cout,
+                                   K, S, P, DDPM_PRECISION_FP32);
 }

@@ -290,24 +290,6 @@ static void product(int MR, int M, int N, int K, const float *a, ptrdiff_t a_rs,
     }
 }
 
-/* The bf16 products (ddpm_conv3x3_forward_precision, _backward_precision; bf16.h)
- * need AVX512_BF16 at compile time and on the CPU that runs them. */
-#define HAVE_BF16 DDPM_HAVE_BF16
-
-const char *ddpm_precision_name(ddpm_precision p)
-{
-    return p == DDPM_PRECISION_FP32 ? "fp32" : p == DDPM_PRECISION_BF16 ? "bf16" : NULL;
-}
-
-int ddpm_bf16_available(void)
-{
-#if HAVE_BF16
-    return __builtin_cpu_supports("avx512bf16") != 0;
-#else
-    return 0;
-#endif
-}
-
 /* ---- geometry and scratch ----------------------------------------------------- */
 
 static int round_up(int n, int m)
@@ -379,7 +361,7 @@ size_t ddpm_conv3x3_scratch_floats(int B, int Cin, int H, int W, int Cout)
 {
     const geometry g = make_geometry(B, Cin, H, W, Cout);
     /* + the bf16 forward's pair-interleaved weights after the lanes (bf16_weights) */
-    return g.u_floats + (size_t)g.n_lanes * g.lane_floats + (HAVE_BF16 ? g.u_floats / 2 : 0);
+    return g.u_floats + (size_t)g.n_lanes * g.lane_floats + (DDPM_HAVE_BF16 ? g.u_floats / 2 : 0);
 }
 
 typedef struct {
@@ -779,7 +761,7 @@ static ALWAYS_INLINE void input_transform_m(const int m, const int bf16, void *V
                     bt_1d(m, t[i], r);
                     for (int j = 0; j < a; j++) {
                         const size_t o = out + (size_t)(a * i + j) * xi_stride;
-#if HAVE_BF16
+#if DDPM_HAVE_BF16
                         if (bf16) {
                             _mm256_storeu_si256((__m256i *)((uint16_t *)V + o),
                                                 (__m256i)_mm512_cvtneps_pbh(r[j]));
@@ -1007,7 +989,7 @@ void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const flo
     }
 }
 
-/* ---- the bf16 forward (sampling and evaluation only) ------------------------------
+/* ---- the bf16 forward (also din's in a bf16 backward) -----------------------------
  * The same chain as the float32 forward, but the products Y[xi] = V[xi] U[xi]
  * take V and U rounded to bf16 (nearest even) and accumulate in float32 with
  * _mm512_dpbf16_ps, which multiplies a pair of bf16 values of channels (k, k + 1)
@@ -1017,7 +999,7 @@ void ddpm_conv3x3_forward(float *out, float *scratch, const float *in, const flo
  * broadcast); U is converted once per call to [xi][Cin_p/2][Cout_p][2] (the
  * pairs of one column side by side). The transforms, the accumulation and the
  * output stay float32. */
-#if HAVE_BF16
+#if DDPM_HAVE_BF16
 /* Where the pair-interleaved weights live: after the lanes. */
 static uint16_t *bf16_weights(const geometry *g, float *scratch)
 {
@@ -1032,7 +1014,8 @@ static void weights_to_bf16(uint16_t *Ub, const float *U, const geometry *g, int
     const long n_pairs = (long)g->n_xi * (rows_p / 2);
 #pragma omp parallel for schedule(static) if (n_pairs * cols_p > 32768 && !omp_in_parallel())
     for (long row = 0; row < n_pairs; row++)
-        ddpm_bf16_pair_rows(Ub + (size_t)row * cols_p * 2, U + (size_t)(2 * row) * cols_p, 2, cols_p);
+        ddpm_bf16_pair_rows(Ub + (size_t)row * cols_p * 2, cols_p, U + (size_t)(2 * row) * cols_p, cols_p, 2,
+                            cols_p);
 }
 
 /* forward_unit with the bf16 products: y [nb, Co, H, W] (beta, bias as
@@ -1087,7 +1070,7 @@ void ddpm_conv3x3_forward_precision(float *out, float *scratch, const float *in,
                                     const float *bias, int B, int Cin, int H, int W, int Cout,
                                     ddpm_precision precision)
 {
-#if HAVE_BF16
+#if DDPM_HAVE_BF16
     if (precision == DDPM_PRECISION_BF16 && ddpm_bf16_available()) {
         forward_bf16(out, scratch, in, weight, bias, B, Cin, H, W, Cout);
         return;
@@ -1125,7 +1108,7 @@ static void weight_grad_unit(const geometry *g, const lane_buffers *lb, const fl
                 g->Cout_p, !first);
 }
 
-#if HAVE_BF16
+#if DDPM_HAVE_BF16
 /* weight_grad_unit with the bf16 products: V and M are rounded to bf16 in pairs
  * of tiles, in place ([xi][Tp/2][C_p][2], ddpm_bf16_pair_rows), and dU[xi] (+)= V^T M
  * takes the pair (t, t + 1) of an input channel as one broadcast word. */
@@ -1136,8 +1119,8 @@ static void weight_grad_unit_bf16(const geometry *g, const lane_buffers *lb, con
     weight_grad_transforms(g, lb, x, dy, nb);
     for (int xi = 0; xi < g->n_xi; xi++) {
         float *V = lb->V + (size_t)xi * g->Tp * g->Cin_p, *M = lb->M + (size_t)xi * g->Tp * g->Cout_p;
-        ddpm_bf16_pair_rows((uint16_t *)V, V, nt, g->Cin_p);
-        ddpm_bf16_pair_rows((uint16_t *)M, M, nt, g->Cout_p);
+        ddpm_bf16_pair_rows((uint16_t *)V, g->Cin_p, V, g->Cin_p, nt, g->Cin_p);
+        ddpm_bf16_pair_rows((uint16_t *)M, g->Cout_p, M, g->Cout_p, nt, g->Cout_p);
         ddpm_bf16_product(g->Cin_p, g->Cout_p, kp, (const uint16_t *)V, 2, 2 * (ptrdiff_t)g->Cin_p,
                           (const uint16_t *)M, lb->dU + (size_t)xi * g->Cin_p * g->Cout_p, g->Cout_p, !first);
     }
@@ -1150,7 +1133,7 @@ void ddpm_conv3x3_backward_precision(float *din, float beta, float *dweight, flo
 {
     const geometry g = make_geometry(B, Cin, H, W, Cout);
     const size_t HW = (size_t)H * W;
-#if HAVE_BF16
+#if DDPM_HAVE_BF16
     const int bf16 = precision == DDPM_PRECISION_BF16 && ddpm_bf16_available();
 #else
     const int bf16 = 0;
@@ -1174,7 +1157,7 @@ void ddpm_conv3x3_backward_precision(float *din, float beta, float *dweight, flo
      * rows co, columns ci */
     if (din)
         weight_transform(&g, U, weight, Cout, Cin, g.Cout_p, g.Cin_p, (ptrdiff_t)Cin * 9, 9, 1);
-#if HAVE_BF16
+#if DDPM_HAVE_BF16
     uint16_t *Ub = bf16_weights(&g, scratch);
     if (din && bf16)
         weights_to_bf16(Ub, U, &g, g.Cout_p, g.Cin_p);
@@ -1189,7 +1172,7 @@ void ddpm_conv3x3_backward_precision(float *din, float beta, float *dweight, flo
             const int b0 = u * g.nb, nb = B - b0 < g.nb ? B - b0 : g.nb;
             const float *dy = dout + (size_t)b0 * Cout * HW, *x = in + (size_t)b0 * Cin * HW;
             float *dx = din ? din + (size_t)b0 * Cin * HW : NULL;
-#if HAVE_BF16
+#if DDPM_HAVE_BF16
             if (bf16) {
                 if (dweight)
                     weight_grad_unit_bf16(&g, &lb, x, dy, nb, u == u0);
