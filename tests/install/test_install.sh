@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the build into a temporary prefix, builds README.md's library example
-# against it with pkg-config as a user would, runs it and checks the PNG grid it
-# writes. README's example is the C block after the line
+# Installs the build into a temporary prefix, builds docs/usage.md's library
+# example against it with pkg-config as a user would, runs it and checks the PNG
+# grid it writes. The example is the C block after the line
 # `<!-- tests/install/example.c -->`; it must equal example.c, the copy a user
 # can take from here.
 # Usage: test_install.sh BUILD_DIR CC [EXTRA_CFLAGS]
@@ -15,14 +15,14 @@ pc=$(find "$prefix" -name ddpm.pc)
 [ -n "$pc" ] || { echo "no ddpm.pc installed under $prefix"; exit 1; }
 [ -f "$prefix/include/ddpm/run.h" ] || { echo "headers not installed"; exit 1; }
 [ -x "$prefix/bin/ddpm" ] || { echo "ddpm binary not installed"; exit 1; }
-readme=$here/../../README.md
+readme=$here/../../docs/usage.md
 awk '/^<!-- tests\/install\/example.c -->$/ { found = 1; next }
      found == 1 && /^```c$/ { found = 2; next }
      found == 2 && /^```$/ { exit }
      found == 2 { print }' "$readme" >"$prefix/example.c"
-[ -s "$prefix/example.c" ] || { echo "README.md has no C block after <!-- tests/install/example.c -->"; exit 1; }
+[ -s "$prefix/example.c" ] || { echo "docs/usage.md has no C block after <!-- tests/install/example.c -->"; exit 1; }
 if ! diff -u "$here/example.c" "$prefix/example.c"; then
-    echo "README.md's library example differs from tests/install/example.c (diff above)"
+    echo "docs/usage.md's library example differs from tests/install/example.c (diff above)"
     exit 1
 fi
 export PKG_CONFIG_PATH=$(dirname "$pc")
